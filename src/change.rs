@@ -1,0 +1,311 @@
+//! The change envelope: the unit of replication, keyed by `(origin node, origin seq)`.
+//!
+//! One local write batch becomes one envelope holding one automerge change per document it
+//! touched, so a batch stays atomic on every replica. An envelope names its causal
+//! dependencies compactly: implicitly `(origin, seq - 1)`, and explicitly the entries of the
+//! origin's version vector that grew since its previous envelope. Applying envelopes only
+//! when their dependencies are held gives causal delivery, so every automerge change finds
+//! its automerge dependencies in place.
+//!
+//! Wire/disk form: one version byte ([`ENVELOPE_VERSION`]) then packed CBOR of
+//! [`EnvelopeWire`]. Layout in `docs/design.md`. [`VerifiedChange`] can only be built by
+//! decoding and checking bytes ("parse, don't validate").
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::codec;
+use crate::contain::contain;
+use crate::keys::{self, KeyError};
+use crate::schema::NAME_BYTES_MAX;
+use crate::types::NodeId;
+
+/// Version byte that starts every encoded envelope.
+pub const ENVELOPE_VERSION: u8 = 1;
+/// Largest encoded envelope accepted, in bytes. Checked before anything is decoded.
+pub const CHANGE_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Most documents one envelope may touch.
+pub const CHANGE_DOCS_MAX: usize = 100_000;
+/// Most explicit dependencies one envelope may name.
+pub const CHANGE_DEPS_MAX: usize = 4096;
+/// Longest encoded document key, in bytes.
+pub const DOC_KEY_BYTES_MAX: usize = 4096;
+
+/// Which document a change applies to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DocKey {
+    /// The catalog document of a table.
+    Table(String),
+    /// The catalog document of an index.
+    Index(String),
+    /// A row document: table, table epoch (its incarnation), encoded primary key.
+    Row {
+        /// Table name.
+        table: String,
+        /// The table's causal length when it was created; odd.
+        epoch: u64,
+        /// The order-preserving encoding of the primary key.
+        pk: Vec<u8>,
+    },
+}
+
+const DOC_TABLE: u8 = 0;
+const DOC_INDEX: u8 = 1;
+const DOC_ROW: u8 = 2;
+
+impl DocKey {
+    /// Encodes the key; catalog keys sort before row keys, rows of a table together.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            DocKey::Table(name) => {
+                out.push(DOC_TABLE);
+                keys::encode_name(name, &mut out);
+            }
+            DocKey::Index(name) => {
+                out.push(DOC_INDEX);
+                keys::encode_name(name, &mut out);
+            }
+            DocKey::Row { table, epoch, pk } => {
+                out.extend(Self::row_prefix(table, *epoch));
+                out.extend_from_slice(pk);
+            }
+        }
+        out
+    }
+
+    /// The encoded prefix shared by every row document of one table incarnation.
+    pub fn row_prefix(table: &str, epoch: u64) -> Vec<u8> {
+        let mut out = vec![DOC_ROW];
+        keys::encode_name(table, &mut out);
+        out.extend_from_slice(&epoch.to_be_bytes());
+        out
+    }
+
+    /// Decodes and checks a key: names valid, epoch odd, primary key a valid tuple.
+    pub fn decode(bytes: &[u8]) -> Result<DocKey, KeyError> {
+        if bytes.len() > DOC_KEY_BYTES_MAX {
+            return Err(KeyError("document key too long"));
+        }
+        let (&kind, rest) = bytes.split_first().ok_or(KeyError("empty document key"))?;
+        let (name, rest) = keys::decode_name(rest)?;
+        if name.is_empty() || name.len() > NAME_BYTES_MAX {
+            return Err(KeyError("bad name length"));
+        }
+        let name = name.to_string();
+        match kind {
+            DOC_TABLE | DOC_INDEX if !rest.is_empty() => Err(KeyError("trailing bytes")),
+            DOC_TABLE => Ok(DocKey::Table(name)),
+            DOC_INDEX => Ok(DocKey::Index(name)),
+            DOC_ROW => {
+                if rest.len() < 8 {
+                    return Err(KeyError("truncated epoch"));
+                }
+                let (epoch, pk) = rest.split_at(8);
+                let epoch = u64::from_be_bytes(epoch.try_into().expect("split at 8"));
+                if epoch % 2 == 0 {
+                    return Err(KeyError("row epoch must be odd"));
+                }
+                if pk.is_empty() || keys::decode_tuple(pk)?.iter().any(|v| v.is_null()) {
+                    return Err(KeyError("primary key is empty or has NULL"));
+                }
+                Ok(DocKey::Row { table: name, epoch, pk: pk.to_vec() })
+            }
+            _ => Err(KeyError("unknown document kind")),
+        }
+    }
+}
+
+/// The CBOR body of an envelope. Field order is the wire layout (packed CBOR: by index).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnvelopeWire {
+    /// Origin node id, 16 bytes.
+    pub origin: ByteBuf,
+    /// Origin sequence number, from 1, contiguous per origin.
+    pub seq: u64,
+    /// Origin's clock when the batch was written (ms since the epoch), for history display.
+    pub time_ms: i64,
+    /// Explicit dependencies: `(node id, seq)` sorted by node id, never the origin itself.
+    pub deps: Vec<(ByteBuf, u64)>,
+    /// `(encoded document key, automerge change bytes)`, one per document, keys unique.
+    pub ops: Vec<(ByteBuf, ByteBuf)>,
+}
+
+/// Why an envelope was rejected before touching any state.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChangeError {
+    /// The envelope is larger than [`CHANGE_BYTES_MAX`].
+    #[error("change is {0} bytes, more than the {CHANGE_BYTES_MAX} allowed")]
+    TooLarge(usize),
+    /// The version byte is not one this build reads.
+    #[error("change format version {0} is not supported (expected {ENVELOPE_VERSION})")]
+    UnsupportedVersion(u8),
+    /// The bytes are not a valid envelope.
+    #[error("malformed change: {0}")]
+    Malformed(String),
+    /// An automerge change inside is malformed (or made automerge panic).
+    #[error("malformed automerge change for document {doc}: {reason}")]
+    BadDocChange {
+        /// Index of the document change in the envelope.
+        doc: usize,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An automerge change claims an author other than the envelope's origin.
+    #[error("forged change: envelope origin {origin} but automerge actor {actor}")]
+    ForgedActor {
+        /// The envelope's origin.
+        origin: NodeId,
+        /// The automerge change's actor, hex.
+        actor: String,
+    },
+}
+
+/// One automerge change for one document, verified.
+#[derive(Debug, Clone)]
+pub struct DocChange {
+    /// The document.
+    pub key: DocKey,
+    /// The change, parsed; its actor is the envelope's origin.
+    pub change: automerge::Change,
+}
+
+/// A decoded envelope whose structure, limits and authorship have been checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedChange {
+    /// Origin node.
+    pub origin: NodeId,
+    /// Origin sequence number.
+    pub seq: u64,
+    /// Origin clock at write time, ms.
+    pub time_ms: i64,
+    /// Explicit dependencies.
+    pub deps: Vec<(NodeId, u64)>,
+    /// Document changes.
+    pub ops: Vec<DocChange>,
+    /// blake3 of `bytes`: two envelopes with the same key and hash are the same change.
+    pub hash: [u8; 32],
+    /// The encoded envelope, exactly as received.
+    pub bytes: Vec<u8>,
+}
+
+impl VerifiedChange {
+    /// Decodes and verifies an encoded envelope.
+    pub fn decode(bytes: Vec<u8>) -> Result<VerifiedChange, ChangeError> {
+        if bytes.len() > CHANGE_BYTES_MAX {
+            return Err(ChangeError::TooLarge(bytes.len()));
+        }
+        let (&version, body) = bytes.split_first().ok_or(ChangeError::Malformed("empty change".into()))?;
+        if version != ENVELOPE_VERSION {
+            return Err(ChangeError::UnsupportedVersion(version));
+        }
+        let wire: EnvelopeWire = codec::decode(body).map_err(|e| ChangeError::Malformed(e.to_string()))?;
+        let malformed = |reason: &str| ChangeError::Malformed(reason.to_string());
+        let origin = NodeId::from_slice(&wire.origin).ok_or_else(|| malformed("bad origin"))?;
+        if wire.seq == 0 {
+            return Err(malformed("seq must be at least 1"));
+        }
+        let deps = verify_deps(origin, &wire.deps)?;
+        if wire.ops.is_empty() || wire.ops.len() > CHANGE_DOCS_MAX {
+            return Err(malformed("a change touches 1 to CHANGE_DOCS_MAX documents"));
+        }
+        let mut ops = Vec::with_capacity(wire.ops.len());
+        for (doc, (key, change)) in wire.ops.into_iter().enumerate() {
+            ops.push(verify_doc_change(origin, doc, &key, change.into_vec())?);
+        }
+        let mut keys: Vec<&DocKey> = ops.iter().map(|op| &op.key).collect();
+        keys.sort();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(malformed("a document appears twice"));
+        }
+        let hash = *blake3::hash(&bytes).as_bytes();
+        Ok(VerifiedChange { origin, seq: wire.seq, time_ms: wire.time_ms, deps, ops, hash, bytes })
+    }
+
+    /// Encodes a locally made change and verifies it, so local and remote changes share
+    /// one representation.
+    pub fn encode_local(
+        origin: NodeId,
+        seq: u64,
+        time_ms: i64,
+        deps: &[(NodeId, u64)],
+        ops: Vec<DocChange>,
+    ) -> VerifiedChange {
+        let wire = EnvelopeWire {
+            origin: ByteBuf::from(origin.as_bytes().to_vec()),
+            seq,
+            time_ms,
+            deps: deps.iter().map(|(n, s)| (ByteBuf::from(n.as_bytes().to_vec()), *s)).collect(),
+            ops: ops
+                .iter()
+                .map(|op| (ByteBuf::from(op.key.encode()), ByteBuf::from(op.change.raw_bytes().to_vec())))
+                .collect(),
+        };
+        let mut bytes = vec![ENVELOPE_VERSION];
+        bytes.extend(codec::encode(&wire));
+        let hash = *blake3::hash(&bytes).as_bytes();
+        VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, hash, bytes }
+    }
+}
+
+fn verify_deps(origin: NodeId, deps: &[(ByteBuf, u64)]) -> Result<Vec<(NodeId, u64)>, ChangeError> {
+    let malformed = |reason: &str| ChangeError::Malformed(reason.to_string());
+    if deps.len() > CHANGE_DEPS_MAX {
+        return Err(malformed("too many dependencies"));
+    }
+    let mut out: Vec<(NodeId, u64)> = Vec::with_capacity(deps.len());
+    for (node, seq) in deps {
+        let node = NodeId::from_slice(node).ok_or_else(|| malformed("bad dependency node id"))?;
+        if node == origin || *seq == 0 {
+            return Err(malformed("dependency on the origin itself or on seq 0"));
+        }
+        if out.last().is_some_and(|(last, _)| *last >= node) {
+            return Err(malformed("dependencies not sorted or not unique"));
+        }
+        out.push((node, *seq));
+    }
+    Ok(out)
+}
+
+fn verify_doc_change(origin: NodeId, doc: usize, key: &[u8], change: Vec<u8>) -> Result<DocChange, ChangeError> {
+    let bad = |reason: String| ChangeError::BadDocChange { doc, reason };
+    let key = DocKey::decode(key).map_err(|e| bad(e.to_string()))?;
+    let change = contain("change decoding", || automerge::Change::from_bytes(change))
+        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let actor = change.actor_id().to_bytes();
+    if actor != origin.as_bytes() {
+        return Err(ChangeError::ForgedActor { origin, actor: hex(actor) });
+    }
+    Ok(DocChange { key, change })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doc_keys_round_trip_and_reject_garbage() {
+        let row = DocKey::Row { table: "t".into(), epoch: 3, pk: keys::encode_tuple(&[crate::Value::Integer(5)]) };
+        for key in [DocKey::Table("t".into()), DocKey::Index("i".into()), row] {
+            assert_eq!(DocKey::decode(&key.encode()), Ok(key));
+        }
+        assert!(DocKey::decode(&[]).is_err());
+        assert!(DocKey::decode(&[9, 0, 1, b'x']).is_err());
+        let even_epoch = DocKey::Row { table: "t".into(), epoch: 2, pk: vec![1] };
+        assert!(DocKey::decode(&even_epoch.encode()).is_err());
+    }
+
+    #[test]
+    fn envelope_errors_are_typed() {
+        assert!(matches!(VerifiedChange::decode(vec![]), Err(ChangeError::Malformed(_))));
+        assert_eq!(VerifiedChange::decode(vec![7, 1, 2]).unwrap_err(), ChangeError::UnsupportedVersion(7));
+        let huge = vec![ENVELOPE_VERSION; CHANGE_BYTES_MAX + 1];
+        assert!(matches!(VerifiedChange::decode(huge), Err(ChangeError::TooLarge(_))));
+    }
+}

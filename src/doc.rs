@@ -1,0 +1,184 @@
+//! Reading and writing the automerge documents: one per row, one per catalog object.
+//!
+//! A document's root map holds `_cl`, the causal length (odd = alive, even = deleted,
+//! merged by taking the maximum of all concurrent values), and one entry per column keyed
+//! by the column's stable id. Catalog documents hold `_cl` and `def`, the encoded
+//! definition. This module is the only one that knows these keys.
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjId as ExId, ReadDoc, ScalarValue, ROOT};
+
+use crate::contain::{contain, Panicked};
+use crate::schema::ColumnDef;
+use crate::types::{ColumnType, NodeId, Value};
+
+/// Map key of the causal length.
+const CAUSAL_LENGTH: &str = "_cl";
+/// Map key of a catalog object's encoded definition.
+const DEFINITION: &str = "def";
+
+/// A new, empty document whose changes are authored by `actor`.
+pub fn new_doc(actor: NodeId) -> AutoCommit {
+    AutoCommit::new().with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
+}
+
+/// Loads a document from its stored snapshot (possibly empty) and tail of changes.
+///
+/// The bytes come from disk, so the automerge calls are contained.
+pub fn load_doc(actor: NodeId, snapshot: &[u8], tail: Vec<Vec<u8>>) -> Result<AutoCommit, String> {
+    let mut doc = if snapshot.is_empty() {
+        new_doc(actor)
+    } else {
+        contain("document load", || AutoCommit::load(snapshot))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+            .with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
+    };
+    let mut changes = Vec::with_capacity(tail.len());
+    for bytes in tail {
+        let change = contain("change decoding", || automerge::Change::from_bytes(bytes))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        changes.push(change);
+    }
+    apply_changes(&mut doc, changes)?;
+    Ok(doc)
+}
+
+/// Applies changes to a document, contained; fails if any change is left waiting for a
+/// dependency (automerge would otherwise queue it silently).
+pub fn apply_changes(doc: &mut AutoCommit, changes: Vec<automerge::Change>) -> Result<(), String> {
+    let hashes: Vec<_> = changes.iter().map(|c| c.hash()).collect();
+    contain("apply_changes", || doc.apply_changes(changes)).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    let missing = contain("dependency check", || hashes.iter().any(|hash| doc.get_change_by_hash(hash).is_none()))
+        .map_err(|e: Panicked| e.to_string())?;
+    if missing {
+        return Err("a change's automerge dependencies are missing".to_string());
+    }
+    Ok(())
+}
+
+/// The document's causal length: the maximum of every concurrent value (0 if never set).
+pub fn causal_length(doc: &AutoCommit) -> u64 {
+    doc.get_all(ROOT, CAUSAL_LENGTH)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(value, _)| match value.to_scalar() {
+            Some(ScalarValue::Uint(n)) => Some(*n),
+            Some(ScalarValue::Int(n)) => u64::try_from(*n).ok(),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Whether the causal length says alive.
+pub fn is_alive(doc: &AutoCommit) -> bool {
+    causal_length(doc) % 2 == 1
+}
+
+/// Moves the causal length to the next value of the wanted parity: the next odd value to
+/// (re)create, the next even value to delete.
+pub fn bump_causal_length(doc: &mut AutoCommit) -> u64 {
+    let next = causal_length(doc) + 1;
+    doc.put(ROOT, CAUSAL_LENGTH, ScalarValue::Uint(next))
+        .expect("putting a scalar in the root map of a local document cannot fail");
+    next
+}
+
+/// Sets a column's value.
+pub fn put_column(doc: &mut AutoCommit, column: &ColumnDef, value: &Value) {
+    let scalar = to_scalar(value, column.ty);
+    doc.put(ROOT, column.id(), scalar).expect("putting a scalar in the root map of a local document cannot fail");
+}
+
+/// Adds `by` to a COUNTER column. Fails if the column does not hold a counter.
+pub fn increment(doc: &mut AutoCommit, column: &ColumnDef, by: i64) -> Result<(), String> {
+    doc.increment(ROOT, column.id(), by).map_err(|e| e.to_string())
+}
+
+/// A column's value as materialized, and every concurrent value with its writer.
+pub fn read_column(doc: &AutoCommit, column: &ColumnDef) -> (Value, Vec<(Value, NodeId)>) {
+    let all = doc.get_all(ROOT, column.id()).unwrap_or_default();
+    let values: Vec<(Value, NodeId)> = all
+        .iter()
+        .map(|(value, id)| {
+            let value = value.to_scalar().map_or(Value::Null, |s| from_scalar(s, column.ty));
+            (value, writer(id))
+        })
+        .collect();
+    // automerge orders concurrent values by op id; the last one is the winner `get` returns.
+    let winner = values.last().map(|(v, _)| v.clone());
+    let winner = winner.unwrap_or_else(|| column.default.clone().unwrap_or(missing(column.ty)));
+    (winner, values)
+}
+
+fn missing(ty: ColumnType) -> Value {
+    if ty == ColumnType::Counter {
+        Value::Integer(0)
+    } else {
+        Value::Null
+    }
+}
+
+/// Sets a catalog object's definition.
+pub fn put_definition(doc: &mut AutoCommit, definition: Vec<u8>) {
+    doc.put(ROOT, DEFINITION, ScalarValue::Bytes(definition))
+        .expect("putting a scalar in the root map of a local document cannot fail");
+}
+
+/// Every concurrent definition with its writer; the last is the winner.
+pub fn read_definitions(doc: &AutoCommit) -> Vec<(Vec<u8>, NodeId)> {
+    doc.get_all(ROOT, DEFINITION)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(value, id)| match value.to_scalar() {
+            Some(ScalarValue::Bytes(bytes)) => Some((bytes.clone(), writer(id))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The document's heads, sorted: equal heads mean equal documents.
+pub fn heads(doc: &mut AutoCommit) -> Vec<[u8; 32]> {
+    let mut heads: Vec<[u8; 32]> = doc.get_heads().iter().map(|h| h.0).collect();
+    heads.sort_unstable();
+    heads
+}
+
+/// The node that wrote an op. Every foreign change's actor was checked to be a 16-byte
+/// node id on arrival, so anything else is a local invariant violation shown as zeros.
+fn writer(id: &ExId) -> NodeId {
+    match id {
+        ExId::Id(_, actor, _) => NodeId::from_slice(actor.to_bytes()).unwrap_or(NodeId([0; 16])),
+        ExId::Root => NodeId([0; 16]),
+    }
+}
+
+fn to_scalar(value: &Value, ty: ColumnType) -> ScalarValue {
+    match (value, ty) {
+        (Value::Null, _) => ScalarValue::Null,
+        (Value::Integer(v), ColumnType::Counter) => ScalarValue::counter(*v),
+        (Value::Integer(v), _) => ScalarValue::Int(*v),
+        (Value::Timestamp(v), _) => ScalarValue::Timestamp(*v),
+        (Value::Real(v), _) => ScalarValue::F64(*v),
+        (Value::Text(v), _) => ScalarValue::Str(v.as_str().into()),
+        (Value::Boolean(v), _) => ScalarValue::Boolean(*v),
+        (Value::Blob(v), _) => ScalarValue::Bytes(v.clone()),
+    }
+}
+
+/// Converts a stored scalar to a value of the column's type. A scalar of another type can
+/// only come from a foreign writer; it reads as NULL on every replica alike.
+fn from_scalar(scalar: &ScalarValue, ty: ColumnType) -> Value {
+    match (scalar, ty) {
+        (ScalarValue::Int(v), ColumnType::Integer) => Value::Integer(*v),
+        (ScalarValue::Counter(c), ColumnType::Counter) => Value::Integer(i64::from(c)),
+        (ScalarValue::Timestamp(v), ColumnType::Timestamp) => Value::Timestamp(*v),
+        (ScalarValue::F64(v), ColumnType::Real) => Value::Real(*v),
+        (ScalarValue::Str(v), ColumnType::Text) => Value::Text(v.to_string()),
+        (ScalarValue::Boolean(v), ColumnType::Boolean) => Value::Boolean(*v),
+        (ScalarValue::Bytes(v), ColumnType::Blob) => Value::Blob(v.clone()),
+        _ => Value::Null,
+    }
+}

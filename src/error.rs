@@ -1,0 +1,251 @@
+//! Typed errors, one enum per operation family (open, write, apply, read).
+//!
+//! Messages are lower-case without a trailing period, and name the table, column or change
+//! at fault so that a field engineer can act on them.
+
+use crate::catalog::CatalogError;
+use crate::change::ChangeError;
+use crate::schema::SchemaError;
+use crate::types::NodeId;
+
+/// The storage layer failed (I/O, corruption, or a stored value that does not decode).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// redb reported an error.
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
+    /// A stored value does not decode: the file is corrupt or from an incompatible build.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+macro_rules! redb_into_storage {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> StorageError {
+                StorageError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_into_storage!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// Opening a replica failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store could not be read or created.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The file belongs to another node.
+    #[error("store belongs to node {stored}, not {requested}")]
+    NodeIdMismatch {
+        /// Node id recorded in the file.
+        stored: NodeId,
+        /// Node id the caller asked for.
+        requested: NodeId,
+    },
+    /// The file's format version is not one this build reads.
+    #[error("store format version {found} is not supported (expected {expected})")]
+    UnsupportedFormat {
+        /// Version in the file.
+        found: u32,
+        /// Version this build writes.
+        expected: u32,
+    },
+}
+
+/// A write batch was refused; nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The batch holds no operation.
+    #[error("empty write batch")]
+    EmptyBatch,
+    /// No such table.
+    #[error("no such table: {0}")]
+    UnknownTable(String),
+    /// No such column.
+    #[error("no such column: {table}.{column}")]
+    UnknownColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// No such index.
+    #[error("no such index: {0}")]
+    UnknownIndex(String),
+    /// A table of that name exists.
+    #[error("table {0} already exists")]
+    TableExists(String),
+    /// An index of that name exists.
+    #[error("index {0} already exists")]
+    IndexExists(String),
+    /// The definition is invalid.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A value does not fit its column.
+    #[error("type mismatch: {table}.{column} is {expected}, got {got}")]
+    TypeMismatch {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// The column type.
+        expected: crate::ColumnType,
+        /// The kind of value given.
+        got: &'static str,
+    },
+    /// NULL for a NOT NULL column.
+    #[error("NOT NULL constraint failed: {table}.{column}")]
+    NotNull {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An insert hit an existing row.
+    #[error("duplicate primary key in {table}: {key}")]
+    DuplicateKey {
+        /// The table.
+        table: String,
+        /// The key, displayed.
+        key: String,
+    },
+    /// An update or increment named a row that does not exist.
+    #[error("no row in {table} with primary key {key}")]
+    RowNotFound {
+        /// The table.
+        table: String,
+        /// The key, displayed.
+        key: String,
+    },
+    /// The primary key has the wrong number of values.
+    #[error("primary key of {table} has {expected} columns, got {got} values")]
+    KeyArity {
+        /// The table.
+        table: String,
+        /// Columns in the key.
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
+    /// An update tried to change a primary-key column.
+    #[error("cannot update primary-key column {table}.{column}; delete and insert instead")]
+    PrimaryKeyUpdate {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// An increment named a column that is not a COUNTER.
+    #[error("{table}.{column} is not a COUNTER column")]
+    NotACounter {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// Storage failed; the whole commit group was rolled back.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A batch of remote changes was refused; nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// A change failed decoding or verification.
+    #[error("change {index} of the batch: {source}")]
+    Invalid {
+        /// Position in the batch.
+        index: usize,
+        /// Why.
+        source: ChangeError,
+    },
+    /// Two different changes claim the same `(origin, seq)`.
+    #[error("conflicting change for {origin} seq {seq}: a different change is already held")]
+    Equivocation {
+        /// Origin.
+        origin: NodeId,
+        /// Sequence number.
+        seq: u64,
+    },
+    /// A peer sent a change in this node's name that this node never made.
+    #[error("change {seq} claims to come from this node, which never made it")]
+    ForgedLocalOrigin {
+        /// Sequence number.
+        seq: u64,
+    },
+    /// A change contradicts the replica's state: an unknown table or index, a row of a
+    /// table incarnation that does not exist, or automerge rejected it.
+    #[error("inconsistent change {origin} seq {seq}: {reason}")]
+    Inconsistent {
+        /// Origin.
+        origin: NodeId,
+        /// Sequence number.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The changes that wait for dependencies would exceed [`crate::PENDING_CHANGES_MAX`].
+    #[error("too many changes waiting for dependencies (limit {0})")]
+    PendingFull(usize),
+    /// Storage failed; nothing was applied.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<CatalogError> for String {
+    fn from(e: CatalogError) -> String {
+        e.to_string()
+    }
+}
+
+/// A read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No such table.
+    #[error("no such table: {0}")]
+    UnknownTable(String),
+    /// No such index.
+    #[error("no such index: {0}")]
+    UnknownIndex(String),
+    /// The key has the wrong number of values or types.
+    #[error("bad key for {table}: {reason}")]
+    BadKey {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+macro_rules! storage_into {
+    ($($t:ty),*) => {$(
+        impl From<redb::StorageError> for $t {
+            fn from(e: redb::StorageError) -> $t {
+                <$t>::Storage(e.into())
+            }
+        }
+        impl From<redb::TableError> for $t {
+            fn from(e: redb::TableError) -> $t {
+                <$t>::Storage(e.into())
+            }
+        }
+    )*};
+}
+storage_into!(WriteError, ApplyError, ReadError);

@@ -1,0 +1,50 @@
+//! edgestore: a multi-master, CRDT-replicated store for edge gateways.
+//!
+//! This crate is the store itself, without any network or clock: the catalog, rows as
+//! automerge documents, durable redb storage, the change log and version vectors, and the
+//! state digest. Time and node identity are parameters. See `ARCHITECTURE.md` for the map
+//! and `docs/design.md` for every on-disk and wire format.
+//!
+//! ```no_run
+//! use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBatch};
+//!
+//! let node = NodeId::from_public_key(b"example");
+//! let mut replica = Replica::open("store.redb", node)?;
+//! let sensors = TableSchema::new("sensors")
+//!     .column(ColumnDef::new("id", ColumnType::Integer))
+//!     .column(ColumnDef::new("name", ColumnType::Text))
+//!     .primary_key(&["id"]);
+//! replica.write(WriteBatch::new().create_table(sensors), 0)?;
+//! replica.write(WriteBatch::new().insert("sensors", [("id", Value::from(1)), ("name", "pump".into())]), 0)?;
+//! let row = replica.snapshot()?.get("sensors", &[Value::from(1)])?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod catalog;
+pub mod change;
+mod codec;
+mod contain;
+mod doc;
+pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod handle;
+pub mod keys;
+mod record;
+pub mod replica;
+pub mod schema;
+mod storage;
+pub mod types;
+pub mod version_vector;
+
+pub use catalog::{Catalog, DdlConflict, IndexEntry, TableEntry};
+pub use change::{ChangeError, DocKey, VerifiedChange};
+pub use error::{ApplyError, OpenError, ReadError, StorageError, WriteError};
+pub use handle::ReplicaHandle;
+pub use replica::{
+    ApplyReport, ChangeBatch, ColumnConflict, IntegrityProblem, Replica, Row, RowIter, Snapshot, StateDigest,
+    WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
+};
+pub use schema::{ColumnDef, IndexSchema, SchemaError, TableSchema};
+pub use types::{ColumnType, NodeId, Value};
+pub use version_vector::VersionVector;

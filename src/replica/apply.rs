@@ -1,0 +1,304 @@
+//! The remote path: applying change envelopes from peers, and reading the log for them.
+//!
+//! `apply_remote` is idempotent and order-insensitive: duplicates are recognised by
+//! `(origin, seq)` and content hash, changes whose dependencies are missing are parked in
+//! `pending_v1`, and parked changes are applied as soon as their dependencies arrive. A
+//! batch is atomic: one bad change refuses the whole batch and nothing of it is applied.
+//! A parked change that turns out bad when its turn comes is discarded on its own, so it
+//! cannot block every later batch.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::materialize::{ChangedDoc, RecordError};
+use super::{Replica, WriteTables};
+use crate::change::VerifiedChange;
+use crate::doc;
+use crate::error::{ApplyError, StorageError};
+use crate::keys;
+use crate::storage;
+use crate::types::NodeId;
+use crate::version_vector::VersionVector;
+
+/// Most changes that may wait for dependencies; a batch that would exceed it is refused.
+pub const PENDING_CHANGES_MAX: usize = 100_000;
+/// Most parked changes applied in one transaction when their dependencies arrive.
+const PENDING_DRAIN_CHANGES_MAX: usize = 1024;
+
+/// What `apply_remote` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Changes applied (including parked ones that became ready).
+    pub applied: usize,
+    /// Changes already held.
+    pub duplicates: usize,
+    /// Changes parked until their dependencies arrive.
+    pub parked: usize,
+    /// Parked changes that were refused when their dependencies arrived, and dropped.
+    pub discarded: usize,
+}
+
+/// A bounded batch of encoded change envelopes read from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeBatch {
+    /// Encoded envelopes, per origin in seq order.
+    pub changes: Vec<Vec<u8>>,
+    /// Whether the batch holds everything the given vector lacks.
+    pub complete: bool,
+}
+
+impl Replica {
+    /// Applies a batch of encoded change envelopes from a peer; see the module docs.
+    pub fn apply_remote(&mut self, batch: Vec<Vec<u8>>) -> Result<ApplyReport, ApplyError> {
+        let mut changes = Vec::with_capacity(batch.len());
+        for (index, bytes) in batch.into_iter().enumerate() {
+            let change = VerifiedChange::decode(bytes).map_err(|source| ApplyError::Invalid { index, source })?;
+            changes.push(change);
+        }
+        let mut report = self.apply_verified(changes)?;
+        self.drain_pending(&mut report)?;
+        Ok(report)
+    }
+
+    /// Applies verified changes atomically in one durable transaction.
+    fn apply_verified(&mut self, changes: Vec<VerifiedChange>) -> Result<ApplyReport, ApplyError> {
+        let mut report = ApplyReport::default();
+        let outcome = self.apply_txn(changes, &mut report);
+        if outcome.is_err() {
+            self.reload_state()?;
+        }
+        outcome.map(|()| report)
+    }
+
+    fn apply_txn(&mut self, changes: Vec<VerifiedChange>, report: &mut ApplyReport) -> Result<(), ApplyError> {
+        let txn = self.begin_durable_write()?;
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            let mut candidates = self.classify(&tables, changes, report)?;
+            let ready = causal_order(&self.versions, &mut candidates);
+            self.park(&mut tables, candidates.into_values(), report)?;
+            self.apply_ready(&mut tables, &ready)?;
+            report.applied += ready.len();
+        }
+        txn.commit().map_err(StorageError::from)?;
+        Ok(())
+    }
+
+    /// Drops duplicates and refuses equivocations and forgeries in our name.
+    fn classify(
+        &self,
+        tables: &WriteTables<'_>,
+        changes: Vec<VerifiedChange>,
+        report: &mut ApplyReport,
+    ) -> Result<BTreeMap<(NodeId, u64), VerifiedChange>, ApplyError> {
+        let mut candidates = BTreeMap::new();
+        for change in changes {
+            let (origin, seq) = (change.origin, change.seq);
+            let key = keys::log_key(origin, seq);
+            let held = match tables.log.get(key.as_slice())? {
+                Some(bytes) => Some(*blake3::hash(bytes.value()).as_bytes()),
+                None if origin == self.node => return Err(ApplyError::ForgedLocalOrigin { seq }),
+                None => tables.pending.get(key.as_slice())?.map(|b| *blake3::hash(b.value()).as_bytes()),
+            };
+            let held = held.or_else(|| candidates.get(&(origin, seq)).map(|c: &VerifiedChange| c.hash));
+            match held {
+                Some(hash) if hash != change.hash => return Err(ApplyError::Equivocation { origin, seq }),
+                Some(_) if seq <= self.versions.seq(origin) || candidates.contains_key(&(origin, seq)) => {
+                    report.duplicates += 1;
+                }
+                // Parked earlier and sent again: a candidate, it may be ready now.
+                _ => {
+                    candidates.insert((origin, seq), change);
+                }
+            }
+        }
+        Ok(candidates)
+    }
+
+    fn park(
+        &self,
+        tables: &mut WriteTables<'_>,
+        changes: impl Iterator<Item = VerifiedChange>,
+        report: &mut ApplyReport,
+    ) -> Result<(), ApplyError> {
+        for change in changes {
+            let key = keys::log_key(change.origin, change.seq);
+            if tables.pending.get(key.as_slice())?.is_none() {
+                if tables.pending.len()? >= PENDING_CHANGES_MAX as u64 {
+                    return Err(ApplyError::PendingFull(PENDING_CHANGES_MAX));
+                }
+                tables.pending.insert(key.as_slice(), change.bytes.as_slice())?;
+            }
+            report.parked += 1;
+        }
+        Ok(())
+    }
+
+    /// Applies causally ordered changes: every document's automerge changes in one call
+    /// (applying one at a time is quadratic on large documents), then records them.
+    fn apply_ready(&mut self, tables: &mut WriteTables<'_>, ready: &[VerifiedChange]) -> Result<(), ApplyError> {
+        type Group<'a> = (crate::change::DocKey, Vec<&'a automerge::Change>, (NodeId, u64));
+        let mut groups: BTreeMap<Vec<u8>, Group<'_>> = BTreeMap::new();
+        for change in ready {
+            for op in &change.ops {
+                let group = groups
+                    .entry(op.key.encode())
+                    .or_insert_with(|| (op.key.clone(), Vec::new(), (change.origin, change.seq)));
+                group.1.push(&op.change);
+            }
+        }
+        let mut changed = Vec::with_capacity(groups.len());
+        for (key_bytes, (key, doc_changes, cause)) in groups {
+            let mut working = self.take_or_new_doc(tables, &key_bytes)?;
+            let owned: Vec<automerge::Change> = doc_changes.iter().map(|c| (*c).clone()).collect();
+            doc::apply_changes(&mut working.doc, owned).map_err(|reason| ApplyError::Inconsistent {
+                origin: cause.0,
+                seq: cause.1,
+                reason,
+            })?;
+            let new_changes = doc_changes.iter().map(|c| c.raw_bytes()).collect();
+            changed.push(ChangedDoc { key_bytes, key, working, new_changes, cause });
+        }
+        self.record_changes(tables, changed, ready).map_err(|e| match e {
+            RecordError::Storage(e) => ApplyError::Storage(e),
+            RecordError::Inconsistent { origin, seq, reason } => ApplyError::Inconsistent { origin, seq, reason },
+        })
+    }
+
+    /// Applies parked changes whose dependencies are now held, a bounded chunk per
+    /// transaction. A chunk that fails is retried change by change; a change that still
+    /// fails is dropped from `pending_v1` and counted in `discarded`.
+    fn drain_pending(&mut self, report: &mut ApplyReport) -> Result<(), ApplyError> {
+        loop {
+            let ready = self.ready_pending()?;
+            if ready.is_empty() {
+                return Ok(());
+            }
+            match self.apply_verified(ready.clone()) {
+                Ok(chunk) => report.applied += chunk.applied,
+                Err(ApplyError::Storage(e)) => return Err(e.into()),
+                Err(_) => self.apply_one_by_one(ready, report)?,
+            }
+        }
+    }
+
+    fn apply_one_by_one(&mut self, ready: Vec<VerifiedChange>, report: &mut ApplyReport) -> Result<(), ApplyError> {
+        for change in ready {
+            let (origin, seq) = (change.origin, change.seq);
+            match self.apply_verified(vec![change]) {
+                Ok(one) => report.applied += one.applied,
+                Err(ApplyError::Storage(e)) => return Err(e.into()),
+                Err(error) => {
+                    tracing::warn!(%origin, seq, %error, "discarding a parked change that cannot be applied");
+                    self.discard_pending(origin, seq)?;
+                    report.discarded += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn discard_pending(&mut self, origin: NodeId, seq: u64) -> Result<(), StorageError> {
+        let txn = self.begin_durable_write()?;
+        txn.open_table(storage::PENDING)?.remove(keys::log_key(origin, seq).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Parked changes that are ready in causal order, at most a chunk.
+    fn ready_pending(&self) -> Result<Vec<VerifiedChange>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let pending = txn.open_table(storage::PENDING)?;
+        let mut origins = Vec::new();
+        let mut cursor = Vec::new();
+        while let Some(item) = pending.range(cursor.as_slice()..)?.next() {
+            let (origin, _) =
+                keys::decode_log_key(item?.0.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            origins.push(origin);
+            cursor = keys::prefix_end(origin.as_bytes()).unwrap_or_else(|| vec![0xFF; 25]);
+        }
+        let mut versions = self.versions.clone();
+        let mut ready = Vec::new();
+        loop {
+            let before = ready.len();
+            for &origin in &origins {
+                loop {
+                    let key = keys::log_key(origin, versions.seq(origin) + 1);
+                    let Some(bytes) = pending.get(key.as_slice())? else { break };
+                    let change = VerifiedChange::decode(bytes.value().to_vec())
+                        .map_err(|e| StorageError::Corrupt(format!("pending_v1: {e}")))?;
+                    if !change.deps.iter().all(|(node, seq)| versions.seq(*node) >= *seq) {
+                        break;
+                    }
+                    versions.set(origin, change.seq);
+                    ready.push(change);
+                    if ready.len() >= PENDING_DRAIN_CHANGES_MAX {
+                        return Ok(ready);
+                    }
+                }
+            }
+            if ready.len() == before {
+                return Ok(ready);
+            }
+        }
+    }
+
+    /// Log entries that `vector` lacks, per origin in seq order, at most `changes_max`
+    /// changes and about `bytes_max` bytes (always at least one change if any is lacking).
+    pub fn changes_since(
+        &self,
+        vector: &VersionVector,
+        changes_max: usize,
+        bytes_max: usize,
+    ) -> Result<ChangeBatch, StorageError> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(storage::LOG)?;
+        let mut changes = Vec::new();
+        let mut bytes = 0usize;
+        for (origin, ours) in self.versions.iter() {
+            let theirs = vector.seq(origin);
+            if ours <= theirs {
+                continue;
+            }
+            let start = keys::log_key(origin, theirs + 1);
+            let end = keys::log_key(origin, ours);
+            for item in log.range(start.as_slice()..=end.as_slice())? {
+                let value = item?.1.value().to_vec();
+                let full = !changes.is_empty() && (changes.len() >= changes_max || bytes + value.len() > bytes_max);
+                if full {
+                    return Ok(ChangeBatch { changes, complete: false });
+                }
+                bytes += value.len();
+                changes.push(value);
+            }
+        }
+        Ok(ChangeBatch { changes, complete: true })
+    }
+}
+
+/// Picks the candidates whose dependencies are met, in an order that meets them, removing
+/// them from `candidates`; what stays must be parked.
+fn causal_order(
+    versions: &VersionVector,
+    candidates: &mut BTreeMap<(NodeId, u64), VerifiedChange>,
+) -> Vec<VerifiedChange> {
+    let mut versions = versions.clone();
+    let mut ready = Vec::new();
+    loop {
+        let before = ready.len();
+        // Keys sort by (origin, seq), so one pass takes a whole run of one origin.
+        let keys: Vec<(NodeId, u64)> = candidates.keys().copied().collect();
+        for (origin, seq) in keys {
+            let change = &candidates[&(origin, seq)];
+            let deps_met = change.deps.iter().all(|(node, dep)| versions.seq(*node) >= *dep);
+            if versions.seq(origin) + 1 == seq && deps_met {
+                versions.set(origin, seq);
+                ready.push(candidates.remove(&(origin, seq)).expect("key taken from the map"));
+            }
+        }
+        if ready.len() == before {
+            return ready;
+        }
+    }
+}

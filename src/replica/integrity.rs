@@ -1,0 +1,424 @@
+//! The state digest and the integrity check.
+//!
+//! `state_digest` hashes the canonical converged state: the resolved catalog, every
+//! document's heads, every materialized row and every recorded conflict, in key order.
+//! Two replicas have equal digests exactly when they hold the same changes and derive the
+//! same data from them. `check_integrity` re-derives everything derived — catalog, rows,
+//! indexes, conflicts, version vector — from the documents and the log, and reports every
+//! mismatch (the slow path checking the fast path).
+
+use std::fmt;
+use std::num::NonZeroUsize;
+
+use automerge::AutoCommit;
+use lru::LruCache;
+use redb::ReadableTable;
+
+use super::materialize::{index_entry_key, materialize_row};
+use super::{load_working_doc, read, Replica};
+use crate::catalog::{self, Catalog};
+use crate::change::{DocKey, VerifiedChange};
+use crate::codec;
+use crate::doc;
+use crate::error::StorageError;
+use crate::keys;
+use crate::record;
+use crate::storage;
+use crate::types::NodeId;
+
+/// A blake3 digest of a replica's converged state.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StateDigest(pub [u8; 32]);
+
+impl fmt::Display for StateDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for StateDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateDigest({self})")
+    }
+}
+
+/// One thing `check_integrity` found wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IntegrityProblem {
+    /// A document cannot be loaded or its stored heads are wrong.
+    Document {
+        /// The document.
+        doc: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A stored catalog entry differs from its document.
+    Catalog {
+        /// The table or index.
+        object: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A materialized row or its conflicts differ from its document.
+    Row {
+        /// The table.
+        table: String,
+        /// The primary key, displayed.
+        key: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An index entry is missing or has no row.
+    Index {
+        /// The index.
+        index: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The change log, version vector or pending table is inconsistent.
+    Log {
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl fmt::Display for IntegrityProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntegrityProblem::Document { doc, problem } => write!(f, "document {doc}: {problem}"),
+            IntegrityProblem::Catalog { object, problem } => write!(f, "catalog {object}: {problem}"),
+            IntegrityProblem::Row { table, key, problem } => write!(f, "row {table}{key}: {problem}"),
+            IntegrityProblem::Index { index, problem } => write!(f, "index {index}: {problem}"),
+            IntegrityProblem::Log { problem } => write!(f, "log: {problem}"),
+        }
+    }
+}
+
+fn hash_table<V: redb::Value + 'static>(
+    hasher: &mut blake3::Hasher,
+    table: &impl ReadableTable<&'static [u8], V>,
+    value_bytes: impl Fn(&V::SelfType<'_>) -> Vec<u8>,
+) -> Result<(), StorageError> {
+    for item in table.iter()? {
+        let (key, value) = item?;
+        let value = value_bytes(&value.value());
+        hasher.update(&(key.value().len() as u64).to_le_bytes());
+        hasher.update(key.value());
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(&value);
+    }
+    Ok(())
+}
+
+impl Replica {
+    /// The digest of the converged state; see the module documentation.
+    pub fn state_digest(&self) -> Result<StateDigest, StorageError> {
+        let snapshot = self.snapshot()?;
+        let txn = snapshot.txn();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"edgestore.state.v1");
+        hash_table(&mut hasher, &txn.open_table(storage::CATALOG)?, |v| v.to_vec())?;
+        // Only the heads: the tail length is how this replica happens to store the doc.
+        hash_table(&mut hasher, &txn.open_table(storage::DOC_HEADS)?, |v| v.get(4..).unwrap_or_default().to_vec())?;
+        hash_table(&mut hasher, &txn.open_table(storage::ROWS)?, |v| v.to_vec())?;
+        hash_table(&mut hasher, &txn.open_table(storage::CONFLICTS)?, |v| v.to_vec())?;
+        Ok(StateDigest(*hasher.finalize().as_bytes()))
+    }
+
+    /// Re-derives everything derived and reports every mismatch; empty means healthy.
+    pub fn check_integrity(&self) -> Result<Vec<IntegrityProblem>, StorageError> {
+        let mut checker = Checker {
+            node: self.node,
+            txn: self.db.begin_read_txn()?,
+            problems: Vec::new(),
+            docs: LruCache::new(NonZeroUsize::new(256).expect("nonzero")),
+        };
+        let catalog = checker.check_catalog()?;
+        checker.check_rows(&catalog)?;
+        checker.check_stored_rows(&catalog)?;
+        checker.check_indexes(&catalog)?;
+        checker.check_log(&self.versions)?;
+        Ok(checker.problems)
+    }
+}
+
+trait BeginRead {
+    fn begin_read_txn(&self) -> Result<redb::ReadTransaction, StorageError>;
+}
+
+impl BeginRead for redb::Database {
+    fn begin_read_txn(&self) -> Result<redb::ReadTransaction, StorageError> {
+        use redb::ReadableDatabase;
+        Ok(self.begin_read()?)
+    }
+}
+
+struct Checker {
+    node: NodeId,
+    txn: redb::ReadTransaction,
+    problems: Vec<IntegrityProblem>,
+    docs: LruCache<Vec<u8>, AutoCommit>,
+}
+
+impl Checker {
+    /// Loads a document and checks its stored heads; `None` (with a problem) if unreadable.
+    fn load(&mut self, key: &[u8]) -> Result<Option<AutoCommit>, StorageError> {
+        if let Some(doc) = self.docs.get(key) {
+            return Ok(Some(doc.clone()));
+        }
+        let heads = self.txn.open_table(storage::DOC_HEADS)?;
+        let docs = self.txn.open_table(storage::DOCS)?;
+        let tail = self.txn.open_table(storage::DOC_TAIL)?;
+        let describe = super::describe_doc_key(key);
+        let mut working = match load_working_doc(self.node, &heads, &docs, &tail, key) {
+            Ok(Some(working)) => working,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.problems.push(IntegrityProblem::Document { doc: describe, problem: e.to_string() });
+                return Ok(None);
+            }
+        };
+        let stored = storage::get_bytes(&heads, key)?.expect("loaded above");
+        let expected = storage::encode_heads(working.tail_len, &doc::heads(&mut working.doc));
+        if stored != expected {
+            self.problems.push(IntegrityProblem::Document { doc: describe, problem: "stored heads differ".into() });
+        }
+        self.docs.put(key.to_vec(), working.doc.clone());
+        Ok(Some(working.doc))
+    }
+
+    fn doc_keys(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Vec<u8>>, StorageError> {
+        let heads = self.txn.open_table(storage::DOC_HEADS)?;
+        let range = match end {
+            Some(end) => heads.range::<&[u8]>(start..end)?,
+            None => heads.range::<&[u8]>(start..)?,
+        };
+        range.map(|item| Ok(item?.0.value().to_vec())).collect()
+    }
+
+    /// Resolves every catalog document and compares with `catalog_v1`.
+    fn check_catalog(&mut self) -> Result<Catalog, StorageError> {
+        let mut derived = Catalog::default();
+        let row_docs_start = DocKey::row_prefix("", 1)[..1].to_vec();
+        for key in self.doc_keys(&[], Some(&row_docs_start))? {
+            let Some(document) = self.load(&key)? else { continue };
+            let object = super::describe_doc_key(&key);
+            let resolved = match DocKey::decode(&key) {
+                Ok(DocKey::Table(name)) => catalog::resolve_table(&name, &document).map(|e| {
+                    let bytes = codec::encode(&e);
+                    derived.tables.insert(name, e);
+                    bytes
+                }),
+                Ok(DocKey::Index(name)) => catalog::resolve_index(&name, &document).map(|e| {
+                    let bytes = codec::encode(&e);
+                    derived.indexes.insert(name, e);
+                    bytes
+                }),
+                _ => {
+                    self.problems.push(IntegrityProblem::Catalog { object, problem: "malformed catalog key".into() });
+                    continue;
+                }
+            };
+            let stored = storage::get_bytes(&self.txn.open_table(storage::CATALOG)?, &key)?;
+            match resolved {
+                Err(e) => self.problems.push(IntegrityProblem::Catalog { object, problem: e.to_string() }),
+                Ok(bytes) if stored.as_ref() != Some(&bytes) => self
+                    .problems
+                    .push(IntegrityProblem::Catalog { object, problem: "stored entry differs from document".into() }),
+                Ok(_) => {}
+            }
+        }
+        let stored_catalog = read::load_catalog(&self.txn)?;
+        if stored_catalog.tables.len() != derived.tables.len() || stored_catalog.indexes.len() != derived.indexes.len()
+        {
+            self.problems.push(IntegrityProblem::Catalog {
+                object: "catalog_v1".into(),
+                problem: "entries without a catalog document".into(),
+            });
+        }
+        Ok(derived)
+    }
+
+    /// Materializes every row document of every live table and compares with the stored
+    /// row, conflicts and index entries.
+    fn check_rows(&mut self, catalog: &Catalog) -> Result<(), StorageError> {
+        for table in catalog.live_tables() {
+            let name = table.schema.name.clone();
+            let prefix = DocKey::row_prefix(&name, table.causal_length);
+            let end = keys::prefix_end(&prefix).expect("row prefixes never end in 0xFF");
+            for key in self.doc_keys(&prefix, Some(&end))? {
+                let Some(document) = self.load(&key)? else { continue };
+                let pk = &key[prefix.len()..];
+                let expected = materialize_row(&document, &table.schema, pk);
+                self.compare_row(catalog, table, pk, expected)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compare_row(
+        &mut self,
+        catalog: &Catalog,
+        table: &catalog::TableEntry,
+        pk: &[u8],
+        expected: Option<(super::Row, Vec<super::ColumnConflict>)>,
+    ) -> Result<(), StorageError> {
+        let name = &table.schema.name;
+        let row_key = keys::row_key(name, pk);
+        let shown = super::write::show_key(&keys::decode_tuple(pk).unwrap_or_default());
+        let problem = |p: &str| IntegrityProblem::Row { table: name.clone(), key: shown.clone(), problem: p.into() };
+        let stored_row = storage::get_bytes(&self.txn.open_table(storage::ROWS)?, &row_key)?;
+        let stored_conflicts = storage::get_bytes(&self.txn.open_table(storage::CONFLICTS)?, &row_key)?;
+        let Some((row, conflicts)) = expected else {
+            if stored_row.is_some() {
+                self.problems.push(problem("materialized but deleted in its document"));
+            }
+            return Ok(());
+        };
+        if stored_row.as_deref() != Some(record::encode(&row).as_slice()) {
+            self.problems.push(problem("materialized row differs from its document"));
+        }
+        let expected_conflicts = (!conflicts.is_empty()).then(|| codec::encode(&conflicts));
+        if stored_conflicts != expected_conflicts {
+            self.problems.push(problem("recorded conflicts differ from its document"));
+        }
+        let indexes = self.txn.open_table(storage::INDEXES)?;
+        for index in catalog.indexes_of(name) {
+            let entry = index_entry_key(index, &table.schema, &row, pk);
+            if indexes.get(entry.as_slice())?.is_none() {
+                self.problems.push(problem(&format!("index {} has no entry for it", index.def.schema.name)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every stored row must belong to a live table and have a live row document.
+    fn check_stored_rows(&mut self, catalog: &Catalog) -> Result<(), StorageError> {
+        let rows = self.txn.open_table(storage::ROWS)?;
+        let heads = self.txn.open_table(storage::DOC_HEADS)?;
+        for item in rows.iter()? {
+            let (key, _) = item?;
+            let Ok((name, pk)) = keys::decode_name(key.value()) else {
+                self.problems.push(IntegrityProblem::Row {
+                    table: "?".into(),
+                    key: "?".into(),
+                    problem: "bad key".into(),
+                });
+                continue;
+            };
+            let shown = super::write::show_key(&keys::decode_tuple(pk).unwrap_or_default());
+            let Some(table) = catalog.table(name) else {
+                let problem = "row of a table that does not exist".into();
+                self.problems.push(IntegrityProblem::Row { table: name.into(), key: shown, problem });
+                continue;
+            };
+            let mut doc_key = DocKey::row_prefix(name, table.causal_length);
+            doc_key.extend_from_slice(pk);
+            if heads.get(doc_key.as_slice())?.is_none() {
+                let problem = "materialized row without a document".into();
+                self.problems.push(IntegrityProblem::Row { table: name.into(), key: shown, problem });
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of index entries must equal the number of rows of each live index's table
+    /// (each row was checked to have its entries), and no entry may belong to a dead index.
+    fn check_indexes(&mut self, catalog: &Catalog) -> Result<(), StorageError> {
+        let indexes = self.txn.open_table(storage::INDEXES)?;
+        let rows = self.txn.open_table(storage::ROWS)?;
+        let mut counts = std::collections::BTreeMap::<String, u64>::new();
+        for item in indexes.iter()? {
+            let (key, _) = item?;
+            let name = keys::decode_name(key.value()).map(|(n, _)| n.to_string()).unwrap_or_default();
+            *counts.entry(name).or_default() += 1;
+        }
+        for (name, count) in counts {
+            let Some(index) = catalog.index(&name) else {
+                self.problems
+                    .push(IntegrityProblem::Index { index: name, problem: "entries of a dropped index".into() });
+                continue;
+            };
+            let prefix = keys::row_key(&index.def.schema.table, &[]);
+            let end = keys::prefix_end(&prefix).expect("names are not all 0xFF");
+            let row_count = rows.range::<&[u8]>(prefix.as_slice()..end.as_slice())?.count() as u64;
+            if row_count != count {
+                let problem = format!("{count} entries for {row_count} rows");
+                self.problems.push(IntegrityProblem::Index { index: name, problem });
+            }
+        }
+        Ok(())
+    }
+
+    /// The log must be contiguous per origin and match the version vector; every logged
+    /// automerge change must be in its document; no pending change may already be held.
+    fn check_log(&mut self, in_memory: &crate::VersionVector) -> Result<(), StorageError> {
+        let log = self.txn.open_table(storage::LOG)?;
+        let mut derived = crate::VersionVector::new();
+        let mut entries = Vec::new();
+        for item in log.iter()? {
+            let (key, value) = item?;
+            entries.push((key.value().to_vec(), value.value().to_vec()));
+        }
+        for (key, value) in entries {
+            let Ok((origin, seq)) = keys::decode_log_key(&key) else {
+                self.problems.push(IntegrityProblem::Log { problem: "malformed log key".into() });
+                continue;
+            };
+            if seq != derived.seq(origin) + 1 {
+                let problem = format!("gap before {origin} seq {seq}");
+                self.problems.push(IntegrityProblem::Log { problem });
+            }
+            derived.set(origin, seq);
+            self.check_logged_change(origin, seq, value)?;
+        }
+        let stored = read::Snapshot::version_vector_of(&self.txn)?;
+        if stored != derived || *in_memory != derived {
+            let problem = format!("version vector {stored:?} (in memory {in_memory:?}) but the log holds {derived:?}");
+            self.problems.push(IntegrityProblem::Log { problem });
+        }
+        let pending = self.txn.open_table(storage::PENDING)?;
+        for item in pending.iter()? {
+            let (key, _) = item?;
+            if let Ok((origin, seq)) = keys::decode_log_key(key.value()) {
+                if seq <= derived.seq(origin) {
+                    let problem = format!("pending change {origin} seq {seq} is already applied");
+                    self.problems.push(IntegrityProblem::Log { problem });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_logged_change(&mut self, origin: NodeId, seq: u64, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let change = match VerifiedChange::decode(bytes) {
+            Ok(change) if change.origin == origin && change.seq == seq => change,
+            Ok(_) => {
+                let problem = format!("entry {origin} seq {seq} holds another change");
+                self.problems.push(IntegrityProblem::Log { problem });
+                return Ok(());
+            }
+            Err(e) => {
+                self.problems.push(IntegrityProblem::Log { problem: format!("entry {origin} seq {seq}: {e}") });
+                return Ok(());
+            }
+        };
+        for op in &change.ops {
+            let key = op.key.encode();
+            let present = match self.load(&key)? {
+                Some(mut document) => document.get_change_by_hash(&op.change.hash()).is_some(),
+                None => false,
+            };
+            if !present {
+                let doc = super::describe_doc_key(&key);
+                let problem = format!("change {origin} seq {seq} is missing from the document");
+                self.problems.push(IntegrityProblem::Document { doc, problem });
+            }
+        }
+        Ok(())
+    }
+}

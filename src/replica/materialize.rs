@@ -1,0 +1,315 @@
+//! Re-derivation of catalog entries, materialized rows, index entries and conflicts from
+//! changed documents, inside the transaction that changed them.
+//!
+//! This is the one path shared by local writes and remote changes: documents changed →
+//! [`Replica::record_changes`] persists them, refreshes what depends on them, and logs the
+//! change envelopes. `check_integrity` re-runs the same derivation from scratch and compares.
+
+use redb::ReadableTable;
+
+use super::{ColumnConflict, Replica, Row, WorkingDoc, WriteTables};
+use crate::catalog::{self, Catalog, IndexEntry};
+use crate::change::{DocKey, VerifiedChange};
+use crate::codec;
+use crate::doc;
+use crate::error::StorageError;
+use crate::keys;
+use crate::schema::TableSchema;
+use crate::types::NodeId;
+
+/// A document changed by the current transaction, with the changes to persist.
+pub(crate) struct ChangedDoc<'a> {
+    pub key_bytes: Vec<u8>,
+    pub key: DocKey,
+    pub working: WorkingDoc,
+    pub new_changes: Vec<&'a [u8]>,
+    /// The change envelope that first touched this document, for error reports.
+    pub cause: (NodeId, u64),
+}
+
+/// Why recording changes failed.
+#[derive(Debug)]
+pub(crate) enum RecordError {
+    Storage(StorageError),
+    /// The changed documents contradict the catalog; the change must be refused.
+    Inconsistent {
+        origin: NodeId,
+        seq: u64,
+        reason: String,
+    },
+}
+
+impl RecordError {
+    /// For local writes, where inconsistency is an internal invariant violation.
+    pub fn into_storage(self) -> StorageError {
+        match self {
+            RecordError::Storage(e) => e,
+            RecordError::Inconsistent { reason, .. } => StorageError::Corrupt(reason),
+        }
+    }
+}
+
+impl<E: Into<StorageError>> From<E> for RecordError {
+    fn from(e: E) -> RecordError {
+        RecordError::Storage(e.into())
+    }
+}
+
+/// Materializes a row document under a table definition: the winner of every column, and
+/// the columns with concurrent different values. `None` when the row is deleted or its key
+/// does not match the definition's primary key (a row written under a losing definition).
+pub(crate) fn materialize_row(
+    document: &automerge::AutoCommit,
+    schema: &TableSchema,
+    pk: &[u8],
+) -> Option<(Row, Vec<ColumnConflict>)> {
+    if !doc::is_alive(document) {
+        return None;
+    }
+    let mut row = Vec::with_capacity(schema.columns.len());
+    let mut conflicts = Vec::new();
+    for column in &schema.columns {
+        let (winner, values) = doc::read_column(document, column);
+        if values.iter().any(|(v, _)| *v != values[0].0) {
+            conflicts.push(ColumnConflict { column: column.name.clone(), winner: winner.clone(), values });
+        }
+        row.push(winner);
+    }
+    let key: Vec<_> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
+    let key_matches = key.iter().all(|v| !v.is_null()) && keys::encode_tuple(&key) == pk;
+    key_matches.then_some((row, conflicts))
+}
+
+/// The index entry key of a row.
+pub(crate) fn index_entry_key(index: &IndexEntry, schema: &TableSchema, row: &Row, pk: &[u8]) -> Vec<u8> {
+    let values: Vec<_> = index
+        .def
+        .schema
+        .columns
+        .iter()
+        .map(|c| row[schema.column_index(c).expect("live indexes name existing columns")].clone())
+        .collect();
+    keys::index_key(&index.def.schema.name, &keys::encode_tuple(&values), pk)
+}
+
+impl Replica {
+    /// Persists changed documents, refreshes the catalog and rows that depend on them, and
+    /// logs the change envelopes (advancing the version vector).
+    pub(crate) fn record_changes(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        docs: Vec<ChangedDoc<'_>>,
+        changes: &[VerifiedChange],
+    ) -> Result<(), RecordError> {
+        let mut refresh = Vec::with_capacity(docs.len());
+        for changed in docs {
+            refresh.push((changed.key_bytes.clone(), changed.key, changed.cause));
+            self.persist_doc(tables, changed.key_bytes, changed.working, &changed.new_changes)?;
+        }
+        // Catalog documents sort first, so rows are checked against the updated catalog.
+        refresh.sort_by(|a, b| a.1.cmp(&b.1));
+        for (key_bytes, key, (origin, seq)) in refresh {
+            let inconsistent = |reason: String| RecordError::Inconsistent { origin, seq, reason };
+            match &key {
+                DocKey::Table(_) | DocKey::Index(_) => {
+                    self.refresh_catalog_object(tables, &key_bytes, &key).map_err(|e| match e {
+                        RecordError::Inconsistent { reason, .. } => inconsistent(reason),
+                        other => other,
+                    })?
+                }
+                DocKey::Row { table, epoch, pk } => {
+                    let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
+                    if !known {
+                        return Err(inconsistent(format!("row of unknown table {table} (epoch {epoch})")));
+                    }
+                    self.refresh_row(tables, &key_bytes, table, *epoch, pk)?;
+                }
+            }
+        }
+        for change in changes {
+            let log_key = keys::log_key(change.origin, change.seq);
+            tables.log.insert(log_key.as_slice(), change.bytes.as_slice())?;
+            tables.pending.remove(log_key.as_slice())?;
+            self.versions.set(change.origin, change.seq);
+            tables.versions.insert(change.origin.as_bytes().as_slice(), change.seq)?;
+        }
+        Ok(())
+    }
+
+    /// Re-resolves a catalog document; rebuilds the rows or index entries it governs when
+    /// its causal length or winning definition changed.
+    fn refresh_catalog_object(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        key_bytes: &[u8],
+        key: &DocKey,
+    ) -> Result<(), RecordError> {
+        let node = self.node;
+        let inconsistent = |reason: String| RecordError::Inconsistent { origin: node, seq: 0, reason };
+        let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
+        let resolved = match key {
+            DocKey::Table(name) => catalog::resolve_table(name, &working.doc).map(Ok),
+            DocKey::Index(name) => catalog::resolve_index(name, &working.doc).map(Err),
+            DocKey::Row { .. } => unreachable!("only catalog keys are refreshed here"),
+        };
+        self.cache.put(key_bytes.to_vec(), working);
+        match resolved.map_err(|e| inconsistent(e.to_string()))? {
+            Ok(entry) => {
+                let name = entry.schema.name.clone();
+                let old = self.catalog.tables.insert(name.clone(), entry.clone());
+                tables.catalog.insert(key_bytes, codec::encode(&entry).as_slice())?;
+                let changed = old.is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
+                if changed {
+                    self.rebuild_table(tables, &name)?;
+                }
+            }
+            Err(entry) => {
+                let name = entry.def.schema.name.clone();
+                let table_known = self
+                    .catalog
+                    .tables
+                    .get(&entry.def.schema.table)
+                    .is_some_and(|t| t.causal_length >= entry.def.table_epoch);
+                if !table_known {
+                    return Err(inconsistent(format!("index {name} on unknown table {}", entry.def.schema.table)));
+                }
+                let old = self.catalog.indexes.insert(name.clone(), entry.clone());
+                tables.catalog.insert(key_bytes, codec::encode(&entry).as_slice())?;
+                if old.is_none_or(|o| o.causal_length != entry.causal_length || o.def != entry.def) {
+                    self.rebuild_index(tables, &name)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-materializes one row document (or removes its row) with its index entries and
+    /// conflicts.
+    pub(crate) fn refresh_row(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        key_bytes: &[u8],
+        table: &str,
+        epoch: u64,
+        pk: &[u8],
+    ) -> Result<(), StorageError> {
+        let row_key = keys::row_key(table, pk);
+        let Some(entry) = self.catalog.table(table).filter(|t| t.causal_length == epoch).cloned() else {
+            // A row of a dropped table or of an older incarnation: its document is kept
+            // (it is part of the replicated state), but nothing is materialized.
+            return Ok(());
+        };
+        let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
+        let materialized = materialize_row(&working.doc, &entry.schema, pk);
+        self.cache.put(key_bytes.to_vec(), working);
+        let old = match tables.rows.get(row_key.as_slice())? {
+            Some(record) => {
+                Some(crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?)
+            }
+            None => None,
+        };
+        let indexes: Vec<IndexEntry> = self.catalog.indexes_of(table).cloned().collect();
+        for index in &indexes {
+            if let Some(old) = &old {
+                tables.indexes.remove(index_entry_key(index, &entry.schema, old, pk).as_slice())?;
+            }
+        }
+        match materialized {
+            Some((row, conflicts)) => {
+                tables.rows.insert(row_key.as_slice(), crate::record::encode(&row).as_slice())?;
+                for index in &indexes {
+                    tables.indexes.insert(index_entry_key(index, &entry.schema, &row, pk).as_slice(), ())?;
+                }
+                if conflicts.is_empty() {
+                    tables.conflicts.remove(row_key.as_slice())?;
+                } else {
+                    tables.conflicts.insert(row_key.as_slice(), codec::encode(&conflicts).as_slice())?;
+                }
+            }
+            None => {
+                tables.rows.remove(row_key.as_slice())?;
+                tables.conflicts.remove(row_key.as_slice())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears a table's rows, conflicts and index entries and re-materializes every row
+    /// document of its current incarnation.
+    fn rebuild_table(&mut self, tables: &mut WriteTables<'_>, name: &str) -> Result<(), StorageError> {
+        let prefix = keys::row_key(name, &[]);
+        clear_prefix(&mut tables.rows, &prefix)?;
+        clear_prefix(&mut tables.conflicts, &prefix)?;
+        let index_names: Vec<String> = self
+            .catalog
+            .indexes
+            .values()
+            .filter(|i| i.def.schema.table == name)
+            .map(|i| i.def.schema.name.clone())
+            .collect();
+        for index in index_names {
+            clear_index(tables, &index)?;
+        }
+        let Some(entry) = self.catalog.table(name) else { return Ok(()) };
+        let epoch = entry.causal_length;
+        let doc_prefix = DocKey::row_prefix(name, epoch);
+        let end = keys::prefix_end(&doc_prefix).expect("row prefixes never end in 0xFF");
+        let mut doc_keys = Vec::new();
+        for item in tables.heads.range(doc_prefix.as_slice()..end.as_slice())? {
+            doc_keys.push(item?.0.value().to_vec());
+        }
+        for key_bytes in doc_keys {
+            let pk = &key_bytes[doc_prefix.len()..];
+            self.refresh_row(tables, &key_bytes, name, epoch, pk)?;
+        }
+        Ok(())
+    }
+
+    /// Clears an index's entries and rebuilds them from the materialized rows.
+    fn rebuild_index(&mut self, tables: &mut WriteTables<'_>, name: &str) -> Result<(), StorageError> {
+        clear_index(tables, name)?;
+        let Some(index) = self.catalog.index(name).cloned() else { return Ok(()) };
+        let table = self.catalog.table(&index.def.schema.table).expect("live index has a live table");
+        let prefix = keys::row_key(&table.schema.name, &[]);
+        let end = keys::prefix_end(&prefix).expect("names are not all 0xFF");
+        let mut entries = Vec::new();
+        for item in tables.rows.range(prefix.as_slice()..end.as_slice())? {
+            let (key, record) = item?;
+            let row = crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            entries.push(index_entry_key(&index, &table.schema, &row, &key.value()[prefix.len()..]));
+        }
+        for entry in entries {
+            tables.indexes.insert(entry.as_slice(), ())?;
+        }
+        Ok(())
+    }
+}
+
+fn clear_index(tables: &mut WriteTables<'_>, index: &str) -> Result<(), StorageError> {
+    let mut prefix = Vec::new();
+    keys::encode_name(index, &mut prefix);
+    let end = keys::prefix_end(&prefix).expect("names are not all 0xFF");
+    tables.indexes.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
+    Ok(())
+}
+
+fn clear_prefix(table: &mut redb::Table<'_, &'static [u8], &'static [u8]>, prefix: &[u8]) -> Result<(), StorageError> {
+    let end = keys::prefix_end(prefix).expect("names are not all 0xFF");
+    table.retain_in(prefix..end.as_slice(), |_, _| false)?;
+    Ok(())
+}
+
+/// Catalog as stored in `catalog_v1`, for readers.
+pub(crate) fn decode_catalog_entry(key: &[u8], value: &[u8], catalog: &mut Catalog) -> Result<(), StorageError> {
+    let corrupt = |e: String| StorageError::Corrupt(format!("catalog_v1: {e}"));
+    match DocKey::decode(key).map_err(|e| corrupt(e.to_string()))? {
+        DocKey::Table(name) => {
+            catalog.tables.insert(name, codec::decode(value).map_err(|e| corrupt(e.to_string()))?);
+        }
+        DocKey::Index(name) => {
+            catalog.indexes.insert(name, codec::decode(value).map_err(|e| corrupt(e.to_string()))?);
+        }
+        DocKey::Row { .. } => return Err(corrupt("row key in the catalog".into())),
+    }
+    Ok(())
+}

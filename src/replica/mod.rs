@@ -1,0 +1,323 @@
+//! The replica: one node's copy of the store in one redb file.
+//!
+//! A [`Replica`] owns the write side of the database (redb is single-writer; see
+//! `handle.rs` for the thread that owns it in a daemon). Writes and remote changes both end
+//! in the same place: documents change, their new automerge changes are persisted, the
+//! affected catalog entries and rows are re-materialized, and the change envelope is
+//! logged — all in one redb transaction, acknowledged only after a durable commit.
+//! Reads go through [`Snapshot`]s of materialized rows and never touch automerge.
+
+mod apply;
+mod integrity;
+mod materialize;
+mod read;
+mod write;
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Arc;
+
+use automerge::AutoCommit;
+use lru::LruCache;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Catalog;
+use crate::change::DocKey;
+use crate::codec;
+use crate::doc;
+use crate::error::{OpenError, StorageError};
+use crate::keys;
+use crate::storage::{self, FORMAT_VERSION};
+use crate::types::{NodeId, Value};
+use crate::version_vector::VersionVector;
+
+pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
+pub use integrity::{IntegrityProblem, StateDigest};
+pub use read::{RowIter, Snapshot};
+pub use write::{WriteBatch, WriteOp, WriteReceipt};
+
+/// Documents kept loaded between writes. Rows are small; hot rows stay in memory.
+pub const DOC_CACHE_DOCS_MAX: usize = 4096;
+/// Changes kept in a document's tail before its snapshot is rewritten (amortizes `save`).
+pub const DOC_TAIL_CHANGES_MAX: u32 = 64;
+
+/// A materialized row: one value per column of the table's definition, in column order.
+pub type Row = Vec<Value>;
+
+/// Concurrent values of one column of one row. The winner is what reads return; every
+/// concurrent value is kept with the node that wrote it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnConflict {
+    /// The column.
+    pub column: String,
+    /// The value every replica materializes.
+    pub winner: Value,
+    /// Every concurrent value (the winner included, last) with its writer.
+    pub values: Vec<(Value, NodeId)>,
+}
+
+/// A document being changed in the current transaction.
+pub(crate) struct WorkingDoc {
+    pub doc: AutoCommit,
+    /// Changes stored after the document's snapshot.
+    pub tail_len: u32,
+}
+
+/// One node's replica; see the module documentation.
+pub struct Replica {
+    db: Arc<Database>,
+    node: NodeId,
+    catalog: Catalog,
+    versions: VersionVector,
+    /// The version vector when this node last wrote; the next local change depends on
+    /// whatever has grown since.
+    announced: VersionVector,
+    cache: LruCache<Vec<u8>, WorkingDoc>,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica").field("node", &self.node).field("versions", &self.versions).finish()
+    }
+}
+
+/// Every table handle of one write transaction, opened once.
+pub(crate) struct WriteTables<'t> {
+    pub meta: redb::Table<'t, &'static str, &'static [u8]>,
+    pub catalog: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub docs: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub tail: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub heads: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub rows: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub indexes: redb::Table<'t, &'static [u8], ()>,
+    pub conflicts: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub log: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub versions: redb::Table<'t, &'static [u8], u64>,
+    pub pending: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+impl<'t> WriteTables<'t> {
+    pub fn open(txn: &'t redb::WriteTransaction) -> Result<WriteTables<'t>, StorageError> {
+        Ok(WriteTables {
+            meta: txn.open_table(storage::META)?,
+            catalog: txn.open_table(storage::CATALOG)?,
+            docs: txn.open_table(storage::DOCS)?,
+            tail: txn.open_table(storage::DOC_TAIL)?,
+            heads: txn.open_table(storage::DOC_HEADS)?,
+            rows: txn.open_table(storage::ROWS)?,
+            indexes: txn.open_table(storage::INDEXES)?,
+            conflicts: txn.open_table(storage::CONFLICTS)?,
+            log: txn.open_table(storage::LOG)?,
+            versions: txn.open_table(storage::VERSIONS)?,
+            pending: txn.open_table(storage::PENDING)?,
+        })
+    }
+}
+
+impl Replica {
+    /// Opens (or creates) the replica stored at `path` for node `node`.
+    ///
+    /// A file made by another node is refused: a node id must never be reused, or two
+    /// nodes would issue different changes under the same `(origin, seq)`.
+    pub fn open(path: impl AsRef<Path>, node: NodeId) -> Result<Replica, OpenError> {
+        let db = Database::create(path.as_ref()).map_err(StorageError::from)?;
+        let txn = db.begin_write().map_err(StorageError::from)?;
+        storage::create_tables(&txn)?;
+        {
+            let mut meta = txn.open_table(storage::META).map_err(StorageError::from)?;
+            Self::check_or_init_meta(&mut meta, node)?;
+        }
+        txn.commit().map_err(StorageError::from)?;
+        let mut replica = Replica {
+            db: Arc::new(db),
+            node,
+            catalog: Catalog::default(),
+            versions: VersionVector::new(),
+            announced: VersionVector::new(),
+            cache: LruCache::new(NonZeroUsize::new(DOC_CACHE_DOCS_MAX).expect("nonzero")),
+        };
+        replica.reload_state()?;
+        Ok(replica)
+    }
+
+    fn check_or_init_meta(meta: &mut redb::Table<&'static str, &'static [u8]>, node: NodeId) -> Result<(), OpenError> {
+        let format = meta.get(storage::META_FORMAT).map_err(StorageError::from)?.map(|v| v.value().to_vec());
+        match format {
+            None => {
+                meta.insert(storage::META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())
+                    .map_err(StorageError::from)?;
+                meta.insert(storage::META_NODE_ID, node.as_bytes().as_slice()).map_err(StorageError::from)?;
+                return Ok(());
+            }
+            Some(bytes) => {
+                let found = <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes).unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(OpenError::UnsupportedFormat { found, expected: FORMAT_VERSION });
+                }
+            }
+        }
+        let stored = meta.get(storage::META_NODE_ID).map_err(StorageError::from)?;
+        let stored = stored
+            .and_then(|v| NodeId::from_slice(v.value()))
+            .ok_or_else(|| StorageError::Corrupt("meta_v1 has no valid node id".into()))?;
+        if stored != node {
+            return Err(OpenError::NodeIdMismatch { stored, requested: node });
+        }
+        Ok(())
+    }
+
+    /// Re-reads the catalog and version vectors from the committed state and empties the
+    /// document cache. Used after opening and after any failed transaction, so that no
+    /// in-memory state of an aborted transaction survives.
+    fn reload_state(&mut self) -> Result<(), StorageError> {
+        self.cache.clear();
+        let txn = self.db.begin_read()?;
+        self.catalog = read::load_catalog(&txn)?;
+        let mut versions = VersionVector::new();
+        for entry in txn.open_table(storage::VERSIONS)?.iter()? {
+            let (origin, seq) = entry?;
+            let origin = NodeId::from_slice(origin.value())
+                .ok_or_else(|| StorageError::Corrupt("bad origin in versions_v1".into()))?;
+            versions.set(origin, seq.value());
+        }
+        self.versions = versions;
+        let meta = txn.open_table(storage::META)?;
+        self.announced = match meta.get(storage::META_ANNOUNCED)? {
+            Some(bytes) => codec::decode(bytes.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+            None => VersionVector::new(),
+        };
+        Ok(())
+    }
+
+    /// This replica's node id (the automerge actor of its changes).
+    pub fn node_id(&self) -> NodeId {
+        self.node
+    }
+
+    /// The version vector: which changes this replica holds.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.versions
+    }
+
+    /// The resolved catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// A consistent read snapshot of the committed state.
+    pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        Snapshot::begin(&self.db)
+    }
+
+    /// The database, for readers on other threads (redb allows concurrent readers).
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
+    /// Number of changes waiting for their dependencies.
+    pub fn pending_changes(&self) -> Result<u64, StorageError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(storage::PENDING)?.len()?)
+    }
+
+    /// Takes a document out of the cache or loads it from the transaction; `None` if it
+    /// does not exist.
+    pub(crate) fn take_doc(
+        &mut self,
+        tables: &WriteTables<'_>,
+        key: &[u8],
+    ) -> Result<Option<WorkingDoc>, StorageError> {
+        if let Some(doc) = self.cache.pop(key) {
+            return Ok(Some(doc));
+        }
+        load_working_doc(self.node, &tables.heads, &tables.docs, &tables.tail, key)
+    }
+
+    /// Takes a document, or starts an empty one.
+    pub(crate) fn take_or_new_doc(&mut self, tables: &WriteTables<'_>, key: &[u8]) -> Result<WorkingDoc, StorageError> {
+        Ok(self.take_doc(tables, key)?.unwrap_or_else(|| WorkingDoc { doc: doc::new_doc(self.node), tail_len: 0 }))
+    }
+
+    /// Persists a document's new changes (appended to its tail, or folded into a fresh
+    /// snapshot when the tail is long), then its heads, and returns it to the cache.
+    pub(crate) fn persist_doc(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        key: Vec<u8>,
+        mut working: WorkingDoc,
+        new_changes: &[&[u8]],
+    ) -> Result<(), StorageError> {
+        let tail_len_after = working.tail_len as usize + new_changes.len();
+        if tail_len_after >= DOC_TAIL_CHANGES_MAX as usize {
+            let snapshot = working.doc.save();
+            tables.docs.insert(key.as_slice(), snapshot.as_slice())?;
+            for position in 0..working.tail_len {
+                tables.tail.remove(storage::tail_key(&key, position).as_slice())?;
+            }
+            working.tail_len = 0;
+        } else {
+            for change in new_changes {
+                tables.tail.insert(storage::tail_key(&key, working.tail_len).as_slice(), *change)?;
+                working.tail_len += 1;
+            }
+        }
+        let heads = doc::heads(&mut working.doc);
+        tables.heads.insert(key.as_slice(), storage::encode_heads(working.tail_len, &heads).as_slice())?;
+        self.cache.put(key, working);
+        Ok(())
+    }
+
+    /// Commits a write transaction durably.
+    pub(crate) fn begin_durable_write(&self) -> Result<redb::WriteTransaction, StorageError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        Ok(txn)
+    }
+
+    /// Records the in-memory state changes of a committed transaction, or drops them.
+    pub(crate) fn finish(&mut self, outcome: Result<(), StorageError>) -> Result<(), StorageError> {
+        if outcome.is_err() {
+            // An aborted transaction may have left cached documents and catalog entries
+            // that were never committed: start again from the committed state.
+            self.reload_state()?;
+        }
+        outcome
+    }
+}
+
+/// Loads a document from storage tables (used by writers and by the integrity check).
+pub(crate) fn load_working_doc(
+    node: NodeId,
+    heads: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    docs: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tail: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<WorkingDoc>, StorageError> {
+    let Some(heads_value) = storage::get_bytes(heads, key)? else { return Ok(None) };
+    let (tail_len, _) = storage::decode_heads(&heads_value)?;
+    let snapshot = storage::get_bytes(docs, key)?.unwrap_or_default();
+    let mut changes = Vec::with_capacity(tail_len as usize);
+    for position in 0..tail_len {
+        let change = storage::get_bytes(tail, &storage::tail_key(key, position))?
+            .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
+        changes.push(change);
+    }
+    let doc = doc::load_doc(node, &snapshot, changes)
+        .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", describe_doc_key(key))))?;
+    Ok(Some(WorkingDoc { doc, tail_len }))
+}
+
+/// A readable description of an encoded document key, for messages.
+pub(crate) fn describe_doc_key(key: &[u8]) -> String {
+    match DocKey::decode(key) {
+        Ok(DocKey::Table(name)) => format!("table {name}"),
+        Ok(DocKey::Index(name)) => format!("index {name}"),
+        Ok(DocKey::Row { table, epoch, pk }) => {
+            let pk = keys::decode_tuple(&pk).unwrap_or_default();
+            let pk: Vec<String> = pk.iter().map(ToString::to_string).collect();
+            format!("row {table}({}) epoch {epoch}", pk.join(", "))
+        }
+        Err(_) => "with a malformed key".to_string(),
+    }
+}

@@ -1,0 +1,241 @@
+//! Reads: consistent snapshots of materialized rows, index entries and conflicts.
+//!
+//! A [`Snapshot`] is a redb read transaction plus the catalog as of that transaction, so a
+//! reader never sees half of a write or merge. Nothing here touches automerge.
+
+use std::ops::Bound;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use super::materialize::decode_catalog_entry;
+use super::{ColumnConflict, Row};
+use crate::catalog::{Catalog, TableEntry};
+use crate::codec;
+use crate::error::{ReadError, StorageError};
+use crate::keys;
+use crate::record;
+use crate::storage;
+use crate::types::{NodeId, Value};
+use crate::version_vector::VersionVector;
+
+/// Loads the catalog as stored in `catalog_v1`.
+pub(crate) fn load_catalog(txn: &redb::ReadTransaction) -> Result<Catalog, StorageError> {
+    let mut catalog = Catalog::default();
+    for item in txn.open_table(storage::CATALOG)?.iter()? {
+        let (key, value) = item?;
+        decode_catalog_entry(key.value(), value.value(), &mut catalog)?;
+    }
+    Ok(catalog)
+}
+
+/// A consistent, read-only view of one committed state.
+pub struct Snapshot {
+    txn: redb::ReadTransaction,
+    rows: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    catalog: Catalog,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("tables", &self.catalog.tables.len()).finish()
+    }
+}
+
+/// Rows in primary-key order, decoded lazily.
+pub struct RowIter {
+    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+}
+
+impl std::fmt::Debug for RowIter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowIter")
+    }
+}
+
+impl Iterator for RowIter {
+    type Item = Result<Row, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.range.next()?;
+        Some(item.map_err(|e| ReadError::Storage(e.into())).and_then(|(_, value)| decode_row(value.value())))
+    }
+}
+
+fn decode_row(bytes: &[u8]) -> Result<Row, ReadError> {
+    record::decode(bytes).map_err(|e| ReadError::Storage(StorageError::Corrupt(e.to_string())))
+}
+
+impl Snapshot {
+    pub(crate) fn begin(db: &Database) -> Result<Snapshot, StorageError> {
+        let txn = db.begin_read()?;
+        let catalog = load_catalog(&txn)?;
+        let rows = txn.open_table(storage::ROWS)?;
+        Ok(Snapshot { txn, rows, catalog })
+    }
+
+    /// The catalog as of this snapshot.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// A live table, or [`ReadError::UnknownTable`].
+    pub fn table(&self, name: &str) -> Result<&TableEntry, ReadError> {
+        self.catalog.table(name).ok_or_else(|| ReadError::UnknownTable(name.to_ascii_lowercase()))
+    }
+
+    fn encoded_key(&self, table: &TableEntry, key: &[Value]) -> Result<Vec<u8>, ReadError> {
+        let schema = &table.schema;
+        let positions = schema.primary_key_indexes();
+        let bad = |reason: String| ReadError::BadKey { table: schema.name.clone(), reason };
+        if key.len() > positions.len() {
+            return Err(bad(format!("the key has {} columns, got {} values", positions.len(), key.len())));
+        }
+        let mut coerced = Vec::with_capacity(key.len());
+        for (value, i) in key.iter().zip(positions) {
+            let column = &schema.columns[i];
+            let value = value.clone().coerce(column.ty).filter(|v| !v.is_null());
+            coerced.push(value.ok_or_else(|| bad(format!("{} needs a non-NULL {}", column.name, column.ty)))?);
+        }
+        Ok(keys::encode_tuple(&coerced))
+    }
+
+    /// The row with this primary key, if it exists.
+    pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError> {
+        let entry = self.table(table)?;
+        let pk = self.encoded_key(entry, key)?;
+        if key.len() != entry.schema.primary_key.len() {
+            return Err(ReadError::BadKey {
+                table: entry.schema.name.clone(),
+                reason: "incomplete primary key".into(),
+            });
+        }
+        let row_key = keys::row_key(&entry.schema.name, &pk);
+        match self.rows.get(row_key.as_slice()).map_err(StorageError::from)? {
+            Some(value) => Ok(Some(decode_row(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every row of a table in primary-key order.
+    pub fn scan(&self, table: &str) -> Result<RowIter, ReadError> {
+        self.range(table, Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// Rows whose primary key lies between the bounds, in key order. A bound may be a
+    /// prefix of the key: `Included([5])` on a key `(a, b)` means `a >= 5` for the lower
+    /// bound and `a <= 5` for the upper one.
+    pub fn range(&self, table: &str, lower: Bound<&[Value]>, upper: Bound<&[Value]>) -> Result<RowIter, ReadError> {
+        let entry = self.table(table)?;
+        let prefix = keys::row_key(&entry.schema.name, &[]);
+        let bound = |values: &[Value]| -> Result<Vec<u8>, ReadError> {
+            let mut key = prefix.clone();
+            key.extend(self.encoded_key(entry, values)?);
+            Ok(key)
+        };
+        let past = |key: Vec<u8>| keys::prefix_end(&key).expect("names are not all 0xFF");
+        let start = match lower {
+            Bound::Unbounded => prefix.clone(),
+            Bound::Included(values) => bound(values)?,
+            Bound::Excluded(values) => past(bound(values)?),
+        };
+        let end = match upper {
+            Bound::Unbounded => past(prefix.clone()),
+            Bound::Included(values) => past(bound(values)?),
+            Bound::Excluded(values) => bound(values)?,
+        };
+        let range = if start < end {
+            self.rows.range::<&[u8]>(start.as_slice()..end.as_slice())
+        } else {
+            self.rows.range::<&[u8]>(start.as_slice()..start.as_slice())
+        };
+        Ok(RowIter { range: range.map_err(StorageError::from)? })
+    }
+
+    /// Rows whose indexed columns equal `values` (a prefix of the index's columns may be
+    /// given), in index order.
+    pub fn index_lookup(&self, index: &str, values: &[Value]) -> Result<Vec<Row>, ReadError> {
+        let entry = self.catalog.index(index).ok_or_else(|| ReadError::UnknownIndex(index.to_ascii_lowercase()))?;
+        let table = self.table(&entry.def.schema.table)?;
+        let schema = &table.schema;
+        let columns = &entry.def.schema.columns;
+        if values.len() > columns.len() {
+            return Err(ReadError::BadKey {
+                table: schema.name.clone(),
+                reason: "more values than indexed columns".into(),
+            });
+        }
+        let mut coerced = Vec::with_capacity(values.len());
+        for (value, column) in values.iter().zip(columns) {
+            let ty = schema.columns[schema.column_index(column).expect("live index")].ty;
+            // A value that cannot be of the column's type matches nothing.
+            let Some(value) = value.clone().coerce(ty) else { return Ok(Vec::new()) };
+            coerced.push(value);
+        }
+        let prefix = keys::index_key(&entry.def.schema.name, &keys::encode_tuple(&coerced), &[]);
+        let name_len = keys::index_key(&entry.def.schema.name, &[], &[]).len();
+        let end = keys::prefix_end(&prefix).expect("names are not all 0xFF");
+        let indexes = self.txn.open_table(storage::INDEXES).map_err(StorageError::from)?;
+        let mut rows = Vec::new();
+        for item in indexes.range::<&[u8]>(prefix.as_slice()..end.as_slice()).map_err(StorageError::from)? {
+            let (key, _) = item.map_err(StorageError::from)?;
+            let key = &key.value()[name_len..];
+            let values_len = keys::tuple_prefix_len(key, columns.len())
+                .map_err(|e| ReadError::Storage(StorageError::Corrupt(e.to_string())))?;
+            let row_key = keys::row_key(&schema.name, &key[values_len..]);
+            let row = self.rows.get(row_key.as_slice()).map_err(StorageError::from)?;
+            let row = row.ok_or_else(|| ReadError::Storage(StorageError::Corrupt("index entry without row".into())))?;
+            rows.push(decode_row(row.value())?);
+        }
+        Ok(rows)
+    }
+
+    /// Conflicting concurrent values of a row's columns (empty when there are none).
+    pub fn conflicts(&self, table: &str, key: &[Value]) -> Result<Vec<ColumnConflict>, ReadError> {
+        let entry = self.table(table)?;
+        let pk = self.encoded_key(entry, key)?;
+        let conflicts = self.txn.open_table(storage::CONFLICTS).map_err(StorageError::from)?;
+        let row_key = keys::row_key(&entry.schema.name, &pk);
+        match conflicts.get(row_key.as_slice()).map_err(StorageError::from)? {
+            Some(bytes) => decode_conflicts(bytes.value()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Every row with conflicts: table, primary key, and the conflicting columns.
+    pub fn all_conflicts(&self) -> Result<Vec<(String, Vec<Value>, Vec<ColumnConflict>)>, ReadError> {
+        let table = self.txn.open_table(storage::CONFLICTS).map_err(StorageError::from)?;
+        let corrupt = |e: String| ReadError::Storage(StorageError::Corrupt(e));
+        let mut out = Vec::new();
+        for item in table.iter().map_err(StorageError::from)? {
+            let (key, value) = item.map_err(StorageError::from)?;
+            let (name, pk) = keys::decode_name(key.value()).map_err(|e| corrupt(e.to_string()))?;
+            let pk = keys::decode_tuple(pk).map_err(|e| corrupt(e.to_string()))?;
+            out.push((name.to_string(), pk, decode_conflicts(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The version vector as of this snapshot.
+    pub fn version_vector(&self) -> Result<VersionVector, StorageError> {
+        Self::version_vector_of(&self.txn)
+    }
+
+    pub(crate) fn version_vector_of(txn: &redb::ReadTransaction) -> Result<VersionVector, StorageError> {
+        let mut vector = VersionVector::new();
+        for item in txn.open_table(storage::VERSIONS)?.iter()? {
+            let (origin, seq) = item?;
+            let origin =
+                NodeId::from_slice(origin.value()).ok_or_else(|| StorageError::Corrupt("versions_v1 key".into()))?;
+            vector.set(origin, seq.value());
+        }
+        Ok(vector)
+    }
+
+    pub(crate) fn txn(&self) -> &redb::ReadTransaction {
+        &self.txn
+    }
+}
+
+fn decode_conflicts(bytes: &[u8]) -> Result<Vec<ColumnConflict>, ReadError> {
+    codec::decode(bytes).map_err(|e| ReadError::Storage(StorageError::Corrupt(e.to_string())))
+}

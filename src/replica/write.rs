@@ -1,0 +1,587 @@
+//! The local write path: a batch of operations becomes one change envelope, applied in
+//! one redb transaction, acknowledged after a durable commit.
+//!
+//! Each operation is first staged on in-memory documents (uncommitted automerge ops) and
+//! checked against the catalog; the first error drops every staged document, so a refused
+//! batch leaves nothing behind. Only a fully staged batch is committed into automerge and
+//! written. Several batches can share one redb commit ([`Replica::write_group`]).
+
+use std::collections::BTreeMap;
+
+use automerge::transaction::CommitOptions;
+
+use super::materialize::ChangedDoc;
+use super::{Replica, WorkingDoc, WriteTables};
+use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
+use crate::change::{DocChange, DocKey, VerifiedChange};
+use crate::doc;
+use crate::error::{StorageError, WriteError};
+use crate::keys;
+use crate::schema::{IndexSchema, TableSchema};
+use crate::types::{ColumnType, Value};
+
+/// One operation of a write batch.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum WriteOp {
+    /// `CREATE TABLE [IF NOT EXISTS]`.
+    CreateTable {
+        /// The definition.
+        schema: TableSchema,
+        /// Succeed without change if the table exists.
+        if_not_exists: bool,
+    },
+    /// `DROP TABLE [IF EXISTS]`; also drops the table's indexes.
+    DropTable {
+        /// The table.
+        name: String,
+        /// Succeed without change if the table does not exist.
+        if_exists: bool,
+    },
+    /// `CREATE INDEX [IF NOT EXISTS]`.
+    CreateIndex {
+        /// The definition.
+        schema: IndexSchema,
+        /// Succeed without change if the index exists.
+        if_not_exists: bool,
+    },
+    /// `DROP INDEX [IF EXISTS]`.
+    DropIndex {
+        /// The index.
+        name: String,
+        /// Succeed without change if the index does not exist.
+        if_exists: bool,
+    },
+    /// Insert a row; an existing row with the same primary key is an error.
+    Insert {
+        /// The table.
+        table: String,
+        /// Column values; unnamed columns take their default or NULL.
+        values: Vec<(String, Value)>,
+    },
+    /// Insert a row, or update the named columns of the existing row.
+    Upsert {
+        /// The table.
+        table: String,
+        /// Column values, primary key included.
+        values: Vec<(String, Value)>,
+    },
+    /// Update some columns of an existing row.
+    Update {
+        /// The table.
+        table: String,
+        /// The primary key.
+        key: Vec<Value>,
+        /// Columns to set.
+        set: Vec<(String, Value)>,
+    },
+    /// Delete a row if it exists.
+    Delete {
+        /// The table.
+        table: String,
+        /// The primary key.
+        key: Vec<Value>,
+    },
+    /// Add `by` to a COUNTER column of an existing row.
+    Increment {
+        /// The table.
+        table: String,
+        /// The primary key.
+        key: Vec<Value>,
+        /// The COUNTER column.
+        column: String,
+        /// Amount to add (may be negative).
+        by: i64,
+    },
+}
+
+/// Operations applied atomically: all or nothing, one change envelope.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WriteBatch {
+    /// The operations, in order.
+    pub ops: Vec<WriteOp>,
+}
+
+fn named(values: impl IntoIterator<Item = (impl Into<String>, Value)>) -> Vec<(String, Value)> {
+    values.into_iter().map(|(name, value)| (name.into(), value)).collect()
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> WriteBatch {
+        WriteBatch::default()
+    }
+
+    /// Adds `CREATE TABLE`.
+    pub fn create_table(mut self, schema: TableSchema) -> WriteBatch {
+        self.ops.push(WriteOp::CreateTable { schema, if_not_exists: false });
+        self
+    }
+
+    /// Adds `DROP TABLE`.
+    pub fn drop_table(mut self, name: &str) -> WriteBatch {
+        self.ops.push(WriteOp::DropTable { name: name.into(), if_exists: false });
+        self
+    }
+
+    /// Adds `CREATE INDEX`.
+    pub fn create_index(mut self, schema: IndexSchema) -> WriteBatch {
+        self.ops.push(WriteOp::CreateIndex { schema, if_not_exists: false });
+        self
+    }
+
+    /// Adds `DROP INDEX`.
+    pub fn drop_index(mut self, name: &str) -> WriteBatch {
+        self.ops.push(WriteOp::DropIndex { name: name.into(), if_exists: false });
+        self
+    }
+
+    /// Adds an insert.
+    pub fn insert(mut self, table: &str, values: impl IntoIterator<Item = (impl Into<String>, Value)>) -> WriteBatch {
+        self.ops.push(WriteOp::Insert { table: table.into(), values: named(values) });
+        self
+    }
+
+    /// Adds an upsert.
+    pub fn upsert(mut self, table: &str, values: impl IntoIterator<Item = (impl Into<String>, Value)>) -> WriteBatch {
+        self.ops.push(WriteOp::Upsert { table: table.into(), values: named(values) });
+        self
+    }
+
+    /// Adds an update of some columns.
+    pub fn update(
+        mut self,
+        table: &str,
+        key: Vec<Value>,
+        set: impl IntoIterator<Item = (impl Into<String>, Value)>,
+    ) -> WriteBatch {
+        self.ops.push(WriteOp::Update { table: table.into(), key, set: named(set) });
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(mut self, table: &str, key: Vec<Value>) -> WriteBatch {
+        self.ops.push(WriteOp::Delete { table: table.into(), key });
+        self
+    }
+
+    /// Adds a counter increment.
+    pub fn increment(mut self, table: &str, key: Vec<Value>, column: &str, by: i64) -> WriteBatch {
+        self.ops.push(WriteOp::Increment { table: table.into(), key, column: column.into(), by });
+        self
+    }
+}
+
+/// What an acknowledged batch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteReceipt {
+    /// Sequence number of the change this batch became; `None` if it changed nothing
+    /// (for instance a delete of a row that does not exist).
+    pub seq: Option<u64>,
+    /// Rows inserted, updated, deleted or incremented.
+    pub rows_affected: u64,
+}
+
+/// A document staged by the current batch.
+struct Staged {
+    key: DocKey,
+    working: WorkingDoc,
+}
+
+/// State of one batch being staged: its view of the catalog (DDL earlier in the batch is
+/// visible to later operations) and the documents it touched.
+struct BatchCtx {
+    catalog: catalog::Catalog,
+    docs: BTreeMap<Vec<u8>, Staged>,
+    rows_affected: u64,
+}
+
+impl Replica {
+    /// Applies one batch and commits it durably.
+    pub fn write(&mut self, batch: WriteBatch, now_ms: i64) -> Result<WriteReceipt, WriteError> {
+        self.write_group(vec![batch], now_ms).pop().expect("one result per batch")
+    }
+
+    /// Applies several independent batches in one durable commit (group commit). Each batch
+    /// succeeds or fails on its own; a storage failure fails them all.
+    pub fn write_group(&mut self, batches: Vec<WriteBatch>, now_ms: i64) -> Vec<Result<WriteReceipt, WriteError>> {
+        let count = batches.len();
+        let mut results = Vec::with_capacity(count);
+        let outcome = self.write_group_txn(batches, now_ms, &mut results);
+        match self.finish(outcome) {
+            Ok(()) => results,
+            Err(e) => {
+                let message = e.to_string();
+                (0..count)
+                    .map(|_| Err(WriteError::Storage(StorageError::Corrupt(format!("commit failed: {message}")))))
+                    .collect()
+            }
+        }
+    }
+
+    fn write_group_txn(
+        &mut self,
+        batches: Vec<WriteBatch>,
+        now_ms: i64,
+        results: &mut Vec<Result<WriteReceipt, WriteError>>,
+    ) -> Result<(), StorageError> {
+        let txn = self.begin_durable_write()?;
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            for batch in batches {
+                let result = self.write_batch(&mut tables, batch, now_ms);
+                if let Err(WriteError::Storage(e)) = result {
+                    return Err(e);
+                }
+                results.push(result);
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn write_batch(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        batch: WriteBatch,
+        now_ms: i64,
+    ) -> Result<WriteReceipt, WriteError> {
+        if batch.ops.is_empty() {
+            return Err(WriteError::EmptyBatch);
+        }
+        let mut ctx = BatchCtx { catalog: self.catalog.clone(), docs: BTreeMap::new(), rows_affected: 0 };
+        for op in batch.ops {
+            // On error `ctx` drops with the staged documents: nothing of the batch remains.
+            self.stage_op(tables, &mut ctx, op)?;
+        }
+        let rows_affected = ctx.rows_affected;
+        let mut ops = Vec::new();
+        let mut staged = Vec::new();
+        for (key_bytes, mut doc) in ctx.docs {
+            let options = CommitOptions::default().with_time(now_ms);
+            if doc.working.doc.commit_with(options).is_none() {
+                continue;
+            }
+            let change = doc.working.doc.get_last_local_change().expect("just committed").clone();
+            ops.push(DocChange { key: doc.key, change });
+            staged.push((key_bytes, doc.working));
+        }
+        if ops.is_empty() {
+            return Ok(WriteReceipt { seq: None, rows_affected });
+        }
+        let seq = self.versions.seq(self.node) + 1;
+        let deps: Vec<_> = self
+            .versions
+            .iter()
+            .filter(|(origin, seq)| *origin != self.node && *seq > self.announced.seq(*origin))
+            .collect();
+        let change = VerifiedChange::encode_local(self.node, seq, now_ms, &deps, ops);
+        let cause = (self.node, seq);
+        let docs = staged
+            .into_iter()
+            .zip(change.ops.iter())
+            .map(|((key_bytes, working), op)| ChangedDoc {
+                key_bytes,
+                key: op.key.clone(),
+                working,
+                new_changes: vec![op.change.raw_bytes()],
+                cause,
+            })
+            .collect();
+        self.record_changes(tables, docs, std::slice::from_ref(&change))
+            .map_err(|e| WriteError::Storage(e.into_storage()))?;
+        self.announced = self.versions.clone();
+        tables.meta.insert(crate::storage::META_ANNOUNCED, crate::codec::encode(&self.announced).as_slice())?;
+        Ok(WriteReceipt { seq: Some(seq), rows_affected })
+    }
+
+    /// Returns the staged document for `key`, loading or creating it on first use.
+    fn stage_doc<'c>(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &'c mut BatchCtx,
+        key: DocKey,
+    ) -> Result<&'c mut WorkingDoc, WriteError> {
+        let key_bytes = key.encode();
+        if !ctx.docs.contains_key(&key_bytes) {
+            let working = self.take_or_new_doc(tables, &key_bytes)?;
+            ctx.docs.insert(key_bytes.clone(), Staged { key, working });
+        }
+        Ok(&mut ctx.docs.get_mut(&key_bytes).expect("inserted above").working)
+    }
+
+    fn stage_op(&mut self, tables: &WriteTables<'_>, ctx: &mut BatchCtx, op: WriteOp) -> Result<(), WriteError> {
+        match op {
+            WriteOp::CreateTable { schema, if_not_exists } => {
+                self.stage_create_table(tables, ctx, schema, if_not_exists)
+            }
+            WriteOp::DropTable { name, if_exists } => self.stage_drop_table(tables, ctx, &name, if_exists),
+            WriteOp::CreateIndex { schema, if_not_exists } => {
+                self.stage_create_index(tables, ctx, schema, if_not_exists)
+            }
+            WriteOp::DropIndex { name, if_exists } => self.stage_drop_index(tables, ctx, &name, if_exists),
+            WriteOp::Insert { table, values } => self.stage_insert(tables, ctx, &table, values, false),
+            WriteOp::Upsert { table, values } => self.stage_insert(tables, ctx, &table, values, true),
+            WriteOp::Update { table, key, set } => self.stage_update(tables, ctx, &table, key, set),
+            WriteOp::Delete { table, key } => self.stage_delete(tables, ctx, &table, key),
+            WriteOp::Increment { table, key, column, by } => {
+                self.stage_increment(tables, ctx, &table, key, &column, by)
+            }
+        }
+    }
+
+    fn stage_create_table(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        schema: TableSchema,
+        if_not_exists: bool,
+    ) -> Result<(), WriteError> {
+        let schema = schema.validate()?;
+        if ctx.catalog.table(&schema.name).is_some() {
+            return if if_not_exists { Ok(()) } else { Err(WriteError::TableExists(schema.name)) };
+        }
+        let working = self.stage_doc(tables, ctx, DocKey::Table(schema.name.clone()))?;
+        let causal_length = doc::bump_causal_length(&mut working.doc);
+        doc::put_definition(&mut working.doc, catalog::encode_table(&schema));
+        let entry = TableEntry { schema: schema.clone(), causal_length, conflict: None };
+        ctx.catalog.tables.insert(schema.name, entry);
+        Ok(())
+    }
+
+    fn stage_drop_table(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<(), WriteError> {
+        let name = name.to_ascii_lowercase();
+        if ctx.catalog.table(&name).is_none() {
+            return if if_exists { Ok(()) } else { Err(WriteError::UnknownTable(name)) };
+        }
+        let indexes: Vec<String> = ctx.catalog.indexes_of(&name).map(|i| i.def.schema.name.clone()).collect();
+        for index in indexes {
+            self.stage_drop_index(tables, ctx, &index, false)?;
+        }
+        let working = self.stage_doc(tables, ctx, DocKey::Table(name.clone()))?;
+        let causal_length = doc::bump_causal_length(&mut working.doc);
+        ctx.catalog.tables.get_mut(&name).expect("checked alive above").causal_length = causal_length;
+        Ok(())
+    }
+
+    fn stage_create_index(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        schema: IndexSchema,
+        if_not_exists: bool,
+    ) -> Result<(), WriteError> {
+        let table = ctx.catalog.table(&schema.table).ok_or_else(|| WriteError::UnknownTable(schema.table.clone()))?;
+        let table_epoch = table.causal_length;
+        let schema = schema.validate(&table.schema)?;
+        let existing = ctx.catalog.indexes.get(&schema.name);
+        if existing.is_some_and(|i| i.causal_length % 2 == 1) {
+            return if if_not_exists { Ok(()) } else { Err(WriteError::IndexExists(schema.name)) };
+        }
+        let def = IndexDef { schema, table_epoch };
+        let working = self.stage_doc(tables, ctx, DocKey::Index(def.schema.name.clone()))?;
+        let causal_length = doc::bump_causal_length(&mut working.doc);
+        doc::put_definition(&mut working.doc, catalog::encode_index(&def));
+        ctx.catalog.indexes.insert(def.schema.name.clone(), IndexEntry { def, causal_length, conflict: None });
+        Ok(())
+    }
+
+    fn stage_drop_index(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<(), WriteError> {
+        let name = name.to_ascii_lowercase();
+        let alive = ctx.catalog.indexes.get(&name).is_some_and(|i| i.causal_length % 2 == 1);
+        if !alive {
+            return if if_exists { Ok(()) } else { Err(WriteError::UnknownIndex(name)) };
+        }
+        let working = self.stage_doc(tables, ctx, DocKey::Index(name.clone()))?;
+        let causal_length = doc::bump_causal_length(&mut working.doc);
+        ctx.catalog.indexes.get_mut(&name).expect("checked alive above").causal_length = causal_length;
+        Ok(())
+    }
+
+    fn stage_insert(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        table: &str,
+        values: Vec<(String, Value)>,
+        upsert: bool,
+    ) -> Result<(), WriteError> {
+        let entry = live_table(&ctx.catalog, table)?.clone();
+        let schema = &entry.schema;
+        let row = build_row(schema, &values)?;
+        let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
+        let key = row_doc_key(&entry, &pk);
+        let working = self.stage_doc(tables, ctx, key)?;
+        if doc::is_alive(&working.doc) {
+            if !upsert {
+                return Err(WriteError::DuplicateKey { table: schema.name.clone(), key: show_key(&pk) });
+            }
+            for (name, _) in &values {
+                let i = schema.column_index(name).expect("build_row checked the column");
+                if !schema.primary_key.contains(&schema.columns[i].name) {
+                    doc::put_column(&mut working.doc, &schema.columns[i], &row[i]);
+                }
+            }
+        } else {
+            doc::bump_causal_length(&mut working.doc);
+            for (column, value) in schema.columns.iter().zip(&row) {
+                doc::put_column(&mut working.doc, column, value);
+            }
+        }
+        ctx.rows_affected += 1;
+        Ok(())
+    }
+
+    fn stage_update(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        table: &str,
+        key: Vec<Value>,
+        set: Vec<(String, Value)>,
+    ) -> Result<(), WriteError> {
+        let entry = live_table(&ctx.catalog, table)?.clone();
+        let schema = &entry.schema;
+        let pk = coerce_key(schema, key)?;
+        let mut updates = Vec::with_capacity(set.len());
+        for (name, value) in set {
+            let i = column_position(schema, &name)?;
+            let column = &schema.columns[i];
+            if schema.primary_key.contains(&column.name) {
+                return Err(WriteError::PrimaryKeyUpdate { table: schema.name.clone(), column: column.name.clone() });
+            }
+            updates.push((i, coerce_column(schema, i, value)?));
+        }
+        let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
+        if !doc::is_alive(&working.doc) {
+            return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
+        }
+        for (i, value) in updates {
+            doc::put_column(&mut working.doc, &schema.columns[i], &value);
+        }
+        ctx.rows_affected += 1;
+        Ok(())
+    }
+
+    fn stage_delete(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        table: &str,
+        key: Vec<Value>,
+    ) -> Result<(), WriteError> {
+        let entry = live_table(&ctx.catalog, table)?.clone();
+        let pk = coerce_key(&entry.schema, key)?;
+        let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
+        if doc::is_alive(&working.doc) {
+            doc::bump_causal_length(&mut working.doc);
+            ctx.rows_affected += 1;
+        }
+        Ok(())
+    }
+
+    fn stage_increment(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        table: &str,
+        key: Vec<Value>,
+        column: &str,
+        by: i64,
+    ) -> Result<(), WriteError> {
+        let entry = live_table(&ctx.catalog, table)?.clone();
+        let schema = &entry.schema;
+        let i = column_position(schema, column)?;
+        let not_a_counter =
+            || WriteError::NotACounter { table: schema.name.clone(), column: schema.columns[i].name.clone() };
+        if schema.columns[i].ty != ColumnType::Counter {
+            return Err(not_a_counter());
+        }
+        let pk = coerce_key(schema, key)?;
+        let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
+        if !doc::is_alive(&working.doc) {
+            return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
+        }
+        doc::increment(&mut working.doc, &schema.columns[i], by).map_err(|_| not_a_counter())?;
+        ctx.rows_affected += 1;
+        Ok(())
+    }
+}
+
+fn live_table<'c>(catalog: &'c catalog::Catalog, table: &str) -> Result<&'c TableEntry, WriteError> {
+    catalog.table(table).ok_or_else(|| WriteError::UnknownTable(table.to_ascii_lowercase()))
+}
+
+fn row_doc_key(entry: &TableEntry, pk: &[Value]) -> DocKey {
+    DocKey::Row { table: entry.schema.name.clone(), epoch: entry.causal_length, pk: keys::encode_tuple(pk) }
+}
+
+fn column_position(schema: &TableSchema, name: &str) -> Result<usize, WriteError> {
+    schema
+        .column_index(name)
+        .ok_or_else(|| WriteError::UnknownColumn { table: schema.name.clone(), column: name.to_ascii_lowercase() })
+}
+
+/// Converts a value for column `i`, enforcing type and NOT NULL.
+fn coerce_column(schema: &TableSchema, i: usize, value: Value) -> Result<Value, WriteError> {
+    let column = &schema.columns[i];
+    let got = value.kind();
+    let value = value.coerce(column.ty).ok_or_else(|| WriteError::TypeMismatch {
+        table: schema.name.clone(),
+        column: column.name.clone(),
+        expected: column.ty,
+        got,
+    })?;
+    if value.is_null() && (column.not_null || column.ty == ColumnType::Counter) {
+        return Err(WriteError::NotNull { table: schema.name.clone(), column: column.name.clone() });
+    }
+    Ok(value)
+}
+
+/// A full row for an insert: named values, then defaults, then NULL (0 for counters).
+fn build_row(schema: &TableSchema, values: &[(String, Value)]) -> Result<Vec<Value>, WriteError> {
+    let mut row: Vec<Option<Value>> = vec![None; schema.columns.len()];
+    for (name, value) in values {
+        let i = column_position(schema, name)?;
+        row[i] = Some(coerce_column(schema, i, value.clone())?);
+    }
+    let mut full = Vec::with_capacity(row.len());
+    for (i, value) in row.into_iter().enumerate() {
+        let column = &schema.columns[i];
+        let value = match value {
+            Some(value) => value,
+            None if column.default.is_some() => column.default.clone().expect("checked"),
+            None if column.ty == ColumnType::Counter => Value::Integer(0),
+            None => coerce_column(schema, i, Value::Null)?,
+        };
+        full.push(value);
+    }
+    Ok(full)
+}
+
+/// Converts a primary key given by a caller to the key columns' types.
+fn coerce_key(schema: &TableSchema, key: Vec<Value>) -> Result<Vec<Value>, WriteError> {
+    let positions = schema.primary_key_indexes();
+    if key.len() != positions.len() {
+        return Err(WriteError::KeyArity { table: schema.name.clone(), expected: positions.len(), got: key.len() });
+    }
+    positions.into_iter().zip(key).map(|(i, value)| coerce_column(schema, i, value)).collect()
+}
+
+/// A primary key for messages: `(1, 'a')`.
+pub(crate) fn show_key(pk: &[Value]) -> String {
+    let parts: Vec<String> = pk.iter().map(ToString::to_string).collect();
+    format!("({})", parts.join(", "))
+}

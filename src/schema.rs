@@ -1,0 +1,290 @@
+//! Table and index definitions, their validation, and stable column ids.
+//!
+//! A definition is what a `CREATE TABLE` / `CREATE INDEX` says. Definitions replicate as
+//! catalog documents (see `catalog.rs`), so they are serializable and validated both when a
+//! user writes them and when a peer sends them. Names are case-insensitive, as in SQLite:
+//! they are stored lower-cased.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{ColumnType, Value};
+
+/// Longest table, column or index name, in bytes.
+pub const NAME_BYTES_MAX: usize = 128;
+/// Most columns in one table.
+pub const COLUMNS_MAX: usize = 256;
+/// Most columns in a primary key or an index.
+pub const KEY_COLUMNS_MAX: usize = 16;
+
+/// A column of a table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    /// Column name, lower-cased.
+    pub name: String,
+    /// Column type.
+    pub ty: ColumnType,
+    /// Whether NULL is refused. Primary-key columns are always NOT NULL.
+    pub not_null: bool,
+    /// Value used when an insert does not name the column.
+    pub default: Option<Value>,
+}
+
+impl ColumnDef {
+    /// A nullable column without default.
+    pub fn new(name: &str, ty: ColumnType) -> ColumnDef {
+        ColumnDef { name: name.to_ascii_lowercase(), ty, not_null: false, default: None }
+    }
+
+    /// Marks the column NOT NULL.
+    pub fn not_null(mut self) -> ColumnDef {
+        self.not_null = true;
+        self
+    }
+
+    /// Gives the column a default.
+    pub fn default(mut self, value: impl Into<Value>) -> ColumnDef {
+        self.default = Some(value.into());
+        self
+    }
+
+    /// The column's stable id: the map key of its value in every row document.
+    ///
+    /// It is derived from the name and type, so two nodes that create the same column
+    /// independently agree on it, and a column of another type under the same name (a
+    /// conflicting definition) never reads a value of the wrong type.
+    pub fn id(&self) -> String {
+        column_id(&self.name, self.ty)
+    }
+}
+
+/// Computes a column id; see [`ColumnDef::id`].
+pub fn column_id(name: &str, ty: ColumnType) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"edgestore.column.v1\0");
+    hasher.update(name.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(ty.sql_name().as_bytes());
+    hasher.finalize().to_hex()[..12].to_string()
+}
+
+/// What `CREATE TABLE` defines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableSchema {
+    /// Table name, lower-cased.
+    pub name: String,
+    /// Columns in definition order.
+    pub columns: Vec<ColumnDef>,
+    /// Names of the primary-key columns, in key order.
+    pub primary_key: Vec<String>,
+}
+
+/// What `CREATE INDEX` defines.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IndexSchema {
+    /// Index name, lower-cased.
+    pub name: String,
+    /// Indexed table.
+    pub table: String,
+    /// Indexed columns, in key order.
+    pub columns: Vec<String>,
+}
+
+/// A definition that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// A name is empty, too long, or not an identifier.
+    #[error("invalid name {0:?}: names are 1 to {NAME_BYTES_MAX} bytes of letters, digits and '_', not starting with a digit")]
+    InvalidName(String),
+    /// The table has no columns or too many.
+    #[error("table {table} must have 1 to {COLUMNS_MAX} columns")]
+    ColumnCount {
+        /// The table.
+        table: String,
+    },
+    /// Two columns share a name.
+    #[error("column {column} is defined twice in table {table}")]
+    DuplicateColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// The primary key or index is empty, too long, or names an unknown column.
+    #[error("bad key for {object}: {reason}")]
+    BadKey {
+        /// The table or index.
+        object: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A default does not fit its column.
+    #[error("default of column {column} is {value}, which does not fit type {ty}")]
+    BadDefault {
+        /// The column.
+        column: String,
+        /// The default.
+        value: String,
+        /// The column type.
+        ty: ColumnType,
+    },
+}
+
+/// Checks that `name` is a valid identifier and returns it lower-cased.
+pub fn normalize_name(name: &str) -> Result<String, SchemaError> {
+    let valid = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !valid {
+        return Err(SchemaError::InvalidName(name.to_string()));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+impl TableSchema {
+    /// Starts a definition; add columns with [`TableSchema::column`].
+    pub fn new(name: &str) -> TableSchema {
+        TableSchema { name: name.to_ascii_lowercase(), columns: Vec::new(), primary_key: Vec::new() }
+    }
+
+    /// Adds a column.
+    pub fn column(mut self, column: ColumnDef) -> TableSchema {
+        self.columns.push(column);
+        self
+    }
+
+    /// Sets the primary key.
+    pub fn primary_key(mut self, columns: &[&str]) -> TableSchema {
+        self.primary_key = columns.iter().map(|c| c.to_ascii_lowercase()).collect();
+        self
+    }
+
+    /// Position of a column by name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Positions of the primary-key columns.
+    pub fn primary_key_indexes(&self) -> Vec<usize> {
+        self.primary_key.iter().map(|name| self.column_index(name).expect("validated: key columns exist")).collect()
+    }
+
+    /// Validates and normalizes the definition: names, key, defaults. Primary-key columns
+    /// become NOT NULL.
+    pub fn validate(mut self) -> Result<TableSchema, SchemaError> {
+        self.name = normalize_name(&self.name)?;
+        if self.columns.is_empty() || self.columns.len() > COLUMNS_MAX {
+            return Err(SchemaError::ColumnCount { table: self.name });
+        }
+        for i in 0..self.columns.len() {
+            let name = normalize_name(&self.columns[i].name)?;
+            if self.columns[..i].iter().any(|c| c.name == name) {
+                return Err(SchemaError::DuplicateColumn { table: self.name, column: name });
+            }
+            self.columns[i].name = name;
+            self.validate_default(i)?;
+        }
+        self.primary_key = validate_key(&self.name, &self.primary_key, &self.columns)?;
+        for i in self.primary_key_indexes() {
+            if self.columns[i].ty == ColumnType::Counter {
+                return Err(SchemaError::BadKey {
+                    object: self.name,
+                    reason: "a COUNTER column cannot be part of the primary key".into(),
+                });
+            }
+            self.columns[i].not_null = true;
+        }
+        Ok(self)
+    }
+
+    fn validate_default(&mut self, i: usize) -> Result<(), SchemaError> {
+        let column = &mut self.columns[i];
+        let Some(default) = column.default.take() else { return Ok(()) };
+        let shown = default.to_string();
+        match default.coerce(column.ty) {
+            Some(value) if !(value.is_null() && column.not_null) => {
+                column.default = Some(value);
+                Ok(())
+            }
+            _ => Err(SchemaError::BadDefault { column: column.name.clone(), value: shown, ty: column.ty }),
+        }
+    }
+}
+
+impl IndexSchema {
+    /// Defines an index.
+    pub fn new(name: &str, table: &str, columns: &[&str]) -> IndexSchema {
+        IndexSchema {
+            name: name.to_ascii_lowercase(),
+            table: table.to_ascii_lowercase(),
+            columns: columns.iter().map(|c| c.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Validates the index against the definition of its table.
+    pub fn validate(mut self, table: &TableSchema) -> Result<IndexSchema, SchemaError> {
+        self.name = normalize_name(&self.name)?;
+        self.table = normalize_name(&self.table)?;
+        self.columns = validate_key(&self.name, &self.columns, &table.columns)?;
+        Ok(self)
+    }
+}
+
+fn validate_key(object: &str, key: &[String], columns: &[ColumnDef]) -> Result<Vec<String>, SchemaError> {
+    let bad = |reason: String| SchemaError::BadKey { object: object.to_string(), reason };
+    if key.is_empty() || key.len() > KEY_COLUMNS_MAX {
+        return Err(bad(format!("a key has 1 to {KEY_COLUMNS_MAX} columns")));
+    }
+    let mut normalized: Vec<String> = Vec::with_capacity(key.len());
+    for name in key {
+        let name = name.to_ascii_lowercase();
+        if !columns.iter().any(|c| c.name == name) {
+            return Err(bad(format!("no column named {name}")));
+        }
+        if normalized.contains(&name) {
+            return Err(bad(format!("column {name} appears twice")));
+        }
+        normalized.push(name);
+    }
+    Ok(normalized)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sensors() -> TableSchema {
+        TableSchema::new("Sensors")
+            .column(ColumnDef::new("id", ColumnType::Integer))
+            .column(ColumnDef::new("name", ColumnType::Text).default("?"))
+            .primary_key(&["ID"])
+    }
+
+    #[test]
+    fn validation_normalizes_names_and_key_columns() {
+        let schema = sensors().validate().unwrap();
+        assert_eq!(schema.name, "sensors");
+        assert_eq!(schema.primary_key, vec!["id"]);
+        assert!(schema.columns[0].not_null);
+    }
+
+    #[test]
+    fn validation_rejects_bad_definitions() {
+        let dup = sensors().column(ColumnDef::new("NAME", ColumnType::Text));
+        assert!(matches!(dup.validate(), Err(SchemaError::DuplicateColumn { .. })));
+        let no_key = sensors().primary_key(&[]);
+        assert!(matches!(no_key.validate(), Err(SchemaError::BadKey { .. })));
+        let bad_default = sensors().column(ColumnDef::new("n", ColumnType::Integer).default("x"));
+        assert!(matches!(bad_default.validate(), Err(SchemaError::BadDefault { .. })));
+        assert!(normalize_name("1abc").is_err());
+        assert!(normalize_name("a-b").is_err());
+    }
+
+    #[test]
+    fn column_ids_depend_on_name_and_type_only() {
+        let a = ColumnDef::new("t", ColumnType::Integer);
+        assert_eq!(a.id(), ColumnDef::new("T", ColumnType::Integer).not_null().id());
+        assert_ne!(a.id(), ColumnDef::new("t", ColumnType::Text).id());
+    }
+}

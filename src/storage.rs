@@ -1,0 +1,93 @@
+//! The redb tables and the few helpers that read and write them.
+//!
+//! Only this module and the replica modules name redb. Table names carry a version suffix;
+//! the key/value layout of each is in `docs/design.md`, which changes in the same commit as
+//! any layout here.
+
+use redb::{ReadableTable, TableDefinition};
+
+use crate::error::StorageError;
+
+/// Layout version of the whole file, stored in `meta_v1` under [`META_FORMAT`].
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Small named values: format version, node id, the last announced version vector.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
+/// Resolved catalog entries: encoded catalog document key → CBOR entry.
+pub const CATALOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("catalog_v1");
+/// Document snapshots (automerge `save`): document key → bytes. Absent until compacted.
+pub const DOCS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("docs_v1");
+/// Changes applied after the snapshot: document key ‖ u32 BE position → change bytes.
+pub const DOC_TAIL: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_tail_v1");
+/// Per document: u32 BE tail length ‖ sorted 32-byte heads. Present iff the doc exists.
+pub const DOC_HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc_heads_v1");
+/// Materialized live rows: name ‖ primary key → record.
+pub const ROWS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("rows_v1");
+/// Secondary-index entries: index name ‖ indexed values ‖ primary key → ().
+pub const INDEXES: TableDefinition<&[u8], ()> = TableDefinition::new("index_v1");
+/// Column conflicts of live rows: name ‖ primary key → CBOR `Vec<ColumnConflict>`.
+pub const CONFLICTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("conflicts_v1");
+/// The change log: origin ‖ seq BE → encoded envelope.
+pub const LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("log_v1");
+/// The version vector: origin → highest contiguous seq.
+pub const VERSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("versions_v1");
+/// Changes waiting for dependencies: origin ‖ seq BE → encoded envelope.
+pub const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_v1");
+
+/// `meta_v1` key of the format version (u32 BE).
+pub const META_FORMAT: &str = "format_version";
+/// `meta_v1` key of the node id (16 bytes).
+pub const META_NODE_ID: &str = "node_id";
+/// `meta_v1` key of the version vector at the last local change (CBOR).
+pub const META_ANNOUNCED: &str = "announced_vector";
+
+/// Creates every table, so later read transactions can open them unconditionally.
+pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
+    txn.open_table(META)?;
+    txn.open_table(CATALOG)?;
+    txn.open_table(DOCS)?;
+    txn.open_table(DOC_TAIL)?;
+    txn.open_table(DOC_HEADS)?;
+    txn.open_table(ROWS)?;
+    txn.open_table(INDEXES)?;
+    txn.open_table(CONFLICTS)?;
+    txn.open_table(LOG)?;
+    txn.open_table(VERSIONS)?;
+    txn.open_table(PENDING)?;
+    Ok(())
+}
+
+/// Reads a value as an owned byte vector.
+pub fn get_bytes(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    Ok(table.get(key)?.map(|v| v.value().to_vec()))
+}
+
+/// The key of a tail entry.
+pub fn tail_key(doc_key: &[u8], position: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(doc_key.len() + 4);
+    key.extend_from_slice(doc_key);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
+/// Encodes a `doc_heads_v1` value.
+pub fn encode_heads(tail_len: u32, heads: &[[u8; 32]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + heads.len() * 32);
+    out.extend_from_slice(&tail_len.to_be_bytes());
+    for head in heads {
+        out.extend_from_slice(head);
+    }
+    out
+}
+
+/// Decodes a `doc_heads_v1` value into the tail length and the heads bytes.
+pub fn decode_heads(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
+    if value.len() < 4 || (value.len() - 4) % 32 != 0 {
+        return Err(StorageError::Corrupt("doc_heads_v1 value has a bad length".into()));
+    }
+    let tail_len = u32::from_be_bytes(value[..4].try_into().expect("length checked"));
+    Ok((tail_len, &value[4..]))
+}

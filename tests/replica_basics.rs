@@ -1,0 +1,275 @@
+//! Behaviour of one and two replicas through the public API: writes, typed errors,
+//! reads, merge semantics (conflicts, counters, causal-length liveness) and catalog DDL.
+
+use std::ops::Bound;
+
+use edgestore::{ColumnDef, ColumnType, IndexSchema, NodeId, Replica, TableSchema, Value, WriteBatch, WriteError};
+use tempfile::TempDir;
+
+fn node(n: u8) -> NodeId {
+    NodeId([n; 16])
+}
+
+fn open(dir: &TempDir, n: u8) -> Replica {
+    Replica::open(dir.path().join(format!("node{n}.redb")), node(n)).unwrap()
+}
+
+fn sensors() -> TableSchema {
+    TableSchema::new("sensors")
+        .column(ColumnDef::new("id", ColumnType::Integer))
+        .column(ColumnDef::new("name", ColumnType::Text).not_null())
+        .column(ColumnDef::new("temp", ColumnType::Real))
+        .column(ColumnDef::new("hits", ColumnType::Counter))
+        .column(ColumnDef::new("site", ColumnType::Text).default("north"))
+        .primary_key(&["id"])
+}
+
+fn insert(id: i64, name: &str) -> WriteBatch {
+    WriteBatch::new().insert("sensors", [("id", Value::from(id)), ("name", Value::from(name))])
+}
+
+/// Sends everything `from` has that `to` lacks.
+fn sync(from: &Replica, to: &mut Replica) {
+    let batch = from.changes_since(to.version_vector(), usize::MAX, usize::MAX).unwrap();
+    assert!(batch.complete);
+    to.apply_remote(batch.changes).unwrap();
+}
+
+fn get(replica: &Replica, id: i64) -> Option<Vec<Value>> {
+    replica.snapshot().unwrap().get("sensors", &[Value::from(id)]).unwrap()
+}
+
+fn with_table(dir: &TempDir, n: u8) -> Replica {
+    let mut replica = open(dir, n);
+    replica.write(WriteBatch::new().create_table(sensors()), 0).unwrap();
+    replica
+}
+
+#[test]
+fn insert_then_read_with_defaults() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    let receipt = a.write(insert(1, "pump"), 10).unwrap();
+    assert_eq!(receipt.rows_affected, 1);
+    assert_eq!(receipt.seq, Some(2));
+    let row = get(&a, 1).unwrap();
+    assert_eq!(row, vec![1.into(), "pump".into(), Value::Null, 0.into(), "north".into()]);
+    assert_eq!(get(&a, 2), None);
+    assert!(a.check_integrity().unwrap().is_empty());
+}
+
+#[test]
+fn refused_batches_write_nothing() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    a.write(insert(1, "pump"), 0).unwrap();
+    let digest = a.state_digest().unwrap();
+    let cases: Vec<(WriteBatch, &str)> = vec![
+        (insert(2, "ok").insert("nope", [("id", Value::from(1))]), "no such table: nope"),
+        (insert(2, "ok").merge(insert(1, "dup")), "duplicate primary key in sensors: (1)"),
+        (WriteBatch::new().insert("sensors", [("id", Value::from(3))]), "NOT NULL constraint failed: sensors.name"),
+        (
+            WriteBatch::new().insert("sensors", [("id", Value::from(3)), ("name", Value::from(4))]),
+            "type mismatch: sensors.name is TEXT, got INTEGER",
+        ),
+        (
+            WriteBatch::new().insert("sensors", [("id", Value::from(3)), ("bogus", Value::from(4))]),
+            "no such column: sensors.bogus",
+        ),
+        (
+            WriteBatch::new().update("sensors", vec![9.into()], [("temp", Value::from(1.0))]),
+            "no row in sensors with primary key (9)",
+        ),
+        (
+            WriteBatch::new().update("sensors", vec![1.into()], [("id", Value::from(2))]),
+            "cannot update primary-key column sensors.id; delete and insert instead",
+        ),
+        (WriteBatch::new().increment("sensors", vec![1.into()], "temp", 1), "sensors.temp is not a COUNTER column"),
+        (WriteBatch::new().create_table(sensors()), "table sensors already exists"),
+        (WriteBatch::new(), "empty write batch"),
+    ];
+    for (batch, expected) in cases {
+        let err = a.write(batch, 0).unwrap_err();
+        assert_eq!(err.to_string(), expected);
+        assert_eq!(a.state_digest().unwrap(), digest, "refused batch changed state: {expected}");
+    }
+    assert_eq!(get(&a, 2), None);
+    assert!(a.check_integrity().unwrap().is_empty());
+}
+
+trait Merge {
+    fn merge(self, other: WriteBatch) -> WriteBatch;
+}
+impl Merge for WriteBatch {
+    fn merge(mut self, other: WriteBatch) -> WriteBatch {
+        self.ops.extend(other.ops);
+        self
+    }
+}
+
+#[test]
+fn scans_ranges_and_index_lookups() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    a.write(WriteBatch::new().create_index(IndexSchema::new("by_name", "sensors", &["name"])), 0).unwrap();
+    let mut batch = WriteBatch::new();
+    for id in 0..20 {
+        batch = batch.merge(insert(id, if id % 2 == 0 { "even" } else { "odd" }));
+    }
+    a.write(batch, 0).unwrap();
+    let snap = a.snapshot().unwrap();
+    assert_eq!(snap.scan("sensors").unwrap().count(), 20);
+    let ids = |rows: Vec<Vec<Value>>| rows.into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
+    let lo = [Value::from(5)];
+    let hi = [Value::from(8)];
+    let range: Vec<_> =
+        snap.range("sensors", Bound::Included(&lo), Bound::Excluded(&hi)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(ids(range), vec![5.into(), 6.into(), 7.into()]);
+    let odd = snap.index_lookup("by_name", &["odd".into()]).unwrap();
+    assert_eq!(odd.len(), 10);
+    assert!(odd.iter().all(|r| r[1] == "odd".into()));
+    drop(snap);
+    a.write(WriteBatch::new().delete("sensors", vec![1.into()]), 0).unwrap();
+    a.write(WriteBatch::new().update("sensors", vec![3.into()], [("name", Value::from("even"))]), 0).unwrap();
+    let snap = a.snapshot().unwrap();
+    assert_eq!(snap.index_lookup("by_name", &["odd".into()]).unwrap().len(), 8);
+    assert_eq!(snap.index_lookup("by_name", &["even".into()]).unwrap().len(), 11);
+    assert!(a.check_integrity().unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_updates_keep_every_value_and_agree_on_the_winner() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    a.write(insert(1, "pump"), 0).unwrap();
+    let mut b = open(&dir, 2);
+    sync(&a, &mut b);
+    a.write(WriteBatch::new().update("sensors", vec![1.into()], [("name", Value::from("from-a"))]), 0).unwrap();
+    b.write(WriteBatch::new().update("sensors", vec![1.into()], [("name", Value::from("from-b"))]), 0).unwrap();
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    assert_eq!(get(&a, 1), get(&b, 1));
+    let conflicts = a.snapshot().unwrap().conflicts("sensors", &[1.into()]).unwrap();
+    assert_eq!(conflicts.len(), 1);
+    let conflict = &conflicts[0];
+    assert_eq!(conflict.column, "name");
+    let mut values: Vec<_> = conflict.values.iter().map(|(v, n)| (v.to_string(), *n)).collect();
+    values.sort();
+    assert_eq!(values, vec![("from-a".into(), node(1)), ("from-b".into(), node(2))]);
+    assert_eq!(get(&a, 1).unwrap()[1], conflict.winner);
+    assert_eq!(b.snapshot().unwrap().conflicts("sensors", &[1.into()]).unwrap(), conflicts);
+}
+
+#[test]
+fn counters_add_concurrent_increments() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    a.write(insert(1, "pump"), 0).unwrap();
+    let mut b = open(&dir, 2);
+    sync(&a, &mut b);
+    a.write(WriteBatch::new().increment("sensors", vec![1.into()], "hits", 5), 0).unwrap();
+    b.write(WriteBatch::new().increment("sensors", vec![1.into()], "hits", 7), 0).unwrap();
+    b.write(WriteBatch::new().increment("sensors", vec![1.into()], "hits", -2), 0).unwrap();
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(get(&a, 1).unwrap()[3], Value::from(10));
+    assert_eq!(get(&b, 1).unwrap()[3], Value::from(10));
+}
+
+#[test]
+fn delete_beats_concurrent_update_and_reinsert_revives() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    a.write(insert(1, "pump"), 0).unwrap();
+    let mut b = open(&dir, 2);
+    sync(&a, &mut b);
+    a.write(WriteBatch::new().delete("sensors", vec![1.into()]), 0).unwrap();
+    b.write(WriteBatch::new().update("sensors", vec![1.into()], [("temp", Value::from(20.5))]), 0).unwrap();
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(get(&a, 1), None);
+    assert_eq!(get(&b, 1), None);
+    // B has now seen the delete; its re-insert revives the row with fresh values.
+    b.write(insert(1, "new pump"), 0).unwrap();
+    sync(&b, &mut a);
+    let row = get(&a, 1).unwrap();
+    assert_eq!(row[1], "new pump".into());
+    assert_eq!(row[2], Value::Null);
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    assert!(a.check_integrity().unwrap().is_empty());
+}
+
+#[test]
+fn identical_concurrent_ddl_merges_silently_and_different_ddl_conflicts_visibly() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    let mut b = with_table(&dir, 2);
+    a.write(insert(1, "a"), 0).unwrap();
+    b.write(insert(2, "b"), 0).unwrap();
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    assert!(a.catalog().table("sensors").unwrap().conflict.is_none());
+    assert!(get(&a, 2).is_some() && get(&b, 1).is_some());
+
+    let other = TableSchema::new("gauges").column(ColumnDef::new("k", ColumnType::Text)).primary_key(&["k"]);
+    let wider = other.clone().column(ColumnDef::new("v", ColumnType::Integer));
+    a.write(WriteBatch::new().create_table(other), 0).unwrap();
+    b.write(WriteBatch::new().create_table(wider), 0).unwrap();
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    let entry = a.catalog().table("gauges").unwrap();
+    assert_eq!(entry, b.catalog().table("gauges").unwrap());
+    let conflict = entry.conflict.as_ref().expect("conflicting definitions are visible");
+    assert_eq!(conflict.definitions.len(), 2);
+    assert!(a.check_integrity().unwrap().is_empty());
+}
+
+#[test]
+fn drop_table_then_recreate_starts_empty_everywhere() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    a.write(insert(1, "pump"), 0).unwrap();
+    let mut b = open(&dir, 2);
+    sync(&a, &mut b);
+    a.write(WriteBatch::new().drop_table("sensors"), 0).unwrap();
+    b.write(insert(2, "concurrent"), 0).unwrap();
+    a.write(WriteBatch::new().create_table(sensors()), 0).unwrap();
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(a.snapshot().unwrap().scan("sensors").unwrap().count(), 0);
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    assert!(matches!(b.write(insert(3, "x"), 0), Ok(_)));
+    assert!(b.check_integrity().unwrap().is_empty());
+}
+
+#[test]
+fn out_of_order_changes_park_until_their_dependencies_arrive() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    for id in 0..5 {
+        a.write(insert(id, "x"), 0).unwrap();
+    }
+    let mut changes = a.changes_since(&Default::default(), usize::MAX, usize::MAX).unwrap().changes;
+    changes.reverse();
+    let mut b = open(&dir, 2);
+    let last = changes.remove(changes.len() - 1);
+    let report = b.apply_remote(changes.clone()).unwrap();
+    assert_eq!((report.applied, report.parked), (0, 5));
+    let report = b.apply_remote(vec![last]).unwrap();
+    assert_eq!(report.applied, 6);
+    assert_eq!(b.pending_changes().unwrap(), 0);
+    let report = b.apply_remote(changes).unwrap();
+    assert_eq!(report.duplicates, 5);
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    assert!(b.check_integrity().unwrap().is_empty());
+}
+
+#[test]
+fn wrong_write_error_kinds_are_matchable() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open(&dir, 1);
+    assert!(matches!(a.write(insert(1, "x"), 0), Err(WriteError::UnknownTable(t)) if t == "sensors"));
+}
