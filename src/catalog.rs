@@ -170,7 +170,7 @@ pub fn resolve_index(name: &str, doc: &AutoCommit) -> Result<IndexEntry, Catalog
     let mut definitions = Vec::new();
     for (bytes, node) in doc::read_definitions(doc) {
         let def: IndexDef = decode_definition(name, &bytes)?;
-        if def.schema.name != name || def.table_epoch % 2 == 0 {
+        if def.schema.name != name || def.table_epoch.is_multiple_of(2) {
             return Err(CatalogError { object: name.to_string(), reason: "bad index definition".into() });
         }
         definitions.push((def, node));

@@ -63,7 +63,9 @@ fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
             table: "devices".into(),
             values: vec![("id".into(), id), ("temp".into(), Value::from(rng.random_range(0..40) as f64))],
         },
-        30..=54 => WriteOp::Update { table: "devices".into(), key: vec![id], set: vec![("name".into(), random_value(rng))] },
+        30..=54 => {
+            WriteOp::Update { table: "devices".into(), key: vec![id], set: vec![("name".into(), random_value(rng))] }
+        }
         55..=66 => WriteOp::Delete { table: "devices".into(), key: vec![id] },
         67..=79 => WriteOp::Increment {
             table: "devices".into(),
@@ -75,13 +77,16 @@ fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
         85..=87 => WriteOp::DropTable { name: "notes".into(), if_exists: true },
         88..=92 => WriteOp::Upsert {
             table: "notes".into(),
-            values: vec![("site".into(), "s1".into()), ("seq".into(), Value::from(1)), ("body".into(), random_value(rng))],
+            values: vec![
+                ("site".into(), "s1".into()),
+                ("seq".into(), Value::from(1)),
+                ("body".into(), random_value(rng)),
+            ],
         },
         93..=94 => WriteOp::Delete { table: "notes".into(), key: note_key() },
-        95..=97 => WriteOp::CreateIndex {
-            schema: IndexSchema::new("by_name", "devices", &["name"]),
-            if_not_exists: true,
-        },
+        95..=97 => {
+            WriteOp::CreateIndex { schema: IndexSchema::new("by_name", "devices", &["name"]), if_not_exists: true }
+        }
         _ => WriteOp::DropIndex { name: "by_name".into(), if_exists: true },
     }
 }

@@ -34,7 +34,7 @@ use crate::version_vector::VersionVector;
 
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use integrity::{IntegrityProblem, StateDigest};
-pub use read::{RowIter, Snapshot};
+pub use read::{RowConflicts, RowIter, Snapshot};
 pub use write::{WriteBatch, WriteOp, WriteReceipt};
 
 /// Documents kept loaded between writes. Rows are small; hot rows stay in memory.

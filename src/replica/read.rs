@@ -28,6 +28,17 @@ pub(crate) fn load_catalog(txn: &redb::ReadTransaction) -> Result<Catalog, Stora
     Ok(catalog)
 }
 
+/// The conflicting columns of one row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RowConflicts {
+    /// The table.
+    pub table: String,
+    /// The row's primary key.
+    pub key: Vec<Value>,
+    /// Columns with concurrent different values.
+    pub columns: Vec<ColumnConflict>,
+}
+
 /// A consistent, read-only view of one committed state.
 pub struct Snapshot {
     txn: redb::ReadTransaction,
@@ -201,8 +212,8 @@ impl Snapshot {
         }
     }
 
-    /// Every row with conflicts: table, primary key, and the conflicting columns.
-    pub fn all_conflicts(&self) -> Result<Vec<(String, Vec<Value>, Vec<ColumnConflict>)>, ReadError> {
+    /// Every row with conflicts, in table and primary-key order.
+    pub fn all_conflicts(&self) -> Result<Vec<RowConflicts>, ReadError> {
         let table = self.txn.open_table(storage::CONFLICTS).map_err(StorageError::from)?;
         let corrupt = |e: String| ReadError::Storage(StorageError::Corrupt(e));
         let mut out = Vec::new();
@@ -210,7 +221,7 @@ impl Snapshot {
             let (key, value) = item.map_err(StorageError::from)?;
             let (name, pk) = keys::decode_name(key.value()).map_err(|e| corrupt(e.to_string()))?;
             let pk = keys::decode_tuple(pk).map_err(|e| corrupt(e.to_string()))?;
-            out.push((name.to_string(), pk, decode_conflicts(value.value())?));
+            out.push(RowConflicts { table: name.to_string(), key: pk, columns: decode_conflicts(value.value())? });
         }
         Ok(out)
     }
