@@ -46,6 +46,9 @@ pub struct ChangeBatch {
     pub changes: Vec<Vec<u8>>,
     /// Whether the batch holds everything the given vector lacks.
     pub complete: bool,
+    /// The given vector advanced by the changes in the batch: what a receiver that held
+    /// the given vector holds after applying the batch.
+    pub covered: VersionVector,
 }
 
 impl Replica {
@@ -255,6 +258,7 @@ impl Replica {
         let txn = self.db.begin_read()?;
         let log = txn.open_table(storage::LOG)?;
         let mut changes = Vec::new();
+        let mut covered = vector.clone();
         let mut bytes = 0usize;
         for (origin, ours) in self.versions.iter() {
             let theirs = vector.seq(origin);
@@ -263,17 +267,18 @@ impl Replica {
             }
             let start = keys::log_key(origin, theirs + 1);
             let end = keys::log_key(origin, ours);
-            for item in log.range(start.as_slice()..=end.as_slice())? {
+            for (seq, item) in (theirs + 1..).zip(log.range(start.as_slice()..=end.as_slice())?) {
                 let value = item?.1.value().to_vec();
                 let full = !changes.is_empty() && (changes.len() >= changes_max || bytes + value.len() > bytes_max);
                 if full {
-                    return Ok(ChangeBatch { changes, complete: false });
+                    return Ok(ChangeBatch { changes, complete: false, covered });
                 }
                 bytes += value.len();
                 changes.push(value);
+                covered.set(origin, seq);
             }
         }
-        Ok(ChangeBatch { changes, complete: true })
+        Ok(ChangeBatch { changes, complete: true, covered })
     }
 }
 

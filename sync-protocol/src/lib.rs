@@ -1,2 +1,20 @@
-//! The edgestore peer protocol: versioned frames, sans-IO sessions and the QUIC transport.
-//! Empty until the sync issue lands; it depends on `edgestore`, never the reverse.
+//! The edgestore peer protocol.
+//!
+//! - [`frame`]: versioned wire frames (CBOR), capped before decoding.
+//! - [`session`]: the sans-IO per-peer state machine: handshake, delta streaming with flow
+//!   control, live push and relay, acknowledgements, keepalive, timeouts.
+//! - [`backoff`]: reconnect backoff.
+//! - [`store`]: the store operations a session uses.
+//!
+//! It depends on `edgestore`, never the reverse. The QUIC transport (quinn) is a thin
+//! driver around [`session::Session`] and is not built yet.
+
+pub mod backoff;
+pub mod frame;
+pub mod session;
+pub mod store;
+
+pub use backoff::Backoff;
+pub use frame::{CloseCode, ClusterId, Frame, FrameError};
+pub use session::{Event, ProtocolError, Session, SessionConfig, SessionStats};
+pub use store::SyncStore;
