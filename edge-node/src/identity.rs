@@ -1,5 +1,6 @@
 //! The node's identity: an Ed25519 key pair made once at `init`, stored as PEM in the data
-//! directory, and the node id derived from its public key (16 bytes of blake3).
+//! directory, and the node id derived from its public key: the first 16 bytes of blake3
+//! over the SubjectPublicKeyInfo DER (what the TLS transport derives from a certificate).
 //!
 //! The same key pair is the node's TLS identity for peer sync, so a node id can be checked
 //! against the certificate a peer presents.
@@ -43,7 +44,7 @@ impl Identity {
     }
 
     fn from_key_pair(key_pair: rcgen::KeyPair) -> Identity {
-        let node_id = NodeId::from_public_key(key_pair.public_key_raw());
+        let node_id = NodeId::from_public_key(&rcgen::PublicKeyData::subject_public_key_info(&key_pair));
         Identity { key_pair, node_id }
     }
 }

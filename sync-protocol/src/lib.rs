@@ -7,7 +7,7 @@
 //! - [`store`]: the store operations a session uses.
 //!
 //! It depends on `edgestore`, never the reverse. The QUIC transport (quinn) is a thin
-//! driver around [`session::Session`] and is not built yet.
+//! driver around [`session::Session`] in [`transport`].
 
 pub mod backoff;
 pub mod frame;
@@ -18,3 +18,4 @@ pub use backoff::Backoff;
 pub use frame::{CloseCode, ClusterId, Frame, FrameError};
 pub use session::{Event, ProtocolError, Session, SessionConfig, SessionStats};
 pub use store::SyncStore;
+pub mod transport;

@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBatch, WriteOp};
+use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBatch};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sync_protocol::{Backoff, ClusterId, Event, Frame, Session, SessionConfig};
@@ -414,7 +414,7 @@ fn apply_partition(sim: &mut Sim, partition: Partition, phase: u64) {
                 }
             }
         }
-        Partition::Flapping(x) if phase % 2 == 0 => apply_partition(sim, Partition::Isolate(x), 0),
+        Partition::Flapping(x) if phase.is_multiple_of(2) => apply_partition(sim, Partition::Isolate(x), 0),
         Partition::Flapping(_) => {}
     }
 }

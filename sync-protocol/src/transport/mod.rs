@@ -1,0 +1,13 @@
+//! The QUIC transport: a thin async driver around [`crate::Session`] on quinn.
+//!
+//! - [`tls`]: TLS 1.3 with mutual authentication against the allow-list.
+//! - [`node`]: [`SyncNode`]: the endpoint, the accept and dial loops, one session per peer.
+//! - [`fault`]: a socket wrapper that drops all traffic on demand, for partition tests.
+
+pub mod fault;
+pub mod node;
+pub mod tls;
+
+pub use fault::{FaultSwitch, FaultySocket};
+pub use node::{SyncNode, SyncNodeConfig, TransportError};
+pub use tls::{AllowList, TlsIdentity};

@@ -1,0 +1,236 @@
+//! Real QUIC on loopback: three nodes sync, one is cut off and healed, and hostile peers are
+//! refused or disconnected without disturbing the honest ones.
+//!
+//! These tests wait for conditions (convergence, a closed connection) with a generous
+//! bound; they never assert how long anything took.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use edgestore::{ColumnDef, ColumnType, NodeId, Replica, ReplicaHandle, TableSchema, Value, WriteBatch};
+use sync_protocol::frame::{self, Frame};
+use sync_protocol::transport::tls::{self, AllowList, TlsIdentity};
+use sync_protocol::transport::{FaultSwitch, SyncNode, SyncNodeConfig};
+use sync_protocol::{ClusterId, SessionConfig};
+
+/// Upper bound for any awaited condition; reaching it fails the test.
+const WAIT_MAX: Duration = Duration::from_secs(60);
+const CLUSTER: ClusterId = ClusterId([9; 16]);
+
+struct TestNode {
+    node: SyncNode,
+    switch: FaultSwitch,
+    handle: ReplicaHandle,
+    addr: SocketAddr,
+}
+
+fn key_pair() -> rcgen::KeyPair {
+    rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()
+}
+
+fn node_id(key_pair: &rcgen::KeyPair) -> NodeId {
+    tls::node_id_of_public_key(&rcgen::PublicKeyData::subject_public_key_info(key_pair))
+}
+
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new(CLUSTER);
+    // Short timers so that a cut-off node is noticed quickly on loopback.
+    config.keepalive_ms = 200;
+    config.idle_timeout_ms = 1_500;
+    config.ack_timeout_ms = 1_500;
+    config
+}
+
+fn start(dir: &tempfile::TempDir, index: usize, key_pair: &rcgen::KeyPair, allowed: AllowList) -> TestNode {
+    let id = node_id(key_pair);
+    let replica = Replica::open(dir.path().join(format!("n{index}.redb")), id).unwrap();
+    let (handle, _thread) = ReplicaHandle::spawn(replica);
+    let config =
+        SyncNodeConfig { session: session_config(), listen: "127.0.0.1:0".parse().unwrap(), backoff_ms: (50, 500) };
+    let (node, switch) = SyncNode::start(handle.clone(), key_pair, allowed, config).unwrap();
+    let addr = node.local_addr().unwrap();
+    TestNode { node, switch, handle, addr }
+}
+
+fn table() -> TableSchema {
+    TableSchema::new("readings")
+        .column(ColumnDef::new("id", ColumnType::Integer))
+        .column(ColumnDef::new("node", ColumnType::Integer))
+        .column(ColumnDef::new("total", ColumnType::Counter))
+        .primary_key(&["id"])
+}
+
+fn digest(node: &TestNode) -> String {
+    node.handle.call(|r| r.state_digest().unwrap().to_string()).unwrap()
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT_MAX;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "gave up waiting for {what} after {WAIT_MAX:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn mesh(count: usize) -> (tempfile::TempDir, Vec<TestNode>, AllowList) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let keys: Vec<_> = (0..count).map(|_| key_pair()).collect();
+    let allowed: AllowList = Arc::new(RwLock::new(keys.iter().map(node_id).collect::<BTreeSet<_>>()));
+    let nodes: Vec<TestNode> = keys.iter().enumerate().map(|(i, k)| start(&dir, i, k, allowed.clone())).collect();
+    for a in &nodes {
+        for b in &nodes {
+            if a.node.node_id() != b.node.node_id() {
+                a.node.add_peer(b.node.node_id(), b.addr);
+            }
+        }
+    }
+    (dir, nodes, allowed)
+}
+
+async fn write_row(node: &TestNode, id: i64, origin: i64) {
+    let batch = WriteBatch::new().insert("readings", [("id", Value::from(id)), ("node", Value::from(origin))]);
+    node.node.write(batch, 0).await.unwrap();
+}
+
+fn rows(node: &TestNode) -> usize {
+    node.handle.call(|r| r.snapshot().unwrap().scan("readings").unwrap().count()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_converge_after_one_is_cut_off_and_healed() {
+    let (_dir, nodes, _) = mesh(3).await;
+    nodes[0].node.write(WriteBatch::new().create_table(table()), 0).await.unwrap();
+    wait_until("the table on every node", || {
+        nodes.iter().all(|n| n.handle.call(|r| r.catalog().table("readings").is_some()).unwrap())
+    })
+    .await;
+    let mut acked = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        for k in 0..10 {
+            write_row(node, (i * 1000 + k) as i64, i as i64).await;
+            acked += 1;
+        }
+    }
+    wait_until("convergence before the cut", || {
+        rows(&nodes[0]) == acked && nodes.iter().all(|n| digest(n) == digest(&nodes[0]))
+    })
+    .await;
+
+    nodes[2].switch.cut();
+    for (i, node) in nodes.iter().enumerate() {
+        for k in 10..30 {
+            write_row(node, (i * 1000 + k) as i64, i as i64).await;
+            acked += 1;
+        }
+        let bump = WriteBatch::new().increment("readings", vec![Value::from(0)], "total", 1 + i as i64);
+        node.node.write(bump, 0).await.unwrap();
+    }
+    wait_until("the connected pair to converge", || digest(&nodes[0]) == digest(&nodes[1]) && rows(&nodes[0]) == 70)
+        .await;
+    assert_eq!(rows(&nodes[2]), 50, "the cut-off node received nothing while cut off");
+
+    nodes[2].switch.heal();
+    wait_until("all three to converge after heal", || {
+        let first = digest(&nodes[0]);
+        nodes.iter().all(|n| digest(n) == first)
+    })
+    .await;
+    for node in &nodes {
+        assert_eq!(rows(node), acked, "no acknowledged write is lost");
+        let total = node
+            .handle
+            .call(|r| r.snapshot().unwrap().get("readings", &[Value::from(0)]).unwrap().unwrap()[2].clone())
+            .unwrap();
+        assert_eq!(total, Value::from(1 + 2 + 3), "counter increments from all three nodes add up");
+        assert!(node.handle.call(|r| r.check_integrity().unwrap().is_empty()).unwrap());
+    }
+    for node in &nodes {
+        node.node.shutdown().await;
+    }
+}
+
+/// A raw QUIC client speaking as `key_pair`, trusting the given servers.
+async fn raw_connect(key_pair: &rcgen::KeyPair, server: &TestNode) -> Result<quinn::Connection, String> {
+    let identity = TlsIdentity::new(key_pair).unwrap();
+    let trusted: AllowList = Arc::new(RwLock::new([server.node.node_id()].into_iter().collect()));
+    let client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&identity, trusted).unwrap()));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let connecting = endpoint.connect(server.addr, "peer.edgestore").map_err(|e| e.to_string())?;
+    let connection = connecting.await.map_err(|e| e.to_string())?;
+    // Without an exchanged stream, a refused client certificate shows only on first use.
+    Ok(connection)
+}
+
+async fn closed_by_node(connection: &quinn::Connection) -> bool {
+    let closed = tokio::time::timeout(WAIT_MAX, connection.closed()).await.expect("the node closes the connection");
+    matches!(closed, quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::ConnectionClosed(_))
+}
+
+fn hello(key_pair: &rcgen::KeyPair) -> Vec<u8> {
+    Frame::Hello {
+        protocol: frame::PROTOCOL_VERSION,
+        cluster: serde_bytes::ByteBuf::from(CLUSTER.0.to_vec()),
+        node: serde_bytes::ByteBuf::from(node_id(key_pair).as_bytes().to_vec()),
+        vector: vec![],
+    }
+    .encode()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_refused_or_disconnected_and_honest_peers_carry_on() {
+    let (_dir, nodes, allowed) = mesh(2).await;
+    nodes[0].node.write(WriteBatch::new().create_table(table()), 0).await.unwrap();
+
+    // 1. An unknown node id is refused during the TLS handshake: no stream ever opens.
+    let stranger = key_pair();
+    let refused = match raw_connect(&stranger, &nodes[0]).await {
+        Err(_) => true,
+        Ok(connection) => match connection.open_bi().await {
+            Err(_) => true,
+            Ok((mut send, mut recv)) => {
+                let _ = send.write_all(&frame::length_prefixed(&hello(&stranger))).await;
+                recv.read_to_end(1024).await.is_err()
+            }
+        },
+    };
+    assert!(refused, "a node that is not on the allow-list must be refused");
+
+    // Hostile peers below are on the allow-list but misbehave.
+    let hostile = key_pair();
+    allowed.write().unwrap().insert(node_id(&hostile));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("an oversized frame", u32::MAX.to_be_bytes().to_vec()),
+        ("garbage bytes", frame::length_prefixed(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x13])),
+        (
+            "a replayed Hello",
+            [frame::length_prefixed(&hello(&hostile)), frame::length_prefixed(&hello(&hostile))].concat(),
+        ),
+        (
+            "an Ack for a batch never sent (replayed from another session)",
+            [
+                frame::length_prefixed(&hello(&hostile)),
+                frame::length_prefixed(&Frame::Ack { batch: 7, vector: vec![] }.encode()),
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, bytes) in cases {
+        let connection = raw_connect(&hostile, &nodes[0]).await.unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        assert!(closed_by_node(&connection).await, "{what}: the node must close the connection");
+    }
+
+    // Honest peers are unaffected: a write on one still reaches the other.
+    wait_until("the table on node 1", || nodes[1].handle.call(|r| r.catalog().table("readings").is_some()).unwrap())
+        .await;
+    write_row(&nodes[0], 1, 0).await;
+    wait_until("the honest peer to receive a new write", || rows(&nodes[1]) == 1).await;
+    for node in &nodes {
+        assert!(node.handle.call(|r| r.check_integrity().unwrap().is_empty()).unwrap());
+        node.node.shutdown().await;
+    }
+}
