@@ -33,6 +33,7 @@ pub mod keys;
 mod record;
 pub mod replica;
 pub mod schema;
+pub mod sql;
 mod storage;
 pub mod types;
 pub mod version_vector;

@@ -1,0 +1,3 @@
+//! Benchmark B6: SQL joins over the converged state, next to SQLite (being written).
+
+fn main() {}

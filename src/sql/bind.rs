@@ -1,0 +1,477 @@
+//! The binder: sqlparser expressions → [`Expr`] over a [`Scope`].
+//!
+//! Columns resolve to row positions, parameters to their values, literals to [`Value`]s.
+//! In an aggregate query the binder also rewrites aggregate calls and `GROUP BY`
+//! expressions into references to the aggregate operator's output ([`AggCtx`]).
+//! Uncorrelated subqueries are planned and run here, once, against the same snapshot.
+
+use std::sync::Arc;
+
+use sqlparser::ast;
+
+use super::aggregate::{AggFunc, AggSpec};
+use super::expr::{CastType, CmpOp, Expr, InSet};
+use super::func::Func;
+use super::plan::Scope;
+use super::value::{self, ArithOp};
+use super::{exec, select, SqlError};
+use crate::replica::Snapshot;
+use crate::types::Value;
+
+/// What planning needs besides the statement: the snapshot and the bound parameters.
+#[derive(Clone, Copy)]
+pub(crate) struct PlanCtx<'a> {
+    pub snap: &'a Arc<Snapshot>,
+    pub params: &'a [Value],
+    /// The enclosing query's scope, only to explain that correlated subqueries are refused.
+    pub outer: Option<&'a Scope>,
+}
+
+/// Aggregation state of the binder: the `GROUP BY` expressions and the aggregates found.
+#[derive(Debug, Default)]
+pub(crate) struct AggCtx {
+    pub group_asts: Vec<ast::Expr>,
+    pub groups: Vec<Expr>,
+    pub aggs: Vec<AggSpec>,
+    agg_asts: Vec<ast::Expr>,
+}
+
+pub(crate) struct Binder<'a> {
+    pub ctx: PlanCtx<'a>,
+    pub scope: &'a Scope,
+    pub agg: Option<AggCtx>,
+}
+
+/// Lower-cases an identifier (names are case-insensitive, as in SQLite).
+pub(crate) fn ident(i: &ast::Ident) -> String {
+    i.value.to_ascii_lowercase()
+}
+
+/// The single identifier of an object name (`t`, not `schema.t`).
+pub(crate) fn object_name(name: &ast::ObjectName) -> Result<String, SqlError> {
+    match name.0.as_slice() {
+        [ast::ObjectNamePart::Identifier(i)] => Ok(ident(i)),
+        _ => Err(SqlError::unsupported(format!("qualified name {name}"))),
+    }
+}
+
+pub(crate) fn is_aggregate(name: &str, args: usize) -> bool {
+    matches!(name, "count" | "sum" | "avg" | "total" | "group_concat") || (matches!(name, "min" | "max") && args == 1)
+}
+
+fn function_name(f: &ast::Function) -> Result<String, SqlError> {
+    object_name(&f.name)
+}
+
+fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool), SqlError> {
+    if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() || f.null_treatment.is_some() {
+        return Err(SqlError::unsupported(format!("FILTER/OVER/WITHIN GROUP in {f}")));
+    }
+    match &f.args {
+        ast::FunctionArguments::None => Ok((Vec::new(), false)),
+        ast::FunctionArguments::Subquery(_) => Err(SqlError::unsupported(format!("subquery as arguments in {f}"))),
+        ast::FunctionArguments::List(list) => {
+            if !list.clauses.is_empty() {
+                return Err(SqlError::unsupported(format!("argument clauses in {f}")));
+            }
+            let distinct = matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct));
+            let args = list
+                .args
+                .iter()
+                .map(|a| match a {
+                    ast::FunctionArg::Unnamed(e) => Ok(e),
+                    _ => Err(SqlError::unsupported(format!("named arguments in {f}"))),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok((args, distinct))
+        }
+    }
+}
+
+/// Whether an AST expression contains an aggregate call (outside subqueries).
+pub(crate) fn has_aggregate(e: &ast::Expr) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    // Cheap pre-check, then an exact walk through function calls.
+    if !["count(", "sum(", "avg(", "total(", "group_concat(", "min(", "max("].iter().any(|f| text.contains(f)) {
+        return false;
+    }
+    let mut found = false;
+    walk(e, &mut |e| {
+        if let ast::Expr::Function(f) = e {
+            if let (Ok(name), Ok((args, _))) = (function_name(f), function_args(f)) {
+                found |= is_aggregate(&name, args.len());
+            }
+        }
+    });
+    found
+}
+
+/// Visits an expression tree (not entering subqueries).
+fn walk(e: &ast::Expr, f: &mut dyn FnMut(&ast::Expr)) {
+    f(e);
+    use ast::Expr as E;
+    let children: Vec<&ast::Expr> = match e {
+        E::BinaryOp { left, right, .. } => vec![left, right],
+        E::UnaryOp { expr, .. } | E::Nested(expr) | E::IsNull(expr) | E::IsNotNull(expr) => vec![expr],
+        E::IsTrue(expr) | E::IsFalse(expr) | E::IsNotTrue(expr) | E::IsNotFalse(expr) => vec![expr],
+        E::Cast { expr, .. } | E::InSubquery { expr, .. } => vec![expr],
+        E::IsDistinctFrom(a, b) | E::IsNotDistinctFrom(a, b) => vec![a, b],
+        E::InList { expr, list, .. } => std::iter::once(&**expr).chain(list).collect(),
+        E::Between { expr, low, high, .. } => vec![expr, low, high],
+        E::Like { expr, pattern, .. } | E::ILike { expr, pattern, .. } => vec![expr, pattern],
+        E::Case { operand, conditions, else_result, .. } => operand
+            .as_deref()
+            .into_iter()
+            .chain(conditions.iter().flat_map(|c| [&c.condition, &c.result]))
+            .chain(else_result.as_deref())
+            .collect(),
+        E::Function(func) => match &func.args {
+            ast::FunctionArguments::List(l) => l
+                .args
+                .iter()
+                .filter_map(|a| match a {
+                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e),
+                    _ => None,
+                })
+                .collect(),
+            _ => vec![],
+        },
+        E::Substring { expr, substring_from, substring_for, .. } => {
+            std::iter::once(&**expr).chain(substring_from.as_deref()).chain(substring_for.as_deref()).collect()
+        }
+        _ => vec![],
+    };
+    for child in children {
+        walk(child, f);
+    }
+}
+
+/// Converts a literal.
+pub(crate) fn literal(v: &ast::Value, params: &[Value]) -> Result<Value, SqlError> {
+    Ok(match v {
+        ast::Value::Number(text, _) => match text.parse::<i64>() {
+            Ok(i) => Value::Integer(i),
+            Err(_) => Value::Real(text.parse().map_err(|_| SqlError::invalid(format!("bad number {text}")))?),
+        },
+        ast::Value::SingleQuotedString(s) => Value::Text(s.clone()),
+        ast::Value::HexStringLiteral(h) => Value::Blob(decode_hex(h)?),
+        ast::Value::Boolean(b) => Value::Integer(i64::from(*b)),
+        ast::Value::Null => Value::Null,
+        ast::Value::Placeholder(p) => parameter(p, params)?,
+        other => return Err(SqlError::unsupported(format!("literal {other}"))),
+    })
+}
+
+fn decode_hex(h: &str) -> Result<Vec<u8>, SqlError> {
+    let bad = || SqlError::invalid(format!("malformed blob literal x'{h}'"));
+    if !h.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
+}
+
+/// A placeholder's value; `parse.rs` has already numbered every `?` as `?N`.
+fn parameter(p: &str, params: &[Value]) -> Result<Value, SqlError> {
+    let digits = p.trim_start_matches(['?', '$']);
+    let n: usize =
+        digits.parse().map_err(|_| SqlError::unsupported(format!("named parameter {p} (use ?, ?N or $N)")))?;
+    if n == 0 {
+        return Err(SqlError::invalid("parameter numbers start at 1"));
+    }
+    params.get(n - 1).cloned().ok_or(SqlError::MissingParameter(n, params.len()))
+}
+
+pub(crate) fn cast_type(ty: &ast::DataType) -> Result<CastType, SqlError> {
+    let name = ty.to_string().to_ascii_uppercase();
+    let base = name.split('(').next().unwrap_or("").trim();
+    Ok(match base {
+        "INTEGER" | "INT" | "BIGINT" | "SMALLINT" | "TINYINT" => CastType::Integer,
+        "REAL" | "DOUBLE" | "FLOAT" | "DOUBLE PRECISION" => CastType::Real,
+        "TEXT" | "VARCHAR" | "CHAR" | "STRING" => CastType::Text,
+        "BLOB" | "BYTEA" => CastType::Blob,
+        "NUMERIC" | "DECIMAL" => CastType::Numeric,
+        "BOOLEAN" | "BOOL" => CastType::Boolean,
+        "TIMESTAMP" => CastType::Timestamp,
+        _ => return Err(SqlError::unsupported(format!("CAST to {ty}"))),
+    })
+}
+
+fn boxed(e: Expr) -> Box<Expr> {
+    Box::new(e)
+}
+
+impl<'a> Binder<'a> {
+    pub fn new(ctx: PlanCtx<'a>, scope: &'a Scope) -> Binder<'a> {
+        Binder { ctx, scope, agg: None }
+    }
+
+    /// Binds an expression.
+    pub fn bind(&mut self, e: &ast::Expr) -> Result<Expr, SqlError> {
+        if let Some(agg) = &self.agg {
+            if let Some(i) = agg.group_asts.iter().position(|g| g == e) {
+                return Ok(Expr::Column(i));
+            }
+        }
+        use ast::Expr as E;
+        match e {
+            E::Identifier(i) => self.column(None, i),
+            E::CompoundIdentifier(parts) => match parts.as_slice() {
+                [t, c] => self.column(Some(&ident(t)), c),
+                _ => Err(SqlError::unsupported(format!("qualified column {e}"))),
+            },
+            E::Value(v) => Ok(Expr::Literal(literal(&v.value, self.ctx.params)?)),
+            E::Nested(inner) => self.bind(inner),
+            E::BinaryOp { left, op, right } => self.binary(left, op, right),
+            E::UnaryOp { op, expr } => match op {
+                ast::UnaryOperator::Not => Ok(Expr::Not(boxed(self.bind(expr)?))),
+                ast::UnaryOperator::Minus => Ok(Expr::Neg(boxed(self.bind(expr)?))),
+                ast::UnaryOperator::Plus => self.bind(expr),
+                _ => Err(SqlError::unsupported(format!("operator {op}"))),
+            },
+            E::IsNull(x) => Ok(Expr::IsNull(boxed(self.bind(x)?), false)),
+            E::IsNotNull(x) => Ok(Expr::IsNull(boxed(self.bind(x)?), true)),
+            E::IsTrue(x) => self.is_truth(x, true, false),
+            E::IsNotTrue(x) => self.is_truth(x, true, true),
+            E::IsFalse(x) => self.is_truth(x, false, false),
+            E::IsNotFalse(x) => self.is_truth(x, false, true),
+            E::IsDistinctFrom(a, b) => Ok(Expr::Is(boxed(self.bind(a)?), boxed(self.bind(b)?), true)),
+            E::IsNotDistinctFrom(a, b) => Ok(Expr::Is(boxed(self.bind(a)?), boxed(self.bind(b)?), false)),
+            E::Between { expr, negated, low, high } => {
+                Ok(Expr::Between(boxed(self.bind(expr)?), boxed(self.bind(low)?), boxed(self.bind(high)?), *negated))
+            }
+            E::InList { expr, list, negated } => {
+                let list = list.iter().map(|x| self.bind(x)).collect::<Result<_, _>>()?;
+                Ok(Expr::InList(boxed(self.bind(expr)?), list, *negated))
+            }
+            E::InSubquery { expr, subquery, negated } => {
+                let set = self.in_subquery(subquery)?;
+                Ok(Expr::InSet(boxed(self.bind(expr)?), Arc::new(set), *negated))
+            }
+            E::Exists { subquery, negated } => {
+                let rows = self.run_subquery(subquery, Some(1))?;
+                Ok(Expr::Literal(value::from_truth(Some(rows.is_empty() == *negated))))
+            }
+            E::Subquery(q) => {
+                let rows = self.run_subquery(q, Some(1))?;
+                Ok(Expr::Literal(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null)))
+            }
+            E::Like { negated, any, expr, pattern, escape_char }
+            | E::ILike { negated, any, expr, pattern, escape_char } => {
+                if *any {
+                    return Err(SqlError::unsupported("LIKE ANY"));
+                }
+                let escape = escape_char.as_ref().map(|e| self.bind(e)).transpose()?.map(boxed);
+                Ok(Expr::Like {
+                    expr: boxed(self.bind(expr)?),
+                    pattern: boxed(self.bind(pattern)?),
+                    escape,
+                    negated: *negated,
+                })
+            }
+            E::Case { operand, conditions, else_result, .. } => {
+                let operand = operand.as_ref().map(|o| self.bind(o)).transpose()?.map(boxed);
+                let whens = conditions
+                    .iter()
+                    .map(|c| Ok((self.bind(&c.condition)?, self.bind(&c.result)?)))
+                    .collect::<Result<_, SqlError>>()?;
+                let otherwise = else_result.as_ref().map(|o| self.bind(o)).transpose()?.map(boxed);
+                Ok(Expr::Case { operand, whens, otherwise })
+            }
+            E::Cast { kind, expr, data_type, format } => {
+                if !matches!(kind, ast::CastKind::Cast | ast::CastKind::DoubleColon) || format.is_some() {
+                    return Err(SqlError::unsupported(format!("{e}")));
+                }
+                Ok(Expr::Cast(boxed(self.bind(expr)?), cast_type(data_type)?))
+            }
+            E::Substring { expr, substring_from, substring_for, .. } => {
+                let mut args = vec![self.bind(expr)?];
+                let from = substring_from.as_ref().ok_or(SqlError::ArgumentCount { function: "substr".into() })?;
+                args.push(self.bind(from)?);
+                if let Some(f) = substring_for {
+                    args.push(self.bind(f)?);
+                }
+                Ok(Expr::Func(Func::Substr, args))
+            }
+            E::Function(f) => self.function(f),
+            E::Trim { trim_where, trim_what, expr, trim_characters } => {
+                let func = match trim_where {
+                    Some(ast::TrimWhereField::Leading) => Func::Ltrim,
+                    Some(ast::TrimWhereField::Trailing) => Func::Rtrim,
+                    _ => Func::Trim,
+                };
+                let mut args = vec![self.bind(expr)?];
+                let chars = trim_what.as_deref().or(trim_characters.as_ref().and_then(|c| c.first()));
+                if let Some(chars) = chars {
+                    args.push(self.bind(chars)?);
+                }
+                Ok(Expr::Func(func, args))
+            }
+            _ => Err(SqlError::unsupported(format!("expression {e}"))),
+        }
+    }
+
+    fn is_truth(&mut self, x: &ast::Expr, want: bool, negated: bool) -> Result<Expr, SqlError> {
+        // `x IS TRUE` is NULL-safe: the truth of x (1, 0 or NULL) IS 1.
+        let truth = Expr::Not(boxed(Expr::Not(boxed(self.bind(x)?))));
+        Ok(Expr::Is(boxed(truth), boxed(Expr::Literal(Value::Integer(i64::from(want)))), negated))
+    }
+
+    fn column(&mut self, table: Option<&str>, name: &ast::Ident) -> Result<Expr, SqlError> {
+        let name = ident(name);
+        let position = match self.scope.resolve(table, &name) {
+            Ok(p) => p,
+            Err(e) => {
+                if self.ctx.outer.is_some_and(|o| o.resolve(table, &name).is_ok()) {
+                    return Err(SqlError::unsupported(format!(
+                        "correlated subquery ({} refers to the outer query)",
+                        table.map_or(name.clone(), |t| format!("{t}.{name}"))
+                    )));
+                }
+                return Err(e);
+            }
+        };
+        let Some(agg) = &mut self.agg else { return Ok(Expr::Column(position)) };
+        if let Some(i) = agg.groups.iter().position(|g| matches!(g, Expr::Column(p) if *p == position)) {
+            return Ok(Expr::Column(i));
+        }
+        // A bare column in an aggregate query takes its value from some row of the group,
+        // as SQLite allows.
+        let spec = AggSpec { func: AggFunc::Any, arg: Some(Expr::Column(position)), distinct: false, separator: None };
+        Ok(Expr::Column(agg.register(spec, None)))
+    }
+
+    fn binary(&mut self, left: &ast::Expr, op: &ast::BinaryOperator, right: &ast::Expr) -> Result<Expr, SqlError> {
+        use ast::BinaryOperator as B;
+        let (l, r) = (boxed(self.bind(left)?), boxed(self.bind(right)?));
+        Ok(match op {
+            B::Plus => Expr::Arith(ArithOp::Add, l, r),
+            B::Minus => Expr::Arith(ArithOp::Sub, l, r),
+            B::Multiply => Expr::Arith(ArithOp::Mul, l, r),
+            B::Divide => Expr::Arith(ArithOp::Div, l, r),
+            B::Modulo => Expr::Arith(ArithOp::Rem, l, r),
+            B::StringConcat => Expr::Concat(l, r),
+            B::Eq => Expr::Cmp(CmpOp::Eq, l, r),
+            B::NotEq => Expr::Cmp(CmpOp::NotEq, l, r),
+            B::Lt => Expr::Cmp(CmpOp::Lt, l, r),
+            B::LtEq => Expr::Cmp(CmpOp::LtEq, l, r),
+            B::Gt => Expr::Cmp(CmpOp::Gt, l, r),
+            B::GtEq => Expr::Cmp(CmpOp::GtEq, l, r),
+            B::And => Expr::And(l, r),
+            B::Or => Expr::Or(l, r),
+            B::Spaceship => Expr::Is(l, r, false),
+            other => return Err(SqlError::unsupported(format!("operator {other}"))),
+        })
+    }
+
+    fn function(&mut self, f: &ast::Function) -> Result<Expr, SqlError> {
+        let name = function_name(f)?;
+        let (args, distinct) = function_args(f)?;
+        if is_aggregate(&name, args.len()) {
+            return self.aggregate(f, &name, &args, distinct);
+        }
+        if distinct {
+            return Err(SqlError::invalid(format!("DISTINCT in non-aggregate function {name}()")));
+        }
+        let func = Func::lookup(&name, args.len())?;
+        let args = args
+            .into_iter()
+            .map(|a| match a {
+                ast::FunctionArgExpr::Expr(e) => self.bind(e),
+                _ => Err(SqlError::invalid(format!("* is not an argument of {name}()"))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Expr::Func(func, args))
+    }
+
+    fn aggregate(
+        &mut self,
+        f: &ast::Function,
+        name: &str,
+        args: &[&ast::FunctionArgExpr],
+        distinct: bool,
+    ) -> Result<Expr, SqlError> {
+        let Some(mut agg) = self.agg.take() else {
+            return Err(SqlError::invalid(format!("misuse of aggregate function {name}()")));
+        };
+        // Arguments bind in the input scope, where a nested aggregate is a misuse.
+        let spec = self.aggregate_spec(name, args, distinct);
+        let spec = match spec {
+            Ok(s) => s,
+            Err(e) => {
+                self.agg = Some(agg);
+                return Err(e);
+            }
+        };
+        let slot = agg.register(spec, Some(ast::Expr::Function(f.clone())));
+        self.agg = Some(agg);
+        Ok(Expr::Column(slot))
+    }
+
+    fn aggregate_spec(
+        &mut self,
+        name: &str,
+        args: &[&ast::FunctionArgExpr],
+        distinct: bool,
+    ) -> Result<AggSpec, SqlError> {
+        let func = AggFunc::from_name(name);
+        let mut bound = Vec::new();
+        for a in args {
+            match a {
+                ast::FunctionArgExpr::Expr(e) => bound.push(self.bind(e)?),
+                ast::FunctionArgExpr::Wildcard if func == AggFunc::Count && args.len() == 1 && !distinct => {
+                    return Ok(AggSpec { func: AggFunc::CountStar, arg: None, distinct: false, separator: None });
+                }
+                _ => return Err(SqlError::invalid(format!("bad arguments to {name}()"))),
+            }
+        }
+        match (func, bound.len()) {
+            (AggFunc::GroupConcat, 1 | 2) if !(distinct && bound.len() == 2) => {}
+            (_, 1) => {}
+            _ => return Err(SqlError::ArgumentCount { function: name.to_string() }),
+        }
+        let separator = if bound.len() == 2 { bound.pop() } else { None };
+        Ok(AggSpec { func, arg: bound.pop(), distinct, separator })
+    }
+
+    fn in_subquery(&mut self, q: &ast::Query) -> Result<InSet, SqlError> {
+        let rows = self.run_subquery(q, None)?;
+        let mut set = InSet::default();
+        for row in rows {
+            if row.len() != 1 {
+                return Err(SqlError::invalid("sub-select returns more than one column"));
+            }
+            match &row[0] {
+                Value::Null => set.has_null = true,
+                v => {
+                    set.values.insert(value::key_of(v));
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// Plans and runs an uncorrelated subquery to completion (at most `limit` rows).
+    fn run_subquery(&mut self, q: &ast::Query, limit: Option<usize>) -> Result<Vec<Vec<Value>>, SqlError> {
+        let ctx = PlanCtx { outer: Some(self.scope), ..self.ctx };
+        let planned = select::plan_query(ctx, q)?;
+        let rows = exec::open(planned.plan, self.ctx.snap)?;
+        rows.take(limit.unwrap_or(usize::MAX)).collect()
+    }
+}
+
+impl AggCtx {
+    /// Adds an aggregate (reusing an identical one) and returns its output position.
+    fn register(&mut self, spec: AggSpec, ast: Option<ast::Expr>) -> usize {
+        if let Some(ast) = &ast {
+            if let Some(i) = self.agg_asts.iter().position(|a| a == ast) {
+                return self.groups.len() + i;
+            }
+        }
+        self.aggs.push(spec);
+        self.agg_asts.push(ast.unwrap_or(ast::Expr::Value(ast::Value::Null.into())));
+        self.groups.len() + self.aggs.len() - 1
+    }
+}

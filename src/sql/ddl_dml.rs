@@ -1,0 +1,475 @@
+//! DDL and DML: statements that become one [`WriteBatch`].
+//!
+//! Every statement is computed against a snapshot taken on the thread that owns the
+//! replica, then written as one atomic, durable batch, so `UPDATE ... WHERE` and
+//! `INSERT ... ON CONFLICT` read and write the same state. DDL goes through the replicated
+//! catalog like any other write. An assignment to a `COUNTER` column becomes an increment
+//! by the difference (`SET c = c + 1` increments by 1), so concurrent increments on other
+//! nodes still add up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlparser::ast;
+
+use super::access::key_value;
+use super::bind::{self, Binder, PlanCtx};
+use super::expr::Expr;
+use super::plan::{Row, Scope};
+use super::system::SYSTEM_PREFIX;
+use super::value::{self, KeyValue};
+use super::{exec, from, select, SqlError};
+use crate::catalog::TableEntry;
+use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
+use crate::schema::{ColumnDef, IndexSchema, TableSchema};
+use crate::types::{ColumnType, Value};
+
+/// Runs a write statement on the replica; returns the number of rows affected.
+pub(crate) fn run(
+    replica: &mut Replica,
+    statement: &ast::Statement,
+    params: &[Value],
+    now_ms: i64,
+) -> Result<u64, SqlError> {
+    let snap = Arc::new(replica.snapshot()?);
+    let ctx = PlanCtx { snap: &snap, params, outer: None };
+    let (ops, affected) = match statement {
+        ast::Statement::CreateTable(ct) => (vec![create_table(ctx, ct)?], 0),
+        ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
+        ast::Statement::Drop {
+            object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..
+        } => (drop_ops(object_type, *if_exists, names)?, 0),
+        ast::Statement::Insert(insert) => self::insert(ctx, insert)?,
+        ast::Statement::Update(update) => self::update(ctx, update)?,
+        ast::Statement::Delete(delete) => self::delete(ctx, delete)?,
+        other => return Err(SqlError::unsupported(format!("statement {}", first_words(other)))),
+    };
+    // The read transaction ends before the write begins: holding it would pin old pages.
+    drop(snap);
+    if !ops.is_empty() {
+        replica.write(WriteBatch { ops }, now_ms)?;
+    }
+    Ok(affected)
+}
+
+pub(crate) fn first_words(statement: &ast::Statement) -> String {
+    statement.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn column_type(ty: &ast::DataType) -> Result<ColumnType, SqlError> {
+    let name = ty.to_string().to_ascii_uppercase();
+    Ok(match name.split('(').next().unwrap_or("").trim() {
+        "INTEGER" | "INT" | "BIGINT" | "SMALLINT" | "TINYINT" => ColumnType::Integer,
+        "REAL" | "DOUBLE" | "FLOAT" | "DOUBLE PRECISION" => ColumnType::Real,
+        "TEXT" | "VARCHAR" | "CHAR" | "STRING" => ColumnType::Text,
+        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
+        "BLOB" | "BYTEA" => ColumnType::Blob,
+        "TIMESTAMP" => ColumnType::Timestamp,
+        "COUNTER" => ColumnType::Counter,
+        _ => return Err(SqlError::unsupported(format!("column type {ty}"))),
+    })
+}
+
+fn check_name(name: &str) -> Result<(), SqlError> {
+    if name.starts_with(SYSTEM_PREFIX) {
+        return Err(SqlError::invalid(format!("names starting with {SYSTEM_PREFIX} are reserved: {name}")));
+    }
+    Ok(())
+}
+
+fn index_column(c: &ast::IndexColumn) -> Result<String, SqlError> {
+    match &c.column.expr {
+        ast::Expr::Identifier(i) if c.operator_class.is_none() => Ok(bind::ident(i)),
+        other => Err(SqlError::unsupported(format!("key or index on expression {other}"))),
+    }
+}
+
+fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<WriteOp, SqlError> {
+    if ct.or_replace || ct.temporary || ct.external || ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
+        return Err(SqlError::unsupported("CREATE TABLE options (OR REPLACE, TEMPORARY, AS SELECT, LIKE, CLONE)"));
+    }
+    let name = bind::object_name(&ct.name)?;
+    check_name(&name)?;
+    let mut schema = TableSchema::new(&name);
+    let mut key: Vec<String> = Vec::new();
+    for column in &ct.columns {
+        let column_name = bind::ident(&column.name);
+        let mut def = ColumnDef::new(&column_name, column_type(&column.data_type)?);
+        for option in &column.options {
+            match &option.option {
+                ast::ColumnOption::Null => {}
+                ast::ColumnOption::NotNull => def.not_null = true,
+                ast::ColumnOption::Default(e) => {
+                    let scope = Scope::default();
+                    let v = Binder::new(ctx, &scope).bind(e)?.eval(&[])?;
+                    def.default = Some(conform(v, def.ty));
+                }
+                ast::ColumnOption::PrimaryKey(pk) if pk.columns.is_empty() => {
+                    if !key.is_empty() {
+                        return Err(SqlError::invalid(format!("table {name} has more than one primary key")));
+                    }
+                    key.push(column_name.clone());
+                }
+                other => return Err(SqlError::unsupported(format!("column constraint {other}"))),
+            }
+        }
+        schema = schema.column(def);
+    }
+    for constraint in &ct.constraints {
+        match constraint {
+            ast::TableConstraint::PrimaryKey(pk) if key.is_empty() => {
+                key = pk.columns.iter().map(index_column).collect::<Result<_, _>>()?;
+            }
+            ast::TableConstraint::PrimaryKey(_) => {
+                return Err(SqlError::invalid(format!("table {name} has more than one primary key")))
+            }
+            other => return Err(SqlError::unsupported(format!("table constraint {other}"))),
+        }
+    }
+    if key.is_empty() {
+        return Err(SqlError::unsupported(format!("table {name} without a PRIMARY KEY (every row is keyed)")));
+    }
+    let key: Vec<&str> = key.iter().map(String::as_str).collect();
+    Ok(WriteOp::CreateTable { schema: schema.primary_key(&key), if_not_exists: ct.if_not_exists })
+}
+
+fn create_index(ci: &ast::CreateIndex) -> Result<WriteOp, SqlError> {
+    let Some(name) = &ci.name else { return Err(SqlError::unsupported("CREATE INDEX without a name")) };
+    if ci.unique || ci.predicate.is_some() || !ci.include.is_empty() || ci.using.is_some() || ci.concurrently {
+        return Err(SqlError::unsupported("UNIQUE, partial, USING or INCLUDE indexes"));
+    }
+    let name = bind::object_name(name)?;
+    check_name(&name)?;
+    let schema = IndexSchema {
+        name,
+        table: bind::object_name(&ci.table_name)?,
+        columns: ci.columns.iter().map(index_column).collect::<Result<_, _>>()?,
+    };
+    Ok(WriteOp::CreateIndex { schema, if_not_exists: ci.if_not_exists })
+}
+
+fn drop_ops(
+    object_type: &ast::ObjectType,
+    if_exists: bool,
+    names: &[ast::ObjectName],
+) -> Result<Vec<WriteOp>, SqlError> {
+    names
+        .iter()
+        .map(|n| {
+            let name = bind::object_name(n)?;
+            match object_type {
+                ast::ObjectType::Table => Ok(WriteOp::DropTable { name, if_exists }),
+                ast::ObjectType::Index => Ok(WriteOp::DropIndex { name, if_exists }),
+                other => Err(SqlError::unsupported(format!("DROP {other}"))),
+            }
+        })
+        .collect()
+}
+
+/// A value converted to a column's type where SQLite would (2.0 into an INTEGER column,
+/// 1 into a BOOLEAN one); anything else is left for the replica's type check.
+fn conform(v: Value, ty: ColumnType) -> Value {
+    key_value(&v, ty).unwrap_or(v)
+}
+
+fn target_table<'s>(snap: &'s Snapshot, name: &ast::ObjectName) -> Result<&'s TableEntry, SqlError> {
+    let name = bind::object_name(name)?;
+    snap.catalog().table(&name).ok_or(SqlError::UnknownTable(name))
+}
+
+fn pk_of(table: &TableEntry, row: &[Value]) -> Vec<Value> {
+    table.schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect()
+}
+
+fn pk_key(pk: &[Value]) -> Vec<KeyValue> {
+    pk.iter().map(value::key_of).collect()
+}
+
+enum OnConflict {
+    Fail,
+    Nothing,
+    Replace,
+    Update { assignments: Vec<(usize, Expr)>, filter: Option<Expr> },
+}
+
+fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    if ins.returning.is_some() || !ins.assignments.is_empty() || ins.partitioned.is_some() || ins.overwrite {
+        return Err(SqlError::unsupported("INSERT with RETURNING, SET or PARTITION"));
+    }
+    let ast::TableObject::TableName(name) = &ins.table else {
+        return Err(SqlError::unsupported("INSERT into a table function"));
+    };
+    let table = target_table(ctx.snap, name)?.clone();
+    let schema = &table.schema;
+    let columns: Vec<usize> = if ins.columns.is_empty() {
+        (0..schema.columns.len()).collect()
+    } else {
+        ins.columns
+            .iter()
+            .map(|c| {
+                let c = bind::object_name(c)?;
+                schema.column_index(&c).ok_or_else(|| SqlError::UnknownColumn(format!("{}.{c}", schema.name)))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let Some(source) = &ins.source else { return Err(SqlError::unsupported("INSERT ... DEFAULT VALUES")) };
+    let planned = select::plan_query(ctx, source)?;
+    if planned.columns.len() != columns.len() {
+        return Err(SqlError::invalid(format!(
+            "table {} has {} columns to fill but {} values were supplied",
+            schema.name,
+            columns.len(),
+            planned.columns.len()
+        )));
+    }
+    let on_conflict = on_conflict(ctx, &table, ins)?;
+    let rows: Vec<Row> = exec::open(planned.plan, ctx.snap)?.collect::<Result<_, _>>()?;
+    let mut ops = Vec::new();
+    let mut affected = 0;
+    // Rows this statement has written so far, by key: a later row of the same statement
+    // conflicts with them as with stored rows.
+    let mut written: HashMap<Vec<KeyValue>, Row> = HashMap::new();
+    for values in rows {
+        let full = full_row(&table, &columns, values);
+        let pk = pk_of(&table, &full);
+        let existing = match written.get(&pk_key(&pk)) {
+            Some(row) => Some(row.clone()),
+            None if matches!(on_conflict, OnConflict::Fail) => None,
+            None => stored_row(ctx.snap, &table, &pk)?,
+        };
+        let named: Vec<(String, Value)> =
+            columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect();
+        let new_state = match (&on_conflict, existing) {
+            (_, None) | (OnConflict::Fail, _) => {
+                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named });
+                Some(full)
+            }
+            (OnConflict::Nothing, Some(_)) => None,
+            (OnConflict::Replace, Some(_)) => {
+                ops.push(WriteOp::Delete { table: schema.name.clone(), key: pk.clone() });
+                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named });
+                Some(full)
+            }
+            (OnConflict::Update { assignments, filter }, Some(old)) => {
+                let mut both = old.clone();
+                both.extend(full);
+                if let Some(f) = filter {
+                    if !f.passes(&both)? {
+                        continue;
+                    }
+                }
+                let new = assigned(&table, &old, assignments, &both)?;
+                ops.extend(update_ops(&table, &pk, &old, &new)?);
+                Some(new)
+            }
+        };
+        if let Some(state) = new_state {
+            affected += 1;
+            written.insert(pk_key(&pk), state);
+        }
+    }
+    Ok((ops, affected))
+}
+
+fn stored_row(snap: &Snapshot, table: &TableEntry, pk: &[Value]) -> Result<Option<Row>, SqlError> {
+    let types: Vec<ColumnType> =
+        table.schema.primary_key_indexes().into_iter().map(|i| table.schema.columns[i].ty).collect();
+    let Some(key) = pk.iter().zip(types).map(|(v, ty)| key_value(v, ty)).collect::<Option<Vec<_>>>() else {
+        // A key the column cannot hold: the insert itself will be refused with a type error.
+        return Ok(None);
+    };
+    Ok(snap.get(&table.schema.name, &key)?)
+}
+
+/// The row an insert creates: named values, then defaults, then NULL (0 for counters).
+fn full_row(table: &TableEntry, columns: &[usize], values: Row) -> Row {
+    let schema = &table.schema;
+    let mut row: Vec<Option<Value>> = vec![None; schema.columns.len()];
+    for (&i, v) in columns.iter().zip(values) {
+        row[i] = Some(conform(v, schema.columns[i].ty));
+    }
+    row.into_iter()
+        .zip(&schema.columns)
+        .map(|(v, c)| match v {
+            Some(v) => v,
+            None => {
+                c.default.clone().unwrap_or(if c.ty == ColumnType::Counter { Value::Integer(0) } else { Value::Null })
+            }
+        })
+        .collect()
+}
+
+fn on_conflict(ctx: PlanCtx<'_>, table: &TableEntry, ins: &ast::Insert) -> Result<OnConflict, SqlError> {
+    if ins.replace_into || matches!(ins.or, Some(ast::SqliteOnConflict::Replace)) {
+        return Ok(OnConflict::Replace);
+    }
+    if ins.ignore || matches!(ins.or, Some(ast::SqliteOnConflict::Ignore)) {
+        return Ok(OnConflict::Nothing);
+    }
+    if ins.or.is_some() {
+        return Err(SqlError::unsupported("INSERT OR ROLLBACK/ABORT/FAIL"));
+    }
+    let Some(on) = &ins.on else { return Ok(OnConflict::Fail) };
+    let ast::OnInsert::OnConflict(conflict) = on else {
+        return Err(SqlError::unsupported("ON DUPLICATE KEY UPDATE"));
+    };
+    match &conflict.conflict_target {
+        None => {}
+        Some(ast::ConflictTarget::Columns(names)) => {
+            let mut names: Vec<String> = names.iter().map(bind::ident).collect();
+            let mut key = table.schema.primary_key.clone();
+            names.sort();
+            key.sort();
+            if names != key {
+                return Err(SqlError::unsupported("ON CONFLICT on columns other than the primary key"));
+            }
+        }
+        Some(other) => return Err(SqlError::unsupported(format!("ON CONFLICT {other}"))),
+    }
+    match &conflict.action {
+        ast::OnConflictAction::DoNothing => Ok(OnConflict::Nothing),
+        ast::OnConflictAction::DoUpdate(update) => {
+            let mut scope = Scope::default();
+            let columns: Vec<(String, Option<ColumnType>)> =
+                table.schema.columns.iter().map(|c| (c.name.clone(), Some(c.ty))).collect();
+            scope.push_table(&table.schema.name, columns.clone())?;
+            scope.push_table("excluded", columns)?;
+            let assignments = assignments(ctx, &scope, table, &update.assignments)?;
+            let filter = update.selection.as_ref().map(|s| Binder::new(ctx, &scope).bind(s)).transpose()?;
+            Ok(OnConflict::Update { assignments, filter })
+        }
+    }
+}
+
+fn assignments(
+    ctx: PlanCtx<'_>,
+    scope: &Scope,
+    table: &TableEntry,
+    list: &[ast::Assignment],
+) -> Result<Vec<(usize, Expr)>, SqlError> {
+    list.iter()
+        .map(|a| {
+            let ast::AssignmentTarget::ColumnName(name) = &a.target else {
+                return Err(SqlError::unsupported("tuple assignment"));
+            };
+            let column = match name.0.last() {
+                Some(ast::ObjectNamePart::Identifier(i)) => bind::ident(i),
+                _ => return Err(SqlError::unsupported(format!("assignment target {name}"))),
+            };
+            let i = table
+                .schema
+                .column_index(&column)
+                .ok_or_else(|| SqlError::UnknownColumn(format!("{}.{column}", table.schema.name)))?;
+            Ok((i, Binder::new(ctx, scope).bind(&a.value)?))
+        })
+        .collect()
+}
+
+/// The row after assignments evaluated on `input` (old row, plus `excluded` for upserts).
+fn assigned(table: &TableEntry, old: &Row, assignments: &[(usize, Expr)], input: &Row) -> Result<Row, SqlError> {
+    let mut new = old.clone();
+    for (i, e) in assignments {
+        new[*i] = conform(e.eval(input)?, table.schema.columns[*i].ty);
+    }
+    Ok(new)
+}
+
+/// The operations turning `old` into `new`: one update of the changed plain columns and an
+/// increment per changed counter.
+fn update_ops(table: &TableEntry, pk: &[Value], old: &Row, new: &Row) -> Result<Vec<WriteOp>, SqlError> {
+    let schema = &table.schema;
+    let mut set = Vec::new();
+    let mut ops = Vec::new();
+    for (i, column) in schema.columns.iter().enumerate() {
+        let unchanged = match (&old[i], &new[i]) {
+            (a, b) if a.is_null() || b.is_null() => a.is_null() && b.is_null(),
+            (a, b) => a.kind() == b.kind() && value::compare(a, b).is_eq(),
+        };
+        if unchanged {
+            continue;
+        }
+        if schema.primary_key.contains(&column.name) {
+            return Err(SqlError::unsupported(format!(
+                "changing primary-key column {}.{} (delete and insert instead)",
+                schema.name, column.name
+            )));
+        }
+        if column.ty == ColumnType::Counter {
+            let (Value::Integer(before), Value::Integer(after)) = (&old[i], &new[i]) else {
+                return Err(SqlError::invalid(format!(
+                    "{}.{} is a COUNTER: it takes integers",
+                    schema.name, column.name
+                )));
+            };
+            let by = after.checked_sub(*before).ok_or(SqlError::IntegerOverflow)?;
+            ops.push(WriteOp::Increment {
+                table: schema.name.clone(),
+                key: pk.to_vec(),
+                column: column.name.clone(),
+                by,
+            });
+        } else {
+            set.push((column.name.clone(), new[i].clone()));
+        }
+    }
+    if !set.is_empty() {
+        ops.insert(0, WriteOp::Update { table: schema.name.clone(), key: pk.to_vec(), set });
+    }
+    Ok(ops)
+}
+
+/// Rows of one table matching `selection`, read through the normal planner.
+fn matching_rows(
+    ctx: PlanCtx<'_>,
+    relation: &ast::TableWithJoins,
+    selection: Option<&ast::Expr>,
+) -> Result<(TableEntry, Scope, Vec<Row>), SqlError> {
+    if !relation.joins.is_empty() {
+        return Err(SqlError::unsupported("UPDATE or DELETE with joins"));
+    }
+    let ast::TableFactor::Table { name, .. } = &relation.relation else {
+        return Err(SqlError::unsupported("UPDATE or DELETE of a subquery"));
+    };
+    let table = target_table(ctx.snap, name)?.clone();
+    let (plan, scope) = from::plan_from(ctx, std::slice::from_ref(relation), selection)?;
+    let rows = exec::open(plan, ctx.snap)?.collect::<Result<_, _>>()?;
+    Ok((table, scope, rows))
+}
+
+fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    if upd.from.is_some()
+        || upd.returning.is_some()
+        || upd.or.is_some()
+        || !upd.order_by.is_empty()
+        || upd.limit.is_some()
+    {
+        return Err(SqlError::unsupported("UPDATE with FROM, RETURNING, OR, ORDER BY or LIMIT"));
+    }
+    let (table, scope, rows) = matching_rows(ctx, &upd.table, upd.selection.as_ref())?;
+    let assignments = assignments(ctx, &scope, &table, &upd.assignments)?;
+    let mut ops = Vec::new();
+    for old in &rows {
+        let new = assigned(&table, old, &assignments, old)?;
+        ops.extend(update_ops(&table, &pk_of(&table, old), old, &new)?);
+    }
+    Ok((ops, rows.len() as u64))
+}
+
+fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    let extra = !del.tables.is_empty()
+        || del.using.is_some()
+        || del.returning.is_some()
+        || !del.order_by.is_empty()
+        || del.limit.is_some();
+    if extra {
+        return Err(SqlError::unsupported("DELETE with several tables, USING, RETURNING, ORDER BY or LIMIT"));
+    }
+    let relations = match &del.from {
+        ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+    };
+    let [relation] = relations.as_slice() else { return Err(SqlError::unsupported("DELETE from several tables")) };
+    let (table, _, rows) = matching_rows(ctx, relation, del.selection.as_ref())?;
+    let ops: Vec<WriteOp> =
+        rows.iter().map(|row| WriteOp::Delete { table: table.schema.name.clone(), key: pk_of(&table, row) }).collect();
+    Ok((ops, rows.len() as u64))
+}

@@ -1,0 +1,102 @@
+//! `SqlError`: everything a SQL statement can fail with.
+//!
+//! Messages are lower-case, name the table, column or function at fault, and for syntax
+//! errors carry the line and column sqlparser reported, so a user can fix the statement
+//! without reading our code. SQL outside the supported scope is [`SqlError::NotSupported`]:
+//! we refuse rather than guess, because a wrong answer is worse than an error.
+
+use crate::error::{ReadError, StorageError, WriteError};
+
+/// A SQL statement was refused or failed; a refused write statement wrote nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqlError {
+    /// The text does not parse.
+    #[error("syntax error at line {line}, column {column}: {message}")]
+    Syntax {
+        /// What the parser expected or found.
+        message: String,
+        /// 1-based line of the error.
+        line: u64,
+        /// 1-based column of the error.
+        column: u64,
+    },
+    /// Valid SQL, but outside what edgestore implements.
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// No table (or system table) of that name.
+    #[error("no such table: {0}")]
+    UnknownTable(String),
+    /// No column of that name in the tables in scope.
+    #[error("no such column: {0}")]
+    UnknownColumn(String),
+    /// An unqualified column name that several tables in scope have.
+    #[error("ambiguous column name: {0}")]
+    AmbiguousColumn(String),
+    /// No function of that name.
+    #[error("no such function: {0}")]
+    UnknownFunction(String),
+    /// A function called with the wrong number of arguments.
+    #[error("wrong number of arguments to function {function}()")]
+    ArgumentCount {
+        /// The function.
+        function: String,
+    },
+    /// A `?N` / `$N` parameter without a bound value.
+    #[error("parameter {0} is not bound ({1} values given)")]
+    MissingParameter(usize, usize),
+    /// The statement is well-formed but meaningless (e.g. an aggregate in `WHERE`).
+    #[error("{0}")]
+    Invalid(String),
+    /// Integer arithmetic in `SUM` or `abs` overflowed 64 bits.
+    #[error("integer overflow")]
+    IntegerOverflow,
+    /// The replica refused the statement's write batch.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// Reading the snapshot failed.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The storage layer failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The replica's owner thread has stopped.
+    #[error(transparent)]
+    Stopped(#[from] crate::handle::Stopped),
+}
+
+impl SqlError {
+    /// Builds [`SqlError::NotSupported`].
+    pub(crate) fn unsupported(what: impl Into<String>) -> SqlError {
+        SqlError::NotSupported(what.into())
+    }
+
+    /// Builds [`SqlError::Invalid`].
+    pub(crate) fn invalid(what: impl Into<String>) -> SqlError {
+        SqlError::Invalid(what.into())
+    }
+
+    /// Converts a parser error, extracting the position sqlparser puts in its message
+    /// (`... at Line: 3, Column: 7`). Errors at the end of input carry no position, so
+    /// they point just past the last character of `sql`.
+    pub(crate) fn from_parser(error: sqlparser::parser::ParserError, sql: &str) -> SqlError {
+        let text = match error {
+            sqlparser::parser::ParserError::TokenizerError(m) | sqlparser::parser::ParserError::ParserError(m) => m,
+            sqlparser::parser::ParserError::RecursionLimitExceeded => "statement nested too deeply".to_string(),
+        };
+        if let Some((message, line, column)) = split_position(&text) {
+            return SqlError::Syntax { message, line, column };
+        }
+        let line = sql.lines().count().max(1) as u64;
+        let column = sql.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
+        SqlError::Syntax { message: text, line, column }
+    }
+}
+
+fn split_position(text: &str) -> Option<(String, u64, u64)> {
+    let at = text.rfind(" at Line: ")?;
+    let rest = &text[at + " at Line: ".len()..];
+    let (line, column) = rest.split_once(", Column: ")?;
+    let column: String = column.chars().take_while(char::is_ascii_digit).collect();
+    Some((text[..at].to_string(), line.trim().parse().ok()?, column.parse().ok()?))
+}

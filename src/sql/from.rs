@@ -1,0 +1,412 @@
+//! Planning the `FROM` clause: the join tree, where each predicate is evaluated, and which
+//! algorithm joins each table.
+//!
+//! Tables are joined left to right in the order written. Every `WHERE` conjunct and every
+//! `ON` conjunct of an inner join is placed at the earliest step where its tables are
+//! joined (a conjunct on one table alone becomes part of that table's scan, where it can
+//! select a key range or index); conjuncts on the right side of a `LEFT JOIN` stay after
+//! that join. Each step then picks: a key lookup per outer row when the inner table has a
+//! primary key or index on the equated columns and the outer side is expected to be small,
+//! a hash join on the equated expressions otherwise, and a nested loop without equalities.
+
+use std::ops::Bound;
+
+use sqlparser::ast;
+
+use super::access;
+use super::bind::{self, Binder, PlanCtx};
+use super::expr::{CmpOp, Expr};
+use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Scan, Scope};
+use super::select;
+use super::system::SystemTable;
+use super::SqlError;
+use crate::catalog::TableEntry;
+use crate::types::ColumnType;
+
+/// Most tables in one `FROM` clause (table sets are 64-bit masks).
+pub const FROM_TABLES_MAX: usize = 64;
+/// Expected outer rows below which a keyed lookup beats building a hash table.
+const LOOKUP_OUTER_ROWS_MAX: f64 = 10_000.0;
+/// What we assume a table holds when nothing narrows the scan (there are no statistics).
+const TABLE_ROWS_GUESS: f64 = 100_000.0;
+
+enum Source {
+    Table(TableEntry),
+    System(SystemTable),
+    Derived(Plan),
+}
+
+struct Item {
+    source: Source,
+    alias: String,
+    kind: JoinKind,
+}
+
+/// A predicate with the tables it reads.
+struct Conjunct {
+    expr: Expr,
+    tables: u64,
+    text: String,
+}
+
+#[derive(Default)]
+struct Step {
+    /// On the step's table alone (pushed into its scan).
+    pre: Vec<Conjunct>,
+    /// The join condition (combined row).
+    cond: Vec<Conjunct>,
+    /// After the join (the right side of a LEFT JOIN, from WHERE).
+    post: Vec<Conjunct>,
+}
+
+/// Splits `a AND b AND c` into its conjuncts.
+pub(crate) fn split_and(e: &ast::Expr, out: &mut Vec<ast::Expr>) {
+    match e {
+        ast::Expr::BinaryOp { left, op: ast::BinaryOperator::And, right } => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        ast::Expr::Nested(inner) if matches!(**inner, ast::Expr::BinaryOp { op: ast::BinaryOperator::And, .. }) => {
+            split_and(inner, out)
+        }
+        other => out.push(other.clone()),
+    }
+}
+
+fn and_all(conjuncts: Vec<Conjunct>) -> (Option<Expr>, Vec<String>) {
+    let text = conjuncts.iter().map(|c| c.text.clone()).collect();
+    let expr = conjuncts.into_iter().map(|c| c.expr).reduce(|a, b| Expr::And(Box::new(a), Box::new(b)));
+    (expr, text)
+}
+
+fn shifted(mut e: Expr, offset: usize) -> Expr {
+    e.remap(&|c| c - offset);
+    e
+}
+
+type Columns = Vec<(String, Option<ColumnType>)>;
+
+fn table_ref(
+    ctx: PlanCtx<'_>,
+    factor: &ast::TableFactor,
+    position: usize,
+) -> Result<(Source, String, Columns), SqlError> {
+    match factor {
+        ast::TableFactor::Table { name, alias, args: None, with_hints, .. } if with_hints.is_empty() => {
+            let name = bind::object_name(name)?;
+            let alias = alias.as_ref().map_or_else(|| name.clone(), |a| bind::ident(&a.name));
+            if let Some(system) = SystemTable::by_name(&name) {
+                let columns = system.columns().iter().map(|(n, t)| (n.to_string(), Some(*t))).collect();
+                return Ok((Source::System(system), alias, columns));
+            }
+            let table = ctx.snap.catalog().table(&name).ok_or_else(|| SqlError::UnknownTable(name.clone()))?;
+            let columns = table.schema.columns.iter().map(|c| (c.name.clone(), Some(c.ty))).collect();
+            Ok((Source::Table(table.clone()), alias, columns))
+        }
+        ast::TableFactor::Derived { lateral: false, subquery, alias, .. } => {
+            let planned = select::plan_query(PlanCtx { outer: None, ..ctx }, subquery)?;
+            let alias = alias.as_ref().map_or_else(|| format!("(subquery-{})", position + 1), |a| bind::ident(&a.name));
+            let columns = planned.columns.into_iter().map(|c| (c, None)).collect();
+            let plan = Plan::Derived { input: Box::new(planned.plan), alias: alias.clone() };
+            Ok((Source::Derived(plan), alias, columns))
+        }
+        other => Err(SqlError::unsupported(format!("FROM item {other}"))),
+    }
+}
+
+fn join_kind(op: &ast::JoinOperator) -> Result<(JoinKind, Option<&ast::JoinConstraint>), SqlError> {
+    use ast::JoinOperator as J;
+    match op {
+        J::Join(c) | J::Inner(c) => Ok((JoinKind::Inner, Some(c))),
+        J::Left(c) | J::LeftOuter(c) => Ok((JoinKind::Left, Some(c))),
+        J::CrossJoin(c) => Ok((JoinKind::Inner, Some(c))),
+        other => Err(SqlError::unsupported(format!("join {other:?}").chars().take(60).collect::<String>())),
+    }
+}
+
+/// Plans `FROM ... WHERE ...`; returns the plan (rows laid out as the scope) and the scope.
+pub(crate) fn plan_from(
+    ctx: PlanCtx<'_>,
+    from: &[ast::TableWithJoins],
+    selection: Option<&ast::Expr>,
+) -> Result<(Plan, Scope), SqlError> {
+    let mut scope = Scope::default();
+    let mut items = Vec::new();
+    let mut on_clauses: Vec<(usize, Vec<ast::Expr>)> = Vec::new();
+    let mut using: Vec<(usize, Vec<String>)> = Vec::new();
+    let factors = from.iter().flat_map(|t| {
+        std::iter::once((&t.relation, None)).chain(t.joins.iter().map(|j| (&j.relation, Some(&j.join_operator))))
+    });
+    for (factor, op) in factors {
+        let position = items.len();
+        if position >= FROM_TABLES_MAX {
+            return Err(SqlError::unsupported(format!("more than {FROM_TABLES_MAX} tables in FROM")));
+        }
+        let (source, alias, columns) = table_ref(ctx, factor, position)?;
+        scope.push_table(&alias, columns)?;
+        let (kind, constraint) = match op {
+            Some(op) => join_kind(op)?,
+            None => (JoinKind::Inner, None),
+        };
+        match constraint {
+            Some(ast::JoinConstraint::On(e)) => {
+                let mut parts = Vec::new();
+                split_and(e, &mut parts);
+                on_clauses.push((position, parts));
+            }
+            Some(ast::JoinConstraint::Using(names)) => {
+                using.push((position, names.iter().map(bind::object_name).collect::<Result<_, _>>()?));
+            }
+            Some(ast::JoinConstraint::Natural) => return Err(SqlError::unsupported("NATURAL JOIN")),
+            Some(ast::JoinConstraint::None) | None => {}
+        }
+        items.push(Item { source, alias, kind });
+    }
+    let steps = place_conjuncts(ctx, &mut scope, &items, on_clauses, using, selection)?;
+    let plan = build(ctx, &scope, items, steps)?;
+    Ok((plan, scope))
+}
+
+fn tables_of(scope: &Scope, e: &Expr) -> u64 {
+    let mut mask = 0u64;
+    e.visit_columns(&mut |c| mask |= 1 << scope.table_of(c));
+    mask
+}
+
+fn highest(mask: u64) -> usize {
+    if mask == 0 {
+        0
+    } else {
+        63 - mask.leading_zeros() as usize
+    }
+}
+
+fn place_conjuncts(
+    ctx: PlanCtx<'_>,
+    scope: &mut Scope,
+    items: &[Item],
+    on_clauses: Vec<(usize, Vec<ast::Expr>)>,
+    using: Vec<(usize, Vec<String>)>,
+    selection: Option<&ast::Expr>,
+) -> Result<Vec<Step>, SqlError> {
+    let mut steps: Vec<Step> = items.iter().map(|_| Step::default()).collect();
+    let mut inner_like = Vec::new();
+    for (position, names) in using {
+        for name in names {
+            let right = scope.tables[position].offset
+                + scope.columns[scope.tables[position].offset..]
+                    .iter()
+                    .take(scope.tables[position].width)
+                    .position(|c| c.name == name)
+                    .ok_or_else(|| SqlError::UnknownColumn(format!("{name} in USING")))?;
+            let left = scope.columns[..scope.tables[position].offset]
+                .iter()
+                .position(|c| c.name == name && c.in_star)
+                .ok_or_else(|| SqlError::UnknownColumn(format!("{name} in USING")))?;
+            scope.columns[right].in_star = false;
+            let expr = Expr::Cmp(CmpOp::Eq, Box::new(Expr::Column(left)), Box::new(Expr::Column(right)));
+            let text = format!("{}.{name} = {}.{name}", scope.columns[left].table, scope.columns[right].table);
+            inner_like.push((position, Conjunct { tables: tables_of(scope, &expr), expr, text }));
+        }
+    }
+    let scope: &Scope = scope;
+    for (position, parts) in on_clauses {
+        for part in parts {
+            let expr = Binder::new(ctx, scope).bind(&part)?;
+            let conjunct = Conjunct { tables: tables_of(scope, &expr), expr, text: part.to_string() };
+            if highest(conjunct.tables) > position {
+                return Err(SqlError::invalid(format!("ON clause references a table joined later: {part}")));
+            }
+            inner_like.push((position, conjunct));
+        }
+    }
+    for (position, c) in inner_like {
+        if items[position].kind == JoinKind::Left {
+            let own = c.tables & !(1u64 << position) == 0;
+            if own {
+                steps[position].pre.push(c);
+            } else {
+                steps[position].cond.push(c);
+            }
+        } else {
+            place_where(&mut steps, items, c);
+        }
+    }
+    if let Some(selection) = selection {
+        let mut parts = Vec::new();
+        split_and(selection, &mut parts);
+        for part in parts {
+            let expr = Binder::new(ctx, scope).bind(&part)?;
+            place_where(&mut steps, items, Conjunct { tables: tables_of(scope, &expr), expr, text: part.to_string() });
+        }
+    }
+    Ok(steps)
+}
+
+fn place_where(steps: &mut [Step], items: &[Item], c: Conjunct) {
+    let last = highest(c.tables);
+    if last == 0 {
+        steps[0].pre.push(c);
+    } else if items[last].kind == JoinKind::Left {
+        steps[last].post.push(c);
+    } else if c.tables == 1 << last {
+        steps[last].pre.push(c);
+    } else {
+        steps[last].cond.push(c);
+    }
+}
+
+/// A scan (or system table / derived table) of one item with its own predicates.
+fn source_plan(ctx: PlanCtx<'_>, item: Item, offset: usize, pre: Vec<Conjunct>) -> (Plan, f64) {
+    let conjuncts: Vec<Conjunct> =
+        pre.into_iter().map(|c| Conjunct { expr: shifted(c.expr, offset), tables: c.tables, text: c.text }).collect();
+    let selectivity: f64 =
+        conjuncts.iter().map(|c| if matches!(c.expr, Expr::Cmp(CmpOp::Eq, _, _)) { 0.1 } else { 0.33 }).product();
+    match item.source {
+        Source::Table(table) => {
+            let exprs: Vec<&Expr> = conjuncts.iter().map(|c| &c.expr).collect();
+            let access = access::choose(ctx.snap.catalog(), &table, &exprs);
+            let rows = match &access {
+                Access::Empty => 0.0,
+                Access::Point(_) => 1.0,
+                Access::Index { .. } => 10.0,
+                // A range bounded on both sides (or a key prefix) is taken to be narrow.
+                Access::Range { lower, upper }
+                    if !matches!(lower, Bound::Unbounded) && !matches!(upper, Bound::Unbounded) =>
+                {
+                    (TABLE_ROWS_GUESS * selectivity).min(1000.0)
+                }
+                Access::Range { .. } => TABLE_ROWS_GUESS * selectivity,
+                Access::Full => TABLE_ROWS_GUESS * selectivity,
+            };
+            let (filter, filter_text) = and_all(conjuncts);
+            let scan = Scan { table: table.schema.name.clone(), alias: item.alias, access, filter, filter_text };
+            (Plan::Scan(scan), rows)
+        }
+        Source::System(table) => {
+            let (filter, filter_text) = and_all(conjuncts);
+            (Plan::System { table, alias: item.alias, filter, filter_text }, 1000.0 * selectivity)
+        }
+        Source::Derived(plan) => {
+            let (filter, text) = and_all(conjuncts);
+            let plan = match filter {
+                Some(predicate) => Plan::Filter { input: Box::new(plan), predicate, text },
+                None => plan,
+            };
+            (plan, TABLE_ROWS_GUESS * selectivity)
+        }
+    }
+}
+
+fn with_filter(plan: Plan, conjuncts: Vec<Conjunct>) -> Plan {
+    match and_all(conjuncts) {
+        (Some(predicate), text) => Plan::Filter { input: Box::new(plan), predicate, text },
+        (None, _) => plan,
+    }
+}
+
+fn build(ctx: PlanCtx<'_>, scope: &Scope, items: Vec<Item>, steps: Vec<Step>) -> Result<Plan, SqlError> {
+    let mut plan = None;
+    let mut outer_rows = 1.0;
+    for (position, (item, step)) in items.into_iter().zip(steps).enumerate() {
+        let offset = scope.tables[position].offset;
+        let Some(left) = plan.take() else {
+            let (base, rows) = source_plan(ctx, item, offset, step.pre);
+            outer_rows = rows;
+            plan = Some(with_filter(base, step.post));
+            continue;
+        };
+        let (joined, rows) = join_step(ctx, scope, left, outer_rows, item, position, step.pre, step.cond)?;
+        outer_rows = rows;
+        plan = Some(with_filter(joined, step.post));
+    }
+    Ok(plan.unwrap_or_else(Plan::single_row))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn join_step(
+    ctx: PlanCtx<'_>,
+    scope: &Scope,
+    left: Plan,
+    outer_rows: f64,
+    item: Item,
+    position: usize,
+    pre: Vec<Conjunct>,
+    cond: Vec<Conjunct>,
+) -> Result<(Plan, f64), SqlError> {
+    let offset = scope.tables[position].offset;
+    let width = scope.tables[position].width;
+    let kind = item.kind;
+    let own = 1u64 << position;
+    let side = |e: &Expr| -> u64 {
+        let mut mask = 0u64;
+        e.visit_columns(&mut |c| mask |= 1 << scope.table_of(c));
+        mask
+    };
+    // Equalities between the step's table and earlier tables, oriented (right, left).
+    let mut keys: Vec<(usize, Expr, Expr)> = Vec::new();
+    for (i, c) in cond.iter().enumerate() {
+        let Expr::Cmp(CmpOp::Eq, a, b) = &c.expr else { continue };
+        let (ma, mb) = (side(a), side(b));
+        if ma == own && mb != 0 && mb & own == 0 {
+            keys.push((i, (**a).clone(), (**b).clone()));
+        } else if mb == own && ma != 0 && ma & own == 0 {
+            keys.push((i, (**b).clone(), (**a).clone()));
+        }
+    }
+    let lookup = match &item.source {
+        Source::Table(table) if outer_rows <= LOOKUP_OUTER_ROWS_MAX => {
+            let equated: Vec<usize> = keys
+                .iter()
+                .filter_map(|(_, r, _)| match r {
+                    Expr::Column(c) => Some(c - offset),
+                    _ => None,
+                })
+                .collect();
+            access::lookup(ctx.snap.catalog(), table, &equated).map(|(kind, columns)| (table.clone(), kind, columns))
+        }
+        _ => None,
+    };
+    if let Some((table, lookup_kind, columns)) = lookup {
+        let key_exprs = columns
+            .iter()
+            .map(|col| {
+                keys.iter()
+                    .find(|(_, r, _)| matches!(r, Expr::Column(c) if *c == col + offset))
+                    .map(|(_, _, l)| l.clone())
+                    .expect("lookup columns come from the equated keys")
+            })
+            .collect();
+        let key_types = columns.iter().map(|c| table.schema.columns[*c].ty).collect();
+        let pre = pre.into_iter().map(|c| Conjunct { expr: shifted(c.expr, offset), ..c }).collect();
+        let (filter, _) = and_all(pre);
+        let rows = outer_rows * if lookup_kind == LookupKind::PrimaryKey { 1.0 } else { 10.0 };
+        let (residual, condition_text) = and_all(cond);
+        let right = JoinRight::Lookup {
+            table: table.schema.name.clone(),
+            alias: item.alias,
+            kind: lookup_kind,
+            keys: key_exprs,
+            key_types,
+            filter,
+        };
+        let join = Join { left, kind, right, right_width: width, residual, condition_text };
+        return Ok((Plan::Join(Box::new(join)), rows));
+    }
+    let (right_plan, right_rows) = source_plan(ctx, item, offset, pre);
+    let rows = outer_rows.max(right_rows);
+    if keys.is_empty() {
+        let (residual, condition_text) = and_all(cond);
+        let join =
+            Join { left, kind, right: JoinRight::NestedLoop(right_plan), right_width: width, residual, condition_text };
+        return Ok((Plan::Join(Box::new(join)), outer_rows * right_rows.max(1.0)));
+    }
+    let used: Vec<usize> = keys.iter().map(|(i, _, _)| *i).collect();
+    let condition_text = cond.iter().map(|c| c.text.clone()).collect();
+    let rest: Vec<Conjunct> = cond.into_iter().enumerate().filter(|(i, _)| !used.contains(i)).map(|(_, c)| c).collect();
+    let (residual, _) = and_all(rest);
+    let (right_keys, left_keys) = keys.into_iter().map(|(_, r, l)| (shifted(r, offset), l)).unzip();
+    let right = JoinRight::Hash { build: right_plan, left_keys, right_keys };
+    let join = Join { left, kind, right, right_width: width, residual, condition_text };
+    Ok((Plan::Join(Box::new(join)), rows))
+}

@@ -1,0 +1,377 @@
+//! Scalar functions, `LIKE` and `CAST`, each following SQLite's documented behaviour
+//! (1-based `substr` with negative starts, `round` returning a real, case-insensitive ASCII
+//! `LIKE`, NULL in → NULL out unless the function exists to handle NULL).
+
+use super::expr::CastType;
+use super::value::{self, Num};
+use super::SqlError;
+use crate::types::Value;
+
+/// A scalar function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Func {
+    Abs,
+    Length,
+    Lower,
+    Upper,
+    Substr,
+    Round,
+    Coalesce,
+    Nullif,
+    Min,
+    Max,
+    Typeof,
+    Trim,
+    Ltrim,
+    Rtrim,
+    Replace,
+    Instr,
+    Iif,
+    Hex,
+    Sign,
+}
+
+impl Func {
+    /// Looks a function up by (lower-case) name and checks its argument count.
+    pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
+        let (func, min, max) = match name {
+            "abs" => (Func::Abs, 1, 1),
+            "length" => (Func::Length, 1, 1),
+            "lower" => (Func::Lower, 1, 1),
+            "upper" => (Func::Upper, 1, 1),
+            "substr" | "substring" => (Func::Substr, 2, 3),
+            "round" => (Func::Round, 1, 2),
+            "coalesce" => (Func::Coalesce, 2, usize::MAX),
+            "ifnull" => (Func::Coalesce, 2, 2),
+            "nullif" => (Func::Nullif, 2, 2),
+            "min" => (Func::Min, 2, usize::MAX),
+            "max" => (Func::Max, 2, usize::MAX),
+            "typeof" => (Func::Typeof, 1, 1),
+            "trim" => (Func::Trim, 1, 2),
+            "ltrim" => (Func::Ltrim, 1, 2),
+            "rtrim" => (Func::Rtrim, 1, 2),
+            "replace" => (Func::Replace, 3, 3),
+            "instr" => (Func::Instr, 2, 2),
+            "iif" => (Func::Iif, 3, 3),
+            "hex" => (Func::Hex, 1, 1),
+            "sign" => (Func::Sign, 1, 1),
+            _ => return Err(SqlError::UnknownFunction(name.to_string())),
+        };
+        if args < min || args > max {
+            return Err(SqlError::ArgumentCount { function: name.to_string() });
+        }
+        Ok(func)
+    }
+}
+
+/// Calls a scalar function on evaluated arguments (arity was checked by `lookup`).
+pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> {
+    let text = |v: &Value| value::to_text(v);
+    Ok(match func {
+        Func::Coalesce => args.into_iter().find(|v| !v.is_null()).unwrap_or(Value::Null),
+        Func::Nullif => {
+            let b = args.pop().unwrap_or(Value::Null);
+            let a = args.pop().unwrap_or(Value::Null);
+            if !b.is_null() && value::compare_sql(&a, &b).is_some_and(|o| o.is_eq()) {
+                Value::Null
+            } else {
+                a
+            }
+        }
+        Func::Iif => {
+            let pick = if value::truth(&args[0]) == Some(true) { 1 } else { 2 };
+            args.swap_remove(pick)
+        }
+        Func::Min | Func::Max => min_max(func, args),
+        Func::Typeof => Value::Text(type_name(&args[0]).into()),
+        _ if args.first().is_some_and(Value::is_null) => Value::Null,
+        Func::Abs => abs(&args[0])?,
+        Func::Sign => match value::to_num(&args[0]) {
+            Some(Num::Int(i)) => Value::Integer(i.signum()),
+            Some(Num::Real(r)) => Value::Integer(if r > 0.0 {
+                1
+            } else if r < 0.0 {
+                -1
+            } else {
+                0
+            }),
+            None => Value::Null,
+        },
+        Func::Length => match &args[0] {
+            Value::Blob(b) => Value::Integer(b.len() as i64),
+            v => Value::Integer(text(v).map_or(0, |t| t.chars().count()) as i64),
+        },
+        Func::Lower => Value::Text(text(&args[0]).unwrap_or_default().to_ascii_lowercase()),
+        Func::Upper => Value::Text(text(&args[0]).unwrap_or_default().to_ascii_uppercase()),
+        Func::Hex => Value::Text(hex(&args[0])),
+        Func::Substr => substr(&args)?,
+        Func::Round => round(&args),
+        Func::Trim | Func::Ltrim | Func::Rtrim => trim(func, &args),
+        Func::Replace => match (text(&args[0]), text(&args[1]), text(&args[2])) {
+            (Some(s), Some(from), Some(to)) if !from.is_empty() => Value::Text(s.replace(&from, &to)),
+            (Some(s), Some(_), Some(_)) => Value::Text(s),
+            _ => Value::Null,
+        },
+        Func::Instr => match (text(&args[0]), text(&args[1])) {
+            (Some(h), Some(n)) => Value::Integer(h.find(&n).map_or(0, |i| h[..i].chars().count() + 1) as i64),
+            _ => Value::Null,
+        },
+    })
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Integer(_) | Value::Boolean(_) | Value::Timestamp(_) => "integer",
+        Value::Real(_) => "real",
+        Value::Text(_) => "text",
+        Value::Blob(_) => "blob",
+    }
+}
+
+fn min_max(func: Func, args: Vec<Value>) -> Value {
+    if args.iter().any(Value::is_null) {
+        return Value::Null;
+    }
+    let pick = |a: Value, b: Value| {
+        let order = value::compare(&b, &a);
+        let take_b = if func == Func::Min { order.is_lt() } else { order.is_gt() };
+        if take_b {
+            b
+        } else {
+            a
+        }
+    };
+    args.into_iter().reduce(pick).unwrap_or(Value::Null)
+}
+
+fn abs(v: &Value) -> Result<Value, SqlError> {
+    Ok(match value::to_num(v) {
+        Some(Num::Int(i)) => Value::Integer(i.checked_abs().ok_or(SqlError::IntegerOverflow)?),
+        Some(Num::Real(r)) => Value::Real(r.abs()),
+        None => Value::Null,
+    })
+}
+
+fn hex(v: &Value) -> String {
+    let bytes = match v {
+        Value::Blob(b) => b.clone(),
+        other => value::to_text(other).unwrap_or_default().into_bytes(),
+    };
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// `substr(s, start[, len])`: 1-based; a start ≤ 0 counts the characters before the
+/// string; a negative start counts from the end; a negative length takes characters
+/// before `start`.
+fn substr(args: &[Value]) -> Result<Value, SqlError> {
+    let int = |v: &Value| value::to_num(v).map(|n| value::num_f64(n) as i64);
+    let Some(start) = int(&args[1]) else { return Ok(Value::Null) };
+    let len = match args.get(2) {
+        Some(v) => match int(v) {
+            Some(l) => Some(l),
+            None => return Ok(Value::Null),
+        },
+        None => None,
+    };
+    let (items, is_blob): (Vec<Vec<u8>>, bool) = match &args[0] {
+        Value::Blob(b) => (b.iter().map(|b| vec![*b]).collect(), true),
+        v => (value::to_text(v).unwrap_or_default().chars().map(|c| c.to_string().into_bytes()).collect(), false),
+    };
+    let n = items.len() as i64;
+    // SQLite's own arithmetic (func.c substrFunc), step by step.
+    let mut p1 = start;
+    let mut p2 = len.unwrap_or(i64::MAX / 4);
+    let negative = p2 < 0;
+    if negative {
+        p2 = p2.saturating_neg();
+    }
+    if p1 < 0 {
+        p1 += n;
+        if p1 < 0 {
+            p2 = (p2 + p1).max(0);
+            p1 = 0;
+        }
+    } else if p1 > 0 {
+        p1 -= 1;
+    } else if p2 > 0 {
+        p2 -= 1;
+    }
+    if negative {
+        p1 -= p2;
+        if p1 < 0 {
+            p2 += p1;
+            p1 = 0;
+        }
+    }
+    let (first, end) = (p1, p1.saturating_add(p2).min(n));
+    let picked: Vec<u8> = if first < end { items[first as usize..end as usize].concat() } else { Vec::new() };
+    Ok(if is_blob { Value::Blob(picked) } else { Value::Text(String::from_utf8_lossy(&picked).into_owned()) })
+}
+
+fn round(args: &[Value]) -> Value {
+    let Some(x) = value::to_num(&args[0]).map(value::num_f64) else { return Value::Null };
+    let digits = match args.get(1) {
+        Some(v) if v.is_null() => return Value::Null,
+        Some(v) => value::to_num(v).map_or(0, |n| value::num_f64(n) as i64).clamp(0, 30),
+        None => 0,
+    };
+    if digits == 0 {
+        return Value::Real(x.round());
+    }
+    // Rounding through the decimal text, as SQLite's printf-based round does.
+    let text = format!("{:.*}", digits as usize, x);
+    Value::Real(text.parse().unwrap_or(x))
+}
+
+fn trim(func: Func, args: &[Value]) -> Value {
+    let Some(s) = value::to_text(&args[0]) else { return Value::Null };
+    let chars: Vec<char> = match args.get(1) {
+        Some(v) => match value::to_text(v) {
+            Some(t) => t.chars().collect(),
+            None => return Value::Null,
+        },
+        None => vec![' '],
+    };
+    let set = |c: char| chars.contains(&c);
+    Value::Text(match func {
+        Func::Ltrim => s.trim_start_matches(set).to_string(),
+        Func::Rtrim => s.trim_end_matches(set).to_string(),
+        _ => s.trim_matches(set).to_string(),
+    })
+}
+
+/// `expr [NOT] LIKE pattern [ESCAPE e]`: `%` any run, `_` one character, ASCII
+/// case-insensitive.
+pub(crate) fn like(v: &Value, pattern: &Value, escape: Option<&Value>, negated: bool) -> Result<Value, SqlError> {
+    let (Some(text), Some(pattern)) = (value::to_text(v), value::to_text(pattern)) else { return Ok(Value::Null) };
+    let escape = match escape {
+        None => None,
+        Some(e) => {
+            let Some(e) = value::to_text(e) else { return Ok(Value::Null) };
+            let mut chars = e.chars();
+            match (chars.next(), chars.next()) {
+                (Some(c), None) => Some(c),
+                _ => return Err(SqlError::invalid("ESCAPE expression must be a single character")),
+            }
+        }
+    };
+    let text: Vec<char> = text.chars().map(|c| c.to_ascii_lowercase()).collect();
+    let pattern: Vec<char> = pattern.chars().map(|c| c.to_ascii_lowercase()).collect();
+    Ok(value::from_truth(Some(like_match(&text, &pattern, escape) != negated)))
+}
+
+fn like_match(text: &[char], pattern: &[char], escape: Option<char>) -> bool {
+    // Iterative matching with backtracking to the last `%`: linear in practice.
+    let (mut t, mut p) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() {
+            let c = pattern[p];
+            if Some(c) == escape && p + 1 < pattern.len() {
+                if pattern[p + 1] == text[t] {
+                    t += 1;
+                    p += 2;
+                    continue;
+                }
+            } else if c == '%' {
+                star = Some((p, t));
+                p += 1;
+                continue;
+            } else if c == '_' || c == text[t] {
+                t += 1;
+                p += 1;
+                continue;
+            }
+        }
+        match star {
+            Some((sp, st)) => {
+                p = sp + 1;
+                t = st + 1;
+                star = Some((sp, st + 1));
+            }
+            None => return false,
+        }
+    }
+    while p < pattern.len() && pattern[p] == '%' {
+        p += 1;
+    }
+    p == pattern.len()
+}
+
+/// `CAST(v AS type)` with SQLite's conversions (text to number by numeric prefix, real
+/// to integer by truncation).
+pub(crate) fn cast(v: Value, ty: CastType) -> Value {
+    if v.is_null() {
+        return Value::Null;
+    }
+    match ty {
+        CastType::Integer | CastType::Timestamp => {
+            let i = match value::to_num(&v) {
+                Some(Num::Int(i)) => i,
+                Some(Num::Real(r)) => real_to_int(r),
+                None => 0,
+            };
+            if ty == CastType::Timestamp {
+                Value::Timestamp(i)
+            } else {
+                Value::Integer(i)
+            }
+        }
+        CastType::Real => Value::Real(value::to_num(&v).map_or(0.0, value::num_f64)),
+        CastType::Text => Value::Text(value::to_text(&v).unwrap_or_default()),
+        CastType::Blob => match v {
+            Value::Blob(b) => Value::Blob(b),
+            other => Value::Blob(value::to_text(&other).unwrap_or_default().into_bytes()),
+        },
+        CastType::Numeric => match value::to_num(&v) {
+            Some(Num::Real(r)) if r == r.trunc() && r.abs() < 9.2e18 => Value::Integer(r as i64),
+            Some(n) => value::num_value(n),
+            None => Value::Integer(0),
+        },
+        CastType::Boolean => Value::Boolean(value::truth(&v) == Some(true)),
+    }
+}
+
+fn real_to_int(r: f64) -> i64 {
+    if r.is_nan() {
+        0
+    } else {
+        // `as` saturates at the i64 range, as SQLite does.
+        r as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value::Text(v.into())
+    }
+
+    #[test]
+    fn substr_follows_sqlite() {
+        let sub = |a: i64, b: Option<i64>| {
+            let mut args = vec![s("hello"), Value::Integer(a)];
+            args.extend(b.map(Value::Integer));
+            substr(&args).unwrap()
+        };
+        assert_eq!(sub(2, Some(3)), s("ell"));
+        assert_eq!(sub(-3, None), s("llo"));
+        assert_eq!(sub(0, Some(2)), s("h"));
+        assert_eq!(sub(3, Some(-2)), s("he"));
+        assert_eq!(sub(10, None), s(""));
+    }
+
+    #[test]
+    fn like_matches_wildcards_and_escapes() {
+        let m = |t: &str, p: &str| like(&s(t), &s(p), None, false).unwrap() == Value::Integer(1);
+        assert!(m("Hello", "h%o"));
+        assert!(m("Hello", "_ELLO"));
+        assert!(!m("Hello", "h%x"));
+        assert!(m("", "%"));
+        let escaped = like(&s("10%"), &s("10!%"), Some(&s("!")), false).unwrap();
+        assert_eq!(escaped, Value::Integer(1));
+    }
+}

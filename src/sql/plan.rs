@@ -1,0 +1,236 @@
+//! The physical plan: a tree of operators with every name already resolved, ready to be
+//! opened as streaming iterators (`exec.rs`) or rendered by `EXPLAIN` (`explain.rs`).
+//!
+//! Also the [`Scope`] that name resolution works against: the columns of the tables in a
+//! `FROM` clause, laid out side by side in the order they are joined.
+
+use std::ops::Bound;
+
+use super::aggregate::AggSpec;
+use super::expr::Expr;
+use super::system::SystemTable;
+use super::SqlError;
+use crate::types::{ColumnType, Value};
+
+/// A row flowing between operators.
+pub(crate) type Row = Vec<Value>;
+
+/// How a base table is read.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// Every row, in primary-key order.
+    Full,
+    /// Nothing can match (e.g. `id = NULL`).
+    Empty,
+    /// One row by its full primary key.
+    Point(Vec<Value>),
+    /// Rows whose primary key lies in a range (bounds may be key prefixes).
+    Range { lower: Bound<Vec<Value>>, upper: Bound<Vec<Value>> },
+    /// Rows whose indexed columns equal the values (a prefix of the index).
+    Index { name: String, values: Vec<Value> },
+}
+
+/// A scan of one base table with the predicates pushed down to it.
+#[derive(Debug)]
+pub(crate) struct Scan {
+    pub table: String,
+    pub alias: String,
+    pub access: Access,
+    /// Evaluated on the table's own row.
+    pub filter: Option<Expr>,
+    pub filter_text: Vec<String>,
+}
+
+/// Inner or left outer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JoinKind {
+    Inner,
+    Left,
+}
+
+/// How the inner side of a join finds the rows matching one outer row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LookupKind {
+    /// `Snapshot::get` with the full primary key.
+    PrimaryKey,
+    /// `Snapshot::range` over a primary-key prefix.
+    PrimaryKeyPrefix,
+    /// `Snapshot::index_lookup` on a secondary index.
+    Index(String),
+}
+
+/// The inner side of a join and its algorithm.
+#[derive(Debug)]
+pub(crate) enum JoinRight {
+    /// The inner side is read once into memory and tried against every outer row.
+    NestedLoop(Plan),
+    /// The inner side is read once into a hash table on its equi-join keys.
+    Hash { build: Plan, left_keys: Vec<Expr>, right_keys: Vec<Expr> },
+    /// Each outer row looks its matches up by key.
+    Lookup {
+        table: String,
+        alias: String,
+        kind: LookupKind,
+        /// Evaluated on the outer row; one per key column.
+        keys: Vec<Expr>,
+        key_types: Vec<ColumnType>,
+        /// Evaluated on the inner row alone.
+        filter: Option<Expr>,
+    },
+}
+
+/// A join step: the rows so far (left) joined with one more source (right).
+#[derive(Debug)]
+pub(crate) struct Join {
+    pub left: Plan,
+    pub kind: JoinKind,
+    pub right: JoinRight,
+    pub right_width: usize,
+    /// Evaluated on the combined row (left ++ right).
+    pub residual: Option<Expr>,
+    pub condition_text: Vec<String>,
+}
+
+/// A sort key: output position, descending, NULLs first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SortKey {
+    pub column: usize,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+/// The operator tree.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    Scan(Scan),
+    System {
+        table: SystemTable,
+        alias: String,
+        filter: Option<Expr>,
+        filter_text: Vec<String>,
+    },
+    Values {
+        rows: Vec<Row>,
+    },
+    /// A materialized subquery in `FROM`.
+    Derived {
+        input: Box<Plan>,
+        alias: String,
+    },
+    Filter {
+        input: Box<Plan>,
+        predicate: Expr,
+        text: Vec<String>,
+    },
+    Project {
+        input: Box<Plan>,
+        exprs: Vec<Expr>,
+    },
+    Join(Box<Join>),
+    Aggregate {
+        input: Box<Plan>,
+        groups: Vec<Expr>,
+        aggs: Vec<AggSpec>,
+    },
+    Distinct {
+        input: Box<Plan>,
+    },
+    Sort {
+        input: Box<Plan>,
+        keys: Vec<SortKey>,
+        keep: Option<usize>,
+    },
+    Limit {
+        input: Box<Plan>,
+        offset: usize,
+        limit: Option<usize>,
+    },
+    Trim {
+        input: Box<Plan>,
+        width: usize,
+    },
+    Union {
+        inputs: Vec<Plan>,
+        distinct: bool,
+    },
+}
+
+/// A column visible to name resolution.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeColumn {
+    /// The alias (or name) of the table it belongs to.
+    pub table: String,
+    pub name: String,
+    /// Whether `*` shows it (the right-hand copy of a `USING` column does not).
+    pub in_star: bool,
+}
+
+/// A table in scope and where its columns start in the combined row.
+#[derive(Debug, Clone)]
+pub(crate) struct ScopeTable {
+    pub alias: String,
+    pub offset: usize,
+    pub width: usize,
+}
+
+/// The columns of the `FROM` clause, side by side.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scope {
+    pub columns: Vec<ScopeColumn>,
+    pub tables: Vec<ScopeTable>,
+}
+
+impl Scope {
+    /// Adds a table's columns at the end.
+    pub fn push_table(&mut self, alias: &str, columns: Vec<(String, Option<ColumnType>)>) -> Result<(), SqlError> {
+        if self.tables.iter().any(|t| t.alias == alias) {
+            return Err(SqlError::invalid(format!("ambiguous table name: {alias} appears twice in FROM")));
+        }
+        let offset = self.columns.len();
+        self.tables.push(ScopeTable { alias: alias.to_string(), offset, width: columns.len() });
+        for (name, _) in columns {
+            self.columns.push(ScopeColumn { table: alias.to_string(), name, in_star: true });
+        }
+        Ok(())
+    }
+
+    /// The table (index into `tables`) a column position belongs to.
+    pub fn table_of(&self, column: usize) -> usize {
+        self.tables.iter().rposition(|t| t.offset <= column).unwrap_or(0)
+    }
+
+    /// Resolves `[table.]name` to a column position.
+    pub fn resolve(&self, table: Option<&str>, name: &str) -> Result<usize, SqlError> {
+        let mut found = None;
+        for (i, column) in self.columns.iter().enumerate() {
+            let table_matches = table.is_none_or(|t| t == column.table);
+            if table_matches && column.name == name {
+                // A USING column's hidden copy never makes a name ambiguous.
+                if found.is_some() && column.in_star {
+                    return Err(SqlError::AmbiguousColumn(name.to_string()));
+                }
+                if found.is_none() {
+                    found = Some(i);
+                }
+            }
+        }
+        found.ok_or_else(|| {
+            if let Some(t) = table.filter(|t| !self.tables.iter().any(|s| s.alias == *t)) {
+                return SqlError::UnknownColumn(format!("{t}.{name} (no table {t} in FROM)"));
+            }
+            SqlError::UnknownColumn(table.map_or_else(|| name.to_string(), |t| format!("{t}.{name}")))
+        })
+    }
+
+    /// Whether a table alias is in scope.
+    pub fn has_table(&self, alias: &str) -> bool {
+        self.tables.iter().any(|t| t.alias == alias)
+    }
+}
+
+impl Plan {
+    /// A plan producing nothing but one empty row (`SELECT` without `FROM`).
+    pub fn single_row() -> Plan {
+        Plan::Values { rows: vec![Vec::new()] }
+    }
+}

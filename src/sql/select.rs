@@ -1,0 +1,391 @@
+//! Planning queries: `SELECT` lists, `GROUP BY` / aggregates / `HAVING`, `DISTINCT`,
+//! `ORDER BY`, `LIMIT` / `OFFSET`, `VALUES` and `UNION [ALL]`.
+//!
+//! The plan of a `SELECT` is: FROM/WHERE (`from.rs`) → aggregate → HAVING → projection of
+//! the visible columns plus any `ORDER BY` keys that are not visible → DISTINCT → sort →
+//! limit → trim the hidden keys. Output rows always have exactly `columns.len()` values.
+
+use sqlparser::ast;
+
+use super::bind::{self, AggCtx, Binder, PlanCtx};
+use super::expr::Expr;
+use super::from;
+use super::plan::{Plan, Scope, SortKey};
+use super::SqlError;
+use crate::types::Value;
+
+/// A planned query and its output column names.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    pub plan: Plan,
+    pub columns: Vec<String>,
+}
+
+/// `LIMIT` and `OFFSET`, evaluated.
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    offset: usize,
+    limit: Option<usize>,
+}
+
+enum Item {
+    Ast(Box<ast::Expr>),
+    Position(usize),
+}
+
+fn constant(ctx: PlanCtx<'_>, e: &ast::Expr) -> Result<Value, SqlError> {
+    let scope = Scope::default();
+    Binder::new(ctx, &scope).bind(e)?.eval(&[])
+}
+
+fn count(ctx: PlanCtx<'_>, e: &ast::Expr, what: &str) -> Result<Option<usize>, SqlError> {
+    match constant(ctx, e)? {
+        Value::Integer(i) if i < 0 => Ok(None),
+        Value::Integer(i) => Ok(Some(usize::try_from(i).unwrap_or(usize::MAX))),
+        other => Err(SqlError::invalid(format!("{what} must be an integer, got {other}"))),
+    }
+}
+
+fn window(ctx: PlanCtx<'_>, clause: Option<&ast::LimitClause>) -> Result<Window, SqlError> {
+    let (limit, offset) = match clause {
+        None => return Ok(Window::default()),
+        Some(ast::LimitClause::LimitOffset { limit, offset, limit_by }) => {
+            if !limit_by.is_empty() {
+                return Err(SqlError::unsupported("LIMIT BY"));
+            }
+            (limit.as_ref(), offset.as_ref().map(|o| &o.value))
+        }
+        Some(ast::LimitClause::OffsetCommaLimit { offset, limit }) => (Some(limit), Some(offset)),
+    };
+    let limit = match limit {
+        Some(e) => count(ctx, e, "LIMIT")?,
+        None => None,
+    };
+    let offset = match offset {
+        Some(e) => count(ctx, e, "OFFSET")?.unwrap_or(0),
+        None => 0,
+    };
+    Ok(Window { offset, limit })
+}
+
+fn order_terms(q: &ast::Query) -> Result<Vec<ast::OrderByExpr>, SqlError> {
+    match &q.order_by {
+        None => Ok(Vec::new()),
+        Some(ast::OrderBy { kind: ast::OrderByKind::Expressions(terms), interpolate: None }) => {
+            if terms.iter().any(|t| t.with_fill.is_some()) {
+                return Err(SqlError::unsupported("ORDER BY ... WITH FILL"));
+            }
+            Ok(terms.clone())
+        }
+        Some(other) => Err(SqlError::unsupported(format!("{other}"))),
+    }
+}
+
+/// Plans a query; the rows of the plan have exactly `columns.len()` values.
+pub(crate) fn plan_query(ctx: PlanCtx<'_>, q: &ast::Query) -> Result<Planned, SqlError> {
+    let extra = q.with.is_some()
+        || q.fetch.is_some()
+        || !q.locks.is_empty()
+        || q.for_clause.is_some()
+        || q.settings.is_some()
+        || q.format_clause.is_some()
+        || !q.pipe_operators.is_empty();
+    if extra {
+        return Err(SqlError::unsupported(format!("query clause in {q}")));
+    }
+    let terms = order_terms(q)?;
+    let window = window(ctx, q.limit_clause.as_ref())?;
+    if let ast::SetExpr::Select(select) = &*q.body {
+        return plan_select(ctx, select, &terms, window);
+    }
+    let planned = plan_set_expr(ctx, &q.body)?;
+    let mut keys = Vec::new();
+    for term in &terms {
+        let column = output_position(&term.expr, &planned.columns, &[])?
+            .ok_or_else(|| SqlError::unsupported("ORDER BY an expression on a compound query or VALUES"))?;
+        keys.push(sort_key(term, column));
+    }
+    Ok(Planned { plan: finish(planned.plan, keys, window, None), columns: planned.columns })
+}
+
+fn plan_set_expr(ctx: PlanCtx<'_>, body: &ast::SetExpr) -> Result<Planned, SqlError> {
+    match body {
+        ast::SetExpr::Select(select) => plan_select(ctx, select, &[], Window::default()),
+        ast::SetExpr::Query(q) => plan_query(ctx, q),
+        ast::SetExpr::Values(values) => plan_values(ctx, values),
+        ast::SetExpr::SetOperation { left, op: ast::SetOperator::Union, set_quantifier, right } => {
+            let distinct = match set_quantifier {
+                ast::SetQuantifier::All => false,
+                ast::SetQuantifier::None | ast::SetQuantifier::Distinct => true,
+                other => return Err(SqlError::unsupported(format!("UNION {other}"))),
+            };
+            let (left, right) = (plan_set_expr(ctx, left)?, plan_set_expr(ctx, right)?);
+            if left.columns.len() != right.columns.len() {
+                return Err(SqlError::invalid(
+                    "SELECTs to the left and right of UNION do not have the same number of result columns",
+                ));
+            }
+            Ok(Planned { plan: Plan::Union { inputs: vec![left.plan, right.plan], distinct }, columns: left.columns })
+        }
+        other => Err(SqlError::unsupported(format!("{other}").chars().take(80).collect::<String>())),
+    }
+}
+
+fn plan_values(ctx: PlanCtx<'_>, values: &ast::Values) -> Result<Planned, SqlError> {
+    let scope = Scope::default();
+    let mut rows = Vec::with_capacity(values.rows.len());
+    for row in &values.rows {
+        let row = row.iter().map(|e| Binder::new(ctx, &scope).bind(e)?.eval(&[])).collect::<Result<Vec<_>, _>>()?;
+        if rows.first().is_some_and(|first: &Vec<Value>| first.len() != row.len()) {
+            return Err(SqlError::invalid("all VALUES must have the same number of terms"));
+        }
+        rows.push(row);
+    }
+    let width = rows.first().map_or(0, Vec::len);
+    Ok(Planned { plan: Plan::Values { rows }, columns: (1..=width).map(|i| format!("column{i}")).collect() })
+}
+
+fn check_select(s: &ast::Select) -> Result<(), SqlError> {
+    let extra = s.top.is_some()
+        || s.into.is_some()
+        || !s.lateral_views.is_empty()
+        || s.prewhere.is_some()
+        || !s.connect_by.is_empty()
+        || !s.cluster_by.is_empty()
+        || !s.distribute_by.is_empty()
+        || !s.sort_by.is_empty()
+        || !s.named_window.is_empty()
+        || s.qualify.is_some()
+        || s.exclude.is_some()
+        || s.value_table_mode.is_some()
+        || !matches!(s.flavor, ast::SelectFlavor::Standard);
+    if extra {
+        return Err(SqlError::unsupported(format!("SELECT clause in {s}").chars().take(120).collect::<String>()));
+    }
+    if matches!(s.distinct, Some(ast::Distinct::On(_))) {
+        return Err(SqlError::unsupported("DISTINCT ON"));
+    }
+    Ok(())
+}
+
+/// The select list with wildcards expanded: each item and its output name.
+fn expand(s: &ast::Select, scope: &Scope) -> Result<Vec<(Item, String, Option<String>)>, SqlError> {
+    let mut items = Vec::new();
+    for item in &s.projection {
+        match item {
+            ast::SelectItem::UnnamedExpr(e) => {
+                let name = match e {
+                    ast::Expr::Identifier(i) => i.value.clone(),
+                    ast::Expr::CompoundIdentifier(parts) => parts.last().map_or_else(String::new, |i| i.value.clone()),
+                    other => other.to_string(),
+                };
+                items.push((Item::Ast(Box::new(e.clone())), name, None));
+            }
+            ast::SelectItem::ExprWithAlias { expr, alias } => {
+                items.push((Item::Ast(Box::new(expr.clone())), alias.value.clone(), Some(bind::ident(alias))))
+            }
+            ast::SelectItem::Wildcard(_) => {
+                if scope.tables.is_empty() {
+                    return Err(SqlError::invalid("no tables specified for *"));
+                }
+                for (i, c) in scope.columns.iter().enumerate().filter(|(_, c)| c.in_star) {
+                    items.push((Item::Position(i), c.name.clone(), None));
+                }
+            }
+            ast::SelectItem::QualifiedWildcard(ast::SelectItemQualifiedWildcardKind::ObjectName(name), _) => {
+                let table = bind::object_name(name)?;
+                if !scope.has_table(&table) {
+                    return Err(SqlError::UnknownTable(table));
+                }
+                for (i, c) in scope.columns.iter().enumerate().filter(|(_, c)| c.table == table) {
+                    items.push((Item::Position(i), c.name.clone(), None));
+                }
+            }
+            other => return Err(SqlError::unsupported(format!("select item {other}"))),
+        }
+    }
+    Ok(items)
+}
+
+/// An output column named or numbered by an ORDER BY / GROUP BY term, if it is one.
+fn output_position(e: &ast::Expr, names: &[String], aliases: &[Option<String>]) -> Result<Option<usize>, SqlError> {
+    if let ast::Expr::Value(v) = e {
+        if let ast::Value::Number(text, _) = &v.value {
+            let k: usize = text.parse().map_err(|_| SqlError::invalid(format!("bad term number {text}")))?;
+            if k == 0 || k > names.len() {
+                return Err(SqlError::invalid(format!(
+                    "term number {k} out of range - should be between 1 and {}",
+                    names.len()
+                )));
+            }
+            return Ok(Some(k - 1));
+        }
+    }
+    if let ast::Expr::Identifier(i) = e {
+        let name = bind::ident(i);
+        if let Some(p) = aliases.iter().position(|a| a.as_deref() == Some(name.as_str())) {
+            return Ok(Some(p));
+        }
+        if aliases.is_empty() {
+            return Ok(names.iter().position(|n| n.eq_ignore_ascii_case(&name)));
+        }
+    }
+    Ok(None)
+}
+
+fn sort_key(term: &ast::OrderByExpr, column: usize) -> SortKey {
+    let descending = matches!(term.options.sort, Some(ast::OrderBySort::Desc));
+    SortKey { column, descending, nulls_first: term.options.nulls_first.unwrap_or(!descending) }
+}
+
+fn uses_aggregates(s: &ast::Select, terms: &[ast::OrderByExpr]) -> bool {
+    let in_items = s.projection.iter().any(|i| match i {
+        ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => bind::has_aggregate(e),
+        _ => false,
+    });
+    in_items || s.having.as_ref().is_some_and(bind::has_aggregate) || terms.iter().any(|t| bind::has_aggregate(&t.expr))
+}
+
+fn group_by(s: &ast::Select) -> Result<&[ast::Expr], SqlError> {
+    match &s.group_by {
+        ast::GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => Ok(exprs),
+        other => Err(SqlError::unsupported(format!("{other}"))),
+    }
+}
+
+fn plan_select(
+    ctx: PlanCtx<'_>,
+    s: &ast::Select,
+    terms: &[ast::OrderByExpr],
+    window: Window,
+) -> Result<Planned, SqlError> {
+    check_select(s)?;
+    let (input, scope) = if s.from.is_empty() {
+        let scope = Scope::default();
+        let plan = match &s.selection {
+            Some(w) => {
+                let predicate = Binder::new(ctx, &scope).bind(w)?;
+                Plan::Filter { input: Box::new(Plan::single_row()), predicate, text: vec![w.to_string()] }
+            }
+            None => Plan::single_row(),
+        };
+        (plan, scope)
+    } else {
+        from::plan_from(ctx, &s.from, s.selection.as_ref())?
+    };
+    let items = expand(s, &scope)?;
+    let group_exprs = group_by(s)?;
+    let aggregate = !group_exprs.is_empty() || uses_aggregates(s, terms);
+    let mut binder = Binder::new(ctx, &scope);
+    if aggregate {
+        binder.agg = Some(group_context(ctx, &scope, group_exprs, &items)?);
+    } else if s.having.is_some() {
+        return Err(SqlError::invalid("a GROUP BY clause is required before HAVING"));
+    }
+    let names: Vec<String> = items.iter().map(|(_, n, _)| n.clone()).collect();
+    let aliases: Vec<Option<String>> = items.iter().map(|(_, _, a)| a.clone()).collect();
+    let mut exprs = Vec::with_capacity(items.len());
+    for (item, _, _) in &items {
+        exprs.push(match item {
+            Item::Ast(e) => binder.bind(e)?,
+            Item::Position(p) => bind_position(&mut binder, &scope, *p)?,
+        });
+    }
+    let having = s.having.as_ref().map(|h| binder.bind(h).map(|e| (e, h.to_string()))).transpose()?;
+    let visible = exprs.len();
+    let mut keys = Vec::new();
+    for term in terms {
+        let column = match output_position(&term.expr, &names, &aliases)? {
+            Some(c) => c,
+            None => match items.iter().position(|(i, _, _)| matches!(i, Item::Ast(e) if **e == term.expr)) {
+                Some(c) => c,
+                None => {
+                    let bound = binder.bind(&term.expr)?;
+                    let same_column = |e: &Expr| matches!((e, &bound), (Expr::Column(a), Expr::Column(b)) if a == b);
+                    match exprs[..visible].iter().position(same_column) {
+                        Some(c) => c,
+                        None => {
+                            exprs.push(bound);
+                            exprs.len() - 1
+                        }
+                    }
+                }
+            },
+        };
+        keys.push(sort_key(term, column));
+    }
+    let mut plan = input;
+    if let Some(agg) = binder.agg.take() {
+        plan = Plan::Aggregate { input: Box::new(plan), groups: agg.groups, aggs: agg.aggs };
+    }
+    if let Some((predicate, text)) = having {
+        plan = Plan::Filter { input: Box::new(plan), predicate, text: vec![text] };
+    }
+    plan = Plan::Project { input: Box::new(plan), exprs };
+    if matches!(s.distinct, Some(ast::Distinct::Distinct)) {
+        if keys.iter().any(|k| k.column >= visible) {
+            return Err(SqlError::unsupported("ORDER BY a term that is not in the select list of a DISTINCT query"));
+        }
+        plan = Plan::Distinct { input: Box::new(plan) };
+    }
+    let trim = (keys.iter().any(|k| k.column >= visible)).then_some(visible);
+    Ok(Planned { plan: finish(plan, keys, window, trim), columns: names })
+}
+
+/// Sort, limit and trim hidden sort keys.
+fn finish(mut plan: Plan, keys: Vec<SortKey>, window: Window, trim: Option<usize>) -> Plan {
+    if !keys.is_empty() {
+        let keep = window.limit.map(|l| l.saturating_add(window.offset));
+        plan = Plan::Sort { input: Box::new(plan), keys, keep };
+    }
+    if window.offset > 0 || window.limit.is_some() {
+        plan = Plan::Limit { input: Box::new(plan), offset: window.offset, limit: window.limit };
+    }
+    if let Some(width) = trim {
+        plan = Plan::Trim { input: Box::new(plan), width };
+    }
+    plan
+}
+
+fn bind_position(binder: &mut Binder<'_>, scope: &Scope, position: usize) -> Result<Expr, SqlError> {
+    let column = &scope.columns[position];
+    let ident = ast::Ident::new(column.name.clone());
+    let e = ast::Expr::CompoundIdentifier(vec![ast::Ident::new(column.table.clone()), ident]);
+    binder.bind(&e)
+}
+
+/// Resolves `GROUP BY` terms (positions and aliases name select items) and binds them.
+fn group_context(
+    ctx: PlanCtx<'_>,
+    scope: &Scope,
+    exprs: &[ast::Expr],
+    items: &[(Item, String, Option<String>)],
+) -> Result<AggCtx, SqlError> {
+    let mut agg = AggCtx::default();
+    let names: Vec<String> = items.iter().map(|(_, n, _)| n.clone()).collect();
+    let aliases: Vec<Option<String>> = items.iter().map(|(_, _, a)| a.clone()).collect();
+    for e in exprs {
+        let resolved = match e {
+            ast::Expr::Identifier(i) if scope.resolve(None, &bind::ident(i)).is_ok() => e.clone(),
+            _ => match output_position(e, &names, &aliases)? {
+                Some(p) => match &items[p].0 {
+                    Item::Ast(a) => (**a).clone(),
+                    Item::Position(col) => {
+                        let c = &scope.columns[*col];
+                        ast::Expr::CompoundIdentifier(vec![
+                            ast::Ident::new(c.table.clone()),
+                            ast::Ident::new(c.name.clone()),
+                        ])
+                    }
+                },
+                None => e.clone(),
+            },
+        };
+        if bind::has_aggregate(&resolved) {
+            return Err(SqlError::invalid(format!("aggregate functions are not allowed in GROUP BY: {e}")));
+        }
+        agg.groups.push(Binder::new(ctx, scope).bind(&resolved)?);
+        agg.group_asts.push(resolved);
+    }
+    Ok(agg)
+}

@@ -1,0 +1,172 @@
+//! System tables: the catalog and the conflicts of the snapshot, queryable and joinable
+//! like any table.
+//!
+//! - `edgestore_tables` — one row per live table: name, epoch, primary key, definition as
+//!   SQL, and how many concurrent definitions conflict (0 when none).
+//! - `edgestore_columns` — one row per column of a live table.
+//! - `edgestore_indexes` — one row per usable index.
+//! - `edgestore_conflicts` — one row per concurrent value of a conflicting column: table,
+//!   rendered primary key, the first key column's value (to join with the table), column,
+//!   the winning value, this value, the node that wrote it, and whether it is the winner.
+//!
+//! They are computed from the snapshot when scanned (they are small next to user tables).
+
+use super::plan::Row;
+use super::SqlError;
+use crate::catalog;
+use crate::replica::Snapshot;
+use crate::types::{ColumnType, Value};
+
+/// Names starting with this prefix are reserved for system tables.
+pub const SYSTEM_PREFIX: &str = "edgestore_";
+
+/// A system table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SystemTable {
+    Tables,
+    Columns,
+    Indexes,
+    Conflicts,
+}
+
+use ColumnType as T;
+
+impl SystemTable {
+    pub fn by_name(name: &str) -> Option<SystemTable> {
+        match name {
+            "edgestore_tables" => Some(SystemTable::Tables),
+            "edgestore_columns" => Some(SystemTable::Columns),
+            "edgestore_indexes" => Some(SystemTable::Indexes),
+            "edgestore_conflicts" => Some(SystemTable::Conflicts),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SystemTable::Tables => "edgestore_tables",
+            SystemTable::Columns => "edgestore_columns",
+            SystemTable::Indexes => "edgestore_indexes",
+            SystemTable::Conflicts => "edgestore_conflicts",
+        }
+    }
+
+    pub fn columns(self) -> &'static [(&'static str, ColumnType)] {
+        match self {
+            SystemTable::Tables => &[
+                ("name", T::Text),
+                ("epoch", T::Integer),
+                ("primary_key", T::Text),
+                ("sql", T::Text),
+                ("conflicting_definitions", T::Integer),
+            ],
+            SystemTable::Columns => &[
+                ("table_name", T::Text),
+                ("position", T::Integer),
+                ("name", T::Text),
+                ("type", T::Text),
+                ("not_null", T::Boolean),
+                ("default_value", T::Text),
+                ("pk_position", T::Integer),
+            ],
+            SystemTable::Indexes => {
+                &[("name", T::Text), ("table_name", T::Text), ("columns", T::Text), ("sql", T::Text)]
+            }
+            SystemTable::Conflicts => &[
+                ("table_name", T::Text),
+                ("primary_key", T::Text),
+                ("key_value", T::Text),
+                ("column_name", T::Text),
+                ("winner", T::Text),
+                ("value", T::Text),
+                ("node", T::Text),
+                ("is_winner", T::Boolean),
+            ],
+        }
+    }
+
+    pub fn rows(self, snap: &Snapshot) -> Result<Vec<Row>, SqlError> {
+        let catalog = snap.catalog();
+        let text = |s: &str| Value::Text(s.to_string());
+        Ok(match self {
+            SystemTable::Tables => catalog
+                .live_tables()
+                .map(|t| {
+                    vec![
+                        text(&t.schema.name),
+                        Value::Integer(t.causal_length as i64),
+                        text(&t.schema.primary_key.join(", ")),
+                        text(&catalog::table_sql(&t.schema)),
+                        Value::Integer(t.conflict.as_ref().map_or(0, |c| c.definitions.len() as i64)),
+                    ]
+                })
+                .collect(),
+            SystemTable::Columns => catalog
+                .live_tables()
+                .flat_map(|t| {
+                    t.schema.columns.iter().enumerate().map(|(i, c)| {
+                        let pk = t.schema.primary_key.iter().position(|k| *k == c.name);
+                        vec![
+                            text(&t.schema.name),
+                            Value::Integer(i as i64),
+                            text(&c.name),
+                            text(c.ty.sql_name()),
+                            Value::Boolean(c.not_null),
+                            c.default.as_ref().map_or(Value::Null, |d| Value::Text(literal(d))),
+                            pk.map_or(Value::Null, |p| Value::Integer(p as i64 + 1)),
+                        ]
+                    })
+                })
+                .collect(),
+            SystemTable::Indexes => catalog
+                .live_tables()
+                .flat_map(|t| catalog.indexes_of(&t.schema.name))
+                .map(|i| {
+                    let s = &i.def.schema;
+                    vec![text(&s.name), text(&s.table), text(&s.columns.join(", ")), text(&catalog::index_sql(s))]
+                })
+                .collect(),
+            SystemTable::Conflicts => conflict_rows(snap)?,
+        })
+    }
+}
+
+fn conflict_rows(snap: &Snapshot) -> Result<Vec<Row>, SqlError> {
+    let mut rows = Vec::new();
+    for row in snap.all_conflicts()? {
+        let key = render_key(&row.key);
+        let first = row.key.first().cloned().unwrap_or(Value::Null);
+        for column in row.columns {
+            let last = column.values.len().saturating_sub(1);
+            for (i, (value, node)) in column.values.into_iter().enumerate() {
+                rows.push(vec![
+                    Value::Text(row.table.clone()),
+                    Value::Text(key.clone()),
+                    first.clone(),
+                    Value::Text(column.column.clone()),
+                    column.winner.clone(),
+                    value,
+                    Value::Text(node.to_string()),
+                    Value::Boolean(i == last),
+                ]);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// A value as a SQL literal: `'it''s'`, `x'00ff'`, `1.5`, `NULL`.
+pub(crate) fn literal(v: &Value) -> String {
+    match v {
+        Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        Value::Boolean(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
+        Value::Real(r) => super::value::real_text(*r),
+        other => other.to_string(),
+    }
+}
+
+/// A primary key for display: `(1, 'a')`.
+pub(crate) fn render_key(key: &[Value]) -> String {
+    let parts: Vec<String> = key.iter().map(literal).collect();
+    format!("({})", parts.join(", "))
+}

@@ -1,0 +1,161 @@
+//! SQL behaviour as data: every `tests/sql/*.txt` file is a script of statements and
+//! expected results, run against a fresh replica.
+//!
+//! Format (blocks separated by blank lines, `#` starts a comment line):
+//!
+//! ```text
+//! ok                      -- the statement succeeds
+//! CREATE TABLE t (id INTEGER PRIMARY KEY)
+//!
+//! count 2                 -- the write affects 2 rows
+//! INSERT INTO t VALUES (1), (2)
+//!
+//! error no such table     -- fails with a message containing the text
+//! SELECT * FROM nope
+//!
+//! query                   -- rows in this order (`query unordered`: as a multiset)
+//! params 1, 'x'           -- optional: bound parameters, as SQL literals
+//! SELECT id FROM t WHERE id > ?
+//! ----
+//! 2
+//! ```
+//!
+//! Result values are written `1`, `1.5`, `text`, `NULL`, `true`, `x'00ff'`, separated by
+//! ` | `. A failing case reports its file and line.
+
+use std::path::Path;
+
+use edgestore::sql::{self, SqlError};
+use edgestore::{NodeId, Replica, Value};
+
+fn render(v: &Value) -> String {
+    match v {
+        Value::Text(t) => t.clone(),
+        other => other.to_string(),
+    }
+}
+
+struct Case {
+    line: usize,
+    directive: String,
+    params: Option<String>,
+    sql: String,
+    expected: Vec<String>,
+}
+
+fn parse_cases(text: &str) -> Vec<Case> {
+    let mut cases = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i].trim_end();
+        if line.trim().is_empty() || line.starts_with('#') {
+            i += 1;
+            continue;
+        }
+        let mut case =
+            Case { line: i + 1, directive: line.to_string(), params: None, sql: String::new(), expected: Vec::new() };
+        i += 1;
+        if let Some(p) = lines.get(i).and_then(|l| l.strip_prefix("params ")) {
+            case.params = Some(p.to_string());
+            i += 1;
+        }
+        let mut in_result = false;
+        while i < lines.len() && !lines[i].trim().is_empty() {
+            let l = lines[i].trim_end();
+            if l == "----" {
+                in_result = true;
+            } else if in_result {
+                case.expected.push(l.to_string());
+            } else if !l.starts_with('#') {
+                case.sql.push_str(l);
+                case.sql.push('\n');
+            }
+            i += 1;
+        }
+        cases.push(case);
+    }
+    cases
+}
+
+fn params(replica: &mut Replica, list: &Option<String>) -> Vec<Value> {
+    let Some(list) = list else { return Vec::new() };
+    let result = sql::execute(replica, &format!("SELECT {list}"), &[], 0).expect("params parse");
+    result.collect_rows().expect("params evaluate").remove(0)
+}
+
+fn check(file: &str, replica: &mut Replica, case: &Case) {
+    let at = format!("{file}:{}", case.line);
+    let params = params(replica, &case.params);
+    let result = sql::execute(replica, &case.sql, &params, 1_700_000_000_000);
+    let mut words = case.directive.splitn(2, ' ');
+    let (verb, arg) = (words.next().unwrap_or(""), words.next().unwrap_or("").trim());
+    match verb {
+        "ok" => {
+            if let Err(e) = result {
+                panic!("{at}: expected success, got error: {e}\n{}", case.sql);
+            }
+        }
+        "count" => match result {
+            Ok(r) => assert_eq!(r.rows_affected.to_string(), arg, "{at}: rows affected\n{}", case.sql),
+            Err(e) => panic!("{at}: expected success, got error: {e}\n{}", case.sql),
+        },
+        "error" => {
+            let message = match result.and_then(|r| r.collect_rows()) {
+                Ok(rows) => panic!("{at}: expected an error containing {arg:?}, got {rows:?}\n{}", case.sql),
+                Err(e) => e.to_string(),
+            };
+            assert!(message.contains(arg), "{at}: error {message:?} does not contain {arg:?}\n{}", case.sql);
+        }
+        "query" => {
+            let rows = match result.and_then(|r| r.collect_rows()) {
+                Ok(rows) => rows,
+                Err(e) => panic!("{at}: query failed: {e}\n{}", case.sql),
+            };
+            let mut got: Vec<String> =
+                rows.iter().map(|r| r.iter().map(render).collect::<Vec<_>>().join(" | ")).collect();
+            let mut expected = case.expected.clone();
+            if arg == "unordered" {
+                got.sort();
+                expected.sort();
+            }
+            assert_eq!(got, expected, "{at}: query result\n{}", case.sql);
+        }
+        other => panic!("{at}: unknown directive {other:?}"),
+    }
+}
+
+fn run_file(path: &Path) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica =
+        Replica::open(dir.path().join("store.redb"), NodeId::from_public_key(b"sql-cases")).expect("open");
+    let text = std::fs::read_to_string(path).expect("read cases");
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("?").to_string();
+    for case in parse_cases(&text) {
+        check(&file, &mut replica, &case);
+    }
+}
+
+#[test]
+fn sql_cases() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).expect("tests/sql").map(|e| e.expect("entry").path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "txt"));
+    files.sort();
+    assert!(!files.is_empty(), "no case files in {}", dir.display());
+    for file in files {
+        run_file(&file);
+    }
+}
+
+#[test]
+fn sql_errors_are_typed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("s.redb"), NodeId::from_public_key(b"typed")).expect("open");
+    let err = sql::execute(&mut replica, "SELECT * FROM\nnope WHERE", &[], 0).unwrap_err();
+    assert!(matches!(err, SqlError::Syntax { line: 2, .. }), "{err:?}");
+    let err = sql::execute(&mut replica, "SELECT * FROM nope", &[], 0).unwrap_err();
+    assert!(matches!(err, SqlError::UnknownTable(ref t) if t == "nope"), "{err:?}");
+    let err = sql::execute(&mut replica, "SELECT 1 FULL OUTER JOIN x", &[], 0).unwrap_err();
+    assert!(matches!(err, SqlError::Syntax { .. } | SqlError::NotSupported(_)), "{err:?}");
+}
