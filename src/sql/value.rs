@@ -40,7 +40,8 @@ pub(crate) fn as_num(v: &Value) -> Option<Num> {
 fn cmp_num(a: Num, b: Num) -> Ordering {
     match (a, b) {
         (Num::Int(x), Num::Int(y)) => x.cmp(&y),
-        (Num::Real(x), Num::Real(y)) => x.total_cmp(&y),
+        // -0.0 equals 0.0 (total_cmp would order them); NaN never gets here (it becomes NULL).
+        (Num::Real(x), Num::Real(y)) => x.partial_cmp(&y).unwrap_or_else(|| x.total_cmp(&y)),
         (Num::Int(x), Num::Real(y)) => cmp_int_real(x, y),
         (Num::Real(x), Num::Int(y)) => cmp_int_real(y, x).reverse(),
     }

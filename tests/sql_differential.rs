@@ -1,0 +1,420 @@
+//! Differential test: random schemas, data and queries run on edgestore's SQL engine and
+//! on SQLite (rusqlite, bundled); the results must match.
+//!
+//! Queries stay inside the supported scope and away from SQLite's type-affinity quirks:
+//! every column holds one type, and only numbers are compared with numbers and text with
+//! text. Results compare as multisets unless `ORDER BY` fixes the order of every output
+//! column; reals compare with a relative tolerance, and an integer equals the real of the
+//! same value (`DISTINCT` may keep either representative).
+//!
+//! The seed is printed. `EDGESTORE_SEED=<n>` replays a run; `EDGESTORE_SQL_QUERIES=<n>`
+//! runs more queries (default 1200).
+
+use std::cmp::Ordering;
+use std::fmt::Write as _;
+
+use edgestore::sql;
+use edgestore::{NodeId, Replica, Value};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const QUERIES_DEFAULT: usize = 1200;
+const QUERIES_PER_WORLD: usize = 60;
+const SEED_DEFAULT: u64 = 0x5157_4c20_6469_6666;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Int,
+    Real,
+    Text,
+}
+
+struct Table {
+    name: String,
+    columns: Vec<(String, Kind)>,
+}
+
+struct World {
+    tables: Vec<Table>,
+}
+
+fn kind_sql(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Int => "INTEGER",
+        Kind::Real => "REAL",
+        Kind::Text => "TEXT",
+    }
+}
+
+fn literal(rng: &mut ChaCha8Rng, kind: Kind) -> String {
+    match kind {
+        Kind::Int => rng.random_range(-2..10).to_string(),
+        Kind::Real => format!("{:.1}", f64::from(rng.random_range(-4..16)) * 0.5),
+        Kind::Text => ["'a'", "'b'", "'c'", "'ab'", "'ba'", "''", "'B'"][rng.random_range(0..7)].to_string(),
+    }
+}
+
+fn value_sql(rng: &mut ChaCha8Rng, kind: Kind) -> String {
+    if rng.random_bool(0.15) {
+        "NULL".into()
+    } else {
+        literal(rng, kind)
+    }
+}
+
+/// DDL and inserts for a random world, as SQL both engines run.
+fn make_world(rng: &mut ChaCha8Rng) -> (World, Vec<String>) {
+    let mut statements = Vec::new();
+    let mut tables = Vec::new();
+    for t in 0..rng.random_range(2..=4) {
+        let name = format!("t{t}");
+        let mut columns = vec![("id".to_string(), Kind::Int), ("k".to_string(), Kind::Int)];
+        for c in 0..rng.random_range(1..=3) {
+            let kind = [Kind::Int, Kind::Real, Kind::Text][rng.random_range(0..3)];
+            columns.push((format!("c{c}"), kind));
+        }
+        let defs: Vec<String> = columns.iter().map(|(n, k)| format!("{n} {}", kind_sql(*k))).collect();
+        statements.push(format!("CREATE TABLE {name} ({}, PRIMARY KEY (id))", defs.join(", ")));
+        if rng.random_bool(0.5) {
+            let (col, _) = &columns[rng.random_range(1..columns.len())];
+            statements.push(format!("CREATE INDEX {name}_{col} ON {name} ({col})"));
+        }
+        let rows = if rng.random_bool(0.15) { 0 } else { rng.random_range(1..25) };
+        let mut values = Vec::new();
+        for id in 0..rows {
+            let mut row = vec![(id * 2 + rng.random_range(0..2)).to_string()];
+            row.extend(columns[1..].iter().map(|(_, k)| value_sql(rng, *k)));
+            values.push(format!("({})", row.join(", ")));
+        }
+        if !values.is_empty() {
+            statements.push(format!("INSERT OR IGNORE INTO {name} VALUES {}", values.join(", ")));
+        }
+        tables.push(Table { name, columns });
+    }
+    (World { tables }, statements)
+}
+
+/// A query generator over the tables in one FROM clause.
+struct Gen<'w> {
+    rng: ChaCha8Rng,
+    world: &'w World,
+    /// (alias, table index) in FROM order.
+    from: Vec<(String, usize)>,
+}
+
+impl Gen<'_> {
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.rng.random_range(0..items.len())]
+    }
+
+    fn columns_of(&self, kinds: &[Kind]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (alias, t) in &self.from {
+            for (name, kind) in &self.world.tables[*t].columns {
+                if kinds.contains(kind) {
+                    out.push(format!("{alias}.{name}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn column(&mut self, kinds: &[Kind]) -> Option<String> {
+        let columns = self.columns_of(kinds);
+        (!columns.is_empty()).then(|| self.pick(&columns).clone())
+    }
+
+    fn num(&mut self, depth: u32) -> String {
+        let roll = if depth == 0 { self.rng.random_range(0..3) } else { self.rng.random_range(0..10) };
+        match roll {
+            0 | 1 => self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "1".into()),
+            2 => {
+                let kind = *self.pick(&[Kind::Int, Kind::Real]);
+                literal(&mut self.rng, kind)
+            }
+            3 => format!("({} + {})", self.num(depth - 1), self.num(depth - 1)),
+            4 => format!("({} - {})", self.num(depth - 1), self.num(depth - 1)),
+            5 => format!("({} * {})", self.num(depth - 1), literal(&mut self.rng, Kind::Int)),
+            6 => format!("({} / {})", self.num(depth - 1), self.num(depth - 1)),
+            7 => format!("abs({})", self.num(depth - 1)),
+            8 => format!("coalesce({}, {})", self.num(depth - 1), literal(&mut self.rng, Kind::Int)),
+            _ => format!(
+                "CASE WHEN {} THEN {} ELSE {} END",
+                self.pred(depth - 1),
+                self.num(depth - 1),
+                self.num(depth - 1)
+            ),
+        }
+    }
+
+    fn text(&mut self, depth: u32) -> String {
+        let roll = if depth == 0 { self.rng.random_range(0..2) } else { self.rng.random_range(0..7) };
+        match roll {
+            0 => self.column(&[Kind::Text]).unwrap_or_else(|| "'t'".into()),
+            1 => literal(&mut self.rng, Kind::Text),
+            2 => format!("lower({})", self.text(depth - 1)),
+            3 => format!("upper({})", self.text(depth - 1)),
+            4 => format!("substr({}, 1, 1)", self.text(depth - 1)),
+            5 => format!("({} || {})", self.text(depth - 1), self.text(depth - 1)),
+            _ => format!("coalesce({}, 'z')", self.text(depth - 1)),
+        }
+    }
+
+    fn cmp(&mut self) -> &'static str {
+        self.pick(&["=", "<>", "<", "<=", ">", ">="])
+    }
+
+    fn pred(&mut self, depth: u32) -> String {
+        let roll = if depth == 0 { self.rng.random_range(0..6) } else { self.rng.random_range(0..12) };
+        match roll {
+            0 | 1 => format!("{} {} {}", self.num(depth), self.cmp(), self.num(depth)),
+            2 => format!("{} {} {}", self.text(depth), self.cmp(), self.text(0)),
+            3 => {
+                let c = self.column(&[Kind::Int, Kind::Real, Kind::Text]).unwrap_or_else(|| "NULL".into());
+                format!("{c} IS {}NULL", if self.rng.random_bool(0.5) { "NOT " } else { "" })
+            }
+            4 => {
+                let (a, b) = (literal(&mut self.rng, Kind::Int), literal(&mut self.rng, Kind::Int));
+                format!(
+                    "{} {}BETWEEN {a} AND {b}",
+                    self.num(depth),
+                    if self.rng.random_bool(0.3) { "NOT " } else { "" }
+                )
+            }
+            5 => {
+                let items: Vec<String> = (0..self.rng.random_range(1..4))
+                    .map(|_| if self.rng.random_bool(0.1) { "NULL".into() } else { literal(&mut self.rng, Kind::Int) })
+                    .collect();
+                let not = if self.rng.random_bool(0.3) { "NOT " } else { "" };
+                format!("{} {not}IN ({})", self.num(depth), items.join(", "))
+            }
+            6 => {
+                let pattern = *self.pick(&["'a%'", "'%b'", "'_'", "'%'", "'A_'"]);
+                format!("{} LIKE {pattern}", self.text(depth))
+            }
+            7 => format!("NOT ({})", self.pred(depth - 1)),
+            8 | 9 => format!("({} AND {})", self.pred(depth - 1), self.pred(depth - 1)),
+            10 => format!("({} OR {})", self.pred(depth - 1), self.pred(depth - 1)),
+            _ => self.subquery_pred(),
+        }
+    }
+
+    fn subquery_pred(&mut self) -> String {
+        let t = self.rng.random_range(0..self.world.tables.len());
+        let table = &self.world.tables[t];
+        let ints: Vec<&String> = table.columns.iter().filter(|(_, k)| *k == Kind::Int).map(|(n, _)| n).collect();
+        let inner = ints[self.rng.random_range(0..ints.len())].clone();
+        let bound = literal(&mut self.rng, Kind::Int);
+        let name = table.name.clone();
+        match self.rng.random_range(0..3) {
+            0 => format!("{} IN (SELECT {inner} FROM {name} WHERE {inner} < {bound})", self.num(0)),
+            1 => format!("{} NOT IN (SELECT {inner} FROM {name} WHERE id > {bound})", self.num(0)),
+            _ => format!("EXISTS (SELECT 1 FROM {name} WHERE {inner} = {bound})"),
+        }
+    }
+
+    /// FROM with joins; fills `self.from`.
+    fn joined_tables(&mut self) -> String {
+        let n = self.rng.random_range(1..=3.min(self.world.tables.len()));
+        let mut text = String::new();
+        for i in 0..n {
+            let t = self.rng.random_range(0..self.world.tables.len());
+            let alias = format!("x{i}");
+            let name = self.world.tables[t].name.clone();
+            if i == 0 {
+                text = format!("{name} AS {alias}");
+                self.from.push((alias, t));
+                continue;
+            }
+            let kind = *self.pick(&["JOIN", "LEFT JOIN", "LEFT JOIN", "INNER JOIN", ","]);
+            let left = self.column(&[Kind::Int]).expect("every table has integer columns");
+            self.from.push((alias.clone(), t));
+            if kind == "," {
+                write!(text, ", {name} AS {alias}").expect("string");
+                continue;
+            }
+            let right_col = if self.rng.random_bool(0.5) { "id" } else { "k" };
+            let mut on = format!("{alias}.{right_col} {} {left}", if self.rng.random_bool(0.85) { "=" } else { "<" });
+            if self.rng.random_bool(0.3) {
+                write!(on, " AND {}", self.pred(0)).expect("string");
+            }
+            write!(text, " {kind} {name} AS {alias} ON {on}").expect("string");
+        }
+        text
+    }
+
+    fn query(&mut self) -> (String, bool) {
+        let from = self.joined_tables();
+        let filter = if self.rng.random_bool(0.7) { format!(" WHERE {}", self.pred(2)) } else { String::new() };
+        if self.rng.random_bool(0.35) {
+            return (self.aggregate_query(&from, &filter), false);
+        }
+        let count = self.rng.random_range(1..=4);
+        let items: Vec<String> = (0..count)
+            .map(|_| match self.rng.random_range(0..4) {
+                0 => self.num(2),
+                1 => self.text(1),
+                _ => self.column(&[Kind::Int, Kind::Real, Kind::Text]).unwrap_or_else(|| "1".into()),
+            })
+            .collect();
+        let distinct = if self.rng.random_bool(0.2) { "DISTINCT " } else { "" };
+        let mut sql = format!("SELECT {distinct}{} FROM {from}{filter}", items.join(", "));
+        let ordered = self.rng.random_bool(0.4);
+        if ordered {
+            let keys: Vec<String> =
+                (1..=count).map(|i| format!("{i}{}", if self.rng.random_bool(0.5) { " DESC" } else { "" })).collect();
+            write!(sql, " ORDER BY {}", keys.join(", ")).expect("string");
+            if self.rng.random_bool(0.6) {
+                write!(sql, " LIMIT {} OFFSET {}", self.rng.random_range(0..8), self.rng.random_range(0..3))
+                    .expect("string");
+            }
+        }
+        (sql, ordered)
+    }
+
+    fn aggregate_query(&mut self, from: &str, filter: &str) -> String {
+        let groups: Vec<String> = (0..self.rng.random_range(0..=2))
+            .filter_map(|_| self.column(&[Kind::Int, Kind::Real, Kind::Text]))
+            .collect();
+        let mut items = groups.clone();
+        for _ in 0..self.rng.random_range(1..=3) {
+            let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "1".into());
+            let any = self.column(&[Kind::Int, Kind::Real, Kind::Text]).unwrap_or_else(|| "1".into());
+            items.push(match self.rng.random_range(0..9) {
+                0 => "count(*)".into(),
+                1 => format!("count({any})"),
+                2 => format!("sum({num})"),
+                3 => format!("avg({num})"),
+                4 => format!("min({any})"),
+                5 => format!("max({any})"),
+                6 => format!("count(DISTINCT {any})"),
+                7 => format!("total({num})"),
+                _ => format!("sum({num}) + count(*)"),
+            });
+        }
+        let mut sql = format!("SELECT {} FROM {from}{filter}", items.join(", "));
+        if !groups.is_empty() {
+            write!(sql, " GROUP BY {}", groups.join(", ")).expect("string");
+            if self.rng.random_bool(0.3) {
+                sql.push_str(" HAVING count(*) > 1");
+            }
+        }
+        sql
+    }
+}
+
+fn sqlite_rows(conn: &rusqlite::Connection, sql: &str) -> Result<Vec<Vec<Value>>, String> {
+    let mut stmt = conn.prepare(sql).map_err(|e| e.to_string())?;
+    let width = stmt.column_count();
+    let rows = stmt
+        .query_map([], |row| {
+            (0..width)
+                .map(|i| {
+                    Ok(match row.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => Value::Null,
+                        rusqlite::types::ValueRef::Integer(v) => Value::Integer(v),
+                        rusqlite::types::ValueRef::Real(v) => Value::Real(v),
+                        rusqlite::types::ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                        rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                    })
+                })
+                .collect()
+        })
+        .map_err(|e| e.to_string())?;
+    rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+}
+
+fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Real(r) => Some(*r),
+        _ => None,
+    }
+}
+
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (number(a), number(b)) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => a == b,
+    }
+}
+
+fn canonical(row: &[Value]) -> String {
+    row.iter()
+        .map(|v| match number(v) {
+            Some(n) => format!("n{:.6e}", n + 0.0), // + 0.0 turns -0.0 into 0.0
+            None => format!("{v:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
+fn same_rows(ours: &[Vec<Value>], theirs: &[Vec<Value>], ordered: bool) -> bool {
+    if ours.len() != theirs.len() {
+        return false;
+    }
+    let (mut a, mut b) = (ours.to_vec(), theirs.to_vec());
+    if !ordered {
+        a.sort_by_key(|r| canonical(r));
+        b.sort_by_key(|r| canonical(r));
+    }
+    a.iter().zip(&b).all(|(x, y)| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_value(p, q)))
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn sql_matches_sqlite() {
+    let seed = env_number("EDGESTORE_SEED").unwrap_or(SEED_DEFAULT);
+    let queries = env_number("EDGESTORE_SQL_QUERIES").map_or(QUERIES_DEFAULT, |n| n as usize);
+    println!("sql differential: seed {seed} ({queries} queries); replay with EDGESTORE_SEED={seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut checked = 0;
+    let mut world_index = 0;
+    while checked < queries {
+        let world_seed: u64 = rng.random();
+        run_world(world_seed, world_index, QUERIES_PER_WORLD.min(queries - checked));
+        checked += QUERIES_PER_WORLD.min(queries - checked);
+        world_index += 1;
+    }
+    println!("sql differential: {checked} queries matched SQLite over {world_index} random databases");
+}
+
+fn run_world(seed: u64, index: usize, queries: usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (world, statements) = make_world(&mut rng);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("w.redb"), NodeId::from_public_key(b"diff")).expect("open");
+    let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+    for statement in &statements {
+        sql::execute(&mut replica, statement, &[], 0).unwrap_or_else(|e| panic!("world {index}: {statement}: {e}"));
+        conn.execute(statement, []).unwrap_or_else(|e| panic!("sqlite: {statement}: {e}"));
+    }
+    for q in 0..queries {
+        let mut generator = Gen { rng: ChaCha8Rng::seed_from_u64(rng.random()), world: &world, from: Vec::new() };
+        let (query, ordered) = generator.query();
+        let theirs = sqlite_rows(&conn, &query).unwrap_or_else(|e| panic!("sqlite refused {query}: {e}"));
+        let ours = sql::execute(&mut replica, &query, &[], 0).and_then(|r| r.collect_rows()).unwrap_or_else(|e| {
+            panic!("world {index} query {q}: edgestore failed: {e}\n{query}\n{}", statements.join(";\n"))
+        });
+        if !same_rows(&ours, &theirs, ordered) {
+            panic!(
+                "world {index} query {q} differs from SQLite\n{query}\nschema and data:\n{};\nedgestore: {ours:?}\nsqlite:    {theirs:?}",
+                statements.join(";\n")
+            );
+        }
+    }
+}
+
+#[test]
+fn comparison_helpers_work() {
+    assert!(same_value(&Value::Integer(2), &Value::Real(2.0)));
+    assert!(!same_value(&Value::Text("2".into()), &Value::Integer(2)));
+    let a = vec![vec![Value::Integer(1)], vec![Value::Null]];
+    let b = vec![vec![Value::Null], vec![Value::Integer(1)]];
+    assert!(same_rows(&a, &b, false));
+    assert!(!same_rows(&a, &b, true));
+    assert_eq!(canonical(&[Value::Real(0.5)]).cmp(&canonical(&[Value::Real(0.5)])), Ordering::Equal);
+}
