@@ -161,7 +161,8 @@ impl Gen<'_> {
     }
 
     fn cmp(&mut self) -> &'static str {
-        self.pick(&["=", "<>", "<", "<=", ">", ">="])
+        const OPS: [&str; 6] = ["=", "<>", "<", "<=", ">", ">="];
+        OPS[self.rng.random_range(0..OPS.len())]
     }
 
     fn pred(&mut self, depth: u32) -> String {
