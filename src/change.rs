@@ -15,7 +15,6 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::codec;
-use crate::contain::contain;
 use crate::keys::{self, KeyError};
 use crate::schema::NAME_BYTES_MAX;
 use crate::types::NodeId;
@@ -271,9 +270,7 @@ fn verify_deps(origin: NodeId, deps: &[(ByteBuf, u64)]) -> Result<Vec<(NodeId, u
 fn verify_doc_change(origin: NodeId, doc: usize, key: &[u8], change: Vec<u8>) -> Result<DocChange, ChangeError> {
     let bad = |reason: String| ChangeError::BadDocChange { doc, reason };
     let key = DocKey::decode(key).map_err(|e| bad(e.to_string()))?;
-    let change = contain("change decoding", || automerge::Change::from_bytes(change))
-        .map_err(|e| bad(e.to_string()))?
-        .map_err(|e| bad(e.to_string()))?;
+    let change = crate::doc::parse_change(change).map_err(bad)?;
     let actor = change.actor_id().to_bytes();
     if actor != origin.as_bytes() {
         return Err(ChangeError::ForgedActor { origin, actor: hex(actor) });

@@ -36,13 +36,26 @@ pub fn load_doc(actor: NodeId, snapshot: &[u8], tail: Vec<Vec<u8>>) -> Result<Au
     };
     let mut changes = Vec::with_capacity(tail.len());
     for bytes in tail {
-        let change = contain("change decoding", || automerge::Change::from_bytes(bytes))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        changes.push(change);
+        changes.push(parse_change(bytes)?);
     }
     apply_changes(&mut doc, changes)?;
     Ok(doc)
+}
+
+/// Parses an automerge change from untrusted bytes, contained, and verifies its checksum.
+///
+/// automerge 0.6.1's `Change::from_bytes` does not check the chunk checksum (bytes 4..8,
+/// the first 4 bytes of the change hash); only a whole-document load does. Without this
+/// check a corrupted change would be accepted under a genuine `(origin, seq)`.
+pub fn parse_change(bytes: Vec<u8>) -> Result<automerge::Change, String> {
+    let checksum: Option<[u8; 4]> = bytes.get(4..8).and_then(|c| c.try_into().ok());
+    let change = contain("change decoding", || automerge::Change::from_bytes(bytes))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    if checksum.is_none_or(|c| c != change.hash().0[..4]) {
+        return Err("checksum mismatch".to_string());
+    }
+    Ok(change)
 }
 
 /// Applies changes to a document, contained; fails if any change is left waiting for a
@@ -78,12 +91,13 @@ pub fn is_alive(doc: &AutoCommit) -> bool {
 }
 
 /// Moves the causal length to the next value of the wanted parity: the next odd value to
-/// (re)create, the next even value to delete.
-pub fn bump_causal_length(doc: &mut AutoCommit) -> u64 {
-    let next = causal_length(doc) + 1;
+/// (re)create, the next even value to delete. `None` if it is exhausted (a peer set it to
+/// `u64::MAX`): the row can no longer change liveness.
+pub fn bump_causal_length(doc: &mut AutoCommit) -> Option<u64> {
+    let next = causal_length(doc).checked_add(1)?;
     doc.put(ROOT, CAUSAL_LENGTH, ScalarValue::Uint(next))
         .expect("putting a scalar in the root map of a local document cannot fail");
-    next
+    Some(next)
 }
 
 /// Sets a column's value.
@@ -92,9 +106,36 @@ pub fn put_column(doc: &mut AutoCommit, column: &ColumnDef, value: &Value) {
     doc.put(ROOT, column.id(), scalar).expect("putting a scalar in the root map of a local document cannot fail");
 }
 
-/// Adds `by` to a COUNTER column. Fails if the column does not hold a counter.
-pub fn increment(doc: &mut AutoCommit, column: &ColumnDef, by: i64) -> Result<(), String> {
-    doc.increment(ROOT, column.id(), by).map_err(|e| e.to_string())
+/// Why an increment was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IncrementError {
+    /// The column holds no counter.
+    NotACounter,
+    /// The sum would leave the i64 range (automerge would panic or wrap).
+    Overflow,
+}
+
+/// Adds `by` to a COUNTER column, refusing an increment that would overflow any of the
+/// column's concurrent counter values.
+pub fn increment(doc: &mut AutoCommit, column: &ColumnDef, by: i64) -> Result<(), IncrementError> {
+    let values = doc.get_all(ROOT, column.id()).unwrap_or_default();
+    for (value, _) in &values {
+        match value.to_scalar() {
+            Some(ScalarValue::Counter(c)) if i64::from(c).checked_add(by).is_none() => {
+                return Err(IncrementError::Overflow)
+            }
+            Some(ScalarValue::Counter(_)) => {}
+            _ => return Err(IncrementError::NotACounter),
+        }
+    }
+    if values.is_empty() {
+        return Err(IncrementError::NotACounter);
+    }
+    // Checked above; contained anyway, since the counter's history comes from peers. On
+    // error the caller drops the staged document.
+    contain("increment", || doc.increment(ROOT, column.id(), by))
+        .map_err(|_| IncrementError::Overflow)?
+        .map_err(|_| IncrementError::NotACounter)
 }
 
 /// A column's value as materialized, and every concurrent value with its writer.

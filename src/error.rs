@@ -155,6 +155,17 @@ pub enum WriteError {
         /// The column.
         column: String,
     },
+    /// A counter increment would leave the i64 range, or a row's causal length (its
+    /// liveness counter) is exhausted.
+    #[error("overflow in {table}.{column}: {what}")]
+    Overflow {
+        /// The table.
+        table: String,
+        /// The column, or `_cl` for the causal length.
+        column: String,
+        /// What overflowed.
+        what: &'static str,
+    },
     /// Storage failed; the whole commit group was rolled back.
     #[error(transparent)]
     Storage(#[from] StorageError),

@@ -342,7 +342,7 @@ impl Replica {
             return if if_not_exists { Ok(()) } else { Err(WriteError::TableExists(schema.name)) };
         }
         let working = self.stage_doc(tables, ctx, DocKey::Table(schema.name.clone()))?;
-        let causal_length = doc::bump_causal_length(&mut working.doc);
+        let causal_length = bump(working, &schema.name)?;
         doc::put_definition(&mut working.doc, catalog::encode_table(&schema));
         let entry = TableEntry { schema: schema.clone(), causal_length, conflict: None };
         ctx.catalog.tables.insert(schema.name, entry);
@@ -365,7 +365,7 @@ impl Replica {
             self.stage_drop_index(tables, ctx, &index, false)?;
         }
         let working = self.stage_doc(tables, ctx, DocKey::Table(name.clone()))?;
-        let causal_length = doc::bump_causal_length(&mut working.doc);
+        let causal_length = bump(working, &name)?;
         ctx.catalog.tables.get_mut(&name).expect("checked alive above").causal_length = causal_length;
         Ok(())
     }
@@ -386,7 +386,7 @@ impl Replica {
         }
         let def = IndexDef { schema, table_epoch };
         let working = self.stage_doc(tables, ctx, DocKey::Index(def.schema.name.clone()))?;
-        let causal_length = doc::bump_causal_length(&mut working.doc);
+        let causal_length = bump(working, &def.schema.name)?;
         doc::put_definition(&mut working.doc, catalog::encode_index(&def));
         ctx.catalog.indexes.insert(def.schema.name.clone(), IndexEntry { def, causal_length, conflict: None });
         Ok(())
@@ -405,7 +405,7 @@ impl Replica {
             return if if_exists { Ok(()) } else { Err(WriteError::UnknownIndex(name)) };
         }
         let working = self.stage_doc(tables, ctx, DocKey::Index(name.clone()))?;
-        let causal_length = doc::bump_causal_length(&mut working.doc);
+        let causal_length = bump(working, &name)?;
         ctx.catalog.indexes.get_mut(&name).expect("checked alive above").causal_length = causal_length;
         Ok(())
     }
@@ -435,7 +435,7 @@ impl Replica {
                 }
             }
         } else {
-            doc::bump_causal_length(&mut working.doc);
+            bump(working, &schema.name)?;
             for (column, value) in schema.columns.iter().zip(&row) {
                 doc::put_column(&mut working.doc, column, value);
             }
@@ -486,7 +486,7 @@ impl Replica {
         let pk = coerce_key(&entry.schema, key)?;
         let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
         if doc::is_alive(&working.doc) {
-            doc::bump_causal_length(&mut working.doc);
+            bump(working, &entry.schema.name)?;
             ctx.rows_affected += 1;
         }
         Ok(())
@@ -514,10 +514,26 @@ impl Replica {
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
-        doc::increment(&mut working.doc, &schema.columns[i], by).map_err(|_| not_a_counter())?;
+        doc::increment(&mut working.doc, &schema.columns[i], by).map_err(|e| match e {
+            doc::IncrementError::NotACounter => not_a_counter(),
+            doc::IncrementError::Overflow => WriteError::Overflow {
+                table: schema.name.clone(),
+                column: schema.columns[i].name.clone(),
+                what: "counter would leave the i64 range",
+            },
+        })?;
         ctx.rows_affected += 1;
         Ok(())
     }
+}
+
+/// Bumps a document's causal length, or reports it exhausted.
+fn bump(working: &mut WorkingDoc, object: &str) -> Result<u64, WriteError> {
+    doc::bump_causal_length(&mut working.doc).ok_or_else(|| WriteError::Overflow {
+        table: object.to_string(),
+        column: "_cl".to_string(),
+        what: "causal length exhausted",
+    })
 }
 
 fn live_table<'c>(catalog: &'c catalog::Catalog, table: &str) -> Result<&'c TableEntry, WriteError> {

@@ -228,6 +228,12 @@ impl SyncNode {
         self.shared.notify_changed();
     }
 
+    /// A receiver that wakes whenever the store changes (a write through this node or
+    /// changes applied from a peer); for status displays, waiters and benchmarks.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+
     /// Peers with a live connection.
     pub fn connected_peers(&self) -> Vec<NodeId> {
         let connections = self.shared.connections.lock().expect("connection registry poisoned");
