@@ -6,11 +6,11 @@
 //! of nothing is NULL, `SUM` of integers is an integer (overflow is an error), `AVG` is a
 //! real, `TOTAL` is a real that is 0.0 for nothing, `MIN`/`MAX` ignore NULLs.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use super::expr::Expr;
 use super::plan::Row;
-use super::value::{self, KeyValue, Num};
+use super::value::{self, KeyMap, KeyValue, Num};
 use super::SqlError;
 use crate::types::Value;
 
@@ -195,23 +195,30 @@ pub(crate) fn group(
     groups: &[Expr],
     aggs: &[AggSpec],
 ) -> Result<Vec<Row>, SqlError> {
-    let mut index: HashMap<Vec<KeyValue>, usize> = HashMap::new();
+    let mut index: KeyMap<Vec<KeyValue>, usize> = KeyMap::default();
     let mut states: Vec<(Row, Vec<Acc>)> = Vec::new();
     if groups.is_empty() {
         states.push((Vec::new(), aggs.iter().map(Acc::new).collect()));
     }
+    // Reused for every row: looking a group up allocates nothing.
+    let (mut values, mut key): (Row, Vec<KeyValue>) = (Vec::new(), Vec::new());
     for row in input {
         let row = row?;
         let slot = if groups.is_empty() {
             0
         } else {
-            let values = groups.iter().map(|g| g.eval(&row)).collect::<Result<Row, _>>()?;
-            let key: Vec<KeyValue> = values.iter().map(value::key_of).collect();
-            match index.get(&key) {
+            values.clear();
+            key.clear();
+            for g in groups {
+                let v = g.eval(&row)?;
+                key.push(value::key_of(&v));
+                values.push(v);
+            }
+            match index.get(key.as_slice()) {
                 Some(&slot) => slot,
                 None => {
-                    index.insert(key, states.len());
-                    states.push((values, aggs.iter().map(Acc::new).collect()));
+                    index.insert(key.clone(), states.len());
+                    states.push((values.clone(), aggs.iter().map(Acc::new).collect()));
                     states.len() - 1
                 }
             }

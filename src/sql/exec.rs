@@ -6,14 +6,14 @@
 //! read from the same redb snapshot, so a query never sees half of a concurrent write.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use super::aggregate;
 use super::expr::Expr;
 use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Row, Scan, SortKey};
-use super::value::{self, KeyValue};
+use super::value::{self, KeyMap, KeyValue};
 use super::{access, SqlError};
 use crate::replica::Snapshot;
 use crate::types::{ColumnType, Value};
@@ -104,9 +104,9 @@ fn open_scan(scan: Scan, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
 }
 
 fn distinct(input: RowStream) -> RowStream {
-    let mut seen: HashSet<Vec<KeyValue>> = HashSet::new();
+    let mut seen: KeyMap<Vec<KeyValue>, ()> = KeyMap::default();
     Box::new(input.filter(move |row| match row {
-        Ok(row) => seen.insert(row.iter().map(value::key_of).collect()),
+        Ok(row) => seen.insert(row.iter().map(value::key_of).collect(), ()).is_none(),
         Err(_) => true,
     }))
 }
@@ -151,25 +151,26 @@ fn sort(input: RowStream, keys: &[SortKey], keep: Option<usize>) -> Result<Vec<R
     Ok(rows)
 }
 
-/// Keys of a row for a hash join; `None` when one is NULL (NULL never equals anything).
-fn join_key(exprs: &[Expr], row: &[Value]) -> Result<Option<Vec<KeyValue>>, SqlError> {
-    let mut key = Vec::with_capacity(exprs.len());
+/// Evaluates join keys into `key`; `false` when one is NULL (NULL never equals anything).
+fn eval_key(exprs: &[Expr], row: &[Value], key: &mut Vec<KeyValue>) -> Result<bool, SqlError> {
+    key.clear();
     for e in exprs {
         let v = e.eval(row)?;
         if v.is_null() {
-            return Ok(None);
+            return Ok(false);
         }
-        key.push(value::key_of(&v));
+        key.push(value::key_of_owned(v));
     }
-    Ok(Some(key))
+    Ok(true)
 }
 
 /// What a join does with each outer row: the inner rows that may match it.
 enum Matcher {
     All(Vec<Row>),
     Hash {
-        table: HashMap<Vec<KeyValue>, Vec<Row>>,
+        table: KeyMap<Vec<KeyValue>, Vec<Row>>,
         left_keys: Vec<Expr>,
+        scratch: Vec<KeyValue>,
     },
     Lookup {
         snap: Arc<Snapshot>,
@@ -181,21 +182,21 @@ enum Matcher {
     },
 }
 
+type Out<'a> = &'a mut dyn FnMut(&[Value]) -> Result<(), SqlError>;
+
 impl Matcher {
-    fn candidates(
-        &self,
-        left: &[Value],
-        out: &mut dyn FnMut(&[Value]) -> Result<(), SqlError>,
-    ) -> Result<(), SqlError> {
+    fn candidates(&mut self, left: &[Value], out: Out<'_>) -> Result<(), SqlError> {
         match self {
             Matcher::All(rows) => rows.iter().try_for_each(|r| out(r)),
-            Matcher::Hash { table, left_keys } => match join_key(left_keys, left)? {
-                Some(key) => table.get(&key).map_or(Ok(()), |rows| rows.iter().try_for_each(|r| out(r))),
-                None => Ok(()),
-            },
+            Matcher::Hash { table, left_keys, scratch } => {
+                if !eval_key(left_keys, left, scratch)? {
+                    return Ok(());
+                }
+                table.get(scratch.as_slice()).map_or(Ok(()), |rows| rows.iter().try_for_each(|r| out(r)))
+            }
             Matcher::Lookup { snap, table, kind, keys, types, filter } => {
                 let mut values = Vec::with_capacity(keys.len());
-                for (e, ty) in keys.iter().zip(types) {
+                for (e, ty) in keys.iter().zip(types.iter()) {
                     // A key that cannot equal any stored value of the column matches nothing.
                     let Some(v) = access::key_value(&e.eval(left)?, *ty) else { return Ok(()) };
                     values.push(v);
@@ -226,14 +227,20 @@ fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>) -> Result<Matcher, SqlE
     Ok(match right {
         JoinRight::NestedLoop(plan) => Matcher::All(open(plan, snap)?.collect::<Result<_, _>>()?),
         JoinRight::Hash { build, left_keys, right_keys } => {
-            let mut table: HashMap<Vec<KeyValue>, Vec<Row>> = HashMap::new();
+            let mut table: KeyMap<Vec<KeyValue>, Vec<Row>> = KeyMap::default();
+            let mut key = Vec::new();
             for row in open(build, snap)? {
                 let row = row?;
-                if let Some(key) = join_key(&right_keys, &row)? {
-                    table.entry(key).or_default().push(row);
+                if eval_key(&right_keys, &row, &mut key)? {
+                    match table.get_mut(key.as_slice()) {
+                        Some(rows) => rows.push(row),
+                        None => {
+                            table.insert(key.clone(), vec![row]);
+                        }
+                    }
                 }
             }
-            Matcher::Hash { table, left_keys }
+            Matcher::Hash { table, left_keys, scratch: Vec::new() }
         }
         JoinRight::Lookup { table, kind, keys, key_types, filter, .. } => {
             Matcher::Lookup { snap: Arc::clone(snap), table, kind, keys, types: key_types, filter }
@@ -241,30 +248,60 @@ fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>) -> Result<Matcher, SqlE
     })
 }
 
-fn open_join(join: Join, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
-    let Join { left, kind, right, right_width, residual, .. } = join;
-    let matcher = build_matcher(right, snap)?;
-    let left = open(left, snap)?;
-    let join_row = move |left: Row| -> Result<Vec<Row>, SqlError> {
-        let mut out = Vec::new();
+/// Streams the join: each outer row's matches are buffered, then handed out.
+struct JoinIter {
+    left: RowStream,
+    matcher: Matcher,
+    kind: JoinKind,
+    right_width: usize,
+    residual: Option<Expr>,
+    pending: VecDeque<Row>,
+}
+
+impl JoinIter {
+    fn join_row(&mut self, left: Row) -> Result<(), SqlError> {
+        let JoinIter { matcher, residual, pending, .. } = self;
+        let before = pending.len();
         matcher.candidates(&left, &mut |right| {
             let mut row = Vec::with_capacity(left.len() + right.len());
             row.extend_from_slice(&left);
             row.extend_from_slice(right);
             if residual.as_ref().map_or(Ok(true), |r| r.passes(&row))? {
-                out.push(row);
+                pending.push_back(row);
             }
             Ok(())
         })?;
-        if out.is_empty() && kind == JoinKind::Left {
+        if pending.len() == before && self.kind == JoinKind::Left {
             let mut row = left;
-            row.resize(row.len() + right_width, Value::Null);
-            out.push(row);
+            row.resize(row.len() + self.right_width, Value::Null);
+            self.pending.push_back(row);
         }
-        Ok(out)
-    };
-    Ok(Box::new(left.flat_map(move |row| match row.and_then(&join_row) {
-        Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
-        Err(e) => vec![Err(e)],
-    })))
+        Ok(())
+    }
+}
+
+impl Iterator for JoinIter {
+    type Item = Result<Row, SqlError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.pending.pop_front() {
+                return Some(Ok(row));
+            }
+            let left = match self.left.next()? {
+                Ok(row) => row,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = self.join_row(left) {
+                return Some(Err(e));
+            }
+        }
+    }
+}
+
+fn open_join(join: Join, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
+    let Join { left, kind, right, right_width, residual, .. } = join;
+    let matcher = build_matcher(right, snap)?;
+    let left = open(left, snap)?;
+    Ok(Box::new(JoinIter { left, matcher, kind, right_width, residual, pending: VecDeque::new() }))
 }

@@ -390,15 +390,22 @@ fn join_step(
             key_types,
             filter,
         };
-        let join = Join { left, kind, right, right_width: width, residual, condition_text };
+        let join = Join { left, kind, right, left_width: offset, right_width: width, residual, condition_text };
         return Ok((Plan::Join(Box::new(join)), rows));
     }
     let (right_plan, right_rows) = source_plan(ctx, item, offset, pre);
     let rows = outer_rows.max(right_rows);
     if keys.is_empty() {
         let (residual, condition_text) = and_all(cond);
-        let join =
-            Join { left, kind, right: JoinRight::NestedLoop(right_plan), right_width: width, residual, condition_text };
+        let join = Join {
+            left,
+            kind,
+            right: JoinRight::NestedLoop(right_plan),
+            left_width: offset,
+            right_width: width,
+            residual,
+            condition_text,
+        };
         return Ok((Plan::Join(Box::new(join)), outer_rows * right_rows.max(1.0)));
     }
     let used: Vec<usize> = keys.iter().map(|(i, _, _)| *i).collect();
@@ -407,6 +414,6 @@ fn join_step(
     let (residual, _) = and_all(rest);
     let (right_keys, left_keys) = keys.into_iter().map(|(_, r, l)| (shifted(r, offset), l)).unzip();
     let right = JoinRight::Hash { build: right_plan, left_keys, right_keys };
-    let join = Join { left, kind, right, right_width: width, residual, condition_text };
+    let join = Join { left, kind, right, left_width: offset, right_width: width, residual, condition_text };
     Ok((Plan::Join(Box::new(join)), rows))
 }

@@ -25,6 +25,7 @@ mod from;
 mod func;
 mod parse;
 mod plan;
+mod prune;
 mod select;
 mod system;
 mod value;

@@ -85,6 +85,8 @@ pub(crate) struct Join {
     pub left: Plan,
     pub kind: JoinKind,
     pub right: JoinRight,
+    /// Columns of the left input (the right side's offset in the joined row).
+    pub left_width: usize,
     pub right_width: usize,
     /// Evaluated on the combined row (left ++ right).
     pub residual: Option<Expr>,

@@ -9,9 +9,9 @@ use sqlparser::ast;
 
 use super::bind::{self, AggCtx, Binder, PlanCtx};
 use super::expr::Expr;
-use super::from;
 use super::plan::{Plan, Scope, SortKey};
 use super::SqlError;
+use super::{from, prune};
 use crate::types::Value;
 
 /// A planned query and its output column names.
@@ -329,7 +329,9 @@ fn plan_select(
         plan = Plan::Distinct { input: Box::new(plan) };
     }
     let trim = (keys.iter().any(|k| k.column >= visible)).then_some(visible);
-    Ok(Planned { plan: finish(plan, keys, window, trim), columns: names })
+    let mut plan = finish(plan, keys, window, trim);
+    prune::prune(&mut plan, None);
+    Ok(Planned { plan, columns: names })
 }
 
 /// Sort, limit and trim hidden sort keys.
