@@ -159,3 +159,20 @@ fn sql_errors_are_typed() {
     let err = sql::execute(&mut replica, "SELECT 1 FULL OUTER JOIN x", &[], 0).unwrap_err();
     assert!(matches!(err, SqlError::Syntax { .. } | SqlError::NotSupported(_)), "{err:?}");
 }
+
+#[test]
+fn prepared_statements_run_many_times() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("p.redb"), NodeId::from_public_key(b"prepared")).expect("open");
+    sql::execute(&mut replica, "CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)", &[], 0).expect("create");
+    let insert = sql::prepare("INSERT INTO kv VALUES (?, ?)").expect("prepare");
+    assert!(!insert.is_read_only());
+    for k in 0..5 {
+        insert.execute(&mut replica, &[Value::from(k), Value::from(format!("v{k}"))], 0).expect("insert");
+    }
+    let select = sql::prepare("SELECT v FROM kv WHERE k = ?1").expect("prepare");
+    let snapshot = std::sync::Arc::new(replica.snapshot().expect("snapshot"));
+    let got = select.query(std::sync::Arc::clone(&snapshot), &[Value::from(3)]).and_then(|r| r.collect_rows());
+    assert_eq!(got.expect("query"), vec![vec![Value::from("v3")]]);
+    assert!(insert.query(snapshot, &[Value::from(9), Value::from("x")]).is_err(), "a write needs execute");
+}

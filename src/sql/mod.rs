@@ -5,6 +5,7 @@
 //!   [`ReplicaHandle`]): a query streams its rows from a snapshot; DDL and DML become one
 //!   atomic, durable, replicated [`crate::WriteBatch`] each.
 //! - [`query`] runs a read-only statement (`SELECT`, `VALUES`, `EXPLAIN`) on a snapshot.
+//! - [`prepare`] parses once; the [`Statement`] runs many times with other parameters.
 //!
 //! Semantics follow SQLite (NULLs, three-valued logic, integer division, `ORDER BY` with
 //! NULLs first) on strictly typed columns. What is outside the supported scope is refused
@@ -124,23 +125,55 @@ pub fn execute<S: SqlStore + ?Sized>(
     params: &[Value],
     now_ms: i64,
 ) -> Result<QueryResult, SqlError> {
-    let statement = parse::parse_one(sql)?;
-    if is_read(&statement) {
-        let snap = Arc::new(store.sql_snapshot()?);
-        return read(&snap, &statement, params);
-    }
-    let params = params.to_vec();
-    let job: WriteJob = Box::new(move |replica| ddl_dml::run(replica, &statement, &params, now_ms));
-    Ok(QueryResult::written(store.run_write(job)?))
+    prepare(sql)?.execute(store, params, now_ms)
 }
 
 /// Runs a read-only statement (`SELECT`, `VALUES`, `EXPLAIN`) on a snapshot.
 pub fn query(snapshot: impl Into<Arc<Snapshot>>, sql: &str, params: &[Value]) -> Result<QueryResult, SqlError> {
-    let statement = parse::parse_one(sql)?;
-    if !is_read(&statement) {
-        return Err(SqlError::invalid(format!("{} writes: use sql::execute", ddl_dml::first_words(&statement))));
+    prepare(sql)?.query(snapshot, params)
+}
+
+/// Parses a statement once, to run it many times with different parameters.
+pub fn prepare(sql: &str) -> Result<Statement, SqlError> {
+    Ok(Statement { ast: parse::parse_one(sql)? })
+}
+
+/// A parsed statement. It is planned at each execution, against the catalog of the
+/// snapshot it runs on, so it stays valid across DDL.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    ast: ast::Statement,
+}
+
+impl Statement {
+    /// Whether the statement only reads (`SELECT`, `VALUES`, `EXPLAIN`).
+    pub fn is_read_only(&self) -> bool {
+        is_read(&self.ast)
     }
-    read(&snapshot.into(), &statement, params)
+
+    /// Runs the statement; see [`execute`].
+    pub fn execute<S: SqlStore + ?Sized>(
+        &self,
+        store: &mut S,
+        params: &[Value],
+        now_ms: i64,
+    ) -> Result<QueryResult, SqlError> {
+        if self.is_read_only() {
+            let snap = Arc::new(store.sql_snapshot()?);
+            return read(&snap, &self.ast, params);
+        }
+        let (statement, params) = (self.ast.clone(), params.to_vec());
+        let job: WriteJob = Box::new(move |replica| ddl_dml::run(replica, &statement, &params, now_ms));
+        Ok(QueryResult::written(store.run_write(job)?))
+    }
+
+    /// Runs a read-only statement on a snapshot; see [`query`].
+    pub fn query(&self, snapshot: impl Into<Arc<Snapshot>>, params: &[Value]) -> Result<QueryResult, SqlError> {
+        if !self.is_read_only() {
+            return Err(SqlError::invalid(format!("{} writes: use sql::execute", ddl_dml::first_words(&self.ast))));
+        }
+        read(&snapshot.into(), &self.ast, params)
+    }
 }
 
 fn is_read(statement: &ast::Statement) -> bool {
