@@ -85,11 +85,21 @@ impl Expr {
             Expr::Not(e) => value::from_truth(value::truth(&e.eval(row)?).map(|b| !b)),
             Expr::Neg(e) => negate(e.eval(row)?),
             Expr::Arith(op, a, b) => value::arith(*op, &a.eval(row)?, &b.eval(row)?)?,
-            Expr::Cmp(op, a, b) => value::from_truth(compare_op(*op, &a.eval(row)?, &b.eval(row)?)),
+            // Columns and literals compare in place: no clone of a text per row.
+            Expr::Cmp(op, a, b) => match (a.borrowed(row), b.borrowed(row)) {
+                (Some(x), Some(y)) => value::from_truth(compare_op(*op, x, y)),
+                _ => value::from_truth(compare_op(*op, &a.eval(row)?, &b.eval(row)?)),
+            },
             Expr::And(a, b) => value::from_truth(and(a.truth(row)?, || b.truth(row))?),
             Expr::Or(a, b) => value::from_truth(or(a.truth(row)?, || b.truth(row))?),
             Expr::Concat(a, b) => concat(&a.eval(row)?, &b.eval(row)?),
-            Expr::IsNull(e, negated) => value::from_truth(Some(e.eval(row)?.is_null() != *negated)),
+            Expr::IsNull(e, negated) => {
+                let null = match e.borrowed(row) {
+                    Some(v) => v.is_null(),
+                    None => e.eval(row)?.is_null(),
+                };
+                value::from_truth(Some(null != *negated))
+            }
             Expr::Is(a, b, negated) => {
                 let (a, b) = (a.eval(row)?, b.eval(row)?);
                 let same = match (a.is_null(), b.is_null()) {
@@ -116,6 +126,15 @@ impl Expr {
                 func::call(*f, args)?
             }
         })
+    }
+
+    /// The value of a column or literal without evaluating (or cloning) it.
+    fn borrowed<'r>(&'r self, row: &'r [Value]) -> Option<&'r Value> {
+        match self {
+            Expr::Column(i) => Some(&row[*i]),
+            Expr::Literal(v) => Some(v),
+            _ => None,
+        }
     }
 
     /// Evaluates as a condition: `Some(true)` only when the value is true.
