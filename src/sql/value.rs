@@ -337,7 +337,8 @@ fn int_arith(op: ArithOp, x: i64, y: i64) -> Value {
         ArithOp::Sub => x.checked_sub(y),
         ArithOp::Mul => x.checked_mul(y),
         ArithOp::Div if y == 0 => return Value::Null,
-        ArithOp::Div => Some(x.checked_div(y).unwrap_or(i64::MIN)),
+        // i64::MIN / -1 overflows: it becomes a real like any other overflow.
+        ArithOp::Div => x.checked_div(y),
         ArithOp::Rem if y == 0 => return Value::Null,
         ArithOp::Rem => Some(x.checked_rem(y).unwrap_or(0)),
     };
@@ -392,6 +393,7 @@ mod tests {
         assert_eq!(arith(ArithOp::Div, &i(7), &i(2)).unwrap(), i(3));
         assert_eq!(arith(ArithOp::Div, &i(-7), &i(2)).unwrap(), i(-3));
         assert_eq!(arith(ArithOp::Div, &i(7), &i(0)).unwrap(), Value::Null);
+        assert_eq!(arith(ArithOp::Div, &i(i64::MIN), &i(-1)).unwrap(), Value::Real(9.223372036854775808e18));
         assert_eq!(arith(ArithOp::Add, &i(i64::MAX), &i(1)).unwrap(), Value::Real(i64::MAX as f64 + 1.0));
         assert_eq!(real_text(1.0), "1.0");
         assert_eq!(real_text(0.1), "0.1");
