@@ -1,11 +1,13 @@
 //! `edge-node`: the edgestore gateway daemon.
 //!
 //! This version manages a node's identity and store: `init` creates them, `status` reports
-//! on them, and `run` opens them (initialising on first use) and keeps the node up. Peer
-//! sync (issue 4), the local HTTP API and the shell (issue 5) are not built yet; `run` says
-//! so when it starts rather than pretending.
+//! on them, `shell` opens the SQL shell on them, and `run` opens them (initialising on
+//! first use) and keeps the node up. Wiring peer sync (`sync-protocol`'s `SyncNode`) and
+//! the local HTTP API into `run` is issue 5; `run` says so when it starts.
 
 mod identity;
+mod render;
+mod shell;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,6 +39,15 @@ enum Command {
     Run,
     /// Print the node id, store version vector, tables, digest and integrity.
     Status,
+    /// Open the SQL shell on the data directory (the node must not be running).
+    ///
+    /// Statements end with ';'. With -c, or when standard input is not a terminal, the
+    /// statements run as a script that stops at the first error (exit code 1).
+    Shell {
+        /// Run these statements and dot-commands, then exit.
+        #[arg(short = 'c', long = "command")]
+        command: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +58,8 @@ fn main() -> ExitCode {
         }),
         Command::Run => run(&cli.data_dir),
         Command::Status => status(&cli.data_dir),
+        Command::Shell { command } => open(&cli.data_dir)
+            .and_then(|(_, replica)| shell::main(replica, command, &cli.data_dir.join("shell_history"))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,7 +92,7 @@ fn run(data_dir: &Path) -> Result<()> {
     }
     let (identity, replica) = open(data_dir)?;
     print_status(&identity, &replica, data_dir)?;
-    println!("node running with its local store. Peer sync, the HTTP API and the shell are not built yet.");
+    println!("node running with its local store. Peer sync and the HTTP API are not wired into the daemon yet.");
     println!("press Ctrl-C to stop (every acknowledged write is already durable)");
     loop {
         std::thread::park();
