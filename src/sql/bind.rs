@@ -90,11 +90,6 @@ fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool)
 
 /// Whether an AST expression contains an aggregate call (outside subqueries).
 pub(crate) fn has_aggregate(e: &ast::Expr) -> bool {
-    let text = e.to_string().to_ascii_lowercase();
-    // Cheap pre-check, then an exact walk through function calls.
-    if !["count(", "sum(", "avg(", "total(", "group_concat(", "min(", "max("].iter().any(|f| text.contains(f)) {
-        return false;
-    }
     let mut found = false;
     walk(e, &mut |e| {
         if let ast::Expr::Function(f) = e {
