@@ -5,9 +5,17 @@ use crate::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBat
 
 /// Decodes `data` as a change envelope and applies it to a small replica holding one
 /// table and one row, then checks the replica's integrity. Panics only if the store is
-/// left inconsistent — which is the bug the fuzzer looks for.
+/// left inconsistent — which is the bug the fuzzer looks for: a refused change that
+/// altered the state digest, the version vector or the parked changes, or any integrity
+/// problem after the change.
 pub fn apply_change_envelope(data: &[u8]) {
-    let _ = crate::change::VerifiedChange::decode(data.to_vec());
+    // `apply_remote` decodes every envelope with this same function before it touches the
+    // store, so bytes that do not decode cannot reach it. Most fuzz inputs stop here;
+    // skipping the replica for them (opening, writing and closing a redb file is nearly all
+    // of the time) made the fuzzer over ten times faster.
+    if crate::change::VerifiedChange::decode(data.to_vec()).is_err() {
+        return;
+    }
     let dir = tempdir();
     let mut replica = Replica::open(dir.join("fuzz.redb"), NodeId([1; 16])).expect("open a fresh store");
     let schema = TableSchema::new("t")
@@ -17,9 +25,13 @@ pub fn apply_change_envelope(data: &[u8]) {
         .primary_key(&["id"]);
     let batch = WriteBatch::new().create_table(schema).insert("t", [("id", Value::from(1)), ("v", "a".into())]);
     replica.write(batch, 0).expect("seed write");
-    let before = replica.state_digest().expect("digest");
+    let state = |replica: &Replica| {
+        let digest = replica.state_digest().expect("digest");
+        (digest, replica.version_vector().clone(), replica.pending_changes().expect("pending count"))
+    };
+    let before = state(&replica);
     if replica.apply_remote(vec![data.to_vec()]).is_err() {
-        assert_eq!(replica.state_digest().expect("digest"), before, "a refused change altered the state");
+        assert_eq!(state(&replica), before, "a refused change altered the state");
     }
     let problems = replica.check_integrity().expect("integrity check runs");
     assert!(problems.is_empty(), "integrity problems after applying fuzz input: {problems:?}");

@@ -11,6 +11,8 @@
 
 pub mod backoff;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod session;
 pub mod store;
 
