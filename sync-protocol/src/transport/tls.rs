@@ -97,6 +97,10 @@ impl AllowListVerifier {
         Ok(())
     }
 
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+
     fn verify13(
         &self,
         message: &[u8],
@@ -110,6 +114,11 @@ impl AllowListVerifier {
             &self.provider.signature_verification_algorithms,
         )
     }
+}
+
+/// TLS 1.2 is never negotiated (the configs allow TLS 1.3 only); refuse if asked anyway.
+fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+    Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
 }
 
 impl ServerCertVerifier for AllowListVerifier {
@@ -126,11 +135,11 @@ impl ServerCertVerifier for AllowListVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _certificate: &CertificateDer<'_>,
-        _signature: &DigitallySignedStruct,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -143,7 +152,7 @@ impl ServerCertVerifier for AllowListVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.schemes()
     }
 }
 
@@ -163,11 +172,11 @@ impl ClientCertVerifier for AllowListVerifier {
 
     fn verify_tls12_signature(
         &self,
-        _message: &[u8],
-        _certificate: &CertificateDer<'_>,
-        _signature: &DigitallySignedStruct,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+        refuse_tls12()
     }
 
     fn verify_tls13_signature(
@@ -180,7 +189,7 @@ impl ClientCertVerifier for AllowListVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.schemes()
     }
 
     fn client_auth_mandatory(&self) -> bool {
