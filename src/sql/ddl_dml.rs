@@ -330,8 +330,7 @@ fn on_conflict(ctx: PlanCtx<'_>, table: &TableEntry, ins: &ast::Insert) -> Resul
         ast::OnConflictAction::DoNothing => Ok(OnConflict::Nothing),
         ast::OnConflictAction::DoUpdate(update) => {
             let mut scope = Scope::default();
-            let columns: Vec<(String, Option<ColumnType>)> =
-                table.schema.columns.iter().map(|c| (c.name.clone(), Some(c.ty))).collect();
+            let columns: Vec<String> = table.schema.columns.iter().map(|c| c.name.clone()).collect();
             scope.push_table(&table.schema.name, columns.clone())?;
             scope.push_table("excluded", columns)?;
             let assignments = assignments(ctx, &scope, table, &update.assignments)?;

@@ -21,7 +21,6 @@ use super::select;
 use super::system::SystemTable;
 use super::SqlError;
 use crate::catalog::TableEntry;
-use crate::types::ColumnType;
 
 /// Most tables in one `FROM` clause (table sets are 64-bit masks).
 pub const FROM_TABLES_MAX: usize = 64;
@@ -84,29 +83,27 @@ fn shifted(mut e: Expr, offset: usize) -> Expr {
     e
 }
 
-type Columns = Vec<(String, Option<ColumnType>)>;
-
 fn table_ref(
     ctx: PlanCtx<'_>,
     factor: &ast::TableFactor,
     position: usize,
-) -> Result<(Source, String, Columns), SqlError> {
+) -> Result<(Source, String, Vec<String>), SqlError> {
     match factor {
         ast::TableFactor::Table { name, alias, args: None, with_hints, .. } if with_hints.is_empty() => {
             let name = bind::object_name(name)?;
             let alias = alias.as_ref().map_or_else(|| name.clone(), |a| bind::ident(&a.name));
             if let Some(system) = SystemTable::by_name(&name) {
-                let columns = system.columns().iter().map(|(n, t)| (n.to_string(), Some(*t))).collect();
+                let columns = system.columns().iter().map(|(n, _)| n.to_string()).collect();
                 return Ok((Source::System(system), alias, columns));
             }
             let table = ctx.snap.catalog().table(&name).ok_or_else(|| SqlError::UnknownTable(name.clone()))?;
-            let columns = table.schema.columns.iter().map(|c| (c.name.clone(), Some(c.ty))).collect();
+            let columns = table.schema.columns.iter().map(|c| c.name.clone()).collect();
             Ok((Source::Table(table.clone()), alias, columns))
         }
         ast::TableFactor::Derived { lateral: false, subquery, alias, .. } => {
             let planned = select::plan_query(PlanCtx { outer: None, ..ctx }, subquery)?;
             let alias = alias.as_ref().map_or_else(|| format!("(subquery-{})", position + 1), |a| bind::ident(&a.name));
-            let columns = planned.columns.into_iter().map(|c| (c, None)).collect();
+            let columns = planned.columns;
             let plan = Plan::Derived { input: Box::new(planned.plan), alias: alias.clone() };
             Ok((Source::Derived(plan), alias, columns))
         }

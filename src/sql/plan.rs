@@ -184,13 +184,13 @@ pub(crate) struct Scope {
 
 impl Scope {
     /// Adds a table's columns at the end.
-    pub fn push_table(&mut self, alias: &str, columns: Vec<(String, Option<ColumnType>)>) -> Result<(), SqlError> {
+    pub fn push_table(&mut self, alias: &str, columns: Vec<String>) -> Result<(), SqlError> {
         if self.tables.iter().any(|t| t.alias == alias) {
             return Err(SqlError::invalid(format!("ambiguous table name: {alias} appears twice in FROM")));
         }
         let offset = self.columns.len();
         self.tables.push(ScopeTable { alias: alias.to_string(), offset, width: columns.len() });
-        for (name, _) in columns {
+        for name in columns {
             self.columns.push(ScopeColumn { table: alias.to_string(), name, in_star: true });
         }
         Ok(())
