@@ -335,11 +335,7 @@ fn join_step(
     let width = scope.tables[position].width;
     let kind = item.kind;
     let own = 1u64 << position;
-    let side = |e: &Expr| -> u64 {
-        let mut mask = 0u64;
-        e.visit_columns(&mut |c| mask |= 1 << scope.table_of(c));
-        mask
-    };
+    let side = |e: &Expr| tables_of(scope, e);
     // Equalities between the step's table and earlier tables, oriented (right, left).
     let mut keys: Vec<(usize, Expr, Expr)> = Vec::new();
     for (i, c) in cond.iter().enumerate() {
