@@ -232,7 +232,8 @@ fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), Sq
     for values in rows {
         let full = full_row(&table, &columns, values);
         let pk = pk_of(&table, &full);
-        let existing = match written.get(&pk_key(&pk)) {
+        let key = pk_key(&pk);
+        let existing = match written.get(&key) {
             Some(row) => Some(row.clone()),
             None if matches!(on_conflict, OnConflict::Fail) => None,
             None => stored_row(ctx.snap, &table, &pk)?,
@@ -265,7 +266,7 @@ fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), Sq
         };
         if let Some(state) = new_state {
             affected += 1;
-            written.insert(pk_key(&pk), state);
+            written.insert(key, state);
         }
     }
     Ok((ops, affected))
