@@ -3,7 +3,6 @@
 //! Messages are lower-case without a trailing period, and name the table, column or change
 //! at fault so that a field engineer can act on them.
 
-use crate::catalog::CatalogError;
 use crate::change::ChangeError;
 use crate::schema::SchemaError;
 use crate::types::NodeId;
@@ -214,12 +213,6 @@ pub enum ApplyError {
     /// Storage failed; nothing was applied.
     #[error(transparent)]
     Storage(#[from] StorageError),
-}
-
-impl From<CatalogError> for String {
-    fn from(e: CatalogError) -> String {
-        e.to_string()
-    }
 }
 
 /// A read failed.

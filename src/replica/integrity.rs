@@ -12,7 +12,7 @@ use std::num::NonZeroUsize;
 
 use automerge::AutoCommit;
 use lru::LruCache;
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::materialize::{index_entry_key, materialize_row};
 use super::{load_working_doc, read, Replica};
@@ -133,7 +133,7 @@ impl Replica {
     pub fn check_integrity(&self) -> Result<Vec<IntegrityProblem>, StorageError> {
         let mut checker = Checker {
             node: self.node,
-            txn: self.db.begin_read_txn()?,
+            txn: self.db.begin_read()?,
             problems: Vec::new(),
             docs: LruCache::new(NonZeroUsize::new(256).expect("nonzero")),
         };
@@ -143,17 +143,6 @@ impl Replica {
         checker.check_indexes(&catalog)?;
         checker.check_log(&self.versions)?;
         Ok(checker.problems)
-    }
-}
-
-trait BeginRead {
-    fn begin_read_txn(&self) -> Result<redb::ReadTransaction, StorageError>;
-}
-
-impl BeginRead for redb::Database {
-    fn begin_read_txn(&self) -> Result<redb::ReadTransaction, StorageError> {
-        use redb::ReadableDatabase;
-        Ok(self.begin_read()?)
     }
 }
 

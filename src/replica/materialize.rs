@@ -194,13 +194,17 @@ impl Replica {
         pk: &[u8],
     ) -> Result<(), StorageError> {
         let row_key = keys::row_key(table, pk);
-        let Some(entry) = self.catalog.table(table).filter(|t| t.causal_length == epoch).cloned() else {
+        if self.catalog.table(table).is_none_or(|t| t.causal_length != epoch) {
             // A row of a dropped table or of an older incarnation: its document is kept
             // (it is part of the replicated state), but nothing is materialized.
             return Ok(());
-        };
+        }
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
-        let materialized = materialize_row(&working.doc, &entry.schema, pk);
+        // Borrow the catalog field (not `self`) so the cache can take the document back
+        // without copying the table's definition for every row.
+        let catalog = &self.catalog;
+        let schema = &catalog.table(table).expect("checked live above").schema;
+        let materialized = materialize_row(&working.doc, schema, pk);
         self.cache.put(key_bytes.to_vec(), working);
         let old = match tables.rows.get(row_key.as_slice())? {
             Some(record) => {
@@ -208,17 +212,17 @@ impl Replica {
             }
             None => None,
         };
-        let indexes: Vec<IndexEntry> = self.catalog.indexes_of(table).cloned().collect();
+        let indexes: Vec<&IndexEntry> = catalog.indexes_of(table).collect();
         for index in &indexes {
             if let Some(old) = &old {
-                tables.indexes.remove(index_entry_key(index, &entry.schema, old, pk).as_slice())?;
+                tables.indexes.remove(index_entry_key(index, schema, old, pk).as_slice())?;
             }
         }
         match materialized {
             Some((row, conflicts)) => {
                 tables.rows.insert(row_key.as_slice(), crate::record::encode(&row).as_slice())?;
                 for index in &indexes {
-                    tables.indexes.insert(index_entry_key(index, &entry.schema, &row, pk).as_slice(), ())?;
+                    tables.indexes.insert(index_entry_key(index, schema, &row, pk).as_slice(), ())?;
                 }
                 if conflicts.is_empty() {
                     tables.conflicts.remove(row_key.as_slice())?;

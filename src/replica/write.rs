@@ -191,9 +191,23 @@ struct Staged {
 /// State of one batch being staged: its view of the catalog (DDL earlier in the batch is
 /// visible to later operations) and the documents it touched.
 struct BatchCtx {
-    catalog: catalog::Catalog,
+    /// The catalog as changed by DDL earlier in the batch; `None` until the batch has DDL,
+    /// so that DML-only batches read the replica's catalog without copying it.
+    catalog: Option<catalog::Catalog>,
     docs: BTreeMap<Vec<u8>, Staged>,
     rows_affected: u64,
+}
+
+impl BatchCtx {
+    /// The catalog this batch sees.
+    fn catalog<'a>(&'a self, replica: &'a catalog::Catalog) -> &'a catalog::Catalog {
+        self.catalog.as_ref().unwrap_or(replica)
+    }
+
+    /// The batch's own catalog, copied from the replica's on the first DDL operation.
+    fn catalog_mut(&mut self, replica: &catalog::Catalog) -> &mut catalog::Catalog {
+        self.catalog.get_or_insert_with(|| replica.clone())
+    }
 }
 
 impl Replica {
@@ -249,7 +263,7 @@ impl Replica {
         if batch.ops.is_empty() {
             return Err(WriteError::EmptyBatch);
         }
-        let mut ctx = BatchCtx { catalog: self.catalog.clone(), docs: BTreeMap::new(), rows_affected: 0 };
+        let mut ctx = BatchCtx { catalog: None, docs: BTreeMap::new(), rows_affected: 0 };
         for op in batch.ops {
             // On error `ctx` drops with the staged documents: nothing of the batch remains.
             self.stage_op(tables, &mut ctx, op)?;
@@ -338,14 +352,14 @@ impl Replica {
         if_not_exists: bool,
     ) -> Result<(), WriteError> {
         let schema = schema.validate()?;
-        if ctx.catalog.table(&schema.name).is_some() {
+        if ctx.catalog(&self.catalog).table(&schema.name).is_some() {
             return if if_not_exists { Ok(()) } else { Err(WriteError::TableExists(schema.name)) };
         }
         let working = self.stage_doc(tables, ctx, DocKey::Table(schema.name.clone()))?;
         let causal_length = bump(working, &schema.name)?;
         doc::put_definition(&mut working.doc, catalog::encode_table(&schema));
         let entry = TableEntry { schema: schema.clone(), causal_length, conflict: None };
-        ctx.catalog.tables.insert(schema.name, entry);
+        ctx.catalog_mut(&self.catalog).tables.insert(schema.name, entry);
         Ok(())
     }
 
@@ -357,16 +371,18 @@ impl Replica {
         if_exists: bool,
     ) -> Result<(), WriteError> {
         let name = name.to_ascii_lowercase();
-        if ctx.catalog.table(&name).is_none() {
+        if ctx.catalog(&self.catalog).table(&name).is_none() {
             return if if_exists { Ok(()) } else { Err(WriteError::UnknownTable(name)) };
         }
-        let indexes: Vec<String> = ctx.catalog.indexes_of(&name).map(|i| i.def.schema.name.clone()).collect();
+        let indexes: Vec<String> =
+            ctx.catalog(&self.catalog).indexes_of(&name).map(|i| i.def.schema.name.clone()).collect();
         for index in indexes {
             self.stage_drop_index(tables, ctx, &index, false)?;
         }
         let working = self.stage_doc(tables, ctx, DocKey::Table(name.clone()))?;
         let causal_length = bump(working, &name)?;
-        ctx.catalog.tables.get_mut(&name).expect("checked alive above").causal_length = causal_length;
+        ctx.catalog_mut(&self.catalog).tables.get_mut(&name).expect("checked alive above").causal_length =
+            causal_length;
         Ok(())
     }
 
@@ -377,10 +393,13 @@ impl Replica {
         schema: IndexSchema,
         if_not_exists: bool,
     ) -> Result<(), WriteError> {
-        let table = ctx.catalog.table(&schema.table).ok_or_else(|| WriteError::UnknownTable(schema.table.clone()))?;
+        let table = ctx
+            .catalog(&self.catalog)
+            .table(&schema.table)
+            .ok_or_else(|| WriteError::UnknownTable(schema.table.clone()))?;
         let table_epoch = table.causal_length;
         let schema = schema.validate(&table.schema)?;
-        let existing = ctx.catalog.indexes.get(&schema.name);
+        let existing = ctx.catalog(&self.catalog).indexes.get(&schema.name);
         if existing.is_some_and(|i| i.causal_length % 2 == 1) {
             return if if_not_exists { Ok(()) } else { Err(WriteError::IndexExists(schema.name)) };
         }
@@ -388,7 +407,9 @@ impl Replica {
         let working = self.stage_doc(tables, ctx, DocKey::Index(def.schema.name.clone()))?;
         let causal_length = bump(working, &def.schema.name)?;
         doc::put_definition(&mut working.doc, catalog::encode_index(&def));
-        ctx.catalog.indexes.insert(def.schema.name.clone(), IndexEntry { def, causal_length, conflict: None });
+        ctx.catalog_mut(&self.catalog)
+            .indexes
+            .insert(def.schema.name.clone(), IndexEntry { def, causal_length, conflict: None });
         Ok(())
     }
 
@@ -400,13 +421,14 @@ impl Replica {
         if_exists: bool,
     ) -> Result<(), WriteError> {
         let name = name.to_ascii_lowercase();
-        let alive = ctx.catalog.indexes.get(&name).is_some_and(|i| i.causal_length % 2 == 1);
+        let alive = ctx.catalog(&self.catalog).indexes.get(&name).is_some_and(|i| i.causal_length % 2 == 1);
         if !alive {
             return if if_exists { Ok(()) } else { Err(WriteError::UnknownIndex(name)) };
         }
         let working = self.stage_doc(tables, ctx, DocKey::Index(name.clone()))?;
         let causal_length = bump(working, &name)?;
-        ctx.catalog.indexes.get_mut(&name).expect("checked alive above").causal_length = causal_length;
+        ctx.catalog_mut(&self.catalog).indexes.get_mut(&name).expect("checked alive above").causal_length =
+            causal_length;
         Ok(())
     }
 
@@ -418,7 +440,7 @@ impl Replica {
         values: Vec<(String, Value)>,
         upsert: bool,
     ) -> Result<(), WriteError> {
-        let entry = live_table(&ctx.catalog, table)?.clone();
+        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
         let schema = &entry.schema;
         let row = build_row(schema, &values)?;
         let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
@@ -452,7 +474,7 @@ impl Replica {
         key: Vec<Value>,
         set: Vec<(String, Value)>,
     ) -> Result<(), WriteError> {
-        let entry = live_table(&ctx.catalog, table)?.clone();
+        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
         let schema = &entry.schema;
         let pk = coerce_key(schema, key)?;
         let mut updates = Vec::with_capacity(set.len());
@@ -482,7 +504,7 @@ impl Replica {
         table: &str,
         key: Vec<Value>,
     ) -> Result<(), WriteError> {
-        let entry = live_table(&ctx.catalog, table)?.clone();
+        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
         let pk = coerce_key(&entry.schema, key)?;
         let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
         if doc::is_alive(&working.doc) {
@@ -501,7 +523,7 @@ impl Replica {
         column: &str,
         by: i64,
     ) -> Result<(), WriteError> {
-        let entry = live_table(&ctx.catalog, table)?.clone();
+        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
         let schema = &entry.schema;
         let i = column_position(schema, column)?;
         let not_a_counter =
