@@ -17,6 +17,12 @@ pub enum StorageError {
     /// A stored value does not decode: the file is corrupt or from an incompatible build.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// A commit shared by several write batches failed; none of them was written.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
+    /// The thread that owns the replica has stopped (see `ReplicaHandle`).
+    #[error("the replica's owner thread has stopped")]
+    Stopped,
 }
 
 macro_rules! redb_into_storage {

@@ -67,17 +67,15 @@ impl ReplicaHandle {
     /// Writes a batch; returns after it is durably committed (possibly with others).
     pub fn write(&self, batch: WriteBatch, now_ms: i64) -> Result<WriteReceipt, WriteError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Write { batch, now_ms, reply })
-            .map_err(|_| WriteError::Storage(StorageError::Corrupt(Stopped.to_string())))?;
-        answer.recv().unwrap_or_else(|_| Err(WriteError::Storage(StorageError::Corrupt(Stopped.to_string()))))
+        self.send(Request::Write { batch, now_ms, reply }).map_err(|_| WriteError::Storage(StorageError::Stopped))?;
+        answer.recv().unwrap_or_else(|_| Err(WriteError::Storage(StorageError::Stopped)))
     }
 
     /// Applies remote changes on the owner thread.
     pub fn apply_remote(&self, changes: Vec<Vec<u8>>) -> Result<ApplyReport, ApplyError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.send(Request::Apply { changes, reply })
-            .map_err(|_| ApplyError::Storage(StorageError::Corrupt(Stopped.to_string())))?;
-        answer.recv().unwrap_or_else(|_| Err(ApplyError::Storage(StorageError::Corrupt(Stopped.to_string()))))
+        self.send(Request::Apply { changes, reply }).map_err(|_| ApplyError::Storage(StorageError::Stopped))?;
+        answer.recv().unwrap_or_else(|_| Err(ApplyError::Storage(StorageError::Stopped)))
     }
 
     /// Runs `f` on the owner thread with exclusive access to the replica.

@@ -226,9 +226,7 @@ impl Replica {
             Ok(()) => results,
             Err(e) => {
                 let message = e.to_string();
-                (0..count)
-                    .map(|_| Err(WriteError::Storage(StorageError::Corrupt(format!("commit failed: {message}")))))
-                    .collect()
+                (0..count).map(|_| Err(WriteError::Storage(StorageError::CommitFailed(message.clone())))).collect()
             }
         }
     }
