@@ -10,9 +10,10 @@
 //! Semantics follow SQLite (NULLs, three-valued logic, integer division, `ORDER BY` with
 //! NULLs first) on strictly typed columns. What is outside the supported scope is refused
 //! with [`SqlError::NotSupported`]. Time is a parameter (`now_ms`): this module never reads
-//! a clock. Module map: `parse` → `select`/`from` (planning, with `bind` for expressions
-//! and `access` for key and index choice) → `exec` (streaming operators, `aggregate`);
-//! `ddl_dml` for writes, `system` for the system tables, `explain` for plans.
+//! a clock. Module map: `parse` → `select`/`from` (planning into a `plan` tree, with `bind`
+//! for expressions and `access` for key and index choice) → `prune` (unused columns of
+//! in-memory join sides) → `exec` (streaming operators, `aggregate`); `ddl_dml` for writes,
+//! `system` for the system tables, `explain` for plans.
 
 mod access;
 mod aggregate;
