@@ -59,9 +59,14 @@ pub enum TransportError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
-    /// The replica's owner thread has stopped.
-    #[error("the replica has stopped")]
-    ReplicaStopped,
+    /// The key pair is not the identity the replica was opened with.
+    #[error("the key pair is node {key}, but the store belongs to node {replica}")]
+    IdentityMismatch {
+        /// The node id of the key pair.
+        key: NodeId,
+        /// The replica's node id.
+        replica: NodeId,
+    },
 }
 
 /// What a peer connection is doing, for status and metrics.
@@ -163,7 +168,9 @@ impl SyncNode {
         config: SyncNodeConfig,
     ) -> Result<(SyncNode, FaultSwitch), TransportError> {
         let identity = TlsIdentity::new(key_pair)?;
-        assert_eq!(identity.node_id, replica.node_id(), "the key pair must be the replica's node identity");
+        if identity.node_id != replica.node_id() {
+            return Err(TransportError::IdentityMismatch { key: identity.node_id, replica: replica.node_id() });
+        }
         let transport = Arc::new(transport_config());
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(tls::server_crypto(&identity, allowed.clone())?));
         server.transport_config(transport.clone());
