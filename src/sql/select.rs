@@ -276,14 +276,14 @@ fn plan_select(
     let items = expand(s, &scope)?;
     let group_exprs = group_by(s)?;
     let aggregate = !group_exprs.is_empty() || uses_aggregates(s, terms);
+    let names: Vec<String> = items.iter().map(|(_, n, _)| n.clone()).collect();
+    let aliases: Vec<Option<String>> = items.iter().map(|(_, _, a)| a.clone()).collect();
     let mut binder = Binder::new(ctx, &scope);
     if aggregate {
-        binder.agg = Some(group_context(ctx, &scope, group_exprs, &items)?);
+        binder.agg = Some(group_context(ctx, &scope, group_exprs, &items, &names, &aliases)?);
     } else if s.having.is_some() {
         return Err(SqlError::invalid("a GROUP BY clause is required before HAVING"));
     }
-    let names: Vec<String> = items.iter().map(|(_, n, _)| n.clone()).collect();
-    let aliases: Vec<Option<String>> = items.iter().map(|(_, _, a)| a.clone()).collect();
     let mut exprs = Vec::with_capacity(items.len());
     for (item, _, _) in &items {
         exprs.push(match item {
@@ -349,11 +349,14 @@ fn finish(mut plan: Plan, keys: Vec<SortKey>, window: Window, trim: Option<usize
     plan
 }
 
-fn bind_position(binder: &mut Binder<'_>, scope: &Scope, position: usize) -> Result<Expr, SqlError> {
+/// The scope column at `position` as a qualified name (`table.column`).
+fn column_ast(scope: &Scope, position: usize) -> ast::Expr {
     let column = &scope.columns[position];
-    let ident = ast::Ident::new(column.name.clone());
-    let e = ast::Expr::CompoundIdentifier(vec![ast::Ident::new(column.table.clone()), ident]);
-    binder.bind(&e)
+    ast::Expr::CompoundIdentifier(vec![ast::Ident::new(column.table.clone()), ast::Ident::new(column.name.clone())])
+}
+
+fn bind_position(binder: &mut Binder<'_>, scope: &Scope, position: usize) -> Result<Expr, SqlError> {
+    binder.bind(&column_ast(scope, position))
 }
 
 /// Resolves `GROUP BY` terms (positions and aliases name select items) and binds them.
@@ -362,23 +365,17 @@ fn group_context(
     scope: &Scope,
     exprs: &[ast::Expr],
     items: &[(Item, String, Option<String>)],
+    names: &[String],
+    aliases: &[Option<String>],
 ) -> Result<AggCtx, SqlError> {
     let mut agg = AggCtx::default();
-    let names: Vec<String> = items.iter().map(|(_, n, _)| n.clone()).collect();
-    let aliases: Vec<Option<String>> = items.iter().map(|(_, _, a)| a.clone()).collect();
     for e in exprs {
         let resolved = match e {
             ast::Expr::Identifier(i) if scope.resolve(None, &bind::ident(i)).is_ok() => e.clone(),
-            _ => match output_position(e, &names, &aliases)? {
+            _ => match output_position(e, names, aliases)? {
                 Some(p) => match &items[p].0 {
                     Item::Ast(a) => (**a).clone(),
-                    Item::Position(col) => {
-                        let c = &scope.columns[*col];
-                        ast::Expr::CompoundIdentifier(vec![
-                            ast::Ident::new(c.table.clone()),
-                            ast::Ident::new(c.name.clone()),
-                        ])
-                    }
+                    Item::Position(col) => column_ast(scope, *col),
                 },
                 None => e.clone(),
             },
