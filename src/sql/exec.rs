@@ -111,7 +111,7 @@ fn distinct(input: RowStream) -> RowStream {
     }))
 }
 
-pub(crate) fn compare_rows(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
+fn compare_rows(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
     for key in keys {
         let (x, y) = (&a[key.column], &b[key.column]);
         let order = match (x.is_null(), y.is_null()) {
