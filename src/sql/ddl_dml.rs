@@ -238,17 +238,19 @@ fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), Sq
             None if matches!(on_conflict, OnConflict::Fail) => None,
             None => stored_row(ctx.snap, &table, &pk)?,
         };
-        let named: Vec<(String, Value)> =
-            columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect();
+        // The insert's named values, built only for the outcomes that insert.
+        let named = || -> Vec<(String, Value)> {
+            columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect()
+        };
         let new_state = match (&on_conflict, existing) {
             (_, None) | (OnConflict::Fail, _) => {
-                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named });
+                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named() });
                 Some(full)
             }
             (OnConflict::Nothing, Some(_)) => None,
             (OnConflict::Replace, Some(_)) => {
                 ops.push(WriteOp::Delete { table: schema.name.clone(), key: pk.clone() });
-                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named });
+                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named() });
                 Some(full)
             }
             (OnConflict::Update { assignments, filter }, Some(old)) => {
