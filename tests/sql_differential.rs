@@ -417,5 +417,9 @@ fn comparison_helpers_work() {
     let b = vec![vec![Value::Null], vec![Value::Integer(1)]];
     assert!(same_rows(&a, &b, false));
     assert!(!same_rows(&a, &b, true));
-    assert_eq!(canonical(&[Value::Real(0.5)]).cmp(&canonical(&[Value::Real(0.5)])), Ordering::Equal);
+    // Rows that compare equal must sort to the same place, or multiset comparison breaks.
+    assert_eq!(canonical(&[Value::Real(-0.0)]), canonical(&[Value::Real(0.0)]));
+    assert_eq!(canonical(&[Value::Integer(2)]), canonical(&[Value::Real(2.0)]));
+    assert_eq!(canonical(&[Value::Real(0.25)]).cmp(&canonical(&[Value::Real(0.5)])), Ordering::Less);
+    assert_ne!(canonical(&[Value::Text("2".into())]), canonical(&[Value::Integer(2)]));
 }
