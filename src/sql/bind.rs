@@ -3,8 +3,11 @@
 //! Columns resolve to row positions, parameters to their values, literals to [`Value`]s.
 //! In an aggregate query the binder also rewrites aggregate calls and `GROUP BY`
 //! expressions into references to the aggregate operator's output ([`AggCtx`]).
-//! Uncorrelated subqueries are planned and run here, once, against the same snapshot.
+//! Uncorrelated subqueries are planned and run here, once, against the same snapshot; a
+//! correlated one (reading columns of an enclosing query) becomes an [`Expr::Subquery`]
+//! that runs per outer row (`subquery.rs`).
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use sqlparser::ast;
@@ -13,6 +16,7 @@ use super::aggregate::{AggFunc, AggSpec};
 use super::expr::{CastType, CmpOp, Expr, InSet};
 use super::func::Func;
 use super::plan::Scope;
+use super::subquery::{Subquery, SubqueryCall, SubqueryKind};
 use super::value::{self, ArithOp};
 use super::{exec, select, SqlError};
 use crate::replica::Snapshot;
@@ -23,8 +27,40 @@ use crate::types::Value;
 pub(crate) struct PlanCtx<'a> {
     pub snap: &'a Arc<Snapshot>,
     pub params: &'a [Value],
-    /// The enclosing query's scope, only to explain that correlated subqueries are refused.
-    pub outer: Option<&'a Scope>,
+    /// The enclosing query, when planning a subquery.
+    pub outer: Option<&'a Outer<'a>>,
+}
+
+/// The enclosing query of a subquery being planned, and the outer columns the subquery
+/// has referred to so far (`Expr::Outer(k)` is the `k`th).
+pub(crate) struct Outer<'a> {
+    pub scope: &'a Scope,
+    pub parent: Option<&'a Outer<'a>>,
+    refs: RefCell<Vec<(Option<String>, String)>>,
+}
+
+impl Outer<'_> {
+    /// Whether `[table.]name` names a column of an enclosing query (at any depth).
+    fn resolves(&self, table: Option<&str>, name: &str) -> Result<bool, SqlError> {
+        match self.scope.resolve(table, name) {
+            Ok(_) => Ok(true),
+            Err(SqlError::UnknownColumn(_)) => self.parent.map_or(Ok(false), |p| p.resolves(table, name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The placeholder number of an outer column, registering it on first use.
+    fn reference(&self, table: Option<&str>, name: &str) -> usize {
+        let mut refs = self.refs.borrow_mut();
+        let key = (table.map(str::to_string), name.to_string());
+        match refs.iter().position(|r| *r == key) {
+            Some(k) => k,
+            None => {
+                refs.push(key);
+                refs.len() - 1
+            }
+        }
+    }
 }
 
 /// Aggregation state of the binder: the `GROUP BY` expressions and the aggregates found.
@@ -242,17 +278,13 @@ impl<'a> Binder<'a> {
                 Ok(Expr::InList(boxed(self.bind(expr)?), list, *negated))
             }
             E::InSubquery { expr, subquery, negated } => {
-                let set = self.in_subquery(subquery)?;
-                Ok(Expr::InSet(boxed(self.bind(expr)?), Arc::new(set), *negated))
+                let lhs = boxed(self.bind(expr)?);
+                self.subquery(subquery, SubqueryKind::In { negated: *negated }, Some(lhs))
             }
             E::Exists { subquery, negated } => {
-                let rows = self.run_subquery(subquery, Some(1))?;
-                Ok(Expr::Literal(value::from_truth(Some(rows.is_empty() == *negated))))
+                self.subquery(subquery, SubqueryKind::Exists { negated: *negated }, None)
             }
-            E::Subquery(q) => {
-                let rows = self.run_subquery(q, Some(1))?;
-                Ok(Expr::Literal(rows.into_iter().next().and_then(|r| r.into_iter().next()).unwrap_or(Value::Null)))
-            }
+            E::Subquery(q) => self.subquery(q, SubqueryKind::Scalar, None),
             E::Like { negated, any, expr, pattern, escape_char }
             | E::ILike { negated, any, expr, pattern, escape_char } => {
                 if *any {
@@ -315,18 +347,22 @@ impl<'a> Binder<'a> {
     }
 
     fn column(&mut self, table: Option<&str>, name: &ast::Ident) -> Result<Expr, SqlError> {
-        let name = ident(name);
-        let position = match self.scope.resolve(table, &name) {
+        self.column_named(table, &ident(name))
+    }
+
+    fn column_named(&mut self, table: Option<&str>, name: &str) -> Result<Expr, SqlError> {
+        let position = match self.scope.resolve(table, name) {
             Ok(p) => p,
-            Err(e) => {
-                if self.ctx.outer.is_some_and(|o| o.resolve(table, &name).is_ok()) {
-                    return Err(SqlError::unsupported(format!(
-                        "correlated subquery ({} refers to the outer query)",
-                        table.map_or(name.clone(), |t| format!("{t}.{name}"))
-                    )));
+            Err(SqlError::UnknownColumn(message)) => {
+                // Not ours: a column of an enclosing query is a constant for this one.
+                if let Some(outer) = self.ctx.outer {
+                    if outer.resolves(table, name)? {
+                        return Ok(Expr::Outer(outer.reference(table, name)));
+                    }
                 }
-                return Err(e);
+                return Err(SqlError::UnknownColumn(message));
             }
+            Err(e) => return Err(e),
         };
         let Some(agg) = &mut self.agg else { return Ok(Expr::Column(position)) };
         if let Some(i) = agg.groups.iter().position(|g| matches!(g, Expr::Column(p) if *p == position)) {
@@ -415,7 +451,16 @@ impl<'a> Binder<'a> {
         let mut bound = Vec::new();
         for a in args {
             match a {
-                ast::FunctionArgExpr::Expr(e) => bound.push(self.bind(e)?),
+                ast::FunctionArgExpr::Expr(e) => {
+                    let e = self.bind(e)?;
+                    if e.has_outer() {
+                        // SQLite would aggregate such an argument in the outer query.
+                        return Err(SqlError::unsupported(format!(
+                            "{name}() over a column of an enclosing query, inside a subquery"
+                        )));
+                    }
+                    bound.push(e);
+                }
                 ast::FunctionArgExpr::Wildcard if func == AggFunc::Count && args.len() == 1 && !distinct => {
                     return Ok(AggSpec { func: AggFunc::CountStar, arg: None, distinct: false, separator: None });
                 }
@@ -431,29 +476,42 @@ impl<'a> Binder<'a> {
         Ok(AggSpec { func, arg: bound.pop(), distinct, separator })
     }
 
-    fn in_subquery(&mut self, q: &ast::Query) -> Result<InSet, SqlError> {
-        let rows = self.run_subquery(q, None)?;
-        let mut set = InSet::default();
-        for row in rows {
-            if row.len() != 1 {
-                return Err(SqlError::invalid("sub-select returns more than one column"));
-            }
-            match &row[0] {
-                Value::Null => set.has_null = true,
-                v => {
-                    set.values.insert(value::key_of(v));
-                }
-            }
+    /// Plans a subquery. Uncorrelated, it runs now, once, and becomes a constant (so that
+    /// `id = (SELECT ...)` can still choose a key path); correlated, it becomes an
+    /// [`Expr::Subquery`] whose outer values are bound here, in this query's scope.
+    fn subquery(&mut self, q: &ast::Query, kind: SubqueryKind, lhs: Option<Box<Expr>>) -> Result<Expr, SqlError> {
+        let outer = Outer { scope: self.scope, parent: self.ctx.outer, refs: RefCell::default() };
+        let planned = select::plan_query(PlanCtx { outer: Some(&outer), ..self.ctx }, q)?;
+        let width = planned.columns.len();
+        if !matches!(kind, SubqueryKind::Exists { .. }) && width != 1 {
+            return Err(SqlError::invalid(format!("sub-select returns {width} columns - expected 1")));
         }
-        Ok(set)
-    }
-
-    /// Plans and runs an uncorrelated subquery to completion (at most `limit` rows).
-    fn run_subquery(&mut self, q: &ast::Query, limit: Option<usize>) -> Result<Vec<Vec<Value>>, SqlError> {
-        let ctx = PlanCtx { outer: Some(self.scope), ..self.ctx };
-        let planned = select::plan_query(ctx, q)?;
-        let rows = exec::open(planned.plan, self.ctx.snap)?;
-        rows.take(limit.unwrap_or(usize::MAX)).collect()
+        let refs = outer.refs.into_inner();
+        if refs.is_empty() {
+            let rows = exec::open(planned.plan, self.ctx.snap)?;
+            return Ok(match kind {
+                SubqueryKind::Exists { negated } => {
+                    let found = rows.take(1).next().transpose()?.is_some();
+                    Expr::Literal(value::from_truth(Some(found != negated)))
+                }
+                SubqueryKind::Scalar => {
+                    let first = rows.take(1).next().transpose()?;
+                    Expr::Literal(first.and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+                }
+                SubqueryKind::In { negated } => {
+                    let mut set = InSet::default();
+                    for row in rows {
+                        set.insert(row?.into_iter().next().unwrap_or(Value::Null));
+                    }
+                    let lhs = lhs.ok_or_else(|| SqlError::invalid("internal error: IN without a left-hand side"))?;
+                    Expr::InSet(lhs, Arc::new(set), negated)
+                }
+            });
+        }
+        let args =
+            refs.iter().map(|(table, name)| self.column_named(table.as_deref(), name)).collect::<Result<_, _>>()?;
+        let sub = Arc::new(Subquery::new(kind, planned.plan, self.ctx.snap));
+        Ok(Expr::Subquery(SubqueryCall { lhs, args, sub }))
     }
 }
 

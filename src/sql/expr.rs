@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::func::{self, Func};
+use super::subquery::SubqueryCall;
 use super::value::{self, ArithOp, KeyValue};
 use super::SqlError;
 use crate::types::Value;
@@ -68,6 +69,11 @@ pub(crate) enum Expr {
     },
     Cast(Box<Expr>, CastType),
     Func(Func, Vec<Expr>),
+    /// A column of the enclosing query's row, in a correlated subquery's plan: replaced by
+    /// its value before the plan runs (`subquery.rs`).
+    Outer(usize),
+    /// A correlated subquery, run (or looked up in its memo) for each row.
+    Subquery(SubqueryCall),
 }
 
 /// The result of an uncorrelated `IN (SELECT ...)`.
@@ -75,6 +81,18 @@ pub(crate) enum Expr {
 pub(crate) struct InSet {
     pub values: HashSet<KeyValue>,
     pub has_null: bool,
+}
+
+impl InSet {
+    /// Adds one value the subquery returned.
+    pub fn insert(&mut self, v: Value) {
+        match v {
+            Value::Null => self.has_null = true,
+            v => {
+                self.values.insert(value::key_of_owned(v));
+            }
+        }
+    }
 }
 
 impl Expr {
@@ -124,6 +142,10 @@ impl Expr {
             Expr::Func(f, args) => {
                 let args = args.iter().map(|a| a.eval(row)).collect::<Result<Vec<_>, _>>()?;
                 func::call(*f, args)?
+            }
+            Expr::Subquery(call) => call.eval(row)?,
+            Expr::Outer(_) => {
+                return Err(SqlError::invalid("internal error: an outer column evaluated outside its subquery"))
             }
         })
     }
@@ -189,9 +211,29 @@ impl Expr {
         });
     }
 
+    /// Splits a conjunction (`a AND b AND c`) into its conjuncts.
+    pub fn conjuncts(&self) -> Vec<&Expr> {
+        match self {
+            Expr::And(a, b) => {
+                let mut all = a.conjuncts();
+                all.extend(b.conjuncts());
+                all
+            }
+            other => vec![other],
+        }
+    }
+
+    /// Whether the expression reads a column of an enclosing query.
+    pub fn has_outer(&self) -> bool {
+        let mut found = false;
+        self.for_each_child(&mut |e| found |= matches!(e, Expr::Outer(_)));
+        found
+    }
+
     fn children(&self) -> Vec<&Expr> {
         match self {
-            Expr::Literal(_) | Expr::Column(_) => vec![],
+            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) => vec![],
+            Expr::Subquery(call) => call.lhs.as_deref().into_iter().chain(&call.args).collect(),
             Expr::Not(e) | Expr::Neg(e) | Expr::IsNull(e, _) | Expr::Cast(e, _) | Expr::InSet(e, _, _) => vec![e],
             Expr::Arith(_, a, b) | Expr::Cmp(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => vec![a, b],
             Expr::Concat(a, b) | Expr::Is(a, b, _) => vec![a, b],
@@ -217,10 +259,16 @@ impl Expr {
         }
     }
 
-    fn for_each_child_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
+    /// Calls `f` on this expression and every expression below it, outermost first (not
+    /// inside a subquery's own plan: its outer values are its `args`).
+    pub fn for_each_child_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
         f(self);
         match self {
-            Expr::Literal(_) | Expr::Column(_) => {}
+            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) => {}
+            Expr::Subquery(call) => {
+                call.lhs.iter_mut().for_each(|e| e.for_each_child_mut(f));
+                call.args.iter_mut().for_each(|e| e.for_each_child_mut(f));
+            }
             Expr::Not(e) | Expr::Neg(e) | Expr::IsNull(e, _) | Expr::Cast(e, _) | Expr::InSet(e, _, _) => {
                 e.for_each_child_mut(f)
             }
@@ -339,7 +387,7 @@ fn in_list(v: &Value, list: &[Expr], row: &[Value], negated: bool) -> Result<Val
     Ok(if saw_null { Value::Null } else { value::from_truth(Some(negated)) })
 }
 
-fn in_set(v: &Value, set: &InSet, negated: bool) -> Value {
+pub(crate) fn in_set(v: &Value, set: &InSet, negated: bool) -> Value {
     if set.values.is_empty() && !set.has_null {
         return value::from_truth(Some(negated));
     }

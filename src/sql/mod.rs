@@ -29,6 +29,7 @@ mod parse;
 mod plan;
 mod prune;
 mod select;
+mod subquery;
 mod system;
 mod value;
 

@@ -31,7 +31,7 @@ pub(crate) enum Access {
 }
 
 /// A scan of one base table with the predicates pushed down to it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scan {
     pub table: String,
     pub alias: String,
@@ -60,7 +60,7 @@ pub(crate) enum LookupKind {
 }
 
 /// The inner side of a join and its algorithm.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum JoinRight {
     /// The inner side is read once into memory and tried against every outer row.
     NestedLoop(Plan),
@@ -80,7 +80,7 @@ pub(crate) enum JoinRight {
 }
 
 /// A join step: the rows so far (left) joined with one more source (right).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Join {
     pub left: Plan,
     pub kind: JoinKind,
@@ -101,8 +101,8 @@ pub(crate) struct SortKey {
     pub nulls_first: bool,
 }
 
-/// The operator tree.
-#[derive(Debug)]
+/// The operator tree. Cloned to run a correlated subquery's plan with new outer values.
+#[derive(Debug, Clone)]
 pub(crate) enum Plan {
     Scan(Scan),
     System {
@@ -234,5 +234,80 @@ impl Plan {
     /// A plan producing nothing but one empty row (`SELECT` without `FROM`).
     pub fn single_row() -> Plan {
         Plan::Values { rows: vec![Vec::new()] }
+    }
+
+    /// The operators directly below this one.
+    fn inputs_mut(&mut self) -> Vec<&mut Plan> {
+        match self {
+            Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } => vec![],
+            Plan::Derived { input, .. }
+            | Plan::Filter { input, .. }
+            | Plan::Project { input, .. }
+            | Plan::Aggregate { input, .. }
+            | Plan::Distinct { input }
+            | Plan::Sort { input, .. }
+            | Plan::Limit { input, .. }
+            | Plan::Trim { input, .. } => vec![input],
+            Plan::Union { inputs, .. } => inputs.iter_mut().collect(),
+            Plan::Join(join) => {
+                let Join { left, right, .. } = &mut **join;
+                let mut inputs = vec![left];
+                match right {
+                    JoinRight::NestedLoop(inner) => inputs.push(inner),
+                    JoinRight::Hash { build, .. } => inputs.push(build),
+                    JoinRight::Lookup { .. } => {}
+                }
+                inputs
+            }
+        }
+    }
+
+    /// Calls `f` on every expression of this operator and of every operator below it (the
+    /// root of each expression tree; `f` walks into it if it needs to).
+    pub fn for_each_expr_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
+        match self {
+            Plan::Scan(scan) => scan.filter.iter_mut().for_each(&mut *f),
+            Plan::System { filter, .. } => filter.iter_mut().for_each(&mut *f),
+            Plan::Filter { predicate, .. } => f(predicate),
+            Plan::Project { exprs, .. } => exprs.iter_mut().for_each(&mut *f),
+            Plan::Aggregate { groups, aggs, .. } => {
+                groups.iter_mut().for_each(&mut *f);
+                for agg in aggs {
+                    agg.arg.iter_mut().chain(agg.separator.iter_mut()).for_each(&mut *f);
+                }
+            }
+            Plan::Join(join) => {
+                join.residual.iter_mut().for_each(&mut *f);
+                match &mut join.right {
+                    JoinRight::Hash { left_keys, right_keys, .. } => {
+                        left_keys.iter_mut().chain(right_keys.iter_mut()).for_each(&mut *f)
+                    }
+                    JoinRight::Lookup { keys, filter, .. } => {
+                        keys.iter_mut().chain(filter.iter_mut()).for_each(&mut *f)
+                    }
+                    JoinRight::NestedLoop(_) => {}
+                }
+            }
+            Plan::Values { .. }
+            | Plan::Derived { .. }
+            | Plan::Distinct { .. }
+            | Plan::Sort { .. }
+            | Plan::Limit { .. }
+            | Plan::Trim { .. }
+            | Plan::Union { .. } => {}
+        }
+        for input in self.inputs_mut() {
+            input.for_each_expr_mut(f);
+        }
+    }
+
+    /// Calls `f` on every base-table scan in the tree.
+    pub fn for_each_scan_mut(&mut self, f: &mut dyn FnMut(&mut Scan)) {
+        if let Plan::Scan(scan) = self {
+            f(scan);
+        }
+        for input in self.inputs_mut() {
+            input.for_each_scan_mut(f);
+        }
     }
 }

@@ -35,7 +35,8 @@ enum Item {
 
 fn constant(ctx: PlanCtx<'_>, e: &ast::Expr) -> Result<Value, SqlError> {
     let scope = Scope::default();
-    Binder::new(ctx, &scope).bind(e)?.eval(&[])
+    // A LIMIT is fixed before any row is read: it cannot depend on an enclosing row.
+    Binder::new(PlanCtx { outer: None, ..ctx }, &scope).bind(e)?.eval(&[])
 }
 
 fn count(ctx: PlanCtx<'_>, e: &ast::Expr, what: &str) -> Result<Option<usize>, SqlError> {
