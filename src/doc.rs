@@ -12,6 +12,9 @@ use crate::contain::{contain, Panicked};
 use crate::schema::ColumnDef;
 use crate::types::{ColumnType, NodeId, Value};
 
+mod effects;
+pub use effects::{change_effects, DocEffect};
+
 /// Map key of the causal length.
 const CAUSAL_LENGTH: &str = "_cl";
 /// Map key of a catalog object's encoded definition.

@@ -231,6 +231,14 @@ pub enum ReadError {
     /// No such index.
     #[error("no such index: {0}")]
     UnknownIndex(String),
+    /// No change ever touched this row (asked for its history).
+    #[error("no row {key} in {table}, now or ever")]
+    UnknownRow {
+        /// The table.
+        table: String,
+        /// The primary key, displayed.
+        key: String,
+    },
     /// The key has the wrong number of values or types.
     #[error("bad key for {table}: {reason}")]
     BadKey {

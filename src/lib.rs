@@ -43,8 +43,8 @@ pub use change::{ChangeError, DocKey, VerifiedChange};
 pub use error::{ApplyError, OpenError, ReadError, StorageError, WriteError};
 pub use handle::ReplicaHandle;
 pub use replica::{
-    ApplyReport, ChangeBatch, ColumnConflict, IntegrityProblem, Replica, Row, RowConflicts, RowIter, Snapshot,
-    StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
+    ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
+    RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
 };
 pub use schema::{ColumnDef, IndexSchema, SchemaError, TableSchema};
 pub use types::{ColumnType, NodeId, Value};

@@ -8,9 +8,12 @@
 //! Reads go through [`Snapshot`]s of materialized rows and never touch automerge.
 
 mod apply;
+mod backup;
+mod history;
 mod integrity;
 mod materialize;
 mod read;
+mod restore;
 mod write;
 
 use std::num::NonZeroUsize;
@@ -33,6 +36,8 @@ use crate::types::{NodeId, Value};
 use crate::version_vector::VersionVector;
 
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
+pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
+pub use history::{HistoryEntry, RowEffect};
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use read::{RowConflicts, RowIter, Snapshot};
 pub use write::{WriteBatch, WriteOp, WriteReceipt};

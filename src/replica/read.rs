@@ -94,7 +94,7 @@ impl Snapshot {
         self.catalog.table(name).ok_or_else(|| ReadError::UnknownTable(name.to_ascii_lowercase()))
     }
 
-    fn encoded_key(&self, table: &TableEntry, key: &[Value]) -> Result<Vec<u8>, ReadError> {
+    pub(super) fn encoded_key(&self, table: &TableEntry, key: &[Value]) -> Result<Vec<u8>, ReadError> {
         let schema = &table.schema;
         let positions = schema.primary_key_indexes();
         let bad = |reason: String| ReadError::BadKey { table: schema.name.clone(), reason };
