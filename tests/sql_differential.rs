@@ -125,8 +125,9 @@ impl Gen<'_> {
     }
 
     fn num(&mut self, depth: u32) -> String {
-        let roll = if depth == 0 { self.rng.random_range(0..3) } else { self.rng.random_range(0..10) };
+        let roll = if depth == 0 { self.rng.random_range(0..3) } else { self.rng.random_range(0..11) };
         match roll {
+            10 => self.scalar_subquery(),
             0 | 1 => self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "1".into()),
             2 => {
                 let kind = *self.pick(&[Kind::Int, Kind::Real]);
@@ -200,17 +201,44 @@ impl Gen<'_> {
         }
     }
 
-    fn subquery_pred(&mut self) -> String {
+    /// An integer column of a random table (as `(table name, column)`), for subqueries.
+    fn inner_table(&mut self) -> (String, String) {
         let t = self.rng.random_range(0..self.world.tables.len());
         let table = &self.world.tables[t];
         let ints: Vec<&String> = table.columns.iter().filter(|(_, k)| *k == Kind::Int).map(|(n, _)| n).collect();
         let inner = ints[self.rng.random_range(0..ints.len())].clone();
+        (table.name.clone(), inner)
+    }
+
+    fn subquery_pred(&mut self) -> String {
+        let (name, inner) = self.inner_table();
         let bound = literal(&mut self.rng, Kind::Int);
-        let name = table.name.clone();
-        match self.rng.random_range(0..3) {
+        // Correlated forms read a column of the outer FROM (aliases x0.., the subquery's is s).
+        let outer = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "1".into());
+        let cmp = self.cmp();
+        match self.rng.random_range(0..9) {
             0 => format!("{} IN (SELECT {inner} FROM {name} WHERE {inner} < {bound})", self.num(0)),
             1 => format!("{} NOT IN (SELECT {inner} FROM {name} WHERE id > {bound})", self.num(0)),
-            _ => format!("EXISTS (SELECT 1 FROM {name} WHERE {inner} = {bound})"),
+            2 => format!("EXISTS (SELECT 1 FROM {name} WHERE {inner} = {bound})"),
+            3 => format!("EXISTS (SELECT 1 FROM {name} AS s WHERE s.{inner} = {outer})"),
+            4 => format!("NOT EXISTS (SELECT 1 FROM {name} AS s WHERE s.{inner} {cmp} {outer} AND s.id > {bound})"),
+            5 => format!("{} IN (SELECT s.{inner} FROM {name} AS s WHERE s.id {cmp} {outer})", self.num(0)),
+            6 => format!("{} NOT IN (SELECT s.{inner} FROM {name} AS s WHERE s.k = {outer})", self.num(0)),
+            7 => format!("(SELECT count(*) FROM {name} AS s WHERE s.{inner} {cmp} {outer}) > {bound}"),
+            _ => format!("{} {cmp} {}", self.scalar_subquery(), self.num(0)),
+        }
+    }
+
+    /// A correlated scalar subquery; its value never depends on row order (an aggregate,
+    /// or the first row by primary key).
+    fn scalar_subquery(&mut self) -> String {
+        let (name, inner) = self.inner_table();
+        let outer = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "1".into());
+        let cmp = self.cmp();
+        match self.rng.random_range(0..3) {
+            0 => format!("(SELECT max(s.{inner}) FROM {name} AS s WHERE s.id {cmp} {outer})"),
+            1 => format!("(SELECT sum(s.{inner}) + count(*) FROM {name} AS s WHERE s.k {cmp} {outer})"),
+            _ => format!("(SELECT s.{inner} FROM {name} AS s WHERE s.k {cmp} {outer} ORDER BY s.id LIMIT 1)"),
         }
     }
 
