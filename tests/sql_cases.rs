@@ -176,3 +176,45 @@ fn prepared_statements_run_many_times() {
     assert_eq!(got.expect("query"), vec![vec![Value::from("v3")]]);
     assert!(insert.query(snapshot, &[Value::from(9), Value::from("x")]).is_err(), "a write needs execute");
 }
+
+/// A prepared query keeps its plan: the kept plan must take each execution's parameters
+/// (also where they chose a key path), and must be dropped when a table it reads changes.
+#[test]
+fn kept_plans_follow_parameters_and_ddl() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("k.redb"), NodeId::from_public_key(b"kept")).expect("open");
+    let run = |replica: &mut Replica, sql: &str| sql::execute(replica, sql, &[], 0).expect(sql).rows_affected;
+    run(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER, b TEXT)");
+    run(&mut replica, "INSERT INTO t VALUES (1, 10, 'x'), (2, 20, 'y'), (3, 10, 'z')");
+    let by_a = sql::prepare("SELECT id FROM t WHERE a = ?1 ORDER BY id").expect("prepare");
+    let by_id = sql::prepare("SELECT * FROM t WHERE id = ?1").expect("prepare");
+    let rows = |statement: &sql::Statement, replica: &mut Replica, param: Value| {
+        statement.execute(replica, &[param], 0).and_then(|r| r.collect_rows()).expect("query")
+    };
+    let ids = |v: &[i64]| v.iter().map(|i| vec![Value::from(*i)]).collect::<Vec<_>>();
+    assert_eq!(rows(&by_a, &mut replica, Value::from(10)), ids(&[1, 3]));
+    assert_eq!(rows(&by_a, &mut replica, Value::from(20)), ids(&[2]));
+    run(&mut replica, "CREATE INDEX t_a ON t (a)");
+    assert_eq!(rows(&by_a, &mut replica, Value::from(10)), ids(&[1, 3]));
+    assert_eq!(rows(&by_a, &mut replica, Value::Real(20.0)), ids(&[2]), "20.0 = 20, through the index too");
+    assert_eq!(rows(&by_a, &mut replica, Value::Null), ids(&[]));
+    assert_eq!(rows(&by_a, &mut replica, Value::from("10")), ids(&[]), "TEXT never equals INTEGER");
+    assert_eq!(
+        rows(&by_id, &mut replica, Value::from(2)),
+        vec![vec![Value::from(2), Value::from(20), Value::from("y")]]
+    );
+    assert_eq!(
+        rows(&by_id, &mut replica, Value::Real(3.0)),
+        vec![vec![Value::from(3), Value::from(10), Value::from("z")]]
+    );
+    assert_eq!(rows(&by_id, &mut replica, Value::Real(2.5)), Vec::<Vec<Value>>::new());
+    // The same name, another definition: the kept plan (three columns) must not be used.
+    run(&mut replica, "DROP TABLE t");
+    run(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY, c TEXT)");
+    run(&mut replica, "INSERT INTO t VALUES (2, 'new')");
+    let result = by_id.execute(&mut replica, &[Value::from(2)], 0).expect("query");
+    assert_eq!(result.columns, vec!["id".to_string(), "c".to_string()]);
+    assert_eq!(result.collect_rows().expect("rows"), vec![vec![Value::from(2), Value::from("new")]]);
+    let missing = by_id.execute(&mut replica, &[], 0).map(|_| ());
+    assert!(matches!(missing, Err(SqlError::MissingParameter(1, 0))), "{missing:?}");
+}

@@ -58,28 +58,36 @@ fn flip(op: CmpOp) -> CmpOp {
     }
 }
 
+/// The value of a literal, or of a parameter of a plan kept for re-execution (its value
+/// in this execution: the path is chosen again when the plan runs with other values).
+fn constant<'e>(e: &'e Expr, params: &'e [Value]) -> Option<&'e Value> {
+    match e {
+        Expr::Literal(v) => Some(v),
+        Expr::Param(n) => params.get(*n),
+        _ => None,
+    }
+}
+
 /// `(column, op, constant)` if the conjunct compares a column with a constant.
-fn column_constant(e: &Expr) -> Vec<(usize, CmpOp, Value)> {
+fn column_constant(e: &Expr, params: &[Value]) -> Vec<(usize, CmpOp, Value)> {
     match e {
         Expr::Cmp(op, a, b) => match (&**a, &**b) {
-            (Expr::Column(c), Expr::Literal(v)) => vec![(*c, *op, v.clone())],
-            (Expr::Literal(v), Expr::Column(c)) => vec![(*c, flip(*op), v.clone())],
+            (Expr::Column(c), v) => constant(v, params).map(|v| vec![(*c, *op, v.clone())]).unwrap_or_default(),
+            (v, Expr::Column(c)) => constant(v, params).map(|v| vec![(*c, flip(*op), v.clone())]).unwrap_or_default(),
             _ => vec![],
         },
-        Expr::Between(x, low, high, false) => match (&**x, &**low, &**high) {
-            (Expr::Column(c), Expr::Literal(l), Expr::Literal(h)) => {
-                vec![(*c, CmpOp::GtEq, l.clone()), (*c, CmpOp::LtEq, h.clone())]
-            }
+        Expr::Between(x, low, high, false) => match (&**x, constant(low, params), constant(high, params)) {
+            (Expr::Column(c), Some(l), Some(h)) => vec![(*c, CmpOp::GtEq, l.clone()), (*c, CmpOp::LtEq, h.clone())],
             _ => vec![],
         },
         _ => vec![],
     }
 }
 
-fn facts(columns: usize, conjuncts: &[&Expr], types: &[ColumnType]) -> Vec<ColumnFacts> {
+fn facts(columns: usize, conjuncts: &[&Expr], types: &[ColumnType], params: &[Value]) -> Vec<ColumnFacts> {
     let mut facts = vec![ColumnFacts::default(); columns];
     for e in conjuncts {
-        for (c, op, v) in column_constant(e) {
+        for (c, op, v) in column_constant(e, params) {
             if v.is_null() {
                 // Every comparison with NULL is NULL, which no row passes.
                 facts[c].null = true;
@@ -98,11 +106,12 @@ fn facts(columns: usize, conjuncts: &[&Expr], types: &[ColumnType]) -> Vec<Colum
     facts
 }
 
-/// Chooses how to read `table` given conjuncts over its own row.
-pub(crate) fn choose(catalog: &Catalog, table: &TableEntry, conjuncts: &[&Expr]) -> Access {
+/// Chooses how to read `table` given conjuncts over its own row (`params`: the values of
+/// any [`Expr::Param`] in them).
+pub(crate) fn choose(catalog: &Catalog, table: &TableEntry, conjuncts: &[&Expr], params: &[Value]) -> Access {
     let schema = &table.schema;
     let types: Vec<ColumnType> = schema.columns.iter().map(|c| c.ty).collect();
-    let facts = facts(schema.columns.len(), conjuncts, &types);
+    let facts = facts(schema.columns.len(), conjuncts, &types, params);
     if facts.iter().any(|f| f.null) {
         return Access::Empty;
     }

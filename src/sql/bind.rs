@@ -7,7 +7,7 @@
 //! correlated one (reading columns of an enclosing query) becomes an [`Expr::Subquery`]
 //! that runs per outer row (`subquery.rs`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use sqlparser::ast;
@@ -29,6 +29,36 @@ pub(crate) struct PlanCtx<'a> {
     pub params: &'a [Value],
     /// The enclosing query, when planning a subquery.
     pub outer: Option<&'a Outer<'a>>,
+    /// Set when the plan is to be kept and re-run with other parameters: parameters then
+    /// bind as [`Expr::Param`], and what the plan depends on is noted here.
+    pub notes: Option<&'a PlanNotes>,
+}
+
+/// What a reusable plan depends on, noted while planning it.
+#[derive(Debug, Default)]
+pub(crate) struct PlanNotes {
+    /// Cleared when the plan embeds values of this execution (a subquery's rows, a
+    /// parameter in `LIMIT` or `VALUES`): such a plan is not reused.
+    pub reusable: Cell<bool>,
+    /// The highest parameter number used.
+    pub params_max: Cell<usize>,
+    /// The base tables read (their definitions and indexes decide the plan).
+    pub tables: RefCell<Vec<String>>,
+}
+
+impl PlanNotes {
+    pub fn new() -> PlanNotes {
+        PlanNotes { reusable: Cell::new(true), ..PlanNotes::default() }
+    }
+}
+
+impl PlanCtx<'_> {
+    /// Notes that the plan embeds values of this execution.
+    pub fn not_reusable(&self) {
+        if let Some(notes) = self.notes {
+            notes.reusable.set(false);
+        }
+    }
 }
 
 /// The enclosing query of a subquery being planned, and the outer columns the subquery
@@ -206,13 +236,28 @@ fn decode_hex(h: &str) -> Result<Vec<u8>, SqlError> {
 
 /// A placeholder's value; `parse.rs` has already numbered every `?` as `?N`.
 fn parameter(p: &str, params: &[Value]) -> Result<Value, SqlError> {
+    Ok(params[parameter_number(p, params)? - 1].clone())
+}
+
+/// A placeholder's 1-based number, checked against the values given.
+fn parameter_number(p: &str, params: &[Value]) -> Result<usize, SqlError> {
     let digits = p.trim_start_matches(['?', '$']);
     let n: usize =
         digits.parse().map_err(|_| SqlError::unsupported(format!("named parameter {p} (use ?, ?N or $N)")))?;
     if n == 0 {
         return Err(SqlError::invalid("parameter numbers start at 1"));
     }
-    params.get(n - 1).cloned().ok_or(SqlError::MissingParameter(n, params.len()))
+    if n > params.len() {
+        return Err(SqlError::MissingParameter(n, params.len()));
+    }
+    Ok(n)
+}
+
+/// Whether an expression mentions a parameter (outside subqueries).
+pub(crate) fn has_placeholder(e: &ast::Expr) -> bool {
+    let mut found = false;
+    walk(e, &mut |e| found |= matches!(e, ast::Expr::Value(v) if matches!(v.value, ast::Value::Placeholder(_))));
+    found
 }
 
 pub(crate) fn cast_type(ty: &ast::DataType) -> Result<CastType, SqlError> {
@@ -253,7 +298,14 @@ impl<'a> Binder<'a> {
                 [t, c] => self.column(Some(&ident(t)), c),
                 _ => Err(SqlError::unsupported(format!("qualified column {e}"))),
             },
-            E::Value(v) => Ok(Expr::Literal(literal(&v.value, self.ctx.params)?)),
+            E::Value(v) => match (&v.value, self.ctx.notes) {
+                (ast::Value::Placeholder(p), Some(notes)) => {
+                    let n = parameter_number(p, self.ctx.params)?;
+                    notes.params_max.set(notes.params_max.get().max(n));
+                    Ok(Expr::Param(n - 1))
+                }
+                (v, _) => Ok(Expr::Literal(literal(v, self.ctx.params)?)),
+            },
             E::Nested(inner) => self.bind(inner),
             E::BinaryOp { left, op, right } => self.binary(left, op, right),
             E::UnaryOp { op, expr } => match op {
@@ -481,7 +533,10 @@ impl<'a> Binder<'a> {
     /// [`Expr::Subquery`] whose outer values are bound here, in this query's scope.
     fn subquery(&mut self, q: &ast::Query, kind: SubqueryKind, lhs: Option<Box<Expr>>) -> Result<Expr, SqlError> {
         let outer = Outer { scope: self.scope, parent: self.ctx.outer, refs: RefCell::default() };
-        let planned = select::plan_query(PlanCtx { outer: Some(&outer), ..self.ctx }, q)?;
+        // A plan holding a subquery's rows (or its snapshot) is for this execution only; the
+        // subquery's parameters bind as values.
+        self.ctx.not_reusable();
+        let planned = select::plan_query(PlanCtx { outer: Some(&outer), notes: None, ..self.ctx }, q)?;
         let width = planned.columns.len();
         if !matches!(kind, SubqueryKind::Exists { .. }) && width != 1 {
             return Err(SqlError::invalid(format!("sub-select returns {width} columns - expected 1")));

@@ -32,7 +32,7 @@ pub(crate) fn run(
     now_ms: i64,
 ) -> Result<u64, SqlError> {
     let snap = Arc::new(replica.snapshot()?);
-    let ctx = PlanCtx { snap: &snap, params, outer: None };
+    let ctx = PlanCtx { snap: &snap, params, outer: None, notes: None };
     let (ops, affected) = match statement {
         ast::Statement::CreateTable(ct) => (vec![create_table(ctx, ct)?], 0),
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),

@@ -37,6 +37,37 @@ fn filtered(input: RowStream, predicate: Option<Expr>) -> RowStream {
     }))
 }
 
+/// Replaces the placeholders of a kept plan (a correlated subquery's outer columns, a
+/// statement's parameters) by this execution's values: `value_of` gives the value of a
+/// placeholder expression. Every scan whose predicates gained constants chooses its access
+/// path again (`o.customer = c.id` becomes an index lookup, `id = ?1` a point read); paths
+/// only narrow what is read, so this never changes a result.
+pub(crate) fn bind_constants(plan: &mut Plan, snap: &Snapshot, value_of: &dyn Fn(&Expr) -> Option<Value>) {
+    let substitute = |e: &mut Expr| {
+        let mut changed = false;
+        e.for_each_child_mut(&mut |e| {
+            if let Some(v) = value_of(e) {
+                *e = Expr::Literal(v);
+                changed = true;
+            }
+        });
+        changed
+    };
+    plan.for_each_scan_mut(&mut |scan| {
+        let Some(filter) = &mut scan.filter else { return };
+        if !substitute(filter) {
+            return;
+        }
+        let catalog = snap.catalog();
+        if let Some(table) = catalog.table(&scan.table) {
+            scan.access = access::choose(catalog, table, &filter.conjuncts(), &[]);
+        }
+    });
+    plan.for_each_expr_mut(&mut |e| {
+        substitute(e);
+    });
+}
+
 /// Opens a plan against a snapshot.
 pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
     Ok(match plan {

@@ -7,9 +7,21 @@
 
 use std::ops::Bound;
 
+use sqlparser::ast;
+
+use super::bind::PlanCtx;
 use super::plan::{Access, JoinKind, JoinRight, LookupKind, Plan};
 use super::system::render_key;
+use super::{ddl_dml, select, SqlError};
 use crate::types::Value;
+
+/// The plan of a statement, as `EXPLAIN` shows it.
+pub(crate) fn explain_statement(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Vec<String>, SqlError> {
+    match statement {
+        ast::Statement::Query(q) => Ok(explain(&select::plan_query(ctx, q)?.plan)),
+        other => Err(SqlError::unsupported(format!("EXPLAIN {}", ddl_dml::first_words(other)))),
+    }
+}
 
 /// The lines of the plan.
 pub(crate) fn explain(plan: &Plan) -> Vec<String> {

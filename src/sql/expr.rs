@@ -72,6 +72,9 @@ pub(crate) enum Expr {
     /// A column of the enclosing query's row, in a correlated subquery's plan: replaced by
     /// its value before the plan runs (`subquery.rs`).
     Outer(usize),
+    /// Bound parameter `?N` (0-based) of a plan kept for re-execution (`Statement`):
+    /// replaced by its value before the plan runs.
+    Param(usize),
     /// A correlated subquery, run (or looked up in its memo) for each row.
     Subquery(SubqueryCall),
 }
@@ -147,6 +150,7 @@ impl Expr {
             Expr::Outer(_) => {
                 return Err(SqlError::invalid("internal error: an outer column evaluated outside its subquery"))
             }
+            Expr::Param(_) => return Err(SqlError::invalid("internal error: a parameter evaluated before binding")),
         })
     }
 
@@ -232,7 +236,7 @@ impl Expr {
 
     fn children(&self) -> Vec<&Expr> {
         match self {
-            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) => vec![],
+            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) => vec![],
             Expr::Subquery(call) => call.lhs.as_deref().into_iter().chain(&call.args).collect(),
             Expr::Not(e) | Expr::Neg(e) | Expr::IsNull(e, _) | Expr::Cast(e, _) | Expr::InSet(e, _, _) => vec![e],
             Expr::Arith(_, a, b) | Expr::Cmp(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => vec![a, b],
@@ -264,7 +268,7 @@ impl Expr {
     pub fn for_each_child_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
         f(self);
         match self {
-            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) => {}
+            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) => {}
             Expr::Subquery(call) => {
                 call.lhs.iter_mut().for_each(|e| e.for_each_child_mut(f));
                 call.args.iter_mut().for_each(|e| e.for_each_child_mut(f));

@@ -97,6 +97,9 @@ fn table_ref(
                 return Ok((Source::System(system), alias, columns));
             }
             let table = ctx.snap.catalog().table(&name).ok_or_else(|| SqlError::UnknownTable(name.clone()))?;
+            if let Some(notes) = ctx.notes {
+                notes.tables.borrow_mut().push(name.clone());
+            }
             let columns = table.schema.columns.iter().map(|c| c.name.clone()).collect();
             Ok((Source::Table(table.clone()), alias, columns))
         }
@@ -262,7 +265,7 @@ fn source_plan(ctx: PlanCtx<'_>, item: Item, offset: usize, pre: Vec<Conjunct>) 
     match item.source {
         Source::Table(table) => {
             let exprs: Vec<&Expr> = conjuncts.iter().map(|c| &c.expr).collect();
-            let access = access::choose(ctx.snap.catalog(), &table, &exprs);
+            let access = access::choose(ctx.snap.catalog(), &table, &exprs, ctx.params);
             let rows = match &access {
                 Access::Empty => 0.0,
                 Access::Point(_) => 1.0,

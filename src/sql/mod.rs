@@ -33,7 +33,7 @@ mod subquery;
 mod system;
 mod value;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sqlparser::ast;
 
@@ -42,6 +42,7 @@ pub use from::FROM_TABLES_MAX;
 pub use parse::SQL_BYTES_MAX;
 pub use system::SYSTEM_PREFIX;
 
+use crate::catalog::{IndexEntry, TableEntry};
 use crate::handle::ReplicaHandle;
 use crate::replica::{Replica, Snapshot};
 use crate::types::Value;
@@ -137,14 +138,40 @@ pub fn query(snapshot: impl Into<Arc<Snapshot>>, sql: &str, params: &[Value]) ->
 
 /// Parses a statement once, to run it many times with different parameters.
 pub fn prepare(sql: &str) -> Result<Statement, SqlError> {
-    Ok(Statement { ast: parse::parse_one(sql)? })
+    Ok(Statement { ast: parse::parse_one(sql)?, kept: Arc::default() })
 }
 
-/// A parsed statement. It is planned at each execution, against the catalog of the
-/// snapshot it runs on, so it stays valid across DDL.
+/// A parsed statement. A query is planned at its first execution against the catalog of
+/// the snapshot it runs on; the plan is kept and reused, with the new parameters, while the
+/// tables it reads keep their definitions and indexes, so the statement stays valid across
+/// DDL and repeated executions skip planning. (A plan that holds rows of one execution —
+/// an uncorrelated subquery's result, a parameter in `LIMIT` — is not kept.)
 #[derive(Debug, Clone)]
 pub struct Statement {
     ast: ast::Statement,
+    /// The kept plan of a query, shared by clones of the statement.
+    kept: Arc<Mutex<Option<Arc<KeptPlan>>>>,
+}
+
+/// A query plan kept for re-execution, and what it was made against.
+#[derive(Debug)]
+struct KeptPlan {
+    plan: plan::Plan,
+    columns: Vec<String>,
+    /// Parameters the plan reads (as `Expr::Param`): at least this many must be given.
+    params_max: usize,
+    /// Each base table read, with its definition and indexes when planned.
+    tables: Vec<(String, TableEntry, Vec<IndexEntry>)>,
+}
+
+impl KeptPlan {
+    fn valid(&self, snap: &Snapshot, params: &[Value]) -> bool {
+        let catalog = snap.catalog();
+        params.len() >= self.params_max
+            && self.tables.iter().all(|(name, table, indexes)| {
+                catalog.table(name) == Some(table) && catalog.indexes_of(name).eq(indexes.iter())
+            })
+    }
 }
 
 impl Statement {
@@ -162,7 +189,7 @@ impl Statement {
     ) -> Result<QueryResult, SqlError> {
         if self.is_read_only() {
             let snap = Arc::new(store.sql_snapshot()?);
-            return read(&snap, &self.ast, params);
+            return self.read(&snap, params);
         }
         let (statement, params) = (self.ast.clone(), params.to_vec());
         let job: WriteJob = Box::new(move |replica| ddl_dml::run(replica, &statement, &params, now_ms));
@@ -174,32 +201,68 @@ impl Statement {
         if !self.is_read_only() {
             return Err(SqlError::invalid(format!("{} writes: use sql::execute", ddl_dml::first_words(&self.ast))));
         }
-        read(&snapshot.into(), &self.ast, params)
+        self.read(&snapshot.into(), params)
+    }
+
+    fn read(&self, snap: &Arc<Snapshot>, params: &[Value]) -> Result<QueryResult, SqlError> {
+        match &self.ast {
+            ast::Statement::Query(q) => {
+                let kept = self.plan(snap, q, params)?;
+                let mut plan = kept.plan.clone();
+                if kept.params_max > 0 {
+                    exec::bind_constants(&mut plan, snap, &|e| match e {
+                        expr::Expr::Param(n) => params.get(*n).cloned(),
+                        _ => None,
+                    });
+                }
+                let rows = Rows { inner: exec::open(plan, snap)? };
+                Ok(QueryResult { columns: kept.columns.clone(), rows, rows_affected: 0 })
+            }
+            ast::Statement::Explain { analyze: false, statement, .. } => {
+                let ctx = bind::PlanCtx { snap, params, outer: None, notes: None };
+                let lines = explain::explain_statement(ctx, statement)?;
+                let rows = lines.into_iter().map(|l| Ok(vec![Value::Text(l)]));
+                Ok(QueryResult { columns: vec!["plan".into()], rows: Rows { inner: Box::new(rows) }, rows_affected: 0 })
+            }
+            other => Err(SqlError::unsupported(format!("statement {}", ddl_dml::first_words(other)))),
+        }
+    }
+
+    /// The kept plan if it is still valid, else a new one (kept if it may be reused).
+    fn plan(&self, snap: &Arc<Snapshot>, q: &ast::Query, params: &[Value]) -> Result<Arc<KeptPlan>, SqlError> {
+        let slot = |m: &Mutex<Option<Arc<KeptPlan>>>| {
+            // The slot holds only complete plans, so a poisoned one is still consistent.
+            m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        };
+        if let Some(kept) = slot(&self.kept).filter(|k| k.valid(snap, params)) {
+            return Ok(kept);
+        }
+        let notes = bind::PlanNotes::new();
+        let planned = select::plan_query(bind::PlanCtx { snap, params, outer: None, notes: Some(&notes) }, q)?;
+        let catalog = snap.catalog();
+        let tables = notes
+            .tables
+            .take()
+            .into_iter()
+            .filter_map(|name| {
+                let table = catalog.table(&name)?.clone();
+                let indexes = catalog.indexes_of(&name).cloned().collect();
+                Some((name, table, indexes))
+            })
+            .collect();
+        let kept = Arc::new(KeptPlan {
+            plan: planned.plan,
+            columns: planned.columns,
+            params_max: notes.params_max.get(),
+            tables,
+        });
+        if notes.reusable.get() {
+            *self.kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::clone(&kept));
+        }
+        Ok(kept)
     }
 }
 
 fn is_read(statement: &ast::Statement) -> bool {
     matches!(statement, ast::Statement::Query(_) | ast::Statement::Explain { .. })
-}
-
-fn read(snap: &Arc<Snapshot>, statement: &ast::Statement, params: &[Value]) -> Result<QueryResult, SqlError> {
-    let ctx = bind::PlanCtx { snap, params, outer: None };
-    match statement {
-        ast::Statement::Query(q) => {
-            let planned = select::plan_query(ctx, q)?;
-            let rows = Rows { inner: exec::open(planned.plan, snap)? };
-            Ok(QueryResult { columns: planned.columns, rows, rows_affected: 0 })
-        }
-        ast::Statement::Explain { analyze: false, statement, .. } => {
-            let ast::Statement::Query(q) = &**statement else {
-                return Err(SqlError::unsupported("EXPLAIN of a statement other than a query"));
-            };
-            let planned = select::plan_query(ctx, q)?;
-            let lines: Vec<Vec<Value>> =
-                explain::explain(&planned.plan).into_iter().map(|l| vec![Value::Text(l)]).collect();
-            let rows = Rows { inner: Box::new(lines.into_iter().map(Ok)) };
-            Ok(QueryResult { columns: vec!["plan".into()], rows, rows_affected: 0 })
-        }
-        other => Err(SqlError::unsupported(format!("statement {}", ddl_dml::first_words(other)))),
-    }
 }

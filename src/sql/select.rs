@@ -35,8 +35,12 @@ enum Item {
 
 fn constant(ctx: PlanCtx<'_>, e: &ast::Expr) -> Result<Value, SqlError> {
     let scope = Scope::default();
-    // A LIMIT is fixed before any row is read: it cannot depend on an enclosing row.
-    Binder::new(PlanCtx { outer: None, ..ctx }, &scope).bind(e)?.eval(&[])
+    // A LIMIT is fixed before any row is read: it cannot depend on an enclosing row, and a
+    // parameter in it makes the plan one execution's.
+    if bind::has_placeholder(e) {
+        ctx.not_reusable();
+    }
+    Binder::new(PlanCtx { outer: None, notes: None, ..ctx }, &scope).bind(e)?.eval(&[])
 }
 
 fn count(ctx: PlanCtx<'_>, e: &ast::Expr, what: &str) -> Result<Option<usize>, SqlError> {
@@ -135,6 +139,10 @@ fn plan_set_expr(ctx: PlanCtx<'_>, body: &ast::SetExpr) -> Result<Planned, SqlEr
 fn plan_values(ctx: PlanCtx<'_>, values: &ast::Values) -> Result<Planned, SqlError> {
     let scope = Scope::default();
     let mut rows = Vec::with_capacity(values.rows.len());
+    if values.rows.iter().flat_map(|r| r.iter()).any(bind::has_placeholder) {
+        ctx.not_reusable();
+    }
+    let ctx = PlanCtx { notes: None, ..ctx };
     for row in &values.rows {
         let row = row.iter().map(|e| Binder::new(ctx, &scope).bind(e)?.eval(&[])).collect::<Result<Vec<_>, _>>()?;
         if rows.first().is_some_and(|first: &Vec<Value>| first.len() != row.len()) {

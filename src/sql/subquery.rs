@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::access;
 use super::exec;
 use super::expr::{self, Expr, InSet};
 use super::plan::Plan;
@@ -98,7 +97,10 @@ impl Subquery {
 
     fn run(&self, args: &[Value]) -> Result<Answer, SqlError> {
         let mut plan = self.plan.clone();
-        bind_outer(&mut plan, args, &self.snap);
+        exec::bind_constants(&mut plan, &self.snap, &|e| match e {
+            Expr::Outer(k) => Some(args.get(*k).cloned().unwrap_or(Value::Null)),
+            _ => None,
+        });
         let mut rows = exec::open(plan, &self.snap)?;
         Ok(match self.kind {
             SubqueryKind::Exists { .. } => Answer::Exists(rows.next().transpose()?.is_some()),
@@ -139,35 +141,4 @@ impl SubqueryCall {
             _ => return Err(SqlError::invalid("internal error: subquery answer does not match its use")),
         })
     }
-}
-
-/// Substitutes the outer values into a subquery's plan, and lets every scan whose
-/// predicates gained constants choose its access path again (e.g. `o.customer = c.id`
-/// becomes an index lookup). Paths only narrow what is read, so this never changes a
-/// result.
-fn bind_outer(plan: &mut Plan, args: &[Value], snap: &Snapshot) {
-    let substitute = |e: &mut Expr| {
-        let mut changed = false;
-        e.for_each_child_mut(&mut |e| {
-            if let Expr::Outer(k) = e {
-                *e = Expr::Literal(args.get(*k).cloned().unwrap_or(Value::Null));
-                changed = true;
-            }
-        });
-        changed
-    };
-    plan.for_each_scan_mut(&mut |scan| {
-        let Some(filter) = &mut scan.filter else { return };
-        if !substitute(filter) {
-            return;
-        }
-        let catalog = snap.catalog();
-        if let Some(table) = catalog.table(&scan.table) {
-            let conjuncts = filter.conjuncts();
-            scan.access = access::choose(catalog, table, &conjuncts);
-        }
-    });
-    plan.for_each_expr_mut(&mut |e| {
-        substitute(e);
-    });
 }
