@@ -20,6 +20,13 @@ pub struct Identity {
     pub node_id: NodeId,
 }
 
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("Identity").field("node_id", &self.node_id).finish_non_exhaustive()
+    }
+}
+
 impl Identity {
     /// Makes a new key pair and writes it to `<data_dir>/node.key` (owner-only permissions).
     /// Refuses to overwrite an existing key: a node id must never change under a store.

@@ -5,22 +5,26 @@
 //! tables and columns (rustyline). With `-c` or a non-terminal standard input the shell
 //! runs the statements as a script and stops at the first error with exit code 1.
 //!
-//! This version opens the data directory directly (no node may be running on it: redb
-//! allows one process per file). Talking to a running node through its local API comes
-//! with the daemon.
+//! The shell talks to the node running on the data directory through its local API
+//! ([`Backend::Remote`]); with no node running it opens the data directory itself
+//! ([`Backend::Local`]; redb allows one process per file, so the two never mix). Peer
+//! commands (`.peers`, `.sync`) need a running node.
 
 use std::borrow::Cow;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use edgestore::{sql, Replica, Value};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Editor, Helper, Highlighter, Hinter, Validator};
+use serde_json::{json, Value as Json};
 
+use crate::client::Client;
+use crate::json::{from_json, to_json};
 use crate::render::{self, Mode};
 
 const HELP: &str = "\
@@ -32,11 +36,15 @@ Statements end with ';' and may span several lines. Dot-commands:
                         how results are printed (default: table)
   .timer on|off         print how long each statement took
   .conflicts [TABLE]    concurrent values that conflict, with the node that wrote each
+  .history TABLE KEY... who changed the row, when, and what, in causal order
+                        (KEY: the primary key's values, e.g. .history sensors 10)
   .digest               the state digest (equal on two nodes iff they hold the same data)
   .status               node id, changes held, pending changes
+  .peers                peers: connection state, lag, last contact, changes exchanged
+  .sync                 this node's version vector and each peer's lag
   .check                verify the store's integrity
   .quit                 leave the shell (also Ctrl-D)
-Peer commands (.peers, .sync, .history) need the node daemon, which is not built yet.
+.peers and .sync need a running node (`edge-node run`).
 ";
 
 const KEYWORDS: &[&str] = &[
@@ -112,21 +120,84 @@ pub enum Flow {
     Quit,
 }
 
-/// The shell's state: the store, output mode and timer.
+/// Where statements go: a running node's API, or a data directory opened here.
+#[derive(Debug)]
+pub enum Backend {
+    /// The node running on the data directory (or at `--url`).
+    Remote(Client),
+    /// The data directory itself, with no node running.
+    Local(Replica),
+}
+
+/// A statement's answer: columns and rows for a query, rows affected for a write.
+struct Answer {
+    columns: Vec<String>,
+    rows: Vec<Vec<Value>>,
+    rows_affected: u64,
+}
+
+impl Backend {
+    fn execute(&mut self, text: &str, params: &[Value]) -> Result<Answer> {
+        match self {
+            Backend::Local(replica) => {
+                let result = sql::execute(replica, text, params, crate::now_ms())?;
+                let (columns, rows_affected) = (result.columns.clone(), result.rows_affected);
+                Ok(Answer { columns, rows: result.collect_rows()?, rows_affected })
+            }
+            Backend::Remote(client) => {
+                let params: Vec<Json> = params.iter().map(to_json).collect();
+                let answer = client.post("/v1/sql", &json!({ "sql": text, "params": params }))?;
+                decode_answer(&answer)
+            }
+        }
+    }
+
+    fn node_id(&self) -> String {
+        match self {
+            Backend::Local(replica) => replica.node_id().to_string(),
+            Backend::Remote(client) => client
+                .get("/v1/status")
+                .ok()
+                .and_then(|s| s["node_id"].as_str().map(str::to_string))
+                .unwrap_or_else(|| client.url()),
+        }
+    }
+
+    fn remote(&self, command: &str) -> Result<&Client> {
+        match self {
+            Backend::Remote(client) => Ok(client),
+            Backend::Local(_) => bail!(".{command} needs a running node (start it with `edge-node run`)"),
+        }
+    }
+}
+
+fn decode_answer(answer: &Json) -> Result<Answer> {
+    let columns = answer["columns"]
+        .as_array()
+        .ok_or_else(|| anyhow!("the node's answer has no columns"))?
+        .iter()
+        .map(|c| c.as_str().map(str::to_string).ok_or_else(|| anyhow!("a column name is not text")))
+        .collect::<Result<Vec<_>>>()?;
+    let rows = answer["rows"]
+        .as_array()
+        .ok_or_else(|| anyhow!("the node's answer has no rows"))?
+        .iter()
+        .map(|row| row.as_array().ok_or_else(|| anyhow!("a row is not an array"))?.iter().map(from_json).collect())
+        .collect::<Result<Vec<Vec<Value>>>>()?;
+    Ok(Answer { columns, rows, rows_affected: answer["rows_affected"].as_u64().unwrap_or(0) })
+}
+
+/// The shell's state: where statements go, output mode and timer.
 pub struct Shell {
-    replica: Replica,
+    backend: Backend,
     mode: Mode,
     timer: bool,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Shell {
-    /// A shell on an open replica.
-    pub fn new(replica: Replica) -> Shell {
-        Shell { replica, mode: Mode::Table, timer: false }
+    /// A shell on a backend.
+    pub fn new(backend: Backend) -> Shell {
+        Shell { backend, mode: Mode::Table, timer: false }
     }
 
     /// Runs one complete input: a dot-command or one SQL statement. Output goes to `out`.
@@ -148,16 +219,18 @@ impl Shell {
     }
 
     fn statement(&mut self, sql: &str, out: &mut dyn Write) -> Result<()> {
-        let result = sql::execute(&mut self.replica, sql, &[], now_ms())?;
-        if result.columns.is_empty() {
+        let answer = self.backend.execute(sql, &[])?;
+        if answer.columns.is_empty() {
             if self.mode == Mode::Table {
-                writeln!(out, "({} row{} affected)", result.rows_affected, plural(result.rows_affected))?;
+                writeln!(out, "({} row{} affected)", answer.rows_affected, plural(answer.rows_affected))?;
             }
             return Ok(());
         }
-        let columns = result.columns.clone();
-        let rows = result.collect_rows()?;
-        write!(out, "{}", render::render(self.mode, &columns, &rows))?;
+        self.print(&answer.columns, &answer.rows, out)
+    }
+
+    fn print(&self, columns: &[String], rows: &[Vec<Value>], out: &mut dyn Write) -> Result<()> {
+        write!(out, "{}", render::render(self.mode, columns, rows))?;
         if self.mode == Mode::Table {
             writeln!(out, "({} row{})", rows.len(), plural(rows.len() as u64))?;
         }
@@ -165,7 +238,7 @@ impl Shell {
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
-        Ok(sql::execute(&mut self.replica, sql, params, now_ms())?.collect_rows()?)
+        Ok(self.backend.execute(sql, params)?.rows)
     }
 
     fn dot_command(&mut self, command: &str, out: &mut dyn Write) -> Result<Flow> {
@@ -192,19 +265,13 @@ impl Shell {
                     "SELECT table_name, primary_key, column_name, value, node, is_winner FROM edgestore_conflicts \
                            WHERE ? IS NULL OR table_name = ? ORDER BY table_name, primary_key, column_name, is_winner";
                 let filter = table.map_or(Value::Null, |t| Value::from(t.to_ascii_lowercase()));
-                let result = sql::execute(&mut self.replica, sql, &[filter.clone(), filter], now_ms())?;
-                let columns = result.columns.clone();
-                write!(out, "{}", render::render(self.mode, &columns, &result.collect_rows()?))?;
+                let answer = self.backend.execute(sql, &[filter.clone(), filter])?;
+                write!(out, "{}", render::render(self.mode, &answer.columns, &answer.rows))?;
             }
-            ("digest", _) => writeln!(out, "{}", self.replica.state_digest()?)?,
-            ("status", _) => {
-                let vector = self.replica.version_vector();
-                writeln!(out, "node id:  {}", self.replica.node_id())?;
-                writeln!(out, "changes:  {} from {} node(s)", vector.total_changes(), vector.len())?;
-                writeln!(out, "pending:  {}", self.replica.pending_changes()?)?;
-            }
+            ("digest", _) => writeln!(out, "{}", self.digest()?)?,
+            ("status", _) => self.status(out)?,
             ("check", _) => {
-                let problems = self.replica.check_integrity()?;
+                let problems = self.check()?;
                 if problems.is_empty() {
                     writeln!(out, "ok")?;
                 } else {
@@ -214,7 +281,15 @@ impl Shell {
                     bail!("{} integrity problem(s)", problems.len());
                 }
             }
-            ("peers" | "sync" | "history", _) => bail!(".{name} needs the node daemon, which is not built yet"),
+            ("peers", _) => self.peers(out)?,
+            ("sync", _) => self.sync(out)?,
+            ("history", Some(table)) => {
+                let key: Vec<&str> = words.collect();
+                if key.is_empty() {
+                    bail!("usage: .history TABLE KEY... (the primary key's values)");
+                }
+                self.history(table, &key, out)?;
+            }
             _ => bail!("unknown or incomplete command .{command}; try .help"),
         }
         Ok(Flow::Continue)
@@ -236,11 +311,99 @@ impl Shell {
         Ok(())
     }
 
+    fn digest(&mut self) -> Result<String> {
+        match &mut self.backend {
+            Backend::Local(replica) => Ok(replica.state_digest()?.to_string()),
+            Backend::Remote(client) => Ok(text(&client.get("/v1/status")?["digest"])),
+        }
+    }
+
+    fn status(&mut self, out: &mut dyn Write) -> Result<()> {
+        match &mut self.backend {
+            Backend::Local(replica) => {
+                let vector = replica.version_vector();
+                writeln!(out, "node id:  {} (data directory opened directly)", replica.node_id())?;
+                writeln!(out, "changes:  {} from {} node(s)", vector.total_changes(), vector.len())?;
+                writeln!(out, "pending:  {}", replica.pending_changes()?)?;
+            }
+            Backend::Remote(client) => {
+                let s = client.get("/v1/status")?;
+                writeln!(out, "node id:  {} (running, up {} s, {})", text(&s["node_id"]), s["uptime_s"], client.url())?;
+                writeln!(out, "changes:  {} from {} node(s)", s["changes"], s["origins"])?;
+                writeln!(out, "pending:  {}", s["pending_changes"])?;
+                writeln!(out, "peers:    {} connected", s["peers_connected"])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check(&mut self) -> Result<Vec<String>> {
+        match &mut self.backend {
+            Backend::Local(replica) => Ok(replica.check_integrity()?.iter().map(ToString::to_string).collect()),
+            Backend::Remote(client) => {
+                let answer = client.post("/v1/check", &json!({}))?;
+                Ok(answer["problems"].as_array().into_iter().flatten().map(text).collect())
+            }
+        }
+    }
+
+    fn peers(&mut self, out: &mut dyn Write) -> Result<()> {
+        let answer = self.backend.remote("peers")?.get("/v1/peers")?;
+        let columns: Vec<String> = [
+            "node_id",
+            "addr",
+            "connected",
+            "lag_changes",
+            "last_contact_ms_ago",
+            "changes_sent",
+            "changes_received",
+            "last_error",
+        ]
+        .map(String::from)
+        .to_vec();
+        let rows: Vec<Vec<Value>> = answer["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|peer| columns.iter().map(|c| from_json(&peer[c.as_str()]).unwrap_or(Value::Null)).collect())
+            .collect();
+        self.print(&columns, &rows, out)
+    }
+
+    fn sync(&mut self, out: &mut dyn Write) -> Result<()> {
+        let client = self.backend.remote("sync")?;
+        let status = client.get("/v1/status")?;
+        let peers = client.get("/v1/peers")?;
+        writeln!(out, "this node holds {} changes from {} node(s)", status["changes"], status["origins"])?;
+        writeln!(out, "pending (waiting for dependencies): {}", status["pending_changes"])?;
+        for peer in peers["peers"].as_array().into_iter().flatten() {
+            let state = if peer["connected"].as_bool() == Some(true) { "connected" } else { "down" };
+            let lag = peer["lag_changes"].as_u64().unwrap_or(0);
+            let summary = if lag == 0 { "in sync".to_string() } else { format!("{lag} change(s) not yet sent") };
+            writeln!(out, "{}  {state:<9}  {summary}", text(&peer["node_id"]))?;
+        }
+        Ok(())
+    }
+
+    fn history(&mut self, table: &str, key: &[&str], out: &mut dyn Write) -> Result<()> {
+        let key: Vec<Value> = key.iter().map(|part| key_value(part)).collect();
+        let history = match &mut self.backend {
+            Backend::Local(replica) => crate::history::row_history(&replica.snapshot()?, table, &key)?,
+            Backend::Remote(client) => {
+                let key = serde_json::to_string(&key.iter().map(to_json).collect::<Vec<_>>())?;
+                let path = format!("/v1/history?table={}&key={}", percent_encode(table), percent_encode(&key));
+                client.get(&path)?
+            }
+        };
+        let (columns, rows) = crate::history::table(&history)?;
+        self.print(&columns, &rows, out)
+    }
+
     /// Names for completion: keywords, tables and their columns.
     fn completion_words(&mut self) -> Vec<String> {
         let mut words: Vec<String> = KEYWORDS.iter().map(|k| k.to_string()).collect();
         let sql = "SELECT table_name, name FROM edgestore_columns";
-        if let Ok(rows) = sql::execute(&mut self.replica, sql, &[], 0).and_then(|r| r.collect_rows()) {
+        if let Ok(rows) = self.query(sql, &[]) {
             for row in rows {
                 words.extend(row.iter().map(render::cell));
             }
@@ -249,6 +412,30 @@ impl Shell {
         words.dedup();
         words
     }
+}
+
+/// A JSON value as text, without quotes around strings.
+fn text(json: &Json) -> String {
+    json.as_str().map_or_else(|| json.to_string(), str::to_string)
+}
+
+/// A primary-key value typed in the shell: an integer if it parses as one, else text
+/// (quotes optional).
+fn key_value(part: &str) -> Value {
+    match part.parse::<i64>() {
+        Ok(n) => Value::Integer(n),
+        Err(_) => Value::Text(part.trim_matches('\'').to_string()),
+    }
+}
+
+/// Percent-encodes a query-string component.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn plural(n: u64) -> &'static str {
@@ -337,7 +524,12 @@ pub fn interactive(shell: &mut Shell, history: &Path) -> Result<()> {
     let mut editor: Editor<ShellHelper, FileHistory> = Editor::new().context("starting the line editor")?;
     editor.set_helper(Some(ShellHelper { words: shell.completion_words() }));
     let _ = editor.load_history(history);
-    println!("edge-node shell on node {}. Enter \".help\" for help; statements end with ';'.", shell.replica.node_id());
+    let place = match &shell.backend {
+        Backend::Remote(client) => format!("running node at {}", client.url()),
+        Backend::Local(_) => "data directory (no node running)".to_string(),
+    };
+    println!("edge-node shell on node {} ({place}).", shell.backend.node_id());
+    println!("Enter \".help\" for help; statements end with ';'.");
     let mut buffer = String::new();
     let mut stdout = std::io::stdout();
     loop {
@@ -381,8 +573,8 @@ pub fn interactive(shell: &mut Shell, history: &Path) -> Result<()> {
 }
 
 /// Entry point of `edge-node shell`.
-pub fn main(replica: Replica, command: Option<String>, history: &Path) -> Result<()> {
-    let mut shell = Shell::new(replica);
+pub fn main(backend: Backend, command: Option<String>, history: &Path) -> Result<()> {
+    let mut shell = Shell::new(backend);
     let mut stdout = std::io::stdout();
     if let Some(command) = command {
         return run_script(&mut shell, command.as_bytes(), &mut stdout);

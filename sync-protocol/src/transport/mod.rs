@@ -9,5 +9,5 @@ pub mod node;
 pub mod tls;
 
 pub use fault::{FaultSwitch, FaultySocket};
-pub use node::{SyncNode, SyncNodeConfig, TransportError};
+pub use node::{NodeCounters, PeerStatus, SyncNode, SyncNodeConfig, TransportError};
 pub use tls::{AllowList, TlsIdentity};

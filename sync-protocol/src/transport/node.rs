@@ -10,14 +10,20 @@
 //! Every configured peer is dialled, with backoff after failures. When two connections to
 //! one peer exist (both dialled at once), both sides keep the one dialled by the lower
 //! node id.
+//!
+//! Peers can be added and removed while the node runs ([`SyncNode::add_peer`],
+//! [`SyncNode::remove_peer`]); both edit the allow-list the TLS verifiers read. Per-peer
+//! records keep cumulative counters across reconnects, the lag and the last contact, and
+//! node-wide counters count refused handshakes and protocol errors: what an operator's
+//! metrics and `.peers` show.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use edgestore::{NodeId, ReplicaHandle, WriteBatch, WriteError, WriteReceipt};
+use edgestore::{NodeId, ReplicaHandle, VersionVector, WriteBatch, WriteError, WriteReceipt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -25,7 +31,7 @@ use super::fault::{FaultSwitch, FaultySocket};
 use super::tls::{self, AllowList, TlsIdentity};
 use crate::backoff::Backoff;
 use crate::frame;
-use crate::session::{Event, Session, SessionConfig, SessionStats};
+use crate::session::{Event, ProtocolError, Session, SessionConfig, SessionStats};
 
 /// QUIC application close code for an orderly close.
 const CLOSE_OK: u32 = 0;
@@ -71,11 +77,54 @@ pub enum TransportError {
 
 /// What a peer connection is doing, for status and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PeerStatus {
     /// The peer.
     pub node_id: NodeId,
-    /// The session's counters.
+    /// The address dialled, for peers added with [`SyncNode::add_peer`]; `None` for a
+    /// peer that only connected to us.
+    pub addr: Option<SocketAddr>,
+    /// Whether a connection is up now.
+    pub connected: bool,
+    /// The current (or last) session's counters.
     pub stats: SessionStats,
+    /// Counters summed over every session with the peer since the node started.
+    pub totals: SessionStats,
+    /// Sessions established with the peer since the node started.
+    pub sessions: u64,
+    /// Changes this node holds that the peer is not known to hold, at the last step of
+    /// the session (0 before the first session).
+    pub lag_changes: u64,
+    /// Milliseconds since a frame last arrived from the peer; `None` if none ever did.
+    pub last_contact_ms_ago: Option<u64>,
+    /// Why the last session ended, if it ended with an error.
+    pub last_error: Option<String>,
+}
+
+/// Node-wide counters, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeCounters {
+    /// Incoming connections whose handshake failed (a peer not on the allow-list, a bad
+    /// certificate, a timeout).
+    pub handshakes_refused: u64,
+    /// Sessions closed because the peer broke the protocol or timed out.
+    pub protocol_errors: u64,
+    /// Sessions closed because the peer sent a change the store refused.
+    pub rejected_changes: u64,
+}
+
+/// What the node keeps per peer.
+#[derive(Default)]
+struct PeerRecord {
+    addr: Option<SocketAddr>,
+    dialer: Option<tokio::task::JoinHandle<()>>,
+    current: SessionStats,
+    totals: SessionStats,
+    sessions: u64,
+    lag_changes: u64,
+    last_contact_ms: Option<u64>,
+    last_error: Option<String>,
 }
 
 struct Shared {
@@ -89,7 +138,11 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// Live connections per peer, with the node id that dialled each.
     connections: Mutex<BTreeMap<NodeId, (quinn::Connection, NodeId)>>,
-    stats: Mutex<BTreeMap<NodeId, SessionStats>>,
+    peers: Mutex<BTreeMap<NodeId, PeerRecord>>,
+    allowed: AllowList,
+    handshakes_refused: AtomicU64,
+    protocol_errors: AtomicU64,
+    rejected_changes: AtomicU64,
     shutting_down: AtomicBool,
 }
 
@@ -121,6 +174,19 @@ impl Shared {
         let mut connections = self.connections.lock().expect("connection registry poisoned");
         if connections.get(&peer).is_some_and(|(c, _)| c.stable_id() == connection.stable_id()) {
             connections.remove(&peer);
+        }
+    }
+
+    /// Updates a peer's record; creates it on first use.
+    fn with_peer<T>(&self, peer: NodeId, f: impl FnOnce(&mut PeerRecord) -> T) -> T {
+        f(self.peers.lock().expect("peer records poisoned").entry(peer).or_default())
+    }
+
+    /// Updates a peer's record if it still exists (a removed peer's last session must not
+    /// bring it back).
+    fn update_peer(&self, peer: NodeId, f: impl FnOnce(&mut PeerRecord)) {
+        if let Some(record) = self.peers.lock().expect("peer records poisoned").get_mut(&peer) {
+            f(record);
         }
     }
 
@@ -176,7 +242,7 @@ impl SyncNode {
         server.transport_config(transport.clone());
         server.migration(false);
         server.max_incoming(INCOMING_PENDING_MAX);
-        let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&identity, allowed)?));
+        let mut client = quinn::ClientConfig::new(Arc::new(tls::client_crypto(&identity, allowed.clone())?));
         client.transport_config(transport);
 
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
@@ -196,7 +262,11 @@ impl SyncNode {
             origin: Instant::now(),
             changed,
             connections: Mutex::new(BTreeMap::new()),
-            stats: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
+            allowed,
+            handshakes_refused: AtomicU64::new(0),
+            protocol_errors: AtomicU64::new(0),
+            rejected_changes: AtomicU64::new(0),
             shutting_down: AtomicBool::new(false),
         });
         tokio::spawn(accept_loop(shared.clone()));
@@ -213,9 +283,33 @@ impl SyncNode {
         Ok(self.shared.endpoint.local_addr()?)
     }
 
-    /// Keeps a connection to `peer` at `addr`, reconnecting with backoff, until shutdown.
+    /// Allows `peer` and keeps a connection to it at `addr`, reconnecting with backoff,
+    /// until it is removed or the node shuts down. Adding a peer again replaces its address.
     pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
-        tokio::spawn(dial_loop(self.shared.clone(), peer, addr));
+        self.shared.allowed.write().expect("allow-list poisoned").insert(peer);
+        let dialer = tokio::spawn(dial_loop(self.shared.clone(), peer, addr));
+        let previous = self.shared.with_peer(peer, |record| {
+            record.addr = Some(addr);
+            record.dialer.replace(dialer)
+        });
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+    }
+
+    /// Stops dialling `peer`, takes it off the allow-list and closes its connection.
+    /// Returns whether the peer was known (added, or connected to us).
+    pub fn remove_peer(&self, peer: NodeId) -> bool {
+        let allowed = self.shared.allowed.write().expect("allow-list poisoned").remove(&peer);
+        let record = self.shared.peers.lock().expect("peer records poisoned").remove(&peer);
+        if let Some(dialer) = record.as_ref().and_then(|r| r.dialer.as_ref()) {
+            dialer.abort();
+        }
+        let connection = self.shared.connections.lock().expect("connection registry poisoned").remove(&peer);
+        if let Some((connection, _)) = &connection {
+            connection.close(CLOSE_OK.into(), b"peer removed");
+        }
+        allowed || record.is_some() || connection.is_some()
     }
 
     /// Writes a batch through the replica and pushes it to connected peers.
@@ -247,10 +341,34 @@ impl SyncNode {
         connections.iter().filter(|(_, (c, _))| c.close_reason().is_none()).map(|(id, _)| *id).collect()
     }
 
-    /// Counters of the current or last session with each peer.
+    /// Every known peer (added, or connected to us since the start) with its counters.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
-        let stats = self.shared.stats.lock().expect("stats poisoned");
-        stats.iter().map(|(node_id, stats)| PeerStatus { node_id: *node_id, stats: stats.clone() }).collect()
+        let now = self.shared.now_ms();
+        let connected = self.connected_peers();
+        let peers = self.shared.peers.lock().expect("peer records poisoned");
+        peers
+            .iter()
+            .map(|(node_id, record)| PeerStatus {
+                node_id: *node_id,
+                addr: record.addr,
+                connected: connected.contains(node_id),
+                stats: record.current.clone(),
+                totals: record.totals.clone(),
+                sessions: record.sessions,
+                lag_changes: record.lag_changes,
+                last_contact_ms_ago: record.last_contact_ms.map(|t| now.saturating_sub(t)),
+                last_error: record.last_error.clone(),
+            })
+            .collect()
+    }
+
+    /// Node-wide counters since the start.
+    pub fn counters(&self) -> NodeCounters {
+        NodeCounters {
+            handshakes_refused: self.shared.handshakes_refused.load(Ordering::Relaxed),
+            protocol_errors: self.shared.protocol_errors.load(Ordering::Relaxed),
+            rejected_changes: self.shared.rejected_changes.load(Ordering::Relaxed),
+        }
     }
 
     /// Closes every connection and the endpoint.
@@ -266,7 +384,14 @@ async fn accept_loop(shared: Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             // A refused handshake (peer not on the allow-list) ends here.
-            let Ok(connection) = incoming.await else { return };
+            let connection = match incoming.await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "refused an incoming sync connection");
+                    return;
+                }
+            };
             let Some(peer) = tls::peer_node_id(&connection) else { return };
             run_connection(shared, connection, peer, false).await;
         });
@@ -320,12 +445,18 @@ async fn run_connection(shared: Arc<Shared>, connection: quinn::Connection, peer
         return;
     }
     tracing::info!(%peer, "sync connection established");
-    if let Err(reason) = drive_connection(&shared, &connection, peer, dialed).await {
+    shared.with_peer(peer, |record| {
+        record.sessions += 1;
+        record.current = SessionStats::default();
+    });
+    let result = drive_connection(&shared, &connection, peer, dialed).await;
+    if let Err(reason) = &result {
         tracing::info!(%peer, %reason, "sync connection closed");
         connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
     } else {
         connection.close(CLOSE_OK.into(), b"session closed");
     }
+    shared.update_peer(peer, |record| record.last_error = result.err());
     shared.unregister(peer, &connection);
 }
 
@@ -348,14 +479,23 @@ async fn drive_connection(
     let mut changed = shared.changed.subscribe();
     let mut input = Input::Start;
     let result = loop {
-        let (next, out, events) = step(shared, session.take().expect("session returned by step"), input).await?;
+        let received = matches!(input, Input::Frame(_));
+        let (next, out, events, lag) = step(shared, session.take().expect("session returned by step"), input).await?;
         for bytes in out {
             send.write_all(&frame::length_prefixed(&bytes)).await.map_err(|e| e.to_string())?;
         }
-        shared.stats.lock().expect("stats poisoned").insert(peer, next.stats().clone());
+        record_step(shared, peer, &next, lag, received);
         for event in events {
-            if let Event::Applied(_) = event {
-                shared.notify_changed();
+            match event {
+                Event::Applied(_) => shared.notify_changed(),
+                Event::Closed { error: Some(ProtocolError::ChangeRejected(_)) } => {
+                    shared.rejected_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Closed { error: Some(ProtocolError::ClosedByPeer { .. }) | None } => {}
+                Event::Closed { error: Some(_) } => {
+                    shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
         }
         if next.is_closed() {
@@ -378,6 +518,32 @@ async fn drive_connection(
     result
 }
 
+/// Folds a session step into the peer's record: counter deltas into the totals, the lag,
+/// and the time of the last frame received.
+fn record_step(shared: &Shared, peer: NodeId, session: &Session, lag: u64, received: bool) {
+    let now = shared.now_ms();
+    shared.update_peer(peer, |record| {
+        let (before, after) = (&record.current, session.stats());
+        let totals = &mut record.totals;
+        totals.frames_sent += after.frames_sent.saturating_sub(before.frames_sent);
+        totals.bytes_sent += after.bytes_sent.saturating_sub(before.bytes_sent);
+        totals.frames_received += after.frames_received.saturating_sub(before.frames_received);
+        totals.bytes_received += after.bytes_received.saturating_sub(before.bytes_received);
+        totals.changes_sent += after.changes_sent.saturating_sub(before.changes_sent);
+        totals.changes_received += after.changes_received.saturating_sub(before.changes_received);
+        record.current = after.clone();
+        record.lag_changes = lag;
+        if received {
+            record.last_contact_ms = Some(now);
+        }
+    });
+}
+
+/// Changes in `ours` that `theirs` lacks.
+fn changes_missing(ours: &VersionVector, theirs: &VersionVector) -> u64 {
+    ours.iter().map(|(origin, seq)| seq.saturating_sub(theirs.seq(origin))).sum()
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
@@ -390,7 +556,7 @@ async fn step(
     shared: &Arc<Shared>,
     mut session: Session,
     input: Input,
-) -> Result<(Session, Vec<Vec<u8>>, Vec<Event>), String> {
+) -> Result<(Session, Vec<Vec<u8>>, Vec<Event>, u64), String> {
     let now = shared.now_ms();
     let handle = shared.replica.clone();
     let work = move || {
@@ -407,7 +573,8 @@ async fn step(
                 out.push(bytes);
             }
             let events = std::iter::from_fn(|| session.poll_event()).collect();
-            (session, out, events)
+            let lag = changes_missing(replica.version_vector(), session.peer_vector());
+            (session, out, events, lag)
         })
     };
     tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())

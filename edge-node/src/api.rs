@@ -1,0 +1,411 @@
+//! The local HTTP/JSON API (axum): SQL, status, peers, health, integrity, backup, row
+//! history and Prometheus metrics.
+//!
+//! Every route but `/v1/health` requires `Authorization: Bearer <token>` when a token is
+//! configured (the config refuses to bind beyond loopback without one). Store work runs on
+//! tokio's blocking pool: queries read a redb snapshot on that thread, writes go through
+//! the replica's owner thread (group commit), so no redb transaction crosses an `.await`.
+//! A write statement is answered only after its durable commit, then the sync sessions
+//! are told to push it. Errors are `{"error": "..."}` with a 4xx/5xx status. README "HTTP
+//! API" documents each route; keep the two in step.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use edgestore::sql::{self, SqlError};
+use edgestore::{ReplicaHandle, Value};
+use serde::Deserialize;
+use serde_json::{json, Value as JsonValue};
+use sync_protocol::transport::{FaultSwitch, SyncNode};
+
+use crate::config::{parse_node_id, Config, PeerList};
+use crate::json::{from_json, to_json};
+use crate::metrics::{self, ApiCounters, StoreFigures};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct Node {
+    pub handle: ReplicaHandle,
+    pub sync: SyncNode,
+    pub config: Config,
+    pub sync_addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    pub counters: ApiCounters,
+    pub started: Instant,
+    /// Serialises edits of the peer list file.
+    pub peers_file: tokio::sync::Mutex<()>,
+    /// The sync socket's cut-off switch, exposed only when fault injection is enabled
+    /// (`EDGE_NODE_FAULT_INJECTION=1`, for end-to-end partition tests).
+    pub fault: Option<FaultSwitch>,
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl std::fmt::Display) -> ApiError {
+        ApiError { status: StatusCode::BAD_REQUEST, message: message.to_string() }
+    }
+
+    fn internal(message: impl std::fmt::Display) -> ApiError {
+        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.to_string() }
+    }
+
+    fn from_sql(error: SqlError) -> ApiError {
+        let status = match &error {
+            SqlError::Storage(_) | SqlError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError { status, message: error.to_string() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+type Answer = Result<Json<JsonValue>, ApiError>;
+
+/// The router with every route.
+pub fn router(node: Arc<Node>) -> Router {
+    let protected = Router::new()
+        .route("/v1/sql", post(sql_route))
+        .route("/v1/status", get(status_route))
+        .route("/v1/peers", get(peers_route).post(add_peer_route))
+        .route("/v1/peers/{node_id}", delete(remove_peer_route))
+        .route("/v1/check", post(check_route))
+        .route("/v1/backup", post(backup_route))
+        .route("/v1/history", get(history_route))
+        .route("/metrics", get(metrics_route))
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+    let mut router = Router::new().route("/v1/health", get(health_route)).merge(protected);
+    if node.fault.is_some() {
+        router = router.route(
+            "/v1/debug/fault",
+            post(fault_route).route_layer(middleware::from_fn_with_state(node.clone(), require_token)),
+        );
+    }
+    router.with_state(node)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    /// `true` drops every sync datagram in and out; `false` restores them.
+    cut: bool,
+}
+
+async fn fault_route(State(node): State<Arc<Node>>, Json(request): Json<FaultRequest>) -> Answer {
+    let switch = node.fault.as_ref().ok_or_else(|| ApiError::bad_request("fault injection is disabled"))?;
+    if request.cut {
+        switch.cut();
+    } else {
+        switch.heal();
+    }
+    tracing::warn!(cut = request.cut, "fault injection: sync socket switched");
+    Ok(Json(json!({ "cut": request.cut })))
+}
+
+async fn require_token(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
+    let Some(token) = &node.config.api_token else { return next.run(request).await };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // blake3's Hash compares in constant time.
+    match presented {
+        Some(presented) if blake3::hash(presented.as_bytes()) == blake3::hash(token.as_bytes()) => {
+            next.run(request).await
+        }
+        _ => ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".into() }
+            .into_response(),
+    }
+}
+
+/// Runs store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(format!("store task failed: {e}")))?
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlRequest {
+    sql: String,
+    #[serde(default)]
+    params: Vec<JsonValue>,
+}
+
+async fn sql_route(State(node): State<Arc<Node>>, Json(request): Json<SqlRequest>) -> Answer {
+    let params = request
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| from_json(p).map_err(|e| ApiError::bad_request(format!("parameter {}: {e}", i + 1))))
+        .collect::<Result<Vec<Value>, _>>()?;
+    let worker = node.clone();
+    let result = blocking(move || run_sql(&worker, &request.sql, &params)).await;
+    if result.is_err() {
+        node.counters.sql_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    result.map(Json)
+}
+
+fn run_sql(node: &Node, text: &str, params: &[Value]) -> Result<JsonValue, ApiError> {
+    let statement = sql::prepare(text).map_err(ApiError::from_sql)?;
+    let mut handle = node.handle.clone();
+    let result = statement.execute(&mut handle, params, crate::now_ms()).map_err(ApiError::from_sql)?;
+    if !statement.is_read_only() {
+        node.counters.writes.fetch_add(1, Ordering::Relaxed);
+        node.counters.rows_written.fetch_add(result.rows_affected, Ordering::Relaxed);
+        node.sync.notify_changed();
+        return Ok(json!({ "columns": [], "rows": [], "rows_affected": result.rows_affected }));
+    }
+    node.counters.queries.fetch_add(1, Ordering::Relaxed);
+    let columns = result.columns.clone();
+    let mut rows = Vec::new();
+    for row in result.rows {
+        if rows.len() == node.config.max_result_rows {
+            return Err(ApiError::bad_request(format!(
+                "the result has more than {} rows (api.max_result_rows); add a LIMIT",
+                node.config.max_result_rows
+            )));
+        }
+        let row = row.map_err(ApiError::from_sql)?;
+        rows.push(JsonValue::Array(row.iter().map(to_json).collect()));
+    }
+    Ok(json!({ "columns": columns, "rows": rows, "rows_affected": 0 }))
+}
+
+async fn health_route(State(node): State<Arc<Node>>) -> Answer {
+    let handle = node.handle.clone();
+    blocking(move || {
+        handle.call(|_| ()).map_err(|e| ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() })
+    })
+    .await?;
+    Ok(Json(json!({ "status": "ok" })))
+}
+
+async fn status_route(State(node): State<Arc<Node>>) -> Answer {
+    let handle = node.handle.clone();
+    let store = blocking(move || {
+        handle
+            .call(|replica| -> Result<JsonValue, String> {
+                let vector = replica.version_vector();
+                let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
+                Ok(json!({
+                    "tables": tables,
+                    "changes": vector.total_changes(),
+                    "origins": vector.len(),
+                    "local_changes": vector.seq(replica.node_id()),
+                    "pending_changes": replica.pending_changes().map_err(|e| e.to_string())?,
+                    "digest": replica.state_digest().map_err(|e| e.to_string())?.to_string(),
+                }))
+            })
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let mut answer = json!({
+        "node_id": node.handle.node_id().to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "cluster": node.config.cluster,
+        "data_dir": node.config.data_dir.display().to_string(),
+        "sync_addr": node.sync_addr.to_string(),
+        "api_addr": node.api_addr.to_string(),
+        "uptime_s": node.started.elapsed().as_secs(),
+        "store_bytes": store_bytes(&node.config),
+        "peers_connected": node.sync.connected_peers().len(),
+    });
+    merge(&mut answer, store);
+    Ok(Json(answer))
+}
+
+fn merge(into: &mut JsonValue, from: JsonValue) {
+    if let (Some(into), JsonValue::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
+
+fn store_bytes(config: &Config) -> u64 {
+    std::fs::metadata(config.data_dir.join(crate::STORE_FILE)).map_or(0, |m| m.len())
+}
+
+async fn peers_route(State(node): State<Arc<Node>>) -> Answer {
+    let peers: Vec<JsonValue> = node
+        .sync
+        .peer_status()
+        .iter()
+        .map(|p| {
+            json!({
+                "node_id": p.node_id.to_string(),
+                "addr": p.addr.map(|a| a.to_string()),
+                "connected": p.connected,
+                "sessions": p.sessions,
+                "lag_changes": p.lag_changes,
+                "last_contact_ms_ago": p.last_contact_ms_ago,
+                "changes_sent": p.totals.changes_sent,
+                "changes_received": p.totals.changes_received,
+                "bytes_sent": p.totals.bytes_sent,
+                "bytes_received": p.totals.bytes_received,
+                "last_error": p.last_error,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "peers": peers })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerRequest {
+    node_id: String,
+    addr: String,
+}
+
+async fn add_peer_route(State(node): State<Arc<Node>>, Json(request): Json<PeerRequest>) -> Answer {
+    let peer = parse_node_id(&request.node_id).map_err(ApiError::bad_request)?;
+    let addr: SocketAddr = request
+        .addr
+        .parse()
+        .map_err(|e| ApiError::bad_request(format!("addr {:?}: {e} (expected IP:PORT)", request.addr)))?;
+    if peer == node.handle.node_id() {
+        return Err(ApiError::bad_request("that is this node's own id"));
+    }
+    let _guard = node.peers_file.lock().await;
+    let mut list = PeerList::load(&node.config.data_dir).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let added = list.upsert(peer, addr);
+    list.save(&node.config.data_dir).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    node.sync.add_peer(peer, addr);
+    tracing::info!(%peer, %addr, "peer added");
+    Ok(Json(json!({ "node_id": peer.to_string(), "addr": addr.to_string(), "added": added })))
+}
+
+async fn remove_peer_route(State(node): State<Arc<Node>>, UrlPath(node_id): UrlPath<String>) -> Answer {
+    let peer = parse_node_id(&node_id).map_err(ApiError::bad_request)?;
+    if node.config.peers.iter().any(|(id, _)| *id == peer) {
+        let file = node.config.file.as_ref().map_or("the config file".into(), |f| f.display().to_string());
+        return Err(ApiError::bad_request(format!("peer {peer} is configured in {file}; remove it there")));
+    }
+    let _guard = node.peers_file.lock().await;
+    let mut list = PeerList::load(&node.config.data_dir).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let listed = list.remove(peer);
+    list.save(&node.config.data_dir).map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let known = node.sync.remove_peer(peer);
+    if !listed && !known {
+        return Err(ApiError { status: StatusCode::NOT_FOUND, message: format!("no peer {peer}") });
+    }
+    tracing::info!(%peer, "peer removed");
+    Ok(Json(json!({ "node_id": peer.to_string(), "removed": true })))
+}
+
+async fn check_route(State(node): State<Arc<Node>>) -> Answer {
+    let handle = node.handle.clone();
+    let problems = blocking(move || {
+        handle
+            .call(|replica| replica.check_integrity().map_err(|e| e.to_string()))
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    Ok(Json(json!({ "ok": problems.is_empty(), "problems": problems })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupRequest {
+    path: PathBuf,
+}
+
+async fn backup_route(State(node): State<Arc<Node>>, Json(request): Json<BackupRequest>) -> Answer {
+    if !request.path.is_absolute() {
+        return Err(ApiError::bad_request(format!("backup path {} must be absolute", request.path.display())));
+    }
+    let handle = node.handle.clone();
+    let report = blocking(move || {
+        let snapshot = handle.snapshot().map_err(ApiError::internal)?;
+        crate::backup::write_backup(&snapshot, &request.path).map_err(|e| ApiError::bad_request(format!("{e:#}")))
+    })
+    .await?;
+    Ok(Json(report))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryRequest {
+    table: String,
+    /// The primary key: a JSON array of values, one per key column.
+    key: String,
+}
+
+async fn history_route(State(node): State<Arc<Node>>, Query(request): Query<HistoryRequest>) -> Answer {
+    let key: JsonValue = serde_json::from_str(&request.key)
+        .map_err(|e| ApiError::bad_request(format!("key {:?} is not a JSON array: {e}", request.key)))?;
+    let JsonValue::Array(parts) = key else {
+        return Err(ApiError::bad_request("key must be a JSON array of the primary key's values"));
+    };
+    let key = parts.iter().map(from_json).collect::<Result<Vec<Value>, _>>().map_err(ApiError::bad_request)?;
+    let handle = node.handle.clone();
+    let answer = blocking(move || {
+        let snapshot = handle.snapshot().map_err(ApiError::internal)?;
+        crate::history::row_history(&snapshot, &request.table, &key)
+            .map_err(|e| ApiError::bad_request(format!("{e:#}")))
+    })
+    .await?;
+    Ok(Json(answer))
+}
+
+async fn metrics_route(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let handle = node.handle.clone();
+    let mut figures = blocking(move || store_figures(&handle)).await?;
+    figures.store_bytes = store_bytes(&node.config);
+    let text = metrics::render(
+        &node.counters,
+        &figures,
+        &node.sync.peer_status(),
+        &node.sync.counters(),
+        node.started.elapsed().as_secs(),
+    );
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
+    let snapshot = Arc::new(handle.snapshot().map_err(ApiError::internal)?);
+    let conflicts = sql::query(snapshot, "SELECT COUNT(*) FROM edgestore_conflicts WHERE is_winner", &[])
+        .and_then(|r| r.collect_rows())
+        .map_err(ApiError::from_sql)?;
+    let conflicts = match conflicts.first().and_then(|row| row.first()) {
+        Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    handle
+        .call(move |replica| -> Result<StoreFigures, String> {
+            let vector = replica.version_vector();
+            Ok(StoreFigures {
+                local_changes: vector.seq(replica.node_id()),
+                changes: vector.total_changes(),
+                pending_changes: replica.pending_changes().map_err(|e| e.to_string())?,
+                conflicts,
+                store_bytes: 0,
+            })
+        })
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}

@@ -1,0 +1,128 @@
+//! A small blocking client of a running node's HTTP API, for the shell and the CLI.
+//!
+//! It speaks HTTP/1.1 with hyper (already in the tree through axum) on a current-thread
+//! runtime, one connection per request: the API is local and requests are few. A node is
+//! found through `<data dir>/node.api`, which a running daemon writes; a stale file (the
+//! node was killed) is recognised because nothing answers there.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{header, Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::Value as Json;
+
+use crate::daemon::RUNTIME_FILE;
+
+/// How long a request may take before the client gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting may take (the API is local).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection to a node's API.
+#[derive(Debug)]
+pub struct Client {
+    /// `host:port`.
+    authority: String,
+    token: Option<String>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Client {
+    /// A client for `url` (`http://host:port`).
+    pub fn new(url: &str, token: Option<String>) -> Result<Client> {
+        let authority = url
+            .strip_prefix("http://")
+            .ok_or_else(|| anyhow!("API URL {url:?} must start with http://"))?
+            .trim_end_matches('/')
+            .to_string();
+        if authority.is_empty() || authority.contains('/') {
+            bail!("API URL {url:?} must be http://HOST:PORT");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the client runtime")?;
+        Ok(Client { authority, token, runtime })
+    }
+
+    /// The node running on `data_dir`, if one answers; `None` if none runs there.
+    pub fn discover(data_dir: &Path, token: Option<String>) -> Result<Option<Client>> {
+        let path = data_dir.join(RUNTIME_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let runtime: Json = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+        let url = runtime["url"].as_str().ok_or_else(|| anyhow!("{} has no url", path.display()))?;
+        let client = Client::new(url, token)?;
+        Ok(client.get("/v1/health").is_ok().then_some(client))
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.authority)
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Result<Json> {
+        self.request(Method::GET, path, None)
+    }
+
+    /// `POST path` with a JSON body.
+    pub fn post(&self, path: &str, body: &Json) -> Result<Json> {
+        self.request(Method::POST, path, Some(body))
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Result<Json> {
+        self.request(Method::DELETE, path, None)
+    }
+
+    fn request(&self, method: Method, path: &str, body: Option<&Json>) -> Result<Json> {
+        let (status, bytes) = self.runtime.block_on(self.send(method, path, body))?;
+        let answer: Json = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} answered HTTP {status} with a body that is not JSON", self.url()))?;
+        if !status.is_success() {
+            let message = answer["error"].as_str().map_or_else(|| answer.to_string(), str::to_string);
+            bail!("{message}");
+        }
+        Ok(answer)
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<&Json>) -> Result<(hyper::StatusCode, Vec<u8>)> {
+        let connect = tokio::net::TcpStream::connect(&self.authority);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| anyhow!("connecting to {} timed out", self.url()))?
+            .with_context(|| format!("connecting to the node at {}", self.url()))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
+        tokio::spawn(connection);
+        let mut request = Request::builder().method(method).uri(path).header(header::HOST, &self.authority);
+        if let Some(token) = &self.token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(json) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Bytes::from(json.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body)).context("building the request")?;
+        let exchange = async {
+            let response = sender.send_request(request).await.context("sending the request")?;
+            let status = response.status();
+            let bytes = response.into_body().collect().await.context("reading the answer")?.to_bytes();
+            Ok::<_, anyhow::Error>((status, bytes.to_vec()))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| anyhow!("{} did not answer in time", self.url()))?
+    }
+}

@@ -1,0 +1,412 @@
+//! The node's configuration: a TOML file, environment variables and command-line flags,
+//! resolved into one validated [`Config`] at start.
+//!
+//! Precedence, highest first: a flag, its environment variable (clap reads both), the
+//! config file, the built-in default. The file is `--config FILE` (`EDGE_NODE_CONFIG`), or
+//! `<data dir>/edge-node.toml` when that exists. Unknown keys are errors, so a typo never
+//! silently falls back to a default. Every error names where the bad value came from, the
+//! key and the problem. README "Configuration" is the reference; keep the two in step.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use edgestore::NodeId;
+use serde::{Deserialize, Serialize};
+
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "edge-data";
+/// Default QUIC (UDP) address for peer sync.
+pub const DEFAULT_SYNC_LISTEN: &str = "127.0.0.1:7400";
+/// Default address of the local HTTP API.
+pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7480";
+/// Default cluster name; nodes of different clusters refuse each other.
+pub const DEFAULT_CLUSTER: &str = "default";
+/// Name of the config file looked for in the data directory.
+pub const CONFIG_FILE: &str = "edge-node.toml";
+/// Rows one API query may return, by default.
+pub const DEFAULT_MAX_RESULT_ROWS: usize = 100_000;
+
+/// The config file's layout. Every key is optional; see the README for each one.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Data directory, relative to the config file's directory.
+    pub data_dir: Option<PathBuf>,
+    /// Cluster name.
+    pub cluster: Option<String>,
+    /// `[sync]`.
+    #[serde(default)]
+    pub sync: FileSync,
+    /// `[api]`.
+    #[serde(default)]
+    pub api: FileApi,
+    /// `[log]`.
+    #[serde(default)]
+    pub log: FileLog,
+    /// `[[peers]]`.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+}
+
+/// `[sync]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSync {
+    /// UDP address of the QUIC endpoint.
+    pub listen: Option<SocketAddr>,
+    /// Send a keepalive after this long without traffic (ms).
+    pub keepalive_ms: Option<u64>,
+    /// Drop a peer silent for this long (ms).
+    pub idle_timeout_ms: Option<u64>,
+}
+
+/// `[api]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApi {
+    /// TCP address of the HTTP API.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token clients must send.
+    pub token: Option<String>,
+    /// Rows one query may return.
+    pub max_result_rows: Option<usize>,
+}
+
+/// `[log]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLog {
+    /// `text` or `json`.
+    pub format: Option<LogFormat>,
+    /// A `tracing` filter such as `info` or `info,sync_protocol=debug`.
+    pub level: Option<String>,
+}
+
+/// A peer: its node id and the UDP address of its sync endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    /// The peer's node id (32 hex digits, as `edge-node status` prints it).
+    pub node_id: String,
+    /// The peer's sync address.
+    pub addr: SocketAddr,
+}
+
+impl PeerEntry {
+    /// The parsed node id, or an error naming `origin`.
+    pub fn parsed_node_id(&self, origin: &str) -> Result<NodeId> {
+        parse_node_id(&self.node_id).with_context(|| format!("{origin}: peer {:?}", self.node_id))
+    }
+}
+
+/// Parses a node id with an error that says what one looks like.
+pub fn parse_node_id(text: &str) -> Result<NodeId> {
+    NodeId::from_str(text.trim())
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a node id (32 hex digits, as `edge-node status` prints)"))
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Values given as flags or environment variables (clap merges the two).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub cluster: Option<String>,
+    pub sync_listen: Option<SocketAddr>,
+    pub api_listen: Option<SocketAddr>,
+    pub api_token: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+/// The resolved, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// The config file read, if any.
+    pub file: Option<PathBuf>,
+    pub cluster: String,
+    pub sync_listen: SocketAddr,
+    pub keepalive_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub api_listen: SocketAddr,
+    pub api_token: Option<String>,
+    pub max_result_rows: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    /// Peers from the config file (the data directory's peer list is separate).
+    pub peers: Vec<(NodeId, SocketAddr)>,
+}
+
+/// Where a value came from, for error messages.
+struct Origin<'a> {
+    file: Option<&'a Path>,
+}
+
+impl Origin<'_> {
+    fn name(&self, key: &str, from_flag: bool, flag: &str) -> String {
+        match (from_flag, self.file) {
+            (true, _) => format!("{flag} (flag or environment)"),
+            (false, Some(file)) => format!("{}: `{key}`", file.display()),
+            (false, None) => format!("default `{key}`"),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the config file (if any) and applies the overrides; validates the result.
+    pub fn load(overrides: &Overrides) -> Result<Config> {
+        let (file_path, file) = read_file(overrides)?;
+        let origin = Origin { file: file_path.as_deref() };
+        let data_dir = match (&overrides.data_dir, &file.data_dir, &file_path) {
+            (Some(dir), _, _) => dir.clone(),
+            (None, Some(dir), Some(path)) => path.parent().unwrap_or(Path::new(".")).join(dir),
+            _ => PathBuf::from(DEFAULT_DATA_DIR),
+        };
+        let default_addr = |text: &str| text.parse::<SocketAddr>().expect("built-in default addresses parse");
+        let config = Config {
+            data_dir,
+            cluster: pick(&overrides.cluster, &file.cluster, || DEFAULT_CLUSTER.to_string()),
+            sync_listen: pick(&overrides.sync_listen, &file.sync.listen, || default_addr(DEFAULT_SYNC_LISTEN)),
+            keepalive_ms: file.sync.keepalive_ms.unwrap_or(5_000),
+            idle_timeout_ms: file.sync.idle_timeout_ms.unwrap_or(15_000),
+            api_listen: pick(&overrides.api_listen, &file.api.listen, || default_addr(DEFAULT_API_LISTEN)),
+            api_token: overrides.api_token.clone().or(file.api.token.clone()).filter(|t| !t.is_empty()),
+            max_result_rows: file.api.max_result_rows.unwrap_or(DEFAULT_MAX_RESULT_ROWS),
+            log_format: pick(&overrides.log_format, &file.log.format, LogFormat::default),
+            log_level: pick(&overrides.log_level, &file.log.level, || "info".to_string()),
+            peers: file
+                .peers
+                .iter()
+                .map(|p| Ok((p.parsed_node_id(&origin.name("peers", false, ""))?, p.addr)))
+                .collect::<Result<_>>()?,
+            file: file_path.clone(),
+        };
+        config.validate(overrides, &origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, overrides: &Overrides, origin: &Origin<'_>) -> Result<()> {
+        if self.cluster.trim().is_empty() {
+            bail!("{}: the cluster name is empty", origin.name("cluster", overrides.cluster.is_some(), "--cluster"));
+        }
+        if !self.api_listen.ip().is_loopback() && self.api_token.is_none() {
+            bail!(
+                "{}: the API listens on {}, beyond loopback, so it needs a bearer token: set `api.token` \
+                 in the config file or EDGE_NODE_API_TOKEN",
+                origin.name("api.listen", overrides.api_listen.is_some(), "--api-listen"),
+                self.api_listen
+            );
+        }
+        if self.keepalive_ms == 0 || self.idle_timeout_ms <= self.keepalive_ms {
+            bail!(
+                "{}: `sync.idle_timeout_ms` ({}) must be greater than `sync.keepalive_ms` ({}), and both above 0",
+                origin.name("sync", false, ""),
+                self.idle_timeout_ms,
+                self.keepalive_ms
+            );
+        }
+        if self.max_result_rows == 0 {
+            bail!("{}: must be at least 1", origin.name("api.max_result_rows", false, ""));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {:?} is not a log filter ({e}); try `info` or `info,sync_protocol=debug`",
+                origin.name("log.level", overrides.log_level.is_some(), "--log-level"),
+                self.log_level
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The cluster id sent in `Hello`: the first 16 bytes of blake3 of the cluster name.
+    pub fn cluster_id(&self) -> sync_protocol::ClusterId {
+        let hash = blake3::hash(self.cluster.as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&hash.as_bytes()[..16]);
+        sync_protocol::ClusterId(id)
+    }
+}
+
+fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: impl FnOnce() -> T) -> T {
+    flag.clone().or_else(|| file.clone()).unwrap_or_else(default)
+}
+
+fn read_file(overrides: &Overrides) -> Result<(Option<PathBuf>, FileConfig)> {
+    let path = match &overrides.config {
+        Some(path) => path.clone(),
+        None => {
+            let implicit = overrides.data_dir.as_deref().unwrap_or(Path::new(DEFAULT_DATA_DIR)).join(CONFIG_FILE);
+            if !implicit.exists() {
+                return Ok((None, FileConfig::default()));
+            }
+            implicit
+        }
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    Ok((Some(path), file))
+}
+
+/// The peers added with `edge-node peers add`, kept in `<data dir>/peers.toml`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerList {
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+}
+
+/// File name of the peer list inside the data directory.
+pub const PEERS_FILE: &str = "peers.toml";
+
+impl PeerList {
+    /// Reads the list; a missing file is an empty list.
+    pub fn load(data_dir: &Path) -> Result<PeerList> {
+        let path = data_dir.join(PEERS_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("peer list {}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PeerList::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the list atomically (temporary file, then rename).
+    pub fn save(&self, data_dir: &Path) -> Result<()> {
+        let path = data_dir.join(PEERS_FILE);
+        let text = format!(
+            "# Peers of this node, managed by `edge-node peers add|remove`.\n{}",
+            toml::to_string(self).context("encoding the peer list")?
+        );
+        let temporary = data_dir.join(format!("{PEERS_FILE}.tmp"));
+        std::fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
+        std::fs::rename(&temporary, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Adds or re-addresses a peer; returns whether it was new.
+    pub fn upsert(&mut self, node: NodeId, addr: SocketAddr) -> bool {
+        let id = node.to_string();
+        match self.peers.iter_mut().find(|p| p.node_id == id) {
+            Some(entry) => {
+                entry.addr = addr;
+                false
+            }
+            None => {
+                self.peers.push(PeerEntry { node_id: id, addr });
+                true
+            }
+        }
+    }
+
+    /// Removes a peer; returns whether it was listed.
+    pub fn remove(&mut self, node: NodeId) -> bool {
+        let before = self.peers.len();
+        let id = node.to_string();
+        self.peers.retain(|p| p.node_id != id);
+        self.peers.len() != before
+    }
+
+    /// The parsed entries.
+    pub fn parsed(&self, data_dir: &Path) -> Result<Vec<(NodeId, SocketAddr)>> {
+        let origin = data_dir.join(PEERS_FILE).display().to_string();
+        self.peers.iter().map(|p| Ok((p.parsed_node_id(&origin)?, p.addr))).collect()
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).expect("writing the config");
+        Config::load(&Overrides { config: Some(path), ..Overrides::default() })
+    }
+
+    #[test]
+    fn defaults_are_loopback() {
+        let config = Config::load(&Overrides { data_dir: Some("/nonexistent".into()), ..Default::default() })
+            .expect("defaults are valid");
+        assert!(config.api_listen.ip().is_loopback() && config.sync_listen.ip().is_loopback());
+        assert_eq!(config.api_token, None);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_file() {
+        let error = load_text("[api]\nlisen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        assert!(error.contains("node.toml") && error.contains("lisen"), "{error}");
+    }
+
+    #[test]
+    fn bad_address_is_refused_with_its_key() {
+        let error = load_text("[sync]\nlisten = \"nowhere\"\n").unwrap_err().to_string();
+        assert!(error.contains("listen") && error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn api_beyond_loopback_needs_a_token() {
+        let error = load_text("[api]\nlisten = \"0.0.0.0:7480\"\n").unwrap_err().to_string();
+        assert!(error.contains("api.listen") && error.contains("token"), "{error}");
+        let config = load_text("[api]\nlisten = \"0.0.0.0:7480\"\ntoken = \"s3cret\"\n").expect("valid with a token");
+        assert_eq!(config.api_token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "cluster = \"plant-7\"\ndata_dir = \"d\"\n[sync]\nlisten = \"127.0.0.1:9000\"\n")
+            .expect("writing the config");
+        let overrides = Overrides {
+            config: Some(path),
+            sync_listen: Some("127.0.0.1:9100".parse().expect("address")),
+            ..Overrides::default()
+        };
+        let config = Config::load(&overrides).expect("valid");
+        assert_eq!(config.sync_listen.port(), 9100);
+        assert_eq!(config.cluster, "plant-7");
+        assert_eq!(config.data_dir, dir.path().join("d"), "data_dir is relative to the config file");
+    }
+
+    #[test]
+    fn bad_peer_id_and_log_filter_are_named() {
+        let error = load_text("[[peers]]\nnode_id = \"xyz\"\naddr = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(format!("{error:#}").contains("xyz"), "{error:#}");
+        let error = load_text("[log]\nlevel = \"info,=[\"\n").unwrap_err().to_string();
+        assert!(error.contains("log.level"), "{error}");
+    }
+
+    #[test]
+    fn peer_list_round_trips() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let node = NodeId::from_public_key(b"peer");
+        let mut list = PeerList::load(dir.path()).expect("missing file is empty");
+        assert!(list.upsert(node, "127.0.0.1:7401".parse().expect("address")));
+        assert!(!list.upsert(node, "127.0.0.1:7402".parse().expect("address")));
+        list.save(dir.path()).expect("saving");
+        let loaded = PeerList::load(dir.path()).expect("loading");
+        assert_eq!(loaded.parsed(dir.path()).expect("valid"), vec![(node, "127.0.0.1:7402".parse().expect("a"))]);
+    }
+}

@@ -1,0 +1,181 @@
+//! `edge-node run`: the daemon. It opens (or on first run creates) the node's data
+//! directory, starts the replica's owner thread, the QUIC sync endpoint and the HTTP API,
+//! and runs until SIGTERM or SIGINT.
+//!
+//! Shutdown order: stop accepting HTTP requests and let in-flight ones finish (their
+//! commits complete and are answered), close the sync sessions and the endpoint, stop the
+//! runtime, then join the replica's owner thread so the redb file is closed cleanly. Every
+//! acknowledged write was durable before it was acknowledged, so a SIGKILL loses nothing
+//! either; the orderly path just spares the next start redb's repair.
+//!
+//! While it runs, `<data dir>/node.api` holds the API's URL, so the shell and the CLI on
+//! the same machine find the node (see `client.rs`); it is removed on orderly shutdown.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use edgestore::{Replica, ReplicaHandle};
+use serde_json::json;
+use sync_protocol::transport::{FaultSwitch, SyncNode, SyncNodeConfig};
+use sync_protocol::SessionConfig;
+
+use crate::api::{self, Node};
+use crate::config::{Config, LogFormat, PeerList};
+use crate::identity::Identity;
+use crate::metrics::ApiCounters;
+
+/// Name of the file that advertises a running node's API inside the data directory.
+pub const RUNTIME_FILE: &str = "node.api";
+/// How long shutdown waits for blocking store work still running.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Reconnect backoff to peers: first delay and cap (ms).
+const BACKOFF_MS: (u64, u64) = (200, 10_000);
+
+/// Runs the node until a shutdown signal.
+pub fn run(config: Config) -> Result<()> {
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("edge-node")
+        .build()
+        .context("starting the async runtime")?;
+    let owner = runtime.block_on(serve(&config))?;
+    // Dropping the runtime drops every task, and with them the last replica handles.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match owner.join() {
+        Ok(replica) => drop(replica),
+        Err(_) => anyhow::bail!("the replica's owner thread panicked"),
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&config.log_level);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Replica>> {
+    let (identity, replica) = crate::open_or_init(&config.data_dir)?;
+    let node_id = identity.node_id;
+    let (handle, owner) = ReplicaHandle::spawn(replica);
+    let (sync, sync_addr, fault) = start_sync(config, &identity, handle.clone())?;
+    let fault = fault_injection_enabled().then_some(fault);
+    if fault.is_some() {
+        tracing::warn!("fault injection is enabled (POST /v1/debug/fault); never in production");
+    }
+    let listener = tokio::net::TcpListener::bind(config.api_listen).await.with_context(|| {
+        format!(
+            "binding the HTTP API on {} (is another node running? choose another with --api-listen)",
+            config.api_listen
+        )
+    })?;
+    let api_addr = listener.local_addr().context("reading the API address")?;
+    let node = Arc::new(Node {
+        handle,
+        sync: sync.clone(),
+        config: config.clone(),
+        sync_addr,
+        api_addr,
+        counters: ApiCounters::default(),
+        started: Instant::now(),
+        peers_file: tokio::sync::Mutex::new(()),
+        fault,
+    });
+    write_runtime_file(&config.data_dir, api_addr)?;
+    print_banner(config, node_id, sync_addr, api_addr);
+    tracing::info!(node = %node_id, %sync_addr, %api_addr, "node started");
+
+    let served = axum::serve(listener, api::router(node)).with_graceful_shutdown(shutdown_signal()).await;
+    tracing::info!("shutting down: HTTP requests finished, closing sync sessions");
+    sync.shutdown().await;
+    let _ = std::fs::remove_file(config.data_dir.join(RUNTIME_FILE));
+    served.context("serving the HTTP API")?;
+    Ok(owner)
+}
+
+/// Whether `EDGE_NODE_FAULT_INJECTION=1`: the end-to-end tests cut a node off through the
+/// API. It is an environment variable only, never a config key, so no config file turns
+/// it on by accident.
+fn fault_injection_enabled() -> bool {
+    std::env::var("EDGE_NODE_FAULT_INJECTION").is_ok_and(|v| v == "1")
+}
+
+fn start_sync(
+    config: &Config,
+    identity: &Identity,
+    handle: ReplicaHandle,
+) -> Result<(SyncNode, SocketAddr, FaultSwitch)> {
+    let mut session = SessionConfig::new(config.cluster_id());
+    session.keepalive_ms = config.keepalive_ms;
+    session.idle_timeout_ms = config.idle_timeout_ms;
+    let sync_config = SyncNodeConfig { session, listen: config.sync_listen, backoff_ms: BACKOFF_MS };
+    let allowed = Arc::new(RwLock::new(BTreeSet::new()));
+    let (sync, fault) = SyncNode::start(handle, &identity.key_pair, allowed, sync_config).with_context(|| {
+        format!(
+            "starting peer sync on UDP {} (is another node running? choose another with --sync-listen)",
+            config.sync_listen
+        )
+    })?;
+    let peers = PeerList::load(&config.data_dir)?.parsed(&config.data_dir)?;
+    for (peer, addr) in config.peers.iter().chain(&peers) {
+        sync.add_peer(*peer, *addr);
+    }
+    let addr = sync.local_addr().context("reading the sync address")?;
+    Ok((sync, addr, fault))
+}
+
+fn write_runtime_file(data_dir: &Path, api_addr: SocketAddr) -> Result<()> {
+    let path = data_dir.join(RUNTIME_FILE);
+    let text = json!({ "url": format!("http://{api_addr}"), "pid": std::process::id() }).to_string();
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_banner(config: &Config, node_id: edgestore::NodeId, sync_addr: SocketAddr, api_addr: SocketAddr) {
+    let data_dir = config.data_dir.display();
+    println!("edge-node {} running", env!("CARGO_PKG_VERSION"));
+    println!("  node id:   {node_id}");
+    println!("  cluster:   {}", config.cluster);
+    println!("  data dir:  {data_dir}");
+    println!("  sync:      quic://{sync_addr}");
+    println!("  http api:  http://{api_addr}");
+    println!("open the shell:  edge-node --data-dir {data_dir} shell");
+    println!("add a peer:      edge-node --data-dir {data_dir} peers add <NODE_ID> <IP:PORT>");
+    println!("stop with Ctrl-C or SIGTERM");
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
