@@ -46,6 +46,7 @@ pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
     RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
 };
+pub use replica::{DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, REPAIR_DOCS_MAX};
 pub use schema::{ColumnDef, IndexSchema, SchemaError, TableSchema};
 pub use types::{ColumnType, NodeId, Value};
 pub use version_vector::VersionVector;

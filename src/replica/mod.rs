@@ -9,6 +9,7 @@
 
 mod apply;
 mod backup;
+mod digest;
 mod history;
 mod integrity;
 mod materialize;
@@ -37,6 +38,10 @@ use crate::version_vector::VersionVector;
 
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
+pub use digest::{
+    blake3_of, bucket_in_range, heads_bucket, DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, HEADS_TREE_FANOUT,
+    REPAIR_DOCS_MAX,
+};
 pub use history::{HistoryEntry, RowEffect};
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use read::{RowConflicts, RowIter, Snapshot};

@@ -22,6 +22,14 @@ pub const VECTOR_ENTRIES_MAX: usize = 4096;
 pub const BATCH_CHANGES_MAX: usize = 1024;
 /// Longest close reason, in bytes.
 pub const REASON_BYTES_MAX: usize = 512;
+/// Most ranges in one `Digests` frame.
+pub const DIGEST_RANGES_MAX: usize = 256;
+/// Most documents in one `Heads` frame.
+pub const HEADS_DOCS_MAX: usize = 4096;
+/// Most heads of one document on the wire (automerge heads = concurrent branches).
+pub const DOC_HEADS_MAX: usize = 1024;
+/// Most documents in one `Repair` frame.
+pub const REPAIR_DOCS_MAX: usize = edgestore::REPAIR_DOCS_MAX;
 
 /// A 16-byte cluster id: peers of different clusters never exchange data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,6 +48,20 @@ pub enum CloseCode {
     Timeout,
     /// A local failure (storage) ended the session.
     Internal,
+}
+
+/// One range of the heads digest tree (see `edgestore::HeadsTree`) with the sender's
+/// document count and digest for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeDigest {
+    /// Depth of the range, 0 (root) to `edgestore::HEADS_TREE_DEPTH` (a leaf bucket).
+    pub depth: u8,
+    /// The range's bucket prefix at that depth, `< 16^depth`.
+    pub prefix: u32,
+    /// Documents the sender holds in the range.
+    pub docs: u64,
+    /// The sender's digest of the range, 32 bytes.
+    pub digest: ByteBuf,
 }
 
 /// One protocol message.
@@ -79,6 +101,38 @@ pub enum Frame {
     Pong {
         /// The `Ping`'s nonce.
         nonce: u64,
+    },
+    /// Anti-entropy: the sender's digests of some heads-tree ranges. The receiver answers
+    /// each range that differs with its digests of the children, or with `Heads` once the
+    /// range is small or a leaf. Ignored unless both sides hold the same version vector.
+    Digests {
+        /// blake3 of the sender's wire version vector, 32 bytes.
+        vector: ByteBuf,
+        /// The ranges, at most [`DIGEST_RANGES_MAX`].
+        ranges: Vec<RangeDigest>,
+    },
+    /// Anti-entropy: the sender's documents (key, heads) in one range. The receiver sends
+    /// `Repair` with what the sender lacks and, unless `reply`, its own `Heads` back.
+    Heads {
+        /// blake3 of the sender's wire version vector, 32 bytes.
+        vector: ByteBuf,
+        /// Whether this answers a `Heads` (and must not be answered with one).
+        reply: bool,
+        /// Depth of the range.
+        depth: u8,
+        /// Prefix of the range.
+        prefix: u32,
+        /// Document key and concatenated 32-byte heads, key order, at most [`HEADS_DOCS_MAX`].
+        docs: Vec<(ByteBuf, ByteBuf)>,
+        /// Whether `docs` is every document of the range; if not, it covers the keys up to
+        /// its last one.
+        complete: bool,
+    },
+    /// Anti-entropy: automerge changes of documents the receiver lacks, merged into its
+    /// documents (never its log).
+    Repair {
+        /// Document key and its missing automerge changes, at most [`REPAIR_DOCS_MAX`].
+        docs: Vec<(ByteBuf, Vec<ByteBuf>)>,
     },
     /// The sender ends the session.
     Close {
@@ -140,6 +194,52 @@ impl Frame {
                 malformed("a Changes frame holds 1 to BATCH_CHANGES_MAX changes")
             }
             Frame::Close { reason, .. } if reason.len() > REASON_BYTES_MAX => malformed("close reason too long"),
+            Frame::Digests { vector, ranges } => {
+                let bad_range = |r: &RangeDigest| {
+                    r.depth > edgestore::HEADS_TREE_DEPTH
+                        || u64::from(r.prefix) >= 1u64 << (4 * u32::from(r.depth))
+                        || r.digest.len() != 32
+                };
+                if vector.len() != 32 || ranges.is_empty() || ranges.len() > DIGEST_RANGES_MAX {
+                    return malformed("a Digests frame holds a 32-byte vector hash and 1 to DIGEST_RANGES_MAX ranges");
+                }
+                if ranges.iter().any(bad_range) {
+                    return malformed("a digest range is out of the tree or its digest is not 32 bytes");
+                }
+                Ok(())
+            }
+            Frame::Heads { vector, depth, prefix, docs, .. } => {
+                if vector.len() != 32
+                    || *depth > edgestore::HEADS_TREE_DEPTH
+                    || u64::from(*prefix) >= 1u64 << (4 * u32::from(*depth))
+                    || docs.len() > HEADS_DOCS_MAX
+                {
+                    return malformed("a Heads frame's vector hash, range or document count is out of bounds");
+                }
+                let bad_doc = |(key, heads): &(ByteBuf, ByteBuf)| {
+                    key.is_empty()
+                        || key.len() > edgestore::change::DOC_KEY_BYTES_MAX
+                        || heads.is_empty()
+                        || !heads.len().is_multiple_of(32)
+                        || heads.len() > 32 * DOC_HEADS_MAX
+                };
+                if docs.iter().any(bad_doc) {
+                    return malformed("a Heads entry has a bad key or heads length");
+                }
+                Ok(())
+            }
+            Frame::Repair { docs } => {
+                if docs.is_empty() || docs.len() > REPAIR_DOCS_MAX {
+                    return malformed("a Repair frame holds 1 to REPAIR_DOCS_MAX documents");
+                }
+                if docs
+                    .iter()
+                    .any(|(key, changes)| key.len() > edgestore::change::DOC_KEY_BYTES_MAX || changes.is_empty())
+                {
+                    return malformed("a Repair entry has a bad key or no changes");
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
     }
@@ -165,6 +265,13 @@ pub fn frame_length(prefix: [u8; 4]) -> Result<usize, FrameError> {
 /// A version vector in wire form.
 pub fn vector_to_wire(vector: &VersionVector) -> Vec<(ByteBuf, u64)> {
     vector.iter().map(|(node, seq)| (ByteBuf::from(node.as_bytes().to_vec()), seq)).collect()
+}
+
+/// blake3 of a version vector's wire form: anti-entropy frames carry it so that digests
+/// are compared only between nodes holding the same changes.
+pub fn vector_hash(vector: &VersionVector) -> [u8; 32] {
+    let wire = serde_cbor::ser::to_vec_packed(&vector_to_wire(vector)).expect("serializing plain data cannot fail");
+    edgestore::replica::blake3_of(&wire)
 }
 
 /// Parses a wire version vector: ids 16 bytes, sorted, unique, at most
@@ -203,6 +310,19 @@ mod tests {
             Frame::Changes { batch: 1, changes: vec![ByteBuf::from(vec![1, 2, 3])] },
             Frame::Ack { batch: 1, vector: vector_to_wire(&vector) },
             Frame::Ping { nonce: 5 },
+            Frame::Digests {
+                vector: ByteBuf::from(vec![3; 32]),
+                ranges: vec![RangeDigest { depth: 2, prefix: 255, docs: 9, digest: ByteBuf::from(vec![4; 32]) }],
+            },
+            Frame::Heads {
+                vector: ByteBuf::from(vec![3; 32]),
+                reply: true,
+                depth: 3,
+                prefix: 4095,
+                docs: vec![(ByteBuf::from(vec![2, 1]), ByteBuf::from(vec![6; 64]))],
+                complete: false,
+            },
+            Frame::Repair { docs: vec![(ByteBuf::from(vec![2, 1]), vec![ByteBuf::from(vec![1, 2])])] },
             Frame::Close { code: CloseCode::Shutdown, reason: "bye".into() },
         ];
         for frame in frames {
@@ -220,5 +340,30 @@ mod tests {
         assert_eq!(frame_length(u32::MAX.to_be_bytes()), Err(FrameError::TooLarge(u32::MAX as usize)));
         let unsorted = vec![(ByteBuf::from(vec![2; 16]), 1), (ByteBuf::from(vec![1; 16]), 1)];
         assert!(vector_from_wire(&unsorted).is_err());
+        let range = |depth, prefix| RangeDigest { depth, prefix, docs: 0, digest: ByteBuf::from(vec![0; 32]) };
+        for ranges in [vec![], vec![range(4, 0)], vec![range(1, 16)], vec![range(0, 0); DIGEST_RANGES_MAX + 1]] {
+            let frame = Frame::Digests { vector: ByteBuf::from(vec![0; 32]), ranges }.encode();
+            assert!(matches!(Frame::decode(&frame), Err(FrameError::Malformed(_))));
+        }
+        let heads = |heads: Vec<u8>| Frame::Heads {
+            vector: ByteBuf::from(vec![0; 32]),
+            reply: false,
+            depth: 0,
+            prefix: 0,
+            docs: vec![(ByteBuf::from(vec![1]), ByteBuf::from(heads))],
+            complete: true,
+        };
+        assert!(matches!(Frame::decode(&heads(vec![0; 31]).encode()), Err(FrameError::Malformed(_))));
+        assert!(Frame::decode(&heads(vec![0; 32]).encode()).is_ok());
+        assert!(matches!(Frame::decode(&Frame::Repair { docs: vec![] }.encode()), Err(FrameError::Malformed(_))));
+    }
+
+    /// blake3 of a wire version vector, as carried by the anti-entropy frames.
+    #[test]
+    fn vector_hash_depends_on_every_entry() {
+        let a: VersionVector = [(NodeId([1; 16]), 3)].into_iter().collect();
+        let b: VersionVector = [(NodeId([1; 16]), 4)].into_iter().collect();
+        assert_ne!(vector_hash(&a), vector_hash(&b));
+        assert_eq!(vector_hash(&a), vector_hash(&a.clone()));
     }
 }

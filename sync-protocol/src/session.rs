@@ -13,13 +13,26 @@
 //! answered with an `Ack` carrying the receiver's version vector. `Ping`/`Pong` keep an
 //! idle session alive; silence beyond `idle_timeout_ms` closes it. Anything out of order,
 //! malformed or refused by the store closes the session with a `Close` frame.
+//!
+//! Anti-entropy (a backstop: the version vectors are exact, so it finds only documents
+//! that lost changes their log holds, or hold changes no log has): every
+//! `anti_entropy_interval_ms`, in the slot of a keepalive, a quiescent session sends
+//! `Digests` with the root of its heads tree instead of a `Ping`. The receiver answers a
+//! differing range with its digests of the 16 children, and a small or leaf range with
+//! `Heads`; `Heads` is answered with `Repair` (the automerge changes the sender lacks) and,
+//! once, with `Heads` back. Every step compares only when both sides hold the same
+//! version vector, and each step's work is bounded by the frame limits.
 
 use std::collections::VecDeque;
 
-use edgestore::{ApplyError, ApplyReport, NodeId, VersionVector};
+use std::collections::BTreeMap;
+
+use edgestore::{ApplyError, ApplyReport, NodeId, RepairReport, VersionVector, HEADS_TREE_DEPTH};
 use serde_bytes::ByteBuf;
 
-use crate::frame::{self, CloseCode, ClusterId, Frame, FrameError, PROTOCOL_VERSION};
+use crate::frame::{
+    self, CloseCode, ClusterId, Frame, FrameError, RangeDigest, DIGEST_RANGES_MAX, HEADS_DOCS_MAX, PROTOCOL_VERSION,
+};
 use crate::store::SyncStore;
 
 /// Tunables of a session. The defaults suit a gateway: small batches, a short window.
@@ -41,6 +54,21 @@ pub struct SessionConfig {
     /// alive, so without this a lost last batch would never be noticed; a new session's
     /// `Hello` resynchronises both sides.
     pub ack_timeout_ms: u64,
+    /// Start an anti-entropy round (a root digest in place of a keepalive) at most this
+    /// often; `u64::MAX` disables it.
+    pub anti_entropy_interval_ms: u64,
+    /// A differing range with at most this many documents on both sides together is
+    /// compared document by document (`Heads`) instead of descending further.
+    pub anti_entropy_leaf_docs: u64,
+    /// Most `Heads` frames sent in answer to one `Digests` frame (bounded work per step;
+    /// ranges left out are found by a later round).
+    pub anti_entropy_heads_per_step: usize,
+    /// After a round this side started found divergence, start the next round this long
+    /// after the last anti-entropy frame received (bounded work per round, so a large
+    /// divergence takes several rounds).
+    pub anti_entropy_followup_ms: u64,
+    /// Most follow-up rounds per interval.
+    pub anti_entropy_followups_max: u32,
 }
 
 impl SessionConfig {
@@ -54,6 +82,11 @@ impl SessionConfig {
             keepalive_ms: 5_000,
             idle_timeout_ms: 15_000,
             ack_timeout_ms: 10_000,
+            anti_entropy_interval_ms: 60_000,
+            anti_entropy_leaf_docs: 64,
+            anti_entropy_heads_per_step: 16,
+            anti_entropy_followup_ms: 200,
+            anti_entropy_followups_max: 64,
         }
     }
 }
@@ -139,6 +172,8 @@ pub enum Event {
     },
     /// Changes from the peer were applied; the driver tells its other sessions (relay).
     Applied(ApplyReport),
+    /// Anti-entropy merged automerge changes from the peer into documents that lacked them.
+    Repaired(RepairReport),
     /// The session ended; `error` is `None` for an orderly local close.
     Closed {
         /// Why, if not an orderly local close.
@@ -161,6 +196,14 @@ pub struct SessionStats {
     pub changes_sent: u64,
     /// Change envelopes received.
     pub changes_received: u64,
+    /// Anti-entropy rounds this side started (root digests sent).
+    pub anti_entropy_rounds: u64,
+    /// Anti-entropy frames sent (`Digests`, `Heads`, `Repair`), root probes included.
+    pub anti_entropy_frames_sent: u64,
+    /// Anti-entropy bytes sent.
+    pub anti_entropy_bytes_sent: u64,
+    /// Documents repaired from the peer's `Repair` frames.
+    pub docs_repaired: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +236,14 @@ pub struct Session {
     last_sent_ms: u64,
     last_received_ms: u64,
     ping_nonce: u64,
+    /// When the next anti-entropy round may start.
+    anti_entropy_due_ms: u64,
+    /// This side started a round (sent a root digest) since the last interval.
+    anti_entropy_started: bool,
+    /// A round this side started found divergence: start another at `anti_entropy_due_ms`.
+    anti_entropy_followup: bool,
+    /// Follow-up rounds since the last periodic one.
+    anti_entropy_followups: u32,
     stats: SessionStats,
 }
 
@@ -206,6 +257,7 @@ impl Session {
             node: ByteBuf::from(local.as_bytes().to_vec()),
             vector: frame::vector_to_wire(vector),
         };
+        let anti_entropy_interval_ms = config.anti_entropy_interval_ms;
         Session {
             config,
             local,
@@ -222,6 +274,10 @@ impl Session {
             last_sent_ms: now_ms,
             last_received_ms: now_ms,
             ping_nonce: 0,
+            anti_entropy_due_ms: now_ms.saturating_add(anti_entropy_interval_ms),
+            anti_entropy_started: false,
+            anti_entropy_followup: false,
+            anti_entropy_followups: 0,
             stats: SessionStats::default(),
         }
     }
@@ -271,7 +327,21 @@ impl Session {
         self.last_received_ms = now_ms;
         self.stats.frames_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let result = Frame::decode(bytes).map_err(ProtocolError::from).and_then(|f| self.on_frame(f, store));
+        let result = Frame::decode(bytes).map_err(ProtocolError::from).and_then(|f| {
+            let divergence = match &f {
+                Frame::Digests { ranges, .. } => ranges.iter().any(|r| r.depth > 0),
+                Frame::Heads { .. } | Frame::Repair { .. } => true,
+                _ => false,
+            };
+            if divergence
+                && self.anti_entropy_started
+                && self.anti_entropy_followups < self.config.anti_entropy_followups_max
+            {
+                self.anti_entropy_followup = true;
+                self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_followup_ms);
+            }
+            self.on_frame(f, store)
+        });
         if let Err(error) = &result {
             self.fail(error.clone());
         }
@@ -292,6 +362,11 @@ impl Session {
                 Ok(())
             }
             (_, Frame::Pong { .. }) => Ok(()),
+            (_, Frame::Digests { vector, ranges }) => self.on_digests(&vector, &ranges, store),
+            (_, Frame::Heads { vector, reply, depth, prefix, docs, complete }) => {
+                self.on_heads(&vector, reply, (depth, prefix), docs, complete, store)
+            }
+            (_, Frame::Repair { docs }) => self.on_repair(docs, store),
             (_, Frame::Close { code, reason }) => {
                 self.outbox.clear();
                 self.state = State::Closed;
@@ -368,6 +443,156 @@ impl Session {
         Ok(())
     }
 
+    /// A `Digests` frame: answer each differing range with its children or its documents.
+    fn on_digests(
+        &mut self,
+        vector: &[u8],
+        ranges: &[RangeDigest],
+        store: &mut dyn SyncStore,
+    ) -> Result<(), ProtocolError> {
+        let ours = store.version_vector();
+        let vector_hash = frame::vector_hash(&ours);
+        if vector != vector_hash {
+            return Ok(()); // not comparable yet: delta sync is still moving changes
+        }
+        let tree = store.heads_tree().map_err(|e| ProtocolError::Storage(e.to_string()))?;
+        let mut children = Vec::new();
+        let mut heads_sent = 0;
+        for range in ranges {
+            let (docs, digest) = tree.range(range.depth, range.prefix).expect("ranges checked by Frame::decode");
+            if docs == range.docs && digest[..] == range.digest[..] {
+                continue;
+            }
+            let small = docs.saturating_add(range.docs) <= self.config.anti_entropy_leaf_docs;
+            if range.depth == HEADS_TREE_DEPTH || small {
+                if heads_sent < self.config.anti_entropy_heads_per_step {
+                    heads_sent += 1;
+                    self.queue_heads(&vector_hash, false, (range.depth, range.prefix), store)?;
+                }
+            } else if children.len() + 16 <= DIGEST_RANGES_MAX {
+                for child in 0..16 {
+                    let (depth, prefix) = (range.depth + 1, range.prefix * 16 + child);
+                    let (docs, digest) = tree.range(depth, prefix).expect("a child of a valid range");
+                    children.push(RangeDigest { depth, prefix, docs, digest: ByteBuf::from(digest.to_vec()) });
+                }
+            }
+        }
+        if !children.is_empty() {
+            self.outbox.push_back(Frame::Digests { vector: ByteBuf::from(vector_hash.to_vec()), ranges: children });
+        }
+        Ok(())
+    }
+
+    /// Queues a `Heads` frame with this side's documents of a range, within the frame
+    /// budget; returns them (key → heads bytes) and the last key covered if not complete.
+    #[allow(clippy::type_complexity)] // one private helper's return value
+    fn queue_heads(
+        &mut self,
+        vector_hash: &[u8; 32],
+        reply: bool,
+        (depth, prefix): (u8, u32),
+        store: &dyn SyncStore,
+    ) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, Option<Vec<u8>>), ProtocolError> {
+        let (docs, mut complete) =
+            store.heads_in_range(depth, prefix, HEADS_DOCS_MAX).map_err(|e| ProtocolError::Storage(e.to_string()))?;
+        let mut wire = Vec::with_capacity(docs.len());
+        let mut bytes = 0;
+        for doc in docs {
+            let heads: Vec<u8> = doc.heads.concat();
+            if heads.is_empty() || heads.len() > 32 * frame::DOC_HEADS_MAX {
+                continue; // not representable; such a document is left to a later design
+            }
+            bytes += doc.key.len() + heads.len() + 8;
+            if bytes > self.config.batch_bytes_max && !wire.is_empty() {
+                complete = false;
+                break;
+            }
+            wire.push((ByteBuf::from(doc.key), ByteBuf::from(heads)));
+        }
+        let last = if complete { None } else { wire.last().map(|(k, _)| k.to_vec()) };
+        let map = wire.iter().map(|(k, h)| (k.to_vec(), h.to_vec())).collect();
+        let vector = ByteBuf::from(vector_hash.to_vec());
+        self.outbox.push_back(Frame::Heads { vector, reply, depth, prefix, docs: wire, complete });
+        Ok((map, last))
+    }
+
+    /// A `Heads` frame: send `Repair` with what the peer lacks, and our `Heads` unless this
+    /// was the answer to ours.
+    fn on_heads(
+        &mut self,
+        vector: &[u8],
+        reply: bool,
+        range: (u8, u32),
+        docs: Vec<(ByteBuf, ByteBuf)>,
+        complete: bool,
+        store: &mut dyn SyncStore,
+    ) -> Result<(), ProtocolError> {
+        let storage = |e: edgestore::StorageError| ProtocolError::Storage(e.to_string());
+        let ours = store.version_vector();
+        let vector_hash = frame::vector_hash(&ours);
+        if vector != vector_hash {
+            return Ok(());
+        }
+        let theirs: BTreeMap<Vec<u8>, Vec<u8>> = docs.into_iter().map(|(k, h)| (k.into_vec(), h.into_vec())).collect();
+        let covered_up_to = if complete { None } else { theirs.keys().next_back().cloned() };
+        let (mine, _) = store.heads_in_range(range.0, range.1, HEADS_DOCS_MAX).map_err(storage)?;
+        let mut repair = Vec::new();
+        let mut repair_bytes = 0;
+        for doc in mine {
+            if covered_up_to.as_ref().is_some_and(|last| doc.key > *last) {
+                break;
+            }
+            let their_heads = theirs.get(&doc.key);
+            if their_heads.is_some_and(|h| *h == doc.heads.concat()) {
+                continue;
+            }
+            let heads: Vec<[u8; 32]> = their_heads
+                .map(|h| h.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect())
+                .unwrap_or_default();
+            let changes = store.doc_changes_missing(&doc.key, &heads).map_err(storage)?;
+            let size: usize = changes.iter().map(Vec::len).sum::<usize>() + doc.key.len();
+            if changes.is_empty() || size > self.config.batch_bytes_max.max(frame::FRAME_BYTES_MAX / 2) {
+                continue; // nothing to send, or a document too large for one frame
+            }
+            if !repair.is_empty()
+                && (repair_bytes + size > self.config.batch_bytes_max || repair.len() >= frame::REPAIR_DOCS_MAX)
+            {
+                self.outbox.push_back(Frame::Repair { docs: std::mem::take(&mut repair) });
+                repair_bytes = 0;
+            }
+            repair_bytes += size;
+            repair.push((ByteBuf::from(doc.key), changes.into_iter().map(ByteBuf::from).collect()));
+        }
+        if !repair.is_empty() {
+            self.outbox.push_back(Frame::Repair { docs: repair });
+        }
+        if !reply {
+            self.queue_heads(&vector_hash, true, range, store)?;
+        }
+        Ok(())
+    }
+
+    /// A `Repair` frame: merge the changes into our documents.
+    fn on_repair(
+        &mut self,
+        docs: Vec<(ByteBuf, Vec<ByteBuf>)>,
+        store: &mut dyn SyncStore,
+    ) -> Result<(), ProtocolError> {
+        let docs = docs
+            .into_iter()
+            .map(|(key, changes)| (key.into_vec(), changes.into_iter().map(ByteBuf::into_vec).collect()))
+            .collect();
+        let report = store.repair_docs(docs).map_err(|e| match e {
+            ApplyError::Storage(e) => ProtocolError::Storage(e.to_string()),
+            other => ProtocolError::ChangeRejected(other.to_string()),
+        })?;
+        if report.docs_repaired > 0 {
+            self.stats.docs_repaired += report.docs_repaired as u64;
+            self.events.push_back(Event::Repaired(report));
+        }
+        Ok(())
+    }
+
     /// Time passed: closes the session if the peer has been silent too long or a batch
     /// has gone unacknowledged too long.
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -419,6 +644,10 @@ impl Session {
             self.state = State::Closed;
         }
         let bytes = frame.encode();
+        if matches!(frame, Frame::Digests { .. } | Frame::Heads { .. } | Frame::Repair { .. }) {
+            self.stats.anti_entropy_frames_sent += 1;
+            self.stats.anti_entropy_bytes_sent += bytes.len() as u64;
+        }
         self.last_sent_ms = now_ms;
         self.stats.frames_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
@@ -449,7 +678,34 @@ impl Session {
                 }
             }
         }
-        if now_ms.saturating_sub(self.last_sent_ms) >= self.config.keepalive_ms {
+        let keepalive_due = now_ms.saturating_sub(self.last_sent_ms) >= self.config.keepalive_ms;
+        let round_due = now_ms >= self.anti_entropy_due_ms && (keepalive_due || self.anti_entropy_followup);
+        if round_due && self.in_flight() == 0 && !self.store_changed {
+            // Anti-entropy rides on the keepalive (the root digest instead of a Ping), or
+            // follows up a round that found divergence.
+            if self.anti_entropy_followup {
+                self.anti_entropy_followups += 1;
+            } else {
+                self.anti_entropy_followups = 0;
+            }
+            self.anti_entropy_followup = false;
+            self.anti_entropy_started = true;
+            self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_interval_ms);
+            match store.heads_tree() {
+                Ok(tree) => {
+                    let (docs, digest) = tree.root();
+                    self.stats.anti_entropy_rounds += 1;
+                    let vector = ByteBuf::from(frame::vector_hash(&store.version_vector()).to_vec());
+                    let root = RangeDigest { depth: 0, prefix: 0, docs, digest: ByteBuf::from(digest.to_vec()) };
+                    return Some(Frame::Digests { vector, ranges: vec![root] });
+                }
+                Err(e) => {
+                    self.fail(ProtocolError::Storage(e.to_string()));
+                    return self.outbox.pop_front();
+                }
+            }
+        }
+        if keepalive_due {
             self.ping_nonce += 1;
             return Some(Frame::Ping { nonce: self.ping_nonce });
         }
@@ -464,7 +720,10 @@ impl Session {
                 let keepalive = self.last_sent_ms + self.config.keepalive_ms;
                 let idle = self.last_received_ms + self.config.idle_timeout_ms;
                 let ack = self.unacked_sent_ms.front().map_or(u64::MAX, |t| t + self.config.ack_timeout_ms);
-                Some(keepalive.min(idle).min(ack))
+                // A follow-up round waits for quiescence; frames arriving re-poll anyway.
+                let quiet = self.in_flight() == 0 && !self.store_changed;
+                let followup = if self.anti_entropy_followup && quiet { self.anti_entropy_due_ms } else { u64::MAX };
+                Some(keepalive.min(idle).min(ack).min(followup))
             }
             State::Closing | State::Closed => None,
         }

@@ -1,7 +1,10 @@
 //! What a session needs from the local store, as a trait, so that the simulator and the
 //! daemon drive the same session code over the same `Replica` (or a `ReplicaHandle`).
+//! The last four calls serve anti-entropy (`docs/design.md` § "Anti-entropy").
 
-use edgestore::{ApplyError, ApplyReport, ChangeBatch, Replica, StorageError, VersionVector};
+use edgestore::{
+    ApplyError, ApplyReport, ChangeBatch, DocHeads, HeadsTree, RepairReport, Replica, StorageError, VersionVector,
+};
 
 /// The store operations sync uses. All are synchronous and local: a session calls them
 /// from `handle_*`/`poll_*` and never holds anything across calls.
@@ -17,6 +20,15 @@ pub trait SyncStore {
     ) -> Result<ChangeBatch, StorageError>;
     /// Applies changes from a peer, atomically per call.
     fn apply_remote(&mut self, changes: Vec<Vec<u8>>) -> Result<ApplyReport, ApplyError>;
+    /// Anti-entropy: the digest tree over every document's heads.
+    fn heads_tree(&self) -> Result<HeadsTree, StorageError>;
+    /// Anti-entropy: the documents of one tree range, at most `docs_max`, and whether that
+    /// is all of them.
+    fn heads_in_range(&self, depth: u8, prefix: u32, docs_max: usize) -> Result<(Vec<DocHeads>, bool), StorageError>;
+    /// Anti-entropy: the automerge changes of a document that a holder of `heads` lacks.
+    fn doc_changes_missing(&self, key: &[u8], heads: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StorageError>;
+    /// Anti-entropy: merges a peer's automerge changes into documents (never the log).
+    fn repair_docs(&mut self, docs: Vec<(Vec<u8>, Vec<Vec<u8>>)>) -> Result<RepairReport, ApplyError>;
 }
 
 impl SyncStore for Replica {
@@ -35,5 +47,21 @@ impl SyncStore for Replica {
 
     fn apply_remote(&mut self, changes: Vec<Vec<u8>>) -> Result<ApplyReport, ApplyError> {
         Replica::apply_remote(self, changes)
+    }
+
+    fn heads_tree(&self) -> Result<HeadsTree, StorageError> {
+        Replica::heads_tree(self)
+    }
+
+    fn heads_in_range(&self, depth: u8, prefix: u32, docs_max: usize) -> Result<(Vec<DocHeads>, bool), StorageError> {
+        Replica::heads_in_range(self, depth, prefix, docs_max)
+    }
+
+    fn doc_changes_missing(&self, key: &[u8], heads: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StorageError> {
+        Replica::doc_changes_missing(self, key, heads)
+    }
+
+    fn repair_docs(&mut self, docs: Vec<(Vec<u8>, Vec<Vec<u8>>)>) -> Result<RepairReport, ApplyError> {
+        Replica::repair_docs(self, docs)
     }
 }
