@@ -15,10 +15,10 @@ use sqlparser::ast;
 use super::access::key_value;
 use super::bind::{self, Binder, PlanCtx};
 use super::expr::Expr;
-use super::plan::{Row, Scope};
+use super::plan::{Plan, Row, Scope};
 use super::system::SYSTEM_PREFIX;
 use super::value::{self, KeyValue};
-use super::{exec, from, select, SqlError};
+use super::{exec, explain, from, select, SqlError};
 use crate::catalog::TableEntry;
 use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
 use crate::schema::{ColumnDef, IndexSchema, TableSchema};
@@ -192,7 +192,16 @@ enum OnConflict {
     Update { assignments: Vec<(usize, Expr)>, filter: Option<Expr> },
 }
 
-fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), SqlError> {
+/// An `INSERT` planned: the target, the columns filled, where the rows come from and what
+/// a key conflict does.
+struct InsertPlan {
+    table: TableEntry,
+    columns: Vec<usize>,
+    source: Plan,
+    on_conflict: OnConflict,
+}
+
+fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertPlan, SqlError> {
     if ins.returning.is_some() || !ins.assignments.is_empty() || ins.partitioned.is_some() || ins.overwrite {
         return Err(SqlError::unsupported("INSERT with RETURNING, SET or PARTITION"));
     }
@@ -223,7 +232,13 @@ fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), Sq
         )));
     }
     let on_conflict = on_conflict(ctx, &table, ins)?;
-    let rows: Vec<Row> = exec::open(planned.plan, ctx.snap)?.collect::<Result<_, _>>()?;
+    Ok(InsertPlan { table, columns, source: planned.plan, on_conflict })
+}
+
+fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    let InsertPlan { table, columns, source, on_conflict } = plan_insert(ctx, ins)?;
+    let schema = &table.schema;
+    let rows: Vec<Row> = exec::open(source, ctx.snap)?.collect::<Result<_, _>>()?;
     let mut ops = Vec::new();
     let mut affected = 0;
     // Rows this statement has written so far, by key: a later row of the same statement
@@ -426,6 +441,17 @@ fn matching_rows(
     relation: &ast::TableWithJoins,
     selection: Option<&ast::Expr>,
 ) -> Result<(TableEntry, Scope, Vec<Row>), SqlError> {
+    let (table, scope, plan) = matching_plan(ctx, relation, selection)?;
+    let rows = exec::open(plan, ctx.snap)?.collect::<Result<_, _>>()?;
+    Ok((table, scope, rows))
+}
+
+/// The plan that finds the rows an `UPDATE` or `DELETE` changes.
+fn matching_plan(
+    ctx: PlanCtx<'_>,
+    relation: &ast::TableWithJoins,
+    selection: Option<&ast::Expr>,
+) -> Result<(TableEntry, Scope, Plan), SqlError> {
     if !relation.joins.is_empty() {
         return Err(SqlError::unsupported("UPDATE or DELETE with joins"));
     }
@@ -434,11 +460,43 @@ fn matching_rows(
     };
     let table = target_table(ctx.snap, name)?.clone();
     let (plan, scope) = from::plan_from(ctx, std::slice::from_ref(relation), selection)?;
-    let rows = exec::open(plan, ctx.snap)?.collect::<Result<_, _>>()?;
-    Ok((table, scope, rows))
+    Ok((table, scope, plan))
 }
 
-fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), SqlError> {
+/// `EXPLAIN` of a write statement: what it reads to find its rows, and that it writes
+/// them as one batch.
+pub(crate) fn explain(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Vec<String>, SqlError> {
+    let (head, plan) = match statement {
+        ast::Statement::Insert(ins) => {
+            let plan = plan_insert(ctx, ins)?;
+            let conflict = match plan.on_conflict {
+                OnConflict::Fail => "a key that exists fails the statement",
+                OnConflict::Nothing => "ON CONFLICT DO NOTHING: each row's key looked up by PRIMARY KEY",
+                OnConflict::Replace => "OR REPLACE: each row's key looked up by PRIMARY KEY",
+                OnConflict::Update { .. } => "ON CONFLICT DO UPDATE: each row's key looked up by PRIMARY KEY",
+            };
+            (format!("INSERT INTO {} ({conflict})", plan.table.schema.name), plan.source)
+        }
+        ast::Statement::Update(upd) => {
+            let (relation, selection) = update_target(upd)?;
+            let (table, scope, plan) = matching_plan(ctx, relation, selection)?;
+            assignments(ctx, &scope, &table, &upd.assignments)?;
+            (format!("UPDATE {} (each row found below)", table.schema.name), plan)
+        }
+        ast::Statement::Delete(del) => {
+            let (relation, selection) = delete_target(del)?;
+            let (table, _, plan) = matching_plan(ctx, relation, selection)?;
+            (format!("DELETE FROM {} (each row found below)", table.schema.name), plan)
+        }
+        other => return Err(SqlError::unsupported(format!("EXPLAIN {}", first_words(other)))),
+    };
+    let mut lines = vec!["WRITE BATCH (one atomic, durable, replicated change)".to_string(), format!("  {head}")];
+    lines.extend(explain::explain(&plan).into_iter().map(|l| format!("    {l}")));
+    Ok(lines)
+}
+
+/// The table and `WHERE` of a supported `UPDATE`.
+fn update_target(upd: &ast::Update) -> Result<(&ast::TableWithJoins, Option<&ast::Expr>), SqlError> {
     if upd.from.is_some()
         || upd.returning.is_some()
         || upd.or.is_some()
@@ -447,7 +505,12 @@ fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), Sq
     {
         return Err(SqlError::unsupported("UPDATE with FROM, RETURNING, OR, ORDER BY or LIMIT"));
     }
-    let (table, scope, rows) = matching_rows(ctx, &upd.table, upd.selection.as_ref())?;
+    Ok((&upd.table, upd.selection.as_ref()))
+}
+
+fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    let (relation, selection) = update_target(upd)?;
+    let (table, scope, rows) = matching_rows(ctx, relation, selection)?;
     let assignments = assignments(ctx, &scope, &table, &upd.assignments)?;
     let mut ops = Vec::new();
     for old in &rows {
@@ -457,7 +520,8 @@ fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), Sq
     Ok((ops, rows.len() as u64))
 }
 
-fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), SqlError> {
+/// The table and `WHERE` of a supported `DELETE`.
+fn delete_target(del: &ast::Delete) -> Result<(&ast::TableWithJoins, Option<&ast::Expr>), SqlError> {
     let extra = !del.tables.is_empty()
         || del.using.is_some()
         || del.returning.is_some()
@@ -470,7 +534,12 @@ fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), Sq
         ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
     };
     let [relation] = relations.as_slice() else { return Err(SqlError::unsupported("DELETE from several tables")) };
-    let (table, _, rows) = matching_rows(ctx, relation, del.selection.as_ref())?;
+    Ok((relation, del.selection.as_ref()))
+}
+
+fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    let (relation, selection) = delete_target(del)?;
+    let (table, _, rows) = matching_rows(ctx, relation, selection)?;
     let ops: Vec<WriteOp> =
         rows.iter().map(|row| WriteOp::Delete { table: table.schema.name.clone(), key: pk_of(&table, row) }).collect();
     Ok((ops, rows.len() as u64))

@@ -19,7 +19,7 @@ use crate::types::Value;
 pub(crate) fn explain_statement(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Vec<String>, SqlError> {
     match statement {
         ast::Statement::Query(q) => Ok(explain(&select::plan_query(ctx, q)?.plan)),
-        other => Err(SqlError::unsupported(format!("EXPLAIN {}", ddl_dml::first_words(other)))),
+        other => ddl_dml::explain(ctx, other),
     }
 }
 
