@@ -4,9 +4,11 @@
 
 use std::path::Path;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch};
+use edgestore::{
+    ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VerifiedChange, VersionVector, WriteBatch,
+};
 use serde_bytes::ByteBuf;
-use sync_protocol::frame::{CloseCode, Frame};
+use sync_protocol::frame::{self, CloseCode, Frame, RangeDigest};
 use sync_protocol::fuzzing;
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
@@ -34,6 +36,33 @@ fn seed_frames() -> Vec<Vec<u8>> {
     ]
 }
 
+/// Anti-entropy frames that the fuzzed session compares (the vector of the replica in
+/// `fuzzing::session_frames`): a differing root, a differing leaf, `Heads` with wrong and
+/// missing documents, and a valid `Repair`.
+fn anti_entropy_seeds() -> Vec<Vec<u8>> {
+    let vector: VersionVector = VerifiedChange::decode(fuzzing::peer_changes().held[0].clone())
+        .map(|c| [(c.origin, fuzzing::peer_changes().held.len() as u64)].into_iter().collect())
+        .unwrap();
+    let hash = ByteBuf::from(frame::vector_hash(&vector).to_vec());
+    let range = |depth, prefix| RangeDigest { depth, prefix, docs: 1, digest: ByteBuf::from(vec![7; 32]) };
+    let row = VerifiedChange::decode(fuzzing::peer_changes().update.clone()).unwrap().ops[0].key.encode();
+    vec![
+        Frame::Digests { vector: hash.clone(), ranges: vec![range(0, 0)] }.encode(),
+        Frame::Digests { vector: hash.clone(), ranges: vec![range(3, 4095), range(1, 3)] }.encode(),
+        Frame::Heads {
+            vector: hash.clone(),
+            reply: false,
+            depth: 0,
+            prefix: 0,
+            docs: vec![(ByteBuf::from(row), ByteBuf::from(vec![1; 32]))],
+            complete: true,
+        }
+        .encode(),
+        Frame::Heads { vector: hash, reply: true, depth: 0, prefix: 0, docs: vec![], complete: false }.encode(),
+        fuzzing::repair_seed().encode(),
+    ]
+}
+
 fn sequence(frames: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for frame in frames {
@@ -47,6 +76,7 @@ fn sequence(frames: &[Vec<u8>]) -> Vec<u8> {
 fn frame_decoding_corpus_replays() {
     let mut inputs = corpus("sync_frame");
     inputs.extend(seed_frames());
+    inputs.extend(anti_entropy_seeds());
     for input in &inputs {
         fuzzing::decode_frame(input);
     }
@@ -60,6 +90,11 @@ fn session_corpus_replays() {
     inputs.push(sequence(&frames));
     inputs.push(sequence(&[frames[0].clone(), frames[0].clone()]));
     inputs.push(sequence(&[frames[1].clone()]));
+    let anti_entropy = anti_entropy_seeds();
+    inputs.push(sequence(&anti_entropy));
+    for frame in &anti_entropy {
+        inputs.push(sequence(std::slice::from_ref(frame)));
+    }
     for input in &inputs {
         fuzzing::session_frames(input);
     }
