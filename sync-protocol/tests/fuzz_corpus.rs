@@ -83,6 +83,27 @@ fn frame_decoding_corpus_replays() {
     println!("replayed {} frame inputs", inputs.len());
 }
 
+/// `EDGESTORE_WRITE_SYNC_SEEDS=<dir>` writes the generated seeds as starting corpora for
+/// `cargo fuzz run sync_frame <dir>/sync_frame` and `sync_session`.
+#[test]
+fn seeds_can_be_written_for_the_fuzzer() {
+    let Ok(dir) = std::env::var("EDGESTORE_WRITE_SYNC_SEEDS") else { return };
+    let frames: Vec<Vec<u8>> = seed_frames().into_iter().chain(anti_entropy_seeds()).collect();
+    let sessions: Vec<Vec<u8>> = vec![sequence(&frames), sequence(&anti_entropy_seeds())]
+        .into_iter()
+        .chain(frames.iter().map(|f| sequence(std::slice::from_ref(f))))
+        .collect();
+    for (target, inputs) in [("sync_frame", &frames), ("sync_session", &sessions)] {
+        let dir = Path::new(&dir).join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for input in inputs.iter() {
+            let hash: String = edgestore::replica::blake3_of(input)[..8].iter().map(|b| format!("{b:02x}")).collect();
+            let name = format!("seed-{hash}");
+            std::fs::write(dir.join(name), input).unwrap();
+        }
+    }
+}
+
 #[test]
 fn session_corpus_replays() {
     let frames = seed_frames();
