@@ -143,17 +143,22 @@ fn write_runtime_file(data_dir: &Path, api_addr: SocketAddr) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Prints who the node is and how to reach it. Write errors are ignored: a daemon whose
+/// standard output was closed (a supervisor that stopped reading) must keep running.
 fn print_banner(config: &Config, node_id: edgestore::NodeId, sync_addr: SocketAddr, api_addr: SocketAddr) {
+    use std::io::Write;
     let data_dir = config.data_dir.display();
-    println!("edge-node {} running", env!("CARGO_PKG_VERSION"));
-    println!("  node id:   {node_id}");
-    println!("  cluster:   {}", config.cluster);
-    println!("  data dir:  {data_dir}");
-    println!("  sync:      quic://{sync_addr}");
-    println!("  http api:  http://{api_addr}");
-    println!("open the shell:  edge-node --data-dir {data_dir} shell");
-    println!("add a peer:      edge-node --data-dir {data_dir} peers add <NODE_ID> <IP:PORT>");
-    println!("stop with Ctrl-C or SIGTERM");
+    let banner = format!(
+        "edge-node {version} running\n  node id:   {node_id}\n  cluster:   {cluster}\n  data dir:  {data_dir}\n  \
+         sync:      quic://{sync_addr}\n  http api:  http://{api_addr}\n\
+         open the shell:  edge-node --data-dir {data_dir} shell\n\
+         add a peer:      edge-node --data-dir {data_dir} peers add <NODE_ID> <IP:PORT>\n\
+         stop with Ctrl-C or SIGTERM\n",
+        version = env!("CARGO_PKG_VERSION"),
+        cluster = config.cluster,
+    );
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
 }
 
 async fn shutdown_signal() {

@@ -212,7 +212,7 @@ pub fn open(data_dir: &Path) -> Result<(Identity, Replica)> {
 pub fn open_or_init(data_dir: &Path) -> Result<(Identity, Replica)> {
     if !data_dir.join(identity::KEY_FILE).exists() {
         let identity = init(data_dir)?;
-        println!("first run: initialised node {} in {}", identity.node_id, data_dir.display());
+        tracing::info!(node = %identity.node_id, data_dir = %data_dir.display(), "first run: initialised the node");
     }
     open(data_dir)
 }

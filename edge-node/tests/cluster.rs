@@ -1,0 +1,270 @@
+//! End-to-end: three real `edge-node run` processes on loopback, configured as peers with
+//! the real CLI, written to through the HTTP API and the shell; one node is cut off (the
+//! daemon's fault-injection switch, enabled by `EDGE_NODE_FAULT_INJECTION=1`, drops its
+//! sync datagrams), another is killed with SIGKILL and restarted on its data directory.
+//! After healing, all three must hold identical digests and answer the same JOIN queries
+//! identically, with every acknowledged write present and counters adding up. Finally
+//! SIGTERM stops each node cleanly (exit code 0).
+//!
+//! Waiting is for conditions (convergence), bounded by a deadline; nothing sleeps to pass.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value as Json};
+
+/// How long the cluster may take to converge after the heal.
+const CONVERGE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Session timers short enough for a test: a cut link is noticed in 1.5 s.
+const CONFIG: &str = "cluster = \"e2e\"\n[sync]\nkeepalive_ms = 300\nidle_timeout_ms = 1500\n";
+
+struct Node {
+    name: &'static str,
+    data: PathBuf,
+    child: Child,
+    id: String,
+    sync: SocketAddr,
+    api: SocketAddr,
+}
+
+fn edge_node() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_edge-node"));
+    command.env_remove("EDGE_NODE_DATA_DIR").env_remove("EDGE_NODE_CONFIG").env_remove("EDGE_NODE_API_TOKEN");
+    command
+}
+
+/// Starts `edge-node run` and reads its banner for the node id and addresses.
+fn start(name: &'static str, data: &Path, sync: &str, api: &str) -> Node {
+    let mut child = edge_node()
+        .arg("--data-dir")
+        .arg(data)
+        .args(["run", "--sync-listen", sync, "--api-listen", api, "--log-level", "info"])
+        .env("EDGE_NODE_FAULT_INJECTION", "1")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(log_file(data))
+        .spawn()
+        .expect("spawning edge-node run");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining after the banner, as a supervisor would.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let (mut id, mut sync, mut api) = (None, None, None);
+    while id.is_none() || sync.is_none() || api.is_none() {
+        let line = lines.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("{name}: no banner"));
+        let value = |prefix: &str| line.trim().strip_prefix(prefix).map(|v| v.trim().to_string());
+        if let Some(v) = value("node id:") {
+            id = Some(v);
+        } else if let Some(v) = value("sync:") {
+            sync = Some(v.trim_start_matches("quic://").parse().expect("sync address"));
+        } else if let Some(v) = value("http api:") {
+            api = Some(v.trim_start_matches("http://").parse().expect("api address"));
+        }
+    }
+    let (id, sync, api) = (id.expect("id"), sync.expect("sync"), api.expect("api"));
+    println!("{name}: node {id}, sync {sync}, api {api}");
+    Node { name, data: data.to_path_buf(), child, id, sync, api }
+}
+
+/// The node's log (its standard error), appended across restarts.
+fn log_file(data: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new().create(true).append(true).open(data.join("node.log")).expect("log file")
+}
+
+impl Drop for Node {
+    /// A failed test shows each node's log and leaves no process behind.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.data.join("node.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last lines of {}'s log ---", self.name);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection; returns the status and JSON body.
+fn http(api: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> (u16, Json) {
+    let mut stream = TcpStream::connect(api).expect("connecting to the API");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
+    let body = body.map(Json::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("sending the request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reading the answer");
+    let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
+    let (_, payload) = response.split_once("\r\n\r\n").expect("headers end");
+    (status, serde_json::from_str(payload).unwrap_or(Json::String(payload.to_string())))
+}
+
+/// Runs SQL through the API; panics unless it succeeds.
+fn sql(node: &Node, text: &str, params: Json) -> Json {
+    let (status, answer) = http(node.api, "POST", "/v1/sql", Some(&json!({ "sql": text, "params": params })));
+    assert_eq!(status, 200, "{}: {text}: {answer}", node.name);
+    answer
+}
+
+/// Runs statements through `edge-node shell -c` (which finds the running node's API).
+fn shell(node: &Node, script: &str) -> String {
+    let output = edge_node().arg("--data-dir").arg(&node.data).args(["shell", "-c", script]).output().expect("shell");
+    assert!(output.status.success(), "{}: shell failed: {}", node.name, String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+fn cli(node: &Node, args: &[&str]) {
+    let output = edge_node().arg("--data-dir").arg(&node.data).args(args).output().expect("edge-node");
+    assert!(output.status.success(), "{}: {args:?}: {}", node.name, String::from_utf8_lossy(&output.stderr));
+}
+
+fn fault(node: &Node, cut: bool) {
+    let (status, answer) = http(node.api, "POST", "/v1/debug/fault", Some(&json!({ "cut": cut })));
+    assert_eq!(status, 200, "{answer}");
+}
+
+fn digest(node: &Node) -> String {
+    let (status, answer) = http(node.api, "GET", "/v1/status", None);
+    assert_eq!(status, 200, "{answer}");
+    answer["digest"].as_str().expect("digest").to_string()
+}
+
+/// The queries every node must answer identically.
+const BATTERY: &[&str] = &[
+    "SELECT s.id, s.name, COUNT(x.id), SUM(x.hits) FROM sites s LEFT JOIN sensors x ON x.site = s.id \
+     GROUP BY s.id, s.name ORDER BY s.id",
+    "SELECT x.id, x.kind, s.name FROM sensors x JOIN sites s ON s.id = x.site ORDER BY x.id",
+    "SELECT table_name, primary_key, column_name, value, node, is_winner FROM edgestore_conflicts \
+     ORDER BY table_name, primary_key, column_name, node",
+];
+
+fn wait_converged(nodes: &[&Node], expected_sites: usize) -> Duration {
+    let started = Instant::now();
+    loop {
+        let digests: Vec<String> = nodes.iter().map(|n| digest(n)).collect();
+        let counts: Vec<Json> =
+            nodes.iter().map(|n| sql(n, "SELECT COUNT(*) FROM sites", json!([]))["rows"][0][0].clone()).collect();
+        if digests.iter().all(|d| *d == digests[0]) && counts.iter().all(|c| *c == json!(expected_sites)) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < CONVERGE_DEADLINE, "no convergence: digests {digests:?}, site counts {counts:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminate(node: &mut Node) {
+    let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().expect("kill -TERM");
+    assert!(status.success());
+    let exit = node.child.wait().expect("waiting for the node");
+    assert!(exit.success(), "{} did not stop cleanly after SIGTERM: {exit:?}", node.name);
+}
+
+#[test]
+fn three_nodes_converge_after_a_cut_and_a_sigkill() {
+    let dir = tempfile::TempDir::new().expect("temporary directory");
+    let data = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(&path).expect("data directory");
+        std::fs::write(path.join("edge-node.toml"), CONFIG).expect("config file");
+        path
+    };
+    let a = start("a", &data("a"), "127.0.0.1:0", "127.0.0.1:0");
+    let mut b = start("b", &data("b"), "127.0.0.1:0", "127.0.0.1:0");
+    let c = start("c", &data("c"), "127.0.0.1:0", "127.0.0.1:0");
+    for (node, others) in [(&a, [&b, &c]), (&b, [&a, &c]), (&c, [&a, &b])] {
+        for other in others {
+            cli(node, &["peers", "add", &other.id, &other.sync.to_string()]);
+        }
+    }
+
+    // Schema through the shell on a; data through the API and the shell on every node.
+    shell(
+        &a,
+        "CREATE TABLE sites (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+         CREATE TABLE sensors (id INTEGER PRIMARY KEY, site INTEGER, kind TEXT, hits COUNTER);
+         CREATE INDEX sensors_site ON sensors (site);",
+    );
+    wait_converged(&[&a, &b, &c], 0);
+    let mut acknowledged_sites = Vec::new();
+    let mut expected_hits = 0;
+    for (i, node) in [&a, &b, &c].into_iter().enumerate() {
+        let site = 100 * (i as i64 + 1);
+        sql(node, "INSERT INTO sites VALUES (?, ?)", json!([site, format!("site-{}", node.name)]));
+        acknowledged_sites.push(site);
+        shell(node, &format!("INSERT INTO sensors (id, site, kind) VALUES ({}, {site}, 'temp');", site + 1));
+    }
+    sql(&a, "INSERT INTO sites VALUES (1, 'shared')", json!([]));
+    sql(&a, "INSERT INTO sensors (id, site, kind) VALUES (2, 1, 'flow')", json!([]));
+    acknowledged_sites.push(1);
+    wait_converged(&[&a, &b, &c], acknowledged_sites.len());
+
+    // Cut c off; everyone keeps writing, including concurrent edits of the same row.
+    fault(&c, true);
+    for (round, node) in [&a, &b, &c, &a, &c].into_iter().enumerate() {
+        let site = 1000 + round as i64;
+        sql(node, "INSERT INTO sites VALUES (?, ?)", json!([site, format!("cut-{round}")]));
+        acknowledged_sites.push(site);
+        sql(node, "UPDATE sensors SET hits = hits + ? WHERE id = 2", json!([round + 1]));
+        expected_hits += round as i64 + 1;
+    }
+    sql(&a, "UPDATE sites SET name = 'renamed by a' WHERE id = 1", json!([]));
+    sql(&c, "UPDATE sites SET name = 'renamed by c' WHERE id = 1", json!([]));
+
+    // Kill b right after an acknowledged write, restart it on the same addresses.
+    sql(&b, "INSERT INTO sites VALUES (2000, 'last before kill')", json!([]));
+    acknowledged_sites.push(2000);
+    let (b_sync, b_api) = (b.sync.to_string(), b.api.to_string());
+    b.child.kill().expect("SIGKILL b");
+    b.child.wait().expect("reaping b");
+    let b = start("b", &b.data, &b_sync, &b_api);
+    let survived = sql(&b, "SELECT name FROM sites WHERE id = 2000", json!([]));
+    assert_eq!(survived["rows"], json!([["last before kill"]]), "b lost an acknowledged write");
+    sql(&b, "INSERT INTO sites VALUES (2001, 'after restart')", json!([]));
+    acknowledged_sites.push(2001);
+
+    fault(&c, false);
+    let took = wait_converged(&[&a, &b, &c], acknowledged_sites.len());
+    println!("converged {:.1} s after the heal", took.as_secs_f64());
+
+    for query in BATTERY {
+        let answers: Vec<Json> = [&a, &b, &c].iter().map(|n| sql(n, query, json!([]))["rows"].clone()).collect();
+        assert!(answers.iter().all(|x| *x == answers[0]), "{query}: {answers:?}");
+    }
+    let ids = sql(&a, "SELECT id FROM sites ORDER BY id", json!([]));
+    let mut expected: Vec<Json> = acknowledged_sites.iter().map(|id| json!([id])).collect();
+    expected.sort_by_key(|row| row[0].as_i64());
+    assert_eq!(ids["rows"], Json::Array(expected), "an acknowledged write is missing");
+    let hits = sql(&c, "SELECT hits FROM sensors WHERE id = 2", json!([]));
+    assert_eq!(hits["rows"], json!([[expected_hits]]), "counter increments were lost or doubled");
+    let conflicts = sql(&b, "SELECT COUNT(*) FROM edgestore_conflicts WHERE table_name = 'sites'", json!([]));
+    assert_eq!(conflicts["rows"], json!([[2]]), "the two concurrent renames are both kept");
+    let metrics = {
+        let mut stream = TcpStream::connect(a.api).expect("connect");
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read");
+        text
+    };
+    assert!(metrics.contains(&format!("edgestore_peer_connected{{peer=\"{}\"}} 1", c.id)), "{metrics}");
+
+    let mut nodes = [a, b, c];
+    for node in &mut nodes {
+        terminate(node);
+    }
+    assert!(!nodes[0].data.join("node.api").exists(), "an orderly stop removes node.api");
+}
