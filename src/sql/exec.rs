@@ -76,7 +76,7 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>) -> Result<RowStream, SqlErr
         Plan::Values { rows } => from_vec(rows),
         Plan::Derived { input, .. } => open(*input, snap)?,
         Plan::Filter { input, predicate, .. } => filtered(open(*input, snap)?, Some(predicate)),
-        Plan::Project { input, exprs } => {
+        Plan::Project { input, exprs } | Plan::Reordered { input, exprs, .. } => {
             let input = open(*input, snap)?;
             Box::new(input.map(move |row| row.and_then(|row| exprs.iter().map(|e| e.eval(&row)).collect())))
         }

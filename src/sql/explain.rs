@@ -87,6 +87,10 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             line(format!("FILTER{}", filter_suffix(text)));
             render(input, depth + 1, out);
         }
+        Plan::Reordered { input, order, .. } => {
+            line(format!("JOIN ORDER {} (by estimated cost; columns back in written order)", order.join(", ")));
+            render(input, depth + 1, out);
+        }
         Plan::Project { input, exprs } => {
             line(format!("PROJECT {} columns", exprs.len()));
             render(input, depth + 1, out);

@@ -1,7 +1,10 @@
 //! Planning the `FROM` clause: the join tree, where each predicate is evaluated, and which
 //! algorithm joins each table.
 //!
-//! Tables are joined left to right in the order written. Every `WHERE` conjunct and every
+//! The tables before the first `LEFT JOIN` (all of them without one) are joined in an order
+//! chosen by estimated cost (`join_order.rs`); from the first `LEFT JOIN` on, tables join
+//! in the order written, so outer-join semantics never change. A reordered join tree ends
+//! in a projection back to the written column order. Every `WHERE` conjunct and every
 //! `ON` conjunct of an inner join is placed at the earliest step where its tables are
 //! joined (a conjunct on one table alone becomes part of that table's scan, where it can
 //! select a key range or index); conjuncts on the right side of a `LEFT JOIN` stay after
@@ -16,6 +19,7 @@ use sqlparser::ast;
 use super::access;
 use super::bind::{self, Binder, PlanCtx};
 use super::expr::{CmpOp, Expr};
+use super::join_order::{self, Link};
 use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Scan, Scope};
 use super::select;
 use super::system::SystemTable;
@@ -25,7 +29,7 @@ use crate::catalog::TableEntry;
 /// Most tables in one `FROM` clause (table sets are 64-bit masks).
 pub const FROM_TABLES_MAX: usize = 64;
 /// Expected outer rows below which a keyed lookup beats building a hash table.
-const LOOKUP_OUTER_ROWS_MAX: f64 = 10_000.0;
+pub(crate) const LOOKUP_OUTER_ROWS_MAX: f64 = 10_000.0;
 /// What we assume a table holds when nothing narrows the scan (there are no statistics).
 const TABLE_ROWS_GUESS: f64 = 100_000.0;
 
@@ -162,9 +166,136 @@ pub(crate) fn plan_from(
         }
         items.push(Item { source, alias, kind });
     }
-    let steps = place_conjuncts(ctx, &mut scope, &items, on_clauses, using, selection)?;
-    let plan = build(ctx, &scope, items, steps)?;
-    Ok((plan, scope))
+    let (inner_like, wheres) = bind_conjuncts(ctx, &mut scope, on_clauses, using, selection)?;
+    let order = choose_order(ctx, &scope, &items, &inner_like, &wheres);
+    if order.iter().enumerate().all(|(i, &o)| i == o) {
+        let steps = place_conjuncts(&items, inner_like, wheres);
+        return Ok((build(ctx, &scope, items, steps)?, scope));
+    }
+    // Join in `order`: lay the tables out in that order, bind the conjuncts to that layout,
+    // and project back to the written layout that names resolve against.
+    let mut physical = Scope::default();
+    let mut column_at = vec![0; scope.columns.len()];
+    let mut position_of = vec![0; items.len()];
+    for (new, &old) in order.iter().enumerate() {
+        let table = &scope.tables[old];
+        position_of[old] = new;
+        let names = scope.columns[table.offset..table.offset + table.width].iter().map(|c| c.name.clone()).collect();
+        let offset = physical.columns.len();
+        physical.push_table(&table.alias, names)?;
+        for i in 0..table.width {
+            column_at[table.offset + i] = offset + i;
+            physical.columns[offset + i].in_star = scope.columns[table.offset + i].in_star;
+        }
+    }
+    let relayout = |c: Conjunct| {
+        let mut expr = c.expr;
+        expr.remap(&|i| column_at[i]);
+        Conjunct { tables: tables_of(&physical, &expr), expr, text: c.text }
+    };
+    let inner_like: Vec<(usize, Conjunct)> =
+        inner_like.into_iter().map(|(p, c)| (position_of[p], relayout(c))).collect();
+    let wheres: Vec<Conjunct> = wheres.into_iter().map(relayout).collect();
+    let mut slots: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+    let items: Vec<Item> = order.iter().map(|&old| slots[old].take().expect("order is a permutation")).collect();
+    let steps = place_conjuncts(&items, inner_like, wheres);
+    let order = items.iter().map(|i| i.alias.clone()).collect();
+    let joined = build(ctx, &physical, items, steps)?;
+    let exprs = column_at.iter().map(|&c| Expr::Column(c)).collect();
+    Ok((Plan::Reordered { input: Box::new(joined), exprs, order }, scope))
+}
+
+/// The join order: a permutation of the FROM items' positions. Only the items before the
+/// first LEFT JOIN move; the first of them must keep its kind (it has no join).
+fn choose_order(
+    ctx: PlanCtx<'_>,
+    scope: &Scope,
+    items: &[Item],
+    inner_like: &[(usize, Conjunct)],
+    wheres: &[Conjunct],
+) -> Vec<usize> {
+    let movable = items.iter().position(|i| i.kind == JoinKind::Left).unwrap_or(items.len());
+    if movable < 2 {
+        return (0..items.len()).collect();
+    }
+    let prefix_mask = if movable == 64 { u64::MAX } else { (1u64 << movable) - 1 };
+    // Inner joins' ON conjuncts are WHERE conjuncts; only those within the prefix matter.
+    let usable: Vec<&Conjunct> =
+        inner_like.iter().map(|(_, c)| c).chain(wheres).filter(|c| c.tables & !prefix_mask == 0).collect();
+    let rows: Vec<f64> = (0..movable)
+        .map(|i| {
+            let own: Vec<Expr> = usable
+                .iter()
+                .filter(|c| c.tables == 1 << i)
+                .map(|c| shifted(c.expr.clone(), scope.tables[i].offset))
+                .collect();
+            estimate_rows(ctx, &items[i].source, &own)
+        })
+        .collect();
+    let link = |joined: u64, candidate: usize| -> Link {
+        let offset = scope.tables[candidate].offset;
+        let own = 1u64 << candidate;
+        let mut equated = Vec::new();
+        for c in &usable {
+            let Expr::Cmp(CmpOp::Eq, a, b) = &c.expr else { continue };
+            for (mine, other) in [(a, b), (b, a)] {
+                let (m, o) = (tables_of(scope, mine), tables_of(scope, other));
+                if m == own && o != 0 && o & !joined == 0 {
+                    equated.push(match &**mine {
+                        Expr::Column(col) => Some(col - offset),
+                        _ => None,
+                    });
+                }
+            }
+        }
+        if equated.is_empty() {
+            return Link::None;
+        }
+        let columns: Vec<usize> = equated.into_iter().flatten().collect();
+        match &items[candidate].source {
+            Source::Table(table) => match access::lookup(ctx.snap.catalog(), table, &columns) {
+                Some((LookupKind::PrimaryKey, _)) => Link::Lookup { rows_per_outer: 1.0 },
+                Some(_) => Link::Lookup { rows_per_outer: 10.0 },
+                None => Link::Hash,
+            },
+            _ => Link::Hash,
+        }
+    };
+    let mut order = join_order::choose(&rows, &link);
+    order.extend(movable..items.len());
+    order
+}
+
+/// Estimated rows of a source after its own predicates (`own`, on its own row).
+fn estimate_rows(ctx: PlanCtx<'_>, source: &Source, own: &[Expr]) -> f64 {
+    let selectivity = selectivity(own.iter());
+    match source {
+        Source::Table(table) => {
+            let exprs: Vec<&Expr> = own.iter().collect();
+            access_rows(&access::choose(ctx.snap.catalog(), table, &exprs, ctx.params), selectivity)
+        }
+        Source::System(_) => 1000.0 * selectivity,
+        Source::Derived(_) => TABLE_ROWS_GUESS * selectivity,
+    }
+}
+
+/// The fraction of rows a set of predicates is taken to keep (there are no statistics).
+fn selectivity<'a>(conjuncts: impl Iterator<Item = &'a Expr>) -> f64 {
+    conjuncts.map(|e| if matches!(e, Expr::Cmp(CmpOp::Eq, _, _)) { 0.1 } else { 0.33 }).product()
+}
+
+/// Estimated rows read through an access path.
+fn access_rows(access: &Access, selectivity: f64) -> f64 {
+    match access {
+        Access::Empty => 0.0,
+        Access::Point(_) => 1.0,
+        Access::Index { .. } => 10.0,
+        // A range bounded on both sides (or a key prefix) is taken to be narrow.
+        Access::Range { lower, upper } if !matches!(lower, Bound::Unbounded) && !matches!(upper, Bound::Unbounded) => {
+            (TABLE_ROWS_GUESS * selectivity).min(1000.0)
+        }
+        Access::Range { .. } | Access::Full => TABLE_ROWS_GUESS * selectivity,
+    }
 }
 
 fn tables_of(scope: &Scope, e: &Expr) -> u64 {
@@ -181,15 +312,17 @@ fn highest(mask: u64) -> usize {
     }
 }
 
-fn place_conjuncts(
+/// `ON`/`USING` conjuncts (with the position of the join they belong to) and `WHERE`
+/// conjuncts, bound against the scope.
+type BoundConjuncts = (Vec<(usize, Conjunct)>, Vec<Conjunct>);
+
+fn bind_conjuncts(
     ctx: PlanCtx<'_>,
     scope: &mut Scope,
-    items: &[Item],
     on_clauses: Vec<(usize, Vec<ast::Expr>)>,
     using: Vec<(usize, Vec<String>)>,
     selection: Option<&ast::Expr>,
-) -> Result<Vec<Step>, SqlError> {
-    let mut steps: Vec<Step> = items.iter().map(|_| Step::default()).collect();
+) -> Result<BoundConjuncts, SqlError> {
     let mut inner_like = Vec::new();
     for (position, names) in using {
         for name in names {
@@ -220,6 +353,21 @@ fn place_conjuncts(
             inner_like.push((position, conjunct));
         }
     }
+    let mut wheres = Vec::new();
+    if let Some(selection) = selection {
+        let mut parts = Vec::new();
+        split_and(selection, &mut parts);
+        for part in parts {
+            let expr = Binder::new(ctx, scope).bind(&part)?;
+            wheres.push(Conjunct { tables: tables_of(scope, &expr), expr, text: part.to_string() });
+        }
+    }
+    Ok((inner_like, wheres))
+}
+
+/// Assigns each conjunct to the join step (table position) where it is evaluated.
+fn place_conjuncts(items: &[Item], inner_like: Vec<(usize, Conjunct)>, wheres: Vec<Conjunct>) -> Vec<Step> {
+    let mut steps: Vec<Step> = items.iter().map(|_| Step::default()).collect();
     for (position, c) in inner_like {
         if items[position].kind == JoinKind::Left {
             let own = c.tables & !(1u64 << position) == 0;
@@ -232,15 +380,10 @@ fn place_conjuncts(
             place_where(&mut steps, items, c);
         }
     }
-    if let Some(selection) = selection {
-        let mut parts = Vec::new();
-        split_and(selection, &mut parts);
-        for part in parts {
-            let expr = Binder::new(ctx, scope).bind(&part)?;
-            place_where(&mut steps, items, Conjunct { tables: tables_of(scope, &expr), expr, text: part.to_string() });
-        }
+    for c in wheres {
+        place_where(&mut steps, items, c);
     }
-    Ok(steps)
+    steps
 }
 
 fn place_where(steps: &mut [Step], items: &[Item], c: Conjunct) {
@@ -260,25 +403,12 @@ fn place_where(steps: &mut [Step], items: &[Item], c: Conjunct) {
 fn source_plan(ctx: PlanCtx<'_>, item: Item, offset: usize, pre: Vec<Conjunct>) -> (Plan, f64) {
     let conjuncts: Vec<Conjunct> =
         pre.into_iter().map(|c| Conjunct { expr: shifted(c.expr, offset), tables: c.tables, text: c.text }).collect();
-    let selectivity: f64 =
-        conjuncts.iter().map(|c| if matches!(c.expr, Expr::Cmp(CmpOp::Eq, _, _)) { 0.1 } else { 0.33 }).product();
+    let selectivity = selectivity(conjuncts.iter().map(|c| &c.expr));
     match item.source {
         Source::Table(table) => {
             let exprs: Vec<&Expr> = conjuncts.iter().map(|c| &c.expr).collect();
             let access = access::choose(ctx.snap.catalog(), &table, &exprs, ctx.params);
-            let rows = match &access {
-                Access::Empty => 0.0,
-                Access::Point(_) => 1.0,
-                Access::Index { .. } => 10.0,
-                // A range bounded on both sides (or a key prefix) is taken to be narrow.
-                Access::Range { lower, upper }
-                    if !matches!(lower, Bound::Unbounded) && !matches!(upper, Bound::Unbounded) =>
-                {
-                    (TABLE_ROWS_GUESS * selectivity).min(1000.0)
-                }
-                Access::Range { .. } => TABLE_ROWS_GUESS * selectivity,
-                Access::Full => TABLE_ROWS_GUESS * selectivity,
-            };
+            let rows = access_rows(&access, selectivity);
             let (filter, filter_text) = and_all(conjuncts);
             let scan = Scan { table: table.schema.name.clone(), alias: item.alias, access, filter, filter_text };
             (Plan::Scan(scan), rows)

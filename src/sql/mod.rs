@@ -25,6 +25,7 @@ mod explain;
 mod expr;
 mod from;
 mod func;
+mod join_order;
 mod parse;
 mod plan;
 mod prune;

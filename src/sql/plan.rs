@@ -128,6 +128,13 @@ pub(crate) enum Plan {
         input: Box<Plan>,
         exprs: Vec<Expr>,
     },
+    /// Joins run in another order than written (`order`: the aliases as joined); `exprs`
+    /// puts the columns back in the written order.
+    Reordered {
+        input: Box<Plan>,
+        exprs: Vec<Expr>,
+        order: Vec<String>,
+    },
     Join(Box<Join>),
     Aggregate {
         input: Box<Plan>,
@@ -243,6 +250,7 @@ impl Plan {
             Plan::Derived { input, .. }
             | Plan::Filter { input, .. }
             | Plan::Project { input, .. }
+            | Plan::Reordered { input, .. }
             | Plan::Aggregate { input, .. }
             | Plan::Distinct { input }
             | Plan::Sort { input, .. }
@@ -269,7 +277,7 @@ impl Plan {
             Plan::Scan(scan) => scan.filter.iter_mut().for_each(&mut *f),
             Plan::System { filter, .. } => filter.iter_mut().for_each(&mut *f),
             Plan::Filter { predicate, .. } => f(predicate),
-            Plan::Project { exprs, .. } => exprs.iter_mut().for_each(&mut *f),
+            Plan::Project { exprs, .. } | Plan::Reordered { exprs, .. } => exprs.iter_mut().for_each(&mut *f),
             Plan::Aggregate { groups, aggs, .. } => {
                 groups.iter_mut().for_each(&mut *f);
                 for agg in aggs {

@@ -44,6 +44,16 @@ fn agg_exprs(aggs: &[AggSpec]) -> impl Iterator<Item = &Expr> {
 pub(crate) fn prune(plan: &mut Plan, needed: Needed) {
     match plan {
         Plan::Project { input, exprs } => prune(input, Some(exprs_columns(exprs.iter()))),
+        // Only the columns read above are needed from the join below.
+        Plan::Reordered { input, exprs, .. } => {
+            let read = match &needed {
+                Some(n) => {
+                    exprs_columns(exprs.iter().enumerate().filter(|(i, _)| n.get(*i) == Some(&true)).map(|(_, e)| e))
+                }
+                None => exprs_columns(exprs.iter()),
+            };
+            prune(input, Some(read))
+        }
         Plan::Aggregate { input, groups, aggs } => {
             prune(input, Some(exprs_columns(groups.iter().chain(agg_exprs(aggs)))))
         }
