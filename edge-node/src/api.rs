@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -81,6 +81,23 @@ impl IntoResponse for ApiError {
 
 type Answer = Result<Json<JsonValue>, ApiError>;
 
+/// A JSON request body, parsed whatever its `Content-Type` (so `curl -d` works), with a
+/// 400 answer that says what is wrong.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not the expected JSON: {e}")))
+    }
+}
+
 /// The router with every route.
 pub fn router(node: Arc<Node>) -> Router {
     let protected = Router::new()
@@ -110,7 +127,7 @@ struct FaultRequest {
     cut: bool,
 }
 
-async fn fault_route(State(node): State<Arc<Node>>, Json(request): Json<FaultRequest>) -> Answer {
+async fn fault_route(State(node): State<Arc<Node>>, Body(request): Body<FaultRequest>) -> Answer {
     let switch = node.fault.as_ref().ok_or_else(|| ApiError::bad_request("fault injection is disabled"))?;
     if request.cut {
         switch.cut();
@@ -153,7 +170,7 @@ struct SqlRequest {
     params: Vec<JsonValue>,
 }
 
-async fn sql_route(State(node): State<Arc<Node>>, Json(request): Json<SqlRequest>) -> Answer {
+async fn sql_route(State(node): State<Arc<Node>>, Body(request): Body<SqlRequest>) -> Answer {
     let params = request
         .params
         .iter()
@@ -279,7 +296,7 @@ struct PeerRequest {
     addr: String,
 }
 
-async fn add_peer_route(State(node): State<Arc<Node>>, Json(request): Json<PeerRequest>) -> Answer {
+async fn add_peer_route(State(node): State<Arc<Node>>, Body(request): Body<PeerRequest>) -> Answer {
     let peer = parse_node_id(&request.node_id).map_err(ApiError::bad_request)?;
     let addr: SocketAddr = request
         .addr
@@ -334,7 +351,7 @@ struct BackupRequest {
     path: PathBuf,
 }
 
-async fn backup_route(State(node): State<Arc<Node>>, Json(request): Json<BackupRequest>) -> Answer {
+async fn backup_route(State(node): State<Arc<Node>>, Body(request): Body<BackupRequest>) -> Answer {
     if !request.path.is_absolute() {
         return Err(ApiError::bad_request(format!("backup path {} must be absolute", request.path.display())));
     }

@@ -72,18 +72,19 @@ fn print_live(answer: &Json) -> Result<()> {
         let contact = peer["last_contact_ms_ago"]
             .as_u64()
             .map_or("never".to_string(), |ms| format!("{:.1} s ago", ms as f64 / 1000.0));
-        let state = if peer["connected"].as_bool() == Some(true) { "connected" } else { "down" };
+        let connected = peer["connected"].as_bool() == Some(true);
         println!(
             "{:<32}  {:<21}  {:<9}  {:>5}  {:>12}  {:>9}  {:>9}",
             peer["node_id"].as_str().unwrap_or("?"),
             peer["addr"].as_str().unwrap_or("(incoming)"),
-            state,
-            peer["lag_changes"],
+            if connected { "connected" } else { "down" },
+            peer["lag_changes"].to_string(),
             contact,
-            peer["changes_sent"],
-            peer["changes_received"],
+            peer["changes_sent"].to_string(),
+            peer["changes_received"].to_string(),
         );
-        if let Some(error) = peer["last_error"].as_str() {
+        // An error from an earlier session is history once the peer is connected again.
+        if let (false, Some(error)) = (connected, peer["last_error"].as_str()) {
             println!("    last error: {error}");
         }
     }

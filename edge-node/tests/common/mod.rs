@@ -92,7 +92,9 @@ impl Drop for Node {
     }
 }
 
-/// One HTTP/1.1 request over a fresh connection; returns the status and JSON body.
+/// One HTTP/1.1 request over a fresh connection; returns the status and JSON body. It
+/// sends no `Content-Type` (and `curl -d` sends a form type): the API takes JSON whatever
+/// the header says. The shell's client sends `application/json`, so both are exercised.
 pub fn http(api: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> (u16, Json) {
     http_with_token(api, method, path, body, None)
 }
@@ -110,7 +112,7 @@ pub fn http_with_token(
     let body = body.map(Json::to_string).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n{auth}Content-Length: {}\r\n\r\n{body}",
         body.len(),
         auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
     )
