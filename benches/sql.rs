@@ -19,6 +19,7 @@
 //! the allocator. Rows are loaded
 //! through durable `WriteBatch`es of 10k rows. `EDGESTORE_B6_ROWS` (default 1000000) sets
 //! the fact table's size (dim has 1/100 of it); results are checked to agree.
+//! `EDGESTORE_B6_CASES` (default `scan,selective,point,3way`) picks the queries.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,10 +70,21 @@ fn query_phase(dir: &std::path::Path, facts: i64) {
     let conn = Connection::open(dir.join("b6.sqlite")).expect("sqlite");
     println!("query process after opening both stores: peak RSS {} MiB", peak_kib() / 1024);
     println!("{:<16} {:>12} {:>12} {:>8} {:>16}", "query", "edgestore", "sqlite", "ratio", "our peak RSS");
-    compare(&mut replica, &conn, "scan join", SCAN_JOIN, 3);
-    compare(&mut replica, &conn, "selective join", SELECTIVE_JOIN, 20);
-    point_joins(&replica, &conn, facts);
-    compare(&mut replica, &conn, "3-way join", THREE_WAY_JOIN, 3);
+    // `EDGESTORE_B6_CASES=point,selective` runs only those (e.g. under a profiler).
+    let cases = std::env::var("EDGESTORE_B6_CASES").unwrap_or_else(|_| "scan,selective,point,3way".into());
+    let wanted = |case: &str| cases.split(',').any(|c| c.trim() == case);
+    if wanted("scan") {
+        compare(&mut replica, &conn, "scan join", SCAN_JOIN, 3);
+    }
+    if wanted("selective") {
+        compare(&mut replica, &conn, "selective join", SELECTIVE_JOIN, 20);
+    }
+    if wanted("point") {
+        point_joins(&replica, &conn, facts);
+    }
+    if wanted("3way") {
+        compare(&mut replica, &conn, "3-way join", THREE_WAY_JOIN, 3);
+    }
     for query in [SCAN_JOIN, SELECTIVE_JOIN, THREE_WAY_JOIN] {
         let plan = sql::execute(&mut replica, &format!("EXPLAIN {query}"), &[], NOW_MS).expect("explain");
         println!("plan of {}:", &query[..40]);
