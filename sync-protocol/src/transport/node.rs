@@ -444,7 +444,9 @@ async fn run_connection(shared: Arc<Shared>, connection: quinn::Connection, peer
         connection.close(CLOSE_DUPLICATE.into(), b"duplicate connection");
         return;
     }
-    tracing::info!(%peer, "sync connection established");
+    // The server may still refuse our certificate after this side's handshake completed,
+    // so the session is reported established only when the peer's Hello arrives.
+    tracing::debug!(%peer, "QUIC connection up");
     shared.with_peer(peer, |record| {
         record.sessions += 1;
         record.current = SessionStats::default();
@@ -494,6 +496,9 @@ async fn drive_connection(
                 Event::Closed { error: Some(ProtocolError::ClosedByPeer { .. }) | None } => {}
                 Event::Closed { error: Some(_) } => {
                     shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Established { peer_vector } => {
+                    tracing::info!(%peer, peer_changes = peer_vector.total_changes(), "sync session established");
                 }
                 _ => {}
             }
