@@ -106,6 +106,9 @@ fn xor_into(acc: &mut [u8; 32], other: &[u8; 32]) {
     }
 }
 
+/// A document to repair: encoded key, key, and its parsed changes with their authors.
+type VerifiedRepair = (Vec<u8>, DocKey, Vec<(NodeId, automerge::Change)>);
+
 /// One document's key and heads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DocHeads {
@@ -225,10 +228,7 @@ impl Replica {
         outcome
     }
 
-    fn repair_txn(
-        &mut self,
-        docs: Vec<(Vec<u8>, DocKey, Vec<(NodeId, automerge::Change)>)>,
-    ) -> Result<RepairReport, ApplyError> {
+    fn repair_txn(&mut self, docs: Vec<VerifiedRepair>) -> Result<RepairReport, ApplyError> {
         let mut report = RepairReport::default();
         let txn = self.begin_durable_write()?;
         {

@@ -2,7 +2,8 @@
 //!
 //! - [`frame`]: versioned wire frames (CBOR), capped before decoding.
 //! - [`session`]: the sans-IO per-peer state machine: handshake, delta streaming with flow
-//!   control, live push and relay, acknowledgements, keepalive, timeouts.
+//!   control, live push and relay, acknowledgements, keepalive, timeouts, and anti-entropy
+//!   (a blake3 digest tree over document heads) as the backstop.
 //! - [`backoff`]: reconnect backoff.
 //! - [`store`]: the store operations a session uses.
 //!

@@ -484,15 +484,14 @@ impl Session {
     }
 
     /// Queues a `Heads` frame with this side's documents of a range, within the frame
-    /// budget; returns them (key → heads bytes) and the last key covered if not complete.
-    #[allow(clippy::type_complexity)] // one private helper's return value
+    /// budget (`complete = false` if cut short).
     fn queue_heads(
         &mut self,
         vector_hash: &[u8; 32],
         reply: bool,
         (depth, prefix): (u8, u32),
         store: &dyn SyncStore,
-    ) -> Result<(BTreeMap<Vec<u8>, Vec<u8>>, Option<Vec<u8>>), ProtocolError> {
+    ) -> Result<(), ProtocolError> {
         let (docs, mut complete) =
             store.heads_in_range(depth, prefix, HEADS_DOCS_MAX).map_err(|e| ProtocolError::Storage(e.to_string()))?;
         let mut wire = Vec::with_capacity(docs.len());
@@ -509,11 +508,9 @@ impl Session {
             }
             wire.push((ByteBuf::from(doc.key), ByteBuf::from(heads)));
         }
-        let last = if complete { None } else { wire.last().map(|(k, _)| k.to_vec()) };
-        let map = wire.iter().map(|(k, h)| (k.to_vec(), h.to_vec())).collect();
         let vector = ByteBuf::from(vector_hash.to_vec());
         self.outbox.push_back(Frame::Heads { vector, reply, depth, prefix, docs: wire, complete });
-        Ok((map, last))
+        Ok(())
     }
 
     /// A `Heads` frame: send `Repair` with what the peer lacks, and our `Heads` unless this

@@ -563,9 +563,12 @@ const DOC_TABLES: [&str; 5] = ["docs_v1", "doc_tail_v1", "doc_heads_v1", "rows_v
 /// Secondary-index entries (unit values).
 const INDEX_TABLE: &str = "index_v1";
 
+/// Key/value entries of one table.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A copy of a node's document tables.
 struct DocBackup {
-    tables: Vec<(&'static str, Vec<(Vec<u8>, Vec<u8>)>)>,
+    tables: Vec<(&'static str, Entries)>,
     index: Vec<Vec<u8>>,
 }
 

@@ -53,11 +53,14 @@ const HEAL_AT: Duration = PARTITIONS[1].1;
 /// Simulated time within which the healed mesh must converge.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(60);
 
+/// A pending wait for the turmoil socket to become readable.
+type Readable = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
 /// `quinn::AsyncUdpSocket` over a turmoil UDP socket, duplicating and corrupting datagrams
 /// with a seeded RNG.
 struct TurmoilSocket {
     socket: Arc<turmoil::net::UdpSocket>,
-    readable: Mutex<Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>>,
+    readable: Mutex<Option<Readable>>,
     faults: Mutex<ChaCha8Rng>,
     counts: Arc<Mutex<[u64; 3]>>,
 }
