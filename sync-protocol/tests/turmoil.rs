@@ -341,7 +341,7 @@ async fn drive(
             }
         }
     });
-    let mut store_changed = changed.subscribe();
+    let store_changed = changed.subscribe();
     loop {
         loop {
             let bytes = session.poll_transmit(now(), &*state.replica.lock().unwrap());
