@@ -163,9 +163,20 @@ impl Expr {
         }
     }
 
-    /// Evaluates as a condition: `Some(true)` only when the value is true.
+    /// Evaluates as a condition: `Some(true)` only when the value is true. Comparisons and
+    /// logic give their truth directly, without a 1/0/NULL value in between: filters on
+    /// scans run this once per row read.
     pub fn truth(&self, row: &[Value]) -> Result<Option<bool>, SqlError> {
-        Ok(value::truth(&self.eval(row)?))
+        match self {
+            Expr::Cmp(op, a, b) => Ok(match (a.borrowed(row), b.borrowed(row)) {
+                (Some(x), Some(y)) => compare_op(*op, x, y),
+                _ => compare_op(*op, &a.eval(row)?, &b.eval(row)?),
+            }),
+            Expr::And(a, b) => and(a.truth(row)?, || b.truth(row)),
+            Expr::Or(a, b) => or(a.truth(row)?, || b.truth(row)),
+            Expr::Not(e) => Ok(e.truth(row)?.map(|b| !b)),
+            _ => Ok(value::truth(&self.eval(row)?)),
+        }
     }
 
     /// Whether a row passes this filter (NULL does not).
