@@ -276,3 +276,49 @@ impl Replica {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(keys: &[&[u8]]) -> HeadsTree {
+        let mut leaves = vec![(0u64, [0u8; 32]); LEAVES];
+        for key in keys {
+            let leaf = &mut leaves[heads_bucket(key) as usize];
+            leaf.0 += 1;
+            xor_into(&mut leaf.1, &leaf_hash(key, &[7; 32]));
+        }
+        HeadsTree { leaves }
+    }
+
+    #[test]
+    fn a_range_is_the_sum_of_its_children() {
+        let keys: Vec<Vec<u8>> = (0u32..500).map(|i| i.to_be_bytes().to_vec()).collect();
+        let tree = tree(&keys.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        assert_eq!(tree.root().0, 500);
+        for (depth, prefix) in [(0u8, 0u32), (1, 5), (2, 200)] {
+            let (docs, digest) = tree.range(depth, prefix).unwrap();
+            let mut sum = (0, [0u8; 32]);
+            for child in 0..HEADS_TREE_FANOUT {
+                let (d, g) = tree.range(depth + 1, prefix * HEADS_TREE_FANOUT + child).unwrap();
+                sum.0 += d;
+                xor_into(&mut sum.1, &g);
+            }
+            assert_eq!((docs, digest), sum);
+        }
+        assert_eq!(tree.range(HEADS_TREE_DEPTH + 1, 0), None);
+        assert_eq!(tree.range(1, 16), None);
+    }
+
+    #[test]
+    fn a_key_lies_in_every_range_above_its_bucket() {
+        for key in [&b"a"[..], b"row", &[0xFF; 40]] {
+            let bucket = heads_bucket(key);
+            assert!(bucket < LEAVES as u32);
+            assert!(bucket_in_range(bucket, 0, 0));
+            assert!(bucket_in_range(bucket, HEADS_TREE_DEPTH, bucket));
+            assert!(bucket_in_range(bucket, 1, bucket >> 8));
+            assert!(!bucket_in_range(bucket, 1, ((bucket >> 8) + 1) % 16));
+        }
+    }
+}
