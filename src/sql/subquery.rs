@@ -44,13 +44,17 @@ enum Answer {
     Scalar(Value),
 }
 
+/// Answers by outer values; the type tag keeps 1 and 1.0 apart, which `KeyValue` alone
+/// equates.
+type Memo = HashMap<Vec<(u8, KeyValue)>, Arc<Answer>>;
+
 /// One correlated subquery: its plan (with [`Expr::Outer`] placeholders), the snapshot of
 /// the query it belongs to, and the memo of answers.
 pub(crate) struct Subquery {
     kind: SubqueryKind,
     plan: Plan,
     snap: Arc<Snapshot>,
-    memo: Mutex<HashMap<Vec<(u8, KeyValue)>, Arc<Answer>>>,
+    memo: Mutex<Memo>,
 }
 
 impl std::fmt::Debug for Subquery {
@@ -76,7 +80,6 @@ impl Subquery {
     }
 
     fn answer(&self, args: &[Value]) -> Result<Arc<Answer>, SqlError> {
-        // The type tag keeps 1 and 1.0 apart, which `KeyValue` alone equates.
         let key: Vec<(u8, KeyValue)> = args.iter().map(|v| (type_tag(v), value::key_of(v))).collect();
         if let Some(answer) = self.memo().get(&key) {
             return Ok(Arc::clone(answer));
@@ -91,7 +94,7 @@ impl Subquery {
 
     /// The memo holds only finished answers, so one poisoned by a panic elsewhere is
     /// still consistent.
-    fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<(u8, KeyValue)>, Arc<Answer>>> {
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
         self.memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
