@@ -13,11 +13,11 @@ use std::sync::Arc;
 use sqlparser::ast;
 
 use super::aggregate::{AggFunc, AggSpec};
-use super::expr::{CastType, CmpOp, Expr, InSet};
+use super::expr::{CastType, CmpOp, Expr};
 use super::func::Func;
 use super::plan::Scope;
-use super::subquery::{Subquery, SubqueryCall, SubqueryKind};
-use super::value::{self, ArithOp};
+use super::subquery::{self, Subquery, SubqueryCall, SubqueryKind};
+use super::value::ArithOp;
 use super::{exec, select, SqlError};
 use crate::replica::Snapshot;
 use crate::types::Value;
@@ -543,25 +543,7 @@ impl<'a> Binder<'a> {
         }
         let refs = outer.refs.into_inner();
         if refs.is_empty() {
-            let rows = exec::open(planned.plan, self.ctx.snap)?;
-            return Ok(match kind {
-                SubqueryKind::Exists { negated } => {
-                    let found = rows.take(1).next().transpose()?.is_some();
-                    Expr::Literal(value::from_truth(Some(found != negated)))
-                }
-                SubqueryKind::Scalar => {
-                    let first = rows.take(1).next().transpose()?;
-                    Expr::Literal(first.and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
-                }
-                SubqueryKind::In { negated } => {
-                    let mut set = InSet::default();
-                    for row in rows {
-                        set.insert(row?.into_iter().next().unwrap_or(Value::Null));
-                    }
-                    let lhs = lhs.ok_or_else(|| SqlError::invalid("internal error: IN without a left-hand side"))?;
-                    Expr::InSet(lhs, Arc::new(set), negated)
-                }
-            });
+            return subquery::constant(kind, exec::open(planned.plan, self.ctx.snap)?, lhs);
         }
         let args =
             refs.iter().map(|(table, name)| self.column_named(table.as_deref(), name)).collect::<Result<_, _>>()?;

@@ -104,21 +104,38 @@ impl Subquery {
             Expr::Outer(k) => Some(args.get(*k).cloned().unwrap_or(Value::Null)),
             _ => None,
         });
-        let mut rows = exec::open(plan, &self.snap)?;
-        Ok(match self.kind {
-            SubqueryKind::Exists { .. } => Answer::Exists(rows.next().transpose()?.is_some()),
-            SubqueryKind::Scalar => {
-                Answer::Scalar(rows.next().transpose()?.and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
-            }
-            SubqueryKind::In { .. } => {
-                let mut set = InSet::default();
-                for row in rows {
-                    set.insert(row?.into_iter().next().unwrap_or(Value::Null));
-                }
-                Answer::Set(set)
-            }
-        })
+        collect(self.kind, exec::open(plan, &self.snap)?)
     }
+}
+
+/// Reads a subquery's rows into its answer (only as many rows as the answer needs).
+fn collect(kind: SubqueryKind, mut rows: exec::RowStream) -> Result<Answer, SqlError> {
+    Ok(match kind {
+        SubqueryKind::Exists { .. } => Answer::Exists(rows.next().transpose()?.is_some()),
+        SubqueryKind::Scalar => {
+            Answer::Scalar(rows.next().transpose()?.and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
+        }
+        SubqueryKind::In { .. } => {
+            let mut set = InSet::default();
+            for row in rows {
+                set.insert(row?.into_iter().next().unwrap_or(Value::Null));
+            }
+            Answer::Set(set)
+        }
+    })
+}
+
+/// An uncorrelated subquery's rows, read once at planning, as a constant expression (a
+/// literal, or the set of an `IN`).
+pub(crate) fn constant(kind: SubqueryKind, rows: exec::RowStream, lhs: Option<Box<Expr>>) -> Result<Expr, SqlError> {
+    Ok(match (collect(kind, rows)?, kind, lhs) {
+        (Answer::Exists(found), SubqueryKind::Exists { negated }, _) => {
+            Expr::Literal(value::from_truth(Some(found != negated)))
+        }
+        (Answer::Scalar(v), _, _) => Expr::Literal(v),
+        (Answer::Set(set), SubqueryKind::In { negated }, Some(lhs)) => Expr::InSet(lhs, Arc::new(set), negated),
+        _ => return Err(SqlError::invalid("internal error: subquery answer does not match its use")),
+    })
 }
 
 fn type_tag(v: &Value) -> u8 {
