@@ -102,12 +102,17 @@ pub fn json_value(value: &Value) -> serde_json::Value {
     }
 }
 
+/// One JSON object per row, keys in column order (as `sqlite3 -json`); a name that occurs
+/// twice (`SELECT a.id, b.id`) stays twice rather than one value hiding the other.
 fn json(columns: &[String], rows: &[Vec<Value>]) -> String {
     let mut out = String::new();
     for row in rows {
-        let object: serde_json::Map<String, serde_json::Value> =
-            columns.iter().cloned().zip(row.iter().map(json_value)).collect();
-        out += &(serde_json::Value::Object(object).to_string() + "\n");
+        let fields: Vec<String> = columns
+            .iter()
+            .zip(row)
+            .map(|(column, value)| format!("{}:{}", serde_json::Value::from(column.as_str()), json_value(value)))
+            .collect();
+        out += &format!("{{{}}}\n", fields.join(","));
     }
     out
 }

@@ -33,25 +33,14 @@ fn status_without_a_node_explains_what_to_do() {
     assert!(String::from_utf8_lossy(&status.stderr).contains("run `edge-node init` first"));
 }
 
-/// A shell transcript: statements in on standard input, the exact output out.
+/// A shell transcript: `transcripts/sites.sql` in on standard input, exactly
+/// `transcripts/sites.out` out (`tests/node_api.rs` runs the same one against a running node).
 #[test]
 fn shell_transcript() {
     let dir = tempfile::TempDir::new().unwrap();
     let data = dir.path().join("node");
     assert!(edge_node(&data, &["init"]).status.success());
-    let script = "\
-CREATE TABLE sites (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
-CREATE TABLE sensors (id INTEGER PRIMARY KEY, site INTEGER, kind TEXT, hits COUNTER);
-INSERT INTO sites VALUES (1, 'north'), (2, 'south');
-INSERT INTO sensors (id, site, kind) VALUES (10, 1, 'temp'), (11, 1, 'flow;rate'), (12, NULL, 'spare');
-UPDATE sensors SET hits = hits + 3 WHERE site = 1;
-SELECT s.id, t.name, s.kind, s.hits
-  FROM sensors s LEFT JOIN sites t ON t.id = s.site
-  ORDER BY s.id;
-.mode csv
-SELECT name, COUNT(*) FROM sites JOIN sensors ON sensors.site = sites.id GROUP BY name;
-.tables
-";
+    let script = include_str!("transcripts/sites.sql");
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-node"))
         .arg("--data-dir")
         .arg(&data)
@@ -64,26 +53,7 @@ SELECT name, COUNT(*) FROM sites JOIN sensors ON sensors.site = sites.id GROUP B
     child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
-    let expected = "\
-(0 rows affected)
-(0 rows affected)
-(2 rows affected)
-(3 rows affected)
-(2 rows affected)
-+----+-------+-----------+------+
-| id | name  | kind      | hits |
-+----+-------+-----------+------+
-| 10 | north | temp      |    3 |
-| 11 | north | flow;rate |    3 |
-| 12 | NULL  | spare     |    0 |
-+----+-------+-----------+------+
-(3 rows)
-name,COUNT(*)
-north,2
-sensors
-sites
-";
-    assert_eq!(String::from_utf8(output.stdout).unwrap(), expected);
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), include_str!("transcripts/sites.out"));
 }
 
 #[test]

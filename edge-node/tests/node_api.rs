@@ -41,6 +41,16 @@ fn api_requires_the_token_when_one_is_set_and_reports_errors() {
     assert_eq!(status, 400, "{answer}");
 }
 
+/// The shell transcript of `tests/cli.rs`, through a running node's API this time: the
+/// output must be the same to the byte as on a data directory opened directly.
+#[test]
+fn shell_transcript_through_a_running_node() {
+    let dir = tempfile::TempDir::new().expect("temporary directory");
+    let node = start("a", &dir.path().join("a"), "127.0.0.1:0", "127.0.0.1:0");
+    let output = shell(&node, include_str!("transcripts/sites.sql"));
+    assert_eq!(output, include_str!("transcripts/sites.out"));
+}
+
 #[test]
 fn peers_backup_restore_and_history_through_the_cli() {
     let dir = tempfile::TempDir::new().expect("temporary directory");
