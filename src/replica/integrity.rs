@@ -176,8 +176,8 @@ impl Checker {
         if stored != expected {
             self.problems.push(IntegrityProblem::Document { doc: describe, problem: "stored heads differ".into() });
         }
-        self.docs.put(key.to_vec(), working.doc.clone());
-        Ok(Some(working.doc))
+        self.docs.put(key.to_vec(), (*working.doc).clone());
+        Ok(Some(*working.doc))
     }
 
     fn doc_keys(&self, start: &[u8], end: Option<&[u8]>) -> Result<Vec<Vec<u8>>, StorageError> {

@@ -101,30 +101,37 @@ impl Replica {
         docs: Vec<ChangedDoc<'_>>,
         changes: &[VerifiedChange],
     ) -> Result<(), RecordError> {
-        let mut refresh = Vec::with_capacity(docs.len());
+        let mut catalog_docs = Vec::new();
+        let mut row_docs = Vec::with_capacity(docs.len());
         for changed in docs {
-            refresh.push((changed.key_bytes.clone(), changed.key, changed.cause));
-            self.persist_doc(tables, changed.key_bytes, changed.working, &changed.new_changes)?;
-        }
-        // Catalog documents sort first, so rows are checked against the updated catalog.
-        refresh.sort_by(|a, b| a.1.cmp(&b.1));
-        for (key_bytes, key, (origin, seq)) in refresh {
-            let inconsistent = |reason: String| RecordError::Inconsistent { origin, seq, reason };
-            match &key {
-                DocKey::Table(_) | DocKey::Index(_) => {
-                    self.refresh_catalog_object(tables, &key_bytes, &key).map_err(|e| match e {
-                        RecordError::Inconsistent { reason, .. } => inconsistent(reason),
-                        other => other,
-                    })?
-                }
-                DocKey::Row { table, epoch, pk } => {
-                    let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
-                    if !known {
-                        return Err(inconsistent(format!("row of unknown table {table} (epoch {epoch})")));
-                    }
-                    self.refresh_row(tables, &key_bytes, table, *epoch, pk)?;
-                }
+            let working = self.persist_doc(tables, &changed.key_bytes, changed.working, &changed.new_changes)?;
+            if let DocKey::Row { .. } = changed.key {
+                // Row documents stay out of the cache until materialized below: one cache
+                // round trip per document instead of two.
+                row_docs.push((changed.key_bytes, changed.key, changed.cause, working));
+            } else {
+                self.cache.put(changed.key_bytes.clone(), working);
+                catalog_docs.push((changed.key_bytes, changed.key, changed.cause));
             }
+        }
+        // Catalog documents first, so rows are checked against the updated catalog.
+        catalog_docs.sort_by(|a, b| a.1.cmp(&b.1));
+        for (key_bytes, key, (origin, seq)) in catalog_docs {
+            self.refresh_catalog_object(tables, &key_bytes, &key).map_err(|e| match e {
+                RecordError::Inconsistent { reason, .. } => RecordError::Inconsistent { origin, seq, reason },
+                other => other,
+            })?;
+        }
+        row_docs.sort_by(|a, b| a.1.cmp(&b.1));
+        for (key_bytes, key, (origin, seq), working) in row_docs {
+            let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
+            let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
+            if !known {
+                let reason = format!("row of unknown table {table} (epoch {epoch})");
+                return Err(RecordError::Inconsistent { origin, seq, reason });
+            }
+            self.materialize_into(tables, table, *epoch, pk, &working.doc)?;
+            self.cache.put(key_bytes, working);
         }
         for change in changes {
             let log_key = keys::log_key(change.origin, change.seq);
@@ -193,26 +200,42 @@ impl Replica {
         epoch: u64,
         pk: &[u8],
     ) -> Result<(), StorageError> {
-        let row_key = keys::row_key(table, pk);
         if self.catalog.table(table).is_none_or(|t| t.causal_length != epoch) {
             // A row of a dropped table or of an older incarnation: its document is kept
             // (it is part of the replicated state), but nothing is materialized.
             return Ok(());
         }
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
-        // Borrow the catalog field (not `self`) so the cache can take the document back
-        // without copying the table's definition for every row.
-        let catalog = &self.catalog;
-        let schema = &catalog.table(table).expect("checked live above").schema;
-        let materialized = materialize_row(&working.doc, schema, pk);
+        let outcome = self.materialize_into(tables, table, epoch, pk, &working.doc);
         self.cache.put(key_bytes.to_vec(), working);
+        outcome
+    }
+
+    /// Writes a row document's materialization: its `rows_v1` record, index entries and
+    /// conflicts, replacing the previous ones.
+    fn materialize_into(
+        &self,
+        tables: &mut WriteTables<'_>,
+        table: &str,
+        epoch: u64,
+        pk: &[u8],
+        document: &automerge::AutoCommit,
+    ) -> Result<(), StorageError> {
+        let Some(entry) = self.catalog.table(table).filter(|t| t.causal_length == epoch) else {
+            // A row of a dropped table or of an older incarnation: its document is kept
+            // (it is part of the replicated state), but nothing is materialized.
+            return Ok(());
+        };
+        let schema = &entry.schema;
+        let row_key = keys::row_key(table, pk);
+        let materialized = materialize_row(document, schema, pk);
         let old = match tables.rows.get(row_key.as_slice())? {
             Some(record) => {
                 Some(crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?)
             }
             None => None,
         };
-        let indexes: Vec<&IndexEntry> = catalog.indexes_of(table).collect();
+        let indexes: Vec<&IndexEntry> = self.catalog.indexes_of(table).collect();
         for index in &indexes {
             if let Some(old) = &old {
                 tables.indexes.remove(index_entry_key(index, schema, old, pk).as_slice())?;

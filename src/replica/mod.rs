@@ -69,7 +69,9 @@ pub struct ColumnConflict {
 
 /// A document being changed in the current transaction.
 pub(crate) struct WorkingDoc {
-    pub doc: AutoCommit,
+    /// Boxed: an `AutoCommit` is several hundred bytes, and a working document moves
+    /// between the cache, the batch being staged and the changed-document list.
+    pub doc: Box<AutoCommit>,
     /// Changes stored after the document's snapshot.
     pub tail_len: u32,
 }
@@ -83,7 +85,7 @@ pub struct Replica {
     /// The version vector when this node last wrote; the next local change depends on
     /// whatever has grown since.
     announced: VersionVector,
-    cache: LruCache<Vec<u8>, WorkingDoc>,
+    cache: DocCache,
 }
 
 impl std::fmt::Debug for Replica {
@@ -238,44 +240,40 @@ impl Replica {
         tables: &WriteTables<'_>,
         key: &[u8],
     ) -> Result<Option<WorkingDoc>, StorageError> {
-        if let Some(doc) = self.cache.pop(key) {
-            return Ok(Some(doc));
-        }
-        load_working_doc(self.node, &tables.heads, &tables.docs, &tables.tail, key)
+        take_cached_doc(&mut self.cache, self.node, tables, key)
     }
 
     /// Takes a document, or starts an empty one.
     pub(crate) fn take_or_new_doc(&mut self, tables: &WriteTables<'_>, key: &[u8]) -> Result<WorkingDoc, StorageError> {
-        Ok(self.take_doc(tables, key)?.unwrap_or_else(|| WorkingDoc { doc: doc::new_doc(self.node), tail_len: 0 }))
+        take_or_new_cached_doc(&mut self.cache, self.node, tables, key)
     }
 
     /// Persists a document's new changes (appended to its tail, or folded into a fresh
-    /// snapshot when the tail is long), then its heads, and returns it to the cache.
+    /// snapshot when the tail is long), then its heads; the caller returns it to the cache.
     pub(crate) fn persist_doc(
         &mut self,
         tables: &mut WriteTables<'_>,
-        key: Vec<u8>,
+        key: &[u8],
         mut working: WorkingDoc,
         new_changes: &[&[u8]],
-    ) -> Result<(), StorageError> {
+    ) -> Result<WorkingDoc, StorageError> {
         let tail_len_after = working.tail_len as usize + new_changes.len();
         if tail_len_after >= DOC_TAIL_CHANGES_MAX as usize {
             let snapshot = working.doc.save();
-            tables.docs.insert(key.as_slice(), snapshot.as_slice())?;
+            tables.docs.insert(key, snapshot.as_slice())?;
             for position in 0..working.tail_len {
-                tables.tail.remove(storage::tail_key(&key, position).as_slice())?;
+                tables.tail.remove(storage::tail_key(key, position).as_slice())?;
             }
             working.tail_len = 0;
         } else {
             for change in new_changes {
-                tables.tail.insert(storage::tail_key(&key, working.tail_len).as_slice(), *change)?;
+                tables.tail.insert(storage::tail_key(key, working.tail_len).as_slice(), *change)?;
                 working.tail_len += 1;
             }
         }
         let heads = doc::heads(&mut working.doc);
-        tables.heads.insert(key.as_slice(), storage::encode_heads(working.tail_len, &heads).as_slice())?;
-        self.cache.put(key, working);
-        Ok(())
+        tables.heads.insert(key, storage::encode_heads(working.tail_len, &heads).as_slice())?;
+        Ok(working)
     }
 
     /// Commits a write transaction durably.
@@ -294,6 +292,33 @@ impl Replica {
         }
         outcome
     }
+}
+
+/// The document cache of a replica.
+pub(crate) type DocCache = LruCache<Vec<u8>, WorkingDoc>;
+
+/// [`Replica::take_doc`] on the cache alone, so callers can borrow other fields meanwhile.
+pub(crate) fn take_cached_doc(
+    cache: &mut DocCache,
+    node: NodeId,
+    tables: &WriteTables<'_>,
+    key: &[u8],
+) -> Result<Option<WorkingDoc>, StorageError> {
+    if let Some(doc) = cache.pop(key) {
+        return Ok(Some(doc));
+    }
+    load_working_doc(node, &tables.heads, &tables.docs, &tables.tail, key)
+}
+
+/// [`Replica::take_or_new_doc`] on the cache alone.
+pub(crate) fn take_or_new_cached_doc(
+    cache: &mut DocCache,
+    node: NodeId,
+    tables: &WriteTables<'_>,
+    key: &[u8],
+) -> Result<WorkingDoc, StorageError> {
+    let new = || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0 };
+    Ok(take_cached_doc(cache, node, tables, key)?.unwrap_or_else(new))
 }
 
 /// Loads a document from storage tables (used by writers and by the integrity check).
@@ -315,7 +340,7 @@ pub(crate) fn load_working_doc(
     }
     let doc = doc::load_doc(node, &snapshot, changes)
         .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", describe_doc_key(key))))?;
-    Ok(Some(WorkingDoc { doc, tail_len }))
+    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len }))
 }
 
 /// A readable description of an encoded document key, for messages.

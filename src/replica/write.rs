@@ -6,19 +6,20 @@
 //! batch leaves nothing behind. Only a fully staged batch is committed into automerge and
 //! written. Several batches can share one redb commit ([`Replica::write_group`]).
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use automerge::transaction::CommitOptions;
 
 use super::materialize::ChangedDoc;
-use super::{Replica, WorkingDoc, WriteTables};
+use super::{take_or_new_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
 use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
 use crate::change::{DocChange, DocKey, VerifiedChange};
 use crate::doc;
 use crate::error::{StorageError, WriteError};
 use crate::keys;
 use crate::schema::{IndexSchema, TableSchema};
-use crate::types::{ColumnType, Value};
+use crate::types::{ColumnType, NodeId, Value};
 
 /// One operation of a write batch.
 #[derive(Clone, Debug, PartialEq)]
@@ -314,12 +315,7 @@ impl Replica {
         ctx: &'c mut BatchCtx,
         key: DocKey,
     ) -> Result<&'c mut WorkingDoc, WriteError> {
-        let key_bytes = key.encode();
-        if !ctx.docs.contains_key(&key_bytes) {
-            let working = self.take_or_new_doc(tables, &key_bytes)?;
-            ctx.docs.insert(key_bytes.clone(), Staged { key, working });
-        }
-        Ok(&mut ctx.docs.get_mut(&key_bytes).expect("inserted above").working)
+        stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, key)
     }
 
     fn stage_op(&mut self, tables: &WriteTables<'_>, ctx: &mut BatchCtx, op: WriteOp) -> Result<(), WriteError> {
@@ -438,12 +434,12 @@ impl Replica {
         values: Vec<(String, Value)>,
         upsert: bool,
     ) -> Result<(), WriteError> {
-        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
+        let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
         let row = build_row(schema, &values)?;
         let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
-        let key = row_doc_key(&entry, &pk);
-        let working = self.stage_doc(tables, ctx, key)?;
+        let key = row_doc_key(entry, &pk);
+        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, key)?;
         if doc::is_alive(&working.doc) {
             if !upsert {
                 return Err(WriteError::DuplicateKey { table: schema.name.clone(), key: show_key(&pk) });
@@ -472,7 +468,7 @@ impl Replica {
         key: Vec<Value>,
         set: Vec<(String, Value)>,
     ) -> Result<(), WriteError> {
-        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
+        let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
         let pk = coerce_key(schema, key)?;
         let mut updates = Vec::with_capacity(set.len());
@@ -484,7 +480,7 @@ impl Replica {
             }
             updates.push((i, coerce_column(schema, i, value)?));
         }
-        let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
+        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, row_doc_key(entry, &pk))?;
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
@@ -502,9 +498,9 @@ impl Replica {
         table: &str,
         key: Vec<Value>,
     ) -> Result<(), WriteError> {
-        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
+        let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let pk = coerce_key(&entry.schema, key)?;
-        let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
+        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, row_doc_key(entry, &pk))?;
         if doc::is_alive(&working.doc) {
             bump(working, &entry.schema.name)?;
             ctx.rows_affected += 1;
@@ -521,7 +517,7 @@ impl Replica {
         column: &str,
         by: i64,
     ) -> Result<(), WriteError> {
-        let entry = live_table(ctx.catalog(&self.catalog), table)?.clone();
+        let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
         let i = column_position(schema, column)?;
         let not_a_counter =
@@ -530,7 +526,7 @@ impl Replica {
             return Err(not_a_counter());
         }
         let pk = coerce_key(schema, key)?;
-        let working = self.stage_doc(tables, ctx, row_doc_key(&entry, &pk))?;
+        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, row_doc_key(entry, &pk))?;
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
@@ -545,6 +541,26 @@ impl Replica {
         ctx.rows_affected += 1;
         Ok(())
     }
+}
+
+/// [`Replica::stage_doc`] on the fields it needs, so that row operations can borrow their
+/// table's definition from the catalog meanwhile instead of copying it for every row.
+fn stage_doc_in<'c>(
+    cache: &mut DocCache,
+    node: NodeId,
+    tables: &WriteTables<'_>,
+    docs: &'c mut BTreeMap<Vec<u8>, Staged>,
+    key: DocKey,
+) -> Result<&'c mut WorkingDoc, WriteError> {
+    let key_bytes = key.encode();
+    let staged = match docs.entry(key_bytes) {
+        Entry::Occupied(entry) => entry.into_mut(),
+        Entry::Vacant(entry) => {
+            let working = take_or_new_cached_doc(cache, node, tables, entry.key())?;
+            entry.insert(Staged { key, working })
+        }
+    };
+    Ok(&mut staged.working)
 }
 
 /// Bumps a document's causal length, or reports it exhausted.
