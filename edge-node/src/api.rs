@@ -43,6 +43,9 @@ pub struct Node {
     pub started: Instant,
     /// Serialises edits of the peer list file.
     pub peers_file: tokio::sync::Mutex<()>,
+    /// Parsed statements by SQL text; a query's plan is kept inside its statement and
+    /// re-used while the tables it reads keep their definitions (see `sql::Statement`).
+    pub statements: std::sync::Mutex<lru::LruCache<String, sql::Statement>>,
     /// The sync socket's cut-off switch, exposed only when fault injection is enabled
     /// (`EDGE_NODE_FAULT_INJECTION=1`, for end-to-end partition tests).
     pub fault: Option<FaultSwitch>,
@@ -185,8 +188,22 @@ async fn sql_route(State(node): State<Arc<Node>>, Body(request): Body<SqlRequest
     result.map(Json)
 }
 
-fn run_sql(node: &Node, text: &str, params: &[Value]) -> Result<JsonValue, ApiError> {
+/// Statements kept parsed (and planned) by SQL text, at most.
+pub const STATEMENT_CACHE_ENTRIES: usize = 256;
+
+/// The statement for `text`, from the cache or freshly parsed (parse errors are not kept).
+fn statement(node: &Node, text: &str) -> Result<sql::Statement, ApiError> {
+    let cached = node.statements.lock().expect("statement cache poisoned").get(text).cloned();
+    if let Some(statement) = cached {
+        return Ok(statement);
+    }
     let statement = sql::prepare(text).map_err(ApiError::from_sql)?;
+    node.statements.lock().expect("statement cache poisoned").put(text.to_string(), statement.clone());
+    Ok(statement)
+}
+
+fn run_sql(node: &Node, text: &str, params: &[Value]) -> Result<JsonValue, ApiError> {
+    let statement = statement(node, text)?;
     let mut handle = node.handle.clone();
     let result = statement.execute(&mut handle, params, crate::now_ms()).map_err(ApiError::from_sql)?;
     if !statement.is_read_only() {

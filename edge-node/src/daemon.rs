@@ -92,6 +92,9 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Replica>> {
         counters: ApiCounters::default(),
         started: Instant::now(),
         peers_file: tokio::sync::Mutex::new(()),
+        statements: std::sync::Mutex::new(lru::LruCache::new(
+            std::num::NonZeroUsize::new(api::STATEMENT_CACHE_ENTRIES).expect("a non-zero capacity"),
+        )),
         fault,
     });
     write_runtime_file(&config.data_dir, api_addr)?;
