@@ -96,12 +96,15 @@ impl Replica {
         report: &mut ApplyReport,
     ) -> Result<BTreeMap<(NodeId, u64), VerifiedChange>, ApplyError> {
         let mut candidates = BTreeMap::new();
+        // Nothing parked (the usual case): no `pending_v1` lookup per change.
+        let pending_empty = tables.pending.is_empty()?;
         for change in changes {
             let (origin, seq) = (change.origin, change.seq);
             let key = keys::log_key(origin, seq);
             let held = match tables.log.get(key.as_slice())? {
                 Some(bytes) => Some(*blake3::hash(bytes.value()).as_bytes()),
                 None if origin == self.node => return Err(ApplyError::ForgedLocalOrigin { seq }),
+                None if pending_empty => None,
                 None => tables.pending.get(key.as_slice())?.map(|b| *blake3::hash(b.value()).as_bytes()),
             };
             let held = held.or_else(|| candidates.get(&(origin, seq)).map(|c: &VerifiedChange| c.hash));
@@ -153,7 +156,7 @@ impl Replica {
         }
         let mut changed = Vec::with_capacity(groups.len());
         for (key_bytes, (key, doc_changes, cause)) in groups {
-            let mut working = self.take_or_new_doc(tables, &key_bytes)?;
+            let mut working = self.take_or_create_doc(tables, &key_bytes)?;
             let owned: Vec<automerge::Change> = doc_changes.iter().map(|c| (*c).clone()).collect();
             doc::apply_changes(&mut working.doc, owned).map_err(|reason| ApplyError::Inconsistent {
                 origin: cause.0,

@@ -5,7 +5,7 @@
 //! [`Replica::record_changes`] persists them, refreshes what depends on them, and logs the
 //! change envelopes. `check_integrity` re-runs the same derivation from scratch and compares.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{ColumnConflict, Replica, Row, WorkingDoc, WriteTables};
 use crate::catalog::{self, Catalog, IndexEntry};
@@ -104,11 +104,13 @@ impl Replica {
         let mut catalog_docs = Vec::new();
         let mut row_docs = Vec::with_capacity(docs.len());
         for changed in docs {
-            let working = self.persist_doc(tables, &changed.key_bytes, changed.working, &changed.new_changes)?;
+            let mut working = changed.working;
+            let created = std::mem::replace(&mut working.created, false);
+            let working = self.persist_doc(tables, &changed.key_bytes, working, &changed.new_changes)?;
             if let DocKey::Row { .. } = changed.key {
                 // Row documents stay out of the cache until materialized below: one cache
                 // round trip per document instead of two.
-                row_docs.push((changed.key_bytes, changed.key, changed.cause, working));
+                row_docs.push((changed.key_bytes, changed.key, changed.cause, working, created));
             } else {
                 self.cache.put(changed.key_bytes.clone(), working);
                 catalog_docs.push((changed.key_bytes, changed.key, changed.cause));
@@ -123,22 +125,39 @@ impl Replica {
             })?;
         }
         row_docs.sort_by(|a, b| a.1.cmp(&b.1));
-        for (key_bytes, key, (origin, seq), working) in row_docs {
+        for (key_bytes, key, (origin, seq), working, created) in row_docs {
             let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
             let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
             if !known {
                 let reason = format!("row of unknown table {table} (epoch {epoch})");
                 return Err(RecordError::Inconsistent { origin, seq, reason });
             }
-            self.materialize_into(tables, table, *epoch, pk, &working.doc)?;
+            self.materialize_into(tables, table, *epoch, pk, &working.doc, created)?;
             self.cache.put(key_bytes, working);
         }
+        self.log_changes(tables, changes)?;
+        Ok(())
+    }
+
+    /// Logs change envelopes and advances the version vector: `versions_v1` is written
+    /// once per origin, and `pending_v1` is only searched when something is parked.
+    fn log_changes(&mut self, tables: &mut WriteTables<'_>, changes: &[VerifiedChange]) -> Result<(), StorageError> {
+        let pending_empty = tables.pending.is_empty()?;
+        let mut advanced: Vec<(NodeId, u64)> = Vec::new();
         for change in changes {
             let log_key = keys::log_key(change.origin, change.seq);
             tables.log.insert(log_key.as_slice(), change.bytes.as_slice())?;
-            tables.pending.remove(log_key.as_slice())?;
+            if !pending_empty {
+                tables.pending.remove(log_key.as_slice())?;
+            }
             self.versions.set(change.origin, change.seq);
-            tables.versions.insert(change.origin.as_bytes().as_slice(), change.seq)?;
+            match advanced.iter_mut().find(|(origin, _)| *origin == change.origin) {
+                Some(entry) => entry.1 = change.seq,
+                None => advanced.push((change.origin, change.seq)),
+            }
+        }
+        for (origin, seq) in advanced {
+            tables.versions.insert(origin.as_bytes().as_slice(), seq)?;
         }
         Ok(())
     }
@@ -206,13 +225,15 @@ impl Replica {
             return Ok(());
         }
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
-        let outcome = self.materialize_into(tables, table, epoch, pk, &working.doc);
+        let outcome = self.materialize_into(tables, table, epoch, pk, &working.doc, false);
         self.cache.put(key_bytes.to_vec(), working);
         outcome
     }
 
     /// Writes a row document's materialization: its `rows_v1` record, index entries and
-    /// conflicts, replacing the previous ones.
+    /// conflicts, replacing the previous ones. `created` says the document did not exist
+    /// before this transaction, so (invariant 3: every `rows_v1` entry has a row document)
+    /// there is no previous record, index entry or conflict to look up or remove.
     fn materialize_into(
         &self,
         tables: &mut WriteTables<'_>,
@@ -220,6 +241,7 @@ impl Replica {
         epoch: u64,
         pk: &[u8],
         document: &automerge::AutoCommit,
+        created: bool,
     ) -> Result<(), StorageError> {
         let Some(entry) = self.catalog.table(table).filter(|t| t.causal_length == epoch) else {
             // A row of a dropped table or of an older incarnation: its document is kept
@@ -229,11 +251,14 @@ impl Replica {
         let schema = &entry.schema;
         let row_key = keys::row_key(table, pk);
         let materialized = materialize_row(document, schema, pk);
-        let old = match tables.rows.get(row_key.as_slice())? {
-            Some(record) => {
-                Some(crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?)
-            }
-            None => None,
+        let old = match created {
+            true => None,
+            false => match tables.rows.get(row_key.as_slice())? {
+                Some(record) => {
+                    Some(crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?)
+                }
+                None => None,
+            },
         };
         let indexes: Vec<&IndexEntry> = self.catalog.indexes_of(table).collect();
         for index in &indexes {
@@ -247,12 +272,13 @@ impl Replica {
                 for index in &indexes {
                     tables.indexes.insert(index_entry_key(index, schema, &row, pk).as_slice(), ())?;
                 }
-                if conflicts.is_empty() {
-                    tables.conflicts.remove(row_key.as_slice())?;
-                } else {
+                if !conflicts.is_empty() {
                     tables.conflicts.insert(row_key.as_slice(), codec::encode(&conflicts).as_slice())?;
+                } else if !created {
+                    tables.conflicts.remove(row_key.as_slice())?;
                 }
             }
+            None if created => {}
             None => {
                 tables.rows.remove(row_key.as_slice())?;
                 tables.conflicts.remove(row_key.as_slice())?;

@@ -74,6 +74,9 @@ pub(crate) struct WorkingDoc {
     pub doc: Box<AutoCommit>,
     /// Changes stored after the document's snapshot.
     pub tail_len: u32,
+    /// Started empty in this transaction by a writer that knows nothing is derived from
+    /// it yet (see [`Replica::take_or_create_doc`]); cleared once it is persisted.
+    pub created: bool,
 }
 
 /// One node's replica; see the module documentation.
@@ -245,7 +248,20 @@ impl Replica {
 
     /// Takes a document, or starts an empty one.
     pub(crate) fn take_or_new_doc(&mut self, tables: &WriteTables<'_>, key: &[u8]) -> Result<WorkingDoc, StorageError> {
-        take_or_new_cached_doc(&mut self.cache, self.node, tables, key)
+        let mut working = self.take_or_create_doc(tables, key)?;
+        working.created = false;
+        Ok(working)
+    }
+
+    /// Takes a document, or starts an empty one marked `created`: the local write and
+    /// remote apply paths, which keep every invariant, then skip looking up rows, index
+    /// entries and conflicts that cannot exist for a document that did not.
+    pub(crate) fn take_or_create_doc(
+        &mut self,
+        tables: &WriteTables<'_>,
+        key: &[u8],
+    ) -> Result<WorkingDoc, StorageError> {
+        take_or_create_cached_doc(&mut self.cache, self.node, tables, key)
     }
 
     /// Persists a document's new changes (appended to its tail, or folded into a fresh
@@ -310,15 +326,15 @@ pub(crate) fn take_cached_doc(
     load_working_doc(node, &tables.heads, &tables.docs, &tables.tail, key)
 }
 
-/// [`Replica::take_or_new_doc`] on the cache alone.
-pub(crate) fn take_or_new_cached_doc(
+/// [`Replica::take_or_create_doc`] on the cache alone.
+pub(crate) fn take_or_create_cached_doc(
     cache: &mut DocCache,
     node: NodeId,
     tables: &WriteTables<'_>,
     key: &[u8],
 ) -> Result<WorkingDoc, StorageError> {
-    let new = || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0 };
-    Ok(take_cached_doc(cache, node, tables, key)?.unwrap_or_else(new))
+    let created = || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0, created: true };
+    Ok(take_cached_doc(cache, node, tables, key)?.unwrap_or_else(created))
 }
 
 /// Loads a document from storage tables (used by writers and by the integrity check).
@@ -340,7 +356,7 @@ pub(crate) fn load_working_doc(
     }
     let doc = doc::load_doc(node, &snapshot, changes)
         .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", describe_doc_key(key))))?;
-    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len }))
+    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len, created: false }))
 }
 
 /// A readable description of an encoded document key, for messages.

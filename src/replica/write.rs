@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use automerge::transaction::CommitOptions;
 
 use super::materialize::ChangedDoc;
-use super::{take_or_new_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
+use super::{take_or_create_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
 use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
 use crate::change::{DocChange, DocKey, VerifiedChange};
 use crate::doc;
@@ -556,7 +556,7 @@ fn stage_doc_in<'c>(
     let staged = match docs.entry(key_bytes) {
         Entry::Occupied(entry) => entry.into_mut(),
         Entry::Vacant(entry) => {
-            let working = take_or_new_cached_doc(cache, node, tables, entry.key())?;
+            let working = take_or_create_cached_doc(cache, node, tables, entry.key())?;
             entry.insert(Staged { key, working })
         }
     };
