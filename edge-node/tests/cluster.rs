@@ -48,8 +48,19 @@ fn wait_converged(nodes: &[&Node], expected_sites: usize) -> Duration {
     let started = Instant::now();
     loop {
         let digests: Vec<String> = nodes.iter().map(|n| digest(n)).collect();
-        let counts: Vec<Json> =
-            nodes.iter().map(|n| sql(n, "SELECT COUNT(*) FROM sites", json!([]))["rows"][0][0].clone()).collect();
+        // A node that has not received the schema yet answers "no such table": not converged.
+        let counts: Vec<Json> = nodes
+            .iter()
+            .map(|n| {
+                let query = json!({ "sql": "SELECT COUNT(*) FROM sites", "params": [] });
+                let (status, answer) = http(n.api, "POST", "/v1/sql", Some(&query));
+                if status == 200 {
+                    answer["rows"][0][0].clone()
+                } else {
+                    answer["error"].clone()
+                }
+            })
+            .collect();
         if digests.iter().all(|d| *d == digests[0]) && counts.iter().all(|c| *c == json!(expected_sites)) {
             return started.elapsed();
         }
