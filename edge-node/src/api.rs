@@ -250,11 +250,17 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
                     "origins": vector.len(),
                     "local_changes": vector.seq(replica.node_id()),
                     "pending_changes": replica.pending_changes().map_err(|e| e.to_string())?,
-                    "digest": replica.state_digest().map_err(|e| e.to_string())?.to_string(),
                 }))
             })
             .map_err(ApiError::internal)?
             .map_err(ApiError::internal)
+    })
+    .await?;
+    // The digest reads every row: from a snapshot, so writers are not held up meanwhile.
+    let handle = node.handle.clone();
+    let digest = blocking(move || {
+        let snapshot = handle.snapshot().map_err(ApiError::internal)?;
+        snapshot.state_digest().map(|d| d.to_string()).map_err(ApiError::internal)
     })
     .await?;
     let mut answer = json!({
@@ -267,6 +273,7 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
         "uptime_s": node.started.elapsed().as_secs(),
         "store_bytes": store_bytes(&node.config),
         "peers_connected": node.sync.connected_peers().len(),
+        "digest": digest,
     });
     merge(&mut answer, store);
     Ok(Json(answer))

@@ -15,7 +15,7 @@ use lru::LruCache;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::materialize::{index_entry_key, materialize_row};
-use super::{load_working_doc, read, Replica};
+use super::{load_working_doc, read, Replica, Snapshot};
 use crate::catalog::{self, Catalog};
 use crate::change::{DocKey, VerifiedChange};
 use crate::codec;
@@ -117,16 +117,7 @@ fn hash_table<V: redb::Value + 'static>(
 impl Replica {
     /// The digest of the converged state; see the module documentation.
     pub fn state_digest(&self) -> Result<StateDigest, StorageError> {
-        let snapshot = self.snapshot()?;
-        let txn = snapshot.txn();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"edgestore.state.v1");
-        hash_table(&mut hasher, &txn.open_table(storage::CATALOG)?, |v| v.to_vec())?;
-        // Only the heads: the tail length is how this replica happens to store the doc.
-        hash_table(&mut hasher, &txn.open_table(storage::DOC_HEADS)?, |v| v.get(4..).unwrap_or_default().to_vec())?;
-        hash_table(&mut hasher, &txn.open_table(storage::ROWS)?, |v| v.to_vec())?;
-        hash_table(&mut hasher, &txn.open_table(storage::CONFLICTS)?, |v| v.to_vec())?;
-        Ok(StateDigest(*hasher.finalize().as_bytes()))
+        self.snapshot()?.state_digest()
     }
 
     /// Re-derives everything derived and reports every mismatch; empty means healthy.
@@ -409,5 +400,21 @@ impl Checker {
             }
         }
         Ok(())
+    }
+}
+
+impl Snapshot {
+    /// The digest of the converged state as of this snapshot (see the module
+    /// documentation); a read, so it runs on any thread without holding up writers.
+    pub fn state_digest(&self) -> Result<StateDigest, StorageError> {
+        let txn = self.txn();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"edgestore.state.v1");
+        hash_table(&mut hasher, &txn.open_table(storage::CATALOG)?, |v| v.to_vec())?;
+        // Only the heads: the tail length is how this replica happens to store the doc.
+        hash_table(&mut hasher, &txn.open_table(storage::DOC_HEADS)?, |v| v.get(4..).unwrap_or_default().to_vec())?;
+        hash_table(&mut hasher, &txn.open_table(storage::ROWS)?, |v| v.to_vec())?;
+        hash_table(&mut hasher, &txn.open_table(storage::CONFLICTS)?, |v| v.to_vec())?;
+        Ok(StateDigest(*hasher.finalize().as_bytes()))
     }
 }
