@@ -195,11 +195,7 @@ impl Frame {
             }
             Frame::Close { reason, .. } if reason.len() > REASON_BYTES_MAX => malformed("close reason too long"),
             Frame::Digests { vector, ranges } => {
-                let bad_range = |r: &RangeDigest| {
-                    r.depth > edgestore::HEADS_TREE_DEPTH
-                        || u64::from(r.prefix) >= 1u64 << (4 * u32::from(r.depth))
-                        || r.digest.len() != 32
-                };
+                let bad_range = |r: &RangeDigest| !range_in_tree(r.depth, r.prefix) || r.digest.len() != 32;
                 if vector.len() != 32 || ranges.is_empty() || ranges.len() > DIGEST_RANGES_MAX {
                     return malformed("a Digests frame holds a 32-byte vector hash and 1 to DIGEST_RANGES_MAX ranges");
                 }
@@ -209,11 +205,7 @@ impl Frame {
                 Ok(())
             }
             Frame::Heads { vector, depth, prefix, docs, .. } => {
-                if vector.len() != 32
-                    || *depth > edgestore::HEADS_TREE_DEPTH
-                    || u64::from(*prefix) >= 1u64 << (4 * u32::from(*depth))
-                    || docs.len() > HEADS_DOCS_MAX
-                {
+                if vector.len() != 32 || !range_in_tree(*depth, *prefix) || docs.len() > HEADS_DOCS_MAX {
                     return malformed("a Heads frame's vector hash, range or document count is out of bounds");
                 }
                 let bad_doc = |(key, heads): &(ByteBuf, ByteBuf)| {
@@ -265,6 +257,12 @@ pub fn frame_length(prefix: [u8; 4]) -> Result<usize, FrameError> {
 /// A version vector in wire form.
 pub fn vector_to_wire(vector: &VersionVector) -> Vec<(ByteBuf, u64)> {
     vector.iter().map(|(node, seq)| (ByteBuf::from(node.as_bytes().to_vec()), seq)).collect()
+}
+
+/// Whether `(depth, prefix)` names a range of the heads tree: `depth` at most
+/// `edgestore::HEADS_TREE_DEPTH`, `prefix < 16^depth`.
+fn range_in_tree(depth: u8, prefix: u32) -> bool {
+    depth <= edgestore::HEADS_TREE_DEPTH && u64::from(prefix) < 1u64 << (4 * u32::from(depth))
 }
 
 /// blake3 of a version vector's wire form: anti-entropy frames carry it so that digests
