@@ -166,10 +166,7 @@ impl Replica {
             let new_changes = doc_changes.iter().map(|c| c.raw_bytes()).collect();
             changed.push(ChangedDoc { key_bytes, key, working, new_changes, cause });
         }
-        self.record_changes(tables, changed, ready).map_err(|e| match e {
-            RecordError::Storage(e) => ApplyError::Storage(e),
-            RecordError::Inconsistent { origin, seq, reason } => ApplyError::Inconsistent { origin, seq, reason },
-        })
+        self.record_changes(tables, changed, ready).map_err(RecordError::into_apply)
     }
 
     /// Applies parked changes whose dependencies are now held, a bounded chunk per

@@ -267,10 +267,7 @@ impl Replica {
                     cause,
                 });
             }
-            self.record_changes(&mut tables, changed, &[]).map_err(|e| match e {
-                RecordError::Storage(e) => ApplyError::Storage(e),
-                RecordError::Inconsistent { origin, seq, reason } => ApplyError::Inconsistent { origin, seq, reason },
-            })?;
+            self.record_changes(&mut tables, changed, &[]).map_err(RecordError::into_apply)?;
         }
         txn.commit().map_err(StorageError::from)?;
         Ok(report)

@@ -12,7 +12,7 @@ use crate::catalog::{self, Catalog, IndexEntry};
 use crate::change::{DocKey, VerifiedChange};
 use crate::codec;
 use crate::doc;
-use crate::error::StorageError;
+use crate::error::{ApplyError, StorageError};
 use crate::keys;
 use crate::schema::TableSchema;
 use crate::types::NodeId;
@@ -45,6 +45,14 @@ impl RecordError {
         match self {
             RecordError::Storage(e) => e,
             RecordError::Inconsistent { reason, .. } => StorageError::Corrupt(reason),
+        }
+    }
+
+    /// For remote changes and repairs, where inconsistency is the sender's fault.
+    pub fn into_apply(self) -> ApplyError {
+        match self {
+            RecordError::Storage(e) => ApplyError::Storage(e),
+            RecordError::Inconsistent { origin, seq, reason } => ApplyError::Inconsistent { origin, seq, reason },
         }
     }
 }
