@@ -237,30 +237,37 @@ async fn health_route(State(node): State<Arc<Node>>) -> Answer {
     Ok(Json(json!({ "status": "ok" })))
 }
 
+/// Runs `f` on the replica's owner thread (call it from the blocking pool); a stopped
+/// replica or an error of `f` is a 500.
+fn on_owner<T: Send + 'static, E: std::fmt::Display>(
+    handle: &ReplicaHandle,
+    f: impl FnOnce(&mut edgestore::Replica) -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError> {
+    handle
+        .call(move |replica| f(replica).map_err(|e| e.to_string()))
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
 async fn status_route(State(node): State<Arc<Node>>) -> Answer {
     let handle = node.handle.clone();
-    let store = blocking(move || {
-        handle
-            .call(|replica| -> Result<JsonValue, String> {
-                let vector = replica.version_vector();
-                let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
-                Ok(json!({
+    let (store, digest) = blocking(move || {
+        // The digest reads every row: from a snapshot, so writers are not held up meanwhile.
+        let digest = handle.snapshot().and_then(|s| s.state_digest()).map_err(ApiError::internal)?;
+        let store = on_owner(&handle, |replica| {
+            let vector = replica.version_vector();
+            let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
+            replica.pending_changes().map(|pending| {
+                json!({
                     "tables": tables,
                     "changes": vector.total_changes(),
                     "origins": vector.len(),
                     "local_changes": vector.seq(replica.node_id()),
-                    "pending_changes": replica.pending_changes().map_err(|e| e.to_string())?,
-                }))
+                    "pending_changes": pending,
+                })
             })
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)
-    })
-    .await?;
-    // The digest reads every row: from a snapshot, so writers are not held up meanwhile.
-    let handle = node.handle.clone();
-    let digest = blocking(move || {
-        let snapshot = handle.snapshot().map_err(ApiError::internal)?;
-        snapshot.state_digest().map(|d| d.to_string()).map_err(ApiError::internal)
+        })?;
+        Ok((store, digest.to_string()))
     })
     .await?;
     let mut answer = json!({
@@ -358,13 +365,7 @@ async fn remove_peer_route(State(node): State<Arc<Node>>, UrlPath(node_id): UrlP
 
 async fn check_route(State(node): State<Arc<Node>>) -> Answer {
     let handle = node.handle.clone();
-    let problems = blocking(move || {
-        handle
-            .call(|replica| replica.check_integrity().map_err(|e| e.to_string()))
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)
-    })
-    .await?;
+    let problems = blocking(move || on_owner(&handle, |replica| replica.check_integrity())).await?;
     let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
     Ok(Json(json!({ "ok": problems.is_empty(), "problems": problems })))
 }
@@ -436,17 +437,14 @@ fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
         Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
         _ => 0,
     };
-    handle
-        .call(move |replica| -> Result<StoreFigures, String> {
-            let vector = replica.version_vector();
-            Ok(StoreFigures {
-                local_changes: vector.seq(replica.node_id()),
-                changes: vector.total_changes(),
-                pending_changes: replica.pending_changes().map_err(|e| e.to_string())?,
-                conflicts,
-                store_bytes: 0,
-            })
+    on_owner(handle, move |replica| {
+        let vector = replica.version_vector();
+        replica.pending_changes().map(|pending_changes| StoreFigures {
+            local_changes: vector.seq(replica.node_id()),
+            changes: vector.total_changes(),
+            pending_changes,
+            conflicts,
+            store_bytes: 0,
         })
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    })
 }

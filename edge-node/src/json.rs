@@ -45,7 +45,13 @@ pub fn from_json(json: &Json) -> Result<Value> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A JSON value as text for display: strings without their quotes.
+pub fn as_text(json: &Json) -> String {
+    json.as_str().map_or_else(|| json.to_string(), str::to_string)
+}
+
+/// Bytes as lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -223,7 +223,7 @@ fn status(config: &Config) -> Result<()> {
     }
     let (identity, replica) = open(&config.data_dir)?;
     println!("node id:    {}", identity.node_id);
-    let public_key: String = identity.key_pair.public_key_raw().iter().map(|b| format!("{b:02x}")).collect();
+    let public_key = json::hex(identity.key_pair.public_key_raw());
     println!("public key: ed25519 {public_key}");
     println!("data dir:   {}", config.data_dir.display());
     println!("running:    no");
@@ -238,7 +238,7 @@ fn status(config: &Config) -> Result<()> {
 
 fn remote_status(client: &Client) -> Result<()> {
     let status = client.get("/v1/status")?;
-    let text = |key: &str| status[key].as_str().map_or_else(|| status[key].to_string(), str::to_string);
+    let text = |key: &str| json::as_text(&status[key]);
     println!("node id:    {}", text("node_id"));
     println!("data dir:   {}", text("data_dir"));
     println!("running:    yes, up {} s (cluster {})", text("uptime_s"), text("cluster"));

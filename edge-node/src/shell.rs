@@ -24,7 +24,7 @@ use rustyline::{Editor, Helper, Highlighter, Hinter, Validator};
 use serde_json::{json, Value as Json};
 
 use crate::client::Client;
-use crate::json::{from_json, to_json};
+use crate::json::{as_text as text, from_json, to_json};
 use crate::render::{self, Mode};
 
 const HELP: &str = "\
@@ -412,11 +412,6 @@ impl Shell {
         words.dedup();
         words
     }
-}
-
-/// A JSON value as text, without quotes around strings.
-fn text(json: &Json) -> String {
-    json.as_str().map_or_else(|| json.to_string(), str::to_string)
 }
 
 /// A primary-key value typed in the shell: an integer if it parses as one, else text

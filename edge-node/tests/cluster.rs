@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -155,13 +153,9 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     assert_eq!(hits["rows"], json!([[expected_hits]]), "counter increments were lost or doubled");
     let conflicts = sql(&b, "SELECT COUNT(*) FROM edgestore_conflicts WHERE table_name = 'sites'", json!([]));
     assert_eq!(conflicts["rows"], json!([[2]]), "the two concurrent renames are both kept");
-    let metrics = {
-        let mut stream = TcpStream::connect(a.api).expect("connect");
-        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).expect("read");
-        text
-    };
+    let (status, metrics) = http(a.api, "GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("the exposition is text, not JSON").to_string();
     assert!(metrics.contains(&format!("edgestore_peer_connected{{peer=\"{}\"}} 1", c.id)), "{metrics}");
 
     let mut nodes = [a, b, c];
