@@ -247,6 +247,13 @@ pub struct Session {
     stats: SessionStats,
 }
 
+/// Our version vector's hash if the peer's `vector` hash equals it: anti-entropy compares
+/// digests only between nodes holding the same changes.
+fn comparable(vector: &[u8], store: &dyn SyncStore) -> Option<[u8; 32]> {
+    let ours = frame::vector_hash(&store.version_vector());
+    (vector == ours).then_some(ours)
+}
+
 impl Session {
     /// Starts a session with `peer` (already authenticated by the transport), queueing our
     /// `Hello` with `vector`, the store's current version vector.
@@ -450,11 +457,9 @@ impl Session {
         ranges: &[RangeDigest],
         store: &mut dyn SyncStore,
     ) -> Result<(), ProtocolError> {
-        let ours = store.version_vector();
-        let vector_hash = frame::vector_hash(&ours);
-        if vector != vector_hash {
+        let Some(vector_hash) = comparable(vector, store) else {
             return Ok(()); // not comparable yet: delta sync is still moving changes
-        }
+        };
         let tree = store.heads_tree().map_err(|e| ProtocolError::Storage(e.to_string()))?;
         let mut children = Vec::new();
         let mut heads_sent = 0;
@@ -525,11 +530,9 @@ impl Session {
         store: &mut dyn SyncStore,
     ) -> Result<(), ProtocolError> {
         let storage = |e: edgestore::StorageError| ProtocolError::Storage(e.to_string());
-        let ours = store.version_vector();
-        let vector_hash = frame::vector_hash(&ours);
-        if vector != vector_hash {
+        let Some(vector_hash) = comparable(vector, store) else {
             return Ok(());
-        }
+        };
         let theirs: BTreeMap<Vec<u8>, Vec<u8>> = docs.into_iter().map(|(k, h)| (k.into_vec(), h.into_vec())).collect();
         let covered_up_to = if complete { None } else { theirs.keys().next_back().cloned() };
         let (mine, _) = store.heads_in_range(range.0, range.1, HEADS_DOCS_MAX).map_err(storage)?;
