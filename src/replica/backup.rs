@@ -246,7 +246,7 @@ fn copy_table<V: redb::Value + 'static>(
 }
 
 /// Opens the copy as a replica of `node` and runs the integrity check on it.
-fn verify_copy(path: &Path, node: NodeId) -> Result<(), BackupError> {
+pub(super) fn verify_copy(path: &Path, node: NodeId) -> Result<(), BackupError> {
     let replica = Replica::open(path, node)?;
     let problems = replica.check_integrity()?;
     if !problems.is_empty() {

@@ -21,7 +21,7 @@ use std::path::Path;
 
 use redb::{Database, ReadableTable};
 
-use super::backup::{claim_temporary, io, place, sync_file, BackupError};
+use super::backup::{claim_temporary, io, place, sync_file, verify_copy, BackupError};
 use super::Replica;
 use crate::error::{OpenError, StorageError};
 use crate::keys;
@@ -39,10 +39,7 @@ impl Replica {
     pub fn restore(backup: &Path, dest: &Path, new_node: NodeId) -> Result<Replica, BackupError> {
         let temp = claim_temporary(dest)?;
         let outcome = copy_and_adopt(backup, &temp, new_node).and_then(|()| {
-            let problems = Replica::open(&temp, new_node)?.check_integrity()?;
-            if !problems.is_empty() {
-                return Err(BackupError::Integrity(problems));
-            }
+            verify_copy(&temp, new_node)?;
             place(&temp, dest)
         });
         // On success the temporary name is already gone; on failure it is ours to remove.
