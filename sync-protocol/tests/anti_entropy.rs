@@ -124,7 +124,7 @@ fn run_round(pair: &mut Pair) -> Run {
         assert_eq!(to_b.len(), 1, "a follow-up round starts with one root digest");
         rounds += 1;
     }
-    for (session, _) in [(&mut sa, 0), (&mut sb, 1)] {
+    for session in [&mut sa, &mut sb] {
         while let Some(event) = session.poll_event() {
             if let Event::Repaired(report) = &event {
                 repaired += report.docs_repaired as u64;
