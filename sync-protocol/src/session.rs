@@ -206,6 +206,35 @@ pub struct SessionStats {
     pub docs_repaired: u64,
 }
 
+impl SessionStats {
+    /// Adds `other`'s counters to these (totals over several sessions). The destructuring
+    /// names every field, so a new counter cannot be left out of the sum.
+    pub fn add(&mut self, other: &SessionStats) {
+        let SessionStats {
+            frames_sent,
+            bytes_sent,
+            frames_received,
+            bytes_received,
+            changes_sent,
+            changes_received,
+            anti_entropy_rounds,
+            anti_entropy_frames_sent,
+            anti_entropy_bytes_sent,
+            docs_repaired,
+        } = other;
+        self.frames_sent += frames_sent;
+        self.bytes_sent += bytes_sent;
+        self.frames_received += frames_received;
+        self.bytes_received += bytes_received;
+        self.changes_sent += changes_sent;
+        self.changes_received += changes_received;
+        self.anti_entropy_rounds += anti_entropy_rounds;
+        self.anti_entropy_frames_sent += anti_entropy_frames_sent;
+        self.anti_entropy_bytes_sent += anti_entropy_bytes_sent;
+        self.docs_repaired += docs_repaired;
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitingHello,
@@ -238,7 +267,8 @@ pub struct Session {
     ping_nonce: u64,
     /// When the next anti-entropy round may start.
     anti_entropy_due_ms: u64,
-    /// This side started a round (sent a root digest) since the last interval.
+    /// This side has started a round (sent a root digest) at least once in this session;
+    /// only then do answers that show divergence arm a follow-up round.
     anti_entropy_started: bool,
     /// A round this side started found divergence: start another at `anti_entropy_due_ms`.
     anti_entropy_followup: bool,

@@ -120,7 +120,8 @@ struct PeerRecord {
     addr: Option<SocketAddr>,
     dialer: Option<tokio::task::JoinHandle<()>>,
     current: SessionStats,
-    totals: SessionStats,
+    /// Counters of the sessions before the current one, summed.
+    earlier: SessionStats,
     sessions: u64,
     lag_changes: u64,
     last_contact_ms: Option<u64>,
@@ -353,7 +354,11 @@ impl SyncNode {
                 addr: record.addr,
                 connected: connected.contains(node_id),
                 stats: record.current.clone(),
-                totals: record.totals.clone(),
+                totals: {
+                    let mut totals = record.earlier.clone();
+                    totals.add(&record.current);
+                    totals
+                },
                 sessions: record.sessions,
                 lag_changes: record.lag_changes,
                 last_contact_ms_ago: record.last_contact_ms.map(|t| now.saturating_sub(t)),
@@ -449,7 +454,8 @@ async fn run_connection(shared: Arc<Shared>, connection: quinn::Connection, peer
     tracing::debug!(%peer, "QUIC connection up");
     shared.with_peer(peer, |record| {
         record.sessions += 1;
-        record.current = SessionStats::default();
+        let ended = std::mem::take(&mut record.current);
+        record.earlier.add(&ended);
     });
     let result = drive_connection(&shared, &connection, peer, dialed).await;
     if let Err(reason) = &result {
@@ -523,20 +529,12 @@ async fn drive_connection(
     result
 }
 
-/// Folds a session step into the peer's record: counter deltas into the totals, the lag,
+/// Folds a session step into the peer's record: its counters, the lag,
 /// and the time of the last frame received.
 fn record_step(shared: &Shared, peer: NodeId, session: &Session, lag: u64, received: bool) {
     let now = shared.now_ms();
     shared.update_peer(peer, |record| {
-        let (before, after) = (&record.current, session.stats());
-        let totals = &mut record.totals;
-        totals.frames_sent += after.frames_sent.saturating_sub(before.frames_sent);
-        totals.bytes_sent += after.bytes_sent.saturating_sub(before.bytes_sent);
-        totals.frames_received += after.frames_received.saturating_sub(before.frames_received);
-        totals.bytes_received += after.bytes_received.saturating_sub(before.bytes_received);
-        totals.changes_sent += after.changes_sent.saturating_sub(before.changes_sent);
-        totals.changes_received += after.changes_received.saturating_sub(before.changes_received);
-        record.current = after.clone();
+        record.current = session.stats().clone();
         record.lag_changes = lag;
         if received {
             record.last_contact_ms = Some(now);
