@@ -1,6 +1,7 @@
 //! Row history: who changed a row, what they did, when, in causal order.
 //!
-//! The one read that calls automerge (queries never do): it loads the row's document from
+//! A read that calls automerge (queries never do; anti-entropy's `doc_changes_missing` is
+//! the other): it loads the row's document from
 //! the snapshot and expands each of its changes, contained like every automerge call on
 //! bytes from disk. It is a diagnostic for one row (the shell's `.history`), so its cost —
 //! proportional to the row's history — is paid only when asked for.
