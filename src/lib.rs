@@ -26,6 +26,7 @@ mod codec;
 mod contain;
 mod doc;
 pub mod error;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handle;

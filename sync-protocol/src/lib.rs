@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod frame;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod session;

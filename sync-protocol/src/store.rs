@@ -1,5 +1,6 @@
 //! What a session needs from the local store, as a trait, so that the simulator and the
-//! daemon drive the same session code over the same `Replica` (or a `ReplicaHandle`).
+//! daemon drive the same session code over the same store. `Replica` implements it; the
+//! daemon steps each session on the replica's owner thread, where it holds the `Replica`.
 //! The last four calls serve anti-entropy (`docs/design.md` § "Anti-entropy").
 
 use edgestore::{
