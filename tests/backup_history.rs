@@ -3,40 +3,11 @@
 
 use std::path::Path;
 
-use edgestore::{
-    BackupError, ColumnDef, ColumnType, NodeId, ReadError, Replica, ReplicaHandle, RowEffect, TableSchema, Value,
-    VerifiedChange, VersionVector, WriteBatch,
-};
+use edgestore::{BackupError, NodeId, ReadError, Replica, ReplicaHandle, RowEffect, Value, WriteBatch};
 use tempfile::TempDir;
 
-fn node(n: u8) -> NodeId {
-    NodeId([n; 16])
-}
-
-fn open(dir: &TempDir, n: u8) -> Replica {
-    Replica::open(dir.path().join(format!("node{n}.redb")), node(n)).unwrap()
-}
-
-fn sensors() -> TableSchema {
-    TableSchema::new("sensors")
-        .column(ColumnDef::new("id", ColumnType::Integer))
-        .column(ColumnDef::new("name", ColumnType::Text))
-        .column(ColumnDef::new("hits", ColumnType::Counter))
-        .primary_key(&["id"])
-}
-
-fn insert(id: i64, name: &str) -> WriteBatch {
-    WriteBatch::new().insert("sensors", [("id", Value::from(id)), ("name", Value::from(name))])
-}
-
-/// Sends everything `from` has that `to` lacks.
-fn sync(from: &Replica, to: &mut Replica) {
-    let batch = from.changes_since(to.version_vector(), usize::MAX, usize::MAX).unwrap();
-    assert!(batch.complete);
-    if !batch.changes.is_empty() {
-        to.apply_remote(batch.changes).unwrap();
-    }
-}
+mod common;
+use common::{assert_healthy, decoded_log_of, insert, node, open, sensors, sync};
 
 fn sync_both(a: &mut Replica, b: &mut Replica) {
     sync(a, b);
@@ -57,16 +28,6 @@ fn two_origins(dir: &TempDir) -> (Replica, Replica) {
     }
     sync_both(&mut a, &mut b);
     (a, b)
-}
-
-fn assert_healthy(replica: &Replica) {
-    assert_eq!(replica.check_integrity().unwrap(), vec![], "{replica:?}");
-}
-
-/// Every logged change of a replica, decoded.
-fn log_of(replica: &Replica) -> Vec<VerifiedChange> {
-    let batch = replica.changes_since(&VersionVector::new(), usize::MAX, usize::MAX).unwrap();
-    batch.changes.into_iter().map(|bytes| VerifiedChange::decode(bytes).unwrap()).collect()
 }
 
 #[test]
@@ -153,7 +114,8 @@ fn restore_adopts_the_new_identity_and_rejoins() {
     // The restored node's first change depends on everything the backup held (its
     // automerge changes need it): a node that gets only the new node's changes parks them.
     let mut e = open(&dir, 5);
-    let own: Vec<Vec<u8>> = log_of(&c).into_iter().filter(|ch| ch.origin == node(3)).map(|ch| ch.bytes).collect();
+    let own: Vec<Vec<u8>> =
+        decoded_log_of(&c).into_iter().filter(|ch| ch.origin == node(3)).map(|ch| ch.bytes).collect();
     let report = e.apply_remote(own).unwrap();
     assert_eq!((report.applied, report.parked), (0, 2));
 
@@ -176,13 +138,15 @@ fn restore_adopts_the_new_identity_and_rejoins() {
 
     // No change under the old origin came from the restored node: every replica holds the
     // very envelopes node 1 made (an equivocation would also have been refused above).
-    let originals: Vec<_> = log_of(&a).into_iter().filter(|ch| ch.origin == node(1)).map(|ch| ch.hash).collect();
+    let originals: Vec<_> =
+        decoded_log_of(&a).into_iter().filter(|ch| ch.origin == node(1)).map(|ch| ch.hash).collect();
     for replica in [&b, &c, &d] {
-        let held: Vec<_> = log_of(replica).into_iter().filter(|ch| ch.origin == node(1)).map(|ch| ch.hash).collect();
+        let held: Vec<_> =
+            decoded_log_of(replica).into_iter().filter(|ch| ch.origin == node(1)).map(|ch| ch.hash).collect();
         assert_eq!(held, originals);
     }
     // Every automerge change of the restored node is authored by its new id.
-    for change in log_of(&c).into_iter().filter(|ch| ch.origin == node(3)) {
+    for change in decoded_log_of(&c).into_iter().filter(|ch| ch.origin == node(3)) {
         for op in &change.ops {
             assert_eq!(op.change.actor_id().to_bytes(), node(3).as_bytes());
         }

@@ -28,6 +28,9 @@ use rand_chacha::ChaCha8Rng;
 use serde_bytes::ByteBuf;
 use tempfile::TempDir;
 
+mod common;
+use common::{insert, log_of, open_as, sensors, sync, test_seed};
+
 /// Seed used when `EDGESTORE_TEST_SEED` is not set.
 const DEFAULT_SEED: u64 = 0xBAD1_A907;
 /// Node that writes the valid history.
@@ -38,41 +41,6 @@ const PEER: NodeId = NodeId([2; 16]);
 const STRANGER: NodeId = NodeId([3; 16]);
 /// The node receiving the bad input.
 const TARGET: NodeId = NodeId([9; 16]);
-
-fn test_seed() -> u64 {
-    match std::env::var("EDGESTORE_TEST_SEED") {
-        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("EDGESTORE_TEST_SEED={text:?} is not a u64")),
-        Err(_) => DEFAULT_SEED,
-    }
-}
-
-fn sensors() -> TableSchema {
-    TableSchema::new("sensors")
-        .column(ColumnDef::new("id", ColumnType::Integer))
-        .column(ColumnDef::new("name", ColumnType::Text))
-        .column(ColumnDef::new("hits", ColumnType::Counter))
-        .primary_key(&["id"])
-}
-
-fn insert(id: i64, name: &str) -> WriteBatch {
-    WriteBatch::new().insert("sensors", [("id", Value::from(id)), ("name", Value::from(name))])
-}
-
-fn open(dir: &TempDir, file: &str, node: NodeId) -> Replica {
-    Replica::open(dir.path().join(file), node).unwrap()
-}
-
-/// Every envelope a replica holds, per origin in seq order.
-fn log_of(replica: &Replica) -> Vec<Vec<u8>> {
-    let batch = replica.changes_since(&VersionVector::new(), usize::MAX, usize::MAX).unwrap();
-    assert!(batch.complete);
-    batch.changes
-}
-
-fn sync(from: &Replica, to: &mut Replica) {
-    let batch = from.changes_since(to.version_vector(), usize::MAX, usize::MAX).unwrap();
-    to.apply_remote(batch.changes).unwrap();
-}
 
 // ---------------------------------------------------------------------------------------
 // The valid history the bad input is made from.
@@ -100,8 +68,8 @@ struct History {
 impl History {
     fn build() -> History {
         let dir = TempDir::new().unwrap();
-        let mut source = open(&dir, "source.redb", SOURCE);
-        let mut peer = open(&dir, "peer.redb", PEER);
+        let mut source = open_as(&dir, "source.redb", SOURCE);
+        let mut peer = open_as(&dir, "peer.redb", PEER);
         source.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
         for (id, name) in [(1, "pump"), (2, "valve"), (3, "fan")] {
             source.write(insert(id, name), 2).unwrap();
@@ -130,7 +98,7 @@ impl History {
 
     /// A fresh target holding the source's first three changes (the table, rows 1 and 2).
     fn target(&self, file: &str) -> Replica {
-        let mut target = open(&self.dir, file, TARGET);
+        let mut target = open_as(&self.dir, file, TARGET);
         let prefix = (1..=3).map(|seq| self.get(SOURCE, seq)).collect();
         target.apply_remote(prefix).unwrap();
         target
@@ -432,12 +400,12 @@ fn forged_changes_are_refused_with_typed_errors() {
     let next = history.get(SOURCE, 4);
 
     // A node that shares SOURCE's id (a cloned store): different changes, same keys.
-    let mut clone = open(&history.dir, "clone.redb", SOURCE);
+    let mut clone = open_as(&history.dir, "clone.redb", SOURCE);
     clone.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
     clone.write(insert(99, "impostor"), 2).unwrap();
     let cloned_seq_2 = log_of(&clone)[1].clone();
     // A node that shares the target's id.
-    let mut impostor = open(&history.dir, "impostor.redb", TARGET);
+    let mut impostor = open_as(&history.dir, "impostor.redb", TARGET);
     impostor.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
     let in_target_name = log_of(&impostor)[0].clone();
 
@@ -497,7 +465,7 @@ fn changes_for_the_receivers_own_history() {
     assert_eq!(report, ApplyReport { duplicates: 1, ..ApplyReport::default() });
     assert_eq!(observe(&target), before);
 
-    let mut impostor = open(&history.dir, "impostor.redb", TARGET);
+    let mut impostor = open_as(&history.dir, "impostor.redb", TARGET);
     impostor.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
     impostor.write(insert(20, "impostor"), 2).unwrap();
     let impostor_log = log_of(&impostor);
@@ -519,7 +487,7 @@ fn changes_for_the_receivers_own_history() {
 
 /// Changes of STRANGER that create table `ghost`, insert a row and create an index on it.
 fn ghost_changes(history: &History) -> Vec<Vec<u8>> {
-    let mut stranger = open(&history.dir, "stranger.redb", STRANGER);
+    let mut stranger = open_as(&history.dir, "stranger.redb", STRANGER);
     let ghost = TableSchema::new("ghost").column(ColumnDef::new("k", ColumnType::Integer)).primary_key(&["k"]);
     stranger.write(WriteBatch::new().create_table(ghost), 1).unwrap();
     stranger.write(WriteBatch::new().insert("ghost", [("k", Value::from(1))]), 2).unwrap();
@@ -567,7 +535,7 @@ fn a_batch_with_one_bad_change_applies_none_of_its_good_changes() {
     let good: Vec<Vec<u8>> = [(SOURCE, 4), (PEER, 1), (PEER, 2)].map(|(o, s)| history.get(o, s)).to_vec();
     let with = |bad: Vec<u8>| [good.clone(), vec![bad]].concat();
     let ghost_row = rewrite(&ghost_changes(&history)[1], |w| w.seq = 1);
-    let mut impostor = open(&history.dir, "impostor.redb", TARGET);
+    let mut impostor = open_as(&history.dir, "impostor.redb", TARGET);
     impostor.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
     let in_target_name = log_of(&impostor)[0].clone();
     let next = history.get(SOURCE, 5);
@@ -879,7 +847,7 @@ struct Tally {
 
 #[test]
 fn seeded_mutation_sweep_only_yields_typed_errors_and_never_half_applies() {
-    let seed = test_seed();
+    let seed = test_seed(DEFAULT_SEED);
     println!("bad_input mutation sweep seed: {seed} (set EDGESTORE_TEST_SEED to replay)");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let history = History::build();
@@ -899,7 +867,7 @@ fn seeded_mutation_sweep_only_yields_typed_errors_and_never_half_applies() {
                 assert_healthy(&done, &format!("target {targets} at the end of its batches"));
             }
             targets += 1;
-            let mut fresh = open(&history.dir, &format!("sweep-{targets}.redb"), TARGET);
+            let mut fresh = open_as(&history.dir, &format!("sweep-{targets}.redb"), TARGET);
             // Start from a random valid prefix, so that mutated changes find their dependencies.
             let prefix = rng.random_range(0..valid.len());
             fresh.apply_remote(valid[..prefix].to_vec()).unwrap();

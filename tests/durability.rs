@@ -27,6 +27,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tempfile::TempDir;
 
+mod common;
+use common::{assert_healthy, test_seed};
+
 /// Seed used when `EDGESTORE_TEST_SEED` is not set.
 const DEFAULT_SEED: u64 = 0x0D07_AB1E_5EED;
 /// The node every store in this file belongs to.
@@ -49,13 +52,6 @@ const CHILD_RUN_MAX: Duration = Duration::from_secs(60);
 const KILL_ROUNDS: u64 = 5;
 /// Acknowledged writes the parent waits for before each kill (a seeded choice in this range).
 const ACKS_BEFORE_KILL: std::ops::RangeInclusive<usize> = 10..=300;
-
-fn test_seed() -> u64 {
-    match std::env::var("EDGESTORE_TEST_SEED") {
-        Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("EDGESTORE_TEST_SEED={text:?} is not a u64")),
-        Err(_) => DEFAULT_SEED,
-    }
-}
 
 fn items_schema() -> TableSchema {
     TableSchema::new(TABLE)
@@ -121,11 +117,6 @@ fn stored_versions(replica: &Replica) -> BTreeMap<i64, i64> {
         versions.insert(*id, *version);
     }
     versions
-}
-
-fn assert_healthy(replica: &Replica) {
-    let problems = replica.check_integrity().unwrap();
-    assert!(problems.is_empty(), "integrity problems: {problems:#?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -371,7 +362,7 @@ fn verify_after_kill(store: &Path, acked: &BTreeMap<i64, i64>, round: u64) -> (B
 
 #[test]
 fn acknowledged_writes_survive_sigkill_of_the_writing_process() {
-    let seed = test_seed();
+    let seed = test_seed(DEFAULT_SEED);
     println!("durability SIGKILL test seed: {seed} (set EDGESTORE_TEST_SEED to replay)");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dir = TempDir::new().unwrap();

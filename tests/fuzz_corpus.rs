@@ -17,10 +17,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use edgestore::fuzzing::apply_change_envelope;
-use edgestore::{
-    ColumnDef, ColumnType, IndexSchema, NodeId, Replica, TableSchema, Value, VerifiedChange, VersionVector, WriteBatch,
-};
+use edgestore::{ColumnDef, ColumnType, IndexSchema, Replica, TableSchema, Value, VerifiedChange, WriteBatch};
 use tempfile::TempDir;
+
+mod common;
+use common::{log_of, node, open};
 
 /// Files `regenerate_seed_corpus` writes. The replay must see at least this many inputs,
 /// so a missing or emptied corpus fails instead of passing vacuously.
@@ -64,10 +65,6 @@ fn replay_fuzz_corpus() {
 
 // ---- seed generation -------------------------------------------------------------------
 
-fn node(n: u8) -> NodeId {
-    NodeId([n; 16])
-}
-
 fn table_t() -> TableSchema {
     TableSchema::new("t")
         .column(ColumnDef::new("id", ColumnType::Integer))
@@ -109,10 +106,6 @@ fn harness_batch() -> WriteBatch {
     WriteBatch::new().create_table(table_t()).insert("t", [("id", Value::from(1)), ("v", "a".into())])
 }
 
-fn open(dir: &TempDir, n: u8) -> Replica {
-    Replica::open(dir.path().join(format!("node{n}.redb")), node(n)).expect("open a replica")
-}
-
 /// Node `n` after receiving the harness's state.
 fn synced(dir: &TempDir, harness: &Replica, n: u8) -> Replica {
     let mut replica = open(dir, n);
@@ -126,14 +119,10 @@ fn write(replica: &mut Replica, batch: WriteBatch) {
     assert!(receipt.seq.is_some(), "a seed write must change something");
 }
 
-fn log(replica: &Replica) -> Vec<Vec<u8>> {
-    replica.changes_since(&VersionVector::new(), usize::MAX, usize::MAX).unwrap().changes
-}
-
 /// The envelopes `replica` wrote itself, in seq order.
 fn own_log(replica: &Replica) -> Vec<Vec<u8>> {
     let origin = |bytes: &Vec<u8>| VerifiedChange::decode(bytes.clone()).expect("a valid envelope").origin;
-    log(replica).into_iter().filter(|c| origin(c) == replica.node_id()).collect()
+    log_of(replica).into_iter().filter(|c| origin(c) == replica.node_id()).collect()
 }
 
 /// Every seed envelope, each with whether it must apply to the harness's replica
@@ -144,7 +133,7 @@ fn seed_envelopes() -> Vec<(Vec<u8>, bool)> {
     let harness = harness_replica(&dir.path().join("harness"));
     // Node 1's own envelope (a duplicate there), then node 1's next one (refused there: a
     // forgery in the harness's own name).
-    seeds.extend(log(&harness).into_iter().map(|c| (c, false)));
+    seeds.extend(log_of(&harness).into_iter().map(|c| (c, false)));
     let mut twin = harness_replica(&dir.path().join("twin"));
     write(&mut twin, WriteBatch::new().update("t", vec![1.into()], [("v", Value::from("self"))]));
     seeds.extend(own_log(&twin).into_iter().skip(1).map(|c| (c, false)));

@@ -3,16 +3,11 @@
 
 use std::ops::Bound;
 
-use edgestore::{ColumnDef, ColumnType, IndexSchema, NodeId, Replica, TableSchema, Value, WriteBatch, WriteError};
+use edgestore::{ColumnDef, ColumnType, IndexSchema, Replica, TableSchema, Value, WriteBatch, WriteError};
 use tempfile::TempDir;
 
-fn node(n: u8) -> NodeId {
-    NodeId([n; 16])
-}
-
-fn open(dir: &TempDir, n: u8) -> Replica {
-    Replica::open(dir.path().join(format!("node{n}.redb")), node(n)).unwrap()
-}
+mod common;
+use common::{insert, node, open, sync};
 
 fn sensors() -> TableSchema {
     TableSchema::new("sensors")
@@ -22,17 +17,6 @@ fn sensors() -> TableSchema {
         .column(ColumnDef::new("hits", ColumnType::Counter))
         .column(ColumnDef::new("site", ColumnType::Text).default("north"))
         .primary_key(&["id"])
-}
-
-fn insert(id: i64, name: &str) -> WriteBatch {
-    WriteBatch::new().insert("sensors", [("id", Value::from(id)), ("name", Value::from(name))])
-}
-
-/// Sends everything `from` has that `to` lacks.
-fn sync(from: &Replica, to: &mut Replica) {
-    let batch = from.changes_since(to.version_vector(), usize::MAX, usize::MAX).unwrap();
-    assert!(batch.complete);
-    to.apply_remote(batch.changes).unwrap();
 }
 
 fn get(replica: &Replica, id: i64) -> Option<Vec<Value>> {

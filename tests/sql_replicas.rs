@@ -6,6 +6,9 @@
 use edgestore::sql;
 use edgestore::{NodeId, Replica, ReplicaHandle, Value};
 
+mod common;
+use common::sync;
+
 fn open(dir: &tempfile::TempDir, name: &str) -> Replica {
     Replica::open(dir.path().join(format!("{name}.redb")), NodeId::from_public_key(name.as_bytes())).expect("open")
 }
@@ -16,20 +19,6 @@ fn run(replica: &mut Replica, statement: &str) -> u64 {
 
 fn rows(replica: &mut Replica, query: &str) -> Vec<Vec<Value>> {
     sql::execute(replica, query, &[], 1000).and_then(|r| r.collect_rows()).unwrap_or_else(|e| panic!("{query}: {e}"))
-}
-
-/// Sends everything `to` lacks from `from`.
-fn sync(from: &Replica, to: &mut Replica) {
-    loop {
-        let batch = from.changes_since(to.version_vector(), 500, 1 << 20).expect("changes_since");
-        if batch.changes.is_empty() {
-            return;
-        }
-        to.apply_remote(batch.changes).expect("apply_remote");
-        if batch.complete {
-            return;
-        }
-    }
 }
 
 const QUERIES: &[&str] = &[
