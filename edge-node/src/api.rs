@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{FromRequest, Path as UrlPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +28,7 @@ use serde_json::{json, Value as JsonValue};
 use sync_protocol::transport::{FaultSwitch, SyncNode};
 
 use crate::config::{parse_node_id, Config, PeerList};
-use crate::json::{from_json, to_json};
+use crate::json::{check_integer_literals, from_json, to_json};
 use crate::metrics::{self, ApiCounters, StoreFigures};
 
 /// What the handlers share.
@@ -49,6 +49,9 @@ pub struct Node {
     /// The sync socket's cut-off switch, exposed only when fault injection is enabled
     /// (`EDGE_NODE_FAULT_INJECTION=1`, for end-to-end partition tests).
     pub fault: Option<FaultSwitch>,
+    /// One permit per statement that may run at once (`api.statements_max`); a statement
+    /// holds its permit on the blocking pool until it has stopped, not just answered.
+    pub statement_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// An error answer.
@@ -56,15 +59,30 @@ pub struct Node {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// Seconds the client should wait before it retries (a `Retry-After` header), for an
+    /// answer that says "not now" rather than "never".
+    retry_after_s: Option<u64>,
 }
 
 impl ApiError {
+    fn new(status: StatusCode, message: impl std::fmt::Display) -> ApiError {
+        ApiError { status, message: message.to_string(), retry_after_s: None }
+    }
+
     fn bad_request(message: impl std::fmt::Display) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.to_string() }
+        ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     fn internal(message: impl std::fmt::Display) -> ApiError {
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.to_string() }
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    /// `503` with `Retry-After`: the node cannot do it now, but will soon.
+    fn unavailable(message: impl std::fmt::Display) -> ApiError {
+        ApiError {
+            retry_after_s: Some(crate::serve::RETRY_AFTER_S),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
     }
 
     fn from_sql(error: SqlError) -> ApiError {
@@ -72,32 +90,58 @@ impl ApiError {
             SqlError::Storage(_) | SqlError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
-        ApiError { status, message: error.to_string() }
+        ApiError::new(status, error)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(seconds) = self.retry_after_s {
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
 type Answer = Result<Json<JsonValue>, ApiError>;
 
-/// A JSON request body, parsed whatever its `Content-Type` (so `curl -d` works), with a
-/// 400 answer that says what is wrong.
+/// A JSON request body, parsed whatever its `Content-Type` (so `curl -d` works), with an
+/// answer that says what is wrong: 400 for bad JSON or an integer outside 64 bits, 413
+/// past `api.body_bytes_max` (axum's `DefaultBodyLimit`, set in [`router`]), 408 when
+/// the body does not arrive within `api.body_read_timeout_ms`.
 struct Body<T>(T);
 
-impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<Node>> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(request, state)
+    async fn from_request(request: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let timeout = std::time::Duration::from_millis(node.config.body_read_timeout_ms);
+        let bytes = tokio::time::timeout(timeout, axum::body::Bytes::from_request(request, node))
             .await
-            .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
-        serde_json::from_slice(&bytes)
-            .map(Body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not the expected JSON: {e}")))
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} ms (api.body_read_timeout_ms)",
+                        timeout.as_millis()
+                    ),
+                )
+            })?
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the request body is larger than {} bytes (api.body_bytes_max)",
+                        node.config.body_bytes_max
+                    ),
+                ),
+                status => ApiError::new(status, format!("reading the request body: {e}")),
+            })?;
+        let body = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not the expected JSON: {e}")))?;
+        check_integer_literals(&bytes).map_err(ApiError::bad_request)?;
+        Ok(Body(body))
     }
 }
 
@@ -120,7 +164,7 @@ pub fn router(node: Arc<Node>) -> Router {
             post(fault_route).route_layer(middleware::from_fn_with_state(node.clone(), require_token)),
         );
     }
-    router.with_state(node)
+    router.layer(DefaultBodyLimit::max(node.config.body_bytes_max)).with_state(node)
 }
 
 #[derive(Deserialize)]
@@ -153,8 +197,7 @@ async fn require_token(State(node): State<Arc<Node>>, request: Request, next: Ne
         Some(presented) if blake3::hash(presented.as_bytes()) == blake3::hash(token.as_bytes()) => {
             next.run(request).await
         }
-        _ => ApiError { status: StatusCode::UNAUTHORIZED, message: "missing or wrong bearer token".into() }
-            .into_response(),
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response(),
     }
 }
 
@@ -180,8 +223,20 @@ async fn sql_route(State(node): State<Arc<Node>>, Body(request): Body<SqlRequest
         .enumerate()
         .map(|(i, p)| from_json(p).map_err(|e| ApiError::bad_request(format!("parameter {}: {e}", i + 1))))
         .collect::<Result<Vec<Value>, _>>()?;
+    let Ok(slot) = node.statement_slots.clone().try_acquire_owned() else {
+        node.counters.statements_refused.fetch_add(1, Ordering::Relaxed);
+        return Err(ApiError::unavailable(format!(
+            "{} statements are running (api.statements_max); retry shortly",
+            node.config.statements_max
+        )));
+    };
     let worker = node.clone();
-    let result = blocking(move || run_sql(&worker, &request.sql, &params)).await;
+    let result = blocking(move || {
+        let answer = run_sql(&worker, &request.sql, &params);
+        drop(slot);
+        answer
+    })
+    .await;
     if result.is_err() {
         node.counters.sql_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -230,10 +285,7 @@ fn run_sql(node: &Node, text: &str, params: &[Value]) -> Result<JsonValue, ApiEr
 
 async fn health_route(State(node): State<Arc<Node>>) -> Answer {
     let handle = node.handle.clone();
-    blocking(move || {
-        handle.call(|_| ()).map_err(|e| ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: e.to_string() })
-    })
-    .await?;
+    blocking(move || handle.call(|_| ()).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))).await?;
     Ok(Json(json!({ "status": "ok" })))
 }
 
@@ -357,7 +409,7 @@ async fn remove_peer_route(State(node): State<Arc<Node>>, UrlPath(node_id): UrlP
     list.save(&node.config.data_dir).map_err(|e| ApiError::internal(format!("{e:#}")))?;
     let known = node.sync.remove_peer(peer);
     if !listed && !known {
-        return Err(ApiError { status: StatusCode::NOT_FOUND, message: format!("no peer {peer}") });
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no peer {peer}")));
     }
     tracing::info!(%peer, "peer removed");
     Ok(Json(json!({ "node_id": peer.to_string(), "removed": true })))

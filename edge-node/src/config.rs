@@ -28,6 +28,14 @@ pub const DEFAULT_CLUSTER: &str = "default";
 pub const CONFIG_FILE: &str = "edge-node.toml";
 /// Rows one API query may return, by default.
 pub const DEFAULT_MAX_RESULT_ROWS: usize = 100_000;
+/// Default cap on API connections served at once.
+pub const DEFAULT_CONNECTIONS_MAX: usize = 256;
+/// Default cap on statements the API runs at once.
+pub const DEFAULT_STATEMENTS_MAX: usize = 16;
+/// Default time a client has to send a request head, and then its body (ms).
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default cap on a request body (bytes).
+pub const DEFAULT_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 /// The config file's layout. Every key is optional; see the README for each one.
 #[derive(Debug, Default, Deserialize)]
@@ -73,6 +81,16 @@ pub struct FileApi {
     pub token: Option<String>,
     /// Rows one query may return.
     pub max_result_rows: Option<usize>,
+    /// Connections served at once.
+    pub connections_max: Option<usize>,
+    /// Statements run at once.
+    pub statements_max: Option<usize>,
+    /// Time to send a request head (ms).
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time to send a request body (ms).
+    pub body_read_timeout_ms: Option<u64>,
+    /// Largest request body (bytes).
+    pub body_bytes_max: Option<usize>,
 }
 
 /// `[log]` in the config file.
@@ -145,6 +163,11 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
     pub max_result_rows: usize,
+    pub connections_max: usize,
+    pub statements_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub body_bytes_max: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Peers from the config file (the data directory's peer list is separate).
@@ -186,6 +209,11 @@ impl Config {
             api_listen: pick(&overrides.api_listen, &file.api.listen, || default_addr(DEFAULT_API_LISTEN)),
             api_token: overrides.api_token.clone().or(file.api.token.clone()).filter(|t| !t.is_empty()),
             max_result_rows: file.api.max_result_rows.unwrap_or(DEFAULT_MAX_RESULT_ROWS),
+            connections_max: file.api.connections_max.unwrap_or(DEFAULT_CONNECTIONS_MAX),
+            statements_max: file.api.statements_max.unwrap_or(DEFAULT_STATEMENTS_MAX),
+            header_read_timeout_ms: file.api.header_read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
+            body_read_timeout_ms: file.api.body_read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
+            body_bytes_max: file.api.body_bytes_max.unwrap_or(DEFAULT_BODY_BYTES_MAX),
             log_format: pick(&overrides.log_format, &file.log.format, LogFormat::default),
             log_level: pick(&overrides.log_level, &file.log.level, || "info".to_string()),
             peers: file
@@ -219,8 +247,16 @@ impl Config {
                 self.keepalive_ms
             );
         }
-        if self.max_result_rows == 0 {
-            bail!("{}: must be at least 1", origin.name("api.max_result_rows", false, ""));
+        let at_least_one = [
+            ("api.max_result_rows", self.max_result_rows as u64),
+            ("api.connections_max", self.connections_max as u64),
+            ("api.statements_max", self.statements_max as u64),
+            ("api.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("api.body_read_timeout_ms", self.body_read_timeout_ms),
+            ("api.body_bytes_max", self.body_bytes_max as u64),
+        ];
+        if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            bail!("{}: must be at least 1", origin.name(key, false, ""));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             anyhow::anyhow!(
@@ -396,6 +432,14 @@ mod tests {
         assert!(format!("{error:#}").contains("xyz"), "{error:#}");
         let error = load_text("[log]\nlevel = \"info,=[\"\n").unwrap_err().to_string();
         assert!(error.contains("log.level"), "{error}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let config = load_text("").expect("defaults are valid");
+        assert_eq!(config.connections_max, DEFAULT_CONNECTIONS_MAX);
+        let error = load_text("[api]\nconnections_max = 0\n").unwrap_err().to_string();
+        assert!(error.contains("api.connections_max"), "{error}");
     }
 
     #[test]

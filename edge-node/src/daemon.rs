@@ -32,6 +32,9 @@ use crate::metrics::ApiCounters;
 pub const RUNTIME_FILE: &str = "node.api";
 /// How long shutdown waits for blocking store work still running.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long shutdown waits for HTTP requests being answered before it drops their
+/// connections (a request still being sent is dropped at once; see `serve.rs`).
+const HTTP_DRAIN: Duration = Duration::from_secs(2);
 /// Reconnect backoff to peers: first delay and cap (ms).
 const BACKOFF_MS: (u64, u64) = (200, 10_000);
 
@@ -96,16 +99,16 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Replica>> {
             std::num::NonZeroUsize::new(api::STATEMENT_CACHE_ENTRIES).expect("a non-zero capacity"),
         )),
         fault,
+        statement_slots: Arc::new(tokio::sync::Semaphore::new(config.statements_max)),
     });
     write_runtime_file(&config.data_dir, api_addr)?;
     print_banner(config, node_id, sync_addr, api_addr);
     tracing::info!(node = %node_id, %sync_addr, %api_addr, "node started");
 
-    let served = axum::serve(listener, api::router(node)).with_graceful_shutdown(shutdown_signal()).await;
+    crate::serve::serve(listener, node, HTTP_DRAIN, shutdown_signal()).await;
     tracing::info!("shutting down: HTTP requests finished, closing sync sessions");
     sync.shutdown().await;
     let _ = std::fs::remove_file(config.data_dir.join(RUNTIME_FILE));
-    served.context("serving the HTTP API")?;
     Ok(owner)
 }
 

@@ -3,7 +3,10 @@
 //! `NULL`, integers, reals, text and booleans map to the JSON value of the same kind; a
 //! real always carries a decimal point or exponent, so `1.0` stays a real on the way back.
 //! The two kinds JSON lacks are objects with one key: `{"blob": "<hex>"}` and
-//! `{"timestamp_ms": <integer>}`. The README's API section documents this mapping.
+//! `{"timestamp_ms": <integer>}`; so is a real JSON numbers cannot hold:
+//! `{"real": "Infinity"}`, `{"real": "-Infinity"}`, `{"real": "NaN"}`. An integer outside
+//! the 64-bit range is an error, never silently a real. The README's API section
+//! documents this mapping.
 
 use anyhow::{anyhow, bail, Result};
 use edgestore::Value;
@@ -15,8 +18,7 @@ pub fn to_json(value: &Value) -> Json {
         Value::Null => Json::Null,
         Value::Integer(v) => json!(v),
         Value::Real(v) if v.is_finite() => json!(v),
-        // JSON has no NaN or infinity; SQL results seldom hold them, and text keeps them.
-        Value::Real(v) => json!(v.to_string()),
+        Value::Real(v) => json!({ "real": non_finite_name(*v) }),
         Value::Text(v) => json!(v),
         Value::Boolean(v) => json!(v),
         Value::Blob(bytes) => json!({ "blob": hex(bytes) }),
@@ -31,6 +33,7 @@ pub fn from_json(json: &Json) -> Result<Value> {
         Json::Bool(v) => Value::Boolean(*v),
         Json::Number(n) => match n.as_i64() {
             Some(v) => Value::Integer(v),
+            None if n.is_u64() => bail!("{}", integer_range_error(&n.to_string())),
             None => Value::Real(n.as_f64().ok_or_else(|| anyhow!("number {n} is out of range"))?),
         },
         Json::String(v) => Value::Text(v.clone()),
@@ -39,10 +42,76 @@ pub fn from_json(json: &Json) -> Result<Value> {
             Some((key, Json::Number(n))) if key == "timestamp_ms" => {
                 Value::Timestamp(n.as_i64().ok_or_else(|| anyhow!("timestamp_ms {n} is not an integer"))?)
             }
-            _ => bail!("unsupported value {json}: objects are {{\"blob\": hex}} or {{\"timestamp_ms\": integer}}"),
+            Some((key, Json::String(name))) if key == "real" => Value::Real(match name.as_str() {
+                "Infinity" => f64::INFINITY,
+                "-Infinity" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                _ => bail!("{{\"real\": {name:?}}}: the name is \"Infinity\", \"-Infinity\" or \"NaN\""),
+            }),
+            _ => bail!(
+                "unsupported value {json}: objects are {{\"blob\": hex}}, {{\"timestamp_ms\": integer}} \
+                 or {{\"real\": \"Infinity\"|\"-Infinity\"|\"NaN\"}}"
+            ),
         },
         _ => bail!("unsupported value {json}: use null, a number, a string, a boolean, {{\"blob\": hex}} or {{\"timestamp_ms\": integer}}"),
     })
+}
+
+/// The JSON name of a real that is not finite (`{"real": name}`).
+pub fn non_finite_name(v: f64) -> &'static str {
+    debug_assert!(!v.is_finite());
+    match v {
+        f64::INFINITY => "Infinity",
+        f64::NEG_INFINITY => "-Infinity",
+        _ => "NaN",
+    }
+}
+
+fn integer_range_error(text: &str) -> String {
+    format!(
+        "integer {text} does not fit a 64-bit INTEGER (-9223372036854775808 ..= 9223372036854775807); \
+         send a real ({text}.0) or text"
+    )
+}
+
+/// Refuses JSON text (that parsed) holding an integer literal outside the 64-bit range. serde_json reads
+/// an integer too large even for `u64` as an `f64`, so the difference between `1e19`
+/// (a real) and `10000000000000000000` (an integer that does not fit) is only in the text.
+pub fn check_integer_literals(text: &[u8]) -> Result<()> {
+    let mut i = 0;
+    let mut in_string = false;
+    while i < text.len() {
+        let c = text[i];
+        if in_string {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        if c == b'"' {
+            in_string = true;
+            i += 1;
+            continue;
+        }
+        if c == b'-' || c.is_ascii_digit() {
+            let end = text[i..]
+                .iter()
+                .position(|b| !(b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')))
+                .map_or(text.len(), |n| i + n);
+            let literal = std::str::from_utf8(&text[i..end]).unwrap_or_default();
+            // Run on text that parsed as JSON: an integral literal is digits after a sign.
+            if !literal.contains(['.', 'e', 'E']) && literal.parse::<i64>().is_err() {
+                bail!("{}", integer_range_error(literal));
+            }
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// A JSON value as text for display: strings without their quotes.
@@ -84,18 +153,43 @@ mod tests {
             Value::Boolean(true),
             Value::Blob(vec![0, 0xab, 0xff]),
             Value::Timestamp(1_700_000_000_000),
+            Value::Real(f64::INFINITY),
+            Value::Real(f64::NEG_INFINITY),
         ];
         for value in values {
             let text = to_json(&value).to_string();
             let back: Json = serde_json::from_str(&text).expect("valid JSON");
             assert_eq!(from_json(&back).expect("decodes"), value, "{text}");
         }
+        let nan = from_json(&to_json(&Value::Real(f64::NAN))).expect("decodes");
+        assert!(matches!(nan, Value::Real(v) if v.is_nan()), "{nan:?}");
+        assert_eq!(to_json(&Value::Real(f64::INFINITY)), json!({ "real": "Infinity" }));
+    }
+
+    #[test]
+    fn integers_outside_64_bits_are_refused() {
+        for text in ["9223372036854775808", "-9223372036854775809", "18446744073709551616", "1000000000000000000000000"]
+        {
+            let body = format!(r#"{{"sql": "SELECT ?", "params": [{text}]}}"#);
+            let error = check_integer_literals(body.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(text) && error.contains("64-bit"), "{error}");
+        }
+        let fine = br#"{"sql": "SELECT 99999999999999999999 -- in a string", "params": [9223372036854775807, -9223372036854775808, 1e30, 1.5, {"timestamp_ms": 1}]}"#;
+        check_integer_literals(fine).expect("in range, reals, or inside a string");
+        let json: Json = serde_json::from_str("9223372036854775808").expect("valid JSON");
+        assert!(from_json(&json).is_err(), "a u64 above i64::MAX is not a real");
     }
 
     #[test]
     fn bad_values_are_refused() {
-        for text in [r#"[1]"#, r#"{"blob": "abc"}"#, r#"{"blob": "zz"}"#, r#"{"other": 1}"#, r#"{"timestamp_ms": 1.5}"#]
-        {
+        for text in [
+            r#"[1]"#,
+            r#"{"blob": "abc"}"#,
+            r#"{"blob": "zz"}"#,
+            r#"{"other": 1}"#,
+            r#"{"timestamp_ms": 1.5}"#,
+            r#"{"real": "inf"}"#,
+        ] {
             let json: Json = serde_json::from_str(text).expect("valid JSON");
             assert!(from_json(&json).is_err(), "{text} should be refused");
         }

@@ -18,6 +18,7 @@ mod json;
 mod metrics;
 mod peers;
 mod render;
+mod serve;
 mod shell;
 
 use std::net::SocketAddr;

@@ -26,6 +26,14 @@ pub struct ApiCounters {
     pub rows_written: AtomicU64,
     /// Statements refused (syntax, unknown names, constraint violations, ...).
     pub sql_errors: AtomicU64,
+    /// Statements refused because `api.statements_max` were running.
+    pub statements_refused: AtomicU64,
+    /// API connections accepted and served.
+    pub connections_accepted: AtomicU64,
+    /// API connections refused because `api.connections_max` were open.
+    pub connections_refused: AtomicU64,
+    /// API connections open now.
+    pub connections_open: AtomicU64,
 }
 
 /// The store's side of a scrape, read on the replica.
@@ -66,6 +74,7 @@ pub fn render(
         api.rows_written.load(Ordering::Relaxed),
     );
     counter(&mut registry, "sql_errors", "Statements refused with an error", api.sql_errors.load(Ordering::Relaxed));
+    api_limit_metrics(&mut registry, api);
     counter(&mut registry, "local_changes", "Changes this node committed (one per write batch)", store.local_changes);
     gauge(&mut registry, "changes", "Changes held from every origin", store.changes);
     gauge(&mut registry, "pending_changes", "Changes parked until their dependencies arrive", store.pending_changes);
@@ -94,6 +103,17 @@ pub fn render(
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String does not fail");
     out
+}
+
+fn api_limit_metrics(registry: &mut Registry, api: &ApiCounters) {
+    let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    let refused = "Statements refused because api.statements_max were running";
+    counter(registry, "sql_statements_refused", refused, load(&api.statements_refused));
+    let accepted = "API connections accepted";
+    counter(registry, "api_connections_accepted", accepted, load(&api.connections_accepted));
+    let refused = "API connections refused because api.connections_max were open";
+    counter(registry, "api_connections_refused", refused, load(&api.connections_refused));
+    gauge(registry, "api_connections_open", "API connections open now", load(&api.connections_open));
 }
 
 fn peer_metrics(registry: &mut Registry, peers: &[PeerStatus]) {

@@ -83,12 +83,19 @@ fn print_live(answer: &Json) -> Result<()> {
             peer["changes_sent"].to_string(),
             peer["changes_received"].to_string(),
         );
-        // An error from an earlier session is history once the peer is connected again.
-        if let (false, Some(error)) = (connected, peer["last_error"].as_str()) {
+        if let Some(error) = current_error(&peer) {
             println!("    last error: {error}");
         }
     }
     Ok(())
+}
+
+/// The error to show for a peer of `/v1/peers`: its last one while it is down. An error
+/// from an earlier session is history once the peer is connected again (the CLI's list
+/// and the shell's `.peers` both show peers through this).
+pub fn current_error(peer: &Json) -> Option<&str> {
+    let connected = peer["connected"].as_bool() == Some(true);
+    peer["last_error"].as_str().filter(|_| !connected)
 }
 
 fn print_offline(config: &Config) -> Result<()> {

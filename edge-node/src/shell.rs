@@ -22,6 +22,8 @@ use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
 use rustyline::{Editor, Helper, Highlighter, Hinter, Validator};
 use serde_json::{json, Value as Json};
+use sqlparser::dialect::SQLiteDialect;
+use sqlparser::tokenizer::{Location, Token, Tokenizer};
 
 use crate::client::Client;
 use crate::json::{as_text as text, from_json, to_json};
@@ -206,7 +208,7 @@ impl Shell {
         let started = Instant::now();
         let flow = if let Some(command) = input.strip_prefix('.') {
             self.dot_command(command, out)?
-        } else if !input.trim_end_matches(';').trim().is_empty() {
+        } else if !is_blank(input) {
             self.statement(input, out)?;
             Flow::Continue
         } else {
@@ -266,7 +268,7 @@ impl Shell {
                            WHERE ? IS NULL OR table_name = ? ORDER BY table_name, primary_key, column_name, is_winner";
                 let filter = table.map_or(Value::Null, |t| Value::from(t.to_ascii_lowercase()));
                 let answer = self.backend.execute(sql, &[filter.clone(), filter])?;
-                write!(out, "{}", render::render(self.mode, &answer.columns, &answer.rows))?;
+                self.print(&answer.columns, &answer.rows, out)?;
             }
             ("digest", _) => writeln!(out, "{}", self.digest()?)?,
             ("status", _) => self.status(out)?,
@@ -365,7 +367,13 @@ impl Shell {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|peer| columns.iter().map(|c| from_json(&peer[c.as_str()]).unwrap_or(Value::Null)).collect())
+            .map(|peer| {
+                let cell = |column: &str| match column {
+                    "last_error" => crate::peers::current_error(peer).map_or(Value::Null, Value::from),
+                    _ => from_json(&peer[column]).unwrap_or(Value::Null),
+                };
+                columns.iter().map(|c| cell(c)).collect()
+            })
             .collect();
         self.print(&columns, &rows, out)
     }
@@ -441,25 +449,67 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
-/// Splits complete statements off `buffer`: text up to each `;` outside quotes. What is
-/// left (an unfinished statement) stays in the buffer.
+/// Splits complete statements off `buffer`: the text up to each `;` that sqlparser's
+/// tokenizer (SQLite dialect, the one the engine parses with) reads as a semicolon, so a
+/// `;` or a quote inside a string, a quoted name or a comment is just text, as in SQLite.
+/// A statement of nothing but comments is dropped. What is left (an unfinished statement,
+/// or an unterminated string or comment still being typed) stays in the buffer.
 pub fn take_statements(buffer: &mut String) -> Vec<String> {
-    let mut statements = Vec::new();
-    let mut quote: Option<char> = None;
-    let mut start = 0;
-    for (i, c) in buffer.char_indices() {
-        match (quote, c) {
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, ';') => {
-                statements.push(buffer[start..=i].trim().to_string());
-                start = i + 1;
+    let mut tokens = Vec::new();
+    // On an error (an unterminated string or comment) the tokens before it are complete.
+    let _ = Tokenizer::new(&SQLiteDialect {}, buffer).tokenize_with_location_into_buf(&mut tokens);
+    let mut offsets = Offsets::new(buffer);
+    let (mut statements, mut start, mut has_content) = (Vec::new(), 0, false);
+    for token in &tokens {
+        match token.token {
+            Token::SemiColon => {
+                let end = offsets.at(token.span.end);
+                if has_content {
+                    statements.push(buffer[start..end].trim().to_string());
+                }
+                (start, has_content) = (end, false);
             }
-            _ => {}
+            Token::Whitespace(_) => {}
+            _ => has_content = true,
         }
     }
     *buffer = buffer[start..].trim_start().to_string();
-    statements.into_iter().filter(|s| s != ";").collect()
+    statements
+}
+
+/// Whether `sql` holds nothing but whitespace, comments and semicolons (as the tokenizer
+/// reads it; text that does not tokenize is not blank: running it reports the error).
+pub fn is_blank(sql: &str) -> bool {
+    Tokenizer::new(&SQLiteDialect {}, sql)
+        .tokenize()
+        .is_ok_and(|tokens| tokens.iter().all(|t| matches!(t, Token::Whitespace(_) | Token::SemiColon)))
+}
+
+/// Byte offsets of the tokenizer's (line, column) locations, for locations in increasing
+/// order: one pass over the text however many statements it holds.
+struct Offsets<'a> {
+    chars: std::iter::Peekable<std::str::CharIndices<'a>>,
+    len: usize,
+    line: u64,
+    column: u64,
+}
+
+impl<'a> Offsets<'a> {
+    fn new(text: &'a str) -> Offsets<'a> {
+        Offsets { chars: text.char_indices().peekable(), len: text.len(), line: 1, column: 1 }
+    }
+
+    /// The byte offset of `at` (1-based line and column, in characters).
+    fn at(&mut self, at: Location) -> usize {
+        while (self.line, self.column) < (at.line, at.column) {
+            match self.chars.next() {
+                Some((_, '\n')) => (self.line, self.column) = (self.line + 1, 1),
+                Some(_) => self.column += 1,
+                None => return self.len,
+            }
+        }
+        self.chars.peek().map_or(self.len, |(i, _)| *i)
+    }
 }
 
 /// Runs a script: every statement and dot-command in `input`, stopping at the first error.
@@ -480,7 +530,7 @@ pub fn run_script(shell: &mut Shell, input: impl BufRead, out: &mut dyn Write) -
             shell.run(&statement, out).with_context(|| format!("statement ending on line {}", number + 1))?;
         }
     }
-    if !buffer.trim().is_empty() {
+    if !is_blank(&buffer) {
         shell.run(&buffer, out).context("last statement")?;
     }
     Ok(())
@@ -582,12 +632,49 @@ pub fn main(backend: Backend, command: Option<String>, history: &Path) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::take_statements;
+    use super::{is_blank, take_statements};
+
+    /// Splits `input` and returns the statements and what stays in the buffer.
+    fn split(input: &str) -> (Vec<String>, String) {
+        let mut buffer = input.to_string();
+        let statements = take_statements(&mut buffer);
+        (statements, buffer)
+    }
 
     #[test]
     fn statements_split_on_semicolons_outside_quotes() {
-        let mut buffer = "SELECT 'a;b'; INSERT INTO t VALUES (1);\nSELECT".to_string();
-        assert_eq!(take_statements(&mut buffer), vec!["SELECT 'a;b';", "INSERT INTO t VALUES (1);"]);
-        assert_eq!(buffer, "SELECT");
+        let (statements, rest) = split("SELECT 'a;b'; INSERT INTO t VALUES (1);\nSELECT");
+        assert_eq!(statements, vec!["SELECT 'a;b';", "INSERT INTO t VALUES (1);"]);
+        assert_eq!(rest, "SELECT");
+    }
+
+    #[test]
+    fn quote_in_a_line_comment_does_not_swallow_the_next_statement() {
+        let (statements, rest) = split("SELECT 1; -- don't\nSELECT 2;\n");
+        assert_eq!(statements, vec!["SELECT 1;", "-- don't\nSELECT 2;"]);
+        assert_eq!(rest, "");
+    }
+
+    #[test]
+    fn comments_quotes_and_names_hold_semicolons_as_text() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("/* a; 'b */ SELECT 1;", &["/* a; 'b */ SELECT 1;"], ""),
+            ("SELECT 'it''s; fine';", &["SELECT 'it''s; fine';"], ""),
+            ("SELECT \"a;b\" FROM t;", &["SELECT \"a;b\" FROM t;"], ""),
+            ("SELECT 'unfinished; still", &[], "SELECT 'unfinished; still"),
+            ("SELECT 1; /* open; comment", &["SELECT 1;"], "/* open; comment"),
+            (";;  -- only a comment\n;", &[], ""),
+            ("SELECT 'é;'; SELECT 2;", &["SELECT 'é;';", "SELECT 2;"], ""),
+        ];
+        for (input, statements, rest) in cases {
+            assert_eq!(split(input), (statements.iter().map(|s| s.to_string()).collect(), rest.to_string()), "{input}");
+        }
+    }
+
+    #[test]
+    fn blank_means_only_comments_and_semicolons() {
+        assert!(is_blank(" -- note\n /* c */ ;"));
+        assert!(!is_blank("-- note\nSELECT 1"));
+        assert!(!is_blank("SELECT 'open"), "text that does not tokenize runs and reports its error");
     }
 }

@@ -16,4 +16,6 @@ SELECT kind, hits FROM sensors WHERE id = 11;
 .mode table
 .tables
 .schema sites
+-- a site's name can't be NULL; a quote in a comment is text, not the start of a string
+SELECT COUNT(*) AS n FROM sites;
 .conflicts
