@@ -90,12 +90,13 @@ fn csv(columns: &[String], rows: &[Vec<Value>]) -> String {
     out
 }
 
-/// A value as JSON: numbers and booleans as such, blobs as hex strings, NULL as null.
+/// A value as JSON: numbers and booleans as such, blobs as hex strings, NULL as null, a
+/// real that is not finite as the API writes it (`{"real": "Infinity"}`).
 pub fn json_value(value: &Value) -> serde_json::Value {
     match value {
         Value::Null => serde_json::Value::Null,
         Value::Integer(v) | Value::Timestamp(v) => (*v).into(),
-        Value::Real(v) => serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
+        Value::Real(v) => serde_json::Number::from_f64(*v).map_or_else(|| crate::json::to_json(value), Into::into),
         Value::Boolean(v) => (*v).into(),
         Value::Text(v) => v.clone().into(),
         Value::Blob(_) => cell(value).into(),
@@ -157,5 +158,7 @@ mod tests {
         assert_eq!(render(Mode::Json, &columns, &rows), "{\"id\":1,\"name\":\"pump\"}\n{\"id\":22,\"name\":null}\n");
         assert_eq!(render(Mode::Line, &columns, &rows), "  id = 1\nname = pump\n\n  id = 22\nname = NULL\n");
         assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
+        let infinite = render(Mode::Json, &["r".to_string()], &[vec![Value::Real(f64::NEG_INFINITY)]]);
+        assert_eq!(infinite, "{\"r\":{\"real\":\"-Infinity\"}}\n", "the API's form of a non-finite real");
     }
 }
