@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use automerge::AutoCommit;
 use edgestore::{
-    ColumnDef, ColumnType, NodeId, Replica, ReplicaHandle, TableSchema, Value, VerifiedChange, VersionVector,
+    sql, ColumnDef, ColumnType, NodeId, Replica, ReplicaHandle, TableSchema, Value, VerifiedChange, VersionVector,
     WriteBatch,
 };
 use rand::seq::index::sample;
@@ -494,6 +494,46 @@ fn bench_group_commit(sizes: &Sizes) {
     assert_eq!(sqlite_count(&open_sqlite(&path, Synchronous::Full)), total);
     let label = format!("SQLite WAL FULL, {GROUP_WRITERS} connections, autocommit");
     peer(&label, rate(total, elapsed), "rows/s", edgestore, true, "");
+    bench_sql_group_commit(per_writer);
+}
+
+/// SQL `INSERT` statements from [`GROUP_WRITERS`] threads through `sql::execute` on a
+/// `ReplicaHandle` (write jobs sharing durable commits), next to the same statements run
+/// one durable commit each inside `ReplicaHandle::call` (how SQL writes ran before).
+fn bench_sql_group_commit(per_writer: usize) {
+    let total = GROUP_WRITERS * per_writer;
+    let insert = "INSERT INTO sensors (id, name, temp, site, hits) VALUES (?, ?, ?, ?, ?)";
+    let run = |grouped: bool| {
+        let dir = TempDir::new().expect("temp dir");
+        let (handle, owner) = ReplicaHandle::spawn(open_edgestore(&dir, 1, true));
+        let ((), elapsed) = timed(|| {
+            std::thread::scope(|scope| {
+                for writer in 0..GROUP_WRITERS {
+                    let mut handle = handle.clone();
+                    scope.spawn(move || {
+                        let statement = sql::prepare(insert).expect("prepare");
+                        for row in writer_rows(writer, per_writer) {
+                            let params: Vec<Value> = row.values().into_iter().map(|(_, v)| v).collect();
+                            if grouped {
+                                statement.execute(&mut handle, &params, NOW_MS).expect("grouped insert");
+                            } else {
+                                let statement = statement.clone();
+                                let one = move |r: &mut Replica| statement.execute(r, &params, NOW_MS).map(drop);
+                                handle.call(one).expect("owner").expect("insert in a call");
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        drop(handle);
+        let replica = owner.join().expect("owner thread");
+        assert_eq!(replica.snapshot().expect("snapshot").scan(TABLE).expect("scan").count(), total);
+        rate(total, elapsed)
+    };
+    let grouped = run(true);
+    ours(&format!("edgestore sql::execute INSERT, {GROUP_WRITERS} threads (group commit)"), grouped, "rows/s");
+    peer("the same, one durable commit per statement (before)", run(false), "rows/s", grouped, true, "");
 }
 
 // ---------------------------------------------------------------------------------------

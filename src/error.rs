@@ -23,6 +23,62 @@ pub enum StorageError {
     /// The thread that owns the replica has stopped (see `ReplicaHandle`).
     #[error("the replica's owner thread has stopped")]
     Stopped,
+    /// The store cannot write now: an I/O error is being recovered from, or the disk is
+    /// below its free-space floor. Nothing was written; the same request may succeed later.
+    #[error("store unavailable: {0}")]
+    Unavailable(StoreFault),
+}
+
+/// Why the store cannot write now (see [`StorageError::Unavailable`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreFault {
+    /// An I/O error failed a transaction; the store refuses writes until it is reopened.
+    #[error("i/o error, the store is being reopened: {reason}")]
+    Io {
+        /// The error, as the operating system or redb gave it.
+        reason: String,
+    },
+    /// The filesystem ran out of space (ENOSPC or EDQUOT) under a transaction; the store
+    /// refuses writes until it is reopened, which waits for free space.
+    #[error("disk full, the store is being reopened: {reason}")]
+    DiskFull {
+        /// The error, as the operating system gave it.
+        reason: String,
+    },
+    /// Free space is below the configured floor: new local writes are refused so that
+    /// replicated changes keep the headroom.
+    #[error("low disk: {free_bytes} bytes free, below the floor of {floor_bytes} bytes")]
+    LowDisk {
+        /// Free bytes the caller last measured.
+        free_bytes: u64,
+        /// The floor.
+        floor_bytes: u64,
+    },
+}
+
+impl StoreFault {
+    /// Whether the cause is a lack of disk space (HTTP 507), rather than another I/O error.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, StoreFault::DiskFull { .. } | StoreFault::LowDisk { .. })
+    }
+
+    /// The fault an error of a write or read transaction puts the store in, if any: every
+    /// I/O error does (redb latches it, and only a reopen clears it); a corrupt value, a
+    /// value too large or a logical error does not.
+    pub fn of(error: &StorageError) -> Option<StoreFault> {
+        let StorageError::Redb(error) = error else { return None };
+        match error {
+            redb::Error::Io(io) => {
+                let reason = io.to_string();
+                // ENOSPC and EDQUOT on Linux (28, 122); `StorageFull` where std maps them.
+                let full = io.kind() == std::io::ErrorKind::StorageFull || matches!(io.raw_os_error(), Some(28 | 122));
+                Some(if full { StoreFault::DiskFull { reason } } else { StoreFault::Io { reason } })
+            }
+            redb::Error::PreviousIo | redb::Error::DatabaseClosed => Some(StoreFault::Io { reason: error.to_string() }),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! redb_into_storage {

@@ -468,8 +468,14 @@ async fn history_route(State(node): State<Arc<Node>>, Query(request): Query<Hist
 
 async fn metrics_route(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
     let handle = node.handle.clone();
-    let mut figures = blocking(move || store_figures(&handle)).await?;
+    // A faulted store cannot be read; its health figures still say what is wrong.
+    let health = metrics::StoreHealthFigures::of(&node.handle);
+    let mut figures = match blocking(move || store_figures(&handle)).await {
+        Err(_) if !health.healthy => StoreFigures::default(),
+        figures => figures?,
+    };
     figures.store_bytes = store_bytes(&node.config);
+    figures.health = health;
     let text = metrics::render(
         &node.counters,
         &figures,
@@ -496,7 +502,7 @@ fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
             changes: vector.total_changes(),
             pending_changes,
             conflicts,
-            store_bytes: 0,
+            ..StoreFigures::default()
         })
     })
 }

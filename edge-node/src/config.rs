@@ -36,6 +36,8 @@ pub const DEFAULT_STATEMENTS_MAX: usize = 16;
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 10_000;
 /// Default cap on a request body (bytes).
 pub const DEFAULT_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Free space below which local writes are refused, by default (bytes).
+pub const DEFAULT_FREE_BYTES_MIN: u64 = 64 * 1024 * 1024;
 
 /// The config file's layout. Every key is optional; see the README for each one.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +56,9 @@ pub struct FileConfig {
     /// `[log]`.
     #[serde(default)]
     pub log: FileLog,
+    /// `[store]`.
+    #[serde(default)]
+    pub store: FileStore,
     /// `[[peers]]`.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -91,6 +96,14 @@ pub struct FileApi {
     pub body_read_timeout_ms: Option<u64>,
     /// Largest request body (bytes).
     pub body_bytes_max: Option<usize>,
+}
+
+/// `[store]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStore {
+    /// Free space of the data directory's filesystem below which local writes are refused.
+    pub free_bytes_min: Option<u64>,
 }
 
 /// `[log]` in the config file.
@@ -170,6 +183,8 @@ pub struct Config {
     pub body_bytes_max: usize,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Local writes are refused while the data directory has less free space (bytes).
+    pub free_bytes_min: u64,
     /// Peers from the config file (the data directory's peer list is separate).
     pub peers: Vec<(NodeId, SocketAddr)>,
 }
@@ -216,6 +231,7 @@ impl Config {
             body_bytes_max: file.api.body_bytes_max.unwrap_or(DEFAULT_BODY_BYTES_MAX),
             log_format: pick(&overrides.log_format, &file.log.format, LogFormat::default),
             log_level: pick(&overrides.log_level, &file.log.level, || "info".to_string()),
+            free_bytes_min: file.store.free_bytes_min.unwrap_or(DEFAULT_FREE_BYTES_MIN),
             peers: file
                 .peers
                 .iter()

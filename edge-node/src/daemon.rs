@@ -27,6 +27,7 @@ use crate::api::{self, Node};
 use crate::config::{Config, LogFormat, PeerList};
 use crate::identity::Identity;
 use crate::metrics::ApiCounters;
+use crate::store_health::{self, StoreReopen};
 
 /// Name of the file that advertises a running node's API inside the data directory.
 pub const RUNTIME_FILE: &str = "node.api";
@@ -70,10 +71,14 @@ fn init_logging(config: &Config) {
     }
 }
 
-async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Replica>> {
+async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica>>> {
     let (identity, replica) = crate::open_or_init(&config.data_dir)?;
     let node_id = identity.node_id;
-    let (handle, owner) = ReplicaHandle::spawn(replica);
+    // After an I/O error the owner thread closes the store and reopens it (store_health.rs).
+    let floor_bytes = config.free_bytes_min;
+    let reopen = StoreReopen { data_dir: config.data_dir.clone(), node_id, floor_bytes };
+    let (handle, owner) = ReplicaHandle::spawn_with_reopen(replica, reopen);
+    tokio::spawn(store_health::probe(handle.clone(), config.data_dir.clone(), floor_bytes));
     let (sync, sync_addr, fault) = start_sync(config, &identity, handle.clone())?;
     let fault = fault_injection_enabled().then_some(fault);
     if fault.is_some() {

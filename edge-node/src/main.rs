@@ -20,6 +20,7 @@ mod peers;
 mod render;
 mod serve;
 mod shell;
+mod store_health;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -204,9 +205,14 @@ pub fn open(data_dir: &Path) -> Result<(Identity, Replica)> {
     let identity = Identity::load(data_dir)
         .with_context(|| format!("no node in {} (run `edge-node init` first)", data_dir.display()))?;
     let store = data_dir.join(STORE_FILE);
-    let replica = Replica::open(&store, identity.node_id)
+    let replica = open_store(data_dir, identity.node_id)
         .with_context(|| format!("opening {} (if a node is running on it, stop it or use its API)", store.display()))?;
     Ok((identity, replica))
+}
+
+/// Opens the store file of a data directory (also how the daemon reopens it after a fault).
+pub fn open_store(data_dir: &Path, node_id: edgestore::NodeId) -> Result<Replica, edgestore::OpenError> {
+    Replica::open(data_dir.join(STORE_FILE), node_id)
 }
 
 /// Opens the node, initialising the data directory on first use.

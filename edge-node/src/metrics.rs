@@ -49,6 +49,34 @@ pub struct StoreFigures {
     pub conflicts: u64,
     /// Bytes of the redb file.
     pub store_bytes: u64,
+    /// Health figures, read from the replica handle (also while the store is faulted).
+    pub health: StoreHealthFigures,
+}
+
+/// The store's health for a scrape.
+#[derive(Debug, Default, Clone)]
+pub struct StoreHealthFigures {
+    /// Writes are accepted (not faulted, not below the free-space floor).
+    pub healthy: bool,
+    /// Times an I/O error faulted the store.
+    pub faults: u64,
+    /// Times a faulted store was reopened.
+    pub reopens: u64,
+    /// Free bytes of the data directory's filesystem, when measured.
+    pub free_bytes: Option<u64>,
+}
+
+impl StoreHealthFigures {
+    /// Reads them from the handle, without a round trip to the owner thread.
+    pub fn of(handle: &edgestore::ReplicaHandle) -> StoreHealthFigures {
+        let counters = handle.counters();
+        StoreHealthFigures {
+            healthy: handle.health() == edgestore::handle::StoreHealth::Ok,
+            faults: counters.faults,
+            reopens: counters.reopens,
+            free_bytes: handle.disk_space().map(|disk| disk.free_bytes),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +108,18 @@ pub fn render(
     gauge(&mut registry, "pending_changes", "Changes parked until their dependencies arrive", store.pending_changes);
     gauge(&mut registry, "conflicts", "Cells holding concurrent values", store.conflicts);
     gauge(&mut registry, "store_bytes", "Size of the store file", store.store_bytes);
+    let health = &store.health;
+    gauge(
+        &mut registry,
+        "store_healthy",
+        "1 while the store accepts writes (not faulted, not low on disk)",
+        health.healthy.into(),
+    );
+    counter(&mut registry, "store_faults", "Times an I/O error faulted the store", health.faults);
+    counter(&mut registry, "store_reopens", "Times a faulted store was reopened", health.reopens);
+    if let Some(free) = health.free_bytes {
+        gauge(&mut registry, "store_free_bytes", "Free bytes of the data directory's filesystem", free);
+    }
     gauge(&mut registry, "uptime_seconds", "Seconds since the node started", uptime_s);
     counter(
         &mut registry,

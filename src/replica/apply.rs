@@ -54,6 +54,9 @@ pub struct ChangeBatch {
 impl Replica {
     /// Applies a batch of encoded change envelopes from a peer; see the module docs.
     pub fn apply_remote(&mut self, batch: Vec<Vec<u8>>) -> Result<ApplyReport, ApplyError> {
+        if let Some(refusal) = self.fault_refusal() {
+            return Err(ApplyError::Storage(refusal));
+        }
         let mut changes = Vec::with_capacity(batch.len());
         for (index, bytes) in batch.into_iter().enumerate() {
             let change = VerifiedChange::decode(bytes).map_err(|source| ApplyError::Invalid { index, source })?;
@@ -67,11 +70,15 @@ impl Replica {
     /// Applies verified changes atomically in one durable transaction.
     fn apply_verified(&mut self, changes: Vec<VerifiedChange>) -> Result<ApplyReport, ApplyError> {
         let mut report = ApplyReport::default();
-        let outcome = self.apply_txn(changes, &mut report);
-        if outcome.is_err() {
-            self.reload_state()?;
+        match self.apply_txn(changes, &mut report) {
+            Ok(()) => Ok(report),
+            // An I/O error faults the store; any other storage error reloads the state.
+            Err(ApplyError::Storage(error)) => Err(ApplyError::Storage(self.recover(error))),
+            Err(refused) => match self.reload_state() {
+                Ok(()) => Err(refused),
+                Err(error) => Err(ApplyError::Storage(self.recover(error))),
+            },
         }
-        outcome.map(|()| report)
     }
 
     fn apply_txn(&mut self, changes: Vec<VerifiedChange>, report: &mut ApplyReport) -> Result<(), ApplyError> {

@@ -10,6 +10,7 @@
 mod apply;
 mod backup;
 mod digest;
+mod guard;
 mod history;
 mod integrity;
 mod materialize;
@@ -89,6 +90,8 @@ pub struct Replica {
     /// whatever has grown since.
     announced: VersionVector,
     cache: DocCache,
+    /// Faults, the low-disk floor and deferred durability (`guard.rs`).
+    guard: guard::Guard,
 }
 
 impl std::fmt::Debug for Replica {
@@ -137,6 +140,13 @@ impl Replica {
     /// nodes would issue different changes under the same `(origin, seq)`.
     pub fn open(path: impl AsRef<Path>, node: NodeId) -> Result<Replica, OpenError> {
         let db = Database::create(path.as_ref()).map_err(StorageError::from)?;
+        Replica::open_database(db, node)
+    }
+
+    /// Opens (or initialises) the replica held by a database the caller built, e.g. with
+    /// `redb::Builder` on another `StorageBackend` (the fault tests use one that runs out
+    /// of space). The same node-id rule as [`Replica::open`] applies.
+    pub fn open_database(db: Database, node: NodeId) -> Result<Replica, OpenError> {
         let txn = db.begin_write().map_err(StorageError::from)?;
         storage::create_tables(&txn)?;
         {
@@ -151,6 +161,7 @@ impl Replica {
             versions: VersionVector::new(),
             announced: VersionVector::new(),
             cache: LruCache::new(NonZeroUsize::new(DOC_CACHE_DOCS_MAX).expect("nonzero")),
+            guard: guard::Guard::default(),
         };
         replica.reload_state()?;
         Ok(replica)
@@ -222,6 +233,9 @@ impl Replica {
 
     /// A consistent read snapshot of the committed state.
     pub fn snapshot(&self) -> Result<Snapshot, StorageError> {
+        if let Some(refusal) = self.fault_refusal() {
+            return Err(refusal);
+        }
         Snapshot::begin(&self.db)
     }
 
@@ -292,21 +306,23 @@ impl Replica {
         Ok(working)
     }
 
-    /// Commits a write transaction durably.
+    /// Begins a write transaction that commits durably (or non-durably while a group of
+    /// write jobs defers durability, see `guard.rs`).
     pub(crate) fn begin_durable_write(&self) -> Result<redb::WriteTransaction, StorageError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
+        txn.set_durability(self.commit_durability())?;
         Ok(txn)
     }
 
     /// Records the in-memory state changes of a committed transaction, or drops them.
     pub(crate) fn finish(&mut self, outcome: Result<(), StorageError>) -> Result<(), StorageError> {
-        if outcome.is_err() {
+        match outcome {
+            Ok(()) => Ok(()),
             // An aborted transaction may have left cached documents and catalog entries
-            // that were never committed: start again from the committed state.
-            self.reload_state()?;
+            // that were never committed: start again from the committed state (or, after
+            // an I/O error, refuse everything until the store is reopened).
+            Err(error) => Err(self.recover(error)),
         }
-        outcome
     }
 }
 

@@ -4,6 +4,7 @@
 //! reader never sees half of a write or merge. Nothing here touches automerge.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
@@ -41,7 +42,8 @@ pub struct RowConflicts {
 
 /// A consistent, read-only view of one committed state.
 pub struct Snapshot {
-    txn: redb::ReadTransaction,
+    /// Shared while a group commit pins the last durable state for readers (`handle.rs`).
+    txn: Arc<redb::ReadTransaction>,
     rows: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     catalog: Catalog,
 }
@@ -78,7 +80,11 @@ fn decode_row(bytes: &[u8]) -> Result<Row, ReadError> {
 
 impl Snapshot {
     pub(crate) fn begin(db: &Database) -> Result<Snapshot, StorageError> {
-        let txn = db.begin_read()?;
+        Snapshot::of(Arc::new(db.begin_read()?))
+    }
+
+    /// A snapshot of a read transaction that other snapshots may share.
+    pub(crate) fn of(txn: Arc<redb::ReadTransaction>) -> Result<Snapshot, StorageError> {
         let catalog = load_catalog(&txn)?;
         let rows = txn.open_table(storage::ROWS)?;
         Ok(Snapshot { txn, rows, catalog })

@@ -218,13 +218,24 @@ impl Replica {
     }
 
     /// Applies several independent batches in one durable commit (group commit). Each batch
-    /// succeeds or fails on its own; a storage failure fails them all.
+    /// succeeds or fails on its own; a storage failure fails them all. While the store is
+    /// faulted or below its free-space floor, every batch is refused with
+    /// [`StorageError::Unavailable`] before anything is staged.
     pub fn write_group(&mut self, batches: Vec<WriteBatch>, now_ms: i64) -> Vec<Result<WriteReceipt, WriteError>> {
         let count = batches.len();
-        let mut results = Vec::with_capacity(count);
-        let outcome = self.write_group_txn(batches, now_ms, &mut results);
-        match self.finish(outcome) {
-            Ok(()) => results,
+        let outcome = match self.local_write_refusal() {
+            Some(refusal) => Err(refusal),
+            None => {
+                let mut results = Vec::with_capacity(count);
+                let outcome = self.write_group_txn(batches, now_ms, &mut results);
+                self.finish(outcome).map(|()| results)
+            }
+        };
+        match outcome {
+            Ok(results) => results,
+            Err(StorageError::Unavailable(fault)) => {
+                (0..count).map(|_| Err(WriteError::Storage(StorageError::Unavailable(fault.clone())))).collect()
+            }
             Err(e) => {
                 let message = e.to_string();
                 (0..count).map(|_| Err(WriteError::Storage(StorageError::CommitFailed(message.clone())))).collect()

@@ -76,7 +76,8 @@ impl SqlStore for ReplicaHandle {
     }
 
     fn run_write(&mut self, job: WriteJob) -> Result<u64, SqlError> {
-        self.call(job)?
+        // A member of a group commit: concurrent statements share one durable commit.
+        self.write_job(job)
     }
 }
 

@@ -15,6 +15,8 @@ use serde_json::{json, Value as Json};
 pub struct Node {
     pub name: &'static str,
     pub data: PathBuf,
+    /// The node's log (its standard error).
+    pub log: PathBuf,
     pub child: Child,
     pub id: String,
     pub sync: SocketAddr,
@@ -34,6 +36,20 @@ pub fn start(name: &'static str, data: &Path, sync: &str, api: &str) -> Node {
 
 /// [`start`] with extra environment variables.
 pub fn start_with_env(name: &'static str, data: &Path, sync: &str, api: &str, env: &[(&str, &str)]) -> Node {
+    start_logging_to(name, data, sync, api, env, &data.join("node.log"))
+}
+
+/// [`start_with_env`] with the log written to `log` (appended) instead of the data directory.
+pub fn start_logging_to(
+    name: &'static str,
+    data: &Path,
+    sync: &str,
+    api: &str,
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Node {
+    std::fs::create_dir_all(data).expect("data directory");
+    let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
     let mut child = edge_node()
         .envs(env.iter().copied())
         .arg("--data-dir")
@@ -42,7 +58,7 @@ pub fn start_with_env(name: &'static str, data: &Path, sync: &str, api: &str, en
         .env("EDGE_NODE_FAULT_INJECTION", "1")
         .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
-        .stderr(log_file(data))
+        .stderr(log_file)
         .spawn()
         .expect("spawning edge-node run");
     let stdout = child.stdout.take().expect("piped stdout");
@@ -67,7 +83,7 @@ pub fn start_with_env(name: &'static str, data: &Path, sync: &str, api: &str, en
     }
     let (id, sync, api) = (id.expect("id"), sync.expect("sync"), api.expect("api"));
     println!("{name}: node {id}, sync {sync}, api {api}");
-    Node { name, data: data.to_path_buf(), child, id, sync, api }
+    Node { name, data: data.to_path_buf(), log: log.to_path_buf(), child, id, sync, api }
 }
 
 /// The node's log (its standard error), appended across restarts.
@@ -80,7 +96,7 @@ impl Drop for Node {
     /// A failed test shows each node's log and leaves no process behind.
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = std::fs::read_to_string(self.data.join("node.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("--- last lines of {}'s log ---", self.name);
             for line in tail.iter().rev() {
