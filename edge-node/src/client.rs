@@ -60,7 +60,9 @@ impl Client {
         let runtime: Json = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
         let url = runtime["url"].as_str().ok_or_else(|| anyhow!("{} has no url", path.display()))?;
         let client = Client::new(url, token)?;
-        Ok(client.get("/v1/health").is_ok().then_some(client))
+        // Any answer means a node runs there: an unhealthy one (503) still holds the store.
+        let answered = client.runtime.block_on(client.send(Method::GET, "/v1/health", None)).is_ok();
+        Ok(answered.then_some(client))
     }
 
     /// The base URL.
