@@ -21,6 +21,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use edgestore::error::{ReadError, StorageError, StoreFault, WriteError};
+use edgestore::handle::StoreHealth;
 use edgestore::sql::{self, SqlError};
 use edgestore::{ReplicaHandle, Value};
 use serde::Deserialize;
@@ -87,10 +89,36 @@ impl ApiError {
 
     fn from_sql(error: SqlError) -> ApiError {
         let status = match &error {
-            SqlError::Storage(_) | SqlError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SqlError::Storage(storage)
+            | SqlError::Write(WriteError::Storage(storage))
+            | SqlError::Read(ReadError::Storage(storage)) => {
+                return ApiError::from_storage_status(storage, error.to_string())
+            }
+            SqlError::Stopped(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, error)
+    }
+
+    /// A storage failure: 507 when the disk is full or below `store.free_bytes_min`, 503
+    /// with `Retry-After` while the store is being reopened after an I/O error, 503 once
+    /// it has stopped, 500 otherwise (corruption).
+    fn from_storage(error: StorageError) -> ApiError {
+        let message = error.to_string();
+        ApiError::from_storage_status(&error, message)
+    }
+
+    fn from_storage_status(error: &StorageError, message: String) -> ApiError {
+        let fault = match error {
+            StorageError::Unavailable(fault) => Some(fault.clone()),
+            StorageError::Stopped => return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            other => StoreFault::of(other),
+        };
+        match fault {
+            Some(fault) if fault.is_out_of_space() => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, message),
+            Some(_) => ApiError::unavailable(message),
+            None => ApiError::internal(message),
+        }
     }
 }
 
@@ -283,10 +311,39 @@ fn run_sql(node: &Node, text: &str, params: &[Value]) -> Result<JsonValue, ApiEr
     Ok(json!({ "columns": columns, "rows": rows, "rows_affected": 0 }))
 }
 
-async fn health_route(State(node): State<Arc<Node>>) -> Answer {
+/// `200 {"status": "ok"}` while the store can write; otherwise 503 with what is wrong
+/// (`faulted` while it is reopened after an I/O error, `low_disk` below the free-space
+/// floor) and `Retry-After`, so that a load balancer or supervisor stops sending writes.
+async fn health_route(State(node): State<Arc<Node>>) -> Result<Response, ApiError> {
+    let health = health_json(&node.handle.health());
+    if health["status"] != "ok" {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(crate::serve::RETRY_AFTER_S));
+        return Ok(response);
+    }
     let handle = node.handle.clone();
     blocking(move || handle.call(|_| ()).map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))).await?;
-    Ok(Json(json!({ "status": "ok" })))
+    Ok(Json(health).into_response())
+}
+
+/// The store's health as JSON: `status` is `ok`, `faulted` or `low_disk`; `error` says
+/// why it is not ok.
+fn health_json(health: &StoreHealth) -> JsonValue {
+    match health {
+        StoreHealth::Ok => json!({ "status": "ok" }),
+        StoreHealth::Faulted { reason, reopen_attempts } => json!({
+            "status": "faulted",
+            "error": format!("the store cannot write: {reason}; reopening it ({reopen_attempts} attempts failed so far)"),
+            "reopen_attempts": reopen_attempts,
+        }),
+        StoreHealth::LowDisk { free_bytes, floor_bytes } => json!({
+            "status": "low_disk",
+            "error": format!("local writes refused: {free_bytes} bytes free, below the floor of {floor_bytes} bytes (store.free_bytes_min)"),
+            "free_bytes": free_bytes,
+            "floor_bytes": floor_bytes,
+        }),
+        other => json!({ "status": "unknown", "error": format!("{other:?}") }),
+    }
 }
 
 /// Runs `f` on the replica's owner thread (call it from the blocking pool); a stopped
@@ -303,9 +360,9 @@ fn on_owner<T: Send + 'static, E: std::fmt::Display>(
 
 async fn status_route(State(node): State<Arc<Node>>) -> Answer {
     let handle = node.handle.clone();
-    let (store, digest) = blocking(move || {
+    let store = blocking(move || {
         // The digest reads every row: from a snapshot, so writers are not held up meanwhile.
-        let digest = handle.snapshot().and_then(|s| s.state_digest()).map_err(ApiError::internal)?;
+        let digest = handle.snapshot().and_then(|s| s.state_digest()).map_err(ApiError::from_storage)?;
         let store = on_owner(&handle, |replica| {
             let vector = replica.version_vector();
             let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
@@ -321,7 +378,7 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
         })?;
         Ok((store, digest.to_string()))
     })
-    .await?;
+    .await;
     let mut answer = json!({
         "node_id": node.handle.node_id().to_string(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -332,9 +389,17 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
         "uptime_s": node.started.elapsed().as_secs(),
         "store_bytes": store_bytes(&node.config),
         "peers_connected": node.sync.connected_peers().len(),
-        "digest": digest,
+        "health": health_json(&node.handle.health()),
     });
-    merge(&mut answer, store);
+    // A store that cannot be read now (it is being reopened) leaves its figures out, and
+    // the status says why: that is when an operator asks for it.
+    match store {
+        Ok((store, digest)) => {
+            merge(&mut answer, store);
+            answer["digest"] = json!(digest);
+        }
+        Err(error) => answer["store_error"] = json!(error.message),
+    }
     Ok(Json(answer))
 }
 
@@ -434,7 +499,7 @@ async fn backup_route(State(node): State<Arc<Node>>, Body(request): Body<BackupR
     }
     let handle = node.handle.clone();
     let report = blocking(move || {
-        let snapshot = handle.snapshot().map_err(ApiError::internal)?;
+        let snapshot = handle.snapshot().map_err(ApiError::from_storage)?;
         crate::backup::write_backup(&snapshot, &request.path).map_err(|e| ApiError::bad_request(format!("{e:#}")))
     })
     .await?;
@@ -458,7 +523,7 @@ async fn history_route(State(node): State<Arc<Node>>, Query(request): Query<Hist
     let key = parts.iter().map(from_json).collect::<Result<Vec<Value>, _>>().map_err(ApiError::bad_request)?;
     let handle = node.handle.clone();
     let answer = blocking(move || {
-        let snapshot = handle.snapshot().map_err(ApiError::internal)?;
+        let snapshot = handle.snapshot().map_err(ApiError::from_storage)?;
         crate::history::row_history(&snapshot, &request.table, &key)
             .map_err(|e| ApiError::bad_request(format!("{e:#}")))
     })

@@ -256,6 +256,7 @@ fn remote_status(client: &Client) -> Result<()> {
     println!("tables:     {}", if tables.is_empty() { "(none)".to_string() } else { tables.join(", ") });
     println!("changes:    {} from {} node(s), {} pending", text("changes"), text("origins"), text("pending_changes"));
     println!("peers:      {} connected", text("peers_connected"));
+    println!("health:     {}", health_line(&status["health"]));
     println!("digest:     {}", text("digest"));
     let check = client.post("/v1/check", &serde_json::json!({}))?;
     let problems: Vec<String> = check["problems"]
@@ -265,6 +266,15 @@ fn remote_status(client: &Client) -> Result<()> {
         .map(|p| p.as_str().unwrap_or_default().to_string())
         .collect();
     report_integrity(&problems)
+}
+
+/// The store's health of `/v1/status` in one line: `ok`, or its status and why.
+pub fn health_line(health: &serde_json::Value) -> String {
+    match (health["status"].as_str(), health["error"].as_str()) {
+        (Some("ok"), _) => "ok".to_string(),
+        (Some(status), Some(error)) => format!("{status}: {error}"),
+        _ => health.to_string(),
+    }
 }
 
 fn report_integrity(problems: &[String]) -> Result<()> {

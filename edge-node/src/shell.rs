@@ -334,6 +334,7 @@ impl Shell {
                 writeln!(out, "changes:  {} from {} node(s)", s["changes"], s["origins"])?;
                 writeln!(out, "pending:  {}", s["pending_changes"])?;
                 writeln!(out, "peers:    {} connected", s["peers_connected"])?;
+                writeln!(out, "health:   {}", crate::health_line(&s["health"]))?;
             }
         }
         Ok(())

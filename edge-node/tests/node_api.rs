@@ -21,6 +21,7 @@ fn api_requires_the_token_when_one_is_set_and_reports_errors() {
     let (status, answer) = http_with_token(node.api, "GET", "/v1/status", None, Some("s3cret"));
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["node_id"], json!(node.id));
+    assert_eq!(answer["health"], json!({ "status": "ok" }), "the status names the store's health");
 
     let query = |sql: &str, params: serde_json::Value| {
         http_with_token(node.api, "POST", "/v1/sql", Some(&json!({ "sql": sql, "params": params })), Some("s3cret"))
