@@ -35,6 +35,13 @@ pub const REPAIR_DOCS_MAX: usize = edgestore::REPAIR_DOCS_MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ClusterId(pub [u8; 16]);
 
+impl std::fmt::Display for ClusterId {
+    /// Lower-case hex, as node ids are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
 /// Why a session was closed, as sent in `Close`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CloseCode {

@@ -102,8 +102,13 @@ pub enum ProtocolError {
     #[error("peer speaks protocol version {0}, this node speaks {PROTOCOL_VERSION}")]
     UnsupportedProtocol(u16),
     /// The peer belongs to another cluster.
-    #[error("peer belongs to another cluster")]
-    WrongCluster,
+    #[error("cluster mismatch: theirs {theirs}, ours {ours}")]
+    WrongCluster {
+        /// The cluster the peer's `Hello` names.
+        theirs: ClusterId,
+        /// This node's cluster.
+        ours: ClusterId,
+    },
     /// The peer's `Hello` names another node than the authenticated one.
     #[error("peer claims node id {got}, but authenticated as {expected}")]
     UnexpectedPeer {
@@ -151,6 +156,12 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// Whether the failure is this node's own (its store failed), not the peer's doing:
+    /// such a session is not counted against the peer.
+    pub fn is_local(&self) -> bool {
+        matches!(self, ProtocolError::Storage(_))
+    }
+
     fn close_code(&self) -> CloseCode {
         match self {
             ProtocolError::ChangeRejected(_) => CloseCode::ChangeRejected,
@@ -424,7 +435,8 @@ impl Session {
             return Err(ProtocolError::UnsupportedProtocol(protocol));
         }
         if cluster != self.config.cluster.0 {
-            return Err(ProtocolError::WrongCluster);
+            let theirs = ClusterId(cluster.try_into().expect("16 bytes, checked by Frame::decode"));
+            return Err(ProtocolError::WrongCluster { theirs, ours: self.config.cluster });
         }
         let node = NodeId::from_slice(node).expect("checked by Frame::decode");
         if node != self.peer {
@@ -743,10 +755,19 @@ impl Session {
     }
 
     /// When `handle_timeout` should next be called (and a keepalive may be due).
+    ///
+    /// Rule: every deadline returned here is consumed by `handle_timeout` or
+    /// `poll_transmit` at that time — a frame goes out or the session closes, and the next
+    /// deadline lies later. A deadline nothing would act on must not be returned, or a
+    /// driver wakes at a time already past, finds nothing to do and wakes again (a
+    /// livelock: the simulator's clock stops, the QUIC driver spins a core).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<u64> {
         match self.state {
-            State::AwaitingHello | State::Established => {
+            // Before the peer's `Hello` nothing but the idle timeout can act: a `Ping` is
+            // not allowed before the handshake, so there is no keepalive deadline.
+            State::AwaitingHello => Some(self.last_received_ms + self.config.idle_timeout_ms),
+            State::Established => {
                 let keepalive = self.last_sent_ms + self.config.keepalive_ms;
                 let idle = self.last_received_ms + self.config.idle_timeout_ms;
                 let ack = self.unacked_sent_ms.front().map_or(u64::MAX, |t| t + self.config.ack_timeout_ms);
