@@ -139,6 +139,7 @@ pub fn render(
         "Sessions closed because a peer sent a refused change",
         node.rejected_changes,
     );
+    sync_hygiene_metrics(&mut registry, node);
     peer_metrics(&mut registry, peers);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String does not fail");
@@ -154,6 +155,62 @@ fn api_limit_metrics(registry: &mut Registry, api: &ApiCounters) {
     let refused = "API connections refused because api.connections_max were open";
     counter(registry, "api_connections_refused", refused, load(&api.connections_refused));
     gauge(registry, "api_connections_open", "API connections open now", load(&api.connections_open));
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+/// Refused peers, local store failures, stalled session timers and what arrives at the
+/// sync port (issue 9: refused peers and floods must show in a metric).
+fn sync_hygiene_metrics(registry: &mut Registry, node: &NodeCounters) {
+    let refused = Family::<ReasonLabel, Counter>::default();
+    for (reason, count) in &node.peers_refused {
+        refused.get_or_create(&ReasonLabel { reason: reason.label().to_string() }).inc_by(*count);
+    }
+    registry.register("sync_peers_refused", "Peers refused (either side's check), by reason", refused);
+    let changes_refused = Family::<ReasonLabel, Counter>::default();
+    changes_refused.get_or_create(&ReasonLabel { reason: "store".to_string() }).inc_by(node.store_failures);
+    registry.register(
+        "sync_changes_refused",
+        "Sync sessions closed because this node could not take the peer's changes, by reason",
+        changes_refused,
+    );
+    counter(
+        registry,
+        "sync_session_timer_stalls",
+        "Times a sync session asked twice in a row to be woken in the past",
+        node.timer_stalls,
+    );
+    counter(registry, "sync_datagrams_received", "UDP datagrams received on the sync port", node.datagrams_received);
+    counter(
+        registry,
+        "sync_datagrams_invalid",
+        "Datagrams that cannot be QUIC for this endpoint (garbage, unknown versions or connections)",
+        node.datagrams_invalid,
+    );
+    counter(
+        registry,
+        "sync_datagrams_initial",
+        "Datagrams carrying a QUIC Initial packet (handshake attempts)",
+        node.datagrams_initial,
+    );
+    let handshakes = Family::<OutcomeLabel, Counter>::default();
+    for (outcome, count) in [
+        ("accepted", node.quic_handshakes_accepted),
+        ("refused", node.quic_handshakes_refused),
+        ("ignored", node.quic_handshakes_ignored),
+        ("outgoing", node.quic_handshakes_outgoing),
+    ] {
+        handshakes.get_or_create(&OutcomeLabel { outcome: outcome.to_string() }).inc_by(count);
+    }
+    registry.register("sync_quic_handshakes", "QUIC handshakes by outcome (quinn's endpoint statistics)", handshakes);
 }
 
 fn peer_metrics(registry: &mut Registry, peers: &[PeerStatus]) {
@@ -216,5 +273,26 @@ mod tests {
         assert!(text.contains("edgestore_conflicts 2"), "{text}");
         assert!(text.contains("edgestore_store_bytes 4096"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn sync_hygiene_counters_are_exported_with_their_labels() {
+        let mut node = NodeCounters::default();
+        node.peers_refused = sync_protocol::transport::RefusalReason::ALL.iter().map(|&r| (r, 0)).collect();
+        node.peers_refused.insert(sync_protocol::transport::RefusalReason::ClusterMismatch, 4);
+        node.store_failures = 2;
+        node.datagrams_invalid = 7;
+        node.quic_handshakes_refused = 3;
+        let text = render(&ApiCounters::default(), &StoreFigures::default(), &[], &node, 0);
+        for line in [
+            "edgestore_sync_peers_refused_total{reason=\"cluster_mismatch\"} 4",
+            "edgestore_sync_peers_refused_total{reason=\"not_allowed\"} 0",
+            "edgestore_sync_changes_refused_total{reason=\"store\"} 2",
+            "edgestore_sync_datagrams_invalid_total 7",
+            "edgestore_sync_quic_handshakes_total{outcome=\"refused\"} 3",
+            "edgestore_sync_session_timer_stalls_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -24,7 +24,12 @@ impl Backoff {
         half + (half as f64 * jitter.clamp(0.0, 1.0)) as u64
     }
 
-    /// A connection succeeded: start from the base again.
+    /// Delays drawn since the last reset (the step the next delay belongs to).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// A session was established: start from the base again.
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -40,7 +45,9 @@ mod tests {
         let delays: Vec<u64> = (0..6).map(|_| backoff.next_delay_ms(1.0)).collect();
         assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(backoff.next_delay_ms(0.0), 500);
+        assert_eq!(backoff.attempt(), 7);
         backoff.reset();
+        assert_eq!(backoff.attempt(), 0);
         assert_eq!(backoff.next_delay_ms(0.0), 50);
     }
 }

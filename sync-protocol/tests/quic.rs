@@ -12,7 +12,7 @@ use std::time::Duration;
 use edgestore::{ColumnDef, ColumnType, NodeId, Replica, ReplicaHandle, TableSchema, Value, WriteBatch};
 use sync_protocol::frame::{self, Frame};
 use sync_protocol::transport::tls::{self, AllowList, TlsIdentity};
-use sync_protocol::transport::{FaultSwitch, SyncNode, SyncNodeConfig};
+use sync_protocol::transport::{DialOutcome, FaultSwitch, RefusalReason, SyncNode, SyncNodeConfig};
 use sync_protocol::{ClusterId, SessionConfig};
 
 /// Upper bound for any awaited condition; reaching it fails the test.
@@ -233,4 +233,151 @@ async fn hostile_peers_are_refused_or_disconnected_and_honest_peers_carry_on() {
         assert!(node.handle.call(|r| r.check_integrity().unwrap().is_empty()).unwrap());
         node.node.shutdown().await;
     }
+}
+
+/// Reconnect backoff of the refusal tests: first delay and cap, in ms.
+const REFUSAL_BACKOFF_MS: (u64, u64) = (20, 320);
+/// Dial attempts the refusal tests check against the schedule.
+const REFUSAL_ATTEMPTS: usize = 7;
+
+/// A node of `cluster` trusting exactly `allowed`, with the refusal tests' backoff.
+fn start_refusing(
+    dir: &tempfile::TempDir,
+    index: usize,
+    key_pair: &rcgen::KeyPair,
+    allowed: &[NodeId],
+    cluster: ClusterId,
+) -> TestNode {
+    let id = node_id(key_pair);
+    let replica = Replica::open(dir.path().join(format!("r{index}.redb")), id).unwrap();
+    let (handle, _thread) = ReplicaHandle::spawn(replica);
+    let mut session = session_config();
+    session.cluster = cluster;
+    let listen = "127.0.0.1:0".parse().unwrap();
+    let config = SyncNodeConfig { session, listen, backoff_ms: REFUSAL_BACKOFF_MS };
+    let allowed: AllowList = Arc::new(RwLock::new(allowed.iter().copied().collect()));
+    let (node, switch) = SyncNode::start(handle.clone(), key_pair, allowed, config).unwrap();
+    let addr = node.local_addr().unwrap();
+    TestNode { node, switch, handle, addr }
+}
+
+/// Waits for `REFUSAL_ATTEMPTS` dial attempts from `dialer` to `peer` and checks them as the
+/// node recorded them: every one refused for `reason`, steps 0, 1, 2, … (a refusal never
+/// resets the backoff), each delay in `[d/2, d]` for `d = min(base × 2^step, cap)`; and
+/// the refusals counted per reason, none as a protocol error.
+async fn check_refused_with_backoff(dialer: &TestNode, peer: NodeId, reason: RefusalReason) {
+    wait_until("the refused dial attempts", || dialer.node.dial_history(peer).len() >= REFUSAL_ATTEMPTS).await;
+    let history = dialer.node.dial_history(peer);
+    let (base, cap) = REFUSAL_BACKOFF_MS;
+    for (step, attempt) in history.iter().take(REFUSAL_ATTEMPTS).enumerate() {
+        let status = dialer.node.peer_status();
+        assert_eq!(attempt.outcome, DialOutcome::Refused(reason), "attempt {step}: {history:?} {status:?}");
+        assert_eq!(attempt.step, step as u32, "attempt {step}: the backoff was reset: {history:?}");
+        let d = (base << step).min(cap);
+        assert!(
+            (d / 2..=d).contains(&attempt.delay_ms),
+            "attempt {step}: delay {} not in [{}, {d}]",
+            attempt.delay_ms,
+            d / 2
+        );
+    }
+    let counters = dialer.node.counters();
+    assert!(counters.peers_refused[&reason] >= REFUSAL_ATTEMPTS as u64, "{counters:?}");
+    assert_eq!(counters.protocol_errors, 0, "a refusal is not a protocol error: {counters:?}");
+}
+
+/// Issue 9 item 6: a peer that is not on the other's allow-list is refused in the TLS
+/// handshake (alert `access_denied`); the dialer reports "not allowed" and backs off
+/// exponentially, the refusing side counts it per reason, neither calls it a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_not_on_the_allow_list_is_refused_with_backoff() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (ka, kb) = (key_pair(), key_pair());
+    let a = start_refusing(&dir, 0, &ka, &[], CLUSTER);
+    let b = start_refusing(&dir, 1, &kb, &[], CLUSTER); // does not allow a
+    a.node.add_peer(b.node.node_id(), b.addr);
+    check_refused_with_backoff(&a, b.node.node_id(), RefusalReason::NotAllowed).await;
+    let counters = b.node.counters();
+    assert!(counters.peers_refused[&RefusalReason::NotAllowed] >= 1, "{counters:?}");
+    assert!(counters.handshakes_refused >= 1 && counters.protocol_errors == 0, "{counters:?}");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+/// Issue 9 item 6: peers of different clusters that allow each other are refused after
+/// the `Hello`s, reported as "cluster mismatch: theirs X, ours Y" (not "connection lost",
+/// not a protocol error), and the dialer backs off exponentially.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_of_another_cluster_is_refused_with_backoff_and_the_real_reason() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (ka, kb) = (key_pair(), key_pair());
+    let other = ClusterId([4; 16]);
+    let a = start_refusing(&dir, 0, &ka, &[node_id(&kb)], CLUSTER);
+    let b = start_refusing(&dir, 1, &kb, &[node_id(&ka)], other);
+    a.node.add_peer(b.node.node_id(), b.addr);
+    check_refused_with_backoff(&a, b.node.node_id(), RefusalReason::ClusterMismatch).await;
+    let status = a.node.peer_status().into_iter().find(|p| p.node_id == b.node.node_id()).unwrap();
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some(format!("cluster mismatch: theirs {other}, ours {CLUSTER}").as_str())
+    );
+    assert_eq!(status.sessions as usize, status.dial_attempts as usize, "each attempt got as far as a session");
+    let counters = b.node.counters();
+    assert!(counters.peers_refused[&RefusalReason::ClusterMismatch] >= 1, "{counters:?}");
+    assert_eq!(counters.protocol_errors, 0, "{counters:?}");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+/// Issue 9 item 6: the certificate at a peer's address proves another node than the one
+/// dialled (an address reused by another node, or an impostor): refused as a bad
+/// certificate, with backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_a_certificate_for_another_node_is_refused_with_backoff() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (ka, kb, expected) = (key_pair(), key_pair(), key_pair());
+    let a = start_refusing(&dir, 0, &ka, &[node_id(&kb)], CLUSTER);
+    let b = start_refusing(&dir, 1, &kb, &[node_id(&ka)], CLUSTER);
+    a.node.add_peer(node_id(&expected), b.addr);
+    check_refused_with_backoff(&a, node_id(&expected), RefusalReason::BadCertificate).await;
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
+/// Issue 9 ("/v1/peers undercounts changes received during some catch-ups"): after a
+/// catch-up of 201 changes over real QUIC, the receiver's per-peer totals show exactly
+/// the changes it received, as soon as the rows are visible through the replica, and the
+/// sender's show exactly the changes it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_peer_totals_add_up_exactly_after_a_catch_up() {
+    const BATCHES: i64 = 200;
+    const ROWS_PER_BATCH: i64 = 20;
+    let dir = tempfile::TempDir::new().unwrap();
+    let (ka, kb) = (key_pair(), key_pair());
+    let a = start_refusing(&dir, 0, &ka, &[node_id(&kb)], CLUSTER);
+    a.node.write(WriteBatch::new().create_table(table()), 0).await.unwrap();
+    for batch in 0..BATCHES {
+        let mut write = WriteBatch::new();
+        for row in 0..ROWS_PER_BATCH {
+            let id = batch * ROWS_PER_BATCH + row;
+            write = write.insert("readings", [("id", Value::from(id)), ("node", Value::from(0))]);
+        }
+        a.node.write(write, 0).await.unwrap();
+    }
+    let b = start_refusing(&dir, 1, &kb, &[node_id(&ka)], CLUSTER);
+    b.node.add_peer(a.node.node_id(), a.addr);
+    let expected = (BATCHES * ROWS_PER_BATCH) as usize;
+    wait_until("the catch-up", || {
+        b.handle.call(|r| r.catalog().table("readings").is_some()).unwrap() && rows(&b) == expected
+    })
+    .await;
+    let changes = 1 + BATCHES as u64;
+    let at_b = b.node.peer_status().into_iter().find(|p| p.node_id == a.node.node_id()).unwrap();
+    assert_eq!(at_b.totals.changes_received, changes, "{at_b:?}");
+    let at_a = a.node.peer_status().into_iter().find(|p| p.node_id == b.node.node_id()).unwrap();
+    assert_eq!(at_a.totals.changes_sent, changes, "{at_a:?}");
+    assert_eq!((at_b.totals.changes_sent, at_a.totals.changes_received), (0, 0));
+    assert_eq!((at_a.sessions, at_b.sessions), (1, 1), "one connection, never replaced");
+    a.node.shutdown().await;
+    b.node.shutdown().await;
 }

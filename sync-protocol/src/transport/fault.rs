@@ -1,7 +1,8 @@
 //! A UDP socket wrapper that can cut a node off: while cut, every datagram it would send or
 //! receive is silently dropped, exactly like a pulled cable. Tests (and the end-to-end
 //! harness) use it to partition real QUIC nodes on loopback without touching the host's
-//! network configuration.
+//! network configuration. It is also where the node counts what arrives (see
+//! [`super::datagrams`]): every received datagram passes through here.
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
@@ -12,6 +13,8 @@ use std::task::{Context, Poll};
 
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
+
+use super::datagrams::DatagramCounters;
 
 /// Switch shared between a [`FaultySocket`] and the test that controls it.
 #[derive(Clone, Debug, Default)]
@@ -37,6 +40,7 @@ impl FaultSwitch {
 pub struct FaultySocket {
     inner: Arc<dyn AsyncUdpSocket>,
     switch: FaultSwitch,
+    counters: Option<Arc<DatagramCounters>>,
 }
 
 impl fmt::Debug for FaultySocket {
@@ -48,7 +52,13 @@ impl fmt::Debug for FaultySocket {
 impl FaultySocket {
     /// Wraps a runtime socket.
     pub fn new(inner: Arc<dyn AsyncUdpSocket>, switch: FaultSwitch) -> FaultySocket {
-        FaultySocket { inner, switch }
+        FaultySocket { inner, switch, counters: None }
+    }
+
+    /// Counts every datagram received (while not cut) in `counters`.
+    pub(crate) fn counting(mut self, counters: Arc<DatagramCounters>) -> FaultySocket {
+        self.counters = Some(counters);
+        self
     }
 }
 
@@ -74,6 +84,15 @@ impl AsyncUdpSocket for FaultySocket {
             match self.inner.poll_recv(cx, bufs, meta) {
                 // Drop what arrived and wait for more; the inner socket re-registers `cx`.
                 Poll::Ready(Ok(_)) if self.switch.is_cut() => continue,
+                Poll::Ready(Ok(count)) => {
+                    if let Some(counters) = &self.counters {
+                        for (buf, meta) in bufs.iter().zip(meta.iter()).take(count) {
+                            // With GRO one buffer holds several datagrams, `stride` apart.
+                            buf[..meta.len].chunks(meta.stride.max(1)).for_each(|d| counters.record(d));
+                        }
+                    }
+                    return Poll::Ready(Ok(count));
+                }
                 other => return other,
             }
         }

@@ -2,12 +2,17 @@
 //!
 //! - [`tls`]: TLS 1.3 with mutual authentication against the allow-list.
 //! - [`node`]: [`SyncNode`]: the endpoint, the accept and dial loops, one session per peer.
-//! - [`fault`]: a socket wrapper that drops all traffic on demand, for partition tests.
+//! - [`fault`]: a socket wrapper that drops all traffic on demand, for partition tests, and
+//!   counts what arrives ([`datagrams`]).
+//! - [`refusal`]: why a peer was refused, and logging that once per backoff step.
 
+mod datagrams;
 pub mod fault;
 pub mod node;
+pub mod refusal;
 pub mod tls;
 
 pub use fault::{FaultSwitch, FaultySocket};
-pub use node::{NodeCounters, PeerStatus, SyncNode, SyncNodeConfig, TransportError};
+pub use node::{DialAttempt, DialOutcome, NodeCounters, PeerStatus, SyncNode, SyncNodeConfig, TransportError};
+pub use refusal::RefusalReason;
 pub use tls::{AllowList, TlsIdentity};

@@ -16,6 +16,17 @@
 //! records keep cumulative counters across reconnects, the lag and the last contact, and
 //! node-wide counters count refused handshakes and protocol errors: what an operator's
 //! metrics and `.peers` show.
+//!
+//! Counters of one connection's session are kept in a slot of their own (by connection),
+//! folded into the peer's totals when the connection ends, and updated on the replica's
+//! owner thread in the same call that applied the changes: a replaced connection still
+//! finishing cannot overwrite its successor's figures, and whoever sees the data through
+//! the replica sees the counters that include it.
+//!
+//! Refused peers (not on an allow-list, another cluster, a bad certificate) back off: only
+//! an established session resets the dialer's backoff, every attempt is recorded with its
+//! backoff step ([`SyncNode::dial_history`]), refusals are counted per reason and logged
+//! with the reason once per step; the accepting side logs them at doubling intervals.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,10 +38,12 @@ use edgestore::{NodeId, ReplicaHandle, VersionVector, WriteBatch, WriteError, Wr
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::datagrams::DatagramCounters;
 use super::fault::{FaultSwitch, FaultySocket};
+use super::refusal::{RefusalReason, Refusals};
 use super::tls::{self, AllowList, TlsIdentity};
 use crate::backoff::Backoff;
-use crate::frame;
+use crate::frame::{self, CloseCode};
 use crate::session::{Event, ProtocolError, Session, SessionConfig, SessionStats};
 
 /// QUIC application close code for an orderly close.
@@ -43,6 +56,15 @@ const CLOSE_DUPLICATE: u32 = 2;
 const READ_QUEUE_FRAMES_MAX: usize = 4;
 /// Concurrent incoming connection attempts, at most (quinn's pending-handshake limit).
 const INCOMING_PENDING_MAX: usize = 32;
+/// How long a closing session waits for the peer to read its last frames, at most.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// Dial attempts remembered per peer ([`SyncNode::dial_history`]), the most recent.
+const DIAL_HISTORY_MAX: usize = 64;
+/// A session that asked twice in a row to be woken at a time already past, without
+/// sending anything, is woken no sooner than this (a livelock guard: no busy loop).
+const TIMER_STALL_DELAY_MS: u64 = 100;
+/// At most one WARN line per this interval about stalled session timers (all are counted).
+const TIMER_STALL_LOG_INTERVAL_MS: u64 = 10_000;
 
 /// Settings of a sync node.
 #[derive(Clone, Debug)]
@@ -99,6 +121,34 @@ pub struct PeerStatus {
     pub last_contact_ms_ago: Option<u64>,
     /// Why the last session ended, if it ended with an error.
     pub last_error: Option<String>,
+    /// Connection attempts this node made to the peer since it was added.
+    pub dial_attempts: u64,
+}
+
+/// How one dial attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DialOutcome {
+    /// A session was established (the backoff starts over).
+    Established,
+    /// The peer refused this node, or this node refused the peer.
+    Refused(RefusalReason),
+    /// The connection failed or ended without a session (unreachable, a timeout, the
+    /// peer's or this node's store failing).
+    Failed,
+}
+
+/// One dial attempt, as the node recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DialAttempt {
+    /// Backoff steps since the last established session: the delay after this attempt
+    /// is drawn from `[d/2, d]`, `d = min(base × 2^step, cap)`.
+    pub step: u32,
+    /// The delay before the next attempt, in ms.
+    pub delay_ms: u64,
+    /// How the attempt ended.
+    pub outcome: DialOutcome,
 }
 
 /// Node-wide counters, for metrics.
@@ -112,6 +162,29 @@ pub struct NodeCounters {
     pub protocol_errors: u64,
     /// Sessions closed because the peer sent a change the store refused.
     pub rejected_changes: u64,
+    /// Sessions closed because this node's store failed (not counted against the peer).
+    pub store_failures: u64,
+    /// Peers refused, per reason: by this node's checks, or a refusal of this node's
+    /// dial attempt by the peer.
+    pub peers_refused: BTreeMap<RefusalReason, u64>,
+    /// Times a session asked twice in a row to be woken in the past without progress.
+    pub timer_stalls: u64,
+    /// UDP datagrams received on the sync port.
+    pub datagrams_received: u64,
+    /// Received datagrams that cannot be QUIC for this endpoint (malformed headers,
+    /// unsupported versions, short-header packets for no connection of this node).
+    pub datagrams_invalid: u64,
+    /// Received datagrams carrying a QUIC Initial packet (handshake attempts, fake ones too).
+    pub datagrams_initial: u64,
+    /// quinn's endpoint statistics: incoming handshakes accepted, refused (e.g. over the
+    /// pending limit) and ignored, and outgoing handshakes started.
+    pub quic_handshakes_accepted: u64,
+    /// See `quic_handshakes_accepted`.
+    pub quic_handshakes_refused: u64,
+    /// See `quic_handshakes_accepted`.
+    pub quic_handshakes_ignored: u64,
+    /// See `quic_handshakes_accepted`.
+    pub quic_handshakes_outgoing: u64,
 }
 
 /// What the node keeps per peer.
@@ -119,13 +192,66 @@ pub struct NodeCounters {
 struct PeerRecord {
     addr: Option<SocketAddr>,
     dialer: Option<tokio::task::JoinHandle<()>>,
-    current: SessionStats,
-    /// Counters of the sessions before the current one, summed.
+    /// Counters of each live connection's session, by `quinn::Connection::stable_id`.
+    live: BTreeMap<usize, SessionStats>,
+    /// The newest connection, whose counters `PeerStatus::stats` shows while it lives.
+    newest: Option<usize>,
+    /// Counters of the newest session that ended.
+    last: SessionStats,
+    /// Counters of the sessions that ended, summed.
     earlier: SessionStats,
     sessions: u64,
     lag_changes: u64,
     last_contact_ms: Option<u64>,
     last_error: Option<String>,
+    dial_attempts: u64,
+    dials: std::collections::VecDeque<DialAttempt>,
+}
+
+impl PeerRecord {
+    /// A connection's session starts: it gets its own counters.
+    fn connection_started(&mut self, connection: usize) {
+        self.sessions += 1;
+        self.live.insert(connection, SessionStats::default());
+        self.newest = Some(connection);
+    }
+
+    /// A connection's session stepped: its counters so far.
+    fn connection_stepped(&mut self, connection: usize, stats: &SessionStats) {
+        if let Some(slot) = self.live.get_mut(&connection) {
+            slot.clone_from(stats);
+        }
+    }
+
+    /// A connection ended: its counters join the totals of ended sessions.
+    fn connection_ended(&mut self, connection: usize) {
+        if let Some(stats) = self.live.remove(&connection) {
+            self.earlier.add(&stats);
+            if self.newest == Some(connection) {
+                self.last = stats;
+            }
+        }
+    }
+
+    /// The newest session's counters (live, or the last that ended).
+    fn current(&self) -> SessionStats {
+        self.newest.and_then(|c| self.live.get(&c)).unwrap_or(&self.last).clone()
+    }
+
+    /// Counters over every session: the ended ones and the live ones.
+    fn totals(&self) -> SessionStats {
+        let mut totals = self.earlier.clone();
+        self.live.values().for_each(|stats| totals.add(stats));
+        totals
+    }
+
+    fn dialled(&mut self, attempt: DialAttempt) {
+        self.dial_attempts += 1;
+        if self.dials.len() == DIAL_HISTORY_MAX {
+            self.dials.pop_front();
+        }
+        self.dials.push_back(attempt);
+    }
 }
 
 struct Shared {
@@ -144,6 +270,12 @@ struct Shared {
     handshakes_refused: AtomicU64,
     protocol_errors: AtomicU64,
     rejected_changes: AtomicU64,
+    store_failures: AtomicU64,
+    refusals: Refusals,
+    timer_stalls: AtomicU64,
+    /// When the last WARN about a stalled timer was logged (ms since `origin`), if ever.
+    timer_stall_logged_ms: Mutex<Option<u64>>,
+    datagrams: Arc<DatagramCounters>,
     shutting_down: AtomicBool,
 }
 
@@ -249,9 +381,14 @@ impl SyncNode {
         let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
         let socket = std::net::UdpSocket::bind(config.listen)?;
         let switch = FaultSwitch::default();
-        let socket = Arc::new(FaultySocket::new(runtime.wrap_udp_socket(socket)?, switch.clone()));
+        // Keyed connection ids let the socket tell datagrams for no connection of ours.
+        let datagrams = Arc::new(DatagramCounters::new(random_u64()));
+        let socket = FaultySocket::new(runtime.wrap_udp_socket(socket)?, switch.clone()).counting(datagrams.clone());
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        let cid_counters = datagrams.clone();
+        endpoint_config.cid_generator(move || Box::new(cid_counters.cid_generator()));
         let endpoint =
-            quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), Some(server), socket, runtime)?;
+            quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), Arc::new(socket), runtime)?;
         let (changed, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             endpoint,
@@ -268,6 +405,11 @@ impl SyncNode {
             handshakes_refused: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             rejected_changes: AtomicU64::new(0),
+            store_failures: AtomicU64::new(0),
+            refusals: Refusals::default(),
+            timer_stalls: AtomicU64::new(0),
+            timer_stall_logged_ms: Mutex::new(None),
+            datagrams,
             shutting_down: AtomicBool::new(false),
         });
         tokio::spawn(accept_loop(shared.clone()));
@@ -288,10 +430,10 @@ impl SyncNode {
     /// until it is removed or the node shuts down. Adding a peer again replaces its address.
     pub fn add_peer(&self, peer: NodeId, addr: SocketAddr) {
         self.shared.allowed.write().expect("allow-list poisoned").insert(peer);
-        let dialer = tokio::spawn(dial_loop(self.shared.clone(), peer, addr));
+        // The record exists before the dial loop runs, so its first attempt is recorded.
         let previous = self.shared.with_peer(peer, |record| {
             record.addr = Some(addr);
-            record.dialer.replace(dialer)
+            record.dialer.replace(tokio::spawn(dial_loop(self.shared.clone(), peer, addr)))
         });
         if let Some(previous) = previous {
             previous.abort();
@@ -353,26 +495,40 @@ impl SyncNode {
                 node_id: *node_id,
                 addr: record.addr,
                 connected: connected.contains(node_id),
-                stats: record.current.clone(),
-                totals: {
-                    let mut totals = record.earlier.clone();
-                    totals.add(&record.current);
-                    totals
-                },
+                stats: record.current(),
+                totals: record.totals(),
                 sessions: record.sessions,
                 lag_changes: record.lag_changes,
                 last_contact_ms_ago: record.last_contact_ms.map(|t| now.saturating_sub(t)),
                 last_error: record.last_error.clone(),
+                dial_attempts: record.dial_attempts,
             })
             .collect()
     }
 
+    /// The most recent dial attempts to `peer` (at most 64), oldest first.
+    pub fn dial_history(&self, peer: NodeId) -> Vec<DialAttempt> {
+        let peers = self.shared.peers.lock().expect("peer records poisoned");
+        peers.get(&peer).map(|record| record.dials.iter().cloned().collect()).unwrap_or_default()
+    }
+
     /// Node-wide counters since the start.
     pub fn counters(&self) -> NodeCounters {
+        let (datagrams, quic) = (self.shared.datagrams.figures(), self.shared.endpoint.stats());
         NodeCounters {
             handshakes_refused: self.shared.handshakes_refused.load(Ordering::Relaxed),
             protocol_errors: self.shared.protocol_errors.load(Ordering::Relaxed),
             rejected_changes: self.shared.rejected_changes.load(Ordering::Relaxed),
+            store_failures: self.shared.store_failures.load(Ordering::Relaxed),
+            peers_refused: self.shared.refusals.counts(),
+            timer_stalls: self.shared.timer_stalls.load(Ordering::Relaxed),
+            datagrams_received: datagrams.received,
+            datagrams_invalid: datagrams.invalid,
+            datagrams_initial: datagrams.initial,
+            quic_handshakes_accepted: quic.accepted_handshakes,
+            quic_handshakes_refused: quic.refused_handshakes,
+            quic_handshakes_ignored: quic.ignored_handshakes,
+            quic_handshakes_outgoing: quic.outgoing_handshakes,
         }
     }
 
@@ -388,17 +544,27 @@ async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let shared = shared.clone();
         tokio::spawn(async move {
+            let source = incoming.remote_address();
             // A refused handshake (peer not on the allow-list) ends here.
             let connection = match incoming.await {
                 Ok(connection) => connection,
                 Err(error) => {
                     shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "refused an incoming sync connection");
+                    match (&error, RefusalReason::of_connection_error(&error)) {
+                        // This node's TLS check refused the peer (an alert it sent).
+                        (quinn::ConnectionError::TransportError(_), Some(reason)) => {
+                            shared.refusals.refused_incoming(&source.to_string(), reason, &error.to_string());
+                        }
+                        _ => tracing::debug!(%source, %error, "an incoming sync connection failed"),
+                    }
                     return;
                 }
             };
             let Some(peer) = tls::peer_node_id(&connection) else { return };
-            run_connection(shared, connection, peer, false).await;
+            let end = run_connection(shared.clone(), connection, peer, false).await;
+            if let Some((reason, detail)) = end.refusal {
+                shared.refusals.refused_incoming(&peer.to_string(), reason, &detail);
+            }
         });
     }
 }
@@ -409,30 +575,96 @@ async fn dial_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr) {
         if shared.shutting_down.load(Ordering::SeqCst) {
             return;
         }
-        if !shared.is_connected(peer) {
-            match shared.endpoint.connect_with(shared.client.clone(), addr, &format!("{peer}.edgestore")) {
-                Ok(connecting) => match connecting.await {
-                    Ok(connection) if tls::peer_node_id(&connection) == Some(peer) => {
-                        backoff.reset();
-                        run_connection(shared.clone(), connection, peer, true).await;
-                    }
-                    Ok(connection) => connection.close(CLOSE_PROTOCOL.into(), b"unexpected node id"),
-                    Err(error) => tracing::debug!(%peer, %error, "connecting failed"),
-                },
-                Err(error) => tracing::warn!(%peer, %error, "cannot connect"),
-            }
+        if shared.is_connected(peer) {
+            tokio::time::sleep(Duration::from_millis(backoff.next_delay_ms(jitter()))).await;
+            continue;
         }
-        tokio::time::sleep(Duration::from_millis(backoff.next_delay_ms(jitter()))).await;
+        let (outcome, refusal) = dial_once(&shared, peer, addr).await;
+        // Only a session resets the backoff: a peer that refuses this node (or that this
+        // node refuses) after a completed QUIC handshake is retried ever more slowly.
+        if outcome == DialOutcome::Established {
+            backoff.reset();
+        }
+        let step = backoff.attempt();
+        let delay_ms = backoff.next_delay_ms(jitter());
+        if let Some((reason, detail)) = &refusal {
+            shared.refusals.count(*reason);
+            tracing::warn!(
+                %peer,
+                reason = reason.label(),
+                step,
+                delay_ms,
+                "sync peer refused: {detail}; retrying in {delay_ms} ms (backoff step {step})"
+            );
+        }
+        shared.update_peer(peer, |record| {
+            if let Some((_, detail)) = refusal {
+                record.last_error = Some(detail);
+            }
+            record.dialled(DialAttempt { step, delay_ms, outcome });
+        });
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
     }
+}
+
+/// One connection attempt to `peer` and, if it connects, its session until it ends.
+async fn dial_once(
+    shared: &Arc<Shared>,
+    peer: NodeId,
+    addr: SocketAddr,
+) -> (DialOutcome, Option<(RefusalReason, String)>) {
+    let connecting = match shared.endpoint.connect_with(shared.client.clone(), addr, &format!("{peer}.edgestore")) {
+        Ok(connecting) => connecting,
+        Err(error) => {
+            tracing::warn!(%peer, %error, "cannot connect");
+            return (DialOutcome::Failed, None);
+        }
+    };
+    let connection = match connecting.await {
+        Ok(connection) => connection,
+        Err(error) => {
+            return match RefusalReason::of_connection_error(&error) {
+                Some(reason) => (DialOutcome::Refused(reason), Some((reason, error.to_string()))),
+                None => {
+                    tracing::debug!(%peer, %error, "connecting failed");
+                    (DialOutcome::Failed, None)
+                }
+            };
+        }
+    };
+    match tls::peer_node_id(&connection) {
+        Some(id) if id == peer => {}
+        other => {
+            connection.close(CLOSE_PROTOCOL.into(), b"unexpected node id");
+            let got = other.map_or_else(|| "no node".to_string(), |id| format!("node {id}"));
+            let detail = format!("the certificate at {addr} proves {got}, not {peer}");
+            return (
+                DialOutcome::Refused(RefusalReason::BadCertificate),
+                Some((RefusalReason::BadCertificate, detail)),
+            );
+        }
+    }
+    let end = run_connection(shared.clone(), connection, peer, true).await;
+    let outcome = match &end.refusal {
+        Some((reason, _)) => DialOutcome::Refused(*reason),
+        None if end.established && !end.store_failed => DialOutcome::Established,
+        None => DialOutcome::Failed,
+    };
+    (outcome, end.refusal)
 }
 
 /// Jitter in `[0, 1)` from the process's random hasher keys: enough to spread reconnects,
 /// and the transport edge is where OS randomness is allowed.
 fn jitter() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// 64 random bits from the process's random hasher keys (the transport edge).
+fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u8(0);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+    hasher.finish()
 }
 
 /// What woke a connection's session.
@@ -443,29 +675,77 @@ enum Input {
     Timer,
 }
 
-async fn run_connection(shared: Arc<Shared>, connection: quinn::Connection, peer: NodeId, dialed: bool) {
+/// How a connection's session ended, for the dial loop and the refusal counters.
+#[derive(Default)]
+struct ConnectionEnd {
+    /// The peer's `Hello` arrived.
+    established: bool,
+    /// The session ended because a store failed (this node's, or the peer's as its
+    /// `Close` says): the peer is retried with backoff until the store recovers.
+    store_failed: bool,
+    /// The peer was refused (by this node's checks or the peer's), with the detail to log.
+    refusal: Option<(RefusalReason, String)>,
+}
+
+/// What a session reported while it ran.
+#[derive(Default)]
+struct Progress {
+    established: bool,
+    error: Option<ProtocolError>,
+}
+
+async fn run_connection(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    peer: NodeId,
+    dialed: bool,
+) -> ConnectionEnd {
     let dialer = if dialed { shared.local } else { peer };
     if !shared.register(peer, &connection, dialer) {
         connection.close(CLOSE_DUPLICATE.into(), b"duplicate connection");
-        return;
+        return ConnectionEnd::default();
     }
     // The server may still refuse our certificate after this side's handshake completed,
     // so the session is reported established only when the peer's Hello arrives.
     tracing::debug!(%peer, "QUIC connection up");
-    shared.with_peer(peer, |record| {
-        record.sessions += 1;
-        let ended = std::mem::take(&mut record.current);
-        record.earlier.add(&ended);
+    let id = connection.stable_id();
+    shared.with_peer(peer, |record| record.connection_started(id));
+    let mut progress = Progress::default();
+    let result = drive_connection(&shared, &connection, peer, dialed, &mut progress).await;
+    // Read before this side closes the connection: a TLS alert from the peer.
+    let closed_by = connection.close_reason();
+    let session_refusal = progress.error.as_ref().and_then(|error| {
+        let reason = RefusalReason::of_protocol_error(error)?;
+        Some((reason, error.to_string()))
     });
-    let result = drive_connection(&shared, &connection, peer, dialed).await;
+    let refusal = session_refusal.or_else(|| {
+        let error = closed_by.filter(|_| !progress.established)?;
+        Some((RefusalReason::of_connection_error(&error)?, error.to_string()))
+    });
+    let store_failed = progress.error.as_ref().is_some_and(|error| {
+        error.is_local() || matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Internal, .. })
+    });
     if let Err(reason) = &result {
-        tracing::info!(%peer, %reason, "sync connection closed");
+        if refusal.is_none() {
+            tracing::info!(%peer, %reason, "sync connection closed");
+        }
         connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
     } else {
         connection.close(CLOSE_OK.into(), b"session closed");
     }
-    shared.update_peer(peer, |record| record.last_error = result.err());
+    let last_error = match (&refusal, &progress.error) {
+        (Some((_, detail)), _) => Some(detail.clone()),
+        (None, Some(error)) if !matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Shutdown, .. }) => {
+            Some(error.to_string())
+        }
+        _ => result.err(),
+    };
+    shared.update_peer(peer, |record| {
+        record.connection_ended(id);
+        record.last_error = last_error;
+    });
     shared.unregister(peer, &connection);
+    ConnectionEnd { established: progress.established, store_failed, refusal }
 }
 
 async fn drive_connection(
@@ -473,6 +753,7 @@ async fn drive_connection(
     connection: &quinn::Connection,
     peer: NodeId,
     dialed: bool,
+    progress: &mut Progress,
 ) -> Result<(), String> {
     let stream = if dialed { connection.open_bi().await } else { connection.accept_bi().await };
     let (mut send, recv) = stream.map_err(|e| e.to_string())?;
@@ -486,34 +767,39 @@ async fn drive_connection(
     let mut session = Some(Session::new(shared.session.clone(), shared.local, peer, &vector, shared.now_ms()));
     let mut changed = shared.changed.subscribe();
     let mut input = Input::Start;
+    let mut stalls = TimerStalls::default();
+    let connection_id = connection.stable_id();
     let result = loop {
-        let received = matches!(input, Input::Frame(_));
-        let (next, out, events, lag) = step(shared, session.take().expect("session returned by step"), input).await?;
+        let timer = matches!(input, Input::Timer);
+        let (next, out, events) =
+            step(shared, peer, connection_id, session.take().expect("session returned by step"), input).await?;
+        let woke_in_vain = timer && out.is_empty() && events.is_empty();
+        // Events first: a write failing below (the peer closed first) must not lose why
+        // the session ended.
+        for event in events {
+            handle_event(shared, peer, event, progress);
+        }
         for bytes in out {
             send.write_all(&frame::length_prefixed(&bytes)).await.map_err(|e| e.to_string())?;
         }
-        record_step(shared, peer, &next, lag, received);
-        for event in events {
-            match event {
-                Event::Applied(_) => shared.notify_changed(),
-                Event::Closed { error: Some(ProtocolError::ChangeRejected(_)) } => {
-                    shared.rejected_changes.fetch_add(1, Ordering::Relaxed);
-                }
-                Event::Closed { error: Some(ProtocolError::ClosedByPeer { .. }) | None } => {}
-                Event::Closed { error: Some(_) } => {
-                    shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                }
-                Event::Established { peer_vector } => {
-                    tracing::info!(%peer, peer_changes = peer_vector.total_changes(), "sync session established");
-                }
-                _ => {}
-            }
-        }
         if next.is_closed() {
-            let _ = send.finish();
+            // A new connection from the peer may replace this one from now on.
+            shared.unregister(peer, connection);
+            // Let the peer read the last frames (a `Close` saying why) before the
+            // connection closes: closing at once can discard them in flight.
+            if send.finish().is_ok() {
+                let _ = tokio::time::timeout(CLOSE_LINGER, send.stopped()).await;
+            }
             break Ok(());
         }
-        let deadline = next.poll_timeout().map(|t| shared.origin + Duration::from_millis(t));
+        let deadline = next.poll_timeout().map(|deadline_ms| {
+            let now_ms = shared.now_ms();
+            let (wake_ms, stalled) = stalls.check(now_ms, deadline_ms, woke_in_vain);
+            if stalled {
+                shared.timer_stalled(peer, deadline_ms, now_ms);
+            }
+            shared.origin + Duration::from_millis(wake_ms)
+        });
         session = Some(next);
         input = tokio::select! {
             frame = frames.recv() => match frame {
@@ -529,12 +815,104 @@ async fn drive_connection(
     result
 }
 
+/// Counts a session's event and notes what the connection's end needs to know.
+fn handle_event(shared: &Shared, peer: NodeId, event: Event, progress: &mut Progress) {
+    match event {
+        Event::Applied(_) => shared.notify_changed(),
+        Event::Established { peer_vector } => {
+            progress.established = true;
+            tracing::info!(%peer, peer_changes = peer_vector.total_changes(), "sync session established");
+        }
+        Event::Closed { error: Some(error) } => {
+            match CloseKind::of(&error) {
+                CloseKind::RejectedChange => {
+                    shared.rejected_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                CloseKind::StoreFailure => {
+                    shared.store_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%peer, %error, "sync session closed: the local store failed; the peer retries later");
+                }
+                CloseKind::ProtocolError => {
+                    shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                CloseKind::Refusal | CloseKind::ByPeer => {}
+            }
+            progress.error = Some(error);
+        }
+        Event::Closed { error: None } | Event::Repaired(_) => {}
+    }
+}
+
+/// How a session's closing error is counted.
+#[derive(Debug, PartialEq, Eq)]
+enum CloseKind {
+    /// The peer sent a change the store refused (`rejected_changes`).
+    RejectedChange,
+    /// This node's store failed: not the peer's fault (`store_failures`, an ERROR line).
+    StoreFailure,
+    /// A refused peer: counted per reason when the connection ends.
+    Refusal,
+    /// The peer closed the session; it counts its own reason.
+    ByPeer,
+    /// The peer broke the protocol or went silent (`protocol_errors`).
+    ProtocolError,
+}
+
+impl CloseKind {
+    fn of(error: &ProtocolError) -> CloseKind {
+        match error {
+            ProtocolError::ChangeRejected(_) => CloseKind::RejectedChange,
+            error if error.is_local() => CloseKind::StoreFailure,
+            error if RefusalReason::of_protocol_error(error).is_some() => CloseKind::Refusal,
+            ProtocolError::ClosedByPeer { .. } => CloseKind::ByPeer,
+            _ => CloseKind::ProtocolError,
+        }
+    }
+}
+
+/// The driver's livelock guard: a session whose timer fired without it sending anything,
+/// twice in a row, while asking again for a time already past, would wake in a busy loop
+/// (the session rule in `docs/design.md` § Session forbids it; this catches a breach).
+#[derive(Default)]
+struct TimerStalls {
+    in_a_row: u32,
+}
+
+impl TimerStalls {
+    /// The time to wake at for `deadline_ms`, and whether the session stalls: it woke for
+    /// its timer and sent nothing (`woke_in_vain`) twice in a row and asks for the past
+    /// again. A stalled session is woken `TIMER_STALL_DELAY_MS` later instead.
+    fn check(&mut self, now_ms: u64, deadline_ms: u64, woke_in_vain: bool) -> (u64, bool) {
+        if !(woke_in_vain && deadline_ms <= now_ms) {
+            self.in_a_row = 0;
+            return (deadline_ms, false);
+        }
+        self.in_a_row += 1;
+        if self.in_a_row < 2 {
+            return (deadline_ms, false);
+        }
+        (now_ms + TIMER_STALL_DELAY_MS, true)
+    }
+}
+
+impl Shared {
+    /// Counts a stalled session timer, and logs it at most once per interval.
+    fn timer_stalled(&self, peer: NodeId, deadline_ms: u64, now_ms: u64) {
+        self.timer_stalls.fetch_add(1, Ordering::Relaxed);
+        let mut logged = self.timer_stall_logged_ms.lock().expect("stall log time poisoned");
+        if logged.is_none_or(|t| now_ms.saturating_sub(t) >= TIMER_STALL_LOG_INTERVAL_MS) {
+            *logged = Some(now_ms);
+            tracing::warn!(%peer, deadline_ms, now_ms, "a sync session keeps asking to be woken in the past");
+        }
+    }
+}
+
 /// Folds a session step into the peer's record: its counters, the lag,
 /// and the time of the last frame received.
-fn record_step(shared: &Shared, peer: NodeId, session: &Session, lag: u64, received: bool) {
+fn record_step(shared: &Shared, peer: NodeId, connection: usize, session: &Session, lag: u64, received: bool) {
     let now = shared.now_ms();
     shared.update_peer(peer, |record| {
-        record.current = session.stats().clone();
+        record.connection_stepped(connection, session.stats());
         record.lag_changes = lag;
         if received {
             record.last_contact_ms = Some(now);
@@ -554,16 +932,21 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Runs one session step on the replica's owner thread.
+/// Runs one session step on the replica's owner thread, and records its counters there:
+/// whoever reads the changes it applied through the replica afterwards sees them counted.
 async fn step(
     shared: &Arc<Shared>,
+    peer: NodeId,
+    connection: usize,
     mut session: Session,
     input: Input,
-) -> Result<(Session, Vec<Vec<u8>>, Vec<Event>, u64), String> {
+) -> Result<(Session, Vec<Vec<u8>>, Vec<Event>), String> {
     let now = shared.now_ms();
     let handle = shared.replica.clone();
+    let shared = shared.clone();
     let work = move || {
         handle.call(move |replica| {
+            let received = matches!(input, Input::Frame(_));
             match input {
                 // A frame the session refuses closes it; the Close frame goes out below.
                 Input::Frame(bytes) => drop(session.handle_frame(now, &bytes, replica)),
@@ -577,7 +960,8 @@ async fn step(
             }
             let events = std::iter::from_fn(|| session.poll_event()).collect();
             let lag = changes_missing(replica.version_vector(), session.peer_vector());
-            (session, out, events, lag)
+            record_step(&shared, peer, connection, &session, lag, received);
+            (session, out, events)
         })
     };
     tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
@@ -602,6 +986,66 @@ async fn read_frames(mut recv: quinn::RecvStream, frames: mpsc::Sender<Result<Ve
         let failed = result.is_err();
         if frames.send(result).await.is_err() || failed {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::ClusterId;
+
+    fn stats(changes_received: u64) -> SessionStats {
+        SessionStats { changes_received, ..SessionStats::default() }
+    }
+
+    /// Regression (`/v1/peers` undercounted a catch-up): a replaced connection kept
+    /// stepping after its successor started and overwrote the one shared slot, so changes
+    /// it received were lost from the totals. Each connection now has its own slot.
+    #[test]
+    fn overlapping_connections_both_count_in_the_totals() {
+        let mut record = PeerRecord::default();
+        record.connection_started(1);
+        record.connection_stepped(1, &stats(5));
+        record.connection_started(2); // the replacement, while 1 is still finishing
+        record.connection_stepped(1, &stats(7));
+        record.connection_stepped(2, &stats(3));
+        assert_eq!(record.totals().changes_received, 10);
+        record.connection_ended(1);
+        record.connection_stepped(2, &stats(4));
+        assert_eq!(record.current().changes_received, 4, "the newest connection's own counters");
+        record.connection_ended(2);
+        assert_eq!(record.totals().changes_received, 11);
+        assert_eq!((record.sessions, record.current().changes_received), (2, 4));
+    }
+
+    /// The livelock guard: one timer wake-up in vain is tolerated (a deadline can be
+    /// reached just before a frame is due); the second in a row is a stall, and the
+    /// session is woken later instead of at once; any progress starts the count over.
+    #[test]
+    fn a_session_woken_twice_in_vain_for_the_past_is_a_stall() {
+        let mut stalls = TimerStalls::default();
+        assert_eq!(stalls.check(1_000, 900, true), (900, false));
+        assert_eq!(stalls.check(1_001, 900, true), (1_001 + TIMER_STALL_DELAY_MS, true));
+        assert_eq!(stalls.check(1_200, 900, true), (1_200 + TIMER_STALL_DELAY_MS, true));
+        assert_eq!(stalls.check(1_300, 900, false), (900, false), "a frame went out: progress");
+        assert_eq!(stalls.check(1_300, 900, true), (900, false));
+        assert_eq!(stalls.check(1_301, 5_000, true), (5_000, false), "a deadline in the future is fine");
+    }
+
+    #[test]
+    fn a_local_store_failure_is_not_counted_against_the_peer() {
+        let cases = [
+            (ProtocolError::Storage("disk full".into()), CloseKind::StoreFailure),
+            (ProtocolError::ChangeRejected("bad".into()), CloseKind::RejectedChange),
+            (ProtocolError::WrongCluster { theirs: ClusterId([1; 16]), ours: ClusterId([2; 16]) }, CloseKind::Refusal),
+            (ProtocolError::UnsupportedProtocol(9), CloseKind::Refusal),
+            (ProtocolError::ClosedByPeer { code: CloseCode::Internal, reason: String::new() }, CloseKind::ByPeer),
+            (ProtocolError::Timeout(15_000), CloseKind::ProtocolError),
+            (ProtocolError::UnexpectedFrame("a second Hello"), CloseKind::ProtocolError),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(CloseKind::of(&error), kind, "{error}");
         }
     }
 }

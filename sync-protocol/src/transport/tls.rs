@@ -69,8 +69,12 @@ pub fn node_id_of_public_key(spki_der: &[u8]) -> NodeId {
 
 /// The node id a certificate proves.
 pub fn node_id_of_certificate(certificate: &CertificateDer<'_>) -> Result<NodeId, rustls::Error> {
-    let cert = webpki::EndEntityCert::try_from(certificate)
-        .map_err(|e| rustls::Error::General(format!("unreadable peer certificate: {e}")))?;
+    // An unreadable certificate is `bad_certificate` to the peer (a typed rustls error
+    // picks the TLS alert; see `refusal.rs`).
+    let cert = webpki::EndEntityCert::try_from(certificate).map_err(|e| {
+        tracing::debug!(error = %e, "unreadable peer certificate");
+        rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+    })?;
     Ok(node_id_of_public_key(cert.subject_public_key_info().as_ref()))
 }
 
@@ -91,8 +95,10 @@ impl AllowListVerifier {
         let node_id = node_id_of_certificate(certificate)?;
         let allowed = self.allowed.read().map_err(|_| rustls::Error::General("allow-list lock poisoned".into()))?;
         if !allowed.contains(&node_id) {
-            tracing::warn!(%node_id, "refusing a peer that is not on the allow-list");
-            return Err(rustls::Error::General(format!("node {node_id} is not on the allow-list")));
+            // Logged by the node once per backoff step, not here once per attempt. The
+            // alert the peer gets is `access_denied`, which it reports as "not allowed".
+            tracing::debug!(%node_id, "refusing a peer that is not on the allow-list");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure));
         }
         Ok(())
     }
