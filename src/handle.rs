@@ -105,6 +105,8 @@ impl ReplicaHandle {
         let (handle, owner, inbox) = ReplicaHandle::prepare(replica, None);
         let thread = std::thread::Builder::new()
             .name("edgestore-writer".into())
+            // SQL write statements plan and evaluate here.
+            .stack_size(crate::sql::STATEMENT_STACK_BYTES)
             .spawn(move || owner.run(inbox).expect("without a reopen the replica is never closed"))
             .expect("spawning a thread");
         (handle, thread)
@@ -117,6 +119,7 @@ impl ReplicaHandle {
         let (handle, owner, inbox) = ReplicaHandle::prepare(replica, Some(Box::new(reopen)));
         let thread = std::thread::Builder::new()
             .name("edgestore-writer".into())
+            .stack_size(crate::sql::STATEMENT_STACK_BYTES)
             .spawn(move || owner.run(inbox))
             .expect("spawning a thread");
         (handle, thread)

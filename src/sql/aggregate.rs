@@ -5,10 +5,15 @@
 //! values seen, for `DISTINCT` aggregates). SQLite's rules: `COUNT` of nothing is 0, `SUM`
 //! of nothing is NULL, `SUM` of integers is an integer (overflow is an error), `AVG` is a
 //! real, `TOTAL` is a real that is 0.0 for nothing, `MIN`/`MAX` ignore NULLs.
+//!
+//! The group table is accounted against the statement's budget: each group's key, values
+//! and accumulators, every value a `DISTINCT` aggregate remembers, and every byte a
+//! `group_concat` text grows by (reserved before it grows).
 
 use std::collections::HashSet;
 
 use super::expr::Expr;
+use super::limits::{self, Limits, Reservation};
 use super::plan::Row;
 use super::value::{self, KeyMap, KeyValue, Num};
 use super::SqlError;
@@ -92,7 +97,7 @@ impl Acc {
         }
     }
 
-    fn update(&mut self, spec: &AggSpec, row: &[Value]) -> Result<(), SqlError> {
+    fn update(&mut self, spec: &AggSpec, row: &[Value], reservation: &mut Reservation) -> Result<(), SqlError> {
         let Some(arg) = &spec.arg else {
             self.count += 1;
             return Ok(());
@@ -109,15 +114,18 @@ impl Acc {
             return Ok(());
         }
         if let Some(seen) = &mut self.seen {
-            if !seen.insert(value::key_of(&v)) {
+            let key = value::key_of(&v);
+            if seen.contains(&key) {
                 return Ok(());
             }
+            reservation.grow(value::key_value_bytes(&key) + limits::HASH_ENTRY_OVERHEAD_BYTES)?;
+            seen.insert(key);
         }
         self.count += 1;
         match spec.func {
             AggFunc::Sum | AggFunc::Avg | AggFunc::Total => self.add(&v),
             AggFunc::Min | AggFunc::Max => self.keep_best(spec.func, v),
-            AggFunc::GroupConcat => self.concat(spec, row, &v)?,
+            AggFunc::GroupConcat => self.concat(spec, row, &v, reservation)?,
             AggFunc::Count | AggFunc::CountStar | AggFunc::Any => {}
         }
         Ok(())
@@ -155,15 +163,27 @@ impl Acc {
         }
     }
 
-    fn concat(&mut self, spec: &AggSpec, row: &[Value], v: &Value) -> Result<(), SqlError> {
+    fn concat(
+        &mut self,
+        spec: &AggSpec,
+        row: &[Value],
+        v: &Value,
+        reservation: &mut Reservation,
+    ) -> Result<(), SqlError> {
         let piece = value::to_text(v).unwrap_or_default();
         match &mut self.text {
-            None => self.text = Some(piece),
+            None => {
+                reservation.grow(piece.len())?;
+                self.text = Some(piece);
+            }
             Some(text) => {
                 let separator = match &spec.separator {
                     Some(s) => value::to_text(&s.eval(row)?).unwrap_or_default(),
                     None => ",".to_string(),
                 };
+                // Reserved before the text grows: a huge concatenation fails, never allocates.
+                reservation.grow(separator.len() + piece.len())?;
+                limits::check_result_bytes(text.len() + separator.len() + piece.len())?;
                 text.push_str(&separator);
                 text.push_str(&piece);
             }
@@ -194,7 +214,12 @@ pub(crate) fn group(
     input: impl Iterator<Item = Result<Row, SqlError>>,
     groups: &[Expr],
     aggs: &[AggSpec],
-) -> Result<Vec<Row>, SqlError> {
+    limits: &Limits,
+) -> Result<(Vec<Row>, Reservation), SqlError> {
+    let mut reservation = limits.reservation();
+    let group_bytes = |values: &Row| {
+        limits::row_bytes(values) * 2 + aggs.len() * std::mem::size_of::<Acc>() + limits::HASH_ENTRY_OVERHEAD_BYTES
+    };
     let mut index: KeyMap<Vec<KeyValue>, usize> = KeyMap::default();
     let mut states: Vec<(Row, Vec<Acc>)> = Vec::new();
     if groups.is_empty() {
@@ -203,6 +228,7 @@ pub(crate) fn group(
     // Reused for every row: looking a group up allocates nothing.
     let (mut values, mut key): (Row, Vec<KeyValue>) = (Vec::new(), Vec::new());
     for row in input {
+        limits.check()?;
         let row = row?;
         let slot = if groups.is_empty() {
             0
@@ -217,6 +243,8 @@ pub(crate) fn group(
             match index.get(key.as_slice()) {
                 Some(&slot) => slot,
                 None => {
+                    // The key and the values, both held, and the accumulators.
+                    reservation.grow(group_bytes(&values))?;
                     index.insert(key.clone(), states.len());
                     states.push((values.clone(), aggs.iter().map(Acc::new).collect()));
                     states.len() - 1
@@ -225,11 +253,11 @@ pub(crate) fn group(
         };
         let accs = &mut states[slot].1;
         for (acc, spec) in accs.iter_mut().zip(aggs) {
-            acc.update(spec, &row)?;
+            acc.update(spec, &row, &mut reservation)?;
         }
     }
     drop(index);
-    states
+    let rows = states
         .into_iter()
         .map(|(mut values, accs)| {
             for (acc, spec) in accs.into_iter().zip(aggs) {
@@ -237,5 +265,8 @@ pub(crate) fn group(
             }
             Ok(values)
         })
-        .collect()
+        .collect::<Result<Vec<_>, SqlError>>()?;
+    // What the output rows hold now (the key table and accumulators are gone).
+    reservation.resize(rows.iter().map(|r| limits::row_bytes(r)).sum())?;
+    Ok((rows, reservation))
 }

@@ -15,6 +15,7 @@ use sqlparser::ast;
 use super::aggregate::{AggFunc, AggSpec};
 use super::expr::{CastType, CmpOp, Expr};
 use super::func::Func;
+use super::limits::{Limits, EXPR_DEPTH_MAX, SUBQUERY_DEPTH_COST};
 use super::plan::Scope;
 use super::subquery::{self, Subquery, SubqueryCall, SubqueryKind};
 use super::value::ArithOp;
@@ -32,6 +33,27 @@ pub(crate) struct PlanCtx<'a> {
     /// Set when the plan is to be kept and re-run with other parameters: parameters then
     /// bind as [`Expr::Param`], and what the plan depends on is noted here.
     pub notes: Option<&'a PlanNotes>,
+    /// The statement's limits (subqueries run during planning, under them).
+    pub limits: &'a Limits,
+    /// Expression depth of the enclosing queries: a nested query starts deeper.
+    pub depth: usize,
+}
+
+impl<'a> PlanCtx<'a> {
+    /// The context of a statement's outermost query.
+    pub fn new(snap: &'a Arc<Snapshot>, params: &'a [Value], limits: &'a Limits) -> PlanCtx<'a> {
+        PlanCtx { snap, params, outer: None, notes: None, limits, depth: 0 }
+    }
+
+    /// The context of a query nested `levels` deeper (a subquery costs
+    /// [`SUBQUERY_DEPTH_COST`]); refused past [`EXPR_DEPTH_MAX`].
+    pub fn deeper(self, levels: usize) -> Result<PlanCtx<'a>, SqlError> {
+        let depth = self.depth + levels;
+        if depth > EXPR_DEPTH_MAX {
+            return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
+        }
+        Ok(PlanCtx { depth, ..self })
+    }
 }
 
 /// What a reusable plan depends on, noted while planning it.
@@ -106,6 +128,8 @@ pub(crate) struct Binder<'a> {
     pub ctx: PlanCtx<'a>,
     pub scope: &'a Scope,
     pub agg: Option<AggCtx>,
+    /// Depth of the expression being bound (starting at the query's own depth).
+    depth: usize,
 }
 
 /// Lower-cases an identifier (names are case-insensitive, as in SQLite).
@@ -281,11 +305,28 @@ fn boxed(e: Expr) -> Box<Expr> {
 
 impl<'a> Binder<'a> {
     pub fn new(ctx: PlanCtx<'a>, scope: &'a Scope) -> Binder<'a> {
-        Binder { ctx, scope, agg: None }
+        Binder { ctx, scope, agg: None, depth: ctx.depth }
     }
 
-    /// Binds an expression.
+    /// Binds an expression, one level deeper than the one binding it: every recursion over
+    /// the bound expression (evaluation, rewriting, dropping) is then at most
+    /// [`EXPR_DEPTH_MAX`] deep.
     pub fn bind(&mut self, e: &ast::Expr) -> Result<Expr, SqlError> {
+        self.nested(1, |binder| binder.bind_node(e))
+    }
+
+    /// Runs `f` `levels` deeper.
+    fn nested<T>(&mut self, levels: usize, f: impl FnOnce(&mut Self) -> Result<T, SqlError>) -> Result<T, SqlError> {
+        if self.depth + levels > EXPR_DEPTH_MAX {
+            return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
+        }
+        self.depth += levels;
+        let result = f(self);
+        self.depth -= levels;
+        result
+    }
+
+    fn bind_node(&mut self, e: &ast::Expr) -> Result<Expr, SqlError> {
         if let Some(agg) = &self.agg {
             if let Some(i) = agg.group_asts.iter().position(|g| g == e) {
                 return Ok(Expr::Column(i));
@@ -393,8 +434,9 @@ impl<'a> Binder<'a> {
     }
 
     fn is_truth(&mut self, x: &ast::Expr, want: bool, negated: bool) -> Result<Expr, SqlError> {
-        // `x IS TRUE` is NULL-safe: the truth of x (1, 0 or NULL) IS 1.
-        let truth = Expr::Not(boxed(Expr::Not(boxed(self.bind(x)?))));
+        // `x IS TRUE` is NULL-safe: the truth of x (1, 0 or NULL) IS 1; the two NOTs are
+        // two levels more.
+        let truth = Expr::Not(boxed(Expr::Not(boxed(self.nested(2, |b| b.bind(x))?))));
         Ok(Expr::Is(boxed(truth), boxed(Expr::Literal(Value::Integer(i64::from(want)))), negated))
     }
 
@@ -536,18 +578,21 @@ impl<'a> Binder<'a> {
         // A plan holding a subquery's rows (or its snapshot) is for this execution only; the
         // subquery's parameters bind as values.
         self.ctx.not_reusable();
-        let planned = select::plan_query(PlanCtx { outer: Some(&outer), notes: None, ..self.ctx }, q)?;
+        let ctx =
+            PlanCtx { outer: Some(&outer), notes: None, depth: self.depth, ..self.ctx }.deeper(SUBQUERY_DEPTH_COST)?;
+        let planned = select::plan_query(ctx, q)?;
         let width = planned.columns.len();
         if !matches!(kind, SubqueryKind::Exists { .. }) && width != 1 {
             return Err(SqlError::invalid(format!("sub-select returns {width} columns - expected 1")));
         }
         let refs = outer.refs.into_inner();
         if refs.is_empty() {
-            return subquery::constant(kind, exec::open(planned.plan, self.ctx.snap)?, lhs);
+            let limits = self.ctx.limits;
+            return subquery::constant(kind, exec::open(planned.plan, self.ctx.snap, limits)?, lhs, limits);
         }
         let args =
             refs.iter().map(|(table, name)| self.column_named(table.as_deref(), name)).collect::<Result<_, _>>()?;
-        let sub = Arc::new(Subquery::new(kind, planned.plan, self.ctx.snap));
+        let sub = Arc::new(Subquery::new(kind, planned.plan, self.ctx.snap, self.ctx.limits));
         Ok(Expr::Subquery(SubqueryCall { lhs, args, sub }))
     }
 }

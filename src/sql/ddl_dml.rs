@@ -15,6 +15,7 @@ use sqlparser::ast;
 use super::access::key_value;
 use super::bind::{self, Binder, PlanCtx};
 use super::expr::Expr;
+use super::limits::{self, Limits, Reservation};
 use super::plan::{Plan, Row, Scope};
 use super::system::SYSTEM_PREFIX;
 use super::value::{self, KeyValue};
@@ -30,9 +31,10 @@ pub(crate) fn run(
     statement: &ast::Statement,
     params: &[Value],
     now_ms: i64,
+    limits: &Limits,
 ) -> Result<u64, SqlError> {
     let snap = Arc::new(replica.snapshot()?);
-    let ctx = PlanCtx { snap: &snap, params, outer: None, notes: None };
+    let ctx = PlanCtx::new(&snap, params, limits);
     let (ops, affected) = match statement {
         ast::Statement::CreateTable(ct) => (vec![create_table(ctx, ct)?], 0),
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
@@ -238,13 +240,16 @@ fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertPlan, SqlErr
 fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let InsertPlan { table, columns, source, on_conflict } = plan_insert(ctx, ins)?;
     let schema = &table.schema;
-    let rows: Vec<Row> = exec::open(source, ctx.snap)?.collect::<Result<_, _>>()?;
+    let (rows, mut reservation) = collect(exec::open(source, ctx.snap, ctx.limits)?, ctx.limits)?;
     let mut ops = Vec::new();
     let mut affected = 0;
     // Rows this statement has written so far, by key: a later row of the same statement
     // conflicts with them as with stored rows.
     let mut written: HashMap<Vec<KeyValue>, Row> = HashMap::new();
     for values in rows {
+        ctx.limits.check()?;
+        // The operation written and the row remembered for later conflicts hold it twice.
+        reservation.grow(2 * limits::row_bytes(&values))?;
         let full = full_row(&table, &columns, values);
         let pk = pk_of(&table, &full);
         let key = pk_key(&pk);
@@ -440,10 +445,22 @@ fn matching_rows(
     ctx: PlanCtx<'_>,
     relation: &ast::TableWithJoins,
     selection: Option<&ast::Expr>,
-) -> Result<(TableEntry, Scope, Vec<Row>), SqlError> {
+) -> Result<(TableEntry, Scope, Vec<Row>, Reservation), SqlError> {
     let (table, scope, plan) = matching_plan(ctx, relation, selection)?;
-    let rows = exec::open(plan, ctx.snap)?.collect::<Result<_, _>>()?;
-    Ok((table, scope, rows))
+    let (rows, reservation) = collect(exec::open(plan, ctx.snap, ctx.limits)?, ctx.limits)?;
+    Ok((table, scope, rows, reservation))
+}
+
+/// Reads rows into memory, accounted against the statement's budget.
+fn collect(rows: exec::RowStream, limits: &Limits) -> Result<(Vec<Row>, Reservation), SqlError> {
+    let mut reservation = limits.reservation();
+    let mut all = Vec::new();
+    for row in rows {
+        let row = row?;
+        reservation.grow(limits::row_bytes(&row))?;
+        all.push(row);
+    }
+    Ok((all, reservation))
 }
 
 /// The plan that finds the rows an `UPDATE` or `DELETE` changes.
@@ -510,10 +527,12 @@ fn update_target(upd: &ast::Update) -> Result<(&ast::TableWithJoins, Option<&ast
 
 fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let (relation, selection) = update_target(upd)?;
-    let (table, scope, rows) = matching_rows(ctx, relation, selection)?;
+    let (table, scope, rows, mut reservation) = matching_rows(ctx, relation, selection)?;
     let assignments = assignments(ctx, &scope, &table, &upd.assignments)?;
     let mut ops = Vec::new();
     for old in &rows {
+        ctx.limits.check()?;
+        reservation.grow(limits::row_bytes(old))?;
         let new = assigned(&table, old, &assignments, old)?;
         ops.extend(update_ops(&table, &pk_of(&table, old), old, &new)?);
     }
@@ -539,7 +558,7 @@ fn delete_target(del: &ast::Delete) -> Result<(&ast::TableWithJoins, Option<&ast
 
 fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let (relation, selection) = delete_target(del)?;
-    let (table, _, rows) = matching_rows(ctx, relation, selection)?;
+    let (table, _, rows, _reservation) = matching_rows(ctx, relation, selection)?;
     let ops: Vec<WriteOp> =
         rows.iter().map(|row| WriteOp::Delete { table: table.schema.name.clone(), key: pk_of(&table, row) }).collect();
     Ok((ops, rows.len() as u64))

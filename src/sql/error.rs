@@ -51,6 +51,35 @@ pub enum SqlError {
     /// Integer arithmetic in `SUM` or `abs` overflowed 64 bits.
     #[error("integer overflow")]
     IntegerOverflow,
+    /// An expression (or query) nests deeper than [`super::EXPR_DEPTH_MAX`].
+    #[error("expression nested too deeply (limit {limit})")]
+    TooDeep {
+        /// The limit.
+        limit: usize,
+    },
+    /// The statement's operators needed more memory than its budget.
+    #[error("query exceeded its memory budget ({})", mib(*limit_bytes))]
+    MemoryBudget {
+        /// The statement's budget.
+        limit_bytes: usize,
+    },
+    /// The node's memory pool for concurrent statements is exhausted.
+    #[error("query exceeded the node's memory budget for running statements ({})", mib(*limit_bytes))]
+    NodeMemoryBudget {
+        /// The node-wide pool's size.
+        limit_bytes: usize,
+    },
+    /// The statement was interrupted (time limit, client gone, shutdown).
+    #[error("{0}")]
+    Interrupted(super::InterruptCause),
+    /// The number of parameter values differs from the statement's placeholders.
+    #[error("wrong number of parameters: the statement takes {expected}, {got} given")]
+    ParamCount {
+        /// Parameters the statement reads (its highest `?N`).
+        expected: usize,
+        /// Values given.
+        got: usize,
+    },
     /// The replica refused the statement's write batch.
     #[error(transparent)]
     Write(#[from] WriteError),
@@ -82,7 +111,9 @@ impl SqlError {
     pub(crate) fn from_parser(error: sqlparser::parser::ParserError, sql: &str) -> SqlError {
         let text = match error {
             sqlparser::parser::ParserError::TokenizerError(m) | sqlparser::parser::ParserError::ParserError(m) => m,
-            sqlparser::parser::ParserError::RecursionLimitExceeded => "statement nested too deeply".to_string(),
+            sqlparser::parser::ParserError::RecursionLimitExceeded => {
+                return SqlError::TooDeep { limit: super::EXPR_DEPTH_MAX }
+            }
         };
         if let Some((message, line, column)) = split_position(&text) {
             return SqlError::Syntax { message, line, column };
@@ -90,6 +121,15 @@ impl SqlError {
         let line = sql.lines().count().max(1) as u64;
         let column = sql.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
         SqlError::Syntax { message: text, line, column }
+    }
+}
+
+/// A byte count in MiB for messages (`256 MiB`, `0.5 MiB`).
+fn mib(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
     }
 }
 

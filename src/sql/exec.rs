@@ -4,6 +4,11 @@
 //! `DISTINCT` stream row by row; only a hash join's build side, a nested loop's inner side,
 //! the group table of an aggregate and a sort's input are held in memory. Every row is
 //! read from the same redb snapshot, so a query never sees half of a concurrent write.
+//!
+//! Every operator that holds rows (sort, hash and nested-loop build sides, a join's matches
+//! for one outer row, `DISTINCT`, group tables, index lookups, system tables) accounts their
+//! bytes in a [`Reservation`] against the statement's budget, given back when the operator's
+//! stream is dropped; every loop over rows checks the statement's interrupt.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -12,6 +17,7 @@ use std::sync::Arc;
 
 use super::aggregate;
 use super::expr::Expr;
+use super::limits::{self, Limits, Reservation};
 use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Row, Scan, SortKey};
 use super::value::{self, KeyMap, KeyValue};
 use super::{access, SqlError};
@@ -23,6 +29,32 @@ pub(crate) type RowStream = Box<dyn Iterator<Item = Result<Row, SqlError>> + Sen
 
 fn from_vec(rows: Vec<Row>) -> RowStream {
     Box::new(rows.into_iter().map(Ok))
+}
+
+/// Streams rows held in memory, giving their bytes back to the budget as they are handed
+/// out.
+fn held(rows: Vec<Row>, mut reservation: Reservation) -> RowStream {
+    Box::new(rows.into_iter().map(move |row| {
+        reservation.shrink(limits::row_bytes(&row));
+        Ok(row)
+    }))
+}
+
+/// Rows read into memory (an index lookup, a system table), accounted.
+fn materialized(rows: Vec<Row>, limits: &Limits) -> Result<RowStream, SqlError> {
+    let mut reservation = limits.reservation();
+    reservation.grow(rows.iter().map(|r| limits::row_bytes(r)).sum())?;
+    Ok(held(rows, reservation))
+}
+
+/// A stream that fails once the statement is interrupted: every base-table read goes
+/// through one, so every loop that pulls rows notices an interrupt within a row.
+fn checked(input: RowStream, limits: &Limits) -> RowStream {
+    let limits = limits.clone();
+    Box::new(input.map(move |row| {
+        limits.check()?;
+        row
+    }))
 }
 
 fn filtered(input: RowStream, predicate: Option<Expr>) -> RowStream {
@@ -68,42 +100,49 @@ pub(crate) fn bind_constants(plan: &mut Plan, snap: &Snapshot, value_of: &dyn Fn
     });
 }
 
-/// Opens a plan against a snapshot.
-pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
+/// Opens a plan against a snapshot, under the statement's limits.
+pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStream, SqlError> {
+    limits.check()?;
     Ok(match plan {
-        Plan::Scan(scan) => open_scan(scan, snap)?,
-        Plan::System { table, filter, .. } => filtered(from_vec(table.rows(snap)?), filter),
+        Plan::Scan(scan) => checked(open_scan(scan, snap, limits)?, limits),
+        Plan::System { table, filter, .. } => filtered(materialized(table.rows(snap)?, limits)?, filter),
         Plan::Values { rows } => from_vec(rows),
-        Plan::Derived { input, .. } => open(*input, snap)?,
-        Plan::Filter { input, predicate, .. } => filtered(open(*input, snap)?, Some(predicate)),
+        Plan::Derived { input, .. } => open(*input, snap, limits)?,
+        Plan::Filter { input, predicate, .. } => filtered(open(*input, snap, limits)?, Some(predicate)),
         Plan::Project { input, exprs } | Plan::Reordered { input, exprs, .. } => {
-            let input = open(*input, snap)?;
+            let input = open(*input, snap, limits)?;
             Box::new(input.map(move |row| row.and_then(|row| exprs.iter().map(|e| e.eval(&row)).collect())))
         }
-        Plan::Join(join) => open_join(*join, snap)?,
-        Plan::Aggregate { input, groups, aggs } => from_vec(aggregate::group(open(*input, snap)?, &groups, &aggs)?),
-        Plan::Distinct { input } => distinct(open(*input, snap)?),
-        Plan::Sort { input, keys, keep } => from_vec(sort(open(*input, snap)?, &keys, keep)?),
+        Plan::Join(join) => open_join(*join, snap, limits)?,
+        Plan::Aggregate { input, groups, aggs } => {
+            let (rows, reservation) = aggregate::group(open(*input, snap, limits)?, &groups, &aggs, limits)?;
+            held(rows, reservation)
+        }
+        Plan::Distinct { input } => distinct(open(*input, snap, limits)?, limits),
+        Plan::Sort { input, keys, keep } => {
+            let (rows, reservation) = sort(open(*input, snap, limits)?, &keys, keep, limits)?;
+            held(rows, reservation)
+        }
         Plan::Limit { input, offset, limit } => {
-            let rows = open(*input, snap)?.skip(offset);
+            let rows = open(*input, snap, limits)?.skip(offset);
             match limit {
                 Some(limit) => Box::new(rows.take(limit)),
                 None => Box::new(rows),
             }
         }
-        Plan::Trim { input, width } => Box::new(open(*input, snap)?.map(move |row| {
+        Plan::Trim { input, width } => Box::new(open(*input, snap, limits)?.map(move |row| {
             row.map(|mut row| {
                 row.truncate(width);
                 row
             })
         })),
         Plan::Union { inputs, distinct: dedupe } => {
-            let mut chained: RowStream = Box::new(std::iter::empty());
-            for input in inputs {
-                chained = Box::new(chained.chain(open(input, snap)?));
-            }
+            // One flat sequence of inputs (not a chain of chains, which would nest one
+            // `next` call per term).
+            let streams = inputs.into_iter().map(|input| open(input, snap, limits)).collect::<Result<Vec<_>, _>>()?;
+            let chained: RowStream = Box::new(streams.into_iter().flatten());
             if dedupe {
-                distinct(chained)
+                distinct(chained, limits)
             } else {
                 chained
             }
@@ -123,22 +162,38 @@ fn as_slices(bound: &Bound<Vec<Value>>) -> Bound<&[Value]> {
     }
 }
 
-fn open_scan(scan: Scan, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
+fn open_scan(scan: Scan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStream, SqlError> {
     let rows = match &scan.access {
         Access::Full => rows_of(snap.scan(&scan.table)?),
         Access::Empty => from_vec(Vec::new()),
         Access::Point(key) => from_vec(snap.get(&scan.table, key)?.into_iter().collect()),
         Access::Range { lower, upper } => rows_of(snap.range(&scan.table, as_slices(lower), as_slices(upper))?),
-        Access::Index { name, values } => from_vec(snap.index_lookup(name, values)?),
+        Access::Index { name, values } => materialized(snap.index_lookup(name, values)?, limits)?,
     };
     Ok(filtered(rows, scan.filter))
 }
 
-fn distinct(input: RowStream) -> RowStream {
+/// Bytes a hash key of `row`'s values holds, as accounted.
+pub(crate) fn key_bytes(row: &[Value]) -> usize {
+    limits::row_bytes(row) + limits::HASH_ENTRY_OVERHEAD_BYTES
+}
+
+fn distinct(input: RowStream, limits: &Limits) -> RowStream {
     let mut seen: KeyMap<Vec<KeyValue>, ()> = KeyMap::default();
-    Box::new(input.filter(move |row| match row {
-        Ok(row) => seen.insert(row.iter().map(value::key_of).collect(), ()).is_none(),
-        Err(_) => true,
+    let mut reservation = limits.reservation();
+    Box::new(input.filter_map(move |row| match row {
+        Ok(row) => {
+            let key: Vec<KeyValue> = row.iter().map(value::key_of).collect();
+            if seen.contains_key(&key) {
+                return None;
+            }
+            if let Err(e) = reservation.grow(key_bytes(&row)) {
+                return Some(Err(e));
+            }
+            seen.insert(key, ());
+            Some(Ok(row))
+        }
+        Err(e) => Some(Err(e)),
     }))
 }
 
@@ -162,24 +217,47 @@ fn compare_rows(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
 }
 
 /// Sorts; with `keep` (LIMIT + OFFSET) only the first `keep` rows are kept, and memory
-/// stays within twice that.
-fn sort(input: RowStream, keys: &[SortKey], keep: Option<usize>) -> Result<Vec<Row>, SqlError> {
+/// stays within twice that. The rows held are accounted; an interrupt also ends the sort
+/// itself (its comparisons stop comparing, and the result is discarded).
+fn sort(
+    input: RowStream,
+    keys: &[SortKey],
+    keep: Option<usize>,
+    limits: &Limits,
+) -> Result<(Vec<Row>, Reservation), SqlError> {
     let mut rows = Vec::new();
-    let cmp = |a: &Row, b: &Row| compare_rows(a, b, keys);
+    let mut reservation = limits.reservation();
+    let comparisons = std::cell::Cell::new(0u32);
+    let cmp = |a: &Row, b: &Row| {
+        comparisons.set(comparisons.get().wrapping_add(1));
+        if comparisons.get().is_multiple_of(1024) && limits.check().is_err() {
+            return Ordering::Equal;
+        }
+        compare_rows(a, b, keys)
+    };
+    let truncate = |rows: &mut Vec<Row>, reservation: &mut Reservation, k: usize| {
+        let dropped: usize = rows.iter().skip(k).map(|r| limits::row_bytes(r)).sum();
+        rows.truncate(k);
+        reservation.shrink(dropped);
+    };
     for row in input {
-        rows.push(row?);
+        let row = row?;
+        reservation.grow(limits::row_bytes(&row) + std::mem::size_of::<Row>())?;
+        rows.push(row);
         if let Some(k) = keep {
             if rows.len() >= k.max(1024) * 2 {
                 rows.sort_by(cmp);
-                rows.truncate(k);
+                limits.check()?;
+                truncate(&mut rows, &mut reservation, k);
             }
         }
     }
     rows.sort_by(cmp);
+    limits.check()?;
     if let Some(k) = keep {
-        rows.truncate(k);
+        truncate(&mut rows, &mut reservation, k);
     }
-    Ok(rows)
+    Ok((rows, reservation))
 }
 
 /// Evaluates join keys into `key`; `false` when one is NULL (NULL never equals anything).
@@ -197,11 +275,13 @@ fn eval_key(exprs: &[Expr], row: &[Value], key: &mut Vec<KeyValue>) -> Result<bo
 
 /// What a join does with each outer row: the inner rows that may match it.
 enum Matcher {
-    All(Vec<Row>),
+    /// The inner rows, and the bytes they hold (given back when the join is dropped).
+    All { rows: Vec<Row>, _reservation: Reservation },
     Hash {
         table: KeyMap<Vec<KeyValue>, Vec<Row>>,
         left_keys: Vec<Expr>,
         scratch: Vec<KeyValue>,
+        _reservation: Reservation,
     },
     Lookup {
         snap: Arc<Snapshot>,
@@ -210,22 +290,33 @@ enum Matcher {
         keys: Vec<Expr>,
         types: Vec<ColumnType>,
         filter: Option<Expr>,
+        /// The rows of one lookup, while they are tried.
+        scratch: Reservation,
     },
 }
 
 type Out<'a> = &'a mut dyn FnMut(&[Value]) -> Result<(), SqlError>;
 
+/// Hands each of `rows` to `out`, checking the interrupt before each: a cross join's inner
+/// loop runs here, so this is what stops it.
+fn each(rows: &[Row], limits: &Limits, out: Out<'_>) -> Result<(), SqlError> {
+    rows.iter().try_for_each(|r| {
+        limits.check()?;
+        out(r)
+    })
+}
+
 impl Matcher {
-    fn candidates(&mut self, left: &[Value], out: Out<'_>) -> Result<(), SqlError> {
+    fn candidates(&mut self, left: &[Value], limits: &Limits, out: Out<'_>) -> Result<(), SqlError> {
         match self {
-            Matcher::All(rows) => rows.iter().try_for_each(|r| out(r)),
-            Matcher::Hash { table, left_keys, scratch } => {
+            Matcher::All { rows, .. } => each(rows, limits, out),
+            Matcher::Hash { table, left_keys, scratch, .. } => {
                 if !eval_key(left_keys, left, scratch)? {
                     return Ok(());
                 }
-                table.get(scratch.as_slice()).map_or(Ok(()), |rows| rows.iter().try_for_each(|r| out(r)))
+                table.get(scratch.as_slice()).map_or(Ok(()), |rows| each(rows, limits, out))
             }
-            Matcher::Lookup { snap, table, kind, keys, types, filter } => {
+            Matcher::Lookup { snap, table, kind, keys, types, filter, scratch } => {
                 let mut values = Vec::with_capacity(keys.len());
                 for (e, ty) in keys.iter().zip(types.iter()) {
                     // A key that cannot equal any stored value of the column matches nothing.
@@ -240,7 +331,9 @@ impl Matcher {
                     }
                     LookupKind::Index(index) => snap.index_lookup(index, &values)?,
                 };
+                scratch.resize(rows.iter().map(|r| limits::row_bytes(r)).sum())?;
                 for row in rows {
+                    limits.check()?;
                     if let Some(f) = filter {
                         if !f.passes(&row)? {
                             continue;
@@ -248,33 +341,52 @@ impl Matcher {
                     }
                     out(&row)?;
                 }
+                scratch.clear();
                 Ok(())
             }
         }
     }
 }
 
-fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>) -> Result<Matcher, SqlError> {
+fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>, limits: &Limits) -> Result<Matcher, SqlError> {
+    let mut reservation = limits.reservation();
     Ok(match right {
-        JoinRight::NestedLoop(plan) => Matcher::All(open(plan, snap)?.collect::<Result<_, _>>()?),
+        JoinRight::NestedLoop(plan) => {
+            let mut rows = Vec::new();
+            for row in open(plan, snap, limits)? {
+                let row = row?;
+                reservation.grow(limits::row_bytes(&row))?;
+                rows.push(row);
+            }
+            Matcher::All { rows, _reservation: reservation }
+        }
         JoinRight::Hash { build, left_keys, right_keys } => {
             let mut table: KeyMap<Vec<KeyValue>, Vec<Row>> = KeyMap::default();
             let mut key = Vec::new();
-            for row in open(build, snap)? {
+            for row in open(build, snap, limits)? {
                 let row = row?;
                 if eval_key(&right_keys, &row, &mut key)? {
+                    let bytes = limits::row_bytes(&row);
                     match table.get_mut(key.as_slice()) {
-                        Some(rows) => rows.push(row),
+                        Some(rows) => {
+                            reservation.grow(bytes)?;
+                            rows.push(row);
+                        }
                         None => {
+                            let key_bytes = std::mem::size_of::<Vec<KeyValue>>()
+                                + key.iter().map(value::key_value_bytes).sum::<usize>()
+                                + limits::HASH_ENTRY_OVERHEAD_BYTES;
+                            reservation.grow(bytes + key_bytes)?;
                             table.insert(key.clone(), vec![row]);
                         }
                     }
                 }
             }
-            Matcher::Hash { table, left_keys, scratch: Vec::new() }
+            Matcher::Hash { table, left_keys, scratch: Vec::new(), _reservation: reservation }
         }
         JoinRight::Lookup { table, kind, keys, key_types, filter, .. } => {
-            Matcher::Lookup { snap: Arc::clone(snap), table, kind, keys, types: key_types, filter }
+            let (snap, types) = (Arc::clone(snap), key_types);
+            Matcher::Lookup { snap, table, kind, keys, types, filter, scratch: reservation }
         }
     })
 }
@@ -287,17 +399,21 @@ struct JoinIter {
     right_width: usize,
     residual: Option<Expr>,
     pending: VecDeque<Row>,
+    /// The bytes of `pending` (the matches of one outer row).
+    pending_bytes: Reservation,
+    limits: Limits,
 }
 
 impl JoinIter {
     fn join_row(&mut self, left: Row) -> Result<(), SqlError> {
-        let JoinIter { matcher, residual, pending, .. } = self;
+        let JoinIter { matcher, residual, pending, pending_bytes, limits, .. } = self;
         let before = pending.len();
-        matcher.candidates(&left, &mut |right| {
+        matcher.candidates(&left, limits, &mut |right| {
             let mut row = Vec::with_capacity(left.len() + right.len());
             row.extend_from_slice(&left);
             row.extend_from_slice(right);
             if residual.as_ref().map_or(Ok(true), |r| r.passes(&row))? {
+                pending_bytes.grow(limits::row_bytes(&row))?;
                 pending.push_back(row);
             }
             Ok(())
@@ -317,6 +433,9 @@ impl Iterator for JoinIter {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some(row) = self.pending.pop_front() {
+                if self.pending.is_empty() {
+                    self.pending_bytes.clear();
+                }
                 return Some(Ok(row));
             }
             let left = match self.left.next()? {
@@ -330,9 +449,10 @@ impl Iterator for JoinIter {
     }
 }
 
-fn open_join(join: Join, snap: &Arc<Snapshot>) -> Result<RowStream, SqlError> {
+fn open_join(join: Join, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStream, SqlError> {
     let Join { left, kind, right, right_width, residual, .. } = join;
-    let matcher = build_matcher(right, snap)?;
-    let left = open(left, snap)?;
-    Ok(Box::new(JoinIter { left, matcher, kind, right_width, residual, pending: VecDeque::new() }))
+    let matcher = build_matcher(right, snap, limits)?;
+    let left = open(left, snap, limits)?;
+    let (pending, pending_bytes, limits) = (VecDeque::new(), limits.reservation(), limits.clone());
+    Ok(Box::new(JoinIter { left, matcher, kind, right_width, residual, pending, pending_bytes, limits }))
 }

@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::func::{self, Func};
+use super::limits::{self, Reservation};
 use super::subquery::SubqueryCall;
 use super::value::{self, ArithOp, KeyValue};
 use super::SqlError;
@@ -79,22 +80,28 @@ pub(crate) enum Expr {
     Subquery(SubqueryCall),
 }
 
-/// The result of an uncorrelated `IN (SELECT ...)`.
+/// The result of an `IN (SELECT ...)`.
 #[derive(Debug, Default)]
 pub(crate) struct InSet {
     pub values: HashSet<KeyValue>,
     pub has_null: bool,
+    /// The bytes the set holds, against the statement's budget, for as long as it lives.
+    pub reservation: Option<Reservation>,
 }
 
 impl InSet {
     /// Adds one value the subquery returned.
-    pub fn insert(&mut self, v: Value) {
+    pub fn insert(&mut self, v: Value) -> Result<(), SqlError> {
+        if let Some(r) = &mut self.reservation {
+            r.grow(limits::value_bytes(&v) + limits::HASH_ENTRY_OVERHEAD_BYTES)?;
+        }
         match v {
             Value::Null => self.has_null = true,
             v => {
                 self.values.insert(value::key_of_owned(v));
             }
         }
+        Ok(())
     }
 }
 
@@ -113,7 +120,7 @@ impl Expr {
             },
             Expr::And(a, b) => value::from_truth(and(a.truth(row)?, || b.truth(row))?),
             Expr::Or(a, b) => value::from_truth(or(a.truth(row)?, || b.truth(row))?),
-            Expr::Concat(a, b) => concat(&a.eval(row)?, &b.eval(row)?),
+            Expr::Concat(a, b) => concat(&a.eval(row)?, &b.eval(row)?)?,
             Expr::IsNull(e, negated) => {
                 let null = match e.borrowed(row) {
                     Some(v) => v.is_null(),
@@ -141,7 +148,7 @@ impl Expr {
                 func::like(&expr.eval(row)?, &pattern.eval(row)?, escape.as_ref(), *negated)?
             }
             Expr::Case { operand, whens, otherwise } => self.eval_case(operand.as_deref(), whens, otherwise, row)?,
-            Expr::Cast(e, ty) => func::cast(e.eval(row)?, *ty),
+            Expr::Cast(e, ty) => func::cast(e.eval(row)?, *ty)?,
             Expr::Func(f, args) => {
                 let args = args.iter().map(|a| a.eval(row)).collect::<Result<Vec<_>, _>>()?;
                 func::call(*f, args)?
@@ -366,11 +373,15 @@ fn or(a: Option<bool>, b: impl FnOnce() -> Result<Option<bool>, SqlError>) -> Re
     })
 }
 
-fn concat(a: &Value, b: &Value) -> Value {
-    match (value::to_text(a), value::to_text(b)) {
+fn concat(a: &Value, b: &Value) -> Result<Value, SqlError> {
+    if a.is_null() || b.is_null() {
+        return Ok(Value::Null);
+    }
+    limits::check_result_bytes(func::text_len(a).saturating_add(func::text_len(b)))?;
+    Ok(match (value::to_text(a), value::to_text(b)) {
         (Some(a), Some(b)) => Value::Text(a + &b),
         _ => Value::Null,
-    }
+    })
 }
 
 fn between(v: &Value, low: &Value, high: &Value, negated: bool) -> Value {

@@ -20,6 +20,7 @@ use super::access;
 use super::bind::{self, Binder, PlanCtx};
 use super::expr::{CmpOp, Expr};
 use super::join_order::{self, Link};
+use super::limits::SUBQUERY_DEPTH_COST;
 use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Scan, Scope};
 use super::select;
 use super::system::SystemTable;
@@ -108,7 +109,7 @@ fn table_ref(
             Ok((Source::Table(table.clone()), alias, columns))
         }
         ast::TableFactor::Derived { lateral: false, subquery, alias, .. } => {
-            let planned = select::plan_query(PlanCtx { outer: None, ..ctx }, subquery)?;
+            let planned = select::plan_query(PlanCtx { outer: None, ..ctx }.deeper(SUBQUERY_DEPTH_COST)?, subquery)?;
             let alias = alias.as_ref().map_or_else(|| format!("(subquery-{})", position + 1), |a| bind::ident(&a.name));
             let columns = planned.columns;
             let plan = Plan::Derived { input: Box::new(planned.plan), alias: alias.clone() };

@@ -3,6 +3,7 @@
 //! `LIKE`, NULL in → NULL out unless the function exists to handle NULL).
 
 use super::expr::CastType;
+use super::limits::check_result_bytes;
 use super::value::{self, Num};
 use super::SqlError;
 use crate::types::Value;
@@ -101,17 +102,19 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             Value::Blob(b) => Value::Integer(b.len() as i64),
             v => Value::Integer(text(v).map_or(0, |t| t.chars().count()) as i64),
         },
-        Func::Lower => Value::Text(text(&args[0]).unwrap_or_default().to_ascii_lowercase()),
-        Func::Upper => Value::Text(text(&args[0]).unwrap_or_default().to_ascii_uppercase()),
-        Func::Hex => Value::Text(hex(&args[0])),
+        Func::Lower | Func::Upper => {
+            check_result_bytes(text_len(&args[0]))?;
+            let t = text(&args[0]).unwrap_or_default();
+            Value::Text(if func == Func::Lower { t.to_ascii_lowercase() } else { t.to_ascii_uppercase() })
+        }
+        Func::Hex => Value::Text(hex(&args[0])?),
         Func::Substr => substr(&args)?,
         Func::Round => round(&args),
-        Func::Trim | Func::Ltrim | Func::Rtrim => trim(func, &args),
-        Func::Replace => match (text(&args[0]), text(&args[1]), text(&args[2])) {
-            (Some(s), Some(from), Some(to)) if !from.is_empty() => Value::Text(s.replace(&from, &to)),
-            (Some(s), Some(_), Some(_)) => Value::Text(s),
-            _ => Value::Null,
-        },
+        Func::Trim | Func::Ltrim | Func::Rtrim => {
+            check_result_bytes(text_len(&args[0]))?;
+            trim(func, &args)
+        }
+        Func::Replace => replace(&args)?,
         Func::Instr => match (text(&args[0]), text(&args[1])) {
             (Some(h), Some(n)) => Value::Integer(h.find(&n).map_or(0, |i| h[..i].chars().count() + 1) as i64),
             _ => Value::Null,
@@ -153,12 +156,49 @@ fn abs(v: &Value) -> Result<Value, SqlError> {
     })
 }
 
-fn hex(v: &Value) -> String {
+/// Bytes of a value's text form ([`value::to_text`]) without building it.
+pub(crate) fn text_len(v: &Value) -> usize {
+    match v {
+        Value::Null => 0,
+        Value::Text(t) => t.len(),
+        // Invalid UTF-8 becomes U+FFFD (3 bytes) per bad byte at most.
+        Value::Blob(b) => std::str::from_utf8(b).map_or(b.len().saturating_mul(3), str::len),
+        // Numbers render in at most 32 bytes.
+        _ => 32,
+    }
+}
+
+fn hex(v: &Value) -> Result<String, SqlError> {
+    let len = match v {
+        Value::Blob(b) => b.len(),
+        other => text_len(other),
+    };
+    check_result_bytes(len.saturating_mul(2))?;
     let bytes = match v {
         Value::Blob(b) => b.clone(),
         other => value::to_text(other).unwrap_or_default().into_bytes(),
     };
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push_str(&format!("{b:02X}"));
+    }
+    Ok(out)
+}
+
+/// `replace(s, from, to)`; the result's length is computed before it is built, so a
+/// nesting that grows a text exponentially fails before allocating.
+fn replace(args: &[Value]) -> Result<Value, SqlError> {
+    let text = |v: &Value| value::to_text(v);
+    Ok(match (text(&args[0]), text(&args[1]), text(&args[2])) {
+        (Some(s), Some(from), Some(to)) if !from.is_empty() => {
+            let hits = s.matches(from.as_str()).count();
+            let len = (s.len() - hits * from.len()).saturating_add(hits.saturating_mul(to.len()));
+            check_result_bytes(len)?;
+            Value::Text(s.replace(&from, &to))
+        }
+        (Some(s), Some(_), Some(_)) => Value::Text(s),
+        _ => Value::Null,
+    })
 }
 
 /// `substr(s, start[, len])`: 1-based; a start ≤ 0 counts the characters before the
@@ -174,11 +214,15 @@ fn substr(args: &[Value]) -> Result<Value, SqlError> {
         },
         None => None,
     };
-    let (items, is_blob): (Vec<Vec<u8>>, bool) = match &args[0] {
-        Value::Blob(b) => (b.iter().map(|b| vec![*b]).collect(), true),
-        v => (value::to_text(v).unwrap_or_default().chars().map(|c| c.to_string().into_bytes()).collect(), false),
+    let text = match &args[0] {
+        Value::Blob(_) => None,
+        v => Some(value::to_text(v).unwrap_or_default()),
     };
-    let n = items.len() as i64;
+    let n = match (&args[0], &text) {
+        (Value::Blob(b), _) => b.len(),
+        (_, Some(t)) => t.chars().count(),
+        _ => 0,
+    } as i64;
     // SQLite's own arithmetic (func.c substrFunc), step by step.
     let mut p1 = start;
     let mut p2 = len.unwrap_or(i64::MAX / 4);
@@ -205,8 +249,18 @@ fn substr(args: &[Value]) -> Result<Value, SqlError> {
         }
     }
     let (first, end) = (p1, p1.saturating_add(p2).min(n));
-    let picked: Vec<u8> = if first < end { items[first as usize..end as usize].concat() } else { Vec::new() };
-    Ok(if is_blob { Value::Blob(picked) } else { Value::Text(String::from_utf8_lossy(&picked).into_owned()) })
+    let (first, end) = if first < end { (first as usize, end as usize) } else { (0, 0) };
+    Ok(match (&args[0], text) {
+        (Value::Blob(b), _) => Value::Blob(b[first..end].to_vec()),
+        (_, Some(t)) => {
+            // Characters `first..end` as a byte range of the text.
+            let mut offsets = t.char_indices().map(|(i, _)| i).chain(std::iter::once(t.len()));
+            let start = offsets.nth(first).unwrap_or(t.len());
+            let stop = if end > first { offsets.nth(end - first - 1).unwrap_or(t.len()) } else { start };
+            Value::Text(t[start..stop].to_string())
+        }
+        _ => Value::Null,
+    })
 }
 
 fn round(args: &[Value]) -> Value {
@@ -244,6 +298,11 @@ fn trim(func: Func, args: &[Value]) -> Value {
 /// `expr [NOT] LIKE pattern [ESCAPE e]`: `%` any run, `_` one character, ASCII
 /// case-insensitive.
 pub(crate) fn like(v: &Value, pattern: &Value, escape: Option<&Value>, negated: bool) -> Result<Value, SqlError> {
+    if v.is_null() || pattern.is_null() {
+        return Ok(Value::Null);
+    }
+    // Both are matched as characters, four bytes each.
+    check_result_bytes(text_len(v).saturating_add(text_len(pattern)).saturating_mul(4))?;
     let (Some(text), Some(pattern)) = (value::to_text(v), value::to_text(pattern)) else { return Ok(Value::Null) };
     let escape = match escape {
         None => None,
@@ -301,11 +360,14 @@ fn like_match(text: &[char], pattern: &[char], escape: Option<char>) -> bool {
 
 /// `CAST(v AS type)` with SQLite's conversions (text to number by numeric prefix, real
 /// to integer by truncation).
-pub(crate) fn cast(v: Value, ty: CastType) -> Value {
+pub(crate) fn cast(v: Value, ty: CastType) -> Result<Value, SqlError> {
     if v.is_null() {
-        return Value::Null;
+        return Ok(Value::Null);
     }
-    match ty {
+    if matches!(ty, CastType::Text | CastType::Blob) && !matches!(v, Value::Text(_) | Value::Blob(_)) {
+        check_result_bytes(text_len(&v))?;
+    }
+    Ok(match ty {
         CastType::Integer | CastType::Timestamp => {
             let i = match value::to_num(&v) {
                 Some(Num::Int(i)) => i,
@@ -330,7 +392,7 @@ pub(crate) fn cast(v: Value, ty: CastType) -> Value {
             None => Value::Integer(0),
         },
         CastType::Boolean => Value::Boolean(value::truth(&v) == Some(true)),
-    }
+    })
 }
 
 fn real_to_int(r: f64) -> i64 {

@@ -26,6 +26,7 @@ mod expr;
 mod from;
 mod func;
 mod join_order;
+mod limits;
 mod parse;
 mod plan;
 mod prune;
@@ -40,6 +41,10 @@ use sqlparser::ast;
 
 pub use error::SqlError;
 pub use from::FROM_TABLES_MAX;
+pub use limits::{
+    ExecOptions, Interrupt, InterruptCause, MemoryPool, EXPR_DEPTH_MAX, STATEMENT_MEMORY_BYTES_DEFAULT,
+    STATEMENT_STACK_BYTES, SUBQUERY_DEPTH_COST,
+};
 pub use parse::SQL_BYTES_MAX;
 pub use system::SYSTEM_PREFIX;
 
@@ -81,9 +86,14 @@ impl SqlStore for ReplicaHandle {
     }
 }
 
-/// The rows of a query, streamed from its snapshot.
+/// The rows of a query, streamed from its snapshot. The statement's limits stay in force
+/// while they are read: an interrupt stops the stream with [`SqlError::Interrupted`], and the
+/// memory its operators hold is returned to the budget when it is dropped.
 pub struct Rows {
     inner: exec::RowStream,
+    /// `None` for the rows of a write (there are none).
+    limits: Option<limits::Limits>,
+    done: bool,
 }
 
 impl std::fmt::Debug for Rows {
@@ -96,7 +106,17 @@ impl Iterator for Rows {
     type Item = Result<Vec<Value>, SqlError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next()
+        if self.done {
+            return None;
+        }
+        let _entered = self.limits.as_ref().map(limits::Limits::enter);
+        let next = match self.limits.as_ref().map(limits::Limits::check) {
+            Some(Err(e)) => Some(Err(e)),
+            _ => self.inner.next(),
+        };
+        // After the last row or the first error there is nothing more to read.
+        self.done = !matches!(next, Some(Ok(_)));
+        next
     }
 }
 
@@ -114,12 +134,24 @@ pub struct QueryResult {
 
 impl QueryResult {
     fn written(rows_affected: u64) -> QueryResult {
-        QueryResult { columns: Vec::new(), rows: Rows { inner: Box::new(std::iter::empty()) }, rows_affected }
+        let rows = Rows { inner: Box::new(std::iter::empty()), limits: None, done: true };
+        QueryResult { columns: Vec::new(), rows, rows_affected }
     }
 
-    /// Reads every row into memory.
+    /// Reads every row into memory; the rows count against the statement's memory budget
+    /// while they are read.
     pub fn collect_rows(self) -> Result<Vec<Vec<Value>>, SqlError> {
-        self.rows.collect()
+        let mut rows = self.rows;
+        let mut reservation = rows.limits.as_ref().map(limits::Limits::reservation);
+        let mut all = Vec::new();
+        for row in rows.by_ref() {
+            let row = row?;
+            if let Some(r) = &mut reservation {
+                r.grow(limits::row_bytes(&row))?;
+            }
+            all.push(row);
+        }
+        Ok(all)
     }
 }
 
@@ -140,7 +172,8 @@ pub fn query(snapshot: impl Into<Arc<Snapshot>>, sql: &str, params: &[Value]) ->
 
 /// Parses a statement once, to run it many times with different parameters.
 pub fn prepare(sql: &str) -> Result<Statement, SqlError> {
-    Ok(Statement { ast: parse::parse_one(sql)?, kept: Arc::default() })
+    let parsed = parse::parse_one(sql)?;
+    Ok(Statement { ast: parsed.statement, params: parsed.params, kept: Arc::default() })
 }
 
 /// A parsed statement. A query is planned at its first execution against the catalog of
@@ -151,6 +184,8 @@ pub fn prepare(sql: &str) -> Result<Statement, SqlError> {
 #[derive(Debug, Clone)]
 pub struct Statement {
     ast: ast::Statement,
+    /// Parameters it takes: its highest `?N`.
+    params: usize,
     /// The kept plan of a query, shared by clones of the statement.
     kept: Arc<Mutex<Option<Arc<KeptPlan>>>>,
 }
@@ -182,34 +217,80 @@ impl Statement {
         is_read(&self.ast)
     }
 
-    /// Runs the statement; see [`execute`].
+    /// Parameters the statement takes (its highest `?N`); exactly this many must be given.
+    pub fn param_count(&self) -> usize {
+        self.params
+    }
+
+    /// Runs the statement with the default limits; see [`execute`] and
+    /// [`Statement::execute_with`].
     pub fn execute<S: SqlStore + ?Sized>(
         &self,
         store: &mut S,
         params: &[Value],
         now_ms: i64,
     ) -> Result<QueryResult, SqlError> {
+        self.execute_with(store, params, now_ms, &ExecOptions::default())
+    }
+
+    /// Runs the statement under `opts`: its memory budget and pool, and its interrupt
+    /// (checked while the rows are read, too). A write statement plans and runs on the
+    /// store's owner thread, under the same limits.
+    pub fn execute_with<S: SqlStore + ?Sized>(
+        &self,
+        store: &mut S,
+        params: &[Value],
+        now_ms: i64,
+        opts: &ExecOptions,
+    ) -> Result<QueryResult, SqlError> {
+        self.check_params(params)?;
+        let limits = limits::Limits::new(opts);
         if self.is_read_only() {
             let snap = Arc::new(store.sql_snapshot()?);
-            return self.read(&snap, params);
+            return self.read(&snap, params, limits);
         }
         let (statement, params) = (self.ast.clone(), params.to_vec());
-        let job: WriteJob = Box::new(move |replica| ddl_dml::run(replica, &statement, &params, now_ms));
+        let job: WriteJob = Box::new(move |replica| {
+            let _entered = limits.enter();
+            limits.check()?;
+            ddl_dml::run(replica, &statement, &params, now_ms, &limits)
+        });
         Ok(QueryResult::written(store.run_write(job)?))
     }
 
-    /// Runs a read-only statement on a snapshot; see [`query`].
+    /// Runs a read-only statement on a snapshot with the default limits; see [`query`].
     pub fn query(&self, snapshot: impl Into<Arc<Snapshot>>, params: &[Value]) -> Result<QueryResult, SqlError> {
+        self.query_with(snapshot, params, &ExecOptions::default())
+    }
+
+    /// Runs a read-only statement on a snapshot under `opts`; see [`Statement::execute_with`].
+    pub fn query_with(
+        &self,
+        snapshot: impl Into<Arc<Snapshot>>,
+        params: &[Value],
+        opts: &ExecOptions,
+    ) -> Result<QueryResult, SqlError> {
         if !self.is_read_only() {
             return Err(SqlError::invalid(format!("{} writes: use sql::execute", ddl_dml::first_words(&self.ast))));
         }
-        self.read(&snapshot.into(), params)
+        self.check_params(params)?;
+        self.read(&snapshot.into(), params, limits::Limits::new(opts))
     }
 
-    fn read(&self, snap: &Arc<Snapshot>, params: &[Value]) -> Result<QueryResult, SqlError> {
+    fn check_params(&self, params: &[Value]) -> Result<(), SqlError> {
+        if params.len() != self.params {
+            return Err(SqlError::ParamCount { expected: self.params, got: params.len() });
+        }
+        Ok(())
+    }
+
+    fn read(&self, snap: &Arc<Snapshot>, params: &[Value], limits: limits::Limits) -> Result<QueryResult, SqlError> {
+        let _entered = limits.enter();
+        limits.check()?;
+        let limits_ref = &limits;
         match &self.ast {
             ast::Statement::Query(q) => {
-                let kept = self.plan(snap, q, params)?;
+                let kept = self.plan(snap, q, params, limits_ref)?;
                 let mut plan = kept.plan.clone();
                 if kept.params_max > 0 {
                     exec::bind_constants(&mut plan, snap, &|e| match e {
@@ -217,21 +298,31 @@ impl Statement {
                         _ => None,
                     });
                 }
-                let rows = Rows { inner: exec::open(plan, snap)? };
+                let inner = exec::open(plan, snap, limits_ref)?;
+                drop(_entered);
+                let rows = Rows { inner, limits: Some(limits), done: false };
                 Ok(QueryResult { columns: kept.columns.clone(), rows, rows_affected: 0 })
             }
             ast::Statement::Explain { analyze: false, statement, .. } => {
-                let ctx = bind::PlanCtx { snap, params, outer: None, notes: None };
+                let ctx = bind::PlanCtx::new(snap, params, limits_ref);
                 let lines = explain::explain_statement(ctx, statement)?;
-                let rows = lines.into_iter().map(|l| Ok(vec![Value::Text(l)]));
-                Ok(QueryResult { columns: vec!["plan".into()], rows: Rows { inner: Box::new(rows) }, rows_affected: 0 })
+                let inner = Box::new(lines.into_iter().map(|l| Ok(vec![Value::Text(l)])));
+                drop(_entered);
+                let rows = Rows { inner, limits: Some(limits), done: false };
+                Ok(QueryResult { columns: vec!["plan".into()], rows, rows_affected: 0 })
             }
             other => Err(SqlError::unsupported(format!("statement {}", ddl_dml::first_words(other)))),
         }
     }
 
     /// The kept plan if it is still valid, else a new one (kept if it may be reused).
-    fn plan(&self, snap: &Arc<Snapshot>, q: &ast::Query, params: &[Value]) -> Result<Arc<KeptPlan>, SqlError> {
+    fn plan(
+        &self,
+        snap: &Arc<Snapshot>,
+        q: &ast::Query,
+        params: &[Value],
+        limits: &limits::Limits,
+    ) -> Result<Arc<KeptPlan>, SqlError> {
         let slot = |m: &Mutex<Option<Arc<KeptPlan>>>| {
             // The slot holds only complete plans, so a poisoned one is still consistent.
             m.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -240,7 +331,8 @@ impl Statement {
             return Ok(kept);
         }
         let notes = bind::PlanNotes::new();
-        let planned = select::plan_query(bind::PlanCtx { snap, params, outer: None, notes: Some(&notes) }, q)?;
+        let ctx = bind::PlanCtx { notes: Some(&notes), ..bind::PlanCtx::new(snap, params, limits) };
+        let planned = select::plan_query(ctx, q)?;
         let catalog = snap.catalog();
         let tables = notes
             .tables

@@ -88,6 +88,7 @@ fn order_terms(q: &ast::Query) -> Result<Vec<ast::OrderByExpr>, SqlError> {
 
 /// Plans a query; the rows of the plan have exactly `columns.len()` values.
 pub(crate) fn plan_query(ctx: PlanCtx<'_>, q: &ast::Query) -> Result<Planned, SqlError> {
+    ctx.limits.check()?;
     let extra = q.with.is_some()
         || q.fetch.is_some()
         || !q.locks.is_empty()
@@ -124,13 +125,25 @@ fn plan_set_expr(ctx: PlanCtx<'_>, body: &ast::SetExpr) -> Result<Planned, SqlEr
                 ast::SetQuantifier::None | ast::SetQuantifier::Distinct => true,
                 other => return Err(SqlError::unsupported(format!("UNION {other}"))),
             };
+            // A chain of UNIONs nests to the left: each term is one level deeper.
+            let ctx = ctx.deeper(1)?;
             let (left, right) = (plan_set_expr(ctx, left)?, plan_set_expr(ctx, right)?);
             if left.columns.len() != right.columns.len() {
                 return Err(SqlError::invalid(
                     "SELECTs to the left and right of UNION do not have the same number of result columns",
                 ));
             }
-            Ok(Planned { plan: Plan::Union { inputs: vec![left.plan, right.plan], distinct }, columns: left.columns })
+            // `(a UNION b) UNION c` is one union of three (and so is ALL within ALL): the plan
+            // stays flat however long the chain.
+            let inputs = match left.plan {
+                Plan::Union { inputs, distinct: left_distinct } if distinct || !left_distinct => {
+                    let mut inputs = inputs;
+                    inputs.push(right.plan);
+                    inputs
+                }
+                other => vec![other, right.plan],
+            };
+            Ok(Planned { plan: Plan::Union { inputs, distinct }, columns: left.columns })
         }
         other => Err(SqlError::unsupported(format!("{other}").chars().take(80).collect::<String>())),
     }

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use super::exec;
 use super::expr::{self, Expr, InSet};
+use super::limits::{self, Limits, Reservation};
 use super::plan::Plan;
 use super::value::{self, KeyValue};
 use super::SqlError;
@@ -54,7 +55,10 @@ pub(crate) struct Subquery {
     kind: SubqueryKind,
     plan: Plan,
     snap: Arc<Snapshot>,
-    memo: Mutex<Memo>,
+    limits: Limits,
+    /// The memo, and the bytes its keys and scalar answers hold (an `IN` set's answer holds
+    /// its own reservation).
+    memo: Mutex<(Memo, Reservation)>,
 }
 
 impl std::fmt::Debug for Subquery {
@@ -75,26 +79,36 @@ pub(crate) struct SubqueryCall {
 }
 
 impl Subquery {
-    pub fn new(kind: SubqueryKind, plan: Plan, snap: &Arc<Snapshot>) -> Subquery {
-        Subquery { kind, plan, snap: Arc::clone(snap), memo: Mutex::default() }
+    pub fn new(kind: SubqueryKind, plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Subquery {
+        let memo = Mutex::new((Memo::new(), limits.reservation()));
+        Subquery { kind, plan, snap: Arc::clone(snap), limits: limits.clone(), memo }
     }
 
     fn answer(&self, args: &[Value]) -> Result<Arc<Answer>, SqlError> {
         let key: Vec<(u8, KeyValue)> = args.iter().map(|v| (type_tag(v), value::key_of(v))).collect();
-        if let Some(answer) = self.memo().get(&key) {
+        if let Some(answer) = self.memo().0.get(&key) {
             return Ok(Arc::clone(answer));
         }
         let answer = Arc::new(self.run(args)?);
         let mut memo = self.memo();
+        let (memo, reservation) = &mut *memo;
         if memo.len() < SUBQUERY_MEMO_ENTRIES_MAX {
-            memo.insert(key, Arc::clone(&answer));
+            let scalar = match &*answer {
+                Answer::Scalar(v) => limits::value_bytes(v),
+                Answer::Exists(_) | Answer::Set(_) => 0,
+            };
+            let key_bytes: usize = args.iter().map(limits::value_bytes).sum();
+            // The memo is a cache: past the budget, answers are recomputed instead.
+            if reservation.grow(key_bytes + scalar + limits::HASH_ENTRY_OVERHEAD_BYTES).is_ok() {
+                memo.insert(key, Arc::clone(&answer));
+            }
         }
         Ok(answer)
     }
 
     /// The memo holds only finished answers, so one poisoned by a panic elsewhere is
     /// still consistent.
-    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+    fn memo(&self) -> std::sync::MutexGuard<'_, (Memo, Reservation)> {
         self.memo.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -104,21 +118,23 @@ impl Subquery {
             Expr::Outer(k) => Some(args.get(*k).cloned().unwrap_or(Value::Null)),
             _ => None,
         });
-        collect(self.kind, exec::open(plan, &self.snap)?)
+        collect(self.kind, exec::open(plan, &self.snap, &self.limits)?, &self.limits)
     }
 }
 
-/// Reads a subquery's rows into its answer (only as many rows as the answer needs).
-fn collect(kind: SubqueryKind, mut rows: exec::RowStream) -> Result<Answer, SqlError> {
+/// Reads a subquery's rows into its answer (only as many rows as the answer needs); an
+/// `IN` set holds the bytes of its values against the statement's budget.
+fn collect(kind: SubqueryKind, mut rows: exec::RowStream, limits: &Limits) -> Result<Answer, SqlError> {
     Ok(match kind {
         SubqueryKind::Exists { .. } => Answer::Exists(rows.next().transpose()?.is_some()),
         SubqueryKind::Scalar => {
             Answer::Scalar(rows.next().transpose()?.and_then(|r| r.into_iter().next()).unwrap_or(Value::Null))
         }
         SubqueryKind::In { .. } => {
-            let mut set = InSet::default();
+            let mut set = InSet { reservation: Some(limits.reservation()), ..InSet::default() };
             for row in rows {
-                set.insert(row?.into_iter().next().unwrap_or(Value::Null));
+                limits.check()?;
+                set.insert(row?.into_iter().next().unwrap_or(Value::Null))?;
             }
             Answer::Set(set)
         }
@@ -127,8 +143,13 @@ fn collect(kind: SubqueryKind, mut rows: exec::RowStream) -> Result<Answer, SqlE
 
 /// An uncorrelated subquery's rows, read once at planning, as a constant expression (a
 /// literal, or the set of an `IN`).
-pub(crate) fn constant(kind: SubqueryKind, rows: exec::RowStream, lhs: Option<Box<Expr>>) -> Result<Expr, SqlError> {
-    Ok(match (collect(kind, rows)?, kind, lhs) {
+pub(crate) fn constant(
+    kind: SubqueryKind,
+    rows: exec::RowStream,
+    lhs: Option<Box<Expr>>,
+    limits: &Limits,
+) -> Result<Expr, SqlError> {
+    Ok(match (collect(kind, rows, limits)?, kind, lhs) {
         (Answer::Exists(found), SubqueryKind::Exists { negated }, _) => {
             Expr::Literal(value::from_truth(Some(found != negated)))
         }

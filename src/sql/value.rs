@@ -251,6 +251,16 @@ pub(crate) fn key_of(v: &Value) -> KeyValue {
     }
 }
 
+/// Bytes a key value holds, as accounted against a statement's budget.
+pub(crate) fn key_value_bytes(k: &KeyValue) -> usize {
+    std::mem::size_of::<KeyValue>()
+        + match k {
+            KeyValue::Text(t) => t.len(),
+            KeyValue::Blob(b) => b.len(),
+            _ => 0,
+        }
+}
+
 /// A fast hasher for the in-memory hash tables of joins, grouping and `DISTINCT` (the
 /// FxHash mix used by rustc). Keys come from stored data, so crafted data could collide
 /// and slow a query down, never change its result; SipHash costs more per row than the
