@@ -73,7 +73,7 @@ pub enum SqlError {
     #[error("{0}")]
     Interrupted(super::InterruptCause),
     /// The number of parameter values differs from the statement's placeholders.
-    #[error("wrong number of parameters: the statement takes {expected}, {got} given")]
+    #[error("wrong number of parameters: the statement takes {expected}, {got} given{}", unbound(*expected, *got))]
     ParamCount {
         /// Parameters the statement reads (its highest `?N`).
         expected: usize,
@@ -121,6 +121,15 @@ impl SqlError {
         let line = sql.lines().count().max(1) as u64;
         let column = sql.lines().last().map_or(0, |l| l.chars().count()) as u64 + 1;
         SqlError::Syntax { message: text, line, column }
+    }
+}
+
+/// Which parameter is missing, when too few are given.
+fn unbound(expected: usize, got: usize) -> String {
+    if got < expected {
+        format!(" (parameter {} is not bound)", got + 1)
+    } else {
+        String::new()
     }
 }
 
