@@ -104,7 +104,7 @@ pub(crate) fn bind_constants(plan: &mut Plan, snap: &Snapshot, value_of: &dyn Fn
 pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStream, SqlError> {
     limits.check()?;
     Ok(match plan {
-        Plan::Scan(scan) => checked(open_scan(scan, snap, limits)?, limits),
+        Plan::Scan(scan) => open_scan(scan, snap, limits)?,
         Plan::System { table, filter, .. } => filtered(materialized(table.rows(snap)?, limits)?, filter),
         Plan::Values { rows } => from_vec(rows),
         Plan::Derived { input, .. } => open(*input, snap, limits)?,
@@ -170,11 +170,12 @@ fn open_scan(scan: Scan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStr
         Access::Range { lower, upper } => rows_of(snap.range(&scan.table, as_slices(lower), as_slices(upper))?),
         Access::Index { name, values } => materialized(snap.index_lookup(name, values)?, limits)?,
     };
-    Ok(filtered(rows, scan.filter))
+    // Checked before the filter: a filter that rejects every row still stops.
+    Ok(filtered(checked(rows, limits), scan.filter))
 }
 
 /// Bytes a hash key of `row`'s values holds, as accounted.
-pub(crate) fn key_bytes(row: &[Value]) -> usize {
+fn key_bytes(row: &[Value]) -> usize {
     limits::row_bytes(row) + limits::HASH_ENTRY_OVERHEAD_BYTES
 }
 
