@@ -23,7 +23,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use edgestore::error::{ReadError, StorageError, StoreFault, WriteError};
 use edgestore::handle::StoreHealth;
-use edgestore::sql::{self, SqlError};
+use edgestore::sql::{self, ExecOptions, Interrupt, InterruptCause, MemoryPool, SqlError};
 use edgestore::{ReplicaHandle, Value};
 use serde::Deserialize;
 use serde_json::{json, Value as JsonValue};
@@ -54,6 +54,71 @@ pub struct Node {
     /// One permit per statement that may run at once (`api.statements_max`); a statement
     /// holds its permit on the blocking pool until it has stopped, not just answered.
     pub statement_slots: Arc<tokio::sync::Semaphore>,
+    /// The node-wide memory budget of running statements (`sql.memory_mib`).
+    pub memory: MemoryPool,
+    /// The interrupts of the statements running now, so that shutdown can stop them.
+    pub running: Arc<Running>,
+}
+
+/// The statements running now, by a number of their own.
+#[derive(Debug, Default)]
+pub struct Running {
+    interrupts: std::sync::Mutex<std::collections::BTreeMap<u64, Interrupt>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Set by [`Running::interrupt_all`]: no statement starts after it.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Running {
+    /// Registers a statement's interrupt until the returned guard drops; `None` once
+    /// shutdown has begun.
+    fn register(self: &Arc<Self>, interrupt: &Interrupt) -> Option<Registered> {
+        let mut interrupts = self.interrupts.lock().expect("running statements poisoned");
+        if self.closed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        interrupts.insert(id, interrupt.clone());
+        Some(Registered { running: self.clone(), id })
+    }
+
+    /// Interrupts every running statement with `cause` and refuses new ones.
+    pub fn interrupt_all(&self, cause: InterruptCause) -> usize {
+        let interrupts = self.interrupts.lock().expect("running statements poisoned");
+        self.closed.store(true, Ordering::Relaxed);
+        for interrupt in interrupts.values() {
+            interrupt.interrupt(cause);
+        }
+        interrupts.len()
+    }
+}
+
+/// A statement's entry in [`Running`], removed when the statement has stopped.
+struct Registered {
+    running: Arc<Running>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.running.interrupts.lock().expect("running statements poisoned").remove(&self.id);
+    }
+}
+
+/// Interrupts a statement with [`InterruptCause::ClientGone`] when the handler that waits
+/// for it is dropped before the answer: hyper drops it when the client closes the
+/// connection, so a client that gives up stops its statement.
+struct CancelOnDrop {
+    interrupt: Interrupt,
+    answered: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.interrupt.interrupt(InterruptCause::ClientGone);
+        }
+    }
 }
 
 /// An error answer.
@@ -87,8 +152,14 @@ impl ApiError {
         }
     }
 
+    /// The status of a failed statement (README "HTTP API" lists them).
     fn from_sql(error: SqlError) -> ApiError {
         let status = match &error {
+            SqlError::NodeMemoryBudget { .. } | SqlError::Interrupted(InterruptCause::Shutdown) => {
+                return ApiError::unavailable(error)
+            }
+            SqlError::MemoryBudget { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            SqlError::Interrupted(InterruptCause::TimeLimit { .. }) => StatusCode::REQUEST_TIMEOUT,
             SqlError::Storage(storage)
             | SqlError::Write(WriteError::Storage(storage))
             | SqlError::Read(ReadError::Storage(storage)) => {
@@ -242,6 +313,10 @@ struct SqlRequest {
     sql: String,
     #[serde(default)]
     params: Vec<JsonValue>,
+    /// A time limit of the client's own (ms); the node's `api.statement_timeout_ms` still
+    /// applies when it is lower.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 async fn sql_route(State(node): State<Arc<Node>>, Body(request): Body<SqlRequest>) -> Answer {
@@ -258,13 +333,41 @@ async fn sql_route(State(node): State<Arc<Node>>, Body(request): Body<SqlRequest
             node.config.statements_max
         )));
     };
+    let interrupt = Interrupt::new();
+    let registered =
+        node.running.register(&interrupt).ok_or_else(|| ApiError::unavailable("the node is shutting down"))?;
+    let options = ExecOptions {
+        statement_memory_bytes_max: node.config.statement_memory_mib << 20,
+        pool: node.memory.clone(),
+        interrupt: interrupt.clone(),
+    };
+    let limit_ms = match (node.config.statement_timeout_ms, request.timeout_ms.filter(|ms| *ms > 0)) {
+        (Some(node_ms), Some(client_ms)) => Some(node_ms.min(client_ms)),
+        (node_ms, client_ms) => node_ms.or(client_ms),
+    };
+    let mut cancel = CancelOnDrop { interrupt: interrupt.clone(), answered: false };
     let worker = node.clone();
-    let result = blocking(move || {
-        let answer = run_sql(&worker, &request.sql, &params);
-        drop(slot);
+    let task = blocking(move || {
+        worker.counters.statements_running.fetch_add(1, Ordering::Relaxed);
+        let answer = run_sql(&worker, &request.sql, &params, &options);
+        worker.counters.statements_running.fetch_sub(1, Ordering::Relaxed);
+        drop((slot, registered));
         answer
-    })
-    .await;
+    });
+    let result = match limit_ms {
+        None => task.await,
+        Some(limit_ms) => {
+            let mut task = std::pin::pin!(task);
+            tokio::select! {
+                result = &mut task => result,
+                () = tokio::time::sleep(std::time::Duration::from_millis(limit_ms)) => {
+                    interrupt.interrupt(InterruptCause::TimeLimit { limit_ms });
+                    task.await
+                }
+            }
+        }
+    };
+    cancel.answered = true;
     if result.is_err() {
         node.counters.sql_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -285,10 +388,10 @@ fn statement(node: &Node, text: &str) -> Result<sql::Statement, ApiError> {
     Ok(statement)
 }
 
-fn run_sql(node: &Node, text: &str, params: &[Value]) -> Result<JsonValue, ApiError> {
+fn run_sql(node: &Node, text: &str, params: &[Value], options: &ExecOptions) -> Result<JsonValue, ApiError> {
     let statement = statement(node, text)?;
     let mut handle = node.handle.clone();
-    let result = statement.execute(&mut handle, params, crate::now_ms()).map_err(ApiError::from_sql)?;
+    let result = statement.execute_with(&mut handle, params, crate::now_ms(), options).map_err(ApiError::from_sql)?;
     if !statement.is_read_only() {
         node.counters.writes.fetch_add(1, Ordering::Relaxed);
         node.counters.rows_written.fetch_add(result.rows_affected, Ordering::Relaxed);

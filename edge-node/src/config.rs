@@ -28,6 +28,8 @@ pub const DEFAULT_CLUSTER: &str = "default";
 pub const CONFIG_FILE: &str = "edge-node.toml";
 /// Rows one API query may return, by default.
 pub const DEFAULT_MAX_RESULT_ROWS: usize = 100_000;
+/// Default time limit of a statement run through the API (ms).
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 30_000;
 /// Default cap on API connections served at once.
 pub const DEFAULT_CONNECTIONS_MAX: usize = 256;
 /// Default cap on statements the API runs at once.
@@ -38,6 +40,10 @@ pub const DEFAULT_READ_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Free space below which local writes are refused, by default (bytes).
 pub const DEFAULT_FREE_BYTES_MIN: u64 = 64 * 1024 * 1024;
+/// Default memory budget of one statement (MiB).
+pub const DEFAULT_STATEMENT_MEMORY_MIB: usize = 256;
+/// Default memory budget of all statements running at once (MiB).
+pub const DEFAULT_MEMORY_MIB: usize = 1024;
 
 /// The config file's layout. Every key is optional; see the README for each one.
 #[derive(Debug, Default, Deserialize)]
@@ -59,6 +65,9 @@ pub struct FileConfig {
     /// `[store]`.
     #[serde(default)]
     pub store: FileStore,
+    /// `[sql]`.
+    #[serde(default)]
+    pub sql: FileSql,
     /// `[[peers]]`.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -86,6 +95,8 @@ pub struct FileApi {
     pub token: Option<String>,
     /// Rows one query may return.
     pub max_result_rows: Option<usize>,
+    /// Time limit of a statement (ms); 0 for none.
+    pub statement_timeout_ms: Option<u64>,
     /// Connections served at once.
     pub connections_max: Option<usize>,
     /// Statements run at once.
@@ -104,6 +115,16 @@ pub struct FileApi {
 pub struct FileStore {
     /// Free space of the data directory's filesystem below which local writes are refused.
     pub free_bytes_min: Option<u64>,
+}
+
+/// `[sql]` in the config file: limits of statements, wherever they come from.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSql {
+    /// Memory budget of one statement (MiB).
+    pub statement_memory_mib: Option<usize>,
+    /// Memory budget of all statements running at once (MiB).
+    pub memory_mib: Option<usize>,
 }
 
 /// `[log]` in the config file.
@@ -176,11 +197,15 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
     pub max_result_rows: usize,
+    /// `None`: statements through the API run without a time limit.
+    pub statement_timeout_ms: Option<u64>,
     pub connections_max: usize,
     pub statements_max: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
     pub body_bytes_max: usize,
+    pub statement_memory_mib: usize,
+    pub memory_mib: usize,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Local writes are refused while the data directory has less free space (bytes).
@@ -224,11 +249,15 @@ impl Config {
             api_listen: pick(&overrides.api_listen, &file.api.listen, || default_addr(DEFAULT_API_LISTEN)),
             api_token: overrides.api_token.clone().or(file.api.token.clone()).filter(|t| !t.is_empty()),
             max_result_rows: file.api.max_result_rows.unwrap_or(DEFAULT_MAX_RESULT_ROWS),
+            statement_timeout_ms: Some(file.api.statement_timeout_ms.unwrap_or(DEFAULT_STATEMENT_TIMEOUT_MS))
+                .filter(|ms| *ms > 0),
             connections_max: file.api.connections_max.unwrap_or(DEFAULT_CONNECTIONS_MAX),
             statements_max: file.api.statements_max.unwrap_or(DEFAULT_STATEMENTS_MAX),
             header_read_timeout_ms: file.api.header_read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
             body_read_timeout_ms: file.api.body_read_timeout_ms.unwrap_or(DEFAULT_READ_TIMEOUT_MS),
             body_bytes_max: file.api.body_bytes_max.unwrap_or(DEFAULT_BODY_BYTES_MAX),
+            statement_memory_mib: file.sql.statement_memory_mib.unwrap_or(DEFAULT_STATEMENT_MEMORY_MIB),
+            memory_mib: file.sql.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
             log_format: pick(&overrides.log_format, &file.log.format, LogFormat::default),
             log_level: pick(&overrides.log_level, &file.log.level, || "info".to_string()),
             free_bytes_min: file.store.free_bytes_min.unwrap_or(DEFAULT_FREE_BYTES_MIN),
@@ -270,9 +299,18 @@ impl Config {
             ("api.header_read_timeout_ms", self.header_read_timeout_ms),
             ("api.body_read_timeout_ms", self.body_read_timeout_ms),
             ("api.body_bytes_max", self.body_bytes_max as u64),
+            ("sql.statement_memory_mib", self.statement_memory_mib as u64),
         ];
         if let Some((key, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             bail!("{}: must be at least 1", origin.name(key, false, ""));
+        }
+        if self.memory_mib < self.statement_memory_mib {
+            bail!(
+                "{}: the node-wide budget ({} MiB) is smaller than one statement's (`sql.statement_memory_mib`, {} MiB)",
+                origin.name("sql.memory_mib", false, ""),
+                self.memory_mib,
+                self.statement_memory_mib
+            );
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             anyhow::anyhow!(
@@ -453,9 +491,13 @@ mod tests {
     #[test]
     fn limits_have_defaults_and_are_checked() {
         let config = load_text("").expect("defaults are valid");
-        assert_eq!(config.connections_max, DEFAULT_CONNECTIONS_MAX);
+        assert_eq!(config.statement_timeout_ms, Some(DEFAULT_STATEMENT_TIMEOUT_MS));
+        let config = load_text("[api]\nstatement_timeout_ms = 0\n").expect("0 turns the limit off");
+        assert_eq!(config.statement_timeout_ms, None);
         let error = load_text("[api]\nconnections_max = 0\n").unwrap_err().to_string();
         assert!(error.contains("api.connections_max"), "{error}");
+        let error = load_text("[sql]\nstatement_memory_mib = 64\nmemory_mib = 32\n").unwrap_err().to_string();
+        assert!(error.contains("sql.memory_mib"), "{error}");
     }
 
     #[test]

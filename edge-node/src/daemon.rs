@@ -44,6 +44,9 @@ pub fn run(config: Config) -> Result<()> {
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The blocking pool runs the statements: they need the stack the SQL limits are
+        // measured for (the async workers get it too, which costs only address space).
+        .thread_stack_size(edgestore::sql::STATEMENT_STACK_BYTES)
         .enable_all()
         .thread_name("edge-node")
         .build()
@@ -105,12 +108,20 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         )),
         fault,
         statement_slots: Arc::new(tokio::sync::Semaphore::new(config.statements_max)),
+        memory: edgestore::sql::MemoryPool::new(config.memory_mib << 20),
+        running: Arc::default(),
     });
     write_runtime_file(&config.data_dir, api_addr)?;
     print_banner(config, node_id, sync_addr, api_addr);
     tracing::info!(node = %node_id, %sync_addr, %api_addr, "node started");
 
-    crate::serve::serve(listener, node, HTTP_DRAIN, shutdown_signal()).await;
+    let running = node.running.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        let interrupted = running.interrupt_all(edgestore::sql::InterruptCause::Shutdown);
+        tracing::info!(interrupted, "running statements interrupted");
+    };
+    crate::serve::serve(listener, node, HTTP_DRAIN, shutdown).await;
     tracing::info!("shutting down: HTTP requests finished, closing sync sessions");
     sync.shutdown().await;
     let _ = std::fs::remove_file(config.data_dir.join(RUNTIME_FILE));

@@ -180,7 +180,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                     None => shell::Backend::Local(open(&data_dir)?.1),
                 },
             };
-            shell::main(backend, command, &history)
+            shell::main(backend, command, &history, config.statement_memory_mib << 20)
         }
         Command::Peers(command) => peers::main(&config, command),
         Command::Backup { file } => backup::backup(&config, &file),

@@ -28,6 +28,8 @@ pub struct ApiCounters {
     pub sql_errors: AtomicU64,
     /// Statements refused because `api.statements_max` were running.
     pub statements_refused: AtomicU64,
+    /// Statements running now (until they have stopped, not just been answered).
+    pub statements_running: AtomicU64,
     /// API connections accepted and served.
     pub connections_accepted: AtomicU64,
     /// API connections refused because `api.connections_max` were open.
@@ -150,6 +152,7 @@ fn api_limit_metrics(registry: &mut Registry, api: &ApiCounters) {
     let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
     let refused = "Statements refused because api.statements_max were running";
     counter(registry, "sql_statements_refused", refused, load(&api.statements_refused));
+    gauge(registry, "sql_statements_running", "Statements running now", load(&api.statements_running));
     let accepted = "API connections accepted";
     counter(registry, "api_connections_accepted", accepted, load(&api.connections_accepted));
     let refused = "API connections refused because api.connections_max were open";

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use edgestore::{sql, Replica, Value};
+use edgestore::sql::{self, ExecOptions, Interrupt, InterruptCause, MemoryPool};
+use edgestore::{Replica, Value};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -37,6 +38,7 @@ Statements end with ';' and may span several lines. Dot-commands:
   .mode table|csv|json|line
                         how results are printed (default: table)
   .timer on|off         print how long each statement took
+  .timeout MS           stop statements that run longer than MS milliseconds (0: no limit)
   .conflicts [TABLE]    concurrent values that conflict, with the node that wrote each
   .history TABLE KEY... who changed the row, when, and what, in causal order
                         (KEY: the primary key's values, e.g. .history sensors 10)
@@ -138,18 +140,26 @@ struct Answer {
     rows_affected: u64,
 }
 
+/// How the shell runs statements: its time limit and memory budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `.timeout`: none unless set.
+    pub timeout_ms: Option<u64>,
+    /// `sql.statement_memory_mib` of the config, for statements run here.
+    pub statement_memory_bytes: usize,
+}
+
 impl Backend {
-    fn execute(&mut self, text: &str, params: &[Value]) -> Result<Answer> {
+    fn execute(&mut self, text: &str, params: &[Value], limits: Limits) -> Result<Answer> {
         match self {
-            Backend::Local(replica) => {
-                let result = sql::execute(replica, text, params, crate::now_ms())?;
-                let (columns, rows_affected) = (result.columns.clone(), result.rows_affected);
-                Ok(Answer { columns, rows: result.collect_rows()?, rows_affected })
-            }
+            Backend::Local(replica) => run_local(replica, text, params, limits),
             Backend::Remote(client) => {
                 let params: Vec<Json> = params.iter().map(to_json).collect();
-                let answer = client.post("/v1/sql", &json!({ "sql": text, "params": params }))?;
-                decode_answer(&answer)
+                let mut request = json!({ "sql": text, "params": params });
+                if let Some(ms) = limits.timeout_ms {
+                    request["timeout_ms"] = json!(ms);
+                }
+                decode_answer(&client.post("/v1/sql", &request)?)
             }
         }
     }
@@ -173,6 +183,44 @@ impl Backend {
     }
 }
 
+/// Runs a statement on the data directory, on a thread of its own with the stack the SQL
+/// limits are measured for ([`sql::STATEMENT_STACK_BYTES`]); with a time limit, a timer
+/// thread interrupts it when the limit passes.
+fn run_local(replica: &mut Replica, text: &str, params: &[Value], limits: Limits) -> Result<Answer> {
+    let interrupt = Interrupt::new();
+    let options = ExecOptions {
+        statement_memory_bytes_max: limits.statement_memory_bytes,
+        pool: MemoryPool::unbounded(),
+        interrupt: interrupt.clone(),
+    };
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        if let Some(limit_ms) = limits.timeout_ms {
+            scope.spawn(move || {
+                let wait = std::time::Duration::from_millis(limit_ms);
+                if finished.recv_timeout(wait) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                    interrupt.interrupt(InterruptCause::TimeLimit { limit_ms });
+                }
+            });
+        }
+        let worker = std::thread::Builder::new()
+            .name("statement".into())
+            .stack_size(sql::STATEMENT_STACK_BYTES)
+            .spawn_scoped(scope, || -> Result<Answer> {
+                let result = sql::prepare(text)?.execute_with(replica, params, crate::now_ms(), &options)?;
+                let (columns, rows_affected) = (result.columns.clone(), result.rows_affected);
+                Ok(Answer { columns, rows: result.collect_rows()?, rows_affected })
+            });
+        let answer = match worker {
+            Ok(worker) => worker.join().unwrap_or_else(|_| Err(anyhow!("the statement's thread panicked"))),
+            Err(e) => Err(anyhow!("starting the statement's thread: {e}")),
+        };
+        // Wakes the timer thread, which the scope then joins.
+        drop(done);
+        answer
+    })
+}
+
 fn decode_answer(answer: &Json) -> Result<Answer> {
     let columns = answer["columns"]
         .as_array()
@@ -194,12 +242,13 @@ pub struct Shell {
     backend: Backend,
     mode: Mode,
     timer: bool,
+    limits: Limits,
 }
 
 impl Shell {
-    /// A shell on a backend.
-    pub fn new(backend: Backend) -> Shell {
-        Shell { backend, mode: Mode::Table, timer: false }
+    /// A shell on a backend; statements run here get `statement_memory_bytes` each.
+    pub fn new(backend: Backend, statement_memory_bytes: usize) -> Shell {
+        Shell { backend, mode: Mode::Table, timer: false, limits: Limits { timeout_ms: None, statement_memory_bytes } }
     }
 
     /// Runs one complete input: a dot-command or one SQL statement. Output goes to `out`.
@@ -221,7 +270,7 @@ impl Shell {
     }
 
     fn statement(&mut self, sql: &str, out: &mut dyn Write) -> Result<()> {
-        let answer = self.backend.execute(sql, &[])?;
+        let answer = self.backend.execute(sql, &[], self.limits)?;
         if answer.columns.is_empty() {
             if self.mode == Mode::Table {
                 writeln!(out, "({} row{} affected)", answer.rows_affected, plural(answer.rows_affected))?;
@@ -240,7 +289,7 @@ impl Shell {
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
-        Ok(self.backend.execute(sql, params)?.rows)
+        Ok(self.backend.execute(sql, params, self.limits)?.rows)
     }
 
     fn dot_command(&mut self, command: &str, out: &mut dyn Write) -> Result<Flow> {
@@ -262,12 +311,17 @@ impl Shell {
             }
             ("timer", Some("on")) => self.timer = true,
             ("timer", Some("off")) => self.timer = false,
+            ("timeout", Some(ms)) => {
+                let ms: u64 =
+                    ms.parse().with_context(|| format!(".timeout {ms:?}: give milliseconds, 0 for no limit"))?;
+                self.limits.timeout_ms = (ms > 0).then_some(ms);
+            }
             ("conflicts", table) => {
                 let sql =
                     "SELECT table_name, primary_key, column_name, value, node, is_winner FROM edgestore_conflicts \
                            WHERE ? IS NULL OR table_name = ? ORDER BY table_name, primary_key, column_name, is_winner";
                 let filter = table.map_or(Value::Null, |t| Value::from(t.to_ascii_lowercase()));
-                let answer = self.backend.execute(sql, &[filter.clone(), filter])?;
+                let answer = self.backend.execute(sql, &[filter.clone(), filter], self.limits)?;
                 self.print(&answer.columns, &answer.rows, out)?;
             }
             ("digest", _) => writeln!(out, "{}", self.digest()?)?,
@@ -619,8 +673,8 @@ pub fn interactive(shell: &mut Shell, history: &Path) -> Result<()> {
 }
 
 /// Entry point of `edge-node shell`.
-pub fn main(backend: Backend, command: Option<String>, history: &Path) -> Result<()> {
-    let mut shell = Shell::new(backend);
+pub fn main(backend: Backend, command: Option<String>, history: &Path, statement_memory_bytes: usize) -> Result<()> {
+    let mut shell = Shell::new(backend, statement_memory_bytes);
     let mut stdout = std::io::stdout();
     if let Some(command) = command {
         return run_script(&mut shell, command.as_bytes(), &mut stdout);

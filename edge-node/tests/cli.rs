@@ -74,3 +74,25 @@ fn shell_scripts_stop_at_the_first_error_with_a_non_zero_exit() {
     let tables = edge_node(&data, &["shell", "-c", ".tables"]);
     assert_eq!(String::from_utf8(tables.stdout).unwrap(), "t\n", "statements after the error did not run");
 }
+
+/// The shell on a data directory runs a statement on a thread with the SQL limits' stack
+/// (a deep expression is refused, not a stack overflow) and stops it at `.timeout`.
+#[test]
+fn shell_refuses_deep_expressions_and_stops_at_its_timeout() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("node");
+    assert!(edge_node(&data, &["init"]).status.success());
+    let deep = format!("SELECT {};", vec!["1"; 1350].join("+"));
+    let out = edge_node(&data, &["shell", "-c", &deep]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expression nested too deeply"), "{out:?}");
+    let values: Vec<String> = (0..1000).map(|i| format!("({i})")).collect();
+    let script = format!(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES {};\n.timeout 300\n\
+         SELECT count(*) FROM t a, t b, t c, t d;",
+        values.join(", ")
+    );
+    let out = edge_node(&data, &["shell", "-c", &script]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("statement exceeded its time limit (300 ms)"), "{out:?}");
+}

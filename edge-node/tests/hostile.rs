@@ -27,8 +27,11 @@ statements_max = 4
 header_read_timeout_ms = 5000
 body_read_timeout_ms = 1000
 body_bytes_max = 65536
+[sql]
+statement_memory_mib = 64
+memory_mib = 256
 ";
-/// The bound on the node's peak RSS the suite asserts.
+/// The bound on the node's peak RSS the suite asserts (with the budgets of [`CONFIG`]).
 const RSS_BOUND_MIB: u64 = 512;
 /// Slow-header connections opened at once in the connection-flood case (the cap is 64).
 const SLOW_CONNECTIONS: usize = 300;
@@ -50,7 +53,7 @@ struct Probe {
 }
 
 impl Probe {
-    fn start(api: SocketAddr) -> Probe {
+    fn start(api: SocketAddr, request: Vec<u8>) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -58,7 +61,7 @@ impl Probe {
             // At least one probe runs even if the case is over at once.
             while answers.is_empty() || !flag.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                let (status, _, _) = raw(api, &sql_request("SELECT 1", &json!([])));
+                let (status, _, _) = raw(api, &request);
                 answers.push((status, started.elapsed()));
                 std::thread::sleep(Duration::from_millis(20)); // pacing, so the probe is not a load of its own
             }
@@ -135,7 +138,18 @@ fn start_node(dir: &tempfile::TempDir, name: &'static str, config: &str) -> Node
 
 /// Runs one case with a probe beside it, checks the node afterwards, and returns its row.
 fn case(node: &Node, request: &str, probe_statuses: &[u16], run: impl FnOnce() -> String) -> Row {
-    let probe = Probe::start(node.api);
+    case_probed(node, request, sql_request("SELECT 1", &json!([])), probe_statuses, run)
+}
+
+/// [`case`] with the other client sending `probe` instead of `SELECT 1`.
+fn case_probed(
+    node: &Node,
+    request: &str,
+    probe: Vec<u8>,
+    probe_statuses: &[u16],
+    run: impl FnOnce() -> String,
+) -> Row {
+    let probe = Probe::start(node.api, probe);
     let answer = run();
     let (probes, probe_max_ms) = probe.finish(probe_statuses);
     let row = Row {
@@ -178,7 +192,7 @@ fn print_table(rows: &[Row]) {
             row.probe_max_ms
         );
     }
-    println!("(peak RSS bound asserted: {RSS_BOUND_MIB} MiB)");
+    println!("(peak RSS bound asserted: {RSS_BOUND_MIB} MiB, statement budget 64 MiB, node-wide 256 MiB)");
 }
 
 #[test]
@@ -207,7 +221,7 @@ fn hostile_requests_get_clear_errors_and_the_node_stays_up() {
         expect_error(raw(node.api, &post_request(body)), 400, "does not fit a 64-bit INTEGER")
     }));
     rows.push(case(&node, "fewer params than placeholders", &[200], || {
-        expect_error(raw(node.api, &sql_request("SELECT ?, ?", &json!([1]))), 400, "parameter 2 is not bound")
+        expect_error(raw(node.api, &sql_request("SELECT ?, ?", &json!([1]))), 400, "the statement takes 2, 1 given")
     }));
     rows.push(case(&node, "REAL infinity in a result and as a param", &[200], || {
         let (status, _, body) =
@@ -217,6 +231,7 @@ fn hostile_requests_get_clear_errors_and_the_node_stays_up() {
         assert_eq!(body["rows"], expected);
         format!("200 {}", body["rows"])
     }));
+    rows.extend(statement_cases(&node));
     rows.push(case(
         &node,
         &format!("{SLOW_CONNECTIONS} connections sending headers slowly (cap 64)"),
@@ -224,6 +239,142 @@ fn hostile_requests_get_clear_errors_and_the_node_stays_up() {
         || slow_header_flood(&node),
     ));
     print_table(&rows);
+}
+
+/// `SELECT` of a chain `first op first op ...` of `terms` terms.
+fn chain(prefix: &str, term: &str, op: &str, terms: usize) -> String {
+    format!("{prefix}{}", vec![term; terms].join(op))
+}
+
+/// Either the statement works (flat chains may) and answers `expected`, or it is refused
+/// with "expression nested too deeply"; never anything else.
+fn works_or_too_deep(answer: (u16, String, Json), expected: &Json) -> String {
+    let (status, head, body) = answer;
+    match status {
+        200 => {
+            assert_eq!(&body["rows"], expected, "{head}");
+            format!("200 {}", body["rows"])
+        }
+        _ => expect_error((status, head, body), 400, "expression nested too deeply (limit"),
+    }
+}
+
+/// The statement cases: each needs the engine's limits (depth, memory budget, interrupts).
+fn statement_cases(node: &Node) -> Vec<Row> {
+    let values: Vec<String> = (0..1000).map(|i| format!("({i}, 'row {i:04}')")).collect();
+    common::sql(node, "CREATE TABLE t (id INTEGER PRIMARY KEY, s TEXT)", json!([]));
+    common::sql(node, &format!("INSERT INTO t VALUES {}", values.join(", ")), json!([]));
+    let api = node.api;
+    let query = |sql: &str, params: Json| raw(api, &sql_request(sql, &params));
+    let mut rows = Vec::new();
+    rows.push(case(node, "SELECT 1+1+…+1 (1,350 terms)", &[200], || {
+        works_or_too_deep(query(&chain("SELECT ", "1", "+", 1350), json!([])), &json!([[1350]]))
+    }));
+    rows.push(case(node, "SELECT 1+1+…+1 (30,000 terms, 60 KB)", &[200], || {
+        works_or_too_deep(query(&chain("SELECT ", "1", "+", 30_000), json!([])), &json!([[30_000]]))
+    }));
+    rows.push(case(node, "SELECT ?+?+…+? (1,350 params)", &[200], || {
+        works_or_too_deep(query(&chain("SELECT ", "?", "+", 1350), json!(vec![1; 1350])), &json!([[1350]]))
+    }));
+    rows.push(case(node, "WHERE 1=1 AND 1=1 AND … (5,000 terms)", &[200], || {
+        works_or_too_deep(query(&chain("SELECT 7 WHERE ", "1=1", " AND ", 5000), json!([])), &json!([[7]]))
+    }));
+    rows.push(case(node, "WHERE 1=0 OR 1=0 OR … OR 1=1 (5,000 terms)", &[200], || {
+        let sql = format!("{} OR 1=1", chain("SELECT 7 WHERE ", "1=0", " OR ", 4999));
+        works_or_too_deep(query(&sql, json!([])), &json!([[7]]))
+    }));
+    rows.push(case(node, "'a' || 'a' || … (5,000 terms)", &[200], || {
+        let sql = format!("SELECT length({})", vec!["'a'"; 5000].join(" || "));
+        works_or_too_deep(query(&sql, json!([])), &json!([[5000]]))
+    }));
+    rows.push(case(node, "((((…1…)))) nested 5,000 deep", &[200], || {
+        let sql = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+        expect_error(query(&sql, json!([])), 400, "expression nested too deeply (limit")
+    }));
+    rows.push(case(node, "x IN (0, 1, …) with 5,000 items", &[200], || {
+        let items: Vec<String> = (0..5000).map(|i| i.to_string()).collect();
+        let sql = format!("SELECT count(*) FROM t WHERE id IN ({})", items.join(", "));
+        works_or_too_deep(query(&sql, json!([])), &json!([[1000]]))
+    }));
+    let budget = "query exceeded its memory budget (64 MiB)";
+    rows.push(case(node, "ORDER BY without LIMIT over t×t×t (10^9 rows)", &[200], || {
+        let sql = "SELECT a.s, b.s, c.s FROM t a, t b, t c ORDER BY a.s || b.s || c.s";
+        expect_error(query(sql, json!([])), 422, budget)
+    }));
+    rows.push(case(node, "GROUP BY with 10^9 groups", &[200], || {
+        let sql = "SELECT a.id, b.id, c.id, count(*) FROM t a, t b, t c GROUP BY a.id, b.id, c.id";
+        expect_error(query(sql, json!([])), 422, budget)
+    }));
+    rows.push(case(node, "group_concat over 10^9 rows", &[200], || {
+        expect_error(query("SELECT group_concat(a.s) FROM t a, t b, t c", json!([])), 422, budget)
+    }));
+    rows.push(case(node, "replace(replace(…(1 KB string)…)) x6, each 10x", &[200], || {
+        let sql = "SELECT length(replace(replace(replace(replace(replace(replace(?1, 'a', ?2), 'a', ?2), 'a', ?2), \
+                   'a', ?2), 'a', ?2), 'a', ?2))";
+        expect_error(query(sql, json!(["a".repeat(1024), "a".repeat(10)])), 422, budget)
+    }));
+    rows.push(case(node, "count(*) of t×t×t×t (10^12 rows), 500 ms limit", &[200], || {
+        let body = json!({ "sql": ENDLESS, "params": [], "timeout_ms": 500 });
+        expect_error(raw(api, &post_request(&body.to_string())), 408, "statement exceeded its time limit (500 ms)")
+    }));
+    rows.push(case(node, "count(*) of t×t×t×t, client gives up", &[200], || client_gives_up(node)));
+    // The other client asks /v1/health here: a SELECT of its own would race the four for
+    // the slots, and a fifth statement is what the case sends anyway.
+    let health = b"GET /v1/health HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n".to_vec();
+    rows.push(case_probed(node, "5 statements at once (api.statements_max = 4)", health, &[200], || {
+        statements_over_the_cap(node)
+    }));
+    rows.push(case(node, "more params than placeholders", &[200], || {
+        expect_error(
+            query("SELECT ?", json!([1, 2])),
+            400,
+            "wrong number of parameters: the statement takes 1, 2 given",
+        )
+    }));
+    rows
+}
+
+/// A statement that runs for hours unless it is stopped (10^12 rows with the 1,000-row t).
+const ENDLESS: &str = "SELECT count(*) FROM t a, t b, t c, t d";
+
+/// Waits until `edgestore_sql_statements_running` is `n`: an event of the node the case
+/// needs before its next step (looked at every 20 ms, for at most a minute).
+fn wait_running(node: &Node, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(node, "edgestore_sql_statements_running") != n {
+        assert!(Instant::now() < deadline, "never {n} statements running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A client starts an endless statement and closes its connection: the statement stops.
+fn client_gives_up(node: &Node) -> String {
+    let mut stream = TcpStream::connect(node.api).expect("connecting");
+    stream.write_all(&sql_request(ENDLESS, &json!([]))).expect("sending");
+    wait_running(node, 1);
+    let started = Instant::now();
+    drop(stream);
+    wait_running(node, 0);
+    format!("statement stopped {:.0} ms after the client closed its connection", started.elapsed().as_secs_f64() * 1e3)
+}
+
+/// Four endless statements fill `api.statements_max`; a fifth is refused at once with 503
+/// and `Retry-After`; the four then stop at their time limit.
+fn statements_over_the_cap(node: &Node) -> String {
+    let body = json!({ "sql": ENDLESS, "params": [], "timeout_ms": 5000 }).to_string();
+    let api = node.api;
+    let four: Vec<_> = (0..4)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || raw(api, &post_request(&body)))
+        })
+        .collect();
+    wait_running(node, 4);
+    let fifth = expect_error(raw(api, &post_request(&body)), 503, "api.statements_max");
+    for answer in four {
+        expect_error(answer.join().expect("client thread"), 408, "time limit (5000 ms)");
+    }
+    format!("{fifth}; the four: 408 at their time limit")
 }
 
 /// A counter of the node's `/metrics`.
@@ -276,6 +427,33 @@ fn slow_header_flood(node: &Node) -> String {
     )
 }
 
+/// Sends SIGTERM, waits for the node to exit cleanly and prints how long it took.
+fn terminate(node: &mut Node, while_: &str) {
+    let started = Instant::now();
+    let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().expect("kill -TERM");
+    assert!(status.success());
+    let exit = node.child.wait().expect("waiting for the node");
+    println!("the node exited {:.2} s after SIGTERM with {while_}", started.elapsed().as_secs_f64());
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// SIGTERM while a statement runs without a time limit: it is interrupted, its client is
+/// told why, and the node exits.
+#[test]
+fn sigterm_interrupts_a_running_statement() {
+    let dir = tempfile::TempDir::new().expect("temporary directory");
+    let mut node = start_node(&dir, "busy", "[api]\nstatement_timeout_ms = 0\n");
+    let values: Vec<String> = (0..1000).map(|i| format!("({i})")).collect();
+    common::sql(&node, "CREATE TABLE t (id INTEGER PRIMARY KEY)", json!([]));
+    common::sql(&node, &format!("INSERT INTO t VALUES {}", values.join(", ")), json!([]));
+    let api = node.api;
+    let client = std::thread::spawn(move || raw(api, &sql_request(ENDLESS, &json!([]))));
+    wait_running(&node, 1);
+    terminate(&mut node, "a 10^12-row count running");
+    let answer = expect_error(client.join().expect("client thread"), 503, "the node is shutting down");
+    println!("its client: {answer}");
+}
+
 /// SIGTERM while a client holds a half-sent request: the node does not wait for it.
 #[test]
 fn sigterm_does_not_wait_for_a_half_sent_request() {
@@ -288,10 +466,5 @@ fn sigterm_does_not_wait_for_a_half_sent_request() {
     half_body.write_all(b"POST /v1/sql HTTP/1.1\r\nHost: node\r\nContent-Length: 100\r\n\r\n{").expect("half a body");
     // The half-sent body is inside a handler once the node answers another request.
     assert!(alive(&node));
-    let started = Instant::now();
-    let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().expect("kill -TERM");
-    assert!(status.success());
-    let exit = node.child.wait().expect("waiting for the node");
-    println!("the node exited {:.2} s after SIGTERM with two half-sent requests open", started.elapsed().as_secs_f64());
-    assert!(exit.success(), "{exit:?}");
+    terminate(&mut node, "two half-sent requests open");
 }
