@@ -45,6 +45,12 @@ pub fn load_doc(actor: NodeId, snapshot: &[u8], tail: Vec<Vec<u8>>) -> Result<Au
     Ok(doc)
 }
 
+/// The number of automerge changes a document holds (its history, which a loaded
+/// document keeps in memory: the document cache's estimate of its size).
+pub fn change_count(doc: &mut AutoCommit) -> u64 {
+    doc.get_changes(&[]).len() as u64
+}
+
 /// Parses an automerge change from untrusted bytes, contained, and verifies its checksum.
 ///
 /// automerge 0.6.1's `Change::from_bytes` does not check the chunk checksum (bytes 4..8,

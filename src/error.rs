@@ -122,6 +122,14 @@ pub enum OpenError {
         /// Version this build writes.
         expected: u32,
     },
+    /// The memory budget is below what a replica needs to work.
+    #[error("cache budget of {bytes} bytes is below the minimum of {min_bytes} bytes")]
+    CacheTooSmall {
+        /// The budget asked for.
+        bytes: usize,
+        /// The smallest budget accepted.
+        min_bytes: usize,
+    },
 }
 
 /// A write batch was refused; nothing of it was written.

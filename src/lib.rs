@@ -47,6 +47,7 @@ pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
     RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
 };
+pub use replica::{CacheFigures, OpenOptions, RedbTableStats, StorageStats, UserTableStats};
 pub use replica::{DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, REPAIR_DOCS_MAX};
 pub use schema::{ColumnDef, IndexSchema, SchemaError, TableSchema};
 pub use types::{ColumnType, NodeId, Value};

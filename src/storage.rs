@@ -9,7 +9,10 @@ use redb::{ReadableTable, TableDefinition};
 use crate::error::StorageError;
 
 /// Layout version of the whole file, stored in `meta_v1` under [`META_FORMAT`].
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The previous layout: the same tables without `digest_v1`. Opening such a store builds
+/// `digest_v1` and moves it to [`FORMAT_VERSION`] in one transaction.
+pub const FORMAT_VERSION_WITHOUT_DIGEST: u32 = 1;
 
 /// Small named values: format version, node id, the last announced version vector.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta_v1");
@@ -33,6 +36,9 @@ pub const LOG: TableDefinition<&[u8], &[u8]> = TableDefinition::new("log_v1");
 pub const VERSIONS: TableDefinition<&[u8], u64> = TableDefinition::new("versions_v1");
 /// Changes waiting for dependencies: origin ‖ seq BE → encoded envelope.
 pub const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending_v1");
+/// The maintained state digest: part key → entries, bytes, XOR of entry hashes (see
+/// `replica/digest_parts.rs`).
+pub const DIGEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("digest_v1");
 
 /// `meta_v1` key of the format version (u32 BE).
 pub const META_FORMAT: &str = "format_version";
@@ -54,6 +60,7 @@ pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(LOG)?;
     txn.open_table(VERSIONS)?;
     txn.open_table(PENDING)?;
+    txn.open_table(DIGEST)?;
     Ok(())
 }
 

@@ -249,6 +249,7 @@ pub fn router(node: Arc<Node>) -> Router {
     let protected = Router::new()
         .route("/v1/sql", post(sql_route))
         .route("/v1/status", get(status_route))
+        .route("/v1/storage", get(storage_route))
         .route("/v1/peers", get(peers_route).post(add_peer_route))
         .route("/v1/peers/{node_id}", delete(remove_peer_route))
         .route("/v1/check", post(check_route))
@@ -464,7 +465,7 @@ fn on_owner<T: Send + 'static, E: std::fmt::Display>(
 async fn status_route(State(node): State<Arc<Node>>) -> Answer {
     let handle = node.handle.clone();
     let store = blocking(move || {
-        // The digest reads every row: from a snapshot, so writers are not held up meanwhile.
+        // The digest reads the maintained digest_v1 from a snapshot: writers are not held up.
         let digest = handle.snapshot().and_then(|s| s.state_digest()).map_err(ApiError::from_storage)?;
         let store = on_owner(&handle, |replica| {
             let vector = replica.version_vector();
@@ -503,6 +504,18 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
         }
         Err(error) => answer["store_error"] = json!(error.message),
     }
+    Ok(Json(answer))
+}
+
+async fn storage_route(State(node): State<Arc<Node>>) -> Answer {
+    let handle = node.handle.clone();
+    let answer = blocking(move || {
+        // A pass over every page of the store: from a snapshot, so writers are not held up.
+        let stats = handle.snapshot().and_then(|s| s.storage_stats()).map_err(ApiError::internal)?;
+        let caches = on_owner(&handle, |replica| Ok::<_, String>(replica.cache_figures()))?;
+        Ok(crate::storage::to_json(&stats, &caches))
+    })
+    .await?;
     Ok(Json(answer))
 }
 
@@ -663,6 +676,7 @@ fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
         Some(Value::Integer(n)) => u64::try_from(*n).unwrap_or(0),
         _ => 0,
     };
+    let table_entries = handle.snapshot().and_then(|s| s.table_entries()).map_err(ApiError::internal)?;
     on_owner(handle, move |replica| {
         let vector = replica.version_vector();
         replica.pending_changes().map(|pending_changes| StoreFigures {
@@ -670,6 +684,8 @@ fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
             changes: vector.total_changes(),
             pending_changes,
             conflicts,
+            table_entries,
+            caches: Some(replica.cache_figures()),
             ..StoreFigures::default()
         })
     })

@@ -39,7 +39,7 @@ pub fn backup(config: &Config, file: &Path) -> Result<()> {
     let file = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
     let report = match Client::discover(&config.data_dir, config.api_token.clone())? {
         Some(client) => client.post("/v1/backup", &json!({ "path": file }))?,
-        None => write_backup(&crate::open(&config.data_dir)?.1.snapshot()?, &file)?,
+        None => write_backup(&crate::open(&config.data_dir, &config.open_options())?.1.snapshot()?, &file)?,
     };
     println!(
         "backup of node {} written to {}: {} bytes, {} rows, {} changes",

@@ -44,6 +44,9 @@ pub const DEFAULT_FREE_BYTES_MIN: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_STATEMENT_MEMORY_MIB: usize = 256;
 /// Default memory budget of all statements running at once (MiB).
 pub const DEFAULT_MEMORY_MIB: usize = 1024;
+/// Largest `store.cache_mib` accepted (64 GiB): a typo of a few digits is refused rather
+/// than taken as a budget the gateway cannot have.
+pub const STORE_CACHE_MIB_MAX: usize = 65_536;
 
 /// The config file's layout. Every key is optional; see the README for each one.
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +118,8 @@ pub struct FileApi {
 pub struct FileStore {
     /// Free space of the data directory's filesystem below which local writes are refused.
     pub free_bytes_min: Option<u64>,
+    /// Memory for the store's caches (redb's page cache and the document cache), MiB.
+    pub cache_mib: Option<usize>,
 }
 
 /// `[sql]` in the config file: limits of statements, wherever they come from.
@@ -210,6 +215,8 @@ pub struct Config {
     pub log_level: String,
     /// Local writes are refused while the data directory has less free space (bytes).
     pub free_bytes_min: u64,
+    /// Memory budget of the store's caches, MiB.
+    pub cache_mib: usize,
     /// Peers from the config file (the data directory's peer list is separate).
     pub peers: Vec<(NodeId, SocketAddr)>,
 }
@@ -261,6 +268,7 @@ impl Config {
             log_format: pick(&overrides.log_format, &file.log.format, LogFormat::default),
             log_level: pick(&overrides.log_level, &file.log.level, || "info".to_string()),
             free_bytes_min: file.store.free_bytes_min.unwrap_or(DEFAULT_FREE_BYTES_MIN),
+            cache_mib: file.store.cache_mib.unwrap_or(edgestore::replica::CACHE_BYTES_DEFAULT >> 20),
             peers: file
                 .peers
                 .iter()
@@ -312,6 +320,14 @@ impl Config {
                 self.statement_memory_mib
             );
         }
+        let cache_mib_min = edgestore::replica::CACHE_BYTES_MIN >> 20;
+        if !(cache_mib_min..=STORE_CACHE_MIB_MAX).contains(&self.cache_mib) {
+            bail!(
+                "{}: {} MiB is outside {cache_mib_min}..={STORE_CACHE_MIB_MAX}",
+                origin.name("store.cache_mib", false, ""),
+                self.cache_mib
+            );
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log_level).map_err(|e| {
             anyhow::anyhow!(
                 "{}: {:?} is not a log filter ({e}); try `info` or `info,sync_protocol=debug`",
@@ -320,6 +336,11 @@ impl Config {
             )
         })?;
         Ok(())
+    }
+
+    /// How the store is opened: the memory budget of its caches.
+    pub fn open_options(&self) -> edgestore::OpenOptions {
+        edgestore::OpenOptions { cache_bytes: self.cache_mib << 20 }
     }
 
     /// The cluster id sent in `Hello`: the first 16 bytes of blake3 of the cluster name.
@@ -498,6 +519,18 @@ mod tests {
         assert!(error.contains("api.connections_max"), "{error}");
         let error = load_text("[sql]\nstatement_memory_mib = 64\nmemory_mib = 32\n").unwrap_err().to_string();
         assert!(error.contains("sql.memory_mib"), "{error}");
+    }
+
+    #[test]
+    fn the_store_cache_budget_is_read_and_bounded() {
+        let config = load_text("[store]\ncache_mib = 16\n").expect("valid");
+        assert_eq!(config.open_options().cache_bytes, 16 << 20);
+        let default = Config::load(&Overrides { data_dir: Some("/nonexistent".into()), ..Default::default() });
+        assert_eq!(default.expect("defaults are valid").cache_mib, 64);
+        for bad in ["0", "65537"] {
+            let error = load_text(&format!("[store]\ncache_mib = {bad}\n")).unwrap_err().to_string();
+            assert!(error.contains("store.cache_mib") && error.contains(bad), "{error}");
+        }
     }
 
     #[test]

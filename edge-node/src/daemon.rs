@@ -75,11 +75,12 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica>>> {
-    let (identity, replica) = crate::open_or_init(&config.data_dir)?;
+    let (identity, replica) = crate::open_or_init(&config.data_dir, &config.open_options())?;
     let node_id = identity.node_id;
     // After an I/O error the owner thread closes the store and reopens it (store_health.rs).
     let floor_bytes = config.free_bytes_min;
-    let reopen = StoreReopen { data_dir: config.data_dir.clone(), node_id, floor_bytes };
+    let reopen =
+        StoreReopen { data_dir: config.data_dir.clone(), node_id, floor_bytes, options: config.open_options() };
     let (handle, owner) = ReplicaHandle::spawn_with_reopen(replica, reopen);
     tokio::spawn(store_health::probe(handle.clone(), config.data_dir.clone(), floor_bytes));
     let (sync, sync_addr, fault) = start_sync(config, &identity, handle.clone())?;

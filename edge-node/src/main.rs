@@ -20,6 +20,7 @@ mod peers;
 mod render;
 mod serve;
 mod shell;
+mod storage;
 mod store_health;
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edgestore::Replica;
+use edgestore::{OpenOptions, Replica};
 
 use client::Client;
 use config::{Config, LogFormat, Overrides};
@@ -74,7 +75,12 @@ enum Command {
     /// Print the node id, addresses, tables, changes, digest and integrity.
     ///
     /// Asks the running node if there is one, otherwise reads the data directory.
-    Status,
+    Status {
+        /// Print where the store's bytes and memory go instead: per redb table and per
+        /// user table (reads every page; proportional to the store).
+        #[arg(long)]
+        storage: bool,
+    },
     /// Open the SQL shell on the node (or, with no node running, on its data directory).
     ///
     /// Statements end with ';'. With -c, or when standard input is not a terminal, the
@@ -170,14 +176,15 @@ fn dispatch(cli: Cli) -> Result<()> {
             println!("initialised node {} in {}", identity.node_id, data_dir.display());
         }),
         Command::Run(_) => daemon::run(config),
-        Command::Status => status(&config),
+        Command::Status { storage: false } => status(&config),
+        Command::Status { storage: true } => storage_status(&config),
         Command::Shell { command, url } => {
             let history = data_dir.join("shell_history");
             let backend = match url {
                 Some(url) => shell::Backend::Remote(Client::new(&url, config.api_token.clone())?),
                 None => match Client::discover(&data_dir, config.api_token.clone())? {
                     Some(client) => shell::Backend::Remote(client),
-                    None => shell::Backend::Local(open(&data_dir)?.1),
+                    None => shell::Backend::Local(open(&data_dir, &config.open_options())?.1),
                 },
             };
             shell::main(backend, command, &history, config.statement_memory_mib << 20)
@@ -201,34 +208,38 @@ fn init(data_dir: &Path) -> Result<Identity> {
 }
 
 /// Opens the node's identity and store.
-pub fn open(data_dir: &Path) -> Result<(Identity, Replica)> {
+pub fn open(data_dir: &Path, options: &OpenOptions) -> Result<(Identity, Replica)> {
     let identity = Identity::load(data_dir)
         .with_context(|| format!("no node in {} (run `edge-node init` first)", data_dir.display()))?;
     let store = data_dir.join(STORE_FILE);
-    let replica = open_store(data_dir, identity.node_id)
+    let replica = open_store(data_dir, identity.node_id, options)
         .with_context(|| format!("opening {} (if a node is running on it, stop it or use its API)", store.display()))?;
     Ok((identity, replica))
 }
 
 /// Opens the store file of a data directory (also how the daemon reopens it after a fault).
-pub fn open_store(data_dir: &Path, node_id: edgestore::NodeId) -> Result<Replica, edgestore::OpenError> {
-    Replica::open(data_dir.join(STORE_FILE), node_id)
+pub fn open_store(
+    data_dir: &Path,
+    node_id: edgestore::NodeId,
+    options: &OpenOptions,
+) -> Result<Replica, edgestore::OpenError> {
+    Replica::open_with(data_dir.join(STORE_FILE), node_id, options)
 }
 
 /// Opens the node, initialising the data directory on first use.
-pub fn open_or_init(data_dir: &Path) -> Result<(Identity, Replica)> {
+pub fn open_or_init(data_dir: &Path, options: &OpenOptions) -> Result<(Identity, Replica)> {
     if !data_dir.join(identity::KEY_FILE).exists() {
         let identity = init(data_dir)?;
         tracing::info!(node = %identity.node_id, data_dir = %data_dir.display(), "first run: initialised the node");
     }
-    open(data_dir)
+    open(data_dir, options)
 }
 
 fn status(config: &Config) -> Result<()> {
     if let Some(client) = Client::discover(&config.data_dir, config.api_token.clone())? {
         return remote_status(&client);
     }
-    let (identity, replica) = open(&config.data_dir)?;
+    let (identity, replica) = open(&config.data_dir, &config.open_options())?;
     println!("node id:    {}", identity.node_id);
     let public_key = json::hex(identity.key_pair.public_key_raw());
     println!("public key: ed25519 {public_key}");
@@ -241,6 +252,15 @@ fn status(config: &Config) -> Result<()> {
     println!("digest:     {}", replica.state_digest().context("computing the state digest")?);
     let problems = replica.check_integrity().context("checking integrity")?;
     report_integrity(&problems.iter().map(ToString::to_string).collect::<Vec<_>>())
+}
+
+fn storage_status(config: &Config) -> Result<()> {
+    let breakdown = match Client::discover(&config.data_dir, config.api_token.clone())? {
+        Some(client) => client.get("/v1/storage")?,
+        None => storage::of_replica(&open(&config.data_dir, &config.open_options())?.1)?,
+    };
+    print!("{}", storage::render(&breakdown));
+    Ok(())
 }
 
 fn remote_status(client: &Client) -> Result<()> {

@@ -53,6 +53,10 @@ pub struct StoreFigures {
     pub store_bytes: u64,
     /// Health figures, read from the replica handle (also while the store is faulted).
     pub health: StoreHealthFigures,
+    /// Entries per redb table (read from redb's table lengths, no scan).
+    pub table_entries: Vec<(String, u64)>,
+    /// The caches' use and budgets.
+    pub caches: Option<edgestore::CacheFigures>,
 }
 
 /// The store's health for a scrape.
@@ -84,6 +88,16 @@ impl StoreHealthFigures {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
     peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabel {
+    table: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabel {
+    cache: String,
 }
 
 /// Renders one scrape.
@@ -143,6 +157,7 @@ pub fn render(
     );
     sync_hygiene_metrics(&mut registry, node);
     peer_metrics(&mut registry, peers);
+    store_metrics(&mut registry, store);
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String does not fail");
     out
@@ -245,6 +260,23 @@ fn peer_metrics(registry: &mut Registry, peers: &[PeerStatus]) {
     registry.register("peer_bytes_received", "Frame bytes received from the peer", bytes_received);
 }
 
+fn store_metrics(registry: &mut Registry, store: &StoreFigures) {
+    let entries = Family::<TableLabel, Gauge>::default();
+    for (table, count) in &store.table_entries {
+        entries.get_or_create(&TableLabel { table: table.clone() }).set(clamp(*count));
+    }
+    registry.register("store_table_entries", "Entries of each redb table of the store", entries);
+    if let Some(caches) = &store.caches {
+        let budget = Family::<CacheLabel, Gauge>::default();
+        let label = |cache: &str| CacheLabel { cache: cache.to_string() };
+        budget.get_or_create(&label("redb")).set(clamp(caches.redb_cache_bytes_max as u64));
+        budget.get_or_create(&label("documents")).set(clamp(caches.doc_cache_bytes_max as u64));
+        registry.register("cache_budget_bytes", "Memory budget of each store cache", budget);
+        gauge(registry, "doc_cache_bytes", "Estimated memory of the cached documents", caches.doc_cache_bytes as u64);
+        gauge(registry, "doc_cache_documents", "Documents in the document cache", caches.doc_cache_docs as u64);
+    }
+}
+
 fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let metric: Counter = Counter::default();
     metric.inc_by(value);
@@ -275,6 +307,20 @@ mod tests {
         assert!(text.contains("edgestore_sql_writes_total 3"), "{text}");
         assert!(text.contains("edgestore_conflicts 2"), "{text}");
         assert!(text.contains("edgestore_store_bytes 4096"), "{text}");
+        let store = StoreFigures {
+            table_entries: vec![("rows_v1".into(), 7)],
+            caches: Some(edgestore::CacheFigures {
+                doc_cache_docs: 2,
+                doc_cache_bytes: 100,
+                doc_cache_bytes_max: 1000,
+                redb_cache_bytes_max: 3000,
+            }),
+            ..StoreFigures::default()
+        };
+        let text = render(&api, &store, &[], &NodeCounters::default(), 5);
+        assert!(text.contains("edgestore_store_table_entries{table=\"rows_v1\"} 7"), "{text}");
+        assert!(text.contains("edgestore_cache_budget_bytes{cache=\"redb\"} 3000"), "{text}");
+        assert!(text.contains("edgestore_doc_cache_bytes 100"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 

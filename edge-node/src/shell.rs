@@ -47,6 +47,7 @@ Statements end with ';' and may span several lines. Dot-commands:
   .peers                peers: connection state, lag, last contact, changes exchanged
   .sync                 this node's version vector and each peer's lag
   .check                verify the store's integrity
+  .storage              where the store's bytes and memory go, per redb table and user table
   .quit                 leave the shell (also Ctrl-D)
 .peers and .sync need a running node (`edge-node run`).
 ";
@@ -336,6 +337,13 @@ impl Shell {
                     }
                     bail!("{} integrity problem(s)", problems.len());
                 }
+            }
+            ("storage", _) => {
+                let breakdown = match &mut self.backend {
+                    Backend::Local(replica) => crate::storage::of_replica(replica)?,
+                    Backend::Remote(client) => client.get("/v1/storage")?,
+                };
+                write!(out, "{}", crate::storage::render(&breakdown))?;
             }
             ("peers", _) => self.peers(out)?,
             ("sync", _) => self.sync(out)?,

@@ -26,6 +26,8 @@ pub struct StoreReopen {
     pub data_dir: PathBuf,
     pub node_id: NodeId,
     pub floor_bytes: u64,
+    /// The memory budget the store was opened with.
+    pub options: edgestore::OpenOptions,
 }
 
 impl Reopen for StoreReopen {
@@ -35,7 +37,7 @@ impl Reopen for StoreReopen {
     }
 
     fn reopen(&mut self) -> Result<Replica, OpenError> {
-        crate::open_store(&self.data_dir, self.node_id)
+        crate::open_store(&self.data_dir, self.node_id, &self.options)
     }
 }
 

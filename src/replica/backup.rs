@@ -23,7 +23,7 @@ use crate::version_vector::VersionVector;
 pub const BACKUP_TXN_ENTRIES_MAX: u64 = 50_000;
 
 /// Every table `write_copy` copies, by name.
-const COPIED_TABLES: [&str; 11] = [
+const COPIED_TABLES: [&str; 12] = [
     "meta_v1",
     "catalog_v1",
     "docs_v1",
@@ -35,6 +35,7 @@ const COPIED_TABLES: [&str; 11] = [
     "log_v1",
     "versions_v1",
     "pending_v1",
+    "digest_v1",
 ];
 
 /// Why a backup or a restore failed. Nothing is left under the destination name.
@@ -177,7 +178,7 @@ impl Snapshot {
             version_vector: Snapshot::version_vector_of(txn)?,
         };
         report.entries = report.rows + report.changes + report.pending_changes + report.documents;
-        for table in [storage::CATALOG, storage::DOCS, storage::DOC_TAIL, storage::CONFLICTS] {
+        for table in [storage::CATALOG, storage::DOCS, storage::DOC_TAIL, storage::CONFLICTS, storage::DIGEST] {
             report.entries += copy_table(txn, &db, table)?;
         }
         report.entries += copy_table(txn, &db, storage::INDEXES)?;

@@ -6,8 +6,9 @@
 //! `blake3("edgestore.heads.bucket.v1" ‖ doc key)[..]`'s first [`HEADS_TREE_DEPTH`] × 4
 //! bits, and a range is a prefix of those bits (`depth` nibbles, `prefix` their value).
 //! The digest of a range is the XOR of `blake3("edgestore.heads.leaf.v1" ‖ len(key) ‖
-//! key ‖ heads)` over its documents, with the count of documents beside it, so one scan
-//! of `doc_heads_v1` yields every range and equal ranges hash equal regardless of order.
+//! key ‖ heads)` over its documents, with the count of documents beside it, so equal
+//! ranges hash equal regardless of order. The leaves are maintained in `digest_v1` by
+//! every write transaction (`digest_parts.rs`), so the tree is read, not recomputed.
 //!
 //! Repair merges documents; it never touches the change log or the version vector. It is a
 //! backstop for documents that lost (or never got) changes their log says they hold — a
@@ -17,7 +18,7 @@
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::materialize::{ChangedDoc, RecordError};
-use super::{load_working_doc, Replica, WriteTables};
+use super::{digest_parts, load_working_doc, Replica, WriteTables};
 use crate::change::{ChangeError, DocKey, DOC_KEY_BYTES_MAX};
 use crate::contain::contain;
 use crate::doc;
@@ -91,7 +92,7 @@ pub fn blake3_of(bytes: &[u8]) -> [u8; 32] {
     *blake3::hash(bytes).as_bytes()
 }
 
-fn leaf_hash(key: &[u8], heads: &[u8]) -> [u8; 32] {
+pub(super) fn leaf_hash(key: &[u8], heads: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"edgestore.heads.leaf.v1\0");
     hasher.update(&(key.len() as u64).to_le_bytes());
@@ -100,7 +101,7 @@ fn leaf_hash(key: &[u8], heads: &[u8]) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-fn xor_into(acc: &mut [u8; 32], other: &[u8; 32]) {
+pub(super) fn xor_into(acc: &mut [u8; 32], other: &[u8; 32]) {
     for (a, b) in acc.iter_mut().zip(other) {
         *a ^= b;
     }
@@ -128,18 +129,12 @@ pub struct RepairReport {
 }
 
 impl Replica {
-    /// The heads tree over every document (one scan of `doc_heads_v1`).
+    /// The heads tree over every document, read from its maintained leaves in
+    /// `digest_v1` (at most 4096 entries, however many documents there are).
     pub fn heads_tree(&self) -> Result<HeadsTree, StorageError> {
         let txn = self.db.begin_read()?;
-        let heads = txn.open_table(storage::DOC_HEADS)?;
         let mut leaves = vec![(0u64, [0u8; 32]); LEAVES];
-        for item in heads.iter()? {
-            let (key, value) = item?;
-            let (_, head_bytes) = storage::decode_heads(value.value())?;
-            let leaf = &mut leaves[heads_bucket(key.value()) as usize];
-            leaf.0 += 1;
-            xor_into(&mut leaf.1, &leaf_hash(key.value(), head_bytes));
-        }
+        digest_parts::stored_heads_leaves(&txn.open_table(storage::DIGEST)?, &mut leaves)?;
         Ok(HeadsTree { leaves })
     }
 

@@ -1,12 +1,14 @@
 //! The state digest and the integrity check.
 //!
 //! `state_digest` hashes the canonical converged state: the resolved catalog, every
-//! document's heads, every materialized row and every recorded conflict, in key order.
-//! Two replicas have equal digests exactly when they hold the same changes and derive the
-//! same data from them. `check_integrity` re-derives everything derived — catalog, rows,
-//! indexes, conflicts, version vector — from the documents and the log, and reports every
+//! document's heads, every materialized row and every recorded conflict, summarised per
+//! part in the maintained `digest_v1` (see `digest_parts.rs`). Two replicas have equal
+//! digests exactly when they hold the same changes and derive the same data from them.
+//! `check_integrity` re-derives everything derived — catalog, rows, indexes, conflicts,
+//! version vector, the digest's parts — from the documents and the log, and reports every
 //! mismatch (the slow path checking the fast path).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 
@@ -15,7 +17,7 @@ use lru::LruCache;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::materialize::{index_entry_key, materialize_row};
-use super::{load_working_doc, read, Replica, Snapshot};
+use super::{digest_parts, load_working_doc, read, Replica, Snapshot};
 use crate::catalog::{self, Catalog};
 use crate::change::{DocKey, VerifiedChange};
 use crate::codec;
@@ -84,6 +86,13 @@ pub enum IntegrityProblem {
         /// What is wrong.
         problem: String,
     },
+    /// A part of the maintained digest (`digest_v1`) differs from a recomputation.
+    Digest {
+        /// The part: the catalog, a heads bucket, or a table's rows or conflicts.
+        part: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 impl fmt::Display for IntegrityProblem {
@@ -94,24 +103,9 @@ impl fmt::Display for IntegrityProblem {
             IntegrityProblem::Row { table, key, problem } => write!(f, "row {table}{key}: {problem}"),
             IntegrityProblem::Index { index, problem } => write!(f, "index {index}: {problem}"),
             IntegrityProblem::Log { problem } => write!(f, "log: {problem}"),
+            IntegrityProblem::Digest { part, problem } => write!(f, "digest {part}: {problem}"),
         }
     }
-}
-
-fn hash_table<V: redb::Value + 'static>(
-    hasher: &mut blake3::Hasher,
-    table: &impl ReadableTable<&'static [u8], V>,
-    value_bytes: impl Fn(&V::SelfType<'_>) -> Vec<u8>,
-) -> Result<(), StorageError> {
-    for item in table.iter()? {
-        let (key, value) = item?;
-        let value = value_bytes(&value.value());
-        hasher.update(&(key.value().len() as u64).to_le_bytes());
-        hasher.update(key.value());
-        hasher.update(&(value.len() as u64).to_le_bytes());
-        hasher.update(&value);
-    }
-    Ok(())
 }
 
 impl Replica {
@@ -133,6 +127,7 @@ impl Replica {
         checker.check_stored_rows(&catalog)?;
         checker.check_indexes(&catalog)?;
         checker.check_log(&self.versions)?;
+        checker.check_digest()?;
         Ok(checker.problems)
     }
 }
@@ -374,6 +369,21 @@ impl Checker {
         Ok(())
     }
 
+    /// The maintained digest parts must equal the parts recomputed from every entry.
+    fn check_digest(&mut self) -> Result<(), StorageError> {
+        let stored = digest_parts::stored_parts(&self.txn.open_table(storage::DIGEST)?)?;
+        let computed = digest_parts::compute_parts(
+            &self.txn.open_table(storage::CATALOG)?,
+            &self.txn.open_table(storage::DOC_HEADS)?,
+            &self.txn.open_table(storage::ROWS)?,
+            &self.txn.open_table(storage::CONFLICTS)?,
+        )?;
+        for problem in digest_differences(&stored, &computed) {
+            self.problems.push(problem);
+        }
+        Ok(())
+    }
+
     fn check_logged_change(&mut self, origin: NodeId, seq: u64, bytes: Vec<u8>) -> Result<(), StorageError> {
         let change = match VerifiedChange::decode(bytes) {
             Ok(change) if change.origin == origin && change.seq == seq => change,
@@ -405,16 +415,50 @@ impl Checker {
 
 impl Snapshot {
     /// The digest of the converged state as of this snapshot (see the module
-    /// documentation); a read, so it runs on any thread without holding up writers.
+    /// documentation); a read of `digest_v1` (a few thousand small entries, however many
+    /// rows the store holds), so it runs on any thread without holding up writers.
     pub fn state_digest(&self) -> Result<StateDigest, StorageError> {
-        let txn = self.txn();
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"edgestore.state.v1");
-        hash_table(&mut hasher, &txn.open_table(storage::CATALOG)?, |v| v.to_vec())?;
-        // Only the heads: the tail length is how this replica happens to store the doc.
-        hash_table(&mut hasher, &txn.open_table(storage::DOC_HEADS)?, |v| v.get(4..).unwrap_or_default().to_vec())?;
-        hash_table(&mut hasher, &txn.open_table(storage::ROWS)?, |v| v.to_vec())?;
-        hash_table(&mut hasher, &txn.open_table(storage::CONFLICTS)?, |v| v.to_vec())?;
-        Ok(StateDigest(*hasher.finalize().as_bytes()))
+        let parts = digest_parts::stored_parts(&self.txn().open_table(storage::DIGEST)?)?;
+        Ok(digest_parts::state_digest_of(&parts))
     }
+}
+
+/// Every part where `stored` and `computed` differ.
+fn digest_differences(
+    stored: &BTreeMap<Vec<u8>, digest_parts::Part>,
+    computed: &BTreeMap<Vec<u8>, digest_parts::Part>,
+) -> Vec<IntegrityProblem> {
+    let keys: std::collections::BTreeSet<&Vec<u8>> = stored.keys().chain(computed.keys()).collect();
+    let mut problems = Vec::new();
+    for key in keys {
+        let (stored, computed) = (stored.get(key), computed.get(key));
+        let entries = |p: Option<&digest_parts::Part>| p.map_or(0, |p| p.entries);
+        let problem = match (entries(stored), entries(computed)) {
+            _ if stored == computed => continue,
+            (s, c) if s == c => format!("the hash of its {s} entries differs from a recomputation"),
+            (s, c) => format!("{s} entries recorded, {c} found"),
+        };
+        problems.push(IntegrityProblem::Digest { part: digest_parts::describe_part(key), problem });
+    }
+    problems
+}
+
+/// Documents up to which debug builds recompute the digest after every transaction.
+#[cfg(debug_assertions)]
+const DIGEST_SHADOW_CHECK_DOCS_MAX: u64 = 512;
+
+/// Debug builds: the parts just flushed must equal a recomputation from scratch, checked
+/// while the store is small enough for that to be cheap per transaction (larger stores
+/// are covered by `check_integrity`).
+#[cfg(debug_assertions)]
+pub(crate) fn shadow_check_digest(tables: &super::WriteTables<'_>) -> Result<(), StorageError> {
+    use redb::ReadableTableMetadata;
+    if tables.heads.len()? > DIGEST_SHADOW_CHECK_DOCS_MAX {
+        return Ok(());
+    }
+    let stored = digest_parts::stored_parts(&tables.digest)?;
+    let computed = digest_parts::compute_parts(&tables.catalog, &tables.heads, &tables.rows, &tables.conflicts)?;
+    let problems = digest_differences(&stored, &computed);
+    assert!(problems.is_empty(), "digest_v1 differs from a recomputation: {problems:?}");
+    Ok(())
 }

@@ -144,6 +144,9 @@ impl Replica {
             self.cache.put(key_bytes, working);
         }
         self.log_changes(tables, changes)?;
+        tables.digest_delta.flush(&mut tables.digest)?;
+        #[cfg(debug_assertions)]
+        super::integrity::shadow_check_digest(tables)?;
         Ok(())
     }
 
@@ -191,7 +194,7 @@ impl Replica {
             Ok(entry) => {
                 let name = entry.schema.name.clone();
                 let old = self.catalog.tables.insert(name.clone(), entry.clone());
-                tables.catalog.insert(key_bytes, codec::encode(&entry).as_slice())?;
+                store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
                 let changed = old.is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
                 if changed {
                     self.rebuild_table(tables, &name)?;
@@ -208,7 +211,7 @@ impl Replica {
                     return Err(inconsistent(format!("index {name} on unknown table {}", entry.def.schema.table)));
                 }
                 let old = self.catalog.indexes.insert(name.clone(), entry.clone());
-                tables.catalog.insert(key_bytes, codec::encode(&entry).as_slice())?;
+                store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
                 if old.is_none_or(|o| o.causal_length != entry.causal_length || o.def != entry.def) {
                     self.rebuild_index(tables, &name)?;
                 }
@@ -276,20 +279,29 @@ impl Replica {
         }
         match materialized {
             Some((row, conflicts)) => {
-                tables.rows.insert(row_key.as_slice(), crate::record::encode(&row).as_slice())?;
+                let record = crate::record::encode(&row);
+                let old = tables.rows.insert(row_key.as_slice(), record.as_slice())?;
+                tables.digest_delta.row(&row_key, old.as_ref().map(|v| v.value()), Some(&record))?;
+                drop(old);
                 for index in &indexes {
                     tables.indexes.insert(index_entry_key(index, schema, &row, pk).as_slice(), ())?;
                 }
                 if !conflicts.is_empty() {
-                    tables.conflicts.insert(row_key.as_slice(), codec::encode(&conflicts).as_slice())?;
+                    let encoded = codec::encode(&conflicts);
+                    let old = tables.conflicts.insert(row_key.as_slice(), encoded.as_slice())?;
+                    tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), Some(&encoded))?;
                 } else if !created {
-                    tables.conflicts.remove(row_key.as_slice())?;
+                    let old = tables.conflicts.remove(row_key.as_slice())?;
+                    tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), None)?;
                 }
             }
             None if created => {}
             None => {
-                tables.rows.remove(row_key.as_slice())?;
-                tables.conflicts.remove(row_key.as_slice())?;
+                let old = tables.rows.remove(row_key.as_slice())?;
+                tables.digest_delta.row(&row_key, old.as_ref().map(|v| v.value()), None)?;
+                drop(old);
+                let old = tables.conflicts.remove(row_key.as_slice())?;
+                tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), None)?;
             }
         }
         Ok(())
@@ -301,6 +313,7 @@ impl Replica {
         let prefix = keys::row_key(name, &[]);
         clear_prefix(&mut tables.rows, &prefix)?;
         clear_prefix(&mut tables.conflicts, &prefix)?;
+        tables.digest_delta.clear_table(&prefix);
         let index_names: Vec<String> = self
             .catalog
             .indexes
@@ -344,6 +357,12 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// Writes a resolved catalog entry and records it in the digest.
+fn store_catalog_entry(tables: &mut WriteTables<'_>, key: &[u8], entry: &[u8]) -> Result<(), StorageError> {
+    let old = tables.catalog.insert(key, entry)?;
+    tables.digest_delta.catalog(key, old.as_ref().map(|v| v.value()), Some(entry))
 }
 
 fn clear_index(tables: &mut WriteTables<'_>, index: &str) -> Result<(), StorageError> {

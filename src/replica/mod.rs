@@ -9,21 +9,22 @@
 
 mod apply;
 mod backup;
+mod cache;
 mod digest;
+mod digest_parts;
 mod guard;
 mod history;
 mod integrity;
 mod materialize;
+mod open;
 mod read;
 mod restore;
+mod stats;
 mod write;
 
-use std::num::NonZeroUsize;
-use std::path::Path;
 use std::sync::Arc;
 
 use automerge::AutoCommit;
-use lru::LruCache;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
@@ -31,25 +32,26 @@ use crate::catalog::Catalog;
 use crate::change::DocKey;
 use crate::codec;
 use crate::doc;
-use crate::error::{OpenError, StorageError};
+use crate::error::StorageError;
 use crate::keys;
-use crate::storage::{self, FORMAT_VERSION};
+use crate::storage;
 use crate::types::{NodeId, Value};
 use crate::version_vector::VersionVector;
 
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
+pub use cache::{DOC_CACHE_CHANGE_BYTES, DOC_CACHE_ENTRY_BYTES};
 pub use digest::{
     blake3_of, bucket_in_range, heads_bucket, DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, HEADS_TREE_FANOUT,
     REPAIR_DOCS_MAX,
 };
 pub use history::{HistoryEntry, RowEffect};
 pub use integrity::{IntegrityProblem, StateDigest};
+pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
 pub use read::{RowConflicts, RowIter, Snapshot};
+pub use stats::{CacheFigures, RedbTableStats, StorageStats, UserTableStats};
 pub use write::{WriteBatch, WriteOp, WriteReceipt};
 
-/// Documents kept loaded between writes. Rows are small; hot rows stay in memory.
-pub const DOC_CACHE_DOCS_MAX: usize = 4096;
 /// Changes kept in a document's tail before its snapshot is rewritten (amortizes `save`).
 pub const DOC_TAIL_CHANGES_MAX: u32 = 64;
 
@@ -78,6 +80,8 @@ pub(crate) struct WorkingDoc {
     /// Started empty in this transaction by a writer that knows nothing is derived from
     /// it yet (see [`Replica::take_or_create_doc`]); cleared once it is persisted.
     pub created: bool,
+    /// Automerge changes it holds, for the cache's estimate of its memory.
+    pub changes: u64,
 }
 
 /// One node's replica; see the module documentation.
@@ -92,6 +96,10 @@ pub struct Replica {
     cache: DocCache,
     /// Faults, the low-disk floor and deferred durability (`guard.rs`).
     guard: guard::Guard,
+    /// redb's page cache budget, as opened (for [`Replica::cache_figures`]).
+    redb_cache_bytes: usize,
+    /// The store had format 1 and `digest_v1` was built when it was opened.
+    upgraded_on_open: bool,
 }
 
 impl std::fmt::Debug for Replica {
@@ -113,6 +121,10 @@ pub(crate) struct WriteTables<'t> {
     pub log: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub versions: redb::Table<'t, &'static [u8], u64>,
     pub pending: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub digest: redb::Table<'t, &'static [u8], &'static [u8]>,
+    /// What this transaction changed in the digest's parts; flushed into `digest` by
+    /// `record_changes`, the one path that changes the tables the digest summarises.
+    pub digest_delta: digest_parts::DigestDelta,
 }
 
 impl<'t> WriteTables<'t> {
@@ -129,74 +141,17 @@ impl<'t> WriteTables<'t> {
             log: txn.open_table(storage::LOG)?,
             versions: txn.open_table(storage::VERSIONS)?,
             pending: txn.open_table(storage::PENDING)?,
+            digest: txn.open_table(storage::DIGEST)?,
+            digest_delta: digest_parts::DigestDelta::default(),
         })
     }
 }
 
 impl Replica {
-    /// Opens (or creates) the replica stored at `path` for node `node`.
-    ///
-    /// A file made by another node is refused: a node id must never be reused, or two
-    /// nodes would issue different changes under the same `(origin, seq)`.
-    pub fn open(path: impl AsRef<Path>, node: NodeId) -> Result<Replica, OpenError> {
-        let db = Database::create(path.as_ref()).map_err(StorageError::from)?;
-        Replica::open_database(db, node)
-    }
-
-    /// Opens (or initialises) the replica held by a database the caller built, e.g. with
-    /// `redb::Builder` on another `StorageBackend` (the fault tests use one that runs out
-    /// of space). The same node-id rule as [`Replica::open`] applies.
-    pub fn open_database(db: Database, node: NodeId) -> Result<Replica, OpenError> {
-        let txn = db.begin_write().map_err(StorageError::from)?;
-        storage::create_tables(&txn)?;
-        {
-            let mut meta = txn.open_table(storage::META).map_err(StorageError::from)?;
-            Self::check_or_init_meta(&mut meta, node)?;
-        }
-        txn.commit().map_err(StorageError::from)?;
-        let mut replica = Replica {
-            db: Arc::new(db),
-            node,
-            catalog: Catalog::default(),
-            versions: VersionVector::new(),
-            announced: VersionVector::new(),
-            cache: LruCache::new(NonZeroUsize::new(DOC_CACHE_DOCS_MAX).expect("nonzero")),
-            guard: guard::Guard::default(),
-        };
-        replica.reload_state()?;
-        Ok(replica)
-    }
-
-    fn check_or_init_meta(meta: &mut redb::Table<&'static str, &'static [u8]>, node: NodeId) -> Result<(), OpenError> {
-        let format = meta.get(storage::META_FORMAT).map_err(StorageError::from)?.map(|v| v.value().to_vec());
-        match format {
-            None => {
-                meta.insert(storage::META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())
-                    .map_err(StorageError::from)?;
-                meta.insert(storage::META_NODE_ID, node.as_bytes().as_slice()).map_err(StorageError::from)?;
-                return Ok(());
-            }
-            Some(bytes) => {
-                let found = <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes).unwrap_or(0);
-                if found != FORMAT_VERSION {
-                    return Err(OpenError::UnsupportedFormat { found, expected: FORMAT_VERSION });
-                }
-            }
-        }
-        let stored = meta.get(storage::META_NODE_ID).map_err(StorageError::from)?;
-        let stored = stored
-            .and_then(|v| NodeId::from_slice(v.value()))
-            .ok_or_else(|| StorageError::Corrupt("meta_v1 has no valid node id".into()))?;
-        if stored != node {
-            return Err(OpenError::NodeIdMismatch { stored, requested: node });
-        }
-        Ok(())
-    }
-
     /// Re-reads the catalog and version vectors from the committed state and empties the
     /// document cache. Used after opening and after any failed transaction, so that no
     /// in-memory state of an aborted transaction survives.
-    fn reload_state(&mut self) -> Result<(), StorageError> {
+    pub(super) fn reload_state(&mut self) -> Result<(), StorageError> {
         self.cache.clear();
         let txn = self.db.begin_read()?;
         self.catalog = read::load_catalog(&txn)?;
@@ -301,8 +256,10 @@ impl Replica {
                 working.tail_len += 1;
             }
         }
-        let heads = doc::heads(&mut working.doc);
-        tables.heads.insert(key, storage::encode_heads(working.tail_len, &heads).as_slice())?;
+        working.changes += new_changes.len() as u64;
+        let heads = storage::encode_heads(working.tail_len, &doc::heads(&mut working.doc));
+        let old = tables.heads.insert(key, heads.as_slice())?;
+        tables.digest_delta.heads(key, old.as_ref().map(|v| v.value()), Some(&heads))?;
         Ok(working)
     }
 
@@ -326,8 +283,7 @@ impl Replica {
     }
 }
 
-/// The document cache of a replica.
-pub(crate) type DocCache = LruCache<Vec<u8>, WorkingDoc>;
+pub(crate) use cache::DocCache;
 
 /// [`Replica::take_doc`] on the cache alone, so callers can borrow other fields meanwhile.
 pub(crate) fn take_cached_doc(
@@ -349,7 +305,7 @@ pub(crate) fn take_or_create_cached_doc(
     tables: &WriteTables<'_>,
     key: &[u8],
 ) -> Result<WorkingDoc, StorageError> {
-    let created = || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0, created: true };
+    let created = || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0, created: true, changes: 0 };
     Ok(take_cached_doc(cache, node, tables, key)?.unwrap_or_else(created))
 }
 
@@ -370,9 +326,10 @@ pub(crate) fn load_working_doc(
             .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
         changes.push(change);
     }
-    let doc = doc::load_doc(node, &snapshot, changes)
+    let mut doc = doc::load_doc(node, &snapshot, changes)
         .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", describe_doc_key(key))))?;
-    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len, created: false }))
+    let changes = doc::change_count(&mut doc);
+    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len, created: false, changes }))
 }
 
 /// A readable description of an encoded document key, for messages.

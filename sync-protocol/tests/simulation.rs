@@ -592,8 +592,9 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
 }
 
 /// `doc_heads_v1`-style tables whose values are bytes: documents and what is derived from
-/// them. Not the log, the version vector or the catalog.
-const DOC_TABLES: [&str; 5] = ["docs_v1", "doc_tail_v1", "doc_heads_v1", "rows_v1", "conflicts_v1"];
+/// them (the maintained digest included; its catalog part does not change after the
+/// schedule's first write). Not the log, the version vector or the catalog.
+const DOC_TABLES: [&str; 6] = ["docs_v1", "doc_tail_v1", "doc_heads_v1", "rows_v1", "conflicts_v1", "digest_v1"];
 /// Secondary-index entries (unit values).
 const INDEX_TABLE: &str = "index_v1";
 

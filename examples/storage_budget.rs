@@ -1,0 +1,170 @@
+//! Where the bytes and the memory go: loads `readings (id INTEGER PRIMARY KEY, sensor
+//! INTEGER, ts INTEGER, value REAL)` in 1000-row batches into a fresh store, prints the
+//! storage breakdown (`Snapshot::storage_stats`) and the time of a state-digest call, then
+//! runs itself again as a fresh process that opens the store with the memory budget,
+//! reads every row, and reports its resident memory (VmRSS of /proc/self/status).
+//!
+//! A measurement program, not a test:
+//! `cargo run --example storage_budget -- [ROWS] [CACHE_MIB]` (defaults 200 000 rows and
+//! the default budget, 64 MiB). README "Storage and memory" quotes its figures.
+
+use std::path::Path;
+use std::time::Instant;
+
+use edgestore::{ColumnDef, ColumnType, NodeId, OpenOptions, Replica, StorageStats, TableSchema, Value, WriteBatch};
+
+const BATCH_ROWS: i64 = 1000;
+const NODE: &[u8] = b"storage-budget";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--read") {
+        let cache_mib = args[2].parse().expect("CACHE_MIB is a number");
+        return read_phase(Path::new(&args[1]), cache_mib);
+    }
+    let rows: i64 = args.first().map(|n| n.parse().expect("ROWS is a number")).unwrap_or(200_000);
+    let cache_mib: usize = args.get(1).map(|n| n.parse().expect("CACHE_MIB is a number")).unwrap_or(64);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    // STORAGE_BUDGET_DIR keeps the store for a later `--read PATH CACHE_MIB` run.
+    let path = match std::env::var_os("STORAGE_BUDGET_DIR") {
+        Some(keep) => Path::new(&keep).join("store.redb"),
+        None => dir.path().join("store.redb"),
+    };
+    load_phase(&path, rows, cache_mib);
+    let status = std::process::Command::new(std::env::current_exe().expect("this program's path"))
+        .args(["--read", path.to_str().expect("a UTF-8 path"), &cache_mib.to_string()])
+        .status()
+        .expect("running the read phase");
+    assert!(status.success(), "the read phase failed");
+}
+
+fn options(cache_mib: usize) -> OpenOptions {
+    OpenOptions { cache_bytes: cache_mib << 20 }
+}
+
+#[allow(clippy::disallowed_methods, reason = "a measurement program is the edge where reading the clock is the point")]
+fn load_phase(path: &Path, rows: i64, cache_mib: usize) {
+    let node = NodeId::from_public_key(NODE);
+    println!("storage_budget: {rows} rows in {BATCH_ROWS}-row batches, cache budget {cache_mib} MiB");
+    let mut replica = Replica::open_with(path, node, &options(cache_mib)).expect("open");
+    let schema = TableSchema::new("readings")
+        .column(ColumnDef::new("id", ColumnType::Integer))
+        .column(ColumnDef::new("sensor", ColumnType::Integer))
+        .column(ColumnDef::new("ts", ColumnType::Integer))
+        .column(ColumnDef::new("value", ColumnType::Real))
+        .primary_key(&["id"]);
+    replica.write(WriteBatch::new().create_table(schema), 0).expect("create table");
+    let started = Instant::now();
+    let mut id = 0;
+    while id < rows {
+        let mut batch = WriteBatch::new();
+        for _ in 0..BATCH_ROWS.min(rows - id) {
+            id += 1;
+            batch = batch.insert(
+                "readings",
+                [
+                    ("id", Value::from(id)),
+                    ("sensor", Value::from(id % 97)),
+                    ("ts", Value::from(1_700_000_000_000 + id * 1000)),
+                    ("value", Value::Real(id as f64 * 0.25)),
+                ],
+            );
+        }
+        replica.write(batch, id).expect("write a batch");
+    }
+    let load_s = started.elapsed().as_secs_f64();
+    println!("loaded: {rows} rows in {load_s:.1} s ({:.0} rows/s)", rows as f64 / load_s);
+    let file = std::fs::metadata(path).map_or(0, |m| m.len());
+    println!("file:   {file} bytes ({:.0} B/row)", file as f64 / rows as f64);
+    println!("rss after load (loading process): {}", rss());
+    let started = Instant::now();
+    let stats = replica.snapshot().and_then(|s| s.storage_stats()).expect("storage stats");
+    println!("storage_stats took {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    print_breakdown(&stats, rows as u64);
+    digest_timing(&replica);
+}
+
+fn read_phase(path: &Path, cache_mib: usize) {
+    println!("read phase (fresh process): rss at start {}", rss());
+    let replica = Replica::open_with(path, NodeId::from_public_key(NODE), &options(cache_mib)).expect("reopen");
+    println!("rss after open: {}", rss());
+    digest_timing(&replica);
+    let snapshot = replica.snapshot().expect("snapshot");
+    let rows = snapshot.scan("readings").expect("scan").count();
+    drop(snapshot);
+    println!("rss after reading every row ({rows}): {}", rss());
+    let problems = replica.check_integrity().expect("integrity check");
+    assert!(problems.is_empty(), "{problems:?}");
+    println!("rss after check_integrity (reads every table and document): {}", rss());
+    println!("caches: {:?}", replica.cache_figures());
+}
+
+fn print_breakdown(stats: &StorageStats, rows: u64) {
+    let per_row = |bytes: u64| bytes as f64 / rows.max(1) as f64;
+    println!("| redb table | entries | stored B | metadata B | fragmented B | allocated B/row |");
+    println!("|---|---|---|---|---|---|");
+    for t in &stats.redb_tables {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} |",
+            t.name,
+            t.entries,
+            t.stored_bytes,
+            t.metadata_bytes,
+            t.fragmented_bytes,
+            per_row(t.allocated_bytes())
+        );
+    }
+    println!("| all tables | | | | | {:.1} |", per_row(stats.allocated_bytes()));
+    println!(
+        "| user table | rows | records B/row | heads B/row | snapshots B/row | tail B/row | index B/row | bytes/row |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for t in &stats.user_tables {
+        let rows = t.rows.max(1) as f64;
+        println!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            t.name,
+            t.rows,
+            t.row_bytes as f64 / rows,
+            t.heads_bytes as f64 / rows,
+            t.snapshot_bytes as f64 / rows,
+            t.tail_bytes as f64 / rows,
+            t.index_bytes as f64 / rows,
+            t.bytes_per_row().unwrap_or(0.0)
+        );
+    }
+}
+
+#[allow(clippy::disallowed_methods, reason = "a measurement program is the edge where reading the clock is the point")]
+fn digest_timing(replica: &Replica) {
+    let mut times_ms = Vec::new();
+    for _ in 0..7 {
+        let started = Instant::now();
+        let digest = replica.snapshot().and_then(|s| s.state_digest()).expect("digest");
+        times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        std::hint::black_box(digest);
+    }
+    report("state digest (snapshot + digest)", times_ms);
+    let mut times_ms = Vec::new();
+    for _ in 0..7 {
+        let started = Instant::now();
+        std::hint::black_box(replica.heads_tree().expect("heads tree"));
+        times_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    report("anti-entropy heads tree", times_ms);
+}
+
+fn report(what: &str, mut times_ms: Vec<f64>) {
+    times_ms.sort_by(f64::total_cmp);
+    let (min, median, max) = (times_ms[0], times_ms[times_ms.len() / 2], times_ms[times_ms.len() - 1]);
+    println!("{what}, {} calls: min {min:.3} ms, median {median:.3} ms, max {max:.3} ms", times_ms.len());
+}
+
+/// This process's resident set (VmRSS of /proc/self/status), as the kernel reports it.
+fn rss() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .map_or_else(|| "unknown (no /proc/self/status)".to_string(), |v| v.trim().to_string())
+}
