@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use edgestore::handle::{Stopped, StoreHealth};
 use edgestore::{NodeId, ReplicaHandle, VersionVector, WriteBatch, WriteError, WriteReceipt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -763,7 +764,7 @@ async fn drive_connection(
     let vector = tokio::task::spawn_blocking(move || handle.call(|r| r.version_vector().clone()))
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|stopped| owner_refused(shared, peer, progress, stopped))?;
     let mut session = Some(Session::new(shared.session.clone(), shared.local, peer, &vector, shared.now_ms()));
     let mut changed = shared.changed.subscribe();
     let mut input = Input::Start;
@@ -772,7 +773,9 @@ async fn drive_connection(
     let result = loop {
         let timer = matches!(input, Input::Timer);
         let (next, out, events) =
-            step(shared, peer, connection_id, session.take().expect("session returned by step"), input).await?;
+            step(shared, peer, connection_id, session.take().expect("session returned by step"), input)
+                .await?
+                .map_err(|stopped| owner_refused(shared, peer, progress, stopped))?;
         let woke_in_vain = timer && out.is_empty() && events.is_empty();
         // Events first: a write failing below (the peer closed first) must not lose why
         // the session ended.
@@ -940,7 +943,7 @@ async fn step(
     connection: usize,
     mut session: Session,
     input: Input,
-) -> Result<(Session, Vec<Vec<u8>>, Vec<Event>), String> {
+) -> Result<Result<(Session, Vec<Vec<u8>>, Vec<Event>), Stopped>, String> {
     let now = shared.now_ms();
     let handle = shared.replica.clone();
     let shared = shared.clone();
@@ -964,7 +967,22 @@ async fn step(
             (session, out, events)
         })
     };
-    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())
+}
+
+/// The replica's owner thread refused a session's call. While the store is closed for
+/// recovery (`ReplicaHandle::health` is not `Ok`) that is this node's failure, as a
+/// failing store call inside the session is: counted in `store_failures`, logged at
+/// ERROR, and recorded as a local error so that the dialer's backoff keeps growing and
+/// the peer's lag shows the node falling behind. At shutdown it is just the end.
+fn owner_refused(shared: &Shared, peer: NodeId, progress: &mut Progress, stopped: Stopped) -> String {
+    let health = shared.replica.health();
+    if health != StoreHealth::Ok {
+        shared.store_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(%peer, ?health, "sync session closed: the local store is unavailable; the peer retries later");
+        progress.error = Some(ProtocolError::Storage(format!("{stopped} ({health:?})")));
+    }
+    stopped.to_string()
 }
 
 /// Reads length-prefixed frames; an oversized length or a broken stream ends the reader
