@@ -2,9 +2,12 @@
 //! gateway needs, which `axum::serve` does not let us set.
 //!
 //! - At most `connections_max` connections are served at once (each holds a file
-//!   descriptor); one past the cap is answered `503` with `Retry-After` and closed at
-//!   once, so a flood of idle or slow connections can neither exhaust the descriptors nor
-//!   leave well-behaved clients without an answer.
+//!   descriptor); one past the cap is answered `503` with `Retry-After` and closed, so a
+//!   flood of idle or slow connections can neither exhaust the descriptors nor leave
+//!   well-behaved clients without an answer. The refused connection lingers briefly (at
+//!   most `REFUSED_LINGER`, `REFUSED_LINGERING_MAX` at once) reading what the client
+//!   sends, because closing a socket that then receives the client's request resets it,
+//!   and a reset can discard the `503` before the client reads it.
 //! - hyper's header read timeout (it needs a timer, which `axum::serve` does not give it)
 //!   closes a connection that does not send a complete request head in time, also between
 //!   keep-alive requests. The body's read timeout is the handlers' (`api.rs`).
@@ -21,8 +24,9 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::api::Node;
@@ -32,6 +36,12 @@ use crate::api::Node;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Seconds a client over the connection cap is told to wait (`Retry-After`).
 pub const RETRY_AFTER_S: u64 = 1;
+/// How long a refused connection is kept open, at most, to read the client's request after
+/// the `503` (see the module header).
+const REFUSED_LINGER: Duration = Duration::from_millis(500);
+/// Refused connections lingering at once, at most; past it a refused connection is closed
+/// as soon as its `503` is written.
+const REFUSED_LINGERING_MAX: usize = 256;
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains as described above.
 /// Serves the API of `node` on `listener` until `shutdown` completes, then drains for at
@@ -45,6 +55,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, drain: Duration, shut
     builder.timer(TokioTimer::new()).header_read_timeout(Duration::from_millis(node.config.header_read_timeout_ms));
     let builder = Arc::new(builder);
     let served = Arc::new(Semaphore::new(connections_max));
+    let lingering = Arc::new(Semaphore::new(REFUSED_LINGERING_MAX));
     let counters = &node.counters;
     let (close_tx, close_rx) = watch::channel(());
     let mut connections = JoinSet::new();
@@ -67,7 +78,10 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, drain: Duration, shut
                         });
                     } else {
                         counters.connections_refused.fetch_add(1, Ordering::Relaxed);
-                        refuse(stream);
+                        match lingering.clone().try_acquire_owned() {
+                            Ok(permit) => drop(tokio::spawn(refuse_lingering(stream, permit))),
+                            Err(_) => refuse(stream),
+                        }
                     }
                 }
                 Err(error) => {
@@ -106,18 +120,37 @@ async fn connection(stream: TcpStream, builder: &http1::Builder, router: Router,
     let _ = conn.await;
 }
 
-/// Answers a connection over the cap with `503` and closes it, without waiting for
-/// anything: the answer fits the socket's send buffer, and what the client has sent so far
-/// is read and dropped first, because closing a socket with unread bytes resets it and the
-/// client might lose the answer.
-fn refuse(stream: TcpStream) {
+/// The `503` a connection over the cap gets.
+fn refusal() -> String {
     let body = format!("{{\"error\":\"too many connections (api.connections_max); retry in {RETRY_AFTER_S} s\"}}");
-    let response = format!(
+    format!(
         "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER_S}\r\nContent-Type: application/json\r\n\
          Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    );
-    let _ = stream.try_write(response.as_bytes());
+    )
+}
+
+/// Answers a connection over the cap with `503`, ends its sending side, and reads what the
+/// client sends until it closes (at most `REFUSED_LINGER`), so the answer is not lost to a
+/// reset.
+async fn refuse_lingering(mut stream: TcpStream, _permit: OwnedSemaphorePermit) {
+    let answer = async {
+        stream.write_all(refusal().as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSED_LINGER, answer).await;
+}
+
+/// Answers a connection over the cap with `503` and closes it, without waiting for
+/// anything (when too many refused connections linger already): the answer fits the
+/// socket's send buffer, and what the client has sent so far is read and dropped first,
+/// because closing a socket with unread bytes resets it and the client might lose the
+/// answer.
+fn refuse(stream: TcpStream) {
+    let _ = stream.try_write(refusal().as_bytes());
     let mut sink = [0u8; 4096];
     while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
