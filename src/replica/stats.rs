@@ -127,6 +127,28 @@ pub struct CacheFigures {
     pub redb_cache_bytes_max: usize,
 }
 
+/// `vec![$f(txn, table)?, ...]` over every redb table of the store, in one list for both
+/// passes (the tables have different key and value types, so no array of them exists).
+macro_rules! every_table {
+    ($f:ident, $txn:expr) => {{
+        let txn = $txn;
+        vec![
+            $f(txn, storage::META)?,
+            $f(txn, storage::CATALOG)?,
+            $f(txn, storage::DOCS)?,
+            $f(txn, storage::DOC_TAIL)?,
+            $f(txn, storage::DOC_HEADS)?,
+            $f(txn, storage::ROWS)?,
+            $f(txn, storage::INDEXES)?,
+            $f(txn, storage::CONFLICTS)?,
+            $f(txn, storage::LOG)?,
+            $f(txn, storage::VERSIONS)?,
+            $f(txn, storage::PENDING)?,
+            $f(txn, storage::DIGEST)?,
+        ]
+    }};
+}
+
 impl Replica {
     /// The document cache's use and both caches' budgets.
     pub fn cache_figures(&self) -> CacheFigures {
@@ -143,47 +165,13 @@ impl Snapshot {
     /// Entries of every redb table (redb keeps each table's length: no scan), for metrics
     /// read at every scrape; [`Snapshot::storage_stats`] is the full pass.
     pub fn table_entries(&self) -> Result<Vec<(String, u64)>, StorageError> {
-        let txn = self.txn();
-        let mut out = Vec::new();
-        macro_rules! entries {
-            ($($table:expr),*) => {$(
-                out.push((redb::TableHandle::name(&$table).to_string(), txn.open_table($table)?.len()?));
-            )*};
-        }
-        entries!(
-            storage::META,
-            storage::CATALOG,
-            storage::DOCS,
-            storage::DOC_TAIL,
-            storage::DOC_HEADS,
-            storage::ROWS,
-            storage::INDEXES,
-            storage::CONFLICTS,
-            storage::LOG,
-            storage::VERSIONS,
-            storage::PENDING,
-            storage::DIGEST
-        );
-        Ok(out)
+        Ok(every_table!(table_len, self.txn()))
     }
 
     /// Where the bytes go, as of this snapshot; see the module documentation.
     pub fn storage_stats(&self) -> Result<StorageStats, StorageError> {
         let txn = self.txn();
-        let redb_tables = vec![
-            redb_table(txn, storage::META)?,
-            redb_table(txn, storage::CATALOG)?,
-            redb_table(txn, storage::DOCS)?,
-            redb_table(txn, storage::DOC_TAIL)?,
-            redb_table(txn, storage::DOC_HEADS)?,
-            redb_table(txn, storage::ROWS)?,
-            redb_table(txn, storage::INDEXES)?,
-            redb_table(txn, storage::CONFLICTS)?,
-            redb_table(txn, storage::LOG)?,
-            redb_table(txn, storage::VERSIONS)?,
-            redb_table(txn, storage::PENDING)?,
-            redb_table(txn, storage::DIGEST)?,
-        ];
+        let redb_tables = every_table!(redb_table, txn);
         let mut user_tables = Vec::new();
         for (name, entry) in &self.catalog().tables {
             let mut stats = UserTableStats { name: name.clone(), live: entry.alive(), ..UserTableStats::default() };
@@ -205,6 +193,14 @@ impl Snapshot {
         }
         Ok(StorageStats { redb_tables, user_tables })
     }
+}
+
+/// A table's name and entry count (redb keeps the length: no scan).
+fn table_len<V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    definition: TableDefinition<'static, impl redb::Key + 'static, V>,
+) -> Result<(String, u64), StorageError> {
+    Ok((redb::TableHandle::name(&definition).to_string(), txn.open_table(definition)?.len()?))
 }
 
 fn redb_table<V: redb::Value + 'static>(
