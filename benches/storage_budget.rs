@@ -11,7 +11,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, OpenOptions, Replica, StorageStats, TableSchema, Value, WriteBatch};
+use edgestore::{NodeId, OpenOptions, Replica, StorageStats, WriteBatch};
+
+#[path = "readings.rs"]
+mod readings;
 
 const BATCH_ROWS: i64 = 1000;
 const NODE: &[u8] = b"storage-budget";
@@ -47,28 +50,14 @@ fn load_phase(path: &Path, rows: i64, cache_mib: usize) {
     let node = NodeId::from_public_key(NODE);
     println!("storage_budget: {rows} rows in {BATCH_ROWS}-row batches, cache budget {cache_mib} MiB");
     let mut replica = Replica::open_with(path, node, &options(cache_mib)).expect("open");
-    let schema = TableSchema::new("readings")
-        .column(ColumnDef::new("id", ColumnType::Integer))
-        .column(ColumnDef::new("sensor", ColumnType::Integer))
-        .column(ColumnDef::new("ts", ColumnType::Integer))
-        .column(ColumnDef::new("value", ColumnType::Real))
-        .primary_key(&["id"]);
-    replica.write(WriteBatch::new().create_table(schema), 0).expect("create table");
+    replica.write(WriteBatch::new().create_table(readings::schema()), 0).expect("create table");
     let started = Instant::now();
     let mut id = 0;
     while id < rows {
         let mut batch = WriteBatch::new();
         for _ in 0..BATCH_ROWS.min(rows - id) {
             id += 1;
-            batch = batch.insert(
-                "readings",
-                [
-                    ("id", Value::from(id)),
-                    ("sensor", Value::from(id % 97)),
-                    ("ts", Value::from(1_700_000_000_000 + id * 1000)),
-                    ("value", Value::Real(id as f64 * 0.25)),
-                ],
-            );
+            batch = batch.insert("readings", readings::reading(id));
         }
         replica.write(batch, id).expect("write a batch");
     }

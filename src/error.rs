@@ -27,6 +27,18 @@ pub enum StorageError {
     /// below its free-space floor. Nothing was written; the same request may succeed later.
     #[error("store unavailable: {0}")]
     Unavailable(StoreFault),
+    /// Changes a caller asked for were removed from the log by compaction: the log holds
+    /// `origin`'s changes from `floor + 1` on, and the caller lacks `needed..=floor`. Not a
+    /// storage failure: a peer that far behind catches up by state transfer.
+    #[error("changes of {origin} from seq {needed} were compacted out of the log (it holds seq {} on)", floor + 1)]
+    BelowLogFloor {
+        /// The origin whose changes are missing.
+        origin: NodeId,
+        /// The first seq the caller lacks.
+        needed: u64,
+        /// The log floor of `origin`: the highest seq compacted away.
+        floor: u64,
+    },
 }
 
 /// Why the store cannot write now (see [`StorageError::Unavailable`]).

@@ -30,8 +30,9 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase};
 
 use crate::error::{ApplyError, StorageError, StoreFault, WriteError};
-use crate::replica::{ApplyReport, Replica, Snapshot, WriteBatch, WriteReceipt};
+use crate::replica::{ApplyReport, CompactReport, Replica, Snapshot, WriteBatch, WriteReceipt};
 use crate::types::NodeId;
+use crate::version_vector::VersionVector;
 
 mod health;
 
@@ -218,6 +219,29 @@ impl ReplicaHandle {
             let _ = reply.send(f(replica));
         })))?;
         answer.recv().map_err(|_| Stopped)
+    }
+
+    /// Runs one bounded log-compaction step on the owner thread, between group commits
+    /// (docs/design.md § "Log compaction"). `upto` computes the target there, from the
+    /// replica itself (its horizon), so it is at or below the vector it is compared with;
+    /// at most `entries_max` entries go, so writers queued behind the step wait for one
+    /// short transaction. While the store is faulted the step does not run:
+    /// [`StorageError::Unavailable`].
+    pub fn compact_log_step(
+        &self,
+        upto: impl FnOnce(&Replica) -> VersionVector + Send + 'static,
+        entries_max: usize,
+    ) -> Result<CompactReport, StorageError> {
+        let outcome = self.call(move |replica| {
+            let target = upto(replica);
+            replica.compact_log_step(&target, entries_max)
+        });
+        outcome.unwrap_or_else(|Stopped| {
+            Err(match lock(&self.shared).fault.clone() {
+                Some(fault) => StorageError::Unavailable(fault),
+                None => StorageError::Stopped,
+            })
+        })
     }
 
     /// A read snapshot of the durable state, taken on the calling thread (redb readers

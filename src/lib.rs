@@ -43,6 +43,7 @@ pub use catalog::{Catalog, DdlConflict, IndexEntry, TableEntry};
 pub use change::{ChangeError, DocKey, VerifiedChange};
 pub use error::{ApplyError, OpenError, ReadError, StorageError, WriteError};
 pub use handle::ReplicaHandle;
+pub use replica::CompactReport;
 pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
     RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,

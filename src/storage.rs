@@ -8,10 +8,16 @@ use redb::{ReadableTable, TableDefinition};
 
 use crate::error::StorageError;
 
-/// Layout version of the whole file, stored in `meta_v1` under [`META_FORMAT`].
-pub const FORMAT_VERSION: u32 = 2;
-/// The previous layout: the same tables without `digest_v1`. Opening such a store builds
-/// `digest_v1` and moves it to [`FORMAT_VERSION`] in one transaction.
+/// The newest layout of the whole file, stored in `meta_v1` under [`META_FORMAT`]: format
+/// 2 whose change log may start above seq 1 (`meta_v1` [`META_LOG_FLOOR`]). A store moves
+/// to it in the transaction of its first log compaction; a format-2 build refuses it
+/// (it would serve a log with a hole as if it were complete).
+pub const FORMAT_VERSION: u32 = 3;
+/// A store whose log was never compacted: new stores start here, so that a build of
+/// format 2 still opens every store that does not need format 3.
+pub const FORMAT_VERSION_UNCOMPACTED: u32 = 2;
+/// The oldest layout: format 2 without `digest_v1`. Opening such a store builds
+/// `digest_v1` and moves it to [`FORMAT_VERSION_UNCOMPACTED`] in one transaction.
 pub const FORMAT_VERSION_WITHOUT_DIGEST: u32 = 1;
 
 /// Small named values: format version, node id, the last announced version vector.
@@ -46,6 +52,9 @@ pub const META_FORMAT: &str = "format_version";
 pub const META_NODE_ID: &str = "node_id";
 /// `meta_v1` key of the version vector at the last local change (CBOR).
 pub const META_ANNOUNCED: &str = "announced_vector";
+/// `meta_v1` key of the log floor (CBOR `VersionVector`): per origin, the highest seq
+/// removed from `log_v1` by compaction. Absent until the first compaction.
+pub const META_LOG_FLOOR: &str = "log_floor";
 
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {

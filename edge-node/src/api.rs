@@ -58,6 +58,8 @@ pub struct Node {
     pub memory: MemoryPool,
     /// The interrupts of the statements running now, so that shutdown can stop them.
     pub running: Arc<Running>,
+    /// The log compaction driver's settings and figures (`compaction.rs`).
+    pub compaction: Arc<crate::compaction::Compaction>,
 }
 
 /// The statements running now, by a number of their own.
@@ -259,10 +261,15 @@ pub fn router(node: Arc<Node>) -> Router {
         .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
     let mut router = Router::new().route("/v1/health", get(health_route)).merge(protected);
     if node.fault.is_some() {
-        router = router.route(
-            "/v1/debug/fault",
-            post(fault_route).route_layer(middleware::from_fn_with_state(node.clone(), require_token)),
-        );
+        router = router
+            .route(
+                "/v1/debug/fault",
+                post(fault_route).route_layer(middleware::from_fn_with_state(node.clone(), require_token)),
+            )
+            .route(
+                "/v1/debug/compact",
+                post(compact_route).route_layer(middleware::from_fn_with_state(node.clone(), require_token)),
+            );
     }
     router.layer(DefaultBodyLimit::max(node.config.body_bytes_max)).with_state(node)
 }
@@ -283,6 +290,27 @@ async fn fault_route(State(node): State<Arc<Node>>, Body(request): Body<FaultReq
     }
     tracing::warn!(cut = request.cut, "fault injection: sync socket switched");
     Ok(Json(json!({ "cut": request.cut })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactRequest {
+    /// Log entries per compaction step.
+    entries_per_step: usize,
+}
+
+/// Fault injection: compact the log up to the node's own vector (safe only for a node
+/// alone; the horizon is the real target), for the kill-during-compaction test.
+async fn compact_route(State(node): State<Arc<Node>>, Body(request): Body<CompactRequest>) -> Answer {
+    if node.fault.is_none() {
+        return Err(ApiError::bad_request("fault injection is disabled"));
+    }
+    if request.entries_per_step == 0 {
+        return Err(ApiError::bad_request("entries_per_step must be at least 1"));
+    }
+    node.compaction.compact_to_vector(request.entries_per_step);
+    tracing::warn!(entries_per_step = request.entries_per_step, "fault injection: compacting up to the own vector");
+    Ok(Json(json!({ "entries_per_step": request.entries_per_step })))
 }
 
 async fn require_token(State(node): State<Arc<Node>>, request: Request, next: Next) -> Response {
@@ -657,6 +685,7 @@ async fn metrics_route(State(node): State<Arc<Node>>) -> Result<Response, ApiErr
     };
     figures.store_bytes = store_bytes(&node.config);
     figures.health = health;
+    figures.compaction = metrics::CompactionFigures::of(&node.compaction);
     let text = metrics::render(
         &node.counters,
         &figures,
@@ -682,6 +711,7 @@ fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
         replica.pending_changes().map(|pending_changes| StoreFigures {
             local_changes: vector.seq(replica.node_id()),
             changes: vector.total_changes(),
+            log_floor_changes: replica.log_floor().total_changes(),
             pending_changes,
             conflicts,
             table_entries,

@@ -24,6 +24,7 @@ use sync_protocol::transport::{FaultSwitch, SyncNode, SyncNodeConfig};
 use sync_protocol::SessionConfig;
 
 use crate::api::{self, Node};
+use crate::compaction::{self, Compaction};
 use crate::config::{Config, LogFormat, PeerList};
 use crate::identity::Identity;
 use crate::metrics::ApiCounters;
@@ -83,6 +84,8 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         StoreReopen { data_dir: config.data_dir.clone(), node_id, floor_bytes, options: config.open_options() };
     let (handle, owner) = ReplicaHandle::spawn_with_reopen(replica, reopen);
     tokio::spawn(store_health::probe(handle.clone(), config.data_dir.clone(), floor_bytes));
+    let compaction = Arc::new(Compaction::default());
+    tokio::spawn(compaction::drive(handle.clone(), Arc::clone(&compaction)));
     let (sync, sync_addr, fault) = start_sync(config, &identity, handle.clone())?;
     let fault = fault_injection_enabled().then_some(fault);
     if fault.is_some() {
@@ -111,6 +114,7 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         statement_slots: Arc::new(tokio::sync::Semaphore::new(config.statements_max)),
         memory: edgestore::sql::MemoryPool::new(config.memory_mib << 20),
         running: Arc::default(),
+        compaction,
     });
     write_runtime_file(&config.data_dir, api_addr)?;
     print_banner(config, node_id, sync_addr, api_addr);

@@ -10,6 +10,7 @@
 mod api;
 mod backup;
 mod client;
+mod compaction;
 mod config;
 mod daemon;
 mod history;

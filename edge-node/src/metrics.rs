@@ -57,6 +57,36 @@ pub struct StoreFigures {
     pub table_entries: Vec<(String, u64)>,
     /// The caches' use and budgets.
     pub caches: Option<edgestore::CacheFigures>,
+    /// Changes below the log floor: compacted out of the log (still in their documents).
+    pub log_floor_changes: u64,
+    /// What the compaction driver did since the node started.
+    pub compaction: CompactionFigures,
+}
+
+/// The compaction driver's figures for a scrape.
+#[derive(Debug, Default, Clone)]
+pub struct CompactionFigures {
+    /// Log entries removed.
+    pub entries: u64,
+    /// Bytes of the removed envelopes.
+    pub bytes: u64,
+    /// Steps that failed.
+    pub failures: u64,
+    /// The longest step, in microseconds.
+    pub step_us_max: u64,
+}
+
+impl CompactionFigures {
+    /// Reads them from the driver's counters.
+    pub fn of(compaction: &crate::compaction::Compaction) -> CompactionFigures {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        CompactionFigures {
+            entries: load(&compaction.entries),
+            bytes: load(&compaction.bytes),
+            failures: load(&compaction.failures),
+            step_us_max: load(&compaction.step_us_max),
+        }
+    }
 }
 
 /// The store's health for a scrape.
@@ -260,7 +290,20 @@ fn peer_metrics(registry: &mut Registry, peers: &[PeerStatus]) {
     registry.register("peer_bytes_received", "Frame bytes received from the peer", bytes_received);
 }
 
+/// Log compaction (docs/design.md § "Log compaction").
+fn compaction_metrics(registry: &mut Registry, store: &StoreFigures) {
+    let floor = "Changes compacted out of the change log (the log floor, summed over origins)";
+    gauge(registry, "log_floor_changes", floor, store.log_floor_changes);
+    let figures = &store.compaction;
+    counter(registry, "log_compacted_entries", "Change-log entries removed by compaction", figures.entries);
+    counter(registry, "log_compacted_bytes", "Bytes of the change-log entries removed by compaction", figures.bytes);
+    counter(registry, "log_compaction_failures", "Compaction steps that failed", figures.failures);
+    let pause = "Longest compaction step since the node started (writers wait for at most one), in microseconds";
+    gauge(registry, "log_compaction_step_max_microseconds", pause, figures.step_us_max);
+}
+
 fn store_metrics(registry: &mut Registry, store: &StoreFigures) {
+    compaction_metrics(registry, store);
     let entries = Family::<TableLabel, Gauge>::default();
     for (table, count) in &store.table_entries {
         entries.get_or_create(&TableLabel { table: table.clone() }).set(clamp(*count));
@@ -321,6 +364,12 @@ mod tests {
         assert!(text.contains("edgestore_store_table_entries{table=\"rows_v1\"} 7"), "{text}");
         assert!(text.contains("edgestore_cache_budget_bytes{cache=\"redb\"} 3000"), "{text}");
         assert!(text.contains("edgestore_doc_cache_bytes 100"), "{text}");
+        let compaction = CompactionFigures { entries: 9, bytes: 900, failures: 0, step_us_max: 1500 };
+        let store = StoreFigures { log_floor_changes: 9, compaction, ..StoreFigures::default() };
+        let text = render(&api, &store, &[], &NodeCounters::default(), 5);
+        assert!(text.contains("edgestore_log_floor_changes 9"), "{text}");
+        assert!(text.contains("edgestore_log_compacted_entries_total 9"), "{text}");
+        assert!(text.contains("edgestore_log_compaction_step_max_microseconds 1500"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 

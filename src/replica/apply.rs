@@ -107,6 +107,13 @@ impl Replica {
         let pending_empty = tables.pending.is_empty()?;
         for change in changes {
             let (origin, seq) = (change.origin, change.seq);
+            if seq <= self.floor.seq(origin) {
+                // Held and compacted away: a duplicate by (origin, seq) alone, as its bytes
+                // are gone (an equivocation that old is not detected; every member holds
+                // the original, docs/design.md § "Log compaction").
+                report.duplicates += 1;
+                continue;
+            }
             let key = keys::log_key(origin, seq);
             let held = match tables.log.get(key.as_slice())? {
                 Some(bytes) => Some(*blake3::hash(bytes.value()).as_bytes()),
@@ -256,12 +263,16 @@ impl Replica {
 
     /// Log entries that `vector` lacks, per origin in seq order, at most `changes_max`
     /// changes and about `bytes_max` bytes (always at least one change if any is lacking).
+    ///
+    /// [`StorageError::BelowLogFloor`] if `vector` lacks changes that compaction removed
+    /// (`vector[o] < floor[o] < V[o]` for some origin): they are never silently skipped.
     pub fn changes_since(
         &self,
         vector: &VersionVector,
         changes_max: usize,
         bytes_max: usize,
     ) -> Result<ChangeBatch, StorageError> {
+        self.check_above_floor(vector)?;
         let txn = self.db.begin_read()?;
         let log = txn.open_table(storage::LOG)?;
         let mut changes = Vec::new();
@@ -286,6 +297,19 @@ impl Replica {
             }
         }
         Ok(ChangeBatch { changes, complete: true, covered })
+    }
+}
+
+impl Replica {
+    /// Refuses a `changes_since` whose answer would need changes below the log floor.
+    fn check_above_floor(&self, vector: &VersionVector) -> Result<(), StorageError> {
+        for (origin, floor) in self.floor.iter() {
+            let theirs = vector.seq(origin);
+            if theirs < floor && self.versions.seq(origin) > theirs {
+                return Err(StorageError::BelowLogFloor { origin, needed: theirs + 1, floor });
+            }
+        }
+        Ok(())
     }
 }
 

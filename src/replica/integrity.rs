@@ -17,7 +17,7 @@ use lru::LruCache;
 use redb::{ReadableDatabase, ReadableTable};
 
 use super::materialize::{index_entry_key, materialize_row};
-use super::{digest_parts, load_working_doc, read, Replica, Snapshot};
+use super::{compact, digest_parts, load_working_doc, read, Replica, Snapshot};
 use crate::catalog::{self, Catalog};
 use crate::change::{DocKey, VerifiedChange};
 use crate::codec;
@@ -27,6 +27,7 @@ use crate::keys;
 use crate::record;
 use crate::storage;
 use crate::types::NodeId;
+use crate::version_vector::VersionVector;
 
 /// A blake3 digest of a replica's converged state.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -126,7 +127,7 @@ impl Replica {
         checker.check_rows(&catalog)?;
         checker.check_stored_rows(&catalog)?;
         checker.check_indexes(&catalog)?;
-        checker.check_log(&self.versions)?;
+        checker.check_log(&self.versions, &self.floor)?;
         checker.check_digest()?;
         Ok(checker.problems)
     }
@@ -329,11 +330,14 @@ impl Checker {
         Ok(())
     }
 
-    /// The log must be contiguous per origin and match the version vector; every logged
-    /// automerge change must be in its document; no pending change may already be held.
-    fn check_log(&mut self, in_memory: &crate::VersionVector) -> Result<(), StorageError> {
+    /// The log must hold, per origin, exactly the seqs above the log floor up to the
+    /// version vector; every logged automerge change must be in its document; no pending
+    /// change may already be held.
+    fn check_log(&mut self, in_memory: &VersionVector, in_memory_floor: &VersionVector) -> Result<(), StorageError> {
+        let floor = self.check_floor(in_memory_floor)?;
         let log = self.txn.open_table(storage::LOG)?;
-        let mut derived = crate::VersionVector::new();
+        // An origin compacted up to its vector has no entries left: its seq is its floor.
+        let mut derived = floor.clone();
         let mut entries = Vec::new();
         for item in log.iter()? {
             let (key, value) = item?;
@@ -344,7 +348,10 @@ impl Checker {
                 self.problems.push(IntegrityProblem::Log { problem: "malformed log key".into() });
                 continue;
             };
-            if seq != derived.seq(origin) + 1 {
+            if seq <= floor.seq(origin) {
+                let problem = format!("entry {origin} seq {seq} is at or below the log floor {}", floor.seq(origin));
+                self.problems.push(IntegrityProblem::Log { problem });
+            } else if seq != derived.seq(origin) + 1 {
                 let problem = format!("gap before {origin} seq {seq}");
                 self.problems.push(IntegrityProblem::Log { problem });
             }
@@ -367,6 +374,30 @@ impl Checker {
             }
         }
         Ok(())
+    }
+
+    /// The stored log floor must decode, equal the replica's, and be recorded under the
+    /// format that allows a compacted log; returns it.
+    fn check_floor(&mut self, in_memory: &VersionVector) -> Result<VersionVector, StorageError> {
+        let floor = match compact::stored_log_floor(&self.txn) {
+            Ok(floor) => floor,
+            Err(StorageError::Corrupt(problem)) => {
+                self.problems.push(IntegrityProblem::Log { problem });
+                return Ok(in_memory.clone());
+            }
+            Err(e) => return Err(e),
+        };
+        if floor != *in_memory {
+            let problem = format!("log floor {floor:?} (in memory {in_memory:?})");
+            self.problems.push(IntegrityProblem::Log { problem });
+        }
+        let meta = self.txn.open_table(storage::META)?;
+        let format = meta.get(storage::META_FORMAT)?.map(|v| v.value().to_vec());
+        if !floor.is_empty() && format.as_deref() != Some(storage::FORMAT_VERSION.to_be_bytes().as_slice()) {
+            let problem = format!("a compacted log in a store not of format {}", storage::FORMAT_VERSION);
+            self.problems.push(IntegrityProblem::Log { problem });
+        }
+        Ok(floor)
     }
 
     /// The maintained digest parts must equal the parts recomputed from every entry.

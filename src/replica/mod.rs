@@ -10,6 +10,7 @@
 mod apply;
 mod backup;
 mod cache;
+mod compact;
 mod digest;
 mod digest_parts;
 mod guard;
@@ -30,7 +31,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::change::DocKey;
-use crate::codec;
 use crate::doc;
 use crate::error::StorageError;
 use crate::keys;
@@ -41,6 +41,7 @@ use crate::version_vector::VersionVector;
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
 pub use cache::{DOC_CACHE_CHANGE_BYTES, DOC_CACHE_ENTRY_BYTES};
+pub use compact::CompactReport;
 pub use digest::{
     blake3_of, bucket_in_range, heads_bucket, DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, HEADS_TREE_FANOUT,
     REPAIR_DOCS_MAX,
@@ -93,6 +94,8 @@ pub struct Replica {
     /// The version vector when this node last wrote; the next local change depends on
     /// whatever has grown since.
     announced: VersionVector,
+    /// The log floor: per origin, the highest seq compacted out of `log_v1` (`compact.rs`).
+    floor: VersionVector,
     cache: DocCache,
     /// Faults, the low-disk floor and deferred durability (`guard.rs`).
     guard: guard::Guard,
@@ -164,10 +167,8 @@ impl Replica {
         }
         self.versions = versions;
         let meta = txn.open_table(storage::META)?;
-        self.announced = match meta.get(storage::META_ANNOUNCED)? {
-            Some(bytes) => codec::decode(bytes.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?,
-            None => VersionVector::new(),
-        };
+        self.announced = read::meta_vector(&meta, storage::META_ANNOUNCED)?;
+        self.floor = read::meta_vector(&meta, storage::META_LOG_FLOOR)?;
         Ok(())
     }
 

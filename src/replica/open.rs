@@ -15,7 +15,7 @@ use super::cache::DocCache;
 use super::{digest_parts, Replica};
 use crate::catalog::Catalog;
 use crate::error::{OpenError, StorageError};
-use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_WITHOUT_DIGEST};
+use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST};
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
 
@@ -70,7 +70,7 @@ impl Replica {
             .map_err(StorageError::from)?;
         let replica = Replica::open_database_with(db, node, options)?;
         if replica.upgraded_on_open {
-            tracing::info!(path = %path.as_ref().display(), "store upgraded to format {FORMAT_VERSION} (digest_v1 built)");
+            tracing::info!(path = %path.as_ref().display(), "store upgraded to format {FORMAT_VERSION_UNCOMPACTED} (digest_v1 built)");
         }
         Ok(replica)
     }
@@ -102,6 +102,7 @@ impl Replica {
             catalog: Catalog::default(),
             versions: VersionVector::new(),
             announced: VersionVector::new(),
+            floor: VersionVector::new(),
             cache: DocCache::new(options.doc_cache_bytes()),
             guard: super::guard::Guard::default(),
             redb_cache_bytes: options.redb_cache_bytes(),
@@ -119,12 +120,13 @@ fn check_or_init_meta(meta: &mut redb::Table<&'static str, &'static [u8]>, node:
     let format = meta.get(storage::META_FORMAT).map_err(StorageError::from)?.map(|v| v.value().to_vec());
     let upgrade = match format {
         None => {
-            meta.insert(storage::META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice()).map_err(StorageError::from)?;
+            let format = FORMAT_VERSION_UNCOMPACTED.to_be_bytes();
+            meta.insert(storage::META_FORMAT, format.as_slice()).map_err(StorageError::from)?;
             meta.insert(storage::META_NODE_ID, node.as_bytes().as_slice()).map_err(StorageError::from)?;
             return Ok(false);
         }
         Some(bytes) => match <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes).unwrap_or(0) {
-            FORMAT_VERSION => false,
+            FORMAT_VERSION | FORMAT_VERSION_UNCOMPACTED => false,
             FORMAT_VERSION_WITHOUT_DIGEST => true,
             found => return Err(OpenError::UnsupportedFormat { found, expected: FORMAT_VERSION }),
         },
@@ -137,7 +139,8 @@ fn check_or_init_meta(meta: &mut redb::Table<&'static str, &'static [u8]>, node:
         return Err(OpenError::NodeIdMismatch { stored, requested: node });
     }
     if upgrade {
-        meta.insert(storage::META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice()).map_err(StorageError::from)?;
+        let format = FORMAT_VERSION_UNCOMPACTED.to_be_bytes();
+        meta.insert(storage::META_FORMAT, format.as_slice()).map_err(StorageError::from)?;
     }
     Ok(upgrade)
 }

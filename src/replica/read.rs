@@ -29,6 +29,17 @@ pub(crate) fn load_catalog(txn: &redb::ReadTransaction) -> Result<Catalog, Stora
     Ok(catalog)
 }
 
+/// A version vector stored in `meta_v1` under `key` (CBOR); empty when absent.
+pub(crate) fn meta_vector(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<VersionVector, StorageError> {
+    match meta.get(key)? {
+        Some(bytes) => codec::decode(bytes.value()).map_err(|e| StorageError::Corrupt(format!("meta_v1 {key}: {e}"))),
+        None => Ok(VersionVector::new()),
+    }
+}
+
 /// The conflicting columns of one row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowConflicts {

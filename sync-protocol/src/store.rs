@@ -12,6 +12,10 @@ use edgestore::{
 pub trait SyncStore {
     /// The store's version vector.
     fn version_vector(&self) -> VersionVector;
+    /// The log floor: per origin, the highest seq compacted out of the log. A peer whose
+    /// vector is below it for an origin the store holds more of cannot be served from the
+    /// log (`changes_since` answers `StorageError::BelowLogFloor`).
+    fn log_floor(&self) -> VersionVector;
     /// Log entries `vector` lacks, bounded.
     fn changes_since(
         &self,
@@ -35,6 +39,10 @@ pub trait SyncStore {
 impl SyncStore for Replica {
     fn version_vector(&self) -> VersionVector {
         Replica::version_vector(self).clone()
+    }
+
+    fn log_floor(&self) -> VersionVector {
+        Replica::log_floor(self).clone()
     }
 
     fn changes_since(

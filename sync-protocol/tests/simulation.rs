@@ -785,6 +785,9 @@ impl sync_protocol::SyncStore for FailingStore {
     fn version_vector(&self) -> edgestore::VersionVector {
         self.0.version_vector().clone()
     }
+    fn log_floor(&self) -> edgestore::VersionVector {
+        self.0.log_floor().clone()
+    }
     fn changes_since(
         &self,
         vector: &edgestore::VersionVector,

@@ -123,7 +123,23 @@ pub fn http_with_token(
     body: Option<&Json>,
     token: Option<&str>,
 ) -> (u16, Json) {
-    let mut stream = TcpStream::connect(api).expect("connecting to the API");
+    try_http_with_token(api, method, path, body, token).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`] that reports a failed connection or a cut-off answer instead of panicking
+/// (a node killed while answering).
+pub fn try_http(api: SocketAddr, method: &str, path: &str, body: Option<&Json>) -> Result<(u16, Json), String> {
+    try_http_with_token(api, method, path, body, None)
+}
+
+fn try_http_with_token(
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Json>,
+    token: Option<&str>,
+) -> Result<(u16, Json), String> {
+    let mut stream = TcpStream::connect(api).map_err(|e| format!("connecting to the API: {e}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60))).expect("timeout");
     let body = body.map(Json::to_string).unwrap_or_default();
     write!(
@@ -132,12 +148,22 @@ pub fn http_with_token(
         body.len(),
         auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
     )
-    .expect("sending the request");
+    .map_err(|e| format!("sending the request: {e}"))?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reading the answer");
-    let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let (_, payload) = response.split_once("\r\n\r\n").expect("headers end");
-    (status, serde_json::from_str(payload).unwrap_or(Json::String(payload.to_string())))
+    stream.read_to_string(&mut response).map_err(|e| format!("reading the answer: {e}"))?;
+    let status: u16 =
+        response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no status code in the answer")?;
+    let (_, payload) = response.split_once("\r\n\r\n").ok_or("the answer's headers do not end")?;
+    Ok((status, serde_json::from_str(payload).unwrap_or(Json::String(payload.to_string()))))
+}
+
+/// The value of an unlabelled metric of `GET /metrics` (a counter's `_total` included).
+pub fn metric(node: &Node, name: &str) -> u64 {
+    let (status, answer) = http(node.api, "GET", "/metrics", None);
+    assert_eq!(status, 200, "{answer}");
+    let text = answer.as_str().expect("the exposition is text");
+    let value = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' '));
+    value.and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{}: no metric {name}", node.name))
 }
 
 /// Runs SQL through the API; panics unless it succeeds.

@@ -1,0 +1,145 @@
+//! The daemon's log compaction driver (docs/design.md § "Log compaction").
+//!
+//! Every [`COMPACT_INTERVAL`] it runs bounded steps on the replica's owner thread: each
+//! step removes at most [`COMPACT_STEP_ENTRIES`] log entries in one short durable
+//! transaction, and is its own request to the owner, so writes and applies queued
+//! meanwhile run between two steps and never wait for more than one. At most
+//! [`COMPACT_STEPS_PER_TICK`] steps run per tick, so a long log is worked off over several
+//! seconds while the owner stays mostly free for writers.
+//!
+//! The target is computed on the owner thread from the replica. Until the causal-stability
+//! horizon is built there is no safe target, so the daemon compacts nothing by default; the
+//! fault-injection route (`POST /v1/debug/compact`) sets "up to the node's own vector",
+//! which is safe only for a node alone, for the end-to-end tests.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgestore::{CompactReport, Replica, ReplicaHandle, StorageError, VersionVector};
+
+/// How often the driver wakes.
+pub const COMPACT_INTERVAL: Duration = Duration::from_secs(1);
+/// Log entries removed per step, at most: the longest a queued writer waits behind
+/// compaction is one such step (README "Storage and memory" has the measured pause).
+pub const COMPACT_STEP_ENTRIES: usize = 256;
+/// Steps per tick, at most.
+pub const COMPACT_STEPS_PER_TICK: usize = 64;
+
+/// The driver's settings and what it did, shared with the API (metrics, debug route).
+#[derive(Debug)]
+pub struct Compaction {
+    /// Compact up to the node's own vector (fault-injection route only).
+    to_vector: AtomicBool,
+    /// Entries per step.
+    step_entries: AtomicUsize,
+    /// Log entries removed since the node started.
+    pub entries: AtomicU64,
+    /// Bytes of the removed envelopes.
+    pub bytes: AtomicU64,
+    /// Steps that removed something.
+    pub steps: AtomicU64,
+    /// Steps that failed (other than on a faulted store, which the store health reports).
+    pub failures: AtomicU64,
+    /// The longest step so far, in microseconds, measured around the owner thread's
+    /// round trip: what a writer queued behind a step waits at most, roughly.
+    pub step_us_max: AtomicU64,
+}
+
+impl Default for Compaction {
+    fn default() -> Compaction {
+        Compaction {
+            to_vector: AtomicBool::new(false),
+            step_entries: AtomicUsize::new(COMPACT_STEP_ENTRIES),
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            steps: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            step_us_max: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Compaction {
+    /// Fault injection: compact up to the node's own version vector, `step_entries` per
+    /// step. Safe only for a node alone (no member can lack anything it holds).
+    pub fn compact_to_vector(&self, step_entries: usize) {
+        assert!(step_entries > 0, "a step removes at least one entry");
+        self.step_entries.store(step_entries, Ordering::Relaxed);
+        self.to_vector.store(true, Ordering::Relaxed);
+    }
+
+    /// The target of a step, computed on the owner thread.
+    fn target(&self, replica: &Replica) -> VersionVector {
+        if self.to_vector.load(Ordering::Relaxed) {
+            replica.version_vector().clone()
+        } else {
+            VersionVector::new()
+        }
+    }
+
+    /// Runs up to [`COMPACT_STEPS_PER_TICK`] steps, until the log holds nothing at or
+    /// below the target. `Err` only when the owner thread has stopped.
+    fn tick(self: &Arc<Compaction>, handle: &ReplicaHandle) -> Result<(), StorageError> {
+        for _ in 0..COMPACT_STEPS_PER_TICK {
+            let compaction = Arc::clone(self);
+            let started = Instant::now();
+            let outcome = handle
+                .compact_log_step(move |replica| compaction.target(replica), self.step_entries.load(Ordering::Relaxed));
+            let step_us = started.elapsed().as_micros() as u64;
+            match outcome {
+                Ok(report) => {
+                    self.record(&report, step_us);
+                    if report.complete {
+                        return Ok(());
+                    }
+                }
+                Err(StorageError::Stopped) => return Err(StorageError::Stopped),
+                // Faulted: the store health reports it, and the next tick tries again.
+                Err(StorageError::Unavailable(_)) => return Ok(()),
+                Err(error) => {
+                    let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    // Logged at the 1st, 2nd, 4th, 8th... failure: a lasting one does not
+                    // flood the log once a second.
+                    if failures.is_power_of_two() {
+                        tracing::error!(%error, failures, "log compaction failed");
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, report: &CompactReport, step_us: u64) {
+        if report.entries_removed == 0 {
+            return;
+        }
+        self.entries.fetch_add(report.entries_removed, Ordering::Relaxed);
+        self.bytes.fetch_add(report.bytes_removed, Ordering::Relaxed);
+        self.steps.fetch_add(1, Ordering::Relaxed);
+        self.step_us_max.fetch_max(step_us, Ordering::Relaxed);
+        tracing::debug!(
+            entries = report.entries_removed,
+            bytes = report.bytes_removed,
+            floor_changes = report.floor.total_changes(),
+            step_us,
+            "log compacted"
+        );
+    }
+}
+
+/// Steps compaction every [`COMPACT_INTERVAL`] until the owner thread stops.
+pub async fn drive(handle: ReplicaHandle, compaction: Arc<Compaction>) {
+    let mut interval = tokio::time::interval(COMPACT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let (handle, compaction) = (handle.clone(), Arc::clone(&compaction));
+        match tokio::task::spawn_blocking(move || compaction.tick(&handle)).await {
+            Ok(Ok(())) => {}
+            // The owner thread stopped, or the runtime is shutting down.
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
