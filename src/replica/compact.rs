@@ -2,16 +2,18 @@
 //! steps, and the log floor records how far (docs/design.md § "Log compaction").
 //!
 //! The floor is a version vector kept in `meta_v1` (`log_floor`): for every origin `o`
-//! the log holds exactly the changes `(floor[o], V[o]]`, and `floor ≤ V`. A step removes
-//! at most `entries_max` entries, origin by origin in seq order, and raises the floor to
-//! the last one it removed, in one short durable transaction — so a crash between steps
+//! the log holds every change in `(floor[o], V[o]]`, and `floor ≤ V`. Entries at or below
+//! the floor may remain where a state transfer raised it over a gap; compaction removes
+//! them like any other. A step removes at most `entries_max` entries, origin by origin in
+//! seq order, and raises the floor to the last one it removed above it, in one short
+//! durable transaction — so a crash between steps
 //! (or in one) leaves the log and its floor agreeing, and writers queued on the owner
 //! thread wait for at most one step. Documents, rows and the state digest are untouched:
 //! every compacted change is still in its document, and the digest covers the converged
 //! state, not the log. Which target is safe is the caller's concern (the causal-stability
 //! horizon); this module only checks that it is at or below what the replica holds.
 
-use redb::ReadableTable;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::{read, Replica};
 use crate::codec;
@@ -35,16 +37,18 @@ pub struct CompactReport {
     pub complete: bool,
 }
 
-/// One origin's part of a step: remove seqs `from..=to`, which the log holds.
+/// One origin's part of a step: remove every entry up to seq `to`; the log holds each
+/// of `(floor, to]`, and may hold some at or below `floor`.
 struct Span {
     origin: NodeId,
-    from: u64,
+    floor: u64,
     to: u64,
 }
 
 impl Replica {
     /// The log floor: for every origin `o` the log holds every change in `(floor[o], V[o]]`
-    /// and nothing else. Empty until something is compacted; always `≤` the vector.
+    /// (and possibly some at or below the floor, left by a state transfer). Empty until
+    /// something is compacted; always `≤` the vector.
     pub fn log_floor(&self) -> &VersionVector {
         &self.floor
     }
@@ -70,11 +74,7 @@ impl Replica {
         if let Some(refusal) = self.fault_refusal() {
             return Err(refusal);
         }
-        let spans: Vec<Span> = upto
-            .iter()
-            .filter(|&(origin, to)| to > self.floor.seq(origin))
-            .map(|(origin, to)| Span { origin, from: self.floor.seq(origin) + 1, to })
-            .collect();
+        let spans = self.spans(upto)?;
         if spans.is_empty() || entries_max == 0 {
             return Ok(CompactReport {
                 floor: self.floor.clone(),
@@ -93,6 +93,25 @@ impl Replica {
         }
     }
 
+    /// The origins with something to remove up to `upto`: above the floor, or left below
+    /// it (one range probe per origin, in a read transaction: a step with nothing to do
+    /// writes nothing).
+    fn spans(&self, upto: &VersionVector) -> Result<Vec<Span>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let log = txn.open_table(storage::LOG)?;
+        let mut spans = Vec::new();
+        for (origin, to) in upto.iter() {
+            let floor = self.floor.seq(origin);
+            let below = to.min(floor);
+            let (first, last) = (keys::log_key(origin, 0), keys::log_key(origin, below));
+            let left_below = below > 0 && log.range::<&[u8]>(first.as_slice()..=last.as_slice())?.next().is_some();
+            if to > floor || left_below {
+                spans.push(Span { origin, floor, to });
+            }
+        }
+        Ok(spans)
+    }
+
     fn compact_txn(&self, spans: &[Span], entries_max: usize) -> Result<CompactReport, StorageError> {
         let txn = self.begin_durable_write()?;
         let mut report = CompactReport { floor: self.floor.clone(), complete: true, ..CompactReport::default() };
@@ -104,9 +123,9 @@ impl Replica {
                     report.complete = false;
                     break;
                 }
-                let last = remove_span(&mut log, span, budget, &mut report)?;
-                report.floor.set(span.origin, last);
-                report.complete &= last == span.to;
+                let (floor, complete) = remove_span(&mut log, span, budget, &mut report)?;
+                report.floor.set(span.origin, floor);
+                report.complete &= complete;
             }
             let mut meta = txn.open_table(storage::META)?;
             record_log_floor(&mut meta, &report.floor)?;
@@ -116,34 +135,39 @@ impl Replica {
     }
 }
 
-/// Removes up to `budget` entries of `span` from the log, in seq order; returns the last
-/// seq removed. A gap is corruption: the caller's transaction is then dropped unapplied.
+/// Removes up to `budget` entries of `span` from the log, in seq order; returns the
+/// origin's new floor (the last seq removed above the old one) and whether nothing up to
+/// `span.to` is left. A missing entry above the floor is corruption: the caller's
+/// transaction is then dropped unapplied.
 fn remove_span(
     log: &mut redb::Table<'_, &'static [u8], &'static [u8]>,
     span: &Span,
     budget: usize,
     report: &mut CompactReport,
-) -> Result<u64, StorageError> {
-    let (start, end) = (keys::log_key(span.origin, span.from), keys::log_key(span.origin, span.to));
-    let mut last = span.from - 1;
+) -> Result<(u64, bool), StorageError> {
+    let (start, end) = (keys::log_key(span.origin, 0), keys::log_key(span.origin, span.to));
+    let lacks = |seq: u64| StorageError::Corrupt(format!("log_v1 lacks {} seq {seq} below the vector", span.origin));
+    let (mut floor, mut removed, mut last) = (span.floor, 0usize, 0);
     for item in log.extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?.take(budget) {
         let (key, value) = item?;
         let (origin, seq) = keys::decode_log_key(key.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        if origin != span.origin || seq != last + 1 {
-            return Err(StorageError::Corrupt(format!(
-                "log_v1 lacks {} seq {} below the vector",
-                span.origin,
-                last + 1
-            )));
+        assert_eq!(origin, span.origin, "the range holds one origin's keys");
+        if seq > floor {
+            if seq != floor + 1 {
+                return Err(lacks(floor + 1));
+            }
+            floor = seq;
         }
-        last = seq;
-        report.entries_removed += 1;
+        (removed, last) = (removed + 1, seq);
         report.bytes_removed += value.value().len() as u64;
     }
-    if last < span.to && (last - span.from + 1) < budget as u64 {
-        return Err(StorageError::Corrupt(format!("log_v1 lacks {} seq {} below the vector", span.origin, last + 1)));
+    report.entries_removed += removed as u64;
+    // The range ran out before the budget: everything up to `to` must have been there.
+    let exhausted = removed < budget;
+    if exhausted && floor < span.to {
+        return Err(lacks(floor + 1));
     }
-    Ok(last)
+    Ok((floor, exhausted || last == span.to))
 }
 
 /// Writes the log floor to `meta_v1` and moves the store to the format that can hold a
