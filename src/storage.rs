@@ -45,6 +45,9 @@ pub const PENDING: TableDefinition<&[u8], &[u8]> = TableDefinition::new("pending
 /// The maintained state digest: part key → entries, bytes, XOR of entry hashes (see
 /// `replica/digest_parts.rs`).
 pub const DIGEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("digest_v1");
+/// What each member of the cluster is known to hold: member → u64 BE last-heard ms ‖ CBOR
+/// version vector (see `replica/holders.rs`).
+pub const HOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("holders_v1");
 
 /// `meta_v1` key of the format version (u32 BE).
 pub const META_FORMAT: &str = "format_version";
@@ -55,6 +58,8 @@ pub const META_ANNOUNCED: &str = "announced_vector";
 /// `meta_v1` key of the log floor (CBOR `VersionVector`): per origin, the highest seq
 /// removed from `log_v1` by compaction. Absent until the first compaction.
 pub const META_LOG_FLOOR: &str = "log_floor";
+/// `meta_v1` key of the last causal-stability horizon (CBOR version vector).
+pub const META_HORIZON: &str = "horizon";
 
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
@@ -70,6 +75,7 @@ pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(VERSIONS)?;
     txn.open_table(PENDING)?;
     txn.open_table(DIGEST)?;
+    txn.open_table(HOLDERS)?;
     Ok(())
 }
 

@@ -148,7 +148,12 @@ fn start_sync(
     let mut session = SessionConfig::new(config.cluster_id());
     session.keepalive_ms = config.keepalive_ms;
     session.idle_timeout_ms = config.idle_timeout_ms;
-    let sync_config = SyncNodeConfig { session, listen: config.sync_listen, backoff_ms: BACKOFF_MS };
+    let sync_config = SyncNodeConfig {
+        session,
+        listen: config.sync_listen,
+        backoff_ms: BACKOFF_MS,
+        clock_base_ms: crate::now_ms().max(0) as u64,
+    };
     let allowed = Arc::new(RwLock::new(BTreeSet::new()));
     let (sync, fault) = SyncNode::start(handle, &identity.key_pair, allowed, sync_config).with_context(|| {
         format!(

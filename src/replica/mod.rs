@@ -15,6 +15,7 @@ mod digest;
 mod digest_parts;
 mod guard;
 mod history;
+mod holders;
 mod integrity;
 mod materialize;
 mod open;
@@ -47,6 +48,9 @@ pub use digest::{
     REPAIR_DOCS_MAX,
 };
 pub use history::{HistoryEntry, RowEffect};
+pub use holders::{
+    changes_missing, HeldClaim, HeldPage, HoldersCounters, Horizon, MemberHold, HEARD_PERSIST_MS, MEMBERS_MAX,
+};
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
 pub use read::{RowConflicts, RowIter, Snapshot};
@@ -103,6 +107,9 @@ pub struct Replica {
     redb_cache_bytes: usize,
     /// The store had format 1 and `digest_v1` was built when it was opened.
     upgraded_on_open: bool,
+    /// What every member is known to hold, and the last horizon (`holders.rs`).
+    /// Boxed: it keeps the replica (held by value in enums) small.
+    holders: Box<holders::Holders>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -169,6 +176,9 @@ impl Replica {
         let meta = txn.open_table(storage::META)?;
         self.announced = read::meta_vector(&meta, storage::META_ANNOUNCED)?;
         self.floor = read::meta_vector(&meta, storage::META_LOG_FLOOR)?;
+        let counters = self.holders_counters();
+        *self.holders = holders::Holders::load(&txn)?;
+        self.holders.restore_counters(counters);
         Ok(())
     }
 

@@ -107,6 +107,7 @@ impl Replica {
             guard: super::guard::Guard::default(),
             redb_cache_bytes: options.redb_cache_bytes(),
             upgraded_on_open: upgraded,
+            holders: Box::default(),
         };
         replica.reload_state()?;
         Ok(replica)

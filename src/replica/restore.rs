@@ -95,6 +95,9 @@ fn adopt_identity(
     }
     meta.insert(storage::META_NODE_ID, new_node.as_bytes().as_slice()).map_err(StorageError::from)?;
     meta.remove(storage::META_ANNOUNCED).map_err(StorageError::from)?;
+    // A restored store is a new member: it learns again what others hold (holders_v1 is
+    // not in a backup) and starts its horizon from nothing.
+    meta.remove(storage::META_HORIZON).map_err(StorageError::from)?;
     Ok(())
 }
 

@@ -145,6 +145,7 @@ macro_rules! every_table {
             $f(txn, storage::VERSIONS)?,
             $f(txn, storage::PENDING)?,
             $f(txn, storage::DIGEST)?,
+            $f(txn, storage::HOLDERS)?,
         ]
     }};
 }

@@ -244,6 +244,7 @@ fn start_node(key: &rcgen::KeyPair, allowed: AllowList, replica: Replica) -> Nod
         session: SessionConfig::new(CLUSTER),
         listen: "127.0.0.1:0".parse().unwrap(),
         backoff_ms: (20, 200),
+        clock_base_ms: 0,
     };
     let (sync, _switch) = SyncNode::start(handle.clone(), key, allowed, config).unwrap();
     Node { sync, handle }

@@ -12,7 +12,7 @@ use serde_bytes::ByteBuf;
 /// Version byte of every frame this build writes and reads.
 pub const FRAME_VERSION: u8 = 1;
 /// The protocol version announced in `Hello`; peers with another version are refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame accepted, in bytes (after the length prefix): one maximal change envelope
 /// plus framing.
 pub const FRAME_BYTES_MAX: usize = edgestore::change::CHANGE_BYTES_MAX + 64 * 1024;
@@ -30,6 +30,13 @@ pub const HEADS_DOCS_MAX: usize = 4096;
 pub const DOC_HEADS_MAX: usize = 1024;
 /// Most documents in one `Repair` frame.
 pub const REPAIR_DOCS_MAX: usize = edgestore::REPAIR_DOCS_MAX;
+/// Most members in one `Holders` frame: 64 maximal vectors (4096 entries of ≤ 27 bytes
+/// each) stay within [`FRAME_BYTES_MAX`].
+pub const HOLDERS_ENTRIES_MAX: usize = 64;
+
+/// One member's entry in a `Holders` frame: member id (16 bytes), milliseconds since the
+/// sender last heard of it, and the vector it is known to hold.
+pub type HeldEntry = (ByteBuf, u64, Vec<(ByteBuf, u64)>);
 
 /// A 16-byte cluster id: peers of different clusters never exchange data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -148,6 +155,13 @@ pub enum Frame {
         /// Human-readable detail.
         reason: String,
     },
+    /// Causal-stability horizon: what members other than the receiver are known to hold
+    /// (the sender's own vector included), sent after the handshake and when an entry
+    /// grows. Added in protocol version 2.
+    Holders {
+        /// Sorted by member, unique, 1 to [`HOLDERS_ENTRIES_MAX`].
+        entries: Vec<HeldEntry>,
+    },
 }
 
 /// Bytes that are not a valid frame.
@@ -239,9 +253,34 @@ impl Frame {
                 }
                 Ok(())
             }
+            Frame::Holders { entries } => holders_from_wire(entries).map(|_| ()),
             _ => Ok(()),
         }
     }
+}
+
+/// Parses a `Holders` frame's entries: 1 to [`HOLDERS_ENTRIES_MAX`], members 16 bytes,
+/// sorted and unique, each vector as [`vector_from_wire`] requires.
+pub fn holders_from_wire(entries: &[HeldEntry]) -> Result<Vec<edgestore::HeldClaim>, FrameError> {
+    if entries.is_empty() || entries.len() > HOLDERS_ENTRIES_MAX {
+        return Err(FrameError::Malformed("a Holders frame holds 1 to HOLDERS_ENTRIES_MAX members".into()));
+    }
+    let mut claims: Vec<edgestore::HeldClaim> = Vec::with_capacity(entries.len());
+    for (member, heard_ago_ms, vector) in entries {
+        let member =
+            NodeId::from_slice(member).ok_or_else(|| FrameError::Malformed("bad member id in Holders".into()))?;
+        if claims.last().is_some_and(|last| last.member >= member) {
+            return Err(FrameError::Malformed("Holders members unsorted or repeated".into()));
+        }
+        let vector = vector_from_wire(vector)?;
+        claims.push(edgestore::HeldClaim { member, vector, heard_ago_ms: *heard_ago_ms });
+    }
+    Ok(claims)
+}
+
+/// A `Holders` entry in wire form.
+pub fn held_to_wire(claim: &edgestore::HeldClaim) -> HeldEntry {
+    (ByteBuf::from(claim.member.as_bytes().to_vec()), claim.heard_ago_ms, vector_to_wire(&claim.vector))
 }
 
 /// Appends the length prefix: what goes on a stream.
@@ -329,6 +368,12 @@ mod tests {
             },
             Frame::Repair { docs: vec![(ByteBuf::from(vec![2, 1]), vec![ByteBuf::from(vec![1, 2])])] },
             Frame::Close { code: CloseCode::Shutdown, reason: "bye".into() },
+            Frame::Holders {
+                entries: vec![
+                    (ByteBuf::from(vec![1; 16]), 0, vector_to_wire(&vector)),
+                    (ByteBuf::from(vec![3; 16]), 70, vec![]),
+                ],
+            },
         ];
         for frame in frames {
             assert_eq!(Frame::decode(&frame.encode()).unwrap(), frame);
@@ -361,6 +406,29 @@ mod tests {
         assert!(matches!(Frame::decode(&heads(vec![0; 31]).encode()), Err(FrameError::Malformed(_))));
         assert!(Frame::decode(&heads(vec![0; 32]).encode()).is_ok());
         assert!(matches!(Frame::decode(&Frame::Repair { docs: vec![] }.encode()), Err(FrameError::Malformed(_))));
+    }
+
+    /// `Holders`: members sorted, unique and 16 bytes, 1 to HOLDERS_ENTRIES_MAX of them,
+    /// each vector valid.
+    #[test]
+    fn bad_holders_frames_are_refused() {
+        let entry = |id: u8, vector: Vec<(ByteBuf, u64)>| (ByteBuf::from(vec![id; 16]), 0, vector);
+        let good = vec![(ByteBuf::from(vec![1; 16]), 1)];
+        let too_many = (0..=HOLDERS_ENTRIES_MAX).map(|i| entry(i as u8, vec![])).collect();
+        let bad = [
+            vec![],
+            too_many,
+            vec![entry(2, vec![]), entry(1, vec![])],
+            vec![entry(1, vec![]), entry(1, vec![])],
+            vec![(ByteBuf::from(vec![1; 15]), 0, vec![])],
+            vec![entry(1, vec![(ByteBuf::from(vec![1; 16]), 0)])],
+            vec![entry(1, vec![(ByteBuf::from(vec![2; 16]), 1), (ByteBuf::from(vec![1; 16]), 1)])],
+        ];
+        for entries in bad {
+            assert!(matches!(Frame::decode(&Frame::Holders { entries }.encode()), Err(FrameError::Malformed(_))));
+        }
+        let frame = Frame::Holders { entries: vec![entry(1, good.clone()), entry(2, good)] };
+        assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
     }
 
     /// blake3 of a wire version vector, as carried by the anti-entropy frames.

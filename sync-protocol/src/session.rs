@@ -27,11 +27,14 @@ use std::collections::VecDeque;
 
 use std::collections::BTreeMap;
 
-use edgestore::{ApplyError, ApplyReport, NodeId, RepairReport, VersionVector, HEADS_TREE_DEPTH};
+use edgestore::{
+    ApplyError, ApplyReport, HeldClaim, NodeId, RepairReport, StorageError, VersionVector, HEADS_TREE_DEPTH,
+};
 use serde_bytes::ByteBuf;
 
 use crate::frame::{
-    self, CloseCode, ClusterId, Frame, FrameError, RangeDigest, DIGEST_RANGES_MAX, HEADS_DOCS_MAX, PROTOCOL_VERSION,
+    self, CloseCode, ClusterId, Frame, FrameError, HeldEntry, RangeDigest, DIGEST_RANGES_MAX, HEADS_DOCS_MAX,
+    HOLDERS_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use crate::store::SyncStore;
 
@@ -69,6 +72,13 @@ pub struct SessionConfig {
     pub anti_entropy_followup_ms: u64,
     /// Most follow-up rounds per interval.
     pub anti_entropy_followups_max: u32,
+    /// `Holders` frames (held vectors that grew) go out at most this often.
+    pub holders_interval_ms: u64,
+    /// Every held vector is sent again this often, so the peer keeps hearing of members
+    /// that are alive but idle.
+    pub holders_refresh_ms: u64,
+    /// A peer heard from (any frame) is noted in the store at most this often.
+    pub heard_note_ms: u64,
 }
 
 impl SessionConfig {
@@ -87,6 +97,9 @@ impl SessionConfig {
             anti_entropy_heads_per_step: 16,
             anti_entropy_followup_ms: 200,
             anti_entropy_followups_max: 64,
+            holders_interval_ms: 1_000,
+            holders_refresh_ms: 3_600_000,
+            heard_note_ms: 10_000,
         }
     }
 }
@@ -185,6 +198,9 @@ pub enum Event {
     Applied(ApplyReport),
     /// Anti-entropy merged automerge changes from the peer into documents that lacked them.
     Repaired(RepairReport),
+    /// What some member is known to hold grew (or a member was added): the driver tells
+    /// its other sessions, which forward it.
+    HoldersGrew,
     /// The session ended; `error` is `None` for an orderly local close.
     Closed {
         /// Why, if not an orderly local close.
@@ -285,7 +301,23 @@ pub struct Session {
     anti_entropy_followup: bool,
     /// Follow-up rounds since the last periodic one.
     anti_entropy_followups: u32,
+    /// Held vectors: the store generation sent up to (`Replica::held_since`).
+    holders_generation: u64,
+    /// The vector the peer last heard this node holds (`Hello`, `Ack`, `Holders`).
+    told_own: VersionVector,
+    /// Held vectors may have grown since the last `Holders`.
+    holders_due: bool,
+    /// The next `Holders` may go out from then on.
+    holders_next_ms: u64,
+    /// When every held vector is sent again.
+    holders_refresh_ms: u64,
+    /// When the peer was last noted as heard from in the store.
+    heard_noted_ms: u64,
     stats: SessionStats,
+}
+
+fn storage_error(error: StorageError) -> ProtocolError {
+    ProtocolError::Storage(error.to_string())
 }
 
 /// Our version vector's hash if the peer's `vector` hash equals it: anti-entropy compares
@@ -306,6 +338,7 @@ impl Session {
             vector: frame::vector_to_wire(vector),
         };
         let anti_entropy_interval_ms = config.anti_entropy_interval_ms;
+        let holders_refresh_ms = config.holders_refresh_ms;
         Session {
             config,
             local,
@@ -326,6 +359,12 @@ impl Session {
             anti_entropy_started: false,
             anti_entropy_followup: false,
             anti_entropy_followups: 0,
+            holders_generation: 0,
+            told_own: vector.clone(),
+            holders_due: false,
+            holders_next_ms: now_ms,
+            holders_refresh_ms: now_ms.saturating_add(holders_refresh_ms),
+            heard_noted_ms: now_ms,
             stats: SessionStats::default(),
         }
     }
@@ -364,6 +403,7 @@ impl Session {
     /// may be something to push.
     pub fn handle_store_changed(&mut self) {
         self.store_changed = true;
+        self.holders_due = true;
     }
 
     /// A frame arrived from the peer. On error the session is closing: a `Close` frame is
@@ -388,7 +428,8 @@ impl Session {
                 self.anti_entropy_followup = true;
                 self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_followup_ms);
             }
-            self.on_frame(f, store)
+            self.on_frame(now_ms, f, store)?;
+            self.note_heard(now_ms, store)
         });
         if let Err(error) = &result {
             self.fail(error.clone());
@@ -396,15 +437,26 @@ impl Session {
         result
     }
 
-    fn on_frame(&mut self, frame: Frame, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+    fn on_frame(&mut self, now_ms: u64, frame: Frame, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
         match (self.state, frame) {
             (State::AwaitingHello, Frame::Hello { protocol, cluster, node, vector }) => {
-                self.on_hello(protocol, &cluster, &node, &vector)
+                self.on_hello(protocol, &cluster, &node, &vector)?;
+                // Everything held goes to the peer once after the handshake.
+                self.holders_due = true;
+                let own = self.sent.clone();
+                self.record_held(now_ms, &[HeldClaim { member: self.peer, vector: own, heard_ago_ms: 0 }], store)
             }
             (State::AwaitingHello, _) => Err(ProtocolError::UnexpectedFrame("a frame before Hello")),
             (_, Frame::Hello { .. }) => Err(ProtocolError::UnexpectedFrame("a second Hello")),
             (_, Frame::Changes { batch, changes }) => self.on_changes(batch, changes, store),
-            (_, Frame::Ack { batch, vector }) => self.on_ack(batch, &vector),
+            (_, Frame::Ack { batch, vector }) => {
+                let vector = self.on_ack(batch, &vector)?;
+                self.record_held(now_ms, &[HeldClaim { member: self.peer, vector, heard_ago_ms: 0 }], store)
+            }
+            (_, Frame::Holders { entries }) => {
+                let claims = frame::holders_from_wire(&entries)?;
+                self.record_held(now_ms, &claims, store)
+            }
             (_, Frame::Ping { nonce }) => {
                 self.outbox.push_back(Frame::Pong { nonce });
                 Ok(())
@@ -469,6 +521,7 @@ impl Session {
         let vector = store.version_vector();
         // What we now hold, the peer need not send back to us; and what it sent us, it has.
         self.outbox.push_back(Frame::Ack { batch, vector: frame::vector_to_wire(&vector) });
+        self.told_own = vector;
         if report.applied > 0 {
             self.store_changed = true;
             self.events.push_back(Event::Applied(report));
@@ -476,7 +529,33 @@ impl Session {
         Ok(())
     }
 
-    fn on_ack(&mut self, batch: u64, vector: &[(ByteBuf, u64)]) -> Result<(), ProtocolError> {
+    /// Records what the peer reported holding (or forwarded for other members); a growth
+    /// is an event, so the driver has the other sessions forward it.
+    fn record_held(
+        &mut self,
+        now_ms: u64,
+        claims: &[HeldClaim],
+        store: &mut dyn SyncStore,
+    ) -> Result<(), ProtocolError> {
+        self.heard_noted_ms = now_ms;
+        if store.record_held(self.peer, claims, now_ms).map_err(storage_error)? {
+            self.holders_due = true;
+            self.events.push_back(Event::HoldersGrew);
+        }
+        Ok(())
+    }
+
+    /// Notes in the store, at most every `heard_note_ms`, that the peer is alive (a peer
+    /// with nothing to send or acknowledge is heard through its keepalives).
+    fn note_heard(&mut self, now_ms: u64, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+        if self.state != State::Established || now_ms.saturating_sub(self.heard_noted_ms) < self.config.heard_note_ms {
+            return Ok(());
+        }
+        self.record_held(now_ms, &[], store)
+    }
+
+    /// An `Ack`: returns the vector the peer now holds.
+    fn on_ack(&mut self, batch: u64, vector: &[(ByteBuf, u64)]) -> Result<VersionVector, ProtocolError> {
         if batch != self.acked_batch + 1 || batch >= self.next_batch {
             return Err(ProtocolError::BatchOutOfOrder { expected: self.acked_batch + 1, got: batch });
         }
@@ -489,7 +568,7 @@ impl Session {
             }
         }
         self.store_changed = true;
-        Ok(())
+        Ok(vector)
     }
 
     /// A `Digests` frame: answer each differing range with its children or its documents.
@@ -720,6 +799,9 @@ impl Session {
                 }
             }
         }
+        if let Some(frame) = self.next_holders(now_ms, store) {
+            return Some(frame);
+        }
         let keepalive_due = now_ms.saturating_sub(self.last_sent_ms) >= self.config.keepalive_ms;
         let round_due = now_ms >= self.anti_entropy_due_ms && (keepalive_due || self.anti_entropy_followup);
         if round_due && self.in_flight() == 0 && !self.store_changed {
@@ -754,6 +836,45 @@ impl Session {
         None
     }
 
+    /// A `Holders` frame, if one is due: this node's own vector if the peer has not heard
+    /// it, and the held vectors that grew since the last one (every one, once per
+    /// `holders_refresh_ms`), except the peer's own; at most one per `holders_interval_ms`.
+    fn next_holders(&mut self, now_ms: u64, store: &dyn SyncStore) -> Option<Frame> {
+        if now_ms >= self.holders_refresh_ms {
+            self.holders_refresh_ms = now_ms.saturating_add(self.config.holders_refresh_ms);
+            self.holders_generation = 0;
+            self.told_own = VersionVector::new();
+            self.holders_due = true;
+        }
+        if !self.holders_due || now_ms < self.holders_next_ms {
+            return None;
+        }
+        let own = store.version_vector();
+        let mut entries: BTreeMap<NodeId, HeldEntry> = BTreeMap::new();
+        if own != self.told_own {
+            let claim = HeldClaim { member: self.local, vector: own.clone(), heard_ago_ms: 0 };
+            entries.insert(self.local, frame::held_to_wire(&claim));
+        }
+        // Pages of grown entries until one has something for this peer (or none is left).
+        loop {
+            let page = store.held_since(self.holders_generation, HOLDERS_ENTRIES_MAX - 1, now_ms);
+            for claim in page.claims.iter().filter(|c| c.member != self.peer && c.member != self.local) {
+                entries.insert(claim.member, frame::held_to_wire(claim));
+            }
+            self.holders_generation = page.covered;
+            self.holders_due = !page.complete;
+            if page.complete || !entries.is_empty() {
+                break;
+            }
+        }
+        if entries.is_empty() {
+            return None;
+        }
+        self.told_own = own;
+        self.holders_next_ms = now_ms.saturating_add(self.config.holders_interval_ms);
+        Some(Frame::Holders { entries: entries.into_values().collect() })
+    }
+
     /// When `handle_timeout` should next be called (and a keepalive may be due).
     ///
     /// Rule: every deadline returned here is consumed by `handle_timeout` or
@@ -774,7 +895,9 @@ impl Session {
                 // A follow-up round waits for quiescence; frames arriving re-poll anyway.
                 let quiet = self.in_flight() == 0 && !self.store_changed;
                 let followup = if self.anti_entropy_followup && quiet { self.anti_entropy_due_ms } else { u64::MAX };
-                Some(keepalive.min(idle).min(ack).min(followup))
+                // Consumed by `next_holders`: a frame goes out, or nothing is due any more.
+                let holders = if self.holders_due { self.holders_next_ms } else { u64::MAX };
+                Some(keepalive.min(idle).min(ack).min(followup).min(holders))
             }
             State::Closing | State::Closed => None,
         }

@@ -1,10 +1,12 @@
 //! What a session needs from the local store, as a trait, so that the simulator and the
 //! daemon drive the same session code over the same store. `Replica` implements it; the
 //! daemon steps each session on the replica's owner thread, where it holds the `Replica`.
-//! The last four calls serve anti-entropy (`docs/design.md` § "Anti-entropy").
+//! Four calls serve anti-entropy (`docs/design.md` § "Anti-entropy"), the last two the
+//! causal-stability horizon (§ "Causal-stability horizon").
 
 use edgestore::{
-    ApplyError, ApplyReport, ChangeBatch, DocHeads, HeadsTree, RepairReport, Replica, StorageError, VersionVector,
+    ApplyError, ApplyReport, ChangeBatch, DocHeads, HeadsTree, HeldClaim, HeldPage, NodeId, RepairReport, Replica,
+    StorageError, VersionVector,
 };
 
 /// The store operations sync uses. All are synchronous and local: a session calls them
@@ -34,6 +36,11 @@ pub trait SyncStore {
     fn doc_changes_missing(&self, key: &[u8], heads: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StorageError>;
     /// Anti-entropy: merges a peer's automerge changes into documents (never the log).
     fn repair_docs(&mut self, docs: Vec<(Vec<u8>, Vec<Vec<u8>>)>) -> Result<RepairReport, ApplyError>;
+    /// Horizon: records what peer `from` reported holding, and the vectors it forwarded
+    /// for other members; whether anything grew (`Replica::record_held`).
+    fn record_held(&mut self, from: NodeId, claims: &[HeldClaim], now_ms: u64) -> Result<bool, StorageError>;
+    /// Horizon: held vectors that grew after `generation`, bounded (`Replica::held_since`).
+    fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> HeldPage;
 }
 
 impl SyncStore for Replica {
@@ -72,5 +79,13 @@ impl SyncStore for Replica {
 
     fn repair_docs(&mut self, docs: Vec<(Vec<u8>, Vec<Vec<u8>>)>) -> Result<RepairReport, ApplyError> {
         Replica::repair_docs(self, docs)
+    }
+
+    fn record_held(&mut self, from: NodeId, claims: &[HeldClaim], now_ms: u64) -> Result<bool, StorageError> {
+        Replica::record_held(self, from, claims, now_ms)
+    }
+
+    fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> HeldPage {
+        Replica::held_since(self, generation, entries_max, now_ms)
     }
 }

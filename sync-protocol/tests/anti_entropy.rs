@@ -94,7 +94,7 @@ fn run_round(pair: &mut Pair) -> Run {
     let mut sa = Session::new(config(true), a_id, b_id, pair.a.version_vector(), 0);
     let mut sb = Session::new(config(false), b_id, a_id, pair.b.version_vector(), 0);
     let drain = |s: &mut Session, r: &Replica, now| std::iter::from_fn(|| s.poll_transmit(now, r)).collect::<Vec<_>>();
-    // Handshake at t = 0 (both Hellos, nothing else for in-sync vectors).
+    // Handshake at t = 0 (both Hellos, then held vectors: no changes for in-sync vectors).
     let (ha, hb) = (drain(&mut sa, &pair.a, 0), drain(&mut sb, &pair.b, 0));
     assert_eq!((ha.len(), hb.len()), (1, 1), "in-sync peers exchange one Hello each");
     for f in ha {
@@ -103,7 +103,19 @@ fn run_round(pair: &mut Pair) -> Run {
     for f in hb {
         sa.handle_frame(0, &f, &mut pair.a).unwrap();
     }
-    assert!(drain(&mut sa, &pair.a, 0).is_empty() && drain(&mut sb, &pair.b, 0).is_empty());
+    // Then each side tells the other what the third member, C, is known to hold.
+    loop {
+        let (ha, hb) = (drain(&mut sa, &pair.a, 0), drain(&mut sb, &pair.b, 0));
+        if ha.is_empty() && hb.is_empty() {
+            break;
+        }
+        for (frames, to, replica) in [(ha, &mut sb, &mut pair.b), (hb, &mut sa, &mut pair.a)] {
+            for f in frames {
+                assert!(matches!(Frame::decode(&f), Ok(Frame::Holders { .. })), "only held vectors follow the Hellos");
+                to.handle_frame(0, &f, replica).unwrap();
+            }
+        }
+    }
     // The keepalive slot at INTERVAL_MS carries A's root digest.
     let mut now = INTERVAL_MS;
     sa.handle_timeout(now);
@@ -231,6 +243,9 @@ fn established(config: SessionConfig, local: &mut Replica, peer: NodeId, peer_ve
     };
     session.handle_frame(0, &hello.encode(), local).unwrap();
     assert!(session.is_established());
+    while let Some(f) = session.poll_transmit(0, local) {
+        assert!(matches!(Frame::decode(&f), Ok(Frame::Holders { .. })), "only held vectors follow the Hello");
+    }
     session
 }
 

@@ -33,7 +33,24 @@ fn seed_frames() -> Vec<Vec<u8>> {
         Frame::Ping { nonce: 1 }.encode(),
         Frame::Pong { nonce: 1 }.encode(),
         Frame::Close { code: CloseCode::Shutdown, reason: "bye".into() }.encode(),
+        holders_seed(),
     ]
+}
+
+/// A `Holders` frame from the fuzzed session's peer: its own vector, a relayed member
+/// claiming more than the peer holds, and the receiver itself (ignored).
+fn holders_seed() -> Vec<u8> {
+    let peer = vec![(ByteBuf::from(vec![2; 16]), fuzzing::peer_changes().held.len() as u64)];
+    let mut more = peer.clone();
+    more.push((ByteBuf::from(vec![9; 16]), 7));
+    Frame::Holders {
+        entries: vec![
+            (ByteBuf::from(vec![1; 16]), 0, peer.clone()),
+            (ByteBuf::from(vec![2; 16]), 0, peer),
+            (ByteBuf::from(vec![9; 16]), 1_000, more),
+        ],
+    }
+    .encode()
 }
 
 /// Anti-entropy frames that the fuzzed session compares (the vector of the replica in

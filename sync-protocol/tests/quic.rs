@@ -47,8 +47,12 @@ fn start(dir: &tempfile::TempDir, index: usize, key_pair: &rcgen::KeyPair, allow
     let id = node_id(key_pair);
     let replica = Replica::open(dir.path().join(format!("n{index}.redb")), id).unwrap();
     let (handle, _thread) = ReplicaHandle::spawn(replica);
-    let config =
-        SyncNodeConfig { session: session_config(), listen: "127.0.0.1:0".parse().unwrap(), backoff_ms: (50, 500) };
+    let config = SyncNodeConfig {
+        session: session_config(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        backoff_ms: (50, 500),
+        clock_base_ms: 0,
+    };
     let (node, switch) = SyncNode::start(handle.clone(), key_pair, allowed, config).unwrap();
     let addr = node.local_addr().unwrap();
     TestNode { node, switch, handle, addr }
@@ -256,7 +260,7 @@ fn start_refusing(
     let mut session = session_config();
     session.cluster = cluster;
     let listen = "127.0.0.1:0".parse().unwrap();
-    let config = SyncNodeConfig { session, listen, backoff_ms: REFUSAL_BACKOFF_MS };
+    let config = SyncNodeConfig { session, listen, backoff_ms: REFUSAL_BACKOFF_MS, clock_base_ms: 0 };
     let allowed: AllowList = Arc::new(RwLock::new(allowed.iter().copied().collect()));
     let (node, switch) = SyncNode::start(handle.clone(), key_pair, allowed, config).unwrap();
     let addr = node.local_addr().unwrap();

@@ -10,7 +10,10 @@
 //!   `CONVERGENCE_BOUND_MS` of simulated time;
 //! - no acknowledged write is lost, and counters equal the sum of acknowledged increments;
 //! - once converged, nothing but keepalives crosses the network (anti-entropy root
-//!   digests ride in keepalive slots; nothing answers them when the trees agree).
+//!   digests ride in keepalive slots; nothing answers them when the trees agree);
+//! - at every step, every node's causal-stability horizon is held by every node (`h_n ≤
+//!   V_m`) and never falls while the node runs; once converged and idle, it equals the
+//!   common version vector on every node.
 //!
 //! A separate scenario restores one node's document tables from an old backup while its
 //! log and version vector stay, so the version vectors are equal but the documents
@@ -22,7 +25,7 @@
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBatch};
+use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sync_protocol::{Backoff, ClusterId, Event, Frame, Session, SessionConfig};
@@ -31,6 +34,8 @@ use sync_protocol::{Backoff, ClusterId, Event, Frame, Session, SessionConfig};
 const CONVERGENCE_BOUND_MS: u64 = 60_000;
 /// Rows every node may update concurrently (created before the faults start).
 const SHARED_ROWS: i64 = 4;
+/// `lifecycle.peer_horizon`'s default: no node of a schedule is away that long.
+const PEER_HORIZON_MS: u64 = 7 * 24 * 3600 * 1000;
 
 fn table() -> TableSchema {
     TableSchema::new("kv")
@@ -73,6 +78,8 @@ struct Node {
     links: BTreeMap<usize, Link>,
     retry_at: BTreeMap<usize, u64>,
     backoff: BTreeMap<usize, Backoff>,
+    /// The horizon at the last step since the replica was opened.
+    horizon: Option<VersionVector>,
 }
 
 /// What the workload was told succeeded.
@@ -134,6 +141,7 @@ impl Sim {
                     links: BTreeMap::new(),
                     retry_at: BTreeMap::new(),
                     backoff: BTreeMap::new(),
+                    horizon: None,
                 }
             })
             .collect();
@@ -158,6 +166,11 @@ impl Sim {
             anti_entropy: (0, 0),
             _dir: dir,
         };
+        // Every node of the mesh is a configured peer of every other: a member from the start.
+        let ids: Vec<NodeId> = sim.nodes.iter().map(|n| n.id).collect();
+        for node in 0..node_count {
+            sim.replica(node).add_members(&ids, 0).expect("add members");
+        }
         sim.setup_shared_rows();
         sim
     }
@@ -259,7 +272,7 @@ impl Sim {
         if let Some(link) = self.nodes[node].links.get_mut(&peer) {
             while let Some(event) = link.session.poll_event() {
                 match event {
-                    Event::Applied(_) => relay = true,
+                    Event::Applied(_) | Event::HoldersGrew => relay = true,
                     Event::Closed { .. } => closed = true,
                     Event::Established { .. } | Event::Repaired(_) => {}
                 }
@@ -362,6 +375,7 @@ impl Sim {
         }
         let reopened = Replica::open(&self.nodes[node].path, self.nodes[node].id).expect("reopen after crash");
         self.nodes[node].replica = Some(reopened);
+        self.nodes[node].horizon = None;
     }
 
     /// Advances virtual time to the next event (a frame, a timer or the next step).
@@ -392,6 +406,46 @@ impl Sim {
             }
         }
         self.flush();
+        self.check_horizons();
+    }
+
+    /// The safety invariant of the causal-stability horizon: what node `n` counts as
+    /// stable, every node holds (every node of a schedule is a live member); and `h_n`
+    /// only grows while `n` runs (after a restart it may start lower: it is persisted with
+    /// the next write of held vectors).
+    fn check_horizons(&mut self) {
+        let (now, seed) = (self.now_ms, self.seed);
+        for n in 0..self.nodes.len() {
+            let Some(replica) = self.nodes[n].replica.as_ref() else { continue };
+            let h = replica.horizon(now, PEER_HORIZON_MS).vector;
+            for (m, other) in self.nodes.iter().enumerate() {
+                let Some(other) = other.replica.as_ref() else { continue };
+                assert!(
+                    other.version_vector().dominates(&h),
+                    "seed {seed}: at {now} ms node {n}'s horizon {h:?} is above node {m}'s vector {:?}",
+                    other.version_vector()
+                );
+            }
+            if let Some(last) = &self.nodes[n].horizon {
+                assert!(h.dominates(last), "seed {seed}: at {now} ms node {n}'s horizon fell from {last:?} to {h:?}");
+            }
+            self.nodes[n].horizon = Some(h);
+        }
+    }
+
+    /// Once converged and idle: every node's horizon is the common version vector.
+    fn assert_horizons_reached(&self) {
+        for (n, node) in self.nodes.iter().enumerate() {
+            let replica = node.replica.as_ref().expect("up");
+            let h = replica.horizon(self.now_ms, PEER_HORIZON_MS);
+            assert_eq!(
+                &h.vector,
+                replica.version_vector(),
+                "seed {}: node {n}'s horizon is not the common vector once idle (waiting for {:?})",
+                self.seed,
+                h.waiting_for
+            );
+        }
     }
 
     /// A step that neither delivered a frame nor moved time forward: some session keeps
@@ -529,6 +583,7 @@ fn run_schedule(seed: u64) -> Outcome {
     sim.run_for(30_000);
     assert_eq!(sim.data_frames, 0, "seed {seed}: sync data crossed a converged, idle mesh");
     assert_eq!(sim.repair_frames, 0, "seed {seed}: anti-entropy found divergence in a converged mesh");
+    sim.assert_horizons_reached();
     Outcome { heal_to_converged_ms, writes: sim.acked.rows.len() + sim.acked.increments.len() }
 }
 
@@ -662,6 +717,7 @@ impl Sim {
         }
         let reopened = Replica::open(&self.nodes[node].path, self.nodes[node].id).expect("reopen after restore");
         self.nodes[node].replica = Some(reopened);
+        self.nodes[node].horizon = None;
     }
 
     fn run_until_vectors_converge(&mut self) {
@@ -818,6 +874,17 @@ impl sync_protocol::SyncStore for FailingStore {
         docs: Vec<(Vec<u8>, Vec<Vec<u8>>)>,
     ) -> Result<edgestore::RepairReport, edgestore::ApplyError> {
         self.0.repair_docs(docs)
+    }
+    fn record_held(
+        &mut self,
+        from: NodeId,
+        claims: &[edgestore::HeldClaim],
+        now_ms: u64,
+    ) -> Result<bool, edgestore::StorageError> {
+        self.0.record_held(from, claims, now_ms)
+    }
+    fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> edgestore::HeldPage {
+        self.0.held_since(generation, entries_max, now_ms)
     }
 }
 

@@ -350,7 +350,7 @@ async fn drive(
         }
         while let Some(event) = session.poll_event() {
             match event {
-                Event::Applied(_) => changed.signal(),
+                Event::Applied(_) | Event::HoldersGrew => changed.signal(),
                 Event::Established { .. } => state.counts.lock().unwrap()[0] += 1,
                 _ => {}
             }

@@ -76,6 +76,10 @@ pub struct SyncNodeConfig {
     pub listen: SocketAddr,
     /// Reconnect backoff: first delay and cap, in ms.
     pub backoff_ms: (u64, u64),
+    /// The caller's clock when the node starts, in ms (the daemon: Unix time). The node's
+    /// clock ([`SyncNode::now_ms`]) is this plus the monotonic time since, so the
+    /// last-heard times stored with held vectors compare across restarts.
+    pub clock_base_ms: u64,
 }
 
 /// A transport failure.
@@ -263,6 +267,8 @@ struct Shared {
     session: SessionConfig,
     backoff_ms: (u64, u64),
     origin: Instant,
+    /// The caller's clock at `origin` (`SyncNodeConfig::clock_base_ms`).
+    clock_base_ms: u64,
     changed: watch::Sender<u64>,
     /// Live connections per peer, with the node id that dialled each.
     connections: Mutex<BTreeMap<NodeId, (quinn::Connection, NodeId)>>,
@@ -282,7 +288,7 @@ struct Shared {
 
 impl Shared {
     fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+        self.clock_base_ms + self.origin.elapsed().as_millis() as u64
     }
 
     fn notify_changed(&self) {
@@ -399,6 +405,7 @@ impl SyncNode {
             session: config.session,
             backoff_ms: config.backoff_ms,
             origin: Instant::now(),
+            clock_base_ms: config.clock_base_ms,
             changed,
             connections: Mutex::new(BTreeMap::new()),
             peers: Mutex::new(BTreeMap::new()),
@@ -422,6 +429,13 @@ impl SyncNode {
         self.shared.local
     }
 
+    /// The node's clock in ms: `SyncNodeConfig::clock_base_ms` plus the monotonic time
+    /// since the start. Sessions run on it, and the held vectors' last-heard times are
+    /// in it, so [`edgestore::Replica::horizon`] is asked with it.
+    pub fn now_ms(&self) -> u64 {
+        self.shared.now_ms()
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         Ok(self.shared.endpoint.local_addr()?)
@@ -439,6 +453,14 @@ impl SyncNode {
         if let Some(previous) = previous {
             previous.abort();
         }
+        // A configured peer is a member of the cluster from now on, heard from or not: the
+        // horizon waits for it (or for `lifecycle.peer_horizon` to pass).
+        let (handle, now) = (self.shared.replica.clone(), self.shared.now_ms());
+        tokio::task::spawn_blocking(move || {
+            if let Ok(Err(error)) = handle.call(move |replica| replica.add_members(&[peer], now)) {
+                tracing::warn!(%peer, %error, "could not record the peer as a member");
+            }
+        });
     }
 
     /// Stops dialling `peer`, takes it off the allow-list and closes its connection.
@@ -801,7 +823,7 @@ async fn drive_connection(
             if stalled {
                 shared.timer_stalled(peer, deadline_ms, now_ms);
             }
-            shared.origin + Duration::from_millis(wake_ms)
+            shared.origin + Duration::from_millis(wake_ms.saturating_sub(shared.clock_base_ms))
         });
         session = Some(next);
         input = tokio::select! {
@@ -821,7 +843,8 @@ async fn drive_connection(
 /// Counts a session's event and notes what the connection's end needs to know.
 fn handle_event(shared: &Shared, peer: NodeId, event: Event, progress: &mut Progress) {
     match event {
-        Event::Applied(_) => shared.notify_changed(),
+        // Other sessions push the changes on, and forward what the peer holds.
+        Event::Applied(_) | Event::HoldersGrew => shared.notify_changed(),
         Event::Established { peer_vector } => {
             progress.established = true;
             tracing::info!(%peer, peer_changes = peer_vector.total_changes(), "sync session established");
