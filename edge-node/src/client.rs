@@ -15,7 +15,7 @@ use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
 
-use crate::daemon::RUNTIME_FILE;
+use crate::data_dir;
 
 /// How long a request may take before the client gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,15 +51,8 @@ impl Client {
 
     /// The node running on `data_dir`, if one answers; `None` if none runs there.
     pub fn discover(data_dir: &Path, token: Option<String>) -> Result<Option<Client>> {
-        let path = data_dir.join(RUNTIME_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let runtime: Json = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        let url = runtime["url"].as_str().ok_or_else(|| anyhow!("{} has no url", path.display()))?;
-        let client = Client::new(url, token)?;
+        let Some(url) = data_dir::advertised_url(data_dir)? else { return Ok(None) };
+        let client = Client::new(&url, token)?;
         // Any answer means a node runs there: an unhealthy one (503) still holds the store.
         let answered = client.runtime.block_on(client.send(Method::GET, "/v1/health", None)).is_ok();
         Ok(answered.then_some(client))

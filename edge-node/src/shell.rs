@@ -208,7 +208,7 @@ fn run_local(replica: &mut Replica, text: &str, params: &[Value], limits: Limits
             .name("statement".into())
             .stack_size(sql::STATEMENT_STACK_BYTES)
             .spawn_scoped(scope, || -> Result<Answer> {
-                let result = sql::prepare(text)?.execute_with(replica, params, crate::now_ms(), &options)?;
+                let result = sql::prepare(text)?.execute_with(replica, params, crate::clock::now_ms(), &options)?;
                 let (columns, rows_affected) = (result.columns.clone(), result.rows_affected);
                 Ok(Answer { columns, rows: result.collect_rows()?, rows_affected })
             });
@@ -396,7 +396,7 @@ impl Shell {
                 writeln!(out, "changes:  {} from {} node(s)", s["changes"], s["origins"])?;
                 writeln!(out, "pending:  {}", s["pending_changes"])?;
                 writeln!(out, "peers:    {} connected", s["peers_connected"])?;
-                writeln!(out, "health:   {}", crate::health_line(&s["health"]))?;
+                writeln!(out, "health:   {}", crate::commands::health_line(&s["health"]))?;
             }
         }
         Ok(())
