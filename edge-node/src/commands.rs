@@ -35,7 +35,7 @@ pub fn status(config: &Config) -> Result<()> {
     }
     let (identity, replica) = data_dir::open(&config.data_dir, &config.open_options())?;
     println!("node id:    {}", identity.node_id);
-    let public_key = json::hex(identity.key_pair.public_key_raw());
+    let public_key = hex::encode(identity.key_pair.public_key_raw());
     println!("public key: ed25519 {public_key}");
     println!("data dir:   {}", config.data_dir.display());
     println!("running:    no");

@@ -15,7 +15,7 @@ pub fn row_history(snapshot: &Snapshot, table: &str, key: &[Value]) -> Result<Js
     let changes: Vec<Json> = entries
         .iter()
         .map(|entry| {
-            let hash = crate::json::hex(&entry.change_hash[..8]);
+            let hash = hex::encode(&entry.change_hash[..8]);
             json!({
                 "node_id": entry.node_id.to_string(),
                 "doc_seq": entry.doc_seq,

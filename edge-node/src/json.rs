@@ -21,7 +21,7 @@ pub fn to_json(value: &Value) -> Json {
         Value::Real(v) => json!({ "real": non_finite_name(*v) }),
         Value::Text(v) => json!(v),
         Value::Boolean(v) => json!(v),
-        Value::Blob(bytes) => json!({ "blob": hex(bytes) }),
+        Value::Blob(bytes) => json!({ "blob": hex::encode(bytes) }),
         Value::Timestamp(ms) => json!({ "timestamp_ms": ms }),
     }
 }
@@ -119,23 +119,11 @@ pub fn as_text(json: &Json) -> String {
     json.as_str().map_or_else(|| json.to_string(), str::to_string)
 }
 
-/// Bytes as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn unhex(text: &str) -> Result<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        bail!("blob {text:?} has an odd number of hex digits");
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| anyhow!("blob {text:?} is not hex"))
-        })
-        .collect()
+    hex::decode(text).map_err(|e| match e {
+        hex::FromHexError::OddLength => anyhow!("blob {text:?} has an odd number of hex digits"),
+        _ => anyhow!("blob {text:?} is not hex"),
+    })
 }
 
 #[cfg(test)]
@@ -186,6 +174,7 @@ mod tests {
             r#"[1]"#,
             r#"{"blob": "abc"}"#,
             r#"{"blob": "zz"}"#,
+            r#"{"blob": "+1"}"#,
             r#"{"other": 1}"#,
             r#"{"timestamp_ms": 1.5}"#,
             r#"{"real": "inf"}"#,
