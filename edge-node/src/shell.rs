@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use edgestore::sql::{self, ExecOptions, Interrupt, InterruptCause, MemoryPool};
 use edgestore::{Replica, Value};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -282,7 +283,7 @@ impl Shell {
     }
 
     fn print(&self, columns: &[String], rows: &[Vec<Value>], out: &mut dyn Write) -> Result<()> {
-        write!(out, "{}", render::render(self.mode, columns, rows))?;
+        write!(out, "{}", render::render(self.mode, columns, rows)?)?;
         if self.mode == Mode::Table {
             writeln!(out, "({} row{})", rows.len(), plural(rows.len() as u64))?;
         }
@@ -494,14 +495,12 @@ fn key_value(part: &str) -> Value {
     }
 }
 
+/// What a query-string component keeps as it is: RFC 3986's unreserved characters.
+const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// Percent-encodes a query-string component.
 fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(text, QUERY_COMPONENT).to_string()
 }
 
 fn plural(n: u64) -> &'static str {
@@ -695,7 +694,14 @@ pub fn main(backend: Backend, command: Option<String>, history: &Path, statement
 
 #[cfg(test)]
 mod tests {
-    use super::{is_blank, take_statements};
+    use super::{is_blank, percent_encode, take_statements};
+
+    #[test]
+    fn query_components_keep_only_unreserved_characters() {
+        assert_eq!(percent_encode("a-b_c.d~E9"), "a-b_c.d~E9");
+        assert_eq!(percent_encode(r#"[1,"x y"]"#), "%5B1%2C%22x%20y%22%5D");
+        assert_eq!(percent_encode("é&="), "%C3%A9%26%3D");
+    }
 
     /// Splits `input` and returns the statements and what stays in the buffer.
     fn split(input: &str) -> (Vec<String>, String) {
