@@ -646,7 +646,8 @@ async fn backup_route(State(node): State<Arc<Node>>, Body(request): Body<BackupR
     let handle = node.handle.clone();
     let report = blocking(move || {
         let snapshot = handle.snapshot().map_err(ApiError::from_storage)?;
-        crate::backup::write_backup(&snapshot, &request.path).map_err(|e| ApiError::bad_request(format!("{e:#}")))
+        crate::backup::write_backup(&snapshot, &request.path)
+            .map_err(|e| ApiError::bad_request(format!("backing up to {}: {e}", request.path.display())))
     })
     .await?;
     Ok(Json(report))
@@ -670,8 +671,7 @@ async fn history_route(State(node): State<Arc<Node>>, Query(request): Query<Hist
     let handle = node.handle.clone();
     let answer = blocking(move || {
         let snapshot = handle.snapshot().map_err(ApiError::from_storage)?;
-        crate::history::row_history(&snapshot, &request.table, &key)
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))
+        crate::history::row_history(&snapshot, &request.table, &key).map_err(ApiError::bad_request)
     })
     .await?;
     Ok(Json(answer))

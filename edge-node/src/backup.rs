@@ -5,14 +5,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use edgestore::{BackupReport, Snapshot};
+use edgestore::{BackupError, BackupReport, Snapshot};
 use serde_json::{json, Value as Json};
 
 /// Writes a backup from `snapshot` and describes it as JSON.
-pub fn write_backup(snapshot: &Snapshot, file: &Path) -> Result<Json> {
-    let report = snapshot.backup_to(file).with_context(|| format!("backing up to {}", file.display()))?;
-    Ok(describe(&report))
+pub fn write_backup(snapshot: &Snapshot, file: &Path) -> Result<Json, BackupError> {
+    Ok(describe(&snapshot.backup_to(file)?))
 }
 
 fn describe(report: &BackupReport) -> Json {

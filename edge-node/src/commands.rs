@@ -108,10 +108,11 @@ pub fn backup(config: &Config, file: &Path) -> Result<()> {
     let file = std::path::absolute(file).with_context(|| format!("resolving {}", file.display()))?;
     let report = match Client::discover(&config.data_dir, config.api_token.clone())? {
         Some(client) => client.post("/v1/backup", &json!({ "path": file }))?,
-        None => crate::backup::write_backup(
-            &data_dir::open(&config.data_dir, &config.open_options())?.1.snapshot()?,
-            &file,
-        )?,
+        None => {
+            let snapshot = data_dir::open(&config.data_dir, &config.open_options())?.1.snapshot()?;
+            crate::backup::write_backup(&snapshot, &file)
+                .with_context(|| format!("backing up to {}", file.display()))?
+        }
     };
     println!(
         "backup of node {} written to {}: {} bytes, {} rows, {} changes",

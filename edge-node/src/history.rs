@@ -6,11 +6,12 @@
 //! both shell backends print the same thing.
 
 use anyhow::{anyhow, Result};
+use edgestore::error::ReadError;
 use edgestore::{RowEffect, Snapshot, Value};
 use serde_json::{json, Value as Json};
 
 /// The history of one row, as the API answers it.
-pub fn row_history(snapshot: &Snapshot, table: &str, key: &[Value]) -> Result<Json> {
+pub fn row_history(snapshot: &Snapshot, table: &str, key: &[Value]) -> Result<Json, ReadError> {
     let entries = snapshot.row_history(table, key)?;
     let changes: Vec<Json> = entries
         .iter()

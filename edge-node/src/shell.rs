@@ -234,7 +234,10 @@ fn decode_answer(answer: &Json) -> Result<Answer> {
         .as_array()
         .ok_or_else(|| anyhow!("the node's answer has no rows"))?
         .iter()
-        .map(|row| row.as_array().ok_or_else(|| anyhow!("a row is not an array"))?.iter().map(from_json).collect())
+        .map(|row| {
+            let cells = row.as_array().ok_or_else(|| anyhow!("a row is not an array"))?;
+            Ok(cells.iter().map(from_json).collect::<Result<Vec<Value>, _>>()?)
+        })
         .collect::<Result<Vec<Vec<Value>>>>()?;
     Ok(Answer { columns, rows, rows_affected: answer["rows_affected"].as_u64().unwrap_or(0) })
 }
