@@ -273,13 +273,9 @@ fn verify_doc_change(origin: NodeId, doc: usize, key: &[u8], change: Vec<u8>) ->
     let change = crate::doc::parse_change(change).map_err(bad)?;
     let actor = change.actor_id().to_bytes();
     if actor != origin.as_bytes() {
-        return Err(ChangeError::ForgedActor { origin, actor: hex(actor) });
+        return Err(ChangeError::ForgedActor { origin, actor: hex::encode(actor) });
     }
     Ok(DocChange { key, change })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

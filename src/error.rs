@@ -3,6 +3,8 @@
 //! Messages are lower-case without a trailing period, and name the table, column or change
 //! at fault so that a field engineer can act on them.
 
+use std::sync::Arc;
+
 use crate::change::ChangeError;
 use crate::schema::SchemaError;
 use crate::types::NodeId;
@@ -15,11 +17,27 @@ pub enum StorageError {
     #[error("storage: {0}")]
     Redb(#[from] redb::Error),
     /// A stored value does not decode: the file is corrupt or from an incompatible build.
+    /// (Being replaced by typed variants such as [`StorageError::BadLength`]; the sites
+    /// left build it in `replica/`.)
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// A stored value has a length its table's format does not allow.
+    #[error("corrupt store: a {table} value has a bad length ({len} bytes)")]
+    BadLength {
+        /// The redb table.
+        table: &'static str,
+        /// The value's length.
+        len: usize,
+    },
     /// A commit shared by several write batches failed; none of them was written.
+    /// (The form `replica/write.rs` still builds; [`StorageError::GroupCommitFailed`]
+    /// keeps the cause.)
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// A commit shared by several write batches or jobs failed; none of them was written.
+    /// Every member gets the group's one failure (redb's errors are not `Clone`).
+    #[error("commit failed: {0}")]
+    GroupCommitFailed(Arc<StorageError>),
     /// The thread that owns the replica has stopped (see `ReplicaHandle`).
     #[error("the replica's owner thread has stopped")]
     Stopped,

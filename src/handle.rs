@@ -46,7 +46,7 @@ pub const GROUP_COMMIT_BATCHES_MAX: usize = 256;
 
 type Reply<T> = SyncSender<T>;
 /// Answers a group member once its group's durable commit succeeded (`None`) or failed.
-type Completion = Box<dyn FnOnce(Option<&StorageError>) + Send>;
+type Completion = Box<dyn FnOnce(Option<&Arc<StorageError>>) + Send>;
 /// A write job: runs on the replica, or is refused with the given error, and returns
 /// how to answer it.
 type Job = Box<dyn FnOnce(Result<&mut Replica, StorageError>) -> Completion + Send>;
@@ -192,7 +192,7 @@ impl ReplicaHandle {
         let (reply, answer) = mpsc::sync_channel::<Result<T, E>>(1);
         let job: Job = Box::new(move |replica| {
             let result = replica.map_err(WriteError::Storage).map_err(E::from).and_then(job);
-            Box::new(move |failure: Option<&StorageError>| {
+            Box::new(move |failure: Option<&Arc<StorageError>>| {
                 let _ = reply.send(match failure {
                     None => result,
                     Some(e) => Err(E::from(WriteError::Storage(duplicate(e)))),
@@ -269,12 +269,14 @@ impl ReplicaHandle {
     }
 }
 
-/// A copy of a group's failure for each member (redb's errors are not `Clone`).
-fn duplicate(error: &StorageError) -> StorageError {
-    match error {
+/// A copy of a group's failure for each member (redb's errors are not `Clone`): the
+/// store's state as it is, any other failure shared.
+fn duplicate(error: &Arc<StorageError>) -> StorageError {
+    match &**error {
         StorageError::Unavailable(fault) => StorageError::Unavailable(fault.clone()),
         StorageError::Stopped => StorageError::Stopped,
-        other => StorageError::CommitFailed(other.to_string()),
+        StorageError::GroupCommitFailed(cause) => StorageError::GroupCommitFailed(Arc::clone(cause)),
+        _ => StorageError::GroupCommitFailed(Arc::clone(error)),
     }
 }
 
@@ -291,7 +293,7 @@ fn run_member(replica: &mut Replica, member: Request) -> Completion {
     match member {
         Request::Write { batch, now_ms, reply } => {
             let result = replica.write(batch, now_ms);
-            Box::new(move |failure: Option<&StorageError>| {
+            Box::new(move |failure: Option<&Arc<StorageError>>| {
                 let _ = reply.send(match failure {
                     None => result,
                     Some(e) => Err(WriteError::Storage(duplicate(e))),
@@ -304,11 +306,11 @@ fn run_member(replica: &mut Replica, member: Request) -> Completion {
 }
 
 /// Answers a member of a group that did not run with `refusal`.
-fn refused(member: Request, refusal: &StorageError) -> Completion {
+fn refused(member: Request, refusal: &Arc<StorageError>) -> Completion {
     match member {
         Request::Write { reply, .. } => {
             let refusal = duplicate(refusal);
-            Box::new(move |_: Option<&StorageError>| {
+            Box::new(move |_: Option<&Arc<StorageError>>| {
                 let _ = reply.send(Err(WriteError::Storage(refusal)));
             })
         }
@@ -407,7 +409,10 @@ impl Owner {
         let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let results = match self.usable() {
             Ok(replica) => replica.write_group(batches, now_ms.expect("a group has a member")),
-            Err(refusal) => batches.iter().map(|_| Err(WriteError::Storage(duplicate(&refusal)))).collect(),
+            Err(refusal) => {
+                let refusal = Arc::new(refusal);
+                batches.iter().map(|_| Err(WriteError::Storage(duplicate(&refusal)))).collect()
+            }
         };
         self.observe();
         for (result, reply) in results.into_iter().zip(replies) {
@@ -423,6 +428,7 @@ impl Owner {
         let mut completions: Vec<Completion> = Vec::with_capacity(members.len());
         let failure = match self.usable().and_then(|replica| pin_durable(&shared, replica).map(|()| replica)) {
             Err(refusal) => {
+                let refusal = Arc::new(refusal);
                 completions.extend(members.into_iter().map(|member| refused(member, &refusal)));
                 None
             }
@@ -431,11 +437,11 @@ impl Owner {
                 for member in members {
                     completions.push(match replica.fault_refusal() {
                         // A member faulted the store: the rest are refused without running.
-                        Some(refusal) => refused(member, &refusal),
+                        Some(refusal) => refused(member, &Arc::new(refusal)),
                         None => run_member(replica, member),
                     });
                 }
-                replica.make_durable().err()
+                replica.make_durable().err().map(Arc::new)
             }
         };
         // Unpinned before anyone is answered, so that an answered client reads its write.

@@ -108,7 +108,7 @@ pub fn encode_heads(tail_len: u32, heads: &[[u8; 32]]) -> Vec<u8> {
 /// Decodes a `doc_heads_v1` value into the tail length and the heads bytes.
 pub fn decode_heads(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
     if value.len() < 4 || !(value.len() - 4).is_multiple_of(32) {
-        return Err(StorageError::Corrupt("doc_heads_v1 value has a bad length".into()));
+        return Err(StorageError::BadLength { table: "doc_heads_v1", len: value.len() });
     }
     let tail_len = u32::from_be_bytes(value[..4].try_into().expect("length checked"));
     Ok((tail_len, &value[4..]))

@@ -43,10 +43,7 @@ impl NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -68,13 +65,8 @@ impl FromStr for NodeId {
 
     fn from_str(s: &str) -> Result<NodeId, ParseNodeIdError> {
         let err = || ParseNodeIdError { got: s.to_string() };
-        if s.len() != NODE_ID_BYTES * 2 || !s.is_ascii() {
-            return Err(err());
-        }
         let mut id = [0u8; NODE_ID_BYTES];
-        for (i, byte) in id.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| err())?;
-        }
+        hex::decode_to_slice(s, &mut id).map_err(|_| err())?;
         Ok(NodeId(id))
     }
 }
@@ -187,13 +179,7 @@ impl fmt::Display for Value {
             Value::Real(v) => write!(f, "{v:?}"),
             Value::Text(v) => write!(f, "{v}"),
             Value::Boolean(v) => write!(f, "{v}"),
-            Value::Blob(v) => {
-                f.write_str("x'")?;
-                for byte in v {
-                    write!(f, "{byte:02x}")?;
-                }
-                f.write_str("'")
-            }
+            Value::Blob(v) => write!(f, "x'{}'", hex::encode(v)),
         }
     }
 }
@@ -249,6 +235,8 @@ mod tests {
         assert_eq!(id.to_string().parse::<NodeId>(), Ok(id));
         assert!("zz".parse::<NodeId>().is_err());
         assert!("é".repeat(16).parse::<NodeId>().is_err());
+        let signed = format!("+{}", &id.to_string()[1..]);
+        assert!(signed.parse::<NodeId>().is_err(), "a sign is not a hex digit: {signed}");
     }
 
     #[test]

@@ -833,10 +833,6 @@ fn error_kind(error: &ApplyError) -> String {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Tallies of one mutation kind.
 #[derive(Default)]
 struct Tally {
@@ -878,7 +874,7 @@ fn seeded_mutation_sweep_only_yields_typed_errors_and_never_half_applies() {
         let batch = mutate(&mut rng, mutation, &valid);
         let before = observe(replica);
         let context = || {
-            let batch: Vec<String> = batch.iter().map(|b| hex(b)).collect();
+            let batch: Vec<String> = batch.iter().map(hex::encode).collect();
             format!("seed {seed}, iteration {iteration}, {mutation:?}, batch {batch:?}")
         };
         let result = catch_unwind(AssertUnwindSafe(|| replica.apply_remote(batch.clone())))

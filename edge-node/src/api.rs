@@ -33,6 +33,10 @@ use crate::config::{parse_node_id, Config, PeerList};
 use crate::json::{check_integer_literals, from_json, to_json};
 use crate::metrics::{self, ApiCounters, StoreFigures};
 
+/// Seconds a client is told to wait (`Retry-After`) when the node cannot answer now: over
+/// the connection cap (`serve.rs`), over `api.statements_max`, or while the store reopens.
+pub const RETRY_AFTER_S: u64 = 1;
+
 /// What the handlers share.
 #[derive(Debug)]
 pub struct Node {
@@ -148,10 +152,7 @@ impl ApiError {
 
     /// `503` with `Retry-After`: the node cannot do it now, but will soon.
     fn unavailable(message: impl std::fmt::Display) -> ApiError {
-        ApiError {
-            retry_after_s: Some(crate::serve::RETRY_AFTER_S),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-        }
+        ApiError { retry_after_s: Some(RETRY_AFTER_S), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message) }
     }
 
     /// The status of a failed statement (README "HTTP API" lists them).
@@ -420,7 +421,8 @@ fn statement(node: &Node, text: &str) -> Result<sql::Statement, ApiError> {
 fn run_sql(node: &Node, text: &str, params: &[Value], options: &ExecOptions) -> Result<JsonValue, ApiError> {
     let statement = statement(node, text)?;
     let mut handle = node.handle.clone();
-    let result = statement.execute_with(&mut handle, params, crate::now_ms(), options).map_err(ApiError::from_sql)?;
+    let result =
+        statement.execute_with(&mut handle, params, crate::clock::now_ms(), options).map_err(ApiError::from_sql)?;
     if !statement.is_read_only() {
         node.counters.writes.fetch_add(1, Ordering::Relaxed);
         node.counters.rows_written.fetch_add(result.rows_affected, Ordering::Relaxed);
@@ -450,7 +452,7 @@ async fn health_route(State(node): State<Arc<Node>>) -> Result<Response, ApiErro
     let health = health_json(&node.handle.health());
     if health["status"] != "ok" {
         let mut response = (StatusCode::SERVICE_UNAVAILABLE, Json(health)).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(crate::serve::RETRY_AFTER_S));
+        response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(RETRY_AFTER_S));
         return Ok(response);
     }
     let handle = node.handle.clone();
@@ -554,7 +556,7 @@ fn merge(into: &mut JsonValue, from: JsonValue) {
 }
 
 fn store_bytes(config: &Config) -> u64 {
-    std::fs::metadata(config.data_dir.join(crate::STORE_FILE)).map_or(0, |m| m.len())
+    std::fs::metadata(crate::data_dir::store_path(&config.data_dir)).map_or(0, |m| m.len())
 }
 
 async fn peers_route(State(node): State<Arc<Node>>) -> Answer {
@@ -644,7 +646,8 @@ async fn backup_route(State(node): State<Arc<Node>>, Body(request): Body<BackupR
     let handle = node.handle.clone();
     let report = blocking(move || {
         let snapshot = handle.snapshot().map_err(ApiError::from_storage)?;
-        crate::backup::write_backup(&snapshot, &request.path).map_err(|e| ApiError::bad_request(format!("{e:#}")))
+        crate::backup::write_backup(&snapshot, &request.path)
+            .map_err(|e| ApiError::bad_request(format!("backing up to {}: {e}", request.path.display())))
     })
     .await?;
     Ok(Json(report))
@@ -668,8 +671,7 @@ async fn history_route(State(node): State<Arc<Node>>, Query(request): Query<Hist
     let handle = node.handle.clone();
     let answer = blocking(move || {
         let snapshot = handle.snapshot().map_err(ApiError::from_storage)?;
-        crate::history::row_history(&snapshot, &request.table, &key)
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))
+        crate::history::row_history(&snapshot, &request.table, &key).map_err(ApiError::bad_request)
     })
     .await?;
     Ok(Json(answer))

@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{header, Method, Request};
+use hyper::http::uri::Scheme;
+use hyper::{header, Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value as Json;
 
-use crate::daemon::RUNTIME_FILE;
+use crate::data_dir;
 
 /// How long a request may take before the client gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -31,17 +32,26 @@ pub struct Client {
     runtime: tokio::runtime::Runtime,
 }
 
+/// The `HOST:PORT` of an API URL `http://HOST:PORT` (http's `Uri` parses it): the API is
+/// plain HTTP at the root, so a trailing `/` is all the path it may have, and user info or
+/// a query would be ignored, so they are refused.
+fn api_authority(url: &str) -> Result<String> {
+    let uri: Uri = url.parse().with_context(|| format!("API URL {url:?} must be http://HOST:PORT"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        bail!("API URL {url:?} must start with http://");
+    }
+    match uri.authority() {
+        Some(authority) if !authority.as_str().contains('@') && uri.path() == "/" && uri.query().is_none() => {
+            Ok(authority.as_str().to_string())
+        }
+        _ => bail!("API URL {url:?} must be http://HOST:PORT"),
+    }
+}
+
 impl Client {
     /// A client for `url` (`http://host:port`).
     pub fn new(url: &str, token: Option<String>) -> Result<Client> {
-        let authority = url
-            .strip_prefix("http://")
-            .ok_or_else(|| anyhow!("API URL {url:?} must start with http://"))?
-            .trim_end_matches('/')
-            .to_string();
-        if authority.is_empty() || authority.contains('/') {
-            bail!("API URL {url:?} must be http://HOST:PORT");
-        }
+        let authority = api_authority(url)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -51,15 +61,8 @@ impl Client {
 
     /// The node running on `data_dir`, if one answers; `None` if none runs there.
     pub fn discover(data_dir: &Path, token: Option<String>) -> Result<Option<Client>> {
-        let path = data_dir.join(RUNTIME_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        let runtime: Json = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-        let url = runtime["url"].as_str().ok_or_else(|| anyhow!("{} has no url", path.display()))?;
-        let client = Client::new(url, token)?;
+        let Some(url) = data_dir::advertised_url(data_dir)? else { return Ok(None) };
+        let client = Client::new(&url, token)?;
         // Any answer means a node runs there: an unhealthy one (503) still holds the store.
         let answered = client.runtime.block_on(client.send(Method::GET, "/v1/health", None)).is_ok();
         Ok(answered.then_some(client))
@@ -126,5 +129,32 @@ impl Client {
         tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
             .map_err(|_| anyhow!("{} did not answer in time", self.url()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_authority;
+
+    #[test]
+    fn api_urls_are_plain_http_at_the_root() {
+        for (url, authority) in [
+            ("http://127.0.0.1:7480", "127.0.0.1:7480"),
+            ("http://127.0.0.1:7480/", "127.0.0.1:7480"),
+            ("http://[::1]:80", "[::1]:80"),
+        ] {
+            assert_eq!(api_authority(url).expect(url), authority);
+        }
+        for url in [
+            "https://127.0.0.1:7480",
+            "127.0.0.1:7480",
+            "http://",
+            "http://h:1/v1",
+            "http://u@h:1",
+            "http://h:1/?a=1",
+            "",
+        ] {
+            assert!(api_authority(url).is_err(), "{url} should be refused");
+        }
     }
 }

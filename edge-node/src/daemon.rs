@@ -13,25 +13,22 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use edgestore::{Replica, ReplicaHandle};
-use serde_json::json;
 use sync_protocol::transport::{FaultSwitch, SyncNode, SyncNodeConfig};
 use sync_protocol::SessionConfig;
 
 use crate::api::{self, Node};
 use crate::compaction::{self, Compaction};
 use crate::config::{Config, LogFormat, PeerList};
+use crate::data_dir;
 use crate::identity::Identity;
 use crate::metrics::ApiCounters;
 use crate::store_health::{self, StoreReopen};
 
-/// Name of the file that advertises a running node's API inside the data directory.
-pub const RUNTIME_FILE: &str = "node.api";
 /// How long shutdown waits for blocking store work still running.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for HTTP requests being answered before it drops their
@@ -76,7 +73,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica>>> {
-    let (identity, replica) = crate::open_or_init(&config.data_dir, &config.open_options())?;
+    let (identity, replica) = data_dir::open_or_init(&config.data_dir, &config.open_options())?;
     let node_id = identity.node_id;
     // After an I/O error the owner thread closes the store and reopens it (store_health.rs).
     let floor_bytes = config.free_bytes_min;
@@ -116,7 +113,7 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         running: Arc::default(),
         compaction,
     });
-    write_runtime_file(&config.data_dir, api_addr)?;
+    data_dir::write_runtime_file(&config.data_dir, api_addr)?;
     print_banner(config, node_id, sync_addr, api_addr);
     tracing::info!(node = %node_id, %sync_addr, %api_addr, "node started");
 
@@ -129,7 +126,7 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
     crate::serve::serve(listener, node, HTTP_DRAIN, shutdown).await;
     tracing::info!("shutting down: HTTP requests finished, closing sync sessions");
     sync.shutdown().await;
-    let _ = std::fs::remove_file(config.data_dir.join(RUNTIME_FILE));
+    data_dir::remove_runtime_file(&config.data_dir);
     Ok(owner)
 }
 
@@ -167,12 +164,6 @@ fn start_sync(
     }
     let addr = sync.local_addr().context("reading the sync address")?;
     Ok((sync, addr, fault))
-}
-
-fn write_runtime_file(data_dir: &Path, api_addr: SocketAddr) -> Result<()> {
-    let path = data_dir.join(RUNTIME_FILE);
-    let text = json!({ "url": format!("http://{api_addr}"), "pid": std::process::id() }).to_string();
-    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Prints who the node is and how to reach it. Write errors are ignored: a daemon whose

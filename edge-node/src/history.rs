@@ -6,16 +6,17 @@
 //! both shell backends print the same thing.
 
 use anyhow::{anyhow, Result};
+use edgestore::error::ReadError;
 use edgestore::{RowEffect, Snapshot, Value};
 use serde_json::{json, Value as Json};
 
 /// The history of one row, as the API answers it.
-pub fn row_history(snapshot: &Snapshot, table: &str, key: &[Value]) -> Result<Json> {
+pub fn row_history(snapshot: &Snapshot, table: &str, key: &[Value]) -> Result<Json, ReadError> {
     let entries = snapshot.row_history(table, key)?;
     let changes: Vec<Json> = entries
         .iter()
         .map(|entry| {
-            let hash = crate::json::hex(&entry.change_hash[..8]);
+            let hash = hex::encode(&entry.change_hash[..8]);
             json!({
                 "node_id": entry.node_id.to_string(),
                 "doc_seq": entry.doc_seq,
@@ -71,20 +72,23 @@ pub fn table(history: &Json) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
     Ok((columns, rows))
 }
 
-/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (civil-from-days, Howard Hinnant's algorithm).
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (the calendar is the `time` crate's). A time outside
+/// the years -9999..=9999, which only a wrong clock or a hostile peer writes, is shown as
+/// its milliseconds.
 fn utc(ms: i64) -> String {
-    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s, milli) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
-    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03}")
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.millisecond()
+        ),
+        Err(_) => format!("{ms} ms since 1970"),
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +100,7 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01 00:00:00.000");
         assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20.123");
         assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
+        assert_eq!(utc(-1), "1969-12-31 23:59:59.999");
+        assert_eq!(utc(i64::MIN), format!("{} ms since 1970", i64::MIN), "beyond the calendar");
     }
 }

@@ -8,9 +8,45 @@
 //! the 64-bit range is an error, never silently a real. The README's API section
 //! documents this mapping.
 
-use anyhow::{anyhow, bail, Result};
 use edgestore::Value;
 use serde_json::{json, Value as Json};
+
+/// Why JSON is not a SQL value (an API parameter, or a cell of an API answer).
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    /// An integer literal outside the 64-bit range (the text of the literal).
+    #[error(
+        "integer {0} does not fit a 64-bit INTEGER (-9223372036854775808 ..= 9223372036854775807); \
+         send a real ({0}.0) or text"
+    )]
+    IntegerRange(String),
+    /// A number no `f64` holds.
+    #[error("number {0} is out of range")]
+    NumberRange(serde_json::Number),
+    /// `{"blob": ...}` with an odd number of hex digits.
+    #[error("blob {0:?} has an odd number of hex digits")]
+    OddHex(String),
+    /// `{"blob": ...}` that is not hex.
+    #[error("blob {0:?} is not hex")]
+    NotHex(String),
+    /// `{"timestamp_ms": ...}` that is not an integer.
+    #[error("timestamp_ms {0} is not an integer")]
+    TimestampNotInteger(serde_json::Number),
+    /// `{"real": ...}` with a name other than the three.
+    #[error("{{\"real\": {0:?}}}: the name is \"Infinity\", \"-Infinity\" or \"NaN\"")]
+    RealName(String),
+    /// An object that is none of the three.
+    #[error(
+        "unsupported value {0}: objects are {{\"blob\": hex}}, {{\"timestamp_ms\": integer}} \
+         or {{\"real\": \"Infinity\"|\"-Infinity\"|\"NaN\"}}"
+    )]
+    UnsupportedObject(Json),
+    /// An array, or another kind no SQL value has.
+    #[error(
+        "unsupported value {0}: use null, a number, a string, a boolean, {{\"blob\": hex}} or {{\"timestamp_ms\": integer}}"
+    )]
+    Unsupported(Json),
+}
 
 /// A value as JSON.
 pub fn to_json(value: &Value) -> Json {
@@ -21,39 +57,36 @@ pub fn to_json(value: &Value) -> Json {
         Value::Real(v) => json!({ "real": non_finite_name(*v) }),
         Value::Text(v) => json!(v),
         Value::Boolean(v) => json!(v),
-        Value::Blob(bytes) => json!({ "blob": hex(bytes) }),
+        Value::Blob(bytes) => json!({ "blob": hex::encode(bytes) }),
         Value::Timestamp(ms) => json!({ "timestamp_ms": ms }),
     }
 }
 
 /// A JSON value as a SQL value (a parameter, or a cell of an API answer).
-pub fn from_json(json: &Json) -> Result<Value> {
+pub fn from_json(json: &Json) -> Result<Value, ValueError> {
     Ok(match json {
         Json::Null => Value::Null,
         Json::Bool(v) => Value::Boolean(*v),
         Json::Number(n) => match n.as_i64() {
             Some(v) => Value::Integer(v),
-            None if n.is_u64() => bail!("{}", integer_range_error(&n.to_string())),
-            None => Value::Real(n.as_f64().ok_or_else(|| anyhow!("number {n} is out of range"))?),
+            None if n.is_u64() => return Err(ValueError::IntegerRange(n.to_string())),
+            None => Value::Real(n.as_f64().ok_or_else(|| ValueError::NumberRange(n.clone()))?),
         },
         Json::String(v) => Value::Text(v.clone()),
         Json::Object(map) if map.len() == 1 => match map.iter().next() {
             Some((key, Json::String(text))) if key == "blob" => Value::Blob(unhex(text)?),
             Some((key, Json::Number(n))) if key == "timestamp_ms" => {
-                Value::Timestamp(n.as_i64().ok_or_else(|| anyhow!("timestamp_ms {n} is not an integer"))?)
+                Value::Timestamp(n.as_i64().ok_or_else(|| ValueError::TimestampNotInteger(n.clone()))?)
             }
             Some((key, Json::String(name))) if key == "real" => Value::Real(match name.as_str() {
                 "Infinity" => f64::INFINITY,
                 "-Infinity" => f64::NEG_INFINITY,
                 "NaN" => f64::NAN,
-                _ => bail!("{{\"real\": {name:?}}}: the name is \"Infinity\", \"-Infinity\" or \"NaN\""),
+                _ => return Err(ValueError::RealName(name.clone())),
             }),
-            _ => bail!(
-                "unsupported value {json}: objects are {{\"blob\": hex}}, {{\"timestamp_ms\": integer}} \
-                 or {{\"real\": \"Infinity\"|\"-Infinity\"|\"NaN\"}}"
-            ),
+            _ => return Err(ValueError::UnsupportedObject(json.clone())),
         },
-        _ => bail!("unsupported value {json}: use null, a number, a string, a boolean, {{\"blob\": hex}} or {{\"timestamp_ms\": integer}}"),
+        _ => return Err(ValueError::Unsupported(json.clone())),
     })
 }
 
@@ -67,17 +100,10 @@ pub fn non_finite_name(v: f64) -> &'static str {
     }
 }
 
-fn integer_range_error(text: &str) -> String {
-    format!(
-        "integer {text} does not fit a 64-bit INTEGER (-9223372036854775808 ..= 9223372036854775807); \
-         send a real ({text}.0) or text"
-    )
-}
-
 /// Refuses JSON text (that parsed) holding an integer literal outside the 64-bit range. serde_json reads
 /// an integer too large even for `u64` as an `f64`, so the difference between `1e19`
 /// (a real) and `10000000000000000000` (an integer that does not fit) is only in the text.
-pub fn check_integer_literals(text: &[u8]) -> Result<()> {
+pub fn check_integer_literals(text: &[u8]) -> Result<(), ValueError> {
     let mut i = 0;
     let mut in_string = false;
     while i < text.len() {
@@ -104,7 +130,7 @@ pub fn check_integer_literals(text: &[u8]) -> Result<()> {
             let literal = std::str::from_utf8(&text[i..end]).unwrap_or_default();
             // Run on text that parsed as JSON: an integral literal is digits after a sign.
             if !literal.contains(['.', 'e', 'E']) && literal.parse::<i64>().is_err() {
-                bail!("{}", integer_range_error(literal));
+                return Err(ValueError::IntegerRange(literal.to_string()));
             }
             i = end;
             continue;
@@ -119,23 +145,11 @@ pub fn as_text(json: &Json) -> String {
     json.as_str().map_or_else(|| json.to_string(), str::to_string)
 }
 
-/// Bytes as lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Result<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        bail!("blob {text:?} has an odd number of hex digits");
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(|| anyhow!("blob {text:?} is not hex"))
-        })
-        .collect()
+fn unhex(text: &str) -> Result<Vec<u8>, ValueError> {
+    hex::decode(text).map_err(|e| match e {
+        hex::FromHexError::OddLength => ValueError::OddHex(text.to_string()),
+        _ => ValueError::NotHex(text.to_string()),
+    })
 }
 
 #[cfg(test)]
@@ -186,6 +200,7 @@ mod tests {
             r#"[1]"#,
             r#"{"blob": "abc"}"#,
             r#"{"blob": "zz"}"#,
+            r#"{"blob": "+1"}"#,
             r#"{"other": 1}"#,
             r#"{"timestamp_ms": 1.5}"#,
             r#"{"real": "inf"}"#,

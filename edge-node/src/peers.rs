@@ -5,12 +5,33 @@
 //! running, the command edits `peers.toml` itself and the node picks it up at start.
 //! Peers written in the config file are listed but can only be removed there.
 
+use std::net::SocketAddr;
+
 use anyhow::{bail, Result};
+use clap::Subcommand;
 use serde_json::{json, Value as Json};
 
 use crate::client::Client;
 use crate::config::{parse_node_id, Config, PeerList};
-use crate::PeersCommand;
+
+// The `peers` subcommands (clap; `main.rs` nests them under `edge-node peers`).
+#[derive(Subcommand)]
+pub enum PeersCommand {
+    /// Show the peers with their connection state and sync lag.
+    List,
+    /// Add a peer (or change its address); it must also add this node.
+    Add {
+        /// The peer's node id, as its `edge-node status` prints it.
+        node_id: String,
+        /// The peer's sync address (IP:PORT, UDP).
+        addr: SocketAddr,
+    },
+    /// Remove a peer: stop syncing with it and refuse its connections.
+    Remove {
+        /// The peer's node id.
+        node_id: String,
+    },
+}
 
 /// Runs a `peers` subcommand.
 pub fn main(config: &Config, command: PeersCommand) -> Result<()> {

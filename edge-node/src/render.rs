@@ -1,7 +1,19 @@
-//! How the shell prints results: aligned tables (the default), CSV, JSON lines and one
-//! `column = value` per line, as `.mode` selects.
+//! How the shell prints results: aligned tables (the default; comfy-table), CSV (the csv
+//! crate), JSON lines (values as the API writes them, `json.rs`) and one `column = value`
+//! per line, as `.mode` selects.
 
+use comfy_table::{Cell, CellAlignment, ContentLineStyle, LineStyle, Table, TableStyle};
 use edgestore::Value;
+
+use crate::json::to_json;
+
+/// ASCII boxes: a rule above and below the header and at the bottom, none between rows.
+const TABLE_STYLE: TableStyle = TableStyle::new()
+    .top_border(LineStyle::new('+', '-', '+', '+'))
+    .header_lines(ContentLineStyle::new('|', '|', '|'))
+    .header_separator(LineStyle::new('+', '-', '+', '+'))
+    .content_lines(ContentLineStyle::new('|', '|', '|'))
+    .bottom_border(LineStyle::new('+', '-', '+', '+'));
 
 /// Output format of query results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,72 +47,43 @@ pub fn cell(value: &Value) -> String {
 }
 
 /// Renders a result in `mode`.
-pub fn render(mode: Mode, columns: &[String], rows: &[Vec<Value>]) -> String {
-    match mode {
+pub fn render(mode: Mode, columns: &[String], rows: &[Vec<Value>]) -> Result<String, csv::Error> {
+    Ok(match mode {
         Mode::Table => table(columns, rows),
-        Mode::Csv => csv(columns, rows),
+        Mode::Csv => csv(columns, rows)?,
         Mode::Json => json(columns, rows),
         Mode::Line => line(columns, rows),
-    }
+    })
 }
 
+/// Columns as wide as their widest cell (in terminal columns), numbers right-aligned.
 fn table(columns: &[String], rows: &[Vec<Value>]) -> String {
-    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(cell).collect()).collect();
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| cells.iter().map(|r| r[i].chars().count()).chain([columns[i].chars().count()]).max().unwrap_or(0))
-        .collect();
-    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
-    let line = |values: &[String], numeric: &[bool]| -> String {
-        let parts: Vec<String> = values
-            .iter()
-            .zip(&widths)
-            .zip(numeric)
-            .map(|((v, w), right)| if *right { format!(" {v:>w$} ") } else { format!(" {v:<w$} ") })
-            .collect();
-        format!("|{}|\n", parts.join("|"))
-    };
-    let mut out = rule.clone();
-    out += &line(columns, &vec![false; columns.len()]);
-    out += &rule;
-    for (row, values) in cells.iter().zip(rows) {
-        let numeric: Vec<bool> = values.iter().map(|v| matches!(v, Value::Integer(_) | Value::Real(_))).collect();
-        out += &line(row, &numeric);
-    }
-    if !rows.is_empty() {
-        out += &rule;
-    }
-    out
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
-}
-
-fn csv(columns: &[String], rows: &[Vec<Value>]) -> String {
-    let mut out = columns.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(",") + "\n";
+    let mut table = Table::new();
+    // With no rows the rule under the header is the bottom border: one rule, not two.
+    let style = if rows.is_empty() { TABLE_STYLE.header_separator(LineStyle::none()) } else { TABLE_STYLE };
+    table.load_style(style).set_header(columns);
     for row in rows {
-        let fields: Vec<String> =
-            row.iter().map(|v| if v.is_null() { String::new() } else { csv_field(&cell(v)) }).collect();
-        out += &(fields.join(",") + "\n");
+        table.add_row(row.iter().map(|value| {
+            let alignment = match value {
+                Value::Integer(_) | Value::Real(_) => CellAlignment::Right,
+                _ => CellAlignment::Left,
+            };
+            Cell::new(cell(value)).set_alignment(alignment)
+        }));
     }
-    out
+    format!("{table}\n")
 }
 
-/// A value as JSON: numbers and booleans as such, blobs as hex strings, NULL as null, a
-/// real that is not finite as the API writes it (`{"real": "Infinity"}`).
-pub fn json_value(value: &Value) -> serde_json::Value {
-    match value {
-        Value::Null => serde_json::Value::Null,
-        Value::Integer(v) | Value::Timestamp(v) => (*v).into(),
-        Value::Real(v) => serde_json::Number::from_f64(*v).map_or_else(|| crate::json::to_json(value), Into::into),
-        Value::Boolean(v) => (*v).into(),
-        Value::Text(v) => v.clone().into(),
-        Value::Blob(_) => cell(value).into(),
+/// RFC 4180 CSV with a header row; NULL is an empty field.
+fn csv(columns: &[String], rows: &[Vec<Value>]) -> Result<String, csv::Error> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(columns)?;
+    for row in rows {
+        writer.write_record(row.iter().map(|v| if v.is_null() { String::new() } else { cell(v) }))?;
     }
+    let bytes = writer.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
+    // Every field was a Rust string, and the quoting the writer adds is ASCII.
+    Ok(String::from_utf8(bytes).expect("CSV of UTF-8 fields is UTF-8"))
 }
 
 /// One JSON object per row, keys in column order (as `sqlite3 -json`); a name that occurs
@@ -111,7 +94,7 @@ fn json(columns: &[String], rows: &[Vec<Value>]) -> String {
         let fields: Vec<String> = columns
             .iter()
             .zip(row)
-            .map(|(column, value)| format!("{}:{}", serde_json::Value::from(column.as_str()), json_value(value)))
+            .map(|(column, value)| format!("{}:{}", serde_json::Value::from(column.as_str()), to_json(value)))
             .collect();
         out += &format!("{{{}}}\n", fields.join(","));
     }
@@ -137,6 +120,10 @@ mod tests {
         (columns, rows)
     }
 
+    fn shown(mode: Mode, columns: &[String], rows: &[Vec<Value>]) -> String {
+        render(mode, columns, rows).expect("renders")
+    }
+
     #[test]
     fn tables_align_and_right_align_numbers() {
         let (columns, rows) = sample();
@@ -148,17 +135,35 @@ mod tests {
 | 22 | NULL |
 +----+------+
 ";
-        assert_eq!(render(Mode::Table, &columns, &rows), expected);
+        assert_eq!(shown(Mode::Table, &columns, &rows), expected);
+        assert_eq!(
+            shown(Mode::Table, &columns, &[]),
+            "+----+------+\n| id | name |\n+----+------+\n",
+            "no rows: one rule"
+        );
+        let wide = shown(Mode::Table, &["w".to_string()], &[vec![Value::from("日本")], vec![Value::from("abcd")]]);
+        assert_eq!(wide, "+------+\n| w    |\n+------+\n| 日本 |\n| abcd |\n+------+\n", "widths in terminal columns");
     }
 
     #[test]
     fn csv_json_and_line_modes() {
         let (columns, rows) = sample();
-        assert_eq!(render(Mode::Csv, &columns, &rows), "id,name\n1,pump\n22,\n");
-        assert_eq!(render(Mode::Json, &columns, &rows), "{\"id\":1,\"name\":\"pump\"}\n{\"id\":22,\"name\":null}\n");
-        assert_eq!(render(Mode::Line, &columns, &rows), "  id = 1\nname = pump\n\n  id = 22\nname = NULL\n");
-        assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
-        let infinite = render(Mode::Json, &["r".to_string()], &[vec![Value::Real(f64::NEG_INFINITY)]]);
-        assert_eq!(infinite, "{\"r\":{\"real\":\"-Infinity\"}}\n", "the API's form of a non-finite real");
+        assert_eq!(shown(Mode::Csv, &columns, &rows), "id,name\n1,pump\n22,\n");
+        assert_eq!(shown(Mode::Json, &columns, &rows), "{\"id\":1,\"name\":\"pump\"}\n{\"id\":22,\"name\":null}\n");
+        assert_eq!(shown(Mode::Line, &columns, &rows), "  id = 1\nname = pump\n\n  id = 22\nname = NULL\n");
+        let quoted = shown(Mode::Csv, &["a,b".to_string()], &[vec![Value::from("say \"hi\"\n")], vec![Value::Null]]);
+        assert_eq!(
+            quoted, "\"a,b\"\n\"say \"\"hi\"\"\n\"\n\"\"\n",
+            "a lone empty field is quoted, so the row is not lost"
+        );
+    }
+
+    #[test]
+    fn json_mode_writes_values_as_the_api_does() {
+        let columns = ["r", "b", "t"].map(String::from);
+        let row = vec![Value::Real(f64::NEG_INFINITY), Value::Blob(vec![0, 0xab]), Value::Timestamp(1_700_000_000_000)];
+        let expected =
+            "{\"r\":{\"real\":\"-Infinity\"},\"b\":{\"blob\":\"00ab\"},\"t\":{\"timestamp_ms\":1700000000000}}\n";
+        assert_eq!(shown(Mode::Json, &columns, &[row]), expected);
     }
 }

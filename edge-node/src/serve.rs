@@ -29,13 +29,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::api::Node;
+use crate::api::{Node, RETRY_AFTER_S};
 
 /// How long accepting pauses after an error (the descriptor limit reached, say), so the
 /// loop does not spin on an error that persists.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
-/// Seconds a client over the connection cap is told to wait (`Retry-After`).
-pub const RETRY_AFTER_S: u64 = 1;
 /// How long a refused connection is kept open, at most, to read the client's request after
 /// the `503` (see the module header).
 const REFUSED_LINGER: Duration = Duration::from_millis(500);

@@ -18,6 +18,7 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 use edgestore::sql::{self, ExecOptions, Interrupt, InterruptCause, MemoryPool};
 use edgestore::{Replica, Value};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::history::FileHistory;
@@ -208,7 +209,7 @@ fn run_local(replica: &mut Replica, text: &str, params: &[Value], limits: Limits
             .name("statement".into())
             .stack_size(sql::STATEMENT_STACK_BYTES)
             .spawn_scoped(scope, || -> Result<Answer> {
-                let result = sql::prepare(text)?.execute_with(replica, params, crate::now_ms(), &options)?;
+                let result = sql::prepare(text)?.execute_with(replica, params, crate::clock::now_ms(), &options)?;
                 let (columns, rows_affected) = (result.columns.clone(), result.rows_affected);
                 Ok(Answer { columns, rows: result.collect_rows()?, rows_affected })
             });
@@ -233,7 +234,10 @@ fn decode_answer(answer: &Json) -> Result<Answer> {
         .as_array()
         .ok_or_else(|| anyhow!("the node's answer has no rows"))?
         .iter()
-        .map(|row| row.as_array().ok_or_else(|| anyhow!("a row is not an array"))?.iter().map(from_json).collect())
+        .map(|row| {
+            let cells = row.as_array().ok_or_else(|| anyhow!("a row is not an array"))?;
+            Ok(cells.iter().map(from_json).collect::<Result<Vec<Value>, _>>()?)
+        })
         .collect::<Result<Vec<Vec<Value>>>>()?;
     Ok(Answer { columns, rows, rows_affected: answer["rows_affected"].as_u64().unwrap_or(0) })
 }
@@ -282,7 +286,7 @@ impl Shell {
     }
 
     fn print(&self, columns: &[String], rows: &[Vec<Value>], out: &mut dyn Write) -> Result<()> {
-        write!(out, "{}", render::render(self.mode, columns, rows))?;
+        write!(out, "{}", render::render(self.mode, columns, rows)?)?;
         if self.mode == Mode::Table {
             writeln!(out, "({} row{})", rows.len(), plural(rows.len() as u64))?;
         }
@@ -396,7 +400,7 @@ impl Shell {
                 writeln!(out, "changes:  {} from {} node(s)", s["changes"], s["origins"])?;
                 writeln!(out, "pending:  {}", s["pending_changes"])?;
                 writeln!(out, "peers:    {} connected", s["peers_connected"])?;
-                writeln!(out, "health:   {}", crate::health_line(&s["health"]))?;
+                writeln!(out, "health:   {}", crate::commands::health_line(&s["health"]))?;
             }
         }
         Ok(())
@@ -494,14 +498,12 @@ fn key_value(part: &str) -> Value {
     }
 }
 
+/// What a query-string component keeps as it is: RFC 3986's unreserved characters.
+const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// Percent-encodes a query-string component.
 fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(text, QUERY_COMPONENT).to_string()
 }
 
 fn plural(n: u64) -> &'static str {
@@ -695,7 +697,14 @@ pub fn main(backend: Backend, command: Option<String>, history: &Path, statement
 
 #[cfg(test)]
 mod tests {
-    use super::{is_blank, take_statements};
+    use super::{is_blank, percent_encode, take_statements};
+
+    #[test]
+    fn query_components_keep_only_unreserved_characters() {
+        assert_eq!(percent_encode("a-b_c.d~E9"), "a-b_c.d~E9");
+        assert_eq!(percent_encode(r#"[1,"x y"]"#), "%5B1%2C%22x%20y%22%5D");
+        assert_eq!(percent_encode("é&="), "%C3%A9%26%3D");
+    }
 
     /// Splits `input` and returns the statements and what stays in the buffer.
     fn split(input: &str) -> (Vec<String>, String) {

@@ -37,7 +37,7 @@ impl Reopen for StoreReopen {
     }
 
     fn reopen(&mut self) -> Result<Replica, OpenError> {
-        crate::open_store(&self.data_dir, self.node_id, &self.options)
+        crate::data_dir::open_store(&self.data_dir, self.node_id, &self.options)
     }
 }
 
@@ -52,7 +52,7 @@ pub async fn probe(handle: ReplicaHandle, data_dir: PathBuf, floor_bytes: u64) {
         let step = tokio::task::spawn_blocking(move || {
             let measured = free_bytes(&dir);
             let disk = measured.as_ref().ok().map(|&free_bytes| DiskSpace { free_bytes, floor_bytes });
-            (measured.err(), handle.maintain(crate::now_ms(), disk))
+            (measured.err(), handle.maintain(crate::clock::now_ms(), disk))
         });
         let Ok((error, health)) = step.await else { return };
         match (error, unmeasured) {

@@ -248,14 +248,7 @@ pub(crate) fn literal(v: &ast::Value, params: &[Value]) -> Result<Value, SqlErro
 }
 
 fn decode_hex(h: &str) -> Result<Vec<u8>, SqlError> {
-    let bad = || SqlError::invalid(format!("malformed blob literal x'{h}'"));
-    if !h.len().is_multiple_of(2) {
-        return Err(bad());
-    }
-    (0..h.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(h.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect()
+    hex::decode(h).map_err(|_| SqlError::invalid(format!("malformed blob literal x'{h}'")))
 }
 
 /// A placeholder's value; `parse.rs` has already numbered every `?` as `?N`.

@@ -174,15 +174,10 @@ fn hex(v: &Value) -> Result<String, SqlError> {
         other => text_len(other),
     };
     check_result_bytes(len.saturating_mul(2))?;
-    let bytes = match v {
-        Value::Blob(b) => b.clone(),
-        other => value::to_text(other).unwrap_or_default().into_bytes(),
-    };
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push_str(&format!("{b:02X}"));
-    }
-    Ok(out)
+    Ok(match v {
+        Value::Blob(b) => hex::encode_upper(b),
+        other => hex::encode_upper(value::to_text(other).unwrap_or_default()),
+    })
 }
 
 /// `replace(s, from, to)`; the result's length is computed before it is built, so a

@@ -261,57 +261,13 @@ pub(crate) fn key_value_bytes(k: &KeyValue) -> usize {
         }
 }
 
-/// A fast hasher for the in-memory hash tables of joins, grouping and `DISTINCT` (the
-/// FxHash mix used by rustc). Keys come from stored data, so crafted data could collide
-/// and slow a query down, never change its result; SipHash costs more per row than the
-/// rest of a hash join's probe.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl std::hash::Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            self.add(u64::from_le_bytes(chunk.try_into().expect("chunks of 8")));
-        }
-        for &b in chunks.remainder() {
-            self.add(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    fn write_i64(&mut self, i: i64) {
-        self.add(i as u64);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
-impl FxHasher {
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-/// A hash map keyed by [`KeyValue`]s with [`FxHasher`].
-pub(crate) type KeyMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+/// A hash map keyed by [`KeyValue`]s: the in-memory tables of hash joins, grouping and
+/// `DISTINCT`. foldhash is fast (SipHash costs more per row than the rest of a hash join's
+/// probe) and every table gets its own seed, derived from one chosen at random per process:
+/// keys come from rows a peer may have written, and with a fixed hash function crafted rows
+/// could all collide and slow every query over them down. The seed changes speed only:
+/// no operator's output follows a table's iteration order.
+pub(crate) type KeyMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// [`key_of`] without cloning text or blobs.
 pub(crate) fn key_of_owned(v: Value) -> KeyValue {

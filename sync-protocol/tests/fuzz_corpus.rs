@@ -114,7 +114,7 @@ fn seeds_can_be_written_for_the_fuzzer() {
         let dir = Path::new(&dir).join(target);
         std::fs::create_dir_all(&dir).unwrap();
         for input in inputs.iter() {
-            let hash: String = edgestore::replica::blake3_of(input)[..8].iter().map(|b| format!("{b:02x}")).collect();
+            let hash = hex::encode(&edgestore::replica::blake3_of(input)[..8]);
             let name = format!("seed-{hash}");
             std::fs::write(dir.join(name), input).unwrap();
         }
