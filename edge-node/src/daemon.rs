@@ -149,7 +149,7 @@ fn start_sync(
         session,
         listen: config.sync_listen,
         backoff_ms: BACKOFF_MS,
-        clock_base_ms: crate::now_ms().max(0) as u64,
+        clock_base_ms: crate::clock::now_ms().max(0) as u64,
     };
     let allowed = Arc::new(RwLock::new(BTreeSet::new()));
     let (sync, fault) = SyncNode::start(handle, &identity.key_pair, allowed, sync_config).with_context(|| {
