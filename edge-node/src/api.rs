@@ -494,10 +494,11 @@ fn on_owner<T: Send + 'static, E: std::fmt::Display>(
 
 async fn status_route(State(node): State<Arc<Node>>) -> Answer {
     let handle = node.handle.clone();
+    let (now_ms, peer_horizon_ms) = (node.sync.now_ms(), node.config.peer_horizon_ms);
     let store = blocking(move || {
         // The digest reads the maintained digest_v1 from a snapshot: writers are not held up.
         let digest = handle.snapshot().and_then(|s| s.state_digest()).map_err(ApiError::from_storage)?;
-        let store = on_owner(&handle, |replica| {
+        let store = on_owner(&handle, move |replica| {
             let vector = replica.version_vector();
             let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
             replica.pending_changes().map(|pending| {
@@ -507,6 +508,7 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
                     "origins": vector.len(),
                     "local_changes": vector.seq(replica.node_id()),
                     "pending_changes": pending,
+                    "horizon": crate::horizon::to_json(&replica.horizon(now_ms, peer_horizon_ms), vector, now_ms),
                 })
             })
         })?;
@@ -681,7 +683,8 @@ async fn metrics_route(State(node): State<Arc<Node>>) -> Result<Response, ApiErr
     let handle = node.handle.clone();
     // A faulted store cannot be read; its health figures still say what is wrong.
     let health = metrics::StoreHealthFigures::of(&node.handle);
-    let mut figures = match blocking(move || store_figures(&handle)).await {
+    let (now_ms, peer_horizon_ms) = (node.sync.now_ms(), node.config.peer_horizon_ms);
+    let mut figures = match blocking(move || store_figures(&handle, now_ms, peer_horizon_ms)).await {
         Err(_) if !health.healthy => StoreFigures::default(),
         figures => figures?,
     };
@@ -698,7 +701,7 @@ async fn metrics_route(State(node): State<Arc<Node>>) -> Result<Response, ApiErr
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
-fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
+fn store_figures(handle: &ReplicaHandle, now_ms: u64, peer_horizon_ms: u64) -> Result<StoreFigures, ApiError> {
     let snapshot = Arc::new(handle.snapshot().map_err(ApiError::internal)?);
     let conflicts = sql::query(snapshot, "SELECT COUNT(*) FROM edgestore_conflicts WHERE is_winner", &[])
         .and_then(|r| r.collect_rows())
@@ -710,7 +713,10 @@ fn store_figures(handle: &ReplicaHandle) -> Result<StoreFigures, ApiError> {
     let table_entries = handle.snapshot().and_then(|s| s.table_entries()).map_err(ApiError::internal)?;
     on_owner(handle, move |replica| {
         let vector = replica.version_vector();
+        let mut horizon = metrics::HorizonFigures::of(&replica.horizon(now_ms, peer_horizon_ms), vector);
+        horizon.counters = replica.holders_counters();
         replica.pending_changes().map(|pending_changes| StoreFigures {
+            horizon,
             local_changes: vector.seq(replica.node_id()),
             changes: vector.total_changes(),
             log_floor_changes: replica.log_floor().total_changes(),

@@ -44,6 +44,9 @@ pub fn status(config: &Config) -> Result<()> {
     let vector = replica.version_vector();
     println!("changes:    {} from {} node(s)", vector.total_changes(), vector.len());
     println!("digest:     {}", replica.state_digest().context("computing the state digest")?);
+    let now = crate::clock::now_ms().max(0) as u64;
+    let horizon = replica.horizon(now, config.peer_horizon_ms);
+    print!("{}", crate::horizon::render(&crate::horizon::to_json(&horizon, vector, now)));
     let problems = replica.check_integrity().context("checking integrity")?;
     report_integrity(&problems.iter().map(ToString::to_string).collect::<Vec<_>>())
 }
@@ -73,6 +76,9 @@ fn remote_status(client: &Client) -> Result<()> {
     println!("peers:      {} connected", text("peers_connected"));
     println!("health:     {}", health_line(&status["health"]));
     println!("digest:     {}", text("digest"));
+    if !status["horizon"].is_null() {
+        print!("{}", crate::horizon::render(&status["horizon"]));
+    }
     let check = client.post("/v1/check", &serde_json::json!({}))?;
     let problems: Vec<String> = check["problems"]
         .as_array()

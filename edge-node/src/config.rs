@@ -44,6 +44,12 @@ pub const DEFAULT_FREE_BYTES_MIN: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_STATEMENT_MEMORY_MIB: usize = 256;
 /// Default memory budget of all statements running at once (MiB).
 pub const DEFAULT_MEMORY_MIB: usize = 1024;
+/// Default `lifecycle.peer_horizon`: a member not heard of for this long stops holding the
+/// causal-stability horizon back (ms).
+pub const DEFAULT_PEER_HORIZON_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Shortest and longest `lifecycle.peer_horizon` accepted (one minute, ten years).
+pub const PEER_HORIZON_MS_RANGE: std::ops::RangeInclusive<u64> = 60_000..=3650 * 24 * 3600 * 1000;
+
 /// Largest `store.cache_mib` accepted (64 GiB): a typo of a few digits is refused rather
 /// than taken as a budget the gateway cannot have.
 pub const STORE_CACHE_MIB_MAX: usize = 65_536;
@@ -71,6 +77,9 @@ pub struct FileConfig {
     /// `[sql]`.
     #[serde(default)]
     pub sql: FileSql,
+    /// `[lifecycle]`.
+    #[serde(default)]
+    pub lifecycle: FileLifecycle,
     /// `[[peers]]`.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
@@ -130,6 +139,48 @@ pub struct FileSql {
     pub statement_memory_mib: Option<usize>,
     /// Memory budget of all statements running at once (MiB).
     pub memory_mib: Option<usize>,
+}
+
+/// `[lifecycle]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLifecycle {
+    /// A member not heard of for this long stops holding the horizon back: seconds, or a
+    /// string with a unit (`"90s"`, `"30m"`, `"12h"`, `"7d"`).
+    pub peer_horizon: Option<DurationSetting>,
+}
+
+/// A duration in the config file: a number of seconds or a string with a unit.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum DurationSetting {
+    /// Seconds.
+    Seconds(u64),
+    /// `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+    Text(String),
+}
+
+impl DurationSetting {
+    /// The duration in ms, or why it is not one.
+    pub fn millis(&self) -> Result<u64> {
+        let (count, unit_ms) = match self {
+            DurationSetting::Seconds(seconds) => (*seconds, 1000),
+            DurationSetting::Text(text) => {
+                let text = text.trim();
+                let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+                let (digits, unit) = text.split_at(split);
+                let unit_ms = match unit.trim() {
+                    "s" => 1000,
+                    "m" => 60_000,
+                    "h" => 3_600_000,
+                    "d" => 86_400_000,
+                    _ => bail!("{text:?} is not a duration: a number with s, m, h or d (\"7d\"), or seconds"),
+                };
+                (digits.parse::<u64>().with_context(|| format!("{text:?} is not a duration"))?, unit_ms)
+            }
+        };
+        count.checked_mul(unit_ms).context("the duration is too long")
+    }
 }
 
 /// `[log]` in the config file.
@@ -217,6 +268,8 @@ pub struct Config {
     pub free_bytes_min: u64,
     /// Memory budget of the store's caches, MiB.
     pub cache_mib: usize,
+    /// `lifecycle.peer_horizon`, ms.
+    pub peer_horizon_ms: u64,
     /// Peers from the config file (the data directory's peer list is separate).
     pub peers: Vec<(NodeId, SocketAddr)>,
 }
@@ -269,6 +322,10 @@ impl Config {
             log_level: pick(&overrides.log_level, &file.log.level, || "info".to_string()),
             free_bytes_min: file.store.free_bytes_min.unwrap_or(DEFAULT_FREE_BYTES_MIN),
             cache_mib: file.store.cache_mib.unwrap_or(edgestore::replica::CACHE_BYTES_DEFAULT >> 20),
+            peer_horizon_ms: match &file.lifecycle.peer_horizon {
+                Some(setting) => setting.millis().with_context(|| origin.name("lifecycle.peer_horizon", false, ""))?,
+                None => DEFAULT_PEER_HORIZON_MS,
+            },
             peers: file
                 .peers
                 .iter()
@@ -318,6 +375,13 @@ impl Config {
                 origin.name("sql.memory_mib", false, ""),
                 self.memory_mib,
                 self.statement_memory_mib
+            );
+        }
+        if !PEER_HORIZON_MS_RANGE.contains(&self.peer_horizon_ms) {
+            bail!(
+                "{}: {} s is outside one minute to ten years",
+                origin.name("lifecycle.peer_horizon", false, ""),
+                self.peer_horizon_ms / 1000
             );
         }
         let cache_mib_min = edgestore::replica::CACHE_BYTES_MIN >> 20;
@@ -454,6 +518,20 @@ mod tests {
         let path = dir.path().join("node.toml");
         std::fs::write(&path, text).expect("writing the config");
         Config::load(&Overrides { config: Some(path), ..Overrides::default() })
+    }
+
+    #[test]
+    fn peer_horizon_takes_seconds_or_a_unit_and_is_validated() {
+        let ms = |text: &str| load_text(&format!("[lifecycle]\npeer_horizon = {text}\n")).map(|c| c.peer_horizon_ms);
+        assert_eq!(load_text("").unwrap().peer_horizon_ms, DEFAULT_PEER_HORIZON_MS);
+        assert_eq!(ms("\"7d\"").unwrap(), 7 * 86_400_000);
+        assert_eq!(ms("\"12h\"").unwrap(), 12 * 3_600_000);
+        assert_eq!(ms("\"90m\"").unwrap(), 90 * 60_000);
+        assert_eq!(ms("3600").unwrap(), 3_600_000);
+        for bad in ["\"7 weeks\"", "\"d\"", "\"-1d\"", "10", "\"99999d\"", "18446744073709551615"] {
+            let error = ms(bad).expect_err(bad);
+            assert!(format!("{error:#}").contains("lifecycle.peer_horizon"), "{bad}: {error:#}");
+        }
     }
 
     #[test]

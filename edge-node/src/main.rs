@@ -18,6 +18,7 @@ mod config;
 mod daemon;
 mod data_dir;
 mod history;
+mod horizon;
 mod identity;
 mod json;
 mod metrics;

@@ -61,6 +61,34 @@ pub struct StoreFigures {
     pub log_floor_changes: u64,
     /// What the compaction driver did since the node started.
     pub compaction: CompactionFigures,
+    /// The causal-stability horizon.
+    pub horizon: HorizonFigures,
+}
+
+/// The causal-stability horizon for a scrape (docs/design.md § "Causal-stability horizon").
+#[derive(Debug, Default, Clone)]
+pub struct HorizonFigures {
+    /// Changes at or below the horizon (stable).
+    pub changes: u64,
+    /// Changes held here above the horizon.
+    pub behind_changes: u64,
+    /// Per member: node id, changes held here it is not known to hold, beyond the peer horizon.
+    pub members: Vec<(String, u64, bool)>,
+    /// The held-vector table's counters.
+    pub counters: edgestore::HoldersCounters,
+}
+
+impl HorizonFigures {
+    /// Reads them from a horizon and the replica's vector.
+    pub fn of(horizon: &edgestore::Horizon, vector: &edgestore::VersionVector) -> HorizonFigures {
+        let changes = horizon.vector.total_changes();
+        HorizonFigures {
+            changes,
+            behind_changes: vector.total_changes().saturating_sub(changes),
+            members: horizon.members.iter().map(|m| (m.member.to_string(), m.lag_changes, m.beyond_horizon)).collect(),
+            counters: edgestore::HoldersCounters::default(),
+        }
+    }
 }
 
 /// The compaction driver's figures for a scrape.
@@ -118,6 +146,11 @@ impl StoreHealthFigures {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PeerLabel {
     peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MemberLabel {
+    member: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -302,8 +335,37 @@ fn compaction_metrics(registry: &mut Registry, store: &StoreFigures) {
     gauge(registry, "log_compaction_step_max_microseconds", pause, figures.step_us_max);
 }
 
+/// The causal-stability horizon (docs/design.md § "Causal-stability horizon").
+fn horizon_metrics(registry: &mut Registry, horizon: &HorizonFigures) {
+    gauge(registry, "horizon_changes", "Changes at or below the causal-stability horizon (stable)", horizon.changes);
+    gauge(registry, "horizon_behind_changes", "Changes held here above the horizon", horizon.behind_changes);
+    let (lag, beyond) = (Family::<MemberLabel, Gauge>::default(), Family::<MemberLabel, Gauge>::default());
+    for (member, lag_changes, is_beyond) in &horizon.members {
+        let label = MemberLabel { member: member.clone() };
+        lag.get_or_create(&label).set(clamp(*lag_changes));
+        beyond.get_or_create(&label).set(i64::from(*is_beyond));
+    }
+    let lag_help = "Changes held here that the member is not known to hold (how far it holds the horizon back)";
+    registry.register("horizon_lag_changes", lag_help, lag);
+    let beyond_help =
+        "1 while the member is not heard of within lifecycle.peer_horizon (it no longer holds the horizon back)";
+    registry.register("horizon_member_beyond", beyond_help, beyond);
+    let counters = &horizon.counters;
+    counter(
+        registry,
+        "holders_claims_lower",
+        "Held-vector claims lower than what was held (ignored)",
+        counters.claims_lower,
+    );
+    let capped = "Forwarded held-vector claims above what the forwarder holds (capped)";
+    counter(registry, "holders_claims_capped", capped, counters.claims_capped);
+    let refused = "Members not tracked because the member table was full";
+    counter(registry, "holders_members_refused", refused, counters.members_refused);
+}
+
 fn store_metrics(registry: &mut Registry, store: &StoreFigures) {
     compaction_metrics(registry, store);
+    horizon_metrics(registry, &store.horizon);
     let entries = Family::<TableLabel, Gauge>::default();
     for (table, count) in &store.table_entries {
         entries.get_or_create(&TableLabel { table: table.clone() }).set(clamp(*count));

@@ -46,7 +46,7 @@ Statements end with ';' and may span several lines. Dot-commands:
   .digest               the state digest (equal on two nodes iff they hold the same data)
   .status               node id, changes held, pending changes
   .peers                peers: connection state, lag, last contact, changes exchanged
-  .sync                 this node's version vector and each peer's lag
+  .sync                 this node's version vector, each peer's lag, the horizon
   .check                verify the store's integrity
   .storage              where the store's bytes and memory go, per redb table and user table
   .quit                 leave the shell (also Ctrl-D)
@@ -456,6 +456,9 @@ impl Shell {
             let lag = peer["lag_changes"].as_u64().unwrap_or(0);
             let summary = if lag == 0 { "in sync".to_string() } else { format!("{lag} change(s) not yet sent") };
             writeln!(out, "{}  {state:<9}  {summary}", text(&peer["node_id"]))?;
+        }
+        if !status["horizon"].is_null() {
+            write!(out, "{}", crate::horizon::render(&status["horizon"]))?;
         }
         Ok(())
     }

@@ -67,6 +67,23 @@ fn wait_converged(nodes: &[&Node], expected_sites: usize) -> Duration {
     }
 }
 
+/// Once converged and idle, every node learns what the others hold (held vectors ride on
+/// `Hello`, `Ack` and `Holders`): its horizon reaches its whole vector.
+fn wait_horizon_reached(nodes: &[&Node]) {
+    let started = Instant::now();
+    loop {
+        let statuses: Vec<Json> = nodes.iter().map(|n| http(n.api, "GET", "/v1/status", None).1).collect();
+        if statuses.iter().all(|s| s["horizon"]["changes"] == s["changes"] && s["horizon"]["members"].is_array()) {
+            let members = statuses[0]["horizon"]["members"].as_array().expect("members").len();
+            assert_eq!(members, nodes.len(), "every node is a member: {}", statuses[0]["horizon"]);
+            return;
+        }
+        let horizons: Vec<&Json> = statuses.iter().map(|s| &s["horizon"]).collect();
+        assert!(started.elapsed() < CONVERGE_DEADLINE, "the horizons never reached the vectors: {horizons:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn terminate(node: &mut Node) {
     let status = Command::new("kill").args(["-TERM", &node.child.id().to_string()]).status().expect("kill -TERM");
     assert!(status.success());
@@ -153,10 +170,13 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     assert_eq!(hits["rows"], json!([[expected_hits]]), "counter increments were lost or doubled");
     let conflicts = sql(&b, "SELECT COUNT(*) FROM edgestore_conflicts WHERE table_name = 'sites'", json!([]));
     assert_eq!(conflicts["rows"], json!([[2]]), "the two concurrent renames are both kept");
+    wait_horizon_reached(&[&a, &b, &c]);
     let (status, metrics) = http(a.api, "GET", "/metrics", None);
     assert_eq!(status, 200);
     let metrics = metrics.as_str().expect("the exposition is text, not JSON").to_string();
     assert!(metrics.contains(&format!("edgestore_peer_connected{{peer=\"{}\"}} 1", c.id)), "{metrics}");
+    let lag = format!("edgestore_horizon_lag_changes{{member=\"{}\"}} 0", c.id);
+    assert!(metrics.contains(&lag) && metrics.contains("edgestore_horizon_behind_changes 0"), "{metrics}");
 
     let mut nodes = [a, b, c];
     for node in &mut nodes {

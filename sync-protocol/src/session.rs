@@ -455,6 +455,10 @@ impl Session {
             }
             (_, Frame::Holders { entries }) => {
                 let claims = frame::holders_from_wire(&entries)?;
+                // What the peer says it holds, it need not be sent (as with an `Ack`).
+                if let Some(own) = claims.iter().find(|c| c.member == self.peer) {
+                    self.raise_sent(&own.vector);
+                }
                 self.record_held(now_ms, &claims, store)
             }
             (_, Frame::Ping { nonce }) => {
@@ -562,13 +566,18 @@ impl Session {
         self.acked_batch = batch;
         self.unacked_sent_ms.pop_front();
         let vector = frame::vector_from_wire(vector)?;
+        self.raise_sent(&vector);
+        Ok(vector)
+    }
+
+    /// The peer holds `vector`: nothing in it needs sending.
+    fn raise_sent(&mut self, vector: &VersionVector) {
         for (origin, seq) in vector.iter() {
             if seq > self.sent.seq(origin) {
                 self.sent.set(origin, seq);
             }
         }
         self.store_changed = true;
-        Ok(vector)
     }
 
     /// A `Digests` frame: answer each differing range with its children or its documents.
