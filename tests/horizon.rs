@@ -176,3 +176,31 @@ fn restart_keeps_held_vectors_and_the_horizon() {
     assert_eq!(reopened.waiting_for, vec![node(2), node(3)]);
     assert_eq!(reopened.vector, h.vector, "the stored horizon is kept");
 }
+
+/// The member table is bounded: past `MEMBERS_MAX` members are refused and counted, and the
+/// horizon stops advancing (a member it cannot track cannot be known to hold anything).
+#[test]
+fn members_past_the_cap_are_refused_and_freeze_the_horizon() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open(&dir, 1);
+    write_table(&mut a);
+    let before = a.horizon(0, PEER_HORIZON_MS);
+    assert_eq!(&before.vector, a.version_vector(), "alone, everything is stable");
+    let ids: Vec<_> = (0..=edgestore::replica::MEMBERS_MAX as u32)
+        .map(|i| {
+            let mut id = [0xEE; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            edgestore::NodeId(id)
+        })
+        .collect();
+    a.add_members(&ids, 0).unwrap();
+    assert_eq!(a.holders_counters().members_refused, 1);
+    write(&mut a, 1);
+    let h = a.horizon(0, PEER_HORIZON_MS);
+    assert!(h.members_full);
+    assert_eq!(h.vector, before.vector, "the horizon keeps its previous value");
+}
+
+fn write_table(replica: &mut Replica) {
+    replica.write(WriteBatch::new().create_table(sensors()), 0).expect("create");
+}
