@@ -507,6 +507,7 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
                     "origins": vector.len(),
                     "local_changes": vector.seq(replica.node_id()),
                     "pending_changes": pending,
+                    "log_floor_changes": replica.log_floor().total_changes(),
                 })
             })
         })?;
