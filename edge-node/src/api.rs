@@ -300,8 +300,9 @@ struct CompactRequest {
     entries_per_step: usize,
 }
 
-/// Fault injection: compact the log up to the node's own vector (safe only for a node
-/// alone; the horizon is the real target), for the kill-during-compaction test.
+/// Fault injection: compact the log up to the node's own vector, `entries_per_step` per
+/// step (safe only for a node alone; the horizon is the real target), for the
+/// kill-during-compaction test.
 async fn compact_route(State(node): State<Arc<Node>>, Body(request): Body<CompactRequest>) -> Answer {
     if node.fault.is_none() {
         return Err(ApiError::bad_request("fault injection is disabled"));
