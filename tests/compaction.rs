@@ -297,3 +297,28 @@ fn a_target_above_the_vector_is_a_bug() {
     let (mut a, _b) = two_origins(&dir, 2, 0);
     let _ = a.compact_log_step(&vector(&[(1, 99)]), 10);
 }
+
+/// The owner thread's job: the target is computed there, from the replica, and writes
+/// queued around the steps go on.
+#[test]
+fn the_owner_thread_runs_bounded_steps_between_writes() {
+    let dir = TempDir::new().unwrap();
+    let (a, _b) = two_origins(&dir, 9, 0);
+    let (handle, owner) = edgestore::ReplicaHandle::spawn(a);
+    let mut removed = 0;
+    loop {
+        let report = handle.compact_log_step(|replica| replica.version_vector().clone(), 4).unwrap();
+        assert!(report.entries_removed <= 4);
+        removed += report.entries_removed;
+        handle.write(insert(1000 + removed as i64, "between steps"), 1).unwrap();
+        if report.complete {
+            break;
+        }
+    }
+    drop(handle);
+    let a = owner.join().unwrap();
+    // Each write between steps was compacted by the next step, but the last one.
+    assert_eq!(a.log_floor().seq(node(1)), a.version_vector().seq(node(1)) - 1);
+    assert_eq!(removed, a.log_floor().seq(node(1)));
+    assert_healthy(&a);
+}

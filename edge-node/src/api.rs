@@ -300,8 +300,9 @@ struct CompactRequest {
     entries_per_step: usize,
 }
 
-/// Fault injection: compact the log up to the node's own vector (safe only for a node
-/// alone; the horizon is the real target), for the kill-during-compaction test.
+/// Fault injection: compact the log up to the node's own vector, `entries_per_step` per
+/// step (safe only for a node alone; the horizon is the real target), for the
+/// kill-during-compaction test.
 async fn compact_route(State(node): State<Arc<Node>>, Body(request): Body<CompactRequest>) -> Answer {
     if node.fault.is_none() {
         return Err(ApiError::bad_request("fault injection is disabled"));
@@ -509,6 +510,7 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
                     "local_changes": vector.seq(replica.node_id()),
                     "pending_changes": pending,
                     "horizon": crate::horizon::to_json(&replica.horizon(now_ms, peer_horizon_ms), vector, now_ms),
+                    "log_floor_changes": replica.log_floor().total_changes(),
                 })
             })
         })?;

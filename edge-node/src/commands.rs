@@ -42,7 +42,12 @@ pub fn status(config: &Config) -> Result<()> {
     let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
     println!("tables:     {}", if tables.is_empty() { "(none)".to_string() } else { tables.join(", ") });
     let vector = replica.version_vector();
-    println!("changes:    {} from {} node(s)", vector.total_changes(), vector.len());
+    let compacted = replica.log_floor().total_changes();
+    println!(
+        "changes:    {} from {} node(s), {compacted} compacted out of the log",
+        vector.total_changes(),
+        vector.len()
+    );
     println!("digest:     {}", replica.state_digest().context("computing the state digest")?);
     let now = crate::clock::now_ms().max(0) as u64;
     let horizon = replica.horizon(now, config.peer_horizon_ms);
@@ -72,7 +77,13 @@ fn remote_status(client: &Client) -> Result<()> {
     let tables: Vec<String> =
         status["tables"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_string)).collect();
     println!("tables:     {}", if tables.is_empty() { "(none)".to_string() } else { tables.join(", ") });
-    println!("changes:    {} from {} node(s), {} pending", text("changes"), text("origins"), text("pending_changes"));
+    println!(
+        "changes:    {} from {} node(s), {} pending, {} compacted out of the log",
+        text("changes"),
+        text("origins"),
+        text("pending_changes"),
+        text("log_floor_changes")
+    );
     println!("peers:      {} connected", text("peers_connected"));
     println!("health:     {}", health_line(&status["health"]));
     println!("digest:     {}", text("digest"));

@@ -7,10 +7,12 @@
 //! [`COMPACT_STEPS_PER_TICK`] steps run per tick, so a long log is worked off over several
 //! seconds while the owner stays mostly free for writers.
 //!
-//! The target is computed on the owner thread from the replica. Until the causal-stability
-//! horizon is built there is no safe target, so the daemon compacts nothing by default; the
-//! fault-injection route (`POST /v1/debug/compact`) sets "up to the node's own vector",
-//! which is safe only for a node alone, for the end-to-end tests.
+//! The target is computed on the owner thread from the replica: its causal-stability
+//! horizon (`Replica::horizon`, docs/design.md § "Causal-stability horizon"), on the sync
+//! node's clock (the one its held vectors' last-heard times are in), with the configured
+//! `lifecycle.peer_horizon`. The
+//! fault-injection route (`POST /v1/debug/compact`) sets the step size and "up to the
+//! node's own vector" (safe only for a node alone), for the end-to-end tests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -26,9 +28,15 @@ pub const COMPACT_STEP_ENTRIES: usize = 256;
 /// Steps per tick, at most.
 pub const COMPACT_STEPS_PER_TICK: usize = 64;
 
+/// The clock the horizon is asked with.
+type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// The driver's settings and what it did, shared with the API (metrics, debug route).
-#[derive(Debug)]
 pub struct Compaction {
+    /// The sync node's clock, ms.
+    clock: Clock,
+    /// Members unheard for longer stop holding the horizon back.
+    peer_horizon_ms: u64,
     /// Compact up to the node's own vector (fault-injection route only).
     to_vector: AtomicBool,
     /// Entries per step.
@@ -46,9 +54,18 @@ pub struct Compaction {
     pub step_us_max: AtomicU64,
 }
 
-impl Default for Compaction {
-    fn default() -> Compaction {
+impl std::fmt::Debug for Compaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compaction").field("peer_horizon_ms", &self.peer_horizon_ms).finish_non_exhaustive()
+    }
+}
+
+impl Compaction {
+    /// A driver that compacts up to the horizon at `clock()` (the sync node's clock).
+    pub fn new(clock: impl Fn() -> u64 + Send + Sync + 'static, peer_horizon_ms: u64) -> Compaction {
         Compaction {
+            clock: Box::new(clock),
+            peer_horizon_ms,
             to_vector: AtomicBool::new(false),
             step_entries: AtomicUsize::new(COMPACT_STEP_ENTRIES),
             entries: AtomicU64::new(0),
@@ -58,9 +75,7 @@ impl Default for Compaction {
             step_us_max: AtomicU64::new(0),
         }
     }
-}
 
-impl Compaction {
     /// Fault injection: compact up to the node's own version vector, `step_entries` per
     /// step. Safe only for a node alone (no member can lack anything it holds).
     pub fn compact_to_vector(&self, step_entries: usize) {
@@ -74,7 +89,7 @@ impl Compaction {
         if self.to_vector.load(Ordering::Relaxed) {
             replica.version_vector().clone()
         } else {
-            VersionVector::new()
+            replica.horizon((self.clock)(), self.peer_horizon_ms).vector
         }
     }
 

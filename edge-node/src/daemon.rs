@@ -81,9 +81,10 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         StoreReopen { data_dir: config.data_dir.clone(), node_id, floor_bytes, options: config.open_options() };
     let (handle, owner) = ReplicaHandle::spawn_with_reopen(replica, reopen);
     tokio::spawn(store_health::probe(handle.clone(), config.data_dir.clone(), floor_bytes));
-    let compaction = Arc::new(Compaction::default());
-    tokio::spawn(compaction::drive(handle.clone(), Arc::clone(&compaction)));
     let (sync, sync_addr, fault) = start_sync(config, &identity, handle.clone())?;
+    let clock = sync.clone();
+    let compaction = Arc::new(Compaction::new(move || clock.now_ms(), config.peer_horizon_ms));
+    tokio::spawn(compaction::drive(handle.clone(), Arc::clone(&compaction)));
     let fault = fault_injection_enabled().then_some(fault);
     if fault.is_some() {
         tracing::warn!("fault injection is enabled (POST /v1/debug/fault); never in production");

@@ -4,9 +4,9 @@
 //! acknowledged write must be there, and the log floor must be at least what the node
 //! reported before the kill; finally compaction runs to the end on the restarted node.
 //!
-//! Until the causal-stability horizon exists the daemon has no target of its own: the
-//! fault-injection route `POST /v1/debug/compact` makes it compact up to its own vector
-//! (safe for a node alone), a few entries per step so the kill lands mid-way.
+//! A node alone compacts up to its horizon, its own vector, 256 entries per step; the
+//! fault-injection route `POST /v1/debug/compact` makes the steps one entry each (and the
+//! target its own vector) so the kill lands mid-way.
 //! Waiting is for conditions, bounded by a deadline; nothing sleeps to pass.
 
 mod common;

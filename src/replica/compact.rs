@@ -55,7 +55,8 @@ impl Replica {
 
     /// Removes at most `entries_max` log entries with `seq ≤ upto[o]`, origin by origin in
     /// seq order, and raises the floor to what it removed, in one durable transaction.
-    /// Idempotent and monotone: a target at or below the floor removes nothing.
+    /// Idempotent and monotone: the floor never goes back, and a target at or below it
+    /// removes only entries left below it (by a state transfer).
     ///
     /// # Panics
     ///
@@ -74,7 +75,10 @@ impl Replica {
         if let Some(refusal) = self.fault_refusal() {
             return Err(refusal);
         }
-        let spans = self.spans(upto)?;
+        let spans = match self.spans(upto) {
+            Ok(spans) => spans,
+            Err(error) => return Err(self.recover(error)),
+        };
         if spans.is_empty() || entries_max == 0 {
             return Ok(CompactReport {
                 floor: self.floor.clone(),
