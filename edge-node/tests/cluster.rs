@@ -3,8 +3,9 @@
 //! daemon's fault-injection switch, enabled by `EDGE_NODE_FAULT_INJECTION=1`, drops its
 //! sync datagrams), another is killed with SIGKILL and restarted on its data directory.
 //! After healing, all three must hold identical digests and answer the same JOIN queries
-//! identically, with every acknowledged write present and counters adding up. Finally
-//! SIGTERM stops each node cleanly (exit code 0).
+//! identically, with every acknowledged write present and counters adding up; then, idle,
+//! each node's compaction driver empties its log (the horizon reaches the common vector)
+//! and the stores stay intact. Finally SIGTERM stops each node cleanly (exit code 0).
 //!
 //! Waiting is for conditions (convergence), bounded by a deadline; nothing sleeps to pass.
 
@@ -13,7 +14,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{cli, http, shell, sql, start, Node};
+use common::{cli, http, metric, shell, sql, start, Node};
 use serde_json::{json, Value as Json};
 
 /// How long the cluster may take to converge after the heal.
@@ -177,6 +178,19 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     assert!(metrics.contains(&format!("edgestore_peer_connected{{peer=\"{}\"}} 1", c.id)), "{metrics}");
     let lag = format!("edgestore_horizon_lag_changes{{member=\"{}\"}} 0", c.id);
     assert!(metrics.contains(&lag) && metrics.contains("edgestore_horizon_behind_changes 0"), "{metrics}");
+
+    // Idle and converged, every change is stable: each node's horizon reaches the common
+    // vector and its compaction driver empties the log, the store staying intact.
+    let started = Instant::now();
+    for node in [&a, &b, &c] {
+        while metric(node, "edgestore_log_floor_changes") < metric(node, "edgestore_changes") {
+            assert!(started.elapsed() < CONVERGE_DEADLINE, "{}: the log was not compacted", node.name);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (status, check) = http(node.api, "POST", "/v1/check", Some(&json!({})));
+        assert_eq!((status, &check["problems"]), (200, &json!([])), "{}: {check}", node.name);
+    }
+    println!("logs compacted {:.1} s after convergence", started.elapsed().as_secs_f64());
 
     let mut nodes = [a, b, c];
     for node in &mut nodes {
