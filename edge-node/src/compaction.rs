@@ -10,9 +10,9 @@
 //! The target is computed on the owner thread from the replica: its causal-stability
 //! horizon (`Replica::horizon`, docs/design.md § "Causal-stability horizon"), on the sync
 //! node's clock (the one its held vectors' last-heard times are in), with the configured
-//! `lifecycle.peer_horizon`. The
-//! fault-injection route (`POST /v1/debug/compact`) sets the step size and "up to the
-//! node's own vector" (safe only for a node alone), for the end-to-end tests.
+//! `lifecycle.peer_horizon`. The fault-injection route (`POST /v1/debug/compact`) sets
+//! the step size and "up to the node's own vector" (safe only for a node alone), for the
+//! end-to-end tests.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
