@@ -293,7 +293,7 @@ impl Sim {
                             self.below_floor_closes += 1;
                         }
                     }
-                    Event::Established { .. } | Event::Repaired(_) => {}
+                    Event::Established { .. } | Event::Repaired(_) | Event::Transfer(_) => {}
                 }
             }
             closed |= link.session.is_closed();
@@ -947,6 +947,24 @@ impl sync_protocol::SyncStore for FailingStore {
     }
     fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> edgestore::HeldPage {
         self.0.held_since(generation, entries_max, now_ms)
+    }
+    fn transfer_progress(&self) -> Result<Option<edgestore::TransferProgress>, edgestore::StorageError> {
+        self.0.transfer_progress()
+    }
+    fn export_transfer(
+        &self,
+        after: &[u8],
+        docs_max: usize,
+        bytes_max: usize,
+    ) -> Result<edgestore::TransferBatch, edgestore::StorageError> {
+        self.0.export_transfer(after, docs_max, bytes_max)
+    }
+    fn import_transfer(
+        &mut self,
+        donor: NodeId,
+        batch: edgestore::TransferBatch,
+    ) -> Result<edgestore::TransferReport, edgestore::ApplyError> {
+        self.0.import_transfer(donor, batch)
     }
 }
 

@@ -865,7 +865,7 @@ fn handle_event(shared: &Shared, peer: NodeId, event: Event, progress: &mut Prog
             }
             progress.error = Some(error);
         }
-        Event::Closed { error: None } | Event::Repaired(_) => {}
+        Event::Closed { error: None } | Event::Repaired(_) | Event::Transfer(_) => {}
     }
 }
 
