@@ -104,6 +104,9 @@ pub struct Replica {
     announced: VersionVector,
     /// The log floor: per origin, the highest seq compacted out of `log_v1` (`compact.rs`).
     floor: VersionVector,
+    /// The sync session receiving a state transfer, and when it last claimed it (a lease
+    /// on the caller's clock): one transfer at a time fills the one progress record.
+    transfer_claim: Option<(NodeId, u64)>,
     cache: DocCache,
     /// Faults, the low-disk floor and deferred durability (`guard.rs`).
     guard: guard::Guard,

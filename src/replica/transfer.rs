@@ -118,6 +118,21 @@ impl Replica {
         read_progress(&txn.open_table(storage::META)?)
     }
 
+    /// Claims the receiving side of a state transfer for `donor` until `now_ms + lease_ms`
+    /// (renewed by every claim of the holder): several sessions may be offered a transfer
+    /// at once, and one progress record can follow one donor at a time. `false` while
+    /// another donor's lease runs. In memory only: after a restart nobody holds it, and
+    /// the persisted progress resumes with whichever donor claims it first.
+    pub fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool {
+        match self.transfer_claim {
+            Some((holder, at)) if holder != donor && now_ms < at.saturating_add(lease_ms) => false,
+            _ => {
+                self.transfer_claim = Some((donor, now_ms));
+                true
+            }
+        }
+    }
+
     /// Donor side: the documents after `after` in key order, at most `docs_max` and about
     /// `bytes_max` bytes (at least one document if any follows), with the snapshot's
     /// version vector. A document above [`TRANSFER_DOC_BYTES_MAX`] cannot be sent.
@@ -203,6 +218,7 @@ impl Replica {
         };
         let installed = batch.done.then(|| self.versions.clone());
         if installed.is_some() {
+            self.transfer_claim = None;
             let mut report = super::ApplyReport::default();
             self.drain_pending(&mut report)?;
         }

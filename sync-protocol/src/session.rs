@@ -90,6 +90,9 @@ pub struct SessionConfig {
     pub holders_refresh_ms: u64,
     /// A peer heard from (any frame) is noted in the store at most this often.
     pub heard_note_ms: u64,
+    /// How long a session receiving a state transfer holds the store's one receiving
+    /// slot after its last batch; an offer from another peer meanwhile waits.
+    pub transfer_claim_lease_ms: u64,
 }
 
 impl SessionConfig {
@@ -111,6 +114,7 @@ impl SessionConfig {
             holders_interval_ms: 1_000,
             holders_refresh_ms: 3_600_000,
             heard_note_ms: 10_000,
+            transfer_claim_lease_ms: 20_000,
         }
     }
 }
@@ -419,6 +423,9 @@ pub struct Session {
     transfer_out: Option<DonorTransfer>,
     /// This side receives a state transfer from the peer.
     transfer_in: Option<ReceiverTransfer>,
+    /// The peer offered a transfer (with this floor) while another peer's transfer held
+    /// the store: answered once that one ended (declined if it covered the floor).
+    offer_deferred: Option<VersionVector>,
     stats: SessionStats,
 }
 
@@ -473,6 +480,7 @@ impl Session {
             heard_noted_ms: now_ms,
             transfer_out: None,
             transfer_in: None,
+            offer_deferred: None,
             stats: SessionStats::default(),
         }
     }
@@ -521,7 +529,7 @@ impl Session {
     }
 
     fn transfer_active(&self) -> bool {
-        self.transfer_in.is_some() || self.transfer_out.is_some()
+        self.transfer_in.is_some() || self.transfer_out.is_some() || self.offer_deferred.is_some()
     }
 
     /// The local store changed (a local write, or changes applied from another peer): there
@@ -553,7 +561,12 @@ impl Session {
                 self.anti_entropy_followup = true;
                 self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_followup_ms);
             }
+            let offered = matches!(f, Frame::TransferOffer { .. });
             self.on_frame(now_ms, f, store)?;
+            // Every frame from the peer (its pings at least) retries a deferred offer.
+            if self.offer_deferred.is_some() && !offered && self.state == State::Established {
+                self.answer_deferred_offer(store)?;
+            }
             self.note_heard(now_ms, store)
         });
         if let Err(error) = &result {
@@ -596,7 +609,7 @@ impl Session {
                 self.on_heads(&vector, reply, (depth, prefix), docs, complete, store)
             }
             (_, Frame::Repair { docs }) => self.on_repair(docs, store),
-            (_, Frame::TransferOffer { .. }) => self.on_transfer_offer(store),
+            (_, Frame::TransferOffer { floor }) => self.on_transfer_offer(frame::vector_from_wire(&floor)?, store),
             (_, Frame::TransferRequest { after }) => self.on_transfer_request(after.into_vec()),
             (_, Frame::TransferBatch { batch, vector, after, last, docs, done }) => {
                 let vector = frame::vector_from_wire(&vector)?;
@@ -866,10 +879,28 @@ impl Session {
 
     /// `TransferOffer`: the peer cannot send us changes by log replay; ask for its
     /// documents after our persisted cursor (a resumed transfer continues where it was).
-    fn on_transfer_offer(&mut self, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
-        if self.transfer_in.is_some() {
+    fn on_transfer_offer(&mut self, floor: VersionVector, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+        if self.transfer_in.is_some() || self.offer_deferred.is_some() {
             return Err(ProtocolError::UnexpectedFrame("a TransferOffer during a transfer"));
         }
+        self.offer_deferred = Some(floor);
+        self.answer_deferred_offer(store)
+    }
+
+    /// Answers a deferred offer once possible: declined (with our vector) if we caught up
+    /// past its floor meanwhile, accepted if the store's receiving slot is free.
+    fn answer_deferred_offer(&mut self, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+        let Some(floor) = &self.offer_deferred else { return Ok(()) };
+        let vector = store.version_vector();
+        if floor.iter().all(|(origin, seq)| vector.seq(origin) >= seq) {
+            self.offer_deferred = None;
+            self.outbox.push_back(Frame::TransferAck { batch: 0, vector: Some(frame::vector_to_wire(&vector)) });
+            return Ok(());
+        }
+        if !store.claim_transfer(self.peer, self.last_received_ms, self.config.transfer_claim_lease_ms) {
+            return Ok(()); // another peer's transfer runs; asked again at the next frame
+        }
+        self.offer_deferred = None;
         let progress = store.transfer_progress().map_err(|e| ProtocolError::Storage(e.to_string()))?;
         let (after, batches, docs) = progress.map_or((Vec::new(), 0, 0), |p| (p.cursor, p.batches, p.docs));
         tracing::info!(local = %self.local, peer = %self.peer, resumed_docs = docs, "state transfer: receiving the peer's documents");
@@ -906,6 +937,8 @@ impl Session {
         }
         transfer.next_batch += 1;
         let bytes = documents.doc_bytes() as u64;
+        // Renews the lease; a holder that lost it (silent past the lease) fails the cursor check.
+        store.claim_transfer(self.peer, self.last_received_ms, self.config.transfer_claim_lease_ms);
         let report = store.import_transfer(self.peer, documents).map_err(|e| match e {
             ApplyError::Storage(e) => ProtocolError::Storage(e.to_string()),
             other => ProtocolError::ChangeRejected(other.to_string()),
@@ -944,6 +977,9 @@ impl Session {
     /// `TransferAck`: the receiver holds the batch; after the last one, streaming resumes
     /// from the vector the receiver installed.
     fn on_transfer_ack(&mut self, batch: u64, vector: Option<&[(ByteBuf, u64)]>) -> Result<(), ProtocolError> {
+        if batch == 0 {
+            return self.on_transfer_declined(vector);
+        }
         let transfer =
             self.transfer_out.as_mut().ok_or(ProtocolError::UnexpectedFrame("a TransferAck without a transfer"))?;
         if batch != transfer.acked_batch + 1 || batch >= transfer.next_batch {
@@ -977,6 +1013,22 @@ impl Session {
             }
             _ => Err(ProtocolError::UnexpectedFrame("a TransferAck's vector does not match the end of the transfer")),
         }
+    }
+
+    /// `TransferAck` for batch 0: the peer declines the offer, having caught up otherwise
+    /// (from another donor); streaming continues from its vector.
+    fn on_transfer_declined(&mut self, vector: Option<&[(ByteBuf, u64)]>) -> Result<(), ProtocolError> {
+        let (Some(vector), Some(DonorTransfer { requested: false, .. })) = (vector, &self.transfer_out) else {
+            return Err(ProtocolError::UnexpectedFrame("a declined transfer that was not offered"));
+        };
+        for (origin, seq) in frame::vector_from_wire(vector)?.iter() {
+            if seq > self.sent.seq(origin) {
+                self.sent.set(origin, seq);
+            }
+        }
+        self.transfer_out = None;
+        self.store_changed = true;
+        Ok(())
     }
 
     /// Whether the peer's vector lacks changes this side's log no longer holds.
@@ -1107,6 +1159,14 @@ impl Session {
         }
         if self.state != State::Established {
             return None;
+        }
+        if let Some(floor) = &self.offer_deferred {
+            // Caught up past the deferred offer's floor (another transfer ended): decline it.
+            let vector = store.version_vector();
+            if floor.iter().all(|(origin, seq)| vector.seq(origin) >= seq) {
+                self.offer_deferred = None;
+                return Some(Frame::TransferAck { batch: 0, vector: Some(frame::vector_to_wire(&vector)) });
+            }
         }
         if self.transfer_out.is_some() {
             if let Some(frame) = self.next_transfer_frame(now_ms, store) {

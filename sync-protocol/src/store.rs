@@ -43,6 +43,9 @@ pub trait SyncStore {
     fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> HeldPage;
     /// State transfer (receiver): the unfinished transfer's progress, if any.
     fn transfer_progress(&self) -> Result<Option<TransferProgress>, StorageError>;
+    /// State transfer (receiver): claims the one receiving slot for `donor` for
+    /// `lease_ms` (renewed by each claim of the holder); `false` while another holds it.
+    fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool;
     /// State transfer (donor): the documents after `after` in key order, bounded.
     fn export_transfer(&self, after: &[u8], docs_max: usize, bytes_max: usize) -> Result<TransferBatch, StorageError>;
     /// State transfer (receiver): imports a batch durably with its progress; the last one
@@ -98,6 +101,10 @@ impl SyncStore for Replica {
 
     fn transfer_progress(&self) -> Result<Option<TransferProgress>, StorageError> {
         Replica::transfer_progress(self)
+    }
+
+    fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool {
+        Replica::claim_transfer(self, donor, now_ms, lease_ms)
     }
 
     fn export_transfer(&self, after: &[u8], docs_max: usize, bytes_max: usize) -> Result<TransferBatch, StorageError> {

@@ -951,6 +951,9 @@ impl sync_protocol::SyncStore for FailingStore {
     fn transfer_progress(&self) -> Result<Option<edgestore::TransferProgress>, edgestore::StorageError> {
         self.0.transfer_progress()
     }
+    fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool {
+        self.0.claim_transfer(donor, now_ms, lease_ms)
+    }
     fn export_transfer(
         &self,
         after: &[u8],

@@ -56,18 +56,23 @@ fn cluster(rows: i64) -> Cluster {
         a.write(WriteBatch::new().update("kv", vec![Value::from(1)], [("v", Value::from(format!("r{round}")))]), 0)
             .unwrap();
     }
-    let mut cursor = Vec::new();
-    loop {
-        let batch = a.export_transfer(&cursor, 1024, 1 << 20).unwrap();
-        cursor = batch.last.clone();
-        let done = batch.done;
-        c.import_transfer(a.node_id(), batch).unwrap();
-        if done {
-            break;
-        }
-    }
+    transfer_all(&a, &mut c);
     assert_eq!(c.log_floor(), a.version_vector());
     Cluster { dir, a, c }
+}
+
+/// Moves every document of `from` into `to` by replica-level transfer (no session).
+fn transfer_all(from: &Replica, to: &mut Replica) {
+    let mut cursor = Vec::new();
+    loop {
+        let batch = from.export_transfer(&cursor, 1024, 1 << 20).unwrap();
+        cursor = batch.last.clone();
+        let done = batch.done;
+        to.import_transfer(from.node_id(), batch).unwrap();
+        if done {
+            return;
+        }
+    }
 }
 
 /// Delivers frames in lockstep round trips (everything `x` sends, then everything `y`
@@ -215,4 +220,41 @@ fn transfer_frames_out_of_protocol_close_the_session() {
     assert!(matches!(refused, Err(ProtocolError::BatchOutOfOrder { expected: 1, got: 2 })), "{refused:?}");
     assert!(d.transfer_progress().unwrap().is_none(), "nothing imported");
     let _ = frame::TRANSFER_DOCS_MAX;
+}
+
+/// Two donors offer at once: the receiver takes one transfer (one progress record), defers
+/// the other offer, and declines it once the first installed a vector covering its floor;
+/// the second donor then streams what it has beyond that.
+#[test]
+fn a_second_offer_waits_and_is_declined_when_the_first_transfer_covers_it() {
+    let Cluster { dir, a, mut c } = cluster(200);
+    let mut e = Replica::open(dir.path().join("e.redb"), NodeId([5; 16])).unwrap();
+    transfer_all(&a, &mut e);
+    e.write(WriteBatch::new().insert("kv", [("k", Value::from(3000)), ("v", Value::from("e"))]), 0).unwrap();
+    let mut d = Replica::open(dir.path().join("d.redb"), NodeId([4; 16])).unwrap();
+    let (mut sc, mut sdc) = sessions(&c, &d);
+    let (mut se, mut sde) = sessions(&e, &d);
+    // Both handshakes and offers; then C's transfer runs to its end while E waits.
+    for _ in 0..10_000 {
+        let c_trips = lockstep(&mut sc, &mut c, &mut sdc, &mut d, 1);
+        let e_trips = lockstep(&mut se, &mut e, &mut sde, &mut d, 1);
+        if c_trips == 0 && e_trips == 0 {
+            break;
+        }
+        // Relay, as a driver does after applied changes.
+        for s in [&mut sc, &mut sdc, &mut se, &mut sde] {
+            s.handle_store_changed();
+        }
+    }
+    assert_eq!(sdc.stats().transfers_completed, 1, "C's offer came first");
+    assert_eq!(sde.stats().transfers_completed, 0, "E's offer waited and was declined");
+    assert_eq!(sdc.stats().transfer_docs_received + sde.stats().transfer_docs_received, 201);
+    assert_eq!(d.version_vector(), e.version_vector());
+    assert_eq!(d.state_digest().unwrap(), e.state_digest().unwrap());
+    assert_eq!(d.state_digest().unwrap(), c.state_digest().unwrap(), "E's row relayed through D");
+    for s in [&mut sc, &mut sdc, &mut se, &mut sde] {
+        assert!(s.is_established(), "no session closed");
+        transfer_events(s);
+    }
+    assert!(d.check_integrity().unwrap().is_empty());
 }
