@@ -1040,16 +1040,7 @@ impl Sim {
         if let Some(donor) = donor {
             let from = self.nodes[donor].replica.as_ref().expect("donor up");
             let to = node.replica.as_mut().expect("just opened");
-            let mut cursor = Vec::new();
-            loop {
-                let batch = from.export_transfer(&cursor, 64, 64 * 1024).expect("export");
-                cursor = batch.last.clone();
-                let done = batch.done;
-                to.import_transfer(from.node_id(), batch).expect("import");
-                if done {
-                    break;
-                }
-            }
+            to.transfer_from(from).expect("transfer");
             assert_eq!(to.log_floor(), from.version_vector());
         }
         self.nodes.push(node);

@@ -56,23 +56,9 @@ fn cluster(rows: i64) -> Cluster {
         a.write(WriteBatch::new().update("kv", vec![Value::from(1)], [("v", Value::from(format!("r{round}")))]), 0)
             .unwrap();
     }
-    transfer_all(&a, &mut c);
+    c.transfer_from(&a).unwrap();
     assert_eq!(c.log_floor(), a.version_vector());
     Cluster { dir, a, c }
-}
-
-/// Moves every document of `from` into `to` by replica-level transfer (no session).
-fn transfer_all(from: &Replica, to: &mut Replica) {
-    let mut cursor = Vec::new();
-    loop {
-        let batch = from.export_transfer(&cursor, 1024, 1 << 20).unwrap();
-        cursor = batch.last.clone();
-        let done = batch.done;
-        to.import_transfer(from.node_id(), batch).unwrap();
-        if done {
-            return;
-        }
-    }
 }
 
 /// Delivers frames in lockstep round trips (everything `x` sends, then everything `y`
@@ -229,7 +215,7 @@ fn transfer_frames_out_of_protocol_close_the_session() {
 fn a_second_offer_waits_and_is_declined_when_the_first_transfer_covers_it() {
     let Cluster { dir, a, mut c } = cluster(200);
     let mut e = Replica::open(dir.path().join("e.redb"), NodeId([5; 16])).unwrap();
-    transfer_all(&a, &mut e);
+    e.transfer_from(&a).unwrap();
     e.write(WriteBatch::new().insert("kv", [("k", Value::from(3000)), ("v", Value::from("e"))]), 0).unwrap();
     let mut d = Replica::open(dir.path().join("d.redb"), NodeId([4; 16])).unwrap();
     let (mut sc, mut sdc) = sessions(&c, &d);
