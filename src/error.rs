@@ -57,6 +57,14 @@ pub enum StorageError {
         /// The log floor of `origin`: the highest seq compacted away.
         floor: u64,
     },
+    /// A document is too large to be sent whole in one state-transfer batch.
+    #[error("document {doc} is {bytes} bytes, too large for a state transfer batch")]
+    DocTooLargeToTransfer {
+        /// The document, as described for messages.
+        doc: String,
+        /// Its stored bytes (snapshot and tail).
+        bytes: usize,
+    },
 }
 
 /// Why the store cannot write now (see [`StorageError::Unavailable`]).

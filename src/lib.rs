@@ -51,6 +51,7 @@ pub use replica::{
 pub use replica::{CacheFigures, OpenOptions, RedbTableStats, StorageStats, UserTableStats};
 pub use replica::{DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, REPAIR_DOCS_MAX};
 pub use replica::{HeldClaim, HeldPage, HoldersCounters, Horizon, MemberHold};
+pub use replica::{TransferBatch, TransferDoc, TransferProgress, TransferReport, TRANSFER_DOCS_MAX};
 pub use schema::{ColumnDef, IndexSchema, SchemaError, TableSchema};
 pub use types::{ColumnType, NodeId, Value};
 pub use version_vector::VersionVector;

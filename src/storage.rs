@@ -60,6 +60,8 @@ pub const META_ANNOUNCED: &str = "announced_vector";
 pub const META_LOG_FLOOR: &str = "log_floor";
 /// `meta_v1` key of the last causal-stability horizon (CBOR version vector).
 pub const META_HORIZON: &str = "horizon";
+/// `meta_v1` key of an unfinished state transfer's progress (CBOR `TransferProgress`).
+pub const META_TRANSFER: &str = "transfer";
 
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {

@@ -580,6 +580,16 @@ async fn peers_route(State(node): State<Arc<Node>>) -> Answer {
                 "changes_received": p.totals.changes_received,
                 "bytes_sent": p.totals.bytes_sent,
                 "bytes_received": p.totals.bytes_received,
+                "transfer_docs_sent": p.totals.transfer_docs_sent,
+                "transfer_docs_received": p.totals.transfer_docs_received,
+                "transfer": p.transfer.as_ref().map(|t| json!({
+                    "role": match t.role {
+                        sync_protocol::TransferRole::Donor => "donor",
+                        sync_protocol::TransferRole::Receiver => "receiver",
+                    },
+                    "docs": t.docs,
+                    "batches": t.batches,
+                })),
                 "last_error": p.last_error,
             })
         })

@@ -165,7 +165,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 Some(url) => shell::Backend::Remote(Client::new(&url, config.api_token.clone())?),
                 None => match Client::discover(&data_dir, config.api_token.clone())? {
                     Some(client) => shell::Backend::Remote(client),
-                    None => shell::Backend::Local(data_dir::open(&data_dir, &config.open_options())?.1),
+                    None => shell::Backend::Local(Box::new(data_dir::open(&data_dir, &config.open_options())?.1)),
                 },
             };
             shell::main(backend, command, &history, config.statement_memory_mib << 20)

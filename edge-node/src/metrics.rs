@@ -154,6 +154,11 @@ struct MemberLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabel {
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TableLabel {
     table: String,
 }
@@ -321,6 +326,28 @@ fn peer_metrics(registry: &mut Registry, peers: &[PeerStatus]) {
     registry.register("peer_changes_received", "Changes received from the peer", changes_received);
     registry.register("peer_bytes_sent", "Frame bytes sent to the peer", bytes_sent);
     registry.register("peer_bytes_received", "Frame bytes received from the peer", bytes_received);
+    transfer_metrics(registry, peers);
+}
+
+/// State transfer: documents moved in each direction and transfers completed, over every
+/// peer and session, and the documents of the transfer running with each peer.
+fn transfer_metrics(registry: &mut Registry, peers: &[PeerStatus]) {
+    let docs = Family::<DirectionLabel, Counter>::default();
+    let running = Family::<PeerLabel, Gauge>::default();
+    let (mut sent, mut received, mut completed) = (0, 0, 0);
+    for status in peers {
+        sent += status.totals.transfer_docs_sent;
+        received += status.totals.transfer_docs_received;
+        completed += status.totals.transfers_completed;
+        if let Some(transfer) = &status.transfer {
+            running.get_or_create(&PeerLabel { peer: status.node_id.to_string() }).set(clamp(transfer.docs));
+        }
+    }
+    docs.get_or_create(&DirectionLabel { direction: "sent".into() }).inc_by(sent);
+    docs.get_or_create(&DirectionLabel { direction: "received".into() }).inc_by(received);
+    registry.register("transfer_docs", "Documents moved by state transfer (a peer below a log floor)", docs);
+    counter(registry, "transfers_completed", "State transfers this node received to the end", completed);
+    registry.register("peer_transfer_docs", "Documents of the state transfer running with the peer so far", running);
 }
 
 /// Log compaction (docs/design.md § "Log compaction").

@@ -104,6 +104,12 @@ fn print_live(answer: &Json) -> Result<()> {
             peer["changes_sent"].to_string(),
             peer["changes_received"].to_string(),
         );
+        if let Some(transfer) = peer["transfer"].as_object() {
+            let role = transfer.get("role").and_then(|r| r.as_str()).unwrap_or("?");
+            let docs = transfer.get("docs").and_then(|d| d.as_u64()).unwrap_or(0);
+            let what = if role == "donor" { "sending documents" } else { "receiving documents" };
+            println!("    state transfer: {what}, {docs} so far");
+        }
         if let Some(error) = current_error(&peer) {
             println!("    last error: {error}");
         }

@@ -132,7 +132,7 @@ pub enum Backend {
     /// The node running on the data directory (or at `--url`).
     Remote(Client),
     /// The data directory itself, with no node running.
-    Local(Replica),
+    Local(Box<Replica>),
 }
 
 /// A statement's answer: columns and rows for a query, rows affected for a write.

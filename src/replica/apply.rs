@@ -186,7 +186,7 @@ impl Replica {
     /// Applies parked changes whose dependencies are now held, a bounded chunk per
     /// transaction. A chunk that fails is retried change by change; a change that still
     /// fails is dropped from `pending_v1` and counted in `discarded`.
-    fn drain_pending(&mut self, report: &mut ApplyReport) -> Result<(), ApplyError> {
+    pub(super) fn drain_pending(&mut self, report: &mut ApplyReport) -> Result<(), ApplyError> {
         loop {
             let ready = self.ready_pending()?;
             if ready.is_empty() {

@@ -22,6 +22,7 @@ mod open;
 mod read;
 mod restore;
 mod stats;
+mod transfer;
 mod write;
 
 use std::sync::Arc;
@@ -55,6 +56,9 @@ pub use integrity::{IntegrityProblem, StateDigest};
 pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
 pub use read::{RowConflicts, RowIter, Snapshot};
 pub use stats::{CacheFigures, RedbTableStats, StorageStats, UserTableStats};
+pub use transfer::{
+    TransferBatch, TransferDoc, TransferProgress, TransferReport, TRANSFER_DOCS_MAX, TRANSFER_DOC_BYTES_MAX,
+};
 pub use write::{WriteBatch, WriteOp, WriteReceipt};
 
 /// Changes kept in a document's tail before its snapshot is rewritten (amortizes `save`).
@@ -100,6 +104,9 @@ pub struct Replica {
     announced: VersionVector,
     /// The log floor: per origin, the highest seq compacted out of `log_v1` (`compact.rs`).
     floor: VersionVector,
+    /// The sync session receiving a state transfer, and when it last claimed it (a lease
+    /// on the caller's clock): one transfer at a time fills the one progress record.
+    transfer_claim: Option<(NodeId, u64)>,
     cache: DocCache,
     /// Faults, the low-disk floor and deferred durability (`guard.rs`).
     guard: guard::Guard,

@@ -103,6 +103,7 @@ impl Replica {
             versions: VersionVector::new(),
             announced: VersionVector::new(),
             floor: VersionVector::new(),
+            transfer_claim: None,
             cache: DocCache::new(options.doc_cache_bytes()),
             guard: super::guard::Guard::default(),
             redb_cache_bytes: options.redb_cache_bytes(),

@@ -37,6 +37,13 @@ pub const HOLDERS_ENTRIES_MAX: usize = 64;
 /// One member's entry in a `Holders` frame: member id (16 bytes), milliseconds since the
 /// sender last heard of it, and the vector it is known to hold.
 pub type HeldEntry = (ByteBuf, u64, Vec<(ByteBuf, u64)>);
+/// Most documents in one `TransferBatch` frame.
+pub const TRANSFER_DOCS_MAX: usize = edgestore::TRANSFER_DOCS_MAX;
+/// Most tail changes of one transferred document (a stored tail is shorter than this).
+pub const TRANSFER_TAIL_MAX: usize = edgestore::replica::DOC_TAIL_CHANGES_MAX as usize;
+
+/// One transferred document on the wire: key, automerge snapshot (may be empty), tail changes.
+pub type WireDoc = (ByteBuf, ByteBuf, Vec<ByteBuf>);
 
 /// A 16-byte cluster id: peers of different clusters never exchange data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,6 +169,40 @@ pub enum Frame {
         /// Sorted by member, unique, 1 to [`HOLDERS_ENTRIES_MAX`].
         entries: Vec<HeldEntry>,
     },
+    /// State transfer, donor → receiver: the receiver's vector is below the donor's log
+    /// floor, so the donor cannot send it changes by log replay and offers its documents.
+    TransferOffer {
+        /// The donor's log floor.
+        floor: Vec<(ByteBuf, u64)>,
+    },
+    /// State transfer, receiver → donor: send the documents after `after`.
+    TransferRequest {
+        /// The receiver's persisted cursor (exclusive; empty = from the first document).
+        after: ByteBuf,
+    },
+    /// State transfer, donor → receiver: documents in key order from one snapshot.
+    TransferBatch {
+        /// Batch number: 1, 2, 3, … per transfer.
+        batch: u64,
+        /// The donor's version vector at the snapshot the documents were read from.
+        vector: Vec<(ByteBuf, u64)>,
+        /// The cursor the batch continues from.
+        after: ByteBuf,
+        /// The cursor after the batch (its last key).
+        last: ByteBuf,
+        /// The documents, at most [`TRANSFER_DOCS_MAX`].
+        docs: Vec<WireDoc>,
+        /// No document follows `last`.
+        done: bool,
+    },
+    /// State transfer, receiver → donor: batch `batch` is imported durably; for the last
+    /// batch, `vector` is the receiver's version vector after installing it.
+    TransferAck {
+        /// The acknowledged batch.
+        batch: u64,
+        /// Present iff the transfer ended with this batch.
+        vector: Option<Vec<(ByteBuf, u64)>>,
+    },
 }
 
 /// Bytes that are not a valid frame.
@@ -210,7 +251,31 @@ impl Frame {
                 }
                 vector_from_wire(vector).map(|_| ())
             }
-            Frame::Ack { vector, .. } => vector_from_wire(vector).map(|_| ()),
+            Frame::Ack { vector, .. } | Frame::TransferOffer { floor: vector } => vector_from_wire(vector).map(|_| ()),
+            Frame::TransferAck { vector: Some(vector), .. } => vector_from_wire(vector).map(|_| ()),
+            Frame::TransferRequest { after } if after.len() > edgestore::change::DOC_KEY_BYTES_MAX => {
+                malformed("a transfer cursor longer than a document key")
+            }
+            Frame::TransferBatch { vector, after, last, docs, done, .. } => {
+                vector_from_wire(vector)?;
+                let key_max = edgestore::change::DOC_KEY_BYTES_MAX;
+                if after.len() > key_max || last.len() > key_max {
+                    return malformed("a transfer cursor longer than a document key");
+                }
+                if docs.len() > TRANSFER_DOCS_MAX || (docs.is_empty() && !done) {
+                    return malformed("a TransferBatch holds 1 to TRANSFER_DOCS_MAX documents (or none when done)");
+                }
+                let bad_doc = |(key, snapshot, tail): &WireDoc| {
+                    key.is_empty()
+                        || key.len() > key_max
+                        || tail.len() >= TRANSFER_TAIL_MAX
+                        || (snapshot.is_empty() && tail.is_empty())
+                };
+                if docs.iter().any(bad_doc) {
+                    return malformed("a transferred document has a bad key, no content or a tail too long");
+                }
+                Ok(())
+            }
             Frame::Changes { changes, .. } if changes.is_empty() || changes.len() > BATCH_CHANGES_MAX => {
                 malformed("a Changes frame holds 1 to BATCH_CHANGES_MAX changes")
             }
@@ -374,6 +439,18 @@ mod tests {
                     (ByteBuf::from(vec![3; 16]), 70, vec![]),
                 ],
             },
+            Frame::TransferOffer { floor: vector_to_wire(&vector) },
+            Frame::TransferRequest { after: ByteBuf::from(vec![2, 1]) },
+            Frame::TransferBatch {
+                batch: 1,
+                vector: vector_to_wire(&vector),
+                after: ByteBuf::new(),
+                last: ByteBuf::from(vec![2, 1]),
+                docs: vec![(ByteBuf::from(vec![2, 1]), ByteBuf::from(vec![9; 9]), vec![ByteBuf::from(vec![1])])],
+                done: false,
+            },
+            Frame::TransferAck { batch: 1, vector: None },
+            Frame::TransferAck { batch: 2, vector: Some(vector_to_wire(&vector)) },
         ];
         for frame in frames {
             assert_eq!(Frame::decode(&frame.encode()).unwrap(), frame);
@@ -406,6 +483,32 @@ mod tests {
         assert!(matches!(Frame::decode(&heads(vec![0; 31]).encode()), Err(FrameError::Malformed(_))));
         assert!(Frame::decode(&heads(vec![0; 32]).encode()).is_ok());
         assert!(matches!(Frame::decode(&Frame::Repair { docs: vec![] }.encode()), Err(FrameError::Malformed(_))));
+        let batch = |docs: Vec<WireDoc>, done| Frame::TransferBatch {
+            batch: 1,
+            vector: vec![],
+            after: ByteBuf::new(),
+            last: ByteBuf::new(),
+            docs,
+            done,
+        };
+        let doc = |key: usize, snapshot: usize, tail: usize| {
+            (ByteBuf::from(vec![2; key]), ByteBuf::from(vec![1; snapshot]), vec![ByteBuf::from(vec![1]); tail])
+        };
+        assert!(Frame::decode(&batch(vec![], true).encode()).is_ok());
+        assert!(Frame::decode(&batch(vec![doc(1, 1, 63)], false).encode()).is_ok());
+        for bad in [
+            batch(vec![], false),
+            batch(vec![doc(0, 1, 0)], false),
+            batch(vec![doc(1, 0, 0)], false),
+            batch(vec![doc(1, 1, TRANSFER_TAIL_MAX)], false),
+            batch(vec![doc(edgestore::change::DOC_KEY_BYTES_MAX + 1, 1, 0)], false),
+            batch(vec![doc(1, 1, 0); TRANSFER_DOCS_MAX + 1], false),
+            Frame::TransferRequest { after: ByteBuf::from(vec![0; edgestore::change::DOC_KEY_BYTES_MAX + 1]) },
+            Frame::TransferOffer { floor: unsorted.clone() },
+            Frame::TransferAck { batch: 1, vector: Some(unsorted.clone()) },
+        ] {
+            assert!(matches!(Frame::decode(&bad.encode()), Err(FrameError::Malformed(_))), "{bad:?}");
+        }
     }
 
     /// `Holders`: members sorted, unique and 16 bytes, 1 to HOLDERS_ENTRIES_MAX of them,

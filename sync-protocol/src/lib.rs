@@ -20,6 +20,8 @@ pub mod store;
 
 pub use backoff::Backoff;
 pub use frame::{CloseCode, ClusterId, Frame, FrameError};
-pub use session::{Event, ProtocolError, Session, SessionConfig, SessionStats};
+pub use session::{
+    Event, ProtocolError, Session, SessionConfig, SessionStats, TransferEvent, TransferRole, TransferStatus,
+};
 pub use store::SyncStore;
 pub mod transport;

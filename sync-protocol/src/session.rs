@@ -22,13 +22,21 @@
 //! `Heads`; `Heads` is answered with `Repair` (the automerge changes the sender lacks) and,
 //! once, with `Heads` back. Every step compares only when both sides hold the same
 //! version vector, and each step's work is bounded by the frame limits.
+//!
+//! State transfer (`docs/design.md` § "State transfer"): when the peer's vector is below
+//! this side's log floor, this side (the donor) sends `TransferOffer` instead of `Changes`;
+//! the receiver asks for the documents after its persisted cursor (`TransferRequest`), the
+//! donor streams `TransferBatch`es (at most `window_batches` unacknowledged), the receiver
+//! imports each durably and answers `TransferAck`, the last one with its installed vector,
+//! from which the donor's ordinary streaming continues.
 
 use std::collections::VecDeque;
 
 use std::collections::BTreeMap;
 
 use edgestore::{
-    ApplyError, ApplyReport, HeldClaim, NodeId, RepairReport, StorageError, VersionVector, HEADS_TREE_DEPTH,
+    ApplyError, ApplyReport, HeldClaim, NodeId, RepairReport, StorageError, TransferBatch, TransferDoc, VersionVector,
+    HEADS_TREE_DEPTH,
 };
 use serde_bytes::ByteBuf;
 
@@ -37,6 +45,9 @@ use crate::frame::{
     HOLDERS_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use crate::store::SyncStore;
+
+/// A state transfer logs an INFO line every this many batches (and at its end).
+pub const TRANSFER_LOG_EVERY_BATCHES: u64 = 64;
 
 /// Tunables of a session. The defaults suit a gateway: small batches, a short window.
 #[derive(Clone, Debug)]
@@ -79,6 +90,9 @@ pub struct SessionConfig {
     pub holders_refresh_ms: u64,
     /// A peer heard from (any frame) is noted in the store at most this often.
     pub heard_note_ms: u64,
+    /// How long a session receiving a state transfer holds the store's one receiving
+    /// slot after its last batch; an offer from another peer meanwhile waits.
+    pub transfer_claim_lease_ms: u64,
 }
 
 impl SessionConfig {
@@ -100,6 +114,7 @@ impl SessionConfig {
             holders_interval_ms: 1_000,
             holders_refresh_ms: 3_600_000,
             heard_note_ms: 10_000,
+            transfer_claim_lease_ms: 20_000,
         }
     }
 }
@@ -201,11 +216,52 @@ pub enum Event {
     /// What some member is known to hold grew (or a member was added): the driver tells
     /// its other sessions, which forward it.
     HoldersGrew,
+    /// A state-transfer batch was sent (donor) or imported (receiver).
+    Transfer(TransferEvent),
     /// The session ended; `error` is `None` for an orderly local close.
     Closed {
         /// Why, if not an orderly local close.
         error: Option<ProtocolError>,
     },
+}
+
+/// This side's part in a state transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferRole {
+    /// Sends its documents.
+    Donor,
+    /// Receives documents and installs the donor's vector at the end.
+    Receiver,
+}
+
+/// One state-transfer batch sent or imported, with the transfer's running totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferEvent {
+    /// This side's role.
+    pub role: TransferRole,
+    /// Documents in this batch.
+    pub docs: u64,
+    /// Document bytes (keys, snapshots, tails) in this batch.
+    pub bytes: u64,
+    /// Batches of this transfer so far (for a receiver: since the transfer first began,
+    /// across resumes).
+    pub batches: u64,
+    /// Documents of this transfer so far (likewise).
+    pub total_docs: u64,
+    /// The transfer ended with this batch (receiver: the vector is installed; donor: the
+    /// receiver acknowledged the last batch).
+    pub done: bool,
+}
+
+/// A state transfer in progress on this session, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferStatus {
+    /// This side's role.
+    pub role: TransferRole,
+    /// Batches so far (receiver: across resumes).
+    pub batches: u64,
+    /// Documents so far (receiver: across resumes).
+    pub docs: u64,
 }
 
 /// Counters of one session, for metrics and the B3 benchmark.
@@ -231,6 +287,16 @@ pub struct SessionStats {
     pub anti_entropy_bytes_sent: u64,
     /// Documents repaired from the peer's `Repair` frames.
     pub docs_repaired: u64,
+    /// State-transfer documents sent (donor).
+    pub transfer_docs_sent: u64,
+    /// State-transfer document bytes sent (donor).
+    pub transfer_bytes_sent: u64,
+    /// State-transfer documents imported (receiver).
+    pub transfer_docs_received: u64,
+    /// State-transfer document bytes imported (receiver).
+    pub transfer_bytes_received: u64,
+    /// State transfers this side completed as the receiver (vector installed).
+    pub transfers_completed: u64,
 }
 
 impl SessionStats {
@@ -248,6 +314,11 @@ impl SessionStats {
             anti_entropy_frames_sent,
             anti_entropy_bytes_sent,
             docs_repaired,
+            transfer_docs_sent,
+            transfer_bytes_sent,
+            transfer_docs_received,
+            transfer_bytes_received,
+            transfers_completed,
         } = other;
         self.frames_sent += frames_sent;
         self.bytes_sent += bytes_sent;
@@ -259,6 +330,11 @@ impl SessionStats {
         self.anti_entropy_frames_sent += anti_entropy_frames_sent;
         self.anti_entropy_bytes_sent += anti_entropy_bytes_sent;
         self.docs_repaired += docs_repaired;
+        self.transfer_docs_sent += transfer_docs_sent;
+        self.transfer_bytes_sent += transfer_bytes_sent;
+        self.transfer_docs_received += transfer_docs_received;
+        self.transfer_bytes_received += transfer_bytes_received;
+        self.transfers_completed += transfers_completed;
     }
 }
 
@@ -269,6 +345,36 @@ enum State {
     /// A `Close` is queued; nothing else will be sent.
     Closing,
     Closed,
+}
+
+/// The donor side of a state transfer: offered, then streaming batches after `cursor`.
+#[derive(Debug, Default)]
+struct DonorTransfer {
+    /// The receiver asked for documents (`TransferRequest`).
+    requested: bool,
+    /// Last key sent.
+    cursor: Vec<u8>,
+    /// The batch marked `done` has been sent.
+    exported_all: bool,
+    next_batch: u64,
+    acked_batch: u64,
+    /// When each unacknowledged batch was sent, oldest first.
+    unacked_sent_ms: VecDeque<u64>,
+    docs_sent: u64,
+}
+
+impl DonorTransfer {
+    fn in_flight(&self) -> u64 {
+        self.next_batch - 1 - self.acked_batch
+    }
+}
+
+/// The receiver side of a state transfer: the next batch number expected.
+#[derive(Debug)]
+struct ReceiverTransfer {
+    next_batch: u64,
+    batches: u64,
+    docs: u64,
 }
 
 /// One side of a sync session with one peer.
@@ -313,6 +419,13 @@ pub struct Session {
     holders_refresh_ms: u64,
     /// When the peer was last noted as heard from in the store.
     heard_noted_ms: u64,
+    /// This side is the donor of a state transfer to the peer (no `Changes` meanwhile).
+    transfer_out: Option<DonorTransfer>,
+    /// This side receives a state transfer from the peer.
+    transfer_in: Option<ReceiverTransfer>,
+    /// The peer offered a transfer (with this floor) while another peer's transfer held
+    /// the store: answered once that one ended (declined if it covered the floor).
+    offer_deferred: Option<VersionVector>,
     stats: SessionStats,
 }
 
@@ -365,6 +478,9 @@ impl Session {
             holders_next_ms: now_ms,
             holders_refresh_ms: now_ms.saturating_add(holders_refresh_ms),
             heard_noted_ms: now_ms,
+            transfer_out: None,
+            transfer_in: None,
+            offer_deferred: None,
             stats: SessionStats::default(),
         }
     }
@@ -394,9 +510,26 @@ impl Session {
         &self.sent
     }
 
-    /// Batches sent and not yet acknowledged.
+    /// Batches sent and not yet acknowledged (`Changes` and `TransferBatch`).
     pub fn in_flight(&self) -> u64 {
-        self.next_batch - 1 - self.acked_batch
+        self.next_batch - 1 - self.acked_batch + self.transfer_out.as_ref().map_or(0, DonorTransfer::in_flight)
+    }
+
+    /// The state transfer in progress on this session, if any (a receiver's counts include
+    /// the batches imported before a resume only once its first batch here arrived).
+    pub fn transfer_status(&self) -> Option<TransferStatus> {
+        if let Some(t) = &self.transfer_in {
+            return Some(TransferStatus { role: TransferRole::Receiver, batches: t.batches, docs: t.docs });
+        }
+        self.transfer_out.as_ref().map(|t| TransferStatus {
+            role: TransferRole::Donor,
+            batches: t.next_batch - 1,
+            docs: t.docs_sent,
+        })
+    }
+
+    fn transfer_active(&self) -> bool {
+        self.transfer_in.is_some() || self.transfer_out.is_some() || self.offer_deferred.is_some()
     }
 
     /// The local store changed (a local write, or changes applied from another peer): there
@@ -428,7 +561,12 @@ impl Session {
                 self.anti_entropy_followup = true;
                 self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_followup_ms);
             }
+            let offered = matches!(f, Frame::TransferOffer { .. });
             self.on_frame(now_ms, f, store)?;
+            // Every frame from the peer (its pings at least) retries a deferred offer.
+            if self.offer_deferred.is_some() && !offered && self.state == State::Established {
+                self.answer_deferred_offer(store)?;
+            }
             self.note_heard(now_ms, store)
         });
         if let Err(error) = &result {
@@ -471,6 +609,22 @@ impl Session {
                 self.on_heads(&vector, reply, (depth, prefix), docs, complete, store)
             }
             (_, Frame::Repair { docs }) => self.on_repair(docs, store),
+            (_, Frame::TransferOffer { floor }) => self.on_transfer_offer(frame::vector_from_wire(&floor)?, store),
+            (_, Frame::TransferRequest { after }) => self.on_transfer_request(after.into_vec()),
+            (_, Frame::TransferBatch { batch, vector, after, last, docs, done }) => {
+                let vector = frame::vector_from_wire(&vector)?;
+                let docs = docs
+                    .into_iter()
+                    .map(|(key, snapshot, tail)| TransferDoc {
+                        key: key.into_vec(),
+                        snapshot: snapshot.into_vec(),
+                        tail: tail.into_iter().map(ByteBuf::into_vec).collect(),
+                    })
+                    .collect();
+                let batch_in = TransferBatch { vector, after: after.into_vec(), last: last.into_vec(), docs, done };
+                self.on_transfer_batch(batch, batch_in, store)
+            }
+            (_, Frame::TransferAck { batch, vector }) => self.on_transfer_ack(batch, vector.as_deref()),
             (_, Frame::Close { code, reason }) => {
                 self.outbox.clear();
                 self.state = State::Closed;
@@ -723,6 +877,210 @@ impl Session {
         Ok(())
     }
 
+    /// `TransferOffer`: the peer cannot send us changes by log replay; ask for its
+    /// documents after our persisted cursor (a resumed transfer continues where it was).
+    fn on_transfer_offer(&mut self, floor: VersionVector, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+        if self.transfer_in.is_some() || self.offer_deferred.is_some() {
+            return Err(ProtocolError::UnexpectedFrame("a TransferOffer during a transfer"));
+        }
+        self.offer_deferred = Some(floor);
+        self.answer_deferred_offer(store)
+    }
+
+    /// Answers a deferred offer once possible: declined (with our vector) if we caught up
+    /// past its floor meanwhile, accepted if the store's receiving slot is free.
+    fn answer_deferred_offer(&mut self, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+        let Some(floor) = &self.offer_deferred else { return Ok(()) };
+        let vector = store.version_vector();
+        if floor.iter().all(|(origin, seq)| vector.seq(origin) >= seq) {
+            self.offer_deferred = None;
+            self.outbox.push_back(Frame::TransferAck { batch: 0, vector: Some(frame::vector_to_wire(&vector)) });
+            return Ok(());
+        }
+        if !store.claim_transfer(self.peer, self.last_received_ms, self.config.transfer_claim_lease_ms) {
+            return Ok(()); // another peer's transfer runs; asked again at the next frame
+        }
+        self.offer_deferred = None;
+        let progress = store.transfer_progress().map_err(|e| ProtocolError::Storage(e.to_string()))?;
+        let (after, batches, docs) = progress.map_or((Vec::new(), 0, 0), |p| (p.cursor, p.batches, p.docs));
+        tracing::info!(local = %self.local, peer = %self.peer, resumed_docs = docs, "state transfer: receiving the peer's documents");
+        self.outbox.push_back(Frame::TransferRequest { after: ByteBuf::from(after) });
+        self.transfer_in = Some(ReceiverTransfer { next_batch: 1, batches, docs });
+        Ok(())
+    }
+
+    /// `TransferRequest`: start streaming documents after the receiver's cursor.
+    fn on_transfer_request(&mut self, after: Vec<u8>) -> Result<(), ProtocolError> {
+        match &mut self.transfer_out {
+            Some(transfer) if !transfer.requested => {
+                transfer.requested = true;
+                transfer.cursor = after;
+                transfer.next_batch = 1;
+                Ok(())
+            }
+            _ => Err(ProtocolError::UnexpectedFrame("a TransferRequest without an offer")),
+        }
+    }
+
+    /// `TransferBatch`: import it durably and acknowledge it; the last one installs the
+    /// donor's vector, and its acknowledgement carries ours.
+    fn on_transfer_batch(
+        &mut self,
+        batch: u64,
+        documents: TransferBatch,
+        store: &mut dyn SyncStore,
+    ) -> Result<(), ProtocolError> {
+        let transfer =
+            self.transfer_in.as_mut().ok_or(ProtocolError::UnexpectedFrame("a TransferBatch not requested"))?;
+        if batch != transfer.next_batch {
+            return Err(ProtocolError::BatchOutOfOrder { expected: transfer.next_batch, got: batch });
+        }
+        transfer.next_batch += 1;
+        let bytes = documents.doc_bytes() as u64;
+        // Renews the lease; a holder that lost it (silent past the lease) fails the cursor check.
+        store.claim_transfer(self.peer, self.last_received_ms, self.config.transfer_claim_lease_ms);
+        let report = store.import_transfer(self.peer, documents).map_err(|e| match e {
+            ApplyError::Storage(e) => ProtocolError::Storage(e.to_string()),
+            other => ProtocolError::ChangeRejected(other.to_string()),
+        })?;
+        transfer.batches = report.progress.batches;
+        transfer.docs = report.progress.docs;
+        self.stats.transfer_docs_received += report.docs as u64;
+        self.stats.transfer_bytes_received += bytes;
+        let done = report.installed.is_some();
+        let vector = report.installed.as_ref().map(frame::vector_to_wire);
+        self.outbox.push_back(Frame::TransferAck { batch, vector });
+        self.events.push_back(Event::Transfer(TransferEvent {
+            role: TransferRole::Receiver,
+            docs: report.docs as u64,
+            bytes,
+            batches: report.progress.batches,
+            total_docs: report.progress.docs,
+            done,
+        }));
+        let (batches, total_docs) = (report.progress.batches, report.progress.docs);
+        if done || batches % TRANSFER_LOG_EVERY_BATCHES == 0 {
+            let (local, peer) = (self.local, self.peer);
+            tracing::info!(%local, %peer, batches, docs = total_docs, done, "state transfer: documents imported");
+        }
+        if done {
+            self.transfer_in = None;
+            self.stats.transfers_completed += 1;
+            // Our vector grew: there may be changes of ours the peer lacks, and the driver
+            // tells the other sessions (as after applied changes).
+            self.store_changed = true;
+            self.events.push_back(Event::Applied(ApplyReport::default()));
+        }
+        Ok(())
+    }
+
+    /// `TransferAck`: the receiver holds the batch; after the last one, streaming resumes
+    /// from the vector the receiver installed.
+    fn on_transfer_ack(&mut self, batch: u64, vector: Option<&[(ByteBuf, u64)]>) -> Result<(), ProtocolError> {
+        if batch == 0 {
+            return self.on_transfer_declined(vector);
+        }
+        let transfer =
+            self.transfer_out.as_mut().ok_or(ProtocolError::UnexpectedFrame("a TransferAck without a transfer"))?;
+        if batch != transfer.acked_batch + 1 || batch >= transfer.next_batch {
+            return Err(ProtocolError::BatchOutOfOrder { expected: transfer.acked_batch + 1, got: batch });
+        }
+        transfer.acked_batch = batch;
+        transfer.unacked_sent_ms.pop_front();
+        let last = transfer.exported_all && transfer.in_flight() == 0;
+        match (vector, last) {
+            (None, false) => Ok(()),
+            (Some(vector), true) => {
+                let vector = frame::vector_from_wire(vector)?;
+                for (origin, seq) in vector.iter() {
+                    if seq > self.sent.seq(origin) {
+                        self.sent.set(origin, seq);
+                    }
+                }
+                let docs = transfer.docs_sent;
+                tracing::info!(local = %self.local, peer = %self.peer, docs, batches = batch, "state transfer: peer caught up");
+                self.events.push_back(Event::Transfer(TransferEvent {
+                    role: TransferRole::Donor,
+                    docs: 0,
+                    bytes: 0,
+                    batches: batch,
+                    total_docs: docs,
+                    done: true,
+                }));
+                self.transfer_out = None;
+                self.store_changed = true;
+                Ok(())
+            }
+            _ => Err(ProtocolError::UnexpectedFrame("a TransferAck's vector does not match the end of the transfer")),
+        }
+    }
+
+    /// `TransferAck` for batch 0: the peer declines the offer, having caught up otherwise
+    /// (from another donor); streaming continues from its vector.
+    fn on_transfer_declined(&mut self, vector: Option<&[(ByteBuf, u64)]>) -> Result<(), ProtocolError> {
+        let (Some(vector), Some(DonorTransfer { requested: false, .. })) = (vector, &self.transfer_out) else {
+            return Err(ProtocolError::UnexpectedFrame("a declined transfer that was not offered"));
+        };
+        for (origin, seq) in frame::vector_from_wire(vector)?.iter() {
+            if seq > self.sent.seq(origin) {
+                self.sent.set(origin, seq);
+            }
+        }
+        self.transfer_out = None;
+        self.store_changed = true;
+        Ok(())
+    }
+
+    /// Whether the peer's vector lacks changes this side's log no longer holds.
+    fn below_floor(&self, store: &dyn SyncStore) -> bool {
+        store.log_floor().iter().any(|(origin, floor)| self.sent.seq(origin) < floor)
+    }
+
+    /// The donor's next frame: the offer, or the next batch within the window.
+    fn next_transfer_frame(&mut self, now_ms: u64, store: &dyn SyncStore) -> Option<Frame> {
+        let window = self.config.window_batches;
+        let transfer = self.transfer_out.as_mut()?;
+        if !transfer.requested || transfer.exported_all || transfer.in_flight() >= window {
+            return None;
+        }
+        let docs_max = frame::TRANSFER_DOCS_MAX;
+        match store.export_transfer(&transfer.cursor, docs_max, self.config.batch_bytes_max) {
+            Ok(batch) => {
+                let number = transfer.next_batch;
+                transfer.next_batch += 1;
+                transfer.unacked_sent_ms.push_back(now_ms);
+                transfer.cursor = batch.last.clone();
+                transfer.exported_all = batch.done;
+                transfer.docs_sent += batch.docs.len() as u64;
+                self.stats.transfer_docs_sent += batch.docs.len() as u64;
+                self.stats.transfer_bytes_sent += batch.doc_bytes() as u64;
+                let docs = batch
+                    .docs
+                    .into_iter()
+                    .map(|d| {
+                        (
+                            ByteBuf::from(d.key),
+                            ByteBuf::from(d.snapshot),
+                            d.tail.into_iter().map(ByteBuf::from).collect(),
+                        )
+                    })
+                    .collect();
+                Some(Frame::TransferBatch {
+                    batch: number,
+                    vector: frame::vector_to_wire(&batch.vector),
+                    after: ByteBuf::from(batch.after),
+                    last: ByteBuf::from(batch.last),
+                    docs,
+                    done: batch.done,
+                })
+            }
+            Err(e) => {
+                self.fail(ProtocolError::Storage(e.to_string()));
+                self.outbox.pop_front()
+            }
+        }
+    }
+
     /// Time passed: closes the session if the peer has been silent too long or a batch
     /// has gone unacknowledged too long.
     pub fn handle_timeout(&mut self, now_ms: u64) {
@@ -731,10 +1089,18 @@ impl Session {
         }
         if now_ms.saturating_sub(self.last_received_ms) >= self.config.idle_timeout_ms {
             self.fail(ProtocolError::Timeout(self.config.idle_timeout_ms));
-        } else if self.unacked_sent_ms.front().is_some_and(|&t| now_ms.saturating_sub(t) >= self.config.ack_timeout_ms)
-        {
+        } else if self.oldest_unacked_ms().is_some_and(|t| now_ms.saturating_sub(t) >= self.config.ack_timeout_ms) {
             let (batch, timeout_ms) = (self.acked_batch + 1, self.config.ack_timeout_ms);
             self.fail(ProtocolError::AckTimeout { batch, timeout_ms });
+        }
+    }
+
+    /// When the oldest unacknowledged batch (`Changes` or `TransferBatch`) was sent.
+    fn oldest_unacked_ms(&self) -> Option<u64> {
+        let transfer = self.transfer_out.as_ref().and_then(|t| t.unacked_sent_ms.front().copied());
+        match (self.unacked_sent_ms.front().copied(), transfer) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -774,6 +1140,9 @@ impl Session {
             self.state = State::Closed;
         }
         let bytes = frame.encode();
+        if matches!(frame, Frame::TransferBatch { .. }) {
+            self.log_transfer_batch();
+        }
         if matches!(frame, Frame::Digests { .. } | Frame::Heads { .. } | Frame::Repair { .. }) {
             self.stats.anti_entropy_frames_sent += 1;
             self.stats.anti_entropy_bytes_sent += bytes.len() as u64;
@@ -791,7 +1160,27 @@ impl Session {
         if self.state != State::Established {
             return None;
         }
-        if self.store_changed && self.in_flight() < self.config.window_batches {
+        if let Some(floor) = &self.offer_deferred {
+            // Caught up past the deferred offer's floor (another transfer ended): decline it.
+            let vector = store.version_vector();
+            if floor.iter().all(|(origin, seq)| vector.seq(origin) >= seq) {
+                self.offer_deferred = None;
+                return Some(Frame::TransferAck { batch: 0, vector: Some(frame::vector_to_wire(&vector)) });
+            }
+        }
+        if self.transfer_out.is_some() {
+            if let Some(frame) = self.next_transfer_frame(now_ms, store) {
+                return Some(frame);
+            }
+        } else if self.store_changed && self.below_floor(store) {
+            // The log cannot fill the peer's gap: offer the documents instead, and stream
+            // nothing until the transfer ends.
+            self.store_changed = false;
+            self.transfer_out = Some(DonorTransfer { next_batch: 1, ..DonorTransfer::default() });
+            tracing::info!(local = %self.local, peer = %self.peer, "state transfer: the peer is below the log floor, offering documents");
+            return Some(Frame::TransferOffer { floor: frame::vector_to_wire(&store.log_floor()) });
+        }
+        if self.transfer_out.is_none() && self.store_changed && self.in_flight() < self.config.window_batches {
             match store.changes_since(&self.sent, self.config.batch_changes_max, self.config.batch_bytes_max) {
                 Ok(batch) if batch.changes.is_empty() => self.store_changed = false,
                 Ok(batch) => {
@@ -813,7 +1202,7 @@ impl Session {
         }
         let keepalive_due = now_ms.saturating_sub(self.last_sent_ms) >= self.config.keepalive_ms;
         let round_due = now_ms >= self.anti_entropy_due_ms && (keepalive_due || self.anti_entropy_followup);
-        if round_due && self.in_flight() == 0 && !self.store_changed {
+        if round_due && self.in_flight() == 0 && !self.store_changed && !self.transfer_active() {
             // Anti-entropy rides on the keepalive (the root digest instead of a Ping), or
             // follows up a round that found divergence.
             if self.anti_entropy_followup {
@@ -884,6 +1273,16 @@ impl Session {
         Some(Frame::Holders { entries: entries.into_values().collect() })
     }
 
+    /// A donor's INFO line every [`TRANSFER_LOG_EVERY_BATCHES`] batches sent.
+    fn log_transfer_batch(&self) {
+        let Some(transfer) = &self.transfer_out else { return };
+        let batches = transfer.next_batch - 1;
+        if batches % TRANSFER_LOG_EVERY_BATCHES == 0 {
+            let docs = transfer.docs_sent;
+            tracing::info!(local = %self.local, peer = %self.peer, batches, docs, "state transfer: sending documents");
+        }
+    }
+
     /// When `handle_timeout` should next be called (and a keepalive may be due).
     ///
     /// Rule: every deadline returned here is consumed by `handle_timeout` or
@@ -900,9 +1299,9 @@ impl Session {
             State::Established => {
                 let keepalive = self.last_sent_ms + self.config.keepalive_ms;
                 let idle = self.last_received_ms + self.config.idle_timeout_ms;
-                let ack = self.unacked_sent_ms.front().map_or(u64::MAX, |t| t + self.config.ack_timeout_ms);
+                let ack = self.oldest_unacked_ms().map_or(u64::MAX, |t| t + self.config.ack_timeout_ms);
                 // A follow-up round waits for quiescence; frames arriving re-poll anyway.
-                let quiet = self.in_flight() == 0 && !self.store_changed;
+                let quiet = self.in_flight() == 0 && !self.store_changed && !self.transfer_active();
                 let followup = if self.anti_entropy_followup && quiet { self.anti_entropy_due_ms } else { u64::MAX };
                 // Consumed by `next_holders`: a frame goes out, or nothing is due any more.
                 let holders = if self.holders_due { self.holders_next_ms } else { u64::MAX };

@@ -6,7 +6,7 @@
 
 use edgestore::{
     ApplyError, ApplyReport, ChangeBatch, DocHeads, HeadsTree, HeldClaim, HeldPage, NodeId, RepairReport, Replica,
-    StorageError, VersionVector,
+    StorageError, TransferBatch, TransferProgress, TransferReport, VersionVector,
 };
 
 /// The store operations sync uses. All are synchronous and local: a session calls them
@@ -41,6 +41,16 @@ pub trait SyncStore {
     fn record_held(&mut self, from: NodeId, claims: &[HeldClaim], now_ms: u64) -> Result<bool, StorageError>;
     /// Horizon: held vectors that grew after `generation`, bounded (`Replica::held_since`).
     fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> HeldPage;
+    /// State transfer (receiver): the unfinished transfer's progress, if any.
+    fn transfer_progress(&self) -> Result<Option<TransferProgress>, StorageError>;
+    /// State transfer (receiver): claims the one receiving slot for `donor` for
+    /// `lease_ms` (renewed by each claim of the holder); `false` while another holds it.
+    fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool;
+    /// State transfer (donor): the documents after `after` in key order, bounded.
+    fn export_transfer(&self, after: &[u8], docs_max: usize, bytes_max: usize) -> Result<TransferBatch, StorageError>;
+    /// State transfer (receiver): imports a batch durably with its progress; the last one
+    /// installs the vector.
+    fn import_transfer(&mut self, donor: NodeId, batch: TransferBatch) -> Result<TransferReport, ApplyError>;
 }
 
 impl SyncStore for Replica {
@@ -87,5 +97,21 @@ impl SyncStore for Replica {
 
     fn held_since(&self, generation: u64, entries_max: usize, now_ms: u64) -> HeldPage {
         Replica::held_since(self, generation, entries_max, now_ms)
+    }
+
+    fn transfer_progress(&self) -> Result<Option<TransferProgress>, StorageError> {
+        Replica::transfer_progress(self)
+    }
+
+    fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool {
+        Replica::claim_transfer(self, donor, now_ms, lease_ms)
+    }
+
+    fn export_transfer(&self, after: &[u8], docs_max: usize, bytes_max: usize) -> Result<TransferBatch, StorageError> {
+        Replica::export_transfer(self, after, docs_max, bytes_max)
+    }
+
+    fn import_transfer(&mut self, donor: NodeId, batch: TransferBatch) -> Result<TransferReport, ApplyError> {
+        Replica::import_transfer(self, donor, batch)
     }
 }

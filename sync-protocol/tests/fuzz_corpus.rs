@@ -80,6 +80,36 @@ fn anti_entropy_seeds() -> Vec<Vec<u8>> {
     ]
 }
 
+/// State-transfer frames: an offer, a request, a batch of real documents (the fuzzed
+/// peer's table and row, from a replica of its changes), the acknowledgements.
+fn transfer_seeds() -> Vec<Vec<u8>> {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut donor = Replica::open(dir.path().join("d.redb"), NodeId([6; 16])).unwrap();
+    donor.apply_remote(fuzzing::peer_changes().held.clone()).unwrap();
+    let batch = donor.export_transfer(&[], 16, 1 << 20).unwrap();
+    let vector = frame::vector_to_wire(&batch.vector);
+    let docs = batch
+        .docs
+        .into_iter()
+        .map(|d| (ByteBuf::from(d.key), ByteBuf::from(d.snapshot), d.tail.into_iter().map(ByteBuf::from).collect()))
+        .collect();
+    vec![
+        Frame::TransferOffer { floor: vector.clone() }.encode(),
+        Frame::TransferRequest { after: ByteBuf::new() }.encode(),
+        Frame::TransferBatch {
+            batch: 1,
+            vector: vector.clone(),
+            after: ByteBuf::from(batch.after),
+            last: ByteBuf::from(batch.last),
+            docs,
+            done: batch.done,
+        }
+        .encode(),
+        Frame::TransferAck { batch: 1, vector: None }.encode(),
+        Frame::TransferAck { batch: 1, vector: Some(vector) }.encode(),
+    ]
+}
+
 fn sequence(frames: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::new();
     for frame in frames {
@@ -94,6 +124,7 @@ fn frame_decoding_corpus_replays() {
     let mut inputs = corpus("sync_frame");
     inputs.extend(seed_frames());
     inputs.extend(anti_entropy_seeds());
+    inputs.extend(transfer_seeds());
     for input in &inputs {
         fuzzing::decode_frame(input);
     }
@@ -105,8 +136,8 @@ fn frame_decoding_corpus_replays() {
 #[test]
 fn seeds_can_be_written_for_the_fuzzer() {
     let Ok(dir) = std::env::var("EDGESTORE_WRITE_SYNC_SEEDS") else { return };
-    let frames: Vec<Vec<u8>> = seed_frames().into_iter().chain(anti_entropy_seeds()).collect();
-    let sessions: Vec<Vec<u8>> = vec![sequence(&frames), sequence(&anti_entropy_seeds())]
+    let frames: Vec<Vec<u8>> = seed_frames().into_iter().chain(anti_entropy_seeds()).chain(transfer_seeds()).collect();
+    let sessions: Vec<Vec<u8>> = vec![sequence(&frames), sequence(&anti_entropy_seeds()), sequence(&transfer_seeds())]
         .into_iter()
         .chain(frames.iter().map(|f| sequence(std::slice::from_ref(f))))
         .collect();
@@ -131,6 +162,12 @@ fn session_corpus_replays() {
     let anti_entropy = anti_entropy_seeds();
     inputs.push(sequence(&anti_entropy));
     for frame in &anti_entropy {
+        inputs.push(sequence(std::slice::from_ref(frame)));
+    }
+    let transfer = transfer_seeds();
+    inputs.push(sequence(&transfer));
+    inputs.push(sequence(&[transfer[0].clone(), transfer[2].clone()]));
+    for frame in &transfer {
         inputs.push(sequence(std::slice::from_ref(frame)));
     }
     for input in &inputs {

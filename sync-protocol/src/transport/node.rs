@@ -45,7 +45,7 @@ use super::refusal::{RefusalReason, Refusals};
 use super::tls::{self, AllowList, TlsIdentity};
 use crate::backoff::Backoff;
 use crate::frame::{self, CloseCode};
-use crate::session::{Event, ProtocolError, Session, SessionConfig, SessionStats};
+use crate::session::{Event, ProtocolError, Session, SessionConfig, SessionStats, TransferStatus};
 
 /// QUIC application close code for an orderly close.
 const CLOSE_OK: u32 = 0;
@@ -128,6 +128,8 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// Connection attempts this node made to the peer since it was added.
     pub dial_attempts: u64,
+    /// The state transfer running on the newest live session, if any.
+    pub transfer: Option<TransferStatus>,
 }
 
 /// How one dial attempt ended.
@@ -211,6 +213,8 @@ struct PeerRecord {
     last_error: Option<String>,
     dial_attempts: u64,
     dials: std::collections::VecDeque<DialAttempt>,
+    /// The newest live session's state transfer, if one runs.
+    transfer: Option<TransferStatus>,
 }
 
 impl PeerRecord {
@@ -234,6 +238,7 @@ impl PeerRecord {
             self.earlier.add(&stats);
             if self.newest == Some(connection) {
                 self.last = stats;
+                self.transfer = None;
             }
         }
     }
@@ -525,6 +530,7 @@ impl SyncNode {
                 last_contact_ms_ago: record.last_contact_ms.map(|t| now.saturating_sub(t)),
                 last_error: record.last_error.clone(),
                 dial_attempts: record.dial_attempts,
+                transfer: record.transfer.clone(),
             })
             .collect()
     }
@@ -865,7 +871,7 @@ fn handle_event(shared: &Shared, peer: NodeId, event: Event, progress: &mut Prog
             }
             progress.error = Some(error);
         }
-        Event::Closed { error: None } | Event::Repaired(_) => {}
+        Event::Closed { error: None } | Event::Repaired(_) | Event::Transfer(_) => {}
     }
 }
 
@@ -939,6 +945,9 @@ fn record_step(shared: &Shared, peer: NodeId, connection: usize, session: &Sessi
     let now = shared.now_ms();
     shared.update_peer(peer, |record| {
         record.connection_stepped(connection, session.stats());
+        if record.newest == Some(connection) {
+            record.transfer = session.transfer_status();
+        }
         record.lag_changes = lag;
         if received {
             record.last_contact_ms = Some(now);

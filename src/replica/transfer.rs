@@ -1,0 +1,446 @@
+//! State transfer: a peer whose vector is below a donor's log floor receives the donor's
+//! documents instead of its log (`docs/design.md` § "State transfer").
+//!
+//! The donor side ([`Replica::export_transfer`]) reads a bounded batch of documents in key
+//! order after a cursor, from one read snapshot, raw as stored (snapshot and tail), with
+//! that snapshot's version vector. The receiver side ([`Replica::import_transfer`]) checks
+//! every document against hostile bytes (contained automerge calls), merges them, re-derives
+//! rows, indexes, catalog, conflicts and digest through the same path as remote changes, and
+//! records its progress in the same durable transaction; the batch marked `done` installs
+//! the vector. A batch is all or nothing.
+
+use std::ops::Bound;
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::{Deserialize, Serialize};
+
+use super::materialize::{ChangedDoc, RecordError};
+use super::{read, Replica, WorkingDoc, WriteTables, DOC_TAIL_CHANGES_MAX};
+use crate::change::{ChangeError, DocKey, CHANGE_BYTES_MAX, DOC_KEY_BYTES_MAX};
+use crate::codec;
+use crate::contain::contain;
+use crate::doc;
+use crate::error::{ApplyError, StorageError};
+use crate::keys;
+use crate::storage;
+use crate::types::NodeId;
+use crate::version_vector::VersionVector;
+
+/// Most documents in one transfer batch. Each batch is one durable commit on the receiver,
+/// so the count bound matters for small rows (≈ 170 B each: 1 MiB holds ~6 000); with 1024
+/// the commits, not the documents, set the pace (6.3k vs 13.6k rows/s at 100k rows,
+/// `benches/catch_up.rs`).
+pub const TRANSFER_DOCS_MAX: usize = 8192;
+/// Largest document (snapshot and tail bytes) a transfer can carry: one frame's payload.
+pub const TRANSFER_DOC_BYTES_MAX: usize = CHANGE_BYTES_MAX;
+
+/// One document as stored: its automerge snapshot (empty if it has none) and tail changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferDoc {
+    /// Encoded document key.
+    pub key: Vec<u8>,
+    /// `docs_v1` value: an automerge `save`, or empty.
+    pub snapshot: Vec<u8>,
+    /// `doc_tail_v1` values in position order, fewer than `DOC_TAIL_CHANGES_MAX`.
+    pub tail: Vec<Vec<u8>>,
+}
+
+/// A bounded run of documents in key order, read from one snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferBatch {
+    /// The donor's version vector at the snapshot: every document holds every change at
+    /// or below it that touches it.
+    pub vector: VersionVector,
+    /// The cursor the batch continues from (exclusive; empty = from the first key).
+    pub after: Vec<u8>,
+    /// The cursor after this batch: its last key (`after` if it has no documents).
+    pub last: Vec<u8>,
+    /// The documents, keys strictly increasing and above `after`.
+    pub docs: Vec<TransferDoc>,
+    /// No document follows `last`: the transfer is complete.
+    pub done: bool,
+}
+
+impl TransferBatch {
+    /// Stored bytes of the batch's documents (keys, snapshots, tails).
+    pub fn doc_bytes(&self) -> usize {
+        self.docs.iter().map(doc_bytes).sum()
+    }
+}
+
+/// An unfinished transfer, persisted in `meta_v1` under `transfer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferProgress {
+    /// The donor of the last batch imported.
+    pub donor: NodeId,
+    /// Component-wise minimum of the vectors of every batch imported: the vector the
+    /// receiver installs when the transfer ends.
+    pub vector: VersionVector,
+    /// Last document key imported.
+    pub cursor: Vec<u8>,
+    /// Documents imported so far.
+    pub docs: u64,
+    /// Batches imported so far.
+    pub batches: u64,
+}
+
+/// What `import_transfer` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferReport {
+    /// Documents in the batch.
+    pub docs: usize,
+    /// Documents that were new here or gained changes.
+    pub docs_changed: usize,
+    /// Progress after the batch (for the last batch: the totals of the whole transfer).
+    pub progress: TransferProgress,
+    /// The version vector after install, if this batch ended the transfer.
+    pub installed: Option<VersionVector>,
+}
+
+/// A transferred document, checked: its key and its loaded automerge document.
+struct CheckedDoc {
+    key_bytes: Vec<u8>,
+    key: DocKey,
+    stored: TransferDoc,
+    loaded: WorkingDoc,
+}
+
+fn doc_bytes(doc: &TransferDoc) -> usize {
+    doc.key.len() + doc.snapshot.len() + doc.tail.iter().map(Vec::len).sum::<usize>()
+}
+
+/// Component-wise minimum (an origin absent from either is 0, i.e. absent).
+fn vector_min(a: &VersionVector, b: &VersionVector) -> VersionVector {
+    a.iter().filter_map(|(origin, seq)| Some((origin, seq.min(b.seq(origin)))).filter(|(_, s)| *s > 0)).collect()
+}
+
+impl Replica {
+    /// An unfinished transfer's progress, if any.
+    pub fn transfer_progress(&self) -> Result<Option<TransferProgress>, StorageError> {
+        let txn = self.db.begin_read()?;
+        read_progress(&txn.open_table(storage::META)?)
+    }
+
+    /// Claims the receiving side of a state transfer for `donor` until `now_ms + lease_ms`
+    /// (renewed by every claim of the holder): several sessions may be offered a transfer
+    /// at once, and one progress record can follow one donor at a time. `false` while
+    /// another donor's lease runs. In memory only: after a restart nobody holds it, and
+    /// the persisted progress resumes with whichever donor claims it first.
+    pub fn claim_transfer(&mut self, donor: NodeId, now_ms: u64, lease_ms: u64) -> bool {
+        match self.transfer_claim {
+            Some((holder, at)) if holder != donor && now_ms < at.saturating_add(lease_ms) => false,
+            _ => {
+                self.transfer_claim = Some((donor, now_ms));
+                true
+            }
+        }
+    }
+
+    /// Donor side: the documents after `after` in key order, at most `docs_max` and about
+    /// `bytes_max` bytes (at least one document if any follows), with the snapshot's
+    /// version vector. A document above [`TRANSFER_DOC_BYTES_MAX`] cannot be sent.
+    pub fn export_transfer(
+        &self,
+        after: &[u8],
+        docs_max: usize,
+        bytes_max: usize,
+    ) -> Result<TransferBatch, StorageError> {
+        assert!(docs_max >= 1, "a transfer batch holds at least one document");
+        let txn = self.db.begin_read()?;
+        let vector = read::Snapshot::version_vector_of(&txn)?;
+        let heads = txn.open_table(storage::DOC_HEADS)?;
+        let snapshots = txn.open_table(storage::DOCS)?;
+        let tails = txn.open_table(storage::DOC_TAIL)?;
+        let start = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after) };
+        let mut docs = Vec::new();
+        let mut bytes = 0usize;
+        for item in heads.range::<&[u8]>((start, Bound::Unbounded))? {
+            let (key, value) = item?;
+            let key = key.value().to_vec();
+            let (tail_len, _) = storage::decode_heads(value.value())?;
+            let snapshot = storage::get_bytes(&snapshots, &key)?.unwrap_or_default();
+            let mut tail = Vec::with_capacity(tail_len as usize);
+            for position in 0..tail_len {
+                let change = storage::get_bytes(&tails, &storage::tail_key(&key, position))?
+                    .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
+                tail.push(change);
+            }
+            let doc = TransferDoc { key, snapshot, tail };
+            let size = doc_bytes(&doc);
+            if size > TRANSFER_DOC_BYTES_MAX {
+                return Err(StorageError::DocTooLargeToTransfer {
+                    doc: super::describe_doc_key(&doc.key),
+                    bytes: size,
+                });
+            }
+            if !docs.is_empty() && (docs.len() >= docs_max || bytes + size > bytes_max) {
+                let last = docs.last().map(|d: &TransferDoc| d.key.clone()).expect("not empty");
+                return Ok(TransferBatch { vector, after: after.to_vec(), last, docs, done: false });
+            }
+            bytes += size;
+            docs.push(doc);
+        }
+        let last = docs.last().map_or_else(|| after.to_vec(), |d| d.key.clone());
+        Ok(TransferBatch { vector, after: after.to_vec(), last, docs, done: true })
+    }
+
+    /// A whole state transfer from another replica of this process, batch by batch with
+    /// the session's bounds: seeds a node from a store file (a backup, say) by documents,
+    /// without its log. Returns the last batch's report (the install).
+    pub fn transfer_from(&mut self, donor: &Replica) -> Result<TransferReport, ApplyError> {
+        loop {
+            let cursor = self.transfer_progress()?.map(|p| p.cursor).unwrap_or_default();
+            let batch = donor.export_transfer(&cursor, TRANSFER_DOCS_MAX, 1 << 20)?;
+            let report = self.import_transfer(donor.node_id(), batch)?;
+            if report.installed.is_some() {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Receiver side: checks and merges a batch from `donor`, re-deriving everything that
+    /// depends on its documents, and records the progress, in one durable transaction (all
+    /// or nothing). The batch must continue from the persisted cursor (or from the start if
+    /// no transfer is in progress). The batch marked `done` also installs the vector:
+    /// `V := max(V, W_min)`, the log floor raised where the log now has a gap, pending
+    /// changes at or below `V` dropped, the progress removed.
+    pub fn import_transfer(&mut self, donor: NodeId, batch: TransferBatch) -> Result<TransferReport, ApplyError> {
+        if let Some(refusal) = self.fault_refusal() {
+            return Err(ApplyError::Storage(refusal));
+        }
+        let previous = self.transfer_progress()?;
+        let cursor = previous.as_ref().map(|p| p.cursor.as_slice()).unwrap_or_default();
+        check_shape(&batch, cursor)?;
+        let progress = TransferProgress {
+            donor,
+            vector: previous.as_ref().map_or_else(|| batch.vector.clone(), |p| vector_min(&p.vector, &batch.vector)),
+            cursor: batch.last.clone(),
+            docs: previous.as_ref().map_or(0, |p| p.docs) + batch.docs.len() as u64,
+            batches: previous.as_ref().map_or(0, |p| p.batches) + 1,
+        };
+        let checked = self.check_docs(&batch)?;
+        let docs = checked.len();
+        let outcome = self.import_txn(checked, &progress, batch.done);
+        let docs_changed = match outcome {
+            Ok(changed) => changed,
+            Err(error) => {
+                return Err(match error {
+                    ApplyError::Storage(e) => ApplyError::Storage(self.recover(e)),
+                    refused => match self.reload_state() {
+                        Ok(()) => refused,
+                        Err(e) => ApplyError::Storage(self.recover(e)),
+                    },
+                })
+            }
+        };
+        let installed = batch.done.then(|| self.versions.clone());
+        if installed.is_some() {
+            self.transfer_claim = None;
+            let mut report = super::ApplyReport::default();
+            self.drain_pending(&mut report)?;
+        }
+        tracing::debug!(%donor, docs, docs_changed, done = batch.done, "state transfer batch imported");
+        Ok(TransferReport { docs, docs_changed, progress, installed })
+    }
+
+    /// Loads every document of the batch (contained) and checks its changes' authors:
+    /// each must be a node of the batch's vector or of this replica's.
+    fn check_docs(&self, batch: &TransferBatch) -> Result<Vec<CheckedDoc>, ApplyError> {
+        let mut checked = Vec::with_capacity(batch.docs.len());
+        for (index, stored) in batch.docs.iter().enumerate() {
+            let bad = |reason: String| ApplyError::Invalid {
+                index,
+                source: ChangeError::BadDocChange { doc: index, reason },
+            };
+            let key = DocKey::decode(&stored.key).map_err(|e| bad(e.to_string()))?;
+            let mut loaded = doc::load_doc(self.node, &stored.snapshot, Vec::new()).map_err(bad)?;
+            // The snapshot's authors from its history; the tail's from the parsed changes
+            // (most rows have no snapshot: one change in the tail).
+            let mut actors = match stored.snapshot.is_empty() {
+                true => Vec::new(),
+                false => contain("get_changes", || {
+                    loaded.get_changes(&[]).iter().map(|c| c.actor_id().to_bytes().to_vec()).collect::<Vec<_>>()
+                })
+                .map_err(|e| bad(e.to_string()))?,
+            };
+            let mut tail = Vec::with_capacity(stored.tail.len());
+            for bytes in &stored.tail {
+                let change = doc::parse_change(bytes.clone()).map_err(bad)?;
+                actors.push(change.actor_id().to_bytes().to_vec());
+                tail.push(change);
+            }
+            doc::apply_changes(&mut loaded, tail).map_err(bad)?;
+            if actors.is_empty() {
+                return Err(bad("a document without changes".into()));
+            }
+            let known = |actor: &Vec<u8>| {
+                NodeId::from_slice(actor).is_some_and(|n| batch.vector.seq(n) > 0 || self.versions.seq(n) > 0)
+            };
+            if !actors.iter().all(known) {
+                return Err(bad("a change by a node neither side's vector holds anything from".into()));
+            }
+            let changes = actors.len() as u64;
+            let loaded =
+                WorkingDoc { doc: Box::new(loaded), tail_len: stored.tail.len() as u32, created: true, changes };
+            checked.push(CheckedDoc { key_bytes: stored.key.clone(), key, stored: stored.clone(), loaded });
+        }
+        Ok(checked)
+    }
+
+    fn import_txn(
+        &mut self,
+        docs: Vec<CheckedDoc>,
+        progress: &TransferProgress,
+        done: bool,
+    ) -> Result<usize, ApplyError> {
+        let txn = self.begin_durable_write()?;
+        let changed_count;
+        {
+            let mut tables = WriteTables::open(&txn)?;
+            let mut changed = Vec::with_capacity(docs.len());
+            for doc in docs {
+                if let Some(changed_doc) = self.stage_transferred(&mut tables, doc, progress.donor)? {
+                    changed.push(changed_doc);
+                }
+            }
+            changed_count = changed.len();
+            self.record_changes(&mut tables, changed, &[]).map_err(RecordError::into_apply)?;
+            if done {
+                self.install(&mut tables, &progress.vector)?;
+                tables.meta.remove(storage::META_TRANSFER)?;
+            } else {
+                tables.meta.insert(storage::META_TRANSFER, codec::encode(progress).as_slice())?;
+            }
+        }
+        txn.commit().map_err(StorageError::from)?;
+        Ok(changed_count)
+    }
+
+    /// Stores one transferred document: verbatim if this replica lacks it, else merged
+    /// into ours and saved whole. `None` if ours already held every change.
+    fn stage_transferred<'d>(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        doc: CheckedDoc,
+        donor: NodeId,
+    ) -> Result<Option<ChangedDoc<'d>>, ApplyError> {
+        let CheckedDoc { key_bytes, key, stored, mut loaded } = doc;
+        let inconsistent = |reason: String| ApplyError::Inconsistent { origin: donor, seq: 0, reason };
+        let working = match self.take_doc(tables, &key_bytes)? {
+            None => {
+                if !stored.snapshot.is_empty() {
+                    tables.docs.insert(key_bytes.as_slice(), stored.snapshot.as_slice())?;
+                }
+                for (position, change) in stored.tail.iter().enumerate() {
+                    tables.tail.insert(storage::tail_key(&key_bytes, position as u32).as_slice(), change.as_slice())?;
+                }
+                loaded
+            }
+            Some(mut ours) => {
+                let before = doc::heads(&mut ours.doc);
+                let theirs = contain("get_changes", || {
+                    loaded.doc.get_changes(&[]).into_iter().cloned().collect::<Vec<automerge::Change>>()
+                })
+                .map_err(|e| inconsistent(e.to_string()))?;
+                doc::apply_changes(&mut ours.doc, theirs).map_err(inconsistent)?;
+                if doc::heads(&mut ours.doc) == before {
+                    self.cache.put(key_bytes, ours);
+                    return Ok(None);
+                }
+                let snapshot = ours.doc.save();
+                tables.docs.insert(key_bytes.as_slice(), snapshot.as_slice())?;
+                for position in 0..ours.tail_len {
+                    tables.tail.remove(storage::tail_key(&key_bytes, position).as_slice())?;
+                }
+                ours.tail_len = 0;
+                ours.changes = doc::change_count(&mut ours.doc);
+                ours.created = false;
+                ours
+            }
+        };
+        Ok(Some(ChangedDoc { key_bytes, key, working, new_changes: Vec::new(), cause: (donor, 0) }))
+    }
+
+    /// Installs `vector` at the end of a transfer: `V := max(V, vector)`, the floor raised
+    /// to `vector[o]` wherever `V[o]` was below it (the log has a gap there), pending
+    /// changes at or below the new `V` dropped.
+    fn install(&mut self, tables: &mut WriteTables<'_>, vector: &VersionVector) -> Result<(), StorageError> {
+        let mut floor_raised = false;
+        for (origin, seq) in vector.iter() {
+            if self.versions.seq(origin) < seq {
+                assert!(origin != self.node, "a donor cannot hold more of this node's changes than it made");
+                self.versions.set(origin, seq);
+                tables.versions.insert(origin.as_bytes().as_slice(), seq)?;
+                if self.floor.seq(origin) < seq {
+                    self.floor.set(origin, seq);
+                    floor_raised = true;
+                }
+            }
+        }
+        if floor_raised {
+            super::compact::record_log_floor(&mut tables.meta, &self.floor)?;
+        }
+        let mut held = Vec::new();
+        for item in tables.pending.iter()? {
+            let key = item?.0.value().to_vec();
+            let (origin, seq) = keys::decode_log_key(&key).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            if seq <= self.versions.seq(origin) {
+                held.push(key);
+            }
+        }
+        for key in held {
+            tables.pending.remove(key.as_slice())?;
+        }
+        debug_assert!(self.floor.iter().all(|(o, f)| f <= self.versions.seq(o)), "floor ≤ V");
+        Ok(())
+    }
+}
+
+/// The batch's own consistency: document count, keys increasing after the cursor, tails
+/// shorter than a document keeps, and `last` the last key.
+fn check_shape(batch: &TransferBatch, cursor: &[u8]) -> Result<(), ApplyError> {
+    let malformed = |what: &str| ApplyError::Invalid { index: 0, source: ChangeError::Malformed(what.to_string()) };
+    if batch.after != cursor {
+        return Err(malformed("a transfer batch that does not continue from the receiver's cursor"));
+    }
+    if batch.docs.len() > TRANSFER_DOCS_MAX || (batch.docs.is_empty() && !batch.done) {
+        return Err(malformed("a transfer batch holds 1 to TRANSFER_DOCS_MAX documents (or none when done)"));
+    }
+    let mut previous = batch.after.as_slice();
+    for doc in &batch.docs {
+        let in_order = previous.is_empty() || doc.key.as_slice() > previous;
+        if doc.key.is_empty() || doc.key.len() > DOC_KEY_BYTES_MAX || !in_order {
+            return Err(malformed("transfer document keys must be valid and strictly increase after the cursor"));
+        }
+        if doc.tail.len() >= DOC_TAIL_CHANGES_MAX as usize || (doc.snapshot.is_empty() && doc.tail.is_empty()) {
+            return Err(malformed("a transferred document needs a snapshot or a tail shorter than a document keeps"));
+        }
+        previous = &doc.key;
+    }
+    if batch.last.as_slice() != previous {
+        return Err(malformed("a transfer batch's cursor is not its last key"));
+    }
+    Ok(())
+}
+
+fn read_progress(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<Option<TransferProgress>, StorageError> {
+    match meta.get(storage::META_TRANSFER)? {
+        Some(bytes) => codec::decode(bytes.value()).map(Some).map_err(|e| StorageError::Corrupt(e.to_string())),
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_min_drops_origins_either_side_lacks() {
+        let (a, b, c) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([3; 16]));
+        let x: VersionVector = [(a, 5), (b, 2)].into_iter().collect();
+        let y: VersionVector = [(a, 3), (c, 9)].into_iter().collect();
+        assert_eq!(vector_min(&x, &y), [(a, 3)].into_iter().collect());
+    }
+}

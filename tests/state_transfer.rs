@@ -1,0 +1,248 @@
+//! State transfer between replicas (`docs/design.md` § "State transfer"): a receiver that
+//! gets a donor's documents batch by batch ends with the donor's state digest and an intact
+//! store, installs the donor's vector (its log floor marking the gap), resumes an
+//! interrupted transfer from its persisted cursor, and refuses hostile batches whole.
+
+mod common;
+
+use common::{assert_healthy, insert, node, open, sensors, sync};
+use edgestore::{ApplyError, IndexSchema, Replica, StorageError, TransferBatch, Value, VersionVector, WriteBatch};
+use tempfile::TempDir;
+
+/// A donor with a table, an index, 60 rows (some updated past a document's tail limit, some
+/// deleted, some with concurrent conflicting values from a second writer) and a second table.
+fn donor(dir: &TempDir) -> (Replica, Replica) {
+    let mut a = open(dir, 1);
+    let mut b = open(dir, 2);
+    a.write(WriteBatch::new().create_table(sensors()), 0).unwrap();
+    a.write(WriteBatch::new().create_index(IndexSchema::new("by_name", "sensors", &["name"])), 0).unwrap();
+    for id in 0..60 {
+        a.write(insert(id, &format!("s{id}")), 0).unwrap();
+    }
+    for round in 0..70 {
+        a.write(WriteBatch::new().increment("sensors", vec![Value::from(3)], "hits", 1), round).unwrap();
+    }
+    for id in 40..45 {
+        a.write(WriteBatch::new().delete("sensors", vec![Value::from(id)]), 0).unwrap();
+    }
+    sync(&a, &mut b);
+    let rename =
+        |id: i64, name: &str| WriteBatch::new().update("sensors", vec![Value::from(id)], [("name", Value::from(name))]);
+    a.write(rename(7, "from-a"), 0).unwrap();
+    b.write(rename(7, "from-b"), 0).unwrap();
+    let other = sensors();
+    b.write(WriteBatch::new().create_table(edgestore::TableSchema { name: "other".into(), ..other }), 0).unwrap();
+    sync(&b, &mut a);
+    sync(&a, &mut b);
+    (a, b)
+}
+
+/// Moves every document of `from` into `to`, `docs_max` per batch.
+fn transfer(from: &Replica, to: &mut Replica, docs_max: usize) -> usize {
+    let mut batches = 0;
+    loop {
+        let cursor = to.transfer_progress().unwrap().map(|p| p.cursor).unwrap_or_default();
+        let batch = from.export_transfer(&cursor, docs_max, 1 << 20).unwrap();
+        let done = batch.done;
+        let report = to.import_transfer(from.node_id(), batch).unwrap();
+        batches += 1;
+        if done {
+            assert_eq!(report.installed.as_ref(), Some(to.version_vector()));
+            return batches;
+        }
+    }
+}
+
+#[test]
+fn a_new_node_catches_up_by_documents() {
+    let dir = TempDir::new().unwrap();
+    let (a, _b) = donor(&dir);
+    let mut c = open(&dir, 3);
+    let batches = transfer(&a, &mut c, 7);
+    assert!(batches > 5, "{batches} batches");
+    assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());
+    assert_eq!(c.version_vector(), a.version_vector());
+    // Its log has nothing: the floor is the whole installed vector.
+    assert_eq!(c.log_floor(), a.version_vector());
+    assert!(c.transfer_progress().unwrap().is_none());
+    assert_healthy(&c);
+    assert_eq!(c.heads_tree().unwrap(), a.heads_tree().unwrap());
+    // It cannot serve a peer from its log below the floor...
+    let below = c.changes_since(&VersionVector::new(), 10, 1 << 20);
+    assert!(matches!(below, Err(StorageError::BelowLogFloor { .. })), "{below:?}");
+    // ...but delta sync continues above it, both ways.
+    let mut a = a;
+    a.write(insert(100, "after"), 0).unwrap();
+    sync(&a, &mut c);
+    c.write(insert(101, "from-c"), 0).unwrap();
+    sync(&c, &mut a);
+    assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());
+    assert_healthy(&a);
+    assert_healthy(&c);
+}
+
+#[test]
+fn an_interrupted_transfer_resumes_across_snapshots() {
+    let dir = TempDir::new().unwrap();
+    let (mut a, _b) = donor(&dir);
+    let mut c = open(&dir, 3);
+    for _ in 0..3 {
+        let cursor = c.transfer_progress().unwrap().map(|p| p.cursor).unwrap_or_default();
+        let batch = a.export_transfer(&cursor, 5, 1 << 20).unwrap();
+        assert!(!batch.done);
+        c.import_transfer(a.node_id(), batch).unwrap();
+    }
+    let vector_before = a.version_vector().clone();
+    // The donor moves on (later batches come from later snapshots), the receiver restarts.
+    for id in 200..230 {
+        a.write(insert(id, "later"), 0).unwrap();
+    }
+    drop(c);
+    let mut c = open(&dir, 3);
+    let progress = c.transfer_progress().unwrap().expect("progress survives a restart");
+    assert_eq!(progress.batches, 3);
+    assert_eq!(progress.docs, 15);
+    assert_eq!(progress.vector, vector_before);
+    assert!(c.version_vector().is_empty(), "nothing installed before the end");
+    transfer(&a, &mut c, 5);
+    // The install vector is the minimum over the batches' snapshots, so the rest comes by log.
+    assert_eq!(c.version_vector(), &vector_before);
+    sync(&a, &mut c);
+    assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());
+    assert_healthy(&c);
+}
+
+#[test]
+fn a_returning_node_keeps_what_it_wrote_while_away() {
+    let dir = TempDir::new().unwrap();
+    let (mut a, mut b) = donor(&dir);
+    // b is away: both sides write; b's own rows exist nowhere else.
+    for id in 300..310 {
+        a.write(insert(id, "a-while-away"), 0).unwrap();
+        b.write(insert(id + 100, "b-while-away"), 0).unwrap();
+    }
+    b.write(WriteBatch::new().update("sensors", vec![Value::from(1)], [("name", Value::from("b1"))]), 0).unwrap();
+    let own = b.version_vector().seq(b.node_id());
+    transfer(&a, &mut b, 16);
+    assert_eq!(b.version_vector().seq(b.node_id()), own, "its own changes are not below anything");
+    assert_eq!(b.log_floor().seq(b.node_id()), 0);
+    assert_eq!(b.log_floor().seq(a.node_id()), a.version_vector().seq(a.node_id()));
+    assert_healthy(&b);
+    // What it wrote while away still goes out by its log.
+    sync(&b, &mut a);
+    assert_eq!(b.state_digest().unwrap(), a.state_digest().unwrap());
+    assert!(a.snapshot().unwrap().get("sensors", &[Value::from(405)]).unwrap().is_some());
+    assert_healthy(&a);
+}
+
+/// Imports `batch` into a fresh copy of the receiver state and expects a refusal that
+/// changed nothing.
+fn assert_refused(c: &mut Replica, donor: edgestore::NodeId, batch: TransferBatch) {
+    let digest = c.state_digest().unwrap();
+    let progress = c.transfer_progress().unwrap();
+    let vector = c.version_vector().clone();
+    let outcome = c.import_transfer(donor, batch);
+    assert!(matches!(outcome, Err(ApplyError::Invalid { .. } | ApplyError::Inconsistent { .. })), "{outcome:?}");
+    assert_eq!(c.state_digest().unwrap(), digest);
+    assert_eq!(c.transfer_progress().unwrap(), progress);
+    assert_eq!(c.version_vector(), &vector);
+    assert_healthy(c);
+}
+
+#[test]
+fn hostile_batches_are_refused_whole() {
+    let dir = TempDir::new().unwrap();
+    let (a, _b) = donor(&dir);
+    let mut c = open(&dir, 3);
+    let first = a.export_transfer(&[], 4, 1 << 20).unwrap();
+    c.import_transfer(a.node_id(), first.clone()).unwrap();
+    let next = a.export_transfer(&first.last, 8, 1 << 20).unwrap();
+    let with = |edit: &dyn Fn(&mut TransferBatch)| {
+        let mut batch = next.clone();
+        edit(&mut batch);
+        batch
+    };
+    // A flipped byte in a snapshot or a tail change, in the batch's last document.
+    let snapshot_doc = next.docs.iter().position(|d| !d.snapshot.is_empty());
+    if let Some(i) = snapshot_doc {
+        assert_refused(
+            &mut c,
+            a.node_id(),
+            with(&|b| {
+                let s = &mut b.docs[i].snapshot;
+                let at = s.len() / 2;
+                s[at] ^= 0x40;
+            }),
+        );
+    }
+    assert_refused(
+        &mut c,
+        a.node_id(),
+        with(&|b| {
+            let last = b.docs.len() - 1;
+            let doc = &mut b.docs[last];
+            if let Some(change) = doc.tail.last_mut() {
+                let at = change.len() - 1;
+                change[at] ^= 1;
+            } else {
+                doc.snapshot.truncate(doc.snapshot.len() / 2);
+            }
+        }),
+    );
+    // Out of order, a gap after the cursor, a wrong cursor, a wrong `last`.
+    assert_refused(&mut c, a.node_id(), with(&|b| b.docs.swap(0, 1)));
+    assert_refused(&mut c, a.node_id(), with(&|b| b.after = b.docs[0].key.clone()));
+    assert_refused(&mut c, a.node_id(), with(&|b| b.last = b.docs[0].key.clone()));
+    // A malformed key, an empty document, a tail longer than a document keeps.
+    assert_refused(
+        &mut c,
+        a.node_id(),
+        with(&|b| {
+            let last = b.docs.len() - 1;
+            b.docs[last].key = vec![0x02, 0xFF];
+            b.last = vec![0x02, 0xFF];
+        }),
+    );
+    assert_refused(
+        &mut c,
+        a.node_id(),
+        with(&|b| {
+            b.docs[1].snapshot.clear();
+            b.docs[1].tail.clear();
+        }),
+    );
+    assert_refused(
+        &mut c,
+        a.node_id(),
+        with(&|b| {
+            let change = b.docs.iter().flat_map(|d| d.tail.first()).next().cloned().expect("a tail change");
+            b.docs[1].tail = vec![change; 64];
+        }),
+    );
+    // Changes by a node the vector does not name.
+    assert_refused(&mut c, a.node_id(), with(&|b| b.vector = [(node(9), 1)].into_iter().collect()));
+    // A row whose table the receiver does not know (catalog documents were skipped).
+    let rows_only = a.export_transfer(&[0x02], 8, 1 << 20).unwrap();
+    let mut d = open(&dir, 4);
+    let mut rows_only = rows_only;
+    rows_only.after = Vec::new();
+    assert_refused(&mut d, a.node_id(), rows_only);
+    // The genuine batch still imports, and the transfer completes.
+    c.import_transfer(a.node_id(), next).unwrap();
+    transfer(&a, &mut c, 64);
+    assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());
+}
+
+#[test]
+fn a_change_below_the_floor_is_a_duplicate() {
+    let dir = TempDir::new().unwrap();
+    let (a, _b) = donor(&dir);
+    let mut c = open(&dir, 3);
+    transfer(&a, &mut c, 100);
+    // A third node that replays the whole log from the start: nothing is parked or applied.
+    let report = c.apply_remote(common::log_of(&a)).unwrap();
+    assert_eq!(report.applied, 0);
+    assert_eq!(report.parked, 0);
+    assert_eq!(c.pending_changes().unwrap(), 0);
+    assert_healthy(&c);
+}
