@@ -68,6 +68,10 @@ pub fn encode_tuple(values: &[Value]) -> Vec<u8> {
     for value in values {
         encode_value(value, &mut out);
     }
+    debug_assert!(
+        decode_tuple(&out).is_ok_and(|back| back.len() == values.len()),
+        "an encoded tuple must decode to as many values as it was encoded from"
+    );
     out
 }
 
@@ -176,6 +180,7 @@ pub fn row_key(table: &str, pk: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + table.len() + pk.len());
     encode_name(table, &mut out);
     out.extend_from_slice(pk);
+    debug_assert!(decode_name(&out).is_ok_and(|(name, rest)| name == table && rest == pk));
     out
 }
 
@@ -186,6 +191,7 @@ pub fn index_key(index: &str, values: &[u8], pk: &[u8]) -> Vec<u8> {
     encode_name(index, &mut out);
     out.extend_from_slice(values);
     out.extend_from_slice(pk);
+    debug_assert!(decode_name(&out).is_ok_and(|(name, rest)| name == index && rest.len() == values.len() + pk.len()));
     out
 }
 
@@ -194,6 +200,7 @@ pub fn log_key(origin: NodeId, seq: u64) -> [u8; NODE_ID_BYTES + 8] {
     let mut out = [0u8; NODE_ID_BYTES + 8];
     out[..NODE_ID_BYTES].copy_from_slice(origin.as_bytes());
     out[NODE_ID_BYTES..].copy_from_slice(&seq.to_be_bytes());
+    debug_assert_eq!(decode_log_key(&out), Ok((origin, seq)));
     out
 }
 

@@ -53,7 +53,21 @@ pub fn encode(values: &[Value]) -> Vec<u8> {
             }
         }
     }
+    debug_assert!(
+        decode(&out).is_ok_and(|back| same_values(&back, values)),
+        "a record must decode to the values it was encoded from"
+    );
     out
+}
+
+/// Whether two rows hold the same values, reals compared by bits (so NaN equals itself):
+/// the shadow check of [`encode`].
+fn same_values(a: &[Value], b: &[Value]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|pair| match pair {
+            (Value::Real(x), Value::Real(y)) => x.to_bits() == y.to_bits(),
+            (x, y) => x == y,
+        })
 }
 
 /// Decodes a record.
@@ -94,6 +108,7 @@ pub fn decode(mut input: &[u8]) -> Result<Vec<Value>, RecordError> {
     if !input.is_empty() {
         return Err(RecordError("trailing bytes"));
     }
+    debug_assert_eq!(values.len() as u64, count, "a decoded record has the count it declares");
     Ok(values)
 }
 
@@ -106,11 +121,13 @@ fn unzigzag(v: u64) -> i64 {
 }
 
 fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    let start = out.len();
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
     }
     out.push(v as u8);
+    debug_assert!(out.len() - start <= 10, "a u64 varint takes at most 10 bytes");
 }
 
 fn take_varint(input: &mut &[u8]) -> Result<u64, RecordError> {
