@@ -44,7 +44,7 @@ pub struct HeadsTree {
 impl std::fmt::Debug for HeadsTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (docs, root) = self.root();
-        write!(f, "HeadsTree {{ docs: {docs}, root: {:02x}{:02x}{:02x}{:02x}… }}", root[0], root[1], root[2], root[3])
+        write!(f, "HeadsTree {{ docs: {docs}, root: {}… }}", hex::encode(&root[..4]))
     }
 }
 

@@ -52,7 +52,7 @@ pub struct ClusterId(pub [u8; 16]);
 impl std::fmt::Display for ClusterId {
     /// Lower-case hex, as node ids are shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+        f.write_str(&hex::encode(self.0))
     }
 }
 
