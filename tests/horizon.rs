@@ -103,6 +103,38 @@ fn forwarded_claims_are_capped_at_the_forwarder() {
     assert_eq!(held(&a.horizon(2, PEER_HORIZON_MS), 1).held, VersionVector::new());
 }
 
+/// Claims of changes this node does not hold — more of its own than it has made, of an
+/// origin it has not received yet — never lift its horizon above its vector: the minimum
+/// includes `V`. The claims are kept as made (entries only grow), so they also cover this
+/// node's later changes; what a lying member lacks below the horizon it can only get by
+/// state transfer (`sync-protocol/tests/state_transfer.rs`), never lose.
+#[test]
+fn claims_above_what_this_node_holds_do_not_lift_the_horizon_above_its_vector() {
+    let dir = TempDir::new().unwrap();
+    let (mut a, b, mut c) = three(&dir);
+    write(&mut a, 1);
+    write(&mut c, 2);
+    assert_eq!(a.version_vector(), &vector(&[(1, 2)]));
+    // B and C claim A's changes up to 9 and C's first; A holds neither A's 3.. nor C's 1.
+    let inflated = [(1, 9), (3, 1)];
+    a.record_held(b.node_id(), &[claim(2, &inflated)], 1).unwrap();
+    a.record_held(c.node_id(), &[claim(3, &inflated)], 1).unwrap();
+    let h = a.horizon(1, PEER_HORIZON_MS);
+    assert_eq!(h.waiting_for, vec![c.node_id()], "C reported a change of its own that A lacks");
+    assert_eq!(h.vector, VersionVector::new());
+    sync(&c, &mut a);
+    let h = a.horizon(2, PEER_HORIZON_MS);
+    assert!(h.waiting_for.is_empty());
+    assert_eq!(&h.vector, a.version_vector(), "capped at A's vector, not at the claims");
+    assert_eq!(held(&h, 2).held, vector(&inflated), "the claim is kept as made");
+    assert_eq!(held(&h, 2).lag_changes, 0);
+    // A's next change is covered by the claims made before it.
+    write(&mut a, 3);
+    let h = a.horizon(3, PEER_HORIZON_MS);
+    assert_eq!(&h.vector, a.version_vector());
+    assert_eq!(h.vector, vector(&[(1, 3), (3, 1)]));
+}
+
 /// A member not heard of for longer than the peer horizon stops holding it back, and is
 /// shown as beyond it; this node itself never is.
 #[test]

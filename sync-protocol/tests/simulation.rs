@@ -24,8 +24,15 @@
 //! mesh while writes, partitions and crashes go on is offered documents by them and log
 //! replay by the others, and the mesh converges with nothing acknowledged lost.
 //!
+//! Away past the peer horizon: with a 60 s peer horizon, a node cut off for longer keeps
+//! acknowledging writes while the others compact their logs past what it holds (and it
+//! compacts its own, the others being beyond its horizon); after the heal the mesh
+//! converges by state transfer with nothing acknowledged lost, the node's offline writes
+//! included. The invariants exempt it, both ways, until it has caught up.
+//!
 //! Every run prints its seed; the same seed gives the same run. `EDGESTORE_SIM_SEED=<n>`
-//! replays one schedule; `EDGESTORE_SIM_SCHEDULES=<n>` runs a longer sweep (default 200).
+//! replays one schedule; `EDGESTORE_SIM_SCHEDULES=<n>` runs a longer sweep (default 200),
+//! `EDGESTORE_SIM_AWAY_SCHEDULES=<n>` a longer sweep of the away scenario (default 8).
 
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
@@ -39,7 +46,8 @@ use sync_protocol::{Backoff, ClusterId, Event, Frame, Session, SessionConfig};
 const CONVERGENCE_BOUND_MS: u64 = 60_000;
 /// Rows every node may update concurrently (created before the faults start).
 const SHARED_ROWS: i64 = 4;
-/// `lifecycle.peer_horizon`'s default: no node of a schedule is away that long.
+/// `lifecycle.peer_horizon`'s default: no node of most schedules is away that long
+/// (`Sim::peer_horizon_ms`; the away scenario shortens it).
 const PEER_HORIZON_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Log entries each node's compaction step removes at most (small, so steps are partial).
 const COMPACT_STEP_ENTRIES: usize = 8;
@@ -91,6 +99,13 @@ struct Node {
     /// (design.md § Causal-stability horizon, joins: such a node catches up by state
     /// transfer before it holds anyone's horizon back).
     joining: bool,
+    /// Cut off for longer than the peer horizon (design.md § Causal-stability horizon,
+    /// beyond the peer horizon): the others' horizons and floors may pass what it holds,
+    /// and its own may pass what they hold, until it is back and has caught up
+    /// (`end_away`).
+    away: bool,
+    /// An away node's links are up again: its exemption ends once it has caught up.
+    back: bool,
 }
 
 /// What the workload was told succeeded.
@@ -131,6 +146,8 @@ struct Sim {
     below_floor_closes: u64,
     /// State-transfer batches delivered since the counter was reset.
     transfer_batches: u64,
+    /// `lifecycle.peer_horizon` of every node: members silent longer stop counting.
+    peer_horizon_ms: u64,
     _dir: tempfile::TempDir,
 }
 
@@ -148,6 +165,8 @@ fn new_node(dir: &tempfile::TempDir, i: usize) -> Node {
         backoff: BTreeMap::new(),
         horizon: None,
         joining: false,
+        away: false,
+        back: false,
     }
 }
 
@@ -189,6 +208,7 @@ impl Sim {
             compacted: 0,
             below_floor_closes: 0,
             transfer_batches: 0,
+            peer_horizon_ms: PEER_HORIZON_MS,
             _dir: dir,
         };
         // Every node of the mesh is a configured peer of every other: a member from the start.
@@ -360,8 +380,14 @@ impl Sim {
 
     fn local_write(&mut self) {
         let node = self.rng.random_range(0..self.nodes.len());
+        self.local_write_on(node);
+    }
+
+    /// One write of a random kind on `node` (if it is up); counted if acknowledged, and
+    /// returns whether it was.
+    fn local_write_on(&mut self, node: usize) -> bool {
         if self.nodes[node].replica.is_none() {
-            return;
+            return false;
         }
         let now = self.now_ms as i64;
         let (batch, effect) = match self.rng.random_range(0..3) {
@@ -397,7 +423,9 @@ impl Sim {
             for link in self.nodes[node].links.values_mut() {
                 link.session.handle_store_changed();
             }
+            return true;
         }
+        false
     }
 
     fn crash_and_restart(&mut self) {
@@ -450,17 +478,20 @@ impl Sim {
     }
 
     /// The safety invariant of the causal-stability horizon: what node `n` counts as
-    /// stable, every node holds (every node of a schedule is a live member); and `h_n`
-    /// only grows while `n` runs (after a restart it may start lower: it is persisted with
+    /// stable, every node holds (every node of a schedule is a live member, but a joining
+    /// one, and one away past the peer horizon, which both sides may have passed); and
+    /// `h_n` only grows while `n` runs (after a restart it may start lower: it is persisted with
     /// the next write of held vectors).
     fn check_horizons(&mut self) {
         let (now, seed) = (self.now_ms, self.seed);
         self.end_joins(now);
+        self.end_away(now);
         for n in 0..self.nodes.len() {
             let Some(replica) = self.nodes[n].replica.as_ref() else { continue };
-            let h = replica.horizon(now, PEER_HORIZON_MS).vector;
+            let h = replica.horizon(now, self.peer_horizon_ms).vector;
             for (m, other) in self.nodes.iter().enumerate() {
-                let Some(other) = other.replica.as_ref().filter(|_| !self.nodes[m].joining) else { continue };
+                let exempt = self.nodes[m].joining || self.nodes[m].away || self.nodes[n].away;
+                let Some(other) = other.replica.as_ref().filter(|_| !exempt) else { continue };
                 assert!(
                     other.version_vector().dominates(&h),
                     "seed {seed}: at {now} ms node {n}'s horizon {h:?} is above node {m}'s vector {:?}",
@@ -478,7 +509,7 @@ impl Sim {
     fn assert_horizons_reached(&self) {
         for (n, node) in self.nodes.iter().enumerate() {
             let replica = node.replica.as_ref().expect("up");
-            let h = replica.horizon(self.now_ms, PEER_HORIZON_MS);
+            let h = replica.horizon(self.now_ms, self.peer_horizon_ms);
             assert_eq!(
                 &h.vector,
                 replica.version_vector(),
@@ -490,31 +521,30 @@ impl Sim {
     }
 
     /// One bounded compaction step on every node, up to its own causal-stability horizon
-    /// (what the daemon compacts to). Then where the step raised a node's floor, no
-    /// member's vector may be below it: nothing compacted is still needed somewhere. A
-    /// joining node is not yet a member (it catches up by state transfer, § State
-    /// transfer), as in `check_horizons`; and a floor installed by a state transfer (a node
-    /// that joined holds no log below what it installed) is not compaction's doing.
+    /// (what the daemon compacts to). Then no floor a step raised may be above any node's
+    /// vector: nothing compacted is still needed somewhere (but by a joining node, or by a
+    /// node away past the peer horizon, or on it: the one side catches the other up by
+    /// state transfer). A floor that installing a state transfer raised is not checked: that node's log never
+    /// held the changes below it, and the others still do (or their documents do).
     fn compact_logs(&mut self) {
-        let (now, seed) = (self.now_ms, self.seed);
-        let vectors: Vec<(usize, edgestore::VersionVector)> = (self.nodes.iter().enumerate())
-            .filter(|(_, n)| !n.joining)
-            .filter_map(|(m, n)| Some((m, n.replica.as_ref()?.version_vector().clone())))
+        let (now, seed, peer_horizon_ms) = (self.now_ms, self.seed, self.peer_horizon_ms);
+        let vectors: Vec<(usize, edgestore::VersionVector)> = (0..self.nodes.len())
+            .filter(|&m| !self.nodes[m].away && !self.nodes[m].joining)
+            .filter_map(|m| Some((m, self.nodes[m].replica.as_ref()?.version_vector().clone())))
             .collect();
         for i in 0..self.nodes.len() {
+            let away = self.nodes[i].away;
             let Some(replica) = self.nodes[i].replica.as_mut() else { continue };
-            let horizon = replica.horizon(now, PEER_HORIZON_MS).vector;
+            let horizon = replica.horizon(now, peer_horizon_ms).vector;
             let before = replica.log_floor().clone();
             let report = replica.compact_log_step(&horizon, COMPACT_STEP_ENTRIES).expect("compaction");
             self.compacted += report.entries_removed;
-            let raised = report.floor.iter().filter(|&(origin, seq)| seq > before.seq(origin));
-            for (origin, seq) in raised {
-                for (m, vector) in &vectors {
-                    assert!(
-                        vector.seq(origin) >= seq,
-                        "seed {seed}: at {now} ms node {i} compacted {origin:?} to {seq}, above node {m}'s vector"
-                    );
-                }
+            let raised: VersionVector = report.floor.iter().filter(|&(o, floor)| floor > before.seq(o)).collect();
+            for (m, vector) in vectors.iter().filter(|_| !away) {
+                assert!(
+                    vector.dominates(&raised),
+                    "seed {seed}: at {now} ms node {i} compacted its log above node {m}'s vector"
+                );
             }
         }
     }
@@ -1055,7 +1085,7 @@ impl Sim {
             let id = self.nodes[m].id;
             let caught_up = self.nodes.iter().enumerate().filter(|&(n, _)| n != m).all(|(_, node)| {
                 node.replica.as_ref().is_none_or(|r| {
-                    let horizon = r.horizon(now, PEER_HORIZON_MS);
+                    let horizon = r.horizon(now, self.peer_horizon_ms);
                     horizon.members.iter().any(|member| member.member == id)
                         && joiner.version_vector().dominates(&horizon.vector)
                 })
@@ -1165,4 +1195,173 @@ fn a_new_node_joins_a_mesh_whose_members_have_log_floors() {
         transferred += batches;
     }
     assert!(transferred > 0, "some schedule moved documents by state transfer");
+}
+
+/// The peer horizon of the away scenario: short in simulated time, so a node can be away
+/// past it within a schedule.
+const AWAY_PEER_HORIZON_MS: u64 = 60_000;
+
+impl Sim {
+    /// Nodes away past the peer horizon become ordinary nodes for the horizon and floor
+    /// invariants once every running node counts every other as a member heard within the
+    /// peer horizon, and holds every node's horizon and log floor: from then on a horizon
+    /// is a minimum over members that include every node.
+    fn end_away(&mut self, now: u64) {
+        if !self.nodes.iter().any(|n| n.away && n.back) || self.nodes.iter().any(|n| n.replica.is_none()) {
+            return;
+        }
+        let up: Vec<(NodeId, &Replica)> =
+            self.nodes.iter().map(|n| (n.id, n.replica.as_ref().expect("every node is up"))).collect();
+        let caught_up = up.iter().all(|(id, replica)| {
+            let horizon = replica.horizon(now, self.peer_horizon_ms);
+            let live = |other: &NodeId| horizon.members.iter().any(|m| m.member == *other && !m.beyond_horizon);
+            up.iter().all(|(other_id, other)| {
+                (other_id == id || live(other_id))
+                    && other.version_vector().dominates(&horizon.vector)
+                    && other.version_vector().dominates(replica.log_floor())
+            })
+        });
+        if caught_up {
+            for node in self.nodes.iter_mut().filter(|n| n.back) {
+                node.away = false;
+            }
+        }
+    }
+}
+
+/// What one away schedule did.
+struct AwayOutcome {
+    heal_to_converged_ms: u64,
+    /// How long the node was cut off, in simulated ms.
+    away_ms: u64,
+    /// Writes the away node acknowledged while cut off.
+    away_writes: usize,
+    /// State-transfer batches delivered after the heal.
+    transfer_batches: u64,
+    /// The away node compacted some of its offline writes out of its own log (the others
+    /// being beyond its horizon), so they reach the others by state transfer too.
+    own_writes_compacted: bool,
+}
+
+/// A node is cut off for longer than the peer horizon (60 s here) and keeps acknowledging
+/// writes (new rows, updates and increments of the shared rows) while the others write
+/// too, under drops, duplicates, reordering and crashes. Once it is beyond their horizon
+/// they compact their logs past what it holds, so log replay cannot catch it up; it
+/// compacts its own log likewise, the others being beyond its horizon. After the heal the
+/// mesh converges within the bound (by state transfer), no acknowledged write is lost —
+/// the away node's included — every store is intact, the idle mesh moves no sync data,
+/// and every horizon ends at the common vector.
+fn run_away_schedule(seed: u64) -> AwayOutcome {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xA3A7);
+    let node_count = rng.random_range(3..=4);
+    let mut sim = Sim::new(seed, node_count);
+    sim.peer_horizon_ms = AWAY_PEER_HORIZON_MS;
+    sim.run_for(1_000);
+    sim.busy_phase(&mut rng, 20);
+    sim.run_until_vectors_converge();
+    let away = rng.random_range(0..node_count);
+    sim.faults = Faults {
+        drop: rng.random_range(0.0..0.03),
+        duplicate: rng.random_range(0.0..0.03),
+        jitter_ms: rng.random_range(0..20),
+    };
+    apply_partition(&mut sim, Partition::Isolate(away), 0);
+    sim.nodes[away].away = true;
+    let cut_at = sim.now_ms;
+    let back_at = cut_at + AWAY_PEER_HORIZON_MS + rng.random_range(20_000..60_000);
+    let mut away_writes = 0;
+    while sim.now_ms < back_at {
+        sim.local_write();
+        if rng.random_bool(0.5) && sim.local_write_on(away) {
+            away_writes += 1;
+        }
+        let pause = rng.random_range(200..1_500);
+        sim.run_for(pause);
+        if rng.random_bool(0.02) {
+            sim.crash_and_restart();
+        }
+    }
+    // No more writes: the others' horizons settle while the node is still away.
+    sim.run_for(5_000);
+    let away_ms = sim.now_ms - cut_at;
+    assert!(away_writes > 0, "seed {seed}: the away node acknowledged writes while cut off");
+    let (now, away_id) = (sim.now_ms, sim.nodes[away].id);
+    let away_vector = sim.nodes[away].replica.as_ref().expect("up").version_vector().clone();
+    let mut passed = false;
+    for (n, node) in sim.nodes.iter().enumerate().filter(|&(n, _)| n != away) {
+        let replica = node.replica.as_ref().expect("up");
+        let horizon = replica.horizon(now, AWAY_PEER_HORIZON_MS);
+        let member = horizon.members.iter().find(|m| m.member == away_id).expect("the away node is a member");
+        assert!(member.beyond_horizon, "seed {seed}: node {n} still counts the away node {away}");
+        passed |= replica.log_floor().iter().any(|(origin, floor)| floor > away_vector.seq(origin));
+    }
+    assert!(passed, "seed {seed}: no node compacted its log past what the away node {away} holds");
+    let own_floor = sim.nodes[away].replica.as_ref().expect("up").log_floor().seq(away_id);
+    let own_writes_compacted = sim
+        .nodes
+        .iter()
+        .filter_map(|n| n.replica.as_ref())
+        .any(|r| r.node_id() != away_id && r.version_vector().seq(away_id) < own_floor);
+    sim.cut.clear();
+    sim.faults = CALM;
+    sim.nodes[away].back = true;
+    let (healed_at, batches_before) = (sim.now_ms, sim.transfer_batches);
+    while !sim.converged() {
+        assert!(sim.now_ms - healed_at <= CONVERGENCE_BOUND_MS, "seed {seed}: no convergence after heal");
+        sim.run_for(100);
+    }
+    let heal_to_converged_ms = sim.now_ms - healed_at;
+    check_state(&sim, seed);
+    let transfer_batches = sim.transfer_batches - batches_before;
+    sim.run_for(5_000);
+    sim.data_frames = 0;
+    sim.repair_frames = 0;
+    sim.run_for(30_000);
+    assert_eq!(sim.data_frames, 0, "seed {seed}: sync data crossed a converged, idle mesh");
+    assert_eq!(sim.repair_frames, 0, "seed {seed}: anti-entropy found divergence in a converged mesh");
+    let now = sim.now_ms;
+    sim.end_away(now);
+    assert!(!sim.nodes[away].away, "seed {seed}: the returned node holds every horizon and floor, and is live");
+    sim.assert_horizons_reached();
+    AwayOutcome { heal_to_converged_ms, away_ms, away_writes, transfer_batches, own_writes_compacted }
+}
+
+#[test]
+fn a_node_away_past_the_peer_horizon_returns_without_losing_writes() {
+    let seeds: Vec<u64> = match std::env::var("EDGESTORE_SIM_SEED") {
+        Ok(seed) => vec![seed.parse().expect("a u64 seed")],
+        Err(_) => {
+            let count: u64 =
+                std::env::var("EDGESTORE_SIM_AWAY_SCHEDULES").map(|n| n.parse().expect("a number")).unwrap_or(8);
+            (0..count).map(|i| 0xA3A0_0000 + i).collect()
+        }
+    };
+    println!("away scenario: {} schedules (replay one with EDGESTORE_SIM_SEED=<seed>)", seeds.len());
+    let (mut transferred, mut worst_ms) = (0, 0);
+    let mut failed = Vec::new();
+    for &seed in &seeds {
+        match std::panic::catch_unwind(|| run_away_schedule(seed)) {
+            Ok(outcome) => {
+                println!(
+                    "away scenario: seed {seed}: away {} ms, {} writes acknowledged there (compacted out of its own \
+                     log: {}), converged {} ms after heal, {} transfer batches",
+                    outcome.away_ms,
+                    outcome.away_writes,
+                    outcome.own_writes_compacted,
+                    outcome.heal_to_converged_ms,
+                    outcome.transfer_batches
+                );
+                transferred += outcome.transfer_batches;
+                worst_ms = worst_ms.max(outcome.heal_to_converged_ms);
+            }
+            Err(_) => failed.push(seed),
+        }
+    }
+    assert!(failed.is_empty(), "{} of {} away schedules failed, seeds {failed:?}", failed.len(), seeds.len());
+    assert!(transferred > 0, "the returning nodes caught up by state transfer");
+    println!(
+        "away scenario: {} schedules converged, 0 lost writes; slowest {worst_ms} ms after heal; {transferred} \
+         transfer batches",
+        seeds.len()
+    );
 }

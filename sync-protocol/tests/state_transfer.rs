@@ -173,7 +173,10 @@ fn transfer_frames_out_of_protocol_close_the_session() {
     // The donor offers instead of streaming.
     let offer = sc.poll_transmit(0, &c).unwrap();
     assert!(matches!(Frame::decode(&offer), Ok(Frame::TransferOffer { .. })));
-    assert!(sc.poll_transmit(0, &c).is_none(), "nothing streams before the request");
+    // Nothing streams before the request; held vectors still go out (C knows A, a member).
+    let after_offer: Vec<Frame> =
+        std::iter::from_fn(|| sc.poll_transmit(0, &c)).map(|b| Frame::decode(&b).unwrap()).collect();
+    assert!(after_offer.iter().all(|f| matches!(f, Frame::Holders { .. })), "{after_offer:?}");
     // A batch nobody asked for, to the donor; an acknowledgement of nothing, to the receiver.
     let stray = Frame::TransferBatch {
         batch: 1,
@@ -243,4 +246,106 @@ fn a_second_offer_waits_and_is_declined_when_the_first_transfer_covers_it() {
         transfer_events(s);
     }
     assert!(d.check_integrity().unwrap().is_empty());
+}
+
+fn insert_rows(replica: &mut Replica, keys: std::ops::Range<i64>, value: &str) {
+    let mut batch = WriteBatch::new();
+    for k in keys {
+        batch = batch.insert("kv", [("k", Value::from(k)), ("v", Value::from(format!("{value}{k}")))]);
+    }
+    replica.write(batch, 0).unwrap();
+}
+
+/// Every row of `kv`, by key.
+fn rows(replica: &Replica) -> Vec<(Value, Value)> {
+    let rows = replica.snapshot().unwrap().scan("kv").unwrap().map(Result::unwrap);
+    rows.map(|row| (row[0].clone(), row[1].clone())).collect()
+}
+
+/// Issue 10 item 8: a peer `X` that claims a vector it does not hold — in its `Hello`
+/// (changes of `A` it lacks, and more of `A`'s than `A` has made), then in a `Holders`
+/// frame forwarding that `B` holds them too — raises `A`'s horizon at most to `A`'s own
+/// vector, and what it makes `A` compact is not lost: `B`'s honest reports hold `A`'s
+/// horizon back until `X` lies about `B` too, and once `A` has compacted past both, `X`
+/// (reconnecting with its real vector) and `B` each catch up by state transfer, with `X`'s
+/// own change delivered in the lying session; every node ends with every change.
+#[test]
+fn a_peer_claiming_a_vector_it_does_not_hold_cannot_make_a_node_drop_changes_others_need() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let (a_id, b_id, x_id) = (NodeId([1; 16]), NodeId([2; 16]), NodeId([4; 16]));
+    let mut a = Replica::open(dir.path().join("a.redb"), a_id).unwrap();
+    let mut b = Replica::open(dir.path().join("b.redb"), b_id).unwrap();
+    let mut x = Replica::open(dir.path().join("x.redb"), x_id).unwrap();
+    a.add_members(&[b_id, x_id], 0).unwrap();
+    a.write(WriteBatch::new().create_table(table()), 0).unwrap();
+    insert_rows(&mut a, 0..50, "a");
+    // X, then B (one change more), hold a prefix of A's changes; A has made more since.
+    let (mut sa, mut sx) = sessions(&a, &x);
+    lockstep(&mut sa, &mut a, &mut sx, &mut x, 100);
+    insert_rows(&mut a, 50..100, "a");
+    let (mut sa, mut sb) = sessions(&a, &b);
+    lockstep(&mut sa, &mut a, &mut sb, &mut b, 100);
+    drop((sa, sb));
+    insert_rows(&mut a, 100..150, "a");
+    a.write(WriteBatch::new().update("kv", vec![Value::from(1)], [("v", Value::from("a-late"))]), 0).unwrap();
+    x.write(WriteBatch::new().insert("kv", [("k", Value::from(1000)), ("v", Value::from("x"))]), 0).unwrap();
+    let (x_real, b_real) = (x.version_vector().clone(), b.version_vector().clone());
+    assert_eq!((x_real.seq(a_id), b_real.seq(a_id), a.version_vector().seq(a_id)), (2, 3, 5));
+
+    // X's Hello claims A's changes up to 15 (A has made 5) and its own one change.
+    let claimed: edgestore::VersionVector = [(a_id, 15), (x_id, 1)].into_iter().collect();
+    let mut sa = Session::new(config(), a_id, x_id, a.version_vector(), 0);
+    let mut sx = Session::new(config(), x_id, a_id, &claimed, 0);
+    lockstep(&mut sa, &mut a, &mut sx, &mut x, 100);
+    assert_eq!(a.version_vector().seq(x_id), 1, "X's own change reached A");
+    assert_eq!(x.version_vector(), &x_real, "A sent X nothing it claimed to hold");
+    // The horizon is capped by A's own vector (condition (b) holds: A has X's change) and
+    // held back by B's honest report: what B lacks stays in A's log.
+    let h = a.horizon(0, u64::MAX);
+    assert!(h.waiting_for.is_empty(), "{h:?}");
+    assert!(a.version_vector().dominates(&h.vector));
+    assert_eq!(h.vector, b_real, "the horizon is what B holds");
+    let report = a.compact_log_step(&h.vector, usize::MAX).unwrap();
+    assert!(report.complete && report.entries_removed == 3);
+    assert!(a.changes_since(&b_real, 1000, 1 << 20).is_ok(), "B can still be caught up from the log");
+    assert!(
+        matches!(a.changes_since(&x_real, 1000, 1 << 20), Err(edgestore::StorageError::BelowLogFloor { .. })),
+        "X's real vector is below A's floor now"
+    );
+
+    // X forwards that B holds everything X claimed (capped at X's claim, which is high).
+    let held = |member, vector: &edgestore::VersionVector| edgestore::HeldClaim {
+        member,
+        vector: vector.clone(),
+        heard_ago_ms: 0,
+    };
+    let b_claimed: edgestore::VersionVector = [(a_id, 15), (x_id, 1)].into_iter().collect();
+    let entries = vec![frame::held_to_wire(&held(b_id, &b_claimed)), frame::held_to_wire(&held(x_id, &claimed))];
+    sa.handle_frame(0, &Frame::Holders { entries }.encode(), &mut a).unwrap();
+    let h = a.horizon(0, u64::MAX);
+    assert_eq!(&h.vector, a.version_vector(), "the horizon rises to A's vector, never above it");
+    let report = a.compact_log_step(&h.vector, usize::MAX).unwrap();
+    assert!(report.complete);
+    assert_eq!(a.log_floor(), a.version_vector(), "A's log holds nothing any more");
+    drop((sa, sx));
+
+    // X reconnects with its real vector, and B connects: both are below A's floor, and
+    // catch up by state transfer.
+    let a_rows = rows(&a);
+    assert_eq!(a_rows.len(), 151);
+    assert!(a_rows.contains(&(Value::from(1), Value::from("a-late"))));
+    assert!(a_rows.contains(&(Value::from(1000), Value::from("x"))));
+    for receiver in [&mut x, &mut b] {
+        let (mut sa, mut sr) = sessions(&a, receiver);
+        lockstep(&mut sa, &mut a, &mut sr, receiver, 10_000);
+        let received = transfer_events(&mut sr);
+        assert!(received.last().is_some_and(|t| t.done && t.role == TransferRole::Receiver), "{received:?}");
+        assert_eq!(sr.stats().transfers_completed, 1);
+        assert_eq!(receiver.version_vector(), a.version_vector());
+        assert_eq!(receiver.state_digest().unwrap(), a.state_digest().unwrap());
+        assert_eq!(rows(receiver), a_rows);
+        assert!(receiver.check_integrity().unwrap().is_empty());
+        assert!(sa.is_established() && sr.is_established());
+    }
+    assert!(a.check_integrity().unwrap().is_empty());
 }
