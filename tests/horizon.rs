@@ -75,14 +75,14 @@ fn relayed_member_holds_the_horizon_back_until_forwarded() {
 fn regressing_claims_are_ignored_and_counted() {
     let dir = TempDir::new().unwrap();
     let mut a = open(&dir, 1);
-    a.record_held(node(2), &[claim(2, &[(1, 5), (2, 3)])], 1).unwrap();
-    assert!(!a.record_held(node(2), &[claim(2, &[(1, 3), (2, 3)])], 2).unwrap(), "nothing grew");
+    a.record_held(node(2), &[claim(2, &[(5, 5), (2, 3)])], 1).unwrap();
+    assert!(!a.record_held(node(2), &[claim(2, &[(5, 3), (2, 3)])], 2).unwrap(), "nothing grew");
     let h = a.horizon(2, PEER_HORIZON_MS);
-    assert_eq!(held(&h, 2).held, vector(&[(1, 5), (2, 3)]));
+    assert_eq!(held(&h, 2).held, vector(&[(5, 5), (2, 3)]));
     assert_eq!(a.holders_counters().claims_lower, 1);
     // A mixed claim raises what it can.
-    a.record_held(node(2), &[claim(2, &[(1, 4), (2, 6)])], 3).unwrap();
-    assert_eq!(held(&a.horizon(3, PEER_HORIZON_MS), 2).held, vector(&[(1, 5), (2, 6)]));
+    a.record_held(node(2), &[claim(2, &[(5, 4), (2, 6)])], 3).unwrap();
+    assert_eq!(held(&a.horizon(3, PEER_HORIZON_MS), 2).held, vector(&[(5, 5), (2, 6)]));
 }
 
 /// A forwarded claim above what the forwarder holds is cut down to it, except the
@@ -91,10 +91,10 @@ fn regressing_claims_are_ignored_and_counted() {
 fn forwarded_claims_are_capped_at_the_forwarder() {
     let dir = TempDir::new().unwrap();
     let mut a = open(&dir, 1);
-    let claims = [claim(2, &[(1, 1)]), claim(3, &[(1, 5), (3, 2), (4, 7)])];
+    let claims = [claim(2, &[(5, 1)]), claim(3, &[(5, 5), (3, 2), (4, 7)])];
     a.record_held(node(2), &claims, 1).unwrap();
     let h = a.horizon(1, PEER_HORIZON_MS);
-    assert_eq!(held(&h, 3).held, vector(&[(1, 1), (3, 2)]));
+    assert_eq!(held(&h, 3).held, vector(&[(5, 1), (3, 2)]));
     assert_eq!(a.holders_counters().claims_capped, 1);
     // Node 4, named only inside a forwarded vector, is a member known to hold nothing.
     assert_eq!(held(&h, 4).held, VersionVector::new());
@@ -105,9 +105,11 @@ fn forwarded_claims_are_capped_at_the_forwarder() {
 
 /// Claims of changes this node does not hold — more of its own than it has made, of an
 /// origin it has not received yet — never lift its horizon above its vector: the minimum
-/// includes `V`. The claims are kept as made (entries only grow), so they also cover this
-/// node's later changes; what a lying member lacks below the horizon it can only get by
-/// state transfer (`sync-protocol/tests/state_transfer.rs`), never lose.
+/// includes `V`. A claim of more of this node's own changes than it made is capped at what
+/// it made when recorded, so it cannot cover its later changes; an inflated claim of
+/// another origin is kept as made (entries only grow), and what a lying member lacks below
+/// the horizon it can only get by state transfer (`sync-protocol/tests/state_transfer.rs`),
+/// never lose.
 #[test]
 fn claims_above_what_this_node_holds_do_not_lift_the_horizon_above_its_vector() {
     let dir = TempDir::new().unwrap();
@@ -126,13 +128,15 @@ fn claims_above_what_this_node_holds_do_not_lift_the_horizon_above_its_vector() 
     let h = a.horizon(2, PEER_HORIZON_MS);
     assert!(h.waiting_for.is_empty());
     assert_eq!(&h.vector, a.version_vector(), "capped at A's vector, not at the claims");
-    assert_eq!(held(&h, 2).held, vector(&inflated), "the claim is kept as made");
+    assert_eq!(held(&h, 2).held, vector(&[(1, 2), (3, 1)]), "A's origin capped at what A made");
     assert_eq!(held(&h, 2).lag_changes, 0);
-    // A's next change is covered by the claims made before it.
+    // A's next change is not covered by claims made before it: B and C must report it.
     write(&mut a, 3);
     let h = a.horizon(3, PEER_HORIZON_MS);
-    assert_eq!(&h.vector, a.version_vector());
-    assert_eq!(h.vector, vector(&[(1, 3), (3, 1)]));
+    assert_eq!(h.vector, vector(&[(1, 2), (3, 1)]));
+    a.record_held(b.node_id(), &[claim(2, &[(1, 3), (3, 1)])], 4).unwrap();
+    a.record_held(c.node_id(), &[claim(3, &[(1, 3), (3, 1)])], 4).unwrap();
+    assert_eq!(&a.horizon(4, PEER_HORIZON_MS).vector, a.version_vector());
 }
 
 /// A member not heard of for longer than the peer horizon stops holding it back, and is

@@ -285,14 +285,15 @@ impl Replica {
             counters: HoldersCounters::default(),
         };
         if from != self.node {
-            let own = claims.iter().find(|c| c.member == from).map(|c| &c.vector);
-            self.stage_one(&mut staged, from, own, now_ms);
+            let own = claims.iter().find(|c| c.member == from).map(|c| self.cap_at_own_seq(&c.vector, &mut staged));
+            self.stage_one(&mut staged, from, own.as_ref(), now_ms);
         }
         // What `from` holds, after its own report: the cap on what it forwards.
         let cap = self.held_entry(&staged, from).map(|h| h.vector.clone()).unwrap_or_default();
         for claim in claims.iter().filter(|c| c.member != from && c.member != self.node) {
             let mut capped = min_vector(&claim.vector, &cap);
             capped.set(claim.member, claim.vector.seq(claim.member));
+            let capped = self.cap_at_own_seq(&capped, &mut staged);
             if capped != claim.vector {
                 staged.counters.claims_capped += 1;
             }
@@ -312,6 +313,20 @@ impl Replica {
             }
         }
         staged
+    }
+
+    /// `claim` with this node's own origin capped at the last seq it made: nobody holds a
+    /// change of ours that we never made, so a higher claim is false, and kept as claimed
+    /// it would count our later changes as held there too. Counted as capped.
+    fn cap_at_own_seq(&self, claim: &VersionVector, staged: &mut Staged) -> VersionVector {
+        let made = self.versions.seq(self.node);
+        if claim.seq(self.node) <= made {
+            return claim.clone();
+        }
+        staged.counters.claims_capped += 1;
+        let mut capped = claim.clone();
+        capped.set(self.node, made);
+        capped
     }
 
     /// Stages one member's report: the component-wise max with what is held, and the
