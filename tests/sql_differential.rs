@@ -20,6 +20,9 @@ use rand_chacha::ChaCha8Rng;
 
 const QUERIES_DEFAULT: usize = 1200;
 const QUERIES_PER_WORLD: usize = 60;
+/// Compound and `WITH` queries per world, besides the others (their own random stream, so
+/// that adding them left the other queries as they were).
+const SET_QUERIES_PER_WORLD: usize = 20;
 const SEED_DEFAULT: u64 = 0x5157_4c20_6469_6666;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -301,6 +304,91 @@ impl Gen<'_> {
         (sql, ordered)
     }
 
+    /// One SELECT term of `width` columns over a fresh FROM clause, for compound queries
+    /// and CTE bodies; columns are named `v0, v1, ...`.
+    fn term(&mut self, width: usize) -> String {
+        self.from.clear();
+        let from = self.joined_tables();
+        let filter = if self.rng.random_bool(0.6) { format!(" WHERE {}", self.pred(1)) } else { String::new() };
+        let items: Vec<String> = (0..width)
+            .map(|i| {
+                let item = match self.rng.random_range(0..4) {
+                    0 => self.num(1),
+                    1 => self.text(0),
+                    _ => self.column(&[Kind::Int, Kind::Real, Kind::Text]).unwrap_or_else(|| "1".into()),
+                };
+                format!("{item} AS v{i}")
+            })
+            .collect();
+        format!("SELECT {} FROM {from}{filter}", items.join(", "))
+    }
+
+    /// ` ORDER BY` every output column (so the order is fixed up to equal rows), maybe
+    /// with `LIMIT`/`OFFSET`.
+    fn order_all(&mut self, width: usize) -> String {
+        let keys: Vec<String> =
+            (1..=width).map(|i| format!("{i}{}", if self.rng.random_bool(0.5) { " DESC" } else { "" })).collect();
+        let mut sql = format!(" ORDER BY {}", keys.join(", "));
+        if self.rng.random_bool(0.5) {
+            write!(sql, " LIMIT {} OFFSET {}", self.rng.random_range(0..6), self.rng.random_range(0..3))
+                .expect("string");
+        }
+        sql
+    }
+
+    /// A compound query: 2–4 terms joined by UNION [ALL] / INTERSECT / EXCEPT (SQLite
+    /// evaluates them left to right), maybe ordered and limited as a whole.
+    fn compound_query(&mut self) -> (String, bool) {
+        let width = self.rng.random_range(1..=2);
+        let mut sql = self.term(width);
+        for _ in 0..self.rng.random_range(1..=3) {
+            let op = *self.pick(&["UNION", "UNION ALL", "INTERSECT", "INTERSECT", "EXCEPT", "EXCEPT"]);
+            let term = self.term(width);
+            write!(sql, " {op} {term}").expect("string");
+        }
+        let ordered = self.rng.random_bool(0.4);
+        if ordered {
+            let order = self.order_all(width);
+            sql.push_str(&order);
+        }
+        (sql, ordered)
+    }
+
+    /// A query with common table expressions: a CTE read once, twice (self-join), by a
+    /// second CTE, or in a compound.
+    fn with_query(&mut self) -> (String, bool) {
+        let width = self.rng.random_range(1..=2);
+        let body = self.term(width);
+        let columns = (0..width).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", ");
+        let (sql, ordered_width) = match self.rng.random_range(0..5) {
+            0 => (format!("WITH w AS ({body}) SELECT {columns} FROM w"), Some(width)),
+            1 => (format!("WITH w AS ({body}) SELECT count(*) FROM w AS p JOIN w AS q ON p.v0 = q.v0"), None),
+            2 => {
+                let filter = if self.rng.random_bool(0.5) { "v0 IS NOT NULL" } else { "v0 IS NULL" };
+                (
+                    format!("WITH w AS ({body}), u AS (SELECT {columns} FROM w WHERE {filter}) SELECT * FROM u"),
+                    Some(width),
+                )
+            }
+            3 => {
+                let op = *self.pick(&["UNION", "INTERSECT", "EXCEPT"]);
+                let other = self.term(width);
+                (format!("WITH w AS ({body}) SELECT {columns} FROM w {op} {other}"), Some(width))
+            }
+            _ => {
+                let named = (0..width).map(|i| format!("n{i}")).collect::<Vec<_>>().join(", ");
+                (format!("WITH w({named}) AS ({body}) SELECT DISTINCT {named} FROM w"), Some(width))
+            }
+        };
+        match ordered_width {
+            Some(width) if self.rng.random_bool(0.4) => {
+                let order = self.order_all(width);
+                (sql + &order, true)
+            }
+            _ => (sql, false),
+        }
+    }
+
     fn aggregate_query(&mut self, from: &str, filter: &str) -> String {
         let groups: Vec<String> = (0..self.rng.random_range(0..=2))
             .filter_map(|_| self.column(&[Kind::Int, Kind::Real, Kind::Text]))
@@ -401,17 +489,27 @@ fn sql_matches_sqlite() {
     println!("sql differential: seed {seed} ({queries} queries); replay with EDGESTORE_SEED={seed}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut checked = 0;
+    let (mut set_queries, mut set_nonempty) = (0, 0);
     let mut world_index = 0;
     while checked < queries {
         let world_seed: u64 = rng.random();
-        run_world(world_seed, world_index, QUERIES_PER_WORLD.min(queries - checked));
+        let (ran, nonempty) = run_world(world_seed, world_index, QUERIES_PER_WORLD.min(queries - checked));
+        set_queries += ran;
+        set_nonempty += nonempty;
         checked += QUERIES_PER_WORLD.min(queries - checked);
         world_index += 1;
     }
-    println!("sql differential: {checked} queries matched SQLite over {world_index} random databases");
+    println!(
+        "sql differential: {checked} queries and {set_queries} compound/WITH queries ({set_nonempty} with rows) \
+         matched SQLite over {world_index} random databases"
+    );
+    // Set operations that only ever return nothing would compare nothing.
+    assert!(set_nonempty * 3 >= set_queries, "{set_nonempty} of {set_queries} compound/WITH queries had rows");
 }
 
-fn run_world(seed: u64, index: usize, queries: usize) {
+/// Runs `queries` queries and the compound/`WITH` ones on one random world; returns how many
+/// of the latter ran, and how many of those returned rows.
+fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (world, statements) = make_world(&mut rng);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -421,9 +519,15 @@ fn run_world(seed: u64, index: usize, queries: usize) {
         sql::execute(&mut replica, statement, &[], 0).unwrap_or_else(|e| panic!("world {index}: {statement}: {e}"));
         conn.execute(statement, []).unwrap_or_else(|e| panic!("sqlite: {statement}: {e}"));
     }
-    for q in 0..queries {
+    let set_queries = SET_QUERIES_PER_WORLD * queries / QUERIES_PER_WORLD;
+    let mut set_nonempty = 0;
+    for q in 0..queries + set_queries {
         let mut generator = Gen { rng: ChaCha8Rng::seed_from_u64(rng.random()), world: &world, from: Vec::new() };
-        let (query, ordered) = generator.query();
+        let (query, ordered) = match q {
+            q if q < queries => generator.query(),
+            q if q % 2 == 0 => generator.compound_query(),
+            _ => generator.with_query(),
+        };
         let theirs = sqlite_rows(&conn, &query).unwrap_or_else(|e| panic!("sqlite refused {query}: {e}"));
         let ours = sql::execute(&mut replica, &query, &[], 0).and_then(|r| r.collect_rows()).unwrap_or_else(|e| {
             panic!("world {index} query {q}: edgestore failed: {e}\n{query}\n{}", statements.join(";\n"))
@@ -434,7 +538,11 @@ fn run_world(seed: u64, index: usize, queries: usize) {
                 statements.join(";\n")
             );
         }
+        if q >= queries && !theirs.is_empty() {
+            set_nonempty += 1;
+        }
     }
+    (set_queries, set_nonempty)
 }
 
 #[test]

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use edgestore::sql::{
-    self, ExecOptions, Interrupt, InterruptCause, MemoryPool, SqlError, EXPR_DEPTH_MAX, STATEMENT_STACK_BYTES,
-    SUBQUERY_DEPTH_COST,
+    self, ExecOptions, Interrupt, InterruptCause, MemoryPool, SqlError, CTE_EXPANSION_BYTES_MAX, EXPR_DEPTH_MAX,
+    STATEMENT_STACK_BYTES, SUBQUERY_DEPTH_COST,
 };
 use edgestore::{NodeId, Replica, Value};
 
@@ -93,6 +93,9 @@ fn deepest_accepted() -> Vec<(&'static str, String, Vec<Value>, Value)> {
             Value::from(1),
         ),
         ("UNION chain", chain(" UNION ALL ", "SELECT 1", d), vec![], Value::from(1)),
+        ("INTERSECT chain", chain(" INTERSECT ", "SELECT 1", d), vec![], Value::from(1)),
+        ("EXCEPT chain", format!("SELECT 1 EXCEPT {}", chain(" EXCEPT ", "SELECT 2", d - 1)), vec![], Value::from(1)),
+        ("WITH in WITH", nested("WITH c AS (", "SELECT 1", ") SELECT * FROM c", derived), vec![], Value::from(1)),
     ]
 }
 
@@ -157,6 +160,8 @@ fn one_level_deeper_is_refused() {
                 format!("SELECT * FROM {} AS s", nested("(SELECT * FROM ", "t", " AS s WHERE id = 1)", derived)),
             ),
             ("UNION chain", chain(" UNION ALL ", "SELECT 1", d + 1)),
+            ("INTERSECT chain", chain(" INTERSECT ", "SELECT 1", d + 1)),
+            ("WITH in WITH", nested("WITH c AS (", "SELECT 1", ") SELECT * FROM c", derived)),
             ("in a WHERE", format!("SELECT * FROM t WHERE id = {}", chain("+", "0", d))),
             ("in an INSERT", format!("INSERT INTO t VALUES ({}, 'x')", chain("+", "1", d))),
             ("in an UPDATE", format!("UPDATE t SET v = {}", chain("||", "'a'", d))),
@@ -189,6 +194,9 @@ fn hostile_chains_are_refused_or_answered() {
             ("200k NOT", format!("SELECT {}", nested("NOT ", "1", "", 200_000)), vec![]),
             ("60k nested subqueries", format!("SELECT {}", nested("(SELECT ", "1", ")", 60_000)), vec![]),
             ("UNION (50k)", chain(" UNION ", "SELECT 1", 50_000), vec![]),
+            ("INTERSECT (50k)", chain(" INTERSECT ", "SELECT 1", 50_000), vec![]),
+            ("EXCEPT / UNION ALL (50k)", chain(" EXCEPT SELECT 2 UNION ALL ", "SELECT 1", 25_000), vec![]),
+            ("WITH in WITH (20k)", nested("WITH c AS (", "SELECT 1", ") SELECT * FROM c", 20_000), vec![]),
             ("x IS NULL IS NULL … (50k)", format!("SELECT 1{}", " IS NULL".repeat(50_000)), vec![]),
         ];
         for (what, text, params) in refused {
@@ -205,6 +213,29 @@ fn hostile_chains_are_refused_or_answered() {
         let rows: Vec<String> = (0..50_000).map(|i| format!("({i})")).collect();
         let values = format!("SELECT count(*) FROM (VALUES {})", rows.join(","));
         assert_eq!(first_value(run(&mut replica, &values, &[]).expect("VALUES")), Value::from(50_000));
+    });
+}
+
+/// CTEs each reading the one before twice: every reference plans its CTE again, so `n` of them
+/// plan 2^n bodies; past [`CTE_EXPANSION_BYTES_MAX`] of planned text the statement is refused.
+fn doubling_ctes(levels: usize) -> String {
+    let mut ctes = vec!["c0 AS (SELECT 1 AS v)".to_string()];
+    ctes.extend((1..=levels).map(|i| format!("c{i} AS (SELECT a.v FROM c{p} AS a, c{p} AS b)", p = i - 1)));
+    format!("WITH {} SELECT count(*) FROM c{levels}", ctes.join(", "))
+}
+
+#[test]
+fn ctes_that_double_at_each_level_are_bounded() {
+    on_statement_stack(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut replica = replica(&dir);
+        assert_eq!(first_value(run(&mut replica, &doubling_ctes(10), &[]).expect("1024 references")), Value::from(1));
+        match run(&mut replica, &doubling_ctes(30), &[]) {
+            Err(e @ SqlError::CteExpansion { limit_bytes: CTE_EXPANSION_BYTES_MAX }) => {
+                assert!(e.to_string().starts_with("common table expressions expand to more than 4 MiB of SQL"), "{e}")
+            }
+            other => panic!("expected CteExpansion, got {other:?}"),
+        }
     });
 }
 
@@ -265,6 +296,17 @@ fn memory_hungry_statements_fail_with_the_budget_error_and_give_their_bytes_back
         ("nested loop inner side", "SELECT count(*) FROM t a, t b WHERE a.v < b.v"),
         ("IN (SELECT …) set", "SELECT count(*) FROM t WHERE v IN (SELECT a.v || b.id FROM t a, t b)"),
         ("count(DISTINCT …)", "SELECT count(DISTINCT a.v || b.id) FROM t a, t b"),
+        ("UNION's distinct set", "SELECT count(*) FROM (SELECT a.v || b.id FROM t a, t b UNION SELECT 1)"),
+        (
+            "INTERSECT's set of the right side",
+            "SELECT count(*) FROM (SELECT 1 INTERSECT SELECT a.v || b.id FROM t a, t b)",
+        ),
+        ("EXCEPT's set of the right side", "SELECT count(*) FROM (SELECT 1 EXCEPT SELECT a.v || b.id FROM t a, t b)"),
+        ("EXCEPT's distinct left rows", "SELECT count(*) FROM (SELECT a.v || b.id FROM t a, t b EXCEPT SELECT 1)"),
+        (
+            "a CTE read twice (a hash join of its rows)",
+            "WITH s AS (SELECT a.v || b.id AS k FROM t a, t b) SELECT count(*) FROM s JOIN s AS r USING (k)",
+        ),
         ("INSERT … SELECT of a cross join", "INSERT INTO t SELECT a.id * 1000 + b.id + 1000000, a.v FROM t a, t b"),
         ("UPDATE of every row with a large value", "UPDATE t SET v = v || v"),
     ];
@@ -507,6 +549,9 @@ fn shallower(text: &str, divisor: usize) -> String {
         t if t.starts_with("SELECT * FROM") => {
             format!("SELECT * FROM {} AS s", nested("(SELECT * FROM ", "t", " AS s WHERE id = 1)", derived))
         }
+        t if t.starts_with("SELECT 1 INTERSECT") => chain(" INTERSECT ", "SELECT 1", d),
+        t if t.starts_with("SELECT 1 EXCEPT") => format!("SELECT 1 EXCEPT {}", chain(" EXCEPT ", "SELECT 2", d - 1)),
+        t if t.starts_with("WITH") => nested("WITH c AS (", "SELECT 1", ") SELECT * FROM c", derived),
         _ => chain(" UNION ALL ", "SELECT 1", d),
     }
 }

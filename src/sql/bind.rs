@@ -13,6 +13,7 @@ use std::sync::Arc;
 use sqlparser::ast;
 
 use super::aggregate::{AggFunc, AggSpec};
+use super::cte::CteScope;
 use super::expr::{CastType, CmpOp, Expr};
 use super::func::Func;
 use super::limits::{Limits, EXPR_DEPTH_MAX, SUBQUERY_DEPTH_COST};
@@ -37,12 +38,22 @@ pub(crate) struct PlanCtx<'a> {
     pub limits: &'a Limits,
     /// Expression depth of the enclosing queries: a nested query starts deeper.
     pub depth: usize,
+    /// The common table expressions in scope (`WITH`), innermost first.
+    pub ctes: Option<&'a CteScope<'a>>,
+    /// The enclosing query of a subquery in `FROM` or a CTE's body, which they may not read
+    /// (they are not correlated); kept only to name that in the error.
+    pub hidden_outer: Option<&'a Outer<'a>>,
 }
 
 impl<'a> PlanCtx<'a> {
     /// The context of a statement's outermost query.
     pub fn new(snap: &'a Arc<Snapshot>, params: &'a [Value], limits: &'a Limits) -> PlanCtx<'a> {
-        PlanCtx { snap, params, outer: None, notes: None, limits, depth: 0 }
+        PlanCtx { snap, params, outer: None, notes: None, limits, depth: 0, ctes: None, hidden_outer: None }
+    }
+
+    /// The context of a subquery in `FROM` or a CTE's body: it sees no enclosing query.
+    pub fn uncorrelated(self) -> PlanCtx<'a> {
+        PlanCtx { outer: None, hidden_outer: self.outer.or(self.hidden_outer), ..self }
     }
 
     /// The context of a query nested `levels` deeper (a subquery costs
@@ -141,7 +152,7 @@ pub(crate) fn ident(i: &ast::Ident) -> String {
 pub(crate) fn object_name(name: &ast::ObjectName) -> Result<String, SqlError> {
     match name.0.as_slice() {
         [ast::ObjectNamePart::Identifier(i)] => Ok(ident(i)),
-        _ => Err(SqlError::unsupported(format!("qualified name {name}"))),
+        _ => Err(SqlError::unsupported(format!("schema-qualified names like {name} (there is one database)"))),
     }
 }
 
@@ -154,15 +165,27 @@ fn function_name(f: &ast::Function) -> Result<String, SqlError> {
 }
 
 fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool), SqlError> {
-    if f.filter.is_some() || f.over.is_some() || !f.within_group.is_empty() || f.null_treatment.is_some() {
-        return Err(SqlError::unsupported(format!("FILTER/OVER/WITHIN GROUP in {f}")));
+    let name = &f.name;
+    if f.over.is_some() {
+        return Err(SqlError::unsupported(format!("window functions ({name}(...) OVER ...)")));
+    }
+    if f.filter.is_some() {
+        return Err(SqlError::unsupported(format!("FILTER (WHERE ...) on the aggregate {name}()")));
+    }
+    if !f.within_group.is_empty() {
+        return Err(SqlError::unsupported(format!("WITHIN GROUP on {name}()")));
+    }
+    if f.null_treatment.is_some() {
+        return Err(SqlError::unsupported(format!("IGNORE/RESPECT NULLS on {name}()")));
     }
     match &f.args {
         ast::FunctionArguments::None => Ok((Vec::new(), false)),
-        ast::FunctionArguments::Subquery(_) => Err(SqlError::unsupported(format!("subquery as arguments in {f}"))),
+        ast::FunctionArguments::Subquery(_) => {
+            Err(SqlError::unsupported(format!("a subquery as the argument list of {name}()")))
+        }
         ast::FunctionArguments::List(list) => {
             if !list.clauses.is_empty() {
-                return Err(SqlError::unsupported(format!("argument clauses in {f}")));
+                return Err(SqlError::unsupported(format!("ORDER BY, LIMIT or other clauses inside {name}(...)")));
             }
             let distinct = matches!(list.duplicate_treatment, Some(ast::DuplicateTreatment::Distinct));
             let args = list
@@ -170,7 +193,7 @@ fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool)
                 .iter()
                 .map(|a| match a {
                     ast::FunctionArg::Unnamed(e) => Ok(e),
-                    _ => Err(SqlError::unsupported(format!("named arguments in {f}"))),
+                    _ => Err(SqlError::unsupported(format!("named arguments (name => value) in {name}()"))),
                 })
                 .collect::<Result<_, _>>()?;
             Ok((args, distinct))
@@ -243,7 +266,10 @@ pub(crate) fn literal(v: &ast::Value, params: &[Value]) -> Result<Value, SqlErro
         ast::Value::Boolean(b) => Value::Integer(i64::from(*b)),
         ast::Value::Null => Value::Null,
         ast::Value::Placeholder(p) => parameter(p, params)?,
-        other => return Err(SqlError::unsupported(format!("literal {other}"))),
+        ast::Value::DoubleQuotedString(s) => {
+            return Err(SqlError::unsupported(format!("double-quoted string \"{s}\" as a value (write '{s}')")))
+        }
+        other => return Err(SqlError::unsupported(format!("this kind of literal: {other}"))),
     })
 }
 
@@ -292,6 +318,32 @@ pub(crate) fn cast_type(ty: &ast::DataType) -> Result<CastType, SqlError> {
     })
 }
 
+/// The feature an unsupported expression uses, named as SQL writes it.
+fn expression_feature(e: &ast::Expr) -> String {
+    use ast::Expr as E;
+    let named = match e {
+        E::Collate { .. } => "COLLATE",
+        E::Tuple(_) => "row values like (a, b)",
+        E::Interval(_) => "INTERVAL",
+        E::Extract { .. } => "EXTRACT (use strftime-style arithmetic on TIMESTAMP integers)",
+        E::TypedString(_) => "typed literals like DATE '...'",
+        E::AnyOp { .. } | E::AllOp { .. } => "comparisons with ANY/ALL (...)",
+        E::SimilarTo { .. } | E::RLike { .. } => "SIMILAR TO/REGEXP (use LIKE)",
+        E::InUnnest { .. } => "IN UNNEST(...)",
+        E::Array(_) => "array literals",
+        E::Ceil { .. } | E::Floor { .. } => "ceil/floor",
+        E::Position { .. } => "POSITION(... IN ...) (use instr)",
+        E::Overlay { .. } => "OVERLAY",
+        E::IsUnknown(_) | E::IsNotUnknown(_) => "IS UNKNOWN",
+        E::Wildcard(_) | E::QualifiedWildcard(..) => "* outside a select list or count(*)",
+        _ => {
+            let text: String = e.to_string().chars().take(60).collect();
+            return format!("the expression {text}");
+        }
+    };
+    named.to_string()
+}
+
 fn boxed(e: Expr) -> Box<Expr> {
     Box::new(e)
 }
@@ -330,7 +382,7 @@ impl<'a> Binder<'a> {
             E::Identifier(i) => self.column(None, i),
             E::CompoundIdentifier(parts) => match parts.as_slice() {
                 [t, c] => self.column(Some(&ident(t)), c),
-                _ => Err(SqlError::unsupported(format!("qualified column {e}"))),
+                _ => Err(SqlError::unsupported(format!("schema-qualified column names like {e}"))),
             },
             E::Value(v) => match (&v.value, self.ctx.notes) {
                 (ast::Value::Placeholder(p), Some(notes)) => {
@@ -346,7 +398,7 @@ impl<'a> Binder<'a> {
                 ast::UnaryOperator::Not => Ok(Expr::Not(boxed(self.bind(expr)?))),
                 ast::UnaryOperator::Minus => Ok(Expr::Neg(boxed(self.bind(expr)?))),
                 ast::UnaryOperator::Plus => self.bind(expr),
-                _ => Err(SqlError::unsupported(format!("operator {op}"))),
+                _ => Err(SqlError::unsupported(format!("the unary operator {op} (bitwise operators)"))),
             },
             E::IsNull(x) => Ok(Expr::IsNull(boxed(self.bind(x)?), false)),
             E::IsNotNull(x) => Ok(Expr::IsNull(boxed(self.bind(x)?), true)),
@@ -374,7 +426,7 @@ impl<'a> Binder<'a> {
             E::Like { negated, any, expr, pattern, escape_char }
             | E::ILike { negated, any, expr, pattern, escape_char } => {
                 if *any {
-                    return Err(SqlError::unsupported("LIKE ANY"));
+                    return Err(SqlError::unsupported("LIKE ANY (...)"));
                 }
                 let escape = escape_char.as_ref().map(|e| self.bind(e)).transpose()?.map(boxed);
                 Ok(Expr::Like {
@@ -394,8 +446,11 @@ impl<'a> Binder<'a> {
                 Ok(Expr::Case { operand, whens, otherwise })
             }
             E::Cast { kind, expr, data_type, format } => {
-                if !matches!(kind, ast::CastKind::Cast | ast::CastKind::DoubleColon) || format.is_some() {
-                    return Err(SqlError::unsupported(format!("{e}")));
+                if !matches!(kind, ast::CastKind::Cast | ast::CastKind::DoubleColon) {
+                    return Err(SqlError::unsupported("TRY_CAST/SAFE_CAST (write CAST)"));
+                }
+                if format.is_some() {
+                    return Err(SqlError::unsupported("CAST ... FORMAT"));
                 }
                 Ok(Expr::Cast(boxed(self.bind(expr)?), cast_type(data_type)?))
             }
@@ -422,7 +477,7 @@ impl<'a> Binder<'a> {
                 }
                 Ok(Expr::Func(func, args))
             }
-            _ => Err(SqlError::unsupported(format!("expression {e}"))),
+            _ => Err(SqlError::unsupported(expression_feature(e))),
         }
     }
 
@@ -445,6 +500,14 @@ impl<'a> Binder<'a> {
                 if let Some(outer) = self.ctx.outer {
                     if outer.resolves(table, name)? {
                         return Ok(Expr::Outer(outer.reference(table, name)));
+                    }
+                }
+                if let Some(hidden) = self.ctx.hidden_outer {
+                    if hidden.resolves(table, name)? {
+                        let column = table.map_or_else(|| name.to_string(), |t| format!("{t}.{name}"));
+                        return Err(SqlError::unsupported(format!(
+                            "correlated subqueries in FROM and CTEs (reading {column} of the enclosing query)"
+                        )));
                     }
                 }
                 return Err(SqlError::UnknownColumn(message));
@@ -480,7 +543,13 @@ impl<'a> Binder<'a> {
             B::And => Expr::And(l, r),
             B::Or => Expr::Or(l, r),
             B::Spaceship => Expr::Is(l, r, false),
-            other => return Err(SqlError::unsupported(format!("operator {other}"))),
+            B::Arrow | B::LongArrow => return Err(SqlError::unsupported("JSON operators -> and ->>")),
+            B::BitwiseAnd | B::BitwiseOr | B::BitwiseXor | B::PGBitwiseShiftLeft | B::PGBitwiseShiftRight => {
+                return Err(SqlError::unsupported(format!("bitwise operators ({other})", other = op)))
+            }
+            B::Glob => return Err(SqlError::unsupported("GLOB (use LIKE)")),
+            B::Regexp | B::Match => return Err(SqlError::unsupported(format!("{op} (use LIKE)"))),
+            other => return Err(SqlError::unsupported(format!("the operator {other}"))),
         })
     }
 

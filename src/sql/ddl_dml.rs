@@ -44,7 +44,7 @@ pub(crate) fn run(
         ast::Statement::Insert(insert) => self::insert(ctx, insert)?,
         ast::Statement::Update(update) => self::update(ctx, update)?,
         ast::Statement::Delete(delete) => self::delete(ctx, delete)?,
-        other => return Err(SqlError::unsupported(format!("statement {}", first_words(other)))),
+        other => return Err(SqlError::unsupported(statement_feature(other))),
     };
     // The read transaction ends before the write begins: holding it would pin old pages.
     drop(snap);
@@ -56,6 +56,45 @@ pub(crate) fn run(
 
 pub(crate) fn first_words(statement: &ast::Statement) -> String {
     statement.to_string().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The feature an unsupported statement is, in the words of the SQL a user wrote.
+pub(crate) fn statement_feature(statement: &ast::Statement) -> String {
+    use ast::Statement as S;
+    let named = match statement {
+        S::CreateView(_) => "CREATE VIEW",
+        S::AlterView { .. } => "ALTER VIEW",
+        S::StartTransaction { .. } | S::Commit { .. } | S::Rollback { .. } => {
+            "BEGIN/COMMIT/ROLLBACK transactions (each statement is its own atomic transaction)"
+        }
+        S::Savepoint { .. } | S::ReleaseSavepoint { .. } => "SAVEPOINT",
+        S::CreateTrigger(_) => "CREATE TRIGGER",
+        S::DropTrigger(_) => "DROP TRIGGER",
+        S::CreateVirtualTable { .. } => "CREATE VIRTUAL TABLE",
+        S::AlterTable(_) => "ALTER TABLE",
+        S::AlterIndex { .. } => "ALTER INDEX",
+        S::AttachDatabase { .. } => "ATTACH DATABASE",
+        S::Pragma { .. } => "PRAGMA (the system tables edgestore_tables, edgestore_columns, ... describe the schema)",
+        S::Vacuum(_) => "VACUUM",
+        S::Analyze(_) => "ANALYZE",
+        S::Truncate(_) => "TRUNCATE (write DELETE FROM t)",
+        S::Merge(_) => "MERGE",
+        S::Drop { .. } => "DROP with CASCADE, PURGE or TEMPORARY",
+        S::Copy { .. } => "COPY",
+        S::CreateFunction(_) => "CREATE FUNCTION",
+        S::CreateProcedure { .. } => "CREATE PROCEDURE",
+        S::CreateSchema { .. } | S::CreateDatabase { .. } => "CREATE SCHEMA/DATABASE",
+        S::CreateSequence { .. } => "CREATE SEQUENCE",
+        S::CreateType { .. } => "CREATE TYPE",
+        S::Grant(_) | S::Revoke(_) => "GRANT/REVOKE",
+        S::Set(_) => "SET",
+        S::Use(_) => "USE",
+        S::Prepare { .. } | S::Execute { .. } | S::Deallocate { .. } => "PREPARE/EXECUTE (use sql::prepare)",
+        S::Explain { analyze: true, .. } => "EXPLAIN ANALYZE",
+        S::Explain { .. } | S::ExplainTable { .. } => "EXPLAIN of this statement",
+        _ => return format!("the statement {}", first_words(statement)),
+    };
+    named.to_string()
 }
 
 fn column_type(ty: &ast::DataType) -> Result<ColumnType, SqlError> {
@@ -162,7 +201,7 @@ fn drop_ops(
             match object_type {
                 ast::ObjectType::Table => Ok(WriteOp::DropTable { name, if_exists }),
                 ast::ObjectType::Index => Ok(WriteOp::DropIndex { name, if_exists }),
-                other => Err(SqlError::unsupported(format!("DROP {other}"))),
+                other => Err(SqlError::unsupported(format!("DROP {other} (edgestore has tables and indexes)"))),
             }
         })
         .collect()
@@ -505,7 +544,7 @@ pub(crate) fn explain(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Ve
             let (table, _, plan) = matching_plan(ctx, relation, selection)?;
             (format!("DELETE FROM {} (each row found below)", table.schema.name), plan)
         }
-        other => return Err(SqlError::unsupported(format!("EXPLAIN {}", first_words(other)))),
+        other => return Err(SqlError::unsupported(format!("EXPLAIN of {}", statement_feature(other)))),
     };
     let mut lines = vec!["WRITE BATCH (one atomic, durable, replicated change)".to_string(), format!("  {head}")];
     lines.extend(explain::explain(&plan).into_iter().map(|l| format!("    {l}")));

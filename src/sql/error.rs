@@ -57,6 +57,16 @@ pub enum SqlError {
         /// The limit.
         limit: usize,
     },
+    /// The `WITH` clauses of a statement plan more CTE text than
+    /// [`super::CTE_EXPANSION_BYTES_MAX`] (each reference plans its CTE's query again).
+    #[error(
+        "common table expressions expand to more than {} of SQL (each reference plans its CTE again)",
+        mib(*limit_bytes)
+    )]
+    CteExpansion {
+        /// The limit.
+        limit_bytes: usize,
+    },
     /// The statement's operators needed more memory than its budget.
     #[error("query exceeded its memory budget ({})", mib(*limit_bytes))]
     MemoryBudget {

@@ -11,6 +11,7 @@
 //! stream is dropped; every loop over rows checks the statement's interrupt.
 
 use std::cmp::Ordering;
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use super::aggregate;
 use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
-use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Row, Scan, SortKey};
+use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Row, Scan, SetOp, SortKey};
 use super::value::{self, KeyMap, KeyValue};
 use super::{access, SqlError};
 use crate::replica::Snapshot;
@@ -147,7 +148,68 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<
                 chained
             }
         }
+        Plan::SetOp { op, left, right } => {
+            // The right side is read whole first, as SQLite does.
+            let right = open(*right, snap, limits)?;
+            let (rows, reservation) = set_op(op, open(*left, snap, limits)?, right, limits)?;
+            held(rows, reservation)
+        }
     })
+}
+
+/// The hash key of a row for `DISTINCT` and the set operations: NULLs equal, `1` = `1.0`,
+/// TEXT by its bytes.
+fn row_key(row: &[Value]) -> Vec<KeyValue> {
+    row.iter().map(value::key_of).collect()
+}
+
+/// The distinct keys of `input`'s rows, accounted in the reservation returned.
+fn key_set(input: RowStream, limits: &Limits) -> Result<(KeyMap<Vec<KeyValue>, ()>, Reservation), SqlError> {
+    let mut set: KeyMap<Vec<KeyValue>, ()> = KeyMap::default();
+    let mut reservation = limits.reservation();
+    for row in input {
+        let row = row?;
+        limits.check()?;
+        if let Entry::Vacant(slot) = set.entry(row_key(&row)) {
+            reservation.grow(key_bytes(&row))?;
+            slot.insert(());
+        }
+    }
+    Ok((set, reservation))
+}
+
+/// `left INTERSECT right` / `left EXCEPT right`: the distinct left rows the right side has
+/// (has not), in the order they first come, accounted in the reservation returned. Of equal
+/// left rows the last one read is handed out, as in SQLite (which keeps the left rows in an
+/// index, where an equal key replaces the one before): `SELECT 1 UNION ALL SELECT 1.0
+/// INTERSECT SELECT 1` is `1.0`.
+fn set_op(op: SetOp, left: RowStream, right: RowStream, limits: &Limits) -> Result<(Vec<Row>, Reservation), SqlError> {
+    let (right, right_reservation) = key_set(right, limits)?;
+    let wanted = op == SetOp::Intersect;
+    let mut positions: KeyMap<Vec<KeyValue>, usize> = KeyMap::default();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut reservation = limits.reservation();
+    for row in left {
+        let row = row?;
+        limits.check()?;
+        let key = row_key(&row);
+        if right.contains_key(&key) != wanted {
+            continue;
+        }
+        match positions.entry(key) {
+            // Equal keys account equal bytes (`1` and `1.0` are both one number).
+            Entry::Occupied(slot) => rows[*slot.get()] = row,
+            Entry::Vacant(slot) => {
+                reservation.grow(key_bytes(&row) + limits::row_bytes(&row))?;
+                slot.insert(rows.len());
+                rows.push(row);
+            }
+        }
+    }
+    drop((right, right_reservation, positions));
+    // What stays held is the rows, given back as they are handed out.
+    reservation.resize(rows.iter().map(|r| limits::row_bytes(r)).sum())?;
+    Ok((rows, reservation))
 }
 
 fn rows_of(iter: crate::replica::RowIter) -> RowStream {
@@ -184,7 +246,7 @@ fn distinct(input: RowStream, limits: &Limits) -> RowStream {
     let mut reservation = limits.reservation();
     Box::new(input.filter_map(move |row| match row {
         Ok(row) => {
-            let key: Vec<KeyValue> = row.iter().map(value::key_of).collect();
+            let key = row_key(&row);
             if seen.contains_key(&key) {
                 return None;
             }

@@ -3,7 +3,8 @@
 //! A join shows its order (the left input is printed before the joined table), its
 //! algorithm (`HASH JOIN`, `LOOKUP JOIN` by primary key or index, `NESTED LOOP JOIN`) and
 //! its condition; a scan shows how it reads its table (full scan, primary-key point or
-//! range, index) and the predicates pushed down to it.
+//! range, index) and the predicates pushed down to it. A compound query shows `UNION [ALL]`,
+//! `INTERSECT` or `EXCEPT` over its terms, a common table expression `CTE name`.
 
 use std::ops::Bound;
 
@@ -79,8 +80,12 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             line(format!("SYSTEM TABLE {} AS {alias}{}", table.name(), filter_suffix(filter_text)))
         }
         Plan::Values { rows } => line(format!("VALUES ({} rows)", rows.len())),
-        Plan::Derived { input, alias } => {
-            line(format!("SUBQUERY AS {alias}"));
+        Plan::Derived { input, alias, cte } => {
+            line(match cte {
+                Some(name) if name == alias => format!("CTE {name}"),
+                Some(name) => format!("CTE {name} AS {alias}"),
+                None => format!("SUBQUERY AS {alias}"),
+            });
             render(input, depth + 1, out);
         }
         Plan::Filter { input, text, .. } => {
@@ -149,6 +154,11 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             for input in inputs {
                 render(input, depth + 1, out);
             }
+        }
+        Plan::SetOp { op, left, right } => {
+            line(format!("{} (hash set of the right side, then the distinct left rows)", op.name()));
+            render(left, depth + 1, out);
+            render(right, depth + 1, out);
         }
     }
 }

@@ -16,7 +16,6 @@ use std::ops::Bound;
 
 use sqlparser::ast;
 
-use super::access;
 use super::bind::{self, Binder, PlanCtx};
 use super::expr::{CmpOp, Expr};
 use super::join_order::{self, Link};
@@ -25,6 +24,7 @@ use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Scan, Sco
 use super::select;
 use super::system::SystemTable;
 use super::SqlError;
+use super::{access, cte};
 use crate::catalog::TableEntry;
 
 /// Most tables in one `FROM` clause (table sets are 64-bit masks).
@@ -97,6 +97,11 @@ fn table_ref(
         ast::TableFactor::Table { name, alias, args: None, with_hints, .. } if with_hints.is_empty() => {
             let name = bind::object_name(name)?;
             let alias = alias.as_ref().map_or_else(|| name.clone(), |a| bind::ident(&a.name));
+            // A common table expression hides a table of the same name, as in SQLite.
+            if let Some((plan, columns)) = cte::reference(ctx, &name)? {
+                let plan = Plan::Derived { input: Box::new(plan), alias: alias.clone(), cte: Some(name) };
+                return Ok((Source::Derived(plan), alias, columns));
+            }
             if let Some(system) = SystemTable::by_name(&name) {
                 let columns = system.columns().iter().map(|(n, _)| n.to_string()).collect();
                 return Ok((Source::System(system), alias, columns));
@@ -109,13 +114,30 @@ fn table_ref(
             Ok((Source::Table(table.clone()), alias, columns))
         }
         ast::TableFactor::Derived { lateral: false, subquery, alias, .. } => {
-            let planned = select::plan_query(PlanCtx { outer: None, ..ctx }.deeper(SUBQUERY_DEPTH_COST)?, subquery)?;
+            let planned = select::plan_query(ctx.uncorrelated().deeper(SUBQUERY_DEPTH_COST)?, subquery)?;
             let alias = alias.as_ref().map_or_else(|| format!("(subquery-{})", position + 1), |a| bind::ident(&a.name));
             let columns = planned.columns;
-            let plan = Plan::Derived { input: Box::new(planned.plan), alias: alias.clone() };
+            let plan = Plan::Derived { input: Box::new(planned.plan), alias: alias.clone(), cte: None };
             Ok((Source::Derived(plan), alias, columns))
         }
-        other => Err(SqlError::unsupported(format!("FROM item {other}"))),
+        ast::TableFactor::Table { name, args: Some(_), .. } => {
+            Err(SqlError::unsupported(format!("table-valued functions ({name}(...) in FROM)")))
+        }
+        ast::TableFactor::Table { .. } => Err(SqlError::unsupported("index hints (INDEXED BY, USE INDEX)")),
+        ast::TableFactor::Derived { .. } => Err(SqlError::unsupported("LATERAL subqueries")),
+        ast::TableFactor::Function { .. } | ast::TableFactor::TableFunction { .. } => {
+            Err(SqlError::unsupported("table-valued functions in FROM"))
+        }
+        ast::TableFactor::NestedJoin { .. } => {
+            Err(SqlError::unsupported("parenthesized joins in FROM, like FROM (a JOIN b) (write FROM a JOIN b)"))
+        }
+        ast::TableFactor::Pivot { .. } | ast::TableFactor::Unpivot { .. } => {
+            Err(SqlError::unsupported("PIVOT/UNPIVOT"))
+        }
+        other => {
+            let text: String = other.to_string().chars().take(60).collect();
+            Err(SqlError::unsupported(format!("this kind of FROM item: {text}")))
+        }
     }
 }
 
@@ -125,7 +147,14 @@ fn join_kind(op: &ast::JoinOperator) -> Result<(JoinKind, Option<&ast::JoinConst
         J::Join(c) | J::Inner(c) => Ok((JoinKind::Inner, Some(c))),
         J::Left(c) | J::LeftOuter(c) => Ok((JoinKind::Left, Some(c))),
         J::CrossJoin(c) => Ok((JoinKind::Inner, Some(c))),
-        other => Err(SqlError::unsupported(format!("join {other:?}").chars().take(60).collect::<String>())),
+        J::Right(_) | J::RightOuter(_) => Err(SqlError::unsupported("RIGHT JOIN")),
+        J::FullOuter(_) => Err(SqlError::unsupported("FULL JOIN")),
+        J::Semi(_) | J::LeftSemi(_) | J::RightSemi(_) => Err(SqlError::unsupported("SEMI JOIN (write EXISTS or IN)")),
+        J::Anti(_) | J::LeftAnti(_) | J::RightAnti(_) => Err(SqlError::unsupported("ANTI JOIN (write NOT EXISTS)")),
+        J::CrossApply | J::OuterApply => Err(SqlError::unsupported("CROSS APPLY/OUTER APPLY")),
+        J::AsOf { .. } => Err(SqlError::unsupported("ASOF JOIN")),
+        J::StraightJoin(_) => Err(SqlError::unsupported("STRAIGHT_JOIN")),
+        J::ArrayJoin | J::LeftArrayJoin | J::InnerArrayJoin => Err(SqlError::unsupported("ARRAY JOIN")),
     }
 }
 

@@ -11,13 +11,14 @@
 //! NULLs first) on strictly typed columns. What is outside the supported scope is refused
 //! with [`SqlError::NotSupported`]. Time is a parameter (`now_ms`): this module never reads
 //! a clock. Module map: `parse` → `select`/`from` (planning into a `plan` tree, with `bind`
-//! for expressions and `access` for key and index choice) → `prune` (unused columns of
-//! in-memory join sides) → `exec` (streaming operators, `aggregate`); `ddl_dml` for writes,
-//! `system` for the system tables, `explain` for plans.
+//! for expressions, `access` for key and index choice and `cte` for `WITH`) → `prune`
+//! (unused columns of in-memory join sides) → `exec` (streaming operators, `aggregate`);
+//! `ddl_dml` for writes, `system` for the system tables, `explain` for plans.
 
 mod access;
 mod aggregate;
 mod bind;
+mod cte;
 mod ddl_dml;
 mod error;
 mod exec;
@@ -39,6 +40,7 @@ use std::sync::{Arc, Mutex};
 
 use sqlparser::ast;
 
+pub use cte::CTE_EXPANSION_BYTES_MAX;
 pub use error::SqlError;
 pub use from::FROM_TABLES_MAX;
 pub use limits::{
@@ -311,7 +313,7 @@ impl Statement {
                 let rows = Rows { inner, limits: Some(limits), done: false };
                 Ok(QueryResult { columns: vec!["plan".into()], rows, rows_affected: 0 })
             }
-            other => Err(SqlError::unsupported(format!("statement {}", ddl_dml::first_words(other)))),
+            other => Err(SqlError::unsupported(ddl_dml::statement_feature(other))),
         }
     }
 

@@ -101,6 +101,26 @@ pub(crate) struct SortKey {
     pub nulls_first: bool,
 }
 
+/// `INTERSECT` or `EXCEPT` (`UNION` is [`Plan::Union`]): both hold the distinct rows of
+/// the right side in a hash set and stream the left side through it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SetOp {
+    /// Distinct left rows that the right side also has.
+    Intersect,
+    /// Distinct left rows that the right side does not have.
+    Except,
+}
+
+impl SetOp {
+    /// The operator as written in SQL.
+    pub fn name(self) -> &'static str {
+        match self {
+            SetOp::Intersect => "INTERSECT",
+            SetOp::Except => "EXCEPT",
+        }
+    }
+}
+
 /// The operator tree. Cloned to run a correlated subquery's plan with new outer values.
 #[derive(Debug, Clone)]
 pub(crate) enum Plan {
@@ -114,10 +134,11 @@ pub(crate) enum Plan {
     Values {
         rows: Vec<Row>,
     },
-    /// A materialized subquery in `FROM`.
+    /// A subquery in `FROM`, or a common table expression (`cte`: its name) read there.
     Derived {
         input: Box<Plan>,
         alias: String,
+        cte: Option<String>,
     },
     Filter {
         input: Box<Plan>,
@@ -161,6 +182,12 @@ pub(crate) enum Plan {
     Union {
         inputs: Vec<Plan>,
         distinct: bool,
+    },
+    /// `left INTERSECT right` or `left EXCEPT right`: the right side is read first.
+    SetOp {
+        op: SetOp,
+        left: Box<Plan>,
+        right: Box<Plan>,
     },
 }
 
@@ -257,6 +284,7 @@ impl Plan {
             | Plan::Limit { input, .. }
             | Plan::Trim { input, .. } => vec![input],
             Plan::Union { inputs, .. } => inputs.iter_mut().collect(),
+            Plan::SetOp { left, right, .. } => vec![left, right],
             Plan::Join(join) => {
                 let Join { left, right, .. } = &mut **join;
                 let mut inputs = vec![left];
@@ -302,7 +330,8 @@ impl Plan {
             | Plan::Sort { .. }
             | Plan::Limit { .. }
             | Plan::Trim { .. }
-            | Plan::Union { .. } => {}
+            | Plan::Union { .. }
+            | Plan::SetOp { .. } => {}
         }
         for input in self.inputs_mut() {
             input.for_each_expr_mut(f);

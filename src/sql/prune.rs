@@ -69,6 +69,11 @@ pub(crate) fn prune(plan: &mut Plan, needed: Needed) {
         Plan::Distinct { input } => prune(input, None),
         Plan::Derived { input, .. } => prune(input, None),
         Plan::Union { inputs, .. } => inputs.iter_mut().for_each(|p| prune(p, None)),
+        // Every column of both sides is compared.
+        Plan::SetOp { left, right, .. } => {
+            prune(left, None);
+            prune(right, None);
+        }
         Plan::Join(join) => prune_join(join, needed),
         Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } => {}
     }

@@ -1,5 +1,6 @@
 //! Planning queries: `SELECT` lists, `GROUP BY` / aggregates / `HAVING`, `DISTINCT`,
-//! `ORDER BY`, `LIMIT` / `OFFSET`, `VALUES` and `UNION [ALL]`.
+//! `ORDER BY`, `LIMIT` / `OFFSET`, `VALUES`, compound queries (`UNION [ALL]`, `INTERSECT`,
+//! `EXCEPT`, left to right with equal precedence as in SQLite) and `WITH` (`cte.rs`).
 //!
 //! The plan of a `SELECT` is: FROM/WHERE (`from.rs`) → aggregate → HAVING → projection of
 //! the visible columns plus any `ORDER BY` keys that are not visible → DISTINCT → sort →
@@ -9,9 +10,10 @@ use sqlparser::ast;
 
 use super::bind::{self, AggCtx, Binder, PlanCtx};
 use super::expr::Expr;
-use super::plan::{Plan, Scope, SortKey};
+use super::limits::EXPR_DEPTH_MAX;
+use super::plan::{Plan, Scope, SetOp, SortKey};
 use super::SqlError;
-use super::{from, prune};
+use super::{cte, from, prune};
 use crate::types::Value;
 
 /// A planned query and its output column names.
@@ -56,7 +58,7 @@ fn window(ctx: PlanCtx<'_>, clause: Option<&ast::LimitClause>) -> Result<Window,
         None => return Ok(Window::default()),
         Some(ast::LimitClause::LimitOffset { limit, offset, limit_by }) => {
             if !limit_by.is_empty() {
-                return Err(SqlError::unsupported("LIMIT BY"));
+                return Err(SqlError::unsupported("LIMIT ... BY"));
             }
             (limit.as_ref(), offset.as_ref().map(|o| &o.value))
         }
@@ -82,59 +84,157 @@ fn order_terms(q: &ast::Query) -> Result<Vec<ast::OrderByExpr>, SqlError> {
             }
             Ok(terms.clone())
         }
-        Some(other) => Err(SqlError::unsupported(format!("{other}"))),
+        Some(_) => Err(SqlError::unsupported("ORDER BY ALL or INTERPOLATE")),
     }
 }
 
 /// Plans a query; the rows of the plan have exactly `columns.len()` values.
 pub(crate) fn plan_query(ctx: PlanCtx<'_>, q: &ast::Query) -> Result<Planned, SqlError> {
     ctx.limits.check()?;
-    let extra = q.with.is_some()
-        || q.fetch.is_some()
-        || !q.locks.is_empty()
-        || q.for_clause.is_some()
-        || q.settings.is_some()
-        || q.format_clause.is_some()
-        || !q.pipe_operators.is_empty();
-    if extra {
-        return Err(SqlError::unsupported(format!("query clause in {q}")));
+    let extra = [
+        (q.fetch.is_some(), "FETCH FIRST (use LIMIT)"),
+        (!q.locks.is_empty(), "FOR UPDATE/FOR SHARE locking clauses"),
+        (q.for_clause.is_some(), "FOR XML/FOR JSON clauses"),
+        (q.settings.is_some(), "SETTINGS clauses"),
+        (q.format_clause.is_some(), "FORMAT clauses"),
+        (!q.pipe_operators.is_empty(), "pipe operators (|>)"),
+    ];
+    if let Some((_, what)) = extra.iter().find(|(present, _)| *present) {
+        return Err(SqlError::unsupported(*what));
     }
+    match &q.with {
+        Some(with) => cte::with_scope(ctx, with, |ctx| plan_query_body(ctx, q)),
+        None => plan_query_body(ctx, q),
+    }
+}
+
+/// A query without its `WITH` clause (already in `ctx`).
+fn plan_query_body(ctx: PlanCtx<'_>, q: &ast::Query) -> Result<Planned, SqlError> {
     let terms = order_terms(q)?;
     let window = window(ctx, q.limit_clause.as_ref())?;
     if let ast::SetExpr::Select(select) = &*q.body {
         return plan_select(ctx, select, &terms, window);
     }
-    let planned = plan_set_expr(ctx, &q.body)?;
+    let planned = plan_compound(ctx, &q.body)?;
     let mut keys = Vec::new();
     for term in &terms {
-        let column = output_position(&term.expr, &planned.columns, &[])?
-            .ok_or_else(|| SqlError::unsupported("ORDER BY an expression on a compound query or VALUES"))?;
+        let column = output_position(&term.expr, &planned.columns, &[])?.ok_or_else(|| {
+            SqlError::unsupported(
+                "ORDER BY an expression on a compound query (UNION/INTERSECT/EXCEPT) or VALUES: \
+                 order by a result column's name or number",
+            )
+        })?;
         keys.push(sort_key(term, column));
     }
     Ok(Planned { plan: finish(planned.plan, keys, window, None), columns: planned.columns })
 }
 
-fn plan_set_expr(ctx: PlanCtx<'_>, body: &ast::SetExpr) -> Result<Planned, SqlError> {
+/// A compound operator as written: `UNION` (`distinct`: without `ALL`), `INTERSECT`,
+/// `EXCEPT`.
+#[derive(Clone, Copy)]
+enum Compound {
+    Union { distinct: bool },
+    Set(SetOp),
+}
+
+impl Compound {
+    fn name(self) -> &'static str {
+        match self {
+            Compound::Union { .. } => "UNION",
+            Compound::Set(op) => op.name(),
+        }
+    }
+}
+
+fn compound(op: &ast::SetOperator, quantifier: &ast::SetQuantifier) -> Result<Compound, SqlError> {
+    use ast::SetQuantifier as Q;
+    let name = match op {
+        ast::SetOperator::Union => "UNION",
+        ast::SetOperator::Intersect => "INTERSECT",
+        ast::SetOperator::Except => "EXCEPT",
+        ast::SetOperator::Minus => return Err(SqlError::unsupported("MINUS (write EXCEPT)")),
+    };
+    match (op, quantifier) {
+        (ast::SetOperator::Union, Q::All) => Ok(Compound::Union { distinct: false }),
+        (ast::SetOperator::Union, Q::None | Q::Distinct) => Ok(Compound::Union { distinct: true }),
+        (ast::SetOperator::Intersect, Q::None | Q::Distinct) => Ok(Compound::Set(SetOp::Intersect)),
+        (ast::SetOperator::Except, Q::None | Q::Distinct) => Ok(Compound::Set(SetOp::Except)),
+        (_, Q::All) => {
+            Err(SqlError::unsupported(format!("{name} ALL (SQLite has only {name}, which removes duplicates)")))
+        }
+        (_, Q::ByName | Q::AllByName | Q::DistinctByName) => Err(SqlError::unsupported(format!("{name} BY NAME"))),
+        (_, other) => Err(SqlError::unsupported(format!("{name} {other}"))),
+    }
+}
+
+/// The terms of a compound query in written order, each with the operator before it.
+/// sqlparser binds `INTERSECT` tighter than `UNION`/`EXCEPT` (standard SQL); SQLite gives
+/// them all equal precedence, left to right, so the tree is flattened and refolded. Each
+/// level of the tree costs one level of depth, as a `UNION` term always has.
+fn flatten<'q>(
+    ctx: PlanCtx<'_>,
+    body: &'q ast::SetExpr,
+    lead: Option<Compound>,
+    depth: usize,
+    out: &mut Vec<(Option<Compound>, &'q ast::SetExpr)>,
+) -> Result<(), SqlError> {
     match body {
+        ast::SetExpr::SetOperation { left, op, set_quantifier, right } => {
+            if ctx.depth + depth > EXPR_DEPTH_MAX {
+                return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
+            }
+            let op = compound(op, set_quantifier)?;
+            flatten(ctx, left, lead, depth + 1, out)?;
+            flatten(ctx, right, Some(op), depth + 1, out)
+        }
+        term => {
+            out.push((lead, term));
+            Ok(())
+        }
+    }
+}
+
+/// Plans a compound query (or a single `VALUES` / parenthesized query) left to right.
+fn plan_compound(ctx: PlanCtx<'_>, body: &ast::SetExpr) -> Result<Planned, SqlError> {
+    let mut terms = Vec::new();
+    flatten(ctx, body, None, 0, &mut terms)?;
+    let mut planned: Option<Planned> = None;
+    for (i, (op, term)) in terms.into_iter().enumerate() {
+        // The i-th term sits i levels deep in a left-nested chain.
+        let right = plan_term(ctx.deeper(i)?, term)?;
+        planned = Some(match (planned, op) {
+            (Some(left), Some(op)) => combine(left, op, right)?,
+            (None, _) => right,
+            (Some(_), None) => unreachable!("every term after the first has an operator"),
+        });
+    }
+    Ok(planned.expect("a compound query has a term"))
+}
+
+fn plan_term(ctx: PlanCtx<'_>, term: &ast::SetExpr) -> Result<Planned, SqlError> {
+    match term {
         ast::SetExpr::Select(select) => plan_select(ctx, select, &[], Window::default()),
         ast::SetExpr::Query(q) => plan_query(ctx, q),
         ast::SetExpr::Values(values) => plan_values(ctx, values),
-        ast::SetExpr::SetOperation { left, op: ast::SetOperator::Union, set_quantifier, right } => {
-            let distinct = match set_quantifier {
-                ast::SetQuantifier::All => false,
-                ast::SetQuantifier::None | ast::SetQuantifier::Distinct => true,
-                other => return Err(SqlError::unsupported(format!("UNION {other}"))),
-            };
-            // A chain of UNIONs nests to the left: each term is one level deeper.
-            let ctx = ctx.deeper(1)?;
-            let (left, right) = (plan_set_expr(ctx, left)?, plan_set_expr(ctx, right)?);
-            if left.columns.len() != right.columns.len() {
-                return Err(SqlError::invalid(
-                    "SELECTs to the left and right of UNION do not have the same number of result columns",
-                ));
-            }
-            // `(a UNION b) UNION c` is one union of three (and so is ALL within ALL): the plan
-            // stays flat however long the chain.
+        ast::SetExpr::Insert(_) | ast::SetExpr::Update(_) | ast::SetExpr::Delete(_) | ast::SetExpr::Merge(_) => {
+            Err(SqlError::unsupported("WITH before INSERT, UPDATE or DELETE (WITH is supported on SELECT)"))
+        }
+        ast::SetExpr::Table(_) => Err(SqlError::unsupported("TABLE t as a query (write SELECT * FROM t)")),
+        ast::SetExpr::SetOperation { .. } => unreachable!("flattened"),
+    }
+}
+
+/// `left op right`. A chain of `UNION`s stays one flat union (`(a UNION b) UNION c`, and
+/// `ALL` within `ALL`), so that a long chain is not a deep plan.
+fn combine(left: Planned, op: Compound, right: Planned) -> Result<Planned, SqlError> {
+    if left.columns.len() != right.columns.len() {
+        return Err(SqlError::invalid(format!(
+            "SELECTs to the left and right of {} do not have the same number of result columns",
+            op.name()
+        )));
+    }
+    let plan = match op {
+        Compound::Union { distinct } => {
             let inputs = match left.plan {
                 Plan::Union { inputs, distinct: left_distinct } if distinct || !left_distinct => {
                     let mut inputs = inputs;
@@ -143,10 +243,11 @@ fn plan_set_expr(ctx: PlanCtx<'_>, body: &ast::SetExpr) -> Result<Planned, SqlEr
                 }
                 other => vec![other, right.plan],
             };
-            Ok(Planned { plan: Plan::Union { inputs, distinct }, columns: left.columns })
+            Plan::Union { inputs, distinct }
         }
-        other => Err(SqlError::unsupported(format!("{other}").chars().take(80).collect::<String>())),
-    }
+        Compound::Set(op) => Plan::SetOp { op, left: Box::new(left.plan), right: Box::new(right.plan) },
+    };
+    Ok(Planned { plan, columns: left.columns })
 }
 
 fn plan_values(ctx: PlanCtx<'_>, values: &ast::Values) -> Result<Planned, SqlError> {
@@ -168,21 +269,24 @@ fn plan_values(ctx: PlanCtx<'_>, values: &ast::Values) -> Result<Planned, SqlErr
 }
 
 fn check_select(s: &ast::Select) -> Result<(), SqlError> {
-    let extra = s.top.is_some()
-        || s.into.is_some()
-        || !s.lateral_views.is_empty()
-        || s.prewhere.is_some()
-        || !s.connect_by.is_empty()
-        || !s.cluster_by.is_empty()
-        || !s.distribute_by.is_empty()
-        || !s.sort_by.is_empty()
-        || !s.named_window.is_empty()
-        || s.qualify.is_some()
-        || s.exclude.is_some()
-        || s.value_table_mode.is_some()
-        || !matches!(s.flavor, ast::SelectFlavor::Standard);
-    if extra {
-        return Err(SqlError::unsupported(format!("SELECT clause in {s}").chars().take(120).collect::<String>()));
+    let extra = [
+        (s.top.is_some(), "SELECT TOP (use LIMIT)"),
+        (s.into.is_some(), "SELECT ... INTO (use INSERT ... SELECT)"),
+        (!s.lateral_views.is_empty(), "LATERAL VIEW"),
+        (s.prewhere.is_some(), "PREWHERE"),
+        (!s.connect_by.is_empty(), "CONNECT BY"),
+        (
+            !s.cluster_by.is_empty() || !s.distribute_by.is_empty() || !s.sort_by.is_empty(),
+            "CLUSTER/DISTRIBUTE/SORT BY",
+        ),
+        (!s.named_window.is_empty(), "window functions (a WINDOW clause)"),
+        (s.qualify.is_some(), "QUALIFY"),
+        (s.exclude.is_some(), "SELECT * EXCLUDE"),
+        (s.value_table_mode.is_some(), "SELECT AS STRUCT/VALUE"),
+        (!matches!(s.flavor, ast::SelectFlavor::Standard), "FROM before SELECT"),
+    ];
+    if let Some((_, what)) = extra.iter().find(|(present, _)| *present) {
+        return Err(SqlError::unsupported(*what));
     }
     if matches!(s.distinct, Some(ast::Distinct::On(_))) {
         return Err(SqlError::unsupported("DISTINCT ON"));
@@ -223,7 +327,7 @@ fn expand(s: &ast::Select, scope: &Scope) -> Result<Vec<(Item, String, Option<St
                     items.push((Item::Position(i), c.name.clone(), None));
                 }
             }
-            other => return Err(SqlError::unsupported(format!("select item {other}"))),
+            other => return Err(SqlError::unsupported(format!("this select item: {other}"))),
         }
     }
     Ok(items)
@@ -271,7 +375,7 @@ fn uses_aggregates(s: &ast::Select, terms: &[ast::OrderByExpr]) -> bool {
 fn group_by(s: &ast::Select) -> Result<&[ast::Expr], SqlError> {
     match &s.group_by {
         ast::GroupByExpr::Expressions(exprs, modifiers) if modifiers.is_empty() => Ok(exprs),
-        other => Err(SqlError::unsupported(format!("{other}"))),
+        _ => Err(SqlError::unsupported("GROUP BY ALL, ROLLUP, CUBE or GROUPING SETS")),
     }
 }
 
