@@ -8,9 +8,9 @@
 //! other's log holds. Frames move in lockstep flights (everything one side sent, then
 //! everything the other side sent), so the count of flights is exact; a round trip is two.
 
-use edgestore::{
-    ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VerifiedChange, VersionVector, WriteBatch,
-};
+mod common;
+use common::kv_table as table;
+use edgestore::{NodeId, Replica, Value, VerifiedChange, VersionVector, WriteBatch};
 use serde_bytes::ByteBuf;
 use sync_protocol::frame::{self, Frame, RangeDigest};
 use sync_protocol::{ClusterId, Event, ProtocolError, Session, SessionConfig};
@@ -23,13 +23,6 @@ struct Pair {
     a: Replica,
     b: Replica,
     c: Replica,
-}
-
-fn table() -> TableSchema {
-    TableSchema::new("kv")
-        .column(ColumnDef::new("k", ColumnType::Integer))
-        .column(ColumnDef::new("v", ColumnType::Text))
-        .primary_key(&["k"])
 }
 
 /// `A` and `B` hold `C`'s `rows` rows (equal vectors, equal documents).

@@ -4,6 +4,8 @@
 //! These tests wait for conditions (convergence, a closed connection) with a generous
 //! bound; they never assert how long anything took.
 
+mod common;
+use common::node_id;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -28,10 +30,6 @@ struct TestNode {
 
 fn key_pair() -> rcgen::KeyPair {
     rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap()
-}
-
-fn node_id(key_pair: &rcgen::KeyPair) -> NodeId {
-    tls::node_id_of_public_key(&rcgen::PublicKeyData::subject_public_key_info(key_pair))
 }
 
 fn session_config() -> SessionConfig {

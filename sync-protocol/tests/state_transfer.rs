@@ -8,19 +8,14 @@
 //! ordinary streaming above the installed vector. Interrupted transfers resume from the
 //! receiver's persisted cursor; frames out of protocol close the session.
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBatch};
+mod common;
+use common::{kv_table as table, lockstep};
+use edgestore::{NodeId, Replica, Value, WriteBatch};
 use serde_bytes::ByteBuf;
 use sync_protocol::frame::{self, Frame};
 use sync_protocol::{ClusterId, Event, ProtocolError, Session, SessionConfig, TransferRole};
 
 const CLUSTER: ClusterId = ClusterId([5; 16]);
-
-fn table() -> TableSchema {
-    TableSchema::new("kv")
-        .column(ColumnDef::new("k", ColumnType::Integer))
-        .column(ColumnDef::new("v", ColumnType::Text))
-        .primary_key(&["k"])
-}
 
 fn config() -> SessionConfig {
     let mut config = SessionConfig::new(CLUSTER);
@@ -59,26 +54,6 @@ fn cluster(rows: i64) -> Cluster {
     c.transfer_from(&a).unwrap();
     assert_eq!(c.log_floor(), a.version_vector());
     Cluster { dir, a, c }
-}
-
-/// Delivers frames in lockstep round trips (everything `x` sends, then everything `y`
-/// sends) until both sides are quiet or `trips_max` round trips have gone; returns the round
-/// trips used. Every frame must be accepted.
-fn lockstep(sx: &mut Session, x: &mut Replica, sy: &mut Session, y: &mut Replica, trips_max: usize) -> usize {
-    for trip in 0..trips_max {
-        let to_y: Vec<Vec<u8>> = std::iter::from_fn(|| sx.poll_transmit(0, x)).collect();
-        for bytes in &to_y {
-            sy.handle_frame(0, bytes, y).unwrap_or_else(|e| panic!("round trip {trip}: {e}"));
-        }
-        let to_x: Vec<Vec<u8>> = std::iter::from_fn(|| sy.poll_transmit(0, y)).collect();
-        for bytes in &to_x {
-            sx.handle_frame(0, bytes, x).unwrap_or_else(|e| panic!("round trip {trip}: {e}"));
-        }
-        if to_y.is_empty() && to_x.is_empty() {
-            return trip;
-        }
-    }
-    trips_max
 }
 
 fn sessions(donor: &Replica, receiver: &Replica) -> (Session, Session) {

@@ -18,6 +18,8 @@
 //! same data. Ciphertexts still differ between runs (rustls draws handshake secrets from
 //! the OS RNG); their lengths and timing do not.
 
+mod common;
+use common::node_id;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
@@ -167,10 +169,6 @@ fn key_pair(index: usize) -> rcgen::KeyPair {
     let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
     der.extend_from_slice(&[index as u8 + 1; 32]);
     rcgen::KeyPair::try_from(der.as_slice()).unwrap()
-}
-
-fn node_id(key_pair: &rcgen::KeyPair) -> NodeId {
-    tls::node_id_of_public_key(&rcgen::PublicKeyData::subject_public_key_info(key_pair))
 }
 
 fn host_name(index: usize) -> String {
