@@ -7,6 +7,10 @@
 //! tail) — a fresh process loads thousands of them the way the replica does, keeps them in
 //! memory, and divides the growth of its resident memory (VmRSS) by their number.
 //! `cargo run --example doc_memory`.
+//!
+//! First it prints what a document of 1, 2, 3, 6, 10 and 64 changes costs on disk kept as raw
+//! tail changes next to saved whole (`save()`): the measurement behind the background
+//! document save (docs/design.md § "Document save").
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, Change, ScalarValue, ROOT};
@@ -23,6 +27,7 @@ fn main() {
     if let [updates, docs] = args.as_slice() {
         return measure(updates.parse().expect("updates"), docs.parse().expect("docs"));
     }
+    print_saved_sizes();
     println!("doc_memory: each shape in a fresh process; memory = growth of VmRSS / documents loaded");
     for (updates, docs) in SHAPES {
         let status = std::process::Command::new(std::env::current_exe().expect("this program's path"))
@@ -72,6 +77,18 @@ fn row_doc(updates: i64, saved_after: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
         }
     }
     (snapshot, tail)
+}
+
+/// Bytes of a row document kept as raw changes next to the same document saved whole.
+fn print_saved_sizes() {
+    println!("| changes | raw changes B | saved whole B | saved / raw |");
+    println!("|---|---|---|---|");
+    for changes in [1, 2, 3, 6, 10, 64] {
+        let (_, tail) = row_doc(changes - 1, usize::MAX);
+        let raw: usize = tail.iter().map(Vec::len).sum();
+        let saved = load(&[], &tail).save().len();
+        println!("| {changes} | {raw} | {saved} | {:.2} |", saved as f64 / raw as f64);
+    }
 }
 
 /// Loads a document the way `doc::load_doc` does: the snapshot, then the tail changes.

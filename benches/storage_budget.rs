@@ -4,14 +4,22 @@
 //! runs itself again as a fresh process that opens the store with the memory budget,
 //! reads every row, and reports its resident memory (VmRSS of /proc/self/status).
 //!
+//! Then it compacts the whole log (the node is alone: its horizon is its vector), saves
+//! documents in the background steps the daemon runs (docs/design.md § "Document save"),
+//! and updates every row `UPDATES` times (1000-row batches, log compaction and document
+//! saves after each round), printing the breakdown after each stage.
+//!
 //! A measurement program, not a test:
-//! `cargo run --example storage_budget -- [ROWS] [CACHE_MIB]` (defaults 200 000 rows and
-//! the default budget, 64 MiB). README "Storage and memory" quotes its figures.
+//! `cargo run --example storage_budget -- [ROWS] [CACHE_MIB] [UPDATES]` (defaults 200 000
+//! rows, the default budget, 64 MiB, and 5 updates; `STORAGE_BUDGET_SAVE=no` skips the
+//! document saves, for the figures without them, and `STORAGE_BUDGET_SAVE=end` saves only
+//! after the load and after the last round). README "Storage and memory" quotes its
+//! figures.
 
 use std::path::Path;
 use std::time::Instant;
 
-use edgestore::{NodeId, OpenOptions, Replica, StorageStats, WriteBatch};
+use edgestore::{NodeId, OpenOptions, Replica, StorageStats, Value, WriteBatch};
 
 #[path = "readings.rs"]
 mod readings;
@@ -33,7 +41,8 @@ fn main() {
         Some(keep) => Path::new(&keep).join("store.redb"),
         None => dir.path().join("store.redb"),
     };
-    load_phase(&path, rows, cache_mib);
+    let updates: u32 = args.get(2).map(|n| n.parse().expect("UPDATES is a number")).unwrap_or(5);
+    load_phase(&path, rows, cache_mib, updates);
     let status = std::process::Command::new(std::env::current_exe().expect("this program's path"))
         .args(["--read", path.to_str().expect("a UTF-8 path"), &cache_mib.to_string()])
         .status()
@@ -46,7 +55,7 @@ fn options(cache_mib: usize) -> OpenOptions {
 }
 
 #[allow(clippy::disallowed_methods, reason = "a measurement program is the edge where reading the clock is the point")]
-fn load_phase(path: &Path, rows: i64, cache_mib: usize) {
+fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32) {
     let node = NodeId::from_public_key(NODE);
     println!("storage_budget: {rows} rows in {BATCH_ROWS}-row batches, cache budget {cache_mib} MiB");
     let mut replica = Replica::open_with(path, node, &options(cache_mib)).expect("open");
@@ -71,6 +80,62 @@ fn load_phase(path: &Path, rows: i64, cache_mib: usize) {
     println!("storage_stats took {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
     print_breakdown(&stats, rows as u64);
     digest_timing(&replica);
+    let save = std::env::var("STORAGE_BUDGET_SAVE").unwrap_or_default();
+    let (save_settled, save_rounds) = (save != "no", save != "no" && save != "end");
+    settle(&mut replica, path, rows, save_settled, "after load");
+    for round in 1..=updates {
+        let mut id = 0;
+        while id < rows {
+            let mut batch = WriteBatch::new();
+            for _ in 0..BATCH_ROWS.min(rows - id) {
+                id += 1;
+                let value = Value::Real(id as f64 * 0.5 + f64::from(round));
+                batch = batch.update("readings", vec![Value::from(id)], [("value", value)]);
+            }
+            replica.write(batch, id).expect("write a batch");
+        }
+        if round == updates {
+            settle(&mut replica, path, rows, save_settled, &format!("after {round} updates of every row"));
+        } else {
+            settle_quietly(&mut replica, save_rounds);
+        }
+    }
+}
+
+/// Compacts the whole log, then (if `save`) saves documents until nothing is left, as
+/// the daemon's driver does, and prints the breakdown and the file's length.
+fn settle(replica: &mut Replica, path: &Path, rows: i64, save: bool, stage: &str) {
+    let (entries, saved) = settle_quietly(replica, save);
+    println!("{stage}, log compacted ({entries} entries), {saved} documents saved:");
+    let file = std::fs::metadata(path).map_or(0, |m| m.len());
+    println!("file:   {file} bytes ({:.0} B/row)", file as f64 / rows as f64);
+    let stats = replica.snapshot().and_then(|s| s.storage_stats()).expect("storage stats");
+    print_breakdown(&stats, rows as u64);
+    let problems = replica.check_integrity().expect("integrity check");
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// Log entries compacted and documents saved.
+fn settle_quietly(replica: &mut Replica, save: bool) -> (u64, u64) {
+    let (mut entries, mut saved) = (0, 0);
+    let vector = replica.version_vector().clone();
+    loop {
+        let report = replica.compact_log_step(&vector, 256).expect("compaction step");
+        entries += report.entries_removed;
+        if report.complete {
+            break;
+        }
+    }
+    if !save {
+        return (entries, saved);
+    }
+    loop {
+        let report = replica.save_docs_step(128).expect("document save step");
+        saved += report.docs_saved;
+        if report.complete {
+            return (entries, saved);
+        }
+    }
 }
 
 fn read_phase(path: &Path, cache_mib: usize) {

@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase};
 
 use crate::error::{ApplyError, StorageError, StoreFault, WriteError};
-use crate::replica::{ApplyReport, CompactReport, Replica, Snapshot, WriteBatch, WriteReceipt};
+use crate::replica::{ApplyReport, CompactReport, Replica, SaveReport, Snapshot, WriteBatch, WriteReceipt};
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
 
@@ -236,12 +236,24 @@ impl ReplicaHandle {
             let target = upto(replica);
             replica.compact_log_step(&target, entries_max)
         });
-        outcome.unwrap_or_else(|Stopped| {
-            Err(match lock(&self.shared).fault.clone() {
-                Some(fault) => StorageError::Unavailable(fault),
-                None => StorageError::Stopped,
-            })
-        })
+        outcome.unwrap_or_else(|Stopped| Err(self.not_run()))
+    }
+
+    /// Runs one bounded background document-save step on the owner thread, between group
+    /// commits (docs/design.md § "Document save"): at most `docs_max` documents saved in
+    /// one short durable transaction. While the store is faulted or below the low-disk
+    /// floor the step does not run: [`StorageError::Unavailable`].
+    pub fn save_docs_step(&self, docs_max: usize) -> Result<SaveReport, StorageError> {
+        let outcome = self.call(move |replica| replica.save_docs_step(docs_max));
+        outcome.unwrap_or_else(|Stopped| Err(self.not_run()))
+    }
+
+    /// Why a [`ReplicaHandle::call`] did not run: the store is faulted, or the owner stopped.
+    fn not_run(&self) -> StorageError {
+        match lock(&self.shared).fault.clone() {
+            Some(fault) => StorageError::Unavailable(fault),
+            None => StorageError::Stopped,
+        }
     }
 
     /// A read snapshot of the durable state, taken on the calling thread (redb readers

@@ -43,12 +43,12 @@ pub use catalog::{Catalog, DdlConflict, IndexEntry, TableEntry};
 pub use change::{ChangeError, DocKey, VerifiedChange};
 pub use error::{ApplyError, OpenError, ReadError, StorageError, WriteError};
 pub use handle::ReplicaHandle;
-pub use replica::CompactReport;
 pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
     RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
 };
 pub use replica::{CacheFigures, OpenOptions, RedbTableStats, StorageStats, UserTableStats};
+pub use replica::{CompactReport, SaveReport, SAVE_TAIL_CHANGES_MIN};
 pub use replica::{DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, REPAIR_DOCS_MAX};
 pub use replica::{HeldClaim, HeldPage, HoldersCounters, Horizon, MemberHold};
 pub use replica::{TransferBatch, TransferDoc, TransferProgress, TransferReport, TRANSFER_DOCS_MAX};

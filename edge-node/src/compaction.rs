@@ -1,4 +1,5 @@
-//! The daemon's log compaction driver (docs/design.md § "Log compaction").
+//! The daemon's log compaction driver (docs/design.md § "Log compaction"), which also
+//! runs the background document save (§ "Document save") after the log steps.
 //!
 //! Every [`COMPACT_INTERVAL`] it runs bounded steps on the replica's owner thread: each
 //! step removes at most [`COMPACT_STEP_ENTRIES`] log entries in one short durable
@@ -6,6 +7,11 @@
 //! meanwhile run between two steps and never wait for more than one. At most
 //! [`COMPACT_STEPS_PER_TICK`] steps run per tick, so a long log is worked off over several
 //! seconds while the owner stays mostly free for writers.
+//!
+//! After the log steps of a tick come at most [`SAVE_STEPS_PER_TICK`] document-save
+//! steps of at most [`SAVE_STEP_DOCS`] documents each, again one owner request and one
+//! durable transaction per step; once a pass found nothing left to save they return at
+//! once until a document's tail grows again.
 //!
 //! The target is computed on the owner thread from the replica: its causal-stability
 //! horizon (`Replica::horizon`, docs/design.md § "Causal-stability horizon"), on the sync
@@ -28,6 +34,11 @@ pub const COMPACT_STEP_ENTRIES: usize = 256;
 /// Steps per tick, at most.
 pub const COMPACT_STEPS_PER_TICK: usize = 64;
 
+/// Documents saved per document-save step, at most.
+pub const SAVE_STEP_DOCS: usize = 128;
+/// Document-save steps per tick, at most.
+pub const SAVE_STEPS_PER_TICK: usize = 16;
+
 /// The clock the horizon is asked with.
 type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
@@ -49,6 +60,10 @@ pub struct Compaction {
     pub steps: AtomicU64,
     /// Steps that failed (other than on a faulted store, which the store health reports).
     pub failures: AtomicU64,
+    /// Documents saved whole by the background document save.
+    pub docs_saved: AtomicU64,
+    /// Bytes those saves freed: tails and old snapshots removed minus snapshots written.
+    pub docs_saved_bytes_freed: AtomicU64,
     /// The longest step so far, in microseconds, measured around the owner thread's
     /// round trip: what a writer queued behind a step waits at most, roughly.
     pub step_us_max: AtomicU64,
@@ -72,6 +87,8 @@ impl Compaction {
             bytes: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            docs_saved: AtomicU64::new(0),
+            docs_saved_bytes_freed: AtomicU64::new(0),
             step_us_max: AtomicU64::new(0),
         }
     }
@@ -93,9 +110,15 @@ impl Compaction {
         }
     }
 
-    /// Runs up to [`COMPACT_STEPS_PER_TICK`] steps, until the log holds nothing at or
-    /// below the target. `Err` only when the owner thread has stopped.
+    /// Log steps, then document-save steps. `Err` only when the owner thread has stopped.
     fn tick(self: &Arc<Compaction>, handle: &ReplicaHandle) -> Result<(), StorageError> {
+        self.log_steps(handle)?;
+        self.save_steps(handle)
+    }
+
+    /// Runs up to [`COMPACT_STEPS_PER_TICK`] steps, until the log holds nothing at or
+    /// below the target.
+    fn log_steps(self: &Arc<Compaction>, handle: &ReplicaHandle) -> Result<(), StorageError> {
         for _ in 0..COMPACT_STEPS_PER_TICK {
             let compaction = Arc::clone(self);
             let started = Instant::now();
@@ -109,21 +132,46 @@ impl Compaction {
                         return Ok(());
                     }
                 }
-                Err(StorageError::Stopped) => return Err(StorageError::Stopped),
-                // Faulted: the store health reports it, and the next tick tries again.
-                Err(StorageError::Unavailable(_)) => return Ok(()),
-                Err(error) => {
-                    let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                    // Logged at the 1st, 2nd, 4th, 8th... failure: a lasting one does not
-                    // flood the log once a second.
-                    if failures.is_power_of_two() {
-                        tracing::error!(%error, failures, "log compaction failed");
-                    }
-                    return Ok(());
-                }
+                Err(error) => return self.failed(error, "log compaction failed"),
             }
         }
         Ok(())
+    }
+
+    /// Runs up to [`SAVE_STEPS_PER_TICK`] document-save steps, until nothing is left to save.
+    fn save_steps(&self, handle: &ReplicaHandle) -> Result<(), StorageError> {
+        for _ in 0..SAVE_STEPS_PER_TICK {
+            match handle.save_docs_step(SAVE_STEP_DOCS) {
+                Ok(report) => {
+                    self.docs_saved.fetch_add(report.docs_saved, Ordering::Relaxed);
+                    let freed = report.bytes_before.saturating_sub(report.bytes_after);
+                    self.docs_saved_bytes_freed.fetch_add(freed, Ordering::Relaxed);
+                    if report.complete {
+                        return Ok(());
+                    }
+                }
+                Err(error) => return self.failed(error, "document save failed"),
+            }
+        }
+        Ok(())
+    }
+
+    /// A step failed: `Err` if the owner stopped; a faulted or low-disk store is reported
+    /// by the store health, and the next tick tries again; anything else is counted.
+    fn failed(&self, error: StorageError, what: &'static str) -> Result<(), StorageError> {
+        match error {
+            StorageError::Stopped => Err(StorageError::Stopped),
+            StorageError::Unavailable(_) => Ok(()),
+            error => {
+                let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at the 1st, 2nd, 4th, 8th... failure: a lasting one does not
+                // flood the log once a second.
+                if failures.is_power_of_two() {
+                    tracing::error!(%error, failures, "{what}");
+                }
+                Ok(())
+            }
+        }
     }
 
     fn record(&self, report: &CompactReport, step_us: u64) {

@@ -102,6 +102,10 @@ pub struct CompactionFigures {
     pub failures: u64,
     /// The longest step, in microseconds.
     pub step_us_max: u64,
+    /// Documents saved whole by the background document save.
+    pub docs_saved: u64,
+    /// Bytes those saves freed.
+    pub docs_saved_bytes_freed: u64,
 }
 
 impl CompactionFigures {
@@ -113,6 +117,8 @@ impl CompactionFigures {
             bytes: load(&compaction.bytes),
             failures: load(&compaction.failures),
             step_us_max: load(&compaction.step_us_max),
+            docs_saved: load(&compaction.docs_saved),
+            docs_saved_bytes_freed: load(&compaction.docs_saved_bytes_freed),
         }
     }
 }
@@ -360,6 +366,10 @@ fn compaction_metrics(registry: &mut Registry, store: &StoreFigures) {
     counter(registry, "log_compaction_failures", "Compaction steps that failed", figures.failures);
     let pause = "Longest compaction step since the node started (writers wait for at most one), in microseconds";
     gauge(registry, "log_compaction_step_max_microseconds", pause, figures.step_us_max);
+    let saved = "Documents saved whole by the background document save (docs/design.md § Document save)";
+    counter(registry, "docs_saved", saved, figures.docs_saved);
+    let freed = "Bytes the background document save freed (tails and old snapshots minus new snapshots)";
+    counter(registry, "docs_saved_bytes_freed", freed, figures.docs_saved_bytes_freed);
 }
 
 /// The causal-stability horizon (docs/design.md § "Causal-stability horizon").
@@ -453,12 +463,20 @@ mod tests {
         assert!(text.contains("edgestore_store_table_entries{table=\"rows_v1\"} 7"), "{text}");
         assert!(text.contains("edgestore_cache_budget_bytes{cache=\"redb\"} 3000"), "{text}");
         assert!(text.contains("edgestore_doc_cache_bytes 100"), "{text}");
-        let compaction = CompactionFigures { entries: 9, bytes: 900, failures: 0, step_us_max: 1500 };
+        let compaction = CompactionFigures {
+            entries: 9,
+            bytes: 900,
+            failures: 0,
+            step_us_max: 1500,
+            docs_saved: 4,
+            docs_saved_bytes_freed: 700,
+        };
         let store = StoreFigures { log_floor_changes: 9, compaction, ..StoreFigures::default() };
         let text = render(&api, &store, &[], &NodeCounters::default(), 5);
         assert!(text.contains("edgestore_log_floor_changes 9"), "{text}");
         assert!(text.contains("edgestore_log_compacted_entries_total 9"), "{text}");
         assert!(text.contains("edgestore_log_compaction_step_max_microseconds 1500"), "{text}");
+        assert!(text.contains("edgestore_docs_saved_total 4"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 

@@ -68,6 +68,17 @@ impl DocCache {
         debug_assert!(self.bytes <= self.bytes_max);
     }
 
+    /// Whether a document is cached.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.docs.contains(key)
+    }
+
+    /// A cached document, to change how it is stored (its tail length) but not what it
+    /// holds, so its charge stays right; its place in the eviction order does not move.
+    pub fn peek_mut(&mut self, key: &[u8]) -> Option<&mut WorkingDoc> {
+        self.docs.peek_mut(key).map(|(_, working)| working)
+    }
+
     /// Drops every document.
     pub fn clear(&mut self) {
         self.docs.clear();

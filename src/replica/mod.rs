@@ -21,6 +21,7 @@ mod materialize;
 mod open;
 mod read;
 mod restore;
+mod save;
 mod stats;
 mod transfer;
 mod write;
@@ -55,6 +56,7 @@ pub use holders::{
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
 pub use read::{RowConflicts, RowIter, Snapshot};
+pub use save::{SaveReport, SAVE_SCAN_DOCS_MAX, SAVE_TAIL_CHANGES_MIN};
 pub use stats::{CacheFigures, RedbTableStats, StorageStats, UserTableStats};
 pub use transfer::{
     TransferBatch, TransferDoc, TransferProgress, TransferReport, TRANSFER_DOCS_MAX, TRANSFER_DOC_BYTES_MAX,
@@ -117,6 +119,8 @@ pub struct Replica {
     /// What every member is known to hold, and the last horizon (`holders.rs`).
     /// Boxed: it keeps the replica (held by value in enums) small.
     holders: Box<holders::Holders>,
+    /// Where the background document save is (`save.rs`).
+    sweep: save::Sweep,
 }
 
 impl std::fmt::Debug for Replica {
@@ -275,6 +279,7 @@ impl Replica {
             }
         }
         working.changes += new_changes.len() as u64;
+        self.sweep.tail_persisted(working.tail_len);
         let heads = storage::encode_heads(working.tail_len, &doc::heads(&mut working.doc));
         let old = tables.heads.insert(key, heads.as_slice())?;
         tables.digest_delta.heads(key, old.as_ref().map(|v| v.value()), Some(&heads))?;

@@ -109,6 +109,7 @@ impl Replica {
             redb_cache_bytes: options.redb_cache_bytes(),
             upgraded_on_open: upgraded,
             holders: Box::default(),
+            sweep: super::save::Sweep::default(),
         };
         replica.reload_state()?;
         Ok(replica)
