@@ -142,6 +142,8 @@ struct Sim {
     compact: bool,
     /// Log entries compacted away, over all nodes.
     compacted: u64,
+    /// Documents saved whole by the background save step, over all nodes.
+    docs_saved: u64,
     /// Sessions closed because the peer needed changes below the log floor.
     below_floor_closes: u64,
     /// State-transfer batches delivered since the counter was reset.
@@ -206,6 +208,7 @@ impl Sim {
             anti_entropy: (0, 0),
             compact: true,
             compacted: 0,
+            docs_saved: 0,
             below_floor_closes: 0,
             transfer_batches: 0,
             peer_horizon_ms: PEER_HORIZON_MS,
@@ -539,6 +542,8 @@ impl Sim {
             let before = replica.log_floor().clone();
             let report = replica.compact_log_step(&horizon, COMPACT_STEP_ENTRIES).expect("compaction");
             self.compacted += report.entries_removed;
+            // The daemon's other background step: documents with a tail saved whole.
+            self.docs_saved += replica.save_docs_step(COMPACT_STEP_ENTRIES).expect("document save").docs_saved;
             let raised: VersionVector = report.floor.iter().filter(|&(o, floor)| floor > before.seq(o)).collect();
             for (m, vector) in vectors.iter().filter(|_| !away) {
                 assert!(
@@ -631,6 +636,8 @@ struct Outcome {
     writes: usize,
     /// Log entries compacted away, over all nodes.
     compacted: u64,
+    /// Documents saved whole by the background save step, over all nodes.
+    docs_saved: u64,
     /// Sessions closed because the peer was below the log floor.
     below_floor_closes: u64,
 }
@@ -694,6 +701,7 @@ fn run_schedule(seed: u64) -> Outcome {
         heal_to_converged_ms,
         writes: sim.acked.rows.len() + sim.acked.increments.len(),
         compacted: sim.compacted,
+        docs_saved: sim.docs_saved,
         below_floor_closes: sim.below_floor_closes,
     }
 }
@@ -737,7 +745,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     };
     println!("simulation: {} schedules, {label} (replay one with EDGESTORE_SIM_SEED=<seed>)", seeds.len());
     let mut worst_ms = 0;
-    let (mut writes, mut compacted, mut below_floor_closes) = (0, 0, 0);
+    let (mut writes, mut compacted, mut below_floor_closes, mut docs_saved) = (0, 0, 0, 0);
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -746,16 +754,19 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 worst_ms = worst_ms.max(outcome.heal_to_converged_ms);
                 writes += outcome.writes;
                 compacted += outcome.compacted;
+                docs_saved += outcome.docs_saved;
                 below_floor_closes += outcome.below_floor_closes;
             }
             Err(_) => failed.push(seed),
         }
     }
     assert!(failed.is_empty(), "{} of {} schedules failed, seeds {failed:?}", failed.len(), seeds.len());
+    assert!(docs_saved > 0, "no schedule left a document tail of two changes to save");
     println!(
         "simulation: {} schedules converged, 0 divergence, 0 lost writes ({writes} acknowledged rows/counters checked); \
          slowest convergence after heal {worst_ms} ms simulated (bound {CONVERGENCE_BOUND_MS} ms); \
-         {compacted} log entries compacted, {below_floor_closes} sessions closed below a log floor",
+         {compacted} log entries compacted, {docs_saved} documents saved whole, \
+         {below_floor_closes} sessions closed below a log floor",
         seeds.len()
     );
 }
