@@ -32,6 +32,7 @@ use sync_protocol::transport::{FaultSwitch, SyncNode};
 use crate::config::{parse_node_id, Config, PeerList};
 use crate::json::{check_integer_literals, from_json, to_json};
 use crate::metrics::{self, ApiCounters, StoreFigures};
+use crate::statement_cache::StatementCache;
 
 /// Seconds a client is told to wait (`Retry-After`) when the node cannot answer now: over
 /// the connection cap (`serve.rs`), over `api.statements_max`, or while the store reopens.
@@ -49,9 +50,10 @@ pub struct Node {
     pub started: Instant,
     /// Serialises edits of the peer list file.
     pub peers_file: tokio::sync::Mutex<()>,
-    /// Parsed statements by SQL text; a query's plan is kept inside its statement and
-    /// re-used while the tables it reads keep their definitions (see `sql::Statement`).
-    pub statements: std::sync::Mutex<lru::LruCache<String, sql::Statement>>,
+    /// Parsed statements by SQL text, bounded by the text they hold; a query's plan is kept
+    /// inside its statement and re-used while the tables it reads keep their definitions
+    /// (see `sql::Statement`).
+    pub statements: std::sync::Mutex<StatementCache>,
     /// The sync socket's cut-off switch, exposed only when fault injection is enabled
     /// (`EDGE_NODE_FAULT_INJECTION=1`, for end-to-end partition tests).
     pub fault: Option<FaultSwitch>,
@@ -405,17 +407,14 @@ async fn sql_route(State(node): State<Arc<Node>>, Body(request): Body<SqlRequest
     result.map(Json)
 }
 
-/// Statements kept parsed (and planned) by SQL text, at most.
-pub const STATEMENT_CACHE_ENTRIES: usize = 256;
-
 /// The statement for `text`, from the cache or freshly parsed (parse errors are not kept).
 fn statement(node: &Node, text: &str) -> Result<sql::Statement, ApiError> {
-    let cached = node.statements.lock().expect("statement cache poisoned").get(text).cloned();
+    let cached = node.statements.lock().expect("statement cache poisoned").get(text);
     if let Some(statement) = cached {
         return Ok(statement);
     }
     let statement = sql::prepare(text).map_err(ApiError::from_sql)?;
-    node.statements.lock().expect("statement cache poisoned").put(text.to_string(), statement.clone());
+    node.statements.lock().expect("statement cache poisoned").put(text, statement.clone());
     Ok(statement)
 }
 

@@ -21,7 +21,7 @@ use edgestore::{Replica, ReplicaHandle};
 use sync_protocol::transport::{FaultSwitch, SyncNode, SyncNodeConfig};
 use sync_protocol::SessionConfig;
 
-use crate::api::{self, Node};
+use crate::api::Node;
 use crate::compaction::{self, Compaction};
 use crate::config::{Config, LogFormat, PeerList};
 use crate::data_dir;
@@ -105,9 +105,7 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         counters: ApiCounters::default(),
         started: Instant::now(),
         peers_file: tokio::sync::Mutex::new(()),
-        statements: std::sync::Mutex::new(lru::LruCache::new(
-            std::num::NonZeroUsize::new(api::STATEMENT_CACHE_ENTRIES).expect("a non-zero capacity"),
-        )),
+        statements: std::sync::Mutex::default(),
         fault,
         statement_slots: Arc::new(tokio::sync::Semaphore::new(config.statements_max)),
         memory: edgestore::sql::MemoryPool::new(config.memory_mib << 20),

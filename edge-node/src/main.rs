@@ -26,6 +26,7 @@ mod peers;
 mod render;
 mod serve;
 mod shell;
+mod statement_cache;
 mod storage;
 mod store_health;
 
