@@ -579,6 +579,38 @@ impl Sim {
         }
     }
 
+    /// Each node's vector total, log floor total, links (established, transfer) and frames
+    /// in flight: what a failed convergence assertion prints.
+    fn describe(&self) -> String {
+        let mut out = format!("at {} ms, {} frames in flight", self.now_ms, self.network.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(replica) = node.replica.as_ref() else {
+                out += &format!("\n  node {i}: down");
+                continue;
+            };
+            out += &format!(
+                "\n  node {i}: vector {:?}, floor {:?}, joining {}",
+                replica.version_vector(),
+                replica.log_floor(),
+                node.joining
+            );
+            for (peer, link) in &node.links {
+                out += &format!(
+                    "\n    link {peer}: established {}, closed {}, in flight {}, transfer {:?}, peer vector {:?}",
+                    link.session.is_established(),
+                    link.session.is_closed(),
+                    link.session.in_flight(),
+                    link.session.transfer_status(),
+                    link.session.peer_vector()
+                );
+            }
+            if !node.retry_at.is_empty() {
+                out += &format!("\n    retry at {:?}", node.retry_at);
+            }
+        }
+        out
+    }
+
     fn converged(&self) -> bool {
         let first = self.nodes[0].replica.as_ref().expect("up").version_vector();
         self.network.is_empty() && self.nodes.iter().all(|n| n.replica.as_ref().expect("up").version_vector() == first)
@@ -1173,7 +1205,11 @@ fn run_join_schedule(seed: u64) -> u64 {
     sim.faults = CALM;
     let healed_at = sim.now_ms;
     while !sim.converged() {
-        assert!(sim.now_ms - healed_at <= CONVERGENCE_BOUND_MS, "seed {seed}: no convergence after heal");
+        assert!(
+            sim.now_ms - healed_at <= CONVERGENCE_BOUND_MS,
+            "seed {seed}: no convergence after heal: {}",
+            sim.describe()
+        );
         sim.run_for(100);
     }
     check_state(&sim, seed);
