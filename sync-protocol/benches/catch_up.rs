@@ -19,34 +19,20 @@
 
 use std::time::Instant;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, WriteBatch};
+use edgestore::{NodeId, Replica, WriteBatch};
 use sync_protocol::{ClusterId, Session, SessionConfig};
 
 const CLUSTER: ClusterId = ClusterId([4; 16]);
 
-fn table() -> TableSchema {
-    TableSchema::new("readings")
-        .column(ColumnDef::new("id", ColumnType::Integer))
-        .column(ColumnDef::new("sensor", ColumnType::Integer))
-        .column(ColumnDef::new("ts", ColumnType::Integer))
-        .column(ColumnDef::new("value", ColumnType::Real))
-        .primary_key(&["id"])
-}
+#[path = "../../benches/readings.rs"]
+mod readings;
 
 fn write_rows(replica: &mut Replica, rows: i64) {
-    replica.write(WriteBatch::new().create_table(table()), 0).unwrap();
+    replica.write(WriteBatch::new().create_table(readings::schema()), 0).unwrap();
     for start in (0..rows).step_by(1000) {
         let mut batch = WriteBatch::new();
         for id in start..(start + 1000).min(rows) {
-            batch = batch.insert(
-                "readings",
-                [
-                    ("id", Value::from(id)),
-                    ("sensor", Value::from(id % 500)),
-                    ("ts", Value::from(1_700_000_000_000 + id)),
-                    ("value", Value::from(id as f64 * 0.25)),
-                ],
-            );
+            batch = batch.insert("readings", readings::reading(id));
         }
         replica.write(batch, 0).unwrap();
     }
