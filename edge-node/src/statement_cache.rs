@@ -1,8 +1,9 @@
 //! The API's cache of parsed statements, bounded by the SQL text it holds.
 //!
-//! A parsed statement costs memory in proportion to its text (a 1000-row `INSERT ...
-//! VALUES` of 45 KB parses into ~1.6 MB of syntax tree), so a cache bounded by entries
-//! alone held 256 bulk inserts — ~400 MiB of an idle node's RSS after a load. Entries are
+//! A parsed statement costs memory in proportion to its text: a cache bounded by entries
+//! alone held 256 bulk inserts (1000-row `INSERT ... VALUES` of ~45 KB each) and ~400 MiB
+//! of an idle node's RSS after a load, ~1.6 MB per statement (inferred from that RSS, not
+//! measured per statement). Entries are
 //! charged their text length against `TEXT_BYTES_MAX`, and a statement whose text is longer
 //! than `ENTRY_TEXT_BYTES_MAX` is not kept at all: statements with that much text carry
 //! their values as literals and are seldom sent twice, and parsing them again costs about
@@ -10,8 +11,8 @@
 
 use edgestore::sql;
 
-/// Text bytes of every kept statement together, at most (with ~36 bytes of syntax tree
-/// per byte of text: ~9 MiB).
+/// Text bytes of every kept statement together, at most (at the ~36 bytes of syntax tree
+/// per byte of text inferred above: ~9 MiB).
 pub const TEXT_BYTES_MAX: usize = 256 * 1024;
 /// A statement longer than this is parsed for each request and not kept.
 pub const ENTRY_TEXT_BYTES_MAX: usize = 16 * 1024;

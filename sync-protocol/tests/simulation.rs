@@ -595,8 +595,9 @@ impl Sim {
         passed
     }
 
-    /// Each node's vector total, log floor total, links (established, transfer) and frames
-    /// in flight: what a failed convergence assertion prints.
+    /// Each node's vector, log floor and links (established, closed, in flight, transfer,
+    /// peer vector), its retry times, and the frames in flight: what a failed convergence
+    /// assertion prints.
     fn describe(&self) -> String {
         let mut out = format!("at {} ms, {} frames in flight", self.now_ms, self.network.len());
         for (i, node) in self.nodes.iter().enumerate() {
