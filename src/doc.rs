@@ -80,6 +80,13 @@ pub fn apply_changes(doc: &mut AutoCommit, changes: Vec<automerge::Change>) -> R
     Ok(())
 }
 
+/// Whether the document holds every change in `hashes`, contained: automerge applies a
+/// change only once it holds all the change's dependencies (`is_causally_ready`).
+pub fn holds_changes(doc: &mut AutoCommit, hashes: &[automerge::ChangeHash]) -> Result<bool, String> {
+    contain("dependency check", || hashes.iter().all(|hash| doc.get_change_by_hash(hash).is_some()))
+        .map_err(|e: Panicked| e.to_string())
+}
+
 /// The document's causal length: the maximum of every concurrent value (0 if never set).
 pub fn causal_length(doc: &AutoCommit) -> u64 {
     doc.get_all(ROOT, CAUSAL_LENGTH)

@@ -135,6 +135,52 @@ fn a_returning_node_keeps_what_it_wrote_while_away() {
     assert_healthy(&a);
 }
 
+/// Regression (simulator join scenario, seed 2046820836): a transferred document can hold
+/// changes above the installed vector (its batch came from a later snapshot), so the
+/// receiver's next change to it depends on a change its envelope does not name. A peer
+/// that lacks that change parks it, and applies it once the change arrives, instead of
+/// refusing the batch on every session.
+#[test]
+fn a_change_built_on_a_document_above_the_installed_vector_waits_for_it() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open(&dir, 1);
+    let mut p = open(&dir, 2);
+    let mut c = open(&dir, 3);
+    a.write(WriteBatch::new().create_table(sensors()), 0).unwrap();
+    for id in 0..10 {
+        a.write(insert(id, "first"), 0).unwrap();
+    }
+    sync(&a, &mut p);
+    // The first batch (the table and row 0) comes from a snapshot before a's update...
+    let first = a.export_transfer(&[], 2, 1 << 20).unwrap();
+    assert!(!first.done);
+    c.import_transfer(a.node_id(), first).unwrap();
+    let rename =
+        |id: i64, name: &str| WriteBatch::new().update("sensors", vec![Value::from(id)], [("name", Value::from(name))]);
+    a.write(rename(9, "from-a"), 0).unwrap();
+    // ...the rest, row 9 with the update, from one after it: the install vector lacks it.
+    transfer(&a, &mut c, 100);
+    assert_eq!(c.version_vector(), p.version_vector());
+    c.write(rename(9, "from-c"), 0).unwrap();
+
+    let report = p.apply_remote(c.changes_since(p.version_vector(), 100, 1 << 20).unwrap().changes).unwrap();
+    assert_eq!((report.applied, report.parked, report.parked_for_documents), (0, 1, 1), "{report:?}");
+    let name = |r: &Replica| r.snapshot().unwrap().get("sensors", &[Value::from(9)]).unwrap().map(|row| row[1].clone());
+    assert_eq!(name(&p), Some(Value::from("first")));
+    // a's update arrives: the parked change follows it in the same call.
+    let report = p.apply_remote(a.changes_since(p.version_vector(), 100, 1 << 20).unwrap().changes).unwrap();
+    assert_eq!((report.applied, report.parked, report.discarded), (2, 0, 0), "{report:?}");
+    assert_eq!(name(&p), Some(Value::from("from-c")));
+    sync(&a, &mut c);
+    sync(&c, &mut a);
+    assert_eq!(p.version_vector(), c.version_vector());
+    assert_eq!(p.state_digest().unwrap(), c.state_digest().unwrap());
+    assert_eq!(a.state_digest().unwrap(), c.state_digest().unwrap());
+    for replica in [&a, &p, &c] {
+        assert_healthy(replica);
+    }
+}
+
 /// Imports `batch` into a fresh copy of the receiver state and expects a refusal that
 /// changed nothing.
 fn assert_refused(c: &mut Replica, donor: edgestore::NodeId, batch: TransferBatch) {

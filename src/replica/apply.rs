@@ -6,13 +6,21 @@
 //! batch is atomic: one bad change refuses the whole batch and nothing of it is applied.
 //! A parked change that turns out bad when its turn comes is discarded on its own, so it
 //! cannot block every later batch.
+//!
+//! Dependencies are checked twice: the envelope's (`deps`, and the origin's previous
+//! seq) against the version vector, then each automerge change's against its document.
+//! The second can fail while the first holds: a node that installed a state transfer
+//! holds documents with changes above its vector, and its next change to such a document
+//! depends on them without naming them (docs/design.md § "State transfer"). Such a change
+//! is parked too, and is tried again whenever the drain has applied something since it
+//! was last tried, so it is applied once its document has caught up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::materialize::{ChangedDoc, RecordError};
-use super::{Replica, WriteTables};
+use super::{Replica, WorkingDoc, WriteTables};
 use crate::change::VerifiedChange;
 use crate::doc;
 use crate::error::{ApplyError, StorageError};
@@ -37,6 +45,30 @@ pub struct ApplyReport {
     pub parked: usize,
     /// Parked changes that were refused when their dependencies arrived, and dropped.
     pub discarded: usize,
+    /// Of `parked`, changes whose envelope dependencies were held but whose document
+    /// lacked one of their automerge dependencies (see the module docs).
+    pub parked_for_documents: usize,
+}
+
+/// What one transaction of the remote path did, for the drain.
+#[derive(Default)]
+struct Applied {
+    report: ApplyReport,
+    /// Origins with a change parked for its documents: the drain skips them until it has
+    /// applied something else.
+    waiting: BTreeSet<NodeId>,
+}
+
+/// A document the ready changes touch, loaded once for the dependency checks and the
+/// apply.
+struct DocGroup {
+    key: crate::change::DocKey,
+    working: WorkingDoc,
+    /// Hashes of the automerge changes accepted for it so far: a later change in the
+    /// batch may depend on them.
+    staged: HashSet<automerge::ChangeHash>,
+    /// The first accepted change that touches the document.
+    cause: Option<(NodeId, u64)>,
 }
 
 /// A bounded batch of encoded change envelopes read from the log.
@@ -62,16 +94,16 @@ impl Replica {
             let change = VerifiedChange::decode(bytes).map_err(|source| ApplyError::Invalid { index, source })?;
             changes.push(change);
         }
-        let mut report = self.apply_verified(changes)?;
+        let mut report = self.apply_verified(changes)?.report;
         self.drain_pending(&mut report)?;
         Ok(report)
     }
 
     /// Applies verified changes atomically in one durable transaction.
-    fn apply_verified(&mut self, changes: Vec<VerifiedChange>) -> Result<ApplyReport, ApplyError> {
-        let mut report = ApplyReport::default();
-        match self.apply_txn(changes, &mut report) {
-            Ok(()) => Ok(report),
+    fn apply_verified(&mut self, changes: Vec<VerifiedChange>) -> Result<Applied, ApplyError> {
+        let mut applied = Applied::default();
+        match self.apply_txn(changes, &mut applied) {
+            Ok(()) => Ok(applied),
             // An I/O error faults the store; any other storage error reloads the state.
             Err(ApplyError::Storage(error)) => Err(ApplyError::Storage(self.recover(error))),
             Err(refused) => match self.reload_state() {
@@ -81,15 +113,18 @@ impl Replica {
         }
     }
 
-    fn apply_txn(&mut self, changes: Vec<VerifiedChange>, report: &mut ApplyReport) -> Result<(), ApplyError> {
+    fn apply_txn(&mut self, changes: Vec<VerifiedChange>, applied: &mut Applied) -> Result<(), ApplyError> {
+        let report = &mut applied.report;
         let txn = self.begin_durable_write()?;
         {
             let mut tables = WriteTables::open(&txn)?;
             let mut candidates = self.classify(&tables, changes, report)?;
             let ready = causal_order(&self.versions, &mut candidates);
             self.park(&mut tables, candidates.into_values(), report)?;
-            self.apply_ready(&mut tables, &ready)?;
-            report.applied += ready.len();
+            let waiting = self.apply_ready(&mut tables, ready, report)?;
+            applied.waiting.extend(waiting.iter().map(|change| change.origin));
+            report.parked_for_documents += waiting.len();
+            self.park(&mut tables, waiting.into_iter(), report)?;
         }
         txn.commit().map_err(StorageError::from)?;
         Ok(())
@@ -155,56 +190,143 @@ impl Replica {
         Ok(())
     }
 
-    /// Applies causally ordered changes: every document's automerge changes in one call
-    /// (applying one at a time is quadratic on large documents), then records them.
-    fn apply_ready(&mut self, tables: &mut WriteTables<'_>, ready: &[VerifiedChange]) -> Result<(), ApplyError> {
-        type Group<'a> = (crate::change::DocKey, Vec<&'a automerge::Change>, (NodeId, u64));
-        let mut groups: BTreeMap<Vec<u8>, Group<'_>> = BTreeMap::new();
-        for change in ready {
-            for op in &change.ops {
-                let group = groups
-                    .entry(op.key.encode())
-                    .or_insert_with(|| (op.key.clone(), Vec::new(), (change.origin, change.seq)));
-                group.1.push(&op.change);
+    /// Applies the causally ordered changes whose automerge dependencies their documents
+    /// hold: every document's automerge changes in one call (applying one at a time is
+    /// quadratic on large documents), then records them. Returns the changes that must
+    /// wait: those a document lacks a dependency of, and those that depend on them.
+    fn apply_ready(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        ready: Vec<VerifiedChange>,
+        report: &mut ApplyReport,
+    ) -> Result<Vec<VerifiedChange>, ApplyError> {
+        let mut groups: BTreeMap<Vec<u8>, DocGroup> = BTreeMap::new();
+        let mut held = self.versions.clone();
+        // Whether each ready change is applied now (else it waits), in `ready`'s order.
+        let mut accepted = Vec::with_capacity(ready.len());
+        for change in &ready {
+            let now = self.dependencies_held(tables, &mut groups, &held, change)?;
+            accepted.push(now);
+            if now {
+                held.set(change.origin, change.seq);
+                for op in &change.ops {
+                    let group = groups.get_mut(&op.key.encode()).expect("dependencies_held loads every document");
+                    group.staged.insert(op.change.hash());
+                    group.cause.get_or_insert((change.origin, change.seq));
+                }
             }
         }
-        let mut changed = Vec::with_capacity(groups.len());
-        for (key_bytes, (key, doc_changes, cause)) in groups {
-            let mut working = self.take_or_create_doc(tables, &key_bytes)?;
-            let owned: Vec<automerge::Change> = doc_changes.iter().map(|c| (*c).clone()).collect();
+        let (applied, waiting): (Vec<_>, Vec<_>) = ready.into_iter().zip(accepted).partition(|(_, now)| *now);
+        let applied: Vec<VerifiedChange> = applied.into_iter().map(|(change, _)| change).collect();
+        let mut per_doc: BTreeMap<Vec<u8>, Vec<&automerge::Change>> = BTreeMap::new();
+        for op in applied.iter().flat_map(|change| &change.ops) {
+            per_doc.entry(op.key.encode()).or_default().push(&op.change);
+        }
+        let mut changed = Vec::with_capacity(per_doc.len());
+        for (key_bytes, group) in groups {
+            let DocGroup { key, mut working, cause, .. } = group;
+            let (Some(cause), Some(changes)) = (cause, per_doc.remove(&key_bytes)) else {
+                // Loaded for a check only: unchanged, so it may go back to the cache.
+                if !working.created {
+                    self.cache.put(key_bytes, working);
+                }
+                continue;
+            };
+            let owned: Vec<automerge::Change> = changes.iter().map(|c| (*c).clone()).collect();
             doc::apply_changes(&mut working.doc, owned).map_err(|reason| ApplyError::Inconsistent {
                 origin: cause.0,
                 seq: cause.1,
                 reason,
             })?;
-            let new_changes = doc_changes.iter().map(|c| c.raw_bytes()).collect();
+            let new_changes = changes.iter().map(|c| c.raw_bytes()).collect();
             changed.push(ChangedDoc { key_bytes, key, working, new_changes, cause });
         }
-        self.record_changes(tables, changed, ready).map_err(RecordError::into_apply)
+        self.record_changes(tables, changed, &applied).map_err(RecordError::into_apply)?;
+        report.applied += applied.len();
+        Ok(waiting.into_iter().map(|(change, _)| change).collect())
+    }
+
+    /// Whether `change` can be applied after the changes accepted so far (`held`): its
+    /// envelope dependencies are held, and each of its documents (loaded into `groups`)
+    /// holds every automerge dependency of its change, or a change accepted before it.
+    fn dependencies_held(
+        &mut self,
+        tables: &WriteTables<'_>,
+        groups: &mut BTreeMap<Vec<u8>, DocGroup>,
+        held: &VersionVector,
+        change: &VerifiedChange,
+    ) -> Result<bool, ApplyError> {
+        let envelope_held =
+            held.seq(change.origin) + 1 == change.seq && change.deps.iter().all(|(node, dep)| held.seq(*node) >= *dep);
+        if !envelope_held {
+            return Ok(false);
+        }
+        for op in &change.ops {
+            let key_bytes = op.key.encode();
+            let group = match groups.entry(key_bytes) {
+                std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::btree_map::Entry::Vacant(entry) => {
+                    let working = self.take_or_create_doc(tables, entry.key())?;
+                    entry.insert(DocGroup { key: op.key.clone(), working, staged: HashSet::new(), cause: None })
+                }
+            };
+            let unstaged: Vec<_> = op.change.deps().iter().filter(|dep| !group.staged.contains(dep)).copied().collect();
+            let in_doc = doc::holds_changes(&mut group.working.doc, &unstaged)
+                .map_err(|reason| ApplyError::Inconsistent { origin: change.origin, seq: change.seq, reason })?;
+            if !in_doc {
+                tracing::debug!(origin = %change.origin, seq = change.seq, "parked: a document lacks an automerge dependency");
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Applies parked changes whose dependencies are now held, a bounded chunk per
     /// transaction. A chunk that fails is retried change by change; a change that still
     /// fails is dropped from `pending_v1` and counted in `discarded`.
+    ///
+    /// An origin whose next change waits for its documents is skipped until the drain has
+    /// applied something else, then tried again: each retry follows progress, so the drain
+    /// ends, and a change whose document caught up in the same drain is not left behind.
     pub(super) fn drain_pending(&mut self, report: &mut ApplyReport) -> Result<(), ApplyError> {
+        let mut skip = BTreeSet::new();
+        let mut progress_since_skip = false;
         loop {
-            let ready = self.ready_pending()?;
+            let ready = self.ready_pending(&skip)?;
             if ready.is_empty() {
-                return Ok(());
+                if skip.is_empty() || !progress_since_skip {
+                    return Ok(());
+                }
+                skip.clear();
+                progress_since_skip = false;
+                continue;
             }
-            match self.apply_verified(ready.clone()) {
-                Ok(chunk) => report.applied += chunk.applied,
+            let chunk = match self.apply_verified(ready.clone()) {
+                Ok(chunk) => chunk,
                 Err(ApplyError::Storage(e)) => return Err(e.into()),
                 Err(_) => self.apply_one_by_one(ready, report)?,
-            }
+            };
+            report.applied += chunk.report.applied;
+            progress_since_skip |= chunk.report.applied > 0;
+            skip.extend(chunk.waiting);
         }
     }
 
-    fn apply_one_by_one(&mut self, ready: Vec<VerifiedChange>, report: &mut ApplyReport) -> Result<(), ApplyError> {
+    /// Applies changes one transaction each; returns what they did, except the discarded
+    /// count, which goes straight into `report`.
+    fn apply_one_by_one(
+        &mut self,
+        ready: Vec<VerifiedChange>,
+        report: &mut ApplyReport,
+    ) -> Result<Applied, ApplyError> {
+        let mut all = Applied::default();
         for change in ready {
             let (origin, seq) = (change.origin, change.seq);
             match self.apply_verified(vec![change]) {
-                Ok(one) => report.applied += one.applied,
+                Ok(one) => {
+                    all.report.applied += one.report.applied;
+                    all.waiting.extend(one.waiting);
+                }
                 Err(ApplyError::Storage(e)) => return Err(e.into()),
                 Err(error) => {
                     tracing::warn!(%origin, seq, %error, "discarding a parked change that cannot be applied");
@@ -213,7 +335,7 @@ impl Replica {
                 }
             }
         }
-        Ok(())
+        Ok(all)
     }
 
     fn discard_pending(&mut self, origin: NodeId, seq: u64) -> Result<(), StorageError> {
@@ -223,8 +345,9 @@ impl Replica {
         Ok(())
     }
 
-    /// Parked changes that are ready in causal order, at most a chunk.
-    fn ready_pending(&self) -> Result<Vec<VerifiedChange>, StorageError> {
+    /// Parked changes that are ready in causal order, at most a chunk, none of an origin
+    /// in `skip`.
+    fn ready_pending(&self, skip: &BTreeSet<NodeId>) -> Result<Vec<VerifiedChange>, StorageError> {
         let txn = self.db.begin_read()?;
         let pending = txn.open_table(storage::PENDING)?;
         let mut origins = Vec::new();
@@ -232,7 +355,9 @@ impl Replica {
         while let Some(item) = pending.range(cursor.as_slice()..)?.next() {
             let (origin, _) =
                 keys::decode_log_key(item?.0.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            origins.push(origin);
+            if !skip.contains(&origin) {
+                origins.push(origin);
+            }
             cursor = keys::prefix_end(origin.as_bytes()).unwrap_or_else(|| vec![0xFF; 25]);
         }
         let mut versions = self.versions.clone();

@@ -1261,6 +1261,15 @@ fn a_new_node_joins_a_mesh_whose_members_have_log_floors() {
     assert!(transferred > 0, "some schedule moved documents by state transfer");
 }
 
+/// Regression: a node that installed a transfer wrote to a document holding changes above
+/// its vector; its change named too few envelope dependencies, a peer lacking those changes
+/// refused the batch on every session, and never caught up. Fixed by parking such a change
+/// until its documents hold its automerge dependencies (`apply.rs`).
+#[test]
+fn regression_join_change_above_the_installed_vector_seed_2046820836() {
+    assert!(run_join_schedule(2_046_820_836) > 0);
+}
+
 /// The peer horizon of the away scenario: short in simulated time, so a node can be away
 /// past it within a schedule.
 const AWAY_PEER_HORIZON_MS: u64 = 60_000;
