@@ -7,7 +7,8 @@
 //! Then it compacts the whole log (the node is alone: its horizon is its vector), saves
 //! documents in the background steps the daemon runs (docs/design.md § "Document save"),
 //! and updates every row `UPDATES` times (1000-row batches, log compaction and document
-//! saves after each round), printing the breakdown after each stage.
+//! saves after each round), printing the breakdown after each stage, and finally shrinks
+//! the file (`Replica::shrink_file`, what `edge-node compact` runs).
 //!
 //! A measurement program, not a test:
 //! `cargo run --example storage_budget -- [ROWS] [CACHE_MIB] [UPDATES]` (defaults 200 000
@@ -100,6 +101,24 @@ fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32) {
             settle_quietly(&mut replica, save_rounds);
         }
     }
+    shrink(&mut replica, path, rows);
+}
+
+/// Shrinks the file as `edge-node compact` does, and prints its length before and after.
+#[allow(clippy::disallowed_methods, reason = "a measurement program is the edge where reading the clock is the point")]
+fn shrink(replica: &mut Replica, path: &Path, rows: i64) {
+    let len = || std::fs::metadata(path).map_or(0, |m| m.len());
+    let before = len();
+    let started = Instant::now();
+    replica.shrink_file().expect("shrink the file");
+    let after = len();
+    let per_row = |bytes: u64| bytes as f64 / rows as f64;
+    println!(
+        "shrink_file: {before} -> {after} bytes ({:.0} -> {:.0} B/row) in {:.1} s",
+        per_row(before),
+        per_row(after),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Compacts the whole log, then (if `save`) saves documents until nothing is left, as

@@ -57,6 +57,10 @@ pub enum StorageError {
         /// The log floor of `origin`: the highest seq compacted away.
         floor: u64,
     },
+    /// The store file cannot be shrunk while something else reads it (a snapshot, another
+    /// handle on the database, or a transaction): shrinking needs it alone.
+    #[error("the store is in use ({0}); shrinking the file needs it alone (stop the node first)")]
+    InUse(&'static str),
     /// A document is too large to be sent whole in one state-transfer batch.
     #[error("document {doc} is {bytes} bytes, too large for a state transfer batch")]
     DocTooLargeToTransfer {

@@ -120,6 +120,46 @@ fn bounded_steps_are_idempotent_monotone_and_keep_the_store_intact() {
     assert_healthy(&a);
 }
 
+/// Compacting the log frees pages; only `shrink_file` gives them back to the filesystem,
+/// and it needs the database alone.
+#[test]
+fn shrink_file_gives_compacted_pages_back_and_keeps_the_store() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("node1.redb");
+    let mut a = open(&dir, 1);
+    a.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
+    for chunk in 0..40 {
+        let batch = (0..100).fold(WriteBatch::new(), |batch, i| {
+            let id = chunk * 100 + i;
+            batch.insert(
+                "sensors",
+                [("id", edgestore::Value::from(id)), ("name", edgestore::Value::from("x".repeat(200)))],
+            )
+        });
+        a.write(batch, chunk).unwrap();
+    }
+    let target = a.version_vector().clone();
+    while !a.compact_log_step(&target, 1000).unwrap().complete {}
+    let digest = a.state_digest().unwrap();
+    let len = || std::fs::metadata(&path).unwrap().len();
+    let before = len();
+
+    let snapshot = a.snapshot().unwrap();
+    let refused = a.shrink_file();
+    assert!(matches!(refused, Err(StorageError::InUse(_))), "{refused:?}");
+    drop(snapshot);
+    assert!(a.shrink_file().unwrap(), "pages moved");
+    let after = len();
+    assert!(after < before, "the file shrank: {before} -> {after} bytes");
+    assert_eq!(a.state_digest().unwrap(), digest);
+    assert_healthy(&a);
+    drop(a);
+    let mut a = open(&dir, 1);
+    assert_eq!(a.state_digest().unwrap(), digest);
+    a.write(insert(9_999, "after"), 99).unwrap();
+    assert_healthy(&a);
+}
+
 #[test]
 fn the_floor_survives_reopening_and_moves_the_store_to_format_3() {
     let dir = TempDir::new().unwrap();

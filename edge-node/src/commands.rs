@@ -1,6 +1,7 @@
-//! The one-shot commands of the CLI: `init`, `status [--storage]`, `backup` and
-//! `restore`. Each asks the node running on the data directory through its API when
-//! there is one ([`Client::discover`]) and opens the data directory itself otherwise.
+//! The one-shot commands of the CLI: `init`, `status [--storage]`, `backup`, `restore`
+//! and `compact`. Each asks the node running on the data directory through its API when
+//! there is one ([`Client::discover`]) and opens the data directory itself otherwise;
+//! `compact` runs only with the node stopped.
 //!
 //! A backup is a consistent copy of the store from one read snapshot (`backup.rs`); with a
 //! node running it is taken by the node (`POST /v1/backup`) while it keeps serving. A
@@ -170,4 +171,77 @@ pub fn restore(data_dir: &Path, file: &Path) -> Result<()> {
     println!("  edge-node peers add {} <IP:PORT of this node>", identity.node_id);
     println!("(the old node id is not reused: remove it from the peers if that node is gone)");
     Ok(())
+}
+
+/// Log entries removed per offline compaction step (no writer waits offline).
+const OFFLINE_COMPACT_STEP_ENTRIES: usize = 4096;
+/// Documents per offline document-save step.
+const OFFLINE_SAVE_STEP_DOCS: usize = 1024;
+
+/// `edge-node compact`: with the node stopped, compacts the log to the horizon, saves
+/// every document with a tail whole, then shrinks the store file (redb's compaction:
+/// the running node frees pages for reuse, but only this gives them back to the disk).
+pub fn compact(config: &Config) -> Result<()> {
+    if Client::discover(&config.data_dir, config.api_token.clone())?.is_some() {
+        bail!(
+            "a node is running on {}: stop it first (shrinking the file needs the store alone; \
+             a running node compacts its log and saves documents by itself)",
+            config.data_dir.display()
+        );
+    }
+    let (_, mut replica) = data_dir::open(&config.data_dir, &config.open_options())?;
+    let path = data_dir::store_path(&config.data_dir);
+    let before = FileSize::of(&path)?;
+    println!("store {}: {before}", path.display());
+
+    let now = crate::clock::now_ms().max(0) as u64;
+    let target = replica.horizon(now, config.peer_horizon_ms).vector;
+    let (mut entries, mut bytes) = (0, 0);
+    loop {
+        let report = replica.compact_log_step(&target, OFFLINE_COMPACT_STEP_ENTRIES).context("compacting the log")?;
+        (entries, bytes) = (entries + report.entries_removed, bytes + report.bytes_removed);
+        if report.complete {
+            break;
+        }
+    }
+    println!("log:       {entries} entries ({bytes} bytes) compacted up to the horizon");
+
+    let (mut saved, mut freed) = (0, 0);
+    loop {
+        let report = replica.save_docs_step(OFFLINE_SAVE_STEP_DOCS).context("saving documents")?;
+        saved += report.docs_saved;
+        freed += report.bytes_before.saturating_sub(report.bytes_after);
+        if report.complete {
+            break;
+        }
+    }
+    println!("documents: {saved} saved whole ({freed} bytes smaller)");
+
+    println!("shrinking the file (proportional to its size)...");
+    replica.shrink_file().context("shrinking the store file")?;
+    drop(replica);
+    let after = FileSize::of(&path)?;
+    println!("store {}: {after}", path.display());
+    Ok(())
+}
+
+/// A file's length and the bytes the filesystem allocated for it.
+struct FileSize {
+    len: u64,
+    allocated: u64,
+}
+
+impl FileSize {
+    fn of(path: &Path) -> Result<FileSize> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        // st_blocks counts 512-byte units whatever the filesystem's block size.
+        Ok(FileSize { len: metadata.len(), allocated: metadata.blocks() * 512 })
+    }
+}
+
+impl std::fmt::Display for FileSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes long, {} bytes allocated", self.len, self.allocated)
+    }
 }

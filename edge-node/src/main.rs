@@ -111,6 +111,13 @@ enum Command {
         /// The backup file written by `edge-node backup`.
         file: PathBuf,
     },
+    /// Shrink the store file, with the node stopped.
+    ///
+    /// Compacts the log up to the causal-stability horizon and saves documents whole (as a
+    /// running node does in the background), then moves live pages down and truncates the
+    /// file: a running node reuses freed pages but never gives them back to the disk.
+    /// Takes time proportional to the file; a crash leaves a valid store.
+    Compact,
 }
 
 #[derive(Args)]
@@ -174,5 +181,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Peers(command) => peers::main(&config, command),
         Command::Backup { file } => commands::backup(&config, &file),
         Command::Restore { file } => commands::restore(&data_dir, &file),
+        Command::Compact => commands::compact(&config),
     }
 }

@@ -96,3 +96,40 @@ fn shell_refuses_deep_expressions_and_stops_at_its_timeout() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("statement exceeded its time limit (300 ms)"), "{out:?}");
 }
+
+/// `edge-node compact` on a stopped node: the log compacts up to the horizon (a node alone:
+/// its own vector), documents are saved whole, the file shrinks, and the data stays.
+#[test]
+fn compact_shrinks_the_store_of_a_stopped_node_and_keeps_its_rows() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("node");
+    assert!(edge_node(&data, &["init"]).status.success());
+    // One argument holds at most 128 KiB (Linux's MAX_ARG_STRLEN).
+    let rows: Vec<String> = (0..1000).map(|id| format!("({id}, '{}')", "v".repeat(50))).collect();
+    let mut script =
+        format!("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES {};", rows.join(", "));
+    for round in 0..3 {
+        script.push_str(&format!("UPDATE t SET v = 'round {round} {}';", "w".repeat(100)));
+    }
+    let loaded = edge_node(&data, &["shell", "-c", &script]);
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+
+    let compact = edge_node(&data, &["compact"]);
+    let out = String::from_utf8(compact.stdout).unwrap();
+    assert!(compact.status.success(), "{out}{}", String::from_utf8_lossy(&compact.stderr));
+    let lengths: Vec<u64> = out
+        .lines()
+        .filter(|line| line.starts_with("store "))
+        .map(|line| line.split(": ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(lengths.len(), 2, "{out}");
+    assert!(lengths[1] < lengths[0], "the file shrank: {out}");
+    assert!(out.contains("log:       5 entries"), "every statement's entry compacted: {out}");
+
+    let count = edge_node(&data, &["shell", "-c", "SELECT count(*), min(v) FROM t;"]);
+    let answer = String::from_utf8(count.stdout).unwrap();
+    assert!(answer.contains("1000") && answer.contains("round 2"), "{answer}");
+    let status = String::from_utf8(edge_node(&data, &["status"]).stdout).unwrap();
+    assert!(status.contains("integrity:  ok"), "{status}");
+    assert!(status.contains("5 compacted out of the log"), "{status}");
+}

@@ -12,6 +12,13 @@
 //! every compacted change is still in its document, and the digest covers the converged
 //! state, not the log. Which target is safe is the caller's concern (the causal-stability
 //! horizon); this module only checks that it is at or below what the replica holds.
+//!
+//! Removing entries frees redb pages for reuse but does not shorten the file: redb grows
+//! the file and reuses free pages, and only its `compact` moves pages down and truncates.
+//! [`Replica::shrink_file`] runs that, offline (`edge-node compact`): it needs the
+//! database alone, and its time is proportional to the file.
+
+use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable};
 
@@ -46,6 +53,23 @@ struct Span {
 }
 
 impl Replica {
+    /// Shrinks the store file: moves live pages down and truncates the free end (redb's
+    /// `Database::compact`, a sequence of durable commits, so a crash leaves a valid
+    /// store). Returns whether any page moved. Needs the database alone: it fails with
+    /// [`StorageError::InUse`] while a [`super::Snapshot`] or a handle from
+    /// [`Replica::database`] is alive.
+    pub fn shrink_file(&mut self) -> Result<bool, StorageError> {
+        if let Some(refusal) = self.fault_refusal() {
+            return Err(refusal);
+        }
+        let db = Arc::get_mut(&mut self.db).ok_or(StorageError::InUse("another handle holds the database"))?;
+        match db.compact() {
+            Ok(moved) => Ok(moved),
+            Err(redb::CompactionError::TransactionInProgress) => Err(StorageError::InUse("a transaction is open")),
+            Err(error) => Err(StorageError::Redb(error.into())),
+        }
+    }
+
     /// The log floor: for every origin `o` the log holds every change in `(floor[o], V[o]]`
     /// (and possibly some at or below the floor, left by a state transfer). Empty until
     /// something is compacted; always `≤` the vector.
