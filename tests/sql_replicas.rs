@@ -156,4 +156,11 @@ fn check_constraints_replicate_and_bind_local_writes_only() {
     a.write(unchecked, 1000).expect("a WriteBatch carries no SQL to check");
     sync(&a, &mut b);
     assert_eq!(rows(&mut b, "SELECT id, qty FROM stock"), vec![vec![Value::from(2), Value::from(-5)]]);
+
+    // What `.schema` shows creates the same table again.
+    let Value::Text(shown) = rows(&mut b, sql).remove(0).remove(0) else { panic!("sql is text") };
+    let again = shown.replacen("CREATE TABLE stock ", "CREATE TABLE stock_again ", 1);
+    run(&mut b, &again);
+    let shown_again = rows(&mut b, "SELECT sql FROM edgestore_tables WHERE name = 'stock_again'");
+    assert_eq!(shown_again, vec![vec![Value::from(again)]]);
 }
