@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::doc;
-use crate::schema::{IndexSchema, TableSchema};
+use crate::schema::{CheckDef, ForeignKeyDef, IndexSchema, TableSchema};
 use crate::types::NodeId;
 
 /// Version byte in front of every encoded definition.
@@ -208,7 +208,34 @@ pub fn table_sql(schema: &TableSchema) -> String {
         })
         .collect();
     parts.push(format!("PRIMARY KEY ({})", schema.primary_key.join(", ")));
+    parts.extend(schema.checks.iter().map(check_sql));
+    parts.extend(schema.foreign_keys.iter().map(foreign_key_sql));
     format!("CREATE TABLE {} ({})", schema.name, parts.join(", "))
+}
+
+fn constraint_name(name: &Option<String>) -> String {
+    name.as_ref().map_or_else(String::new, |n| format!("CONSTRAINT {n} "))
+}
+
+/// A `CHECK` as a table constraint (column-level ones are shown this way too).
+fn check_sql(check: &CheckDef) -> String {
+    format!("{}CHECK ({})", constraint_name(&check.name), check.expr_sql)
+}
+
+/// A foreign key as a table constraint (column-level `REFERENCES` is shown this way too).
+fn foreign_key_sql(fk: &ForeignKeyDef) -> String {
+    let mut s =
+        format!("{}FOREIGN KEY ({}) REFERENCES {}", constraint_name(&fk.name), fk.columns.join(", "), fk.foreign_table);
+    if !fk.referred_columns.is_empty() {
+        s.push_str(&format!(" ({})", fk.referred_columns.join(", ")));
+    }
+    if let Some(action) = &fk.on_delete {
+        s.push_str(&format!(" ON DELETE {action}"));
+    }
+    if let Some(action) = &fk.on_update {
+        s.push_str(&format!(" ON UPDATE {action}"));
+    }
+    s
 }
 
 /// The `CREATE INDEX` statement of a definition.
@@ -221,5 +248,84 @@ fn sql_literal(value: &crate::Value) -> String {
         crate::Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
         crate::Value::Boolean(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::schema::ColumnDef;
+    use crate::types::ColumnType;
+
+    /// `TableSchema` as format version 1 first shipped, before CHECK and foreign keys.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct TableSchemaBefore {
+        name: String,
+        columns: Vec<ColumnDef>,
+        primary_key: Vec<String>,
+    }
+
+    fn plain() -> TableSchema {
+        TableSchema::new("t")
+            .column(ColumnDef::new("id", ColumnType::Integer).not_null())
+            .column(ColumnDef::new("v", ColumnType::Real))
+            .primary_key(&["id"])
+    }
+
+    fn before(schema: &TableSchema) -> TableSchemaBefore {
+        TableSchemaBefore {
+            name: schema.name.clone(),
+            columns: schema.columns.clone(),
+            primary_key: schema.primary_key.clone(),
+        }
+    }
+
+    fn with_constraints() -> TableSchema {
+        let mut schema = plain();
+        schema.checks.push(CheckDef { name: Some("positive".into()), expr_sql: "v > 0".into() });
+        schema.foreign_keys.push(ForeignKeyDef {
+            name: None,
+            columns: vec!["v".into()],
+            foreign_table: "u".into(),
+            referred_columns: vec!["id".into()],
+            on_delete: Some("CASCADE".into()),
+            on_update: None,
+        });
+        schema
+    }
+
+    #[test]
+    fn definitions_written_before_constraints_existed_still_decode() {
+        let mut old = vec![DEFINITION_VERSION];
+        old.extend(codec::encode(&before(&plain())));
+        let decoded: TableSchema = decode_definition("t", &old).unwrap();
+        assert_eq!(decoded, plain());
+    }
+
+    #[test]
+    fn a_definition_without_constraints_encodes_as_before() {
+        let mut old = vec![DEFINITION_VERSION];
+        old.extend(codec::encode(&before(&plain())));
+        assert_eq!(encode_table(&plain()), old, "digests and identical-DDL merges must not change");
+    }
+
+    #[test]
+    fn constraints_round_trip_and_older_readers_skip_them() {
+        let bytes = encode_table(&with_constraints());
+        let decoded: TableSchema = decode_definition("t", &bytes).unwrap();
+        assert_eq!(decoded, with_constraints());
+        let older: TableSchemaBefore = decode_definition("t", &bytes).unwrap();
+        assert_eq!(older, before(&plain()));
+    }
+
+    #[test]
+    fn table_sql_shows_checks_and_foreign_keys() {
+        assert_eq!(
+            table_sql(&with_constraints().validate().unwrap()),
+            "CREATE TABLE t (id INTEGER NOT NULL, v REAL, PRIMARY KEY (id), CONSTRAINT positive CHECK (v > 0), \
+             FOREIGN KEY (v) REFERENCES u (id) ON DELETE CASCADE)"
+        );
     }
 }

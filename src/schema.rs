@@ -15,6 +15,12 @@ pub const NAME_BYTES_MAX: usize = 128;
 pub const COLUMNS_MAX: usize = 256;
 /// Most columns in a primary key or an index.
 pub const KEY_COLUMNS_MAX: usize = 16;
+/// Most `CHECK` constraints, and separately most foreign keys, in one table.
+pub const CONSTRAINTS_MAX: usize = 64;
+/// Longest `CHECK` expression, in bytes of SQL.
+pub const CHECK_SQL_BYTES_MAX: usize = 4096;
+/// The referential actions a foreign key may name (stored and shown, never carried out).
+const REFERENTIAL_ACTIONS: &[&str] = &["CASCADE", "SET NULL", "SET DEFAULT", "RESTRICT", "NO ACTION"];
 
 /// A column of a table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,7 +73,42 @@ pub fn column_id(name: &str, ty: ColumnType) -> String {
     hasher.finalize().to_hex()[..12].to_string()
 }
 
+/// A `CHECK` constraint: a SQL expression over the row's columns that a local `INSERT`
+/// or `UPDATE` must not make false (NULL passes, as in SQLite). It is kept as SQL text
+/// because only the SQL layer can bind and evaluate it; `schema` never parses SQL.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckDef {
+    /// The constraint's name (`CONSTRAINT name CHECK ...`), lower-cased.
+    pub name: Option<String>,
+    /// The expression, as the SQL parser prints it.
+    pub expr_sql: String,
+}
+
+/// A foreign key: stored and shown, not enforced (a parent row deleted concurrently on
+/// another node cannot be refused after the fact, so a local check would promise what
+/// the merged state does not keep).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForeignKeyDef {
+    /// The constraint's name, lower-cased.
+    pub name: Option<String>,
+    /// The referencing columns of this table, lower-cased.
+    pub columns: Vec<String>,
+    /// The referenced table (it need not exist, as in SQLite), lower-cased.
+    pub foreign_table: String,
+    /// The referenced columns; empty means the referenced table's primary key.
+    pub referred_columns: Vec<String>,
+    /// `ON DELETE` action as written (`CASCADE`, `SET NULL`, ...); not carried out.
+    pub on_delete: Option<String>,
+    /// `ON UPDATE` action as written; not carried out.
+    pub on_update: Option<String>,
+}
+
 /// What `CREATE TABLE` defines.
+///
+/// Encoded as packed CBOR (fields by position): new fields go at the end, default when
+/// absent (definitions written before them still decode) and are left out when empty (a
+/// definition without them encodes byte for byte as before, so digests and the
+/// identical-DDL merge are unchanged).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableSchema {
     /// Table name, lower-cased.
@@ -76,6 +117,12 @@ pub struct TableSchema {
     pub columns: Vec<ColumnDef>,
     /// Names of the primary-key columns, in key order.
     pub primary_key: Vec<String>,
+    /// `CHECK` constraints, column and table level alike, in definition order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckDef>,
+    /// Foreign keys, column and table level alike, in definition order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_keys: Vec<ForeignKeyDef>,
 }
 
 /// What `CREATE INDEX` defines.
@@ -109,6 +156,14 @@ pub enum SchemaError {
         table: String,
         /// The column.
         column: String,
+    },
+    /// A `CHECK` constraint or foreign key is malformed, or there are too many.
+    #[error("bad constraint in table {table}: {reason}")]
+    BadConstraint {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        reason: String,
     },
     /// The primary key or index is empty, too long, or names an unknown column.
     #[error("bad key for {object}: {reason}")]
@@ -145,7 +200,13 @@ pub fn normalize_name(name: &str) -> Result<String, SchemaError> {
 impl TableSchema {
     /// Starts a definition; add columns with [`TableSchema::column`].
     pub fn new(name: &str) -> TableSchema {
-        TableSchema { name: name.to_ascii_lowercase(), columns: Vec::new(), primary_key: Vec::new() }
+        TableSchema {
+            name: name.to_ascii_lowercase(),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            checks: Vec::new(),
+            foreign_keys: Vec::new(),
+        }
     }
 
     /// Adds a column.
@@ -195,7 +256,60 @@ impl TableSchema {
             }
             self.columns[i].not_null = true;
         }
+        self.validate_checks()?;
+        self.validate_foreign_keys()?;
         Ok(self)
+    }
+
+    fn bad_constraint(&self, reason: String) -> SchemaError {
+        SchemaError::BadConstraint { table: self.name.clone(), reason }
+    }
+
+    /// Names and sizes only: whether the SQL binds is the SQL layer's question.
+    fn validate_checks(&mut self) -> Result<(), SchemaError> {
+        if self.checks.len() > CONSTRAINTS_MAX {
+            return Err(self.bad_constraint(format!("more than {CONSTRAINTS_MAX} CHECK constraints")));
+        }
+        for i in 0..self.checks.len() {
+            let len = self.checks[i].expr_sql.trim().len();
+            if len == 0 || len > CHECK_SQL_BYTES_MAX {
+                return Err(self.bad_constraint(format!("a CHECK expression is 1 to {CHECK_SQL_BYTES_MAX} bytes")));
+            }
+            self.checks[i].name = self.checks[i].name.as_deref().map(normalize_name).transpose()?;
+        }
+        Ok(())
+    }
+
+    fn validate_foreign_keys(&mut self) -> Result<(), SchemaError> {
+        if self.foreign_keys.len() > CONSTRAINTS_MAX {
+            return Err(self.bad_constraint(format!("more than {CONSTRAINTS_MAX} foreign keys")));
+        }
+        let mut keys = std::mem::take(&mut self.foreign_keys);
+        for fk in &mut keys {
+            self.validate_foreign_key(fk)?;
+        }
+        self.foreign_keys = keys;
+        Ok(())
+    }
+
+    fn validate_foreign_key(&self, fk: &mut ForeignKeyDef) -> Result<(), SchemaError> {
+        fk.name = fk.name.as_deref().map(normalize_name).transpose()?;
+        fk.columns = validate_key(&self.name, &fk.columns, &self.columns)?;
+        fk.foreign_table = normalize_name(&fk.foreign_table)?;
+        fk.referred_columns = fk.referred_columns.iter().map(|c| normalize_name(c)).collect::<Result<_, _>>()?;
+        if !fk.referred_columns.is_empty() && fk.referred_columns.len() != fk.columns.len() {
+            return Err(self.bad_constraint(format!(
+                "foreign key ({}) names {} referenced columns",
+                fk.columns.join(", "),
+                fk.referred_columns.len()
+            )));
+        }
+        for action in fk.on_delete.iter().chain(&fk.on_update) {
+            if !REFERENTIAL_ACTIONS.contains(&action.as_str()) {
+                return Err(self.bad_constraint(format!("unknown referential action {action}")));
+            }
+        }
+        Ok(())
     }
 
     fn validate_default(&mut self, i: usize) -> Result<(), SchemaError> {

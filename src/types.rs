@@ -105,6 +105,43 @@ impl ColumnType {
     }
 }
 
+impl ColumnType {
+    /// The column type of a declared SQL type name, by SQLite's column affinity rule
+    /// (<https://www.sqlite.org/datatype3.html> §3.1), so ordinary SQLite DDL loads.
+    ///
+    /// Our own names come first (`BOOLEAN`/`BOOL`, `TIMESTAMP`, `COUNTER`, and the
+    /// long-accepted `STRING` → TEXT and `BYTEA` → BLOB). Then, on the name before any
+    /// size argument (`VARCHAR(20)`, `DECIMAL(10,2)`: accepted and ignored, as SQLite
+    /// does), the first rule that matches: contains `INT` → INTEGER; `CHAR`, `CLOB` or
+    /// `TEXT` → TEXT; `BLOB` or no type at all → BLOB (SQLite's BLOB affinity stores
+    /// values as given; our columns are typed, so such a column holds blobs); `REAL`,
+    /// `FLOA` or `DOUB` → REAL; anything else has NUMERIC affinity → REAL, the one type
+    /// that takes both integers and reals. Every name maps to something, as in SQLite.
+    pub fn from_declared(declared: &str) -> ColumnType {
+        let upper = declared.to_ascii_uppercase();
+        let name = upper.split('(').next().unwrap_or("").trim();
+        match name {
+            "BOOLEAN" | "BOOL" => return ColumnType::Boolean,
+            "TIMESTAMP" => return ColumnType::Timestamp,
+            "COUNTER" => return ColumnType::Counter,
+            "STRING" => return ColumnType::Text,
+            "BYTEA" => return ColumnType::Blob,
+            _ => {}
+        }
+        let has = |part: &str| name.contains(part);
+        if has("INT") {
+            ColumnType::Integer
+        } else if has("CHAR") || has("CLOB") || has("TEXT") {
+            ColumnType::Text
+        } else if has("BLOB") || name.is_empty() {
+            ColumnType::Blob
+        } else {
+            // REAL affinity ("REAL", "FLOA", "DOUB") and NUMERIC affinity both land here.
+            ColumnType::Real
+        }
+    }
+}
+
 impl fmt::Display for ColumnType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.sql_name())
@@ -237,6 +274,48 @@ mod tests {
         assert!("é".repeat(16).parse::<NodeId>().is_err());
         let signed = format!("+{}", &id.to_string()[1..]);
         assert!(signed.parse::<NodeId>().is_err(), "a sign is not a hex digit: {signed}");
+    }
+
+    #[test]
+    fn declared_types_follow_sqlite_affinity_with_our_names_first() {
+        use ColumnType as T;
+        let cases = [
+            ("INT", T::Integer),
+            ("integer", T::Integer),
+            ("BIGINT", T::Integer),
+            ("TINYINT", T::Integer),
+            ("MEDIUMINT(8)", T::Integer),
+            ("INT8", T::Integer),
+            ("VARCHAR(20)", T::Text),
+            ("CHARACTER VARYING(3)", T::Text),
+            ("NVARCHAR(100)", T::Text),
+            ("NCHAR(55)", T::Text),
+            ("TEXT", T::Text),
+            ("CLOB", T::Text),
+            ("STRING", T::Text),
+            ("BLOB", T::Blob),
+            ("BYTEA", T::Blob),
+            ("", T::Blob),
+            ("REAL", T::Real),
+            ("DOUBLE", T::Real),
+            ("DOUBLE PRECISION", T::Real),
+            ("FLOAT", T::Real),
+            ("DECIMAL(10,2)", T::Real),
+            ("NUMERIC", T::Real),
+            ("DATETIME", T::Real),
+            ("\"my type\"", T::Real),
+            ("BOOLEAN", T::Boolean),
+            ("BOOL", T::Boolean),
+            ("TIMESTAMP", T::Timestamp),
+            ("COUNTER", T::Counter),
+        ];
+        for (declared, expected) in cases {
+            assert_eq!(ColumnType::from_declared(declared), expected, "{declared:?}");
+        }
+        // Our names keep round-tripping: `.schema` shows them and they read back the same.
+        for ty in [T::Integer, T::Real, T::Text, T::Boolean, T::Blob, T::Timestamp, T::Counter] {
+            assert_eq!(ColumnType::from_declared(ty.sql_name()), ty);
+        }
     }
 
     #[test]

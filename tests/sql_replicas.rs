@@ -1,10 +1,11 @@
 //! SQL on replicated state: two replicas written concurrently through SQL, then synced
 //! with `changes_since` / `apply_remote`, answer every query identically — joins,
 //! aggregates, and the conflicts system table included. Also: SQL through a
-//! `ReplicaHandle` (the statement's read and write run on the owner thread).
+//! `ReplicaHandle` (the statement's read and write run on the owner thread), and `CHECK`
+//! constraints, which replicate with their table and bind local SQL writes only.
 
 use edgestore::sql;
-use edgestore::{NodeId, Replica, ReplicaHandle, Value};
+use edgestore::{NodeId, Replica, ReplicaHandle, Value, WriteBatch};
 
 mod common;
 use common::sync;
@@ -123,4 +124,43 @@ fn a_streaming_query_is_not_disturbed_by_later_writes() {
     run(&mut a, "DELETE FROM t WHERE id >= 100");
     let rest = result.rows.count();
     assert_eq!((first, rest), (vec![Value::Integer(0)], 499), "the query reads its own snapshot");
+}
+
+/// A `CHECK` and a foreign key replicate with their table; each node enforces the `CHECK`
+/// on its own SQL writes, and neither re-checks what it merges (a merge cannot be
+/// refused after the fact), nor does a library `WriteBatch` carry SQL to check.
+#[test]
+fn check_constraints_replicate_and_bind_local_writes_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
+    run(
+        &mut a,
+        "CREATE TABLE stock (id INTEGER PRIMARY KEY, part INT REFERENCES parts (id), \
+         qty INTEGER CONSTRAINT qty_positive CHECK (qty > 0))",
+    );
+    sync(&a, &mut b);
+    let sql = "SELECT sql FROM edgestore_tables WHERE name = 'stock'";
+    assert_eq!(rows(&mut a, sql), rows(&mut b, sql));
+    assert_eq!(
+        rows(&mut b, sql),
+        vec![vec![Value::from(
+            "CREATE TABLE stock (id INTEGER NOT NULL, part INTEGER, qty INTEGER, PRIMARY KEY (id), \
+             CONSTRAINT qty_positive CHECK (qty > 0), FOREIGN KEY (part) REFERENCES parts (id))"
+        )]]
+    );
+
+    let refused = sql::execute(&mut b, "INSERT INTO stock (id, qty) VALUES (1, 0)", &[], 1000).map(|r| r.rows_affected);
+    assert!(matches!(&refused, Err(e) if e.to_string() == "CHECK constraint failed: qty_positive"), "{refused:?}");
+
+    let unchecked = WriteBatch::new().insert("stock", [("id", Value::from(2)), ("qty", Value::from(-5))]);
+    a.write(unchecked, 1000).expect("a WriteBatch carries no SQL to check");
+    sync(&a, &mut b);
+    assert_eq!(rows(&mut b, "SELECT id, qty FROM stock"), vec![vec![Value::from(2), Value::from(-5)]]);
+
+    // What `.schema` shows creates the same table again.
+    let Value::Text(shown) = rows(&mut b, sql).remove(0).remove(0) else { panic!("sql is text") };
+    let again = shown.replacen("CREATE TABLE stock ", "CREATE TABLE stock_again ", 1);
+    run(&mut b, &again);
+    let shown_again = rows(&mut b, "SELECT sql FROM edgestore_tables WHERE name = 'stock_again'");
+    assert_eq!(shown_again, vec![vec![Value::from(again)]]);
 }

@@ -14,15 +14,15 @@ use sqlparser::ast;
 
 use super::access::key_value;
 use super::bind::{self, Binder, PlanCtx};
+use super::check::Checks;
 use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
 use super::plan::{Plan, Row, Scope};
-use super::system::SYSTEM_PREFIX;
 use super::value::{self, KeyValue};
-use super::{exec, explain, from, select, SqlError};
+use super::{create_table, exec, explain, from, select, SqlError};
 use crate::catalog::TableEntry;
 use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
-use crate::schema::{ColumnDef, IndexSchema, TableSchema};
+use crate::schema::IndexSchema;
 use crate::types::{ColumnType, Value};
 
 /// Runs a write statement on the replica; returns the number of rows affected.
@@ -36,7 +36,7 @@ pub(crate) fn run(
     let snap = Arc::new(replica.snapshot()?);
     let ctx = PlanCtx::new(&snap, params, limits);
     let (ops, affected) = match statement {
-        ast::Statement::CreateTable(ct) => (vec![create_table(ctx, ct)?], 0),
+        ast::Statement::CreateTable(ct) => (vec![create_table::create_table(ctx, ct)?], 0),
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
         ast::Statement::Drop {
             object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..
@@ -97,81 +97,11 @@ pub(crate) fn statement_feature(statement: &ast::Statement) -> String {
     named.to_string()
 }
 
-fn column_type(ty: &ast::DataType) -> Result<ColumnType, SqlError> {
-    let name = ty.to_string().to_ascii_uppercase();
-    Ok(match name.split('(').next().unwrap_or("").trim() {
-        "INTEGER" | "INT" | "BIGINT" | "SMALLINT" | "TINYINT" => ColumnType::Integer,
-        "REAL" | "DOUBLE" | "FLOAT" | "DOUBLE PRECISION" => ColumnType::Real,
-        "TEXT" | "VARCHAR" | "CHAR" | "STRING" => ColumnType::Text,
-        "BOOLEAN" | "BOOL" => ColumnType::Boolean,
-        "BLOB" | "BYTEA" => ColumnType::Blob,
-        "TIMESTAMP" => ColumnType::Timestamp,
-        "COUNTER" => ColumnType::Counter,
-        _ => return Err(SqlError::unsupported(format!("column type {ty}"))),
-    })
-}
-
-fn check_name(name: &str) -> Result<(), SqlError> {
-    if name.starts_with(SYSTEM_PREFIX) {
-        return Err(SqlError::invalid(format!("names starting with {SYSTEM_PREFIX} are reserved: {name}")));
-    }
-    Ok(())
-}
-
-fn index_column(c: &ast::IndexColumn) -> Result<String, SqlError> {
+pub(super) fn index_column(c: &ast::IndexColumn) -> Result<String, SqlError> {
     match &c.column.expr {
         ast::Expr::Identifier(i) if c.operator_class.is_none() => Ok(bind::ident(i)),
         other => Err(SqlError::unsupported(format!("key or index on expression {other}"))),
     }
-}
-
-fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<WriteOp, SqlError> {
-    if ct.or_replace || ct.temporary || ct.external || ct.query.is_some() || ct.like.is_some() || ct.clone.is_some() {
-        return Err(SqlError::unsupported("CREATE TABLE options (OR REPLACE, TEMPORARY, AS SELECT, LIKE, CLONE)"));
-    }
-    let name = bind::object_name(&ct.name)?;
-    check_name(&name)?;
-    let mut schema = TableSchema::new(&name);
-    let mut key: Vec<String> = Vec::new();
-    for column in &ct.columns {
-        let column_name = bind::ident(&column.name);
-        let mut def = ColumnDef::new(&column_name, column_type(&column.data_type)?);
-        for option in &column.options {
-            match &option.option {
-                ast::ColumnOption::Null => {}
-                ast::ColumnOption::NotNull => def.not_null = true,
-                ast::ColumnOption::Default(e) => {
-                    let scope = Scope::default();
-                    let v = Binder::new(ctx, &scope).bind(e)?.eval(&[])?;
-                    def.default = Some(conform(v, def.ty));
-                }
-                ast::ColumnOption::PrimaryKey(pk) if pk.columns.is_empty() => {
-                    if !key.is_empty() {
-                        return Err(SqlError::invalid(format!("table {name} has more than one primary key")));
-                    }
-                    key.push(column_name.clone());
-                }
-                other => return Err(SqlError::unsupported(format!("column constraint {other}"))),
-            }
-        }
-        schema = schema.column(def);
-    }
-    for constraint in &ct.constraints {
-        match constraint {
-            ast::TableConstraint::PrimaryKey(pk) if key.is_empty() => {
-                key = pk.columns.iter().map(index_column).collect::<Result<_, _>>()?;
-            }
-            ast::TableConstraint::PrimaryKey(_) => {
-                return Err(SqlError::invalid(format!("table {name} has more than one primary key")))
-            }
-            other => return Err(SqlError::unsupported(format!("table constraint {other}"))),
-        }
-    }
-    if key.is_empty() {
-        return Err(SqlError::unsupported(format!("table {name} without a PRIMARY KEY (every row is keyed)")));
-    }
-    let key: Vec<&str> = key.iter().map(String::as_str).collect();
-    Ok(WriteOp::CreateTable { schema: schema.primary_key(&key), if_not_exists: ct.if_not_exists })
 }
 
 fn create_index(ci: &ast::CreateIndex) -> Result<WriteOp, SqlError> {
@@ -180,7 +110,7 @@ fn create_index(ci: &ast::CreateIndex) -> Result<WriteOp, SqlError> {
         return Err(SqlError::unsupported("UNIQUE, partial, USING or INCLUDE indexes"));
     }
     let name = bind::object_name(name)?;
-    check_name(&name)?;
+    create_table::check_name(&name)?;
     let schema = IndexSchema {
         name,
         table: bind::object_name(&ci.table_name)?,
@@ -209,7 +139,7 @@ fn drop_ops(
 
 /// A value converted to a column's type where SQLite would (2.0 into an INTEGER column,
 /// 1 into a BOOLEAN one); anything else is left for the replica's type check.
-fn conform(v: Value, ty: ColumnType) -> Value {
+pub(super) fn conform(v: Value, ty: ColumnType) -> Value {
     key_value(&v, ty).unwrap_or(v)
 }
 
@@ -279,6 +209,7 @@ fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertPlan, SqlErr
 fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let InsertPlan { table, columns, source, on_conflict } = plan_insert(ctx, ins)?;
     let schema = &table.schema;
+    let checks = Checks::bind(ctx, schema)?;
     let (rows, mut reservation) = collect(exec::open(source, ctx.snap, ctx.limits)?, ctx.limits)?;
     let mut ops = Vec::new();
     let mut affected = 0;
@@ -326,6 +257,7 @@ fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), Sq
             }
         };
         if let Some(state) = new_state {
+            checks.enforce(&state)?;
             affected += 1;
             written.insert(key, state);
         }
@@ -568,11 +500,13 @@ fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), Sq
     let (relation, selection) = update_target(upd)?;
     let (table, scope, rows, mut reservation) = matching_rows(ctx, relation, selection)?;
     let assignments = assignments(ctx, &scope, &table, &upd.assignments)?;
+    let checks = Checks::bind(ctx, &table.schema)?;
     let mut ops = Vec::new();
     for old in &rows {
         ctx.limits.check()?;
         reservation.grow(limits::row_bytes(old))?;
         let new = assigned(&table, old, &assignments, old)?;
+        checks.enforce(&new)?;
         ops.extend(update_ops(&table, &pk_of(&table, old), old, &new)?);
     }
     Ok((ops, rows.len() as u64))

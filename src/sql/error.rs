@@ -48,6 +48,10 @@ pub enum SqlError {
     /// The statement is well-formed but meaningless (e.g. an aggregate in `WHERE`).
     #[error("{0}")]
     Invalid(String),
+    /// A local write made a `CHECK` constraint false; names the constraint, or its
+    /// expression when it has no name (SQLite's wording).
+    #[error("CHECK constraint failed: {0}")]
+    CheckFailed(String),
     /// Integer arithmetic in `SUM` or `abs` overflowed 64 bits.
     #[error("integer overflow")]
     IntegerOverflow,

@@ -26,6 +26,7 @@ use super::system::SystemTable;
 use super::SqlError;
 use super::{access, cte};
 use crate::catalog::TableEntry;
+use crate::types::ColumnType;
 
 /// Most tables in one `FROM` clause (table sets are 64-bit masks).
 pub const FROM_TABLES_MAX: usize = 64;
@@ -141,6 +142,15 @@ fn table_ref(
     }
 }
 
+/// The column `rowid` names in a stored table: its primary key when that is one INTEGER
+/// column (SQLite's `INTEGER PRIMARY KEY` rowid alias; `INT PRIMARY KEY` maps to INTEGER
+/// too, so it aliases here). Other tables have no rowid.
+fn rowid_alias(source: &Source) -> Option<usize> {
+    let Source::Table(table) = source else { return None };
+    let [key] = table.schema.primary_key_indexes()[..] else { return None };
+    (table.schema.columns[key].ty == ColumnType::Integer).then_some(key)
+}
+
 fn join_kind(op: &ast::JoinOperator) -> Result<(JoinKind, Option<&ast::JoinConstraint>), SqlError> {
     use ast::JoinOperator as J;
     match op {
@@ -178,6 +188,9 @@ pub(crate) fn plan_from(
         }
         let (source, alias, columns) = table_ref(ctx, factor, position)?;
         scope.push_table(&alias, columns)?;
+        if let Some(column) = rowid_alias(&source) {
+            scope.set_rowid(column);
+        }
         let (kind, constraint) = match op {
             Some(op) => join_kind(op)?,
             None => (JoinKind::Inner, None),

@@ -13,11 +13,13 @@
 //! a clock. Module map: `parse` → `select`/`from` (planning into a `plan` tree, with `bind`
 //! for expressions, `access` for key and index choice and `cte` for `WITH`) → `prune`
 //! (unused columns of in-memory join sides) → `exec` (streaming operators, `aggregate`);
-//! `ddl_dml` for writes, `system` for the system tables, `explain` for plans.
+//! `ddl_dml` for writes (`create_table` for SQLite DDL, `check` for `CHECK`), `system` for the system tables, `explain` for plans.
 
 mod access;
 mod aggregate;
 mod bind;
+mod check;
+mod create_table;
 mod cte;
 mod ddl_dml;
 mod error;

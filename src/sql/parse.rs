@@ -41,20 +41,9 @@ pub(crate) struct Parsed {
 
 /// Parses exactly one statement.
 pub(crate) fn parse_one(sql: &str) -> Result<Parsed, SqlError> {
-    if sql.len() > SQL_BYTES_MAX {
-        return Err(SqlError::invalid(format!("statement longer than {SQL_BYTES_MAX} bytes")));
-    }
-    let dialect = SQLiteDialect {};
-    let mut tokens = Tokenizer::new(&dialect, sql).tokenize_with_location().map_err(|e| SqlError::Syntax {
-        message: e.message,
-        line: e.location.line,
-        column: e.location.column,
-    })?;
+    let mut tokens = bounded_tokens(sql, "statement")?;
     let params = number_parameters(&mut tokens);
-    if nesting_bound(&tokens) > TEXT_DEPTH_MAX {
-        return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
-    }
-    let mut statements = Parser::new(&dialect)
+    let mut statements = Parser::new(&SQLiteDialect {})
         .with_recursion_limit(PARSER_RECURSION_MAX)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -64,6 +53,50 @@ pub(crate) fn parse_one(sql: &str) -> Result<Parsed, SqlError> {
         0 => Err(SqlError::invalid("empty statement")),
         n => Err(SqlError::unsupported(format!("{n} statements in one call (execute them one at a time)"))),
     }
+}
+
+/// A lone expression parsed (a stored `CHECK`), with what the token stream shows.
+#[derive(Debug)]
+pub(crate) struct ParsedExpr {
+    pub expr: sqlparser::ast::Expr,
+    /// Whether it has a parameter (`?`, `?N`, `$N`).
+    pub has_params: bool,
+    /// Whether it has a query (`SELECT`, `VALUES`): seen in the tokens, so no subquery
+    /// escapes, however deeply it hides in the tree.
+    pub has_query: bool,
+}
+
+/// Parses exactly one expression, under the same limits as a statement.
+pub(crate) fn parse_expr(sql: &str) -> Result<ParsedExpr, SqlError> {
+    let tokens = bounded_tokens(sql, "expression")?;
+    let has_params = tokens.iter().any(|t| matches!(t.token, Token::Placeholder(_)));
+    let has_query = tokens
+        .iter()
+        .any(|t| matches!(&t.token, Token::Word(w) if matches!(w.keyword, Keyword::SELECT | Keyword::VALUES)));
+    let mut parser =
+        Parser::new(&SQLiteDialect {}).with_recursion_limit(PARSER_RECURSION_MAX).with_tokens_with_locations(tokens);
+    let expr = parser.parse_expr().map_err(|e| SqlError::from_parser(e, sql))?;
+    if parser.peek_token().token != Token::EOF {
+        return Err(SqlError::invalid(format!("text after the expression: {sql}")));
+    }
+    Ok(ParsedExpr { expr, has_params, has_query })
+}
+
+/// The tokens of `sql` (a `what`), refused before the parser builds anything too long or
+/// certainly too deep.
+fn bounded_tokens(sql: &str, what: &str) -> Result<Vec<TokenWithSpan>, SqlError> {
+    if sql.len() > SQL_BYTES_MAX {
+        return Err(SqlError::invalid(format!("{what} longer than {SQL_BYTES_MAX} bytes")));
+    }
+    let tokens = Tokenizer::new(&SQLiteDialect {}, sql).tokenize_with_location().map_err(|e| SqlError::Syntax {
+        message: e.message,
+        line: e.location.line,
+        column: e.location.column,
+    })?;
+    if nesting_bound(&tokens) > TEXT_DEPTH_MAX {
+        return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
+    }
+    Ok(tokens)
 }
 
 /// Numbers every `?`; returns the highest parameter number (the count SQLite reports).

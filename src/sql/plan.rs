@@ -207,7 +207,13 @@ pub(crate) struct ScopeTable {
     pub alias: String,
     pub offset: usize,
     pub width: usize,
+    /// Position of the column that `rowid`, `_rowid_` and `oid` name: a stored table's
+    /// single INTEGER primary-key column, as SQLite's `INTEGER PRIMARY KEY` rowid alias.
+    pub rowid: Option<usize>,
 }
+
+/// The names SQLite gives a table's rowid.
+const ROWID_NAMES: [&str; 3] = ["rowid", "_rowid_", "oid"];
 
 /// The columns of the `FROM` clause, side by side.
 #[derive(Debug, Clone, Default)]
@@ -223,11 +229,18 @@ impl Scope {
             return Err(SqlError::invalid(format!("ambiguous table name: {alias} appears twice in FROM")));
         }
         let offset = self.columns.len();
-        self.tables.push(ScopeTable { alias: alias.to_string(), offset, width: columns.len() });
+        self.tables.push(ScopeTable { alias: alias.to_string(), offset, width: columns.len(), rowid: None });
         for name in columns {
             self.columns.push(ScopeColumn { table: alias.to_string(), name, in_star: true });
         }
         Ok(())
+    }
+
+    /// Makes `rowid` of the last table pushed name its column at `column` (0-based in it).
+    pub fn set_rowid(&mut self, column: usize) {
+        let table = self.tables.last_mut().expect("a table was pushed");
+        debug_assert!(column < table.width);
+        table.rowid = Some(table.offset + column);
     }
 
     /// The table (index into `tables`) a column position belongs to.
@@ -250,12 +263,33 @@ impl Scope {
                 }
             }
         }
-        found.ok_or_else(|| {
-            if let Some(t) = table.filter(|t| !self.tables.iter().any(|s| s.alias == *t)) {
-                return SqlError::UnknownColumn(format!("{t}.{name} (no table {t} in FROM)"));
-            }
-            SqlError::UnknownColumn(table.map_or_else(|| name.to_string(), |t| format!("{t}.{name}")))
-        })
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        if let Some(rowid) = self.resolve_rowid(table, name)? {
+            return Ok(rowid);
+        }
+        Err(self.unknown_column(table, name))
+    }
+
+    fn unknown_column(&self, table: Option<&str>, name: &str) -> SqlError {
+        if let Some(t) = table.filter(|t| !self.tables.iter().any(|s| s.alias == *t)) {
+            return SqlError::UnknownColumn(format!("{t}.{name} (no table {t} in FROM)"));
+        }
+        SqlError::UnknownColumn(table.map_or_else(|| name.to_string(), |t| format!("{t}.{name}")))
+    }
+
+    /// `rowid` (also `_rowid_`, `oid`) when no column has that name: the rowid alias of the
+    /// one table in reach that has one.
+    fn resolve_rowid(&self, table: Option<&str>, name: &str) -> Result<Option<usize>, SqlError> {
+        if !ROWID_NAMES.contains(&name) {
+            return Ok(None);
+        }
+        let mut aliases = self.tables.iter().filter(|t| table.is_none_or(|a| a == t.alias)).filter_map(|t| t.rowid);
+        match (aliases.next(), aliases.next()) {
+            (Some(_), Some(_)) => Err(SqlError::AmbiguousColumn(name.to_string())),
+            (found, _) => Ok(found),
+        }
     }
 
     /// Whether a table alias is in scope.
