@@ -632,13 +632,30 @@ fn well_formed_but_hostile_automerge_content_is_refused() {
             single(hostile_table(STRANGER, "sensors", 1, not_a_definition)),
             |e| matches!(e, ApplyError::Inconsistent { origin, seq: 1, .. } if *origin == STRANGER),
         ),
-        case(
-            "an automerge change whose automerge dependency is missing",
-            single((row_key("sensors", 1, 7), automerge_change_without_its_dependency(STRANGER))),
-            |e| matches!(e, ApplyError::Inconsistent { origin, seq: 1, .. } if *origin == STRANGER),
-        ),
     ];
     check_refused(&mut target, cases);
+}
+
+/// An automerge change whose automerge dependency the document lacks is not refused (a
+/// node that installed a state transfer sends such changes honestly, docs/design.md §
+/// "State transfer"): it is parked, changes nothing else, and waits for the dependency.
+#[test]
+fn an_automerge_change_whose_dependency_is_missing_is_parked_not_applied() {
+    let history = History::build();
+    let mut target = history.target("target.redb");
+    let before = observe(&target);
+    let batch = vec![envelope(
+        STRANGER,
+        1,
+        &[],
+        vec![(row_key("sensors", 1, 7), automerge_change_without_its_dependency(STRANGER))],
+    )];
+    let report = target.apply_remote(batch).unwrap();
+    assert_eq!((report.applied, report.parked, report.parked_for_documents), (0, 1, 1), "{report:?}");
+    let after = observe(&target);
+    assert_eq!(after.pending, before.pending + 1);
+    assert_eq!(Observed { pending: before.pending, ..after }, before, "only pending_v1 changed");
+    assert_healthy(&target, "parked for its document");
 }
 
 #[test]

@@ -67,9 +67,11 @@ struct DocGroup {
     /// Hashes of the automerge changes accepted for it so far: a later change in the
     /// batch may depend on them.
     staged: HashSet<automerge::ChangeHash>,
-    /// The first accepted change that touches the document.
-    cause: Option<(NodeId, u64)>,
 }
+
+/// What the applied changes of a transaction add to one document: the first that touches
+/// it (named in errors), and its automerge changes in causal order.
+type DocChanges<'a> = ((NodeId, u64), Vec<&'a automerge::Change>);
 
 /// A bounded batch of encoded change envelopes read from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -212,20 +214,21 @@ impl Replica {
                 for op in &change.ops {
                     let group = groups.get_mut(&op.key.encode()).expect("dependencies_held loads every document");
                     group.staged.insert(op.change.hash());
-                    group.cause.get_or_insert((change.origin, change.seq));
                 }
             }
         }
         let (applied, waiting): (Vec<_>, Vec<_>) = ready.into_iter().zip(accepted).partition(|(_, now)| *now);
         let applied: Vec<VerifiedChange> = applied.into_iter().map(|(change, _)| change).collect();
-        let mut per_doc: BTreeMap<Vec<u8>, Vec<&automerge::Change>> = BTreeMap::new();
-        for op in applied.iter().flat_map(|change| &change.ops) {
-            per_doc.entry(op.key.encode()).or_default().push(&op.change);
+        let mut per_doc: BTreeMap<Vec<u8>, DocChanges<'_>> = BTreeMap::new();
+        for change in &applied {
+            for op in &change.ops {
+                let entry = per_doc.entry(op.key.encode()).or_insert_with(|| ((change.origin, change.seq), Vec::new()));
+                entry.1.push(&op.change);
+            }
         }
         let mut changed = Vec::with_capacity(per_doc.len());
-        for (key_bytes, group) in groups {
-            let DocGroup { key, mut working, cause, .. } = group;
-            let (Some(cause), Some(changes)) = (cause, per_doc.remove(&key_bytes)) else {
+        for (key_bytes, DocGroup { key, mut working, .. }) in groups {
+            let Some((cause, changes)) = per_doc.remove(&key_bytes) else {
                 // Loaded for a check only: unchanged, so it may go back to the cache.
                 if !working.created {
                     self.cache.put(key_bytes, working);
@@ -267,7 +270,7 @@ impl Replica {
                 std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
                 std::collections::btree_map::Entry::Vacant(entry) => {
                     let working = self.take_or_create_doc(tables, entry.key())?;
-                    entry.insert(DocGroup { key: op.key.clone(), working, staged: HashSet::new(), cause: None })
+                    entry.insert(DocGroup { key: op.key.clone(), working, staged: HashSet::new() })
                 }
             };
             let unstaged: Vec<_> = op.change.deps().iter().filter(|dep| !group.staged.contains(dep)).copied().collect();
