@@ -10,6 +10,10 @@
 //! saves after each round), printing the breakdown after each stage, and finally shrinks
 //! the file (`Replica::shrink_file`, what `edge-node compact` runs).
 //!
+//! SQLite (WAL, `synchronous=FULL`) loads and updates the same rows in the same batches
+//! first, in the same process and directory, as the reference every figure is printed
+//! next to.
+//!
 //! A measurement program, not a test:
 //! `cargo run --example storage_budget -- [ROWS] [CACHE_MIB] [UPDATES]` (defaults 200 000
 //! rows, the default budget, 64 MiB, and 5 updates; `STORAGE_BUDGET_SAVE=no` skips the
@@ -43,7 +47,8 @@ fn main() {
         None => dir.path().join("store.redb"),
     };
     let updates: u32 = args.get(2).map(|n| n.parse().expect("UPDATES is a number")).unwrap_or(5);
-    load_phase(&path, rows, cache_mib, updates);
+    let reference = sqlite_reference(dir.path(), rows, updates);
+    load_phase(&path, rows, cache_mib, updates, &reference);
     let status = std::process::Command::new(std::env::current_exe().expect("this program's path"))
         .args(["--read", path.to_str().expect("a UTF-8 path"), &cache_mib.to_string()])
         .status()
@@ -51,12 +56,75 @@ fn main() {
     assert!(status.success(), "the read phase failed");
 }
 
+/// What SQLite took for the same rows: load rate, and bytes per row after the load and
+/// after the updates (database and WAL files, after a truncating checkpoint).
+struct Reference {
+    rows_per_s: f64,
+    load_bytes_per_row: f64,
+    updated_bytes_per_row: f64,
+}
+
+#[allow(clippy::disallowed_methods, reason = "a measurement program is the edge where reading the clock is the point")]
+fn sqlite_reference(dir: &Path, rows: i64, updates: u32) -> Reference {
+    let path = dir.join("reference.sqlite");
+    let db = rusqlite::Connection::open(&path).expect("open SQLite");
+    db.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE readings (id INTEGER PRIMARY KEY, sensor INTEGER, ts INTEGER, value REAL);",
+    )
+    .expect("SQLite schema");
+    let bytes_per_row = |db: &rusqlite::Connection| {
+        db.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").expect("checkpoint");
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        (size(&path) + size(&dir.join("reference.sqlite-wal"))) as f64 / rows as f64
+    };
+    use rusqlite::types::Value as Sql;
+    let run_batches = |db: &mut rusqlite::Connection, sql: &str, values: &dyn Fn(i64) -> Vec<Sql>| {
+        let mut id = 0;
+        while id < rows {
+            let txn = db.transaction().expect("begin");
+            {
+                let mut statement = txn.prepare_cached(sql).expect("prepare");
+                for _ in 0..BATCH_ROWS.min(rows - id) {
+                    id += 1;
+                    statement.execute(rusqlite::params_from_iter(values(id))).expect("execute");
+                }
+            }
+            txn.commit().expect("commit");
+        }
+    };
+    let mut db = db;
+    let started = Instant::now();
+    let insert = "INSERT INTO readings (id, sensor, ts, value) VALUES (?1, ?2, ?3, ?4)";
+    let row = |id: i64| {
+        let sql = |value: Value| match value {
+            Value::Integer(v) => Sql::Integer(v),
+            Value::Real(v) => Sql::Real(v),
+            other => unreachable!("readings holds integers and reals, not {other:?}"),
+        };
+        readings::reading(id).into_iter().map(|(_, value)| sql(value)).collect()
+    };
+    run_batches(&mut db, insert, &row);
+    let rows_per_s = rows as f64 / started.elapsed().as_secs_f64();
+    let load_bytes_per_row = bytes_per_row(&db);
+    for round in 1..=updates {
+        let update = "UPDATE readings SET value = ?2 WHERE id = ?1";
+        run_batches(&mut db, update, &|id| vec![Sql::Integer(id), Sql::Real(id as f64 * 0.5 + f64::from(round))]);
+    }
+    let updated_bytes_per_row = bytes_per_row(&db);
+    println!(
+        "SQLite (WAL, synchronous=FULL), same rows and batches: {rows_per_s:.0} rows/s; \
+         {load_bytes_per_row:.1} B/row after load, {updated_bytes_per_row:.1} after {updates} updates of every row"
+    );
+    Reference { rows_per_s, load_bytes_per_row, updated_bytes_per_row }
+}
+
 fn options(cache_mib: usize) -> OpenOptions {
     OpenOptions { cache_bytes: cache_mib << 20 }
 }
 
 #[allow(clippy::disallowed_methods, reason = "a measurement program is the edge where reading the clock is the point")]
-fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32) {
+fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32, reference: &Reference) {
     let node = NodeId::from_public_key(NODE);
     println!("storage_budget: {rows} rows in {BATCH_ROWS}-row batches, cache budget {cache_mib} MiB");
     let mut replica = Replica::open_with(path, node, &options(cache_mib)).expect("open");
@@ -72,7 +140,8 @@ fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32) {
         replica.write(batch, id).expect("write a batch");
     }
     let load_s = started.elapsed().as_secs_f64();
-    println!("loaded: {rows} rows in {load_s:.1} s ({:.0} rows/s)", rows as f64 / load_s);
+    let rate = rows as f64 / load_s;
+    println!("loaded: {rows} rows in {load_s:.1} s ({rate:.0} rows/s, {:.3}x SQLite)", rate / reference.rows_per_s);
     let file = std::fs::metadata(path).map_or(0, |m| m.len());
     println!("file:   {file} bytes ({:.0} B/row)", file as f64 / rows as f64);
     println!("rss after load (loading process): {}", rss());
@@ -83,7 +152,7 @@ fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32) {
     digest_timing(&replica);
     let save = std::env::var("STORAGE_BUDGET_SAVE").unwrap_or_default();
     let (save_settled, save_rounds) = (save != "no", save != "no" && save != "end");
-    settle(&mut replica, path, rows, save_settled, "after load");
+    settle(&mut replica, path, rows, save_settled, "after load", reference.load_bytes_per_row);
     for round in 1..=updates {
         let mut id = 0;
         while id < rows {
@@ -96,7 +165,8 @@ fn load_phase(path: &Path, rows: i64, cache_mib: usize, updates: u32) {
             replica.write(batch, id).expect("write a batch");
         }
         if round == updates {
-            settle(&mut replica, path, rows, save_settled, &format!("after {round} updates of every row"));
+            let stage = format!("after {round} updates of every row");
+            settle(&mut replica, path, rows, save_settled, &stage, reference.updated_bytes_per_row);
         } else {
             settle_quietly(&mut replica, save_rounds);
         }
@@ -123,13 +193,18 @@ fn shrink(replica: &mut Replica, path: &Path, rows: i64) {
 
 /// Compacts the whole log, then (if `save`) saves documents until nothing is left, as
 /// the daemon's driver does, and prints the breakdown and the file's length.
-fn settle(replica: &mut Replica, path: &Path, rows: i64, save: bool, stage: &str) {
+fn settle(replica: &mut Replica, path: &Path, rows: i64, save: bool, stage: &str, sqlite_bytes_per_row: f64) {
     let (entries, saved) = settle_quietly(replica, save);
     println!("{stage}, log compacted ({entries} entries), {saved} documents saved:");
     let file = std::fs::metadata(path).map_or(0, |m| m.len());
     println!("file:   {file} bytes ({:.0} B/row)", file as f64 / rows as f64);
     let stats = replica.snapshot().and_then(|s| s.storage_stats()).expect("storage stats");
     print_breakdown(&stats, rows as u64);
+    let allocated = stats.allocated_bytes() as f64 / rows as f64;
+    println!(
+        "vs SQLite: {allocated:.1} B/row allocated, SQLite {sqlite_bytes_per_row:.1} B/row: {:.2}x",
+        allocated / sqlite_bytes_per_row
+    );
     let problems = replica.check_integrity().expect("integrity check");
     assert!(problems.is_empty(), "{problems:?}");
 }

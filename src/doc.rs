@@ -25,6 +25,11 @@ pub fn new_doc(actor: NodeId) -> AutoCommit {
     AutoCommit::new().with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
 }
 
+/// The document with its future changes authored by `actor`.
+pub fn act_as(doc: AutoCommit, actor: NodeId) -> AutoCommit {
+    doc.with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
+}
+
 /// Loads a document from its stored snapshot (possibly empty) and tail of changes.
 ///
 /// The bytes come from disk, so the automerge calls are contained.
@@ -114,6 +119,28 @@ pub fn bump_causal_length(doc: &mut AutoCommit) -> Option<u64> {
     doc.put(ROOT, CAUSAL_LENGTH, ScalarValue::Uint(next))
         .expect("putting a scalar in the root map of a local document cannot fail");
     Some(next)
+}
+
+/// Sets every column of a row being (re)inserted, in definition order: what an insert of a
+/// row stages after bumping its causal length. [`new_row_doc`] rebuilds the document of a
+/// row only ever inserted from the same operations.
+pub fn put_row(doc: &mut AutoCommit, columns: &[ColumnDef], values: &[Value]) {
+    assert_eq!(columns.len(), values.len(), "a row has one value per column");
+    for (column, value) in columns.iter().zip(values) {
+        put_column(doc, column, value);
+    }
+}
+
+/// The document of a row inserted into an empty document by one change of `actor` at
+/// `time_ms`: `_cl` = 1, then [`put_row`]. Equal inputs give a byte-identical change, so
+/// such a document need not be stored (`replica/implicit.rs`).
+pub fn new_row_doc(actor: NodeId, time_ms: i64, columns: &[ColumnDef], values: &[Value]) -> AutoCommit {
+    let mut doc = new_doc(actor);
+    let cl = bump_causal_length(&mut doc);
+    debug_assert_eq!(cl, Some(1), "an empty document's causal length is 0");
+    put_row(&mut doc, columns, values);
+    doc.commit_with(automerge::transaction::CommitOptions::default().with_time(time_ms));
+    doc
 }
 
 /// Sets a column's value.

@@ -112,15 +112,15 @@ pub fn decode(mut input: &[u8]) -> Result<Vec<Value>, RecordError> {
     Ok(values)
 }
 
-fn zigzag(v: i64) -> u64 {
+pub(crate) fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64
 }
 
-fn unzigzag(v: u64) -> i64 {
+pub(crate) fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn put_varint(mut v: u64, out: &mut Vec<u8>) {
     let start = out.len();
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
@@ -130,7 +130,7 @@ fn put_varint(mut v: u64, out: &mut Vec<u8>) {
     debug_assert!(out.len() - start <= 10, "a u64 varint takes at most 10 bytes");
 }
 
-fn take_varint(input: &mut &[u8]) -> Result<u64, RecordError> {
+pub(crate) fn take_varint(input: &mut &[u8]) -> Result<u64, RecordError> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = input.split_first().ok_or(RecordError("truncated varint"))?;

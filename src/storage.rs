@@ -7,14 +7,20 @@
 use redb::{ReadableTable, TableDefinition};
 
 use crate::error::StorageError;
+use crate::types::NodeId;
 
 /// The newest layout of the whole file, stored in `meta_v1` under [`META_FORMAT`]: format
-/// 2 whose change log may start above seq 1 (`meta_v1` [`META_LOG_FLOOR`]). A store moves
-/// to it in the transaction of its first log compaction; a format-2 build refuses it
-/// (it would serve a log with a hole as if it were complete).
-pub const FORMAT_VERSION: u32 = 3;
-/// A store whose log was never compacted: new stores start here, so that a build of
-/// format 2 still opens every store that does not need format 3.
+/// 3 whose `doc_heads_v1` may describe a row document implicitly (a row only ever
+/// inserted, rebuilt from its record: [`encode_implicit_heads`]). A store moves to it in
+/// the transaction that stores its first implicit document; a format-3 build refuses it
+/// (it would find no document for such a row).
+pub const FORMAT_VERSION: u32 = 4;
+/// Format 2 whose change log may start above seq 1 (`meta_v1` [`META_LOG_FLOOR`]). A
+/// store moves to it in the transaction of its first log compaction; a format-2 build
+/// refuses it (it would serve a log with a hole as if it were complete).
+pub const FORMAT_VERSION_COMPACTED: u32 = 3;
+/// A store whose log was never compacted and that holds no implicit document: new stores
+/// start here, so that a build of format 2 still opens every store that does not need more.
 pub const FORMAT_VERSION_UNCOMPACTED: u32 = 2;
 /// The oldest layout: format 2 without `digest_v1`. Opening such a store builds
 /// `digest_v1` and moves it to [`FORMAT_VERSION_UNCOMPACTED`] in one transaction.
@@ -97,8 +103,18 @@ pub fn tail_key(doc_key: &[u8], position: u32) -> Vec<u8> {
     key
 }
 
-/// Encodes a `doc_heads_v1` value.
+/// The format version recorded in `meta_v1`, `None` if absent or not 4 bytes.
+pub fn stored_format(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Option<u32>, StorageError> {
+    let format = meta.get(META_FORMAT)?.map(|v| v.value().to_vec());
+    Ok(format.and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok()).map(u32::from_be_bytes))
+}
+
+/// Marks an implicit `doc_heads_v1` value in place of the tail length.
+const IMPLICIT_FORM: u32 = 0x8000_0000;
+
+/// Encodes a `doc_heads_v1` value of a document stored as snapshot and tail.
 pub fn encode_heads(tail_len: u32, heads: &[[u8; 32]]) -> Vec<u8> {
+    assert!(tail_len < IMPLICIT_FORM, "a tail length never reaches the implicit marker");
     let mut out = Vec::with_capacity(4 + heads.len() * 32);
     out.extend_from_slice(&tail_len.to_be_bytes());
     for head in heads {
@@ -107,8 +123,54 @@ pub fn encode_heads(tail_len: u32, heads: &[[u8; 32]]) -> Vec<u8> {
     out
 }
 
-/// Decodes a `doc_heads_v1` value into the tail length and the heads bytes.
+/// How a row document that holds one insert change is described instead of stored: the
+/// change's actor and time; its operations follow from the row's record and table
+/// definition (`replica/implicit.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImplicitDoc {
+    /// The change's one head (its hash).
+    pub head: [u8; 32],
+    /// The change's actor: the node that inserted the row.
+    pub actor: NodeId,
+    /// The change's time, ms since the Unix epoch.
+    pub time_ms: i64,
+}
+
+/// Encodes the `doc_heads_v1` value of an implicit document: the marker, the head, the
+/// actor and the time as a zigzag varint.
+pub fn encode_implicit_heads(implicit: &ImplicitDoc) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 32 + 16 + 10);
+    out.extend_from_slice(&IMPLICIT_FORM.to_be_bytes());
+    out.extend_from_slice(&implicit.head);
+    out.extend_from_slice(implicit.actor.as_bytes());
+    crate::record::put_varint(crate::record::zigzag(implicit.time_ms), &mut out);
+    debug_assert_eq!(decode_implicit(&out).ok().flatten(), Some(*implicit));
+    out
+}
+
+/// The implicit description in a `doc_heads_v1` value, `None` if the document is stored.
+pub fn decode_implicit(value: &[u8]) -> Result<Option<ImplicitDoc>, StorageError> {
+    let bad = || StorageError::BadLength { table: "doc_heads_v1", len: value.len() };
+    let marker = value.get(..4).ok_or_else(bad)?;
+    if u32::from_be_bytes(marker.try_into().expect("4 bytes")) != IMPLICIT_FORM {
+        return Ok(None);
+    }
+    let head: [u8; 32] = value.get(4..36).ok_or_else(bad)?.try_into().expect("32 bytes");
+    let actor = value.get(36..52).and_then(NodeId::from_slice).ok_or_else(bad)?;
+    let mut rest = &value[52..];
+    let time = crate::record::take_varint(&mut rest).map_err(|_| bad())?;
+    if !rest.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some(ImplicitDoc { head, actor, time_ms: crate::record::unzigzag(time) }))
+}
+
+/// Decodes a `doc_heads_v1` value into the tail length and the heads bytes (an implicit
+/// document has no tail and its one head).
 pub fn decode_heads(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
+    if let Some(_implicit) = decode_implicit(value)? {
+        return Ok((0, &value[4..36]));
+    }
     if value.len() < 4 || !(value.len() - 4).is_multiple_of(32) {
         return Err(StorageError::BadLength { table: "doc_heads_v1", len: value.len() });
     }

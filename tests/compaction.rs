@@ -3,7 +3,7 @@
 //! backup and restore of a compacted store, relaying from a compacted log, and changes
 //! sent again after their entries were compacted.
 
-use edgestore::{IntegrityProblem, NodeId, Replica, StorageError, VersionVector, WriteBatch};
+use edgestore::{IntegrityProblem, NodeId, Replica, StorageError, TableSchema, VersionVector, WriteBatch};
 use redb::{ReadableDatabase, TableDefinition};
 use tempfile::TempDir;
 
@@ -161,7 +161,25 @@ fn shrink_file_gives_compacted_pages_back_and_keeps_the_store() {
 }
 
 #[test]
-fn the_floor_survives_reopening_and_moves_the_store_to_format_3() {
+fn a_compacted_log_moves_a_store_without_implicit_documents_to_format_3() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open(&dir, 1);
+    a.write(WriteBatch::new().create_table(sensors()), 1).unwrap();
+    a.write(WriteBatch::new().create_table(TableSchema { name: "other".into(), ..sensors() }), 2).unwrap();
+    let path = dir.path().join("node1.redb");
+    a.compact_log_step(&vector(&[(1, 1)]), 10).unwrap();
+    drop(a);
+    assert_eq!(format_of(&path), 3, "a compacted log needs format 3; catalog documents are never implicit");
+    let mut a = open(&dir, 1);
+    a.write(insert(1, "a"), 3).unwrap();
+    drop(a);
+    assert_eq!(format_of(&path), 4, "the first implicit document records format 4");
+    let a = open(&dir, 1);
+    assert_healthy(&a);
+}
+
+#[test]
+fn the_floor_survives_reopening_and_keeps_the_store_at_format_4() {
     let dir = TempDir::new().unwrap();
     let (mut a, b) = two_origins(&dir, 4, 2);
     drop(b);
@@ -170,8 +188,8 @@ fn the_floor_survives_reopening_and_moves_the_store_to_format_3() {
     a.compact_log_step(&vector(&[(2, 1)]), 10).unwrap();
     a.compact_log_step(&floor, 10).unwrap();
     drop(a);
-    assert_eq!(format_of(&path), 3, "a compacted log needs format 3");
-    assert_eq!(format_of(&dir.path().join("node2.redb")), 2, "an uncompacted store stays at format 2");
+    assert_eq!(format_of(&path), 4, "a store of implicit documents keeps format 4, which admits a compacted log");
+    assert_eq!(format_of(&dir.path().join("node2.redb")), 4, "rows inserted once are implicit: format 4");
     let a = Replica::open(&path, node(1)).unwrap();
     assert_eq!(a.log_floor(), &floor);
     assert_healthy(&a);

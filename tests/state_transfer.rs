@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{assert_healthy, insert, node, open, sensors, sync};
+use common::{assert_healthy, insert, node, open, sensors, sync, transfer};
 use edgestore::{ApplyError, IndexSchema, Replica, StorageError, TransferBatch, Value, VersionVector, WriteBatch};
 use tempfile::TempDir;
 
@@ -35,22 +35,6 @@ fn donor(dir: &TempDir) -> (Replica, Replica) {
     sync(&b, &mut a);
     sync(&a, &mut b);
     (a, b)
-}
-
-/// Moves every document of `from` into `to`, `docs_max` per batch.
-fn transfer(from: &Replica, to: &mut Replica, docs_max: usize) -> usize {
-    let mut batches = 0;
-    loop {
-        let cursor = to.transfer_progress().unwrap().map(|p| p.cursor).unwrap_or_default();
-        let batch = from.export_transfer(&cursor, docs_max, 1 << 20).unwrap();
-        let done = batch.done;
-        let report = to.import_transfer(from.node_id(), batch).unwrap();
-        batches += 1;
-        if done {
-            assert_eq!(report.installed.as_ref(), Some(to.version_vector()));
-            return batches;
-        }
-    }
 }
 
 #[test]

@@ -41,6 +41,7 @@ pub fn to_json(stats: &StorageStats, caches: &CacheFigures) -> Json {
                 "snapshots": t.snapshots,
                 "snapshot_bytes": t.snapshot_bytes,
                 "tail_changes": t.tail_changes,
+                "implicit_docs": t.implicit_docs,
                 "tail_bytes": t.tail_bytes,
                 "index_entries": t.index_entries,
                 "index_bytes": t.index_bytes,

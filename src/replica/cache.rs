@@ -108,7 +108,7 @@ mod tests {
 
     fn working(changes: u64) -> WorkingDoc {
         let doc = Box::new(crate::doc::new_doc(NodeId([1; 16])));
-        WorkingDoc { doc, tail_len: 0, created: false, changes }
+        WorkingDoc { doc, tail_len: 0, created: false, changes, implicit: false }
     }
 
     #[test]

@@ -20,13 +20,13 @@
 
 use std::sync::Arc;
 
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableDatabase;
 
 use super::{read, Replica};
 use crate::codec;
 use crate::error::StorageError;
 use crate::keys;
-use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_UNCOMPACTED};
+use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_COMPACTED, FORMAT_VERSION_UNCOMPACTED};
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
 
@@ -198,21 +198,20 @@ fn remove_span(
     Ok((floor, exhausted || last == span.to))
 }
 
-/// Writes the log floor to `meta_v1` and moves the store to the format that can hold a
-/// compacted log ([`FORMAT_VERSION`]), in the caller's transaction. State transfer, which
-/// also starts a log above seq 1, records its floor the same way.
+/// Writes the log floor to `meta_v1` and moves the store to a format that can hold a
+/// compacted log ([`FORMAT_VERSION_COMPACTED`] or later), in the caller's transaction.
+/// State transfer, which also starts a log above seq 1, records its floor the same way.
 pub(crate) fn record_log_floor(
     meta: &mut redb::Table<'_, &'static str, &'static [u8]>,
     floor: &VersionVector,
 ) -> Result<(), StorageError> {
-    let format = meta.get(storage::META_FORMAT)?.map(|v| v.value().to_vec());
-    let format = format.and_then(|bytes| <[u8; 4]>::try_from(bytes.as_slice()).ok()).map(u32::from_be_bytes);
+    let format = storage::stored_format(meta)?;
     assert!(
-        matches!(format, Some(FORMAT_VERSION | FORMAT_VERSION_UNCOMPACTED)),
-        "an open store has format {FORMAT_VERSION_UNCOMPACTED} or {FORMAT_VERSION}, not {format:?}"
+        matches!(format, Some(FORMAT_VERSION | FORMAT_VERSION_COMPACTED | FORMAT_VERSION_UNCOMPACTED)),
+        "an open store has format {FORMAT_VERSION_UNCOMPACTED} to {FORMAT_VERSION}, not {format:?}"
     );
-    if format != Some(FORMAT_VERSION) {
-        meta.insert(storage::META_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())?;
+    if format == Some(FORMAT_VERSION_UNCOMPACTED) {
+        meta.insert(storage::META_FORMAT, FORMAT_VERSION_COMPACTED.to_be_bytes().as_slice())?;
     }
     meta.insert(storage::META_LOG_FLOOR, codec::encode(floor).as_slice())?;
     Ok(())

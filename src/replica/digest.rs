@@ -169,10 +169,8 @@ impl Replica {
     /// own additions and are ignored). Empty if the document does not exist here.
     pub fn doc_changes_missing(&self, key: &[u8], heads: &[[u8; 32]]) -> Result<Vec<Vec<u8>>, StorageError> {
         let txn = self.db.begin_read()?;
-        let heads_table = txn.open_table(storage::DOC_HEADS)?;
-        let docs = txn.open_table(storage::DOCS)?;
-        let tail = txn.open_table(storage::DOC_TAIL)?;
-        let Some(mut working) = load_working_doc(self.node, &heads_table, &docs, &tail, key)? else {
+        let stored = super::ReadDocTables::open(&txn)?;
+        let Some(mut working) = load_working_doc(self.node, &stored.tables(), &self.catalog, key)? else {
             return Ok(Vec::new());
         };
         contain("get_changes", || {

@@ -13,7 +13,6 @@ use crate::change::DocKey;
 use crate::contain::contain;
 use crate::doc::{self, DocEffect};
 use crate::error::{ReadError, StorageError};
-use crate::storage;
 use crate::types::{NodeId, Value};
 
 /// What one operation of a change did to the row.
@@ -88,11 +87,9 @@ impl Snapshot {
         let pk = self.encoded_key(entry, key)?;
         let doc_key = DocKey::Row { table: schema.name.clone(), epoch: entry.causal_length, pk }.encode();
         let txn = self.txn();
-        let heads = txn.open_table(storage::DOC_HEADS).map_err(StorageError::from)?;
-        let docs = txn.open_table(storage::DOCS).map_err(StorageError::from)?;
-        let tail = txn.open_table(storage::DOC_TAIL).map_err(StorageError::from)?;
+        let stored = super::ReadDocTables::open(txn)?;
         // The actor only matters for writing; this document is only read.
-        let Some(mut working) = load_working_doc(NodeId([0; 16]), &heads, &docs, &tail, &doc_key)? else {
+        let Some(mut working) = load_working_doc(NodeId([0; 16]), &stored.tables(), self.catalog(), &doc_key)? else {
             return Err(ReadError::UnknownRow { table: schema.name.clone(), key: super::write::show_key(key) });
         };
         let corrupt = |e: crate::contain::Panicked| ReadError::Storage(StorageError::Corrupt(e.to_string()));

@@ -111,15 +111,16 @@ impl Replica {
     ) -> Result<(), RecordError> {
         let mut catalog_docs = Vec::new();
         let mut row_docs = Vec::with_capacity(docs.len());
-        for changed in docs {
-            let mut working = changed.working;
-            let created = std::mem::replace(&mut working.created, false);
-            let working = self.persist_doc(tables, &changed.key_bytes, working, &changed.new_changes)?;
+        for mut changed in docs {
             if let DocKey::Row { .. } = changed.key {
-                // Row documents stay out of the cache until materialized below: one cache
-                // round trip per document instead of two.
-                row_docs.push((changed.key_bytes, changed.key, changed.cause, working, created));
+                // Row documents are persisted once materialized below, which decides
+                // whether a new one is stored implicitly, and stay out of the cache until
+                // then: one cache round trip per document instead of two.
+                row_docs.push(changed);
             } else {
+                changed.working.created = false;
+                let working =
+                    self.persist_doc(tables, &changed.key_bytes, changed.working, &changed.new_changes, None)?;
                 self.cache.put(changed.key_bytes.clone(), working);
                 catalog_docs.push((changed.key_bytes, changed.key, changed.cause));
             }
@@ -132,15 +133,24 @@ impl Replica {
                 other => other,
             })?;
         }
-        row_docs.sort_by(|a, b| a.1.cmp(&b.1));
-        for (key_bytes, key, (origin, seq), working, created) in row_docs {
+        row_docs.sort_by(|a, b| a.key.cmp(&b.key));
+        for ChangedDoc { key_bytes, key, mut working, new_changes, cause: (origin, seq) } in row_docs {
             let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
             let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
             if !known {
                 let reason = format!("row of unknown table {table} (epoch {epoch})");
                 return Err(RecordError::Inconsistent { origin, seq, reason });
             }
-            self.materialize_into(tables, table, *epoch, pk, &working.doc, created)?;
+            let created = std::mem::replace(&mut working.created, false);
+            let written = self.materialize_into(tables, table, *epoch, pk, &working.doc, created)?;
+            let implicit = match (created, written, new_changes.len()) {
+                (true, Some(row), 1) if working.changes == 0 && working.tail_len == 0 => {
+                    let schema = &self.catalog.table(table).expect("a row was written: its table is live").schema;
+                    super::implicit::implicit_form(&mut working.doc, schema, &row)
+                }
+                _ => None,
+            };
+            let working = self.persist_doc(tables, &key_bytes, working, &new_changes, implicit)?;
             self.cache.put(key_bytes, working);
         }
         self.log_changes(tables, changes)?;
@@ -193,9 +203,18 @@ impl Replica {
         match resolved.map_err(|e| inconsistent(e.to_string()))? {
             Ok(entry) => {
                 let name = entry.schema.name.clone();
-                let old = self.catalog.tables.insert(name.clone(), entry.clone());
+                let changed = self
+                    .catalog
+                    .tables
+                    .get(&name)
+                    .is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
+                if let Some(live) = self.catalog.table(&name).filter(|_| changed).cloned() {
+                    // Its implicit rows are rebuilt from records and a definition that
+                    // are about to change (`implicit.rs`).
+                    self.explicate_table(tables, &live)?;
+                }
+                self.catalog.tables.insert(name.clone(), entry.clone());
                 store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
-                let changed = old.is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
                 if changed {
                     self.rebuild_table(tables, &name)?;
                 }
@@ -238,13 +257,14 @@ impl Replica {
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
         let outcome = self.materialize_into(tables, table, epoch, pk, &working.doc, false);
         self.cache.put(key_bytes.to_vec(), working);
-        outcome
+        outcome.map(drop)
     }
 
     /// Writes a row document's materialization: its `rows_v1` record, index entries and
     /// conflicts, replacing the previous ones. `created` says the document did not exist
     /// before this transaction, so (invariant 3: every `rows_v1` entry has a row document)
     /// there is no previous record, index entry or conflict to look up or remove.
+    /// Returns the row written, if the document is a live row without conflicts.
     fn materialize_into(
         &self,
         tables: &mut WriteTables<'_>,
@@ -253,11 +273,11 @@ impl Replica {
         pk: &[u8],
         document: &automerge::AutoCommit,
         created: bool,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Row>, StorageError> {
         let Some(entry) = self.catalog.table(table).filter(|t| t.causal_length == epoch) else {
             // A row of a dropped table or of an older incarnation: its document is kept
             // (it is part of the replicated state), but nothing is materialized.
-            return Ok(());
+            return Ok(None);
         };
         let schema = &entry.schema;
         let row_key = keys::row_key(table, pk);
@@ -290,21 +310,23 @@ impl Replica {
                     let encoded = codec::encode(&conflicts);
                     let old = tables.conflicts.insert(row_key.as_slice(), encoded.as_slice())?;
                     tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), Some(&encoded))?;
+                    return Ok(None);
                 } else if !created {
                     let old = tables.conflicts.remove(row_key.as_slice())?;
                     tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), None)?;
                 }
+                Ok(Some(row))
             }
-            None if created => {}
+            None if created => Ok(None),
             None => {
                 let old = tables.rows.remove(row_key.as_slice())?;
                 tables.digest_delta.row(&row_key, old.as_ref().map(|v| v.value()), None)?;
                 drop(old);
                 let old = tables.conflicts.remove(row_key.as_slice())?;
                 tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), None)?;
+                Ok(None)
             }
         }
-        Ok(())
     }
 
     /// Clears a table's rows, conflicts and index entries and re-materializes every row

@@ -16,6 +16,7 @@ mod digest_parts;
 mod guard;
 mod history;
 mod holders;
+mod implicit;
 mod integrity;
 mod materialize;
 mod open;
@@ -93,6 +94,9 @@ pub(crate) struct WorkingDoc {
     pub created: bool,
     /// Automerge changes it holds, for the cache's estimate of its memory.
     pub changes: u64,
+    /// Stored implicitly: its one change is described by its `doc_heads_v1` entry and
+    /// rebuilt from its row (`implicit.rs`); `tail_len` is 0.
+    pub implicit: bool,
 }
 
 /// One node's replica; see the module documentation.
@@ -121,6 +125,9 @@ pub struct Replica {
     holders: Box<holders::Holders>,
     /// Where the background document save is (`save.rs`).
     sweep: save::Sweep,
+    /// The store's format version as committed (`storage::FORMAT_VERSION` once an
+    /// implicit document was stored).
+    format: u32,
 }
 
 impl std::fmt::Debug for Replica {
@@ -185,6 +192,7 @@ impl Replica {
         }
         self.versions = versions;
         let meta = txn.open_table(storage::META)?;
+        self.format = storage::stored_format(&meta)?.unwrap_or(0);
         self.announced = read::meta_vector(&meta, storage::META_ANNOUNCED)?;
         self.floor = read::meta_vector(&meta, storage::META_LOG_FLOOR)?;
         let counters = self.holders_counters();
@@ -234,7 +242,7 @@ impl Replica {
         tables: &WriteTables<'_>,
         key: &[u8],
     ) -> Result<Option<WorkingDoc>, StorageError> {
-        take_cached_doc(&mut self.cache, self.node, tables, key)
+        take_cached_doc(&mut self.cache, self.node, tables, &self.catalog, key)
     }
 
     /// Takes a document, or starts an empty one.
@@ -252,18 +260,57 @@ impl Replica {
         tables: &WriteTables<'_>,
         key: &[u8],
     ) -> Result<WorkingDoc, StorageError> {
-        take_or_create_cached_doc(&mut self.cache, self.node, tables, key)
+        take_or_create_cached_doc(&mut self.cache, self.node, tables, &self.catalog, key)
     }
 
     /// Persists a document's new changes (appended to its tail, or folded into a fresh
     /// snapshot when the tail is long), then its heads; the caller returns it to the cache.
+    ///
+    /// `implicit`: the document was created by its one new change, which its row rebuilds
+    /// (`implicit::implicit_form`); its heads entry then describes it and nothing else is
+    /// stored. An implicit document that receives changes stores its first change as tail
+    /// entry 0 first, since its row is about to change.
     pub(crate) fn persist_doc(
         &mut self,
         tables: &mut WriteTables<'_>,
         key: &[u8],
         mut working: WorkingDoc,
         new_changes: &[&[u8]],
+        implicit: Option<storage::ImplicitDoc>,
     ) -> Result<WorkingDoc, StorageError> {
+        if let Some(implicit) = implicit {
+            assert!(
+                working.changes == 0 && working.tail_len == 0 && new_changes.len() == 1,
+                "only a document created by its one new change is implicit"
+            );
+            self.record_format(tables)?;
+            working.changes = 1;
+            working.implicit = true;
+            let heads = storage::encode_implicit_heads(&implicit);
+            let old = tables.heads.insert(key, heads.as_slice())?;
+            tables.digest_delta.heads(key, old.as_ref().map(|v| v.value()), Some(&heads))?;
+            return Ok(working);
+        }
+        if working.implicit {
+            // The stored form decides: `explicate_table` may have stored this document's
+            // change in this transaction while the document was out of the cache.
+            let stored = storage::get_bytes(&tables.heads, key)?.expect("an implicit document has a heads entry");
+            match storage::decode_implicit(&stored)? {
+                Some(described) if !new_changes.is_empty() => {
+                    let hash = automerge::ChangeHash(described.head);
+                    let first = working.doc.get_change_by_hash(&hash);
+                    let first = first.expect("a document holds its first change").raw_bytes();
+                    tables.tail.insert(storage::tail_key(key, 0).as_slice(), first)?;
+                    working.tail_len = 1;
+                    working.implicit = false;
+                }
+                Some(_) => {}
+                None => {
+                    working.tail_len = storage::decode_heads(&stored)?.0;
+                    working.implicit = false;
+                }
+            }
+        }
         let tail_len_after = working.tail_len as usize + new_changes.len();
         if tail_len_after >= DOC_TAIL_CHANGES_MAX as usize {
             let snapshot = working.doc.save();
@@ -280,10 +327,25 @@ impl Replica {
         }
         working.changes += new_changes.len() as u64;
         self.sweep.tail_persisted(working.tail_len);
-        let heads = storage::encode_heads(working.tail_len, &doc::heads(&mut working.doc));
+        let heads = match working.implicit {
+            // Unchanged: no new change (a merge that brought nothing new).
+            true => storage::get_bytes(&tables.heads, key)?.expect("an implicit document has a heads entry"),
+            false => storage::encode_heads(working.tail_len, &doc::heads(&mut working.doc)),
+        };
         let old = tables.heads.insert(key, heads.as_slice())?;
         tables.digest_delta.heads(key, old.as_ref().map(|v| v.value()), Some(&heads))?;
         Ok(working)
+    }
+
+    /// Records [`storage::FORMAT_VERSION`] in the transaction that stores the first
+    /// implicit document (a format-3 build would find no document for such a row).
+    fn record_format(&mut self, tables: &mut WriteTables<'_>) -> Result<(), StorageError> {
+        if self.format < storage::FORMAT_VERSION {
+            tables.meta.insert(storage::META_FORMAT, storage::FORMAT_VERSION.to_be_bytes().as_slice())?;
+            // An aborted transaction reloads the committed format (`reload_state`).
+            self.format = storage::FORMAT_VERSION;
+        }
+        Ok(())
     }
 
     /// Begins a write transaction that commits durably (or non-durably while a group of
@@ -313,12 +375,13 @@ pub(crate) fn take_cached_doc(
     cache: &mut DocCache,
     node: NodeId,
     tables: &WriteTables<'_>,
+    catalog: &Catalog,
     key: &[u8],
 ) -> Result<Option<WorkingDoc>, StorageError> {
     if let Some(doc) = cache.pop(key) {
         return Ok(Some(doc));
     }
-    load_working_doc(node, &tables.heads, &tables.docs, &tables.tail, key)
+    load_working_doc(node, &tables.doc_tables(), catalog, key)
 }
 
 /// [`Replica::take_or_create_doc`] on the cache alone.
@@ -326,33 +389,82 @@ pub(crate) fn take_or_create_cached_doc(
     cache: &mut DocCache,
     node: NodeId,
     tables: &WriteTables<'_>,
+    catalog: &Catalog,
     key: &[u8],
 ) -> Result<WorkingDoc, StorageError> {
-    let created = || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0, created: true, changes: 0 };
-    Ok(take_cached_doc(cache, node, tables, key)?.unwrap_or_else(created))
+    let created =
+        || WorkingDoc { doc: Box::new(doc::new_doc(node)), tail_len: 0, created: true, changes: 0, implicit: false };
+    Ok(take_cached_doc(cache, node, tables, catalog, key)?.unwrap_or_else(created))
+}
+
+/// The tables a stored document is read from: its heads entry, snapshot and tail, and
+/// the rows that implicit documents are rebuilt from.
+pub(crate) struct DocTables<'a, T> {
+    pub heads: &'a T,
+    pub docs: &'a T,
+    pub tail: &'a T,
+    pub rows: &'a T,
+}
+
+/// The document tables of a read transaction, opened.
+pub(crate) struct ReadDocTables {
+    heads: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    docs: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    tail: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    rows: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+type ReadOnly = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+impl ReadDocTables {
+    pub fn open(txn: &redb::ReadTransaction) -> Result<ReadDocTables, StorageError> {
+        Ok(ReadDocTables {
+            heads: txn.open_table(storage::DOC_HEADS)?,
+            docs: txn.open_table(storage::DOCS)?,
+            tail: txn.open_table(storage::DOC_TAIL)?,
+            rows: txn.open_table(storage::ROWS)?,
+        })
+    }
+
+    pub fn tables(&self) -> DocTables<'_, ReadOnly> {
+        DocTables { heads: &self.heads, docs: &self.docs, tail: &self.tail, rows: &self.rows }
+    }
+}
+
+impl<'t> WriteTables<'t> {
+    /// The document tables of this transaction.
+    pub fn doc_tables(&self) -> DocTables<'_, redb::Table<'t, &'static [u8], &'static [u8]>> {
+        DocTables { heads: &self.heads, docs: &self.docs, tail: &self.tail, rows: &self.rows }
+    }
 }
 
 /// Loads a document from storage tables (used by writers and by the integrity check).
-pub(crate) fn load_working_doc(
+///
+/// An implicit document is rebuilt from its row under `catalog`'s live definition, which
+/// must be the catalog of the same transaction.
+pub(crate) fn load_working_doc<T: ReadableTable<&'static [u8], &'static [u8]>>(
     node: NodeId,
-    heads: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    docs: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    tail: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    stored: &DocTables<'_, T>,
+    catalog: &Catalog,
     key: &[u8],
 ) -> Result<Option<WorkingDoc>, StorageError> {
-    let Some(heads_value) = storage::get_bytes(heads, key)? else { return Ok(None) };
+    let Some(heads_value) = storage::get_bytes(stored.heads, key)? else { return Ok(None) };
+    if let Some(implicit) = storage::decode_implicit(&heads_value)? {
+        let doc = doc::act_as(implicit::rebuild(key, &implicit, catalog, stored.rows)?, node);
+        return Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len: 0, created: false, changes: 1, implicit: true }));
+    }
     let (tail_len, _) = storage::decode_heads(&heads_value)?;
-    let snapshot = storage::get_bytes(docs, key)?.unwrap_or_default();
+    let snapshot = storage::get_bytes(stored.docs, key)?.unwrap_or_default();
     let mut changes = Vec::with_capacity(tail_len as usize);
     for position in 0..tail_len {
-        let change = storage::get_bytes(tail, &storage::tail_key(key, position))?
+        let change = storage::get_bytes(stored.tail, &storage::tail_key(key, position))?
             .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
         changes.push(change);
     }
     let mut doc = doc::load_doc(node, &snapshot, changes)
         .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", describe_doc_key(key))))?;
     let changes = doc::change_count(&mut doc);
-    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len, created: false, changes }))
+    Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len, created: false, changes, implicit: false }))
 }
 
 /// A readable description of an encoded document key, for messages.

@@ -15,7 +15,9 @@ use super::cache::DocCache;
 use super::{digest_parts, Replica};
 use crate::catalog::Catalog;
 use crate::error::{OpenError, StorageError};
-use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST};
+use crate::storage::{
+    self, FORMAT_VERSION, FORMAT_VERSION_COMPACTED, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST,
+};
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
 
@@ -110,6 +112,7 @@ impl Replica {
             upgraded_on_open: upgraded,
             holders: Box::default(),
             sweep: super::save::Sweep::default(),
+            format: 0,
         };
         replica.reload_state()?;
         Ok(replica)
@@ -129,7 +132,7 @@ fn check_or_init_meta(meta: &mut redb::Table<&'static str, &'static [u8]>, node:
             return Ok(false);
         }
         Some(bytes) => match <[u8; 4]>::try_from(bytes.as_slice()).map(u32::from_be_bytes).unwrap_or(0) {
-            FORMAT_VERSION | FORMAT_VERSION_UNCOMPACTED => false,
+            FORMAT_VERSION | FORMAT_VERSION_COMPACTED | FORMAT_VERSION_UNCOMPACTED => false,
             FORMAT_VERSION_WITHOUT_DIGEST => true,
             found => return Err(OpenError::UnsupportedFormat { found, expected: FORMAT_VERSION }),
         },

@@ -25,7 +25,9 @@ use super::backup::{claim_temporary, io, place, sync_file, verify_copy, BackupEr
 use super::Replica;
 use crate::error::{OpenError, StorageError};
 use crate::keys;
-use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST};
+use crate::storage::{
+    self, FORMAT_VERSION, FORMAT_VERSION_COMPACTED, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST,
+};
 use crate::types::NodeId;
 
 impl Replica {
@@ -81,7 +83,8 @@ fn adopt_identity(
     let Some(format) = format else { return Err(not_a_store("no format version in meta_v1".into())) };
     let found = <[u8; 4]>::try_from(format.as_slice()).map(u32::from_be_bytes).unwrap_or(0);
     // A backup of the previous format is upgraded when the restored store is opened.
-    if ![FORMAT_VERSION, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST].contains(&found) {
+    let known = [FORMAT_VERSION, FORMAT_VERSION_COMPACTED, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST];
+    if !known.contains(&found) {
         return Err(OpenError::UnsupportedFormat { found, expected: FORMAT_VERSION }.into());
     }
     let old_node = meta.get(storage::META_NODE_ID).map_err(StorageError::from)?;

@@ -177,7 +177,7 @@ impl Replica {
         let (tail_len, stored_heads) = storage::decode_heads(&stored)?;
         let mut loaded = None;
         if !self.cache.contains(key) {
-            loaded = load_working_doc(self.node, &tables.heads, &tables.docs, &tables.tail, key)?;
+            loaded = load_working_doc(self.node, &tables.doc_tables(), &self.catalog, key)?;
         }
         let working: &mut WorkingDoc = match loaded.as_mut() {
             Some(working) => working,

@@ -62,6 +62,9 @@ pub struct UserTableStats {
     pub documents: u64,
     /// Bytes of the documents' heads entries.
     pub heads_bytes: u64,
+    /// Documents stored implicitly: rows only ever inserted, described by their heads
+    /// entry and rebuilt from their record (docs/design.md § Implicit documents).
+    pub implicit_docs: u64,
     /// Documents saved whole (`docs_v1`).
     pub snapshots: u64,
     /// Bytes of the saved documents.
@@ -182,6 +185,7 @@ impl Snapshot {
             // Row documents of every epoch: the row-document key without its epoch.
             let doc_prefix = &DocKey::row_prefix(name, 1)[..1 + row_prefix.len()];
             (stats.documents, stats.heads_bytes) = prefix_totals(&txn.open_table(storage::DOC_HEADS)?, doc_prefix)?;
+            stats.implicit_docs = implicit_count(&txn.open_table(storage::DOC_HEADS)?, doc_prefix)?;
             (stats.snapshots, stats.snapshot_bytes) = prefix_totals(&txn.open_table(storage::DOCS)?, doc_prefix)?;
             (stats.tail_changes, stats.tail_bytes) = prefix_totals(&txn.open_table(storage::DOC_TAIL)?, doc_prefix)?;
             for index in self.catalog().indexes_of(name) {
@@ -220,6 +224,19 @@ fn redb_table<V: redb::Value + 'static>(
         branch_pages: stats.branch_pages(),
         tree_height: stats.tree_height(),
     })
+}
+
+/// Heads entries under `prefix` that describe implicit documents.
+fn implicit_count(
+    heads: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+) -> Result<u64, StorageError> {
+    let end = keys::prefix_end(prefix).expect("names are not all 0xFF");
+    let mut count = 0;
+    for item in heads.range::<&[u8]>(prefix..end.as_slice())? {
+        count += u64::from(storage::decode_implicit(item?.1.value())?.is_some());
+    }
+    Ok(count)
 }
 
 /// Entries whose key starts with `prefix`, and their key and value bytes.

@@ -151,21 +151,33 @@ impl Replica {
         let heads = txn.open_table(storage::DOC_HEADS)?;
         let snapshots = txn.open_table(storage::DOCS)?;
         let tails = txn.open_table(storage::DOC_TAIL)?;
+        let rows = txn.open_table(storage::ROWS)?;
         let start = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after) };
         let mut docs = Vec::new();
         let mut bytes = 0usize;
         for item in heads.range::<&[u8]>((start, Bound::Unbounded))? {
             let (key, value) = item?;
             let key = key.value().to_vec();
-            let (tail_len, _) = storage::decode_heads(value.value())?;
-            let snapshot = storage::get_bytes(&snapshots, &key)?.unwrap_or_default();
-            let mut tail = Vec::with_capacity(tail_len as usize);
-            for position in 0..tail_len {
-                let change = storage::get_bytes(&tails, &storage::tail_key(&key, position))?
-                    .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
-                tail.push(change);
-            }
-            let doc = TransferDoc { key, snapshot, tail };
+            let doc = match storage::decode_implicit(value.value())? {
+                // Sent as what it stands for, its one change: the receiver stores its
+                // documents its own way. This replica's catalog is the snapshot's: the
+                // export runs on the owner thread, which alone writes.
+                Some(implicit) => {
+                    let mut rebuilt = super::implicit::rebuild(&key, &implicit, &self.catalog, &rows)?;
+                    TransferDoc { tail: vec![super::implicit::only_change(&mut rebuilt)], key, snapshot: Vec::new() }
+                }
+                None => {
+                    let (tail_len, _) = storage::decode_heads(value.value())?;
+                    let snapshot = storage::get_bytes(&snapshots, &key)?.unwrap_or_default();
+                    let mut tail = Vec::with_capacity(tail_len as usize);
+                    for position in 0..tail_len {
+                        let change = storage::get_bytes(&tails, &storage::tail_key(&key, position))?
+                            .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
+                        tail.push(change);
+                    }
+                    TransferDoc { key, snapshot, tail }
+                }
+            };
             let size = doc_bytes(&doc);
             if size > TRANSFER_DOC_BYTES_MAX {
                 return Err(StorageError::DocTooLargeToTransfer {
@@ -280,8 +292,13 @@ impl Replica {
                 return Err(bad("a change by a node neither side's vector holds anything from".into()));
             }
             let changes = actors.len() as u64;
-            let loaded =
-                WorkingDoc { doc: Box::new(loaded), tail_len: stored.tail.len() as u32, created: true, changes };
+            let loaded = WorkingDoc {
+                doc: Box::new(loaded),
+                tail_len: stored.tail.len() as u32,
+                created: true,
+                changes,
+                implicit: false,
+            };
             checked.push(CheckedDoc { key_bytes: stored.key.clone(), key, stored: stored.clone(), loaded });
         }
         Ok(checked)
@@ -353,6 +370,8 @@ impl Replica {
                     tables.tail.remove(storage::tail_key(&key_bytes, position).as_slice())?;
                 }
                 ours.tail_len = 0;
+                // Saved whole: no longer described by its heads entry.
+                ours.implicit = false;
                 ours.changes = doc::change_count(&mut ours.doc);
                 ours.created = false;
                 ours

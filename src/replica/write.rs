@@ -326,7 +326,7 @@ impl Replica {
         ctx: &'c mut BatchCtx,
         key: DocKey,
     ) -> Result<&'c mut WorkingDoc, WriteError> {
-        stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, key)
+        stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)
     }
 
     fn stage_op(&mut self, tables: &WriteTables<'_>, ctx: &mut BatchCtx, op: WriteOp) -> Result<(), WriteError> {
@@ -450,7 +450,7 @@ impl Replica {
         let row = build_row(schema, &values)?;
         let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
         let key = row_doc_key(entry, &pk);
-        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, key)?;
+        let working = stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?;
         if doc::is_alive(&working.doc) {
             if !upsert {
                 return Err(WriteError::DuplicateKey { table: schema.name.clone(), key: show_key(&pk) });
@@ -463,9 +463,7 @@ impl Replica {
             }
         } else {
             bump(working, &schema.name)?;
-            for (column, value) in schema.columns.iter().zip(&row) {
-                doc::put_column(&mut working.doc, column, value);
-            }
+            doc::put_row(&mut working.doc, &schema.columns, &row);
         }
         ctx.rows_affected += 1;
         Ok(())
@@ -491,7 +489,8 @@ impl Replica {
             }
             updates.push((i, coerce_column(schema, i, value)?));
         }
-        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, row_doc_key(entry, &pk))?;
+        let working =
+            stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, row_doc_key(entry, &pk))?;
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
@@ -511,7 +510,8 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let pk = coerce_key(&entry.schema, key)?;
-        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, row_doc_key(entry, &pk))?;
+        let working =
+            stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, row_doc_key(entry, &pk))?;
         if doc::is_alive(&working.doc) {
             bump(working, &entry.schema.name)?;
             ctx.rows_affected += 1;
@@ -537,7 +537,8 @@ impl Replica {
             return Err(not_a_counter());
         }
         let pk = coerce_key(schema, key)?;
-        let working = stage_doc_in(&mut self.cache, self.node, tables, &mut ctx.docs, row_doc_key(entry, &pk))?;
+        let working =
+            stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, row_doc_key(entry, &pk))?;
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
@@ -560,6 +561,7 @@ fn stage_doc_in<'c>(
     cache: &mut DocCache,
     node: NodeId,
     tables: &WriteTables<'_>,
+    catalog: &catalog::Catalog,
     docs: &'c mut BTreeMap<Vec<u8>, Staged>,
     key: DocKey,
 ) -> Result<&'c mut WorkingDoc, WriteError> {
@@ -567,7 +569,7 @@ fn stage_doc_in<'c>(
     let staged = match docs.entry(key_bytes) {
         Entry::Occupied(entry) => entry.into_mut(),
         Entry::Vacant(entry) => {
-            let working = take_or_create_cached_doc(cache, node, tables, entry.key())?;
+            let working = take_or_create_cached_doc(cache, node, tables, catalog, entry.key())?;
             entry.insert(Staged { key, working })
         }
     };

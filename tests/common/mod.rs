@@ -1,6 +1,7 @@
 //! Fixtures shared by the root crate's integration tests: node ids, replicas on real redb
 //! files in a temporary directory, the `sensors` table most tests write, moving changes
-//! between replicas, reading a replica's log, integrity and seeds.
+//! between replicas (by log replay and by state transfer), reading a replica's log,
+//! integrity and seeds.
 
 #![allow(dead_code)] // each test file uses part of the fixtures
 
@@ -77,5 +78,21 @@ pub fn test_seed(default: u64) -> u64 {
     match std::env::var(TEST_SEED_ENV) {
         Ok(text) => text.trim().parse().unwrap_or_else(|_| panic!("{TEST_SEED_ENV}={text:?} is not a u64")),
         Err(_) => default,
+    }
+}
+
+/// Moves every document of `from` into `to`, `docs_max` per batch.
+pub fn transfer(from: &Replica, to: &mut Replica, docs_max: usize) -> usize {
+    let mut batches = 0;
+    loop {
+        let cursor = to.transfer_progress().unwrap().map(|p| p.cursor).unwrap_or_default();
+        let batch = from.export_transfer(&cursor, docs_max, 1 << 20).unwrap();
+        let done = batch.done;
+        let report = to.import_transfer(from.node_id(), batch).unwrap();
+        batches += 1;
+        if done {
+            assert_eq!(report.installed.as_ref(), Some(to.version_vector()));
+            return batches;
+        }
     }
 }

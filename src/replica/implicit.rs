@@ -1,0 +1,128 @@
+//! Implicit documents: a row document whose whole history is one change, the insert of the
+//! row into an empty document, is not stored at all.
+//!
+//! Its `doc_heads_v1` entry holds the change's head, actor and time
+//! ([`storage::ImplicitDoc`]); the change's operations follow from the row's record and its
+//! table's definition ([`doc::new_row_doc`]), so loading the document rebuilds the change
+//! and checks that its hash is the stored head. A row written once — most telemetry — then
+//! costs its record, its heads entry and its keys, not an automerge change of ~170 bytes.
+//!
+//! The invariant that makes this exact (docs/design.md § Implicit documents): an implicit
+//! document's row is live, of its table's current incarnation, and its record and table
+//! definition are those it was described with. Everything that would change one of them
+//! first makes the document explicit again: a new change to the document stores the
+//! original change as tail entry 0 ([`Replica::persist_doc`]); a new winning definition or
+//! incarnation of the table makes every implicit row of the table explicit
+//! ([`Replica::explicate_table`]) before its rows are rebuilt.
+
+use automerge::AutoCommit;
+use redb::ReadableTable;
+
+use super::{Replica, WriteTables};
+use crate::catalog::{Catalog, TableEntry};
+use crate::change::DocKey;
+use crate::contain::contain;
+use crate::doc;
+use crate::error::StorageError;
+use crate::keys;
+use crate::schema::TableSchema;
+use crate::storage::{self, ImplicitDoc};
+use crate::types::{NodeId, Value};
+
+/// The implicit form of a document created in this transaction, if it holds one change
+/// that [`doc::new_row_doc`] rebuilds byte for byte from `row` under `schema`. `None` keeps
+/// the document stored: any other history, or a change made some other way (a foreign
+/// writer, another automerge version).
+pub(crate) fn implicit_form(document: &mut AutoCommit, schema: &TableSchema, row: &[Value]) -> Option<ImplicitDoc> {
+    let changes = contain("get_changes", || document.get_changes(&[]).into_iter().cloned().collect::<Vec<_>>()).ok()?;
+    let [change] = changes.as_slice() else { return None };
+    let plain = change.deps().is_empty()
+        && change.seq() == 1
+        && change.start_op().get() == 1
+        && change.message().is_none()
+        && change.extra_bytes().is_empty()
+        && change.other_actor_ids().is_empty();
+    if !plain || row.len() != schema.columns.len() {
+        return None;
+    }
+    let actor = NodeId::from_slice(change.actor_id().to_bytes())?;
+    let time_ms = change.timestamp();
+    let head = change.hash().0;
+    let mut rebuilt = doc::new_row_doc(actor, time_ms, &schema.columns, row);
+    (doc::heads(&mut rebuilt) == [head]).then_some(ImplicitDoc { head, actor, time_ms })
+}
+
+/// Rebuilds an implicit document from its row's record under the catalog's live
+/// definition, checking the rebuilt change against the stored head.
+pub(crate) fn rebuild(
+    key: &[u8],
+    implicit: &ImplicitDoc,
+    catalog: &Catalog,
+    rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
+) -> Result<AutoCommit, StorageError> {
+    let corrupt =
+        |problem: &str| StorageError::Corrupt(format!("implicit document {}: {problem}", super::describe_doc_key(key)));
+    let Ok(DocKey::Row { table, epoch, pk }) = DocKey::decode(key) else {
+        return Err(corrupt("not a row document"));
+    };
+    let entry = catalog
+        .table(&table)
+        .filter(|t| t.causal_length == epoch)
+        .ok_or_else(|| corrupt("its table is not live at the row's incarnation"))?;
+    let record = storage::get_bytes(rows, &keys::row_key(&table, &pk))?.ok_or_else(|| corrupt("its row is missing"))?;
+    let values = crate::record::decode(&record).map_err(|e| corrupt(&e.to_string()))?;
+    if values.len() != entry.schema.columns.len() {
+        return Err(corrupt("its record does not match the table definition"));
+    }
+    let mut document = doc::new_row_doc(implicit.actor, implicit.time_ms, &entry.schema.columns, &values);
+    if doc::heads(&mut document) != [implicit.head] {
+        return Err(corrupt("its row does not rebuild the stored change"));
+    }
+    Ok(document)
+}
+
+/// The one change of a rebuilt implicit document, as stored in a tail or sent.
+pub(crate) fn only_change(document: &mut AutoCommit) -> Vec<u8> {
+    let changes = document.get_changes(&[]);
+    assert_eq!(changes.len(), 1, "an implicit document holds one change");
+    changes[0].raw_bytes().to_vec()
+}
+
+impl Replica {
+    /// Makes every implicit document of `entry`'s rows explicit (its change stored as tail
+    /// entry 0), while `entry` is still the table's live definition: called before a new
+    /// definition or incarnation replaces it and the rows are rebuilt or dropped. Returns
+    /// how many documents it stored.
+    pub(crate) fn explicate_table(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        entry: &TableEntry,
+    ) -> Result<u64, StorageError> {
+        debug_assert!(
+            self.catalog.table(&entry.schema.name).is_some_and(|live| live == entry),
+            "explicated under the definition the rows were described with"
+        );
+        let prefix = DocKey::row_prefix(&entry.schema.name, entry.causal_length);
+        let end = keys::prefix_end(&prefix).expect("row prefixes never end in 0xFF");
+        let mut implicit_docs = Vec::new();
+        for item in tables.heads.range(prefix.as_slice()..end.as_slice())? {
+            let (key, value) = item?;
+            if let Some(implicit) = storage::decode_implicit(value.value())? {
+                implicit_docs.push((key.value().to_vec(), implicit));
+            }
+        }
+        for (key, implicit) in &implicit_docs {
+            let mut document = rebuild(key, implicit, &self.catalog, &tables.rows)?;
+            let change = only_change(&mut document);
+            tables.tail.insert(storage::tail_key(key, 0).as_slice(), change.as_slice())?;
+            let heads = storage::encode_heads(1, &[implicit.head]);
+            let old = tables.heads.insert(key.as_slice(), heads.as_slice())?;
+            tables.digest_delta.heads(key, old.as_ref().map(|v| v.value()), Some(&heads))?;
+            if let Some(cached) = self.cache.peek_mut(key) {
+                cached.implicit = false;
+                cached.tail_len = 1;
+            }
+        }
+        Ok(implicit_docs.len() as u64)
+    }
+}
