@@ -2,6 +2,7 @@
 //! (1-based `substr` with negative starts, `round` returning a real, case-insensitive ASCII
 //! `LIKE`, NULL in → NULL out unless the function exists to handle NULL).
 
+use super::datetime::{self, DateFunc};
 use super::expr::CastType;
 use super::limits::check_result_bytes;
 use super::value::{self, Num};
@@ -30,12 +31,18 @@ pub(crate) enum Func {
     Iif,
     Hex,
     Sign,
+    /// A date function (`datetime/`). Its first argument is the statement time, put there
+    /// by the binder (`Expr::StatementTime`); the SQL arguments follow.
+    Date(DateFunc),
 }
 
 impl Func {
     /// Looks a function up by (lower-case) name and checks its argument count.
     pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
         let (func, min, max) = match name {
+            _ if DateFunc::lookup(name).is_some() => {
+                DateFunc::lookup(name).map_or((Func::Abs, 1, 1), |(f, min, max)| (Func::Date(f), min, max))
+            }
             "abs" => (Func::Abs, 1, 1),
             "length" => (Func::Length, 1, 1),
             "lower" => (Func::Lower, 1, 1),
@@ -85,6 +92,10 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
         }
         Func::Min | Func::Max => min_max(func, args),
         Func::Typeof => Value::Text(type_name(&args[0]).into()),
+        Func::Date(f) => match args.split_first() {
+            Some((now, rest)) => datetime::call(f, now, rest)?,
+            None => return Err(SqlError::invalid("internal error: a date function without the statement time")),
+        },
         _ if args.first().is_some_and(Value::is_null) => Value::Null,
         Func::Abs => abs(&args[0])?,
         Func::Sign => match value::to_num(&args[0]) {
@@ -363,6 +374,10 @@ pub(crate) fn cast(v: Value, ty: CastType) -> Result<Value, SqlError> {
         check_result_bytes(text_len(&v))?;
     }
     Ok(match ty {
+        CastType::Timestamp if matches!(&v, Value::Text(t) if datetime::iso_timestamp_ms(t).is_some()) => {
+            let Value::Text(t) = &v else { return Ok(Value::Null) };
+            Value::Timestamp(datetime::iso_timestamp_ms(t).unwrap_or_default())
+        }
         CastType::Integer | CastType::Timestamp => {
             let i = match value::to_num(&v) {
                 Some(Num::Int(i)) => i,
