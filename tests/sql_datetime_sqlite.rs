@@ -178,6 +178,40 @@ const MODIFIERS: &[&str] = &[
     "1.5",
 ];
 
+/// The modifiers random chains draw from: valid ones mostly, so that chains give values.
+const CHAIN_MODIFIERS: &[&str] = &[
+    "'+1 day'",
+    "'-1 day'",
+    "'+1.5 days'",
+    "'+36 hours'",
+    "'-90 minutes'",
+    "'+0.5 seconds'",
+    "'+86399.9995 seconds'",
+    "'+1 month'",
+    "'-1 month'",
+    "'+13 months'",
+    "'+1.5 months'",
+    "'+1 year'",
+    "'-1 years'",
+    "'+0.25 years'",
+    "'+01:30'",
+    "'-23:59:59.999'",
+    "'+0001-02-03'",
+    "'-0001-02-03'",
+    "'+0000-11-30 01:02:03'",
+    "'start of day'",
+    "'start of month'",
+    "'start of year'",
+    "'weekday 0'",
+    "'weekday 3'",
+    "'unixepoch'",
+    "'auto'",
+    "'julianday'",
+    "'subsec'",
+    "'ceiling'",
+    "'floor'",
+];
+
 /// Modifiers that depend on whether the value was a raw number: not comparable for 'now'.
 const RAW_NUMBER_MODIFIERS: &[&str] = &["'unixepoch'", "'UNIXEPOCH'", "'julianday'", "'auto'"];
 
@@ -220,10 +254,9 @@ fn expressions(rng: &mut ChaCha8Rng) -> Vec<String> {
     for _ in 0..CHAINS_PER_FUNCTION {
         let value = TIME_VALUES[rng.random_range(0..TIME_VALUES.len())];
         let n = rng.random_range(2..=4);
-        let chain: Vec<&str> = (0..n).map(|_| MODIFIERS[rng.random_range(0..MODIFIERS.len())]).collect();
+        let chain: Vec<&str> = (0..n).map(|_| CHAIN_MODIFIERS[rng.random_range(0..CHAIN_MODIFIERS.len())]).collect();
         all.extend(calls(value, &chain));
     }
-    all.push("date()".into());
     all.push("strftime()".into());
     all
 }
@@ -237,6 +270,13 @@ fn now_expressions() -> Vec<(String, String)> {
         let theirs = calls(NOW_JD_TEXT, m.as_slice());
         all.extend(ours.into_iter().zip(theirs));
     }
+    for f in ["date", "time", "datetime", "julianday", "unixepoch"] {
+        all.push((format!("{f}()"), format!("{f}({NOW_JD_TEXT})")));
+    }
+    all.push(("current_timestamp".into(), format!("datetime({NOW_JD_TEXT})")));
+    all.push(("current_date".into(), format!("date({NOW_JD_TEXT})")));
+    all.push(("current_time".into(), format!("time({NOW_JD_TEXT})")));
+    all.push(("datetime('subsec')".into(), format!("datetime({NOW_JD_TEXT}, 'subsec')")));
     all
 }
 
@@ -270,20 +310,30 @@ fn run_ours(replica: &mut Replica, exprs: &[&str]) -> Vec<Value> {
     rows.unwrap_or_else(|e| panic!("edgestore: {e}\n{sql}")).remove(0)
 }
 
-/// Compares batches of (ours, theirs) expressions; returns (compared, mismatches).
-fn compare(replica: &mut Replica, conn: &rusqlite::Connection, pairs: &[(String, String)]) -> (usize, Vec<String>) {
-    let mut mismatches = Vec::new();
+/// What a comparison found: expressions compared, how many gave a value (not NULL), and
+/// the differences.
+#[derive(Default)]
+struct Outcome {
+    compared: usize,
+    values: usize,
+    mismatches: Vec<String>,
+}
+
+/// Compares batches of (ours, theirs) expressions.
+fn compare(replica: &mut Replica, conn: &rusqlite::Connection, pairs: &[(String, String)]) -> Outcome {
+    let mut outcome = Outcome { compared: pairs.len(), ..Outcome::default() };
     for batch in pairs.chunks(EXPRESSIONS_PER_STATEMENT) {
         let ours: Vec<&str> = batch.iter().map(|(o, _)| o.as_str()).collect();
         let theirs: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
         let (a, b) = (run_ours(replica, &ours), run_sqlite(conn, &theirs));
         for ((expr, a), b) in ours.iter().zip(&a).zip(&b) {
+            outcome.values += usize::from(!b.is_null());
             if !same(a, b) {
-                mismatches.push(format!("{expr}: edgestore {a:?}, sqlite {b:?}"));
+                outcome.mismatches.push(format!("{expr}: edgestore {a:?}, sqlite {b:?}"));
             }
         }
     }
-    (pairs.len(), mismatches)
+    outcome
 }
 
 #[test]
@@ -295,11 +345,20 @@ fn date_functions_match_sqlite() {
     let mut replica = Replica::open(dir.path().join("dt.redb"), NodeId::from_public_key(b"datetime")).expect("open");
     let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
     let same_text: Vec<(String, String)> = expressions(&mut rng).into_iter().map(|e| (e.clone(), e)).collect();
-    let (compared, mut mismatches) = compare(&mut replica, &conn, &same_text);
-    let (now_compared, now_mismatches) = compare(&mut replica, &conn, &now_expressions());
-    mismatches.extend(now_mismatches);
-    let total = compared + now_compared;
-    println!("{total} expressions compared with SQLite ({now_compared} with 'now'), {} differ", mismatches.len());
+    let plain = compare(&mut replica, &conn, &same_text);
+    let now = compare(&mut replica, &conn, &now_expressions());
+    let total = plain.compared + now.compared;
+    let values = plain.values + now.values;
+    let mut mismatches = plain.mismatches;
+    mismatches.extend(now.mismatches);
+    println!(
+        "{total} expressions compared with SQLite ({} with 'now'); {values} are not NULL; {} differ",
+        now.compared,
+        mismatches.len()
+    );
     assert!(total > 20_000, "the generated set shrank: {total}");
+    // Many inputs are bad on purpose (NULL in both), but most chains must give values, or
+    // the comparison says little.
+    assert!(values * 3 > total, "only {values} of {total} results are not NULL");
     assert!(mismatches.is_empty(), "{} of {total} differ:\n{}", mismatches.len(), mismatches[..mismatches.len().min(40)].join("\n"));
 }
