@@ -21,6 +21,8 @@ const SEED_DEFAULT: u64 = 0x6461_7465_2e63;
 const EXPRESSIONS_PER_STATEMENT: usize = 100;
 /// Random chains of two to four modifiers, per function.
 const CHAINS_PER_FUNCTION: usize = 1500;
+/// Calls with random text arguments (near misses of every form), after the generated ones.
+const RANDOM_CALLS: usize = 30_000;
 /// The statement time of the `'now'` cases: 2023-11-14 06:00:00 UTC, a julian day with an
 /// exact binary fraction (2460262.75), so that SQLite reads its text back to the same ms.
 const NOW_MS: i64 = 1_699_941_600_000;
@@ -280,6 +282,60 @@ fn now_expressions() -> Vec<(String, String)> {
     all
 }
 
+/// Pieces that random time values and modifiers are made of: near misses of every form.
+const FRAGMENTS: &[&str] = &[
+    "2024", "1970", "0000", "9999", "-", "02", "29", "31", "13", "00", " ", "  ", "T", ":", "12", "24", "59", "60",
+    ".", "5", "999", "Z", "+", "05:30", "-14:00", "1", "0", "7", "e", "3", " days", " day", " months", " years",
+    " hours", " minutes", " seconds", "start of ", "month", "year", "day", "weekday ", "unixepoch", "auto",
+    "julianday", "floor", "ceiling", "subsec", "2460000", "1700000000", "\t",
+];
+
+/// Random texts: half the time one of the `known` SQL text literals (unquoted), else 1 to
+/// `pieces_max` fragments.
+fn random_text(rng: &mut ChaCha8Rng, known: &[&str], pieces_max: usize) -> String {
+    let literal = known[rng.random_range(0..known.len())];
+    if rng.random_bool(0.5) && literal.starts_with('\'') {
+        return literal.trim_matches('\'').to_string();
+    }
+    let n = rng.random_range(1..=pieces_max);
+    (0..n).map(|_| FRAGMENTS[rng.random_range(0..FRAGMENTS.len())]).collect()
+}
+
+/// Random (time value, three modifiers, format) calls, bound as parameters, through one
+/// prepared statement in each engine. 'now' and its spelling 'subsec' as a time value are
+/// left out: SQLite's clock is not the statement time.
+fn compare_random(replica: &mut Replica, conn: &rusqlite::Connection, rng: &mut ChaCha8Rng, count: usize) -> Outcome {
+    let select = "SELECT date(?1, ?2, ?3, ?4), time(?1, ?2, ?3, ?4), datetime(?1, ?2, ?3, ?4), julianday(?1, ?2, ?3, ?4), \
+                  unixepoch(?1, ?2, ?3, ?4), strftime(?5, ?1, ?2, ?3, ?4)";
+    let ours = sql::prepare(select).expect("prepare");
+    let mut theirs = conn.prepare(select).expect("sqlite prepare");
+    let formats = ["%Y-%m-%d %H:%M:%f", "%J %s", "%j %U %V %W %G %g %u %w", "%I %l %p %P %k %e %R %T"];
+    let mut outcome = Outcome::default();
+    while outcome.compared < count {
+        let value = random_text(rng, TIME_VALUES, 6);
+        if ["now", "subsec", "subsecond"].iter().any(|n| value.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        let mut texts = vec![value];
+        texts.extend((0..3).map(|_| random_text(rng, CHAIN_MODIFIERS, 4)));
+        texts.push(formats[rng.random_range(0..formats.len())].to_string());
+        let params: Vec<Value> = texts.iter().map(|t| Value::from(t.as_str())).collect();
+        let a = ours.execute(replica, &params, NOW_MS).and_then(|r| r.collect_rows());
+        let a = a.unwrap_or_else(|e| panic!("edgestore: {e}\n{texts:?}")).remove(0);
+        let b: Vec<Value> = theirs
+            .query_row(rusqlite::params_from_iter(texts.iter()), |row| (0..6).map(|i| row.get_ref(i).map(sqlite_value)).collect())
+            .unwrap_or_else(|e| panic!("sqlite: {e}\n{texts:?}"));
+        for (i, (a, b)) in a.iter().zip(&b).enumerate() {
+            outcome.compared += 1;
+            outcome.values += usize::from(!b.is_null());
+            if !same(a, b) {
+                outcome.mismatches.push(format!("function {i} of {texts:?}: edgestore {a:?}, sqlite {b:?}"));
+            }
+        }
+    }
+    outcome
+}
+
 fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Value {
     use rusqlite::types::ValueRef as V;
     match v {
@@ -347,18 +403,25 @@ fn date_functions_match_sqlite() {
     let same_text: Vec<(String, String)> = expressions(&mut rng).into_iter().map(|e| (e.clone(), e)).collect();
     let plain = compare(&mut replica, &conn, &same_text);
     let now = compare(&mut replica, &conn, &now_expressions());
-    let total = plain.compared + now.compared;
-    let values = plain.values + now.values;
+    let random = compare_random(&mut replica, &conn, &mut rng, RANDOM_CALLS);
+    let total = plain.compared + now.compared + random.compared;
+    let (generated, values) = (plain.compared + now.compared, plain.values + now.values);
     let mut mismatches = plain.mismatches;
     mismatches.extend(now.mismatches);
+    mismatches.extend(random.mismatches);
     println!(
-        "{total} expressions compared with SQLite ({} with 'now'); {values} are not NULL; {} differ",
+        "{total} expressions compared with SQLite ({} with 'now', {} of random text); {} are not NULL; {} differ",
         now.compared,
+        random.compared,
+        values + random.values,
         mismatches.len()
     );
     assert!(total > 20_000, "the generated set shrank: {total}");
     // Many inputs are bad on purpose (NULL in both), but most chains must give values, or
     // the comparison says little.
-    assert!(values * 3 > total, "only {values} of {total} results are not NULL");
+    assert!(values * 3 > generated, "only {values} of {generated} generated results are not NULL");
+    // Random text is mostly no time value (NULL in both): it is there to find disagreement
+    // and panics on near misses, but some of it must still be valid.
+    assert!(random.values * 50 > random.compared, "only {} random results are not NULL", random.values);
     assert!(mismatches.is_empty(), "{} of {total} differ:\n{}", mismatches.len(), mismatches[..mismatches.len().min(40)].join("\n"));
 }

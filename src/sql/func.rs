@@ -39,10 +39,17 @@ pub(crate) enum Func {
 impl Func {
     /// Looks a function up by (lower-case) name and checks its argument count.
     pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
-        let (func, min, max) = match name {
-            _ if DateFunc::lookup(name).is_some() => {
-                DateFunc::lookup(name).map_or((Func::Abs, 1, 1), |(f, min, max)| (Func::Date(f), min, max))
-            }
+        let date = || DateFunc::lookup(name).map(|(f, min, max)| (Func::Date(f), min, max));
+        let (func, min, max) = Func::scalar(name).or_else(date).ok_or_else(|| SqlError::UnknownFunction(name.to_string()))?;
+        if args < min || args > max {
+            return Err(SqlError::ArgumentCount { function: name.to_string() });
+        }
+        Ok(func)
+    }
+
+    /// The scalar functions of this file, with their argument count range.
+    fn scalar(name: &str) -> Option<(Func, usize, usize)> {
+        Some(match name {
             "abs" => (Func::Abs, 1, 1),
             "length" => (Func::Length, 1, 1),
             "lower" => (Func::Lower, 1, 1),
@@ -63,12 +70,8 @@ impl Func {
             "iif" => (Func::Iif, 3, 3),
             "hex" => (Func::Hex, 1, 1),
             "sign" => (Func::Sign, 1, 1),
-            _ => return Err(SqlError::UnknownFunction(name.to_string())),
-        };
-        if args < min || args > max {
-            return Err(SqlError::ArgumentCount { function: name.to_string() });
-        }
-        Ok(func)
+            _ => return None,
+        })
     }
 }
 
@@ -373,11 +376,12 @@ pub(crate) fn cast(v: Value, ty: CastType) -> Result<Value, SqlError> {
     if matches!(ty, CastType::Text | CastType::Blob) && !matches!(v, Value::Text(_) | Value::Blob(_)) {
         check_result_bytes(text_len(&v))?;
     }
+    // ISO-8601 text names an instant (the rule of TIMESTAMP columns); other text converts
+    // by its numeric prefix, as to INTEGER.
+    if let (CastType::Timestamp, Some(ms)) = (ty, iso_text_ms(&v)) {
+        return Ok(Value::Timestamp(ms));
+    }
     Ok(match ty {
-        CastType::Timestamp if matches!(&v, Value::Text(t) if datetime::iso_timestamp_ms(t).is_some()) => {
-            let Value::Text(t) = &v else { return Ok(Value::Null) };
-            Value::Timestamp(datetime::iso_timestamp_ms(t).unwrap_or_default())
-        }
         CastType::Integer | CastType::Timestamp => {
             let i = match value::to_num(&v) {
                 Some(Num::Int(i)) => i,
@@ -403,6 +407,13 @@ pub(crate) fn cast(v: Value, ty: CastType) -> Result<Value, SqlError> {
         },
         CastType::Boolean => Value::Boolean(value::truth(&v) == Some(true)),
     })
+}
+
+fn iso_text_ms(v: &Value) -> Option<i64> {
+    match v {
+        Value::Text(t) => datetime::iso_timestamp_ms(t),
+        _ => None,
+    }
 }
 
 fn real_to_int(r: f64) -> i64 {
