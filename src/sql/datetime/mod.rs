@@ -248,3 +248,48 @@ fn bucket_width_ms(width: &Value) -> Result<i64, SqlError> {
     };
     ms.filter(|&ms| ms > 0).ok_or_else(refuse)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_text_becomes_a_timestamp_by_the_narrow_rule() {
+        let ms = |t: &str| iso_timestamp_ms(t);
+        assert_eq!(ms("1970-01-01"), Some(0));
+        assert_eq!(ms("1970-01-01 00:00:01.5"), Some(1500));
+        assert_eq!(ms("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(ms("1969-12-31 23:59:59Z"), Some(-1000));
+        assert_eq!(ms("2024-02-29 12:00"), Some(1_709_208_000_000));
+        for refused in ["2023-02-29", "2024-13-01", "now", "12:00", "2460000.5", "1700000000", "", "-0001-01-01", "x"] {
+            assert_eq!(ms(refused), None, "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn bucket_widths_are_fixed_durations() {
+        let w = |t: &str| bucket_width_ms(&Value::from(t)).ok();
+        assert_eq!(w("5 minutes"), Some(300_000));
+        assert_eq!(w("1 hour"), Some(3_600_000));
+        assert_eq!(w(" 2 Weeks "), Some(1_209_600_000));
+        assert_eq!(w("250 ms"), Some(250));
+        assert_eq!(w("15s"), None);
+        assert_eq!(w("1 month"), None);
+        assert_eq!(w("0 days"), None);
+        assert_eq!(w("99999999999999999 days"), None, "overflow is refused, not wrapped");
+        assert_eq!(bucket_width_ms(&Value::Integer(1000)).ok(), Some(1000));
+        assert!(matches!(bucket_width_ms(&Value::Real(1.5)), Err(SqlError::BucketWidth { .. })));
+    }
+
+    #[test]
+    fn buckets_align_to_the_epoch_below_it_too() {
+        let bucket = |w: &str, ms: i64| time_bucket(&Value::from(w), &Value::Timestamp(ms), &|| Ok(0)).ok();
+        assert_eq!(bucket("1 second", 1999), Some(Value::Timestamp(1000)));
+        assert_eq!(bucket("1 second", -1), Some(Value::Timestamp(-1000)));
+        assert_eq!(bucket("1 ms", i64::MIN), Some(Value::Timestamp(i64::MIN)));
+        assert!(matches!(
+            time_bucket(&Value::from("1 day"), &Value::Timestamp(i64::MIN), &|| Ok(0)),
+            Err(SqlError::IntegerOverflow)
+        ));
+    }
+}
