@@ -232,7 +232,8 @@ fn now_is_the_statement_time() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = Replica::open(dir.path().join("n.redb"), NodeId::from_public_key(b"now")).expect("open");
     let now = sql::prepare("SELECT datetime('now'), unixepoch()").expect("prepare");
-    let at = |replica: &mut Replica, ms: i64| now.execute(replica, &[], ms).and_then(|r| r.collect_rows()).expect("now");
+    let at =
+        |replica: &mut Replica, ms: i64| now.execute(replica, &[], ms).and_then(|r| r.collect_rows()).expect("now");
     assert_eq!(at(&mut replica, 0), vec![vec![Value::from("1970-01-01 00:00:00"), Value::from(0)]]);
     assert_eq!(at(&mut replica, 86_400_000), vec![vec![Value::from("1970-01-02 00:00:00"), Value::from(86_400)]]);
     let snapshot = std::sync::Arc::new(replica.snapshot().expect("snapshot"));
@@ -241,7 +242,8 @@ fn now_is_the_statement_time() {
     // Without 'now', a read-only query needs no statement time.
     let fixed = sql::query(snapshot, "SELECT date('2024-01-01', '+1 day')", &[]).and_then(|r| r.collect_rows());
     assert_eq!(fixed.expect("fixed date"), vec![vec![Value::from("2024-01-02")]]);
-    let default = sql::execute(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY, d TEXT DEFAULT (date('now')))", &[], 5);
+    let default =
+        sql::execute(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY, d TEXT DEFAULT (date('now')))", &[], 5);
     assert!(matches!(default, Err(SqlError::NoStatementTime { .. })), "{default:?}");
     let zone = sql::execute(&mut replica, "SELECT datetime(0, 'localtime')", &[], 5).and_then(|r| r.collect_rows());
     assert!(matches!(zone, Err(SqlError::NoTimeZone { ref modifier }) if modifier == "localtime"), "{zone:?}");

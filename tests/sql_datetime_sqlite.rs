@@ -229,10 +229,8 @@ const ODD_FORMATS: &[&str] = &["'%q'", "'abc'", "'%'", "''", "'100%%'", "NULL", 
 /// The function calls over `value` and `modifiers`, one per function.
 fn calls(value: &str, modifiers: &[&str]) -> Vec<String> {
     let args: String = std::iter::once(value).chain(modifiers.iter().copied()).collect::<Vec<_>>().join(", ");
-    let mut all: Vec<String> = ["date", "time", "datetime", "julianday", "unixepoch"]
-        .iter()
-        .map(|f| format!("{f}({args})"))
-        .collect();
+    let mut all: Vec<String> =
+        ["date", "time", "datetime", "julianday", "unixepoch"].iter().map(|f| format!("{f}({args})")).collect();
     all.extend(FORMATS.iter().map(|fmt| format!("strftime({fmt}, {args})")));
     all
 }
@@ -284,10 +282,57 @@ fn now_expressions() -> Vec<(String, String)> {
 
 /// Pieces that random time values and modifiers are made of: near misses of every form.
 const FRAGMENTS: &[&str] = &[
-    "2024", "1970", "0000", "9999", "-", "02", "29", "31", "13", "00", " ", "  ", "T", ":", "12", "24", "59", "60",
-    ".", "5", "999", "Z", "+", "05:30", "-14:00", "1", "0", "7", "e", "3", " days", " day", " months", " years",
-    " hours", " minutes", " seconds", "start of ", "month", "year", "day", "weekday ", "unixepoch", "auto",
-    "julianday", "floor", "ceiling", "subsec", "2460000", "1700000000", "\t",
+    "2024",
+    "1970",
+    "0000",
+    "9999",
+    "-",
+    "02",
+    "29",
+    "31",
+    "13",
+    "00",
+    " ",
+    "  ",
+    "T",
+    ":",
+    "12",
+    "24",
+    "59",
+    "60",
+    ".",
+    "5",
+    "999",
+    "Z",
+    "+",
+    "05:30",
+    "-14:00",
+    "1",
+    "0",
+    "7",
+    "e",
+    "3",
+    " days",
+    " day",
+    " months",
+    " years",
+    " hours",
+    " minutes",
+    " seconds",
+    "start of ",
+    "month",
+    "year",
+    "day",
+    "weekday ",
+    "unixepoch",
+    "auto",
+    "julianday",
+    "floor",
+    "ceiling",
+    "subsec",
+    "2460000",
+    "1700000000",
+    "\t",
 ];
 
 /// Random texts: half the time one of the `known` SQL text literals (unquoted), else 1 to
@@ -305,7 +350,8 @@ fn random_text(rng: &mut ChaCha8Rng, known: &[&str], pieces_max: usize) -> Strin
 /// prepared statement in each engine. 'now' and its spelling 'subsec' as a time value are
 /// left out: SQLite's clock is not the statement time.
 fn compare_random(replica: &mut Replica, conn: &rusqlite::Connection, rng: &mut ChaCha8Rng, count: usize) -> Outcome {
-    let select = "SELECT date(?1, ?2, ?3, ?4), time(?1, ?2, ?3, ?4), datetime(?1, ?2, ?3, ?4), julianday(?1, ?2, ?3, ?4), \
+    let select =
+        "SELECT date(?1, ?2, ?3, ?4), time(?1, ?2, ?3, ?4), datetime(?1, ?2, ?3, ?4), julianday(?1, ?2, ?3, ?4), \
                   unixepoch(?1, ?2, ?3, ?4), strftime(?5, ?1, ?2, ?3, ?4)";
     let ours = sql::prepare(select).expect("prepare");
     let mut theirs = conn.prepare(select).expect("sqlite prepare");
@@ -323,7 +369,9 @@ fn compare_random(replica: &mut Replica, conn: &rusqlite::Connection, rng: &mut 
         let a = ours.execute(replica, &params, NOW_MS).and_then(|r| r.collect_rows());
         let a = a.unwrap_or_else(|e| panic!("edgestore: {e}\n{texts:?}")).remove(0);
         let b: Vec<Value> = theirs
-            .query_row(rusqlite::params_from_iter(texts.iter()), |row| (0..6).map(|i| row.get_ref(i).map(sqlite_value)).collect())
+            .query_row(rusqlite::params_from_iter(texts.iter()), |row| {
+                (0..6).map(|i| row.get_ref(i).map(sqlite_value)).collect()
+            })
             .unwrap_or_else(|e| panic!("sqlite: {e}\n{texts:?}"));
         for (i, (a, b)) in a.iter().zip(&b).enumerate() {
             outcome.compared += 1;
@@ -423,5 +471,10 @@ fn date_functions_match_sqlite() {
     // Random text is mostly no time value (NULL in both): it is there to find disagreement
     // and panics on near misses, but some of it must still be valid.
     assert!(random.values * 50 > random.compared, "only {} random results are not NULL", random.values);
-    assert!(mismatches.is_empty(), "{} of {total} differ:\n{}", mismatches.len(), mismatches[..mismatches.len().min(40)].join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {total} differ:\n{}",
+        mismatches.len(),
+        mismatches[..mismatches.len().min(40)].join("\n")
+    );
 }

@@ -52,7 +52,17 @@ pub(crate) struct PlanCtx<'a> {
 impl<'a> PlanCtx<'a> {
     /// The context of a statement's outermost query.
     pub fn new(snap: &'a Arc<Snapshot>, params: &'a [Value], limits: &'a Limits) -> PlanCtx<'a> {
-        PlanCtx { snap, params, outer: None, notes: None, limits, depth: 0, ctes: None, hidden_outer: None, now_ms: None }
+        PlanCtx {
+            snap,
+            params,
+            outer: None,
+            notes: None,
+            limits,
+            depth: 0,
+            ctes: None,
+            hidden_outer: None,
+            now_ms: None,
+        }
     }
 
     /// This context with the statement time `now_ms` (or without one).

@@ -100,7 +100,9 @@ pub enum SqlError {
     },
     /// The `'localtime'` or `'utc'` modifier: they need time zone rules, and an edgestore
     /// node has no time zone database; every time in SQL is UTC.
-    #[error("the '{modifier}' modifier is not supported: an edgestore node has no time zone database, all times are UTC")]
+    #[error(
+        "the '{modifier}' modifier is not supported: an edgestore node has no time zone database, all times are UTC"
+    )]
     NoTimeZone {
         /// The modifier, as SQLite spells it.
         modifier: String,

@@ -40,7 +40,8 @@ impl Func {
     /// Looks a function up by (lower-case) name and checks its argument count.
     pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
         let date = || DateFunc::lookup(name).map(|(f, min, max)| (Func::Date(f), min, max));
-        let (func, min, max) = Func::scalar(name).or_else(date).ok_or_else(|| SqlError::UnknownFunction(name.to_string()))?;
+        let (func, min, max) =
+            Func::scalar(name).or_else(date).ok_or_else(|| SqlError::UnknownFunction(name.to_string()))?;
         if args < min || args > max {
             return Err(SqlError::ArgumentCount { function: name.to_string() });
         }

@@ -84,10 +84,13 @@ pub(crate) fn reads_statement_time(name: &str) -> bool {
 /// statement has none), put first by the binder; `args` are the SQL arguments.
 pub(crate) fn call(func: DateFunc, now: &Value, args: &[Value]) -> Result<Value, SqlError> {
     let now_jd = || match now {
-        Value::Timestamp(ms) => ms.checked_add(UNIX_EPOCH_JD_MS).ok_or(SqlError::NoStatementTime { function: func.name() }),
+        Value::Timestamp(ms) => {
+            ms.checked_add(UNIX_EPOCH_JD_MS).ok_or(SqlError::NoStatementTime { function: func.name() })
+        }
         _ => Err(SqlError::NoStatementTime { function: func.name() }),
     };
-    let text = |x: Option<DateTime>, f: fn(&mut DateTime) -> String| x.map_or(Value::Null, |mut x| Value::Text(f(&mut x)));
+    let text =
+        |x: Option<DateTime>, f: fn(&mut DateTime) -> String| x.map_or(Value::Null, |mut x| Value::Text(f(&mut x)));
     Ok(match func {
         DateFunc::Date => text(date_time(args, &now_jd)?, format::date_text),
         DateFunc::Time => text(date_time(args, &now_jd)?, format::time_text),
@@ -184,8 +187,7 @@ pub(crate) fn iso_timestamp_ms(text: &str) -> Option<i64> {
         return None;
     }
     let mut p = DateTime::default();
-    if !matches!(parse_date_or_time(text.as_bytes(), &mut p), Parsed::Value) || p.raw_s || !p.valid_ymd && !p.valid_jd
-    {
+    if !matches!(parse_date_or_time(text.as_bytes(), &mut p), Parsed::Value) || p.raw_s || !p.valid_ymd && !p.valid_jd {
         return None;
     }
     if p.valid_ymd && p.n_floor != 0 || text.len() < 10 || text.as_bytes()[4] != b'-' {

@@ -29,10 +29,12 @@ const UNITS: [(&[u8], f32, f64); 6] = [
 pub(super) fn apply(z: &[u8], p: &mut DateTime, index: usize) -> Result<bool, SqlError> {
     let is = |name: &str| z.eq_ignore_ascii_case(name.as_bytes());
     Ok(match at(z, 0).to_ascii_lowercase() {
-        b'a' if is("auto") => index <= 1 && {
-            auto_adjust(p);
-            true
-        },
+        b'a' if is("auto") => {
+            index <= 1 && {
+                auto_adjust(p);
+                true
+            }
+        }
         b'c' if is("ceiling") => {
             p.compute_jd();
             p.clear_ymd_hms_tz();

@@ -26,7 +26,8 @@ fn dekker_mul2(x: &mut [f64; 2], y: f64, yy: f64) {
     let q = hx * ty + tx * hy;
     let c = p + q;
     let mut cc = p - c + q + tx * ty;
-    cc = x[0] * yy + x[1] * y + cc;
+    // (IEEE addition commutes: this is date.c's `x[0]*yy + x[1]*y + cc` exactly.)
+    cc += x[0] * yy + x[1] * y;
     x[0] = c + cc;
     x[1] = c - x[0];
     x[1] += cc;
@@ -111,7 +112,7 @@ fn atof_value(sign: i32, mut s: u64, mut e: i32) -> f64 {
         s *= 10;
         e -= 1;
     }
-    while e < 0 && s % 10 == 0 {
+    while e < 0 && s.is_multiple_of(10) {
         s /= 10;
         e += 1;
     }

@@ -87,9 +87,8 @@ impl DateTime {
     /// `computeFloor`: how many days past the end of its month the date is.
     pub fn compute_floor(&mut self) {
         let (d, m, y) = (self.day, self.month, self.year);
-        self.n_floor = if d <= 28 {
-            0
-        } else if (0..31).contains(&m) && (1i64 << m) & 0x15aa != 0 {
+        // 0x15aa has the bits of the 31-day months.
+        self.n_floor = if d <= 28 || ((0..31).contains(&m) && (1i64 << m) & 0x15aa != 0) {
             0
         } else if m != 2 {
             i64::from(d == 31)
