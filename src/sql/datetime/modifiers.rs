@@ -7,7 +7,9 @@
 //! need the node's time zone rules, and an edgestore node has no time zone database (and
 //! the same statement must give the same answer on every node), so they are refused with
 //! [`SqlError::NoTimeZone`] instead of quietly treating local time as UTC. Every amount
-//! is bounded by date.c's own limits (`'1e300 days'` is NULL), so no arithmetic overflows.
+//! is bounded by date.c's own limits (`'1e300 days'` is NULL); a chain of modifiers can
+//! still push the julian day past i64, where date.c's C arithmetic wraps, and so does
+//! this port's (`wrapping_add`): the value is invalid by then and the result NULL.
 
 use super::number::{atof, is_space};
 use super::parse::{at, digits, parse_hh_mm_ss, DateTime, UNIX_EPOCH_JD_MS};
@@ -43,7 +45,7 @@ pub(super) fn apply(z: &[u8], p: &mut DateTime, index: usize) -> Result<bool, Sq
         }
         b'f' if is("floor") => {
             p.compute_jd();
-            p.jd_ms -= p.n_floor * 86_400_000;
+            p.jd_ms = p.jd_ms.wrapping_sub(p.n_floor * 86_400_000);
             p.clear_ymd_hms_tz();
             true
         }
@@ -203,7 +205,7 @@ fn shift_units(mut r: f64, unit: &[u8], p: &mut DateTime) -> bool {
             r -= (r as i64) as f64;
         }
         p.compute_jd();
-        p.jd_ms += (r * 1000.0 * seconds + rounder) as i64;
+        p.jd_ms = p.jd_ms.wrapping_add((r * 1000.0 * seconds + rounder) as i64);
         done = true;
         break;
     }
@@ -250,7 +252,7 @@ fn shift_ymd(z: &[u8], n: usize, p: &mut DateTime) -> bool {
     p.compute_jd();
     p.valid_hms = false;
     p.valid_ymd = false;
-    p.jd_ms += d * 86_400_000;
+    p.jd_ms = p.jd_ms.wrapping_add(d * 86_400_000);
     if at(z, 11) == 0 {
         return true;
     }
@@ -282,6 +284,6 @@ fn add_hms(time: &[u8], sign: u8, p: &mut DateTime) -> bool {
     }
     p.compute_jd();
     p.clear_ymd_hms_tz();
-    p.jd_ms += tx.jd_ms;
+    p.jd_ms = p.jd_ms.wrapping_add(tx.jd_ms);
     true
 }

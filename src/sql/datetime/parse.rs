@@ -131,7 +131,8 @@ impl DateTime {
             return;
         }
         self.compute_jd();
-        let day_ms = (self.jd_ms + 43_200_000) % 86_400_000;
+        // A julian day pushed past any valid one by modifiers wraps, as in date.c's C.
+        let day_ms = self.jd_ms.wrapping_add(43_200_000) % 86_400_000;
         self.seconds = (day_ms % 60000) as f64 / 1000.0;
         let day_min = day_ms / 60000;
         self.minute = day_min % 60;
