@@ -365,19 +365,38 @@ fn compare_random(replica: &mut Replica, conn: &rusqlite::Connection, rng: &mut 
         let mut texts = vec![value];
         texts.extend((0..3).map(|_| random_text(rng, CHAIN_MODIFIERS, 4)));
         texts.push(formats[rng.random_range(0..formats.len())].to_string());
-        let params: Vec<Value> = texts.iter().map(|t| Value::from(t.as_str())).collect();
+        let mut params: Vec<Value> = texts.iter().map(|t| Value::from(t.as_str())).collect();
+        // Now and then a blob of any bytes (NUL and invalid UTF-8 too): C reads it as text
+        // up to its first NUL.
+        if rng.random_bool(0.05) {
+            let slot = rng.random_range(0..params.len());
+            let len = rng.random_range(0..24);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if rng.random_bool(0.5) {
+                bytes.splice(0..0, texts[slot].bytes());
+            }
+            params[slot] = Value::Blob(bytes);
+        }
+        let sqlite_params: Vec<rusqlite::types::Value> = params
+            .iter()
+            .map(|p| match p {
+                Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+                Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                other => panic!("parameter {other:?}"),
+            })
+            .collect();
         let a = ours.execute(replica, &params, NOW_MS).and_then(|r| r.collect_rows());
-        let a = a.unwrap_or_else(|e| panic!("edgestore: {e}\n{texts:?}")).remove(0);
+        let a = a.unwrap_or_else(|e| panic!("edgestore: {e}\n{params:?}")).remove(0);
         let b: Vec<Value> = theirs
-            .query_row(rusqlite::params_from_iter(texts.iter()), |row| {
+            .query_row(rusqlite::params_from_iter(sqlite_params.iter()), |row| {
                 (0..6).map(|i| row.get_ref(i).map(sqlite_value)).collect()
             })
-            .unwrap_or_else(|e| panic!("sqlite: {e}\n{texts:?}"));
+            .unwrap_or_else(|e| panic!("sqlite: {e}\n{params:?}"));
         for (i, (a, b)) in a.iter().zip(&b).enumerate() {
             outcome.compared += 1;
             outcome.values += usize::from(!b.is_null());
             if !same(a, b) {
-                outcome.mismatches.push(format!("function {i} of {texts:?}: edgestore {a:?}, sqlite {b:?}"));
+                outcome.mismatches.push(format!("function {i} of {params:?}: edgestore {a:?}, sqlite {b:?}"));
             }
         }
     }
@@ -458,9 +477,10 @@ fn date_functions_match_sqlite() {
     mismatches.extend(now.mismatches);
     mismatches.extend(random.mismatches);
     println!(
-        "{total} expressions compared with SQLite ({} with 'now', {} of random text); {} are not NULL; {} differ",
+        "{total} expressions compared with SQLite ({} with 'now', {} of random text, {} of those not NULL); {} are not NULL; {} differ",
         now.compared,
         random.compared,
+        random.values,
         values + random.values,
         mismatches.len()
     );
