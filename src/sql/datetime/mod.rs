@@ -183,14 +183,13 @@ fn date_time(args: &[Value], now_jd: &dyn Fn() -> Result<i64, SqlError>) -> Resu
 /// exists in its month; no `'now'`, julian day numbers or modifiers (write
 /// `unixepoch(...)` for those), so that a typo is a type error, not a wrong time.
 pub(crate) fn iso_timestamp_ms(text: &str) -> Option<i64> {
-    if !text.as_bytes().first().is_some_and(u8::is_ascii_digit) || text.contains('\0') {
-        return None;
-    }
+    let z = text.as_bytes();
     let mut p = DateTime::default();
-    if !matches!(parse_date_or_time(text.as_bytes(), &mut p), Parsed::Value) || p.raw_s || !p.valid_ymd && !p.valid_jd {
+    // No sign (years before 0), no NUL (C would stop there), a real day of the month.
+    if !z.first().is_some_and(u8::is_ascii_digit) || z.contains(&0) || parse::parse_yyyy_mm_dd(z, &mut p) {
         return None;
     }
-    if p.valid_ymd && p.n_floor != 0 || text.len() < 10 || text.as_bytes()[4] != b'-' {
+    if p.n_floor != 0 {
         return None;
     }
     p.compute_jd();
@@ -263,7 +262,21 @@ mod tests {
         assert_eq!(ms("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(ms("1969-12-31 23:59:59Z"), Some(-1000));
         assert_eq!(ms("2024-02-29 12:00"), Some(1_709_208_000_000));
-        for refused in ["2023-02-29", "2024-13-01", "now", "12:00", "2460000.5", "1700000000", "", "-0001-01-01", "x"] {
+        for refused in [
+            "2023-02-29",
+            "2023-02-29 12:00+01:00",
+            "2024-04-31T00:00Z",
+            "2024-13-01",
+            "2024-01-01 25:00",
+            "2024-01-01 junk",
+            "now",
+            "12:00",
+            "2460000.5",
+            "1700000000",
+            "",
+            "-0001-01-01",
+            "x",
+        ] {
             assert_eq!(ms(refused), None, "{refused:?}");
         }
     }

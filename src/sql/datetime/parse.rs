@@ -270,7 +270,7 @@ pub(super) fn parse_hh_mm_ss(z: &[u8], p: &mut DateTime) -> bool {
 
 /// `parseYyyyMmDd`: `[-]YYYY-MM-DD`, then optionally spaces or `T` and a time.
 /// Returns whether the text is bad.
-fn parse_yyyy_mm_dd(z: &[u8], p: &mut DateTime) -> bool {
+pub(super) fn parse_yyyy_mm_dd(z: &[u8], p: &mut DateTime) -> bool {
     let (z, negative) = match z.first() {
         Some(b'-') => (&z[1..], true),
         _ => (z, false),
