@@ -60,6 +60,7 @@ impl DateFunc {
         })
     }
 
+    /// The name errors use.
     fn name(self) -> &'static str {
         match self {
             DateFunc::Date => "date",

@@ -27,7 +27,8 @@ const UNITS: [(&[u8], f32, f64); 6] = [
 ];
 
 /// Applies modifier `z` (the `index`th argument after the time value, from 1) to `p`.
-/// `Ok(false)` means the result is NULL.
+/// `Ok(false)` means the result is NULL. `auto`, `julianday` and `unixepoch` say how to
+/// read a raw number, so they are only valid right after the time value (`index == 1`).
 pub(super) fn apply(z: &[u8], p: &mut DateTime, index: usize) -> Result<bool, SqlError> {
     let is = |name: &str| z.eq_ignore_ascii_case(name.as_bytes());
     Ok(match at(z, 0).to_ascii_lowercase() {

@@ -21,6 +21,7 @@ const JD_MS_MAX: i64 = 464_269_060_799_999;
 pub(super) struct DateTime {
     /// The julian day number times 86 400 000.
     pub jd_ms: i64,
+    /// The calendar fields (year 0 is 1 BC; negative years go back to -4713).
     pub year: i64,
     pub month: i64,
     pub day: i64,
@@ -28,7 +29,9 @@ pub(super) struct DateTime {
     pub minute: i64,
     /// Time zone offset in minutes, of a parsed `±HH:MM` suffix.
     pub tz_minutes: i64,
+    /// Seconds with their fraction; or, while `raw_s`, the raw number itself.
     pub seconds: f64,
+    /// Which of the representations are current: date.c converts between them lazily.
     pub valid_jd: bool,
     pub valid_ymd: bool,
     pub valid_hms: bool,
