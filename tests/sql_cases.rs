@@ -223,3 +223,28 @@ fn kept_plans_follow_parameters_and_ddl() {
     let missing = by_id.execute(&mut replica, &[], 0).map(|_| ());
     assert!(matches!(missing, Err(SqlError::ParamCount { expected: 1, got: 0 })), "{missing:?}");
 }
+
+/// `'now'` is the statement time: a kept plan takes each execution's, a read-only
+/// `query()` (no statement time) refuses it with a typed error instead of reading a clock,
+/// and so does a `DEFAULT`, which would otherwise freeze the `CREATE TABLE` time.
+#[test]
+fn now_is_the_statement_time() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("n.redb"), NodeId::from_public_key(b"now")).expect("open");
+    let now = sql::prepare("SELECT datetime('now'), unixepoch()").expect("prepare");
+    let at =
+        |replica: &mut Replica, ms: i64| now.execute(replica, &[], ms).and_then(|r| r.collect_rows()).expect("now");
+    assert_eq!(at(&mut replica, 0), vec![vec![Value::from("1970-01-01 00:00:00"), Value::from(0)]]);
+    assert_eq!(at(&mut replica, 86_400_000), vec![vec![Value::from("1970-01-02 00:00:00"), Value::from(86_400)]]);
+    let snapshot = std::sync::Arc::new(replica.snapshot().expect("snapshot"));
+    let refused = now.query(std::sync::Arc::clone(&snapshot), &[]).and_then(|r| r.collect_rows());
+    assert!(matches!(refused, Err(SqlError::NoStatementTime { function: "datetime" })), "{refused:?}");
+    // Without 'now', a read-only query needs no statement time.
+    let fixed = sql::query(snapshot, "SELECT date('2024-01-01', '+1 day')", &[]).and_then(|r| r.collect_rows());
+    assert_eq!(fixed.expect("fixed date"), vec![vec![Value::from("2024-01-02")]]);
+    let default =
+        sql::execute(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY, d TEXT DEFAULT (date('now')))", &[], 5);
+    assert!(matches!(default, Err(SqlError::NoStatementTime { .. })), "{default:?}");
+    let zone = sql::execute(&mut replica, "SELECT datetime(0, 'localtime')", &[], 5).and_then(|r| r.collect_rows());
+    assert!(matches!(zone, Err(SqlError::NoTimeZone { ref modifier }) if modifier == "localtime"), "{zone:?}");
+}

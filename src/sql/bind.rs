@@ -14,6 +14,7 @@ use sqlparser::ast;
 
 use super::aggregate::{AggFunc, AggSpec};
 use super::cte::CteScope;
+use super::datetime;
 use super::expr::{CastType, CmpOp, Expr};
 use super::func::Func;
 use super::limits::{Limits, EXPR_DEPTH_MAX, SUBQUERY_DEPTH_COST};
@@ -43,12 +44,30 @@ pub(crate) struct PlanCtx<'a> {
     /// The enclosing query of a subquery in `FROM` or a CTE's body, which they may not read
     /// (they are not correlated); kept only to name that in the error.
     pub hidden_outer: Option<&'a Outer<'a>>,
+    /// The statement time in milliseconds since the Unix epoch (`'now'`), if the statement
+    /// has one: a read-only `sql::query`, a `DEFAULT` and a `CHECK` do not.
+    pub now_ms: Option<i64>,
 }
 
 impl<'a> PlanCtx<'a> {
     /// The context of a statement's outermost query.
     pub fn new(snap: &'a Arc<Snapshot>, params: &'a [Value], limits: &'a Limits) -> PlanCtx<'a> {
-        PlanCtx { snap, params, outer: None, notes: None, limits, depth: 0, ctes: None, hidden_outer: None }
+        PlanCtx {
+            snap,
+            params,
+            outer: None,
+            notes: None,
+            limits,
+            depth: 0,
+            ctes: None,
+            hidden_outer: None,
+            now_ms: None,
+        }
+    }
+
+    /// This context with the statement time `now_ms` (or without one).
+    pub fn at(self, now_ms: Option<i64>) -> PlanCtx<'a> {
+        PlanCtx { now_ms, ..self }
     }
 
     /// The context of a subquery in `FROM` or a CTE's body: it sees no enclosing query.
@@ -77,6 +96,8 @@ pub(crate) struct PlanNotes {
     pub params_max: Cell<usize>,
     /// The base tables read (their definitions and indexes decide the plan).
     pub tables: RefCell<Vec<String>>,
+    /// Whether the plan holds [`Expr::StatementTime`] (a date function).
+    pub reads_now: Cell<bool>,
 }
 
 impl PlanNotes {
@@ -296,10 +317,17 @@ fn parameter_number(p: &str, params: &[Value]) -> Result<usize, SqlError> {
     Ok(n)
 }
 
-/// Whether an expression mentions a parameter (outside subqueries).
+/// Whether an expression mentions a parameter or reads the statement time (a date
+/// function), outside subqueries: its value is one execution's.
 pub(crate) fn has_placeholder(e: &ast::Expr) -> bool {
     let mut found = false;
-    walk(e, &mut |e| found |= matches!(e, ast::Expr::Value(v) if matches!(v.value, ast::Value::Placeholder(_))));
+    walk(e, &mut |e| {
+        found |= match e {
+            ast::Expr::Value(v) => matches!(v.value, ast::Value::Placeholder(_)),
+            ast::Expr::Function(f) => function_name(f).is_ok_and(|name| datetime::reads_statement_time(&name)),
+            _ => false,
+        }
+    });
     found
 }
 
@@ -563,14 +591,29 @@ impl<'a> Binder<'a> {
             return Err(SqlError::invalid(format!("DISTINCT in non-aggregate function {name}()")));
         }
         let func = Func::lookup(&name, args.len())?;
-        let args = args
-            .into_iter()
-            .map(|a| match a {
-                ast::FunctionArgExpr::Expr(e) => self.bind(e),
-                _ => Err(SqlError::invalid(format!("* is not an argument of {name}()"))),
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Expr::Func(func, args))
+        let mut bound = Vec::with_capacity(args.len() + 1);
+        if matches!(func, Func::Date(_)) {
+            bound.push(self.statement_time());
+        }
+        for a in args {
+            match a {
+                ast::FunctionArgExpr::Expr(e) => bound.push(self.bind(e)?),
+                _ => return Err(SqlError::invalid(format!("* is not an argument of {name}()"))),
+            }
+        }
+        Ok(Expr::Func(func, bound))
+    }
+
+    /// The statement time for a date function: a placeholder in a plan to be kept (each
+    /// execution has its own time), else this execution's value.
+    fn statement_time(&self) -> Expr {
+        match self.ctx.notes {
+            Some(notes) => {
+                notes.reads_now.set(true);
+                Expr::StatementTime
+            }
+            None => Expr::Literal(self.ctx.now_ms.map_or(Value::Null, Value::Timestamp)),
+        }
     }
 
     fn aggregate(

@@ -86,7 +86,9 @@ impl Draft {
             ast::ColumnOption::Null => {}
             ast::ColumnOption::NotNull => def.not_null = true,
             ast::ColumnOption::Default(e) => {
-                let v = Binder::new(ctx, &Scope::default()).bind(e)?.eval(&[])?;
+                // Evaluated once, here: 'now' would freeze the CREATE TABLE time into every
+                // row, so a DEFAULT has no statement time (SQLite evaluates it per insert).
+                let v = Binder::new(ctx.at(None), &Scope::default()).bind(e)?.eval(&[])?;
                 def.default = Some(super::ddl_dml::conform(v, def.ty));
             }
             ast::ColumnOption::PrimaryKey(pk) if pk.columns.is_empty() => self.set_key(vec![def.name.clone()])?,

@@ -19,7 +19,7 @@ use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
 use super::plan::{Plan, Row, Scope};
 use super::value::{self, KeyValue};
-use super::{create_table, exec, explain, from, select, SqlError};
+use super::{create_table, datetime, exec, explain, from, select, SqlError};
 use crate::catalog::TableEntry;
 use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
 use crate::schema::IndexSchema;
@@ -34,7 +34,7 @@ pub(crate) fn run(
     limits: &Limits,
 ) -> Result<u64, SqlError> {
     let snap = Arc::new(replica.snapshot()?);
-    let ctx = PlanCtx::new(&snap, params, limits);
+    let ctx = PlanCtx::new(&snap, params, limits).at(Some(now_ms));
     let (ops, affected) = match statement {
         ast::Statement::CreateTable(ct) => (vec![create_table::create_table(ctx, ct)?], 0),
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
@@ -138,8 +138,14 @@ fn drop_ops(
 }
 
 /// A value converted to a column's type where SQLite would (2.0 into an INTEGER column,
-/// 1 into a BOOLEAN one); anything else is left for the replica's type check.
+/// 1 into a BOOLEAN one), and ISO-8601 text into a TIMESTAMP column (the narrow rule of
+/// [`datetime::iso_timestamp_ms`]); anything else is left for the replica's type check.
 pub(super) fn conform(v: Value, ty: ColumnType) -> Value {
+    if let (Value::Text(t), ColumnType::Timestamp) = (&v, ty) {
+        if let Some(ms) = datetime::iso_timestamp_ms(t) {
+            return Value::Timestamp(ms);
+        }
+    }
     key_value(&v, ty).unwrap_or(v)
 }
 

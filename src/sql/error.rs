@@ -86,6 +86,36 @@ pub enum SqlError {
     /// The statement was interrupted (time limit, client gone, shutdown).
     #[error("{0}")]
     Interrupted(super::InterruptCause),
+    /// `'now'` (or a date function without a time value) in a statement that has no
+    /// statement time: a read-only [`super::query`], a `DEFAULT` (evaluated once, at
+    /// `CREATE TABLE`) or a `CHECK`. The node never reads its clock for SQL.
+    #[error(
+        "{function}() needs the statement time for 'now', and this statement has none \
+         (sql::query and DEFAULT/CHECK expressions run without one): run it with sql::execute, \
+         or pass the time as a parameter"
+    )]
+    NoStatementTime {
+        /// The date function.
+        function: &'static str,
+    },
+    /// The `'localtime'` or `'utc'` modifier: they need time zone rules, and an edgestore
+    /// node has no time zone database; every time in SQL is UTC.
+    #[error(
+        "the '{modifier}' modifier is not supported: an edgestore node has no time zone database, all times are UTC"
+    )]
+    NoTimeZone {
+        /// The modifier, as SQLite spells it.
+        modifier: String,
+    },
+    /// A `time_bucket` width that is not a positive fixed duration.
+    #[error(
+        "time_bucket width {width:?} is not a positive number of milliseconds or 'N unit' \
+         (ms, seconds, minutes, hours, days, weeks; months and years have no fixed width)"
+    )]
+    BucketWidth {
+        /// The width given, as text.
+        width: String,
+    },
     /// The number of parameter values differs from the statement's placeholders.
     #[error("wrong number of parameters: the statement takes {expected}, {got} given{}", unbound(*expected, *got))]
     ParamCount {

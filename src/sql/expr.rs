@@ -76,6 +76,10 @@ pub(crate) enum Expr {
     /// Bound parameter `?N` (0-based) of a plan kept for re-execution (`Statement`):
     /// replaced by its value before the plan runs.
     Param(usize),
+    /// The statement time (a TIMESTAMP, or NULL when the statement has none), the first
+    /// argument of every date function in a plan kept for re-execution: replaced by its
+    /// value before the plan runs, like a parameter.
+    StatementTime,
     /// A correlated subquery, run (or looked up in its memo) for each row.
     Subquery(SubqueryCall),
 }
@@ -158,6 +162,9 @@ impl Expr {
                 return Err(SqlError::invalid("internal error: an outer column evaluated outside its subquery"))
             }
             Expr::Param(_) => return Err(SqlError::invalid("internal error: a parameter evaluated before binding")),
+            Expr::StatementTime => {
+                return Err(SqlError::invalid("internal error: the statement time evaluated before binding"))
+            }
         })
     }
 
@@ -254,7 +261,7 @@ impl Expr {
 
     fn children(&self) -> Vec<&Expr> {
         match self {
-            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) => vec![],
+            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) | Expr::StatementTime => vec![],
             Expr::Subquery(call) => call.lhs.as_deref().into_iter().chain(&call.args).collect(),
             Expr::Not(e) | Expr::Neg(e) | Expr::IsNull(e, _) | Expr::Cast(e, _) | Expr::InSet(e, _, _) => vec![e],
             Expr::Arith(_, a, b) | Expr::Cmp(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => vec![a, b],
@@ -286,7 +293,7 @@ impl Expr {
     pub fn for_each_child_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
         f(self);
         match self {
-            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) => {}
+            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) | Expr::StatementTime => {}
             Expr::Subquery(call) => {
                 call.lhs.iter_mut().for_each(|e| e.for_each_child_mut(f));
                 call.args.iter_mut().for_each(|e| e.for_each_child_mut(f));

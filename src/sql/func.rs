@@ -2,6 +2,7 @@
 //! (1-based `substr` with negative starts, `round` returning a real, case-insensitive ASCII
 //! `LIKE`, NULL in → NULL out unless the function exists to handle NULL).
 
+use super::datetime::{self, DateFunc};
 use super::expr::CastType;
 use super::limits::check_result_bytes;
 use super::value::{self, Num};
@@ -30,12 +31,26 @@ pub(crate) enum Func {
     Iif,
     Hex,
     Sign,
+    /// A date function (`datetime/`). Its first argument is the statement time, put there
+    /// by the binder (`Expr::StatementTime`); the SQL arguments follow.
+    Date(DateFunc),
 }
 
 impl Func {
     /// Looks a function up by (lower-case) name and checks its argument count.
     pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
-        let (func, min, max) = match name {
+        let date = || DateFunc::lookup(name).map(|(f, min, max)| (Func::Date(f), min, max));
+        let (func, min, max) =
+            Func::scalar(name).or_else(date).ok_or_else(|| SqlError::UnknownFunction(name.to_string()))?;
+        if args < min || args > max {
+            return Err(SqlError::ArgumentCount { function: name.to_string() });
+        }
+        Ok(func)
+    }
+
+    /// The scalar functions of this file, with their argument count range.
+    fn scalar(name: &str) -> Option<(Func, usize, usize)> {
+        Some(match name {
             "abs" => (Func::Abs, 1, 1),
             "length" => (Func::Length, 1, 1),
             "lower" => (Func::Lower, 1, 1),
@@ -56,12 +71,8 @@ impl Func {
             "iif" => (Func::Iif, 3, 3),
             "hex" => (Func::Hex, 1, 1),
             "sign" => (Func::Sign, 1, 1),
-            _ => return Err(SqlError::UnknownFunction(name.to_string())),
-        };
-        if args < min || args > max {
-            return Err(SqlError::ArgumentCount { function: name.to_string() });
-        }
-        Ok(func)
+            _ => return None,
+        })
     }
 }
 
@@ -85,6 +96,10 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
         }
         Func::Min | Func::Max => min_max(func, args),
         Func::Typeof => Value::Text(type_name(&args[0]).into()),
+        Func::Date(f) => match args.split_first() {
+            Some((now, rest)) => datetime::call(f, now, rest)?,
+            None => return Err(SqlError::invalid("internal error: a date function without the statement time")),
+        },
         _ if args.first().is_some_and(Value::is_null) => Value::Null,
         Func::Abs => abs(&args[0])?,
         Func::Sign => match value::to_num(&args[0]) {
@@ -362,6 +377,11 @@ pub(crate) fn cast(v: Value, ty: CastType) -> Result<Value, SqlError> {
     if matches!(ty, CastType::Text | CastType::Blob) && !matches!(v, Value::Text(_) | Value::Blob(_)) {
         check_result_bytes(text_len(&v))?;
     }
+    // ISO-8601 text names an instant (the rule of TIMESTAMP columns); other text converts
+    // by its numeric prefix, as to INTEGER.
+    if let (CastType::Timestamp, Some(ms)) = (ty, iso_text_ms(&v)) {
+        return Ok(Value::Timestamp(ms));
+    }
     Ok(match ty {
         CastType::Integer | CastType::Timestamp => {
             let i = match value::to_num(&v) {
@@ -388,6 +408,13 @@ pub(crate) fn cast(v: Value, ty: CastType) -> Result<Value, SqlError> {
         },
         CastType::Boolean => Value::Boolean(value::truth(&v) == Some(true)),
     })
+}
+
+fn iso_text_ms(v: &Value) -> Option<i64> {
+    match v {
+        Value::Text(t) => datetime::iso_timestamp_ms(t),
+        _ => None,
+    }
 }
 
 fn real_to_int(r: f64) -> i64 {

@@ -21,6 +21,7 @@ mod bind;
 mod check;
 mod create_table;
 mod cte;
+mod datetime;
 mod ddl_dml;
 mod error;
 mod exec;
@@ -201,6 +202,8 @@ struct KeptPlan {
     columns: Vec<String>,
     /// Parameters the plan reads (as `Expr::Param`): at least this many must be given.
     params_max: usize,
+    /// Whether the plan reads the statement time (as `Expr::StatementTime`).
+    reads_now: bool,
     /// Each base table read, with its definition and indexes when planned.
     tables: Vec<(String, TableEntry, Vec<IndexEntry>)>,
 }
@@ -251,7 +254,7 @@ impl Statement {
         let limits = limits::Limits::new(opts);
         if self.is_read_only() {
             let snap = Arc::new(store.sql_snapshot()?);
-            return self.read(&snap, params, limits);
+            return self.read(&snap, params, limits, Some(now_ms));
         }
         let (statement, params) = (self.ast.clone(), params.to_vec());
         let job: WriteJob = Box::new(move |replica| {
@@ -278,7 +281,8 @@ impl Statement {
             return Err(SqlError::invalid(format!("{} writes: use sql::execute", ddl_dml::first_words(&self.ast))));
         }
         self.check_params(params)?;
-        self.read(&snapshot.into(), params, limits::Limits::new(opts))
+        // A snapshot alone carries no statement time: 'now' is refused, the clock never read.
+        self.read(&snapshot.into(), params, limits::Limits::new(opts), None)
     }
 
     fn check_params(&self, params: &[Value]) -> Result<(), SqlError> {
@@ -288,17 +292,25 @@ impl Statement {
         Ok(())
     }
 
-    fn read(&self, snap: &Arc<Snapshot>, params: &[Value], limits: limits::Limits) -> Result<QueryResult, SqlError> {
+    fn read(
+        &self,
+        snap: &Arc<Snapshot>,
+        params: &[Value],
+        limits: limits::Limits,
+        now_ms: Option<i64>,
+    ) -> Result<QueryResult, SqlError> {
         let _entered = limits.enter();
         limits.check()?;
         let limits_ref = &limits;
         match &self.ast {
             ast::Statement::Query(q) => {
-                let kept = self.plan(snap, q, params, limits_ref)?;
+                let kept = self.plan(snap, q, params, limits_ref, now_ms)?;
                 let mut plan = kept.plan.clone();
-                if kept.params_max > 0 {
+                if kept.params_max > 0 || kept.reads_now {
+                    let now = now_ms.map_or(Value::Null, Value::Timestamp);
                     exec::bind_constants(&mut plan, snap, &|e| match e {
                         expr::Expr::Param(n) => params.get(*n).cloned(),
+                        expr::Expr::StatementTime => Some(now.clone()),
                         _ => None,
                     });
                 }
@@ -308,7 +320,7 @@ impl Statement {
                 Ok(QueryResult { columns: kept.columns.clone(), rows, rows_affected: 0 })
             }
             ast::Statement::Explain { analyze: false, statement, .. } => {
-                let ctx = bind::PlanCtx::new(snap, params, limits_ref);
+                let ctx = bind::PlanCtx::new(snap, params, limits_ref).at(now_ms);
                 let lines = explain::explain_statement(ctx, statement)?;
                 let inner = Box::new(lines.into_iter().map(|l| Ok(vec![Value::Text(l)])));
                 drop(_entered);
@@ -326,6 +338,7 @@ impl Statement {
         q: &ast::Query,
         params: &[Value],
         limits: &limits::Limits,
+        now_ms: Option<i64>,
     ) -> Result<Arc<KeptPlan>, SqlError> {
         let slot = |m: &Mutex<Option<Arc<KeptPlan>>>| {
             // The slot holds only complete plans, so a poisoned one is still consistent.
@@ -335,7 +348,7 @@ impl Statement {
             return Ok(kept);
         }
         let notes = bind::PlanNotes::new();
-        let ctx = bind::PlanCtx { notes: Some(&notes), ..bind::PlanCtx::new(snap, params, limits) };
+        let ctx = bind::PlanCtx { notes: Some(&notes), ..bind::PlanCtx::new(snap, params, limits).at(now_ms) };
         let planned = select::plan_query(ctx, q)?;
         let catalog = snap.catalog();
         let tables = notes
@@ -352,6 +365,7 @@ impl Statement {
             plan: planned.plan,
             columns: planned.columns,
             params_max: notes.params_max.get(),
+            reads_now: notes.reads_now.get(),
             tables,
         });
         if notes.reusable.get() {
