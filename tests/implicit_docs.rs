@@ -136,7 +136,9 @@ fn state_transfer_sends_an_implicit_row_as_its_change() {
     assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());
     assert_eq!(c.heads_tree().unwrap(), a.heads_tree().unwrap());
     assert_healthy(&c);
-    // Transferred documents are stored as they came; writing to them works as anywhere.
+    assert_eq!(stored(&a, "sensors"), (29, 2, 0));
+    assert_eq!(stored(&c, "sensors"), (29, 2, 0), "a document sent as its one change is implicit here too");
+    // Writing to a transferred implicit row works as anywhere.
     c.write(WriteBatch::new().update("sensors", vec![Value::from(3)], [("name", Value::from("c"))]), 6).unwrap();
     sync(&c, &mut a);
     assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());

@@ -306,17 +306,27 @@ impl Replica {
 
     fn import_txn(
         &mut self,
-        docs: Vec<CheckedDoc>,
+        mut docs: Vec<CheckedDoc>,
         progress: &TransferProgress,
         done: bool,
     ) -> Result<usize, ApplyError> {
+        // A document sent as its one change (what an implicit document is sent as) is
+        // recorded as that new change, so that it can be stored implicitly here too.
+        let singles: Vec<Option<Vec<u8>>> = docs
+            .iter_mut()
+            .map(|doc| {
+                let single = doc.stored.snapshot.is_empty() && doc.stored.tail.len() == 1;
+                single.then(|| doc.stored.tail.pop().expect("one change"))
+            })
+            .collect();
         let txn = self.begin_durable_write()?;
         let changed_count;
         {
             let mut tables = WriteTables::open(&txn)?;
             let mut changed = Vec::with_capacity(docs.len());
-            for doc in docs {
-                if let Some(changed_doc) = self.stage_transferred(&mut tables, doc, progress.donor)? {
+            for (doc, single) in docs.into_iter().zip(&singles) {
+                let single = single.as_deref();
+                if let Some(changed_doc) = self.stage_transferred(&mut tables, doc, single, progress.donor)? {
                     changed.push(changed_doc);
                 }
             }
@@ -334,16 +344,27 @@ impl Replica {
     }
 
     /// Stores one transferred document: verbatim if this replica lacks it, else merged
-    /// into ours and saved whole. `None` if ours already held every change.
+    /// into ours and saved whole. `None` if ours already held every change. `single`:
+    /// the document was sent as this one change (taken out of its stored tail), which a
+    /// new document records as its new change instead.
     fn stage_transferred<'d>(
         &mut self,
         tables: &mut WriteTables<'_>,
         doc: CheckedDoc,
+        single: Option<&'d [u8]>,
         donor: NodeId,
     ) -> Result<Option<ChangedDoc<'d>>, ApplyError> {
         let CheckedDoc { key_bytes, key, stored, mut loaded } = doc;
         let inconsistent = |reason: String| ApplyError::Inconsistent { origin: donor, seq: 0, reason };
         let working = match self.take_doc(tables, &key_bytes)? {
+            None if single.is_some() => {
+                // As if the change arrived alone: `record_changes` stores it (as tail
+                // entry 0, or implicitly).
+                loaded.tail_len = 0;
+                loaded.changes = 0;
+                let new_changes = single.into_iter().collect();
+                return Ok(Some(ChangedDoc { key_bytes, key, working: loaded, new_changes, cause: (donor, 0) }));
+            }
             None => {
                 if !stored.snapshot.is_empty() {
                     tables.docs.insert(key_bytes.as_slice(), stored.snapshot.as_slice())?;
