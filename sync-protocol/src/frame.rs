@@ -1,4 +1,4 @@
-//! Wire frames between two peers, and the one codec module that knows their CBOR.
+//! Wire frames between two peers; their CBOR is `codec.rs`'s.
 //!
 //! A frame on the wire is `u32 BE length ‖ version byte ‖ packed CBOR of [`Frame`]`. The
 //! length is read first and checked against [`FRAME_BYTES_MAX`] before anything is
@@ -8,6 +8,8 @@
 use edgestore::{NodeId, VersionVector};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+
+use crate::codec;
 
 /// Version byte of every frame this build writes and reads.
 pub const FRAME_VERSION: u8 = 1;
@@ -224,7 +226,7 @@ impl Frame {
     /// Encodes the frame without the length prefix.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![FRAME_VERSION];
-        out.extend(serde_cbor::ser::to_vec_packed(self).expect("serializing plain data into a Vec cannot fail"));
+        out.extend(codec::encode(self));
         out
     }
 
@@ -237,7 +239,7 @@ impl Frame {
         if version != FRAME_VERSION {
             return Err(FrameError::UnsupportedVersion(version));
         }
-        let frame: Frame = serde_cbor::from_slice(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+        let frame: Frame = codec::decode(body, FRAME_BYTES_MAX).map_err(|e| FrameError::Malformed(e.to_string()))?;
         frame.check_limits()?;
         Ok(frame)
     }
@@ -379,8 +381,7 @@ fn range_in_tree(depth: u8, prefix: u32) -> bool {
 /// blake3 of a version vector's wire form: anti-entropy frames carry it so that digests
 /// are compared only between nodes holding the same changes.
 pub fn vector_hash(vector: &VersionVector) -> [u8; 32] {
-    let wire = serde_cbor::ser::to_vec_packed(&vector_to_wire(vector)).expect("serializing plain data cannot fail");
-    edgestore::replica::blake3_of(&wire)
+    edgestore::replica::blake3_of(&codec::encode(&vector_to_wire(vector)))
 }
 
 /// Parses a wire version vector: ids 16 bytes, sorted, unique, at most
@@ -532,6 +533,44 @@ mod tests {
         }
         let frame = Frame::Holders { entries: vec![entry(1, good.clone()), entry(2, good)] };
         assert_eq!(Frame::decode(&frame.encode()), Ok(frame));
+    }
+
+    /// The encoded bytes of a few frames, pinned: the CBOR codec is behind
+    /// `codec.rs`, and a change of codec (or of its use) must leave every byte on the wire
+    /// as it was, which these catch. Hex from the build before the codec moved to
+    /// `codec.rs`.
+    #[test]
+    fn encoded_bytes_are_pinned() {
+        let vector: VersionVector = [(NodeId([1; 16]), 3), (NodeId([2; 16]), 300)].into_iter().collect();
+        let cases = [
+            (
+                Frame::Hello {
+                    protocol: PROTOCOL_VERSION,
+                    cluster: ByteBuf::from(vec![7; 16]),
+                    node: ByteBuf::from(vec![1; 16]),
+                    vector: vector_to_wire(&vector),
+                },
+                "01a100a4000201500707070707070707070707070707070702500101010101010101010101010101010103828250010101010101010101010101010101010382500202020202020202020202020202020219012c",
+            ),
+            (Frame::Changes { batch: 1, changes: vec![ByteBuf::from(vec![1, 2, 3])] }, "01a101a20001018143010203"),
+            (Frame::Ping { nonce: 5 }, "01a103a10005"),
+            (
+                Frame::Digests {
+                    vector: ByteBuf::from(vec![3; 32]),
+                    ranges: vec![RangeDigest { depth: 2, prefix: 255, docs: 9, digest: ByteBuf::from(vec![4; 32]) }],
+                },
+                "01a105a200582003030303030303030303030303030303030303030303030303030303030303030181a400020118ff02090358200404040404040404040404040404040404040404040404040404040404040404",
+            ),
+            (Frame::Close { code: CloseCode::ChangeRejected, reason: "bad".into() }, "01a108a200020163626164"),
+            (Frame::TransferAck { batch: 2, vector: None }, "01a10da2000201f6"),
+        ];
+        let (frames, expected): (Vec<Frame>, Vec<&str>) = cases.into_iter().unzip();
+        let encoded: Vec<String> = frames.iter().map(|frame| hex::encode(frame.encode())).collect();
+        assert_eq!(encoded, expected);
+        assert_eq!(
+            hex::encode(vector_hash(&vector)),
+            "dbc69bd1abdd6959062335026657962758dcad385110ea0f915ba38b3b4aeff0"
+        );
     }
 
     /// blake3 of a wire version vector, as carried by the anti-entropy frames.
