@@ -1012,7 +1012,7 @@ fn owner_refused(shared: &Shared, peer: NodeId, progress: &mut Progress, stopped
     if health != StoreHealth::Ok {
         shared.store_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(%peer, ?health, "sync session closed: the local store is unavailable; the peer retries later");
-        progress.error = Some(ProtocolError::Storage(format!("{stopped} ({health:?})")));
+        progress.error = Some(ProtocolError::StoreUnavailable { health });
     }
     stopped.to_string()
 }
@@ -1085,9 +1085,11 @@ mod tests {
 
     #[test]
     fn a_local_store_failure_is_not_counted_against_the_peer() {
+        let faulted = StoreHealth::Faulted { reason: "disk full".into(), reopen_attempts: 1 };
         let cases = [
-            (ProtocolError::Storage("disk full".into()), CloseKind::StoreFailure),
-            (ProtocolError::ChangeRejected("bad".into()), CloseKind::RejectedChange),
+            (ProtocolError::Storage(Arc::new(edgestore::StorageError::Corrupt("bad".into()))), CloseKind::StoreFailure),
+            (ProtocolError::StoreUnavailable { health: faulted }, CloseKind::StoreFailure),
+            (ProtocolError::ChangeRejected(Arc::new(edgestore::ApplyError::PendingFull(8))), CloseKind::RejectedChange),
             (ProtocolError::WrongCluster { theirs: ClusterId([1; 16]), ours: ClusterId([2; 16]) }, CloseKind::Refusal),
             (ProtocolError::UnsupportedProtocol(9), CloseKind::Refusal),
             (ProtocolError::ClosedByPeer { code: CloseCode::Internal, reason: String::new() }, CloseKind::ByPeer),
