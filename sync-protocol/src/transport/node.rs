@@ -44,7 +44,7 @@ use super::fault::{FaultSwitch, FaultySocket};
 use super::refusal::{RefusalReason, Refusals};
 use super::tls::{self, AllowList, TlsIdentity};
 use crate::backoff::Backoff;
-use crate::frame::{self, CloseCode};
+use crate::frame::{self, CloseCode, FrameError};
 use crate::session::{Event, ProtocolError, Session, SessionConfig, SessionStats, TransferStatus};
 
 /// QUIC application close code for an orderly close.
@@ -100,6 +100,46 @@ pub enum TransportError {
         /// The replica's node id.
         replica: NodeId,
     },
+}
+
+/// Why a connection's driver stopped other than by its session closing: the stream, the
+/// replica's owner thread or a blocking task failed. Shown to the operator as the peer's
+/// `last_error` and sent as the QUIC close reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum DriveError {
+    /// Opening (dialer) or accepting (listener) the connection's one stream failed.
+    #[error("opening the sync stream: {0}")]
+    Open(#[source] quinn::ConnectionError),
+    /// Writing a frame to the stream failed.
+    #[error("writing a frame: {0}")]
+    Write(#[source] quinn::WriteError),
+    /// The reader task stopped with an error.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The peer finished the stream without closing the session.
+    #[error("stream ended")]
+    StreamEnded,
+    /// The replica's owner thread refused a call: it stopped, or the store is closed for
+    /// recovery (then the session's error says so, `ProtocolError::StoreUnavailable`).
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    /// A session step on the blocking pool did not finish (it panicked, or the runtime is
+    /// shutting down).
+    #[error("a session step failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why a connection's reader task stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+enum ReadError {
+    /// Reading from the stream failed (the connection was lost or reset).
+    #[error("reading a frame: {0}")]
+    Stream(#[from] quinn::ReadExactError),
+    /// A length prefix over `FRAME_BYTES_MAX`; nothing was allocated for it.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
 }
 
 /// What a peer connection is doing, for status and metrics.
@@ -754,11 +794,11 @@ async fn run_connection(
     let store_failed = progress.error.as_ref().is_some_and(|error| {
         error.is_local() || matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Internal, .. })
     });
-    if let Err(reason) = &result {
+    if let Err(error) = &result {
         if refusal.is_none() {
-            tracing::info!(%peer, %reason, "sync connection closed");
+            tracing::info!(%peer, %error, "sync connection closed");
         }
-        connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+        connection.close(CLOSE_PROTOCOL.into(), error.to_string().as_bytes());
     } else {
         connection.close(CLOSE_OK.into(), b"session closed");
     }
@@ -767,7 +807,7 @@ async fn run_connection(
         (None, Some(error)) if !matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Shutdown, .. }) => {
             Some(error.to_string())
         }
-        _ => result.err(),
+        _ => result.err().map(|error| error.to_string()),
     };
     shared.update_peer(peer, |record| {
         record.connection_ended(id);
@@ -783,15 +823,14 @@ async fn drive_connection(
     peer: NodeId,
     dialed: bool,
     progress: &mut Progress,
-) -> Result<(), String> {
+) -> Result<(), DriveError> {
     let stream = if dialed { connection.open_bi().await } else { connection.accept_bi().await };
-    let (mut send, recv) = stream.map_err(|e| e.to_string())?;
+    let (mut send, recv) = stream.map_err(DriveError::Open)?;
     let (frames_tx, mut frames) = mpsc::channel(READ_QUEUE_FRAMES_MAX);
     let reader = tokio::spawn(read_frames(recv, frames_tx));
     let handle = shared.replica.clone();
     let vector = tokio::task::spawn_blocking(move || handle.call(|r| r.version_vector().clone()))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .map_err(|stopped| owner_refused(shared, peer, progress, stopped))?;
     let mut session = Some(Session::new(shared.session.clone(), shared.local, peer, &vector, shared.now_ms()));
     let mut changed = shared.changed.subscribe();
@@ -811,7 +850,7 @@ async fn drive_connection(
             handle_event(shared, peer, event, progress);
         }
         for bytes in out {
-            send.write_all(&frame::length_prefixed(&bytes)).await.map_err(|e| e.to_string())?;
+            send.write_all(&frame::length_prefixed(&bytes)).await.map_err(DriveError::Write)?;
         }
         if next.is_closed() {
             // A new connection from the peer may replace this one from now on.
@@ -835,8 +874,8 @@ async fn drive_connection(
         input = tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(bytes)) => Input::Frame(bytes),
-                Some(Err(reason)) => break Err(reason),
-                None => break Err("stream ended".to_string()),
+                Some(Err(error)) => break Err(DriveError::Read(error)),
+                None => break Err(DriveError::StreamEnded),
             },
             _ = changed.changed() => Input::StoreChanged,
             _ = sleep_until(deadline) => Input::Timer,
@@ -975,7 +1014,7 @@ async fn step(
     connection: usize,
     mut session: Session,
     input: Input,
-) -> Result<Result<(Session, Vec<Vec<u8>>, Vec<Event>), Stopped>, String> {
+) -> Result<Result<(Session, Vec<Vec<u8>>, Vec<Event>), Stopped>, tokio::task::JoinError> {
     let now = shared.now_ms();
     let handle = shared.replica.clone();
     let shared = shared.clone();
@@ -999,7 +1038,7 @@ async fn step(
             (session, out, events)
         })
     };
-    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(work).await
 }
 
 /// The replica's owner thread refused a session's call. While the store is closed for
@@ -1007,29 +1046,29 @@ async fn step(
 /// failing store call inside the session is: counted in `store_failures`, logged at
 /// ERROR, and recorded as a local error so that the dialer's backoff keeps growing and
 /// the peer's lag shows the node falling behind. At shutdown it is just the end.
-fn owner_refused(shared: &Shared, peer: NodeId, progress: &mut Progress, stopped: Stopped) -> String {
+fn owner_refused(shared: &Shared, peer: NodeId, progress: &mut Progress, stopped: Stopped) -> DriveError {
     let health = shared.replica.health();
     if health != StoreHealth::Ok {
         shared.store_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(%peer, ?health, "sync session closed: the local store is unavailable; the peer retries later");
         progress.error = Some(ProtocolError::StoreUnavailable { health });
     }
-    stopped.to_string()
+    DriveError::Stopped(stopped)
 }
 
 /// Reads length-prefixed frames; an oversized length or a broken stream ends the reader
 /// with an error before anything is allocated for it.
-async fn read_frames(mut recv: quinn::RecvStream, frames: mpsc::Sender<Result<Vec<u8>, String>>) {
+async fn read_frames(mut recv: quinn::RecvStream, frames: mpsc::Sender<Result<Vec<u8>, ReadError>>) {
     loop {
         let mut prefix = [0u8; 4];
         let result = match recv.read_exact(&mut prefix).await {
             Err(quinn::ReadExactError::FinishedEarly(0)) => return,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ReadError::Stream(e)),
             Ok(()) => match frame::frame_length(prefix) {
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(ReadError::Frame(e)),
                 Ok(len) => {
                     let mut bytes = vec![0u8; len];
-                    recv.read_exact(&mut bytes).await.map(|()| bytes).map_err(|e| e.to_string())
+                    recv.read_exact(&mut bytes).await.map(|()| bytes).map_err(ReadError::Stream)
                 }
             },
         };
@@ -1081,6 +1120,23 @@ mod tests {
         assert_eq!(stalls.check(1_300, 900, false), (900, false), "a frame went out: progress");
         assert_eq!(stalls.check(1_300, 900, true), (900, false));
         assert_eq!(stalls.check(1_301, 5_000, true), (5_000, false), "a deadline in the future is fine");
+    }
+
+    /// What an operator reads (`last_error`, the QUIC close reason) when the driver, not
+    /// the session, ended a connection: the cause, with the limit it broke.
+    #[test]
+    fn driver_errors_say_what_failed() {
+        let cases = [
+            (DriveError::StreamEnded, "stream ended".to_string()),
+            (
+                DriveError::Read(ReadError::Frame(FrameError::TooLarge(u32::MAX as usize))),
+                format!("frame of {} bytes exceeds the {}-byte limit", u32::MAX, frame::FRAME_BYTES_MAX),
+            ),
+            (DriveError::Stopped(Stopped), Stopped.to_string()),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
     }
 
     #[test]
