@@ -587,7 +587,7 @@ async fn peers_route(State(node): State<Arc<Node>>) -> Answer {
                     "docs": t.docs,
                     "batches": t.batches,
                 })),
-                "last_error": p.last_error,
+                "last_error": p.last_error.as_ref().map(ToString::to_string),
             })
         })
         .collect();

@@ -41,7 +41,7 @@ use tokio::time::Instant;
 
 use super::datagrams::DatagramCounters;
 use super::fault::{FaultSwitch, FaultySocket};
-use super::refusal::{RefusalReason, Refusals};
+use super::refusal::{Refusal, RefusalReason, Refusals};
 use super::tls::{self, AllowList, TlsIdentity};
 use crate::backoff::Backoff;
 use crate::frame::{self, CloseCode, FrameError};
@@ -107,7 +107,7 @@ pub enum TransportError {
 /// `last_error` and sent as the QUIC close reason.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-enum DriveError {
+pub enum DriveError {
     /// Opening (dialer) or accepting (listener) the connection's one stream failed.
     #[error("opening the sync stream: {0}")]
     Open(#[source] quinn::ConnectionError),
@@ -133,7 +133,7 @@ enum DriveError {
 /// Why a connection's reader task stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-enum ReadError {
+pub enum ReadError {
     /// Reading from the stream failed (the connection was lost or reset).
     #[error("reading a frame: {0}")]
     Stream(#[from] quinn::ReadExactError),
@@ -142,8 +142,23 @@ enum ReadError {
     Frame(#[from] FrameError),
 }
 
+/// Why a peer's last session or dial attempt ended in an error, as [`PeerStatus`] shows it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer was refused, or refused this node.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// The session ended with this error.
+    #[error(transparent)]
+    Session(ProtocolError),
+    /// The connection's driver stopped: the stream, the owner thread or a task failed.
+    #[error(transparent)]
+    Connection(Arc<DriveError>),
+}
+
 /// What a peer connection is doing, for status and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PeerStatus {
     /// The peer.
@@ -165,7 +180,7 @@ pub struct PeerStatus {
     /// Milliseconds since a frame last arrived from the peer; `None` if none ever did.
     pub last_contact_ms_ago: Option<u64>,
     /// Why the last session ended, if it ended with an error.
-    pub last_error: Option<String>,
+    pub last_error: Option<PeerError>,
     /// Connection attempts this node made to the peer since it was added.
     pub dial_attempts: u64,
     /// The state transfer running on the newest live session, if any.
@@ -250,7 +265,7 @@ struct PeerRecord {
     sessions: u64,
     lag_changes: u64,
     last_contact_ms: Option<u64>,
-    last_error: Option<String>,
+    last_error: Option<PeerError>,
     dial_attempts: u64,
     dials: std::collections::VecDeque<DialAttempt>,
     /// The newest live session's state transfer, if one runs.
@@ -619,10 +634,10 @@ async fn accept_loop(shared: Arc<Shared>) {
                 Ok(connection) => connection,
                 Err(error) => {
                     shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                    match (&error, RefusalReason::of_connection_error(&error)) {
+                    match (&error, Refusal::of_connection_error(&error)) {
                         // This node's TLS check refused the peer (an alert it sent).
-                        (quinn::ConnectionError::TransportError(_), Some(reason)) => {
-                            shared.refusals.refused_incoming(&source.to_string(), reason, &error.to_string());
+                        (quinn::ConnectionError::TransportError(_), Some(refusal)) => {
+                            shared.refusals.refused_incoming(&source.to_string(), &refusal);
                         }
                         _ => tracing::debug!(%source, %error, "an incoming sync connection failed"),
                     }
@@ -631,8 +646,8 @@ async fn accept_loop(shared: Arc<Shared>) {
             };
             let Some(peer) = tls::peer_node_id(&connection) else { return };
             let end = run_connection(shared.clone(), connection, peer, false).await;
-            if let Some((reason, detail)) = end.refusal {
-                shared.refusals.refused_incoming(&peer.to_string(), reason, &detail);
+            if let Some(refusal) = end.refusal {
+                shared.refusals.refused_incoming(&peer.to_string(), &refusal);
             }
         });
     }
@@ -656,19 +671,19 @@ async fn dial_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr) {
         }
         let step = backoff.attempt();
         let delay_ms = backoff.next_delay_ms(jitter());
-        if let Some((reason, detail)) = &refusal {
-            shared.refusals.count(*reason);
+        if let Some(refusal) = &refusal {
+            shared.refusals.count(refusal.reason);
             tracing::warn!(
                 %peer,
-                reason = reason.label(),
+                reason = refusal.reason.label(),
                 step,
                 delay_ms,
-                "sync peer refused: {detail}; retrying in {delay_ms} ms (backoff step {step})"
+                "sync peer refused: {refusal}; retrying in {delay_ms} ms (backoff step {step})"
             );
         }
         shared.update_peer(peer, |record| {
-            if let Some((_, detail)) = refusal {
-                record.last_error = Some(detail);
+            if let Some(refusal) = refusal {
+                record.last_error = Some(PeerError::Refused(refusal));
             }
             record.dialled(DialAttempt { step, delay_ms, outcome });
         });
@@ -677,11 +692,7 @@ async fn dial_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr) {
 }
 
 /// One connection attempt to `peer` and, if it connects, its session until it ends.
-async fn dial_once(
-    shared: &Arc<Shared>,
-    peer: NodeId,
-    addr: SocketAddr,
-) -> (DialOutcome, Option<(RefusalReason, String)>) {
+async fn dial_once(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> (DialOutcome, Option<Refusal>) {
     let connecting = match shared.endpoint.connect_with(shared.client.clone(), addr, &format!("{peer}.edgestore")) {
         Ok(connecting) => connecting,
         Err(error) => {
@@ -692,8 +703,8 @@ async fn dial_once(
     let connection = match connecting.await {
         Ok(connection) => connection,
         Err(error) => {
-            return match RefusalReason::of_connection_error(&error) {
-                Some(reason) => (DialOutcome::Refused(reason), Some((reason, error.to_string()))),
+            return match Refusal::of_connection_error(&error) {
+                Some(refusal) => (DialOutcome::Refused(refusal.reason), Some(refusal)),
                 None => {
                     tracing::debug!(%peer, %error, "connecting failed");
                     (DialOutcome::Failed, None)
@@ -705,17 +716,13 @@ async fn dial_once(
         Some(id) if id == peer => {}
         other => {
             connection.close(CLOSE_PROTOCOL.into(), b"unexpected node id");
-            let got = other.map_or_else(|| "no node".to_string(), |id| format!("node {id}"));
-            let detail = format!("the certificate at {addr} proves {got}, not {peer}");
-            return (
-                DialOutcome::Refused(RefusalReason::BadCertificate),
-                Some((RefusalReason::BadCertificate, detail)),
-            );
+            let refusal = Refusal::wrong_node(addr, other, peer);
+            return (DialOutcome::Refused(refusal.reason), Some(refusal));
         }
     }
     let end = run_connection(shared.clone(), connection, peer, true).await;
     let outcome = match &end.refusal {
-        Some((reason, _)) => DialOutcome::Refused(*reason),
+        Some(refusal) => DialOutcome::Refused(refusal.reason),
         None if end.established && !end.store_failed => DialOutcome::Established,
         None => DialOutcome::Failed,
     };
@@ -752,8 +759,8 @@ struct ConnectionEnd {
     /// The session ended because a store failed (this node's, or the peer's as its
     /// `Close` says): the peer is retried with backoff until the store recovers.
     store_failed: bool,
-    /// The peer was refused (by this node's checks or the peer's), with the detail to log.
-    refusal: Option<(RefusalReason, String)>,
+    /// The peer was refused (by this node's checks or the peer's), with what showed it.
+    refusal: Option<Refusal>,
 }
 
 /// What a session reported while it ran.
@@ -783,13 +790,10 @@ async fn run_connection(
     let result = drive_connection(&shared, &connection, peer, dialed, &mut progress).await;
     // Read before this side closes the connection: a TLS alert from the peer.
     let closed_by = connection.close_reason();
-    let session_refusal = progress.error.as_ref().and_then(|error| {
-        let reason = RefusalReason::of_protocol_error(error)?;
-        Some((reason, error.to_string()))
-    });
+    let session_refusal = progress.error.as_ref().and_then(Refusal::of_protocol_error);
     let refusal = session_refusal.or_else(|| {
         let error = closed_by.filter(|_| !progress.established)?;
-        Some((RefusalReason::of_connection_error(&error)?, error.to_string()))
+        Refusal::of_connection_error(&error)
     });
     let store_failed = progress.error.as_ref().is_some_and(|error| {
         error.is_local() || matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Internal, .. })
@@ -803,11 +807,11 @@ async fn run_connection(
         connection.close(CLOSE_OK.into(), b"session closed");
     }
     let last_error = match (&refusal, &progress.error) {
-        (Some((_, detail)), _) => Some(detail.clone()),
+        (Some(refusal), _) => Some(PeerError::Refused(refusal.clone())),
         (None, Some(error)) if !matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Shutdown, .. }) => {
-            Some(error.to_string())
+            Some(PeerError::Session(error.clone()))
         }
-        _ => result.err().map(|error| error.to_string()),
+        _ => result.err().map(|error| PeerError::Connection(Arc::new(error))),
     };
     shared.update_peer(peer, |record| {
         record.connection_ended(id);
