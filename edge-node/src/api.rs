@@ -481,15 +481,13 @@ fn health_json(health: &StoreHealth) -> JsonValue {
 }
 
 /// Runs `f` on the replica's owner thread (call it from the blocking pool); a stopped
-/// replica or an error of `f` is a 500.
-fn on_owner<T: Send + 'static, E: std::fmt::Display>(
+/// replica or an error of `f` is a 500. The error comes back typed (`E` crosses the
+/// thread), and becomes a message only in the answer.
+fn on_owner<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     handle: &ReplicaHandle,
     f: impl FnOnce(&mut edgestore::Replica) -> Result<T, E> + Send + 'static,
 ) -> Result<T, ApiError> {
-    handle
-        .call(move |replica| f(replica).map_err(|e| e.to_string()))
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    handle.call(f).map_err(ApiError::internal)?.map_err(ApiError::internal)
 }
 
 async fn status_route(State(node): State<Arc<Node>>) -> Answer {
@@ -545,7 +543,7 @@ async fn storage_route(State(node): State<Arc<Node>>) -> Answer {
     let answer = blocking(move || {
         // A pass over every page of the store: from a snapshot, so writers are not held up.
         let stats = handle.snapshot().and_then(|s| s.storage_stats()).map_err(ApiError::internal)?;
-        let caches = on_owner(&handle, |replica| Ok::<_, String>(replica.cache_figures()))?;
+        let caches = handle.call(|replica| replica.cache_figures()).map_err(ApiError::internal)?;
         Ok(crate::storage::to_json(&stats, &caches))
     })
     .await?;
@@ -589,7 +587,7 @@ async fn peers_route(State(node): State<Arc<Node>>) -> Answer {
                     "docs": t.docs,
                     "batches": t.batches,
                 })),
-                "last_error": p.last_error,
+                "last_error": p.last_error.as_ref().map(ToString::to_string),
             })
         })
         .collect();

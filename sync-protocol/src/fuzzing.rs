@@ -17,6 +17,8 @@ const PEER: NodeId = NodeId([2; 16]);
 
 /// Decodes `data` as one frame; must never panic.
 pub fn decode_frame(data: &[u8]) {
+    // The wire form and the parsed form accept the same bytes, for the same reason.
+    assert_eq!(Frame::decode(data).err(), Frame::parse(data).err(), "decode and parse disagree");
     if let Ok(frame) = Frame::decode(data) {
         // What decodes re-encodes to something that decodes to the same frame.
         assert_eq!(Frame::decode(&frame.encode()).as_ref(), Ok(&frame), "frame round trip");

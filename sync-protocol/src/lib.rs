@@ -1,6 +1,7 @@
 //! The edgestore peer protocol.
 //!
-//! - [`frame`]: versioned wire frames (CBOR), capped before decoding.
+//! - [`frame`]: versioned wire frames, capped before decoding.
+//! - [`codec`]: the one module that knows CBOR (serde_cbor).
 //! - [`session`]: the sans-IO per-peer state machine: handshake, delta streaming with flow
 //!   control, live push and relay, acknowledgements, keepalive, timeouts, and anti-entropy
 //!   (a blake3 digest tree over document heads) as the backstop.
@@ -11,6 +12,7 @@
 //! driver around [`session::Session`] in [`transport`].
 
 pub mod backoff;
+pub mod codec;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -30,19 +30,18 @@
 //! imports each durably and answers `TransferAck`, the last one with its installed vector,
 //! from which the donor's ordinary streaming continues.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
-use std::collections::BTreeMap;
-
+use edgestore::handle::{Stopped, StoreHealth};
 use edgestore::{
-    ApplyError, ApplyReport, HeldClaim, NodeId, RepairReport, StorageError, TransferBatch, TransferDoc, VersionVector,
-    HEADS_TREE_DEPTH,
+    ApplyError, ApplyReport, DocHeads, HeldClaim, NodeId, RepairReport, StorageError, TransferBatch, VersionVector,
 };
 use serde_bytes::ByteBuf;
 
 use crate::frame::{
-    self, CloseCode, ClusterId, Frame, FrameError, HeldEntry, RangeDigest, DIGEST_RANGES_MAX, HEADS_DOCS_MAX,
-    HOLDERS_ENTRIES_MAX, PROTOCOL_VERSION,
+    self, CloseCode, ClusterId, Frame, FrameError, HeldEntry, ParsedFrame, ParsedRange, TreeRange, DIGEST_RANGES_MAX,
+    HEADS_DOCS_MAX, HOLDERS_ENTRIES_MAX, PROTOCOL_VERSION,
 };
 use crate::store::SyncStore;
 
@@ -119,8 +118,9 @@ impl SessionConfig {
     }
 }
 
-/// Why a session ended on this side.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a session ended on this side. The store's errors are kept whole (in an `Arc`: they
+/// are not `Clone`, and an error is both returned and reported in `Event::Closed`).
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {
     /// The peer sent bytes that are not a valid frame.
@@ -156,12 +156,21 @@ pub enum ProtocolError {
         /// The batch number received.
         got: u64,
     },
-    /// The store refused a change the peer sent.
+    /// The store refused a change (or a repair or transfer batch) the peer sent; nothing
+    /// of it was applied.
     #[error("peer sent a change that was refused: {0}")]
-    ChangeRejected(String),
+    ChangeRejected(Arc<ApplyError>),
     /// The local store failed.
     #[error("local storage failure: {0}")]
-    Storage(String),
+    Storage(Arc<StorageError>),
+    /// The replica's owner thread refused a call while the store was closed for recovery
+    /// (the driver's case: `ReplicaHandle::call` answered `Stopped` and the health is not
+    /// `Ok`).
+    #[error("local storage failure: {} ({health:?})", Stopped)]
+    StoreUnavailable {
+        /// The store's health when the call was refused.
+        health: StoreHealth,
+    },
     /// Nothing was received for too long.
     #[error("peer silent for more than {0} ms")]
     Timeout(u64),
@@ -187,13 +196,13 @@ impl ProtocolError {
     /// Whether the failure is this node's own (its store failed), not the peer's doing:
     /// such a session is not counted against the peer.
     pub fn is_local(&self) -> bool {
-        matches!(self, ProtocolError::Storage(_))
+        matches!(self, ProtocolError::Storage(_) | ProtocolError::StoreUnavailable { .. })
     }
 
     fn close_code(&self) -> CloseCode {
         match self {
             ProtocolError::ChangeRejected(_) => CloseCode::ChangeRejected,
-            ProtocolError::Storage(_) => CloseCode::Internal,
+            ProtocolError::Storage(_) | ProtocolError::StoreUnavailable { .. } => CloseCode::Internal,
             ProtocolError::Timeout(_) | ProtocolError::AckTimeout { .. } => CloseCode::Timeout,
             ProtocolError::ClosedByPeer { .. } => CloseCode::Shutdown,
             _ => CloseCode::ProtocolError,
@@ -201,8 +210,24 @@ impl ProtocolError {
     }
 }
 
+impl From<StorageError> for ProtocolError {
+    fn from(error: StorageError) -> ProtocolError {
+        ProtocolError::Storage(Arc::new(error))
+    }
+}
+
+impl From<ApplyError> for ProtocolError {
+    /// A refused batch is the peer's doing, unless the store itself failed.
+    fn from(error: ApplyError) -> ProtocolError {
+        match error {
+            ApplyError::Storage(error) => ProtocolError::from(error),
+            other => ProtocolError::ChangeRejected(Arc::new(other)),
+        }
+    }
+}
+
 /// Something the driver should know about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Event {
     /// The handshake completed.
     Established {
@@ -429,15 +454,21 @@ pub struct Session {
     stats: SessionStats,
 }
 
-fn storage_error(error: StorageError) -> ProtocolError {
-    ProtocolError::Storage(error.to_string())
-}
-
 /// Our version vector's hash if the peer's `vector` hash equals it: anti-entropy compares
 /// digests only between nodes holding the same changes.
-fn comparable(vector: &[u8], store: &dyn SyncStore) -> Option<[u8; 32]> {
+fn comparable(vector: &[u8; 32], store: &dyn SyncStore) -> Option<[u8; 32]> {
     let ours = frame::vector_hash(&store.version_vector());
-    (vector == ours).then_some(ours)
+    (*vector == ours).then_some(ours)
+}
+
+/// `reason` cut to at most `bytes_max` bytes, at a character boundary (a reason can hold
+/// text from the peer or the store, and `String::truncate` panics inside a character).
+fn truncated(mut reason: String, bytes_max: usize) -> String {
+    if reason.len() > bytes_max {
+        let end = (0..=bytes_max).rev().find(|&i| reason.is_char_boundary(i)).unwrap_or(0);
+        reason.truncate(end);
+    }
+    reason
 }
 
 impl Session {
@@ -548,10 +579,10 @@ impl Session {
         self.last_received_ms = now_ms;
         self.stats.frames_received += 1;
         self.stats.bytes_received += bytes.len() as u64;
-        let result = Frame::decode(bytes).map_err(ProtocolError::from).and_then(|f| {
+        let result = Frame::parse(bytes).map_err(ProtocolError::from).and_then(|f| {
             let divergence = match &f {
-                Frame::Digests { ranges, .. } => ranges.iter().any(|r| r.depth > 0),
-                Frame::Heads { .. } | Frame::Repair { .. } => true,
+                ParsedFrame::Digests { ranges, .. } => ranges.iter().any(|r| r.range.depth() > 0),
+                ParsedFrame::Heads { .. } | ParsedFrame::Repair { .. } => true,
                 _ => false,
             };
             if divergence
@@ -561,7 +592,7 @@ impl Session {
                 self.anti_entropy_followup = true;
                 self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_followup_ms);
             }
-            let offered = matches!(f, Frame::TransferOffer { .. });
+            let offered = matches!(f, ParsedFrame::TransferOffer { .. });
             self.on_frame(now_ms, f, store)?;
             // Every frame from the peer (its pings at least) retries a deferred offer.
             if self.offer_deferred.is_some() && !offered && self.state == State::Established {
@@ -575,57 +606,44 @@ impl Session {
         result
     }
 
-    fn on_frame(&mut self, now_ms: u64, frame: Frame, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+    fn on_frame(&mut self, now_ms: u64, frame: ParsedFrame, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
         match (self.state, frame) {
-            (State::AwaitingHello, Frame::Hello { protocol, cluster, node, vector }) => {
-                self.on_hello(protocol, &cluster, &node, &vector)?;
+            (State::AwaitingHello, ParsedFrame::Hello { protocol, cluster, node, vector }) => {
+                self.on_hello(protocol, cluster, node, vector)?;
                 // Everything held goes to the peer once after the handshake.
                 self.holders_due = true;
                 let own = self.sent.clone();
                 self.record_held(now_ms, &[HeldClaim { member: self.peer, vector: own, heard_ago_ms: 0 }], store)
             }
             (State::AwaitingHello, _) => Err(ProtocolError::UnexpectedFrame("a frame before Hello")),
-            (_, Frame::Hello { .. }) => Err(ProtocolError::UnexpectedFrame("a second Hello")),
-            (_, Frame::Changes { batch, changes }) => self.on_changes(batch, changes, store),
-            (_, Frame::Ack { batch, vector }) => {
-                let vector = self.on_ack(batch, &vector)?;
+            (_, ParsedFrame::Hello { .. }) => Err(ProtocolError::UnexpectedFrame("a second Hello")),
+            (_, ParsedFrame::Changes { batch, changes }) => self.on_changes(batch, changes, store),
+            (_, ParsedFrame::Ack { batch, vector }) => {
+                self.on_ack(batch, &vector)?;
                 self.record_held(now_ms, &[HeldClaim { member: self.peer, vector, heard_ago_ms: 0 }], store)
             }
-            (_, Frame::Holders { entries }) => {
-                let claims = frame::holders_from_wire(&entries)?;
+            (_, ParsedFrame::Holders { claims }) => {
                 // What the peer says it holds, it need not be sent (as with an `Ack`).
                 if let Some(own) = claims.iter().find(|c| c.member == self.peer) {
                     self.raise_sent(&own.vector);
                 }
                 self.record_held(now_ms, &claims, store)
             }
-            (_, Frame::Ping { nonce }) => {
+            (_, ParsedFrame::Ping { nonce }) => {
                 self.outbox.push_back(Frame::Pong { nonce });
                 Ok(())
             }
-            (_, Frame::Pong { .. }) => Ok(()),
-            (_, Frame::Digests { vector, ranges }) => self.on_digests(&vector, &ranges, store),
-            (_, Frame::Heads { vector, reply, depth, prefix, docs, complete }) => {
-                self.on_heads(&vector, reply, (depth, prefix), docs, complete, store)
+            (_, ParsedFrame::Pong { .. }) => Ok(()),
+            (_, ParsedFrame::Digests { vector, ranges }) => self.on_digests(&vector, &ranges, store),
+            (_, ParsedFrame::Heads { vector, reply, range, docs, complete }) => {
+                self.on_heads(&vector, reply, range, docs, complete, store)
             }
-            (_, Frame::Repair { docs }) => self.on_repair(docs, store),
-            (_, Frame::TransferOffer { floor }) => self.on_transfer_offer(frame::vector_from_wire(&floor)?, store),
-            (_, Frame::TransferRequest { after }) => self.on_transfer_request(after.into_vec()),
-            (_, Frame::TransferBatch { batch, vector, after, last, docs, done }) => {
-                let vector = frame::vector_from_wire(&vector)?;
-                let docs = docs
-                    .into_iter()
-                    .map(|(key, snapshot, tail)| TransferDoc {
-                        key: key.into_vec(),
-                        snapshot: snapshot.into_vec(),
-                        tail: tail.into_iter().map(ByteBuf::into_vec).collect(),
-                    })
-                    .collect();
-                let batch_in = TransferBatch { vector, after: after.into_vec(), last: last.into_vec(), docs, done };
-                self.on_transfer_batch(batch, batch_in, store)
-            }
-            (_, Frame::TransferAck { batch, vector }) => self.on_transfer_ack(batch, vector.as_deref()),
-            (_, Frame::Close { code, reason }) => {
+            (_, ParsedFrame::Repair { docs }) => self.on_repair(docs, store),
+            (_, ParsedFrame::TransferOffer { floor }) => self.on_transfer_offer(floor, store),
+            (_, ParsedFrame::TransferRequest { after }) => self.on_transfer_request(after),
+            (_, ParsedFrame::TransferBatch { batch, documents }) => self.on_transfer_batch(batch, documents, store),
+            (_, ParsedFrame::TransferAck { batch, vector }) => self.on_transfer_ack(batch, vector),
+            (_, ParsedFrame::Close { code, reason }) => {
                 self.outbox.clear();
                 self.state = State::Closed;
                 self.events.push_back(Event::Closed { error: Some(ProtocolError::ClosedByPeer { code, reason }) });
@@ -637,22 +655,19 @@ impl Session {
     fn on_hello(
         &mut self,
         protocol: u16,
-        cluster: &[u8],
-        node: &[u8],
-        vector: &[(ByteBuf, u64)],
+        cluster: ClusterId,
+        node: NodeId,
+        peer_vector: VersionVector,
     ) -> Result<(), ProtocolError> {
         if protocol != PROTOCOL_VERSION {
             return Err(ProtocolError::UnsupportedProtocol(protocol));
         }
-        if cluster != self.config.cluster.0 {
-            let theirs = ClusterId(cluster.try_into().expect("16 bytes, checked by Frame::decode"));
-            return Err(ProtocolError::WrongCluster { theirs, ours: self.config.cluster });
+        if cluster != self.config.cluster {
+            return Err(ProtocolError::WrongCluster { theirs: cluster, ours: self.config.cluster });
         }
-        let node = NodeId::from_slice(node).expect("checked by Frame::decode");
         if node != self.peer {
             return Err(ProtocolError::UnexpectedPeer { expected: self.peer, got: node });
         }
-        let peer_vector = frame::vector_from_wire(vector)?;
         self.sent = peer_vector.clone();
         self.state = State::Established;
         self.store_changed = true;
@@ -663,7 +678,7 @@ impl Session {
     fn on_changes(
         &mut self,
         batch: u64,
-        changes: Vec<ByteBuf>,
+        changes: Vec<Vec<u8>>,
         store: &mut dyn SyncStore,
     ) -> Result<(), ProtocolError> {
         if batch != self.next_receive_batch {
@@ -671,11 +686,7 @@ impl Session {
         }
         self.next_receive_batch += 1;
         self.stats.changes_received += changes.len() as u64;
-        let changes = changes.into_iter().map(ByteBuf::into_vec).collect();
-        let report = store.apply_remote(changes).map_err(|e| match e {
-            ApplyError::Storage(e) => ProtocolError::Storage(e.to_string()),
-            other => ProtocolError::ChangeRejected(other.to_string()),
-        })?;
+        let report = store.apply_remote(changes)?;
         let vector = store.version_vector();
         // What we now hold, the peer need not send back to us; and what it sent us, it has.
         self.outbox.push_back(Frame::Ack { batch, vector: frame::vector_to_wire(&vector) });
@@ -696,7 +707,7 @@ impl Session {
         store: &mut dyn SyncStore,
     ) -> Result<(), ProtocolError> {
         self.heard_noted_ms = now_ms;
-        if store.record_held(self.peer, claims, now_ms).map_err(storage_error)? {
+        if store.record_held(self.peer, claims, now_ms)? {
             self.holders_due = true;
             self.events.push_back(Event::HoldersGrew);
         }
@@ -712,16 +723,15 @@ impl Session {
         self.record_held(now_ms, &[], store)
     }
 
-    /// An `Ack`: returns the vector the peer now holds.
-    fn on_ack(&mut self, batch: u64, vector: &[(ByteBuf, u64)]) -> Result<VersionVector, ProtocolError> {
+    /// An `Ack`: the peer now holds `vector`.
+    fn on_ack(&mut self, batch: u64, vector: &VersionVector) -> Result<(), ProtocolError> {
         if batch != self.acked_batch + 1 || batch >= self.next_batch {
             return Err(ProtocolError::BatchOutOfOrder { expected: self.acked_batch + 1, got: batch });
         }
         self.acked_batch = batch;
         self.unacked_sent_ms.pop_front();
-        let vector = frame::vector_from_wire(vector)?;
-        self.raise_sent(&vector);
-        Ok(vector)
+        self.raise_sent(vector);
+        Ok(())
     }
 
     /// The peer holds `vector`: nothing in it needs sending.
@@ -737,33 +747,29 @@ impl Session {
     /// A `Digests` frame: answer each differing range with its children or its documents.
     fn on_digests(
         &mut self,
-        vector: &[u8],
-        ranges: &[RangeDigest],
+        vector: &[u8; 32],
+        ranges: &[ParsedRange],
         store: &mut dyn SyncStore,
     ) -> Result<(), ProtocolError> {
         let Some(vector_hash) = comparable(vector, store) else {
             return Ok(()); // not comparable yet: delta sync is still moving changes
         };
-        let tree = store.heads_tree().map_err(|e| ProtocolError::Storage(e.to_string()))?;
+        let tree = store.heads_tree()?;
         let mut children = Vec::new();
         let mut heads_sent = 0;
-        for range in ranges {
-            let (docs, digest) = tree.range(range.depth, range.prefix).expect("ranges checked by Frame::decode");
-            if docs == range.docs && digest[..] == range.digest[..] {
+        for theirs in ranges {
+            let (docs, digest) = theirs.range.read(&tree);
+            if docs == theirs.docs && digest == theirs.digest {
                 continue;
             }
-            let small = docs.saturating_add(range.docs) <= self.config.anti_entropy_leaf_docs;
-            if range.depth == HEADS_TREE_DEPTH || small {
+            let small = docs.saturating_add(theirs.docs) <= self.config.anti_entropy_leaf_docs;
+            if theirs.range.is_leaf() || small {
                 if heads_sent < self.config.anti_entropy_heads_per_step {
                     heads_sent += 1;
-                    self.queue_heads(&vector_hash, false, (range.depth, range.prefix), store)?;
+                    self.queue_heads(&vector_hash, false, theirs.range, store)?;
                 }
             } else if children.len() + 16 <= DIGEST_RANGES_MAX {
-                for child in 0..16 {
-                    let (depth, prefix) = (range.depth + 1, range.prefix * 16 + child);
-                    let (docs, digest) = tree.range(depth, prefix).expect("a child of a valid range");
-                    children.push(RangeDigest { depth, prefix, docs, digest: ByteBuf::from(digest.to_vec()) });
-                }
+                children.extend(theirs.range.children().map(|child| child.digest_in(&tree)));
             }
         }
         if !children.is_empty() {
@@ -778,11 +784,10 @@ impl Session {
         &mut self,
         vector_hash: &[u8; 32],
         reply: bool,
-        (depth, prefix): (u8, u32),
+        range: TreeRange,
         store: &dyn SyncStore,
     ) -> Result<(), ProtocolError> {
-        let (docs, mut complete) =
-            store.heads_in_range(depth, prefix, HEADS_DOCS_MAX).map_err(|e| ProtocolError::Storage(e.to_string()))?;
+        let (docs, mut complete) = store.heads_in_range(range.depth(), range.prefix(), HEADS_DOCS_MAX)?;
         let mut wire = Vec::with_capacity(docs.len());
         let mut bytes = 0;
         for doc in docs {
@@ -798,6 +803,7 @@ impl Session {
             wire.push((ByteBuf::from(doc.key), ByteBuf::from(heads)));
         }
         let vector = ByteBuf::from(vector_hash.to_vec());
+        let (depth, prefix) = (range.depth(), range.prefix());
         self.outbox.push_back(Frame::Heads { vector, reply, depth, prefix, docs: wire, complete });
         Ok(())
     }
@@ -806,20 +812,19 @@ impl Session {
     /// was the answer to ours.
     fn on_heads(
         &mut self,
-        vector: &[u8],
+        vector: &[u8; 32],
         reply: bool,
-        range: (u8, u32),
-        docs: Vec<(ByteBuf, ByteBuf)>,
+        range: TreeRange,
+        docs: Vec<DocHeads>,
         complete: bool,
         store: &mut dyn SyncStore,
     ) -> Result<(), ProtocolError> {
-        let storage = |e: edgestore::StorageError| ProtocolError::Storage(e.to_string());
         let Some(vector_hash) = comparable(vector, store) else {
             return Ok(());
         };
-        let theirs: BTreeMap<Vec<u8>, Vec<u8>> = docs.into_iter().map(|(k, h)| (k.into_vec(), h.into_vec())).collect();
+        let theirs: BTreeMap<Vec<u8>, Vec<[u8; 32]>> = docs.into_iter().map(|d| (d.key, d.heads)).collect();
         let covered_up_to = if complete { None } else { theirs.keys().next_back().cloned() };
-        let (mine, _) = store.heads_in_range(range.0, range.1, HEADS_DOCS_MAX).map_err(storage)?;
+        let (mine, _) = store.heads_in_range(range.depth(), range.prefix(), HEADS_DOCS_MAX)?;
         let mut repair = Vec::new();
         let mut repair_bytes = 0;
         for doc in mine {
@@ -827,13 +832,10 @@ impl Session {
                 break;
             }
             let their_heads = theirs.get(&doc.key);
-            if their_heads.is_some_and(|h| *h == doc.heads.concat()) {
+            if their_heads.is_some_and(|h| *h == doc.heads) {
                 continue;
             }
-            let heads: Vec<[u8; 32]> = their_heads
-                .map(|h| h.chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect())
-                .unwrap_or_default();
-            let changes = store.doc_changes_missing(&doc.key, &heads).map_err(storage)?;
+            let changes = store.doc_changes_missing(&doc.key, their_heads.map_or(&[], Vec::as_slice))?;
             let size: usize = changes.iter().map(Vec::len).sum::<usize>() + doc.key.len();
             if changes.is_empty() || size > self.config.batch_bytes_max.max(frame::FRAME_BYTES_MAX / 2) {
                 continue; // nothing to send, or a document too large for one frame
@@ -857,19 +859,8 @@ impl Session {
     }
 
     /// A `Repair` frame: merge the changes into our documents.
-    fn on_repair(
-        &mut self,
-        docs: Vec<(ByteBuf, Vec<ByteBuf>)>,
-        store: &mut dyn SyncStore,
-    ) -> Result<(), ProtocolError> {
-        let docs = docs
-            .into_iter()
-            .map(|(key, changes)| (key.into_vec(), changes.into_iter().map(ByteBuf::into_vec).collect()))
-            .collect();
-        let report = store.repair_docs(docs).map_err(|e| match e {
-            ApplyError::Storage(e) => ProtocolError::Storage(e.to_string()),
-            other => ProtocolError::ChangeRejected(other.to_string()),
-        })?;
+    fn on_repair(&mut self, docs: Vec<frame::RepairDoc>, store: &mut dyn SyncStore) -> Result<(), ProtocolError> {
+        let report = store.repair_docs(docs)?;
         if report.docs_repaired > 0 {
             self.stats.docs_repaired += report.docs_repaired as u64;
             self.events.push_back(Event::Repaired(report));
@@ -901,7 +892,7 @@ impl Session {
             return Ok(()); // another peer's transfer runs; asked again at the next frame
         }
         self.offer_deferred = None;
-        let progress = store.transfer_progress().map_err(|e| ProtocolError::Storage(e.to_string()))?;
+        let progress = store.transfer_progress()?;
         let (after, batches, docs) = progress.map_or((Vec::new(), 0, 0), |p| (p.cursor, p.batches, p.docs));
         tracing::info!(local = %self.local, peer = %self.peer, resumed_docs = docs, "state transfer: receiving the peer's documents");
         self.outbox.push_back(Frame::TransferRequest { after: ByteBuf::from(after) });
@@ -939,10 +930,7 @@ impl Session {
         let bytes = documents.doc_bytes() as u64;
         // Renews the lease; a holder that lost it (silent past the lease) fails the cursor check.
         store.claim_transfer(self.peer, self.last_received_ms, self.config.transfer_claim_lease_ms);
-        let report = store.import_transfer(self.peer, documents).map_err(|e| match e {
-            ApplyError::Storage(e) => ProtocolError::Storage(e.to_string()),
-            other => ProtocolError::ChangeRejected(other.to_string()),
-        })?;
+        let report = store.import_transfer(self.peer, documents)?;
         transfer.batches = report.progress.batches;
         transfer.docs = report.progress.docs;
         self.stats.transfer_docs_received += report.docs as u64;
@@ -976,7 +964,7 @@ impl Session {
 
     /// `TransferAck`: the receiver holds the batch; after the last one, streaming resumes
     /// from the vector the receiver installed.
-    fn on_transfer_ack(&mut self, batch: u64, vector: Option<&[(ByteBuf, u64)]>) -> Result<(), ProtocolError> {
+    fn on_transfer_ack(&mut self, batch: u64, vector: Option<VersionVector>) -> Result<(), ProtocolError> {
         if batch == 0 {
             return self.on_transfer_declined(vector);
         }
@@ -991,7 +979,6 @@ impl Session {
         match (vector, last) {
             (None, false) => Ok(()),
             (Some(vector), true) => {
-                let vector = frame::vector_from_wire(vector)?;
                 for (origin, seq) in vector.iter() {
                     if seq > self.sent.seq(origin) {
                         self.sent.set(origin, seq);
@@ -1017,11 +1004,11 @@ impl Session {
 
     /// `TransferAck` for batch 0: the peer declines the offer, having caught up otherwise
     /// (from another donor); streaming continues from its vector.
-    fn on_transfer_declined(&mut self, vector: Option<&[(ByteBuf, u64)]>) -> Result<(), ProtocolError> {
+    fn on_transfer_declined(&mut self, vector: Option<VersionVector>) -> Result<(), ProtocolError> {
         let (Some(vector), Some(DonorTransfer { requested: false, .. })) = (vector, &self.transfer_out) else {
             return Err(ProtocolError::UnexpectedFrame("a declined transfer that was not offered"));
         };
-        for (origin, seq) in frame::vector_from_wire(vector)?.iter() {
+        for (origin, seq) in vector.iter() {
             if seq > self.sent.seq(origin) {
                 self.sent.set(origin, seq);
             }
@@ -1075,7 +1062,7 @@ impl Session {
                 })
             }
             Err(e) => {
-                self.fail(ProtocolError::Storage(e.to_string()));
+                self.fail(ProtocolError::from(e));
                 self.outbox.pop_front()
             }
         }
@@ -1117,8 +1104,7 @@ impl Session {
 
     fn fail(&mut self, error: ProtocolError) {
         self.outbox.clear();
-        let mut reason = error.to_string();
-        reason.truncate(frame::REASON_BYTES_MAX);
+        let reason = truncated(error.to_string(), frame::REASON_BYTES_MAX);
         if !matches!(error, ProtocolError::ClosedByPeer { .. }) {
             self.outbox.push_back(Frame::Close { code: error.close_code(), reason });
         }
@@ -1192,7 +1178,7 @@ impl Session {
                     return Some(Frame::Changes { batch: number, changes });
                 }
                 Err(e) => {
-                    self.fail(ProtocolError::Storage(e.to_string()));
+                    self.fail(ProtocolError::from(e));
                     return self.outbox.pop_front();
                 }
             }
@@ -1215,14 +1201,13 @@ impl Session {
             self.anti_entropy_due_ms = now_ms.saturating_add(self.config.anti_entropy_interval_ms);
             match store.heads_tree() {
                 Ok(tree) => {
-                    let (docs, digest) = tree.root();
                     self.stats.anti_entropy_rounds += 1;
                     let vector = ByteBuf::from(frame::vector_hash(&store.version_vector()).to_vec());
-                    let root = RangeDigest { depth: 0, prefix: 0, docs, digest: ByteBuf::from(digest.to_vec()) };
+                    let root = TreeRange::ROOT.digest_in(&tree);
                     return Some(Frame::Digests { vector, ranges: vec![root] });
                 }
                 Err(e) => {
-                    self.fail(ProtocolError::Storage(e.to_string()));
+                    self.fail(ProtocolError::from(e));
                     return self.outbox.pop_front();
                 }
             }
@@ -1315,5 +1300,36 @@ impl Session {
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the reason of a `Close` was cut with `String::truncate` at
+    /// `REASON_BYTES_MAX`, which panics inside a character. A peer could put one there:
+    /// serde's message for an unknown variant quotes the name the peer sent. Here the
+    /// name is `a` and 600 `é`s, so byte 512 of the reason falls inside an `é`.
+    #[test]
+    fn a_close_reason_from_peer_text_is_cut_at_a_character_boundary() {
+        let name = format!("a{}", "é".repeat(600));
+        // `{8: {0: name, 1: "x"}}`: a `Close` whose code is a variant no build has.
+        let mut bytes = vec![frame::FRAME_VERSION, 0xa1, 0x08, 0xa2, 0x00, 0x79];
+        bytes.extend((name.len() as u16).to_be_bytes());
+        bytes.extend(name.as_bytes());
+        bytes.extend([0x01, 0x61, b'x']);
+        let dir = tempfile::TempDir::new().unwrap();
+        let mut store = edgestore::Replica::open(dir.path().join("a.redb"), NodeId([1; 16])).unwrap();
+        let config = SessionConfig::new(ClusterId([0; 16]));
+        let mut session = Session::new(config, NodeId([1; 16]), NodeId([2; 16]), &VersionVector::new(), 0);
+        let error = session.handle_frame(0, &bytes, &mut store).unwrap_err();
+        assert!(error.to_string().contains("unknown variant `aé"), "{error}");
+        let sent: Vec<Vec<u8>> = std::iter::from_fn(|| session.poll_transmit(0, &store)).collect();
+        let Ok(Frame::Close { code: CloseCode::ProtocolError, reason }) = Frame::decode(sent.last().unwrap()) else {
+            panic!("the session closes with a protocol error")
+        };
+        assert_eq!(reason.len(), frame::REASON_BYTES_MAX - 1, "cut before the `é` across byte 512");
+        assert!(error.to_string().starts_with(&reason));
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use edgestore::{ColumnDef, ColumnType, NodeId, Replica, ReplicaHandle, TableSchema, Value, WriteBatch};
 use sync_protocol::frame::{self, Frame};
 use sync_protocol::transport::tls::{self, AllowList, TlsIdentity};
-use sync_protocol::transport::{DialOutcome, FaultSwitch, RefusalReason, SyncNode, SyncNodeConfig};
+use sync_protocol::transport::{
+    DialOutcome, FaultSwitch, PeerError, RefusalCause, RefusalReason, SyncNode, SyncNodeConfig,
+};
 use sync_protocol::{ClusterId, SessionConfig};
 
 /// Upper bound for any awaited condition; reaching it fails the test.
@@ -325,10 +327,9 @@ async fn a_peer_of_another_cluster_is_refused_with_backoff_and_the_real_reason()
     a.node.add_peer(b.node.node_id(), b.addr);
     check_refused_with_backoff(&a, b.node.node_id(), RefusalReason::ClusterMismatch).await;
     let status = a.node.peer_status().into_iter().find(|p| p.node_id == b.node.node_id()).unwrap();
-    assert_eq!(
-        status.last_error.as_deref(),
-        Some(format!("cluster mismatch: theirs {other}, ours {CLUSTER}").as_str())
-    );
+    let Some(PeerError::Refused(refusal)) = &status.last_error else { panic!("{:?}", status.last_error) };
+    assert_eq!(refusal.reason, RefusalReason::ClusterMismatch);
+    assert_eq!(refusal.to_string(), format!("cluster mismatch: theirs {other}, ours {CLUSTER}"));
     assert_eq!(status.sessions as usize, status.dial_attempts as usize, "each attempt got as far as a session");
     let counters = b.node.counters();
     assert!(counters.peers_refused[&RefusalReason::ClusterMismatch] >= 1, "{counters:?}");
@@ -339,7 +340,7 @@ async fn a_peer_of_another_cluster_is_refused_with_backoff_and_the_real_reason()
 
 /// Issue 9 item 6: the certificate at a peer's address proves another node than the one
 /// dialled (an address reused by another node, or an impostor): refused as a bad
-/// certificate, with backoff.
+/// certificate, with backoff; the peer's `last_error` names the node proved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_a_certificate_for_another_node_is_refused_with_backoff() {
     let dir = tempfile::TempDir::new().unwrap();
@@ -348,6 +349,14 @@ async fn a_peer_with_a_certificate_for_another_node_is_refused_with_backoff() {
     let b = start_refusing(&dir, 1, &kb, &[node_id(&ka)], CLUSTER);
     a.node.add_peer(node_id(&expected), b.addr);
     check_refused_with_backoff(&a, node_id(&expected), RefusalReason::BadCertificate).await;
+    let status = a.node.peer_status().into_iter().find(|p| p.node_id == node_id(&expected)).unwrap();
+    let Some(PeerError::Refused(refusal)) = &status.last_error else { panic!("{:?}", status.last_error) };
+    let (proved, dialled) = (b.node.node_id(), node_id(&expected));
+    assert!(
+        matches!(refusal.cause, RefusalCause::WrongNode { proves: Some(p), expected: e, .. } if p == proved && e == dialled),
+        "{refusal:?}"
+    );
+    assert_eq!(refusal.to_string(), format!("the certificate at {} proves node {proved}, not {dialled}", b.addr));
     a.node.shutdown().await;
     b.node.shutdown().await;
 }

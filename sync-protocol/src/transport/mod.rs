@@ -13,6 +13,9 @@ pub mod refusal;
 pub mod tls;
 
 pub use fault::{FaultSwitch, FaultySocket};
-pub use node::{DialAttempt, DialOutcome, NodeCounters, PeerStatus, SyncNode, SyncNodeConfig, TransportError};
-pub use refusal::RefusalReason;
+pub use node::{
+    DialAttempt, DialOutcome, DriveError, NodeCounters, PeerError, PeerStatus, ReadError, SyncNode, SyncNodeConfig,
+    TransportError,
+};
+pub use refusal::{Refusal, RefusalCause, RefusalReason};
 pub use tls::{AllowList, TlsIdentity};

@@ -41,10 +41,10 @@ use tokio::time::Instant;
 
 use super::datagrams::DatagramCounters;
 use super::fault::{FaultSwitch, FaultySocket};
-use super::refusal::{RefusalReason, Refusals};
+use super::refusal::{Refusal, RefusalReason, Refusals};
 use super::tls::{self, AllowList, TlsIdentity};
 use crate::backoff::Backoff;
-use crate::frame::{self, CloseCode};
+use crate::frame::{self, CloseCode, FrameError};
 use crate::session::{Event, ProtocolError, Session, SessionConfig, SessionStats, TransferStatus};
 
 /// QUIC application close code for an orderly close.
@@ -102,8 +102,63 @@ pub enum TransportError {
     },
 }
 
+/// Why a connection's driver stopped other than by its session closing: the stream, the
+/// replica's owner thread or a blocking task failed. Shown to the operator as the peer's
+/// `last_error` and sent as the QUIC close reason.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriveError {
+    /// Opening (dialer) or accepting (listener) the connection's one stream failed.
+    #[error("opening the sync stream: {0}")]
+    Open(#[source] quinn::ConnectionError),
+    /// Writing a frame to the stream failed.
+    #[error("writing a frame: {0}")]
+    Write(#[source] quinn::WriteError),
+    /// The reader task stopped with an error.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The peer finished the stream without closing the session.
+    #[error("stream ended")]
+    StreamEnded,
+    /// The replica's owner thread refused a call: it stopped, or the store is closed for
+    /// recovery (then the session's error says so, `ProtocolError::StoreUnavailable`).
+    #[error(transparent)]
+    Stopped(#[from] Stopped),
+    /// A session step on the blocking pool did not finish (it panicked, or the runtime is
+    /// shutting down).
+    #[error("a session step failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Why a connection's reader task stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// Reading from the stream failed (the connection was lost or reset).
+    #[error("reading a frame: {0}")]
+    Stream(#[from] quinn::ReadExactError),
+    /// A length prefix over `FRAME_BYTES_MAX`; nothing was allocated for it.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Why a peer's last session or dial attempt ended in an error, as [`PeerStatus`] shows it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The peer was refused, or refused this node.
+    #[error(transparent)]
+    Refused(Refusal),
+    /// The session ended with this error.
+    #[error(transparent)]
+    Session(ProtocolError),
+    /// The connection's driver stopped: the stream, the owner thread or a task failed.
+    #[error(transparent)]
+    Connection(Arc<DriveError>),
+}
+
 /// What a peer connection is doing, for status and metrics.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct PeerStatus {
     /// The peer.
@@ -125,7 +180,7 @@ pub struct PeerStatus {
     /// Milliseconds since a frame last arrived from the peer; `None` if none ever did.
     pub last_contact_ms_ago: Option<u64>,
     /// Why the last session ended, if it ended with an error.
-    pub last_error: Option<String>,
+    pub last_error: Option<PeerError>,
     /// Connection attempts this node made to the peer since it was added.
     pub dial_attempts: u64,
     /// The state transfer running on the newest live session, if any.
@@ -210,7 +265,7 @@ struct PeerRecord {
     sessions: u64,
     lag_changes: u64,
     last_contact_ms: Option<u64>,
-    last_error: Option<String>,
+    last_error: Option<PeerError>,
     dial_attempts: u64,
     dials: std::collections::VecDeque<DialAttempt>,
     /// The newest live session's state transfer, if one runs.
@@ -579,10 +634,10 @@ async fn accept_loop(shared: Arc<Shared>) {
                 Ok(connection) => connection,
                 Err(error) => {
                     shared.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-                    match (&error, RefusalReason::of_connection_error(&error)) {
+                    match (&error, Refusal::of_connection_error(&error)) {
                         // This node's TLS check refused the peer (an alert it sent).
-                        (quinn::ConnectionError::TransportError(_), Some(reason)) => {
-                            shared.refusals.refused_incoming(&source.to_string(), reason, &error.to_string());
+                        (quinn::ConnectionError::TransportError(_), Some(refusal)) => {
+                            shared.refusals.refused_incoming(&source.to_string(), &refusal);
                         }
                         _ => tracing::debug!(%source, %error, "an incoming sync connection failed"),
                     }
@@ -591,8 +646,8 @@ async fn accept_loop(shared: Arc<Shared>) {
             };
             let Some(peer) = tls::peer_node_id(&connection) else { return };
             let end = run_connection(shared.clone(), connection, peer, false).await;
-            if let Some((reason, detail)) = end.refusal {
-                shared.refusals.refused_incoming(&peer.to_string(), reason, &detail);
+            if let Some(refusal) = end.refusal {
+                shared.refusals.refused_incoming(&peer.to_string(), &refusal);
             }
         });
     }
@@ -616,19 +671,19 @@ async fn dial_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr) {
         }
         let step = backoff.attempt();
         let delay_ms = backoff.next_delay_ms(jitter());
-        if let Some((reason, detail)) = &refusal {
-            shared.refusals.count(*reason);
+        if let Some(refusal) = &refusal {
+            shared.refusals.count(refusal.reason);
             tracing::warn!(
                 %peer,
-                reason = reason.label(),
+                reason = refusal.reason.label(),
                 step,
                 delay_ms,
-                "sync peer refused: {detail}; retrying in {delay_ms} ms (backoff step {step})"
+                "sync peer refused: {refusal}; retrying in {delay_ms} ms (backoff step {step})"
             );
         }
         shared.update_peer(peer, |record| {
-            if let Some((_, detail)) = refusal {
-                record.last_error = Some(detail);
+            if let Some(refusal) = refusal {
+                record.last_error = Some(PeerError::Refused(refusal));
             }
             record.dialled(DialAttempt { step, delay_ms, outcome });
         });
@@ -637,11 +692,7 @@ async fn dial_loop(shared: Arc<Shared>, peer: NodeId, addr: SocketAddr) {
 }
 
 /// One connection attempt to `peer` and, if it connects, its session until it ends.
-async fn dial_once(
-    shared: &Arc<Shared>,
-    peer: NodeId,
-    addr: SocketAddr,
-) -> (DialOutcome, Option<(RefusalReason, String)>) {
+async fn dial_once(shared: &Arc<Shared>, peer: NodeId, addr: SocketAddr) -> (DialOutcome, Option<Refusal>) {
     let connecting = match shared.endpoint.connect_with(shared.client.clone(), addr, &format!("{peer}.edgestore")) {
         Ok(connecting) => connecting,
         Err(error) => {
@@ -652,8 +703,8 @@ async fn dial_once(
     let connection = match connecting.await {
         Ok(connection) => connection,
         Err(error) => {
-            return match RefusalReason::of_connection_error(&error) {
-                Some(reason) => (DialOutcome::Refused(reason), Some((reason, error.to_string()))),
+            return match Refusal::of_connection_error(&error) {
+                Some(refusal) => (DialOutcome::Refused(refusal.reason), Some(refusal)),
                 None => {
                     tracing::debug!(%peer, %error, "connecting failed");
                     (DialOutcome::Failed, None)
@@ -665,17 +716,13 @@ async fn dial_once(
         Some(id) if id == peer => {}
         other => {
             connection.close(CLOSE_PROTOCOL.into(), b"unexpected node id");
-            let got = other.map_or_else(|| "no node".to_string(), |id| format!("node {id}"));
-            let detail = format!("the certificate at {addr} proves {got}, not {peer}");
-            return (
-                DialOutcome::Refused(RefusalReason::BadCertificate),
-                Some((RefusalReason::BadCertificate, detail)),
-            );
+            let refusal = Refusal::wrong_node(addr, other, peer);
+            return (DialOutcome::Refused(refusal.reason), Some(refusal));
         }
     }
     let end = run_connection(shared.clone(), connection, peer, true).await;
     let outcome = match &end.refusal {
-        Some((reason, _)) => DialOutcome::Refused(*reason),
+        Some(refusal) => DialOutcome::Refused(refusal.reason),
         None if end.established && !end.store_failed => DialOutcome::Established,
         None => DialOutcome::Failed,
     };
@@ -712,8 +759,8 @@ struct ConnectionEnd {
     /// The session ended because a store failed (this node's, or the peer's as its
     /// `Close` says): the peer is retried with backoff until the store recovers.
     store_failed: bool,
-    /// The peer was refused (by this node's checks or the peer's), with the detail to log.
-    refusal: Option<(RefusalReason, String)>,
+    /// The peer was refused (by this node's checks or the peer's), with what showed it.
+    refusal: Option<Refusal>,
 }
 
 /// What a session reported while it ran.
@@ -743,31 +790,28 @@ async fn run_connection(
     let result = drive_connection(&shared, &connection, peer, dialed, &mut progress).await;
     // Read before this side closes the connection: a TLS alert from the peer.
     let closed_by = connection.close_reason();
-    let session_refusal = progress.error.as_ref().and_then(|error| {
-        let reason = RefusalReason::of_protocol_error(error)?;
-        Some((reason, error.to_string()))
-    });
+    let session_refusal = progress.error.as_ref().and_then(Refusal::of_protocol_error);
     let refusal = session_refusal.or_else(|| {
         let error = closed_by.filter(|_| !progress.established)?;
-        Some((RefusalReason::of_connection_error(&error)?, error.to_string()))
+        Refusal::of_connection_error(&error)
     });
     let store_failed = progress.error.as_ref().is_some_and(|error| {
         error.is_local() || matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Internal, .. })
     });
-    if let Err(reason) = &result {
+    if let Err(error) = &result {
         if refusal.is_none() {
-            tracing::info!(%peer, %reason, "sync connection closed");
+            tracing::info!(%peer, %error, "sync connection closed");
         }
-        connection.close(CLOSE_PROTOCOL.into(), reason.as_bytes());
+        connection.close(CLOSE_PROTOCOL.into(), error.to_string().as_bytes());
     } else {
         connection.close(CLOSE_OK.into(), b"session closed");
     }
     let last_error = match (&refusal, &progress.error) {
-        (Some((_, detail)), _) => Some(detail.clone()),
+        (Some(refusal), _) => Some(PeerError::Refused(refusal.clone())),
         (None, Some(error)) if !matches!(error, ProtocolError::ClosedByPeer { code: CloseCode::Shutdown, .. }) => {
-            Some(error.to_string())
+            Some(PeerError::Session(error.clone()))
         }
-        _ => result.err(),
+        _ => result.err().map(|error| PeerError::Connection(Arc::new(error))),
     };
     shared.update_peer(peer, |record| {
         record.connection_ended(id);
@@ -783,15 +827,14 @@ async fn drive_connection(
     peer: NodeId,
     dialed: bool,
     progress: &mut Progress,
-) -> Result<(), String> {
+) -> Result<(), DriveError> {
     let stream = if dialed { connection.open_bi().await } else { connection.accept_bi().await };
-    let (mut send, recv) = stream.map_err(|e| e.to_string())?;
+    let (mut send, recv) = stream.map_err(DriveError::Open)?;
     let (frames_tx, mut frames) = mpsc::channel(READ_QUEUE_FRAMES_MAX);
     let reader = tokio::spawn(read_frames(recv, frames_tx));
     let handle = shared.replica.clone();
     let vector = tokio::task::spawn_blocking(move || handle.call(|r| r.version_vector().clone()))
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .map_err(|stopped| owner_refused(shared, peer, progress, stopped))?;
     let mut session = Some(Session::new(shared.session.clone(), shared.local, peer, &vector, shared.now_ms()));
     let mut changed = shared.changed.subscribe();
@@ -811,7 +854,7 @@ async fn drive_connection(
             handle_event(shared, peer, event, progress);
         }
         for bytes in out {
-            send.write_all(&frame::length_prefixed(&bytes)).await.map_err(|e| e.to_string())?;
+            send.write_all(&frame::length_prefixed(&bytes)).await.map_err(DriveError::Write)?;
         }
         if next.is_closed() {
             // A new connection from the peer may replace this one from now on.
@@ -835,8 +878,8 @@ async fn drive_connection(
         input = tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(bytes)) => Input::Frame(bytes),
-                Some(Err(reason)) => break Err(reason),
-                None => break Err("stream ended".to_string()),
+                Some(Err(error)) => break Err(DriveError::Read(error)),
+                None => break Err(DriveError::StreamEnded),
             },
             _ = changed.changed() => Input::StoreChanged,
             _ = sleep_until(deadline) => Input::Timer,
@@ -975,7 +1018,7 @@ async fn step(
     connection: usize,
     mut session: Session,
     input: Input,
-) -> Result<Result<(Session, Vec<Vec<u8>>, Vec<Event>), Stopped>, String> {
+) -> Result<Result<(Session, Vec<Vec<u8>>, Vec<Event>), Stopped>, tokio::task::JoinError> {
     let now = shared.now_ms();
     let handle = shared.replica.clone();
     let shared = shared.clone();
@@ -999,7 +1042,7 @@ async fn step(
             (session, out, events)
         })
     };
-    tokio::task::spawn_blocking(work).await.map_err(|e| e.to_string())
+    tokio::task::spawn_blocking(work).await
 }
 
 /// The replica's owner thread refused a session's call. While the store is closed for
@@ -1007,29 +1050,29 @@ async fn step(
 /// failing store call inside the session is: counted in `store_failures`, logged at
 /// ERROR, and recorded as a local error so that the dialer's backoff keeps growing and
 /// the peer's lag shows the node falling behind. At shutdown it is just the end.
-fn owner_refused(shared: &Shared, peer: NodeId, progress: &mut Progress, stopped: Stopped) -> String {
+fn owner_refused(shared: &Shared, peer: NodeId, progress: &mut Progress, stopped: Stopped) -> DriveError {
     let health = shared.replica.health();
     if health != StoreHealth::Ok {
         shared.store_failures.fetch_add(1, Ordering::Relaxed);
         tracing::error!(%peer, ?health, "sync session closed: the local store is unavailable; the peer retries later");
-        progress.error = Some(ProtocolError::Storage(format!("{stopped} ({health:?})")));
+        progress.error = Some(ProtocolError::StoreUnavailable { health });
     }
-    stopped.to_string()
+    DriveError::Stopped(stopped)
 }
 
 /// Reads length-prefixed frames; an oversized length or a broken stream ends the reader
 /// with an error before anything is allocated for it.
-async fn read_frames(mut recv: quinn::RecvStream, frames: mpsc::Sender<Result<Vec<u8>, String>>) {
+async fn read_frames(mut recv: quinn::RecvStream, frames: mpsc::Sender<Result<Vec<u8>, ReadError>>) {
     loop {
         let mut prefix = [0u8; 4];
         let result = match recv.read_exact(&mut prefix).await {
             Err(quinn::ReadExactError::FinishedEarly(0)) => return,
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(ReadError::Stream(e)),
             Ok(()) => match frame::frame_length(prefix) {
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(ReadError::Frame(e)),
                 Ok(len) => {
                     let mut bytes = vec![0u8; len];
-                    recv.read_exact(&mut bytes).await.map(|()| bytes).map_err(|e| e.to_string())
+                    recv.read_exact(&mut bytes).await.map(|()| bytes).map_err(ReadError::Stream)
                 }
             },
         };
@@ -1083,11 +1126,30 @@ mod tests {
         assert_eq!(stalls.check(1_301, 5_000, true), (5_000, false), "a deadline in the future is fine");
     }
 
+    /// What an operator reads (`last_error`, the QUIC close reason) when the driver, not
+    /// the session, ended a connection: the cause, with the limit it broke.
+    #[test]
+    fn driver_errors_say_what_failed() {
+        let cases = [
+            (DriveError::StreamEnded, "stream ended".to_string()),
+            (
+                DriveError::Read(ReadError::Frame(FrameError::TooLarge(u32::MAX as usize))),
+                format!("frame of {} bytes exceeds the {}-byte limit", u32::MAX, frame::FRAME_BYTES_MAX),
+            ),
+            (DriveError::Stopped(Stopped), Stopped.to_string()),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+        }
+    }
+
     #[test]
     fn a_local_store_failure_is_not_counted_against_the_peer() {
+        let faulted = StoreHealth::Faulted { reason: "disk full".into(), reopen_attempts: 1 };
         let cases = [
-            (ProtocolError::Storage("disk full".into()), CloseKind::StoreFailure),
-            (ProtocolError::ChangeRejected("bad".into()), CloseKind::RejectedChange),
+            (ProtocolError::Storage(Arc::new(edgestore::StorageError::Corrupt("bad".into()))), CloseKind::StoreFailure),
+            (ProtocolError::StoreUnavailable { health: faulted }, CloseKind::StoreFailure),
+            (ProtocolError::ChangeRejected(Arc::new(edgestore::ApplyError::PendingFull(8))), CloseKind::RejectedChange),
             (ProtocolError::WrongCluster { theirs: ClusterId([1; 16]), ours: ClusterId([2; 16]) }, CloseKind::Refusal),
             (ProtocolError::UnsupportedProtocol(9), CloseKind::Refusal),
             (ProtocolError::ClosedByPeer { code: CloseCode::Internal, reason: String::new() }, CloseKind::ByPeer),

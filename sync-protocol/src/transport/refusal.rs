@@ -9,7 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::Mutex;
+
+use edgestore::NodeId;
 
 use crate::session::ProtocolError;
 
@@ -98,6 +101,64 @@ impl fmt::Display for RefusalReason {
     }
 }
 
+/// A refused peer: the reason it is counted under, and the error that showed it.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{cause}")]
+#[non_exhaustive]
+pub struct Refusal {
+    /// The reason, as counted.
+    pub reason: RefusalReason,
+    /// What showed it.
+    pub cause: RefusalCause,
+}
+
+/// What showed that a peer is refused.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefusalCause {
+    /// The QUIC connection failed or closed with a TLS alert, sent by either side.
+    #[error(transparent)]
+    Connection(quinn::ConnectionError),
+    /// The session's handshake refused the peer: another cluster or protocol version, or
+    /// a `Hello` naming another node than the certificate.
+    #[error(transparent)]
+    Session(ProtocolError),
+    /// The certificate at the dialled address proves another node than the one dialled,
+    /// or none.
+    #[error("the certificate at {addr} proves {}, not {expected}", proved(.proves))]
+    WrongNode {
+        /// The address dialled.
+        addr: SocketAddr,
+        /// The node the certificate proves, if any.
+        proves: Option<NodeId>,
+        /// The node dialled.
+        expected: NodeId,
+    },
+}
+
+fn proved(proves: &Option<NodeId>) -> String {
+    proves.map_or_else(|| "no node".to_string(), |id| format!("node {id}"))
+}
+
+impl Refusal {
+    /// The refusal a failed or closed QUIC connection shows, if it is one.
+    pub fn of_connection_error(error: &quinn::ConnectionError) -> Option<Refusal> {
+        let reason = RefusalReason::of_connection_error(error)?;
+        Some(Refusal { reason, cause: RefusalCause::Connection(error.clone()) })
+    }
+
+    /// The refusal a session's handshake error is, if it is one.
+    pub fn of_protocol_error(error: &ProtocolError) -> Option<Refusal> {
+        let reason = RefusalReason::of_protocol_error(error)?;
+        Some(Refusal { reason, cause: RefusalCause::Session(error.clone()) })
+    }
+
+    /// A dialled address whose certificate proves `proves` instead of `expected`.
+    pub fn wrong_node(addr: SocketAddr, proves: Option<NodeId>, expected: NodeId) -> Refusal {
+        Refusal { reason: RefusalReason::BadCertificate, cause: RefusalCause::WrongNode { addr, proves, expected } }
+    }
+}
+
 /// Refusal counters per reason, and the accepting side's per-source log cadence.
 #[derive(Debug, Default)]
 pub(crate) struct Refusals {
@@ -119,7 +180,8 @@ impl Refusals {
 
     /// Counts a refusal of an incoming connection from `source` and logs it at the
     /// source's 1st, 2nd, 4th, 8th… refusal (once per doubling, as the dialer backs off).
-    pub(crate) fn refused_incoming(&self, source: &str, reason: RefusalReason, detail: &str) {
+    pub(crate) fn refused_incoming(&self, source: &str, refusal: &Refusal) {
+        let reason = refusal.reason;
         self.count(reason);
         let attempts = {
             let mut sources = self.sources.lock().expect("refusal sources poisoned");
@@ -135,7 +197,7 @@ impl Refusals {
                 %source,
                 reason = reason.label(),
                 attempts,
-                "refused an incoming sync peer: {detail} (logged again at {} attempts)",
+                "refused an incoming sync peer: {refusal} (logged again at {} attempts)",
                 attempts * 2
             );
         }

@@ -42,9 +42,10 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
-    /// quinn refused the TLS configuration.
+    /// quinn refused the TLS configuration (it offers no cipher suite QUIC's Initial
+    /// packets can use).
     #[error("QUIC TLS configuration: {0}")]
-    Quic(String),
+    Quic(#[from] quinn::crypto::rustls::NoInitialCipherSuite),
 }
 
 impl TlsIdentity {
@@ -216,7 +217,7 @@ pub fn server_crypto(
         .with_single_cert(vec![identity.certificate.clone()], identity.key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.max_early_data_size = 0;
-    quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicServerConfig::try_from(config).map_err(TlsError::Quic)
 }
 
 /// The QUIC client crypto: TLS 1.3, the server's certificate checked against the allow-list,
@@ -234,7 +235,7 @@ pub fn client_crypto(
         .with_client_auth_cert(vec![identity.certificate.clone()], identity.key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.enable_early_data = false;
-    quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(|e| TlsError::Quic(e.to_string()))
+    quinn::crypto::rustls::QuicClientConfig::try_from(config).map_err(TlsError::Quic)
 }
 
 /// The node id of the peer of an established connection.
