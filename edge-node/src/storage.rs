@@ -92,19 +92,20 @@ pub fn render(breakdown: &Json) -> String {
     }
     out.push_str(&format!("{:<14} {:>63}\n", "all tables", n(&breakdown["allocated_bytes"])));
     out.push_str(&format!(
-        "\n{:<14} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
-        "user table", "rows", "records B", "documents", "heads B", "docs+tail B", "index B", "B/row"
+        "\n{:<14} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+        "user table", "rows", "records B", "documents", "implicit", "heads B", "docs+tail B", "index B", "B/row"
     ));
     for t in breakdown["user_tables"].as_array().into_iter().flatten() {
         let name = t["name"].as_str().unwrap_or("?");
         let name = if t["live"].as_bool() == Some(true) { name.to_string() } else { format!("{name} (dropped)") };
         let per_row = t["bytes_per_row"].as_f64().map_or_else(|| "-".to_string(), |b| format!("{b:.1}"));
         out.push_str(&format!(
-            "{:<14} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "{:<14} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
             name,
             n(&t["rows"]),
             n(&t["row_bytes"]),
             n(&t["documents"]),
+            n(&t["implicit_docs"]),
             n(&t["heads_bytes"]),
             n(&t["snapshot_bytes"]) + n(&t["tail_bytes"]),
             n(&t["index_bytes"]),
