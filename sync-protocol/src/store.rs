@@ -1,8 +1,9 @@
 //! What a session needs from the local store, as a trait, so that the simulator and the
 //! daemon drive the same session code over the same store. `Replica` implements it; the
 //! daemon steps each session on the replica's owner thread, where it holds the `Replica`.
-//! Four calls serve anti-entropy (`docs/design.md` § "Anti-entropy"), the last two the
-//! causal-stability horizon (§ "Causal-stability horizon").
+//! Besides the vector, the log floor, `changes_since` and `apply_remote`: four calls serve
+//! anti-entropy (`docs/design.md` § "Anti-entropy"), two the causal-stability horizon
+//! (§ "Causal-stability horizon") and four state transfer (§ "State transfer").
 
 use edgestore::{
     ApplyError, ApplyReport, ChangeBatch, DocHeads, HeadsTree, HeldClaim, HeldPage, NodeId, RepairReport, Replica,
