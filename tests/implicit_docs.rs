@@ -178,3 +178,31 @@ fn a_record_that_no_longer_rebuilds_its_document_is_reported_not_used() {
     // (Writes to the other rows would work, but the tampered record also left the rows'
     // digest part stale, which debug builds assert after every write.)
 }
+
+#[test]
+fn a_batch_that_touches_a_new_row_twice_stores_it() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open(&dir, 1);
+    let row = |id: i64, name: &str| [("id", Value::from(id)), ("name", Value::from(name))];
+    let batch = WriteBatch::new()
+        .create_table(sensors())
+        .insert("sensors", row(1, "first"))
+        .delete("sensors", vec![Value::from(1)])
+        .insert("sensors", row(1, "again"))
+        .insert("sensors", row(2, "two"))
+        .update("sensors", vec![Value::from(2)], [("name", Value::from("two, renamed"))])
+        .insert("sensors", row(3, "alone"));
+    a.write(batch, 1).unwrap();
+    assert_eq!(stored(&a, "sensors"), (1, 2, 0), "rows 1 and 2 hold more than an insert: stored; row 3 implicit");
+    let snapshot = a.snapshot().unwrap();
+    assert_eq!(snapshot.get("sensors", &[Value::from(1)]).unwrap().unwrap()[1], Value::from("again"));
+    assert_eq!(snapshot.get("sensors", &[Value::from(2)]).unwrap().unwrap()[1], Value::from("two, renamed"));
+    drop(snapshot);
+    let mut b = open(&dir, 2);
+    sync(&a, &mut b);
+    assert_eq!(stored(&b, "sensors"), (1, 2, 0), "applied, each document is judged by its change alone");
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    drop(a);
+    assert_healthy(&open(&dir, 1));
+    assert_healthy(&b);
+}

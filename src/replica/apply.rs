@@ -242,7 +242,7 @@ impl Replica {
                 reason,
             })?;
             let new_changes = changes.iter().map(|c| c.raw_bytes()).collect();
-            changed.push(ChangedDoc { key_bytes, key, working, new_changes, cause });
+            changed.push(ChangedDoc { key_bytes, key, working, new_changes, cause, inserted: None });
         }
         self.record_changes(tables, changed, &applied).map_err(RecordError::into_apply)?;
         report.applied += applied.len();

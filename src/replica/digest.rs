@@ -258,6 +258,7 @@ impl Replica {
                     working,
                     new_changes,
                     cause,
+                    inserted: None,
                 });
             }
             self.record_changes(&mut tables, changed, &[]).map_err(RecordError::into_apply)?;

@@ -52,6 +52,22 @@ pub(crate) fn implicit_form(document: &mut AutoCommit, schema: &TableSchema, row
     (doc::heads(&mut rebuilt) == [head]).then_some(ImplicitDoc { head, actor, time_ms })
 }
 
+/// The implicit form of a document that a local insert staged as [`doc::new_row_doc`]'s
+/// operations on an empty document, committed by this node, whose materialized row equals
+/// the staged one: its change is the rebuilt one by construction, so it is not rebuilt
+/// (debug builds check it).
+pub(crate) fn staged_form(document: &mut AutoCommit, schema: &TableSchema, row: &[Value]) -> ImplicitDoc {
+    let change = document.get_last_local_change().expect("a staged insert committed a change");
+    let actor = NodeId::from_slice(change.actor_id().to_bytes()).expect("this node's actor is a node id");
+    let implicit = ImplicitDoc { head: change.hash().0, actor, time_ms: change.timestamp() };
+    debug_assert_eq!(
+        implicit_form(document, schema, row),
+        Some(implicit),
+        "a staged insert's change is the one its row rebuilds"
+    );
+    implicit
+}
+
 /// Rebuilds an implicit document from its row's record under the catalog's live
 /// definition, checking the rebuilt change against the stored head.
 pub(crate) fn rebuild(

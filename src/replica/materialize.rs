@@ -25,6 +25,10 @@ pub(crate) struct ChangedDoc<'a> {
     pub new_changes: Vec<&'a [u8]>,
     /// The change envelope that first touched this document, for error reports.
     pub cause: (NodeId, u64),
+    /// A local insert into this empty document staged this row and nothing else touched
+    /// it: if it materializes to the same row, its one change is `new_row_doc`'s and it is
+    /// stored implicitly without being rebuilt (`implicit::staged_form`).
+    pub inserted: Option<Row>,
 }
 
 /// Why recording changes failed.
@@ -134,7 +138,7 @@ impl Replica {
             })?;
         }
         row_docs.sort_by(|a, b| a.key.cmp(&b.key));
-        for ChangedDoc { key_bytes, key, mut working, new_changes, cause: (origin, seq) } in row_docs {
+        for ChangedDoc { key_bytes, key, mut working, new_changes, cause: (origin, seq), inserted } in row_docs {
             let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
             let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
             if !known {
@@ -146,7 +150,12 @@ impl Replica {
             let implicit = match (created, written, new_changes.len()) {
                 (true, Some(row), 1) if working.changes == 0 && working.tail_len == 0 => {
                     let schema = &self.catalog.table(table).expect("a row was written: its table is live").schema;
-                    super::implicit::implicit_form(&mut working.doc, schema, &row)
+                    match inserted {
+                        Some(staged) if staged == row => {
+                            Some(super::implicit::staged_form(&mut working.doc, schema, &row))
+                        }
+                        _ => super::implicit::implicit_form(&mut working.doc, schema, &row),
+                    }
                 }
                 _ => None,
             };

@@ -363,7 +363,14 @@ impl Replica {
                 loaded.tail_len = 0;
                 loaded.changes = 0;
                 let new_changes = single.into_iter().collect();
-                return Ok(Some(ChangedDoc { key_bytes, key, working: loaded, new_changes, cause: (donor, 0) }));
+                return Ok(Some(ChangedDoc {
+                    key_bytes,
+                    key,
+                    working: loaded,
+                    new_changes,
+                    cause: (donor, 0),
+                    inserted: None,
+                }));
             }
             None => {
                 if !stored.snapshot.is_empty() {
@@ -398,7 +405,7 @@ impl Replica {
                 ours
             }
         };
-        Ok(Some(ChangedDoc { key_bytes, key, working, new_changes: Vec::new(), cause: (donor, 0) }))
+        Ok(Some(ChangedDoc { key_bytes, key, working, new_changes: Vec::new(), cause: (donor, 0), inserted: None }))
     }
 
     /// Installs `vector` at the end of a transfer: `V := max(V, vector)`, the floor raised

@@ -187,6 +187,11 @@ pub struct WriteReceipt {
 struct Staged {
     key: DocKey,
     working: WorkingDoc,
+    /// The row a fresh insert staged, while nothing else touched the document
+    /// (`ChangedDoc::inserted`).
+    inserted: Option<super::Row>,
+    /// Operations of the batch that staged this document.
+    touches: u32,
 }
 
 /// State of one batch being staged: its view of the catalog (DDL earlier in the batch is
@@ -288,7 +293,7 @@ impl Replica {
             }
             let change = doc.working.doc.get_last_local_change().expect("just committed").clone();
             ops.push(DocChange { key: doc.key, change });
-            staged.push((key_bytes, doc.working));
+            staged.push((key_bytes, doc.working, doc.inserted));
         }
         if ops.is_empty() {
             return Ok(WriteReceipt { seq: None, rows_affected });
@@ -304,12 +309,13 @@ impl Replica {
         let docs = staged
             .into_iter()
             .zip(change.ops.iter())
-            .map(|((key_bytes, working), op)| ChangedDoc {
+            .map(|((key_bytes, working, inserted), op)| ChangedDoc {
                 key_bytes,
                 key: op.key.clone(),
                 working,
                 new_changes: vec![op.change.raw_bytes()],
                 cause,
+                inserted,
             })
             .collect();
         self.record_changes(tables, docs, std::slice::from_ref(&change))
@@ -326,7 +332,7 @@ impl Replica {
         ctx: &'c mut BatchCtx,
         key: DocKey,
     ) -> Result<&'c mut WorkingDoc, WriteError> {
-        stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)
+        Ok(&mut stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?.working)
     }
 
     fn stage_op(&mut self, tables: &WriteTables<'_>, ctx: &mut BatchCtx, op: WriteOp) -> Result<(), WriteError> {
@@ -450,7 +456,10 @@ impl Replica {
         let row = build_row(schema, &values)?;
         let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
         let key = row_doc_key(entry, &pk);
-        let working = stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?;
+        let staged = stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?;
+        // The first operation on a document that did not exist: what `new_row_doc` rebuilds.
+        let fresh = staged.touches == 1 && staged.working.created && staged.working.changes == 0;
+        let working = &mut staged.working;
         if doc::is_alive(&working.doc) {
             if !upsert {
                 return Err(WriteError::DuplicateKey { table: schema.name.clone(), key: show_key(&pk) });
@@ -464,6 +473,9 @@ impl Replica {
         } else {
             bump(working, &schema.name)?;
             doc::put_row(&mut working.doc, &schema.columns, &row);
+            if fresh {
+                staged.inserted = Some(row);
+            }
         }
         ctx.rows_affected += 1;
         Ok(())
@@ -489,8 +501,8 @@ impl Replica {
             }
             updates.push((i, coerce_column(schema, i, value)?));
         }
-        let working =
-            stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, row_doc_key(entry, &pk))?;
+        let key = row_doc_key(entry, &pk);
+        let working = &mut stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?.working;
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
@@ -510,8 +522,8 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let pk = coerce_key(&entry.schema, key)?;
-        let working =
-            stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, row_doc_key(entry, &pk))?;
+        let key = row_doc_key(entry, &pk);
+        let working = &mut stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?.working;
         if doc::is_alive(&working.doc) {
             bump(working, &entry.schema.name)?;
             ctx.rows_affected += 1;
@@ -537,8 +549,8 @@ impl Replica {
             return Err(not_a_counter());
         }
         let pk = coerce_key(schema, key)?;
-        let working =
-            stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, row_doc_key(entry, &pk))?;
+        let key = row_doc_key(entry, &pk);
+        let working = &mut stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?.working;
         if !doc::is_alive(&working.doc) {
             return Err(WriteError::RowNotFound { table: schema.name.clone(), key: show_key(&pk) });
         }
@@ -564,16 +576,21 @@ fn stage_doc_in<'c>(
     catalog: &catalog::Catalog,
     docs: &'c mut BTreeMap<Vec<u8>, Staged>,
     key: DocKey,
-) -> Result<&'c mut WorkingDoc, WriteError> {
+) -> Result<&'c mut Staged, WriteError> {
     let key_bytes = key.encode();
-    let staged = match docs.entry(key_bytes) {
-        Entry::Occupied(entry) => entry.into_mut(),
+    Ok(match docs.entry(key_bytes) {
+        Entry::Occupied(entry) => {
+            let staged = entry.into_mut();
+            // Touched again: no longer just a fresh insert.
+            staged.inserted = None;
+            staged.touches += 1;
+            staged
+        }
         Entry::Vacant(entry) => {
             let working = take_or_create_cached_doc(cache, node, tables, catalog, entry.key())?;
-            entry.insert(Staged { key, working })
+            entry.insert(Staged { key, working, inserted: None, touches: 1 })
         }
-    };
-    Ok(&mut staged.working)
+    })
 }
 
 /// Bumps a document's causal length, or reports it exhausted.
