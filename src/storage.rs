@@ -177,3 +177,42 @@ pub fn decode_heads(value: &[u8]) -> Result<(u32, &[u8]), StorageError> {
     let tail_len = u32::from_be_bytes(value[..4].try_into().expect("length checked"));
     Ok((tail_len, &value[4..]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn implicit(time_ms: i64) -> ImplicitDoc {
+        ImplicitDoc { head: [7; 32], actor: NodeId([3; 16]), time_ms }
+    }
+
+    #[test]
+    fn implicit_heads_round_trip_and_read_as_one_head_without_a_tail() {
+        for time_ms in [0, 1, -1, 1_700_000_000_000, i64::MIN, i64::MAX] {
+            let value = encode_implicit_heads(&implicit(time_ms));
+            assert_eq!(decode_implicit(&value).unwrap(), Some(implicit(time_ms)));
+            assert_eq!(decode_heads(&value).unwrap(), (0, [7u8; 32].as_slice()));
+        }
+        let stored = encode_heads(3, &[[1; 32], [2; 32]]);
+        assert_eq!(decode_implicit(&stored).unwrap(), None, "a stored document's entry is not implicit");
+        assert_eq!(decode_heads(&stored).unwrap().0, 3);
+    }
+
+    #[test]
+    fn a_damaged_implicit_entry_is_a_clear_error() {
+        let value = encode_implicit_heads(&implicit(1_700_000_000_000));
+        for len in 0..value.len() {
+            let cut = &value[..len];
+            if len >= 4 {
+                assert!(decode_implicit(cut).is_err(), "{len} bytes");
+            }
+            assert!(decode_heads(cut).is_err(), "{len} bytes");
+        }
+        let mut longer = value.clone();
+        longer.push(0);
+        assert!(decode_implicit(&longer).is_err(), "trailing bytes");
+        let mut overlong = value[..52].to_vec();
+        overlong.extend_from_slice(&[0x80; 11]);
+        assert!(decode_implicit(&overlong).is_err(), "a varint of more than 10 bytes");
+    }
+}
