@@ -18,7 +18,7 @@
 use automerge::AutoCommit;
 use redb::ReadableTable;
 
-use super::{Replica, WriteTables};
+use super::{Replica, WorkingDoc, WriteTables};
 use crate::catalog::{Catalog, TableEntry};
 use crate::change::DocKey;
 use crate::contain::contain;
@@ -102,6 +102,34 @@ pub(crate) fn only_change(document: &mut AutoCommit) -> Vec<u8> {
     let changes = document.get_changes(&[]);
     assert_eq!(changes.len(), 1, "an implicit document holds one change");
     changes[0].raw_bytes().to_vec()
+}
+
+/// Before an implicit document's new changes are persisted: stores its first change as
+/// tail entry 0 (its row is about to change), or notes that `explicate_table` already did
+/// so in this transaction while the document was out of the cache (the stored form
+/// decides). Without new changes an implicit document stays implicit.
+pub(crate) fn store_if_changed(
+    tables: &mut WriteTables<'_>,
+    key: &[u8],
+    working: &mut WorkingDoc,
+    changed: bool,
+) -> Result<(), StorageError> {
+    let stored = storage::get_bytes(&tables.heads, key)?.expect("an implicit document has a heads entry");
+    match storage::decode_implicit(&stored)? {
+        Some(described) if changed => {
+            let first = working.doc.get_change_by_hash(&automerge::ChangeHash(described.head));
+            let first = first.expect("a document holds its first change").raw_bytes();
+            tables.tail.insert(storage::tail_key(key, 0).as_slice(), first)?;
+            working.tail_len = 1;
+            working.implicit = false;
+        }
+        Some(_) => {}
+        None => {
+            working.tail_len = storage::decode_heads(&stored)?.0;
+            working.implicit = false;
+        }
+    }
+    Ok(())
 }
 
 impl Replica {

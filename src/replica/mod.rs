@@ -292,24 +292,7 @@ impl Replica {
             return Ok(working);
         }
         if working.implicit {
-            // The stored form decides: `explicate_table` may have stored this document's
-            // change in this transaction while the document was out of the cache.
-            let stored = storage::get_bytes(&tables.heads, key)?.expect("an implicit document has a heads entry");
-            match storage::decode_implicit(&stored)? {
-                Some(described) if !new_changes.is_empty() => {
-                    let hash = automerge::ChangeHash(described.head);
-                    let first = working.doc.get_change_by_hash(&hash);
-                    let first = first.expect("a document holds its first change").raw_bytes();
-                    tables.tail.insert(storage::tail_key(key, 0).as_slice(), first)?;
-                    working.tail_len = 1;
-                    working.implicit = false;
-                }
-                Some(_) => {}
-                None => {
-                    working.tail_len = storage::decode_heads(&stored)?.0;
-                    working.implicit = false;
-                }
-            }
+            implicit::store_if_changed(tables, key, &mut working, !new_changes.is_empty())?;
         }
         let tail_len_after = working.tail_len as usize + new_changes.len();
         if tail_len_after >= DOC_TAIL_CHANGES_MAX as usize {
