@@ -564,3 +564,181 @@ fn comparison_helpers_work() {
     assert_eq!(canonical(&[Value::Real(0.25)]).cmp(&canonical(&[Value::Real(0.5)])), Ordering::Less);
     assert_ne!(canonical(&[Value::Text("2".into())]), canonical(&[Value::Integer(2)]));
 }
+
+/// Window queries per world of [`windows_match_sqlite`].
+const WINDOW_QUERIES_PER_WORLD: usize = 40;
+/// Default number of window queries (`EDGESTORE_SQL_WINDOW_QUERIES` overrides it).
+const WINDOW_QUERIES_DEFAULT: usize = 1000;
+const WINDOW_SEED_DEFAULT: u64 = 0x5769_6e64_6f77_7321;
+
+/// A generator of window queries over one table of a world, read as `x0`.
+struct WindowGen<'w> {
+    rng: ChaCha8Rng,
+    table: &'w Table,
+}
+
+impl WindowGen<'_> {
+    fn column(&mut self, kinds: &[Kind]) -> Option<String> {
+        let columns: Vec<&String> =
+            self.table.columns.iter().filter(|(_, k)| kinds.contains(k)).map(|(n, _)| n).collect();
+        (!columns.is_empty()).then(|| format!("x0.{}", columns[self.rng.random_range(0..columns.len())]))
+    }
+
+    fn any_column(&mut self) -> (String, Kind) {
+        let (name, kind) = &self.table.columns[self.rng.random_range(0..self.table.columns.len())];
+        (format!("x0.{name}"), *kind)
+    }
+
+    fn bound(&mut self, start: bool) -> String {
+        let n = self.rng.random_range(0..4);
+        match (self.rng.random_range(0..4), start) {
+            (0, true) => "UNBOUNDED PRECEDING".into(),
+            (0, false) => "UNBOUNDED FOLLOWING".into(),
+            (1, _) => format!("{n} PRECEDING"),
+            (2, _) => "CURRENT ROW".into(),
+            _ => format!("{n} FOLLOWING"),
+        }
+    }
+
+    /// A frame clause (or none, for SQLite's default). Some are ones SQLite refuses
+    /// (`CURRENT ROW AND 1 PRECEDING`): then edgestore must refuse them too.
+    fn frame(&mut self) -> String {
+        match self.rng.random_range(0..6) {
+            0 | 1 => String::new(),
+            2 => " RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW".into(),
+            3 => " RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING".into(),
+            units => {
+                let units = if units == 4 { "ROWS" } else { "GROUPS" };
+                let (start, end) = (self.bound(true), self.bound(false));
+                format!(" {units} BETWEEN {start} AND {end}")
+            }
+        }
+    }
+
+    /// `OVER (...)`. `total_order`: the order must fix every row's place (its function
+    /// depends on the order of peers), so `id` ends it; so must a ROWS frame's.
+    fn over(&mut self, total_order: bool, frame: bool) -> String {
+        let frame = if frame { self.frame() } else { String::new() };
+        let total_order = total_order || frame.starts_with(" ROWS");
+        let mut parts = Vec::new();
+        if self.rng.random_bool(0.5) {
+            let (c, _) = self.any_column();
+            parts.push(format!("PARTITION BY {c}"));
+        }
+        let mut order = Vec::new();
+        if self.rng.random_bool(0.8) {
+            let (c, _) = self.any_column();
+            let direction = *["", " DESC", " NULLS LAST", " DESC NULLS FIRST"].get(self.rng.random_range(0..4)).unwrap_or(&"");
+            order.push(format!("{c}{direction}"));
+        }
+        if total_order {
+            order.push(if self.rng.random_bool(0.5) { "x0.id".into() } else { "x0.id DESC".into() });
+        }
+        if !order.is_empty() {
+            parts.push(format!("ORDER BY {}", order.join(", ")));
+        }
+        format!("OVER ({}{frame})", parts.join(" ")).replace("( ", "(")
+    }
+
+    fn call(&mut self) -> String {
+        let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
+        let (any, kind) = self.any_column();
+        let fallback = literal(&mut self.rng, kind);
+        let n = self.rng.random_range(1..4);
+        let peers_only = self.rng.random_bool(0.5);
+        match self.rng.random_range(0..17) {
+            0 => format!("row_number() {}", self.over(true, false)),
+            1 => format!("rank() {}", self.over(false, false)),
+            2 => format!("dense_rank() {}", self.over(false, false)),
+            3 => format!("percent_rank() {}", self.over(false, false)),
+            4 => format!("cume_dist() {}", self.over(false, false)),
+            5 => format!("ntile({n}) {}", self.over(true, false)),
+            6 => format!("lag({any}) {}", self.over(true, false)),
+            7 => format!("lead({any}, {}, {fallback}) {}", n - 1, self.over(true, false)),
+            8 => format!("first_value({any}) {}", self.over(true, true)),
+            9 => format!("last_value({any}) {}", self.over(true, true)),
+            10 => format!("nth_value({any}, {n}) {}", self.over(true, true)),
+            11 => format!("count(*) {}", self.over(!peers_only, true)),
+            12 => format!("count({any}) {}", self.over(!peers_only, true)),
+            13 => format!("sum({num}) {}", self.over(!peers_only, true)),
+            14 => format!("avg({num}) {}", self.over(!peers_only, true)),
+            15 => format!("total({num}) {}", self.over(!peers_only, true)),
+            _ => format!("{}({any}) {}", if self.rng.random_bool(0.5) { "min" } else { "max" }, self.over(!peers_only, true)),
+        }
+    }
+
+    /// A query and whether its rows come in a fixed order.
+    fn query(&mut self) -> (String, bool) {
+        let name = &self.table.name;
+        if self.rng.random_bool(0.15) {
+            // Windows over groups: rank the groups by an aggregate.
+            let (key, _) = self.any_column();
+            let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
+            let over = if self.rng.random_bool(0.5) { format!("ORDER BY sum({num})") } else { format!("ORDER BY count(*) DESC, {key}") };
+            let func = *["rank()", "dense_rank()", "cume_dist()"].get(self.rng.random_range(0..3)).unwrap_or(&"rank()");
+            return (format!("SELECT {key}, sum({num}), {func} OVER ({over}) FROM {name} AS x0 GROUP BY {key} ORDER BY 1"), true);
+        }
+        let calls: Vec<String> = (0..self.rng.random_range(1..=3)).map(|_| self.call()).collect();
+        let filter = if self.rng.random_bool(0.3) { format!(" WHERE x0.id > {}", self.rng.random_range(0..10)) } else { String::new() };
+        let mut sql = format!("SELECT x0.id, {} FROM {name} AS x0{filter} ORDER BY x0.id", calls.join(", "));
+        if self.rng.random_bool(0.2) {
+            write!(sql, " LIMIT {}", self.rng.random_range(1..6)).expect("string");
+        }
+        (sql, true)
+    }
+}
+
+/// Generated window queries (functions, partitions, orders and frames at random) over
+/// random tables, on edgestore and on SQLite: the rows must match, and a statement SQLite
+/// refuses edgestore must refuse too. Prints the seed and how many queries matched.
+#[test]
+fn windows_match_sqlite() {
+    let seed = env_number("EDGESTORE_SEED").unwrap_or(WINDOW_SEED_DEFAULT);
+    let queries = env_number("EDGESTORE_SQL_WINDOW_QUERIES").map_or(WINDOW_QUERIES_DEFAULT, |n| n as usize);
+    println!("window differential: seed {seed} ({queries} queries); replay with EDGESTORE_SEED={seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut compared, mut matched, mut refused, mut nonempty) = (0, 0, 0, 0);
+    let mut world_index = 0;
+    while compared < queries {
+        let mut world_rng = ChaCha8Rng::seed_from_u64(rng.random());
+        let (world, statements) = make_world(&mut world_rng);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut replica = Replica::open(dir.path().join("w.redb"), NodeId::from_public_key(b"win")).expect("open");
+        let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
+        for statement in &statements {
+            sql::execute(&mut replica, statement, &[], 0).unwrap_or_else(|e| panic!("{statement}: {e}"));
+            conn.execute(statement, []).unwrap_or_else(|e| panic!("sqlite: {statement}: {e}"));
+        }
+        for q in 0..WINDOW_QUERIES_PER_WORLD.min(queries - compared) {
+            let table = &world.tables[rng.random_range(0..world.tables.len())];
+            let mut generator = WindowGen { rng: ChaCha8Rng::seed_from_u64(rng.random()), table };
+            let (query, ordered) = generator.query();
+            compared += 1;
+            let ours = sql::execute(&mut replica, &query, &[], 0).and_then(|r| r.collect_rows());
+            match (sqlite_rows(&conn, &query), ours) {
+                // Refused for a reason, never by an internal error.
+                (Err(_), Err(e @ (sql::SqlError::Invalid(_) | sql::SqlError::NotSupported(_))))
+                    if !e.to_string().contains("internal") =>
+                {
+                    refused += 1
+                }
+                (Ok(theirs), Ok(ours)) if same_rows(&ours, &theirs, ordered) => nonempty += usize::from(!theirs.is_empty()),
+                (theirs, ours) => panic!(
+                    "world {world_index} window query {q} differs from SQLite\n{query}\nschema and data:\n{};\n\
+                     edgestore: {ours:?}\nsqlite:    {theirs:?}",
+                    statements.join(";\n")
+                ),
+            }
+            matched += 1;
+        }
+        world_index += 1;
+    }
+    println!(
+        "window differential: {matched} of {compared} window queries matched SQLite over {world_index} random \
+         databases ({refused} refused by both, {nonempty} with rows)"
+    );
+    assert_eq!(matched, compared);
+    // Queries that SQLite and edgestore both refuse, or that return nothing, compare nothing.
+    assert!(refused * 5 <= compared, "{refused} of {compared} window queries were refused");
+    assert!(nonempty * 2 >= compared, "{nonempty} of {compared} window queries had rows");
+}

@@ -307,6 +307,11 @@ fn memory_hungry_statements_fail_with_the_budget_error_and_give_their_bytes_back
             "a CTE read twice (a hash join of its rows)",
             "WITH s AS (SELECT a.v || b.id AS k FROM t a, t b) SELECT count(*) FROM s JOIN s AS r USING (k)",
         ),
+        ("a window's rows over a cross join", "SELECT a.id, row_number() OVER (ORDER BY a.v, b.id) FROM t a, t b"),
+        (
+            "group_concat over a whole-partition window frame",
+            "SELECT group_concat(v) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) FROM t",
+        ),
         ("INSERT … SELECT of a cross join", "INSERT INTO t SELECT a.id * 1000 + b.id + 1000000, a.v FROM t a, t b"),
         ("UPDATE of every row with a large value", "UPDATE t SET v = v || v"),
     ];
@@ -398,6 +403,9 @@ fn a_four_way_cross_join_stops_when_interrupted() {
         "SELECT DISTINCT a.id + b.id + c.id + d.id FROM t a, t b, t c, t d",
         "SELECT count(*) FROM t a, t b, t c, t d WHERE a.v || b.v = c.v || d.v || 'x'",
         "SELECT count(*) FROM t a WHERE EXISTS (SELECT 1 FROM t b, t c, t d WHERE b.id + c.id + d.id < a.id - 5000)",
+        // min() cannot take a row out of its frame: a moving frame of a million rows is
+        // rescanned for every row, and only the interrupt ends it.
+        "SELECT min(a.id + b.id) OVER (ORDER BY a.id, b.id ROWS BETWEEN CURRENT ROW AND 1000000 FOLLOWING) FROM t a, t b",
     ];
     let mut replica = Some(replica);
     for (i, text) in statements.iter().enumerate() {

@@ -252,6 +252,18 @@ fn frame(binder: &Binder<'_>, frame: Option<&ast::WindowFrame>) -> Result<Frame,
             "unsupported frame specification: a frame cannot start at {start} or end at {end}"
         )));
     }
+    // SQLite's order of bounds: a frame may not end in a kind of bound before the one it
+    // starts with (CURRENT ROW AND 1 PRECEDING, 1 FOLLOWING AND CURRENT ROW).
+    let rank = |b: FrameBound| match b {
+        FrameBound::UnboundedPreceding => 0,
+        FrameBound::Preceding(_) => 1,
+        FrameBound::CurrentRow => 2,
+        FrameBound::Following(_) => 3,
+        FrameBound::UnboundedFollowing => 4,
+    };
+    if rank(end) < rank(start) {
+        return Err(SqlError::invalid(format!("unsupported frame specification: BETWEEN {start} AND {end}")));
+    }
     let offset = |b: FrameBound| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_));
     if units == Units::Range && (offset(start) || offset(end)) {
         return Err(SqlError::unsupported(
