@@ -512,11 +512,18 @@ fn sql_matches_sqlite() {
     assert!(set_nonempty * 3 >= set_queries, "{set_nonempty} of {set_queries} compound/WITH queries had rows");
 }
 
-/// Runs `queries` queries and the compound/`WITH` ones on one random world; returns how many
-/// of the latter ran, and how many of those returned rows.
-fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (world, statements) = make_world(&mut rng);
+/// A random world, loaded into a fresh replica and into SQLite.
+struct Loaded {
+    world: World,
+    statements: Vec<String>,
+    replica: Replica,
+    conn: rusqlite::Connection,
+    /// Holds the replica's files.
+    _dir: tempfile::TempDir,
+}
+
+fn load_world(rng: &mut ChaCha8Rng, index: usize) -> Loaded {
+    let (world, statements) = make_world(rng);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = Replica::open(dir.path().join("w.redb"), NodeId::from_public_key(b"diff")).expect("open");
     let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
@@ -524,6 +531,14 @@ fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
         sql::execute(&mut replica, statement, &[], 0).unwrap_or_else(|e| panic!("world {index}: {statement}: {e}"));
         conn.execute(statement, []).unwrap_or_else(|e| panic!("sqlite: {statement}: {e}"));
     }
+    Loaded { world, statements, replica, conn, _dir: dir }
+}
+
+/// Runs `queries` queries and the compound/`WITH` ones on one random world; returns how many
+/// of the latter ran, and how many of those returned rows.
+fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let Loaded { world, statements, mut replica, conn, _dir } = load_world(&mut rng, index);
     let set_queries = SET_QUERIES_PER_WORLD * queries / QUERIES_PER_WORLD;
     let mut set_nonempty = 0;
     for q in 0..queries + set_queries {
@@ -628,7 +643,8 @@ impl WindowGen<'_> {
         let mut order = Vec::new();
         if self.rng.random_bool(0.8) {
             let (c, _) = self.any_column();
-            let direction = *["", " DESC", " NULLS LAST", " DESC NULLS FIRST"].get(self.rng.random_range(0..4)).unwrap_or(&"");
+            let direction =
+                *["", " DESC", " NULLS LAST", " DESC NULLS FIRST"].get(self.rng.random_range(0..4)).unwrap_or(&"");
             order.push(format!("{c}{direction}"));
         }
         if total_order {
@@ -663,7 +679,11 @@ impl WindowGen<'_> {
             13 => format!("sum({num}) {}", self.over(!peers_only, true)),
             14 => format!("avg({num}) {}", self.over(!peers_only, true)),
             15 => format!("total({num}) {}", self.over(!peers_only, true)),
-            _ => format!("{}({any}) {}", if self.rng.random_bool(0.5) { "min" } else { "max" }, self.over(!peers_only, true)),
+            _ => format!(
+                "{}({any}) {}",
+                if self.rng.random_bool(0.5) { "min" } else { "max" },
+                self.over(!peers_only, true)
+            ),
         }
     }
 
@@ -674,12 +694,23 @@ impl WindowGen<'_> {
             // Windows over groups: rank the groups by an aggregate.
             let (key, _) = self.any_column();
             let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
-            let over = if self.rng.random_bool(0.5) { format!("ORDER BY sum({num})") } else { format!("ORDER BY count(*) DESC, {key}") };
+            let over = if self.rng.random_bool(0.5) {
+                format!("ORDER BY sum({num})")
+            } else {
+                format!("ORDER BY count(*) DESC, {key}")
+            };
             let func = *["rank()", "dense_rank()", "cume_dist()"].get(self.rng.random_range(0..3)).unwrap_or(&"rank()");
-            return (format!("SELECT {key}, sum({num}), {func} OVER ({over}) FROM {name} AS x0 GROUP BY {key} ORDER BY 1"), true);
+            return (
+                format!("SELECT {key}, sum({num}), {func} OVER ({over}) FROM {name} AS x0 GROUP BY {key} ORDER BY 1"),
+                true,
+            );
         }
         let calls: Vec<String> = (0..self.rng.random_range(1..=3)).map(|_| self.call()).collect();
-        let filter = if self.rng.random_bool(0.3) { format!(" WHERE x0.id > {}", self.rng.random_range(0..10)) } else { String::new() };
+        let filter = if self.rng.random_bool(0.3) {
+            format!(" WHERE x0.id > {}", self.rng.random_range(0..10))
+        } else {
+            String::new()
+        };
         let mut sql = format!("SELECT x0.id, {} FROM {name} AS x0{filter} ORDER BY x0.id", calls.join(", "));
         if self.rng.random_bool(0.2) {
             write!(sql, " LIMIT {}", self.rng.random_range(1..6)).expect("string");
@@ -701,14 +732,7 @@ fn windows_match_sqlite() {
     let mut world_index = 0;
     while compared < queries {
         let mut world_rng = ChaCha8Rng::seed_from_u64(rng.random());
-        let (world, statements) = make_world(&mut world_rng);
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut replica = Replica::open(dir.path().join("w.redb"), NodeId::from_public_key(b"win")).expect("open");
-        let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
-        for statement in &statements {
-            sql::execute(&mut replica, statement, &[], 0).unwrap_or_else(|e| panic!("{statement}: {e}"));
-            conn.execute(statement, []).unwrap_or_else(|e| panic!("sqlite: {statement}: {e}"));
-        }
+        let Loaded { world, statements, mut replica, conn, _dir } = load_world(&mut world_rng, world_index);
         for q in 0..WINDOW_QUERIES_PER_WORLD.min(queries - compared) {
             let table = &world.tables[rng.random_range(0..world.tables.len())];
             let mut generator = WindowGen { rng: ChaCha8Rng::seed_from_u64(rng.random()), table };
@@ -722,7 +746,9 @@ fn windows_match_sqlite() {
                 {
                     refused += 1
                 }
-                (Ok(theirs), Ok(ours)) if same_rows(&ours, &theirs, ordered) => nonempty += usize::from(!theirs.is_empty()),
+                (Ok(theirs), Ok(ours)) if same_rows(&ours, &theirs, ordered) => {
+                    nonempty += usize::from(!theirs.is_empty())
+                }
                 (theirs, ours) => panic!(
                     "world {world_index} window query {q} differs from SQLite\n{query}\nschema and data:\n{};\n\
                      edgestore: {ours:?}\nsqlite:    {theirs:?}",

@@ -12,8 +12,8 @@ use super::bind::{self, AggCtx, Binder, PlanCtx};
 use super::expr::Expr;
 use super::limits::EXPR_DEPTH_MAX;
 use super::plan::{Plan, Scope, SetOp, SortKey};
-use super::SqlError;
 use super::window::WinCtx;
+use super::SqlError;
 use super::{cte, from, prune};
 use crate::types::Value;
 

@@ -57,7 +57,8 @@ pub(crate) fn run(
             let partition = &order[at..end];
             let peers = peers(&keys, partition, order_keys, limits)?;
             for func in &sort.funcs {
-                let values = compute(func, &rows, partition, &peers, limits, &mut scratch)?;
+                let part = Partition { rows: &rows, positions: partition, peers: &peers, limits };
+                let values = compute(func, &part, &mut scratch)?;
                 for (&i, v) in partition.iter().zip(values) {
                     // What the value holds beyond the slot already reserved for it.
                     reservation.grow(limits::value_bytes(&v) - std::mem::size_of::<Value>())?;
@@ -133,15 +134,18 @@ fn peers(keys: &[Row], partition: &[usize], order_keys: &[SortKey], limits: &Lim
     Ok(Peers { group, starts })
 }
 
+/// One partition of the operator's rows, in window order.
+struct Partition<'a> {
+    rows: &'a [Row],
+    /// Positions in `rows`, in window order.
+    positions: &'a [usize],
+    peers: &'a Peers,
+    limits: &'a Limits,
+}
+
 /// A function's value for every row of a partition, in partition order.
-fn compute(
-    func: &WindowFunc,
-    rows: &[Row],
-    partition: &[usize],
-    peers: &Peers,
-    limits: &Limits,
-    scratch: &mut Reservation,
-) -> Result<Vec<Value>, SqlError> {
+fn compute(func: &WindowFunc, part: &Partition<'_>, scratch: &mut Reservation) -> Result<Vec<Value>, SqlError> {
+    let Partition { rows, positions: partition, peers, limits } = *part;
     let n = partition.len();
     let arg = |k: usize, j: usize| -> Result<Value, SqlError> {
         func.args.get(k).map_or(Ok(Value::Null), |e| e.eval(&rows[partition[j]]))
@@ -149,7 +153,7 @@ fn compute(
     let mut values = Vec::with_capacity(n);
     scratch.grow(n * std::mem::size_of::<Value>())?;
     match func.kind {
-        WinKind::Agg(agg) => return aggregate(func, agg, rows, partition, peers, limits, scratch),
+        WinKind::Agg(agg) => return aggregate(func, agg, part, scratch),
         WinKind::Ntile => {
             let buckets = ntile_buckets(&arg(0, 0)?)?;
             values.extend((0..n).map(|j| Value::Integer(ntile(buckets, n as i64, j as i64))));
@@ -262,12 +266,10 @@ fn ntile(buckets: i64, total: i64, row: i64) -> i64 {
 fn aggregate(
     func: &WindowFunc,
     agg: AggFunc,
-    rows: &[Row],
-    partition: &[usize],
-    peers: &Peers,
-    limits: &Limits,
+    part: &Partition<'_>,
     scratch: &mut Reservation,
 ) -> Result<Vec<Value>, SqlError> {
+    let Partition { rows, positions: partition, peers, limits } = *part;
     let n = partition.len();
     // The argument of every row, once (count(*) counts any row: a non-NULL stand-in).
     let mut args = Vec::with_capacity(n);

@@ -59,7 +59,9 @@ pub(super) fn bounds(frame: &Frame, i: usize, peers: &Peers, n: usize) -> (usize
         (Units::Rows, FrameBound::Following(k)) => i.saturating_add(to_usize(k)).saturating_add(1).min(n),
         (Units::Rows, FrameBound::CurrentRow) => i + 1,
         (Units::Rows, FrameBound::Preceding(k)) => (i + 1).saturating_sub(to_usize(k)),
-        (Units::Groups, FrameBound::Following(k)) => starts[g.saturating_add(to_usize(k)).saturating_add(1).min(groups)],
+        (Units::Groups, FrameBound::Following(k)) => {
+            starts[g.saturating_add(to_usize(k)).saturating_add(1).min(groups)]
+        }
         (Units::Groups, FrameBound::Preceding(k)) => match g.checked_sub(to_usize(k)) {
             Some(h) => starts[h + 1],
             None => 0,
