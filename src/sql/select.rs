@@ -2,9 +2,10 @@
 //! `ORDER BY`, `LIMIT` / `OFFSET`, `VALUES`, compound queries (`UNION [ALL]`, `INTERSECT`,
 //! `EXCEPT`, left to right with equal precedence as in SQLite) and `WITH` (`cte.rs`).
 //!
-//! The plan of a `SELECT` is: FROM/WHERE (`from.rs`) → aggregate → HAVING → projection of
-//! the visible columns plus any `ORDER BY` keys that are not visible → DISTINCT → sort →
-//! limit → trim the hidden keys. Output rows always have exactly `columns.len()` values.
+//! The plan of a `SELECT` is: FROM/WHERE (`from.rs`) → aggregate → HAVING → window
+//! functions (`window/`) → projection of the visible columns plus any `ORDER BY` keys that
+//! are not visible → DISTINCT → sort → limit → trim the hidden keys. Output rows always
+//! have exactly `columns.len()` values.
 
 use sqlparser::ast;
 
