@@ -14,7 +14,7 @@ use super::super::limits::{self, Limits, Reservation};
 use super::super::plan::{Row, SortKey};
 use super::super::value::{self, Num};
 use super::super::SqlError;
-use super::frame::{self, Peers, Sliding};
+use super::frame::{self, Peers, Slider};
 use super::{WinKind, WindowFunc, WindowSort};
 use crate::types::Value;
 
@@ -286,8 +286,7 @@ fn aggregate(
         }
     }
     let mut values = Vec::with_capacity(n);
-    let mut acc = Sliding::new(agg);
-    let (mut low, mut high) = (0, 0);
+    let mut slider = Slider::new(agg);
     for j in 0..n {
         limits.check()?;
         let (start, end) = frame::bounds(&func.frame, j, peers, n);
@@ -297,19 +296,7 @@ fn aggregate(
             values.push(text);
             continue;
         }
-        if !frame::invertible(agg) && start != low {
-            acc = Sliding::new(agg);
-            (low, high) = (start, start);
-        }
-        while high < end {
-            acc.add(&args[high]);
-            high += 1;
-        }
-        while low < start {
-            acc.remove(&args[low]);
-            low += 1;
-        }
-        values.push(acc.value()?);
+        values.push(slider.frame_value(&args, start, end)?);
     }
     Ok(values)
 }
