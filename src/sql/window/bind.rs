@@ -38,27 +38,31 @@ impl WinCtx {
         WinCtx { named, ..WinCtx::default() }
     }
 
-    /// The specification a `WINDOW` name stands for.
-    fn named_spec(&self, name: &ast::Ident) -> Result<ast::WindowSpec, SqlError> {
-        let mut wanted = bind::ident(name);
-        for _ in 0..NAMED_WINDOW_CHAIN_MAX {
-            match self.named.iter().find(|(n, _)| *n == wanted) {
-                Some((_, ast::NamedWindowExpr::WindowSpec(spec))) => return Ok(spec.clone()),
-                Some((_, ast::NamedWindowExpr::NamedWindow(next))) => wanted = bind::ident(next),
-                None => return Err(SqlError::invalid(format!("no such window: {wanted}"))),
-            }
+    /// The specification a `WINDOW` name stands for (`hops`: names followed so far).
+    fn named_spec(&self, name: &ast::Ident, hops: usize) -> Result<ast::WindowSpec, SqlError> {
+        if hops > NAMED_WINDOW_CHAIN_MAX {
+            return Err(SqlError::invalid(format!("window {name} refers to windows in a loop")));
         }
-        Err(SqlError::invalid(format!("window {name} refers to windows in a loop")))
+        let wanted = bind::ident(name);
+        match self.named.iter().find(|(n, _)| *n == wanted) {
+            Some((_, ast::NamedWindowExpr::WindowSpec(spec))) => self.refine(spec, hops + 1),
+            Some((_, ast::NamedWindowExpr::NamedWindow(next))) => self.named_spec(next, hops + 1),
+            None => Err(SqlError::invalid(format!("no such window: {wanted}"))),
+        }
     }
 
     /// The specification of an `OVER` clause, with the named window it refines merged in.
     fn resolve(&self, over: &ast::WindowType) -> Result<ast::WindowSpec, SqlError> {
-        let spec = match over {
-            ast::WindowType::NamedWindow(name) => return self.named_spec(name),
-            ast::WindowType::WindowSpec(spec) => spec,
-        };
+        match over {
+            ast::WindowType::NamedWindow(name) => self.named_spec(name, 0),
+            ast::WindowType::WindowSpec(spec) => self.refine(spec, 0),
+        }
+    }
+
+    /// `spec` with the named window it starts with (`(name ORDER BY ...)`) merged in.
+    fn refine(&self, spec: &ast::WindowSpec, hops: usize) -> Result<ast::WindowSpec, SqlError> {
         let Some(name) = &spec.window_name else { return Ok(spec.clone()) };
-        let base = self.named_spec(name)?;
+        let base = self.named_spec(name, hops)?;
         let cannot = |what: &str| Err(SqlError::invalid(format!("cannot override {what} of window: {name}")));
         if !spec.partition_by.is_empty() {
             return cannot("PARTITION clause");
