@@ -662,7 +662,10 @@ impl WindowGen<'_> {
         let fallback = literal(&mut self.rng, kind);
         let n = self.rng.random_range(1..4);
         let peers_only = self.rng.random_bool(0.5);
-        match self.rng.random_range(0..17) {
+        match self.rng.random_range(0..18) {
+            // Over numbers: the bundled SQLite's window group_concat of only '' is "\0" (its
+            // plain aggregate's, and edgestore's, is '').
+            17 => format!("group_concat({num}, '-') {}", self.over(true, true)),
             0 => format!("row_number() {}", self.over(true, false)),
             1 => format!("rank() {}", self.over(false, false)),
             2 => format!("dense_rank() {}", self.over(false, false)),
@@ -702,6 +705,19 @@ impl WindowGen<'_> {
             let func = *["rank()", "dense_rank()", "cume_dist()"].get(self.rng.random_range(0..3)).unwrap_or(&"rank()");
             return (
                 format!("SELECT {key}, sum({num}), {func} OVER ({over}) FROM {name} AS x0 GROUP BY {key} ORDER BY 1"),
+                true,
+            );
+        }
+        if self.rng.random_bool(0.1) {
+            // A named window, used as it is and refined with a frame.
+            let (part, _) = self.any_column();
+            let (num, _) = self.any_column();
+            let frame = self.frame().replace(" RANGE", " ROWS");
+            return (
+                format!(
+                    "SELECT x0.id, row_number() OVER w, lag({num}) OVER w, count({num}) OVER (w{frame}) FROM {name} AS x0 \
+                     WINDOW w AS (PARTITION BY {part} ORDER BY {num}, x0.id) ORDER BY x0.id"
+                ),
                 true,
             );
         }
