@@ -43,35 +43,47 @@ pub(crate) fn run(
     let width = width.unwrap_or(0);
     let mut order: Vec<usize> = (0..rows.len()).collect();
     for sort in sorts {
-        let (sorted, keys, _keys_reservation) = sorted(&rows, sort, limits)?;
-        order = sorted;
-        let sort_keys = sort_keys(sort);
-        let (partition_keys, order_keys) = sort_keys.split_at(sort.partition.len());
-        let mut scratch = limits.reservation();
-        let mut at = 0;
-        while at < order.len() {
-            let mut end = at + 1;
-            while end < order.len() && compare_rows(&keys[order[at]], &keys[order[end]], partition_keys).is_eq() {
-                end += 1;
-            }
-            let partition = &order[at..end];
-            let peers = peers(&keys, partition, order_keys, limits)?;
-            for func in &sort.funcs {
-                let part = Partition { rows: &rows, positions: partition, peers: &peers, limits };
-                let values = compute(func, &part, &mut scratch)?;
-                for (&i, v) in partition.iter().zip(values) {
-                    // What the value holds beyond the slot already reserved for it.
-                    reservation.grow(limits::value_bytes(&v) - std::mem::size_of::<Value>())?;
-                    rows[i][width + func.slot] = v;
-                }
-                scratch.clear();
-            }
-            at = end;
-        }
+        order = run_sort(&mut rows, width, sort, &mut reservation, limits)?;
     }
     let out: Vec<Row> = order.iter().map(|&i| std::mem::take(&mut rows[i])).collect();
     reservation.resize(out.iter().map(|r| limits::row_bytes(r)).sum())?;
     Ok((out, reservation))
+}
+
+/// Computes the functions of one sort into their slots (after the first `width` values of
+/// each row); returns the row positions in the sort's order.
+fn run_sort(
+    rows: &mut [Row],
+    width: usize,
+    sort: &WindowSort,
+    reservation: &mut Reservation,
+    limits: &Limits,
+) -> Result<Vec<usize>, SqlError> {
+    let (order, keys, _keys_reservation) = sorted(rows, sort, limits)?;
+    let sort_keys = sort_keys(sort);
+    let (partition_keys, order_keys) = sort_keys.split_at(sort.partition.len());
+    let mut scratch = limits.reservation();
+    let mut at = 0;
+    while at < order.len() {
+        let mut end = at + 1;
+        while end < order.len() && compare_rows(&keys[order[at]], &keys[order[end]], partition_keys).is_eq() {
+            end += 1;
+        }
+        let partition = &order[at..end];
+        let peers = peers(&keys, partition, order_keys, limits)?;
+        for func in &sort.funcs {
+            let part = Partition { rows, positions: partition, peers: &peers, limits };
+            let values = compute(func, &part, &mut scratch)?;
+            for (&i, v) in partition.iter().zip(values) {
+                // What the value holds beyond the slot already reserved for it.
+                reservation.grow(limits::value_bytes(&v) - std::mem::size_of::<Value>())?;
+                rows[i][width + func.slot] = v;
+            }
+            scratch.clear();
+        }
+        at = end;
+    }
+    Ok(order)
 }
 
 /// The sort keys of a window: the partition terms ascending (NULLs first), then its
