@@ -563,3 +563,41 @@ fn shallower(text: &str, divisor: usize) -> String {
         _ => chain(" UNION ALL ", "SELECT 1", d),
     }
 }
+
+/// A moving window over many rows: every value is the one computed here directly, the
+/// rows it held count against the budget while they are read, and every byte is given
+/// back after; under a budget too small for its rows it fails with the budget error.
+#[test]
+fn a_moving_window_over_many_rows_is_exact_and_accounted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = replica(&dir);
+    let rows = 20_000;
+    table(&mut replica, rows, 8);
+    let text = "SELECT id, avg(id) OVER w, min(id) OVER w, count(*) OVER (ORDER BY id / 100) FROM t \
+                WINDOW w AS (ORDER BY id ROWS BETWEEN 9 PRECEDING AND CURRENT ROW) ORDER BY id";
+    let (opts, pool) = budget(64 << 20);
+    let result = sql::prepare(text).expect("prepare").execute_with(&mut replica, &[], 0, &opts).expect("run");
+    let mut read = 0;
+    for (i, row) in result.rows.enumerate() {
+        let row = row.expect("row");
+        assert!(pool.reserved_bytes() > 0, "the window's rows are held while they are read");
+        let id = i as i64;
+        let low = (id - 9).max(0);
+        let mean = (low..=id).sum::<i64>() as f64 / (id - low + 1) as f64;
+        let peers_so_far = (id / 100 + 1) * 100;
+        assert_eq!(
+            row,
+            vec![Value::from(id), Value::Real(mean), Value::from(low), Value::from(peers_so_far)],
+            "row {i}"
+        );
+        read += 1;
+    }
+    assert_eq!(read, rows);
+    assert_eq!(pool.reserved_bytes(), 0, "every reservation is given back");
+    let (small, pool) = budget(1 << 20);
+    match run_with(&mut replica, text, &[], &small) {
+        Err(SqlError::MemoryBudget { limit_bytes }) => assert_eq!(limit_bytes, 1 << 20),
+        other => panic!("expected MemoryBudget, got {other:?}"),
+    }
+    assert_eq!(pool.reserved_bytes(), 0);
+}
