@@ -604,8 +604,9 @@ impl WindowGen<'_> {
         (format!("x0.{name}"), *kind)
     }
 
-    fn bound(&mut self, start: bool) -> String {
-        let n = self.rng.random_range(0..4);
+    /// A frame bound (a start or an end), its offset one of `offsets`.
+    fn bound(&mut self, start: bool, offsets: &[&str]) -> String {
+        let n = offsets[self.rng.random_range(0..offsets.len())];
         match (self.rng.random_range(0..4), start) {
             (0, true) => "UNBOUNDED PRECEDING".into(),
             (0, false) => "UNBOUNDED FOLLOWING".into(),
@@ -624,7 +625,7 @@ impl WindowGen<'_> {
             3 => " RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING".into(),
             units => {
                 let units = if units == 4 { "ROWS" } else { "GROUPS" };
-                let (start, end) = (self.bound(true), self.bound(false));
+                let (start, end) = (self.bound(true, &["0", "1", "2", "3"]), self.bound(false, &["0", "1", "2", "3"]));
                 format!(" {units} BETWEEN {start} AND {end}")
             }
         }
@@ -633,6 +634,9 @@ impl WindowGen<'_> {
     /// `OVER (...)`. `total_order`: the order must fix every row's place (its function
     /// depends on the order of peers), so `id` ends it; so must a ROWS frame's.
     fn over(&mut self, total_order: bool, frame: bool) -> String {
+        if frame && !total_order && self.rng.random_bool(0.25) {
+            return self.range_over();
+        }
         let frame = if frame { self.frame() } else { String::new() };
         let total_order = total_order || frame.starts_with(" ROWS");
         let mut parts = Vec::new();
@@ -654,6 +658,18 @@ impl WindowGen<'_> {
             parts.push(format!("ORDER BY {}", order.join(", ")));
         }
         format!("OVER ({}{frame})", parts.join(" ")).replace("( ", "(")
+    }
+
+    /// `OVER (... ORDER BY <one number> RANGE ...)` with offsets (integers and reals).
+    fn range_over(&mut self) -> String {
+        let order = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
+        let direction =
+            *["", " DESC", " NULLS LAST", " DESC NULLS FIRST"].get(self.rng.random_range(0..4)).unwrap_or(&"");
+        let partition =
+            if self.rng.random_bool(0.4) { format!("PARTITION BY {} ", self.any_column().0) } else { String::new() };
+        const OFFSETS: [&str; 5] = ["0", "1", "2", "1.5", "4"];
+        let (start, end) = (self.bound(true, &OFFSETS), self.bound(false, &OFFSETS));
+        format!("OVER ({partition}ORDER BY {order}{direction} RANGE BETWEEN {start} AND {end})")
     }
 
     fn call(&mut self) -> String {

@@ -216,6 +216,9 @@ fn bind_parts(
     };
     let spec = win.resolve(over)?;
     let frame = frame(binder, spec.window_frame.as_ref())?;
+    if frame.is_range_offset() && spec.order_by.len() != 1 {
+        return Err(SqlError::invalid("RANGE with offset PRECEDING/FOLLOWING requires one ORDER BY expression"));
+    }
     Ok((WindowFunc { kind, args: bound, frame, slot: 0 }, spec))
 }
 
@@ -246,9 +249,9 @@ fn frame(binder: &Binder<'_>, frame: Option<&ast::WindowFrame>) -> Result<Frame,
         ast::WindowFrameUnits::Groups => Units::Groups,
         ast::WindowFrameUnits::Range => Units::Range,
     };
-    let start = bound(binder, &frame.start_bound, "starting")?;
+    let start = bound(binder, &frame.start_bound, "starting", units)?;
     let end = match &frame.end_bound {
-        Some(b) => bound(binder, b, "ending")?,
+        Some(b) => bound(binder, b, "ending", units)?,
         None => FrameBound::CurrentRow,
     };
     if start == FrameBound::UnboundedFollowing || end == FrameBound::UnboundedPreceding {
@@ -268,32 +271,29 @@ fn frame(binder: &Binder<'_>, frame: Option<&ast::WindowFrame>) -> Result<Frame,
     if rank(end) < rank(start) {
         return Err(SqlError::invalid(format!("unsupported frame specification: BETWEEN {start} AND {end}")));
     }
-    let offset = |b: FrameBound| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_));
-    if units == Units::Range && (offset(start) || offset(end)) {
-        return Err(SqlError::unsupported(
-            "RANGE frames with an offset (RANGE N PRECEDING/FOLLOWING): use ROWS or GROUPS",
-        ));
-    }
     Ok(Frame { units, start, end })
 }
 
-fn bound(binder: &Binder<'_>, b: &ast::WindowFrameBound, which: &str) -> Result<FrameBound, SqlError> {
+fn bound(binder: &Binder<'_>, b: &ast::WindowFrameBound, which: &str, units: Units) -> Result<FrameBound, SqlError> {
     Ok(match b {
         ast::WindowFrameBound::CurrentRow => FrameBound::CurrentRow,
         ast::WindowFrameBound::Preceding(None) => FrameBound::UnboundedPreceding,
         ast::WindowFrameBound::Following(None) => FrameBound::UnboundedFollowing,
-        ast::WindowFrameBound::Preceding(Some(e)) => FrameBound::Preceding(offset(binder, e, which)?),
-        ast::WindowFrameBound::Following(Some(e)) => FrameBound::Following(offset(binder, e, which)?),
+        ast::WindowFrameBound::Preceding(Some(e)) => FrameBound::Preceding(offset(binder, e, which, units)?),
+        ast::WindowFrameBound::Following(Some(e)) => FrameBound::Following(offset(binder, e, which, units)?),
     })
 }
 
-/// A frame offset: a constant non-negative integer (an integral real counts, as in SQLite).
-fn offset(binder: &Binder<'_>, e: &ast::Expr, which: &str) -> Result<u64, SqlError> {
+/// A frame offset, a constant: a non-negative integer for `ROWS` and `GROUPS` (an integral
+/// real counts, as in SQLite), a non-negative number for `RANGE`.
+fn offset(binder: &Binder<'_>, e: &ast::Expr, which: &str, units: Units) -> Result<f64, SqlError> {
     let value = select::constant(binder.ctx, e)?;
-    let n = match value {
-        Value::Integer(i) => u64::try_from(i).ok(),
-        Value::Real(r) if r >= 0.0 && r.fract() == 0.0 && r < u64::MAX as f64 => Some(r as u64),
+    let n = match (value, units) {
+        (Value::Integer(i), _) if i >= 0 => Some(i as f64),
+        (Value::Real(r), Units::Range) if r >= 0.0 && r.is_finite() => Some(r),
+        (Value::Real(r), _) if r >= 0.0 && r.fract() == 0.0 && r.is_finite() => Some(r),
         _ => None,
     };
-    n.ok_or_else(|| SqlError::invalid(format!("frame {which} offset must be a non-negative integer")))
+    let kind = if units == Units::Range { "number" } else { "integer" };
+    n.ok_or_else(|| SqlError::invalid(format!("frame {which} offset must be a non-negative {kind}")))
 }

@@ -62,6 +62,7 @@ fn run_sort(
     let (order, keys, _keys_reservation) = sorted(rows, sort, limits)?;
     let sort_keys = sort_keys(sort);
     let (partition_keys, order_keys) = sort_keys.split_at(sort.partition.len());
+    let range_values = sort.funcs.iter().any(|f| f.frame.is_range_offset());
     let mut scratch = limits.reservation();
     let mut at = 0;
     while at < order.len() {
@@ -70,7 +71,7 @@ fn run_sort(
             end += 1;
         }
         let partition = &order[at..end];
-        let peers = peers(&keys, partition, order_keys, limits)?;
+        let peers = peers(&keys, partition, order_keys, range_values, limits)?;
         for func in &sort.funcs {
             let part = Partition { rows, positions: partition, peers: &peers, limits };
             let values = compute(func, &part, &mut scratch)?;
@@ -132,7 +133,13 @@ fn sorted(rows: &[Row], sort: &WindowSort, limits: &Limits) -> Result<(Vec<usize
 }
 
 /// The peer groups of a partition (rows equal in every `ORDER BY` term).
-fn peers(keys: &[Row], partition: &[usize], order_keys: &[SortKey], limits: &Limits) -> Result<Peers, SqlError> {
+fn peers(
+    keys: &[Row],
+    partition: &[usize],
+    order_keys: &[SortKey],
+    range_values: bool,
+    limits: &Limits,
+) -> Result<Peers, SqlError> {
     let mut group = Vec::with_capacity(partition.len());
     let mut starts = vec![0];
     for (j, &i) in partition.iter().enumerate() {
@@ -143,7 +150,30 @@ fn peers(keys: &[Row], partition: &[usize], order_keys: &[SortKey], limits: &Lim
         group.push(starts.len() - 1);
     }
     starts.push(partition.len());
-    Ok(Peers { group, starts })
+    let values = if range_values { range_values_of(keys, partition, order_keys)? } else { Vec::new() };
+    // NULLs sort together at one end: the numbers lie between.
+    let low = values.iter().position(Option::is_some).unwrap_or(0);
+    let high = values.iter().rposition(Option::is_some).map_or(low, |p| p + 1);
+    Ok(Peers { group, starts, values, numbers: low..high })
+}
+
+/// The one `ORDER BY` value of each row, ascending (negated when descending), for a
+/// `RANGE` frame with an offset. SQLite's arithmetic on text there has rules of its own:
+/// refused.
+fn range_values_of(keys: &[Row], partition: &[usize], order_keys: &[SortKey]) -> Result<Vec<Option<f64>>, SqlError> {
+    // The binder refuses a RANGE offset without exactly one ORDER BY term.
+    let key = order_keys.first().copied().ok_or_else(|| SqlError::invalid("internal error: RANGE without ORDER BY"))?;
+    partition
+        .iter()
+        .map(|&i| match &keys[i][key.column] {
+            Value::Null => Ok(None),
+            v => match value::as_num(v) {
+                Some(n) if key.descending => Ok(Some(-value::num_f64(n))),
+                Some(n) => Ok(Some(value::num_f64(n))),
+                None => Err(SqlError::unsupported("a RANGE frame with an offset over a non-numeric ORDER BY value")),
+            },
+        })
+        .collect()
 }
 
 /// One partition of the operator's rows, in window order.

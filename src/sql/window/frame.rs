@@ -19,6 +19,11 @@ pub(super) struct Peers {
     pub group: Vec<usize>,
     /// Where each group starts, and the partition's length at the end.
     pub starts: Vec<usize>,
+    /// For a `RANGE` frame with an offset: each row's `ORDER BY` value, negated when
+    /// descending so that they ascend (`None` for NULL, which sorts together at one end).
+    pub values: Vec<Option<f64>>,
+    /// The positions of `values` that are not NULL.
+    pub numbers: std::ops::Range<usize>,
 }
 
 impl Peers {
@@ -27,8 +32,9 @@ impl Peers {
     }
 }
 
-fn to_usize(n: u64) -> usize {
-    usize::try_from(n).unwrap_or(usize::MAX)
+/// An integral offset as a count (`as` saturates).
+fn to_usize(n: f64) -> usize {
+    n as usize
 }
 
 /// The positions `[start, end)` of row `i`'s frame in a partition of `n` rows (`end ≥
@@ -37,12 +43,12 @@ pub(super) fn bounds(frame: &Frame, i: usize, peers: &Peers, n: usize) -> (usize
     let g = peers.group[i];
     let groups = peers.groups();
     let starts = &peers.starts;
-    // A RANGE offset is refused when the window binds; its peers are the current group.
-    debug_assert!(
-        frame.units != Units::Range
-            || !matches!(frame.start, FrameBound::Preceding(_) | FrameBound::Following(_))
-                && !matches!(frame.end, FrameBound::Preceding(_) | FrameBound::Following(_))
-    );
+    if frame.is_range_offset() {
+        if let Some(Some(v)) = peers.values.get(i) {
+            return range_bounds(frame, *v, peers, n);
+        }
+        // A NULL current row: its offset bounds are those of its peers (the NULLs).
+    }
     let start = match (frame.units, frame.start) {
         (_, FrameBound::UnboundedPreceding) => 0,
         (_, FrameBound::UnboundedFollowing) => n,
@@ -67,6 +73,32 @@ pub(super) fn bounds(frame: &Frame, i: usize, peers: &Peers, n: usize) -> (usize
             None => 0,
         },
         (Units::Groups | Units::Range, _) => starts[g + 1],
+    };
+    (start, end.max(start))
+}
+
+/// The frame of a row whose `ORDER BY` value is `v` in a `RANGE` frame with an offset:
+/// rows whose value lies within the offsets, as SQLite finds them: a bound with an offset
+/// is the first row past (or at) `v ± offset` among the non-NULL values; NULLs are inside
+/// only when an unbounded end reaches them.
+fn range_bounds(frame: &Frame, v: f64, peers: &Peers, n: usize) -> (usize, usize) {
+    let values = &peers.values;
+    let (low, high) = (peers.numbers.start, peers.numbers.end);
+    // The first non-NULL position whose value passes `past` (values ascend there).
+    let first = |past: &dyn Fn(f64) -> bool| low + values[low..high].partition_point(|x| !x.is_some_and(past));
+    let start = match frame.start {
+        FrameBound::UnboundedPreceding => 0,
+        FrameBound::Preceding(k) => first(&|x| x >= v - k),
+        FrameBound::CurrentRow => first(&|x| x >= v),
+        FrameBound::Following(k) => first(&|x| x >= v + k),
+        FrameBound::UnboundedFollowing => n,
+    };
+    let end = match frame.end {
+        FrameBound::UnboundedPreceding => 0,
+        FrameBound::Preceding(k) => first(&|x| x > v - k),
+        FrameBound::CurrentRow => first(&|x| x > v),
+        FrameBound::Following(k) => first(&|x| x > v + k),
+        FrameBound::UnboundedFollowing => n,
     };
     (start, end.max(start))
 }
@@ -252,7 +284,7 @@ mod tests {
     }
 
     fn random_bound(rng: &mut ChaCha8Rng) -> FrameBound {
-        let k = rng.random_range(0..4);
+        let k = f64::from(rng.random_range(0..4));
         match rng.random_range(0..5) {
             0 => FrameBound::UnboundedPreceding,
             1 => FrameBound::Preceding(k),
@@ -287,14 +319,13 @@ mod tests {
             }
             let mut starts: Vec<usize> = (0..n).filter(|&j| j == 0 || group[j] != group[j - 1]).collect();
             starts.push(n);
-            let peers = Peers { group, starts };
+            let peers = Peers { group, starts, values: Vec::new(), numbers: 0..0 };
             let units = [Units::Rows, Units::Groups, Units::Range][rng.random_range(0..3)];
             let (start, end) = (random_bound(&mut rng), random_bound(&mut rng));
-            let offset = |b: FrameBound| matches!(b, FrameBound::Preceding(_) | FrameBound::Following(_));
-            if units == Units::Range && (offset(start) || offset(end)) {
+            let frame = Frame { units, start, end };
+            if frame.is_range_offset() {
                 continue;
             }
-            let frame = Frame { units, start, end };
             let args: Vec<Value> = (0..n).map(|_| random_value(&mut rng)).collect();
             let func = funcs[rng.random_range(0..funcs.len())];
             let mut slider = Slider::new(func);

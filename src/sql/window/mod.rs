@@ -5,8 +5,8 @@
 //! - `bind`: window calls in a select list (and `ORDER BY`) become [`WindowFunc`]s, grouped
 //!   by their `PARTITION BY`/`ORDER BY` into [`WindowSort`]s (one sort serves them all);
 //!   named windows (`WINDOW w AS (...)`) resolve here.
-//! - `frame`: which rows of a partition each row's frame holds (`ROWS`, `GROUPS`, `RANGE`
-//!   without offsets), and the sliding accumulators of the aggregates over it.
+//! - `frame`: which rows of a partition each row's frame holds (`ROWS`, `GROUPS`, `RANGE`),
+//!   and the sliding accumulators of the aggregates over it.
 //! - `exec`: the operator. It holds its whole input (accounted against the statement's
 //!   budget, checking the interrupt per row), sorts it once per [`WindowSort`] and
 //!   appends one value per window function to every row.
@@ -75,24 +75,33 @@ impl WinKind {
 pub(crate) enum Units {
     Rows,
     Groups,
-    /// Only `UNBOUNDED` and `CURRENT ROW` bounds (a numeric offset is refused).
+    /// By the value of the one `ORDER BY` term when a bound has an offset (numbers only),
+    /// by peers otherwise.
     Range,
 }
 
-/// One end of a frame, its offset already checked to be a non-negative integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One end of a frame, its offset already checked: a non-negative integer for `ROWS` and
+/// `GROUPS`, a non-negative number for `RANGE`.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum FrameBound {
     UnboundedPreceding,
-    Preceding(u64),
+    Preceding(f64),
     CurrentRow,
-    Following(u64),
+    Following(f64),
     UnboundedFollowing,
+}
+
+impl FrameBound {
+    /// Whether the bound has an offset (`N PRECEDING`, `N FOLLOWING`).
+    pub fn has_offset(self) -> bool {
+        matches!(self, FrameBound::Preceding(_) | FrameBound::Following(_))
+    }
 }
 
 /// A window frame. SQLite's default (`RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT
 /// ROW`) holds the partition up to the current row's last peer; without `ORDER BY` every
 /// row is a peer, so it is the whole partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Frame {
     pub units: Units,
     pub start: FrameBound,
@@ -102,6 +111,11 @@ pub(crate) struct Frame {
 impl Frame {
     pub const DEFAULT: Frame =
         Frame { units: Units::Range, start: FrameBound::UnboundedPreceding, end: FrameBound::CurrentRow };
+
+    /// Whether the frame is a `RANGE` with an offset: it needs the order values.
+    pub fn is_range_offset(&self) -> bool {
+        self.units == Units::Range && (self.start.has_offset() || self.end.has_offset())
+    }
 }
 
 impl std::fmt::Display for FrameBound {
