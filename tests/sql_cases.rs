@@ -248,3 +248,27 @@ fn now_is_the_statement_time() {
     let zone = sql::execute(&mut replica, "SELECT datetime(0, 'localtime')", &[], 5).and_then(|r| r.collect_rows());
     assert!(matches!(zone, Err(SqlError::NoTimeZone { ref modifier }) if modifier == "localtime"), "{zone:?}");
 }
+
+/// A kept plan with window functions takes each execution's parameters: in a window
+/// function's arguments (substituted into the kept plan) and in a frame offset (a constant
+/// of one execution: that plan is made again).
+#[test]
+fn window_plans_take_each_executions_parameters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("w.redb"), NodeId::from_public_key(b"window")).expect("open");
+    sql::execute(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY)", &[], 0).expect("create");
+    sql::execute(&mut replica, "INSERT INTO t VALUES (1), (2), (3)", &[], 0).expect("insert");
+    let lag = sql::prepare("SELECT lag(id, ?1, 0) OVER (ORDER BY id) FROM t ORDER BY id").expect("prepare");
+    let framed =
+        sql::prepare("SELECT sum(id) OVER (ORDER BY id ROWS BETWEEN ?1 PRECEDING AND CURRENT ROW) FROM t ORDER BY id")
+            .expect("prepare");
+    let column = |statement: &sql::Statement, replica: &mut Replica, param: i64| -> Vec<Value> {
+        let rows = statement.execute(replica, &[Value::from(param)], 0).and_then(|r| r.collect_rows());
+        rows.expect("query").into_iter().map(|mut r| r.remove(0)).collect()
+    };
+    let ints = |v: &[i64]| v.iter().map(|i| Value::from(*i)).collect::<Vec<_>>();
+    assert_eq!(column(&lag, &mut replica, 1), ints(&[0, 1, 2]));
+    assert_eq!(column(&lag, &mut replica, 2), ints(&[0, 0, 1]));
+    assert_eq!(column(&framed, &mut replica, 0), ints(&[1, 2, 3]));
+    assert_eq!(column(&framed, &mut replica, 2), ints(&[1, 3, 6]));
+}

@@ -512,11 +512,18 @@ fn sql_matches_sqlite() {
     assert!(set_nonempty * 3 >= set_queries, "{set_nonempty} of {set_queries} compound/WITH queries had rows");
 }
 
-/// Runs `queries` queries and the compound/`WITH` ones on one random world; returns how many
-/// of the latter ran, and how many of those returned rows.
-fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (world, statements) = make_world(&mut rng);
+/// A random world, loaded into a fresh replica and into SQLite.
+struct Loaded {
+    world: World,
+    statements: Vec<String>,
+    replica: Replica,
+    conn: rusqlite::Connection,
+    /// Holds the replica's files.
+    _dir: tempfile::TempDir,
+}
+
+fn load_world(rng: &mut ChaCha8Rng, index: usize) -> Loaded {
+    let (world, statements) = make_world(rng);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut replica = Replica::open(dir.path().join("w.redb"), NodeId::from_public_key(b"diff")).expect("open");
     let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
@@ -524,6 +531,14 @@ fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
         sql::execute(&mut replica, statement, &[], 0).unwrap_or_else(|e| panic!("world {index}: {statement}: {e}"));
         conn.execute(statement, []).unwrap_or_else(|e| panic!("sqlite: {statement}: {e}"));
     }
+    Loaded { world, statements, replica, conn, _dir: dir }
+}
+
+/// Runs `queries` queries and the compound/`WITH` ones on one random world; returns how many
+/// of the latter ran, and how many of those returned rows.
+fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let Loaded { world, statements, mut replica, conn, _dir } = load_world(&mut rng, index);
     let set_queries = SET_QUERIES_PER_WORLD * queries / QUERIES_PER_WORLD;
     let mut set_nonempty = 0;
     for q in 0..queries + set_queries {
@@ -563,4 +578,225 @@ fn comparison_helpers_work() {
     assert_eq!(canonical(&[Value::Integer(2)]), canonical(&[Value::Real(2.0)]));
     assert_eq!(canonical(&[Value::Real(0.25)]).cmp(&canonical(&[Value::Real(0.5)])), Ordering::Less);
     assert_ne!(canonical(&[Value::Text("2".into())]), canonical(&[Value::Integer(2)]));
+}
+
+/// Window queries per world of [`windows_match_sqlite`].
+const WINDOW_QUERIES_PER_WORLD: usize = 40;
+/// Default number of window queries (`EDGESTORE_SQL_WINDOW_QUERIES` overrides it).
+const WINDOW_QUERIES_DEFAULT: usize = 1000;
+const WINDOW_SEED_DEFAULT: u64 = 0x5769_6e64_6f77_7321;
+
+/// A generator of window queries over one table of a world, read as `x0`.
+struct WindowGen<'w> {
+    rng: ChaCha8Rng,
+    table: &'w Table,
+}
+
+impl WindowGen<'_> {
+    fn column(&mut self, kinds: &[Kind]) -> Option<String> {
+        let columns: Vec<&String> =
+            self.table.columns.iter().filter(|(_, k)| kinds.contains(k)).map(|(n, _)| n).collect();
+        (!columns.is_empty()).then(|| format!("x0.{}", columns[self.rng.random_range(0..columns.len())]))
+    }
+
+    fn any_column(&mut self) -> (String, Kind) {
+        let (name, kind) = &self.table.columns[self.rng.random_range(0..self.table.columns.len())];
+        (format!("x0.{name}"), *kind)
+    }
+
+    /// A frame bound (a start or an end), its offset one of `offsets`.
+    fn bound(&mut self, start: bool, offsets: &[&str]) -> String {
+        let n = offsets[self.rng.random_range(0..offsets.len())];
+        match (self.rng.random_range(0..4), start) {
+            (0, true) => "UNBOUNDED PRECEDING".into(),
+            (0, false) => "UNBOUNDED FOLLOWING".into(),
+            (1, _) => format!("{n} PRECEDING"),
+            (2, _) => "CURRENT ROW".into(),
+            _ => format!("{n} FOLLOWING"),
+        }
+    }
+
+    /// A frame clause (or none, for SQLite's default). Some are ones SQLite refuses
+    /// (`CURRENT ROW AND 1 PRECEDING`): then edgestore must refuse them too.
+    fn frame(&mut self) -> String {
+        match self.rng.random_range(0..6) {
+            0 | 1 => String::new(),
+            2 => " RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW".into(),
+            3 => " RANGE BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING".into(),
+            units => {
+                let units = if units == 4 { "ROWS" } else { "GROUPS" };
+                let (start, end) = (self.bound(true, &["0", "1", "2", "3"]), self.bound(false, &["0", "1", "2", "3"]));
+                format!(" {units} BETWEEN {start} AND {end}")
+            }
+        }
+    }
+
+    /// `OVER (...)`. `total_order`: the order must fix every row's place (its function
+    /// depends on the order of peers), so `id` ends it; so must a ROWS frame's.
+    fn over(&mut self, total_order: bool, frame: bool) -> String {
+        if frame && !total_order && self.rng.random_bool(0.25) {
+            return self.range_over();
+        }
+        let frame = if frame { self.frame() } else { String::new() };
+        let total_order = total_order || frame.starts_with(" ROWS");
+        let mut parts = Vec::new();
+        if self.rng.random_bool(0.5) {
+            let (c, _) = self.any_column();
+            parts.push(format!("PARTITION BY {c}"));
+        }
+        let mut order = Vec::new();
+        if self.rng.random_bool(0.8) {
+            let (c, _) = self.any_column();
+            let direction =
+                *["", " DESC", " NULLS LAST", " DESC NULLS FIRST"].get(self.rng.random_range(0..4)).unwrap_or(&"");
+            order.push(format!("{c}{direction}"));
+        }
+        if total_order {
+            order.push(if self.rng.random_bool(0.5) { "x0.id".into() } else { "x0.id DESC".into() });
+        }
+        if !order.is_empty() {
+            parts.push(format!("ORDER BY {}", order.join(", ")));
+        }
+        format!("OVER ({}{frame})", parts.join(" ")).replace("( ", "(")
+    }
+
+    /// `OVER (... ORDER BY <one number> RANGE ...)` with offsets (integers and reals).
+    fn range_over(&mut self) -> String {
+        let order = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
+        let direction =
+            *["", " DESC", " NULLS LAST", " DESC NULLS FIRST"].get(self.rng.random_range(0..4)).unwrap_or(&"");
+        let partition =
+            if self.rng.random_bool(0.4) { format!("PARTITION BY {} ", self.any_column().0) } else { String::new() };
+        const OFFSETS: [&str; 5] = ["0", "1", "2", "1.5", "4"];
+        let (start, end) = (self.bound(true, &OFFSETS), self.bound(false, &OFFSETS));
+        format!("OVER ({partition}ORDER BY {order}{direction} RANGE BETWEEN {start} AND {end})")
+    }
+
+    fn call(&mut self) -> String {
+        let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
+        let (any, kind) = self.any_column();
+        let fallback = literal(&mut self.rng, kind);
+        let n = self.rng.random_range(1..4);
+        let peers_only = self.rng.random_bool(0.5);
+        match self.rng.random_range(0..18) {
+            // Over numbers: the bundled SQLite's window group_concat of only '' is "\0" (its
+            // plain aggregate's, and edgestore's, is '').
+            17 => format!("group_concat({num}, '-') {}", self.over(true, true)),
+            0 => format!("row_number() {}", self.over(true, false)),
+            1 => format!("rank() {}", self.over(false, false)),
+            2 => format!("dense_rank() {}", self.over(false, false)),
+            3 => format!("percent_rank() {}", self.over(false, false)),
+            4 => format!("cume_dist() {}", self.over(false, false)),
+            5 => format!("ntile({n}) {}", self.over(true, false)),
+            6 => format!("lag({any}) {}", self.over(true, false)),
+            7 => format!("lead({any}, {}, {fallback}) {}", n - 1, self.over(true, false)),
+            8 => format!("first_value({any}) {}", self.over(true, true)),
+            9 => format!("last_value({any}) {}", self.over(true, true)),
+            10 => format!("nth_value({any}, {n}) {}", self.over(true, true)),
+            11 => format!("count(*) {}", self.over(!peers_only, true)),
+            12 => format!("count({any}) {}", self.over(!peers_only, true)),
+            13 => format!("sum({num}) {}", self.over(!peers_only, true)),
+            14 => format!("avg({num}) {}", self.over(!peers_only, true)),
+            15 => format!("total({num}) {}", self.over(!peers_only, true)),
+            _ => format!(
+                "{}({any}) {}",
+                if self.rng.random_bool(0.5) { "min" } else { "max" },
+                self.over(!peers_only, true)
+            ),
+        }
+    }
+
+    /// A query and whether its rows come in a fixed order.
+    fn query(&mut self) -> (String, bool) {
+        let name = &self.table.name;
+        if self.rng.random_bool(0.15) {
+            // Windows over groups: rank the groups by an aggregate.
+            let (key, _) = self.any_column();
+            let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "x0.k".into());
+            let over = if self.rng.random_bool(0.5) {
+                format!("ORDER BY sum({num})")
+            } else {
+                format!("ORDER BY count(*) DESC, {key}")
+            };
+            let func = *["rank()", "dense_rank()", "cume_dist()"].get(self.rng.random_range(0..3)).unwrap_or(&"rank()");
+            return (
+                format!("SELECT {key}, sum({num}), {func} OVER ({over}) FROM {name} AS x0 GROUP BY {key} ORDER BY 1"),
+                true,
+            );
+        }
+        if self.rng.random_bool(0.1) {
+            // A named window, used as it is and refined with a frame.
+            let (part, _) = self.any_column();
+            let (num, _) = self.any_column();
+            let frame = self.frame().replace(" RANGE", " ROWS");
+            return (
+                format!(
+                    "SELECT x0.id, row_number() OVER w, lag({num}) OVER w, count({num}) OVER (w{frame}) FROM {name} AS x0 \
+                     WINDOW w AS (PARTITION BY {part} ORDER BY {num}, x0.id) ORDER BY x0.id"
+                ),
+                true,
+            );
+        }
+        let calls: Vec<String> = (0..self.rng.random_range(1..=3)).map(|_| self.call()).collect();
+        let filter = if self.rng.random_bool(0.3) {
+            format!(" WHERE x0.id > {}", self.rng.random_range(0..10))
+        } else {
+            String::new()
+        };
+        let mut sql = format!("SELECT x0.id, {} FROM {name} AS x0{filter} ORDER BY x0.id", calls.join(", "));
+        if self.rng.random_bool(0.2) {
+            write!(sql, " LIMIT {}", self.rng.random_range(1..6)).expect("string");
+        }
+        (sql, true)
+    }
+}
+
+/// Generated window queries (functions, partitions, orders and frames at random) over
+/// random tables, on edgestore and on SQLite: the rows must match, and a statement SQLite
+/// refuses edgestore must refuse too. Prints the seed and how many queries matched.
+#[test]
+fn windows_match_sqlite() {
+    let seed = env_number("EDGESTORE_SEED").unwrap_or(WINDOW_SEED_DEFAULT);
+    let queries = env_number("EDGESTORE_SQL_WINDOW_QUERIES").map_or(WINDOW_QUERIES_DEFAULT, |n| n as usize);
+    println!("window differential: seed {seed} ({queries} queries); replay with EDGESTORE_SEED={seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut compared, mut matched, mut refused, mut nonempty) = (0, 0, 0, 0);
+    let mut world_index = 0;
+    while compared < queries {
+        let mut world_rng = ChaCha8Rng::seed_from_u64(rng.random());
+        let Loaded { world, statements, mut replica, conn, _dir } = load_world(&mut world_rng, world_index);
+        for q in 0..WINDOW_QUERIES_PER_WORLD.min(queries - compared) {
+            let table = &world.tables[rng.random_range(0..world.tables.len())];
+            let mut generator = WindowGen { rng: ChaCha8Rng::seed_from_u64(rng.random()), table };
+            let (query, ordered) = generator.query();
+            compared += 1;
+            let ours = sql::execute(&mut replica, &query, &[], 0).and_then(|r| r.collect_rows());
+            match (sqlite_rows(&conn, &query), ours) {
+                // Refused for a reason, never by an internal error.
+                (Err(_), Err(e @ (sql::SqlError::Invalid(_) | sql::SqlError::NotSupported(_))))
+                    if !e.to_string().contains("internal") =>
+                {
+                    refused += 1
+                }
+                (Ok(theirs), Ok(ours)) if same_rows(&ours, &theirs, ordered) => {
+                    nonempty += usize::from(!theirs.is_empty())
+                }
+                (theirs, ours) => panic!(
+                    "world {world_index} window query {q} differs from SQLite\n{query}\nschema and data:\n{};\n\
+                     edgestore: {ours:?}\nsqlite:    {theirs:?}",
+                    statements.join(";\n")
+                ),
+            }
+            matched += 1;
+        }
+        world_index += 1;
+    }
+    println!(
+        "window differential: {matched} of {compared} window queries matched SQLite over {world_index} random \
+         databases ({refused} refused by both, {nonempty} with rows)"
+    );
+    assert_eq!(matched, compared);
+    // Queries that SQLite and edgestore both refuse, or that return nothing, compare nothing.
+    assert!(refused * 5 <= compared, "{refused} of {compared} window queries were refused");
+    assert!(nonempty * 2 >= compared, "{nonempty} of {compared} window queries had rows");
 }

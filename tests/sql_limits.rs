@@ -307,6 +307,11 @@ fn memory_hungry_statements_fail_with_the_budget_error_and_give_their_bytes_back
             "a CTE read twice (a hash join of its rows)",
             "WITH s AS (SELECT a.v || b.id AS k FROM t a, t b) SELECT count(*) FROM s JOIN s AS r USING (k)",
         ),
+        ("a window's rows over a cross join", "SELECT a.id, row_number() OVER (ORDER BY a.v, b.id) FROM t a, t b"),
+        (
+            "group_concat over a whole-partition window frame",
+            "SELECT group_concat(v) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) FROM t",
+        ),
         ("INSERT … SELECT of a cross join", "INSERT INTO t SELECT a.id * 1000 + b.id + 1000000, a.v FROM t a, t b"),
         ("UPDATE of every row with a large value", "UPDATE t SET v = v || v"),
     ];
@@ -398,6 +403,9 @@ fn a_four_way_cross_join_stops_when_interrupted() {
         "SELECT DISTINCT a.id + b.id + c.id + d.id FROM t a, t b, t c, t d",
         "SELECT count(*) FROM t a, t b, t c, t d WHERE a.v || b.v = c.v || d.v || 'x'",
         "SELECT count(*) FROM t a WHERE EXISTS (SELECT 1 FROM t b, t c, t d WHERE b.id + c.id + d.id < a.id - 5000)",
+        // min() cannot take a row out of its frame: a moving frame of a million rows is
+        // rescanned for every row, and only the interrupt ends it.
+        "SELECT min(a.id + b.id) OVER (ORDER BY a.id, b.id ROWS BETWEEN CURRENT ROW AND 1000000 FOLLOWING) FROM t a, t b",
     ];
     let mut replica = Some(replica);
     for (i, text) in statements.iter().enumerate() {
@@ -554,4 +562,42 @@ fn shallower(text: &str, divisor: usize) -> String {
         t if t.starts_with("WITH") => nested("WITH c AS (", "SELECT 1", ") SELECT * FROM c", derived),
         _ => chain(" UNION ALL ", "SELECT 1", d),
     }
+}
+
+/// A moving window over many rows: every value is the one computed here directly, the
+/// rows it held count against the budget while they are read, and every byte is given
+/// back after; under a budget too small for its rows it fails with the budget error.
+#[test]
+fn a_moving_window_over_many_rows_is_exact_and_accounted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = replica(&dir);
+    let rows = 20_000;
+    table(&mut replica, rows, 8);
+    let text = "SELECT id, avg(id) OVER w, min(id) OVER w, count(*) OVER (ORDER BY id / 100) FROM t \
+                WINDOW w AS (ORDER BY id ROWS BETWEEN 9 PRECEDING AND CURRENT ROW) ORDER BY id";
+    let (opts, pool) = budget(64 << 20);
+    let result = sql::prepare(text).expect("prepare").execute_with(&mut replica, &[], 0, &opts).expect("run");
+    let mut read = 0;
+    for (i, row) in result.rows.enumerate() {
+        let row = row.expect("row");
+        assert!(pool.reserved_bytes() > 0, "the window's rows are held while they are read");
+        let id = i as i64;
+        let low = (id - 9).max(0);
+        let mean = (low..=id).sum::<i64>() as f64 / (id - low + 1) as f64;
+        let peers_so_far = (id / 100 + 1) * 100;
+        assert_eq!(
+            row,
+            vec![Value::from(id), Value::Real(mean), Value::from(low), Value::from(peers_so_far)],
+            "row {i}"
+        );
+        read += 1;
+    }
+    assert_eq!(read, rows);
+    assert_eq!(pool.reserved_bytes(), 0, "every reservation is given back");
+    let (small, pool) = budget(1 << 20);
+    match run_with(&mut replica, text, &[], &small) {
+        Err(SqlError::MemoryBudget { limit_bytes }) => assert_eq!(limit_bytes, 1 << 20),
+        other => panic!("expected MemoryBudget, got {other:?}"),
+    }
+    assert_eq!(pool.reserved_bytes(), 0);
 }

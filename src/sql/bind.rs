@@ -21,6 +21,7 @@ use super::limits::{Limits, EXPR_DEPTH_MAX, SUBQUERY_DEPTH_COST};
 use super::plan::Scope;
 use super::subquery::{self, Subquery, SubqueryCall, SubqueryKind};
 use super::value::ArithOp;
+use super::window::{self, WinCtx};
 use super::{exec, select, SqlError};
 use crate::replica::Snapshot;
 use crate::types::Value;
@@ -160,6 +161,9 @@ pub(crate) struct Binder<'a> {
     pub ctx: PlanCtx<'a>,
     pub scope: &'a Scope,
     pub agg: Option<AggCtx>,
+    /// The query's window functions, while its select list and `ORDER BY` bind (a window
+    /// call anywhere else is a misuse).
+    pub win: Option<WinCtx>,
     /// Depth of the expression being bound (starting at the query's own depth).
     depth: usize,
 }
@@ -188,7 +192,8 @@ fn function_name(f: &ast::Function) -> Result<String, SqlError> {
 fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool), SqlError> {
     let name = &f.name;
     if f.over.is_some() {
-        return Err(SqlError::unsupported(format!("window functions ({name}(...) OVER ...)")));
+        // A window call is bound by `window::bind_call`, never as a plain call.
+        return Err(SqlError::invalid(format!("misuse of window function {name}()")));
     }
     if f.filter.is_some() {
         return Err(SqlError::unsupported(format!("FILTER (WHERE ...) on the aggregate {name}()")));
@@ -199,6 +204,12 @@ fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool)
     if f.null_treatment.is_some() {
         return Err(SqlError::unsupported(format!("IGNORE/RESPECT NULLS on {name}()")));
     }
+    call_args(f)
+}
+
+/// A call's arguments and whether it says `DISTINCT`.
+pub(crate) fn call_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool), SqlError> {
+    let name = &f.name;
     match &f.args {
         ast::FunctionArguments::None => Ok((Vec::new(), false)),
         ast::FunctionArguments::Subquery(_) => {
@@ -254,17 +265,27 @@ fn walk(e: &ast::Expr, f: &mut dyn FnMut(&ast::Expr)) {
             .chain(conditions.iter().flat_map(|c| [&c.condition, &c.result]))
             .chain(else_result.as_deref())
             .collect(),
-        E::Function(func) => match &func.args {
-            ast::FunctionArguments::List(l) => l
-                .args
-                .iter()
-                .filter_map(|a| match a {
-                    ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e),
-                    _ => None,
-                })
-                .collect(),
-            _ => vec![],
-        },
+        E::Function(func) => {
+            let args: Vec<&ast::Expr> = match &func.args {
+                ast::FunctionArguments::List(l) => l
+                    .args
+                    .iter()
+                    .filter_map(|a| match a {
+                        ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => Some(e),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => vec![],
+            };
+            // An aggregate in a window's terms makes the query an aggregate query.
+            let terms: Vec<&ast::Expr> = match &func.over {
+                Some(ast::WindowType::WindowSpec(spec)) => {
+                    spec.partition_by.iter().chain(spec.order_by.iter().map(|t| &t.expr)).collect()
+                }
+                _ => vec![],
+            };
+            args.into_iter().chain(terms).collect()
+        }
         E::Substring { expr, substring_from, substring_for, .. } => {
             std::iter::once(&**expr).chain(substring_from.as_deref()).chain(substring_for.as_deref()).collect()
         }
@@ -378,7 +399,7 @@ fn boxed(e: Expr) -> Box<Expr> {
 
 impl<'a> Binder<'a> {
     pub fn new(ctx: PlanCtx<'a>, scope: &'a Scope) -> Binder<'a> {
-        Binder { ctx, scope, agg: None, depth: ctx.depth }
+        Binder { ctx, scope, agg: None, win: None, depth: ctx.depth }
     }
 
     /// Binds an expression, one level deeper than the one binding it: every recursion over
@@ -582,7 +603,13 @@ impl<'a> Binder<'a> {
     }
 
     fn function(&mut self, f: &ast::Function) -> Result<Expr, SqlError> {
+        if let Some(over) = &f.over {
+            return window::bind_call(self, f, over);
+        }
         let name = function_name(f)?;
+        if window::is_window_only(&name) {
+            return Err(SqlError::invalid(format!("misuse of window function {name}(): it needs an OVER clause")));
+        }
         let (args, distinct) = function_args(f)?;
         if is_aggregate(&name, args.len()) {
             return self.aggregate(f, &name, &args, distinct);
@@ -626,8 +653,11 @@ impl<'a> Binder<'a> {
         let Some(mut agg) = self.agg.take() else {
             return Err(SqlError::invalid(format!("misuse of aggregate function {name}()")));
         };
-        // Arguments bind in the input scope, where a nested aggregate is a misuse.
+        // Arguments bind in the input scope, where a nested aggregate (or a window function)
+        // is a misuse.
+        let win = self.win.take();
         let spec = self.aggregate_spec(name, args, distinct);
+        self.win = win;
         let spec = match spec {
             Ok(s) => s,
             Err(e) => {

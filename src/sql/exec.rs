@@ -2,7 +2,8 @@
 //!
 //! Scans, filters, projections, lookup joins, the probe side of hash joins, limits and
 //! `DISTINCT` stream row by row; only a hash join's build side, a nested loop's inner side,
-//! the group table of an aggregate and a sort's input are held in memory. Every row is
+//! the group table of an aggregate, a window operator's input and a sort's input are held
+//! in memory. Every row is
 //! read from the same redb snapshot, so a query never sees half of a concurrent write.
 //!
 //! Every operator that holds rows (sort, hash and nested-loop build sides, a join's matches
@@ -21,7 +22,7 @@ use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
 use super::plan::{Access, Join, JoinKind, JoinRight, LookupKind, Plan, Row, Scan, SetOp, SortKey};
 use super::value::{self, KeyMap, KeyValue};
-use super::{access, SqlError};
+use super::{access, window, SqlError};
 use crate::replica::Snapshot;
 use crate::types::{ColumnType, Value};
 
@@ -117,6 +118,10 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<
         Plan::Join(join) => open_join(*join, snap, limits)?,
         Plan::Aggregate { input, groups, aggs } => {
             let (rows, reservation) = aggregate::group(open(*input, snap, limits)?, &groups, &aggs, limits)?;
+            held(rows, reservation)
+        }
+        Plan::Window { input, sorts, count } => {
+            let (rows, reservation) = window::run(open(*input, snap, limits)?, &sorts, count, limits)?;
             held(rows, reservation)
         }
         Plan::Distinct { input } => distinct(open(*input, snap, limits)?, limits),
@@ -260,7 +265,7 @@ fn distinct(input: RowStream, limits: &Limits) -> RowStream {
     }))
 }
 
-fn compare_rows(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
+pub(crate) fn compare_rows(a: &[Value], b: &[Value], keys: &[SortKey]) -> Ordering {
     for key in keys {
         let (x, y) = (&a[key.column], &b[key.column]);
         let order = match (x.is_null(), y.is_null()) {

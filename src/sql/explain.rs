@@ -134,6 +134,12 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             line(format!("HASH AGGREGATE {} group keys, aggregates: {}", groups.len(), names.join(", ")));
             render(input, depth + 1, out);
         }
+        Plan::Window { input, sorts, .. } => {
+            for sort in sorts {
+                line(format!("WINDOW {}", sort.explain()));
+            }
+            render(input, depth + 1, out);
+        }
         Plan::Distinct { input } => {
             line("DISTINCT".into());
             render(input, depth + 1, out);

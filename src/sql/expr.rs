@@ -82,6 +82,9 @@ pub(crate) enum Expr {
     StatementTime,
     /// A correlated subquery, run (or looked up in its memo) for each row.
     Subquery(SubqueryCall),
+    /// The value of the query's `k`th window function: replaced by the column the window
+    /// operator puts it in once the operator's input width is known (`select.rs`).
+    WindowResult(usize),
 }
 
 /// The result of an `IN (SELECT ...)`.
@@ -162,6 +165,9 @@ impl Expr {
                 return Err(SqlError::invalid("internal error: an outer column evaluated outside its subquery"))
             }
             Expr::Param(_) => return Err(SqlError::invalid("internal error: a parameter evaluated before binding")),
+            Expr::WindowResult(_) => {
+                return Err(SqlError::invalid("internal error: a window value evaluated before planning placed it"))
+            }
             Expr::StatementTime => {
                 return Err(SqlError::invalid("internal error: the statement time evaluated before binding"))
             }
@@ -261,7 +267,12 @@ impl Expr {
 
     fn children(&self) -> Vec<&Expr> {
         match self {
-            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) | Expr::StatementTime => vec![],
+            Expr::Literal(_)
+            | Expr::Column(_)
+            | Expr::Outer(_)
+            | Expr::Param(_)
+            | Expr::StatementTime
+            | Expr::WindowResult(_) => vec![],
             Expr::Subquery(call) => call.lhs.as_deref().into_iter().chain(&call.args).collect(),
             Expr::Not(e) | Expr::Neg(e) | Expr::IsNull(e, _) | Expr::Cast(e, _) | Expr::InSet(e, _, _) => vec![e],
             Expr::Arith(_, a, b) | Expr::Cmp(_, a, b) | Expr::And(a, b) | Expr::Or(a, b) => vec![a, b],
@@ -293,7 +304,12 @@ impl Expr {
     pub fn for_each_child_mut(&mut self, f: &mut dyn FnMut(&mut Expr)) {
         f(self);
         match self {
-            Expr::Literal(_) | Expr::Column(_) | Expr::Outer(_) | Expr::Param(_) | Expr::StatementTime => {}
+            Expr::Literal(_)
+            | Expr::Column(_)
+            | Expr::Outer(_)
+            | Expr::Param(_)
+            | Expr::StatementTime
+            | Expr::WindowResult(_) => {}
             Expr::Subquery(call) => {
                 call.lhs.iter_mut().for_each(|e| e.for_each_child_mut(f));
                 call.args.iter_mut().for_each(|e| e.for_each_child_mut(f));

@@ -12,7 +12,8 @@
 //! with [`SqlError::NotSupported`]. Time is a parameter (`now_ms`): this module never reads
 //! a clock. Module map: `parse` → `select`/`from` (planning into a `plan` tree, with `bind`
 //! for expressions, `access` for key and index choice and `cte` for `WITH`) → `prune`
-//! (unused columns of in-memory join sides) → `exec` (streaming operators, `aggregate`);
+//! (unused columns of in-memory join sides) → `exec` (streaming operators, `aggregate`,
+//! `window` for window functions);
 //! `ddl_dml` for writes (`create_table` for SQLite DDL, `check` for `CHECK`), `system` for the system tables, `explain` for plans.
 
 mod access;
@@ -38,6 +39,7 @@ mod select;
 mod subquery;
 mod system;
 mod value;
+mod window;
 
 use std::sync::{Arc, Mutex};
 

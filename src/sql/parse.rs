@@ -43,11 +43,17 @@ pub(crate) struct Parsed {
 pub(crate) fn parse_one(sql: &str) -> Result<Parsed, SqlError> {
     let mut tokens = bounded_tokens(sql, "statement")?;
     let params = number_parameters(&mut tokens);
+    let frame_exclude = has_frame_exclude(&tokens);
     let mut statements = Parser::new(&SQLiteDialect {})
         .with_recursion_limit(PARSER_RECURSION_MAX)
         .with_tokens_with_locations(tokens)
         .parse_statements()
-        .map_err(|e| SqlError::from_parser(e, sql))?;
+        .map_err(|e| match frame_exclude {
+            // sqlparser has no EXCLUDE clause in window frames: name the feature instead
+            // of reporting its syntax error.
+            true => SqlError::unsupported("EXCLUDE in a window frame"),
+            false => SqlError::from_parser(e, sql),
+        })?;
     match statements.len() {
         1 => Ok(Parsed { statement: statements.remove(0), params }),
         0 => Err(SqlError::invalid("empty statement")),
@@ -97,6 +103,24 @@ fn bounded_tokens(sql: &str, what: &str) -> Result<Vec<TokenWithSpan>, SqlError>
         return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
     }
     Ok(tokens)
+}
+
+/// Whether the tokens have `EXCLUDE` right after a frame bound (`... CURRENT ROW EXCLUDE
+/// TIES`, `... 1 PRECEDING EXCLUDE GROUP`).
+fn has_frame_exclude(tokens: &[TokenWithSpan]) -> bool {
+    let words = tokens.iter().filter(|t| !matches!(t.token, Token::Whitespace(_)));
+    let mut previous_ends_bound = false;
+    for t in words {
+        let Token::Word(w) = &t.token else {
+            previous_ends_bound = false;
+            continue;
+        };
+        if previous_ends_bound && w.value.eq_ignore_ascii_case("exclude") {
+            return true;
+        }
+        previous_ends_bound = matches!(w.keyword, Keyword::ROW | Keyword::PRECEDING | Keyword::FOLLOWING);
+    }
+    false
 }
 
 /// Numbers every `?`; returns the highest parameter number (the count SQLite reports).

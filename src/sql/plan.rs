@@ -9,6 +9,7 @@ use std::ops::Bound;
 use super::aggregate::AggSpec;
 use super::expr::Expr;
 use super::system::SystemTable;
+use super::window::WindowSort;
 use super::SqlError;
 use crate::types::{ColumnType, Value};
 
@@ -165,6 +166,12 @@ pub(crate) enum Plan {
     Distinct {
         input: Box<Plan>,
     },
+    /// Window functions (`window/`): each row of `input` followed by `count` window values.
+    Window {
+        input: Box<Plan>,
+        sorts: Vec<WindowSort>,
+        count: usize,
+    },
     Sort {
         input: Box<Plan>,
         keys: Vec<SortKey>,
@@ -313,6 +320,7 @@ impl Plan {
             | Plan::Project { input, .. }
             | Plan::Reordered { input, .. }
             | Plan::Aggregate { input, .. }
+            | Plan::Window { input, .. }
             | Plan::Distinct { input }
             | Plan::Sort { input, .. }
             | Plan::Limit { input, .. }
@@ -346,6 +354,7 @@ impl Plan {
                     agg.arg.iter_mut().chain(agg.separator.iter_mut()).for_each(&mut *f);
                 }
             }
+            Plan::Window { sorts, .. } => sorts.iter_mut().flat_map(WindowSort::exprs_mut).for_each(&mut *f),
             Plan::Join(join) => {
                 join.residual.iter_mut().for_each(&mut *f);
                 match &mut join.right {

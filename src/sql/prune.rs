@@ -67,6 +67,8 @@ pub(crate) fn prune(plan: &mut Plan, needed: Needed) {
         }
         Plan::Limit { input, .. } | Plan::Trim { input, .. } => prune(input, needed),
         Plan::Distinct { input } => prune(input, None),
+        // The window terms read the input row; it is kept whole.
+        Plan::Window { input, .. } => prune(input, None),
         Plan::Derived { input, .. } => prune(input, None),
         Plan::Union { inputs, .. } => inputs.iter_mut().for_each(|p| prune(p, None)),
         // Every column of both sides is compared.

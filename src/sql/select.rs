@@ -2,9 +2,10 @@
 //! `ORDER BY`, `LIMIT` / `OFFSET`, `VALUES`, compound queries (`UNION [ALL]`, `INTERSECT`,
 //! `EXCEPT`, left to right with equal precedence as in SQLite) and `WITH` (`cte.rs`).
 //!
-//! The plan of a `SELECT` is: FROM/WHERE (`from.rs`) → aggregate → HAVING → projection of
-//! the visible columns plus any `ORDER BY` keys that are not visible → DISTINCT → sort →
-//! limit → trim the hidden keys. Output rows always have exactly `columns.len()` values.
+//! The plan of a `SELECT` is: FROM/WHERE (`from.rs`) → aggregate → HAVING → window
+//! functions (`window/`) → projection of the visible columns plus any `ORDER BY` keys that
+//! are not visible → DISTINCT → sort → limit → trim the hidden keys. Output rows always
+//! have exactly `columns.len()` values.
 
 use sqlparser::ast;
 
@@ -12,6 +13,7 @@ use super::bind::{self, AggCtx, Binder, PlanCtx};
 use super::expr::Expr;
 use super::limits::EXPR_DEPTH_MAX;
 use super::plan::{Plan, Scope, SetOp, SortKey};
+use super::window::WinCtx;
 use super::SqlError;
 use super::{cte, from, prune};
 use crate::types::Value;
@@ -35,7 +37,8 @@ enum Item {
     Position(usize),
 }
 
-fn constant(ctx: PlanCtx<'_>, e: &ast::Expr) -> Result<Value, SqlError> {
+/// A constant expression (`LIMIT`, a window frame's offset), evaluated now.
+pub(crate) fn constant(ctx: PlanCtx<'_>, e: &ast::Expr) -> Result<Value, SqlError> {
     let scope = Scope::default();
     // A LIMIT is fixed before any row is read: it cannot depend on an enclosing row, and a
     // parameter in it makes the plan one execution's.
@@ -279,7 +282,6 @@ fn check_select(s: &ast::Select) -> Result<(), SqlError> {
             !s.cluster_by.is_empty() || !s.distribute_by.is_empty() || !s.sort_by.is_empty(),
             "CLUSTER/DISTRIBUTE/SORT BY",
         ),
-        (!s.named_window.is_empty(), "window functions (a WINDOW clause)"),
         (s.qualify.is_some(), "QUALIFY"),
         (s.exclude.is_some(), "SELECT * EXCLUDE"),
         (s.value_table_mode.is_some(), "SELECT AS STRUCT/VALUE"),
@@ -405,6 +407,7 @@ fn plan_select(
     let names: Vec<String> = items.iter().map(|(_, n, _)| n.clone()).collect();
     let aliases: Vec<Option<String>> = items.iter().map(|(_, _, a)| a.clone()).collect();
     let mut binder = Binder::new(ctx, &scope);
+    binder.win = Some(WinCtx::new(&s.named_window));
     if aggregate {
         binder.agg = Some(group_context(ctx, &scope, group_exprs, &items, &names, &aliases)?);
     } else if s.having.is_some() {
@@ -417,7 +420,10 @@ fn plan_select(
             Item::Position(p) => bind_position(&mut binder, &scope, *p)?,
         });
     }
+    // HAVING runs before the windows: a window function in it is a misuse.
+    let win = binder.win.take();
     let having = s.having.as_ref().map(|h| binder.bind(h).map(|e| (e, h.to_string()))).transpose()?;
+    binder.win = win;
     let visible = exprs.len();
     let mut keys = Vec::new();
     for term in terms {
@@ -441,11 +447,24 @@ fn plan_select(
         keys.push(sort_key(term, column));
     }
     let mut plan = input;
+    // The width of the rows above the aggregate (or of the FROM clause's rows).
+    let width = binder.agg.as_ref().map_or(scope.columns.len(), |a| a.groups.len() + a.aggs.len());
     if let Some(agg) = binder.agg.take() {
         plan = Plan::Aggregate { input: Box::new(plan), groups: agg.groups, aggs: agg.aggs };
     }
     if let Some((predicate, text)) = having {
         plan = Plan::Filter { input: Box::new(plan), predicate, text: vec![text] };
+    }
+    if let Some(win) = binder.win.take().filter(|w| w.count > 0) {
+        // The window values follow the operator's input row.
+        for e in &mut exprs {
+            e.for_each_child_mut(&mut |e| {
+                if let Expr::WindowResult(k) = e {
+                    *e = Expr::Column(width + *k);
+                }
+            });
+        }
+        plan = Plan::Window { input: Box::new(plan), sorts: win.sorts, count: win.count };
     }
     plan = Plan::Project { input: Box::new(plan), exprs };
     if matches!(s.distinct, Some(ast::Distinct::Distinct)) {
