@@ -131,6 +131,11 @@ pub fn put_row(doc: &mut AutoCommit, columns: &[ColumnDef], values: &[Value]) {
     }
 }
 
+/// Whether operations are staged on the document and not committed yet.
+pub fn has_staged_ops(doc: &AutoCommit) -> bool {
+    doc.pending_ops() > 0
+}
+
 /// The document of a row inserted into an empty document by one change of `actor` at
 /// `time_ms`: `_cl` = 1, then [`put_row`]. Equal inputs give a byte-identical change, so
 /// such a document need not be stored (`replica/implicit.rs`).

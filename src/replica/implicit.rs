@@ -52,11 +52,26 @@ pub(crate) fn implicit_form(document: &mut AutoCommit, schema: &TableSchema, row
     (doc::heads(&mut rebuilt) == [head]).then_some(ImplicitDoc { head, actor, time_ms })
 }
 
+/// The implicit form of a document created in this transaction by its one change, which
+/// materialized to `row`: without a rebuild if a local insert staged exactly `row`
+/// ([`staged_form`]), else if the rebuild matches ([`implicit_form`]).
+pub(crate) fn form_of_new(
+    document: &mut AutoCommit,
+    schema: &TableSchema,
+    row: &[Value],
+    staged: Option<&[Value]>,
+) -> Option<ImplicitDoc> {
+    match staged {
+        Some(staged) if staged == row => Some(staged_form(document, schema, row)),
+        _ => implicit_form(document, schema, row),
+    }
+}
+
 /// The implicit form of a document that a local insert staged as [`doc::new_row_doc`]'s
 /// operations on an empty document, committed by this node, whose materialized row equals
 /// the staged one: its change is the rebuilt one by construction, so it is not rebuilt
 /// (debug builds check it).
-pub(crate) fn staged_form(document: &mut AutoCommit, schema: &TableSchema, row: &[Value]) -> ImplicitDoc {
+fn staged_form(document: &mut AutoCommit, schema: &TableSchema, row: &[Value]) -> ImplicitDoc {
     let change = document.get_last_local_change().expect("a staged insert committed a change");
     let actor = NodeId::from_slice(change.actor_id().to_bytes()).expect("this node's actor is a node id");
     let implicit = ImplicitDoc { head: change.hash().0, actor, time_ms: change.timestamp() };

@@ -149,7 +149,6 @@ impl Checker {
             return Ok(Some(doc.clone()));
         }
         let stored = super::ReadDocTables::open(&self.txn)?;
-        let heads = self.txn.open_table(storage::DOC_HEADS)?;
         let describe = super::describe_doc_key(key);
         let mut working = match load_working_doc(self.node, &stored.tables(), &self.catalog, key) {
             Ok(Some(working)) => working,
@@ -159,7 +158,7 @@ impl Checker {
                 return Ok(None);
             }
         };
-        let stored = storage::get_bytes(&heads, key)?.expect("loaded above");
+        let stored = storage::get_bytes(stored.tables().heads, key)?.expect("loaded above");
         let expected = match working.implicit {
             // Rebuilding checked the one head against the description.
             true => stored.clone(),

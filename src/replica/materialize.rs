@@ -150,12 +150,7 @@ impl Replica {
             let implicit = match (created, written, new_changes.len()) {
                 (true, Some(row), 1) if working.changes == 0 && working.tail_len == 0 => {
                     let schema = &self.catalog.table(table).expect("a row was written: its table is live").schema;
-                    match inserted {
-                        Some(staged) if staged == row => {
-                            Some(super::implicit::staged_form(&mut working.doc, schema, &row))
-                        }
-                        _ => super::implicit::implicit_form(&mut working.doc, schema, &row),
-                    }
+                    super::implicit::form_of_new(&mut working.doc, schema, &row, inserted.as_deref())
                 }
                 _ => None,
             };

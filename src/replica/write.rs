@@ -190,8 +190,6 @@ struct Staged {
     /// The row a fresh insert staged, while nothing else touched the document
     /// (`ChangedDoc::inserted`).
     inserted: Option<super::Row>,
-    /// Operations of the batch that staged this document.
-    touches: u32,
 }
 
 /// State of one batch being staged: its view of the catalog (DDL earlier in the batch is
@@ -457,8 +455,10 @@ impl Replica {
         let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
         let key = row_doc_key(entry, &pk);
         let staged = stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?;
-        // The first operation on a document that did not exist: what `new_row_doc` rebuilds.
-        let fresh = staged.touches == 1 && staged.working.created && staged.working.changes == 0;
+        // A document that did not exist and that nothing has staged operations on yet:
+        // what `new_row_doc` rebuilds.
+        let working = &staged.working;
+        let fresh = working.created && working.changes == 0 && !doc::has_staged_ops(&working.doc);
         let working = &mut staged.working;
         if doc::is_alive(&working.doc) {
             if !upsert {
@@ -583,12 +583,11 @@ fn stage_doc_in<'c>(
             let staged = entry.into_mut();
             // Touched again: no longer just a fresh insert.
             staged.inserted = None;
-            staged.touches += 1;
             staged
         }
         Entry::Vacant(entry) => {
             let working = take_or_create_cached_doc(cache, node, tables, catalog, entry.key())?;
-            entry.insert(Staged { key, working, inserted: None, touches: 1 })
+            entry.insert(Staged { key, working, inserted: None })
         }
     })
 }
