@@ -22,7 +22,7 @@ const DEFINITION: &str = "def";
 
 /// A new, empty document whose changes are authored by `actor`.
 pub fn new_doc(actor: NodeId) -> AutoCommit {
-    AutoCommit::new().with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
+    act_as(AutoCommit::new(), actor)
 }
 
 /// The document with its future changes authored by `actor`.
@@ -37,10 +37,8 @@ pub fn load_doc(actor: NodeId, snapshot: &[u8], tail: Vec<Vec<u8>>) -> Result<Au
     let mut doc = if snapshot.is_empty() {
         new_doc(actor)
     } else {
-        contain("document load", || AutoCommit::load(snapshot))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?
-            .with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
+        let loaded = contain("document load", || AutoCommit::load(snapshot));
+        act_as(loaded.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?, actor)
     };
     let mut changes = Vec::with_capacity(tail.len());
     for bytes in tail {
