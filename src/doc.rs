@@ -13,6 +13,10 @@ use crate::schema::ColumnDef;
 use crate::types::{ColumnType, NodeId, Value};
 
 mod effects;
+// Stage 1 of row-history compaction (docs/design.md): exercised by its property tests;
+// storage does not compact with it yet.
+#[cfg_attr(not(test), allow(dead_code))]
+pub mod rebase;
 pub use effects::{change_effects, DocEffect};
 
 /// Map key of the causal length.
