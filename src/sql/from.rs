@@ -129,9 +129,8 @@ fn table_ref(
         ast::TableFactor::Function { .. } | ast::TableFactor::TableFunction { .. } => {
             Err(SqlError::unsupported("table-valued functions in FROM"))
         }
-        ast::TableFactor::NestedJoin { .. } => {
-            Err(SqlError::unsupported("parenthesized joins in FROM, like FROM (a JOIN b) (write FROM a JOIN b)"))
-        }
+        // `flatten` opens every parenthesized join before tables are resolved.
+        ast::TableFactor::NestedJoin { .. } => Err(SqlError::unsupported("this parenthesized join")),
         ast::TableFactor::Pivot { .. } | ast::TableFactor::Unpivot { .. } => {
             Err(SqlError::unsupported("PIVOT/UNPIVOT"))
         }
@@ -168,6 +167,65 @@ fn join_kind(op: &ast::JoinOperator) -> Result<(JoinKind, Option<&ast::JoinConst
     }
 }
 
+/// One table of a FROM clause, in the flat join order the planner works on, with the
+/// join constraints evaluated where it joins (more than one where a parenthesized join
+/// was opened, below).
+struct Factor<'a> {
+    factor: &'a ast::TableFactor,
+    kind: JoinKind,
+    constraints: Vec<&'a ast::JoinConstraint>,
+}
+
+/// Flattens `table` into `out`: its first table, then each join.
+fn flatten<'a>(table: &'a ast::TableWithJoins, out: &mut Vec<Factor<'a>>) -> Result<(), SqlError> {
+    flatten_factor(&table.relation, None, out)?;
+    for join in &table.joins {
+        flatten_factor(&join.relation, Some(&join.join_operator), out)?;
+    }
+    Ok(())
+}
+
+/// Flattens `factor`, joined by `op` to what precedes it if anything does, into `out`,
+/// opening parenthesized joins where that keeps their meaning. A parenthesized join that
+/// comes first means what its joins mean without the parentheses (joins associate to the
+/// left). One on the right of an inner join, holding only inner joins, may be opened too:
+/// inner joins commute and associate when every condition is a filter over the joined
+/// tables; the outer ON then applies at the group's last table, once all its tables are
+/// joined. Anything else (an outer join on either side of such a group) is refused by name.
+fn flatten_factor<'a>(
+    factor: &'a ast::TableFactor,
+    op: Option<&'a ast::JoinOperator>,
+    out: &mut Vec<Factor<'a>>,
+) -> Result<(), SqlError> {
+    let (kind, constraint) = match op {
+        Some(op) => join_kind(op)?,
+        None => (JoinKind::Inner, None),
+    };
+    let constraint = constraint.filter(|c| !matches!(c, ast::JoinConstraint::None));
+    match factor {
+        ast::TableFactor::NestedJoin { alias: Some(_), .. } => {
+            return Err(SqlError::unsupported("an alias on a parenthesized join, like FROM (a JOIN b) AS x"));
+        }
+        ast::TableFactor::NestedJoin { table_with_joins, alias: None } => {
+            let first = out.len();
+            flatten(table_with_joins, out)?;
+            if op.is_some() {
+                if kind != JoinKind::Inner || out[first + 1..].iter().any(|f| f.kind != JoinKind::Inner) {
+                    return Err(SqlError::unsupported(
+                        "an outer join beside a parenthesized join on the right, like a LEFT JOIN (b JOIN c)",
+                    ));
+                }
+                if matches!(constraint, Some(ast::JoinConstraint::Using(_) | ast::JoinConstraint::Natural)) {
+                    return Err(SqlError::unsupported("USING or NATURAL with a parenthesized join on its right"));
+                }
+                out.last_mut().expect("a parenthesized join holds a table").constraints.extend(constraint);
+            }
+        }
+        relation => out.push(Factor { factor: relation, kind, constraints: constraint.into_iter().collect() }),
+    }
+    Ok(())
+}
+
 /// Plans `FROM ... WHERE ...`; returns the plan (rows laid out as the scope) and the scope.
 pub(crate) fn plan_from(
     ctx: PlanCtx<'_>,
@@ -178,10 +236,11 @@ pub(crate) fn plan_from(
     let mut items = Vec::new();
     let mut on_clauses: Vec<(usize, Vec<ast::Expr>)> = Vec::new();
     let mut using: Vec<(usize, Vec<String>)> = Vec::new();
-    let factors = from.iter().flat_map(|t| {
-        std::iter::once((&t.relation, None)).chain(t.joins.iter().map(|j| (&j.relation, Some(&j.join_operator))))
-    });
-    for (factor, op) in factors {
+    let mut factors = Vec::new();
+    for table in from {
+        flatten(table, &mut factors)?;
+    }
+    for Factor { factor, kind, constraints } in factors {
         let position = items.len();
         if position >= FROM_TABLES_MAX {
             return Err(SqlError::unsupported(format!("more than {FROM_TABLES_MAX} tables in FROM")));
@@ -191,21 +250,19 @@ pub(crate) fn plan_from(
         if let Some(column) = rowid_alias(&source) {
             scope.set_rowid(column);
         }
-        let (kind, constraint) = match op {
-            Some(op) => join_kind(op)?,
-            None => (JoinKind::Inner, None),
-        };
-        match constraint {
-            Some(ast::JoinConstraint::On(e)) => {
-                let mut parts = Vec::new();
-                split_and(e, &mut parts);
-                on_clauses.push((position, parts));
+        for constraint in constraints {
+            match constraint {
+                ast::JoinConstraint::On(e) => {
+                    let mut parts = Vec::new();
+                    split_and(e, &mut parts);
+                    on_clauses.push((position, parts));
+                }
+                ast::JoinConstraint::Using(names) => {
+                    using.push((position, names.iter().map(bind::object_name).collect::<Result<_, _>>()?));
+                }
+                ast::JoinConstraint::Natural => return Err(SqlError::unsupported("NATURAL JOIN")),
+                ast::JoinConstraint::None => {}
             }
-            Some(ast::JoinConstraint::Using(names)) => {
-                using.push((position, names.iter().map(bind::object_name).collect::<Result<_, _>>()?));
-            }
-            Some(ast::JoinConstraint::Natural) => return Err(SqlError::unsupported("NATURAL JOIN")),
-            Some(ast::JoinConstraint::None) | None => {}
         }
         items.push(Item { source, alias, kind });
     }
