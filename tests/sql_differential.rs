@@ -263,7 +263,11 @@ impl Gen<'_> {
                 self.from.push((alias, t));
                 continue;
             }
-            let kind = *self.pick(&["JOIN", "LEFT JOIN", "LEFT JOIN", "INNER JOIN", ","]);
+            // A RIGHT JOIN is planned only as the first join.
+            let kind = match i {
+                1 => *self.pick(&["JOIN", "LEFT JOIN", "RIGHT JOIN", "INNER JOIN", ","]),
+                _ => *self.pick(&["JOIN", "LEFT JOIN", "LEFT JOIN", "INNER JOIN", ","]),
+            };
             let left = self.column(&[Kind::Int]).expect("every table has integer columns");
             self.from.push((alias.clone(), t));
             if kind == "," {

@@ -3,7 +3,9 @@
 //!
 //! The tables before the first `LEFT JOIN` (all of them without one) are joined in an order
 //! chosen by estimated cost (`join_order.rs`); from the first `LEFT JOIN` on, tables join
-//! in the order written, so outer-join semantics never change. A reordered join tree ends
+//! in the order written, so outer-join semantics never change. `a RIGHT JOIN b` as the first
+//! join runs as `b LEFT JOIN a` with the written column order restored; parenthesized joins
+//! are opened where that keeps their meaning (`flatten`). A reordered join tree ends
 //! in a projection back to the written column order. Every `WHERE` conjunct and every
 //! `ON` conjunct of an inner join is placed at the earliest step where its tables are
 //! joined (a conjunct on one table alone becomes part of that table's scan, where it can
@@ -156,7 +158,8 @@ fn join_kind(op: &ast::JoinOperator) -> Result<(JoinKind, Option<&ast::JoinConst
         J::Join(c) | J::Inner(c) => Ok((JoinKind::Inner, Some(c))),
         J::Left(c) | J::LeftOuter(c) => Ok((JoinKind::Left, Some(c))),
         J::CrossJoin(c) => Ok((JoinKind::Inner, Some(c))),
-        J::Right(_) | J::RightOuter(_) => Err(SqlError::unsupported("RIGHT JOIN")),
+        // `flatten_right` takes the one RIGHT JOIN the planner runs.
+        J::Right(_) | J::RightOuter(_) => Err(SqlError::unsupported("RIGHT JOIN here")),
         J::FullOuter(_) => Err(SqlError::unsupported("FULL JOIN")),
         J::Semi(_) | J::LeftSemi(_) | J::RightSemi(_) => Err(SqlError::unsupported("SEMI JOIN (write EXISTS or IN)")),
         J::Anti(_) | J::LeftAnti(_) | J::RightAnti(_) => Err(SqlError::unsupported("ANTI JOIN (write NOT EXISTS)")),
@@ -174,6 +177,8 @@ struct Factor<'a> {
     factor: &'a ast::TableFactor,
     kind: JoinKind,
     constraints: Vec<&'a ast::JoinConstraint>,
+    /// Joined by `RIGHT JOIN` (only ever the second table: [`flatten_right`]).
+    right: bool,
 }
 
 /// Flattens `table` into `out`: its first table, then each join.
@@ -197,6 +202,9 @@ fn flatten_factor<'a>(
     op: Option<&'a ast::JoinOperator>,
     out: &mut Vec<Factor<'a>>,
 ) -> Result<(), SqlError> {
+    if let Some(ast::JoinOperator::Right(constraint) | ast::JoinOperator::RightOuter(constraint)) = op {
+        return flatten_right(factor, constraint, out);
+    }
     let (kind, constraint) = match op {
         Some(op) => join_kind(op)?,
         None => (JoinKind::Inner, None),
@@ -221,9 +229,38 @@ fn flatten_factor<'a>(
                 out.last_mut().expect("a parenthesized join holds a table").constraints.extend(constraint);
             }
         }
-        relation => out.push(Factor { factor: relation, kind, constraints: constraint.into_iter().collect() }),
+        relation => {
+            out.push(Factor { factor: relation, kind, constraints: constraint.into_iter().collect(), right: false })
+        }
     }
     Ok(())
+}
+
+/// `a RIGHT JOIN b ON ...` as the first join of the FROM clause, which the planner runs
+/// as `b LEFT JOIN a ON ...` (`plan_from`). A right join after other joins would make
+/// everything before it the optional side, which the flat join order cannot express.
+fn flatten_right<'a>(
+    factor: &'a ast::TableFactor,
+    constraint: &'a ast::JoinConstraint,
+    out: &mut Vec<Factor<'a>>,
+) -> Result<(), SqlError> {
+    if out.len() != 1 {
+        return Err(SqlError::unsupported(
+            "RIGHT JOIN after another join (write it as a LEFT JOIN with the tables in the other order)",
+        ));
+    }
+    match (factor, constraint) {
+        (ast::TableFactor::NestedJoin { .. }, _) => Err(SqlError::unsupported("RIGHT JOIN of a parenthesized join")),
+        (_, ast::JoinConstraint::Using(_) | ast::JoinConstraint::Natural) => {
+            Err(SqlError::unsupported("RIGHT JOIN with USING or NATURAL (write ON)"))
+        }
+        (factor, constraint) => {
+            let constraints =
+                Some(constraint).filter(|c| !matches!(c, ast::JoinConstraint::None)).into_iter().collect();
+            out.push(Factor { factor, kind: JoinKind::Inner, constraints, right: true });
+            Ok(())
+        }
+    }
 }
 
 /// Plans `FROM ... WHERE ...`; returns the plan (rows laid out as the scope) and the scope.
@@ -240,7 +277,8 @@ pub(crate) fn plan_from(
     for table in from {
         flatten(table, &mut factors)?;
     }
-    for Factor { factor, kind, constraints } in factors {
+    let right_join = factors.get(1).is_some_and(|f| f.right);
+    for Factor { factor, kind, constraints, .. } in factors {
         let position = items.len();
         if position >= FROM_TABLES_MAX {
             return Err(SqlError::unsupported(format!("more than {FROM_TABLES_MAX} tables in FROM")));
@@ -266,8 +304,21 @@ pub(crate) fn plan_from(
         }
         items.push(Item { source, alias, kind });
     }
-    let (inner_like, wheres) = bind_conjuncts(ctx, &mut scope, on_clauses, using, selection)?;
-    let order = choose_order(ctx, &scope, &items, &inner_like, &wheres);
+    let (mut inner_like, wheres) = bind_conjuncts(ctx, &mut scope, on_clauses, using, selection)?;
+    let order = match right_join {
+        // `a RIGHT JOIN b ON c` is `b LEFT JOIN a ON c`: b's rows drive, a is the optional
+        // side, and c moves with a; the projection below restores the written columns.
+        true => {
+            items[0].kind = JoinKind::Left;
+            for (position, _) in &mut inner_like {
+                if *position == 1 {
+                    *position = 0;
+                }
+            }
+            (0..items.len()).map(|i| [1, 0].get(i).copied().unwrap_or(i)).collect()
+        }
+        false => choose_order(ctx, &scope, &items, &inner_like, &wheres),
+    };
     if order.iter().enumerate().all(|(i, &o)| i == o) {
         let steps = place_conjuncts(&items, inner_like, wheres);
         return Ok((build(ctx, &scope, items, steps)?, scope));
