@@ -209,7 +209,7 @@ fn flatten_factor<'a>(
         Some(op) => join_kind(op)?,
         None => (JoinKind::Inner, None),
     };
-    let constraint = constraint.filter(|c| !matches!(c, ast::JoinConstraint::None));
+    let constraint = constraint.filter(|c| is_constraint(c));
     match factor {
         ast::TableFactor::NestedJoin { alias: Some(_), .. } => {
             return Err(SqlError::unsupported("an alias on a parenthesized join, like FROM (a JOIN b) AS x"));
@@ -236,6 +236,11 @@ fn flatten_factor<'a>(
     Ok(())
 }
 
+/// Whether a join constraint constrains anything (`JoinConstraint::None` is a bare join).
+fn is_constraint(constraint: &ast::JoinConstraint) -> bool {
+    !matches!(constraint, ast::JoinConstraint::None)
+}
+
 /// `a RIGHT JOIN b ON ...` as the first join of the FROM clause, which the planner runs
 /// as `b LEFT JOIN a ON ...` (`plan_from`). A right join after other joins would make
 /// everything before it the optional side, which the flat join order cannot express.
@@ -255,8 +260,7 @@ fn flatten_right<'a>(
             Err(SqlError::unsupported("RIGHT JOIN with USING or NATURAL (write ON)"))
         }
         (factor, constraint) => {
-            let constraints =
-                Some(constraint).filter(|c| !matches!(c, ast::JoinConstraint::None)).into_iter().collect();
+            let constraints = Some(constraint).filter(|c| is_constraint(c)).into_iter().collect();
             out.push(Factor { factor, kind: JoinKind::Inner, constraints, right: true });
             Ok(())
         }
