@@ -14,7 +14,8 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::codec;
+use crate::codec::{self, CodecError};
+use crate::doc::DocError;
 use crate::keys::{self, KeyError};
 use crate::schema::NAME_BYTES_MAX;
 use crate::types::NodeId;
@@ -140,16 +141,16 @@ pub enum ChangeError {
     /// The version byte is not one this build reads.
     #[error("change format version {0} is not supported (expected {ENVELOPE_VERSION})")]
     UnsupportedVersion(u8),
-    /// The bytes are not a valid envelope.
+    /// The bytes are not a valid envelope (or batch).
     #[error("malformed change: {0}")]
-    Malformed(String),
+    Malformed(Malformation),
     /// An automerge change inside is malformed (or made automerge panic).
     #[error("malformed automerge change for document {doc}: {reason}")]
     BadDocChange {
-        /// Index of the document change in the envelope.
+        /// Index of the document change in the envelope (or of the document in a batch).
         doc: usize,
         /// What went wrong.
-        reason: String,
+        reason: DocChangeFault,
     },
     /// An automerge change claims an author other than the envelope's origin.
     #[error("forged change: envelope origin {origin} but automerge actor {actor}")]
@@ -159,6 +160,91 @@ pub enum ChangeError {
         /// The automerge change's actor, hex.
         actor: String,
     },
+}
+
+/// What is wrong with an envelope, a repair or a transfer batch as a whole (see
+/// [`ChangeError::Malformed`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformation {
+    /// No bytes at all.
+    #[error("empty change")]
+    Empty,
+    /// The body is not the envelope's CBOR.
+    #[error(transparent)]
+    Cbor(#[from] CodecError),
+    /// The origin is not a node id.
+    #[error("bad origin")]
+    BadOrigin,
+    /// The seq is 0.
+    #[error("seq must be at least 1")]
+    SeqZero,
+    /// No document change, or more than [`CHANGE_DOCS_MAX`].
+    #[error("a change touches 1 to CHANGE_DOCS_MAX documents")]
+    DocCount,
+    /// Two document changes of the envelope name one document.
+    #[error("a document appears twice")]
+    DocTwice,
+    /// More than [`CHANGE_DEPS_MAX`] dependencies.
+    #[error("too many dependencies")]
+    TooManyDeps,
+    /// A dependency's node is not a node id.
+    #[error("bad dependency node id")]
+    BadDepNode,
+    /// A dependency on the origin itself or on seq 0.
+    #[error("dependency on the origin itself or on seq 0")]
+    BadDep,
+    /// The dependencies are not sorted by node, or a node appears twice.
+    #[error("dependencies not sorted or not unique")]
+    DepsUnsorted,
+    /// A repair names more than [`crate::REPAIR_DOCS_MAX`] documents.
+    #[error("more than {} documents to repair", crate::REPAIR_DOCS_MAX)]
+    TooManyRepairDocs,
+    /// A transfer batch does not continue from the receiver's cursor.
+    #[error("a transfer batch that does not continue from the receiver's cursor")]
+    TransferNotAtCursor,
+    /// A transfer batch holds no document (and is not the last), or too many.
+    #[error("a transfer batch holds 1 to TRANSFER_DOCS_MAX documents (or none when done)")]
+    TransferDocCount,
+    /// A transfer batch's document keys are empty, too long, or not increasing.
+    #[error("transfer document keys must be valid and strictly increase after the cursor")]
+    TransferKeys,
+    /// A transferred document has neither a snapshot nor a tail, or too long a tail.
+    #[error("a transferred document needs a snapshot or a tail shorter than a document keeps")]
+    TransferDocShape,
+    /// A transfer batch's cursor is not its last key.
+    #[error("a transfer batch's cursor is not its last key")]
+    TransferCursor,
+}
+
+/// What is wrong with one document's change (see [`ChangeError::BadDocChange`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocChangeFault {
+    /// The document key does not decode.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The document key is longer than a document key may be.
+    #[error("document key too long")]
+    KeyTooLong,
+    /// automerge cannot load, parse or apply it.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+    /// A transferred document holds no change.
+    #[error("a document without changes")]
+    NoChanges,
+    /// A repair change by a node this replica holds nothing from.
+    #[error("a change by a node this replica holds nothing from")]
+    UnknownRepairAuthor,
+    /// A transferred change by a node neither side's vector holds anything from.
+    #[error("a change by a node neither side's vector holds anything from")]
+    UnknownTransferAuthor,
+}
+
+impl From<crate::contain::Panicked> for DocChangeFault {
+    fn from(e: crate::contain::Panicked) -> DocChangeFault {
+        DocChangeFault::Doc(e.into())
+    }
 }
 
 /// One automerge change for one document, verified.
@@ -195,19 +281,18 @@ impl VerifiedChange {
         if bytes.len() > CHANGE_BYTES_MAX {
             return Err(ChangeError::TooLarge(bytes.len()));
         }
-        let (&version, body) = bytes.split_first().ok_or(ChangeError::Malformed("empty change".into()))?;
+        let (&version, body) = bytes.split_first().ok_or(ChangeError::Malformed(Malformation::Empty))?;
         if version != ENVELOPE_VERSION {
             return Err(ChangeError::UnsupportedVersion(version));
         }
-        let wire: EnvelopeWire = codec::decode(body).map_err(|e| ChangeError::Malformed(e.to_string()))?;
-        let malformed = |reason: &str| ChangeError::Malformed(reason.to_string());
-        let origin = NodeId::from_slice(&wire.origin).ok_or_else(|| malformed("bad origin"))?;
+        let wire: EnvelopeWire = codec::decode(body).map_err(|e| ChangeError::Malformed(e.into()))?;
+        let origin = NodeId::from_slice(&wire.origin).ok_or(ChangeError::Malformed(Malformation::BadOrigin))?;
         if wire.seq == 0 {
-            return Err(malformed("seq must be at least 1"));
+            return Err(ChangeError::Malformed(Malformation::SeqZero));
         }
         let deps = verify_deps(origin, &wire.deps)?;
         if wire.ops.is_empty() || wire.ops.len() > CHANGE_DOCS_MAX {
-            return Err(malformed("a change touches 1 to CHANGE_DOCS_MAX documents"));
+            return Err(ChangeError::Malformed(Malformation::DocCount));
         }
         let mut ops = Vec::with_capacity(wire.ops.len());
         for (doc, (key, change)) in wire.ops.into_iter().enumerate() {
@@ -216,7 +301,7 @@ impl VerifiedChange {
         let mut keys: Vec<&DocKey> = ops.iter().map(|op| &op.key).collect();
         keys.sort();
         if keys.windows(2).any(|w| w[0] == w[1]) {
-            return Err(malformed("a document appears twice"));
+            return Err(ChangeError::Malformed(Malformation::DocTwice));
         }
         let hash = *blake3::hash(&bytes).as_bytes();
         Ok(VerifiedChange { origin, seq: wire.seq, time_ms: wire.time_ms, deps, ops, hash, bytes })
@@ -231,6 +316,15 @@ impl VerifiedChange {
         deps: &[(NodeId, u64)],
         ops: Vec<DocChange>,
     ) -> VerifiedChange {
+        assert!(seq > 0, "a node's changes are numbered from 1");
+        assert!(
+            !ops.is_empty() && ops.len() <= CHANGE_DOCS_MAX,
+            "a local change touches 1..=CHANGE_DOCS_MAX documents"
+        );
+        debug_assert!(
+            deps.windows(2).all(|w| w[0].0 < w[1].0) && deps.iter().all(|(n, s)| *n != origin && *s > 0),
+            "dependencies are sorted, of other nodes, and at seq >= 1 (what decode requires)"
+        );
         let wire = EnvelopeWire {
             origin: ByteBuf::from(origin.as_bytes().to_vec()),
             seq,
@@ -244,23 +338,42 @@ impl VerifiedChange {
         let mut bytes = vec![ENVELOPE_VERSION];
         bytes.extend(codec::encode(&wire));
         let hash = *blake3::hash(&bytes).as_bytes();
-        VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, hash, bytes }
+        let change = VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, hash, bytes };
+        #[cfg(debug_assertions)]
+        change.shadow_check_decodes();
+        change
+    }
+
+    /// Debug builds: a local envelope decodes, as a peer will decode it, to itself. A local
+    /// change a peer would refuse would stall replication of everything after it.
+    #[cfg(debug_assertions)]
+    fn shadow_check_decodes(&self) {
+        if self.bytes.len() > CHANGE_BYTES_MAX {
+            return; // The writer refuses it (WriteError::ChangeTooLarge) before it is logged.
+        }
+        let decoded = VerifiedChange::decode(self.bytes.clone()).expect("a local change decodes");
+        assert_eq!(
+            (decoded.origin, decoded.seq, decoded.time_ms, &decoded.deps, decoded.hash),
+            (self.origin, self.seq, self.time_ms, &self.deps, self.hash),
+            "a local change decodes to itself"
+        );
+        assert!(decoded.ops.iter().map(|op| &op.key).eq(self.ops.iter().map(|op| &op.key)), "same documents");
     }
 }
 
 fn verify_deps(origin: NodeId, deps: &[(ByteBuf, u64)]) -> Result<Vec<(NodeId, u64)>, ChangeError> {
-    let malformed = |reason: &str| ChangeError::Malformed(reason.to_string());
+    let malformed = ChangeError::Malformed;
     if deps.len() > CHANGE_DEPS_MAX {
-        return Err(malformed("too many dependencies"));
+        return Err(malformed(Malformation::TooManyDeps));
     }
     let mut out: Vec<(NodeId, u64)> = Vec::with_capacity(deps.len());
     for (node, seq) in deps {
-        let node = NodeId::from_slice(node).ok_or_else(|| malformed("bad dependency node id"))?;
+        let node = NodeId::from_slice(node).ok_or(malformed(Malformation::BadDepNode))?;
         if node == origin || *seq == 0 {
-            return Err(malformed("dependency on the origin itself or on seq 0"));
+            return Err(malformed(Malformation::BadDep));
         }
         if out.last().is_some_and(|(last, _)| *last >= node) {
-            return Err(malformed("dependencies not sorted or not unique"));
+            return Err(malformed(Malformation::DepsUnsorted));
         }
         out.push((node, *seq));
     }
@@ -268,9 +381,9 @@ fn verify_deps(origin: NodeId, deps: &[(ByteBuf, u64)]) -> Result<Vec<(NodeId, u
 }
 
 fn verify_doc_change(origin: NodeId, doc: usize, key: &[u8], change: Vec<u8>) -> Result<DocChange, ChangeError> {
-    let bad = |reason: String| ChangeError::BadDocChange { doc, reason };
-    let key = DocKey::decode(key).map_err(|e| bad(e.to_string()))?;
-    let change = crate::doc::parse_change(change).map_err(bad)?;
+    let bad = |reason: DocChangeFault| ChangeError::BadDocChange { doc, reason };
+    let key = DocKey::decode(key).map_err(|e| bad(e.into()))?;
+    let change = crate::doc::parse_change(change).map_err(|e| bad(e.into()))?;
     let actor = change.actor_id().to_bytes();
     if actor != origin.as_bytes() {
         return Err(ChangeError::ForgedActor { origin, actor: hex::encode(actor) });

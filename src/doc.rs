@@ -34,15 +34,42 @@ pub fn act_as(doc: AutoCommit, actor: NodeId) -> AutoCommit {
     doc.with_actor(automerge::ActorId::from(actor.as_bytes().as_slice()))
 }
 
+/// Why a document or change from bytes could not be loaded, parsed or applied.
+///
+/// automerge's own error types are neither `Clone` nor comparable, and these errors travel
+/// inside [`crate::ChangeError`], which is both: automerge's message is kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    /// automerge panicked on the bytes; the panic was contained.
+    #[error(transparent)]
+    Panicked(#[from] Panicked),
+    /// automerge refused to load a saved document.
+    #[error("automerge cannot load the document: {0}")]
+    Load(String),
+    /// automerge refused to parse a change.
+    #[error("automerge cannot parse the change: {0}")]
+    Parse(String),
+    /// automerge refused to apply a change.
+    #[error("automerge cannot apply the change: {0}")]
+    Apply(String),
+    /// The change's chunk checksum (bytes 4..8) is not the start of its hash.
+    #[error("checksum mismatch")]
+    ChecksumMismatch,
+    /// A change was left waiting for an automerge dependency the document lacks.
+    #[error("a change's automerge dependencies are missing")]
+    MissingDependencies,
+}
+
 /// Loads a document from its stored snapshot (possibly empty) and tail of changes.
 ///
 /// The bytes come from disk, so the automerge calls are contained.
-pub fn load_doc(actor: NodeId, snapshot: &[u8], tail: Vec<Vec<u8>>) -> Result<AutoCommit, String> {
+pub fn load_doc(actor: NodeId, snapshot: &[u8], tail: Vec<Vec<u8>>) -> Result<AutoCommit, DocError> {
     let mut doc = if snapshot.is_empty() {
         new_doc(actor)
     } else {
-        let loaded = contain("document load", || AutoCommit::load(snapshot));
-        act_as(loaded.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?, actor)
+        let loaded = contain("document load", || AutoCommit::load(snapshot))?;
+        act_as(loaded.map_err(|e| DocError::Load(e.to_string()))?, actor)
     };
     let mut changes = Vec::with_capacity(tail.len());
     for bytes in tail {
@@ -63,35 +90,31 @@ pub fn change_count(doc: &mut AutoCommit) -> u64 {
 /// automerge 0.6.1's `Change::from_bytes` does not check the chunk checksum (bytes 4..8,
 /// the first 4 bytes of the change hash); only a whole-document load does. Without this
 /// check a corrupted change would be accepted under a genuine `(origin, seq)`.
-pub fn parse_change(bytes: Vec<u8>) -> Result<automerge::Change, String> {
+pub fn parse_change(bytes: Vec<u8>) -> Result<automerge::Change, DocError> {
     let checksum: Option<[u8; 4]> = bytes.get(4..8).and_then(|c| c.try_into().ok());
-    let change = contain("change decoding", || automerge::Change::from_bytes(bytes))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let change = contain("change decoding", || automerge::Change::from_bytes(bytes))?
+        .map_err(|e| DocError::Parse(e.to_string()))?;
     if checksum.is_none_or(|c| c != change.hash().0[..4]) {
-        return Err("checksum mismatch".to_string());
+        return Err(DocError::ChecksumMismatch);
     }
     Ok(change)
 }
 
 /// Applies changes to a document, contained; fails if any change is left waiting for a
 /// dependency (automerge would otherwise queue it silently).
-pub fn apply_changes(doc: &mut AutoCommit, changes: Vec<automerge::Change>) -> Result<(), String> {
+pub fn apply_changes(doc: &mut AutoCommit, changes: Vec<automerge::Change>) -> Result<(), DocError> {
     let hashes: Vec<_> = changes.iter().map(|c| c.hash()).collect();
-    contain("apply_changes", || doc.apply_changes(changes)).map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-    let missing = contain("dependency check", || hashes.iter().any(|hash| doc.get_change_by_hash(hash).is_none()))
-        .map_err(|e: Panicked| e.to_string())?;
-    if missing {
-        return Err("a change's automerge dependencies are missing".to_string());
+    contain("apply_changes", || doc.apply_changes(changes))?.map_err(|e| DocError::Apply(e.to_string()))?;
+    if !holds_changes(doc, &hashes)? {
+        return Err(DocError::MissingDependencies);
     }
     Ok(())
 }
 
 /// Whether the document holds every change in `hashes`, contained: automerge applies a
 /// change only once it holds all the change's dependencies (`is_causally_ready`).
-pub fn holds_changes(doc: &mut AutoCommit, hashes: &[automerge::ChangeHash]) -> Result<bool, String> {
+pub fn holds_changes(doc: &mut AutoCommit, hashes: &[automerge::ChangeHash]) -> Result<bool, Panicked> {
     contain("dependency check", || hashes.iter().all(|hash| doc.get_change_by_hash(hash).is_some()))
-        .map_err(|e: Panicked| e.to_string())
 }
 
 /// The document's causal length: the maximum of every concurrent value (0 if never set).

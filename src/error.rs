@@ -5,7 +5,13 @@
 
 use std::sync::Arc;
 
-use crate::change::ChangeError;
+use crate::catalog::CatalogError;
+use crate::change::{ChangeError, Malformation};
+pub use crate::codec::CodecError;
+pub use crate::contain::Panicked;
+pub use crate::doc::DocError;
+use crate::keys::KeyError;
+pub use crate::record::RecordError;
 use crate::schema::SchemaError;
 use crate::types::NodeId;
 
@@ -16,11 +22,10 @@ pub enum StorageError {
     /// redb reported an error.
     #[error("storage: {0}")]
     Redb(#[from] redb::Error),
-    /// A stored value does not decode: the file is corrupt or from an incompatible build.
-    /// (Being replaced by typed variants such as [`StorageError::BadLength`]; the sites
-    /// left build it in `replica/`.)
+    /// A stored value does not decode or contradicts another: the file is corrupt or from
+    /// an incompatible build.
     #[error("corrupt store: {0}")]
-    Corrupt(String),
+    Corrupt(Corruption),
     /// A stored value has a length its table's format does not allow.
     #[error("corrupt store: a {table} value has a bad length ({len} bytes)")]
     BadLength {
@@ -29,11 +34,6 @@ pub enum StorageError {
         /// The value's length.
         len: usize,
     },
-    /// A commit shared by several write batches failed; none of them was written.
-    /// (The form `replica/write.rs` still builds; [`StorageError::GroupCommitFailed`]
-    /// keeps the cause.)
-    #[error("commit failed: {0}")]
-    CommitFailed(String),
     /// A commit shared by several write batches or jobs failed; none of them was written.
     /// Every member gets the group's one failure (redb's errors are not `Clone`).
     #[error("commit failed: {0}")]
@@ -69,6 +69,193 @@ pub enum StorageError {
         /// Its stored bytes (snapshot and tail).
         bytes: usize,
     },
+}
+
+/// What is corrupt in a store (see [`StorageError::Corrupt`]): the table, and what about
+/// its key or value is wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// `meta_v1` holds no valid node id.
+    #[error("meta_v1 has no valid node id")]
+    NodeId,
+    /// A stored CBOR value does not decode.
+    #[error("{table}: {source}")]
+    Value {
+        /// The redb table, with the `meta_v1` key where there is one.
+        table: &'static str,
+        /// Why it does not decode.
+        source: CodecError,
+    },
+    /// A `rows_v1` record does not decode.
+    #[error("{table}: {source}")]
+    Record {
+        /// The redb table.
+        table: &'static str,
+        /// Why it does not decode.
+        source: RecordError,
+    },
+    /// A key does not decode.
+    #[error("{table} key: {source}")]
+    Key {
+        /// The redb table.
+        table: &'static str,
+        /// Why it does not decode.
+        source: KeyError,
+    },
+    /// A key has a length its table's format does not allow.
+    #[error("{table} key has a bad length")]
+    KeyLength {
+        /// The redb table (and part).
+        table: &'static str,
+    },
+    /// A key that holds a node id holds something else.
+    #[error("bad node id in a {table} key")]
+    NodeIdKey {
+        /// The redb table.
+        table: &'static str,
+    },
+    /// A value is shorter than its table's format allows.
+    #[error("{table}: value too short")]
+    ShortValue {
+        /// The redb table.
+        table: &'static str,
+    },
+    /// A stored document does not load.
+    #[error("document {doc}: {source}")]
+    Document {
+        /// The document, as described for messages.
+        doc: String,
+        /// Why.
+        source: DocError,
+    },
+    /// A document's heads count a tail entry that is not stored.
+    #[error("document {doc}: tail entry {position} missing")]
+    TailMissing {
+        /// The document, as described for messages.
+        doc: String,
+        /// The missing entry's position.
+        position: u32,
+    },
+    /// A document's stored heads are not the heads of its stored changes.
+    #[error("document {doc}: stored heads differ from its changes")]
+    HeadsDiffer {
+        /// The document, as described for messages.
+        doc: String,
+    },
+    /// An implicit document cannot be rebuilt from its row.
+    #[error("implicit document {doc}: {fault}")]
+    Implicit {
+        /// The document, as described for messages.
+        doc: String,
+        /// Why.
+        fault: ImplicitFault,
+    },
+    /// An index entry names a row `rows_v1` does not hold.
+    #[error("an entry of index {index} has no row")]
+    IndexEntryWithoutRow {
+        /// The index.
+        index: String,
+    },
+    /// `log_v1` lacks a change the version vector (or log floor) says it holds.
+    #[error("log_v1 lacks {origin} seq {seq} below the vector")]
+    LogGap {
+        /// The origin.
+        origin: NodeId,
+        /// The first missing seq.
+        seq: u64,
+    },
+    /// A `pending_v1` change no longer verifies.
+    #[error("pending_v1: {0}")]
+    Pending(ChangeError),
+    /// A `digest_v1` part would count fewer than zero entries or bytes.
+    #[error("digest_v1 part {key:02x?} would go negative")]
+    DigestNegative {
+        /// The part's key.
+        key: Vec<u8>,
+    },
+    /// A `digest_v1` part counts no entries but its hash is not zero.
+    #[error("digest_v1 part {key:02x?} is empty but not zero")]
+    DigestNotZero {
+        /// The part's key.
+        key: Vec<u8>,
+    },
+    /// A `digest_v1` heads part names a bucket beyond the tree.
+    #[error("digest_v1 heads bucket {bucket} is out of range")]
+    DigestBucket {
+        /// The bucket.
+        bucket: usize,
+    },
+    /// `catalog_v1` holds a row document's key.
+    #[error("catalog_v1 holds a row key")]
+    RowKeyInCatalog,
+    /// This node's own documents contradict its catalog (a local write was refused).
+    #[error("{0}")]
+    Inconsistent(Inconsistency),
+}
+
+/// Why an implicit document cannot be rebuilt (see [`Corruption::Implicit`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImplicitFault {
+    /// Its key is not a row document's.
+    #[error("not a row document")]
+    NotARow,
+    /// Its table is dropped or at another incarnation.
+    #[error("its table is not live at the row's incarnation")]
+    TableNotLive,
+    /// `rows_v1` holds no record for it.
+    #[error("its row is missing")]
+    RowMissing,
+    /// Its record does not decode.
+    #[error(transparent)]
+    Record(RecordError),
+    /// Its record has another number of values than the table has columns.
+    #[error("its record does not match the table definition")]
+    RecordArity,
+    /// The rebuilt change's hash is not the stored head.
+    #[error("its row does not rebuild the stored change")]
+    RebuildDiffers,
+}
+
+/// How a change contradicts the replica's state (see [`ApplyError::Inconsistent`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Inconsistency {
+    /// A row document of a table (incarnation) the catalog does not hold.
+    #[error("row of unknown table {table} (epoch {epoch})")]
+    RowOfUnknownTable {
+        /// The table.
+        table: String,
+        /// The row's table incarnation.
+        epoch: u64,
+    },
+    /// An index on a table (incarnation) the catalog does not hold.
+    #[error("index {index} on unknown table {table}")]
+    IndexOnUnknownTable {
+        /// The index.
+        index: String,
+        /// The table it names.
+        table: String,
+    },
+    /// A catalog document's winning definition does not decode.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// automerge refused the change, or the document lacks its dependencies.
+    #[error(transparent)]
+    Doc(#[from] DocError),
+}
+
+impl From<Panicked> for Inconsistency {
+    fn from(e: Panicked) -> Inconsistency {
+        Inconsistency::Doc(e.into())
+    }
+}
+
+impl From<Corruption> for StorageError {
+    fn from(e: Corruption) -> StorageError {
+        StorageError::Corrupt(e)
+    }
 }
 
 /// Why the store cannot write now (see [`StorageError::Unavailable`]).
@@ -277,6 +464,26 @@ pub enum WriteError {
         /// What overflowed.
         what: &'static str,
     },
+    /// The batch would change more rows and catalog entries than one replicated change may
+    /// carry ([`crate::change::CHANGE_DOCS_MAX`]): peers would refuse it.
+    #[error(
+        "write batch changes {docs} rows, more than the {} one replicated change may carry; split it",
+        crate::change::CHANGE_DOCS_MAX
+    )]
+    TooManyRows {
+        /// Documents (rows and catalog entries) the batch changes.
+        docs: usize,
+    },
+    /// The batch's change would be larger than a peer accepts
+    /// ([`crate::change::CHANGE_BYTES_MAX`]).
+    #[error(
+        "write batch makes a {bytes}-byte change, more than the {} bytes a replicated change may have; split it",
+        crate::change::CHANGE_BYTES_MAX
+    )]
+    ChangeTooLarge {
+        /// The encoded change's bytes.
+        bytes: usize,
+    },
     /// Storage failed; the whole commit group was rolled back.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -317,8 +524,21 @@ pub enum ApplyError {
         /// Sequence number.
         seq: u64,
         /// What is wrong.
-        reason: String,
+        reason: Inconsistency,
     },
+    /// Documents sent whole (a repair or a state transfer) contradict the replica's state;
+    /// no change envelope is to blame.
+    #[error("inconsistent document from {node}: {reason}")]
+    InconsistentDocument {
+        /// The donor of a state transfer, or the author of a repaired document's first
+        /// change (a repair does not name its sender).
+        node: NodeId,
+        /// What is wrong.
+        reason: Inconsistency,
+    },
+    /// A repair or transfer batch is malformed as a whole (no one change is to blame).
+    #[error("malformed batch: {0}")]
+    MalformedBatch(Malformation),
     /// The changes that wait for dependencies would exceed [`crate::PENDING_CHANGES_MAX`].
     #[error("too many changes waiting for dependencies (limit {0})")]
     PendingFull(usize),

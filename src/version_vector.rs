@@ -32,6 +32,7 @@ impl VersionVector {
         } else {
             self.0.insert(origin, seq);
         }
+        debug_assert!(!self.0.values().any(|s| *s == 0), "no entry is 0, so equal vectors compare equal");
     }
 
     /// Whether this vector holds everything `other` holds.

@@ -528,6 +528,48 @@ fn changes_that_contradict_the_catalog_are_refused() {
     check_refused(&mut target, cases);
 }
 
+/// A document key and the automerge changes a repair brings it.
+type RepairDoc = (Vec<u8>, Vec<Vec<u8>>);
+/// A bad repair: its name, its documents and the error it must be refused with.
+type RepairCase = (&'static str, Vec<RepairDoc>, fn(&ApplyError) -> bool);
+
+#[test]
+fn bad_repairs_are_refused_with_typed_errors_and_change_nothing() {
+    let history = History::build();
+    let mut target = history.target("target.redb");
+    let (ghost_key, ghost_change) = {
+        let change = automerge_change(SOURCE, |doc| doc.put(ROOT, "_cl", ScalarValue::Uint(1)).unwrap());
+        (row_key("ghost", 1, 1).encode(), change)
+    };
+    let repairs: Vec<RepairCase> = vec![
+        (
+            "more documents than a repair may hold",
+            vec![(row_key("sensors", 1, 1).encode(), Vec::new()); edgestore::REPAIR_DOCS_MAX + 1],
+            |e| matches!(e, ApplyError::MalformedBatch(_)),
+        ),
+        (
+            "a change by a node the receiver never heard of",
+            vec![(ghost_key.clone(), vec![automerge_change(STRANGER, |doc| doc.put(ROOT, "_cl", 1u64).unwrap())])],
+            |e| matches!(e, ApplyError::Invalid { index: 0, source: ChangeError::BadDocChange { doc: 0, .. } }),
+        ),
+        (
+            "a row of a table the receiver does not hold",
+            vec![(ghost_key, vec![ghost_change])],
+            // Named by the document's first author: a repair does not name its sender.
+            |e| matches!(e, ApplyError::InconsistentDocument { node, .. } if *node == SOURCE),
+        ),
+    ];
+    for (name, docs, expected) in repairs {
+        let before = observe(&target);
+        match target.repair_docs(docs) {
+            Ok(report) => panic!("{name}: accepted ({report:?}), expected a refusal"),
+            Err(error) => assert!(expected(&error), "{name}: wrong error: {error:?} ({error})"),
+        }
+        assert_eq!(observe(&target), before, "{name}: a refused repair changed the replica");
+        assert_healthy(&target, name);
+    }
+}
+
 #[test]
 fn a_batch_with_one_bad_change_applies_none_of_its_good_changes() {
     let history = History::build();

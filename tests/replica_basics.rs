@@ -81,6 +81,30 @@ fn refused_batches_write_nothing() {
     assert!(a.check_integrity().unwrap().is_empty());
 }
 
+/// A batch whose change peers would refuse is refused at the writer, and replication of
+/// what the writer writes next is not held up behind it.
+#[test]
+fn a_batch_too_large_to_replicate_is_refused_before_it_is_logged() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    let mut b = open(&dir, 2);
+    let digest = a.state_digest().unwrap();
+    let vector = a.version_vector().clone();
+    let name = "x".repeat(edgestore::change::CHANGE_BYTES_MAX);
+    let err = a.write(insert(1, &name), 0).unwrap_err();
+    assert!(
+        matches!(err, WriteError::ChangeTooLarge { bytes } if bytes > edgestore::change::CHANGE_BYTES_MAX),
+        "{err}"
+    );
+    assert!(err.to_string().contains("split it"), "{err}");
+    assert_eq!(a.state_digest().unwrap(), digest);
+    assert_eq!(a.version_vector(), &vector, "nothing was logged");
+    a.write(insert(1, "pump"), 0).unwrap();
+    sync(&a, &mut b);
+    assert_eq!(b.state_digest().unwrap(), a.state_digest().unwrap());
+    assert!(a.check_integrity().unwrap().is_empty());
+}
+
 trait Merge {
     fn merge(self, other: WriteBatch) -> WriteBatch;
 }

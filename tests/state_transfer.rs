@@ -172,7 +172,13 @@ fn assert_refused(c: &mut Replica, donor: edgestore::NodeId, batch: TransferBatc
     let progress = c.transfer_progress().unwrap();
     let vector = c.version_vector().clone();
     let outcome = c.import_transfer(donor, batch);
-    assert!(matches!(outcome, Err(ApplyError::Invalid { .. } | ApplyError::Inconsistent { .. })), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            Err(ApplyError::Invalid { .. } | ApplyError::MalformedBatch(_) | ApplyError::InconsistentDocument { .. })
+        ),
+        "{outcome:?}"
+    );
     assert_eq!(c.state_digest().unwrap(), digest);
     assert_eq!(c.transfer_progress().unwrap(), progress);
     assert_eq!(c.version_vector(), &vector);

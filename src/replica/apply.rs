@@ -19,11 +19,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::materialize::{ChangedDoc, RecordError};
+use super::materialize::{Cause, ChangedDoc, RecordError};
 use super::{Replica, WorkingDoc, WriteTables};
 use crate::change::VerifiedChange;
 use crate::doc;
-use crate::error::{ApplyError, StorageError};
+use crate::error::{ApplyError, Corruption, StorageError};
 use crate::keys;
 use crate::storage;
 use crate::types::NodeId;
@@ -71,7 +71,7 @@ struct DocGroup {
 
 /// What the applied changes of a transaction add to one document: the first that touches
 /// it (named in errors), and its automerge changes in causal order.
-type DocChanges<'a> = ((NodeId, u64), Vec<&'a automerge::Change>);
+type DocChanges<'a> = (Cause, Vec<&'a automerge::Change>);
 
 /// A bounded batch of encoded change envelopes read from the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -222,7 +222,9 @@ impl Replica {
         let mut per_doc: BTreeMap<Vec<u8>, DocChanges<'_>> = BTreeMap::new();
         for change in &applied {
             for op in &change.ops {
-                let entry = per_doc.entry(op.key.encode()).or_insert_with(|| ((change.origin, change.seq), Vec::new()));
+                let entry = per_doc
+                    .entry(op.key.encode())
+                    .or_insert_with(|| (Cause::Change { origin: change.origin, seq: change.seq }, Vec::new()));
                 entry.1.push(&op.change);
             }
         }
@@ -236,11 +238,7 @@ impl Replica {
                 continue;
             };
             let owned: Vec<automerge::Change> = changes.iter().map(|c| (*c).clone()).collect();
-            doc::apply_changes(&mut working.doc, owned).map_err(|reason| ApplyError::Inconsistent {
-                origin: cause.0,
-                seq: cause.1,
-                reason,
-            })?;
+            doc::apply_changes(&mut working.doc, owned).map_err(|e| cause.refusal(e.into()))?;
             let new_changes = changes.iter().map(|c| c.raw_bytes()).collect();
             changed.push(ChangedDoc { key_bytes, key, working, new_changes, cause, inserted: None });
         }
@@ -275,7 +273,7 @@ impl Replica {
             };
             let unstaged: Vec<_> = op.change.deps().iter().filter(|dep| !group.staged.contains(dep)).copied().collect();
             let in_doc = doc::holds_changes(&mut group.working.doc, &unstaged)
-                .map_err(|reason| ApplyError::Inconsistent { origin: change.origin, seq: change.seq, reason })?;
+                .map_err(|e| ApplyError::Inconsistent { origin: change.origin, seq: change.seq, reason: e.into() })?;
             if !in_doc {
                 tracing::debug!(origin = %change.origin, seq = change.seq, "parked: a document lacks an automerge dependency");
                 return Ok(false);
@@ -356,8 +354,8 @@ impl Replica {
         let mut origins = Vec::new();
         let mut cursor = Vec::new();
         while let Some(item) = pending.range(cursor.as_slice()..)?.next() {
-            let (origin, _) =
-                keys::decode_log_key(item?.0.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let (origin, _) = keys::decode_log_key(item?.0.value())
+                .map_err(|source| Corruption::Key { table: "pending_v1", source })?;
             if !skip.contains(&origin) {
                 origins.push(origin);
             }
@@ -371,8 +369,7 @@ impl Replica {
                 loop {
                     let key = keys::log_key(origin, versions.seq(origin) + 1);
                     let Some(bytes) = pending.get(key.as_slice())? else { break };
-                    let change = VerifiedChange::decode(bytes.value().to_vec())
-                        .map_err(|e| StorageError::Corrupt(format!("pending_v1: {e}")))?;
+                    let change = VerifiedChange::decode(bytes.value().to_vec()).map_err(Corruption::Pending)?;
                     if !change.deps.iter().all(|(node, seq)| versions.seq(*node) >= *seq) {
                         break;
                     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{IntegrityProblem, Replica, Snapshot};
-use crate::error::{OpenError, StorageError};
+use crate::error::{Corruption, OpenError, StorageError};
 use crate::storage;
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
@@ -149,9 +149,7 @@ impl Snapshot {
     fn node_id(&self) -> Result<NodeId, StorageError> {
         let meta = self.txn().open_table(storage::META)?;
         let stored = meta.get(storage::META_NODE_ID)?;
-        stored
-            .and_then(|v| NodeId::from_slice(v.value()))
-            .ok_or_else(|| StorageError::Corrupt("meta_v1 has no valid node id".into()))
+        stored.and_then(|v| NodeId::from_slice(v.value())).ok_or_else(|| StorageError::Corrupt(Corruption::NodeId))
     }
 
     /// Refuses a store with a table not copied below, so that a table added later cannot

@@ -24,7 +24,7 @@ use redb::ReadableDatabase;
 
 use super::{read, Replica};
 use crate::codec;
-use crate::error::StorageError;
+use crate::error::{Corruption, StorageError};
 use crate::keys;
 use crate::storage::{self, FORMAT_VERSION, FORMAT_VERSION_COMPACTED, FORMAT_VERSION_UNCOMPACTED};
 use crate::types::NodeId;
@@ -174,11 +174,12 @@ fn remove_span(
     report: &mut CompactReport,
 ) -> Result<(u64, bool), StorageError> {
     let (start, end) = (keys::log_key(span.origin, 0), keys::log_key(span.origin, span.to));
-    let lacks = |seq: u64| StorageError::Corrupt(format!("log_v1 lacks {} seq {seq} below the vector", span.origin));
+    let lacks = |seq: u64| StorageError::from(Corruption::LogGap { origin: span.origin, seq });
     let (mut floor, mut removed, mut last) = (span.floor, 0usize, 0);
     for item in log.extract_from_if(start.as_slice()..=end.as_slice(), |_, _| true)?.take(budget) {
         let (key, value) = item?;
-        let (origin, seq) = keys::decode_log_key(key.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let (origin, seq) =
+            keys::decode_log_key(key.value()).map_err(|source| Corruption::Key { table: "log_v1", source })?;
         assert_eq!(origin, span.origin, "the range holds one origin's keys");
         if seq > floor {
             if seq != floor + 1 {

@@ -17,12 +17,12 @@
 
 use redb::{ReadableDatabase, ReadableTable};
 
-use super::materialize::{ChangedDoc, RecordError};
+use super::materialize::{Cause, ChangedDoc, RecordError};
 use super::{digest_parts, load_working_doc, Replica, WriteTables};
-use crate::change::{ChangeError, DocKey, DOC_KEY_BYTES_MAX};
+use crate::change::{ChangeError, DocChangeFault, DocKey, Malformation, DOC_KEY_BYTES_MAX};
 use crate::contain::contain;
 use crate::doc;
-use crate::error::{ApplyError, StorageError};
+use crate::error::{ApplyError, Corruption, StorageError};
 use crate::storage;
 use crate::types::NodeId;
 
@@ -181,7 +181,7 @@ impl Replica {
                 .collect();
             working.doc.get_changes(&known).into_iter().map(|c| c.raw_bytes().to_vec()).collect()
         })
-        .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", super::describe_doc_key(key))))
+        .map_err(|e| Corruption::Document { doc: super::describe_doc_key(key), source: e.into() }.into())
     }
 
     /// Merges automerge changes from a peer into documents, re-materializing what depends
@@ -191,25 +191,24 @@ impl Replica {
     /// log and the version vector are not touched.
     pub fn repair_docs(&mut self, docs: Vec<(Vec<u8>, Vec<Vec<u8>>)>) -> Result<RepairReport, ApplyError> {
         if docs.len() > REPAIR_DOCS_MAX {
-            let source = ChangeError::Malformed(format!("more than {REPAIR_DOCS_MAX} documents to repair"));
-            return Err(ApplyError::Invalid { index: 0, source });
+            return Err(ApplyError::MalformedBatch(Malformation::TooManyRepairDocs));
         }
         let mut verified = Vec::with_capacity(docs.len());
         for (index, (key_bytes, changes)) in docs.into_iter().enumerate() {
-            let bad = |reason: String| ApplyError::Invalid {
+            let bad = |reason: DocChangeFault| ApplyError::Invalid {
                 index,
                 source: ChangeError::BadDocChange { doc: index, reason },
             };
             if key_bytes.len() > DOC_KEY_BYTES_MAX {
-                return Err(bad("document key too long".into()));
+                return Err(bad(DocChangeFault::KeyTooLong));
             }
-            let key = DocKey::decode(&key_bytes).map_err(|e| bad(e.to_string()))?;
+            let key = DocKey::decode(&key_bytes).map_err(|e| bad(e.into()))?;
             let mut parsed = Vec::with_capacity(changes.len());
             for bytes in changes {
-                let change = doc::parse_change(bytes).map_err(bad)?;
+                let change = doc::parse_change(bytes).map_err(|e| bad(e.into()))?;
                 let actor = NodeId::from_slice(change.actor_id().to_bytes())
                     .filter(|node| self.versions.seq(*node) > 0)
-                    .ok_or_else(|| bad("a change by a node this replica holds nothing from".into()))?;
+                    .ok_or_else(|| bad(DocChangeFault::UnknownRepairAuthor))?;
                 parsed.push((actor, change));
             }
             verified.push((key_bytes, key, parsed));
@@ -233,7 +232,10 @@ impl Replica {
                 for (_, change) in changes {
                     let held =
                         contain("get_change_by_hash", || working.doc.get_change_by_hash(&change.hash()).is_some())
-                            .map_err(|e| ApplyError::Storage(StorageError::Corrupt(e.to_string())))?;
+                            .map_err(|e| {
+                                let doc = super::describe_doc_key(key_bytes);
+                                ApplyError::Storage(Corruption::Document { doc, source: e.into() }.into())
+                            })?;
                     if !held && !fresh.iter().any(|c| c.hash() == change.hash()) {
                         fresh.push(change);
                     }
@@ -242,13 +244,9 @@ impl Replica {
                     self.cache.put(key_bytes.clone(), working);
                     continue;
                 }
-                let cause = (changes[0].0, 0);
+                let cause = Cause::Document(changes[0].0);
                 let owned = fresh.iter().map(|c| (*c).clone()).collect();
-                doc::apply_changes(&mut working.doc, owned).map_err(|reason| ApplyError::Inconsistent {
-                    origin: cause.0,
-                    seq: 0,
-                    reason,
-                })?;
+                doc::apply_changes(&mut working.doc, owned).map_err(|e| cause.refusal(e.into()))?;
                 report.docs_repaired += 1;
                 report.changes_applied += fresh.len();
                 let new_changes = fresh.iter().map(|c| c.raw_bytes()).collect();

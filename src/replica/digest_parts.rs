@@ -20,7 +20,7 @@ use redb::ReadableTable;
 
 use super::digest::{heads_bucket, leaf_hash, xor_into};
 use super::integrity::StateDigest;
-use crate::error::StorageError;
+use crate::error::{Corruption, StorageError};
 use crate::keys;
 use crate::storage;
 
@@ -54,12 +54,13 @@ impl Part {
         out[..8].copy_from_slice(&self.entries.to_le_bytes());
         out[8..16].copy_from_slice(&self.bytes.to_le_bytes());
         out[16..].copy_from_slice(&self.xor);
+        debug_assert_eq!(self.entries == 0, self.bytes == 0 && self.xor == [0; 32], "an empty part counts nothing");
         out
     }
 
     fn decode(value: &[u8]) -> Result<Part, StorageError> {
         if value.len() != PART_VALUE_BYTES {
-            return Err(StorageError::Corrupt("digest_v1 value has a bad length".into()));
+            return Err(StorageError::BadLength { table: "digest_v1", len: value.len() });
         }
         Ok(Part {
             entries: u64::from_le_bytes(value[..8].try_into().expect("length checked")),
@@ -101,7 +102,7 @@ fn heads_entry(key: &[u8], value: &[u8]) -> Result<(Vec<u8>, [u8; 32]), StorageE
 
 /// The part of a `rows_v1` or `conflicts_v1` entry: its kind and the table's encoded name.
 fn table_part(kind: u8, row_key: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let (_, pk) = keys::decode_name(row_key).map_err(|e| StorageError::Corrupt(format!("row key: {e}")))?;
+    let (_, pk) = keys::decode_name(row_key).map_err(|source| Corruption::Key { table: "rows_v1", source })?;
     let mut part = vec![kind];
     part.extend_from_slice(&row_key[..row_key.len() - pk.len()]);
     Ok(part)
@@ -134,6 +135,8 @@ pub(crate) struct DigestDelta {
 
 impl DigestDelta {
     fn record(&mut self, part: Vec<u8>, hash: &[u8; 32], bytes: usize, sign: i64) {
+        debug_assert!(sign == 1 || sign == -1, "an entry is added or removed once");
+        debug_assert!(matches!(part.first(), Some(&(PART_CATALOG..=PART_CONFLICTS))), "a known part kind");
         let delta = self.parts.entry(part).or_default();
         delta.entries += sign;
         delta.bytes += sign * bytes as i64;
@@ -198,14 +201,14 @@ impl DigestDelta {
             let entries = part.entries as i64 + delta.entries;
             let bytes = part.bytes as i64 + delta.bytes;
             if entries < 0 || bytes < 0 {
-                return Err(StorageError::Corrupt(format!("digest_v1 part {key:02x?} would go negative")));
+                return Err(Corruption::DigestNegative { key: key.clone() }.into());
             }
             part.entries = entries as u64;
             part.bytes = bytes as u64;
             xor_into(&mut part.xor, &delta.xor);
             if part.entries == 0 {
                 if part != Part::default() {
-                    return Err(StorageError::Corrupt(format!("digest_v1 part {key:02x?} is empty but not zero")));
+                    return Err(Corruption::DigestNotZero { key: key.clone() }.into());
                 }
                 table.remove(key.as_slice())?;
             } else {
@@ -292,9 +295,9 @@ pub(crate) fn stored_heads_leaves(
         let key = key.value();
         let bucket = match key {
             [PART_HEADS, high, low] => usize::from(u16::from_be_bytes([*high, *low])),
-            _ => return Err(StorageError::Corrupt("digest_v1 heads key has a bad length".into())),
+            _ => return Err(Corruption::KeyLength { table: "digest_v1 heads" }.into()),
         };
-        let slot = leaves.get_mut(bucket).ok_or_else(|| StorageError::Corrupt("digest_v1 heads bucket".into()))?;
+        let slot = leaves.get_mut(bucket).ok_or(Corruption::DigestBucket { bucket })?;
         let part = Part::decode(value.value())?;
         *slot = (part.entries, part.xor);
     }

@@ -12,7 +12,7 @@ use super::{load_working_doc, Snapshot};
 use crate::change::DocKey;
 use crate::contain::contain;
 use crate::doc::{self, DocEffect};
-use crate::error::{ReadError, StorageError};
+use crate::error::{Corruption, ReadError};
 use crate::types::{NodeId, Value};
 
 /// What one operation of a change did to the row.
@@ -92,7 +92,9 @@ impl Snapshot {
         let Some(mut working) = load_working_doc(NodeId([0; 16]), &stored.tables(), self.catalog(), &doc_key)? else {
             return Err(ReadError::UnknownRow { table: schema.name.clone(), key: super::write::show_key(key) });
         };
-        let corrupt = |e: crate::contain::Panicked| ReadError::Storage(StorageError::Corrupt(e.to_string()));
+        let corrupt = |e: crate::contain::Panicked| {
+            ReadError::Storage(Corruption::Document { doc: super::describe_doc_key(&doc_key), source: e.into() }.into())
+        };
         let changes = contain("get_changes", || working.doc.get_changes(&[]).into_iter().cloned().collect::<Vec<_>>())
             .map_err(corrupt)?;
         let columns: BTreeMap<String, String> = schema.columns.iter().map(|c| (c.id(), c.name.clone())).collect();

@@ -22,7 +22,7 @@ use redb::ReadableTable;
 
 use super::Replica;
 use crate::codec;
-use crate::error::StorageError;
+use crate::error::{Corruption, StorageError};
 use crate::storage;
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
@@ -134,10 +134,9 @@ fn encode_held(vector: &VersionVector, heard_ms: u64) -> Vec<u8> {
 }
 
 fn decode_held(value: &[u8]) -> Result<(VersionVector, u64), StorageError> {
-    let corrupt = |what: String| StorageError::Corrupt(format!("holders_v1: {what}"));
-    let (heard, vector) = value.split_at_checked(8).ok_or_else(|| corrupt("value too short".into()))?;
+    let (heard, vector) = value.split_at_checked(8).ok_or(Corruption::ShortValue { table: "holders_v1" })?;
     let heard = u64::from_be_bytes(heard.try_into().expect("8 bytes"));
-    Ok((codec::decode(vector).map_err(|e| corrupt(e.to_string()))?, heard))
+    Ok((codec::decode(vector).map_err(|source| Corruption::Value { table: "holders_v1", source })?, heard))
 }
 
 /// Component-wise minimum of two vectors.
@@ -167,8 +166,7 @@ impl Holders {
         let mut entries = BTreeMap::new();
         for entry in txn.open_table(storage::HOLDERS)?.iter()? {
             let (member, value) = entry?;
-            let member = NodeId::from_slice(member.value())
-                .ok_or_else(|| StorageError::Corrupt("holders_v1: bad member id".into()))?;
+            let member = NodeId::from_slice(member.value()).ok_or(Corruption::NodeIdKey { table: "holders_v1" })?;
             let (vector, heard_ms) = decode_held(value.value())?;
             // Generations 1, 2, …: a new session sends every entry (it asks from 0).
             let generation = entries.len() as u64 + 1;

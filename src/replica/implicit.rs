@@ -23,7 +23,7 @@ use crate::catalog::{Catalog, TableEntry};
 use crate::change::DocKey;
 use crate::contain::contain;
 use crate::doc;
-use crate::error::StorageError;
+use crate::error::{Corruption, ImplicitFault, StorageError};
 use crate::keys;
 use crate::schema::TableSchema;
 use crate::storage::{self, ImplicitDoc};
@@ -91,23 +91,23 @@ pub(crate) fn rebuild(
     catalog: &Catalog,
     rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
 ) -> Result<AutoCommit, StorageError> {
-    let corrupt =
-        |problem: &str| StorageError::Corrupt(format!("implicit document {}: {problem}", super::describe_doc_key(key)));
+    let corrupt = |fault: ImplicitFault| Corruption::Implicit { doc: super::describe_doc_key(key), fault };
     let Ok(DocKey::Row { table, epoch, pk }) = DocKey::decode(key) else {
-        return Err(corrupt("not a row document"));
+        return Err(corrupt(ImplicitFault::NotARow).into());
     };
     let entry = catalog
         .table(&table)
         .filter(|t| t.causal_length == epoch)
-        .ok_or_else(|| corrupt("its table is not live at the row's incarnation"))?;
-    let record = storage::get_bytes(rows, &keys::row_key(&table, &pk))?.ok_or_else(|| corrupt("its row is missing"))?;
-    let values = crate::record::decode(&record).map_err(|e| corrupt(&e.to_string()))?;
+        .ok_or_else(|| corrupt(ImplicitFault::TableNotLive))?;
+    let record =
+        storage::get_bytes(rows, &keys::row_key(&table, &pk))?.ok_or_else(|| corrupt(ImplicitFault::RowMissing))?;
+    let values = crate::record::decode(&record).map_err(|e| corrupt(ImplicitFault::Record(e)))?;
     if values.len() != entry.schema.columns.len() {
-        return Err(corrupt("its record does not match the table definition"));
+        return Err(corrupt(ImplicitFault::RecordArity).into());
     }
     let mut document = doc::new_row_doc(implicit.actor, implicit.time_ms, &entry.schema.columns, &values);
     if doc::heads(&mut document) != [implicit.head] {
-        return Err(corrupt("its row does not rebuild the stored change"));
+        return Err(corrupt(ImplicitFault::RebuildDiffers).into());
     }
     Ok(document)
 }

@@ -386,8 +386,8 @@ impl Checker {
     fn check_floor(&mut self, in_memory: &VersionVector) -> Result<VersionVector, StorageError> {
         let floor = match compact::stored_log_floor(&self.txn) {
             Ok(floor) => floor,
-            Err(StorageError::Corrupt(problem)) => {
-                self.problems.push(IntegrityProblem::Log { problem });
+            Err(StorageError::Corrupt(corruption)) => {
+                self.problems.push(IntegrityProblem::Log { problem: corruption.to_string() });
                 return Ok(in_memory.clone());
             }
             Err(e) => return Err(e),

@@ -12,7 +12,7 @@ use crate::catalog::{self, Catalog, IndexEntry};
 use crate::change::{DocKey, VerifiedChange};
 use crate::codec;
 use crate::doc;
-use crate::error::{ApplyError, StorageError};
+use crate::error::{ApplyError, Corruption, Inconsistency, StorageError};
 use crate::keys;
 use crate::schema::TableSchema;
 use crate::types::NodeId;
@@ -23,12 +23,37 @@ pub(crate) struct ChangedDoc<'a> {
     pub key: DocKey,
     pub working: WorkingDoc,
     pub new_changes: Vec<&'a [u8]>,
-    /// The change envelope that first touched this document, for error reports.
-    pub cause: (NodeId, u64),
+    /// What first touched this document, for error reports.
+    pub cause: Cause,
     /// A local insert into this empty document staged this row and nothing else touched
     /// it: if it materializes to the same row, its one change is `new_row_doc`'s and it is
     /// stored implicitly without being rebuilt (`implicit::staged_form`).
     pub inserted: Option<Row>,
+}
+
+/// Debug builds check at most this many changed row documents per transaction against
+/// their records, so that large batches in tests stay fast (`check_integrity` covers all).
+#[cfg(debug_assertions)]
+const ROW_SHADOW_CHECK_DOCS_MAX: usize = 16;
+
+/// What brought changes to a document: named when they contradict the replica's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// A change envelope, local or remote.
+    Change { origin: NodeId, seq: u64 },
+    /// Whole documents, no envelope: a state transfer from this donor, or a repair whose
+    /// first change this node wrote.
+    Document(NodeId),
+}
+
+impl Cause {
+    /// The error refusing what this cause brought because of `reason`.
+    pub fn refusal(self, reason: Inconsistency) -> ApplyError {
+        match self {
+            Cause::Change { origin, seq } => ApplyError::Inconsistent { origin, seq, reason },
+            Cause::Document(node) => ApplyError::InconsistentDocument { node, reason },
+        }
+    }
 }
 
 /// Why recording changes failed.
@@ -37,9 +62,8 @@ pub(crate) enum RecordError {
     Storage(StorageError),
     /// The changed documents contradict the catalog; the change must be refused.
     Inconsistent {
-        origin: NodeId,
-        seq: u64,
-        reason: String,
+        cause: Cause,
+        reason: Inconsistency,
     },
 }
 
@@ -48,7 +72,7 @@ impl RecordError {
     pub fn into_storage(self) -> StorageError {
         match self {
             RecordError::Storage(e) => e,
-            RecordError::Inconsistent { reason, .. } => StorageError::Corrupt(reason),
+            RecordError::Inconsistent { reason, .. } => StorageError::Corrupt(Corruption::Inconsistent(reason)),
         }
     }
 
@@ -56,7 +80,7 @@ impl RecordError {
     pub fn into_apply(self) -> ApplyError {
         match self {
             RecordError::Storage(e) => ApplyError::Storage(e),
-            RecordError::Inconsistent { origin, seq, reason } => ApplyError::Inconsistent { origin, seq, reason },
+            RecordError::Inconsistent { cause, reason } => cause.refusal(reason),
         }
     }
 }
@@ -87,6 +111,7 @@ pub(crate) fn materialize_row(
         }
         row.push(winner);
     }
+    debug_assert!(conflicts.iter().all(|c| c.values.len() >= 2), "a conflict has two or more values");
     let key: Vec<_> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
     let key_matches = key.iter().all(|v| !v.is_null()) && keys::encode_tuple(&key) == pk;
     key_matches.then_some((row, conflicts))
@@ -131,19 +156,19 @@ impl Replica {
         }
         // Catalog documents first, so rows are checked against the updated catalog.
         catalog_docs.sort_by(|a, b| a.1.cmp(&b.1));
-        for (key_bytes, key, (origin, seq)) in catalog_docs {
-            self.refresh_catalog_object(tables, &key_bytes, &key).map_err(|e| match e {
-                RecordError::Inconsistent { reason, .. } => RecordError::Inconsistent { origin, seq, reason },
-                other => other,
-            })?;
+        for (key_bytes, key, cause) in catalog_docs {
+            self.refresh_catalog_object(tables, &key_bytes, &key, cause)?;
         }
         row_docs.sort_by(|a, b| a.key.cmp(&b.key));
-        for ChangedDoc { key_bytes, key, mut working, new_changes, cause: (origin, seq), inserted } in row_docs {
+        #[cfg(debug_assertions)]
+        let shadow_keys: Vec<Vec<u8>> =
+            row_docs.iter().take(ROW_SHADOW_CHECK_DOCS_MAX).map(|changed| changed.key_bytes.clone()).collect();
+        for ChangedDoc { key_bytes, key, mut working, new_changes, cause, inserted } in row_docs {
             let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
             let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
             if !known {
-                let reason = format!("row of unknown table {table} (epoch {epoch})");
-                return Err(RecordError::Inconsistent { origin, seq, reason });
+                let reason = Inconsistency::RowOfUnknownTable { table: table.clone(), epoch: *epoch };
+                return Err(RecordError::Inconsistent { cause, reason });
             }
             let created = std::mem::replace(&mut working.created, false);
             let written = self.materialize_into(tables, table, *epoch, pk, &working.doc, created)?;
@@ -161,6 +186,35 @@ impl Replica {
         tables.digest_delta.flush(&mut tables.digest)?;
         #[cfg(debug_assertions)]
         super::integrity::shadow_check_digest(tables)?;
+        #[cfg(debug_assertions)]
+        self.shadow_check_rows(tables, &shadow_keys)?;
+        Ok(())
+    }
+
+    /// Debug builds: each row document in `doc_keys`, loaded again from the stored tables
+    /// (not the cache), materializes to the record `rows_v1` holds: the fast path (the
+    /// working document materialized before it was persisted) against the slow one.
+    #[cfg(debug_assertions)]
+    fn shadow_check_rows(&self, tables: &WriteTables<'_>, doc_keys: &[Vec<u8>]) -> Result<(), StorageError> {
+        for key_bytes in doc_keys {
+            let Ok(DocKey::Row { table, epoch, pk }) = DocKey::decode(key_bytes) else {
+                unreachable!("only row documents are listed")
+            };
+            // A row of a dropped table or older incarnation materializes nothing.
+            let Some(entry) = self.catalog.table(&table).filter(|t| t.causal_length == epoch) else { continue };
+            let working = super::load_working_doc(self.node, &tables.doc_tables(), &self.catalog, key_bytes)?
+                .expect("a changed row document was persisted");
+            // Records are compared encoded: a REAL NaN is not equal to itself as a value.
+            let materialized =
+                materialize_row(&working.doc, &entry.schema, &pk).map(|(row, _)| crate::record::encode(&row));
+            let stored = crate::storage::get_bytes(&tables.rows, &keys::row_key(&table, &pk))?;
+            assert_eq!(
+                stored,
+                materialized,
+                "the rows_v1 record of {} differs from its stored document",
+                super::describe_doc_key(key_bytes)
+            );
+        }
         Ok(())
     }
 
@@ -175,6 +229,11 @@ impl Replica {
             if !pending_empty {
                 tables.pending.remove(log_key.as_slice())?;
             }
+            debug_assert_eq!(
+                change.seq,
+                self.versions.seq(change.origin) + 1,
+                "each origin's changes are logged in seq order without a gap (the log agrees with the vector)"
+            );
             self.versions.set(change.origin, change.seq);
             match advanced.iter_mut().find(|(origin, _)| *origin == change.origin) {
                 Some(entry) => entry.1 = change.seq,
@@ -194,9 +253,9 @@ impl Replica {
         tables: &mut WriteTables<'_>,
         key_bytes: &[u8],
         key: &DocKey,
+        cause: Cause,
     ) -> Result<(), RecordError> {
-        let node = self.node;
-        let inconsistent = |reason: String| RecordError::Inconsistent { origin: node, seq: 0, reason };
+        let inconsistent = |reason: Inconsistency| RecordError::Inconsistent { cause, reason };
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
         let resolved = match key {
             DocKey::Table(name) => catalog::resolve_table(name, &working.doc).map(Ok),
@@ -204,7 +263,7 @@ impl Replica {
             DocKey::Row { .. } => unreachable!("only catalog keys are refreshed here"),
         };
         self.cache.put(key_bytes.to_vec(), working);
-        match resolved.map_err(|e| inconsistent(e.to_string()))? {
+        match resolved.map_err(|e| inconsistent(e.into()))? {
             Ok(entry) => {
                 let name = entry.schema.name.clone();
                 let changed = self
@@ -231,7 +290,8 @@ impl Replica {
                     .get(&entry.def.schema.table)
                     .is_some_and(|t| t.causal_length >= entry.def.table_epoch);
                 if !table_known {
-                    return Err(inconsistent(format!("index {name} on unknown table {}", entry.def.schema.table)));
+                    let table = entry.def.schema.table.clone();
+                    return Err(inconsistent(Inconsistency::IndexOnUnknownTable { index: name, table }));
                 }
                 let old = self.catalog.indexes.insert(name.clone(), entry.clone());
                 store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
@@ -289,9 +349,7 @@ impl Replica {
         let old = match created {
             true => None,
             false => match tables.rows.get(row_key.as_slice())? {
-                Some(record) => {
-                    Some(crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?)
-                }
+                Some(record) => Some(crate::record::decode(record.value()).map_err(corrupt_record)?),
                 None => None,
             },
         };
@@ -375,7 +433,7 @@ impl Replica {
         let mut entries = Vec::new();
         for item in tables.rows.range(prefix.as_slice()..end.as_slice())? {
             let (key, record) = item?;
-            let row = crate::record::decode(record.value()).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let row = crate::record::decode(record.value()).map_err(corrupt_record)?;
             entries.push(index_entry_key(&index, &table.schema, &row, &key.value()[prefix.len()..]));
         }
         for entry in entries {
@@ -405,17 +463,22 @@ fn clear_prefix(table: &mut redb::Table<'_, &'static [u8], &'static [u8]>, prefi
     Ok(())
 }
 
+/// A `rows_v1` record that does not decode.
+fn corrupt_record(source: crate::record::RecordError) -> StorageError {
+    Corruption::Record { table: "rows_v1", source }.into()
+}
+
 /// Catalog as stored in `catalog_v1`, for readers.
 pub(crate) fn decode_catalog_entry(key: &[u8], value: &[u8], catalog: &mut Catalog) -> Result<(), StorageError> {
-    let corrupt = |e: String| StorageError::Corrupt(format!("catalog_v1: {e}"));
-    match DocKey::decode(key).map_err(|e| corrupt(e.to_string()))? {
+    let corrupt = |source| StorageError::from(Corruption::Value { table: "catalog_v1", source });
+    match DocKey::decode(key).map_err(|source| Corruption::Key { table: "catalog_v1", source })? {
         DocKey::Table(name) => {
-            catalog.tables.insert(name, codec::decode(value).map_err(|e| corrupt(e.to_string()))?);
+            catalog.tables.insert(name, codec::decode(value).map_err(corrupt)?);
         }
         DocKey::Index(name) => {
-            catalog.indexes.insert(name, codec::decode(value).map_err(|e| corrupt(e.to_string()))?);
+            catalog.indexes.insert(name, codec::decode(value).map_err(corrupt)?);
         }
-        DocKey::Row { .. } => return Err(corrupt("row key in the catalog".into())),
+        DocKey::Row { .. } => return Err(Corruption::RowKeyInCatalog.into()),
     }
     Ok(())
 }

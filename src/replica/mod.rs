@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::catalog::Catalog;
 use crate::change::DocKey;
 use crate::doc;
-use crate::error::StorageError;
+use crate::error::{Corruption, StorageError};
 use crate::keys;
 use crate::storage;
 use crate::types::{NodeId, Value};
@@ -186,8 +186,7 @@ impl Replica {
         let mut versions = VersionVector::new();
         for entry in txn.open_table(storage::VERSIONS)?.iter()? {
             let (origin, seq) = entry?;
-            let origin = NodeId::from_slice(origin.value())
-                .ok_or_else(|| StorageError::Corrupt("bad origin in versions_v1".into()))?;
+            let origin = NodeId::from_slice(origin.value()).ok_or(Corruption::NodeIdKey { table: "versions_v1" })?;
             versions.set(origin, seq.value());
         }
         self.versions = versions;
@@ -441,11 +440,11 @@ pub(crate) fn load_working_doc<T: ReadableTable<&'static [u8], &'static [u8]>>(
     let mut changes = Vec::with_capacity(tail_len as usize);
     for position in 0..tail_len {
         let change = storage::get_bytes(stored.tail, &storage::tail_key(key, position))?
-            .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
+            .ok_or_else(|| Corruption::TailMissing { doc: describe_doc_key(key), position })?;
         changes.push(change);
     }
     let mut doc = doc::load_doc(node, &snapshot, changes)
-        .map_err(|e| StorageError::Corrupt(format!("document {}: {e}", describe_doc_key(key))))?;
+        .map_err(|source| Corruption::Document { doc: describe_doc_key(key), source })?;
     let changes = doc::change_count(&mut doc);
     Ok(Some(WorkingDoc { doc: Box::new(doc), tail_len, created: false, changes, implicit: false }))
 }

@@ -14,7 +14,7 @@ use redb::{Database, ReadableTable};
 use super::cache::DocCache;
 use super::{digest_parts, Replica};
 use crate::catalog::Catalog;
-use crate::error::{OpenError, StorageError};
+use crate::error::{Corruption, OpenError, StorageError};
 use crate::storage::{
     self, FORMAT_VERSION, FORMAT_VERSION_COMPACTED, FORMAT_VERSION_UNCOMPACTED, FORMAT_VERSION_WITHOUT_DIGEST,
 };
@@ -138,9 +138,8 @@ fn check_or_init_meta(meta: &mut redb::Table<&'static str, &'static [u8]>, node:
         },
     };
     let stored = meta.get(storage::META_NODE_ID).map_err(StorageError::from)?;
-    let stored = stored
-        .and_then(|v| NodeId::from_slice(v.value()))
-        .ok_or_else(|| StorageError::Corrupt("meta_v1 has no valid node id".into()))?;
+    let stored =
+        stored.and_then(|v| NodeId::from_slice(v.value())).ok_or_else(|| StorageError::Corrupt(Corruption::NodeId))?;
     if stored != node {
         return Err(OpenError::NodeIdMismatch { stored, requested: node });
     }

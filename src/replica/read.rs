@@ -12,7 +12,7 @@ use super::materialize::decode_catalog_entry;
 use super::{ColumnConflict, Row};
 use crate::catalog::{Catalog, TableEntry};
 use crate::codec;
-use crate::error::{ReadError, StorageError};
+use crate::error::{Corruption, ReadError, StorageError};
 use crate::keys;
 use crate::record;
 use crate::storage;
@@ -32,10 +32,18 @@ pub(crate) fn load_catalog(txn: &redb::ReadTransaction) -> Result<Catalog, Stora
 /// A version vector stored in `meta_v1` under `key` (CBOR); empty when absent.
 pub(crate) fn meta_vector(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
+    key: &'static str,
 ) -> Result<VersionVector, StorageError> {
     match meta.get(key)? {
-        Some(bytes) => codec::decode(bytes.value()).map_err(|e| StorageError::Corrupt(format!("meta_v1 {key}: {e}"))),
+        Some(bytes) => {
+            let table = match key {
+                storage::META_ANNOUNCED => "meta_v1 announced_vector",
+                storage::META_LOG_FLOOR => "meta_v1 log_floor",
+                storage::META_HORIZON => "meta_v1 horizon",
+                _ => "meta_v1",
+            };
+            codec::decode(bytes.value()).map_err(|source| Corruption::Value { table, source }.into())
+        }
         None => Ok(VersionVector::new()),
     }
 }
@@ -86,7 +94,7 @@ impl Iterator for RowIter {
 }
 
 fn decode_row(bytes: &[u8]) -> Result<Row, ReadError> {
-    record::decode(bytes).map_err(|e| ReadError::Storage(StorageError::Corrupt(e.to_string())))
+    record::decode(bytes).map_err(|source| ReadError::Storage(Corruption::Record { table: "rows_v1", source }.into()))
 }
 
 impl Snapshot {
@@ -208,10 +216,11 @@ impl Snapshot {
             let (key, _) = item.map_err(StorageError::from)?;
             let key = &key.value()[name_len..];
             let values_len = keys::tuple_prefix_len(key, columns.len())
-                .map_err(|e| ReadError::Storage(StorageError::Corrupt(e.to_string())))?;
+                .map_err(|source| StorageError::from(Corruption::Key { table: "indexes_v1", source }))?;
             let row_key = keys::row_key(&schema.name, &key[values_len..]);
             let row = self.rows.get(row_key.as_slice()).map_err(StorageError::from)?;
-            let row = row.ok_or_else(|| ReadError::Storage(StorageError::Corrupt("index entry without row".into())))?;
+            let index = || Corruption::IndexEntryWithoutRow { index: entry.def.schema.name.clone() };
+            let row = row.ok_or_else(|| StorageError::from(index()))?;
             rows.push(decode_row(row.value())?);
         }
         Ok(rows)
@@ -232,12 +241,12 @@ impl Snapshot {
     /// Every row with conflicts, in table and primary-key order.
     pub fn all_conflicts(&self) -> Result<Vec<RowConflicts>, ReadError> {
         let table = self.txn.open_table(storage::CONFLICTS).map_err(StorageError::from)?;
-        let corrupt = |e: String| ReadError::Storage(StorageError::Corrupt(e));
+        let corrupt = |source| StorageError::from(Corruption::Key { table: "conflicts_v1", source });
         let mut out = Vec::new();
         for item in table.iter().map_err(StorageError::from)? {
             let (key, value) = item.map_err(StorageError::from)?;
-            let (name, pk) = keys::decode_name(key.value()).map_err(|e| corrupt(e.to_string()))?;
-            let pk = keys::decode_tuple(pk).map_err(|e| corrupt(e.to_string()))?;
+            let (name, pk) = keys::decode_name(key.value()).map_err(corrupt)?;
+            let pk = keys::decode_tuple(pk).map_err(corrupt)?;
             out.push(RowConflicts { table: name.to_string(), key: pk, columns: decode_conflicts(value.value())? });
         }
         Ok(out)
@@ -252,8 +261,7 @@ impl Snapshot {
         let mut vector = VersionVector::new();
         for item in txn.open_table(storage::VERSIONS)?.iter()? {
             let (origin, seq) = item?;
-            let origin =
-                NodeId::from_slice(origin.value()).ok_or_else(|| StorageError::Corrupt("versions_v1 key".into()))?;
+            let origin = NodeId::from_slice(origin.value()).ok_or(Corruption::NodeIdKey { table: "versions_v1" })?;
             vector.set(origin, seq.value());
         }
         Ok(vector)
@@ -265,5 +273,6 @@ impl Snapshot {
 }
 
 fn decode_conflicts(bytes: &[u8]) -> Result<Vec<ColumnConflict>, ReadError> {
-    codec::decode(bytes).map_err(|e| ReadError::Storage(StorageError::Corrupt(e.to_string())))
+    codec::decode(bytes)
+        .map_err(|source| ReadError::Storage(Corruption::Value { table: "conflicts_v1", source }.into()))
 }

@@ -22,7 +22,7 @@ use redb::ReadableDatabase;
 
 use super::{load_working_doc, Replica, WorkingDoc, WriteTables};
 use crate::doc;
-use crate::error::StorageError;
+use crate::error::{Corruption, StorageError};
 use crate::storage;
 
 /// Changes a tail must hold for its document to be saved. A document of one change saved
@@ -187,7 +187,7 @@ impl Replica {
         let heads = doc::heads(&mut working.doc);
         if heads.concat() != stored_heads {
             let doc = super::describe_doc_key(key);
-            return Err(StorageError::Corrupt(format!("document {doc}: stored heads differ from its changes")));
+            return Err(Corruption::HeadsDiffer { doc }.into());
         }
         let snapshot = working.doc.save();
         #[cfg(debug_assertions)]
@@ -196,7 +196,8 @@ impl Replica {
         report.bytes_before += old_snapshot as u64;
         for position in 0..tail_len {
             let change = tables.tail.remove(storage::tail_key(key, position).as_slice())?;
-            let change = change.ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
+            let change =
+                change.ok_or_else(|| Corruption::TailMissing { doc: super::describe_doc_key(key), position })?;
             report.bytes_before += change.value().len() as u64;
         }
         let saved_heads = storage::encode_heads(0, &heads);

@@ -14,13 +14,13 @@ use std::ops::Bound;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
-use super::materialize::{ChangedDoc, RecordError};
+use super::materialize::{Cause, ChangedDoc, RecordError};
 use super::{read, Replica, WorkingDoc, WriteTables, DOC_TAIL_CHANGES_MAX};
-use crate::change::{ChangeError, DocKey, CHANGE_BYTES_MAX, DOC_KEY_BYTES_MAX};
+use crate::change::{ChangeError, DocChangeFault, DocKey, Malformation, CHANGE_BYTES_MAX, DOC_KEY_BYTES_MAX};
 use crate::codec;
 use crate::contain::contain;
 use crate::doc;
-use crate::error::{ApplyError, StorageError};
+use crate::error::{ApplyError, Corruption, Inconsistency, StorageError};
 use crate::keys;
 use crate::storage;
 use crate::types::NodeId;
@@ -172,7 +172,7 @@ impl Replica {
                     let mut tail = Vec::with_capacity(tail_len as usize);
                     for position in 0..tail_len {
                         let change = storage::get_bytes(&tails, &storage::tail_key(&key, position))?
-                            .ok_or_else(|| StorageError::Corrupt("document tail entry missing".into()))?;
+                            .ok_or_else(|| Corruption::TailMissing { doc: super::describe_doc_key(&key), position })?;
                         tail.push(change);
                     }
                     TransferDoc { key, snapshot, tail }
@@ -260,12 +260,12 @@ impl Replica {
     fn check_docs(&self, batch: &TransferBatch) -> Result<Vec<CheckedDoc>, ApplyError> {
         let mut checked = Vec::with_capacity(batch.docs.len());
         for (index, stored) in batch.docs.iter().enumerate() {
-            let bad = |reason: String| ApplyError::Invalid {
+            let bad = |reason: DocChangeFault| ApplyError::Invalid {
                 index,
                 source: ChangeError::BadDocChange { doc: index, reason },
             };
-            let key = DocKey::decode(&stored.key).map_err(|e| bad(e.to_string()))?;
-            let mut loaded = doc::load_doc(self.node, &stored.snapshot, Vec::new()).map_err(bad)?;
+            let key = DocKey::decode(&stored.key).map_err(|e| bad(e.into()))?;
+            let mut loaded = doc::load_doc(self.node, &stored.snapshot, Vec::new()).map_err(|e| bad(e.into()))?;
             // The snapshot's authors from its history; the tail's from the parsed changes
             // (most rows have no snapshot: one change in the tail).
             let mut actors = match stored.snapshot.is_empty() {
@@ -273,23 +273,23 @@ impl Replica {
                 false => contain("get_changes", || {
                     loaded.get_changes(&[]).iter().map(|c| c.actor_id().to_bytes().to_vec()).collect::<Vec<_>>()
                 })
-                .map_err(|e| bad(e.to_string()))?,
+                .map_err(|e| bad(e.into()))?,
             };
             let mut tail = Vec::with_capacity(stored.tail.len());
             for bytes in &stored.tail {
-                let change = doc::parse_change(bytes.clone()).map_err(bad)?;
+                let change = doc::parse_change(bytes.clone()).map_err(|e| bad(e.into()))?;
                 actors.push(change.actor_id().to_bytes().to_vec());
                 tail.push(change);
             }
-            doc::apply_changes(&mut loaded, tail).map_err(bad)?;
+            doc::apply_changes(&mut loaded, tail).map_err(|e| bad(e.into()))?;
             if actors.is_empty() {
-                return Err(bad("a document without changes".into()));
+                return Err(bad(DocChangeFault::NoChanges));
             }
             let known = |actor: &Vec<u8>| {
                 NodeId::from_slice(actor).is_some_and(|n| batch.vector.seq(n) > 0 || self.versions.seq(n) > 0)
             };
             if !actors.iter().all(known) {
-                return Err(bad("a change by a node neither side's vector holds anything from".into()));
+                return Err(bad(DocChangeFault::UnknownTransferAuthor));
             }
             let changes = actors.len() as u64;
             let loaded = WorkingDoc {
@@ -355,7 +355,7 @@ impl Replica {
         donor: NodeId,
     ) -> Result<Option<ChangedDoc<'d>>, ApplyError> {
         let CheckedDoc { key_bytes, key, stored, mut loaded } = doc;
-        let inconsistent = |reason: String| ApplyError::Inconsistent { origin: donor, seq: 0, reason };
+        let inconsistent = |reason: Inconsistency| Cause::Document(donor).refusal(reason);
         let working = match self.take_doc(tables, &key_bytes)? {
             None if single.is_some() => {
                 // As if the change arrived alone: `record_changes` stores it (as tail
@@ -368,7 +368,7 @@ impl Replica {
                     key,
                     working: loaded,
                     new_changes,
-                    cause: (donor, 0),
+                    cause: Cause::Document(donor),
                     inserted: None,
                 }));
             }
@@ -386,8 +386,8 @@ impl Replica {
                 let theirs = contain("get_changes", || {
                     loaded.doc.get_changes(&[]).into_iter().cloned().collect::<Vec<automerge::Change>>()
                 })
-                .map_err(|e| inconsistent(e.to_string()))?;
-                doc::apply_changes(&mut ours.doc, theirs).map_err(inconsistent)?;
+                .map_err(|e| inconsistent(e.into()))?;
+                doc::apply_changes(&mut ours.doc, theirs).map_err(|e| inconsistent(e.into()))?;
                 if doc::heads(&mut ours.doc) == before {
                     self.cache.put(key_bytes, ours);
                     return Ok(None);
@@ -405,7 +405,14 @@ impl Replica {
                 ours
             }
         };
-        Ok(Some(ChangedDoc { key_bytes, key, working, new_changes: Vec::new(), cause: (donor, 0), inserted: None }))
+        Ok(Some(ChangedDoc {
+            key_bytes,
+            key,
+            working,
+            new_changes: Vec::new(),
+            cause: Cause::Document(donor),
+            inserted: None,
+        }))
     }
 
     /// Installs `vector` at the end of a transfer: `V := max(V, vector)`, the floor raised
@@ -430,7 +437,8 @@ impl Replica {
         let mut held = Vec::new();
         for item in tables.pending.iter()? {
             let key = item?.0.value().to_vec();
-            let (origin, seq) = keys::decode_log_key(&key).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let (origin, seq) =
+                keys::decode_log_key(&key).map_err(|source| Corruption::Key { table: "pending_v1", source })?;
             if seq <= self.versions.seq(origin) {
                 held.push(key);
             }
@@ -446,26 +454,26 @@ impl Replica {
 /// The batch's own consistency: document count, keys increasing after the cursor, tails
 /// shorter than a document keeps, and `last` the last key.
 fn check_shape(batch: &TransferBatch, cursor: &[u8]) -> Result<(), ApplyError> {
-    let malformed = |what: &str| ApplyError::Invalid { index: 0, source: ChangeError::Malformed(what.to_string()) };
+    let malformed = ApplyError::MalformedBatch;
     if batch.after != cursor {
-        return Err(malformed("a transfer batch that does not continue from the receiver's cursor"));
+        return Err(malformed(Malformation::TransferNotAtCursor));
     }
     if batch.docs.len() > TRANSFER_DOCS_MAX || (batch.docs.is_empty() && !batch.done) {
-        return Err(malformed("a transfer batch holds 1 to TRANSFER_DOCS_MAX documents (or none when done)"));
+        return Err(malformed(Malformation::TransferDocCount));
     }
     let mut previous = batch.after.as_slice();
     for doc in &batch.docs {
         let in_order = previous.is_empty() || doc.key.as_slice() > previous;
         if doc.key.is_empty() || doc.key.len() > DOC_KEY_BYTES_MAX || !in_order {
-            return Err(malformed("transfer document keys must be valid and strictly increase after the cursor"));
+            return Err(malformed(Malformation::TransferKeys));
         }
         if doc.tail.len() >= DOC_TAIL_CHANGES_MAX as usize || (doc.snapshot.is_empty() && doc.tail.is_empty()) {
-            return Err(malformed("a transferred document needs a snapshot or a tail shorter than a document keeps"));
+            return Err(malformed(Malformation::TransferDocShape));
         }
         previous = &doc.key;
     }
     if batch.last.as_slice() != previous {
-        return Err(malformed("a transfer batch's cursor is not its last key"));
+        return Err(malformed(Malformation::TransferCursor));
     }
     Ok(())
 }
@@ -474,7 +482,9 @@ fn read_progress(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
 ) -> Result<Option<TransferProgress>, StorageError> {
     match meta.get(storage::META_TRANSFER)? {
-        Some(bytes) => codec::decode(bytes.value()).map(Some).map_err(|e| StorageError::Corrupt(e.to_string())),
+        Some(bytes) => codec::decode(bytes.value())
+            .map(Some)
+            .map_err(|source| Corruption::Value { table: "meta_v1 transfer", source }.into()),
         None => Ok(None),
     }
 }

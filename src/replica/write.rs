@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 
 use automerge::transaction::CommitOptions;
 
-use super::materialize::ChangedDoc;
+use super::materialize::{Cause, ChangedDoc};
 use super::{take_or_create_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
 use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
-use crate::change::{DocChange, DocKey, VerifiedChange};
+use crate::change::{DocChange, DocKey, VerifiedChange, CHANGE_BYTES_MAX, CHANGE_DOCS_MAX};
 use crate::doc;
 use crate::error::{StorageError, WriteError};
 use crate::keys;
@@ -240,8 +240,10 @@ impl Replica {
                 (0..count).map(|_| Err(WriteError::Storage(StorageError::Unavailable(fault.clone())))).collect()
             }
             Err(e) => {
-                let message = e.to_string();
-                (0..count).map(|_| Err(WriteError::Storage(StorageError::CommitFailed(message.clone())))).collect()
+                let cause = std::sync::Arc::new(e);
+                let failed =
+                    || Err(WriteError::Storage(StorageError::GroupCommitFailed(std::sync::Arc::clone(&cause))));
+                (0..count).map(|_| failed()).collect()
             }
         }
     }
@@ -296,6 +298,12 @@ impl Replica {
         if ops.is_empty() {
             return Ok(WriteReceipt { seq: None, rows_affected });
         }
+        // Peers refuse a change beyond these limits, and every later change of this node
+        // depends on it: refused here, before anything of the batch is stored, it costs the
+        // writer a split instead of stalling replication.
+        if ops.len() > CHANGE_DOCS_MAX {
+            return Err(WriteError::TooManyRows { docs: ops.len() });
+        }
         let seq = self.versions.seq(self.node) + 1;
         let deps: Vec<_> = self
             .versions
@@ -303,7 +311,10 @@ impl Replica {
             .filter(|(origin, seq)| *origin != self.node && *seq > self.announced.seq(*origin))
             .collect();
         let change = VerifiedChange::encode_local(self.node, seq, now_ms, &deps, ops);
-        let cause = (self.node, seq);
+        if change.bytes.len() > CHANGE_BYTES_MAX {
+            return Err(WriteError::ChangeTooLarge { bytes: change.bytes.len() });
+        }
+        let cause = Cause::Change { origin: self.node, seq };
         let docs = staged
             .into_iter()
             .zip(change.ops.iter())

@@ -1033,7 +1033,9 @@ impl sync_protocol::SyncStore for FailingStore {
         self.0.changes_since(vector, changes_max, bytes_max)
     }
     fn apply_remote(&mut self, _: Vec<Vec<u8>>) -> Result<edgestore::ApplyReport, edgestore::ApplyError> {
-        Err(edgestore::ApplyError::Storage(edgestore::StorageError::CommitFailed("no space left on device".into())))
+        let io = std::io::Error::other("no space left on device");
+        let cause = edgestore::StorageError::Redb(redb::Error::Io(io));
+        Err(edgestore::ApplyError::Storage(edgestore::StorageError::GroupCommitFailed(std::sync::Arc::new(cause))))
     }
     fn heads_tree(&self) -> Result<edgestore::HeadsTree, edgestore::StorageError> {
         self.0.heads_tree()

@@ -1147,7 +1147,12 @@ mod tests {
     fn a_local_store_failure_is_not_counted_against_the_peer() {
         let faulted = StoreHealth::Faulted { reason: "disk full".into(), reopen_attempts: 1 };
         let cases = [
-            (ProtocolError::Storage(Arc::new(edgestore::StorageError::Corrupt("bad".into()))), CloseKind::StoreFailure),
+            (
+                ProtocolError::Storage(Arc::new(edgestore::StorageError::Corrupt(
+                    edgestore::error::Corruption::NodeId,
+                ))),
+                CloseKind::StoreFailure,
+            ),
             (ProtocolError::StoreUnavailable { health: faulted }, CloseKind::StoreFailure),
             (ProtocolError::ChangeRejected(Arc::new(edgestore::ApplyError::PendingFull(8))), CloseKind::RejectedChange),
             (ProtocolError::WrongCluster { theirs: ClusterId([1; 16]), ours: ClusterId([2; 16]) }, CloseKind::Refusal),
