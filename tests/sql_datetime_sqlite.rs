@@ -16,6 +16,9 @@ use edgestore::{NodeId, Replica, Value};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod common;
+use common::sqlite::{compare, same, sqlite_value, Outcome};
+
 const SEED_DEFAULT: u64 = 0x6461_7465_2e63;
 /// Expressions per `SELECT`: fewer statements, same coverage.
 const EXPRESSIONS_PER_STATEMENT: usize = 100;
@@ -403,62 +406,6 @@ fn compare_random(replica: &mut Replica, conn: &rusqlite::Connection, rng: &mut 
     outcome
 }
 
-fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef as V;
-    match v {
-        V::Null => Value::Null,
-        V::Integer(i) => Value::Integer(i),
-        V::Real(r) => Value::Real(r),
-        V::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        V::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Real(x), Value::Real(y)) => x.to_bits() == y.to_bits(),
-        _ => a == b,
-    }
-}
-
-fn run_sqlite(conn: &rusqlite::Connection, exprs: &[&str]) -> Vec<Value> {
-    let sql = format!("SELECT {}", exprs.join(", "));
-    conn.query_row(&sql, [], |row| (0..exprs.len()).map(|i| row.get_ref(i).map(sqlite_value)).collect())
-        .unwrap_or_else(|e| panic!("sqlite: {e}\n{sql}"))
-}
-
-fn run_ours(replica: &mut Replica, exprs: &[&str]) -> Vec<Value> {
-    let sql = format!("SELECT {}", exprs.join(", "));
-    let rows = sql::execute(replica, &sql, &[], NOW_MS).and_then(|r| r.collect_rows());
-    rows.unwrap_or_else(|e| panic!("edgestore: {e}\n{sql}")).remove(0)
-}
-
-/// What a comparison found: expressions compared, how many gave a value (not NULL), and
-/// the differences.
-#[derive(Default)]
-struct Outcome {
-    compared: usize,
-    values: usize,
-    mismatches: Vec<String>,
-}
-
-/// Compares batches of (ours, theirs) expressions.
-fn compare(replica: &mut Replica, conn: &rusqlite::Connection, pairs: &[(String, String)]) -> Outcome {
-    let mut outcome = Outcome { compared: pairs.len(), ..Outcome::default() };
-    for batch in pairs.chunks(EXPRESSIONS_PER_STATEMENT) {
-        let ours: Vec<&str> = batch.iter().map(|(o, _)| o.as_str()).collect();
-        let theirs: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
-        let (a, b) = (run_ours(replica, &ours), run_sqlite(conn, &theirs));
-        for ((expr, a), b) in ours.iter().zip(&a).zip(&b) {
-            outcome.values += usize::from(!b.is_null());
-            if !same(a, b) {
-                outcome.mismatches.push(format!("{expr}: edgestore {a:?}, sqlite {b:?}"));
-            }
-        }
-    }
-    outcome
-}
-
 #[test]
 fn date_functions_match_sqlite() {
     let seed = std::env::var("EDGESTORE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(SEED_DEFAULT);
@@ -468,8 +415,8 @@ fn date_functions_match_sqlite() {
     let mut replica = Replica::open(dir.path().join("dt.redb"), NodeId::from_public_key(b"datetime")).expect("open");
     let conn = rusqlite::Connection::open_in_memory().expect("sqlite");
     let same_text: Vec<(String, String)> = expressions(&mut rng).into_iter().map(|e| (e.clone(), e)).collect();
-    let plain = compare(&mut replica, &conn, &same_text);
-    let now = compare(&mut replica, &conn, &now_expressions());
+    let plain = compare(&mut replica, &conn, &same_text, EXPRESSIONS_PER_STATEMENT, NOW_MS);
+    let now = compare(&mut replica, &conn, &now_expressions(), EXPRESSIONS_PER_STATEMENT, NOW_MS);
     let random = compare_random(&mut replica, &conn, &mut rng, RANDOM_CALLS);
     let total = plain.compared + now.compared + random.compared;
     let (generated, values) = (plain.compared + now.compared, plain.values + now.values);

@@ -5,6 +5,7 @@
 use super::datetime::{self, DateFunc};
 use super::expr::CastType;
 use super::limits::check_result_bytes;
+use super::printf;
 use super::value::{self, Num};
 use super::SqlError;
 use crate::types::Value;
@@ -31,6 +32,13 @@ pub(crate) enum Func {
     Iif,
     Hex,
     Sign,
+    Printf,
+    Char,
+    Unicode,
+    Quote,
+    Zeroblob,
+    Concat,
+    ConcatWs,
     /// A date function (`datetime/`). Its first argument is the statement time, put there
     /// by the binder (`Expr::StatementTime`); the SQL arguments follow.
     Date(DateFunc),
@@ -71,6 +79,13 @@ impl Func {
             "iif" => (Func::Iif, 3, 3),
             "hex" => (Func::Hex, 1, 1),
             "sign" => (Func::Sign, 1, 1),
+            "printf" | "format" => (Func::Printf, 0, usize::MAX),
+            "char" => (Func::Char, 0, usize::MAX),
+            "unicode" => (Func::Unicode, 1, 1),
+            "quote" => (Func::Quote, 1, 1),
+            "zeroblob" => (Func::Zeroblob, 1, 1),
+            "concat" => (Func::Concat, 1, usize::MAX),
+            "concat_ws" => (Func::ConcatWs, 2, usize::MAX),
             _ => return None,
         })
     }
@@ -100,7 +115,21 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             Some((now, rest)) => datetime::call(f, now, rest)?,
             None => return Err(SqlError::invalid("internal error: a date function without the statement time")),
         },
+        Func::Printf => printf::printf(&args)?,
+        Func::Char => char_of(&args)?,
+        Func::Quote => quote(&args[0])?,
+        Func::Zeroblob => zeroblob(&args[0])?,
+        Func::Concat => concat(&args, None)?,
+        Func::ConcatWs => match value::to_text(&args[0]) {
+            Some(separator) => concat(&args[1..], Some(&separator))?,
+            None => Value::Null,
+        },
         _ if args.first().is_some_and(Value::is_null) => Value::Null,
+        // C reads the text up to its first NUL: an empty or NUL-led text has no first character.
+        Func::Unicode => match value::to_text(&args[0]).and_then(|t| t.chars().next()).filter(|c| *c != '\0') {
+            Some(c) => Value::Integer(i64::from(u32::from(c))),
+            None => Value::Null,
+        },
         Func::Abs => abs(&args[0])?,
         Func::Sign => match value::to_num(&args[0]) {
             Some(Num::Int(i)) => Value::Integer(i.signum()),
@@ -135,6 +164,87 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             _ => Value::Null,
         },
     })
+}
+
+/// `char(x, ...)`: each argument a code point (as an integer; out of range is U+FFFD),
+/// encoded as SQLite encodes it (surrogates too, which makes invalid UTF-8 that reads
+/// back as U+FFFD).
+fn char_of(args: &[Value]) -> Result<Value, SqlError> {
+    check_result_bytes(args.len().saturating_mul(4))?;
+    let mut out = Vec::with_capacity(args.len() * 4);
+    for arg in args {
+        let x = printf::as_int(arg);
+        let c = if (0..=0x10ffff).contains(&x) { x as u32 } else { 0xfffd };
+        match c {
+            0..0x80 => out.push(c as u8),
+            0x80..0x800 => out.extend([0xc0 | (c >> 6) as u8, 0x80 | (c & 0x3f) as u8]),
+            0x800..0x10000 => {
+                out.extend([0xe0 | (c >> 12) as u8, 0x80 | ((c >> 6) & 0x3f) as u8, 0x80 | (c & 0x3f) as u8])
+            }
+            _ => out.extend([
+                0xf0 | (c >> 18) as u8,
+                0x80 | ((c >> 12) & 0x3f) as u8,
+                0x80 | ((c >> 6) & 0x3f) as u8,
+                0x80 | (c & 0x3f) as u8,
+            ]),
+        }
+    }
+    Ok(Value::Text(String::from_utf8_lossy(&out).into_owned()))
+}
+
+/// `quote(x)`: the SQL literal of `x`. A real is written with 15 significant digits, or
+/// 20 when 15 do not read back as the same value (SQLite's `sqlite3QuoteValue`).
+fn quote(v: &Value) -> Result<Value, SqlError> {
+    let text = match v {
+        Value::Null => "NULL".to_string(),
+        Value::Integer(i) | Value::Timestamp(i) => i.to_string(),
+        Value::Boolean(b) => i64::from(*b).to_string(),
+        Value::Real(r) => {
+            let short = printf_text("%!0.15g", *r)?;
+            // Read back as SQLite reads it (`sqlite3AtoF`, off by an ulp near the ends).
+            if datetime::atof(short.as_bytes()).0 == *r {
+                short
+            } else {
+                printf_text("%!0.20e", *r)?
+            }
+        }
+        Value::Text(_) => return printf::printf(&[Value::from("%Q"), v.clone()]),
+        Value::Blob(b) => {
+            check_result_bytes(b.len().saturating_mul(2).saturating_add(3))?;
+            format!("X'{}'", hex::encode_upper(b))
+        }
+    };
+    Ok(Value::Text(text))
+}
+
+fn printf_text(format: &str, r: f64) -> Result<String, SqlError> {
+    match printf::printf(&[Value::from(format), Value::Real(r)])? {
+        Value::Text(t) => Ok(t),
+        other => unreachable!("printf of a format gives text, not {other:?}"),
+    }
+}
+
+/// `zeroblob(n)`: `n` zero bytes (none if `n` is negative or NULL).
+fn zeroblob(n: &Value) -> Result<Value, SqlError> {
+    let n = usize::try_from(printf::as_int(n).max(0)).unwrap_or(usize::MAX);
+    check_result_bytes(n)?;
+    Ok(Value::Blob(vec![0; n]))
+}
+
+/// `concat(x, ...)` and `concat_ws(separator, x, ...)`: the text of the arguments that are
+/// not NULL; as in SQLite, the separator goes only after some text was written.
+fn concat(args: &[Value], separator: Option<&str>) -> Result<Value, SqlError> {
+    let separator = separator.unwrap_or("");
+    let bytes = args.iter().map(text_len).fold(0usize, usize::saturating_add);
+    check_result_bytes(bytes.saturating_add(separator.len().saturating_mul(args.len())))?;
+    let mut out = String::new();
+    for text in args.iter().filter_map(value::to_text) {
+        if !out.is_empty() {
+            out.push_str(separator);
+        }
+        out.push_str(&text);
+    }
+    Ok(Value::Text(out))
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -417,7 +527,7 @@ fn iso_text_ms(v: &Value) -> Option<i64> {
     }
 }
 
-fn real_to_int(r: f64) -> i64 {
+pub(crate) fn real_to_int(r: f64) -> i64 {
     if r.is_nan() {
         0
     } else {

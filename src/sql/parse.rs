@@ -102,7 +102,33 @@ fn bounded_tokens(sql: &str, what: &str) -> Result<Vec<TokenWithSpan>, SqlError>
     if nesting_bound(&tokens) > TEXT_DEPTH_MAX {
         return Err(SqlError::TooDeep { limit: EXPR_DEPTH_MAX });
     }
+    let mut tokens = tokens;
+    hex_integers(sql, &mut tokens)?;
     Ok(tokens)
+}
+
+/// SQLite reads `0x41` as the INTEGER 65 (the 64 bits of up to 16 hex digits, so
+/// `0xffffffffffffffff` is -1) and `X'41'` as a BLOB; sqlparser gives both as one token
+/// kind, so the source text tells them apart and the integers become numbers here.
+fn hex_integers(sql: &str, tokens: &mut [TokenWithSpan]) -> Result<(), SqlError> {
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    for token in tokens {
+        let Token::HexStringLiteral(digits) = &token.token else { continue };
+        let start = token.span.start;
+        let line_start = line_starts.get(start.line.saturating_sub(1) as usize).copied().unwrap_or(0);
+        let text = &sql[line_start..];
+        let offset = text.char_indices().nth(start.column.saturating_sub(1) as usize).map_or(text.len(), |(i, _)| i);
+        if !text[offset..].starts_with("0x") && !text[offset..].starts_with("0X") {
+            continue;
+        }
+        if digits.len() > 16 {
+            return Err(SqlError::invalid(format!("hex literal too big: 0x{digits}")));
+        }
+        let bits = u64::from_str_radix(digits, 16)
+            .map_err(|_| SqlError::invalid(format!("malformed hex literal 0x{digits}")))?;
+        token.token = Token::Number((bits as i64).to_string(), false);
+    }
+    Ok(())
 }
 
 /// Whether the tokens have `EXCLUDE` right after a frame bound (`... CURRENT ROW EXCLUDE

@@ -196,20 +196,7 @@ pub(crate) fn num_f64(n: Num) -> f64 {
 
 /// A real rendered as SQLite renders it in text (`1.0`, `0.1`, `1.0e+20`).
 pub(crate) fn real_text(r: f64) -> String {
-    if r.is_infinite() {
-        return if r > 0.0 { "Inf".into() } else { "-Inf".into() };
-    }
-    if r == r.trunc() && r.abs() < 1e15 {
-        return format!("{r:.1}");
-    }
-    let s = format!("{:.*e}", 14, r);
-    let parsed: f64 = s.parse().unwrap_or(r);
-    let plain = format!("{parsed}");
-    if plain.len() <= 20 {
-        plain
-    } else {
-        s
-    }
+    super::realfmt::real_text(r)
 }
 
 /// A value as text, as SQLite converts it (`||`, `length`, `lower`...). NULL is `None`.

@@ -1,7 +1,7 @@
 //! Fixtures shared by the root crate's integration tests: node ids, replicas on real redb
 //! files in a temporary directory, the `sensors` table most tests write, moving changes
 //! between replicas (by log replay and by state transfer), reading a replica's log,
-//! integrity and seeds.
+//! integrity and seeds; `sqlite` compares expressions with SQLite.
 
 #![allow(dead_code)] // each test file uses part of the fixtures
 
@@ -9,6 +9,8 @@ use edgestore::{
     ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VerifiedChange, VersionVector, WriteBatch,
 };
 use tempfile::TempDir;
+
+pub mod sqlite;
 
 /// `EDGESTORE_TEST_SEED` overrides a test's default seed (every randomized test prints it).
 pub const TEST_SEED_ENV: &str = "EDGESTORE_TEST_SEED";

@@ -22,6 +22,7 @@ mod modifiers;
 mod number;
 mod parse;
 
+pub(crate) use number::atof;
 use parse::{parse_date_or_time, DateTime, Parsed, UNIX_EPOCH_JD_MS};
 
 use super::SqlError;

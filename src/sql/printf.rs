@@ -1,0 +1,425 @@
+//! `printf(format, ...)` (alias `format`), rendered as SQLite 3.50's `sqlite3_str_vappendf`
+//! renders it for the SQL function: the flags `-+ #!0,`, a width and a precision (digits or
+//! `*`, taken from the arguments), the length modifiers `l`/`ll` (ignored), and the
+//! conversions `d i u x X o c s z q Q w f e E g G %` and `n` (writes nothing). An unknown
+//! conversion ends the output there, as in SQLite; `%p` is refused (SQLite prints a
+//! pointer-sized hex number, which no caller wants). Missing arguments are 0, 0.0 or NULL.
+//!
+//! Numbers are formatted from their decimal digits as SQLite's `sqlite3FpDecode` produces
+//! them: at most 16 significant digits (26 with `!`), rounded half up at the precision.
+//! The format is read as bytes up to its first NUL, as C reads it; widths and precisions
+//! count bytes unless `!` is given (then characters). The output is bounded by the
+//! statement's memory budget before it is built.
+
+use super::func::{real_to_int, text_len};
+use super::limits::check_result_bytes;
+use super::realfmt::{real, Spec, FP_PRECISION_LIMIT};
+use super::value::{self, Num};
+use super::SqlError;
+use crate::types::Value;
+
+/// `printf(format, args...)`: NULL when the format is NULL.
+pub(crate) fn printf(args: &[Value]) -> Result<Value, SqlError> {
+    let Some(format) = args.first().and_then(value::to_text) else { return Ok(Value::Null) };
+    let format = format.as_bytes();
+    let format = &format[..format.iter().position(|b| *b == 0).unwrap_or(format.len())];
+    let mut out = Output::default();
+    let mut args = Args { values: &args[1..], used: 0 };
+    render(format, &mut args, &mut out)?;
+    if !out.appended {
+        return Ok(Value::Null);
+    }
+    Ok(Value::Text(String::from_utf8_lossy(&out.bytes).into_owned()))
+}
+
+/// The rendered bytes, grown only after the statement's budget allows it.
+#[derive(Default)]
+struct Output {
+    bytes: Vec<u8>,
+    /// Whether anything was appended, even nothing: SQLite's result is NULL when no
+    /// append happened at all (`printf('')`, `printf('%y')`), and text otherwise.
+    appended: bool,
+}
+
+impl Output {
+    fn reserve(&mut self, more: usize) -> Result<(), SqlError> {
+        self.appended = true;
+        check_result_bytes(self.bytes.len().saturating_add(more))?;
+        self.bytes.reserve(more);
+        Ok(())
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), SqlError> {
+        self.reserve(bytes.len())?;
+        self.bytes.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn pad(&mut self, count: usize, byte: u8) -> Result<(), SqlError> {
+        self.reserve(count)?;
+        self.bytes.resize(self.bytes.len() + count, byte);
+        Ok(())
+    }
+}
+
+/// The arguments after the format, consumed in order.
+struct Args<'a> {
+    values: &'a [Value],
+    used: usize,
+}
+
+impl Args<'_> {
+    fn next(&mut self) -> Option<&Value> {
+        let v = self.values.get(self.used);
+        self.used += usize::from(v.is_some());
+        v
+    }
+
+    /// `sqlite3_value_int64`: missing and NULL are 0, reals truncate (saturating), text
+    /// reads its integer prefix.
+    fn int(&mut self) -> i64 {
+        self.next().map_or(0, as_int)
+    }
+
+    /// `sqlite3_value_double`: missing and NULL are 0.0.
+    fn real(&mut self) -> f64 {
+        self.next().and_then(value::to_num).map_or(0.0, value::num_f64)
+    }
+
+    /// `sqlite3_value_text`: missing and NULL are `None`.
+    fn text(&mut self) -> Result<Option<Vec<u8>>, SqlError> {
+        let Some(v) = self.next() else { return Ok(None) };
+        check_result_bytes(text_len(v))?;
+        // C reads the text up to its first NUL.
+        Ok(value::to_text(v).map(|t| {
+            let bytes = t.into_bytes();
+            let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+            bytes[..end].to_vec()
+        }))
+    }
+}
+
+/// `sqlite3_value_int64`.
+pub(crate) fn as_int(v: &Value) -> i64 {
+    match v {
+        Value::Text(t) => integer_prefix(t.as_bytes()),
+        Value::Blob(b) => integer_prefix(b),
+        other => match value::to_num(other) {
+            Some(Num::Int(i)) => i,
+            Some(Num::Real(r)) => real_to_int(r),
+            None => 0,
+        },
+    }
+}
+
+/// `sqlite3Atoi64` as `sqlite3_value_int64` uses it: leading space, a sign, then digits up
+/// to the first other byte (`'1e3'` is 1, `'12abc'` 12); out of range saturates.
+fn integer_prefix(bytes: &[u8]) -> i64 {
+    let mut rest = bytes.trim_ascii_start();
+    let negative = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'-' | b'+')) {
+        rest = &rest[1..];
+    }
+    let mut magnitude: u64 = 0;
+    for d in rest.iter().take_while(|b| b.is_ascii_digit()) {
+        magnitude = magnitude.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
+    if negative {
+        0i64.saturating_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).unwrap_or(i64::MAX)
+    }
+}
+
+fn render(format: &[u8], args: &mut Args<'_>, out: &mut Output) -> Result<(), SqlError> {
+    let mut i = 0;
+    while i < format.len() {
+        let start = i;
+        while i < format.len() && format[i] != b'%' {
+            i += 1;
+        }
+        if i > start {
+            out.push(&format[start..i])?;
+        }
+        if i == format.len() {
+            return Ok(());
+        }
+        i += 1;
+        let Some(&first) = format.get(i) else {
+            return out.push(b"%"); // A lone '%' at the end is written as is.
+        };
+        let (spec, conversion, next) = parse_spec(format, i, first, args);
+        i = next + 1;
+        let Some(conversion) = conversion else { return Ok(()) };
+        if !convert(conversion, spec, args, out)? {
+            return Ok(()); // An unknown conversion ends the output, as in SQLite.
+        }
+    }
+    Ok(())
+}
+
+/// Reads the flags, width, precision and length modifiers starting at `format[i]`;
+/// returns them, the conversion byte (`None` at the end of the format) and its position.
+fn parse_spec(format: &[u8], mut i: usize, mut c: u8, args: &mut Args<'_>) -> (Spec, Option<u8>, usize) {
+    let mut spec = Spec::default();
+    let at = |i: usize| format.get(i).copied();
+    loop {
+        match c {
+            b'-' => spec.left = true,
+            b'+' => spec.sign = Some(b'+'),
+            b' ' => spec.sign = Some(b' '),
+            b'#' => spec.alternate = true,
+            b'!' => spec.alt2 = true,
+            b'0' => spec.zero = true,
+            b',' => spec.thousands = true,
+            b'l' => {
+                i += 1;
+                if at(i) == Some(b'l') {
+                    i += 1;
+                }
+                return (spec, at(i), i);
+            }
+            b'1'..=b'9' => {
+                let mut width: u64 = 0;
+                while let Some(d @ b'0'..=b'9') = at(i) {
+                    width = (width * 10 + u64::from(d - b'0')) & 0xffff_ffff;
+                    i += 1;
+                }
+                spec.width = (width & 0x7fff_ffff) as usize;
+                match at(i) {
+                    Some(b'.') | Some(b'l') => i -= 1,
+                    other => return (spec, other, i),
+                }
+            }
+            b'*' => {
+                // C's `(int)` of the 64-bit argument keeps its low 32 bits.
+                let width = i64::from(args.int() as i32);
+                if width < 0 {
+                    spec.left = true;
+                }
+                spec.width = if width >= -i64::from(i32::MAX) { width.unsigned_abs() as usize } else { 0 };
+                if !matches!(at(i + 1), Some(b'.') | Some(b'l')) {
+                    i += 1;
+                    return (spec, at(i), i);
+                }
+            }
+            b'.' => {
+                i += 1;
+                let precision = if at(i) == Some(b'*') {
+                    i += 1;
+                    // A negative precision counts as its magnitude, as in SQLite.
+                    let p = i64::from(args.int() as i32);
+                    (p >= -i64::from(i32::MAX)).then_some(p.unsigned_abs() as usize)
+                } else {
+                    let mut p: u64 = 0;
+                    while let Some(d @ b'0'..=b'9') = at(i) {
+                        p = (p * 10 + u64::from(d - b'0')) & 0xffff_ffff;
+                        i += 1;
+                    }
+                    Some((p & 0x7fff_ffff) as usize)
+                };
+                spec.precision = precision;
+                if at(i) == Some(b'l') {
+                    i -= 1;
+                } else {
+                    return (spec, at(i), i);
+                }
+            }
+            _ => return (spec, Some(c), i),
+        }
+        i += 1;
+        match at(i) {
+            Some(next) => c = next,
+            None => return (spec, None, i),
+        }
+    }
+}
+
+/// Renders one conversion; `false` for an unknown one.
+fn convert(conversion: u8, spec: Spec, args: &mut Args<'_>, out: &mut Output) -> Result<bool, SqlError> {
+    if matches!(conversion, b'd' | b'i' | b'u' | b'x' | b'X' | b'o') {
+        // Digits, zero padding and separators: at most 4/3 of the larger of the two.
+        let digits = spec.width.max(spec.precision.unwrap_or(0)).max(24);
+        check_result_bytes(digits.saturating_add(digits / 3))?;
+    }
+    let field = match conversion {
+        b'd' | b'i' => integer(&spec, args.int(), 10, true, b""),
+        b'u' => integer(&spec, args.int(), 10, false, b""),
+        b'x' => integer(&Spec { thousands: false, ..spec }, args.int(), 16, false, b"0x"),
+        b'X' => integer(&Spec { thousands: false, ..spec }, args.int(), 16, false, b"0X"),
+        b'o' => integer(&Spec { thousands: false, ..spec }, args.int(), 8, false, b"0"),
+        b'f' | b'e' | b'E' | b'g' | b'G' => {
+            let precision = spec.precision.unwrap_or(0).min(FP_PRECISION_LIMIT);
+            check_result_bytes(spec.width.saturating_add(precision))?;
+            real(&spec, args.real(), conversion)
+        }
+        b's' | b'z' => {
+            let text = args.text()?.unwrap_or_default();
+            let end = match spec.precision {
+                Some(p) if spec.alt2 => char_prefix_len(&text, p),
+                Some(p) => p.min(text.len()),
+                None => text.len(),
+            };
+            text[..end].to_vec()
+        }
+        b'q' | b'Q' | b'w' => escape(&spec, conversion, args.text()?)?,
+        b'c' => return character(spec, args, out).map(|()| true),
+        b'%' => b"%".to_vec(),
+        b'n' => return out.push(b"").map(|()| true), // Writes nothing, but writes.
+        b'p' => return Err(SqlError::NotSupported("printf's %p conversion".into())),
+        _ => return Ok(false),
+    };
+    let utf8_string = spec.alt2 && matches!(conversion, b's' | b'z' | b'q' | b'Q' | b'w');
+    pad_field(&spec, &field, utf8_string, out)?;
+    Ok(true)
+}
+
+/// Writes `field` padded with spaces to the width (counted in characters for `!` strings).
+fn pad_field(spec: &Spec, field: &[u8], utf8: bool, out: &mut Output) -> Result<(), SqlError> {
+    let mut width = spec.width;
+    if utf8 && width > 0 {
+        width += field.iter().filter(|b| (**b & 0xc0) == 0x80).count();
+    }
+    let pad = width.saturating_sub(field.len());
+    if pad > 0 && !spec.left {
+        out.pad(pad, b' ')?;
+    }
+    out.push(field)?;
+    if pad > 0 && spec.left {
+        out.pad(pad, b' ')?;
+    }
+    Ok(())
+}
+
+/// Bytes of the first `chars` UTF-8 characters of `text`.
+fn char_prefix_len(text: &[u8], chars: usize) -> usize {
+    let mut i = 0;
+    for _ in 0..chars {
+        if i >= text.len() {
+            break;
+        }
+        i += 1;
+        while i < text.len() && (text[i] & 0xc0) == 0x80 {
+            i += 1;
+        }
+    }
+    i
+}
+
+/// `%d %i %u %x %X %o`: digits, zero padding through the precision, thousands separators,
+/// the sign, then the `#` prefix; as SQLite orders them.
+fn integer(spec: &Spec, v: i64, base: u64, signed: bool, prefix: &[u8]) -> Vec<u8> {
+    let (mut magnitude, sign) = if signed && v < 0 { (v.unsigned_abs(), Some(b'-')) } else { (v as u64, None) };
+    let sign = if signed { sign.or(spec.sign) } else { None };
+    let alternate = spec.alternate && magnitude != 0;
+    let mut precision = spec.precision.unwrap_or(0);
+    if spec.zero {
+        precision = precision.max(spec.width.saturating_sub(usize::from(sign.is_some())));
+    }
+    let digits = b"0123456789abcdef";
+    let upper = prefix == b"0X";
+    let mut field = Vec::new();
+    loop {
+        let d = digits[(magnitude % base) as usize];
+        field.push(if upper { d.to_ascii_uppercase() } else { d });
+        magnitude /= base;
+        if magnitude == 0 {
+            break;
+        }
+    }
+    field.resize(field.len().max(precision), b'0');
+    field.reverse();
+    if spec.thousands && base == 10 {
+        field = with_thousands(&field);
+    }
+    let mut out = Vec::with_capacity(field.len() + 3);
+    if alternate {
+        out.extend_from_slice(prefix);
+    }
+    out.extend(sign);
+    out.extend_from_slice(&field);
+    // SQLite writes the sign after the prefix in its buffer, so the prefix comes first.
+    out
+}
+
+fn with_thousands(digits: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.iter().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(b',');
+        }
+        out.push(*d);
+    }
+    out
+}
+
+/// `%q` (quotes doubled), `%Q` (also enclosed in quotes; NULL is `NULL`), `%w` (double
+/// quotes doubled). With `#`, `%q`/`%Q` also escape backslashes and control characters
+/// as `unistr()` reads them. The precision counts input bytes (characters with `!`).
+fn escape(spec: &Spec, conversion: u8, text: Option<Vec<u8>>) -> Result<Vec<u8>, SqlError> {
+    let quote = if conversion == b'w' { b'"' } else { b'\'' };
+    let alternate = spec.alternate && conversion != b'w';
+    let (text, enclose) = match text {
+        Some(t) => (t, conversion == b'Q'),
+        None if conversion == b'Q' => (b"NULL".to_vec(), false),
+        None => (b"(NULL)".to_vec(), false),
+    };
+    let end = match spec.precision {
+        Some(p) if spec.alt2 => char_prefix_len(&text, p),
+        Some(p) => p.min(text.len()),
+        None => text.len(),
+    };
+    let text = &text[..end];
+    let control = text.iter().any(|b| *b <= 0x1f);
+    let unistr = alternate && (control || conversion == b'q');
+    check_result_bytes(text.len().saturating_mul(6).saturating_add(12))?;
+    let mut out = Vec::with_capacity(text.len() + 3);
+    let unistr_enclosed = enclose && unistr;
+    if unistr_enclosed {
+        out.extend_from_slice(b"unistr('");
+    } else if enclose {
+        out.push(b'\'');
+    }
+    for &b in text {
+        if unistr && b == b'\\' {
+            out.extend_from_slice(b"\\\\");
+        } else if unistr && b <= 0x1f {
+            out.extend_from_slice(format!("\\u00{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+            if b == quote {
+                out.push(b);
+            }
+        }
+    }
+    if unistr_enclosed {
+        out.extend_from_slice(b"')");
+    } else if enclose {
+        out.push(b'\'');
+    }
+    Ok(out)
+}
+
+/// `%c`: the first character of the argument's text, repeated `precision` times.
+fn character(spec: Spec, args: &mut Args<'_>, out: &mut Output) -> Result<(), SqlError> {
+    let text = args.text()?;
+    let first: Vec<u8> = match &text {
+        Some(t) if !t.is_empty() => t[..char_prefix_len(t, 1)].to_vec(),
+        _ => vec![0],
+    };
+    let mut width = spec.width;
+    let repeats = spec.precision.unwrap_or(1).max(1);
+    check_result_bytes(first.len().saturating_mul(repeats).saturating_add(width))?;
+    if repeats > 1 {
+        width = width.saturating_sub(repeats - 1);
+        if width > 1 && !spec.left {
+            out.pad(width - 1, b' ')?;
+            width = 0;
+        }
+        for _ in 1..repeats {
+            out.push(&first)?;
+        }
+    }
+    // SQLite counts the character's width in characters.
+    pad_field(&Spec { width, ..spec }, &first, true, out)
+}
