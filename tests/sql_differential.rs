@@ -263,8 +263,9 @@ impl Gen<'_> {
                 self.from.push((alias, t));
                 continue;
             }
-            // A RIGHT JOIN is planned only as the first join.
+            // A RIGHT JOIN is planned only as the first join, a FULL JOIN only as the only one.
             let kind = match i {
+                1 if n == 2 => *self.pick(&["JOIN", "LEFT JOIN", "RIGHT JOIN", "FULL JOIN", "INNER JOIN", ","]),
                 1 => *self.pick(&["JOIN", "LEFT JOIN", "RIGHT JOIN", "INNER JOIN", ","]),
                 _ => *self.pick(&["JOIN", "LEFT JOIN", "LEFT JOIN", "INNER JOIN", ","]),
             };

@@ -343,10 +343,14 @@ fn eval_key(exprs: &[Expr], row: &[Value], key: &mut Vec<KeyValue>) -> Result<bo
 
 /// What a join does with each outer row: the inner rows that may match it.
 enum Matcher {
-    /// The inner rows, and the bytes they hold (given back when the join is dropped).
-    All { rows: Vec<Row>, _reservation: Reservation },
+    /// The inner rows, whether each joined an outer row yet (a FULL JOIN emits the others
+    /// at the end), and the bytes they hold (given back when the join is dropped).
+    All { rows: Vec<Row>, matched: Vec<bool>, _reservation: Reservation },
+    /// The inner rows and, by join key, the positions of the rows with that key.
     Hash {
-        table: KeyMap<Vec<KeyValue>, Vec<Row>>,
+        rows: Vec<Row>,
+        matched: Vec<bool>,
+        table: KeyMap<Vec<KeyValue>, Vec<usize>>,
         left_keys: Vec<Expr>,
         scratch: Vec<KeyValue>,
         _reservation: Reservation,
@@ -363,26 +367,40 @@ enum Matcher {
     },
 }
 
-type Out<'a> = &'a mut dyn FnMut(&[Value]) -> Result<(), SqlError>;
+/// Takes one candidate inner row; `true` when it joined (passed the join's residual).
+type Out<'a> = &'a mut dyn FnMut(&[Value]) -> Result<bool, SqlError>;
 
-/// Hands each of `rows` to `out`, checking the interrupt before each: a cross join's inner
-/// loop runs here, so this is what stops it.
-fn each(rows: &[Row], limits: &Limits, out: Out<'_>) -> Result<(), SqlError> {
-    rows.iter().try_for_each(|r| {
+/// Hands each of `rows` at `positions` to `out`, checking the interrupt before each (a
+/// cross join's inner loop runs here, so this is what stops it), and marks those that
+/// joined.
+fn each(
+    rows: &[Row],
+    positions: impl Iterator<Item = usize>,
+    matched: &mut [bool],
+    limits: &Limits,
+    out: Out<'_>,
+) -> Result<(), SqlError> {
+    for i in positions {
         limits.check()?;
-        out(r)
-    })
+        if out(&rows[i])? {
+            matched[i] = true;
+        }
+    }
+    Ok(())
 }
 
 impl Matcher {
     fn candidates(&mut self, left: &[Value], limits: &Limits, out: Out<'_>) -> Result<(), SqlError> {
         match self {
-            Matcher::All { rows, .. } => each(rows, limits, out),
-            Matcher::Hash { table, left_keys, scratch, .. } => {
+            Matcher::All { rows, matched, .. } => each(rows, 0..rows.len(), matched, limits, out),
+            Matcher::Hash { rows, matched, table, left_keys, scratch, .. } => {
                 if !eval_key(left_keys, left, scratch)? {
                     return Ok(());
                 }
-                table.get(scratch.as_slice()).map_or(Ok(()), |rows| each(rows, limits, out))
+                match table.get(scratch.as_slice()) {
+                    Some(positions) => each(rows, positions.iter().copied(), matched, limits, out),
+                    None => Ok(()),
+                }
             }
             Matcher::Lookup { snap, table, kind, keys, types, filter, scratch } => {
                 let mut values = Vec::with_capacity(keys.len());
@@ -414,6 +432,17 @@ impl Matcher {
             }
         }
     }
+
+    /// The inner rows no outer row joined (a FULL JOIN's right-only rows); a lookup join
+    /// has none to offer (a FULL JOIN is never planned as one).
+    fn unmatched(&self) -> Vec<&Row> {
+        match self {
+            Matcher::All { rows, matched, .. } | Matcher::Hash { rows, matched, .. } => {
+                rows.iter().zip(matched).filter(|(_, m)| !**m).map(|(r, _)| r).collect()
+            }
+            Matcher::Lookup { .. } => Vec::new(),
+        }
+    }
 }
 
 fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>, limits: &Limits) -> Result<Matcher, SqlError> {
@@ -426,31 +455,36 @@ fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>, limits: &Limits) -> Res
                 reservation.grow(limits::row_bytes(&row))?;
                 rows.push(row);
             }
-            Matcher::All { rows, _reservation: reservation }
+            let matched = vec![false; rows.len()];
+            Matcher::All { rows, matched, _reservation: reservation }
         }
         JoinRight::Hash { build, left_keys, right_keys } => {
-            let mut table: KeyMap<Vec<KeyValue>, Vec<Row>> = KeyMap::default();
+            let mut table: KeyMap<Vec<KeyValue>, Vec<usize>> = KeyMap::default();
+            let mut rows = Vec::new();
             let mut key = Vec::new();
             for row in open(build, snap, limits)? {
                 let row = row?;
-                if eval_key(&right_keys, &row, &mut key)? {
-                    let bytes = limits::row_bytes(&row);
-                    match table.get_mut(key.as_slice()) {
-                        Some(rows) => {
-                            reservation.grow(bytes)?;
-                            rows.push(row);
-                        }
-                        None => {
-                            let key_bytes = std::mem::size_of::<Vec<KeyValue>>()
-                                + key.iter().map(value::key_value_bytes).sum::<usize>()
-                                + limits::HASH_ENTRY_OVERHEAD_BYTES;
-                            reservation.grow(bytes + key_bytes)?;
-                            table.insert(key.clone(), vec![row]);
-                        }
+                // A row whose key is NULL joins nothing, but a FULL JOIN still emits it.
+                let keyed = eval_key(&right_keys, &row, &mut key)?;
+                let bytes = limits::row_bytes(&row) + std::mem::size_of::<usize>();
+                match table.get_mut(key.as_slice()).filter(|_| keyed) {
+                    Some(positions) => {
+                        reservation.grow(bytes)?;
+                        positions.push(rows.len());
                     }
+                    None if keyed => {
+                        let key_bytes = std::mem::size_of::<Vec<KeyValue>>()
+                            + key.iter().map(value::key_value_bytes).sum::<usize>()
+                            + limits::HASH_ENTRY_OVERHEAD_BYTES;
+                        reservation.grow(bytes + key_bytes)?;
+                        table.insert(key.clone(), vec![rows.len()]);
+                    }
+                    None => reservation.grow(bytes)?,
                 }
+                rows.push(row);
             }
-            Matcher::Hash { table, left_keys, scratch: Vec::new(), _reservation: reservation }
+            let matched = vec![false; rows.len()];
+            Matcher::Hash { rows, matched, table, left_keys, scratch: Vec::new(), _reservation: reservation }
         }
         JoinRight::Lookup { table, kind, keys, key_types, filter, .. } => {
             let (snap, types) = (Arc::clone(snap), key_types);
@@ -464,7 +498,10 @@ struct JoinIter {
     left: RowStream,
     matcher: Matcher,
     kind: JoinKind,
+    left_width: usize,
     right_width: usize,
+    /// Whether the outer rows ran out (a FULL JOIN then emits the unmatched inner rows).
+    left_done: bool,
     residual: Option<Expr>,
     pending: VecDeque<Row>,
     /// The bytes of `pending` (the matches of one outer row).
@@ -483,12 +520,27 @@ impl JoinIter {
             if residual.as_ref().map_or(Ok(true), |r| r.passes(&row))? {
                 pending_bytes.grow(limits::row_bytes(&row))?;
                 pending.push_back(row);
+                return Ok(true);
             }
-            Ok(())
+            Ok(false)
         })?;
-        if pending.len() == before && self.kind == JoinKind::Left {
+        if pending.len() == before && matches!(self.kind, JoinKind::Left | JoinKind::Full) {
             let mut row = left;
             row.resize(row.len() + self.right_width, Value::Null);
+            self.pending.push_back(row);
+        }
+        Ok(())
+    }
+}
+
+impl JoinIter {
+    /// Queues the inner rows no outer row joined, padded on the left with NULLs.
+    fn queue_unmatched(&mut self) -> Result<(), SqlError> {
+        for right in self.matcher.unmatched() {
+            self.limits.check()?;
+            let mut row = vec![Value::Null; self.left_width];
+            row.extend_from_slice(right);
+            self.pending_bytes.grow(limits::row_bytes(&row))?;
             self.pending.push_back(row);
         }
         Ok(())
@@ -506,9 +558,21 @@ impl Iterator for JoinIter {
                 }
                 return Some(Ok(row));
             }
-            let left = match self.left.next()? {
-                Ok(row) => row,
-                Err(e) => return Some(Err(e)),
+            if self.left_done {
+                return None;
+            }
+            let left = match self.left.next() {
+                Some(Ok(row)) => row,
+                Some(Err(e)) => return Some(Err(e)),
+                None => {
+                    self.left_done = true;
+                    if self.kind == JoinKind::Full {
+                        if let Err(e) = self.queue_unmatched() {
+                            return Some(Err(e));
+                        }
+                    }
+                    continue;
+                }
             };
             if let Err(e) = self.join_row(left) {
                 return Some(Err(e));
@@ -518,9 +582,20 @@ impl Iterator for JoinIter {
 }
 
 fn open_join(join: Join, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStream, SqlError> {
-    let Join { left, kind, right, right_width, residual, .. } = join;
+    let Join { left, kind, right, left_width, right_width, residual, .. } = join;
     let matcher = build_matcher(right, snap, limits)?;
     let left = open(left, snap, limits)?;
     let (pending, pending_bytes, limits) = (VecDeque::new(), limits.reservation(), limits.clone());
-    Ok(Box::new(JoinIter { left, matcher, kind, right_width, residual, pending, pending_bytes, limits }))
+    Ok(Box::new(JoinIter {
+        left,
+        matcher,
+        kind,
+        left_width,
+        right_width,
+        left_done: false,
+        residual,
+        pending,
+        pending_bytes,
+        limits,
+    }))
 }

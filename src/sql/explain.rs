@@ -101,7 +101,11 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             render(input, depth + 1, out);
         }
         Plan::Join(join) => {
-            let kind = if join.kind == JoinKind::Left { "LEFT " } else { "" };
+            let kind = match join.kind {
+                JoinKind::Inner => "",
+                JoinKind::Left => "LEFT ",
+                JoinKind::Full => "FULL ",
+            };
             let on = if join.condition_text.is_empty() {
                 String::new()
             } else {

@@ -160,7 +160,7 @@ fn join_kind(op: &ast::JoinOperator) -> Result<(JoinKind, Option<&ast::JoinConst
         J::CrossJoin(c) => Ok((JoinKind::Inner, Some(c))),
         // `flatten_right` takes the one RIGHT JOIN the planner runs.
         J::Right(_) | J::RightOuter(_) => Err(SqlError::unsupported("RIGHT JOIN here")),
-        J::FullOuter(_) => Err(SqlError::unsupported("FULL JOIN")),
+        J::FullOuter(_) => Err(SqlError::unsupported("FULL JOIN here")),
         J::Semi(_) | J::LeftSemi(_) | J::RightSemi(_) => Err(SqlError::unsupported("SEMI JOIN (write EXISTS or IN)")),
         J::Anti(_) | J::LeftAnti(_) | J::RightAnti(_) => Err(SqlError::unsupported("ANTI JOIN (write NOT EXISTS)")),
         J::CrossApply | J::OuterApply => Err(SqlError::unsupported("CROSS APPLY/OUTER APPLY")),
@@ -203,7 +203,10 @@ fn flatten_factor<'a>(
     out: &mut Vec<Factor<'a>>,
 ) -> Result<(), SqlError> {
     if let Some(ast::JoinOperator::Right(constraint) | ast::JoinOperator::RightOuter(constraint)) = op {
-        return flatten_right(factor, constraint, out);
+        return flatten_sole_join(factor, constraint, "RIGHT JOIN", out);
+    }
+    if let Some(ast::JoinOperator::FullOuter(constraint)) = op {
+        return flatten_sole_join(factor, constraint, "FULL JOIN", out);
     }
     let (kind, constraint) = match op {
         Some(op) => join_kind(op)?,
@@ -244,24 +247,28 @@ fn is_constraint(constraint: &ast::JoinConstraint) -> bool {
 /// `a RIGHT JOIN b ON ...` as the first join of the FROM clause, which the planner runs
 /// as `b LEFT JOIN a ON ...` (`plan_from`). A right join after other joins would make
 /// everything before it the optional side, which the flat join order cannot express.
-fn flatten_right<'a>(
+fn flatten_sole_join<'a>(
     factor: &'a ast::TableFactor,
     constraint: &'a ast::JoinConstraint,
+    join: &str,
     out: &mut Vec<Factor<'a>>,
 ) -> Result<(), SqlError> {
+    let full = join == "FULL JOIN";
     if out.len() != 1 {
-        return Err(SqlError::unsupported(
-            "RIGHT JOIN after another join (write it as a LEFT JOIN with the tables in the other order)",
-        ));
+        let advice = if full { "" } else { " (write it as a LEFT JOIN with the tables in the other order)" };
+        return Err(SqlError::unsupported(format!("{join} after another join{advice}")));
     }
     match (factor, constraint) {
-        (ast::TableFactor::NestedJoin { .. }, _) => Err(SqlError::unsupported("RIGHT JOIN of a parenthesized join")),
+        (ast::TableFactor::NestedJoin { .. }, _) => {
+            Err(SqlError::unsupported(format!("{join} of a parenthesized join")))
+        }
         (_, ast::JoinConstraint::Using(_) | ast::JoinConstraint::Natural) => {
-            Err(SqlError::unsupported("RIGHT JOIN with USING or NATURAL (write ON)"))
+            Err(SqlError::unsupported(format!("{join} with USING or NATURAL (write ON)")))
         }
         (factor, constraint) => {
             let constraints = Some(constraint).filter(|c| is_constraint(c)).into_iter().collect();
-            out.push(Factor { factor, kind: JoinKind::Inner, constraints, right: true });
+            let kind = if full { JoinKind::Full } else { JoinKind::Inner };
+            out.push(Factor { factor, kind, constraints, right: !full });
             Ok(())
         }
     }
@@ -282,6 +289,10 @@ pub(crate) fn plan_from(
         flatten(table, &mut factors)?;
     }
     let right_join = factors.get(1).is_some_and(|f| f.right);
+    let full_join = factors.get(1).is_some_and(|f| f.kind == JoinKind::Full);
+    if full_join && factors.len() > 2 {
+        return Err(SqlError::unsupported("a join after a FULL JOIN"));
+    }
     for Factor { factor, kind, constraints, .. } in factors {
         let position = items.len();
         if position >= FROM_TABLES_MAX {
@@ -321,6 +332,7 @@ pub(crate) fn plan_from(
             }
             (0..items.len()).map(|i| [1, 0].get(i).copied().unwrap_or(i)).collect()
         }
+        false if full_join => (0..items.len()).collect(),
         false => choose_order(ctx, &scope, &items, &inner_like, &wheres),
     };
     if order.iter().enumerate().all(|(i, &o)| i == o) {
@@ -523,6 +535,15 @@ fn bind_conjuncts(
 /// Assigns each conjunct to the join step (table position) where it is evaluated.
 fn place_conjuncts(items: &[Item], inner_like: Vec<(usize, Conjunct)>, wheres: Vec<Conjunct>) -> Vec<Step> {
     let mut steps: Vec<Step> = items.iter().map(|_| Step::default()).collect();
+    if let Some(full) = items.iter().position(|i| i.kind == JoinKind::Full) {
+        // Both sides are optional: no conjunct can filter either input. ON decides the
+        // pairs; WHERE filters the joined rows, NULL-padded ones included.
+        for (_, c) in inner_like {
+            steps[full].cond.push(c);
+        }
+        steps[full].post.extend(wheres);
+        return steps;
+    }
     for (position, c) in inner_like {
         if items[position].kind == JoinKind::Left {
             let own = c.tables & !(1u64 << position) == 0;
@@ -636,7 +657,8 @@ fn join_step(
         }
     }
     let lookup = match &item.source {
-        Source::Table(table) if outer_rows <= LOOKUP_OUTER_ROWS_MAX => {
+        // A lookup cannot tell which inner rows no outer row joined.
+        Source::Table(table) if outer_rows <= LOOKUP_OUTER_ROWS_MAX && kind != JoinKind::Full => {
             let equated: Vec<usize> = keys
                 .iter()
                 .filter_map(|(_, r, _)| match r {

@@ -47,6 +47,9 @@ pub(crate) struct Scan {
 pub(crate) enum JoinKind {
     Inner,
     Left,
+    /// `FULL [OUTER] JOIN`: a LEFT JOIN that also emits the inner rows no outer row joined,
+    /// padded with NULLs on the left. Never planned as a lookup join.
+    Full,
 }
 
 /// How the inner side of a join finds the rows matching one outer row.
