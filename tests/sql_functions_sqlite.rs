@@ -1,5 +1,5 @@
 //! Differential test of the text functions `printf`/`format`, `char`, `unicode`, `quote`,
-//! `zeroblob`, `concat` and `concat_ws`: hand-picked calls (every printf flag and
+//! `zeroblob`, `concat` and `concat_ws` (and `%`, which reads its operands alike): hand-picked calls (every printf flag and
 //! conversion, edge values of every type) and seeded random printf formats over random
 //! arguments, evaluated by edgestore's SQL engine and by SQLite (rusqlite, bundled SQLite
 //! 3.50); the results must be identical: the same type, the same text.
@@ -131,6 +131,9 @@ fn picked() -> Vec<String> {
             calls.push(f.replace("{v}", v));
         }
         calls.push(format!("quote({v})"));
+        // `%` reads non-integers by their integer value, as these functions' arguments.
+        calls.push(format!("({v}) % 7"));
+        calls.push(format!("17 % ({v})"));
         calls.push(format!("concat({v}, '-', {v})"));
         calls.push(format!("concat_ws(',', {v}, NULL, {v})"));
         calls.push(format!("concat_ws({v}, 'a', 'b')"));

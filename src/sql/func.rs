@@ -173,7 +173,7 @@ fn char_of(args: &[Value]) -> Result<Value, SqlError> {
     check_result_bytes(args.len().saturating_mul(4))?;
     let mut out = Vec::with_capacity(args.len() * 4);
     for arg in args {
-        let x = printf::as_int(arg);
+        let x = value::int_value(arg);
         let c = if (0..=0x10ffff).contains(&x) { x as u32 } else { 0xfffd };
         match c {
             0..0x80 => out.push(c as u8),
@@ -226,7 +226,7 @@ fn printf_text(format: &str, r: f64) -> Result<String, SqlError> {
 
 /// `zeroblob(n)`: `n` zero bytes (none if `n` is negative or NULL).
 fn zeroblob(n: &Value) -> Result<Value, SqlError> {
-    let n = usize::try_from(printf::as_int(n).max(0)).unwrap_or(usize::MAX);
+    let n = usize::try_from(value::int_value(n).max(0)).unwrap_or(usize::MAX);
     check_result_bytes(n)?;
     Ok(Value::Blob(vec![0; n]))
 }

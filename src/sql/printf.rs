@@ -11,10 +11,10 @@
 //! count bytes unless `!` is given (then characters). The output is bounded by the
 //! statement's memory budget before it is built.
 
-use super::func::{real_to_int, text_len};
+use super::func::text_len;
 use super::limits::check_result_bytes;
 use super::realfmt::{real, Spec, FP_PRECISION_LIMIT};
-use super::value::{self, Num};
+use super::value;
 use super::SqlError;
 use crate::types::Value;
 
@@ -78,7 +78,7 @@ impl Args<'_> {
     /// `sqlite3_value_int64`: missing and NULL are 0, reals truncate (saturating), text
     /// reads its integer prefix.
     fn int(&mut self) -> i64 {
-        self.next().map_or(0, as_int)
+        self.next().map_or(0, value::int_value)
     }
 
     /// `sqlite3_value_double`: missing and NULL are 0.0.
@@ -96,38 +96,6 @@ impl Args<'_> {
             let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
             bytes[..end].to_vec()
         }))
-    }
-}
-
-/// `sqlite3_value_int64`.
-pub(crate) fn as_int(v: &Value) -> i64 {
-    match v {
-        Value::Text(t) => integer_prefix(t.as_bytes()),
-        Value::Blob(b) => integer_prefix(b),
-        other => match value::to_num(other) {
-            Some(Num::Int(i)) => i,
-            Some(Num::Real(r)) => real_to_int(r),
-            None => 0,
-        },
-    }
-}
-
-/// `sqlite3Atoi64` as `sqlite3_value_int64` uses it: leading space, a sign, then digits up
-/// to the first other byte (`'1e3'` is 1, `'12abc'` 12); out of range saturates.
-fn integer_prefix(bytes: &[u8]) -> i64 {
-    let mut rest = bytes.trim_ascii_start();
-    let negative = rest.first() == Some(&b'-');
-    if matches!(rest.first(), Some(b'-' | b'+')) {
-        rest = &rest[1..];
-    }
-    let mut magnitude: u64 = 0;
-    for d in rest.iter().take_while(|b| b.is_ascii_digit()) {
-        magnitude = magnitude.saturating_mul(10).saturating_add(u64::from(d - b'0'));
-    }
-    if negative {
-        0i64.saturating_sub_unsigned(magnitude)
-    } else {
-        i64::try_from(magnitude).unwrap_or(i64::MAX)
     }
 }
 

@@ -270,9 +270,50 @@ pub(crate) fn arith(op: ArithOp, a: &Value, b: &Value) -> Result<Value, SqlError
     let (Some(x), Some(y)) = (to_num(a), to_num(b)) else { return Ok(Value::Null) };
     let value = match (x, y) {
         (Num::Int(x), Num::Int(y)) => int_arith(op, x, y),
+        // SQLite's `%` on anything but two integers takes each operand's integer value as
+        // `sqlite3VdbeIntValue` reads it (`'1e3' % 40` is 1.0), and answers a real.
+        _ if op == ArithOp::Rem => match int_value(b) {
+            0 => Value::Null,
+            y => Value::Real(int_value(a).checked_rem(y).unwrap_or(0) as f64),
+        },
         _ => real_arith(op, num_f64(x), num_f64(y)),
     };
     Ok(value)
+}
+
+/// A value as an integer as SQLite's `sqlite3_value_int64` reads it: text by its integer
+/// prefix (`'1e3'` is 1), reals truncated (saturating), NULL 0. `printf`'s integer
+/// arguments, `char`, `zeroblob` and `%` on non-integers use it.
+pub(crate) fn int_value(v: &Value) -> i64 {
+    match v {
+        Value::Text(t) => integer_prefix(t.as_bytes()),
+        Value::Blob(b) => integer_prefix(b),
+        other => match to_num(other) {
+            Some(Num::Int(i)) => i,
+            Some(Num::Real(r)) if r.is_nan() => 0,
+            Some(Num::Real(r)) => r as i64,
+            None => 0,
+        },
+    }
+}
+
+/// `sqlite3Atoi64` as `sqlite3_value_int64` uses it: leading space, a sign, then digits up
+/// to the first other byte (`'1e3'` is 1, `'12abc'` 12); out of range saturates.
+fn integer_prefix(bytes: &[u8]) -> i64 {
+    let mut rest = bytes.trim_ascii_start();
+    let negative = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'-' | b'+')) {
+        rest = &rest[1..];
+    }
+    let mut magnitude: u64 = 0;
+    for d in rest.iter().take_while(|b| b.is_ascii_digit()) {
+        magnitude = magnitude.saturating_mul(10).saturating_add(u64::from(d - b'0'));
+    }
+    if negative {
+        0i64.saturating_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).unwrap_or(i64::MAX)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
