@@ -73,7 +73,9 @@ const VALUES: &[&str] = &[
     "x'414243'",
 ];
 
-const CONVERSIONS: &[char] = &['d', 'i', 'u', 'x', 'X', 'o', 'f', 'e', 'E', 'g', 'G', 's', 'z', 'q', 'Q', 'w', 'c'];
+/// `T` and `S` are SQLite-internal: the output ends there, as at an unknown conversion.
+const CONVERSIONS: &[char] =
+    &['d', 'i', 'u', 'x', 'X', 'o', 'p', 'r', 'f', 'e', 'E', 'g', 'G', 's', 'z', 'q', 'Q', 'w', 'c', 'T', 'S', 'y'];
 const FLAGS: &[char] = &['-', '+', ' ', '#', '!', '0', ','];
 
 /// SQL text literal of `s`.
@@ -89,7 +91,8 @@ fn picked() -> Vec<String> {
         "%#010x", "%u", "%lld", "%ld", "%f", "%.0f", "%.1f", "%.2f", "%.10f", "%.20f", "%#.0f", "%!.20f", "%10.3f",
         "%-10.3f|", "%010.3f", "%+.3f", "%,.2f", "%e", "%.0e", "%.3e", "%#.0e", "%E", "%g", "%.0g", "%.3g", "%#g",
         "%!g", "%G", "%.15g", "%!.15g", "%!0.15g", "%!0.20e", "%s", "%.2s", "%!.2s", "%10s|", "%-10s|", "%!10s|", "%q",
-        "%Q", "%w", "%#q", "%#Q", "%.3q", "%c", "%3c|", "%.3c", "%5.3c|", "%-5.3c|", "%%", "%n", "%5%",
+        "%Q", "%w", "%#q", "%#Q", "%.3q", "%c", "%3c|", "%.3c", "%5.3c|", "%-5.3c|", "%%", "%n", "%5%", "%p", "%#p",
+        "%r", "%5.4r|", "%,r", "%T", "%S",
     ];
     for spec in specs {
         for v in VALUES {

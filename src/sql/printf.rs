@@ -1,9 +1,9 @@
 //! `printf(format, ...)` (alias `format`), rendered as SQLite 3.50's `sqlite3_str_vappendf`
 //! renders it for the SQL function: the flags `-+ #!0,`, a width and a precision (digits or
 //! `*`, taken from the arguments), the length modifiers `l`/`ll` (ignored), and the
-//! conversions `d i u x X o c s z q Q w f e E g G %` and `n` (writes nothing). An unknown
-//! conversion ends the output there, as in SQLite; `%p` is refused (SQLite prints a
-//! pointer-sized hex number, which no caller wants). Missing arguments are 0, 0.0 or NULL.
+//! conversions `d i u x X o p r c s z q Q w f e E g G %` and `n` (writes nothing; `p` is
+//! upper-case hex, `r` an ordinal: `1st`). An unknown conversion ends the output there, as
+//! in SQLite. Missing arguments are 0, 0.0 or NULL.
 //!
 //! Numbers are formatted from their decimal digits as SQLite's `sqlite3FpDecode` produces
 //! them: at most 16 significant digits (26 with `!`), rounded half up at the precision.
@@ -205,17 +205,13 @@ fn parse_spec(format: &[u8], mut i: usize, mut c: u8, args: &mut Args<'_>) -> (S
 
 /// Renders one conversion; `false` for an unknown one.
 fn convert(conversion: u8, spec: Spec, args: &mut Args<'_>, out: &mut Output) -> Result<bool, SqlError> {
-    if matches!(conversion, b'd' | b'i' | b'u' | b'x' | b'X' | b'o') {
-        // Digits, zero padding and separators: at most 4/3 of the larger of the two.
-        let digits = spec.width.max(spec.precision.unwrap_or(0)).max(24);
-        check_result_bytes(digits.saturating_add(digits / 3))?;
-    }
     let field = match conversion {
-        b'd' | b'i' => integer(&spec, args.int(), 10, true, b""),
-        b'u' => integer(&spec, args.int(), 10, false, b""),
-        b'x' => integer(&Spec { thousands: false, ..spec }, args.int(), 16, false, b"0x"),
-        b'X' => integer(&Spec { thousands: false, ..spec }, args.int(), 16, false, b"0X"),
-        b'o' => integer(&Spec { thousands: false, ..spec }, args.int(), 8, false, b"0"),
+        _ if let Some(radix) = Radix::of(conversion) => {
+            // Digits, zero padding and separators: at most 4/3 of the larger of the two.
+            let digits = spec.width.max(spec.precision.unwrap_or(0)).max(24);
+            check_result_bytes(digits.saturating_add(digits / 3))?;
+            integer(&spec, args.int(), radix)
+        }
         b'f' | b'e' | b'E' | b'g' | b'G' => {
             let precision = spec.precision.unwrap_or(0).min(FP_PRECISION_LIMIT);
             check_result_bytes(spec.width.saturating_add(precision))?;
@@ -234,7 +230,6 @@ fn convert(conversion: u8, spec: Spec, args: &mut Args<'_>, out: &mut Output) ->
         b'c' => return character(spec, args, out).map(|()| true),
         b'%' => b"%".to_vec(),
         b'n' => return out.push(b"").map(|()| true), // Writes nothing, but writes.
-        b'p' => return Err(SqlError::NotSupported("printf's %p conversion".into())),
         _ => return Ok(false),
     };
     let utf8_string = spec.alt2 && matches!(conversion, b's' | b'z' | b'q' | b'Q' | b'w');
@@ -276,7 +271,39 @@ fn char_prefix_len(text: &[u8], chars: usize) -> usize {
 
 /// `%d %i %u %x %X %o`: digits, zero padding through the precision, thousands separators,
 /// the sign, then the `#` prefix; as SQLite orders them.
-fn integer(spec: &Spec, v: i64, base: u64, signed: bool, prefix: &[u8]) -> Vec<u8> {
+/// An integer conversion, as SQLite's `fmtinfo` table describes it.
+struct Radix {
+    base: u64,
+    signed: bool,
+    /// Written before the number with `#` (and a value other than 0).
+    prefix: &'static [u8],
+    upper: bool,
+    /// `%r`: `1st`, `2nd`, `11th`...
+    ordinal: bool,
+    /// `,` inserts thousands separators (`%d %i %u` only).
+    thousands: bool,
+}
+
+impl Radix {
+    fn of(conversion: u8) -> Option<Radix> {
+        let radix =
+            |base, signed, prefix, upper| Radix { base, signed, prefix, upper, ordinal: false, thousands: false };
+        Some(match conversion {
+            b'd' | b'i' => Radix { thousands: true, ..radix(10, true, b"", false) },
+            b'u' => Radix { thousands: true, ..radix(10, false, b"", false) },
+            b'x' => radix(16, false, b"0x", false),
+            b'X' => radix(16, false, b"0X", true),
+            // SQLite prints a "pointer" from the integer argument: upper-case hex.
+            b'p' => radix(16, false, b"0x", true),
+            b'o' => radix(8, false, b"0", false),
+            b'r' => Radix { ordinal: true, ..radix(10, true, b"", false) },
+            _ => return None,
+        })
+    }
+}
+
+fn integer(spec: &Spec, v: i64, radix: Radix) -> Vec<u8> {
+    let Radix { base, signed, prefix, upper, ordinal, thousands } = radix;
     let (mut magnitude, sign) = if signed && v < 0 { (v.unsigned_abs(), Some(b'-')) } else { (v as u64, None) };
     let sign = if signed { sign.or(spec.sign) } else { None };
     let alternate = spec.alternate && magnitude != 0;
@@ -284,12 +311,16 @@ fn integer(spec: &Spec, v: i64, base: u64, signed: bool, prefix: &[u8]) -> Vec<u
     if spec.zero {
         precision = precision.max(spec.width.saturating_sub(usize::from(sign.is_some())));
     }
-    let digits = b"0123456789abcdef";
-    let upper = prefix == b"0X";
+    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
     let mut field = Vec::new();
+    if ordinal {
+        // Written backwards like the digits; the precision counts it.
+        let last = (magnitude % 10) as usize;
+        let suffix = if last >= 4 || (magnitude / 10) % 10 == 1 { b"th" } else { &b"thstndrd"[last * 2..last * 2 + 2] };
+        field.extend(suffix.iter().rev());
+    }
     loop {
-        let d = digits[(magnitude % base) as usize];
-        field.push(if upper { d.to_ascii_uppercase() } else { d });
+        field.push(digits[(magnitude % base) as usize]);
         magnitude /= base;
         if magnitude == 0 {
             break;
@@ -297,7 +328,7 @@ fn integer(spec: &Spec, v: i64, base: u64, signed: bool, prefix: &[u8]) -> Vec<u
     }
     field.resize(field.len().max(precision), b'0');
     field.reverse();
-    if spec.thousands && base == 10 {
+    if spec.thousands && thousands {
         field = with_thousands(&field);
     }
     let mut out = Vec::with_capacity(field.len() + 3);
