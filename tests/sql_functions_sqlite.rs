@@ -1,8 +1,9 @@
 //! Differential test of the text functions `printf`/`format`, `char`, `unicode`, `quote`,
-//! `zeroblob`, `concat` and `concat_ws` (and `%`, which reads its operands alike): hand-picked calls (every printf flag and
-//! conversion, edge values of every type) and seeded random printf formats over random
-//! arguments, evaluated by edgestore's SQL engine and by SQLite (rusqlite, bundled SQLite
-//! 3.50); the results must be identical: the same type, the same text.
+//! `zeroblob`, `concat` and `concat_ws`, of `%` (which reads its operands alike) and of
+//! `GLOB`: hand-picked calls (every printf flag and conversion, edge values of every type,
+//! GLOB's sets and stars), seeded random printf formats over random arguments and random
+//! GLOB patterns, evaluated by edgestore's SQL engine and by SQLite (rusqlite, bundled
+//! SQLite 3.50); the results must be identical: the same type, the same text.
 //!
 //! The seed of the random formats is printed; `EDGESTORE_TEST_SEED=<n>` replays a run.
 
@@ -141,6 +142,25 @@ fn picked() -> Vec<String> {
         calls.push(format!("concat_ws(',', {v}, NULL, {v})"));
         calls.push(format!("concat_ws({v}, 'a', 'b')"));
     }
+    let texts = ["''", "'a'", "'abc'", "'ABC'", "'a]b'", "'a-b'", "'x^y'", "'日本'", "12", "1.5", "NULL", "x'6162'"];
+    let patterns = [
+        "''", "'*'", "'a*'", "'*c'", "'a?c'", "'?'", "'[a-c]*'", "'[^a]*'", "'[]]*'", "'a[]]b'", "'a[-]b'", "'[a-]*'",
+        "'x[^]y'", "'x[^^]y'", "'[abc'", "'*[b]*'", "'*?'", "'日*'", "'1*'", "'1.?'", "NULL", "'A*'", "'[z-a]*'",
+    ];
+    for text in texts {
+        for pattern in patterns {
+            calls.push(format!("{text} GLOB {pattern}"));
+        }
+    }
+    // LIKE shares GLOB's matcher.
+    for text in texts {
+        for pattern in ["'a%'", "'%C'", "'_b%'", "'%'", "''", "'A_C'", "'%]%'", "'a!%' ESCAPE '!'", "'%!_%' ESCAPE '!'"]
+        {
+            calls.push(format!("{text} LIKE {pattern}"));
+        }
+    }
+    calls.push("glob('a*', 'abc')".into());
+    calls.push("NOT ('abc' GLOB 'a*')".into());
     calls.extend(
         [
             "char()",
@@ -173,6 +193,17 @@ fn picked() -> Vec<String> {
         .map(String::from),
     );
     calls
+}
+
+/// Random GLOB patterns and texts over a small alphabet, so that they often match.
+fn random_glob(rng: &mut ChaCha8Rng) -> String {
+    let mut piece = |alphabet: &[&str], max: usize| {
+        let len = rng.random_range(0..=max);
+        (0..len).map(|_| *alphabet.choose(rng).unwrap()).collect::<String>()
+    };
+    let pattern = piece(&["a", "b", "*", "?", "[", "]", "^", "-", "c", "[a-b]", "[^a]", "é", "*a"], 7);
+    let text = piece(&["a", "b", "c", "-", "]", "^", "é", "A", "["], 8);
+    format!("{} GLOB {}", literal(&text), literal(&pattern))
 }
 
 /// A random printf format of one to three conversions and its arguments.
@@ -243,9 +274,10 @@ fn text_functions_match_sqlite() {
     let picked = compare(&mut replica, &conn, &pairs(picked()), EXPRESSIONS_PER_STATEMENT, 0);
     report("hand-picked", &picked);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let random: Vec<String> = (0..RANDOM_CALLS).map(|_| random_call(&mut rng)).collect();
+    let mut random: Vec<String> = (0..RANDOM_CALLS).map(|_| random_call(&mut rng)).collect();
+    random.extend((0..RANDOM_CALLS / 2).map(|_| random_glob(&mut rng)));
     let random = compare(&mut replica, &conn, &pairs(random), EXPRESSIONS_PER_STATEMENT, 0);
-    report(&format!("random printf (seed {seed})"), &random);
+    report(&format!("random printf and GLOB (seed {seed})"), &random);
     assert!(picked.values > picked.compared / 2, "most hand-picked calls give a value");
     assert!(
         picked.mismatches.is_empty() && random.mismatches.is_empty(),

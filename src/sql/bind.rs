@@ -596,7 +596,7 @@ impl<'a> Binder<'a> {
             B::BitwiseAnd | B::BitwiseOr | B::BitwiseXor | B::PGBitwiseShiftLeft | B::PGBitwiseShiftRight => {
                 return Err(SqlError::unsupported(format!("bitwise operators ({other})", other = op)))
             }
-            B::Glob => return Err(SqlError::unsupported("GLOB (use LIKE)")),
+            B::Glob => Expr::Func(Func::Glob, vec![*r, *l]),
             B::Regexp | B::Match => return Err(SqlError::unsupported(format!("{op} (use LIKE)"))),
             other => return Err(SqlError::unsupported(format!("the operator {other}"))),
         })

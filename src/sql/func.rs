@@ -39,6 +39,8 @@ pub(crate) enum Func {
     Zeroblob,
     Concat,
     ConcatWs,
+    /// `glob(pattern, x)`, also `x GLOB pattern`.
+    Glob,
     /// A date function (`datetime/`). Its first argument is the statement time, put there
     /// by the binder (`Expr::StatementTime`); the SQL arguments follow.
     Date(DateFunc),
@@ -86,6 +88,7 @@ impl Func {
             "zeroblob" => (Func::Zeroblob, 1, 1),
             "concat" => (Func::Concat, 1, usize::MAX),
             "concat_ws" => (Func::ConcatWs, 2, usize::MAX),
+            "glob" => (Func::Glob, 2, 2),
             _ => return None,
         })
     }
@@ -124,6 +127,7 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             Some(separator) => concat(&args[1..], Some(&separator))?,
             None => Value::Null,
         },
+        Func::Glob => glob(&args[1], &args[0])?,
         _ if args.first().is_some_and(Value::is_null) => Value::Null,
         // C reads the text up to its first NUL: an empty or NUL-led text has no first character.
         Func::Unicode => match value::to_text(&args[0]).and_then(|t| t.chars().next()).filter(|c| *c != '\0') {
@@ -440,28 +444,146 @@ pub(crate) fn like(v: &Value, pattern: &Value, escape: Option<&Value>, negated: 
     Ok(value::from_truth(Some(like_match(&text, &pattern, escape) != negated)))
 }
 
+/// A LIKE pattern as wildcards: `%` any characters, `_` one, the escape character makes
+/// the next one literal.
 fn like_match(text: &[char], pattern: &[char], escape: Option<char>) -> bool {
-    // Iterative matching with backtracking to the last `%`: linear in practice.
+    let mut elements = Vec::with_capacity(pattern.len());
+    let mut p = 0;
+    while p < pattern.len() {
+        let c = pattern[p];
+        p += 1;
+        elements.push(match c {
+            c if Some(c) == escape && p < pattern.len() => {
+                p += 1;
+                Wildcard::Char(pattern[p - 1])
+            }
+            '%' => Wildcard::Star,
+            '_' => Wildcard::One,
+            c => Wildcard::Char(c),
+        });
+    }
+    wildcard_match(text, &elements)
+}
+
+/// SQLite's `SQLITE_MAX_LIKE_PATTERN_LENGTH`: a longer LIKE or GLOB pattern is refused.
+const PATTERN_BYTES_MAX: usize = 50_000;
+
+/// `x GLOB pattern`, as SQLite's `patternCompare` matches it: `*` any characters, `?` one,
+/// `[...]` one of a set (`^` first negates, `a-z` ranges, a `]` first is literal; an
+/// unclosed set matches nothing); everything else itself, case-sensitively. NULL in, NULL
+/// out.
+fn glob(v: &Value, pattern: &Value) -> Result<Value, SqlError> {
+    if v.is_null() || pattern.is_null() {
+        return Ok(Value::Null);
+    }
+    if text_len(pattern) > PATTERN_BYTES_MAX {
+        return Err(SqlError::invalid("LIKE or GLOB pattern too complex"));
+    }
+    check_result_bytes(text_len(v).saturating_add(text_len(pattern)).saturating_mul(4))?;
+    let (Some(text), Some(pattern)) = (value::to_text(v), value::to_text(pattern)) else { return Ok(Value::Null) };
+    // C reads both up to their first NUL.
+    let upto_nul = |s: &str| s.chars().take_while(|c| *c != '\0').collect::<Vec<char>>();
+    let elements = glob_elements(&upto_nul(&pattern));
+    Ok(value::from_truth(Some(wildcard_match(&upto_nul(&text), &elements))))
+}
+
+/// One element of a LIKE or GLOB pattern: each but `Star` matches exactly one character.
+enum Wildcard {
+    Star,
+    One,
+    Char(char),
+    Set {
+        singles: Vec<char>,
+        ranges: Vec<(char, char)>,
+        invert: bool,
+    },
+    /// A `[` without its `]`.
+    Unclosed,
+}
+
+fn glob_elements(pattern: &[char]) -> Vec<Wildcard> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < pattern.len() {
+        let c = pattern[i];
+        i += 1;
+        out.push(match c {
+            '*' => Wildcard::Star,
+            '?' => Wildcard::One,
+            '[' => {
+                let (element, next) = glob_set(pattern, i);
+                i = next;
+                element
+            }
+            c => Wildcard::Char(c),
+        });
+    }
+    out
+}
+
+/// The set starting after a `[` at `i`, as `patternCompare` reads it; and where the
+/// pattern goes on.
+fn glob_set(pattern: &[char], mut i: usize) -> (Wildcard, usize) {
+    let at = |i: usize| pattern.get(i).copied();
+    let (mut singles, mut ranges) = (Vec::new(), Vec::new());
+    let mut invert = false;
+    if at(i) == Some('^') {
+        invert = true;
+        i += 1;
+    }
+    if at(i) == Some(']') {
+        singles.push(']');
+        i += 1;
+    }
+    let mut prior: Option<char> = None;
+    loop {
+        match at(i) {
+            None => return (Wildcard::Unclosed, pattern.len()),
+            Some(']') => return (Wildcard::Set { singles, ranges, invert }, i + 1),
+            Some('-') if prior.is_some() && !matches!(at(i + 1), None | Some(']')) => {
+                ranges.push((prior.take().expect("checked"), pattern[i + 1]));
+                i += 2;
+            }
+            Some(c) => {
+                singles.push(c);
+                prior = Some(c);
+                i += 1;
+            }
+        }
+    }
+}
+
+fn matches_one(element: &Wildcard, c: char) -> bool {
+    match element {
+        Wildcard::Star => unreachable!("a star is handled by the matcher"),
+        Wildcard::One => true,
+        Wildcard::Char(p) => *p == c,
+        Wildcard::Set { singles, ranges, invert } => {
+            let seen = singles.contains(&c) || ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi);
+            seen != *invert
+        }
+        Wildcard::Unclosed => false,
+    }
+}
+
+/// Matching with backtracking to the last star: every other element takes one character,
+/// so the last star's extent is the only choice to revisit (linear in practice).
+fn wildcard_match(text: &[char], pattern: &[Wildcard]) -> bool {
     let (mut t, mut p) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {
-        if p < pattern.len() {
-            let c = pattern[p];
-            if Some(c) == escape && p + 1 < pattern.len() {
-                if pattern[p + 1] == text[t] {
-                    t += 1;
-                    p += 2;
-                    continue;
-                }
-            } else if c == '%' {
+        match pattern.get(p) {
+            Some(Wildcard::Star) => {
                 star = Some((p, t));
                 p += 1;
                 continue;
-            } else if c == '_' || c == text[t] {
+            }
+            Some(element) if matches_one(element, text[t]) => {
                 t += 1;
                 p += 1;
                 continue;
             }
+            _ => {}
         }
         match star {
             Some((sp, st)) => {
@@ -472,10 +594,7 @@ fn like_match(text: &[char], pattern: &[char], escape: Option<char>) -> bool {
             None => return false,
         }
     }
-    while p < pattern.len() && pattern[p] == '%' {
-        p += 1;
-    }
-    p == pattern.len()
+    pattern[p..].iter().all(|e| matches!(e, Wildcard::Star))
 }
 
 /// `CAST(v AS type)` with SQLite's conversions (text to number by numeric prefix, real
