@@ -1,9 +1,10 @@
 //! Differential test of the text functions `printf`/`format`, `char`, `unicode`, `quote`,
-//! `zeroblob`, `concat` and `concat_ws`, of `%` (which reads its operands alike) and of
-//! `GLOB`: hand-picked calls (every printf flag and conversion, edge values of every type,
-//! GLOB's sets and stars), seeded random printf formats over random arguments and random
-//! GLOB patterns, evaluated by edgestore's SQL engine and by SQLite (rusqlite, bundled
-//! SQLite 3.50); the results must be identical: the same type, the same text.
+//! `zeroblob`, `concat`, `concat_ws`, `unhex`, `octet_length`, `likely`, `likelihood`, of
+//! `%` (which reads its operands alike) and of `GLOB` and `LIKE`: hand-picked calls (every
+//! printf flag and conversion, edge values of every type, GLOB's sets and stars), seeded
+//! random printf formats over random arguments and random GLOB patterns, evaluated by
+//! edgestore's SQL engine and by SQLite (rusqlite, bundled SQLite 3.50); the results must
+//! be identical: the same type, the same text.
 //!
 //! The seed of the random formats is printed; `EDGESTORE_TEST_SEED=<n>` replays a run.
 
@@ -135,6 +136,9 @@ fn picked() -> Vec<String> {
             calls.push(f.replace("{v}", v));
         }
         calls.push(format!("quote({v})"));
+        calls.push(format!("octet_length({v})"));
+        calls.push(format!("likely({v})"));
+        calls.push(format!("likelihood({v}, 0.5)"));
         // `%` reads non-integers by their integer value, as these functions' arguments.
         calls.push(format!("({v}) % 7"));
         calls.push(format!("17 % ({v})"));
@@ -160,6 +164,15 @@ fn picked() -> Vec<String> {
         }
     }
     calls.push("glob('a*', 'abc')".into());
+    for hex in [
+        "''", "'41'", "'4142'", "'414'", "'41 42'", "'41-42'", "'4 142'", "'aBcD'", "'0x41'", "'é41'", "NULL",
+        "x'3431'", "4142", "' 41 '",
+    ] {
+        calls.push(format!("unhex({hex})"));
+        calls.push(format!("unhex({hex}, ' -')"));
+        calls.push(format!("unhex({hex}, 'é')"));
+    }
+    calls.push("unhex('41', NULL)".into());
     calls.push("NOT ('abc' GLOB 'a*')".into());
     calls.extend(
         [

@@ -41,6 +41,12 @@ pub(crate) enum Func {
     ConcatWs,
     /// `glob(pattern, x)`, also `x GLOB pattern`.
     Glob,
+    Unhex,
+    OctetLength,
+    /// `likely(x)`, `unlikely(x)`: hints for SQLite's planner; the value is `x`.
+    Likely,
+    /// `likelihood(x, p)`: `x`, once `p` is checked to be a probability.
+    Likelihood,
     /// A date function (`datetime/`). Its first argument is the statement time, put there
     /// by the binder (`Expr::StatementTime`); the SQL arguments follow.
     Date(DateFunc),
@@ -89,6 +95,10 @@ impl Func {
             "concat" => (Func::Concat, 1, usize::MAX),
             "concat_ws" => (Func::ConcatWs, 2, usize::MAX),
             "glob" => (Func::Glob, 2, 2),
+            "unhex" => (Func::Unhex, 1, 2),
+            "octet_length" => (Func::OctetLength, 1, 1),
+            "likely" | "unlikely" => (Func::Likely, 1, 1),
+            "likelihood" => (Func::Likelihood, 2, 2),
             _ => return None,
         })
     }
@@ -128,6 +138,14 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             None => Value::Null,
         },
         Func::Glob => glob(&args[1], &args[0])?,
+        Func::Likely => args.swap_remove(0),
+        Func::Likelihood => match value::to_num(&args[1]) {
+            Some(p) if (0.0..=1.0).contains(&value::num_f64(p)) => args.swap_remove(0),
+            _ => {
+                return Err(SqlError::invalid("second argument to likelihood() must be a constant between 0.0 and 1.0"))
+            }
+        },
+        Func::Unhex => unhex(&args)?,
         _ if args.first().is_some_and(Value::is_null) => Value::Null,
         // C reads the text up to its first NUL: an empty or NUL-led text has no first character.
         Func::Unicode => match value::to_text(&args[0]).and_then(|t| t.chars().next()).filter(|c| *c != '\0') {
@@ -156,6 +174,11 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             Value::Text(if func == Func::Lower { t.to_ascii_lowercase() } else { t.to_ascii_uppercase() })
         }
         Func::Hex => Value::Text(hex(&args[0])?),
+        // Bytes of the text form; a blob's own bytes.
+        Func::OctetLength => Value::Integer(match &args[0] {
+            Value::Blob(b) => b.len(),
+            v => value::to_text(v).map_or(0, |t| t.len()),
+        } as i64),
         Func::Substr => substr(&args)?,
         Func::Round => round(&args),
         Func::Trim | Func::Ltrim | Func::Rtrim => {
@@ -226,6 +249,36 @@ fn printf_text(format: &str, r: f64) -> Result<String, SqlError> {
         Value::Text(t) => Ok(t),
         other => unreachable!("printf of a format gives text, not {other:?}"),
     }
+}
+
+/// `unhex(x[, ignored])`: the bytes of pairs of hex digits; characters of `ignored` may
+/// stand between pairs, anything else (or an odd digit) gives NULL (SQLite's `unhexFunc`).
+fn unhex(args: &[Value]) -> Result<Value, SqlError> {
+    let Some(text) = value::to_text(&args[0]) else { return Ok(Value::Null) };
+    let ignored = match args.get(1) {
+        Some(v) => match value::to_text(v) {
+            Some(t) => t,
+            None => return Ok(Value::Null),
+        },
+        None => String::new(),
+    };
+    check_result_bytes(text.len() / 2)?;
+    // C reads the text up to its first NUL.
+    let mut chars = text.chars().take_while(|c| *c != '\0');
+    let mut out = Vec::with_capacity(text.len() / 2);
+    while let Some(c) = chars.next() {
+        let Some(high) = c.to_digit(16).filter(|_| c.is_ascii()) else {
+            if !ignored.contains(c) {
+                return Ok(Value::Null);
+            }
+            continue;
+        };
+        let Some(low) = chars.next().and_then(|d| d.to_digit(16).filter(|_| d.is_ascii())) else {
+            return Ok(Value::Null);
+        };
+        out.push((high << 4 | low) as u8);
+    }
+    Ok(Value::Blob(out))
 }
 
 /// `zeroblob(n)`: `n` zero bytes (none if `n` is negative or NULL).
