@@ -382,8 +382,11 @@ fn each(
 ) -> Result<(), SqlError> {
     for i in positions {
         limits.check()?;
+        // Only a FULL JOIN tracks matches (`matched` is empty otherwise).
         if out(&rows[i])? {
-            matched[i] = true;
+            if let Some(m) = matched.get_mut(i) {
+                *m = true;
+            }
         }
     }
     Ok(())
@@ -445,7 +448,10 @@ impl Matcher {
     }
 }
 
-fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>, limits: &Limits) -> Result<Matcher, SqlError> {
+/// The inner side of a join; `full` keeps what a FULL JOIN needs at the end: whether each
+/// inner row joined, and the rows whose key is NULL (they join nothing).
+fn build_matcher(right: JoinRight, full: bool, snap: &Arc<Snapshot>, limits: &Limits) -> Result<Matcher, SqlError> {
+    let matched = |rows: &Vec<Row>| if full { vec![false; rows.len()] } else { Vec::new() };
     let mut reservation = limits.reservation();
     Ok(match right {
         JoinRight::NestedLoop(plan) => {
@@ -455,8 +461,7 @@ fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>, limits: &Limits) -> Res
                 reservation.grow(limits::row_bytes(&row))?;
                 rows.push(row);
             }
-            let matched = vec![false; rows.len()];
-            Matcher::All { rows, matched, _reservation: reservation }
+            Matcher::All { matched: matched(&rows), rows, _reservation: reservation }
         }
         JoinRight::Hash { build, left_keys, right_keys } => {
             let mut table: KeyMap<Vec<KeyValue>, Vec<usize>> = KeyMap::default();
@@ -479,12 +484,19 @@ fn build_matcher(right: JoinRight, snap: &Arc<Snapshot>, limits: &Limits) -> Res
                         reservation.grow(bytes + key_bytes)?;
                         table.insert(key.clone(), vec![rows.len()]);
                     }
-                    None => reservation.grow(bytes)?,
+                    None if full => reservation.grow(bytes)?,
+                    None => continue,
                 }
                 rows.push(row);
             }
-            let matched = vec![false; rows.len()];
-            Matcher::Hash { rows, matched, table, left_keys, scratch: Vec::new(), _reservation: reservation }
+            Matcher::Hash {
+                matched: matched(&rows),
+                rows,
+                table,
+                left_keys,
+                scratch: Vec::new(),
+                _reservation: reservation,
+            }
         }
         JoinRight::Lookup { table, kind, keys, key_types, filter, .. } => {
             let (snap, types) = (Arc::clone(snap), key_types);
@@ -583,7 +595,7 @@ impl Iterator for JoinIter {
 
 fn open_join(join: Join, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStream, SqlError> {
     let Join { left, kind, right, left_width, right_width, residual, .. } = join;
-    let matcher = build_matcher(right, snap, limits)?;
+    let matcher = build_matcher(right, kind == JoinKind::Full, snap, limits)?;
     let left = open(left, snap, limits)?;
     let (pending, pending_bytes, limits) = (VecDeque::new(), limits.reservation(), limits.clone());
     Ok(Box::new(JoinIter {

@@ -6,6 +6,7 @@ use super::datetime::{self, DateFunc};
 use super::expr::CastType;
 use super::limits::check_result_bytes;
 use super::printf;
+use super::realfmt::{real_string, Spec};
 use super::value::{self, Num};
 use super::SqlError;
 use crate::types::Value;
@@ -197,26 +198,18 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
 /// encoded as SQLite encodes it (surrogates too, which makes invalid UTF-8 that reads
 /// back as U+FFFD).
 fn char_of(args: &[Value]) -> Result<Value, SqlError> {
-    check_result_bytes(args.len().saturating_mul(4))?;
-    let mut out = Vec::with_capacity(args.len() * 4);
+    check_result_bytes(args.len().saturating_mul(9))?;
+    let mut out = String::with_capacity(args.len() * 4);
     for arg in args {
         let x = value::int_value(arg);
-        let c = if (0..=0x10ffff).contains(&x) { x as u32 } else { 0xfffd };
-        match c {
-            0..0x80 => out.push(c as u8),
-            0x80..0x800 => out.extend([0xc0 | (c >> 6) as u8, 0x80 | (c & 0x3f) as u8]),
-            0x800..0x10000 => {
-                out.extend([0xe0 | (c >> 12) as u8, 0x80 | ((c >> 6) & 0x3f) as u8, 0x80 | (c & 0x3f) as u8])
-            }
-            _ => out.extend([
-                0xf0 | (c >> 18) as u8,
-                0x80 | ((c >> 12) & 0x3f) as u8,
-                0x80 | ((c >> 6) & 0x3f) as u8,
-                0x80 | (c & 0x3f) as u8,
-            ]),
+        let c = u32::try_from(x).ok().filter(|c| *c <= 0x10ffff).unwrap_or(0xfffd);
+        match char::from_u32(c) {
+            Some(c) => out.push(c),
+            // A surrogate: SQLite's three bytes (ED A0..BF xx) are three invalid bytes.
+            None => out.push_str("\u{fffd}\u{fffd}\u{fffd}"),
         }
     }
-    Ok(Value::Text(String::from_utf8_lossy(&out).into_owned()))
+    Ok(Value::Text(out))
 }
 
 /// `quote(x)`: the SQL literal of `x`. A real is written with 15 significant digits, or
@@ -227,12 +220,14 @@ fn quote(v: &Value) -> Result<Value, SqlError> {
         Value::Integer(i) | Value::Timestamp(i) => i.to_string(),
         Value::Boolean(b) => i64::from(*b).to_string(),
         Value::Real(r) => {
-            let short = printf_text("%!0.15g", *r)?;
-            // Read back as SQLite reads it (`sqlite3AtoF`, off by an ulp near the ends).
+            // `%!0.15g`, read back as SQLite reads it (`sqlite3AtoF`, off by an ulp near
+            // the ends of the range), else `%!0.20e`.
+            let spec = |precision| Spec { alt2: true, zero: true, precision: Some(precision), ..Spec::default() };
+            let short = real_string(&spec(15), *r, b'g');
             if datetime::atof(short.as_bytes()).0 == *r {
                 short
             } else {
-                printf_text("%!0.20e", *r)?
+                real_string(&spec(20), *r, b'e')
             }
         }
         Value::Text(_) => return printf::printf(&[Value::from("%Q"), v.clone()]),
@@ -242,13 +237,6 @@ fn quote(v: &Value) -> Result<Value, SqlError> {
         }
     };
     Ok(Value::Text(text))
-}
-
-fn printf_text(format: &str, r: f64) -> Result<String, SqlError> {
-    match printf::printf(&[Value::from(format), Value::Real(r)])? {
-        Value::Text(t) => Ok(t),
-        other => unreachable!("printf of a format gives text, not {other:?}"),
-    }
 }
 
 /// `unhex(x[, ignored])`: the bytes of pairs of hex digits; characters of `ignored` may

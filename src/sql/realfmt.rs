@@ -8,8 +8,12 @@ pub(crate) const FP_PRECISION_LIMIT: usize = 100_000_000;
 
 /// A REAL value's text, as SQLite converts it: `%!.15g` (`1.0`, `0.1`, `1.0e+16`, `Inf`).
 pub(crate) fn real_text(r: f64) -> String {
-    let spec = Spec { alt2: true, precision: Some(15), ..Spec::default() };
-    String::from_utf8(real(&spec, r, b'g')).expect("digits, signs and letters are ASCII")
+    real_string(&Spec { alt2: true, precision: Some(15), ..Spec::default() }, r, b'g')
+}
+
+/// [`real`] as a `String`.
+pub(crate) fn real_string(spec: &Spec, r: f64, conversion: u8) -> String {
+    String::from_utf8(real(spec, r, conversion)).expect("a real's digits, sign and exponent are ASCII")
 }
 
 /// One conversion's flags, width and precision.
@@ -162,7 +166,7 @@ pub(crate) fn real(spec: &Spec, v: f64, conversion: u8) -> Vec<u8> {
     if v.is_nan() {
         return if spec.zero { b"null".to_vec() } else { b"NaN".to_vec() };
     }
-    let mut decoded = if v.is_infinite() {
+    let decoded = if v.is_infinite() {
         if !spec.zero {
             return match (v < 0.0, spec.sign) {
                 (true, _) => b"-Inf".to_vec(),
@@ -174,9 +178,6 @@ pub(crate) fn real(spec: &Spec, v: f64, conversion: u8) -> Vec<u8> {
     } else {
         decode(v, round, if spec.alt2 { 26 } else { 16 })
     };
-    if decoded.digits.is_empty() {
-        decoded.digits.push(b'0');
-    }
     let sign = if decoded.negative { Some(b'-') } else { spec.sign };
     let exp = decoded.point - 1;
     let mut exponential = matches!(conversion, b'e' | b'E');

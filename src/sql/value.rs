@@ -346,14 +346,8 @@ fn real_arith(op: ArithOp, x: f64, y: f64) -> Value {
         ArithOp::Mul => x * y,
         ArithOp::Div if y == 0.0 => return Value::Null,
         ArithOp::Div => x / y,
-        // SQLite computes % on reals after converting both operands to integers.
-        ArithOp::Rem => {
-            let (xi, yi) = (x as i64, y as i64);
-            if yi == 0 {
-                return Value::Null;
-            }
-            return Value::Real(xi.checked_rem(yi).unwrap_or(0) as f64);
-        }
+        // `arith` takes % on the operands' integer values; `int_arith`'s % never overflows.
+        ArithOp::Rem => unreachable!("% is never computed on reals"),
     };
     num_value(Num::Real(r))
 }

@@ -9,7 +9,7 @@
 //! prints 16 significant digits rounded half up from SQLite's own digit expansion, where
 //! Rust rounds the exact binary value half to even.
 
-use crate::sql::realfmt::{dekker_mul2, real, Spec};
+use crate::sql::realfmt::{dekker_mul2, real_string, Spec};
 
 /// SQLite's `sqlite3Isspace`: ASCII space, `\t`, `\n`, `\v`, `\f`, `\r`.
 pub(super) fn is_space(b: u8) -> bool {
@@ -144,18 +144,12 @@ fn atof_value(sign: i32, mut s: u64, mut e: i32) -> f64 {
 
 /// SQLite's `%.Nf` of a finite double.
 pub(super) fn printf_fixed(r: f64, precision: i32) -> String {
-    let spec = Spec { precision: Some(precision.max(0) as usize), ..Spec::default() };
-    ascii(real(&spec, r, b'f'))
+    real_string(&Spec { precision: Some(precision.max(0) as usize), ..Spec::default() }, r, b'f')
 }
 
 /// SQLite's `%.Ng` of a finite double (`strftime('%J')` uses `%.16g`).
 pub(super) fn printf_generic(r: f64, precision: i32) -> String {
-    let spec = Spec { precision: Some(precision.max(0) as usize), ..Spec::default() };
-    ascii(real(&spec, r, b'g'))
-}
-
-fn ascii(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).expect("a real's digits, sign and exponent are ASCII")
+    real_string(&Spec { precision: Some(precision.max(0) as usize), ..Spec::default() }, r, b'g')
 }
 
 #[cfg(test)]
