@@ -191,10 +191,12 @@ fn conflict_of<T: PartialEq>(definitions: &[(T, NodeId)], sql: impl Fn(&T) -> St
     Some(DdlConflict { definitions: definitions.iter().map(|(d, n)| (sql(d), *n)).collect() })
 }
 
-/// The `CREATE TABLE` statement of a definition.
+/// The `CREATE TABLE` statement of a definition. A table without a primary key is
+/// written as it was declared: without its hidden identity columns and key, so the
+/// statement reads back to the same definition.
 pub fn table_sql(schema: &TableSchema) -> String {
     let mut parts: Vec<String> = schema
-        .columns
+        .visible_columns()
         .iter()
         .map(|c| {
             let mut s = format!("{} {}", c.name, c.ty);
@@ -207,7 +209,9 @@ pub fn table_sql(schema: &TableSchema) -> String {
             s
         })
         .collect();
-    parts.push(format!("PRIMARY KEY ({})", schema.primary_key.join(", ")));
+    if !schema.rowid {
+        parts.push(format!("PRIMARY KEY ({})", schema.primary_key.join(", ")));
+    }
     parts.extend(schema.checks.iter().map(check_sql));
     parts.extend(schema.foreign_keys.iter().map(foreign_key_sql));
     format!("CREATE TABLE {} ({})", schema.name, parts.join(", "))

@@ -419,6 +419,17 @@ pub enum WriteError {
         /// The key, displayed.
         key: String,
     },
+    /// A write gave a value for a hidden identity column of a table without a primary key.
+    #[error("{table}.{column} is assigned by the store in a table without a primary key; leave it out")]
+    IdentityAssigned {
+        /// The table.
+        table: String,
+        /// The column (`rowid` or `_origin`).
+        column: String,
+    },
+    /// This node has used every insert counter value of key-less tables (2^39).
+    #[error("this node has assigned all 2^39 row identities of tables without a primary key")]
+    RowNumbersExhausted,
     /// An update or increment named a row that does not exist.
     #[error("no row in {table} with primary key {key}")]
     RowNotFound {

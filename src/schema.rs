@@ -123,7 +123,19 @@ pub struct TableSchema {
     /// Foreign keys, column and table level alike, in definition order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub foreign_keys: Vec<ForeignKeyDef>,
+    /// A table declared without a primary key: its first two columns are the hidden
+    /// [`ROWID_COLUMN`] and [`ORIGIN_COLUMN`], its key `(rowid, _origin)`, both assigned
+    /// by the writer (see docs/design.md § Tables without a primary key).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rowid: bool,
 }
+
+/// The hidden INTEGER identity column of a table without a primary key.
+pub const ROWID_COLUMN: &str = "rowid";
+/// The hidden column holding the node that inserted a row of a table without a primary key.
+pub const ORIGIN_COLUMN: &str = "_origin";
+/// How many hidden columns lead a table without a primary key.
+pub const ROWID_HIDDEN_COLUMNS: usize = 2;
 
 /// What `CREATE INDEX` defines.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -206,7 +218,33 @@ impl TableSchema {
             primary_key: Vec::new(),
             checks: Vec::new(),
             foreign_keys: Vec::new(),
+            rowid: false,
         }
+    }
+
+    /// Starts a definition of a table without a primary key: the hidden identity columns
+    /// come first, then add columns with [`TableSchema::column`].
+    pub fn without_key(name: &str) -> TableSchema {
+        let mut schema = TableSchema::new(name)
+            .column(ColumnDef::new(ROWID_COLUMN, ColumnType::Integer).not_null())
+            .column(ColumnDef::new(ORIGIN_COLUMN, ColumnType::Blob).not_null())
+            .primary_key(&[ROWID_COLUMN, ORIGIN_COLUMN]);
+        schema.rowid = true;
+        schema
+    }
+
+    /// How many leading columns are hidden: the identity of a table without a key.
+    pub fn hidden_columns(&self) -> usize {
+        if self.rowid {
+            ROWID_HIDDEN_COLUMNS
+        } else {
+            0
+        }
+    }
+
+    /// The columns a user sees (`*`, `INSERT` without a column list, `.schema`).
+    pub fn visible_columns(&self) -> &[ColumnDef] {
+        &self.columns[self.hidden_columns()..]
     }
 
     /// Adds a column.
@@ -256,9 +294,31 @@ impl TableSchema {
             }
             self.columns[i].not_null = true;
         }
+        self.validate_rowid()?;
         self.validate_checks()?;
         self.validate_foreign_keys()?;
         Ok(self)
+    }
+
+    /// A table without a key has exactly the identity that [`TableSchema::without_key`]
+    /// gives it, and no visible column takes its names.
+    fn validate_rowid(&self) -> Result<(), SchemaError> {
+        let hidden = [(ROWID_COLUMN, ColumnType::Integer), (ORIGIN_COLUMN, ColumnType::Blob)];
+        if !self.rowid {
+            return Ok(());
+        }
+        let bad = |reason: &str| SchemaError::BadKey { object: self.name.clone(), reason: reason.to_string() };
+        let shaped = self.columns.len() > ROWID_HIDDEN_COLUMNS
+            && self
+                .columns
+                .iter()
+                .zip(hidden)
+                .all(|(c, (name, ty))| c.name == name && c.ty == ty && c.default.is_none())
+            && self.primary_key == [ROWID_COLUMN, ORIGIN_COLUMN];
+        if !shaped {
+            return Err(bad("a table without a primary key starts with rowid INTEGER, _origin BLOB, its key"));
+        }
+        Ok(())
     }
 
     fn bad_constraint(&self, reason: String) -> SchemaError {
@@ -393,6 +453,33 @@ mod tests {
         assert!(matches!(bad_default.validate(), Err(SchemaError::BadDefault { .. })));
         assert!(normalize_name("1abc").is_err());
         assert!(normalize_name("a-b").is_err());
+    }
+
+    #[test]
+    fn a_key_less_definition_must_have_exactly_the_hidden_identity() {
+        let good = TableSchema::without_key("Log").column(ColumnDef::new("msg", ColumnType::Text));
+        let schema = good.clone().validate().unwrap();
+        assert_eq!(schema.hidden_columns(), 2);
+        assert_eq!(schema.visible_columns().len(), 1);
+        assert_eq!(schema.primary_key, [ROWID_COLUMN, ORIGIN_COLUMN]);
+        // Only the identity: no visible column.
+        assert!(matches!(TableSchema::without_key("log").validate(), Err(SchemaError::BadKey { .. })));
+        // A peer's definition that claims a rowid but is keyed or typed otherwise.
+        let mut keyed = good.clone().primary_key(&["msg"]);
+        keyed.rowid = true;
+        assert!(matches!(keyed.validate(), Err(SchemaError::BadKey { .. })));
+        let mut retyped = good.clone();
+        retyped.columns[1].ty = ColumnType::Text;
+        assert!(matches!(retyped.validate(), Err(SchemaError::BadKey { .. })));
+        let mut defaulted = good.clone();
+        defaulted.columns[0].default = Some(Value::Integer(1));
+        assert!(defaulted.validate().is_err());
+        // A visible column cannot take the identity's names.
+        let clash = good.column(ColumnDef::new("ROWID", ColumnType::Integer));
+        assert!(matches!(clash.validate(), Err(SchemaError::DuplicateColumn { .. })));
+        // Without the flag, the names are ordinary.
+        let plain = TableSchema::new("t").column(ColumnDef::new("rowid", ColumnType::Text)).primary_key(&["rowid"]);
+        assert_eq!(plain.validate().unwrap().hidden_columns(), 0);
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub const META_LOG_FLOOR: &str = "log_floor";
 pub const META_HORIZON: &str = "horizon";
 /// `meta_v1` key of an unfinished state transfer's progress (CBOR `TransferProgress`).
 pub const META_TRANSFER: &str = "transfer";
+/// `meta_v1` key of the next insert counter of key-less tables (u64 BE; absent = 1).
+pub const META_NEXT_ROW_N: &str = "next_row_n";
 
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {

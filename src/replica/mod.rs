@@ -128,6 +128,10 @@ pub struct Replica {
     /// The store's format version as committed (`storage::FORMAT_VERSION` once an
     /// implicit document was stored).
     format: u32,
+    /// The insert counter of key-less tables: the next row gets this `n` (`write.rs`).
+    /// Read from `meta_v1` `next_row_n` on every reload, so a failed transaction's
+    /// numbers are given again (nothing holding them was committed).
+    next_row_n: u64,
 }
 
 impl std::fmt::Debug for Replica {
@@ -194,6 +198,7 @@ impl Replica {
         self.format = storage::stored_format(&meta)?.unwrap_or(0);
         self.announced = read::meta_vector(&meta, storage::META_ANNOUNCED)?;
         self.floor = read::meta_vector(&meta, storage::META_LOG_FLOOR)?;
+        self.next_row_n = read::meta_u64(&meta, storage::META_NEXT_ROW_N)?.unwrap_or(1);
         let counters = self.holders_counters();
         *self.holders = holders::Holders::load(&txn)?;
         self.holders.restore_counters(counters);

@@ -113,6 +113,7 @@ impl Replica {
             holders: Box::default(),
             sweep: super::save::Sweep::default(),
             format: 0,
+            next_row_n: 1,
         };
         replica.reload_state()?;
         Ok(replica)

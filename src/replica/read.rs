@@ -48,6 +48,16 @@ pub(crate) fn meta_vector(
     }
 }
 
+/// A u64 BE value of `meta_v1`, if present.
+pub(crate) fn meta_u64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<u64>, StorageError> {
+    let Some(bytes) = meta.get(key)? else { return Ok(None) };
+    let bytes: [u8; 8] = bytes.value().try_into().map_err(|_| Corruption::ShortValue { table: "meta_v1" })?;
+    Ok(Some(u64::from_be_bytes(bytes)))
+}
+
 /// The conflicting columns of one row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowConflicts {

@@ -18,7 +18,7 @@ use crate::change::{DocChange, DocKey, VerifiedChange, CHANGE_BYTES_MAX, CHANGE_
 use crate::doc;
 use crate::error::{StorageError, WriteError};
 use crate::keys;
-use crate::schema::{IndexSchema, TableSchema};
+use crate::schema::{IndexSchema, TableSchema, ORIGIN_COLUMN, ROWID_COLUMN, ROWID_HIDDEN_COLUMNS};
 use crate::types::{ColumnType, NodeId, Value};
 
 /// One operation of a write batch.
@@ -279,9 +279,16 @@ impl Replica {
             return Err(WriteError::EmptyBatch);
         }
         let mut ctx = BatchCtx { catalog: None, docs: BTreeMap::new(), rows_affected: 0 };
+        let row_n_before = self.next_row_n;
         for op in batch.ops {
             // On error `ctx` drops with the staged documents: nothing of the batch remains.
+            // Counter values it took stay taken (a gap; a reload after a failed commit
+            // reads the stored counter back).
             self.stage_op(tables, &mut ctx, op)?;
+        }
+        if self.next_row_n != row_n_before {
+            debug_assert!(self.next_row_n > row_n_before, "the insert counter never goes back");
+            tables.meta.insert(crate::storage::META_NEXT_ROW_N, self.next_row_n.to_be_bytes().as_slice())?;
         }
         let rows_affected = ctx.rows_affected;
         let mut ops = Vec::new();
@@ -462,6 +469,10 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
+        let mut values = values;
+        if schema.rowid {
+            values.extend(new_row_identity(&mut self.next_row_n, self.node, schema, &values)?);
+        }
         let row = build_row(schema, &values)?;
         let pk: Vec<Value> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
         let key = row_doc_key(entry, &pk);
@@ -661,6 +672,48 @@ fn build_row(schema: &TableSchema, values: &[(String, Value)]) -> Result<Vec<Val
         full.push(value);
     }
     Ok(full)
+}
+
+/// The hidden identity of a new row of a key-less table: `rowid` = the node's tag and
+/// its next insert counter, `_origin` = the node (docs/design.md § Tables without a
+/// primary key). Refuses values given for either.
+fn new_row_identity(
+    next_row_n: &mut u64,
+    node: NodeId,
+    schema: &TableSchema,
+    values: &[(String, Value)],
+) -> Result<[(String, Value); 2], WriteError> {
+    if let Some(i) = values.iter().filter_map(|(name, _)| schema.column_index(name)).find(|&i| i < ROWID_HIDDEN_COLUMNS)
+    {
+        return Err(WriteError::IdentityAssigned {
+            table: schema.name.clone(),
+            column: schema.columns[i].name.clone(),
+        });
+    }
+    let n = *next_row_n;
+    if n >= ROW_N_LIMIT {
+        return Err(WriteError::RowNumbersExhausted);
+    }
+    *next_row_n = n + 1;
+    let rowid = (row_tag(node) << ROW_N_BITS) | n;
+    let rowid = i64::try_from(rowid).expect("a 24-bit tag and a 39-bit counter fit 63 bits");
+    Ok([
+        (ROWID_COLUMN.to_string(), Value::Integer(rowid)),
+        (ORIGIN_COLUMN.to_string(), Value::Blob(node.as_bytes().to_vec())),
+    ])
+}
+
+/// Bits of a key-less row's `rowid` that hold the inserting node's counter.
+const ROW_N_BITS: u32 = 39;
+/// The first counter value a node can no longer give.
+const ROW_N_LIMIT: u64 = 1 << ROW_N_BITS;
+
+/// The 24-bit tag of a node in the `rowid`s it assigns: the first 3 bytes of the hash of
+/// its id, so that nodes' rowids rarely share a tag (their ids never do).
+fn row_tag(node: NodeId) -> u64 {
+    let hash = blake3::hash(node.as_bytes());
+    let [a, b, c, ..] = *hash.as_bytes();
+    u64::from_be_bytes([0, 0, 0, 0, 0, a, b, c])
 }
 
 /// Converts a primary key given by a caller to the key columns' types.

@@ -4,8 +4,10 @@
 //! multi-master store: any type name (SQLite's affinity rule,
 //! [`ColumnType::from_declared`]), `CHECK` (enforced on local writes, `check.rs`), foreign
 //! keys (stored and shown, not enforced), `COLLATE BINARY`, `PRIMARY KEY ASC|DESC`,
-//! `WITHOUT ROWID`, `STRICT`. What does not carry over is refused by name: a table without
-//! a primary key (so also `CREATE TABLE ... AS SELECT`), `UNIQUE`, `AUTOINCREMENT`, other
+//! `WITHOUT ROWID`, `STRICT`, tables without a primary key (keyed by a hidden identity,
+//! docs/design.md § Tables without a primary key) and so `CREATE TABLE ... AS SELECT`
+//! (typed by the values it copies). What does not carry over is refused by
+//! name: `UNIQUE`, `AUTOINCREMENT`, other
 //! collations, conflict clauses other than the default `ABORT`.
 
 use sqlparser::ast;
@@ -16,15 +18,19 @@ use super::plan::Scope;
 use super::system::SYSTEM_PREFIX;
 use super::SqlError;
 use crate::replica::WriteOp;
-use crate::schema::{CheckDef, ColumnDef, ForeignKeyDef, TableSchema};
-use crate::types::ColumnType;
+use crate::schema::{CheckDef, ColumnDef, ForeignKeyDef, TableSchema, ORIGIN_COLUMN, ROWID_COLUMN};
+use crate::types::{ColumnType, Value};
 
-/// Translates `CREATE TABLE`; its constraints are bound once here, so a `CHECK` that could
-/// never run is refused before the table exists.
-pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<WriteOp, SqlError> {
+/// Translates `CREATE TABLE`, with the rows of `AS SELECT` if it has one, and the number
+/// of rows written; constraints are bound once here, so a `CHECK` that could never run is
+/// refused before the table exists.
+pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(Vec<WriteOp>, u64), SqlError> {
     refuse_options(ct)?;
     let name = bind::object_name(&ct.name)?;
     check_name(&name)?;
+    if let Some(query) = &ct.query {
+        return create_table_as(ctx, ct, name, query);
+    }
     let mut draft = Draft { schema: TableSchema::new(&name), key: Vec::new() };
     for column in &ct.columns {
         draft.column(ctx, column)?;
@@ -32,9 +38,81 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<Wr
     for constraint in &ct.constraints {
         draft.table_constraint(constraint)?;
     }
-    let schema = draft.finish()?;
+    let schema = draft.finish(ct.without_rowid)?;
     Checks::bind(ctx, &schema)?;
-    Ok(WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists })
+    Ok((vec![WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists }], 0))
+}
+
+/// `CREATE TABLE t AS SELECT ...`: a table without a primary key, as SQLite makes it,
+/// with the query's column names and its rows, in one batch. Each column's type is what
+/// its values hold (INTEGER and REAL together make REAL; only NULLs, or no rows, make
+/// TEXT), since columns here are strictly typed where SQLite's CTAS columns take any value.
+fn create_table_as(
+    ctx: PlanCtx<'_>,
+    ct: &ast::CreateTable,
+    name: String,
+    query: &ast::Query,
+) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    if !ct.columns.is_empty() || !ct.constraints.is_empty() || ct.without_rowid {
+        return Err(SqlError::unsupported("column definitions, constraints or WITHOUT ROWID with AS SELECT"));
+    }
+    // SQLite leaves an existing table as it is, rows included.
+    if ctx.snap.catalog().table(&name).is_some() && ct.if_not_exists {
+        return Ok((Vec::new(), 0));
+    }
+    let planned = super::select::plan_query(ctx, query)?;
+    let (rows, _reservation) =
+        super::ddl_dml::collect(super::exec::open(planned.plan, ctx.snap, ctx.limits)?, ctx.limits)?;
+    let mut schema = TableSchema::without_key(&name);
+    for (i, column) in planned.columns.iter().enumerate() {
+        let ty = column_type_of(column, rows.iter().map(|row| &row[i]))?;
+        let name = crate::schema::normalize_name(column).map_err(|_| {
+            SqlError::invalid(format!(
+                "column {column:?} of CREATE TABLE ... AS SELECT is not a valid column name: give it one with AS"
+            ))
+        })?;
+        schema.columns.push(ColumnDef::new(&name, ty));
+    }
+    let visible: Vec<(String, ColumnType)> = schema.visible_columns().iter().map(|c| (c.name.clone(), c.ty)).collect();
+    let mut ops = Vec::with_capacity(rows.len() + 1);
+    ops.push(WriteOp::CreateTable { schema, if_not_exists: false });
+    let count = rows.len() as u64;
+    for row in rows {
+        ctx.limits.check()?;
+        let values = visible.iter().zip(row).map(|((name, ty), v)| (name.clone(), super::ddl_dml::conform(v, *ty)));
+        ops.push(WriteOp::Insert { table: name.clone(), values: values.collect() });
+    }
+    Ok((ops, count))
+}
+
+/// The type of a `CREATE TABLE ... AS SELECT` column that holds `values`.
+fn column_type_of<'v>(column: &str, values: impl Iterator<Item = &'v Value>) -> Result<ColumnType, SqlError> {
+    let mut found: Option<ColumnType> = None;
+    for value in values {
+        let ty = match value {
+            Value::Null => continue,
+            Value::Integer(_) => ColumnType::Integer,
+            Value::Real(_) => ColumnType::Real,
+            Value::Text(_) => ColumnType::Text,
+            Value::Boolean(_) => ColumnType::Boolean,
+            Value::Blob(_) => ColumnType::Blob,
+            Value::Timestamp(_) => ColumnType::Timestamp,
+        };
+        found = match (found, ty) {
+            (None, ty) => Some(ty),
+            (Some(a), b) if a == b => Some(a),
+            (Some(ColumnType::Integer | ColumnType::Real), ColumnType::Integer | ColumnType::Real) => {
+                Some(ColumnType::Real)
+            }
+            (Some(a), b) => {
+                return Err(SqlError::invalid(format!(
+                    "column {column} of CREATE TABLE ... AS SELECT holds both {a} and {b} values, and a column \
+                     here has one type: create the table first, then INSERT INTO ... SELECT"
+                )))
+            }
+        };
+    }
+    Ok(found.unwrap_or(ColumnType::Text))
 }
 
 /// Refuses names the system tables own.
@@ -46,13 +124,6 @@ pub(super) fn check_name(name: &str) -> Result<(), SqlError> {
 }
 
 fn refuse_options(ct: &ast::CreateTable) -> Result<(), SqlError> {
-    if ct.query.is_some() {
-        // SQLite gives such a table no primary key; every edgestore row is keyed.
-        return Err(SqlError::unsupported(
-            "CREATE TABLE ... AS SELECT (the table would have no PRIMARY KEY, which every edgestore table \
-             needs: create it with one, then INSERT INTO ... SELECT)",
-        ));
-    }
     if ct.or_replace || ct.temporary || ct.external || ct.like.is_some() || ct.clone.is_some() {
         return Err(SqlError::unsupported("CREATE TABLE options (OR REPLACE, TEMPORARY, LIKE, CLONE)"));
     }
@@ -155,16 +226,31 @@ impl Draft {
         Ok(())
     }
 
-    fn finish(self) -> Result<TableSchema, SqlError> {
+    /// The definition: keyed by the declared primary key, or, without one, by the hidden
+    /// identity of a key-less table (docs/design.md § Tables without a primary key).
+    fn finish(self, without_rowid: bool) -> Result<TableSchema, SqlError> {
         let Draft { schema, key } = self;
-        if key.is_empty() {
-            return Err(SqlError::unsupported(format!(
-                "table {} without a PRIMARY KEY (every row is keyed)",
-                schema.name
-            )));
+        if !key.is_empty() {
+            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            return Ok(schema.primary_key(&key));
         }
-        let key: Vec<&str> = key.iter().map(String::as_str).collect();
-        Ok(schema.primary_key(&key))
+        if without_rowid {
+            return Err(SqlError::invalid(format!("PRIMARY KEY missing on table {} (WITHOUT ROWID)", schema.name)));
+        }
+        let mut keyless = TableSchema::without_key(&schema.name);
+        for column in schema.columns {
+            if keyless.column_index(&column.name).is_some() {
+                return Err(SqlError::invalid(format!(
+                    "column {} of table {}: a table without a PRIMARY KEY keeps its row identity in the \
+                     hidden columns {ROWID_COLUMN} and {ORIGIN_COLUMN}; rename the column or declare a key",
+                    column.name, schema.name
+                )));
+            }
+            keyless.columns.push(column);
+        }
+        keyless.checks = schema.checks;
+        keyless.foreign_keys = schema.foreign_keys;
+        Ok(keyless)
     }
 }
 

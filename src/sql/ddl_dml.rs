@@ -36,7 +36,7 @@ pub(crate) fn run(
     let snap = Arc::new(replica.snapshot()?);
     let ctx = PlanCtx::new(&snap, params, limits).at(Some(now_ms));
     let (ops, affected) = match statement {
-        ast::Statement::CreateTable(ct) => (vec![create_table::create_table(ctx, ct)?], 0),
+        ast::Statement::CreateTable(ct) => create_table::create_table(ctx, ct)?,
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
         ast::Statement::Drop {
             object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..
@@ -188,7 +188,8 @@ fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertPlan, SqlErr
     let table = target_table(ctx.snap, name)?.clone();
     let schema = &table.schema;
     let columns: Vec<usize> = if ins.columns.is_empty() {
-        (0..schema.columns.len()).collect()
+        // Not a key-less table's hidden identity, which the store assigns.
+        (schema.hidden_columns()..schema.columns.len()).collect()
     } else {
         ins.columns
             .iter()
@@ -227,16 +228,24 @@ fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), Sq
         // The operation written and the row remembered for later conflicts hold it twice.
         reservation.grow(2 * limits::row_bytes(&values))?;
         let full = full_row(&table, &columns, values);
+        // The insert's named values, built only for the outcomes that insert.
+        let named = || -> Vec<(String, Value)> {
+            columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect()
+        };
+        if schema.rowid {
+            // Each row gets a new identity from the store: no conflict is possible, as in
+            // SQLite for a table without unique constraints.
+            checks.enforce(&full)?;
+            ops.push(WriteOp::Insert { table: schema.name.clone(), values: named() });
+            affected += 1;
+            continue;
+        }
         let pk = pk_of(&table, &full);
         let key = pk_key(&pk);
         let existing = match written.get(&key) {
             Some(row) => Some(row.clone()),
             None if matches!(on_conflict, OnConflict::Fail) => None,
             None => stored_row(ctx.snap, &table, &pk)?,
-        };
-        // The insert's named values, built only for the outcomes that insert.
-        let named = || -> Vec<(String, Value)> {
-            columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect()
         };
         let new_state = match (&on_conflict, existing) {
             (_, None) | (OnConflict::Fail, _) => {
@@ -429,7 +438,7 @@ fn matching_rows(
 }
 
 /// Reads rows into memory, accounted against the statement's budget.
-fn collect(rows: exec::RowStream, limits: &Limits) -> Result<(Vec<Row>, Reservation), SqlError> {
+pub(super) fn collect(rows: exec::RowStream, limits: &Limits) -> Result<(Vec<Row>, Reservation), SqlError> {
     let mut reservation = limits.reservation();
     let mut all = Vec::new();
     for row in rows {
@@ -464,6 +473,7 @@ pub(crate) fn explain(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Ve
         ast::Statement::Insert(ins) => {
             let plan = plan_insert(ctx, ins)?;
             let conflict = match plan.on_conflict {
+                _ if plan.table.schema.rowid => "each row a new identity: no key conflicts",
                 OnConflict::Fail => "a key that exists fails the statement",
                 OnConflict::Nothing => "ON CONFLICT DO NOTHING: each row's key looked up by PRIMARY KEY",
                 OnConflict::Replace => "OR REPLACE: each row's key looked up by PRIMARY KEY",

@@ -145,9 +145,13 @@ fn table_ref(
 
 /// The column `rowid` names in a stored table: its primary key when that is one INTEGER
 /// column (SQLite's `INTEGER PRIMARY KEY` rowid alias; `INT PRIMARY KEY` maps to INTEGER
-/// too, so it aliases here). Other tables have no rowid.
+/// too, so it aliases here), or a key-less table's hidden `rowid`. Other tables have no
+/// rowid.
 fn rowid_alias(source: &Source) -> Option<usize> {
     let Source::Table(table) = source else { return None };
+    if table.schema.rowid {
+        return Some(0);
+    }
     let [key] = table.schema.primary_key_indexes()[..] else { return None };
     (table.schema.columns[key].ty == ColumnType::Integer).then_some(key)
 }
@@ -300,6 +304,9 @@ pub(crate) fn plan_from(
         }
         let (source, alias, columns) = table_ref(ctx, factor, position)?;
         scope.push_table(&alias, columns)?;
+        if let Source::Table(table) = &source {
+            scope.hide_leading(table.schema.hidden_columns());
+        }
         if let Some(column) = rowid_alias(&source) {
             scope.set_rowid(column);
         }
@@ -353,6 +360,7 @@ pub(crate) fn plan_from(
         for i in 0..table.width {
             column_at[table.offset + i] = offset + i;
             physical.columns[offset + i].in_star = scope.columns[table.offset + i].in_star;
+            physical.columns[offset + i].hidden = scope.columns[table.offset + i].hidden;
         }
     }
     let relayout = |c: Conjunct| {

@@ -209,6 +209,9 @@ pub(crate) struct ScopeColumn {
     pub name: String,
     /// Whether `*` shows it (the right-hand copy of a `USING` column does not).
     pub in_star: bool,
+    /// A key-less table's hidden identity (`rowid`, `_origin`): in neither `*` nor `t.*`,
+    /// selected only by name.
+    pub hidden: bool,
 }
 
 /// A table in scope and where its columns start in the combined row.
@@ -241,9 +244,20 @@ impl Scope {
         let offset = self.columns.len();
         self.tables.push(ScopeTable { alias: alias.to_string(), offset, width: columns.len(), rowid: None });
         for name in columns {
-            self.columns.push(ScopeColumn { table: alias.to_string(), name, in_star: true });
+            self.columns.push(ScopeColumn { table: alias.to_string(), name, in_star: true, hidden: false });
         }
         Ok(())
+    }
+
+    /// Hides the first `count` columns of the last table pushed: a key-less table's
+    /// identity.
+    pub fn hide_leading(&mut self, count: usize) {
+        let table = self.tables.last().expect("a table was pushed");
+        debug_assert!(count <= table.width);
+        for column in &mut self.columns[table.offset..table.offset + count] {
+            column.in_star = false;
+            column.hidden = true;
+        }
     }
 
     /// Makes `rowid` of the last table pushed name its column at `column` (0-based in it).
@@ -264,8 +278,8 @@ impl Scope {
         for (i, column) in self.columns.iter().enumerate() {
             let table_matches = table.is_none_or(|t| t == column.table);
             if table_matches && column.name == name {
-                // A USING column's hidden copy never makes a name ambiguous.
-                if found.is_some() && column.in_star {
+                // A USING column's right-hand copy never makes a name ambiguous.
+                if found.is_some() && (column.in_star || column.hidden) {
                     return Err(SqlError::AmbiguousColumn(name.to_string()));
                 }
                 if found.is_none() {

@@ -325,7 +325,7 @@ fn expand(s: &ast::Select, scope: &Scope) -> Result<Vec<(Item, String, Option<St
                 if !scope.has_table(&table) {
                     return Err(SqlError::UnknownTable(table));
                 }
-                for (i, c) in scope.columns.iter().enumerate().filter(|(_, c)| c.table == table) {
+                for (i, c) in scope.columns.iter().enumerate().filter(|(_, c)| c.table == table && !c.hidden) {
                     items.push((Item::Position(i), c.name.clone(), None));
                 }
             }

@@ -3,7 +3,8 @@
 //!
 //! - `edgestore_tables` — one row per live table: name, epoch, primary key, definition as
 //!   SQL, and how many concurrent definitions conflict (0 when none).
-//! - `edgestore_columns` — one row per column of a live table.
+//! - `edgestore_columns` — one row per column of a live table (a key-less table's hidden
+//!   `rowid` and `_origin` are not listed).
 //! - `edgestore_indexes` — one row per usable index.
 //! - `edgestore_conflicts` — one row per concurrent value of a conflicting column: table,
 //!   rendered primary key, the first key column's value (to join with the table), column,
@@ -104,7 +105,8 @@ impl SystemTable {
             SystemTable::Columns => catalog
                 .live_tables()
                 .flat_map(|t| {
-                    t.schema.columns.iter().enumerate().map(|(i, c)| {
+                    // A key-less table's hidden identity is not one of its columns here.
+                    t.schema.visible_columns().iter().enumerate().map(|(i, c)| {
                         let pk = t.schema.primary_key.iter().position(|k| *k == c.name);
                         vec![
                             text(&t.schema.name),

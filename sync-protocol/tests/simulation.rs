@@ -37,7 +37,7 @@
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch};
+use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch, WriteError};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sync_protocol::{Backoff, ClusterId, Event, Frame, Session, SessionConfig};
@@ -58,6 +58,12 @@ fn table() -> TableSchema {
         .column(ColumnDef::new("v", ColumnType::Text))
         .column(ColumnDef::new("n", ColumnType::Counter))
         .primary_key(&["k"])
+}
+
+/// A table without a primary key: every node inserts the same row into it, and each
+/// acknowledged insert must stay a row of its own (design.md § Tables without a primary key).
+fn events() -> TableSchema {
+    TableSchema::without_key("events").column(ColumnDef::new("what", ColumnType::Text))
 }
 
 /// A frame in flight. Ordered by delivery time, then by send order, for determinism.
@@ -115,6 +121,8 @@ struct Acknowledged {
     rows: BTreeMap<i64, String>,
     /// Shared rows: key → sum of acknowledged increments.
     increments: BTreeMap<i64, i64>,
+    /// Acknowledged inserts of the identical row into the key-less `events`.
+    events: usize,
 }
 
 struct Sim {
@@ -224,7 +232,7 @@ impl Sim {
     }
 
     fn setup_shared_rows(&mut self) {
-        let mut batch = WriteBatch::new().create_table(table());
+        let mut batch = WriteBatch::new().create_table(table()).create_table(events());
         for k in 0..SHARED_ROWS {
             batch = batch.insert("kv", [("k", Value::from(k)), ("v", Value::from("init"))]);
             self.acked.increments.insert(k, 0);
@@ -393,7 +401,8 @@ impl Sim {
             return false;
         }
         let now = self.now_ms as i64;
-        let (batch, effect) = match self.rng.random_range(0..3) {
+        let (batch, effect) = match self.rng.random_range(0..4) {
+            3 => (WriteBatch::new().insert("events", [("what", Value::from("tick"))]), Effect::Event),
             0 => {
                 let key = self.next_key;
                 self.next_key += 1;
@@ -414,9 +423,15 @@ impl Sim {
             }
         };
         // A node that has not yet received the table or the shared rows refuses the write;
-        // only acknowledged writes count.
-        if self.replica(node).write(batch, now).is_ok() {
+        // only acknowledged writes count. A key-less insert is never a duplicate: that
+        // would be an identity given twice (a counter that went back).
+        let result = self.replica(node).write(batch, now);
+        if let Err(WriteError::DuplicateKey { table, key }) = &result {
+            assert_ne!(table, "events", "seed {}: node {node} gave the identity {key} twice", self.seed);
+        }
+        if result.is_ok() {
             match effect {
+                Effect::Event => self.acked.events += 1,
                 Effect::Row(key, value) => {
                     self.acked.rows.insert(key, value);
                 }
@@ -635,6 +650,7 @@ impl Sim {
 }
 
 enum Effect {
+    Event,
     Row(i64, String),
     Increment(i64, i64),
     None,
@@ -748,7 +764,7 @@ fn run_schedule(seed: u64) -> Outcome {
     sim.assert_horizons_reached();
     Outcome {
         heal_to_converged_ms,
-        writes: sim.acked.rows.len() + sim.acked.increments.len(),
+        writes: sim.acked.rows.len() + sim.acked.increments.len() + sim.acked.events,
         compacted: sim.compacted,
         docs_saved: sim.docs_saved,
         below_floor_closes: sim.below_floor_closes,
@@ -773,6 +789,10 @@ fn check_state(sim: &Sim, seed: u64) {
     for (key, sum) in &sim.acked.increments {
         assert_eq!(int(&by_key[key][2]), *sum, "seed {seed}: counter {key} lost increments");
     }
+    // Identical rows from every node: as many as were acknowledged, none merged into another.
+    let events: Vec<Vec<Value>> = reference.snapshot().unwrap().scan("events").unwrap().map(Result::unwrap).collect();
+    assert_eq!(events.len(), sim.acked.events, "seed {seed}: key-less rows lost or merged");
+    assert!(events.iter().all(|row| row[2] == Value::from("tick")), "seed {seed}: key-less row values");
 }
 
 fn int(value: &Value) -> i64 {
