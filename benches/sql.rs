@@ -140,7 +140,7 @@ fn load_edgestore(dir: &std::path::Path, facts: i64, dims: i64) -> (Replica, Dur
     for schema in schemas() {
         ddl = ddl.create_table(schema);
     }
-    let index = IndexSchema { name: "fact_by_dim".into(), table: "fact".into(), columns: vec!["dim_id".into()] };
+    let index = IndexSchema::new("fact_by_dim", "fact", &["dim_id"]);
     replica.write(ddl.create_index(index), NOW_MS).expect("ddl");
     let mut batch = WriteBatch::new();
     for r in 0..REGIONS {

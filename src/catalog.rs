@@ -244,10 +244,12 @@ fn foreign_key_sql(fk: &ForeignKeyDef) -> String {
 
 /// The `CREATE INDEX` statement of a definition.
 pub fn index_sql(schema: &IndexSchema) -> String {
-    format!("CREATE INDEX {} ON {} ({})", schema.name, schema.table, schema.columns.join(", "))
+    let unique = if schema.unique { "UNIQUE " } else { "" };
+    format!("CREATE {unique}INDEX {} ON {} ({})", schema.name, schema.table, schema.columns.join(", "))
 }
 
-fn sql_literal(value: &crate::Value) -> String {
+/// A value as a SQL literal, for statements and messages.
+pub(crate) fn sql_literal(value: &crate::Value) -> String {
     match value {
         crate::Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
         crate::Value::Boolean(b) => if *b { "TRUE" } else { "FALSE" }.to_string(),
@@ -322,6 +324,29 @@ mod tests {
         assert_eq!(decoded, with_constraints());
         let older: TableSchemaBefore = decode_definition("t", &bytes).unwrap();
         assert_eq!(older, before(&plain()));
+    }
+
+    /// `IndexSchema` before `unique`.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct IndexSchemaBefore {
+        name: String,
+        table: String,
+        columns: Vec<String>,
+    }
+
+    #[test]
+    fn a_plain_index_encodes_as_before_and_a_unique_one_round_trips() {
+        let plain = IndexSchema::new("t_v", "t", &["v"]);
+        let before = IndexSchemaBefore { name: "t_v".into(), table: "t".into(), columns: vec!["v".into()] };
+        assert_eq!(codec::encode(&plain), codec::encode(&before), "digests and identical-DDL merges must not change");
+        let unique = plain.clone().unique();
+        let def = IndexDef { schema: unique.clone(), table_epoch: 1 };
+        let decoded: IndexDef = decode_definition("t_v", &encode_index(&def)).unwrap();
+        assert_eq!(decoded, def);
+        // An older reader sees a plain index.
+        let older: IndexSchemaBefore = codec::decode(&codec::encode(&unique)).unwrap();
+        assert_eq!(older, before);
+        assert_eq!(index_sql(&unique), "CREATE UNIQUE INDEX t_v ON t (v)");
     }
 
     #[test]

@@ -419,6 +419,21 @@ pub enum WriteError {
         /// The key, displayed.
         key: String,
     },
+    /// A write would give two rows one value under a unique index (docs/design.md
+    /// § Unique indexes). SQLite's words first, so that messages match.
+    #[error("UNIQUE constraint failed: {columns}: {value} is held by the row {holder} (index {index})")]
+    UniqueViolation {
+        /// The table.
+        table: String,
+        /// The unique index.
+        index: String,
+        /// Its columns as SQLite names them: `t.a, t.b`.
+        columns: String,
+        /// The value tuple, displayed.
+        value: String,
+        /// The primary key of the row that holds it (another row of the batch, or a stored one).
+        holder: String,
+    },
     /// A write gave a value for a hidden identity column of a table without a primary key.
     #[error("{table}.{column} is assigned by the store in a table without a primary key; leave it out")]
     IdentityAssigned {

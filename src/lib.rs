@@ -45,7 +45,8 @@ pub use error::{ApplyError, OpenError, ReadError, StorageError, WriteError};
 pub use handle::ReplicaHandle;
 pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
-    RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, WriteBatch, WriteOp, WriteReceipt, PENDING_CHANGES_MAX,
+    RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, UniqueConflict, WriteBatch, WriteOp, WriteReceipt,
+    PENDING_CHANGES_MAX,
 };
 pub use replica::{CacheFigures, OpenOptions, RedbTableStats, StorageStats, UserTableStats};
 pub use replica::{CompactReport, SaveReport, SAVE_TAIL_CHANGES_MIN};

@@ -137,7 +137,8 @@ pub const ORIGIN_COLUMN: &str = "_origin";
 /// How many hidden columns lead a table without a primary key.
 pub const ROWID_HIDDEN_COLUMNS: usize = 2;
 
-/// What `CREATE INDEX` defines.
+/// What `CREATE INDEX` defines. Encoded like [`TableSchema`]: fields by position, new
+/// ones appended and left out when empty.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IndexSchema {
     /// Index name, lower-cased.
@@ -146,6 +147,10 @@ pub struct IndexSchema {
     pub table: String,
     /// Indexed columns, in key order.
     pub columns: Vec<String>,
+    /// `CREATE UNIQUE INDEX` or a `UNIQUE` constraint: local writes may not give two rows
+    /// one non-NULL value tuple (docs/design.md § Unique indexes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unique: bool,
 }
 
 /// A definition that cannot be accepted.
@@ -393,14 +398,32 @@ impl IndexSchema {
             name: name.to_ascii_lowercase(),
             table: table.to_ascii_lowercase(),
             columns: columns.iter().map(|c| c.to_ascii_lowercase()).collect(),
+            unique: false,
         }
     }
 
-    /// Validates the index against the definition of its table.
+    /// Makes the index unique.
+    pub fn unique(mut self) -> IndexSchema {
+        self.unique = true;
+        self
+    }
+
+    /// Validates the index against the definition of its table. A unique index may not
+    /// cover a `COUNTER` column: merged increments add up, so no value of it is ever held.
     pub fn validate(mut self, table: &TableSchema) -> Result<IndexSchema, SchemaError> {
         self.name = normalize_name(&self.name)?;
         self.table = normalize_name(&self.table)?;
         self.columns = validate_key(&self.name, &self.columns, &table.columns)?;
+        let counter = self
+            .columns
+            .iter()
+            .find(|c| table.column_index(c).is_some_and(|i| table.columns[i].ty == ColumnType::Counter));
+        if let (true, Some(counter)) = (self.unique, counter) {
+            return Err(SchemaError::BadKey {
+                object: self.name.clone(),
+                reason: format!("a unique index cannot cover the COUNTER column {counter}"),
+            });
+        }
         Ok(self)
     }
 }

@@ -281,3 +281,32 @@ fn wrong_write_error_kinds_are_matchable() {
     let mut a = open(&dir, 1);
     assert!(matches!(a.write(insert(1, "x"), 0), Err(WriteError::UnknownTable(t)) if t == "sensors"));
 }
+
+#[test]
+fn unique_indexes_are_checked_on_the_batch_as_a_whole() {
+    let dir = TempDir::new().unwrap();
+    let mut a = with_table(&dir, 1);
+    let by_name = IndexSchema::new("sensors_name", "sensors", &["name"]).unique();
+    a.write(WriteBatch::new().create_index(by_name).merge(insert(1, "pump")), 0).unwrap();
+    let digest = a.state_digest().unwrap();
+    let refused = a.write(insert(2, "pump"), 0).unwrap_err();
+    assert!(matches!(&refused, WriteError::UniqueViolation { index, .. } if index == "sensors_name"), "{refused}");
+    assert_eq!(
+        refused.to_string(),
+        "UNIQUE constraint failed: sensors.name: ('pump') is held by the row (1) (index sensors_name)"
+    );
+    // Two new rows of one batch, each free of stored holders.
+    assert!(matches!(a.write(insert(2, "fan").merge(insert(3, "fan")), 0), Err(WriteError::UniqueViolation { .. })));
+    assert_eq!(a.state_digest().unwrap(), digest, "a refused batch leaves nothing");
+    // Whatever the order of its operations, a batch that frees a value may give it away.
+    let handover = insert(2, "pump").delete("sensors", vec![1.into()]);
+    a.write(handover, 0).unwrap();
+    assert_eq!(get(&a, 2).unwrap()[1], Value::from("pump"));
+    let renamed = insert(3, "fan").update("sensors", vec![2.into()], [("name", Value::from("pump2"))]);
+    a.write(renamed.merge(insert(4, "pump")), 0).unwrap();
+    // The check only runs for a unique index; on a COUNTER it is refused.
+    let on_counter = IndexSchema::new("sensors_hits", "sensors", &["hits"]).unique();
+    let refused = a.write(WriteBatch::new().create_index(on_counter), 0).unwrap_err();
+    assert!(refused.to_string().contains("cannot cover the COUNTER column hits"), "{refused}");
+    assert!(a.check_integrity().unwrap().is_empty());
+}

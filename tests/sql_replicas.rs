@@ -211,6 +211,72 @@ fn key_less_rows_inserted_on_two_nodes_are_all_kept() {
     assert_eq!(rows(&mut a, "SELECT count(*) FROM events"), vec![vec![Value::Integer(3)]]);
 }
 
+#[test]
+fn unique_values_inserted_on_two_nodes_apart_are_kept_and_listed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
+    run(&mut a, "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT)");
+    sync(&a, &mut b);
+    // Apart, each node takes the same address; each write is checked, and passes, locally.
+    run(&mut a, "INSERT INTO users VALUES (1, 'x@y', 'ann')");
+    run(&mut b, "INSERT INTO users VALUES (2, 'x@y', 'bob'), (3, 'z@y', 'cy')");
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(a.state_digest().expect("digest"), b.state_digest().expect("digest"));
+    // Neither acknowledged write is lost: both rows stay, and the violation is listed,
+    // with the least key the winner, on both nodes alike.
+    let holders = "SELECT id FROM users WHERE email = 'x@y' ORDER BY id";
+    assert_eq!(rows(&mut a, holders), vec![vec![Value::Integer(1)], vec![Value::Integer(2)]]);
+    let listed = "SELECT table_name, primary_key, column_name, winner, value, is_winner FROM edgestore_conflicts \
+                  WHERE kind = 'unique' ORDER BY primary_key";
+    let expected = vec![
+        vec!["users".into(), "(1)".into(), "email".into(), "(1)".into(), "x@y".into(), Value::Boolean(true)],
+        vec!["users".into(), "(2)".into(), "email".into(), "(1)".into(), "x@y".into(), Value::Boolean(false)],
+    ];
+    assert_eq!(rows(&mut a, listed), expected);
+    assert_eq!(rows(&mut b, listed), expected);
+
+    // A member of the violation can still be changed in its other columns; a third holder
+    // of the value, or taking it with an update, is refused.
+    assert_eq!(run(&mut b, "UPDATE users SET name = 'bo' WHERE email = 'x@y'"), 2);
+    let refused = sql::execute(&mut a, "INSERT INTO users VALUES (4, 'x@y', 'dee')", &[], 0).map(|_| ());
+    assert!(refused.is_err_and(|e| e.to_string().contains("UNIQUE constraint failed: users.email")));
+    let refused = sql::execute(&mut a, "UPDATE users SET email = 'x@y' WHERE id = 3", &[], 0).map(|_| ());
+    assert!(refused.is_err_and(|e| e.to_string().contains("UNIQUE constraint failed: users.email")));
+
+    // Changing all but one member resolves it, everywhere.
+    run(&mut a, "UPDATE users SET email = 'w@y' WHERE id = 2");
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    assert_eq!(rows(&mut b, "SELECT count(*) FROM edgestore_conflicts"), vec![vec![Value::Integer(0)]]);
+    let all = "SELECT id, email, name FROM users ORDER BY id";
+    assert_eq!(rows(&mut a, all), rows(&mut b, all));
+    assert_eq!(a.check_integrity().expect("check"), Vec::new());
+}
+
+#[test]
+fn a_unique_index_created_while_another_node_inserts_a_duplicate_lists_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
+    run(&mut a, "CREATE TABLE devices (serial TEXT, site TEXT)");
+    run(&mut a, "INSERT INTO devices VALUES ('s1', 'north')");
+    sync(&a, &mut b);
+    run(&mut a, "CREATE UNIQUE INDEX devices_serial ON devices (serial)");
+    run(&mut b, "INSERT INTO devices VALUES ('s1', 'south')");
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    let listed =
+        "SELECT count(*), count(DISTINCT winner), sum(is_winner) FROM edgestore_conflicts WHERE kind = 'unique'";
+    let expected = vec![vec![Value::Integer(2), Value::Integer(1), Value::Integer(1)]];
+    assert_eq!(rows(&mut a, listed), expected);
+    assert_eq!(rows(&mut b, listed), expected);
+    // Once a node has the index, it checks its own writes.
+    let refused = sql::execute(&mut b, "INSERT INTO devices VALUES ('s1', 'east')", &[], 0).map(|_| ());
+    assert!(refused.is_err_and(|e| e.to_string().contains("UNIQUE constraint failed: devices.serial")));
+    assert_eq!(run(&mut b, "DELETE FROM devices WHERE site = 'south'"), 1);
+    assert_eq!(rows(&mut b, listed), vec![vec![Value::Integer(0), Value::Integer(0), Value::Null]]);
+}
+
 fn sql_blob(v: &Value) -> String {
     let Value::Blob(bytes) = v else { panic!("{v:?} is not a blob") };
     format!("x'{}'", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())

@@ -40,7 +40,8 @@ Statements end with ';' and may span several lines. Dot-commands:
                         how results are printed (default: table)
   .timer on|off         print how long each statement took
   .timeout MS           stop statements that run longer than MS milliseconds (0: no limit)
-  .conflicts [TABLE]    concurrent values that conflict, with the node that wrote each
+  .conflicts [TABLE]    concurrent values that conflict, with the node that wrote each,
+                        and rows sharing a value of a UNIQUE column (kind unique)
   .history TABLE KEY... who changed the row, when, and what, in causal order
                         (KEY: the primary key's values, e.g. .history sensors 10)
   .digest               the state digest (equal on two nodes iff they hold the same data)
@@ -323,8 +324,8 @@ impl Shell {
             }
             ("conflicts", table) => {
                 let sql =
-                    "SELECT table_name, primary_key, column_name, value, node, is_winner FROM edgestore_conflicts \
-                           WHERE ? IS NULL OR table_name = ? ORDER BY table_name, primary_key, column_name, is_winner";
+                    "SELECT kind, table_name, primary_key, column_name, value, node, is_winner FROM edgestore_conflicts \
+                           WHERE ? IS NULL OR table_name = ? ORDER BY kind, table_name, column_name, primary_key, is_winner";
                 let filter = table.map_or(Value::Null, |t| Value::from(t.to_ascii_lowercase()));
                 let answer = self.backend.execute(sql, &[filter.clone(), filter], self.limits)?;
                 self.print(&answer.columns, &answer.rows, out)?;

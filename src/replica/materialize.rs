@@ -464,7 +464,7 @@ fn clear_prefix(table: &mut redb::Table<'_, &'static [u8], &'static [u8]>, prefi
 }
 
 /// A `rows_v1` record that does not decode.
-fn corrupt_record(source: crate::record::RecordError) -> StorageError {
+pub(super) fn corrupt_record(source: crate::record::RecordError) -> StorageError {
     Corruption::Record { table: "rows_v1", source }.into()
 }
 

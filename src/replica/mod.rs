@@ -25,6 +25,7 @@ mod restore;
 mod save;
 mod stats;
 mod transfer;
+mod unique;
 mod write;
 
 use std::sync::Arc;
@@ -56,12 +57,13 @@ pub use holders::{
 };
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
-pub use read::{RowConflicts, RowIter, Snapshot};
+pub use read::{RowConflicts, RowIter, Snapshot, UniqueConflict};
 pub use save::{SaveReport, SAVE_SCAN_DOCS_MAX, SAVE_TAIL_CHANGES_MIN};
 pub use stats::{CacheFigures, RedbTableStats, StorageStats, UserTableStats};
 pub use transfer::{
     TransferBatch, TransferDoc, TransferProgress, TransferReport, TRANSFER_DOCS_MAX, TRANSFER_DOC_BYTES_MAX,
 };
+pub(crate) use unique::enforced as unique_enforced;
 pub use write::{WriteBatch, WriteOp, WriteReceipt};
 
 /// Changes kept in a document's tail before its snapshot is rewritten (amortizes `save`).

@@ -69,6 +69,22 @@ pub struct RowConflicts {
     pub columns: Vec<ColumnConflict>,
 }
 
+/// Rows that hold one value under a unique index: concurrent writes, each checked on its
+/// own node, merged (docs/design.md § Unique indexes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UniqueConflict {
+    /// The table.
+    pub table: String,
+    /// The unique index.
+    pub index: String,
+    /// Its columns.
+    pub columns: Vec<String>,
+    /// The value tuple the rows share (never with a NULL).
+    pub value: Vec<Value>,
+    /// The rows' primary keys, least first: the first is the conflict's winner.
+    pub keys: Vec<Vec<Value>>,
+}
+
 /// A consistent, read-only view of one committed state.
 pub struct Snapshot {
     /// Shared while a group commit pins the last durable state for readers (`handle.rs`).
@@ -258,6 +274,57 @@ impl Snapshot {
             let (name, pk) = keys::decode_name(key.value()).map_err(corrupt)?;
             let pk = keys::decode_tuple(pk).map_err(corrupt)?;
             out.push(RowConflicts { table: name.to_string(), key: pk, columns: decode_conflicts(value.value())? });
+        }
+        Ok(out)
+    }
+
+    /// Every unique conflict, by index and then value, in index order. Found by a scan of
+    /// each enforced unique index (its entries are ordered by value, then primary key).
+    pub fn unique_conflicts(&self) -> Result<Vec<UniqueConflict>, ReadError> {
+        let indexes = self.txn.open_table(storage::INDEXES).map_err(StorageError::from)?;
+        let corrupt = |source| StorageError::from(Corruption::Key { table: "indexes_v1", source });
+        let mut out = Vec::new();
+        for index in self.catalog.indexes.values() {
+            let Some(index) = self.catalog.index(&index.def.schema.name) else { continue };
+            let table = self.table(&index.def.schema.table)?;
+            if !super::unique::enforced(index, table) {
+                continue;
+            }
+            let schema = &index.def.schema;
+            let prefix = keys::index_key(&schema.name, &[], &[]);
+            let end = keys::prefix_end(&prefix).expect("names are not all 0xFF");
+            // The group of entries sharing one value tuple, while it is being read.
+            let mut group: Option<(Vec<u8>, Vec<Vec<Value>>)> = None;
+            let mut finish = |group: Option<(Vec<u8>, Vec<Vec<Value>>)>| -> Result<(), StorageError> {
+                if let Some((tuple, keys)) = group.filter(|(_, keys)| keys.len() >= 2) {
+                    let value = keys::decode_tuple(&tuple).map_err(corrupt)?;
+                    debug_assert!(!value.iter().any(Value::is_null), "NULLs are distinct: never grouped");
+                    out.push(UniqueConflict {
+                        table: schema.table.clone(),
+                        index: schema.name.clone(),
+                        columns: schema.columns.clone(),
+                        value,
+                        keys,
+                    });
+                }
+                Ok(())
+            };
+            for item in indexes.range::<&[u8]>(prefix.as_slice()..end.as_slice()).map_err(StorageError::from)? {
+                let (key, _) = item.map_err(StorageError::from)?;
+                let rest = &key.value()[prefix.len()..];
+                let values_len = keys::tuple_prefix_len(rest, schema.columns.len()).map_err(corrupt)?;
+                let (tuple, pk) = rest.split_at(values_len);
+                let pk = keys::decode_tuple(pk).map_err(corrupt)?;
+                match &mut group {
+                    Some((current, keys)) if current.as_slice() == tuple => keys.push(pk),
+                    _ => {
+                        let has_null = keys::decode_tuple(tuple).map_err(corrupt)?.iter().any(Value::is_null);
+                        let next = (!has_null).then(|| (tuple.to_vec(), vec![pk]));
+                        finish(std::mem::replace(&mut group, next))?;
+                    }
+                }
+            }
+            finish(group)?;
         }
         Ok(out)
     }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use automerge::transaction::CommitOptions;
 
 use super::materialize::{Cause, ChangedDoc};
+use super::unique;
 use super::{take_or_create_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
 use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
 use crate::change::{DocChange, DocKey, VerifiedChange, CHANGE_BYTES_MAX, CHANGE_DOCS_MAX};
@@ -286,6 +287,7 @@ impl Replica {
             // reads the stored counter back).
             self.stage_op(tables, &mut ctx, op)?;
         }
+        self.check_unique(tables, &ctx)?;
         if self.next_row_n != row_n_before {
             debug_assert!(self.next_row_n > row_n_before, "the insert counter never goes back");
             tables.meta.insert(crate::storage::META_NEXT_ROW_N, self.next_row_n.to_be_bytes().as_slice())?;
@@ -339,6 +341,26 @@ impl Replica {
         self.announced = self.versions.clone();
         tables.meta.insert(crate::storage::META_ANNOUNCED, crate::codec::encode(&self.announced).as_slice())?;
         Ok(WriteReceipt { seq: Some(seq), rows_affected })
+    }
+
+    /// Refuses the batch if it gives two rows one value under a unique index
+    /// (`unique.rs`); cheap when no table has one.
+    fn check_unique(&self, tables: &WriteTables<'_>, ctx: &BatchCtx) -> Result<(), WriteError> {
+        let catalog = ctx.catalog(&self.catalog);
+        if !catalog.indexes.values().any(|i| i.def.schema.unique) {
+            return Ok(());
+        }
+        let staged: Vec<unique::StagedRow<'_>> = ctx
+            .docs
+            .values()
+            .filter_map(|staged| match &staged.key {
+                DocKey::Row { table, epoch, pk } => {
+                    Some(unique::StagedRow { table, epoch: *epoch, pk, doc: &staged.working.doc })
+                }
+                _ => None,
+            })
+            .collect();
+        unique::check_batch(catalog, &self.catalog, tables, &staged)
     }
 
     /// Returns the staged document for `key`, loading or creating it on first use.
@@ -725,8 +747,8 @@ fn coerce_key(schema: &TableSchema, key: Vec<Value>) -> Result<Vec<Value>, Write
     positions.into_iter().zip(key).map(|(i, value)| coerce_column(schema, i, value)).collect()
 }
 
-/// A primary key for messages: `(1, 'a')`.
+/// A primary key or value tuple for messages: `(1, 'a')`.
 pub(crate) fn show_key(pk: &[Value]) -> String {
-    let parts: Vec<String> = pk.iter().map(ToString::to_string).collect();
+    let parts: Vec<String> = pk.iter().map(catalog::sql_literal).collect();
     format!("({})", parts.join(", "))
 }

@@ -6,9 +6,9 @@
 //! keys (stored and shown, not enforced), `COLLATE BINARY`, `PRIMARY KEY ASC|DESC`,
 //! `WITHOUT ROWID`, `STRICT`, tables without a primary key (keyed by a hidden identity,
 //! docs/design.md § Tables without a primary key) and so `CREATE TABLE ... AS SELECT`
-//! (typed by the values it copies). What does not carry over is refused by
-//! name: `UNIQUE`, `AUTOINCREMENT`, other
-//! collations, conflict clauses other than the default `ABORT`.
+//! (typed by the values it copies), `UNIQUE` (a unique index created with the table,
+//! docs/design.md § Unique indexes). What does not carry over is refused by name:
+//! `AUTOINCREMENT`, other collations, conflict clauses other than the default `ABORT`.
 
 use sqlparser::ast;
 
@@ -18,7 +18,9 @@ use super::plan::Scope;
 use super::system::SYSTEM_PREFIX;
 use super::SqlError;
 use crate::replica::WriteOp;
-use crate::schema::{CheckDef, ColumnDef, ForeignKeyDef, TableSchema, ORIGIN_COLUMN, ROWID_COLUMN};
+use crate::schema::{
+    CheckDef, ColumnDef, ForeignKeyDef, IndexSchema, TableSchema, NAME_BYTES_MAX, ORIGIN_COLUMN, ROWID_COLUMN,
+};
 use crate::types::{ColumnType, Value};
 
 /// Translates `CREATE TABLE`, with the rows of `AS SELECT` if it has one, and the number
@@ -31,16 +33,65 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
     if let Some(query) = &ct.query {
         return create_table_as(ctx, ct, name, query);
     }
-    let mut draft = Draft { schema: TableSchema::new(&name), key: Vec::new() };
+    // SQLite leaves an existing table as it is; so do its unique indexes here.
+    if ct.if_not_exists && ctx.snap.catalog().table(&name).is_some() {
+        return Ok((Vec::new(), 0));
+    }
+    let mut draft = Draft { schema: TableSchema::new(&name), key: Vec::new(), uniques: Vec::new() };
     for column in &ct.columns {
         draft.column(ctx, column)?;
     }
     for constraint in &ct.constraints {
         draft.table_constraint(constraint)?;
     }
+    let uniques = std::mem::take(&mut draft.uniques);
     let schema = draft.finish(ct.without_rowid)?;
     Checks::bind(ctx, &schema)?;
-    Ok((vec![WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists }], 0))
+    let indexes = unique_indexes(&schema, uniques)?;
+    let if_not_exists = ct.if_not_exists;
+    let mut ops = vec![WriteOp::CreateTable { schema, if_not_exists }];
+    ops.extend(indexes.into_iter().map(|schema| WriteOp::CreateIndex { schema, if_not_exists }));
+    Ok((ops, 0))
+}
+
+/// The unique indexes of a table's `UNIQUE` constraints, named as SQLite names them. One
+/// on exactly the primary-key columns is met by the key itself and makes none.
+fn unique_indexes(schema: &TableSchema, uniques: Vec<Vec<String>>) -> Result<Vec<IndexSchema>, SqlError> {
+    let mut key = schema.primary_key.clone();
+    key.sort();
+    let mut indexes = Vec::new();
+    for columns in uniques {
+        let mut sorted = columns.clone();
+        sorted.sort();
+        if !schema.rowid && sorted == key {
+            continue;
+        }
+        let name = format!("sqlite_autoindex_{}_{}", schema.name, indexes.len() + 1);
+        if name.len() > NAME_BYTES_MAX {
+            return Err(SqlError::invalid(format!(
+                "table name {} is too long for the name of its UNIQUE constraint's index ({name}: at most \
+                 {NAME_BYTES_MAX} bytes); shorten it or create the table without UNIQUE and \
+                 CREATE UNIQUE INDEX by name",
+                schema.name
+            )));
+        }
+        let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+        indexes.push(IndexSchema::new(&name, &schema.name, &columns).unique());
+    }
+    Ok(indexes)
+}
+
+/// The columns of a `UNIQUE` constraint; refuses what it cannot mean here.
+fn unique_columns(unique: &ast::UniqueConstraint) -> Result<Vec<String>, SqlError> {
+    let plain = unique.index_type.is_none()
+        && unique.include.is_empty()
+        && unique.index_options.is_empty()
+        && unique.characteristics.is_none()
+        && !matches!(unique.nulls_distinct, ast::NullsDistinctOption::NotDistinct);
+    if !plain {
+        return Err(SqlError::unsupported(format!("{unique} (USING, INCLUDE, DEFERRABLE or NULLS NOT DISTINCT)")));
+    }
+    unique.columns.iter().map(super::ddl_dml::index_column).collect()
 }
 
 /// `CREATE TABLE t AS SELECT ...`: a table without a primary key, as SQLite makes it,
@@ -134,6 +185,8 @@ fn refuse_options(ct: &ast::CreateTable) -> Result<(), SqlError> {
 struct Draft {
     schema: TableSchema,
     key: Vec<String>,
+    /// The columns of each `UNIQUE` constraint, in definition order.
+    uniques: Vec<Vec<String>>,
 }
 
 impl Draft {
@@ -163,6 +216,10 @@ impl Draft {
                 def.default = Some(super::ddl_dml::conform(v, def.ty));
             }
             ast::ColumnOption::PrimaryKey(pk) if pk.columns.is_empty() => self.set_key(vec![def.name.clone()])?,
+            ast::ColumnOption::Unique(unique) if unique.columns.is_empty() => {
+                unique_columns(unique)?;
+                self.uniques.push(vec![def.name.clone()]);
+            }
             ast::ColumnOption::Check(check) => self.check(option.name.as_ref().or(check.name.as_ref()), check)?,
             ast::ColumnOption::ForeignKey(fk) => {
                 self.foreign_key(option.name.as_ref().or(fk.name.as_ref()), vec![def.name.clone()], fk)?
@@ -182,6 +239,10 @@ impl Draft {
                 self.set_key(key)
             }
             ast::TableConstraint::Check(check) => self.check(check.name.as_ref(), check),
+            ast::TableConstraint::Unique(unique) => {
+                self.uniques.push(unique_columns(unique)?);
+                Ok(())
+            }
             ast::TableConstraint::ForeignKey(fk) => {
                 let columns = fk.columns.iter().map(bind::ident).collect();
                 self.foreign_key(fk.name.as_ref(), columns, fk)
@@ -229,7 +290,7 @@ impl Draft {
     /// The definition: keyed by the declared primary key, or, without one, by the hidden
     /// identity of a key-less table (docs/design.md § Tables without a primary key).
     fn finish(self, without_rowid: bool) -> Result<TableSchema, SqlError> {
-        let Draft { schema, key } = self;
+        let Draft { schema, key, .. } = self;
         if !key.is_empty() {
             let key: Vec<&str> = key.iter().map(String::as_str).collect();
             return Ok(schema.primary_key(&key));

@@ -1,4 +1,4 @@
-//! DDL and DML: statements that become one [`WriteBatch`].
+//! DDL and DML: statements that become one [`WriteBatch`] (`INSERT` in `insert.rs`).
 //!
 //! Every statement is computed against a snapshot taken on the thread that owns the
 //! replica, then written as one atomic, durable batch, so `UPDATE ... WHERE` and
@@ -7,7 +7,6 @@
 //! by the difference (`SET c = c + 1` increments by 1), so concurrent increments on other
 //! nodes still add up.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlparser::ast;
@@ -18,8 +17,8 @@ use super::check::Checks;
 use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
 use super::plan::{Plan, Row, Scope};
-use super::value::{self, KeyValue};
-use super::{create_table, datetime, exec, explain, from, select, SqlError};
+use super::value;
+use super::{create_table, datetime, exec, explain, from, insert, SqlError};
 use crate::catalog::TableEntry;
 use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
 use crate::schema::IndexSchema;
@@ -41,7 +40,7 @@ pub(crate) fn run(
         ast::Statement::Drop {
             object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..
         } => (drop_ops(object_type, *if_exists, names)?, 0),
-        ast::Statement::Insert(insert) => self::insert(ctx, insert)?,
+        ast::Statement::Insert(ins) => insert::insert(ctx, ins)?,
         ast::Statement::Update(update) => self::update(ctx, update)?,
         ast::Statement::Delete(delete) => self::delete(ctx, delete)?,
         other => return Err(SqlError::unsupported(statement_feature(other))),
@@ -106,8 +105,9 @@ pub(super) fn index_column(c: &ast::IndexColumn) -> Result<String, SqlError> {
 
 fn create_index(ci: &ast::CreateIndex) -> Result<WriteOp, SqlError> {
     let Some(name) = &ci.name else { return Err(SqlError::unsupported("CREATE INDEX without a name")) };
-    if ci.unique || ci.predicate.is_some() || !ci.include.is_empty() || ci.using.is_some() || ci.concurrently {
-        return Err(SqlError::unsupported("UNIQUE, partial, USING or INCLUDE indexes"));
+    let nulls_not_distinct = ci.nulls_distinct == Some(false);
+    if ci.predicate.is_some() || !ci.include.is_empty() || ci.using.is_some() || ci.concurrently || nulls_not_distinct {
+        return Err(SqlError::unsupported("partial, USING, INCLUDE or NULLS NOT DISTINCT indexes"));
     }
     let name = bind::object_name(name)?;
     create_table::check_name(&name)?;
@@ -115,6 +115,7 @@ fn create_index(ci: &ast::CreateIndex) -> Result<WriteOp, SqlError> {
         name,
         table: bind::object_name(&ci.table_name)?,
         columns: ci.columns.iter().map(index_column).collect::<Result<_, _>>()?,
+        unique: ci.unique,
     };
     Ok(WriteOp::CreateIndex { schema, if_not_exists: ci.if_not_exists })
 }
@@ -149,207 +150,12 @@ pub(super) fn conform(v: Value, ty: ColumnType) -> Value {
     key_value(&v, ty).unwrap_or(v)
 }
 
-fn target_table<'s>(snap: &'s Snapshot, name: &ast::ObjectName) -> Result<&'s TableEntry, SqlError> {
+pub(super) fn target_table<'s>(snap: &'s Snapshot, name: &ast::ObjectName) -> Result<&'s TableEntry, SqlError> {
     let name = bind::object_name(name)?;
     snap.catalog().table(&name).ok_or(SqlError::UnknownTable(name))
 }
 
-fn pk_of(table: &TableEntry, row: &[Value]) -> Vec<Value> {
-    table.schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect()
-}
-
-fn pk_key(pk: &[Value]) -> Vec<KeyValue> {
-    pk.iter().map(value::key_of).collect()
-}
-
-enum OnConflict {
-    Fail,
-    Nothing,
-    Replace,
-    Update { assignments: Vec<(usize, Expr)>, filter: Option<Expr> },
-}
-
-/// An `INSERT` planned: the target, the columns filled, where the rows come from and what
-/// a key conflict does.
-struct InsertPlan {
-    table: TableEntry,
-    columns: Vec<usize>,
-    source: Plan,
-    on_conflict: OnConflict,
-}
-
-fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertPlan, SqlError> {
-    if ins.returning.is_some() || !ins.assignments.is_empty() || ins.partitioned.is_some() || ins.overwrite {
-        return Err(SqlError::unsupported("INSERT with RETURNING, SET or PARTITION"));
-    }
-    let ast::TableObject::TableName(name) = &ins.table else {
-        return Err(SqlError::unsupported("INSERT into a table function"));
-    };
-    let table = target_table(ctx.snap, name)?.clone();
-    let schema = &table.schema;
-    let columns: Vec<usize> = if ins.columns.is_empty() {
-        // Not a key-less table's hidden identity, which the store assigns.
-        (schema.hidden_columns()..schema.columns.len()).collect()
-    } else {
-        ins.columns
-            .iter()
-            .map(|c| {
-                let c = bind::object_name(c)?;
-                schema.column_index(&c).ok_or_else(|| SqlError::UnknownColumn(format!("{}.{c}", schema.name)))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    let Some(source) = &ins.source else { return Err(SqlError::unsupported("INSERT ... DEFAULT VALUES")) };
-    let planned = select::plan_query(ctx, source)?;
-    if planned.columns.len() != columns.len() {
-        return Err(SqlError::invalid(format!(
-            "table {} has {} columns to fill but {} values were supplied",
-            schema.name,
-            columns.len(),
-            planned.columns.len()
-        )));
-    }
-    let on_conflict = on_conflict(ctx, &table, ins)?;
-    Ok(InsertPlan { table, columns, source: planned.plan, on_conflict })
-}
-
-fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp>, u64), SqlError> {
-    let InsertPlan { table, columns, source, on_conflict } = plan_insert(ctx, ins)?;
-    let schema = &table.schema;
-    let checks = Checks::bind(ctx, schema)?;
-    let (rows, mut reservation) = collect(exec::open(source, ctx.snap, ctx.limits)?, ctx.limits)?;
-    let mut ops = Vec::new();
-    let mut affected = 0;
-    // Rows this statement has written so far, by key: a later row of the same statement
-    // conflicts with them as with stored rows.
-    let mut written: HashMap<Vec<KeyValue>, Row> = HashMap::new();
-    for values in rows {
-        ctx.limits.check()?;
-        // The operation written and the row remembered for later conflicts hold it twice.
-        reservation.grow(2 * limits::row_bytes(&values))?;
-        let full = full_row(&table, &columns, values);
-        // The insert's named values, built only for the outcomes that insert.
-        let named = || -> Vec<(String, Value)> {
-            columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect()
-        };
-        if schema.rowid {
-            // Each row gets a new identity from the store: no conflict is possible, as in
-            // SQLite for a table without unique constraints.
-            checks.enforce(&full)?;
-            ops.push(WriteOp::Insert { table: schema.name.clone(), values: named() });
-            affected += 1;
-            continue;
-        }
-        let pk = pk_of(&table, &full);
-        let key = pk_key(&pk);
-        let existing = match written.get(&key) {
-            Some(row) => Some(row.clone()),
-            None if matches!(on_conflict, OnConflict::Fail) => None,
-            None => stored_row(ctx.snap, &table, &pk)?,
-        };
-        let new_state = match (&on_conflict, existing) {
-            (_, None) | (OnConflict::Fail, _) => {
-                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named() });
-                Some(full)
-            }
-            (OnConflict::Nothing, Some(_)) => None,
-            (OnConflict::Replace, Some(_)) => {
-                ops.push(WriteOp::Delete { table: schema.name.clone(), key: pk.clone() });
-                ops.push(WriteOp::Insert { table: schema.name.clone(), values: named() });
-                Some(full)
-            }
-            (OnConflict::Update { assignments, filter }, Some(old)) => {
-                let mut both = old.clone();
-                both.extend(full);
-                if let Some(f) = filter {
-                    if !f.passes(&both)? {
-                        continue;
-                    }
-                }
-                let new = assigned(&table, &old, assignments, &both)?;
-                ops.extend(update_ops(&table, &pk, &old, &new)?);
-                Some(new)
-            }
-        };
-        if let Some(state) = new_state {
-            checks.enforce(&state)?;
-            affected += 1;
-            written.insert(key, state);
-        }
-    }
-    Ok((ops, affected))
-}
-
-fn stored_row(snap: &Snapshot, table: &TableEntry, pk: &[Value]) -> Result<Option<Row>, SqlError> {
-    let types: Vec<ColumnType> =
-        table.schema.primary_key_indexes().into_iter().map(|i| table.schema.columns[i].ty).collect();
-    let Some(key) = pk.iter().zip(types).map(|(v, ty)| key_value(v, ty)).collect::<Option<Vec<_>>>() else {
-        // A key the column cannot hold: the insert itself will be refused with a type error.
-        return Ok(None);
-    };
-    Ok(snap.get(&table.schema.name, &key)?)
-}
-
-/// The row an insert creates: named values, then defaults, then NULL (0 for counters).
-fn full_row(table: &TableEntry, columns: &[usize], values: Row) -> Row {
-    let schema = &table.schema;
-    let mut row: Vec<Option<Value>> = vec![None; schema.columns.len()];
-    for (&i, v) in columns.iter().zip(values) {
-        row[i] = Some(conform(v, schema.columns[i].ty));
-    }
-    row.into_iter()
-        .zip(&schema.columns)
-        .map(|(v, c)| match v {
-            Some(v) => v,
-            None => {
-                c.default.clone().unwrap_or(if c.ty == ColumnType::Counter { Value::Integer(0) } else { Value::Null })
-            }
-        })
-        .collect()
-}
-
-fn on_conflict(ctx: PlanCtx<'_>, table: &TableEntry, ins: &ast::Insert) -> Result<OnConflict, SqlError> {
-    if ins.replace_into || matches!(ins.or, Some(ast::SqliteOnConflict::Replace)) {
-        return Ok(OnConflict::Replace);
-    }
-    if ins.ignore || matches!(ins.or, Some(ast::SqliteOnConflict::Ignore)) {
-        return Ok(OnConflict::Nothing);
-    }
-    if ins.or.is_some() {
-        return Err(SqlError::unsupported("INSERT OR ROLLBACK/ABORT/FAIL"));
-    }
-    let Some(on) = &ins.on else { return Ok(OnConflict::Fail) };
-    let ast::OnInsert::OnConflict(conflict) = on else {
-        return Err(SqlError::unsupported("ON DUPLICATE KEY UPDATE"));
-    };
-    match &conflict.conflict_target {
-        None => {}
-        Some(ast::ConflictTarget::Columns(names)) => {
-            let mut names: Vec<String> = names.iter().map(bind::ident).collect();
-            let mut key = table.schema.primary_key.clone();
-            names.sort();
-            key.sort();
-            if names != key {
-                return Err(SqlError::unsupported("ON CONFLICT on columns other than the primary key"));
-            }
-        }
-        Some(other) => return Err(SqlError::unsupported(format!("ON CONFLICT {other}"))),
-    }
-    match &conflict.action {
-        ast::OnConflictAction::DoNothing => Ok(OnConflict::Nothing),
-        ast::OnConflictAction::DoUpdate(update) => {
-            let mut scope = Scope::default();
-            let columns: Vec<String> = table.schema.columns.iter().map(|c| c.name.clone()).collect();
-            scope.push_table(&table.schema.name, columns.clone())?;
-            scope.push_table("excluded", columns)?;
-            let assignments = assignments(ctx, &scope, table, &update.assignments)?;
-            let filter = update.selection.as_ref().map(|s| Binder::new(ctx, &scope).bind(s)).transpose()?;
-            Ok(OnConflict::Update { assignments, filter })
-        }
-    }
-}
-
-fn assignments(
+pub(super) fn assignments(
     ctx: PlanCtx<'_>,
     scope: &Scope,
     table: &TableEntry,
@@ -374,7 +180,12 @@ fn assignments(
 }
 
 /// The row after assignments evaluated on `input` (old row, plus `excluded` for upserts).
-fn assigned(table: &TableEntry, old: &Row, assignments: &[(usize, Expr)], input: &Row) -> Result<Row, SqlError> {
+pub(super) fn assigned(
+    table: &TableEntry,
+    old: &Row,
+    assignments: &[(usize, Expr)],
+    input: &Row,
+) -> Result<Row, SqlError> {
     let mut new = old.clone();
     for (i, e) in assignments {
         new[*i] = conform(e.eval(input)?, table.schema.columns[*i].ty);
@@ -384,7 +195,7 @@ fn assigned(table: &TableEntry, old: &Row, assignments: &[(usize, Expr)], input:
 
 /// The operations turning `old` into `new`: one update of the changed plain columns and an
 /// increment per changed counter.
-fn update_ops(table: &TableEntry, pk: &[Value], old: &Row, new: &Row) -> Result<Vec<WriteOp>, SqlError> {
+pub(super) fn update_ops(table: &TableEntry, pk: &[Value], old: &Row, new: &Row) -> Result<Vec<WriteOp>, SqlError> {
     let schema = &table.schema;
     let mut set = Vec::new();
     let mut ops = Vec::new();
@@ -471,15 +282,9 @@ fn matching_plan(
 pub(crate) fn explain(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Vec<String>, SqlError> {
     let (head, plan) = match statement {
         ast::Statement::Insert(ins) => {
-            let plan = plan_insert(ctx, ins)?;
-            let conflict = match plan.on_conflict {
-                _ if plan.table.schema.rowid => "each row a new identity: no key conflicts",
-                OnConflict::Fail => "a key that exists fails the statement",
-                OnConflict::Nothing => "ON CONFLICT DO NOTHING: each row's key looked up by PRIMARY KEY",
-                OnConflict::Replace => "OR REPLACE: each row's key looked up by PRIMARY KEY",
-                OnConflict::Update { .. } => "ON CONFLICT DO UPDATE: each row's key looked up by PRIMARY KEY",
-            };
-            (format!("INSERT INTO {} ({conflict})", plan.table.schema.name), plan.source)
+            let plan = insert::plan_insert(ctx, ins)?;
+            let head = format!("INSERT INTO {} ({})", plan.table.schema.name, plan.conflict_handling());
+            (head, plan.source)
         }
         ast::Statement::Update(upd) => {
             let (relation, selection) = update_target(upd)?;
@@ -523,7 +328,7 @@ fn update(ctx: PlanCtx<'_>, upd: &ast::Update) -> Result<(Vec<WriteOp>, u64), Sq
         reservation.grow(limits::row_bytes(old))?;
         let new = assigned(&table, old, &assignments, old)?;
         checks.enforce(&new)?;
-        ops.extend(update_ops(&table, &pk_of(&table, old), old, &new)?);
+        ops.extend(update_ops(&table, &insert::pk_of(&table, old), old, &new)?);
     }
     Ok((ops, rows.len() as u64))
 }
@@ -548,7 +353,9 @@ fn delete_target(del: &ast::Delete) -> Result<(&ast::TableWithJoins, Option<&ast
 fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let (relation, selection) = delete_target(del)?;
     let (table, _, rows, _reservation) = matching_rows(ctx, relation, selection)?;
-    let ops: Vec<WriteOp> =
-        rows.iter().map(|row| WriteOp::Delete { table: table.schema.name.clone(), key: pk_of(&table, row) }).collect();
+    let ops: Vec<WriteOp> = rows
+        .iter()
+        .map(|row| WriteOp::Delete { table: table.schema.name.clone(), key: insert::pk_of(&table, row) })
+        .collect();
     Ok((ops, rows.len() as u64))
 }

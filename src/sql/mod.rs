@@ -30,6 +30,7 @@ mod explain;
 mod expr;
 mod from;
 mod func;
+mod insert;
 mod join_order;
 mod limits;
 mod parse;

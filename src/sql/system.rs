@@ -5,10 +5,13 @@
 //!   SQL, and how many concurrent definitions conflict (0 when none).
 //! - `edgestore_columns` — one row per column of a live table (a key-less table's hidden
 //!   `rowid` and `_origin` are not listed).
-//! - `edgestore_indexes` — one row per usable index.
-//! - `edgestore_conflicts` — one row per concurrent value of a conflicting column: table,
-//!   rendered primary key, the first key column's value (to join with the table), column,
-//!   the winning value, this value, the node that wrote it, and whether it is the winner.
+//! - `edgestore_indexes` — one row per usable index, and whether it is unique.
+//! - `edgestore_conflicts` — `kind` `column`: one row per concurrent value of a
+//!   conflicting column: table, rendered primary key, the first key column's value (to
+//!   join with the table), column, the winning value, this value, the node that wrote it,
+//!   and whether it is the winner. `kind` `unique`: one row per row of a unique conflict
+//!   (rows sharing a value under a unique index): the index's columns, the winning row's
+//!   rendered key, the shared value, no node (docs/design.md § Unique indexes).
 //!
 //! They are computed from the snapshot when scanned (they are small next to user tables).
 
@@ -70,9 +73,13 @@ impl SystemTable {
                 ("default_value", T::Text),
                 ("pk_position", T::Integer),
             ],
-            SystemTable::Indexes => {
-                &[("name", T::Text), ("table_name", T::Text), ("columns", T::Text), ("sql", T::Text)]
-            }
+            SystemTable::Indexes => &[
+                ("name", T::Text),
+                ("table_name", T::Text),
+                ("columns", T::Text),
+                ("sql", T::Text),
+                ("is_unique", T::Boolean),
+            ],
             SystemTable::Conflicts => &[
                 ("table_name", T::Text),
                 ("primary_key", T::Text),
@@ -82,6 +89,7 @@ impl SystemTable {
                 ("value", T::Text),
                 ("node", T::Text),
                 ("is_winner", T::Boolean),
+                ("kind", T::Text),
             ],
         }
     }
@@ -125,7 +133,13 @@ impl SystemTable {
                 .flat_map(|t| catalog.indexes_of(&t.schema.name))
                 .map(|i| {
                     let s = &i.def.schema;
-                    vec![text(&s.name), text(&s.table), text(&s.columns.join(", ")), text(&catalog::index_sql(s))]
+                    vec![
+                        text(&s.name),
+                        text(&s.table),
+                        text(&s.columns.join(", ")),
+                        text(&catalog::index_sql(s)),
+                        Value::Boolean(s.unique),
+                    ]
                 })
                 .collect(),
             SystemTable::Conflicts => conflict_rows(snap)?,
@@ -150,8 +164,29 @@ fn conflict_rows(snap: &Snapshot) -> Result<Vec<Row>, SqlError> {
                     value,
                     Value::Text(node.to_string()),
                     Value::Boolean(i == last),
+                    Value::Text("column".into()),
                 ]);
             }
+        }
+    }
+    for conflict in snap.unique_conflicts()? {
+        let winner = render_key(&conflict.keys[0]);
+        let value = match conflict.value.as_slice() {
+            [one] => one.clone(),
+            several => Value::Text(render_key(several)),
+        };
+        for (i, key) in conflict.keys.iter().enumerate() {
+            rows.push(vec![
+                Value::Text(conflict.table.clone()),
+                Value::Text(render_key(key)),
+                key.first().cloned().unwrap_or(Value::Null),
+                Value::Text(conflict.columns.join(", ")),
+                Value::Text(winner.clone()),
+                value.clone(),
+                Value::Null,
+                Value::Boolean(i == 0),
+                Value::Text("unique".into()),
+            ]);
         }
     }
     Ok(rows)

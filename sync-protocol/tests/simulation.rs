@@ -37,7 +37,9 @@
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::path::PathBuf;
 
-use edgestore::{ColumnDef, ColumnType, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch, WriteError};
+use edgestore::{
+    ColumnDef, ColumnType, IndexSchema, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch, WriteError,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sync_protocol::{Backoff, ClusterId, Event, Frame, Session, SessionConfig};
@@ -65,6 +67,17 @@ fn table() -> TableSchema {
 fn events() -> TableSchema {
     TableSchema::without_key("events").column(ColumnDef::new("what", ColumnType::Text))
 }
+
+/// A table with a unique column: nodes insert rows whose tag is the simulated time's
+/// 3-second slot, so nodes apart take one tag concurrently (design.md § Unique indexes).
+fn tags() -> TableSchema {
+    TableSchema::new("tags")
+        .column(ColumnDef::new("id", ColumnType::Integer))
+        .column(ColumnDef::new("tag", ColumnType::Text))
+        .primary_key(&["id"])
+}
+
+const TAGS_INDEX: &str = "tags_tag";
 
 /// A frame in flight. Ordered by delivery time, then by send order, for determinism.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
@@ -123,6 +136,8 @@ struct Acknowledged {
     increments: BTreeMap<i64, i64>,
     /// Acknowledged inserts of the identical row into the key-less `events`.
     events: usize,
+    /// Acknowledged rows of `tags`: id → tag.
+    tags: BTreeMap<i64, String>,
 }
 
 struct Sim {
@@ -139,6 +154,8 @@ struct Sim {
     faults: Faults,
     acked: Acknowledged,
     next_key: i64,
+    /// Next `tags` id (ids are unique: only the unique index on `tag` can refuse).
+    next_tag_id: i64,
     config: SessionConfig,
     /// `Changes` and `Ack` frames delivered since the counter was reset.
     data_frames: u64,
@@ -210,6 +227,7 @@ impl Sim {
             faults: CALM,
             acked: Acknowledged::default(),
             next_key: 1000,
+            next_tag_id: 1,
             config,
             data_frames: 0,
             repair_frames: 0,
@@ -232,7 +250,11 @@ impl Sim {
     }
 
     fn setup_shared_rows(&mut self) {
-        let mut batch = WriteBatch::new().create_table(table()).create_table(events());
+        let mut batch = WriteBatch::new()
+            .create_table(table())
+            .create_table(events())
+            .create_table(tags())
+            .create_index(IndexSchema::new(TAGS_INDEX, "tags", &["tag"]).unique());
         for k in 0..SHARED_ROWS {
             batch = batch.insert("kv", [("k", Value::from(k)), ("v", Value::from("init"))]);
             self.acked.increments.insert(k, 0);
@@ -401,7 +423,17 @@ impl Sim {
             return false;
         }
         let now = self.now_ms as i64;
+        // The fourth kind alternates by simulated second, so the rng stream (and every
+        // seed's schedule) is what it was before `tags` existed.
         let (batch, effect) = match self.rng.random_range(0..4) {
+            3 if (self.now_ms / 1000) % 2 == 1 => {
+                let id = self.next_tag_id;
+                self.next_tag_id += 1;
+                let tag = format!("t{}", self.now_ms / 3000);
+                let batch =
+                    WriteBatch::new().insert("tags", [("id", Value::from(id)), ("tag", Value::from(tag.as_str()))]);
+                (batch, Effect::Tag(id, tag))
+            }
             3 => (WriteBatch::new().insert("events", [("what", Value::from("tick"))]), Effect::Event),
             0 => {
                 let key = self.next_key;
@@ -425,13 +457,26 @@ impl Sim {
         // A node that has not yet received the table or the shared rows refuses the write;
         // only acknowledged writes count. A key-less insert is never a duplicate: that
         // would be an identity given twice (a counter that went back).
+        let held = match &effect {
+            Effect::Tag(_, tag) => self.holds_tag(node, tag),
+            _ => false,
+        };
         let result = self.replica(node).write(batch, now);
         if let Err(WriteError::DuplicateKey { table, key }) = &result {
             assert_ne!(table, "events", "seed {}: node {node} gave the identity {key} twice", self.seed);
         }
+        if let Effect::Tag(_, tag) = &effect {
+            // Refused exactly when this node already holds the tag: a local write never
+            // makes a unique conflict, and one that makes none is never refused.
+            let refused = matches!(result, Err(WriteError::UniqueViolation { .. }));
+            assert_eq!(refused, held, "seed {}: node {node}, tag {tag}: held {held}, refused {refused}", self.seed);
+        }
         if result.is_ok() {
             match effect {
                 Effect::Event => self.acked.events += 1,
+                Effect::Tag(id, tag) => {
+                    self.acked.tags.insert(id, tag);
+                }
                 Effect::Row(key, value) => {
                     self.acked.rows.insert(key, value);
                 }
@@ -444,6 +489,12 @@ impl Sim {
             return true;
         }
         false
+    }
+
+    /// Whether `node` holds a row of `tags` with `tag` (false before it has the table).
+    fn holds_tag(&mut self, node: usize, tag: &str) -> bool {
+        let snapshot = self.replica(node).snapshot().expect("snapshot");
+        snapshot.index_lookup(TAGS_INDEX, &[Value::from(tag)]).is_ok_and(|rows| !rows.is_empty())
     }
 
     fn crash_and_restart(&mut self) {
@@ -651,6 +702,7 @@ impl Sim {
 
 enum Effect {
     Event,
+    Tag(i64, String),
     Row(i64, String),
     Increment(i64, i64),
     None,
@@ -705,6 +757,8 @@ struct Outcome {
     docs_saved: u64,
     /// Sessions closed because the peer was below the log floor.
     below_floor_closes: u64,
+    /// Unique conflicts (tags taken concurrently) at the end, all checked.
+    unique_conflicts: usize,
 }
 
 fn run_schedule(seed: u64) -> Outcome {
@@ -750,7 +804,7 @@ fn run_schedule(seed: u64) -> Outcome {
         sim.run_for(100);
     }
     let heal_to_converged_ms = sim.now_ms - healed_at;
-    check_state(&sim, seed);
+    let unique_conflicts = check_state(&sim, seed);
     assert!(sim.compacted > 0, "seed {seed}: compaction never ran");
     // Steady state: once in-flight redundant relays (a peer's view of what another holds
     // can lag; duplicates are harmless) have drained, no sync data moves — only keepalives
@@ -764,14 +818,17 @@ fn run_schedule(seed: u64) -> Outcome {
     sim.assert_horizons_reached();
     Outcome {
         heal_to_converged_ms,
-        writes: sim.acked.rows.len() + sim.acked.increments.len() + sim.acked.events,
+        writes: sim.acked.rows.len() + sim.acked.increments.len() + sim.acked.events + sim.acked.tags.len(),
+        unique_conflicts,
         compacted: sim.compacted,
         docs_saved: sim.docs_saved,
         below_floor_closes: sim.below_floor_closes,
     }
 }
 
-fn check_state(sim: &Sim, seed: u64) {
+/// Checks the converged state against what was acknowledged; returns how many unique
+/// conflicts it holds.
+fn check_state(sim: &Sim, seed: u64) -> usize {
     let reference = sim.nodes[0].replica.as_ref().expect("up");
     let digest = reference.state_digest().unwrap();
     let rows: Vec<Vec<Value>> = reference.snapshot().unwrap().scan("kv").unwrap().map(Result::unwrap).collect();
@@ -793,6 +850,36 @@ fn check_state(sim: &Sim, seed: u64) {
     let events: Vec<Vec<Value>> = reference.snapshot().unwrap().scan("events").unwrap().map(Result::unwrap).collect();
     assert_eq!(events.len(), sim.acked.events, "seed {seed}: key-less rows lost or merged");
     assert!(events.iter().all(|row| row[2] == Value::from("tick")), "seed {seed}: key-less row values");
+    check_tags(sim, seed)
+}
+
+/// Every acknowledged `tags` row is kept, and the unique conflicts are exactly the tags
+/// that two or more acknowledged rows took (only concurrent writes can, as each write
+/// checked its own node), winner the least id, on every node. Returns how many there are.
+fn check_tags(sim: &Sim, seed: u64) -> usize {
+    let reference = sim.nodes[0].replica.as_ref().expect("up");
+    let stored: BTreeMap<i64, Value> = reference
+        .snapshot()
+        .unwrap()
+        .scan("tags")
+        .unwrap()
+        .map(Result::unwrap)
+        .map(|r| (int(&r[0]), r[1].clone()))
+        .collect();
+    let acked: BTreeMap<i64, Value> = sim.acked.tags.iter().map(|(id, tag)| (*id, Value::from(tag.as_str()))).collect();
+    assert_eq!(stored, acked, "seed {seed}: tags rows lost, or present unacknowledged");
+    let mut by_tag: BTreeMap<&str, Vec<Vec<Value>>> = BTreeMap::new();
+    for (id, tag) in &sim.acked.tags {
+        by_tag.entry(tag.as_str()).or_default().push(vec![Value::from(*id)]);
+    }
+    let expected: Vec<(Vec<Value>, Vec<Vec<Value>>)> =
+        by_tag.into_iter().filter(|(_, ids)| ids.len() >= 2).map(|(tag, ids)| (vec![Value::from(tag)], ids)).collect();
+    for (i, node) in sim.nodes.iter().enumerate() {
+        let conflicts = node.replica.as_ref().expect("up").snapshot().unwrap().unique_conflicts().unwrap();
+        let got: Vec<(Vec<Value>, Vec<Vec<Value>>)> = conflicts.into_iter().map(|c| (c.value, c.keys)).collect();
+        assert_eq!(got, expected, "seed {seed}: node {i} unique conflicts");
+    }
+    expected.len()
 }
 
 fn int(value: &Value) -> i64 {
@@ -815,6 +902,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     println!("simulation: {} schedules, {label} (replay one with EDGESTORE_SIM_SEED=<seed>)", seeds.len());
     let mut worst_ms = 0;
     let (mut writes, mut compacted, mut below_floor_closes, mut docs_saved) = (0, 0, 0, 0);
+    let mut unique_conflicts = 0;
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -825,6 +913,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 compacted += outcome.compacted;
                 docs_saved += outcome.docs_saved;
                 below_floor_closes += outcome.below_floor_closes;
+                unique_conflicts += outcome.unique_conflicts;
             }
             Err(_) => failed.push(seed),
         }
@@ -835,7 +924,8 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
         "simulation: {} schedules converged, 0 divergence, 0 lost writes ({writes} acknowledged rows/counters checked); \
          slowest convergence after heal {worst_ms} ms simulated (bound {CONVERGENCE_BOUND_MS} ms); \
          {compacted} log entries compacted, {docs_saved} documents saved whole, \
-         {below_floor_closes} sessions closed below a log floor",
+         {below_floor_closes} sessions closed below a log floor, \
+         {unique_conflicts} unique conflicts (one tag taken on nodes apart) listed as expected",
         seeds.len()
     );
 }
