@@ -1,6 +1,7 @@
 //! Differential test of the text functions `printf`/`format`, `char`, `unicode`, `quote`,
 //! `zeroblob`, `concat`, `concat_ws`, `unhex`, `octet_length`, `likely`, `likelihood`, of
-//! `%` (which reads its operands alike) and of `GLOB` and `LIKE`: hand-picked calls (every
+//! `%` (which reads its operands alike), of the bitwise operators and operator precedence,
+//! and of `GLOB`, `NOT GLOB` and `LIKE`: hand-picked calls (every
 //! printf flag and conversion, edge values of every type, GLOB's sets and stars), seeded
 //! random printf formats over random arguments and random GLOB patterns, evaluated by
 //! edgestore's SQL engine and by SQLite (rusqlite, bundled SQLite 3.50); the results must
@@ -32,8 +33,8 @@ const VALUES: &[&str] = &[
     "-42",
     "1234567",
     "9223372036854775807",
-    // The literal -9223372036854775808 is a REAL here (the minus applies to a literal out
-    // of range), an INTEGER in SQLite; this is the smallest INTEGER in both.
+    // The smallest INTEGER, as SQLite reads the literal (its digits alone are a REAL).
+    "-9223372036854775808",
     "(-9223372036854775807 - 1)",
     "0.0",
     "-0.0",
@@ -202,6 +203,58 @@ fn picked() -> Vec<String> {
             "length(zeroblob(1000))",
             "zeroblob(-5)",
             "typeof(zeroblob(0))",
+        ]
+        .map(String::from),
+    );
+    calls.extend(operators());
+    calls
+}
+
+/// The bitwise operators on every pair of edge values and shift amounts past 63 both
+/// ways, `NOT GLOB`, and SQLite's precedence: unary `~ -` above `||` above `* / %` above
+/// `+ -` above `& | << >>` (one level, left to right) above comparisons.
+fn operators() -> Vec<String> {
+    let mut calls = Vec::new();
+    for a in VALUES {
+        calls.push(format!("~{a}"));
+        for b in VALUES {
+            calls.extend(["&", "|", "<<", ">>"].map(|op| format!("({a}) {op} ({b})")));
+        }
+    }
+    for a in ["5", "-5", "1", "-9223372036854775808", "9223372036854775807", "NULL", "'12x'", "2.9"] {
+        for by in ["0", "1", "2", "62", "63", "64", "65", "100", "-1", "-63", "-64", "-65", "-100", "NULL", "'3'"] {
+            calls.push(format!("{a} << {by}"));
+            calls.push(format!("{a} >> {by}"));
+        }
+    }
+    calls.extend(
+        [
+            "1 | 2 + 4",
+            "1 + 2 | 4",
+            "6 & 3 << 1",
+            "6 << 1 & 3",
+            "1 << 2 >> 1",
+            "12 | 3 & 5",
+            "12 & 3 | 5",
+            "5 & 1 = 1",
+            "1 < 2 | 4",
+            "~2 * 3",
+            "-2 * 3",
+            "~0 + 1",
+            "2 * 3 || 'a'",
+            "'a' || 2 * 3",
+            "-1 || 'x'",
+            "~1 || 'x'",
+            "1 + 2 || 3",
+            "10 - 2 || 3",
+            "'abc' NOT GLOB 'a*'",
+            "'abc' NOT GLOB 'b*'",
+            "NULL NOT GLOB 'a'",
+            "NOT 'abc' NOT GLOB 'a*'",
+            "typeof(-9223372036854775808)",
+            "typeof(- 9223372036854775808)",
+            "typeof(9223372036854775808)",
+            "-9223372036854775808 = (-9223372036854775807 - 1)",
         ]
         .map(String::from),
     );

@@ -185,6 +185,12 @@ pub(crate) fn is_aggregate(name: &str, args: usize) -> bool {
     matches!(name, "count" | "sum" | "avg" | "total" | "group_concat") || (matches!(name, "min" | "max") && args == 1)
 }
 
+/// `-9223372036854775808`: the digits alone overflow an INTEGER (they would read as a
+/// REAL), but with the minus they are `i64::MIN`, as SQLite reads them.
+fn is_min_integer_digits(expr: &ast::Expr) -> bool {
+    matches!(expr, ast::Expr::Value(v) if matches!(&v.value, ast::Value::Number(n, _) if n == "9223372036854775808"))
+}
+
 fn function_name(f: &ast::Function) -> Result<String, SqlError> {
     object_name(&f.name)
 }
@@ -445,9 +451,11 @@ impl<'a> Binder<'a> {
             E::BinaryOp { left, op, right } => self.binary(left, op, right),
             E::UnaryOp { op, expr } => match op {
                 ast::UnaryOperator::Not => Ok(Expr::Not(boxed(self.bind(expr)?))),
+                ast::UnaryOperator::Minus if is_min_integer_digits(expr) => Ok(Expr::Literal(Value::Integer(i64::MIN))),
                 ast::UnaryOperator::Minus => Ok(Expr::Neg(boxed(self.bind(expr)?))),
                 ast::UnaryOperator::Plus => self.bind(expr),
-                _ => Err(SqlError::unsupported(format!("the unary operator {op} (bitwise operators)"))),
+                ast::UnaryOperator::BitwiseNot => Ok(Expr::Func(Func::BitNot, vec![self.bind(expr)?])),
+                _ => Err(SqlError::unsupported(format!("the unary operator {op}"))),
             },
             E::IsNull(x) => Ok(Expr::IsNull(boxed(self.bind(x)?), false)),
             E::IsNotNull(x) => Ok(Expr::IsNull(boxed(self.bind(x)?), true)),
@@ -593,9 +601,10 @@ impl<'a> Binder<'a> {
             B::Or => Expr::Or(l, r),
             B::Spaceship => Expr::Is(l, r, false),
             B::Arrow | B::LongArrow => return Err(SqlError::unsupported("JSON operators -> and ->>")),
-            B::BitwiseAnd | B::BitwiseOr | B::BitwiseXor | B::PGBitwiseShiftLeft | B::PGBitwiseShiftRight => {
-                return Err(SqlError::unsupported(format!("bitwise operators ({other})", other = op)))
-            }
+            B::BitwiseAnd => Expr::Func(Func::BitAnd, vec![*l, *r]),
+            B::BitwiseOr => Expr::Func(Func::BitOr, vec![*l, *r]),
+            B::PGBitwiseShiftLeft => Expr::Func(Func::ShiftLeft, vec![*l, *r]),
+            B::PGBitwiseShiftRight => Expr::Func(Func::ShiftRight, vec![*l, *r]),
             B::Glob => Expr::Func(Func::Glob, vec![*r, *l]),
             B::Regexp | B::Match => return Err(SqlError::unsupported(format!("{op} (use LIKE)"))),
             other => return Err(SqlError::unsupported(format!("the operator {other}"))),

@@ -44,6 +44,13 @@ pub(crate) enum Func {
     Glob,
     Unhex,
     OctetLength,
+    /// The operators `&`, `|`, `<<`, `>>` and `~`: on integers as SQLite's
+    /// `sqlite3_value_int64` reads the operands; NULL if one is NULL.
+    BitAnd,
+    BitOr,
+    ShiftLeft,
+    ShiftRight,
+    BitNot,
     /// `likely(x)`, `unlikely(x)`: hints for SQLite's planner; the value is `x`.
     Likely,
     /// `likelihood(x, p)`: `x`, once `p` is checked to be a probability.
@@ -147,7 +154,12 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             }
         },
         Func::Unhex => unhex(&args)?,
+        Func::BitAnd | Func::BitOr | Func::ShiftLeft | Func::ShiftRight => match (&args[0], &args[1]) {
+            (a, b) if a.is_null() || b.is_null() => Value::Null,
+            (a, b) => Value::Integer(bitwise(func, value::int_value(a), value::int_value(b))),
+        },
         _ if args.first().is_some_and(Value::is_null) => Value::Null,
+        Func::BitNot => Value::Integer(!value::int_value(&args[0])),
         // C reads the text up to its first NUL: an empty or NUL-led text has no first character.
         Func::Unicode => match value::to_text(&args[0]).and_then(|t| t.chars().next()).filter(|c| *c != '\0') {
             Some(c) => Value::Integer(i64::from(u32::from(c))),
@@ -192,6 +204,26 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             _ => Value::Null,
         },
     })
+}
+
+/// `a & b`, `a | b`, `a << b`, `a >> b` as SQLite's `OP_BitAnd` ... `OP_ShiftRight`: a
+/// negative shift goes the other way, a shift of 64 or more gives 0 (-1 for a negative
+/// value shifted right), and a right shift keeps the sign.
+fn bitwise(func: Func, a: i64, b: i64) -> i64 {
+    let left = match func {
+        Func::BitAnd => return a & b,
+        Func::BitOr => return a | b,
+        Func::ShiftLeft => true,
+        _ => false,
+    };
+    let (left, by) = if b < 0 { (!left, if b > -64 { -b } else { 64 }) } else { (left, b) };
+    match by {
+        0 => a,
+        64.. if a >= 0 || left => 0,
+        64.. => -1,
+        _ if left => ((a as u64) << by) as i64,
+        _ => a >> by,
+    }
 }
 
 /// `char(x, ...)`: each argument a code point (as an integer; out of range is U+FFFD),

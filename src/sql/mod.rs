@@ -24,6 +24,7 @@ mod create_table;
 mod cte;
 mod datetime;
 mod ddl_dml;
+mod dialect;
 mod error;
 mod exec;
 mod explain;

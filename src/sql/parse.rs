@@ -1,4 +1,4 @@
-//! Parsing: sqlparser with the SQLite dialect, after numbering anonymous parameters.
+//! Parsing: sqlparser with our SQLite dialect (`dialect.rs`), after numbering anonymous parameters.
 //!
 //! SQLite numbers `?` by position, continuing after the largest `?N` seen so far
 //! (`?2, ?` is `?2, ?3`). We rewrite every `?` token to its `?N` before parsing, so the
@@ -11,8 +11,8 @@
 //! statements whose bound is within [`TEXT_DEPTH_MAX`] are parsed; the binder then counts
 //! the exact depth against [`EXPR_DEPTH_MAX`].
 
+use super::dialect::DIALECT;
 use sqlparser::ast::Statement;
-use sqlparser::dialect::SQLiteDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
@@ -44,7 +44,7 @@ pub(crate) fn parse_one(sql: &str) -> Result<Parsed, SqlError> {
     let mut tokens = bounded_tokens(sql, "statement")?;
     let params = number_parameters(&mut tokens);
     let frame_exclude = has_frame_exclude(&tokens);
-    let mut statements = Parser::new(&SQLiteDialect {})
+    let mut statements = Parser::new(&DIALECT)
         .with_recursion_limit(PARSER_RECURSION_MAX)
         .with_tokens_with_locations(tokens)
         .parse_statements()
@@ -80,7 +80,7 @@ pub(crate) fn parse_expr(sql: &str) -> Result<ParsedExpr, SqlError> {
         .iter()
         .any(|t| matches!(&t.token, Token::Word(w) if matches!(w.keyword, Keyword::SELECT | Keyword::VALUES)));
     let mut parser =
-        Parser::new(&SQLiteDialect {}).with_recursion_limit(PARSER_RECURSION_MAX).with_tokens_with_locations(tokens);
+        Parser::new(&DIALECT).with_recursion_limit(PARSER_RECURSION_MAX).with_tokens_with_locations(tokens);
     let expr = parser.parse_expr().map_err(|e| SqlError::from_parser(e, sql))?;
     if parser.peek_token().token != Token::EOF {
         return Err(SqlError::invalid(format!("text after the expression: {sql}")));
@@ -94,7 +94,7 @@ fn bounded_tokens(sql: &str, what: &str) -> Result<Vec<TokenWithSpan>, SqlError>
     if sql.len() > SQL_BYTES_MAX {
         return Err(SqlError::invalid(format!("{what} longer than {SQL_BYTES_MAX} bytes")));
     }
-    let tokens = Tokenizer::new(&SQLiteDialect {}, sql).tokenize_with_location().map_err(|e| SqlError::Syntax {
+    let tokens = Tokenizer::new(&DIALECT, sql).tokenize_with_location().map_err(|e| SqlError::Syntax {
         message: e.message,
         line: e.location.line,
         column: e.location.column,
@@ -317,7 +317,7 @@ mod tests {
     }
 
     fn bound(sql: &str) -> usize {
-        let tokens = Tokenizer::new(&SQLiteDialect {}, sql).tokenize_with_location().unwrap();
+        let tokens = Tokenizer::new(&DIALECT, sql).tokenize_with_location().unwrap();
         nesting_bound(&tokens)
     }
 
