@@ -1,11 +1,14 @@
 //! Property test: replicas that exchange changes in any order converge.
 //!
 //! Each case runs 3–5 replicas through a seeded random schedule of local writes
-//! (conflicting updates, deletes, re-inserts, counters, DDL) and deliveries over a lossy
+//! (conflicting updates, deletes, re-inserts, counters, inserts into a table without a
+//! primary key, DDL: tables and plain or unique indexes created and dropped concurrently
+//! with writes) and deliveries over a lossy
 //! in-memory "network" that reorders, duplicates and drops batches of change envelopes.
 //! Lost changes are resent later (the sender recomputes what the receiver lacks from its
 //! version vector). After a final full exchange, every replica must have the same digest,
-//! rows, conflicts (same winner, same values, same writers) and catalog, pass
+//! rows, conflicts (same winner, same values, same writers), unique conflicts and catalog,
+//! pass
 //! `check_integrity`, and equal a fresh replica that received everything in one batch.
 //!
 //! The seed is printed; `EDGESTORE_SEED=<n>` replays one run, `EDGESTORE_CASES=<n>` runs
@@ -28,6 +31,11 @@ fn devices() -> TableSchema {
         .column(ColumnDef::new("temp", ColumnType::Real))
         .column(ColumnDef::new("hits", ColumnType::Counter))
         .primary_key(&["id"])
+}
+
+/// A table without a primary key: every insert is a row of its own.
+fn log() -> TableSchema {
+    TableSchema::without_key("log").column(ColumnDef::new("msg", ColumnType::Text))
 }
 
 /// A second table whose definition varies, so concurrent CREATE TABLEs sometimes conflict.
@@ -54,7 +62,7 @@ fn random_value(rng: &mut ChaCha8Rng) -> Value {
 fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
     let id = Value::from(rng.random_range(0..IDS));
     let note_key = || vec![Value::from("s1"), Value::from(1)];
-    match rng.random_range(0..100) {
+    match rng.random_range(0..104) {
         0..=19 => WriteOp::Insert {
             table: "devices".into(),
             values: vec![("id".into(), id), ("name".into(), random_value(rng))],
@@ -85,9 +93,14 @@ fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
         },
         93..=94 => WriteOp::Delete { table: "notes".into(), key: note_key() },
         95..=97 => {
-            WriteOp::CreateIndex { schema: IndexSchema::new("by_name", "devices", &["name"]), if_not_exists: true }
+            // Plain or unique: two replicas creating it differently is a definition
+            // conflict; a unique one created while others write duplicates lists them.
+            let index = IndexSchema::new("by_name", "devices", &["name"]);
+            let schema = if rng.random_bool(0.5) { index.unique() } else { index };
+            WriteOp::CreateIndex { schema, if_not_exists: true }
         }
-        _ => WriteOp::DropIndex { name: "by_name".into(), if_exists: true },
+        98..=99 => WriteOp::DropIndex { name: "by_name".into(), if_exists: true },
+        _ => WriteOp::Insert { table: "log".into(), values: vec![("msg".into(), random_value(rng))] },
     }
 }
 
@@ -122,6 +135,7 @@ impl Case {
         // Every replica may create the shared table itself: identical concurrent DDL.
         if self.replicas[at].catalog().table("devices").is_none() {
             batch.ops.push(WriteOp::CreateTable { schema: devices(), if_not_exists: true });
+            batch.ops.push(WriteOp::CreateTable { schema: log(), if_not_exists: true });
         }
         for _ in 0..self.rng.random_range(1..=3) {
             batch.ops.push(random_op(&mut self.rng));
@@ -203,6 +217,7 @@ struct Observed {
     digest: String,
     tables: Vec<(String, Vec<Vec<Value>>)>,
     conflicts: String,
+    unique_conflicts: String,
     catalog: String,
     pending: u64,
 }
@@ -221,6 +236,7 @@ fn observe(replica: &Replica) -> Observed {
         digest: replica.state_digest().unwrap().to_string(),
         tables,
         conflicts: format!("{:?}", snapshot.all_conflicts().unwrap()),
+        unique_conflicts: format!("{:?}", snapshot.unique_conflicts().unwrap()),
         catalog: format!("{:?}", snapshot.catalog()),
         pending: replica.pending_changes().unwrap(),
     }
@@ -264,7 +280,7 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
     let base = base_seed();
     let cases = case_count();
     println!("convergence: base seed {base}, {cases} cases (replay one with EDGESTORE_SEED=<seed>)");
-    let (mut writes_ok, mut writes_refused, mut conflicts) = (0, 0, 0);
+    let (mut writes_ok, mut writes_refused, mut conflicts, mut unique_conflicts) = (0, 0, 0, 0);
     for i in 0..cases {
         let seed = base.wrapping_add(i);
         let mut case = Case::new(seed);
@@ -272,11 +288,13 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
         check_converged(&mut case, seed);
         writes_ok += case.writes_ok;
         writes_refused += case.writes_refused;
-        conflicts += case.replicas[0].snapshot().unwrap().all_conflicts().unwrap().len();
+        let snapshot = case.replicas[0].snapshot().unwrap();
+        conflicts += snapshot.all_conflicts().unwrap().len();
+        unique_conflicts += snapshot.unique_conflicts().unwrap().len();
     }
     println!(
         "convergence: {cases} cases passed; {writes_ok} batches acknowledged, {writes_refused} refused, \
-         {conflicts} conflicted rows at the end"
+         {conflicts} conflicted rows and {unique_conflicts} unique conflicts at the end"
     );
     assert!(writes_ok > cases as usize * 20, "the workload must mostly succeed");
 }
