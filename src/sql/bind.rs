@@ -600,7 +600,8 @@ impl<'a> Binder<'a> {
             B::And => Expr::And(l, r),
             B::Or => Expr::Or(l, r),
             B::Spaceship => Expr::Is(l, r, false),
-            B::Arrow | B::LongArrow => return Err(SqlError::unsupported("JSON operators -> and ->>")),
+            B::Arrow => Expr::Func(Func::JsonArrow, vec![*l, *r]),
+            B::LongArrow => Expr::Func(Func::JsonLongArrow, vec![*l, *r]),
             B::BitwiseAnd => Expr::Func(Func::BitAnd, vec![*l, *r]),
             B::BitwiseOr => Expr::Func(Func::BitOr, vec![*l, *r]),
             B::PGBitwiseShiftLeft => Expr::Func(Func::ShiftLeft, vec![*l, *r]),
@@ -637,7 +638,14 @@ impl<'a> Binder<'a> {
                 _ => return Err(SqlError::invalid(format!("* is not an argument of {name}()"))),
             }
         }
-        Ok(Expr::Func(func, bound))
+        // Arguments that are JSON from a JSON function are embedded as JSON.
+        let mask = bound
+            .iter()
+            .take(64)
+            .enumerate()
+            .filter(|(_, e)| matches!(e, Expr::Func(f, _) if f.returns_json()))
+            .fold(0u64, |mask, (i, _)| mask | (1 << i));
+        Ok(Expr::Func(func.with_json_args(mask), bound))
     }
 
     /// The statement time for a date function: a placeholder in a plan to be kept (each

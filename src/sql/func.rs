@@ -4,6 +4,7 @@
 
 use super::datetime::{self, DateFunc};
 use super::expr::CastType;
+use super::json;
 use super::limits::check_result_bytes;
 use super::printf;
 use super::realfmt::{real_string, Spec};
@@ -51,6 +52,25 @@ pub(crate) enum Func {
     ShiftLeft,
     ShiftRight,
     BitNot,
+    /// The JSON functions (`json.rs`). `mask`: which arguments are JSON returned by a
+    /// JSON function (bit i for argument i), embedded as JSON rather than as text.
+    Json,
+    JsonValid,
+    JsonQuote {
+        mask: u64,
+    },
+    JsonArray {
+        mask: u64,
+    },
+    JsonObject {
+        mask: u64,
+    },
+    JsonExtract,
+    JsonType,
+    JsonArrayLength,
+    /// `x -> p` and `x ->> p`.
+    JsonArrow,
+    JsonLongArrow,
     /// `likely(x)`, `unlikely(x)`: hints for SQLite's planner; the value is `x`.
     Likely,
     /// `likelihood(x, p)`: `x`, once `p` is checked to be a probability.
@@ -61,6 +81,25 @@ pub(crate) enum Func {
 }
 
 impl Func {
+    /// Whether the function returns JSON (SQLite's JSON subtype): given directly to
+    /// `json_array`, `json_object` or `json_quote`, its value is embedded as JSON.
+    pub fn returns_json(self) -> bool {
+        matches!(
+            self,
+            Func::Json | Func::JsonQuote { .. } | Func::JsonArray { .. } | Func::JsonObject { .. } | Func::JsonArrow
+        )
+    }
+
+    /// The function with `mask` marking its JSON arguments, for those that take it.
+    pub fn with_json_args(self, mask: u64) -> Func {
+        match self {
+            Func::JsonQuote { .. } => Func::JsonQuote { mask },
+            Func::JsonArray { .. } => Func::JsonArray { mask },
+            Func::JsonObject { .. } => Func::JsonObject { mask },
+            other => other,
+        }
+    }
+
     /// Looks a function up by (lower-case) name and checks its argument count.
     pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
         let date = || DateFunc::lookup(name).map(|(f, min, max)| (Func::Date(f), min, max));
@@ -107,6 +146,14 @@ impl Func {
             "octet_length" => (Func::OctetLength, 1, 1),
             "likely" | "unlikely" => (Func::Likely, 1, 1),
             "likelihood" => (Func::Likelihood, 2, 2),
+            "json" => (Func::Json, 1, 1),
+            "json_valid" => (Func::JsonValid, 1, 1),
+            "json_quote" => (Func::JsonQuote { mask: 0 }, 1, 1),
+            "json_array" => (Func::JsonArray { mask: 0 }, 0, usize::MAX),
+            "json_object" => (Func::JsonObject { mask: 0 }, 0, usize::MAX),
+            "json_extract" => (Func::JsonExtract, 2, usize::MAX),
+            "json_type" => (Func::JsonType, 1, 2),
+            "json_array_length" => (Func::JsonArrayLength, 1, 2),
             _ => return None,
         })
     }
@@ -154,6 +201,16 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             }
         },
         Func::Unhex => unhex(&args)?,
+        Func::Json => json::json(&args)?,
+        Func::JsonValid => json::json_valid(&args),
+        Func::JsonQuote { mask } => json::json_quote(&args, mask)?,
+        Func::JsonArray { mask } => json::json_array(&args, mask)?,
+        Func::JsonObject { mask } => json::json_object(&args, mask)?,
+        Func::JsonExtract => json::json_extract(&args)?,
+        Func::JsonType => json::json_type(&args)?,
+        Func::JsonArrayLength => json::json_array_length(&args)?,
+        Func::JsonArrow => json::arrow(&args, false)?,
+        Func::JsonLongArrow => json::arrow(&args, true)?,
         Func::BitAnd | Func::BitOr | Func::ShiftLeft | Func::ShiftRight => match (&args[0], &args[1]) {
             (a, b) if a.is_null() || b.is_null() => Value::Null,
             (a, b) => Value::Integer(bitwise(func, value::int_value(a), value::int_value(b))),

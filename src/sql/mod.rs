@@ -33,6 +33,7 @@ mod from;
 mod func;
 mod insert;
 mod join_order;
+mod json;
 mod limits;
 mod parse;
 mod plan;

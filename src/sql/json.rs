@@ -1,0 +1,428 @@
+//! SQLite's JSON functions over JSON text: `json`, `json_valid`, `json_quote`,
+//! `json_array`, `json_object`, `json_extract`, `json_type`, `json_array_length`, and the
+//! operators `->` (the element as JSON) and `->>` (the element as an SQL value).
+//!
+//! Text is parsed by serde_json into [`Json`], a tree that keeps object members in their
+//! order and with their duplicates, as SQLite does (a path finds the first member of a
+//! name). Differences from SQLite, by design of the parser: input must be RFC 8259 JSON
+//! (SQLite also reads JSON5), nesting is limited to serde_json's 128 levels (SQLite's 1000),
+//! and numbers are written back in canonical form (`1e2` becomes `100.0`; SQLite keeps the
+//! text as written). A value returned by one of these functions and given directly to
+//! `json_array` or `json_object` is embedded as JSON, as SQLite's JSON subtype does
+//! (`json_array(json('[1]'))` is `[[1]]`, `json_array('[1]')` is `["[1]"]`); the binder
+//! marks such arguments.
+
+use std::fmt::Write as _;
+
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use super::limits::check_result_bytes;
+use super::value;
+use super::SqlError;
+use crate::types::Value;
+
+/// A parsed JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Json {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Real(f64),
+    Str(String),
+    Array(Vec<Json>),
+    /// Members in document order, duplicates kept.
+    Object(Vec<(String, Json)>),
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Json, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Json, E> {
+        Ok(Json::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Json, E> {
+        Ok(Json::Int(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Json, E> {
+        // Past i64, SQLite reads the integer as a real too.
+        Ok(i64::try_from(v).map_or(Json::Real(v as f64), Json::Int))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Json, E> {
+        Ok(Json::Real(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Json, E> {
+        Ok(Json::Str(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Json, E> {
+        Ok(Json::Str(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut members = Vec::new();
+        while let Some((key, value)) = map.next_entry::<String, Json>()? {
+            members.push((key, value));
+        }
+        Ok(Json::Object(members))
+    }
+}
+
+fn malformed() -> SqlError {
+    SqlError::invalid("malformed JSON")
+}
+
+/// Parses a function's JSON argument; NULL is `None`.
+fn parse(v: &Value) -> Result<Option<Json>, SqlError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Blob(_) => Err(malformed()),
+        other => {
+            let text = value::to_text(other).expect("not NULL");
+            serde_json::from_str(&text).map(Some).map_err(|_| malformed())
+        }
+    }
+}
+
+impl Json {
+    /// Minified JSON text, as SQLite writes it.
+    fn write(&self, out: &mut String) {
+        match self {
+            Json::Null => out.push_str("null"),
+            Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Json::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Json::Real(r) => out.push_str(&real_json(*r)),
+            Json::Str(s) => write_string(s, out),
+            Json::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Json::Object(members) => {
+                out.push('{');
+                for (i, (key, item)) in members.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write_string(key, out);
+                    out.push(':');
+                    item.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+
+    fn text(&self) -> Result<Value, SqlError> {
+        let mut out = String::new();
+        self.write(&mut out);
+        check_result_bytes(out.len())?;
+        Ok(Value::Text(out))
+    }
+
+    /// The element as an SQL value: `json_extract` and `->>`.
+    fn sql_value(&self) -> Result<Value, SqlError> {
+        Ok(match self {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Integer(i64::from(*b)),
+            Json::Int(i) => Value::Integer(*i),
+            Json::Real(r) => Value::Real(*r),
+            Json::Str(s) => Value::Text(s.clone()),
+            Json::Array(_) | Json::Object(_) => return self.text(),
+        })
+    }
+
+    fn type_name(&self) -> &'static str {
+        match self {
+            Json::Null => "null",
+            Json::Bool(true) => "true",
+            Json::Bool(false) => "false",
+            Json::Int(_) => "integer",
+            Json::Real(_) => "real",
+            Json::Str(_) => "text",
+            Json::Array(_) => "array",
+            Json::Object(_) => "object",
+        }
+    }
+
+    /// The element at `path` (SQLite's syntax: `$`, `.key`, `."key"`, `[N]`, `[#-N]`).
+    fn at(&self, path: &str) -> Result<Option<&Json>, SqlError> {
+        let bad = || SqlError::invalid(format!("bad JSON path: '{path}'"));
+        let mut rest = path.strip_prefix('$').ok_or_else(bad)?;
+        let mut node = self;
+        while !rest.is_empty() {
+            let next = if let Some(after) = rest.strip_prefix('.') {
+                let (key, after) = path_key(after).ok_or_else(bad)?;
+                rest = after;
+                match node {
+                    Json::Object(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+                    _ => None,
+                }
+            } else if let Some(after) = rest.strip_prefix('[') {
+                let end = after.find(']').ok_or_else(bad)?;
+                let index = &after[..end];
+                rest = &after[end + 1..];
+                match node {
+                    Json::Array(items) => array_index(index, items.len()).ok_or_else(bad)?.and_then(|i| items.get(i)),
+                    _ => {
+                        array_index(index, 0).ok_or_else(bad)?;
+                        None
+                    }
+                }
+            } else {
+                return Err(bad());
+            };
+            match next {
+                Some(found) => node = found,
+                None => {
+                    // The rest of the path must still be well formed.
+                    Json::Null.at(&format!("${rest}"))?;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some(node))
+    }
+}
+
+/// A `.key` of a path: quoted (`."a.b"`) or up to the next `.` or `[`.
+fn path_key(after: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = after.strip_prefix('"') {
+        let end = quoted.find('"')?;
+        return Some((quoted[..end].to_string(), &quoted[end + 1..]));
+    }
+    let end = after.find(['.', '[']).unwrap_or(after.len());
+    (end > 0).then(|| (after[..end].to_string(), &after[end..]))
+}
+
+/// The position `[N]` or `[#-N]` names in an array of `len` items: `None` if the index is
+/// not well formed, `Some(None)` if it is past either end.
+fn array_index(index: &str, len: usize) -> Option<Option<usize>> {
+    if let Some(back) = index.strip_prefix('#') {
+        let back = match back.strip_prefix('-') {
+            Some(n) => n.parse::<usize>().ok()?,
+            None if back.is_empty() => 0,
+            None => return None,
+        };
+        return Some(len.checked_sub(back).filter(|_| back > 0));
+    }
+    if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(index.parse::<usize>().ok().filter(|&i| i < len))
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A real as JSON: SQLite's text of a REAL; infinities as `9e999`, as SQLite writes them;
+/// NaN as `null`.
+fn real_json(r: f64) -> String {
+    match r {
+        r if r.is_nan() => "null".into(),
+        r if r.is_infinite() => if r > 0.0 { "9e999" } else { "-9e999" }.into(),
+        r => value::real_text(r),
+    }
+}
+
+/// An SQL value as JSON; `as_json` embeds text that is JSON (an argument the binder marked).
+fn from_sql(v: &Value, as_json: bool) -> Result<Json, SqlError> {
+    Ok(match v {
+        Value::Null => Json::Null,
+        Value::Integer(i) | Value::Timestamp(i) => Json::Int(*i),
+        Value::Boolean(b) => Json::Int(i64::from(*b)),
+        Value::Real(r) => Json::Real(*r),
+        Value::Text(t) if as_json => serde_json::from_str(t).map_err(|_| malformed())?,
+        Value::Text(t) => Json::Str(t.clone()),
+        Value::Blob(_) => return Err(SqlError::invalid("JSON cannot hold BLOB values")),
+    })
+}
+
+/// Whether bit `i` of a binder's JSON-argument mask is set.
+fn marked(mask: u64, i: usize) -> bool {
+    i < 64 && mask & (1 << i) != 0
+}
+
+/// `json(x)`: `x` minified; NULL for NULL.
+pub(crate) fn json(args: &[Value]) -> Result<Value, SqlError> {
+    match parse(&args[0])? {
+        Some(json) => json.text(),
+        None => Ok(Value::Null),
+    }
+}
+
+/// `json_valid(x)`: 1 if `x` is JSON text, else 0; NULL for NULL.
+pub(crate) fn json_valid(args: &[Value]) -> Value {
+    match &args[0] {
+        Value::Null => Value::Null,
+        Value::Blob(_) => Value::Integer(0),
+        v => Value::Integer(i64::from(serde_json::from_str::<Json>(&value::to_text(v).expect("not NULL")).is_ok())),
+    }
+}
+
+/// `json_quote(x)`: the SQL value as JSON.
+pub(crate) fn json_quote(args: &[Value], mask: u64) -> Result<Value, SqlError> {
+    from_sql(&args[0], marked(mask, 0))?.text()
+}
+
+/// `json_array(v, ...)`.
+pub(crate) fn json_array(args: &[Value], mask: u64) -> Result<Value, SqlError> {
+    let items = args.iter().enumerate().map(|(i, v)| from_sql(v, marked(mask, i))).collect::<Result<_, _>>()?;
+    Json::Array(items).text()
+}
+
+/// `json_object(k, v, ...)`: keys must be text.
+pub(crate) fn json_object(args: &[Value], mask: u64) -> Result<Value, SqlError> {
+    if args.len() % 2 == 1 {
+        return Err(SqlError::invalid("json_object() requires an even number of arguments"));
+    }
+    let mut members = Vec::with_capacity(args.len() / 2);
+    for (i, pair) in args.chunks(2).enumerate() {
+        let Value::Text(key) = &pair[0] else {
+            return Err(SqlError::invalid("json_object() labels must be TEXT"));
+        };
+        members.push((key.clone(), from_sql(&pair[1], marked(mask, 2 * i + 1))?));
+    }
+    Json::Object(members).text()
+}
+
+/// `json_extract(x, path, ...)`: one path gives the SQL value, several a JSON array of
+/// the elements (null where missing).
+pub(crate) fn json_extract(args: &[Value]) -> Result<Value, SqlError> {
+    let Some(doc) = parse(&args[0])? else { return Ok(Value::Null) };
+    let paths = &args[1..];
+    if let [path] = paths {
+        let Some(path) = value::to_text(path) else { return Ok(Value::Null) };
+        return doc.at(&path)?.map_or(Ok(Value::Null), Json::sql_value);
+    }
+    let mut items = Vec::with_capacity(paths.len());
+    for path in paths {
+        let Some(path) = value::to_text(path) else { return Ok(Value::Null) };
+        items.push(doc.at(&path)?.cloned().unwrap_or(Json::Null));
+    }
+    Json::Array(items).text()
+}
+
+/// `json_type(x[, path])`.
+pub(crate) fn json_type(args: &[Value]) -> Result<Value, SqlError> {
+    with_element(args, |element| Ok(Value::Text(element.type_name().into())))
+}
+
+/// `json_array_length(x[, path])`: 0 for an element that is not an array.
+pub(crate) fn json_array_length(args: &[Value]) -> Result<Value, SqlError> {
+    with_element(args, |element| {
+        Ok(Value::Integer(match element {
+            Json::Array(items) => items.len() as i64,
+            _ => 0,
+        }))
+    })
+}
+
+/// Applies `f` to the element at the optional path argument; NULL if it is missing.
+fn with_element(args: &[Value], f: impl Fn(&Json) -> Result<Value, SqlError>) -> Result<Value, SqlError> {
+    let Some(doc) = parse(&args[0])? else { return Ok(Value::Null) };
+    let path = match args.get(1) {
+        None => "$".to_string(),
+        Some(p) => match value::to_text(p) {
+            Some(p) => p,
+            None => return Ok(Value::Null),
+        },
+    };
+    doc.at(&path)?.map_or(Ok(Value::Null), f)
+}
+
+/// `x -> p` (the element as JSON text) and `x ->> p` (as an SQL value). `p` is a path, a
+/// label (`'a'` is `$."a"`), `'[N]'`, or an INTEGER (`2` is `$[2]`, `-1` is `$[#-1]`).
+pub(crate) fn arrow(args: &[Value], as_sql: bool) -> Result<Value, SqlError> {
+    let Some(doc) = parse(&args[0])? else { return Ok(Value::Null) };
+    let path = match &args[1] {
+        Value::Null => return Ok(Value::Null),
+        Value::Integer(i) if *i < 0 => format!("$[#{i}]"),
+        Value::Integer(i) => format!("$[{i}]"),
+        v => match value::to_text(v).expect("not NULL") {
+            p if p.starts_with('$') => p,
+            p if p.len() >= 3 && p.starts_with('[') && p.ends_with(']') => format!("${p}"),
+            label => format!("$.\"{label}\""),
+        },
+    };
+    match doc.at(&path)? {
+        None => Ok(Value::Null),
+        Some(element) if as_sql => element.sql_value(),
+        Some(element) => element.text(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(text: &str) -> Json {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn objects_keep_order_and_duplicates_and_a_path_finds_the_first() {
+        let d = doc(r#"{"b":1,"a":[10,20,{"x":"y"}],"b":2}"#);
+        let mut out = String::new();
+        d.write(&mut out);
+        assert_eq!(out, r#"{"b":1,"a":[10,20,{"x":"y"}],"b":2}"#);
+        assert_eq!(d.at("$.b").unwrap(), Some(&Json::Int(1)));
+        assert_eq!(d.at("$.a[#-1].x").unwrap(), Some(&Json::Str("y".into())));
+        assert_eq!(d.at("$.a[3]").unwrap(), None);
+        assert_eq!(d.at("$.c.d").unwrap(), None);
+        assert!(d.at("$.a[x]").is_err());
+        assert!(d.at("a").is_err());
+        assert!(d.at("$.c[").is_err(), "the rest of a path is checked after a miss");
+    }
+}
