@@ -309,6 +309,14 @@ fn memory_hungry_statements_fail_with_the_budget_error_and_give_their_bytes_back
         ),
         ("a window's rows over a cross join", "SELECT a.id, row_number() OVER (ORDER BY a.v, b.id) FROM t a, t b"),
         (
+            "an endless recursive CTE's set of rows seen (UNION)",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION SELECT x + 1 FROM c) SELECT count(*) FROM c",
+        ),
+        (
+            "a recursive CTE whose runs grow a thousandfold",
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT c.x FROM c, t) SELECT count(*) FROM c",
+        ),
+        (
             "group_concat over a whole-partition window frame",
             "SELECT group_concat(v) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING) FROM t",
         ),
@@ -406,6 +414,8 @@ fn a_four_way_cross_join_stops_when_interrupted() {
         // min() cannot take a row out of its frame: a moving frame of a million rows is
         // rescanned for every row, and only the interrupt ends it.
         "SELECT min(a.id + b.id) OVER (ORDER BY a.id, b.id ROWS BETWEEN CURRENT ROW AND 1000000 FOLLOWING) FROM t a, t b",
+        // Endless, in constant memory: one row a run, each run's input let go.
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
     ];
     let mut replica = Some(replica);
     for (i, text) in statements.iter().enumerate() {

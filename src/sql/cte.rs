@@ -1,17 +1,20 @@
-//! Common table expressions: `WITH name [(columns)] AS (query), ... SELECT ...`, not
-//! recursive.
+//! Common table expressions: `WITH [RECURSIVE] name [(columns)] AS (query), ... SELECT ...`.
 //!
 //! A `WITH` clause opens a [`CteScope`] that the rest of its query (and every subquery in
 //! it) resolves table names against before the catalog, innermost `WITH` first. Each
 //! reference to a CTE plans its query again, as a subquery in `FROM` (SQLite may do the
 //! same: it materializes a CTE only when that is cheaper), so a CTE holds no rows of its
 //! own: its operators account their memory as any subquery's do. Every CTE of a clause is
-//! visible in the bodies of the others, as in SQLite; a body that reads the CTE being
-//! defined, even through another one, would be recursion, which is refused. `WITH
-//! RECURSIVE` is accepted when no CTE reads itself (SQLite allows the keyword on any
-//! `WITH`). Because references re-plan, CTEs that each read the previous one twice would
-//! plan 2^n bodies: the text of all bodies planned in one statement is bounded by
-//! [`CTE_EXPANSION_BYTES_MAX`].
+//! visible in the bodies of the others, as in SQLite. Because references re-plan, CTEs
+//! that each read the previous one twice would plan 2^n bodies: the text of all bodies
+//! planned in one statement is bounded by [`CTE_EXPANSION_BYTES_MAX`].
+//!
+//! Recursion, as SQLite has it (with or without the keyword `RECURSIVE`, which SQLite does
+//! not require): a CTE whose body is `anchor UNION [ALL] step` and whose `step` reads the
+//! CTE itself becomes a [`Plan::Recursive`]: the anchor's rows, then `step` run on the
+//! rows of the run before it (its reads of the CTE are a [`Plan::Work`] leaf) until a run
+//! gives none; `UNION` drops rows seen before. The anchor may not read the CTE; any other
+//! self-reference (in a body of another shape, or through another CTE) is refused.
 
 use std::cell::Cell;
 
@@ -42,7 +45,24 @@ pub(crate) struct CteScope<'a> {
 /// A CTE whose body is being planned, and the ones around it (a linked list on the stack).
 struct Active<'a> {
     cte: &'a ast::Cte,
+    /// While the recursive step of this CTE is planned: what a read of it is.
+    work: Option<WorkRef<'a>>,
     next: Option<&'a Active<'a>>,
+}
+
+/// The rows of a recursive CTE's previous run, as its step reads them.
+#[derive(Clone, Copy)]
+struct WorkRef<'a> {
+    id: usize,
+    columns: &'a [String],
+    /// Set when the step reads the CTE: a step that does not is a plain `UNION`.
+    read: &'a Cell<bool>,
+}
+
+/// What a name found in scope is.
+enum Found<'a> {
+    Cte(&'a ast::Cte, &'a CteScope<'a>),
+    Work(WorkRef<'a>),
 }
 
 /// Plans `f` with the CTEs of `with` in scope (checked first: no recursion, no duplicate
@@ -52,7 +72,6 @@ pub(crate) fn with_scope<T>(
     with: &ast::With,
     f: impl FnOnce(PlanCtx<'_>) -> Result<T, SqlError>,
 ) -> Result<T, SqlError> {
-    // `with.recursive` changes nothing here: a CTE that reads itself is refused either way.
     for (i, cte) in with.cte_tables.iter().enumerate() {
         let name = bind::ident(&cte.alias.name);
         if with.cte_tables[..i].iter().any(|c| bind::ident(&c.alias.name) == name) {
@@ -74,21 +93,24 @@ pub(crate) fn with_scope<T>(
 
 /// The CTE `name` refers to where `scope` is (innermost `WITH` first), and the level that
 /// defines it; refused when its body is being planned (recursion, also through others).
-fn find<'a>(scope: &'a CteScope<'a>, name: &str) -> Result<Option<(&'a ast::Cte, &'a CteScope<'a>)>, SqlError> {
+fn find<'a>(scope: &'a CteScope<'a>, name: &str) -> Result<Option<Found<'a>>, SqlError> {
     let mut level = Some(scope);
     while let Some(s) = level {
         if let Some(cte) = s.ctes.iter().find(|c| bind::ident(&c.alias.name) == name) {
             let mut active = scope.active;
             while let Some(a) = active {
                 if std::ptr::eq(a.cte, cte) {
-                    return Err(SqlError::unsupported(format!(
-                        "recursive common table expressions (WITH RECURSIVE): {name} reads itself, directly or \
-                         through another CTE"
-                    )));
+                    return match a.work {
+                        Some(work) => Ok(Some(Found::Work(work))),
+                        None => Err(SqlError::unsupported(format!(
+                            "this recursive common table expression: {name} reads itself other than in the \
+                             step of WITH RECURSIVE {name} AS (anchor UNION [ALL] step)"
+                        ))),
+                    };
                 }
                 active = a.next;
             }
-            return Ok(Some((cte, s)));
+            return Ok(Some(Found::Cte(cte, s)));
         }
         level = s.parent;
     }
@@ -98,25 +120,103 @@ fn find<'a>(scope: &'a CteScope<'a>, name: &str) -> Result<Option<(&'a ast::Cte,
 /// If `name` is a CTE in scope, its planned query and column names.
 pub(crate) fn reference(ctx: PlanCtx<'_>, name: &str) -> Result<Option<(Plan, Vec<String>)>, SqlError> {
     let Some(scope) = ctx.ctes else { return Ok(None) };
-    let Some((cte, defined_in)) = find(scope, name)? else { return Ok(None) };
+    let (cte, defined_in) = match find(scope, name)? {
+        None => return Ok(None),
+        Some(Found::Work(work)) => {
+            work.read.set(true);
+            let plan = Plan::Work { work: work.id, name: name.to_string() };
+            return Ok(Some((plan, work.columns.to_vec())));
+        }
+        Some(Found::Cte(cte, defined_in)) => (cte, defined_in),
+    };
     let bytes = defined_in.expanded.get().saturating_add(cte.query.to_string().len());
     if bytes > CTE_EXPANSION_BYTES_MAX {
         return Err(SqlError::CteExpansion { limit_bytes: CTE_EXPANSION_BYTES_MAX });
     }
     defined_in.expanded.set(bytes);
-    // The body sees the CTEs of its own WITH clause and those around it, not the query
-    // that reads it; the CTEs being planned on the way here stay active in it.
-    let active = Active { cte, next: scope.active };
+    if let Some(planned) = recursive(ctx, scope, cte, defined_in)? {
+        return Ok(Some(planned));
+    }
+    let planned = plan_body(ctx, scope, cte, defined_in, None, &cte.query)?;
+    Ok(Some((planned.plan, columns_of(cte, planned.columns)?)))
+}
+
+/// Plans `query` (a CTE's body, or part of it) as the body of `cte`: it sees the CTEs of
+/// its own `WITH` clause and those around it, not the query that reads it; the CTEs being
+/// planned on the way here stay active in it.
+fn plan_body(
+    ctx: PlanCtx<'_>,
+    scope: &CteScope<'_>,
+    cte: &ast::Cte,
+    defined_in: &CteScope<'_>,
+    work: Option<WorkRef<'_>>,
+    query: &ast::Query,
+) -> Result<select::Planned, SqlError> {
+    let active = Active { cte, work, next: scope.active };
     let body_scope =
         CteScope { ctes: &[], parent: Some(defined_in), active: Some(&active), expanded: defined_in.expanded };
     let body_ctx = PlanCtx { ctes: Some(&body_scope), ..ctx.uncorrelated() }.deeper(SUBQUERY_DEPTH_COST)?;
-    let planned = select::plan_query(body_ctx, &cte.query)?;
+    select::plan_query(body_ctx, query)
+}
+
+/// The CTE's column names: its column list, else its query's.
+fn columns_of(cte: &ast::Cte, planned: Vec<String>) -> Result<Vec<String>, SqlError> {
     if cte.alias.columns.is_empty() {
-        return Ok(Some((planned.plan, planned.columns)));
+        return Ok(planned);
     }
-    let (values, columns) = (planned.columns.len(), cte.alias.columns.len());
+    let (values, columns) = (planned.len(), cte.alias.columns.len());
     if values != columns {
+        let name = bind::ident(&cte.alias.name);
         return Err(SqlError::invalid(format!("table {name} has {values} values for {columns} columns")));
     }
-    Ok(Some((planned.plan, cte.alias.columns.iter().map(|c| bind::ident(&c.name)).collect())))
+    Ok(cte.alias.columns.iter().map(|c| bind::ident(&c.name)).collect())
+}
+
+/// `anchor UNION [ALL] step` whose step reads the CTE: a [`Plan::Recursive`]. `None` when
+/// the body has another shape or its step does not read the CTE (a plain compound).
+fn recursive(
+    ctx: PlanCtx<'_>,
+    scope: &CteScope<'_>,
+    cte: &ast::Cte,
+    defined_in: &CteScope<'_>,
+) -> Result<Option<(Plan, Vec<String>)>, SqlError> {
+    let ast::SetExpr::SetOperation { op: ast::SetOperator::Union, set_quantifier, left, right } = &*cte.query.body
+    else {
+        return Ok(None);
+    };
+    let distinct = match set_quantifier {
+        ast::SetQuantifier::All => false,
+        ast::SetQuantifier::Distinct | ast::SetQuantifier::None => true,
+        _ => return Ok(None),
+    };
+    let name = bind::ident(&cte.alias.name);
+    // Each side as a query of its own; the body's ORDER BY and LIMIT are refused below.
+    let part = |body: &ast::SetExpr| ast::Query {
+        body: Box::new(body.clone()),
+        order_by: None,
+        limit_clause: None,
+        fetch: None,
+        ..(*cte.query).clone()
+    };
+    let anchor = plan_body(ctx, scope, cte, defined_in, None, &part(left))?;
+    let columns = columns_of(cte, anchor.columns)?;
+    let read = Cell::new(false);
+    let work = WorkRef { id: std::ptr::from_ref(cte) as usize, columns: &columns, read: &read };
+    let step = plan_body(ctx, scope, cte, defined_in, Some(work), &part(right))?;
+    if !read.get() {
+        return Ok(None);
+    }
+    if cte.query.order_by.is_some() || cte.query.limit_clause.is_some() || cte.query.fetch.is_some() {
+        return Err(SqlError::unsupported(format!(
+            "ORDER BY or LIMIT in the recursive common table expression {name}"
+        )));
+    }
+    if step.columns.len() != columns.len() {
+        return Err(SqlError::invalid(format!(
+            "SELECTs to the left and right of UNION do not have the same number of result columns ({name})"
+        )));
+    }
+    let plan =
+        Plan::Recursive { anchor: Box::new(anchor.plan), step: Box::new(step.plan), distinct, work: work.id, name };
+    Ok(Some((plan, columns)))
 }

@@ -159,7 +159,114 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<
             let (rows, reservation) = set_op(op, open(*left, snap, limits)?, right, limits)?;
             held(rows, reservation)
         }
+        Plan::Recursive { anchor, step, distinct, work, .. } => {
+            let current = open(*anchor, snap, limits)?;
+            Box::new(Recursion {
+                step: *step,
+                work,
+                distinct,
+                snap: Arc::clone(snap),
+                limits: limits.clone(),
+                current,
+                produced: Vec::new(),
+                seen: KeyMap::default(),
+                reservation: limits.reservation(),
+                done: false,
+            })
+        }
+        // Only a recursive step reads it, and `Recursion` replaces it before each run: one
+        // left is a read from elsewhere (a subquery of the step), which SQLite refuses too.
+        Plan::Work { name, .. } => {
+            return Err(SqlError::invalid(format!(
+                "the recursive table {name} may be read only in the FROM clause of its recursive SELECT"
+            )))
+        }
     })
+}
+
+/// A recursive CTE running: the rows of the current run (the anchor first), kept for the
+/// next run as they are handed out; the next run starts when the current one ends.
+struct Recursion {
+    step: Plan,
+    work: usize,
+    distinct: bool,
+    snap: Arc<Snapshot>,
+    limits: Limits,
+    current: RowStream,
+    /// The rows the current run has given: the next run's input.
+    produced: Vec<Row>,
+    /// `UNION`: every row given so far.
+    seen: KeyMap<Vec<KeyValue>, ()>,
+    /// The rows kept (`produced` and `seen`), accounted while kept.
+    reservation: Reservation,
+    done: bool,
+}
+
+impl Recursion {
+    /// The next row of the current run that is new; `None` when the run is over.
+    fn next_of_run(&mut self) -> Option<Result<Row, SqlError>> {
+        loop {
+            let row = match self.current.next()? {
+                Ok(row) => row,
+                Err(e) => return Some(Err(e)),
+            };
+            if let Err(e) = self.limits.check() {
+                return Some(Err(e));
+            }
+            if self.distinct {
+                match self.seen.entry(row_key(&row)) {
+                    Entry::Occupied(_) => continue,
+                    Entry::Vacant(slot) => {
+                        if let Err(e) = self.reservation.grow(key_bytes(&row)) {
+                            return Some(Err(e));
+                        }
+                        slot.insert(());
+                    }
+                }
+            }
+            if let Err(e) = self.reservation.grow(limits::row_bytes(&row)) {
+                return Some(Err(e));
+            }
+            self.produced.push(row.clone());
+            return Some(Ok(row));
+        }
+    }
+
+    /// Starts the next run on the rows the last one gave; false when it gave none.
+    fn start_run(&mut self) -> Result<bool, SqlError> {
+        if self.produced.is_empty() {
+            return Ok(false);
+        }
+        let input = std::mem::take(&mut self.produced);
+        let mut step = self.step.clone();
+        step.fill_work(self.work, &input);
+        self.current = open(step, &self.snap, &self.limits)?;
+        // The input is now held by the run's plan, and is let go as it ends; the rows kept
+        // for the next run are accounted as they come.
+        self.reservation.shrink(input.iter().map(|r| limits::row_bytes(r)).sum());
+        Ok(true)
+    }
+}
+
+impl Iterator for Recursion {
+    type Item = Result<Row, SqlError>;
+
+    fn next(&mut self) -> Option<Result<Row, SqlError>> {
+        while !self.done {
+            if let Some(row) = self.next_of_run() {
+                return Some(row);
+            }
+            match self.start_run() {
+                Ok(true) => {}
+                Ok(false) => self.done = true,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The hash key of a row for `DISTINCT` and the set operations: NULLs equal, `1` = `1.0`,

@@ -170,5 +170,12 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             render(left, depth + 1, out);
             render(right, depth + 1, out);
         }
+        Plan::Recursive { anchor, step, distinct, name, .. } => {
+            let union = if *distinct { "UNION" } else { "UNION ALL" };
+            line(format!("RECURSIVE CTE {name} ({union}: the anchor, then the step on each run's rows until none)"));
+            render(anchor, depth + 1, out);
+            render(step, depth + 1, out);
+        }
+        Plan::Work { name, .. } => line(format!("WORK TABLE {name} (the rows of the run before)")),
     }
 }

@@ -199,6 +199,22 @@ pub(crate) enum Plan {
         left: Box<Plan>,
         right: Box<Plan>,
     },
+    /// `WITH RECURSIVE name AS (anchor UNION [ALL] step)` (`cte.rs`): the anchor's rows,
+    /// then `step` run on the rows the run before it gave (its [`Plan::Work`] leaves
+    /// numbered `work`), until a run gives none; `distinct` drops rows seen before.
+    Recursive {
+        anchor: Box<Plan>,
+        step: Box<Plan>,
+        distinct: bool,
+        work: usize,
+        name: String,
+    },
+    /// Inside a recursive step: the rows of the run before. Replaced by them (a
+    /// [`Plan::Values`]) before each run; never opened as it is.
+    Work {
+        work: usize,
+        name: String,
+    },
 }
 
 /// A column visible to name resolution.
@@ -331,7 +347,7 @@ impl Plan {
     /// The operators directly below this one.
     fn inputs_mut(&mut self) -> Vec<&mut Plan> {
         match self {
-            Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } => vec![],
+            Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } | Plan::Work { .. } => vec![],
             Plan::Derived { input, .. }
             | Plan::Filter { input, .. }
             | Plan::Project { input, .. }
@@ -344,6 +360,7 @@ impl Plan {
             | Plan::Trim { input, .. } => vec![input],
             Plan::Union { inputs, .. } => inputs.iter_mut().collect(),
             Plan::SetOp { left, right, .. } => vec![left, right],
+            Plan::Recursive { anchor, step, .. } => vec![anchor, step],
             Plan::Join(join) => {
                 let Join { left, right, .. } = &mut **join;
                 let mut inputs = vec![left];
@@ -391,10 +408,24 @@ impl Plan {
             | Plan::Limit { .. }
             | Plan::Trim { .. }
             | Plan::Union { .. }
-            | Plan::SetOp { .. } => {}
+            | Plan::SetOp { .. }
+            | Plan::Recursive { .. }
+            | Plan::Work { .. } => {}
         }
         for input in self.inputs_mut() {
             input.for_each_expr_mut(f);
+        }
+    }
+
+    /// Replaces the [`Plan::Work`] leaves numbered `work` with `rows` (a recursive step's
+    /// input for one run).
+    pub fn fill_work(&mut self, work: usize, rows: &[Row]) {
+        if matches!(self, Plan::Work { work: w, .. } if *w == work) {
+            *self = Plan::Values { rows: rows.to_vec() };
+            return;
+        }
+        for input in self.inputs_mut() {
+            input.fill_work(work, rows);
         }
     }
 

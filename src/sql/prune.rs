@@ -76,8 +76,12 @@ pub(crate) fn prune(plan: &mut Plan, needed: Needed) {
             prune(left, None);
             prune(right, None);
         }
+        Plan::Recursive { anchor, step, .. } => {
+            prune(anchor, None);
+            prune(step, None);
+        }
         Plan::Join(join) => prune_join(join, needed),
-        Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } => {}
+        Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } | Plan::Work { .. } => {}
     }
 }
 
