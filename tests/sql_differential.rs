@@ -1,6 +1,7 @@
 //! Differential test: random schemas (column types in several SQLite spellings: `INT`,
 //! `VARCHAR(20)`, `DOUBLE`, ...; table t1 without a primary key; odd tables' indexes
-//! unique, so that their `INSERT OR IGNORE` skips repeated values), data and queries run
+//! unique, so that their `INSERT OR IGNORE` skips repeated values), data and queries
+//! (JSON built from the data and read back, recursive CTEs among the `WITH` queries) run
 //! on edgestore's SQL engine and on SQLite (rusqlite, bundled); the results must match.
 //!
 //! Queries stay inside the supported scope and away from SQLite's type-affinity quirks:
@@ -164,8 +165,11 @@ impl Gen<'_> {
     }
 
     fn text(&mut self, depth: u32) -> String {
-        let roll = if depth == 0 { self.rng.random_range(0..2) } else { self.rng.random_range(0..7) };
+        let roll = if depth == 0 { self.rng.random_range(0..2) } else { self.rng.random_range(0..9) };
         match roll {
+            // JSON text made of the world's values, and a value read back out of it.
+            7 => format!("json_object('k', {}, 'n', {})", self.text(depth - 1), self.num(depth - 1)),
+            8 => format!("(json_array({}, {}) ->> 1)", self.num(depth - 1), self.text(depth - 1)),
             0 => self.column(&[Kind::Text]).unwrap_or_else(|| "'t'".into()),
             1 => literal(&mut self.rng, Kind::Text),
             2 => format!("lower({})", self.text(depth - 1)),
@@ -372,12 +376,32 @@ impl Gen<'_> {
     }
 
     /// A query with common table expressions: a CTE read once, twice (self-join), by a
-    /// second CTE, or in a compound.
+    /// second CTE, in a compound, or recursive (a series that grows to a bound, or a walk
+    /// from table to table by key, which `UNION` ends on a cycle).
     fn with_query(&mut self) -> (String, bool) {
         let width = self.rng.random_range(1..=2);
         let body = self.term(width);
         let columns = (0..width).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", ");
-        let (sql, ordered_width) = match self.rng.random_range(0..5) {
+        let (sql, ordered_width) = match self.rng.random_range(0..7) {
+            5 => {
+                let union = *self.pick(&["UNION", "UNION ALL"]);
+                let step = *self.pick(&["1", "2", "0.5"]);
+                let bound = self.rng.random_range(0..12);
+                let anchor = self.term(1);
+                let recursive = format!("SELECT v0 + {step} FROM r WHERE v0 < {bound}");
+                (format!("WITH RECURSIVE r(v0) AS ({anchor} {union} {recursive}) SELECT v0 FROM r"), Some(1))
+            }
+            6 => {
+                let a = self.rng.random_range(0..self.world.tables.len());
+                let b = self.rng.random_range(0..self.world.tables.len());
+                let (a, b) = (&self.world.tables[a].name, &self.world.tables[b].name);
+                let start = self.rng.random_range(0..10);
+                let walk = format!(
+                    "WITH RECURSIVE r(v0) AS (SELECT k FROM {a} WHERE id <= {start} \
+                     UNION SELECT {b}.k FROM {b} JOIN r ON {b}.id = r.v0) SELECT v0 FROM r"
+                );
+                (walk, Some(1))
+            }
             0 => (format!("WITH w AS ({body}) SELECT {columns} FROM w"), Some(width)),
             1 => (format!("WITH w AS ({body}) SELECT count(*) FROM w AS p JOIN w AS q ON p.v0 = q.v0"), None),
             2 => {
