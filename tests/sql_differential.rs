@@ -438,7 +438,9 @@ impl Gen<'_> {
         for _ in 0..self.rng.random_range(1..=3) {
             let num = self.column(&[Kind::Int, Kind::Real]).unwrap_or_else(|| "1".into());
             let any = self.column(&[Kind::Int, Kind::Real, Kind::Text]).unwrap_or_else(|| "1".into());
-            items.push(match self.rng.random_range(0..9) {
+            items.push(match self.rng.random_range(0..11) {
+                9 => format!("count(*) FILTER (WHERE {})", self.pred(0)),
+                10 => format!("sum({num}) FILTER (WHERE {})", self.pred(1)),
                 0 => "count(*)".into(),
                 1 => format!("count({any})"),
                 2 => format!("sum({num})"),

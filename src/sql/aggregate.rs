@@ -70,6 +70,8 @@ pub(crate) struct AggSpec {
     pub distinct: bool,
     /// `group_concat(x, sep)`'s separator, evaluated per row.
     pub separator: Option<Expr>,
+    /// `FILTER (WHERE ...)`: only rows for which it is true are aggregated.
+    pub filter: Option<Expr>,
 }
 
 /// The running state of one aggregate in one group.
@@ -98,6 +100,11 @@ impl Acc {
     }
 
     fn update(&mut self, spec: &AggSpec, row: &[Value], reservation: &mut Reservation) -> Result<(), SqlError> {
+        if let Some(filter) = &spec.filter {
+            if !filter.passes(row)? {
+                return Ok(());
+            }
+        }
         let Some(arg) = &spec.arg else {
             self.count += 1;
             return Ok(());

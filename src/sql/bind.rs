@@ -201,9 +201,6 @@ fn function_args(f: &ast::Function) -> Result<(Vec<&ast::FunctionArgExpr>, bool)
         // A window call is bound by `window::bind_call`, never as a plain call.
         return Err(SqlError::invalid(format!("misuse of window function {name}()")));
     }
-    if f.filter.is_some() {
-        return Err(SqlError::unsupported(format!("FILTER (WHERE ...) on the aggregate {name}()")));
-    }
     if !f.within_group.is_empty() {
         return Err(SqlError::unsupported(format!("WITHIN GROUP on {name}()")));
     }
@@ -577,7 +574,13 @@ impl<'a> Binder<'a> {
         }
         // A bare column in an aggregate query takes its value from some row of the group,
         // as SQLite allows.
-        let spec = AggSpec { func: AggFunc::Any, arg: Some(Expr::Column(position)), distinct: false, separator: None };
+        let spec = AggSpec {
+            func: AggFunc::Any,
+            arg: Some(Expr::Column(position)),
+            distinct: false,
+            separator: None,
+            filter: None,
+        };
         Ok(Expr::Column(agg.register(spec, None)))
     }
 
@@ -627,6 +630,9 @@ impl<'a> Binder<'a> {
         if distinct {
             return Err(SqlError::invalid(format!("DISTINCT in non-aggregate function {name}()")));
         }
+        if f.filter.is_some() {
+            return Err(SqlError::invalid(format!("FILTER may not be used with non-aggregate {name}()")));
+        }
         let func = Func::lookup(&name, args.len())?;
         let mut bound = Vec::with_capacity(args.len() + 1);
         if matches!(func, Func::Date(_)) {
@@ -673,7 +679,7 @@ impl<'a> Binder<'a> {
         // Arguments bind in the input scope, where a nested aggregate (or a window function)
         // is a misuse.
         let win = self.win.take();
-        let spec = self.aggregate_spec(name, args, distinct);
+        let spec = self.aggregate_spec(name, args, distinct, f.filter.as_deref());
         self.win = win;
         let spec = match spec {
             Ok(s) => s,
@@ -692,8 +698,16 @@ impl<'a> Binder<'a> {
         name: &str,
         args: &[&ast::FunctionArgExpr],
         distinct: bool,
+        filter: Option<&ast::Expr>,
     ) -> Result<AggSpec, SqlError> {
         let func = AggFunc::from_name(name);
+        // `FILTER (WHERE ...)` binds in the input scope, as the arguments do.
+        let filter = filter.map(|e| self.bind(e)).transpose()?;
+        if filter.as_ref().is_some_and(Expr::has_outer) {
+            return Err(SqlError::unsupported(format!(
+                "FILTER of {name}() over a column of an enclosing query, inside a subquery"
+            )));
+        }
         let mut bound = Vec::new();
         for a in args {
             match a {
@@ -708,7 +722,13 @@ impl<'a> Binder<'a> {
                     bound.push(e);
                 }
                 ast::FunctionArgExpr::Wildcard if func == AggFunc::Count && args.len() == 1 && !distinct => {
-                    return Ok(AggSpec { func: AggFunc::CountStar, arg: None, distinct: false, separator: None });
+                    return Ok(AggSpec {
+                        func: AggFunc::CountStar,
+                        arg: None,
+                        distinct: false,
+                        separator: None,
+                        filter,
+                    });
                 }
                 _ => return Err(SqlError::invalid(format!("bad arguments to {name}()"))),
             }
@@ -719,7 +739,7 @@ impl<'a> Binder<'a> {
             _ => return Err(SqlError::ArgumentCount { function: name.to_string() }),
         }
         let separator = if bound.len() == 2 { bound.pop() } else { None };
-        Ok(AggSpec { func, arg: bound.pop(), distinct, separator })
+        Ok(AggSpec { func, arg: bound.pop(), distinct, separator, filter })
     }
 
     /// Plans a subquery. Uncorrelated, it runs now, once, and becomes a constant (so that

@@ -385,7 +385,7 @@ impl Plan {
             Plan::Aggregate { groups, aggs, .. } => {
                 groups.iter_mut().for_each(&mut *f);
                 for agg in aggs {
-                    agg.arg.iter_mut().chain(agg.separator.iter_mut()).for_each(&mut *f);
+                    agg.arg.iter_mut().chain(agg.separator.iter_mut()).chain(agg.filter.iter_mut()).for_each(&mut *f);
                 }
             }
             Plan::Window { sorts, .. } => sorts.iter_mut().flat_map(WindowSort::exprs_mut).for_each(&mut *f),

@@ -37,7 +37,7 @@ fn with(mut needed: Needed, exprs: &[&Expr]) -> Needed {
 }
 
 fn agg_exprs(aggs: &[AggSpec]) -> impl Iterator<Item = &Expr> {
-    aggs.iter().flat_map(|a| a.arg.iter().chain(a.separator.iter()))
+    aggs.iter().flat_map(|a| a.arg.iter().chain(a.separator.iter()).chain(a.filter.iter()))
 }
 
 /// Prunes below `plan`, of whose output columns `needed` are read.
