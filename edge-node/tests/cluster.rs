@@ -3,7 +3,9 @@
 //! daemon's fault-injection switch, enabled by `EDGE_NODE_FAULT_INJECTION=1`, drops its
 //! sync datagrams), another is killed with SIGKILL and restarted on its data directory.
 //! After healing, all three must hold identical digests and answer the same JOIN queries
-//! identically, with every acknowledged write present and counters adding up; then, idle,
+//! identically, with every acknowledged write present and counters adding up, and the two
+//! rows that took one UNIQUE value on either side of the cut both kept and listed alike
+//! as a unique conflict; then, idle,
 //! each node's compaction driver empties its log (the horizon reaches the common vector)
 //! and the stores stay intact. Finally SIGTERM stops each node cleanly (exit code 0).
 //!
@@ -115,7 +117,8 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
         &a,
         "CREATE TABLE sites (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
          CREATE TABLE sensors (id INTEGER PRIMARY KEY, site INTEGER, kind TEXT, hits COUNTER);
-         CREATE INDEX sensors_site ON sensors (site);",
+         CREATE INDEX sensors_site ON sensors (site);
+         CREATE TABLE devices (id INTEGER PRIMARY KEY, serial TEXT UNIQUE);",
     );
     wait_converged(&[&a, &b, &c], 0);
     let mut acknowledged_sites = Vec::new();
@@ -142,6 +145,16 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     }
     sql(&a, "UPDATE sites SET name = 'renamed by a' WHERE id = 1", json!([]));
     sql(&c, "UPDATE sites SET name = 'renamed by c' WHERE id = 1", json!([]));
+    // One serial taken on both sides of the cut: each node checks its own writes only.
+    sql(&a, "INSERT INTO devices VALUES (1, 'sn-7')", json!([]));
+    sql(&c, "INSERT INTO devices VALUES (2, 'sn-7')", json!([]));
+    let again = json!({ "sql": "INSERT INTO devices VALUES (3, 'sn-7')", "params": [] });
+    let (status, refused) = http(a.api, "POST", "/v1/sql", Some(&again));
+    assert_ne!(status, 200, "a holds sn-7: {refused}");
+    assert!(
+        refused["error"].as_str().is_some_and(|e| e.contains("UNIQUE constraint failed: devices.serial")),
+        "{refused}"
+    );
 
     // Kill b right after an acknowledged write, restart it on the same addresses.
     sql(&b, "INSERT INTO sites VALUES (2000, 'last before kill')", json!([]));
@@ -171,6 +184,13 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     assert_eq!(hits["rows"], json!([[expected_hits]]), "counter increments were lost or doubled");
     let conflicts = sql(&b, "SELECT COUNT(*) FROM edgestore_conflicts WHERE table_name = 'sites'", json!([]));
     assert_eq!(conflicts["rows"], json!([[2]]), "the two concurrent renames are both kept");
+    let unique = "SELECT primary_key, column_name, winner, value, is_winner FROM edgestore_conflicts \
+                  WHERE kind = 'unique' ORDER BY primary_key";
+    for node in [&a, &b, &c] {
+        let listed = sql(node, unique, json!([]));
+        let expected = json!([["(1)", "serial", "(1)", "sn-7", true], ["(2)", "serial", "(1)", "sn-7", false]]);
+        assert_eq!(listed["rows"], expected, "{}: both devices kept, listed alike", node.name);
+    }
     wait_horizon_reached(&[&a, &b, &c]);
     let (status, metrics) = http(a.api, "GET", "/metrics", None);
     assert_eq!(status, 200);
