@@ -95,9 +95,11 @@ fn unique_columns(unique: &ast::UniqueConstraint) -> Result<Vec<String>, SqlErro
 }
 
 /// `CREATE TABLE t AS SELECT ...`: a table without a primary key, as SQLite makes it,
-/// with the query's column names and its rows, in one batch. Each column's type is what
-/// its values hold (INTEGER and REAL together make REAL; only NULLs, or no rows, make
-/// TEXT), since columns here are strictly typed where SQLite's CTAS columns take any value.
+/// with the query's column names and its rows, in one batch. A column that copies a
+/// column of the one table read (`*`, `t.*`, `c`, `t.c`, with or without `AS`) has its type
+/// (INTEGER for a COUNTER); any other has the type its values hold (INTEGER and REAL
+/// together make REAL; only NULLs, or no rows, make TEXT), since columns here are strictly
+/// typed where SQLite's CTAS columns take any value.
 fn create_table_as(
     ctx: PlanCtx<'_>,
     ct: &ast::CreateTable,
@@ -114,9 +116,17 @@ fn create_table_as(
     let planned = super::select::plan_query(ctx, query)?;
     let (rows, _reservation) =
         super::ddl_dml::collect(super::exec::open(planned.plan, ctx.snap, ctx.limits)?, ctx.limits)?;
+    let mut copied = copied_types(ctx, query);
+    if copied.len() != planned.columns.len() {
+        // Not a projection this reading understands: the values decide every type.
+        copied.clear();
+    }
     let mut schema = TableSchema::without_key(&name);
     for (i, column) in planned.columns.iter().enumerate() {
-        let ty = column_type_of(column, rows.iter().map(|row| &row[i]))?;
+        let ty = match copied.get(i).copied().flatten() {
+            Some(ty) => ty,
+            None => column_type_of(column, rows.iter().map(|row| &row[i]))?,
+        };
         let name = crate::schema::normalize_name(column).map_err(|_| {
             SqlError::invalid(format!(
                 "column {column:?} of CREATE TABLE ... AS SELECT is not a valid column name: give it one with AS"
@@ -134,6 +144,50 @@ fn create_table_as(
         ops.push(WriteOp::Insert { table: name.clone(), values: values.collect() });
     }
     Ok((ops, count))
+}
+
+/// For a query that reads one stored table, the type of each result column that copies
+/// one of its columns; empty for any other query (the values decide).
+fn copied_types(ctx: PlanCtx<'_>, query: &ast::Query) -> Vec<Option<ColumnType>> {
+    let ast::SetExpr::Select(select) = &*query.body else { return Vec::new() };
+    let [from] = select.from.as_slice() else { return Vec::new() };
+    let ast::TableFactor::Table { name, alias, args: None, .. } = &from.relation else { return Vec::new() };
+    let Ok(table_name) = bind::object_name(name) else { return Vec::new() };
+    // A CTE of the same name hides the table; its columns have no declared types.
+    if !from.joins.is_empty() || query.with.is_some() || ctx.ctes.is_some() {
+        return Vec::new();
+    }
+    let Some(table) = ctx.snap.catalog().table(&table_name) else { return Vec::new() };
+    let schema = &table.schema;
+    let alias = alias.as_ref().map_or(table_name.clone(), |a| bind::ident(&a.name));
+    let copy_type = |c: &crate::schema::ColumnDef| match c.ty {
+        ColumnType::Counter => ColumnType::Integer,
+        ty => ty,
+    };
+    let column_of = |e: &ast::Expr| -> Option<ColumnType> {
+        let name = match e {
+            ast::Expr::Identifier(i) => bind::ident(i),
+            ast::Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [t, c] if bind::ident(t) == alias => bind::ident(c),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        schema.column_index(&name).map(|i| copy_type(&schema.columns[i]))
+    };
+    let mut types = Vec::new();
+    for item in &select.projection {
+        match item {
+            ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => {
+                types.extend(schema.visible_columns().iter().map(|c| Some(copy_type(c))));
+            }
+            ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => {
+                types.push(column_of(e))
+            }
+            ast::SelectItem::ExprWithAliases { .. } => types.push(None),
+        }
+    }
+    types
 }
 
 /// The type of a `CREATE TABLE ... AS SELECT` column that holds `values`.
