@@ -308,6 +308,14 @@ fn json_calls() -> Vec<String> {
             "'[1,2,3]' -> 1 -> '$'",
             "json_array_length('[1,2,3]', '$[0]')",
             "length(json_array(zeroblob(0) IS NULL))",
+            "json_array(json_extract('{\"a\":[1,2]}', '$.a'))",
+            "json_array(json_extract('{\"a\":\"x\"}', '$.a'), json_extract('{\"a\":1.5}', '$.a'))",
+            "json_object('k', json_extract('[1,{\"b\":2}]', '$[1]', '$[0]'))",
+            "json_array(json_extract('{}', '$.x'))",
+            "json_quote(json_extract('{\"a\":{\"b\":null}}', '$.a'))",
+            // A long path that misses at its first step is still read to its end.
+            "json_extract('{}', '$' || replace(hex(zeroblob(20000)), '00', '.a'))",
+            "'[1]' -> ('$' || replace(hex(zeroblob(20000)), '00', '[0]'))",
         ]
         .map(String::from),
     );

@@ -309,6 +309,10 @@ fn memory_hungry_statements_fail_with_the_budget_error_and_give_their_bytes_back
         ),
         ("a window's rows over a cross join", "SELECT a.id, row_number() OVER (ORDER BY a.v, b.id) FROM t a, t b"),
         (
+            "the tree of a large JSON array",
+            "SELECT json_array_length('[' || replace(hex(zeroblob(100000)), '00', '0,') || '0]')",
+        ),
+        (
             "an endless recursive CTE's set of rows seen (UNION)",
             "WITH RECURSIVE c(x) AS (SELECT 1 UNION SELECT x + 1 FROM c) SELECT count(*) FROM c",
         ),

@@ -645,6 +645,13 @@ impl<'a> Binder<'a> {
             }
         }
         // Arguments that are JSON from a JSON function are embedded as JSON.
+        if func.takes_json() {
+            for arg in &mut bound {
+                if let Expr::Func(f @ Func::JsonExtract, _) = arg {
+                    *f = Func::JsonExtractJson;
+                }
+            }
+        }
         let mask = bound
             .iter()
             .take(64)

@@ -48,9 +48,10 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
     let schema = draft.finish(ct.without_rowid)?;
     Checks::bind(ctx, &schema)?;
     let indexes = unique_indexes(&schema, uniques)?;
-    let if_not_exists = ct.if_not_exists;
-    let mut ops = vec![WriteOp::CreateTable { schema, if_not_exists }];
-    ops.extend(indexes.into_iter().map(|schema| WriteOp::CreateIndex { schema, if_not_exists }));
+    // The constraints' indexes are new with the table: one of that name existing is an
+    // error, never a reason to go without the constraint.
+    let mut ops = vec![WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists }];
+    ops.extend(indexes.into_iter().map(|schema| WriteOp::CreateIndex { schema, if_not_exists: false }));
     Ok((ops, 0))
 }
 
@@ -225,8 +226,15 @@ pub(super) fn check_name(name: &str) -> Result<(), SqlError> {
     if name.starts_with(SYSTEM_PREFIX) {
         return Err(SqlError::invalid(format!("names starting with {SYSTEM_PREFIX} are reserved: {name}")));
     }
+    // As in SQLite: the indexes of UNIQUE constraints are named sqlite_autoindex_*.
+    if name.starts_with(SQLITE_PREFIX) {
+        return Err(SqlError::invalid(format!("object name reserved for internal use: {name}")));
+    }
     Ok(())
 }
+
+/// Names starting with this are SQLite's (and here the indexes of `UNIQUE` constraints).
+pub(super) const SQLITE_PREFIX: &str = "sqlite_";
 
 fn refuse_options(ct: &ast::CreateTable) -> Result<(), SqlError> {
     if ct.or_replace || ct.temporary || ct.external || ct.like.is_some() || ct.clone.is_some() {

@@ -202,9 +202,20 @@ fn recursive(
     let columns = columns_of(cte, anchor.columns)?;
     let read = Cell::new(false);
     let work = WorkRef { id: std::ptr::from_ref(cte) as usize, columns: &columns, read: &read };
-    let step = plan_body(ctx, scope, cte, defined_in, Some(work), &part(right))?;
+    let mut step = plan_body(ctx, scope, cte, defined_in, Some(work), &part(right))?;
     if !read.get() {
         return Ok(None);
+    }
+    match step.plan.work_reads(work.id) {
+        (n, _) if n > 1 => {
+            return Err(SqlError::unsupported(format!("multiple references to the recursive table {name} in its step")))
+        }
+        (_, true) => {
+            return Err(SqlError::unsupported(format!(
+                "an aggregate or window function over the recursive table {name} in its step"
+            )))
+        }
+        _ => {}
     }
     if cte.query.order_by.is_some() || cte.query.limit_clause.is_some() || cte.query.fetch.is_some() {
         return Err(SqlError::unsupported(format!(

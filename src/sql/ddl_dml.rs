@@ -131,6 +131,9 @@ fn drop_ops(
             let name = bind::object_name(n)?;
             match object_type {
                 ast::ObjectType::Table => Ok(WriteOp::DropTable { name, if_exists }),
+                ast::ObjectType::Index if name.starts_with(create_table::SQLITE_PREFIX) => Err(SqlError::invalid(
+                    format!("index associated with UNIQUE or PRIMARY KEY constraint cannot be dropped: {name}"),
+                )),
                 ast::ObjectType::Index => Ok(WriteOp::DropIndex { name, if_exists }),
                 other => Err(SqlError::unsupported(format!("DROP {other} (edgestore has tables and indexes)"))),
             }

@@ -169,6 +169,7 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<
                 limits: limits.clone(),
                 current,
                 produced: Vec::new(),
+                input_bytes: 0,
                 seen: KeyMap::default(),
                 reservation: limits.reservation(),
                 done: false,
@@ -195,6 +196,8 @@ struct Recursion {
     current: RowStream,
     /// The rows the current run has given: the next run's input.
     produced: Vec<Row>,
+    /// Bytes of the current run's input (held by its plan), accounted until the run ends.
+    input_bytes: usize,
     /// `UNION`: every row given so far.
     seen: KeyMap<Vec<KeyValue>, ()>,
     /// The rows kept (`produced` and `seen`), accounted while kept.
@@ -237,13 +240,14 @@ impl Recursion {
         if self.produced.is_empty() {
             return Ok(false);
         }
+        // The last run's input is let go; this run's (the rows the last one gave, already
+        // accounted as they came) is held by the run's plan until the next run starts.
+        self.reservation.shrink(self.input_bytes);
         let input = std::mem::take(&mut self.produced);
+        self.input_bytes = input.iter().map(|r| limits::row_bytes(r)).sum();
         let mut step = self.step.clone();
-        step.fill_work(self.work, &input);
+        step.fill_work(self.work, input);
         self.current = open(step, &self.snap, &self.limits)?;
-        // The input is now held by the run's plan, and is let go as it ends; the rows kept
-        // for the next run are accounted as they come.
-        self.reservation.shrink(input.iter().map(|r| limits::row_bytes(r)).sum());
         Ok(true)
     }
 }

@@ -66,6 +66,9 @@ pub(crate) enum Func {
         mask: u64,
     },
     JsonExtract,
+    /// `json_extract` given directly to `json_array`, `json_object` or `json_quote`: the
+    /// element as JSON text, embedded as JSON (SQLite's subtype of its result).
+    JsonExtractJson,
     JsonType,
     JsonArrayLength,
     /// `x -> p` and `x ->> p`.
@@ -86,8 +89,18 @@ impl Func {
     pub fn returns_json(self) -> bool {
         matches!(
             self,
-            Func::Json | Func::JsonQuote { .. } | Func::JsonArray { .. } | Func::JsonObject { .. } | Func::JsonArrow
+            Func::Json
+                | Func::JsonQuote { .. }
+                | Func::JsonArray { .. }
+                | Func::JsonObject { .. }
+                | Func::JsonArrow
+                | Func::JsonExtractJson
         )
+    }
+
+    /// Whether the function embeds arguments that are JSON as JSON.
+    pub fn takes_json(self) -> bool {
+        matches!(self, Func::JsonQuote { .. } | Func::JsonArray { .. } | Func::JsonObject { .. })
     }
 
     /// The function with `mask` marking its JSON arguments, for those that take it.
@@ -206,7 +219,8 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
         Func::JsonQuote { mask } => json::json_quote(&args, mask)?,
         Func::JsonArray { mask } => json::json_array(&args, mask)?,
         Func::JsonObject { mask } => json::json_object(&args, mask)?,
-        Func::JsonExtract => json::json_extract(&args)?,
+        Func::JsonExtract => json::json_extract(&args, false)?,
+        Func::JsonExtractJson => json::json_extract(&args, true)?,
         Func::JsonType => json::json_type(&args)?,
         Func::JsonArrayLength => json::json_array_length(&args)?,
         Func::JsonArrow => json::arrow(&args, false)?,

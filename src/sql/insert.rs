@@ -327,10 +327,13 @@ impl Insertion<'_> {
         let schema = &self.plan.table.schema;
         let values = self.plan.columns.iter().map(|&i| (schema.columns[i].name.clone(), full[i].clone())).collect();
         self.ops.push(Some(WriteOp::Insert { table: schema.name.clone(), values }));
-        let pk = (!schema.rowid).then(|| pk_of(&self.plan.table, &full));
-        let insert_op = Some(self.ops.len() - 1);
-        self.remember(Written { pk, row: full, alive: true, insert_op }, None);
         self.affected += 1;
+        // A plain INSERT looks nothing up: the rows it wrote need not be remembered.
+        if !matches!(self.plan.on_conflict, OnConflict::Fail) {
+            let pk = (!schema.rowid).then(|| pk_of(&self.plan.table, &full));
+            let insert_op = Some(self.ops.len() - 1);
+            self.remember(Written { pk, row: full, alive: true, insert_op }, None);
+        }
         Ok(())
     }
 

@@ -99,15 +99,25 @@ fn malformed() -> SqlError {
     SqlError::invalid("malformed JSON")
 }
 
+/// Bytes the tree of a JSON text of `len` bytes may take: every element needs at least two
+/// bytes of text (`0,`) and costs at most about 48 in the tree.
+fn tree_bytes(len: usize) -> usize {
+    len.saturating_mul(24)
+}
+
+/// Parses JSON text into a tree, refused first if the tree could pass the statement's
+/// memory budget.
+fn parse_text(text: &str) -> Result<Json, SqlError> {
+    check_result_bytes(tree_bytes(text.len()))?;
+    serde_json::from_str(text).map_err(|_| malformed())
+}
+
 /// Parses a function's JSON argument; NULL is `None`.
 fn parse(v: &Value) -> Result<Option<Json>, SqlError> {
     match v {
         Value::Null => Ok(None),
         Value::Blob(_) => Err(malformed()),
-        other => {
-            let text = value::to_text(other).expect("not NULL");
-            serde_json::from_str(&text).map(Some).map_err(|_| malformed())
-        }
+        other => parse_text(&value::to_text(other).expect("not NULL")).map(Some),
     }
 }
 
@@ -148,10 +158,23 @@ impl Json {
     }
 
     fn text(&self) -> Result<Value, SqlError> {
-        let mut out = String::new();
+        check_result_bytes(self.text_len())?;
+        let mut out = String::with_capacity(self.text_len());
         self.write(&mut out);
-        check_result_bytes(out.len())?;
         Ok(Value::Text(out))
+    }
+
+    /// The length of [`Json::write`]'s text at most (escapes counted at their longest),
+    /// without building it.
+    fn text_len(&self) -> usize {
+        match self {
+            Json::Null | Json::Bool(_) | Json::Int(_) | Json::Real(_) => 24,
+            Json::Str(s) => string_len(s),
+            Json::Array(items) => items.iter().fold(2, |n, item| n.saturating_add(item.text_len() + 1)),
+            Json::Object(members) => {
+                members.iter().fold(2, |n, (key, item)| n.saturating_add(string_len(key) + item.text_len() + 2))
+            }
+        }
     }
 
     /// The element as an SQL value: `json_extract` and `->>`.
@@ -180,42 +203,38 @@ impl Json {
     }
 
     /// The element at `path` (SQLite's syntax: `$`, `.key`, `."key"`, `[N]`, `[#-N]`).
+    /// The whole path is checked even past a miss, in one loop (a path is as long as the
+    /// statement allows: no recursion, no copies per step).
     fn at(&self, path: &str) -> Result<Option<&Json>, SqlError> {
         let bad = || SqlError::invalid(format!("bad JSON path: '{path}'"));
         let mut rest = path.strip_prefix('$').ok_or_else(bad)?;
-        let mut node = self;
+        let mut node = Some(self);
         while !rest.is_empty() {
-            let next = if let Some(after) = rest.strip_prefix('.') {
+            node = if let Some(after) = rest.strip_prefix('.') {
                 let (key, after) = path_key(after).ok_or_else(bad)?;
                 rest = after;
                 match node {
-                    Json::Object(members) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+                    Some(Json::Object(members)) => members.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
                     _ => None,
                 }
             } else if let Some(after) = rest.strip_prefix('[') {
                 let end = after.find(']').ok_or_else(bad)?;
                 let index = &after[..end];
                 rest = &after[end + 1..];
-                match node {
-                    Json::Array(items) => array_index(index, items.len()).ok_or_else(bad)?.and_then(|i| items.get(i)),
-                    _ => {
-                        array_index(index, 0).ok_or_else(bad)?;
-                        None
-                    }
+                let len = match node {
+                    Some(Json::Array(items)) => items.len(),
+                    _ => 0,
+                };
+                let position = array_index(index, len).ok_or_else(bad)?;
+                match (node, position) {
+                    (Some(Json::Array(items)), Some(i)) => items.get(i),
+                    _ => None,
                 }
             } else {
                 return Err(bad());
             };
-            match next {
-                Some(found) => node = found,
-                None => {
-                    // The rest of the path must still be well formed.
-                    Json::Null.at(&format!("${rest}"))?;
-                    return Ok(None);
-                }
-            }
         }
-        Ok(Some(node))
+        Ok(node)
     }
 }
 
@@ -244,6 +263,11 @@ fn array_index(index: &str, len: usize) -> Option<Option<usize>> {
         return None;
     }
     Some(index.parse::<usize>().ok().filter(|&i| i < len))
+}
+
+/// The longest text [`write_string`] makes of `s` (every byte a `\u00XX`).
+fn string_len(s: &str) -> usize {
+    s.len().saturating_mul(6).saturating_add(2)
 }
 
 fn write_string(s: &str, out: &mut String) {
@@ -283,7 +307,7 @@ fn from_sql(v: &Value, as_json: bool) -> Result<Json, SqlError> {
         Value::Integer(i) | Value::Timestamp(i) => Json::Int(*i),
         Value::Boolean(b) => Json::Int(i64::from(*b)),
         Value::Real(r) => Json::Real(*r),
-        Value::Text(t) if as_json => serde_json::from_str(t).map_err(|_| malformed())?,
+        Value::Text(t) if as_json => parse_text(t)?,
         Value::Text(t) => Json::Str(t.clone()),
         Value::Blob(_) => return Err(SqlError::invalid("JSON cannot hold BLOB values")),
     })
@@ -307,7 +331,11 @@ pub(crate) fn json_valid(args: &[Value]) -> Value {
     match &args[0] {
         Value::Null => Value::Null,
         Value::Blob(_) => Value::Integer(0),
-        v => Value::Integer(i64::from(serde_json::from_str::<Json>(&value::to_text(v).expect("not NULL")).is_ok())),
+        // Checked without building a tree.
+        v => {
+            let text = value::to_text(v).expect("not NULL");
+            Value::Integer(i64::from(serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()))
+        }
     }
 }
 
@@ -337,21 +365,32 @@ pub(crate) fn json_object(args: &[Value], mask: u64) -> Result<Value, SqlError> 
     Json::Object(members).text()
 }
 
-/// `json_extract(x, path, ...)`: one path gives the SQL value, several a JSON array of
-/// the elements (null where missing).
-pub(crate) fn json_extract(args: &[Value]) -> Result<Value, SqlError> {
+/// `json_extract(x, path, ...)`: one path gives the SQL value (`as_json`: the element as
+/// JSON text), several a JSON array of the elements (null where missing).
+pub(crate) fn json_extract(args: &[Value], as_json: bool) -> Result<Value, SqlError> {
     let Some(doc) = parse(&args[0])? else { return Ok(Value::Null) };
     let paths = &args[1..];
     if let [path] = paths {
         let Some(path) = value::to_text(path) else { return Ok(Value::Null) };
-        return doc.at(&path)?.map_or(Ok(Value::Null), Json::sql_value);
+        return match doc.at(&path)? {
+            None => Ok(Value::Null),
+            Some(element) if as_json => element.text(),
+            Some(element) => element.sql_value(),
+        };
     }
-    let mut items = Vec::with_capacity(paths.len());
-    for path in paths {
+    // Each element written out as it is found, never copied as a tree.
+    let mut out = String::from("[");
+    for (i, path) in paths.iter().enumerate() {
         let Some(path) = value::to_text(path) else { return Ok(Value::Null) };
-        items.push(doc.at(&path)?.cloned().unwrap_or(Json::Null));
+        let element = doc.at(&path)?.unwrap_or(&Json::Null);
+        check_result_bytes(out.len().saturating_add(element.text_len()))?;
+        if i > 0 {
+            out.push(',');
+        }
+        element.write(&mut out);
     }
-    Json::Array(items).text()
+    out.push(']');
+    Ok(Value::Text(out))
 }
 
 /// `json_type(x[, path])`.

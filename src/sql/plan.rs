@@ -417,16 +417,36 @@ impl Plan {
         }
     }
 
-    /// Replaces the [`Plan::Work`] leaves numbered `work` with `rows` (a recursive step's
-    /// input for one run).
-    pub fn fill_work(&mut self, work: usize, rows: &[Row]) {
+    /// Replaces the [`Plan::Work`] leaf numbered `work` (a step has at most one:
+    /// [`Plan::work_reads`]) with `rows`, a recursive step's input for one run. Returns
+    /// the rows if there was no such leaf.
+    pub fn fill_work(&mut self, work: usize, rows: Vec<Row>) -> Option<Vec<Row>> {
         if matches!(self, Plan::Work { work: w, .. } if *w == work) {
-            *self = Plan::Values { rows: rows.to_vec() };
-            return;
+            *self = Plan::Values { rows };
+            return None;
         }
+        let mut rows = Some(rows);
         for input in self.inputs_mut() {
-            input.fill_work(work, rows);
+            rows = input.fill_work(work, rows.take()?);
         }
+        rows
+    }
+
+    /// How many [`Plan::Work`] leaves numbered `work` the tree has, and whether one is
+    /// below an aggregate or a window (a recursive step may read its CTE once, and not
+    /// aggregate it: SQLite refuses both).
+    pub fn work_reads(&mut self, work: usize) -> (usize, bool) {
+        if matches!(self, Plan::Work { work: w, .. } if *w == work) {
+            return (1, false);
+        }
+        let grouping = matches!(self, Plan::Aggregate { .. } | Plan::Window { .. });
+        let (mut count, mut aggregated) = (0, false);
+        for input in self.inputs_mut() {
+            let (n, below) = input.work_reads(work);
+            count += n;
+            aggregated |= below || (grouping && n > 0);
+        }
+        (count, aggregated)
     }
 
     /// Calls `f` on every base-table scan in the tree.
