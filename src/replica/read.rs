@@ -284,7 +284,7 @@ impl Snapshot {
         let indexes = self.txn.open_table(storage::INDEXES).map_err(StorageError::from)?;
         let corrupt = |source| StorageError::from(Corruption::Key { table: "indexes_v1", source });
         let mut out = Vec::new();
-        for index in self.catalog.indexes.values() {
+        for index in self.catalog.indexes.values().filter(|i| i.def.schema.unique) {
             let Some(index) = self.catalog.index(&index.def.schema.name) else { continue };
             let table = self.table(&index.def.schema.table)?;
             if !super::unique::enforced(index, table) {

@@ -58,10 +58,7 @@ pub(super) fn check_batch(
     for row in staged {
         by_table.entry(row.table).or_default().push(row);
     }
-    for index in catalog.indexes.values() {
-        if !index.def.schema.unique {
-            continue;
-        }
+    for index in catalog.indexes.values().filter(|i| i.def.schema.unique) {
         let Some(index) = catalog.index(&index.def.schema.name) else { continue };
         let table = catalog.table(&index.def.schema.table).expect("a usable index has a live table");
         if !enforced(index, table) {
@@ -166,8 +163,8 @@ impl<'a> IndexCheck<'a> {
 
     /// Adds a claim; refuses it if another claim of the same value exists and either is new.
     fn claim(&self, claims: &mut HashMap<Vec<u8>, Vec<Claim>>, tuple: Vec<u8>, claim: Claim) -> Result<(), WriteError> {
-        let existing = claims.get(&tuple).into_iter().flatten();
-        if let Some((holder, _)) = existing.into_iter().find(|(_, new)| *new || claim.1) {
+        let mut existing = claims.get(&tuple).into_iter().flatten();
+        if let Some((holder, _)) = existing.find(|(_, new)| *new || claim.1) {
             return Err(self.violation(&tuple, holder));
         }
         claims.entry(tuple).or_default().push(claim);

@@ -644,21 +644,8 @@ impl<'a> Binder<'a> {
                 _ => return Err(SqlError::invalid(format!("* is not an argument of {name}()"))),
             }
         }
-        // Arguments that are JSON from a JSON function are embedded as JSON.
-        if func.takes_json() {
-            for arg in &mut bound {
-                if let Expr::Func(f @ Func::JsonExtract, _) = arg {
-                    *f = Func::JsonExtractJson;
-                }
-            }
-        }
-        let mask = bound
-            .iter()
-            .take(64)
-            .enumerate()
-            .filter(|(_, e)| matches!(e, Expr::Func(f, _) if f.returns_json()))
-            .fold(0u64, |mask, (i, _)| mask | (1 << i));
-        Ok(Expr::Func(func.with_json_args(mask), bound))
+        let func = func.mark_json_args(&mut bound);
+        Ok(Expr::Func(func, bound))
     }
 
     /// The statement time for a date function: a placeholder in a plan to be kept (each

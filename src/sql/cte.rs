@@ -172,6 +172,17 @@ fn columns_of(cte: &ast::Cte, planned: Vec<String>) -> Result<Vec<String>, SqlEr
     Ok(cte.alias.columns.iter().map(|c| bind::ident(&c.name)).collect())
 }
 
+/// Whether the text of `step` may name the CTE `name`: false only when `name` is a plain
+/// word that no word of the text equals, so that a `UNION` CTE that is not recursive is
+/// not planned twice (its uncorrelated subqueries would run twice).
+fn may_mention(step: &ast::SetExpr, name: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if !name.chars().all(word) {
+        return true;
+    }
+    step.to_string().to_ascii_lowercase().split(|c: char| !word(c)).any(|w| w == name)
+}
+
 /// `anchor UNION [ALL] step` whose step reads the CTE: a [`Plan::Recursive`]. `None` when
 /// the body has another shape or its step does not read the CTE (a plain compound).
 fn recursive(
@@ -190,6 +201,10 @@ fn recursive(
         _ => return Ok(None),
     };
     let name = bind::ident(&cte.alias.name);
+    if !may_mention(right, &name) {
+        // A plain compound: planned once, as a whole, by the caller.
+        return Ok(None);
+    }
     // Each side as a query of its own; the body's ORDER BY and LIMIT are refused below.
     let part = |body: &ast::SetExpr| ast::Query {
         body: Box::new(body.clone()),
@@ -207,6 +222,12 @@ fn recursive(
         return Ok(None);
     }
     match step.plan.work_reads(work.id) {
+        // Read only inside a subquery of the step, which SQLite refuses too.
+        (0, _) => {
+            return Err(SqlError::invalid(format!(
+                "the recursive table {name} may be read only in the FROM clause of its recursive SELECT"
+            )))
+        }
         (n, _) if n > 1 => {
             return Err(SqlError::unsupported(format!("multiple references to the recursive table {name} in its step")))
         }

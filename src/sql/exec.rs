@@ -169,6 +169,7 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<
                 limits: limits.clone(),
                 current,
                 produced: Vec::new(),
+                produced_bytes: 0,
                 input_bytes: 0,
                 seen: KeyMap::default(),
                 reservation: limits.reservation(),
@@ -194,8 +195,9 @@ struct Recursion {
     snap: Arc<Snapshot>,
     limits: Limits,
     current: RowStream,
-    /// The rows the current run has given: the next run's input.
+    /// The rows the current run has given: the next run's input, and their bytes.
     produced: Vec<Row>,
+    produced_bytes: usize,
     /// Bytes of the current run's input (held by its plan), accounted until the run ends.
     input_bytes: usize,
     /// `UNION`: every row given so far.
@@ -227,9 +229,11 @@ impl Recursion {
                     }
                 }
             }
-            if let Err(e) = self.reservation.grow(limits::row_bytes(&row)) {
+            let bytes = limits::row_bytes(&row);
+            if let Err(e) = self.reservation.grow(bytes) {
                 return Some(Err(e));
             }
+            self.produced_bytes += bytes;
             self.produced.push(row.clone());
             return Some(Ok(row));
         }
@@ -244,9 +248,10 @@ impl Recursion {
         // accounted as they came) is held by the run's plan until the next run starts.
         self.reservation.shrink(self.input_bytes);
         let input = std::mem::take(&mut self.produced);
-        self.input_bytes = input.iter().map(|r| limits::row_bytes(r)).sum();
+        self.input_bytes = std::mem::take(&mut self.produced_bytes);
         let mut step = self.step.clone();
-        step.fill_work(self.work, input);
+        let unread = step.fill_work(self.work, input);
+        debug_assert!(unread.is_none(), "the planner checked that the step reads its CTE once");
         self.current = open(step, &self.snap, &self.limits)?;
         Ok(true)
     }

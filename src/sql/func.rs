@@ -86,7 +86,7 @@ pub(crate) enum Func {
 impl Func {
     /// Whether the function returns JSON (SQLite's JSON subtype): given directly to
     /// `json_array`, `json_object` or `json_quote`, its value is embedded as JSON.
-    pub fn returns_json(self) -> bool {
+    fn returns_json(self) -> bool {
         matches!(
             self,
             Func::Json
@@ -98,18 +98,27 @@ impl Func {
         )
     }
 
-    /// Whether the function embeds arguments that are JSON as JSON.
-    pub fn takes_json(self) -> bool {
-        matches!(self, Func::JsonQuote { .. } | Func::JsonArray { .. } | Func::JsonObject { .. })
-    }
-
-    /// The function with `mask` marking its JSON arguments, for those that take it.
-    pub fn with_json_args(self, mask: u64) -> Func {
+    /// For `json_array`, `json_object` and `json_quote`: the function with its mask marking
+    /// the bound arguments that are JSON from a JSON function (a `json_extract` among them
+    /// becomes [`Func::JsonExtractJson`], whose result is JSON). Other functions as they are.
+    pub fn mark_json_args(self, args: &mut [super::expr::Expr]) -> Func {
+        use super::expr::Expr;
+        if !matches!(self, Func::JsonQuote { .. } | Func::JsonArray { .. } | Func::JsonObject { .. }) {
+            return self;
+        }
+        let mut mask = 0u64;
+        for (i, arg) in args.iter_mut().enumerate().take(64) {
+            if let Expr::Func(f @ Func::JsonExtract, _) = arg {
+                *f = Func::JsonExtractJson;
+            }
+            if matches!(arg, Expr::Func(f, _) if f.returns_json()) {
+                mask |= 1 << i;
+            }
+        }
         match self {
             Func::JsonQuote { .. } => Func::JsonQuote { mask },
             Func::JsonArray { .. } => Func::JsonArray { mask },
-            Func::JsonObject { .. } => Func::JsonObject { mask },
-            other => other,
+            _ => Func::JsonObject { mask },
         }
     }
 
