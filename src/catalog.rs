@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::doc;
-use crate::schema::{CheckDef, ForeignKeyDef, IndexSchema, TableSchema};
+use crate::doc::{AlterField, AlterValue};
+use crate::schema::{self, CheckDef, ColumnDef, ForeignKeyDef, IndexSchema, TableSchema};
 use crate::types::NodeId;
 
 /// Version byte in front of every encoded definition.
@@ -34,10 +35,17 @@ pub struct CatalogError {
 }
 
 /// Concurrent, different definitions of one catalog object.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DdlConflict {
     /// Every concurrent definition as SQL, with the node that wrote it; the last one won.
+    /// Empty when the definitions agree and only `ALTER`s conflict.
     pub definitions: Vec<(String, NodeId)>,
+    /// `ALTER TABLE`s that lost, as SQL, with the node that wrote each: a concurrent
+    /// `RENAME COLUMN` or `ADD COLUMN` of the same column that another one beat, or a
+    /// column whose name another column holds (shown under the name it got instead).
+    /// Left out when empty, so a conflict of definitions encodes as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alters: Vec<(String, NodeId)>,
 }
 
 /// A table as the catalog currently resolves it.
@@ -111,11 +119,27 @@ impl Catalog {
         self.indexes.values().filter(move |i| i.def.schema.table == table && self.index_is_live(i))
     }
 
+    /// Names the indexes of `table` as its columns are named now, after an `ALTER` staged
+    /// in a batch (the stored catalog binds them in `resolve_index`).
+    pub fn rebind_indexes(&mut self, table: &str) {
+        let Some(entry) = self.tables.get(table).filter(|t| t.alive()) else { return };
+        let schema = entry.schema.clone();
+        let epoch = entry.causal_length;
+        for index in self.indexes.values_mut().filter(|i| i.def.schema.table == table && i.def.table_epoch == epoch) {
+            bind_index_columns(&mut index.def.schema, &schema);
+        }
+    }
+
     fn index_is_live(&self, entry: &IndexEntry) -> bool {
         let Some(table) = self.table(&entry.def.schema.table) else { return false };
+        let schema = &entry.def.schema;
+        let bound = |(i, name): (usize, &String)| {
+            let column = table.schema.column_index(name).map(|p| table.schema.columns[p].id());
+            column.is_some() && column == schema.column_id_at(i, &table.schema)
+        };
         entry.causal_length % 2 == 1
             && table.causal_length == entry.def.table_epoch
-            && entry.def.schema.columns.iter().all(|c| table.schema.column_index(c).is_some())
+            && schema.columns.iter().enumerate().all(bound)
     }
 }
 
@@ -123,6 +147,15 @@ impl Catalog {
 pub fn encode_table(schema: &TableSchema) -> Vec<u8> {
     let mut out = vec![DEFINITION_VERSION];
     out.extend(codec::encode(schema));
+    out
+}
+
+/// Encodes a column for the `add` field of `ALTER TABLE ... ADD COLUMN`: its name, type,
+/// `NOT NULL` and default (not its id, which is the field's key).
+pub fn encode_added_column(column: &ColumnDef) -> Vec<u8> {
+    let plain = ColumnDef { stored_id: None, added: false, ..column.clone() };
+    let mut out = vec![DEFINITION_VERSION];
+    out.extend(codec::encode(&plain));
     out
 }
 
@@ -161,12 +194,152 @@ pub fn resolve_table(name: &str, doc: &AutoCommit) -> Result<TableEntry, Catalog
         .last()
         .cloned()
         .ok_or_else(|| CatalogError { object: name.to_string(), reason: "no definition".into() })?;
-    let conflict = conflict_of(&definitions, table_sql);
-    Ok(TableEntry { schema, causal_length: doc::causal_length(doc), conflict })
+    let mut conflict = conflict_of(&definitions, table_sql);
+    let causal_length = doc::causal_length(doc);
+    let schema = if causal_length % 2 == 1 {
+        let alters = doc::read_alters(doc, causal_length);
+        let (schema, lost) = apply_alters(schema, &alters)?;
+        if !lost.is_empty() {
+            conflict.get_or_insert_with(DdlConflict::default).alters = lost;
+        }
+        schema
+    } else {
+        schema
+    };
+    Ok(TableEntry { schema, causal_length, conflict })
 }
 
-/// Resolves an index's catalog document; see [`resolve_table`].
-pub fn resolve_index(name: &str, doc: &AutoCommit) -> Result<IndexEntry, CatalogError> {
+/// The resolved definition of a table: the winning `CREATE TABLE` definition, then the
+/// columns added by `ALTER TABLE` in the order of their `add` ops (Lamport counter, then
+/// writer), renames applied by column id, and a name two columns end up with kept by the
+/// earlier column (the other is shown as `<name>_<id>`). Returns the losing `ALTER`s
+/// beside it. Every node with the same document resolves the same definition.
+fn apply_alters(
+    mut schema: TableSchema,
+    alters: &BTreeMap<(String, AlterField), Vec<AlterValue>>,
+) -> Result<(TableSchema, Vec<(String, NodeId)>), CatalogError> {
+    let table = schema.name.clone();
+    let err = |reason: String| CatalogError { object: table.clone(), reason };
+    let mut lost = Vec::new();
+    let mut added = Vec::new();
+    for ((id, _), values) in alters.iter().filter(|((_, field), _)| *field == AlterField::Add) {
+        if !schema::is_column_id(id) {
+            return Err(err(format!("malformed column id {id:?}")));
+        }
+        let mut columns = Vec::with_capacity(values.len());
+        for value in values {
+            let column: ColumnDef = decode_definition(&table, &value.bytes)?;
+            columns.push((column, value.writer));
+        }
+        let (winner, _) = columns.last().cloned().expect("read_alters lists fields with values");
+        if winner.ty == crate::types::ColumnType::Counter {
+            return Err(err(format!("column {} added as a COUNTER", winner.name)));
+        }
+        for (column, writer) in &columns[..columns.len() - 1] {
+            if *column != winner {
+                lost.push((format!("ALTER TABLE {table} ADD COLUMN {}", column_sql(column)), *writer));
+            }
+        }
+        let order = values.iter().map(|v| (v.counter, v.writer)).min().expect("values are not empty");
+        added.push((order, id.clone(), winner));
+    }
+    added.sort_by_key(|a| a.0);
+    for (_, id, mut column) in added {
+        if schema.columns.iter().any(|c| c.id() == id) {
+            continue; // a concurrent definition that won already has it
+        }
+        if schema.columns.len() == schema::COLUMNS_MAX {
+            lost.push((
+                format!(
+                    "ALTER TABLE {table} ADD COLUMN {} (over {} columns)",
+                    column_sql(&column),
+                    schema::COLUMNS_MAX
+                ),
+                NodeId([0; 16]),
+            ));
+            continue;
+        }
+        column.stored_id = Some(id);
+        column.added = true;
+        schema.columns.push(column);
+    }
+    let key = schema.primary_key_indexes();
+    for column in &mut schema.columns {
+        let id = column.id();
+        column.stored_id = Some(id.clone());
+        let Some(values) = alters.get(&(id, AlterField::Name)) else { continue };
+        let names: Vec<(String, NodeId)> = values
+            .iter()
+            .map(|v| {
+                Ok((
+                    schema::normalize_name(&String::from_utf8_lossy(&v.bytes)).map_err(|e| err(e.to_string()))?,
+                    v.writer,
+                ))
+            })
+            .collect::<Result<_, CatalogError>>()?;
+        let (winner, _) = names.last().cloned().expect("read_alters lists fields with values");
+        for (name, writer) in &names[..names.len() - 1] {
+            if *name != winner {
+                lost.push((format!("ALTER TABLE {table} RENAME COLUMN {} TO {name}", column.name), *writer));
+            }
+        }
+        column.name = winner;
+    }
+    for i in 0..schema.columns.len() {
+        if schema.columns[..i].iter().any(|c| c.name == schema.columns[i].name) {
+            let shown = shadow_name(&schema.columns, i);
+            let column = &mut schema.columns[i];
+            let reason =
+                format!("column {} of {table} is shown as {shown}: an earlier column has its name", column.name);
+            lost.push((reason, NodeId([0; 16])));
+            column.name = shown;
+        }
+    }
+    for column in &mut schema.columns {
+        if column.stored_id.as_deref() == Some(schema::column_id(&column.name, column.ty).as_str()) {
+            column.stored_id = None;
+        }
+    }
+    schema.primary_key = key.into_iter().map(|i| schema.columns[i].name.clone()).collect();
+    let schema = schema.validate().map_err(|e| err(e.to_string()))?;
+    Ok((schema, lost))
+}
+
+/// The name a column gets whose name an earlier column holds: its name (cut to leave
+/// room), `_` and its id, and a number after that in the unlikely case that is taken too.
+fn shadow_name(columns: &[ColumnDef], i: usize) -> String {
+    let name = &columns[i].name;
+    let base = format!("{}_{}", &name[..name.len().min(schema::NAME_BYTES_MAX - 20)], columns[i].id());
+    let taken = |candidate: &str| columns.iter().any(|c| c.name == candidate);
+    let mut shown = base.clone();
+    let mut n = 2;
+    while taken(&shown) {
+        shown = format!("{base}_{n}");
+        n += 1;
+    }
+    shown
+}
+
+/// A column as `ALTER TABLE ... ADD COLUMN` writes it.
+fn column_sql(column: &ColumnDef) -> String {
+    let mut s = format!("{} {}", column.name, column.ty);
+    if column.not_null {
+        s.push_str(" NOT NULL");
+    }
+    if let Some(default) = &column.default {
+        s.push_str(&format!(" DEFAULT {}", sql_literal(default)));
+    }
+    s
+}
+
+/// Resolves an index's catalog document; see [`resolve_table`]. `tables` are the tables as
+/// resolved: the index's columns are found in its table by id, so the resolved index
+/// names them as they are named now, after any `RENAME COLUMN`.
+pub fn resolve_index(
+    name: &str,
+    doc: &AutoCommit,
+    tables: &BTreeMap<String, TableEntry>,
+) -> Result<IndexEntry, CatalogError> {
     let mut definitions = Vec::new();
     for (bytes, node) in doc::read_definitions(doc) {
         let def: IndexDef = decode_definition(name, &bytes)?;
@@ -180,7 +353,24 @@ pub fn resolve_index(name: &str, doc: &AutoCommit) -> Result<IndexEntry, Catalog
         .cloned()
         .ok_or_else(|| CatalogError { object: name.to_string(), reason: "no definition".into() })?;
     let conflict = conflict_of(&definitions, |d| index_sql(&d.schema));
+    let mut def = def;
+    let table = tables.get(&def.schema.table).filter(|t| t.alive() && t.causal_length == def.table_epoch);
+    if let Some(table) = table {
+        bind_index_columns(&mut def.schema, &table.schema);
+    }
     Ok(IndexEntry { def, causal_length: doc::causal_length(doc), conflict })
+}
+
+/// Names an index's columns as its table names them now, found by id; an index whose
+/// columns are not all found keeps its names (and is not usable, `Catalog::index`).
+fn bind_index_columns(index: &mut IndexSchema, table: &TableSchema) {
+    let ids: Option<Vec<String>> = (0..index.columns.len()).map(|i| index.column_id_at(i, table)).collect();
+    let Some(ids) = ids else { return };
+    let columns: Option<Vec<&ColumnDef>> = ids.iter().map(|id| table.columns.iter().find(|c| c.id() == *id)).collect();
+    let Some(columns) = columns else { return };
+    let derived = columns.iter().all(|c| c.stored_id.is_none());
+    index.columns = columns.iter().map(|c| c.name.clone()).collect();
+    index.column_ids = if derived { Vec::new() } else { ids };
 }
 
 fn conflict_of<T: PartialEq>(definitions: &[(T, NodeId)], sql: impl Fn(&T) -> String) -> Option<DdlConflict> {
@@ -188,27 +378,14 @@ fn conflict_of<T: PartialEq>(definitions: &[(T, NodeId)], sql: impl Fn(&T) -> St
     if definitions.iter().all(|(d, _)| d == first) {
         return None;
     }
-    Some(DdlConflict { definitions: definitions.iter().map(|(d, n)| (sql(d), *n)).collect() })
+    Some(DdlConflict { definitions: definitions.iter().map(|(d, n)| (sql(d), *n)).collect(), alters: Vec::new() })
 }
 
 /// The `CREATE TABLE` statement of a definition. A table without a primary key is
 /// written as it was declared: without its hidden identity columns and key, so the
 /// statement reads back to the same definition.
 pub fn table_sql(schema: &TableSchema) -> String {
-    let mut parts: Vec<String> = schema
-        .visible_columns()
-        .iter()
-        .map(|c| {
-            let mut s = format!("{} {}", c.name, c.ty);
-            if c.not_null {
-                s.push_str(" NOT NULL");
-            }
-            if let Some(default) = &c.default {
-                s.push_str(&format!(" DEFAULT {}", sql_literal(default)));
-            }
-            s
-        })
-        .collect();
+    let mut parts: Vec<String> = schema.visible_columns().iter().map(column_sql).collect();
     if !schema.rowid {
         parts.push(format!("PRIMARY KEY ({})", schema.primary_key.join(", ")));
     }

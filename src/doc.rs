@@ -223,16 +223,8 @@ pub fn read_column(doc: &AutoCommit, column: &ColumnDef) -> (Value, Vec<(Value, 
         .collect();
     // automerge orders concurrent values by op id; the last one is the winner `get` returns.
     let winner = values.last().map(|(v, _)| v.clone());
-    let winner = winner.unwrap_or_else(|| column.default.clone().unwrap_or(missing(column.ty)));
+    let winner = winner.unwrap_or_else(|| column.absent_value());
     (winner, values)
-}
-
-fn missing(ty: ColumnType) -> Value {
-    if ty == ColumnType::Counter {
-        Value::Integer(0)
-    } else {
-        Value::Null
-    }
 }
 
 /// Sets a catalog object's definition.
@@ -251,6 +243,90 @@ pub fn read_definitions(doc: &AutoCommit) -> Vec<(Vec<u8>, NodeId)> {
             _ => None,
         })
         .collect()
+}
+
+/// Prefix of the root keys that hold `ALTER TABLE` fields in a table's catalog document.
+const ALTER_PREFIX: &str = "alter.";
+
+/// Which field of a column an `ALTER TABLE` sets (docs/design.md § ALTER TABLE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AlterField {
+    /// `ADD COLUMN`: the column's encoded definition; its op orders the column.
+    Add,
+    /// `RENAME COLUMN`: the column's name.
+    Name,
+}
+
+impl AlterField {
+    fn word(self) -> &'static str {
+        match self {
+            AlterField::Add => "add",
+            AlterField::Name => "name",
+        }
+    }
+}
+
+/// The root key of a column's field in incarnation `epoch`: flat keys, not a nested map,
+/// so that fields written concurrently by two nodes never meet in two different map
+/// objects (one of which would lose), and a re-created table starts without them.
+fn alter_key(epoch: u64, field: AlterField, column_id: &str) -> String {
+    format!("{ALTER_PREFIX}{epoch}.{}.{column_id}", field.word())
+}
+
+/// One concurrent value of an `ALTER TABLE` field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlterValue {
+    /// `Add`: the encoded column; `Name`: the name, as UTF-8.
+    pub bytes: Vec<u8>,
+    /// The node that wrote it.
+    pub writer: NodeId,
+    /// The op's Lamport counter: with the writer, the same total order on every node.
+    pub counter: u64,
+}
+
+/// Sets a column's `ALTER TABLE` field in incarnation `epoch` of a table.
+pub fn put_alter(doc: &mut AutoCommit, epoch: u64, field: AlterField, column_id: &str, bytes: Vec<u8>) {
+    let value = match field {
+        AlterField::Add => ScalarValue::Bytes(bytes),
+        AlterField::Name => ScalarValue::Str(String::from_utf8(bytes).expect("a name is UTF-8").into()),
+    };
+    doc.put(ROOT, alter_key(epoch, field, column_id), value)
+        .expect("putting a scalar in the root map of a local document cannot fail");
+}
+
+/// Every `ALTER TABLE` field of incarnation `epoch`, by (column id, field), each with its
+/// concurrent values in automerge's order (the last one wins). Keys and values of another
+/// shape (a faulty peer) are skipped, alike on every node.
+pub fn read_alters(doc: &AutoCommit, epoch: u64) -> std::collections::BTreeMap<(String, AlterField), Vec<AlterValue>> {
+    let prefix = format!("{ALTER_PREFIX}{epoch}.");
+    let mut fields = std::collections::BTreeMap::new();
+    for key in doc.keys(ROOT) {
+        let Some(rest) = key.strip_prefix(&prefix) else { continue };
+        let Some((word, id)) = rest.split_once('.') else { continue };
+        let field = match word {
+            "add" => AlterField::Add,
+            "name" => AlterField::Name,
+            _ => continue,
+        };
+        let values: Vec<AlterValue> = doc
+            .get_all(ROOT, key.as_str())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(value, op)| {
+                let bytes = match (field, value.to_scalar()?) {
+                    (AlterField::Add, ScalarValue::Bytes(b)) => b.clone(),
+                    (AlterField::Name, ScalarValue::Str(s)) => s.as_bytes().to_vec(),
+                    _ => return None,
+                };
+                let ExId::Id(counter, _, _) = op else { return None };
+                Some(AlterValue { bytes, writer: writer(op), counter: *counter })
+            })
+            .collect();
+        if !values.is_empty() {
+            fields.insert((id.to_string(), field), values);
+        }
+    }
+    fields
 }
 
 /// The document's heads, sorted: equal heads mean equal documents.

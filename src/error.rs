@@ -361,10 +361,45 @@ pub enum OpenError {
     },
 }
 
+/// Why an `ALTER TABLE` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AlterRefusal {
+    /// `ADD COLUMN` of a name the table has.
+    #[error("the table has a column of that name")]
+    ColumnExists,
+    /// `ADD COLUMN ... COUNTER`: rows written before would need their counter created on
+    /// first increment, and two nodes creating it at once would lose one's increments.
+    #[error("a COUNTER column can only be declared in CREATE TABLE")]
+    CounterAdded,
+    /// `ADD COLUMN ... NOT NULL` without a non-NULL default.
+    #[error("cannot add a NOT NULL column with default value NULL")]
+    NotNullWithoutDefault,
+    /// A column a `CHECK` or foreign key names: their SQL is not rewritten.
+    #[error("a CHECK constraint or foreign key names the column")]
+    UsedByConstraint,
+    /// The hidden identity of a table without a primary key.
+    #[error("the column is the hidden identity of a table without a primary key")]
+    HiddenColumn,
+    /// The table has the most columns it can.
+    #[error("the table has the most columns a table can have")]
+    TooManyColumns,
+}
+
 /// A write batch was refused; nothing of it was written.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WriteError {
+    /// An `ALTER TABLE` that cannot be applied.
+    #[error("cannot alter {table}.{column}: {reason}")]
+    AlterRefused {
+        /// The table.
+        table: String,
+        /// The column added or renamed.
+        column: String,
+        /// Why.
+        reason: AlterRefusal,
+    },
     /// The batch holds no operation.
     #[error("empty write batch")]
     EmptyBatch,

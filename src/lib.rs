@@ -41,7 +41,7 @@ pub mod version_vector;
 
 pub use catalog::{Catalog, DdlConflict, IndexEntry, TableEntry};
 pub use change::{ChangeError, DocKey, VerifiedChange};
-pub use error::{ApplyError, OpenError, ReadError, StorageError, WriteError};
+pub use error::{AlterRefusal, ApplyError, OpenError, ReadError, StorageError, WriteError};
 pub use handle::ReplicaHandle;
 pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,

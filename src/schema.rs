@@ -33,12 +33,22 @@ pub struct ColumnDef {
     pub not_null: bool,
     /// Value used when an insert does not name the column.
     pub default: Option<Value>,
+    /// The column's id when it is not derived from its name and type: set on a column
+    /// renamed by `ALTER TABLE`, which keeps the id it was created with (docs/design.md
+    /// § ALTER TABLE). Left out when absent, so a definition without it encodes as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_id: Option<String>,
+    /// Added by `ALTER TABLE ... ADD COLUMN`: rows written before have no value for it, so
+    /// it reads as its default there, and a record leaves it out at its end while the
+    /// row's document holds no value for it (`materialize_row`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub added: bool,
 }
 
 impl ColumnDef {
     /// A nullable column without default.
     pub fn new(name: &str, ty: ColumnType) -> ColumnDef {
-        ColumnDef { name: name.to_ascii_lowercase(), ty, not_null: false, default: None }
+        ColumnDef { name: name.to_ascii_lowercase(), ty, not_null: false, default: None, stored_id: None, added: false }
     }
 
     /// Marks the column NOT NULL.
@@ -57,10 +67,44 @@ impl ColumnDef {
     ///
     /// It is derived from the name and type, so two nodes that create the same column
     /// independently agree on it, and a column of another type under the same name (a
-    /// conflicting definition) never reads a value of the wrong type.
+    /// conflicting definition) never reads a value of the wrong type. A renamed column keeps
+    /// the id it had ([`ColumnDef::stored_id`]).
     pub fn id(&self) -> String {
-        column_id(&self.name, self.ty)
+        self.stored_id.clone().unwrap_or_else(|| column_id(&self.name, self.ty))
     }
+
+    /// What the column reads as in a row whose document holds no value for it: its
+    /// default, else 0 for a COUNTER and NULL otherwise.
+    pub fn absent_value(&self) -> Value {
+        match (&self.default, self.ty) {
+            (Some(default), _) => default.clone(),
+            (None, ColumnType::Counter) => Value::Integer(0),
+            (None, _) => Value::Null,
+        }
+    }
+}
+
+/// The id of the `n`-th column named `name` of type `ty` added to one incarnation of a
+/// table (`n` ≥ 1). The first is [`column_id`], so two nodes that add the same column
+/// independently agree on it; a later one (the first was renamed away and the name added
+/// again) gets a new id, so the first column's values never show in it.
+pub fn column_id_nth(name: &str, ty: ColumnType, n: u32) -> String {
+    if n <= 1 {
+        return column_id(name, ty);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"edgestore.column.v1\0");
+    hasher.update(name.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(ty.sql_name().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&n.to_le_bytes());
+    hasher.finalize().to_hex()[..12].to_string()
+}
+
+/// Whether `id` has the shape of a column id: 12 lower-case hex digits.
+pub fn is_column_id(id: &str) -> bool {
+    id.len() == 12 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Computes a column id; see [`ColumnDef::id`].
@@ -151,6 +195,12 @@ pub struct IndexSchema {
     /// one non-NULL value tuple (docs/design.md § Unique indexes).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unique: bool,
+    /// The ids of the indexed columns, when one of them differs from the id its name
+    /// derives (a column renamed by `ALTER TABLE`); empty otherwise, so a plain index
+    /// encodes as before. The catalog resolves an index's columns by id, so an index
+    /// follows renames (`catalog::resolve_index`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub column_ids: Vec<String>,
 }
 
 /// A definition that cannot be accepted.
@@ -269,6 +319,43 @@ impl TableSchema {
         self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
     }
 
+    /// How many leading columns were defined by `CREATE TABLE`: every record holds at
+    /// least these; the columns after them were added by `ALTER TABLE`.
+    pub fn base_columns(&self) -> usize {
+        self.columns.iter().take_while(|c| !c.added).count()
+    }
+
+    /// Whether a record of `len` values is one of this table's: it holds every
+    /// `CREATE TABLE` column and may leave out added columns at its end.
+    pub fn record_len_fits(&self, len: usize) -> bool {
+        (self.base_columns()..=self.columns.len()).contains(&len)
+    }
+
+    /// Completes a row read from a record: added columns the record leaves out read as
+    /// their [`ColumnDef::absent_value`], which is what materializing the document gives.
+    pub fn pad(&self, row: &mut Vec<Value>) {
+        debug_assert!(self.record_len_fits(row.len()), "a record of {} values in {}", row.len(), self.name);
+        row.extend(self.columns[row.len().min(self.columns.len())..].iter().map(ColumnDef::absent_value));
+    }
+
+    /// Whether every record and implicit document made under `old` stays valid under this
+    /// definition as it is: the same columns (by id, type and default) in the same places
+    /// with the same key, constraints aside from names, and only added columns after them.
+    /// A rename or an added column keeps this; anything else (a concurrent definition
+    /// winning, concurrent adds ordered before a known one) rebuilds the table's rows.
+    pub fn extends(&self, old: &TableSchema) -> bool {
+        let same_column = |(a, b): (&ColumnDef, &ColumnDef)| {
+            a.id() == b.id() && a.ty == b.ty && a.default == b.default && a.added == b.added
+        };
+        self.columns.len() >= old.columns.len()
+            && self.columns.iter().zip(&old.columns).all(same_column)
+            && self.columns[old.columns.len()..].iter().all(|c| c.added)
+            && self.primary_key_indexes() == old.primary_key_indexes()
+            && self.rowid == old.rowid
+            && self.checks == old.checks
+            && self.foreign_keys == old.foreign_keys
+    }
+
     /// Positions of the primary-key columns.
     pub fn primary_key_indexes(&self) -> Vec<usize> {
         self.primary_key.iter().map(|name| self.column_index(name).expect("validated: key columns exist")).collect()
@@ -289,6 +376,7 @@ impl TableSchema {
             self.columns[i].name = name;
             self.validate_default(i)?;
         }
+        self.validate_ids()?;
         self.primary_key = validate_key(&self.name, &self.primary_key, &self.columns)?;
         for i in self.primary_key_indexes() {
             if self.columns[i].ty == ColumnType::Counter {
@@ -322,6 +410,23 @@ impl TableSchema {
             && self.primary_key == [ROWID_COLUMN, ORIGIN_COLUMN];
         if !shaped {
             return Err(bad("a table without a primary key starts with rowid INTEGER, _origin BLOB, its key"));
+        }
+        Ok(())
+    }
+
+    /// Stored ids are well formed, ids are distinct, and added columns follow every
+    /// `CREATE TABLE` column (records are positional over this order).
+    fn validate_ids(&self) -> Result<(), SchemaError> {
+        let bad = |reason: String| SchemaError::BadKey { object: self.name.clone(), reason };
+        if let Some(c) = self.columns.iter().find(|c| c.stored_id.as_deref().is_some_and(|id| !is_column_id(id))) {
+            return Err(bad(format!("column {} has a malformed id", c.name)));
+        }
+        let ids: std::collections::BTreeSet<String> = self.columns.iter().map(ColumnDef::id).collect();
+        if ids.len() != self.columns.len() {
+            return Err(bad("two columns share an id".into()));
+        }
+        if self.columns[self.base_columns()..].iter().any(|c| !c.added) {
+            return Err(bad("a column added by ALTER TABLE precedes one of CREATE TABLE".into()));
         }
         Ok(())
     }
@@ -399,6 +504,7 @@ impl IndexSchema {
             table: table.to_ascii_lowercase(),
             columns: columns.iter().map(|c| c.to_ascii_lowercase()).collect(),
             unique: false,
+            column_ids: Vec::new(),
         }
     }
 
@@ -424,7 +530,25 @@ impl IndexSchema {
                 reason: format!("a unique index cannot cover the COUNTER column {counter}"),
             });
         }
+        let columns = self.columns.iter().map(|c| &table.columns[table.column_index(c).expect("validated above")]);
+        let ids: Vec<String> = columns.map(ColumnDef::id).collect();
+        let derived = self.columns.iter().zip(&ids).all(|(name, id)| {
+            let ty = table.columns[table.column_index(name).expect("validated above")].ty;
+            column_id(name, ty) == *id
+        });
+        self.column_ids = if derived { Vec::new() } else { ids };
         Ok(self)
+    }
+
+    /// The id of the `i`-th indexed column: stored, or derived from its name and the type
+    /// of the column of `table` it was created on (ids never change, so a column renamed
+    /// since is still found by the id its old name derives).
+    pub fn column_id_at(&self, i: usize, table: &TableSchema) -> Option<String> {
+        if let Some(id) = self.column_ids.get(i) {
+            return Some(id.clone());
+        }
+        let name = &self.columns[i];
+        table.columns.iter().find(|c| c.id() == column_id(name, c.ty)).map(ColumnDef::id)
     }
 }
 

@@ -281,3 +281,87 @@ fn sql_blob(v: &Value) -> String {
     let Value::Blob(bytes) = v else { panic!("{v:?} is not a blob") };
     format!("x'{}'", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
+
+#[test]
+fn concurrent_alters_resolve_alike_in_either_order_of_arrival() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
+    let (mut c, mut d) = (open(&dir, "node-c"), open(&dir, "node-d"));
+    run(&mut a, "CREATE TABLE s (id INTEGER PRIMARY KEY, name TEXT, v REAL)");
+    run(&mut a, "CREATE INDEX s_name ON s (name)");
+    run(&mut a, "INSERT INTO s VALUES (1, 'a', 1.0), (2, 'b', 2.0)");
+    for other in [&mut b, &mut c, &mut d] {
+        sync(&a, other);
+    }
+    // Apart: both add `unit` alike (one column), rename `name` differently (one wins),
+    // add `extra` with different types (two columns; the later is shown under another
+    // name), and write rows under their own definitions.
+    for statement in [
+        "ALTER TABLE s ADD COLUMN unit TEXT DEFAULT 'C'",
+        "ALTER TABLE s RENAME COLUMN name TO label",
+        "ALTER TABLE s ADD COLUMN extra TEXT",
+        "INSERT INTO s (id, label, v, unit, extra) VALUES (3, 'c', 3.0, 'F', 'e3')",
+        "UPDATE s SET unit = 'K' WHERE id = 1",
+    ] {
+        run(&mut a, statement);
+    }
+    for statement in [
+        "ALTER TABLE s ADD COLUMN unit TEXT DEFAULT 'C'",
+        "ALTER TABLE s RENAME COLUMN name TO title",
+        "ALTER TABLE s ADD COLUMN extra INTEGER",
+        "ALTER TABLE s ADD COLUMN note INTEGER DEFAULT 0",
+        "INSERT INTO s VALUES (4, 'd', 4.0, 'C', 44, 9)",
+        "UPDATE s SET title = 'bb', note = 2 WHERE id = 2",
+    ] {
+        run(&mut b, statement);
+    }
+    // c hears a first, d hears b first; then everyone hears everyone.
+    sync(&a, &mut c);
+    sync(&b, &mut c);
+    sync(&b, &mut d);
+    sync(&a, &mut d);
+    sync(&c, &mut a);
+    sync(&c, &mut b);
+    let digest = a.state_digest().expect("digest");
+    let columns =
+        "SELECT name, type, default_value, added FROM edgestore_columns WHERE table_name = 's' ORDER BY position";
+    let all = "SELECT * FROM s ORDER BY id";
+    let expected_columns = rows(&mut a, columns);
+    let expected_rows = rows(&mut a, all);
+    for replica in [&mut b, &mut c, &mut d] {
+        assert_eq!(replica.state_digest().expect("digest"), digest);
+        assert_eq!(rows(replica, columns), expected_columns);
+        assert_eq!(rows(replica, all), expected_rows);
+        assert_eq!(replica.check_integrity().expect("check"), Vec::new());
+    }
+    assert_eq!(a.check_integrity().expect("check"), Vec::new());
+    // One `unit`; `name` under one of the two new names; both `extra`s, the later one
+    // shown under a name of its own; `note` from b.
+    let names: Vec<String> = expected_columns.iter().map(|r| r[0].to_string()).collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names[0], "id");
+    assert!(names[1] == "label" || names[1] == "title", "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "unit").count(), 1, "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "extra").count(), 1, "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("extra_")), "{names:?}");
+    assert!(names.contains(&"note".to_string()), "{names:?}");
+    // The losing rename and the shadowed column are listed.
+    let lost = rows(&mut c, "SELECT lost_alters FROM edgestore_tables WHERE name = 's'");
+    let lost = lost[0][0].to_string();
+    assert!(lost.contains("RENAME COLUMN"), "{lost}");
+    assert!(lost.contains("is shown as extra_"), "{lost}");
+    // The index follows the winning name, and answers through it.
+    let index = rows(&mut d, "SELECT columns FROM edgestore_indexes WHERE name = 's_name'");
+    assert_eq!(index, vec![vec![Value::Text(names[1].clone())]]);
+    let by_name = format!("SELECT id FROM s WHERE {} = 'bb'", names[1]);
+    assert_eq!(rows(&mut d, &by_name), vec![vec![Value::Integer(2)]]);
+    // Rows written before an add read its default; each node's writes landed.
+    let unit_note = "SELECT id, unit, note FROM s ORDER BY id";
+    let expected = vec![
+        vec![Value::Integer(1), "K".into(), Value::Integer(0)],
+        vec![Value::Integer(2), "C".into(), Value::Integer(2)],
+        vec![Value::Integer(3), "F".into(), Value::Integer(0)],
+        vec![Value::Integer(4), "C".into(), Value::Integer(9)],
+    ];
+    assert_eq!(rows(&mut b, unit_note), expected);
+}

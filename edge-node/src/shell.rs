@@ -367,8 +367,10 @@ impl Shell {
     fn schema(&mut self, table: Option<&str>, out: &mut dyn Write) -> Result<()> {
         let filter = table.map_or(Value::Null, |t| Value::from(t.to_ascii_lowercase()));
         let params = [filter.clone(), filter];
-        let tables =
-            self.query("SELECT sql FROM edgestore_tables WHERE ? IS NULL OR name = ? ORDER BY name", &params)?;
+        let tables = self.query(
+            "SELECT sql, lost_alters FROM edgestore_tables WHERE ? IS NULL OR name = ? ORDER BY name",
+            &params,
+        )?;
         if tables.is_empty() && table.is_some() {
             bail!("no such table: {}", table.unwrap_or_default());
         }
@@ -376,6 +378,12 @@ impl Shell {
             self.query("SELECT sql FROM edgestore_indexes WHERE ? IS NULL OR table_name = ? ORDER BY name", &params)?;
         for row in tables.iter().chain(&indexes) {
             writeln!(out, "{};", render::cell(&row[0]))?;
+            // `ALTER`s that lost to concurrent ones, as comments under their table.
+            if let Some(Value::Text(lost)) = row.get(1) {
+                for line in lost.lines() {
+                    writeln!(out, "-- lost: {line}")?;
+                }
+            }
         }
         Ok(())
     }

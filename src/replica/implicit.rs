@@ -42,13 +42,13 @@ pub(crate) fn implicit_form(document: &mut AutoCommit, schema: &TableSchema, row
         && change.message().is_none()
         && change.extra_bytes().is_empty()
         && change.other_actor_ids().is_empty();
-    if !plain || row.len() != schema.columns.len() {
+    if !plain || !schema.record_len_fits(row.len()) {
         return None;
     }
     let actor = NodeId::from_slice(change.actor_id().to_bytes())?;
     let time_ms = change.timestamp();
     let head = change.hash().0;
-    let mut rebuilt = doc::new_row_doc(actor, time_ms, &schema.columns, row);
+    let mut rebuilt = doc::new_row_doc(actor, time_ms, &schema.columns[..row.len()], row);
     (doc::heads(&mut rebuilt) == [head]).then_some(ImplicitDoc { head, actor, time_ms })
 }
 
@@ -102,10 +102,14 @@ pub(crate) fn rebuild(
     let record =
         storage::get_bytes(rows, &keys::row_key(&table, &pk))?.ok_or_else(|| corrupt(ImplicitFault::RowMissing))?;
     let values = crate::record::decode(&record).map_err(|e| corrupt(ImplicitFault::Record(e)))?;
-    if values.len() != entry.schema.columns.len() {
+    if !entry.schema.record_len_fits(values.len()) {
         return Err(corrupt(ImplicitFault::RecordArity).into());
     }
-    let mut document = doc::new_row_doc(implicit.actor, implicit.time_ms, &entry.schema.columns, &values);
+    // The record's values go into the first `len(record)` columns by id: a row inserted
+    // before a column was added holds no value for it and its record leaves it out, so
+    // neither an added column nor a rename changes what this rebuilds.
+    let columns = &entry.schema.columns[..values.len()];
+    let mut document = doc::new_row_doc(implicit.actor, implicit.time_ms, columns, &values);
     if doc::heads(&mut document) != [implicit.head] {
         return Err(corrupt(ImplicitFault::RebuildDiffers).into());
     }

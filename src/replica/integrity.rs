@@ -24,7 +24,6 @@ use crate::codec;
 use crate::doc;
 use crate::error::StorageError;
 use crate::keys;
-use crate::record;
 use crate::storage;
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
@@ -193,7 +192,7 @@ impl Checker {
                     derived.tables.insert(name, e);
                     bytes
                 }),
-                Ok(DocKey::Index(name)) => catalog::resolve_index(&name, &document).map(|e| {
+                Ok(DocKey::Index(name)) => catalog::resolve_index(&name, &document, &derived.tables).map(|e| {
                     let bytes = codec::encode(&e);
                     derived.indexes.insert(name, e);
                     bytes
@@ -245,7 +244,7 @@ impl Checker {
         catalog: &Catalog,
         table: &catalog::TableEntry,
         pk: &[u8],
-        expected: Option<(super::Row, Vec<super::ColumnConflict>)>,
+        expected: Option<super::materialize::Materialized>,
     ) -> Result<(), StorageError> {
         let name = &table.schema.name;
         let row_key = keys::row_key(name, pk);
@@ -253,15 +252,16 @@ impl Checker {
         let problem = |p: &str| IntegrityProblem::Row { table: name.clone(), key: shown.clone(), problem: p.into() };
         let stored_row = storage::get_bytes(&self.txn.open_table(storage::ROWS)?, &row_key)?;
         let stored_conflicts = storage::get_bytes(&self.txn.open_table(storage::CONFLICTS)?, &row_key)?;
-        let Some((row, conflicts)) = expected else {
+        let Some(materialized) = expected else {
             if stored_row.is_some() {
                 self.problems.push(problem("materialized but deleted in its document"));
             }
             return Ok(());
         };
-        if stored_row.as_deref() != Some(record::encode(&row).as_slice()) {
+        if stored_row.as_deref() != Some(materialized.record().as_slice()) {
             self.problems.push(problem("materialized row differs from its document"));
         }
+        let super::materialize::Materialized { row, conflicts, .. } = materialized;
         let expected_conflicts = (!conflicts.is_empty()).then(|| codec::encode(&conflicts));
         if stored_conflicts != expected_conflicts {
             self.problems.push(problem("recorded conflicts differ from its document"));

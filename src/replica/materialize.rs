@@ -91,30 +91,55 @@ impl<E: Into<StorageError>> From<E> for RecordError {
     }
 }
 
-/// Materializes a row document under a table definition: the winner of every column, and
-/// the columns with concurrent different values. `None` when the row is deleted or its key
-/// does not match the definition's primary key (a row written under a losing definition).
+/// A row document materialized under its table's definition.
+pub(crate) struct Materialized {
+    /// The winner of every column, in definition order.
+    pub row: Row,
+    /// The columns with concurrent different values.
+    pub conflicts: Vec<ColumnConflict>,
+    /// How many of `row`'s values its record holds: all but the added columns at the end
+    /// that the document holds no value for (they read as their default, `TableSchema::pad`).
+    /// So the record is a function of the document and the definition alone, whether the
+    /// row was materialized before or after a column was added.
+    pub record_len: usize,
+}
+
+impl Materialized {
+    /// The `rows_v1` record.
+    pub fn record(&self) -> Vec<u8> {
+        crate::record::encode(&self.row[..self.record_len])
+    }
+}
+
+/// Materializes a row document under a table definition. `None` when the row is deleted
+/// or its key does not match the definition's primary key (a row written under a losing
+/// definition).
 pub(crate) fn materialize_row(
     document: &automerge::AutoCommit,
     schema: &TableSchema,
     pk: &[u8],
-) -> Option<(Row, Vec<ColumnConflict>)> {
+) -> Option<Materialized> {
     if !doc::is_alive(document) {
         return None;
     }
     let mut row = Vec::with_capacity(schema.columns.len());
     let mut conflicts = Vec::new();
-    for column in &schema.columns {
+    let mut record_len = schema.base_columns();
+    for (i, column) in schema.columns.iter().enumerate() {
         let (winner, values) = doc::read_column(document, column);
+        if column.added && !values.is_empty() {
+            record_len = i + 1;
+        }
         if values.iter().any(|(v, _)| *v != values[0].0) {
             conflicts.push(ColumnConflict { column: column.name.clone(), winner: winner.clone(), values });
         }
         row.push(winner);
     }
     debug_assert!(conflicts.iter().all(|c| c.values.len() >= 2), "a conflict has two or more values");
+    debug_assert!(schema.record_len_fits(record_len));
     let key: Vec<_> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
     let key_matches = key.iter().all(|v| !v.is_null()) && keys::encode_tuple(&key) == pk;
-    key_matches.then_some((row, conflicts))
+    key_matches.then_some(Materialized { row, conflicts, record_len })
 }
 
 /// The index entry key of a row.
@@ -205,8 +230,7 @@ impl Replica {
             let working = super::load_working_doc(self.node, &tables.doc_tables(), &self.catalog, key_bytes)?
                 .expect("a changed row document was persisted");
             // Records are compared encoded: a REAL NaN is not equal to itself as a value.
-            let materialized =
-                materialize_row(&working.doc, &entry.schema, &pk).map(|(row, _)| crate::record::encode(&row));
+            let materialized = materialize_row(&working.doc, &entry.schema, &pk).map(|m| m.record());
             let stored = crate::storage::get_bytes(&tables.rows, &keys::row_key(&table, &pk))?;
             assert_eq!(
                 stored,
@@ -259,19 +283,26 @@ impl Replica {
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
         let resolved = match key {
             DocKey::Table(name) => catalog::resolve_table(name, &working.doc).map(Ok),
-            DocKey::Index(name) => catalog::resolve_index(name, &working.doc).map(Err),
+            DocKey::Index(name) => catalog::resolve_index(name, &working.doc, &self.catalog.tables).map(Err),
             DocKey::Row { .. } => unreachable!("only catalog keys are refreshed here"),
         };
         self.cache.put(key_bytes.to_vec(), working);
         match resolved.map_err(|e| inconsistent(e.into()))? {
             Ok(entry) => {
                 let name = entry.schema.name.clone();
-                let changed = self
-                    .catalog
-                    .tables
-                    .get(&name)
-                    .is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
-                if let Some(live) = self.catalog.table(&name).filter(|_| changed).cloned() {
+                let old = self.catalog.tables.get(&name).cloned();
+                let changed =
+                    old.as_ref().is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
+                // An `ALTER` that renames or appends columns leaves every record, index
+                // entry and implicit document valid (`TableSchema::extends`): nothing is
+                // rewritten. Only for changes in envelopes, which arrive in causal order,
+                // so no row document yet holds a value of a column this node had not
+                // added; whole documents (a transfer, a repair) rebuild the table.
+                let in_place = matches!(cause, Cause::Change { .. })
+                    && old.as_ref().is_some_and(|o| {
+                        o.alive() && o.causal_length == entry.causal_length && entry.schema.extends(&o.schema)
+                    });
+                if let Some(live) = self.catalog.table(&name).filter(|_| changed && !in_place).cloned() {
                     // Its implicit rows are rebuilt from records and a definition that
                     // are about to change (`implicit.rs`).
                     self.explicate_table(tables, &live)?;
@@ -279,7 +310,19 @@ impl Replica {
                 self.catalog.tables.insert(name.clone(), entry.clone());
                 store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
                 if changed {
-                    self.rebuild_table(tables, &name)?;
+                    self.rebind_indexes(tables, &name, cause)?;
+                }
+                match (changed, in_place) {
+                    (false, _) => {}
+                    (true, false) => self.rebuild_table(tables, &name)?,
+                    (true, true) => {
+                        let old = old.expect("in place: the table was known");
+                        let renamed =
+                            old.schema.columns.iter().zip(&entry.schema.columns).any(|(a, b)| a.name != b.name);
+                        if renamed {
+                            self.rederive_conflicts(tables, &name)?;
+                        }
+                    }
                 }
             }
             Err(entry) => {
@@ -328,7 +371,8 @@ impl Replica {
     /// conflicts, replacing the previous ones. `created` says the document did not exist
     /// before this transaction, so (invariant 3: every `rows_v1` entry has a row document)
     /// there is no previous record, index entry or conflict to look up or remove.
-    /// Returns the row written, if the document is a live row without conflicts.
+    /// Returns the row written as its record holds it, if the document is a live row
+    /// without conflicts.
     fn materialize_into(
         &self,
         tables: &mut WriteTables<'_>,
@@ -349,7 +393,11 @@ impl Replica {
         let old = match created {
             true => None,
             false => match tables.rows.get(row_key.as_slice())? {
-                Some(record) => Some(crate::record::decode(record.value()).map_err(corrupt_record)?),
+                Some(record) => {
+                    let mut row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+                    schema.pad(&mut row);
+                    Some(row)
+                }
                 None => None,
             },
         };
@@ -360,8 +408,8 @@ impl Replica {
             }
         }
         match materialized {
-            Some((row, conflicts)) => {
-                let record = crate::record::encode(&row);
+            Some(Materialized { row, conflicts, record_len }) => {
+                let record = crate::record::encode(&row[..record_len]);
                 let old = tables.rows.insert(row_key.as_slice(), record.as_slice())?;
                 tables.digest_delta.row(&row_key, old.as_ref().map(|v| v.value()), Some(&record))?;
                 drop(old);
@@ -377,6 +425,9 @@ impl Replica {
                     let old = tables.conflicts.remove(row_key.as_slice())?;
                     tables.digest_delta.conflicts(&row_key, old.as_ref().map(|v| v.value()), None)?;
                 }
+                // As its record holds it: what an implicit document is rebuilt from.
+                let mut row = row;
+                row.truncate(record_len);
                 Ok(Some(row))
             }
             None if created => Ok(None),
@@ -423,6 +474,56 @@ impl Replica {
         Ok(())
     }
 
+    /// Re-resolves the indexes of a table whose definition changed, so that they name its
+    /// columns as they are named now (`catalog::resolve_index` binds them by id); an index
+    /// that became usable or unusable has its entries rebuilt.
+    fn rebind_indexes(&mut self, tables: &mut WriteTables<'_>, table: &str, cause: Cause) -> Result<(), RecordError> {
+        let names: Vec<String> = self
+            .catalog
+            .indexes
+            .values()
+            .filter(|i| i.def.schema.table == table)
+            .map(|i| i.def.schema.name.clone())
+            .collect();
+        for name in names {
+            let key_bytes = DocKey::Index(name.clone()).encode();
+            let Some(working) = self.take_doc(tables, &key_bytes)? else { continue };
+            let resolved = catalog::resolve_index(&name, &working.doc, &self.catalog.tables);
+            self.cache.put(key_bytes.clone(), working);
+            let entry = resolved.map_err(|e| RecordError::Inconsistent { cause, reason: e.into() })?;
+            let was_usable = self.catalog.index(&name).is_some();
+            if self.catalog.indexes.get(&name) == Some(&entry) {
+                continue;
+            }
+            store_catalog_entry(tables, &key_bytes, &codec::encode(&entry))?;
+            self.catalog.indexes.insert(name.clone(), entry);
+            if self.catalog.index(&name).is_some() != was_usable {
+                self.rebuild_index(tables, &name)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-materializes the rows of a table that have conflict records, which name their
+    /// columns: after a `RENAME COLUMN`, bounded by the conflicting rows, not the rows.
+    fn rederive_conflicts(&mut self, tables: &mut WriteTables<'_>, name: &str) -> Result<(), StorageError> {
+        let Some(entry) = self.catalog.table(name) else { return Ok(()) };
+        let epoch = entry.causal_length;
+        let prefix = keys::row_key(name, &[]);
+        let end = keys::prefix_end(&prefix).expect("names are not all 0xFF");
+        let mut pks = Vec::new();
+        for item in tables.conflicts.range(prefix.as_slice()..end.as_slice())? {
+            pks.push(item?.0.value()[prefix.len()..].to_vec());
+        }
+        let doc_prefix = DocKey::row_prefix(name, epoch);
+        for pk in pks {
+            let mut key_bytes = doc_prefix.clone();
+            key_bytes.extend_from_slice(&pk);
+            self.refresh_row(tables, &key_bytes, name, epoch, &pk)?;
+        }
+        Ok(())
+    }
+
     /// Clears an index's entries and rebuilds them from the materialized rows.
     fn rebuild_index(&mut self, tables: &mut WriteTables<'_>, name: &str) -> Result<(), StorageError> {
         clear_index(tables, name)?;
@@ -433,7 +534,8 @@ impl Replica {
         let mut entries = Vec::new();
         for item in tables.rows.range(prefix.as_slice()..end.as_slice())? {
             let (key, record) = item?;
-            let row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+            let mut row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+            table.schema.pad(&mut row);
             entries.push(index_entry_key(&index, &table.schema, &row, &key.value()[prefix.len()..]));
         }
         for entry in entries {

@@ -7,6 +7,7 @@
 //! logged — all in one redb transaction, acknowledged only after a durable commit.
 //! Reads go through [`Snapshot`]s of materialized rows and never touch automerge.
 
+mod alter;
 mod apply;
 mod backup;
 mod cache;

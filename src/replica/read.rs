@@ -102,6 +102,9 @@ impl std::fmt::Debug for Snapshot {
 /// Rows in primary-key order, decoded lazily.
 pub struct RowIter {
     range: redb::Range<'static, &'static [u8], &'static [u8]>,
+    /// What each column reads as when a record leaves it out; empty for a table without
+    /// added columns, whose records hold every column.
+    absent: Vec<Value>,
 }
 
 impl std::fmt::Debug for RowIter {
@@ -115,12 +118,29 @@ impl Iterator for RowIter {
 
     fn next(&mut self) -> Option<Self::Item> {
         let item = self.range.next()?;
-        Some(item.map_err(|e| ReadError::Storage(e.into())).and_then(|(_, value)| decode_row(value.value())))
+        let row = item.map_err(|e| ReadError::Storage(e.into())).and_then(|(_, value)| decode_record(value.value()));
+        Some(row.map(|mut row| {
+            if row.len() < self.absent.len() {
+                row.extend_from_slice(&self.absent[row.len()..]);
+            }
+            row
+        }))
     }
 }
 
-fn decode_row(bytes: &[u8]) -> Result<Row, ReadError> {
+fn decode_record(bytes: &[u8]) -> Result<Row, ReadError> {
     record::decode(bytes).map_err(|source| ReadError::Storage(Corruption::Record { table: "rows_v1", source }.into()))
+}
+
+/// A row of `schema` from its record, padded with what added columns it leaves out read as.
+fn decode_row(schema: &crate::schema::TableSchema, bytes: &[u8]) -> Result<Row, ReadError> {
+    let mut row = decode_record(bytes)?;
+    if !schema.record_len_fits(row.len()) {
+        let source = crate::record::RecordError("a record's length does not fit its table");
+        return Err(ReadError::Storage(Corruption::Record { table: "rows_v1", source }.into()));
+    }
+    schema.pad(&mut row);
+    Ok(row)
 }
 
 impl Snapshot {
@@ -173,7 +193,7 @@ impl Snapshot {
         }
         let row_key = keys::row_key(&entry.schema.name, &pk);
         match self.rows.get(row_key.as_slice()).map_err(StorageError::from)? {
-            Some(value) => Ok(Some(decode_row(value.value())?)),
+            Some(value) => Ok(Some(decode_row(&entry.schema, value.value())?)),
             None => Ok(None),
         }
     }
@@ -210,7 +230,11 @@ impl Snapshot {
         } else {
             self.rows.range::<&[u8]>(start.as_slice()..start.as_slice())
         };
-        Ok(RowIter { range: range.map_err(StorageError::from)? })
+        let absent = match entry.schema.base_columns() < entry.schema.columns.len() {
+            true => entry.schema.columns.iter().map(crate::schema::ColumnDef::absent_value).collect(),
+            false => Vec::new(),
+        };
+        Ok(RowIter { range: range.map_err(StorageError::from)?, absent })
     }
 
     /// Rows whose indexed columns equal `values` (a prefix of the index's columns may be
@@ -247,7 +271,7 @@ impl Snapshot {
             let row = self.rows.get(row_key.as_slice()).map_err(StorageError::from)?;
             let index = || Corruption::IndexEntryWithoutRow { index: entry.def.schema.name.clone() };
             let row = row.ok_or_else(|| StorageError::from(index()))?;
-            rows.push(decode_row(row.value())?);
+            rows.push(decode_row(schema, row.value())?);
         }
         Ok(rows)
     }

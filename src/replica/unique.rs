@@ -114,7 +114,8 @@ impl<'a> IndexCheck<'a> {
         let staged: HashSet<&[u8]> = rows.iter().map(|r| r.pk).collect();
         let mut claims: HashMap<Vec<u8>, Vec<Claim>> = HashMap::new();
         for row in rows {
-            let Some((values, _)) = materialize_row(row.doc, &self.table.schema, row.pk) else { continue };
+            let Some(materialized) = materialize_row(row.doc, &self.table.schema, row.pk) else { continue };
+            let values = materialized.row;
             let Some(tuple) = self.tuple_of(&values) else { continue };
             let new = !self.index_stored || self.stored_tuple(row.pk)?.as_ref() != Some(&tuple);
             if new && self.index_stored {
@@ -142,7 +143,8 @@ impl<'a> IndexCheck<'a> {
         }
         let key = keys::row_key(&self.table.schema.name, pk);
         let Some(record) = self.tables.rows.get(key.as_slice())? else { return Ok(None) };
-        let row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+        let mut row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+        self.table.schema.pad(&mut row);
         Ok(self.tuple_of(&row))
     }
 
@@ -185,7 +187,8 @@ impl<'a> IndexCheck<'a> {
             if staged.contains(pk) {
                 continue;
             }
-            let row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+            let mut row = crate::record::decode(record.value()).map_err(corrupt_record)?;
+            self.table.schema.pad(&mut row);
             if let Some(tuple) = self.tuple_of(&row) {
                 self.claim(claims, tuple, (pk.to_vec(), true))?;
             }

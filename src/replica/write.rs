@@ -19,7 +19,7 @@ use crate::change::{DocChange, DocKey, VerifiedChange, CHANGE_BYTES_MAX, CHANGE_
 use crate::doc;
 use crate::error::{StorageError, WriteError};
 use crate::keys;
-use crate::schema::{IndexSchema, TableSchema, ORIGIN_COLUMN, ROWID_COLUMN, ROWID_HIDDEN_COLUMNS};
+use crate::schema::{ColumnDef, IndexSchema, TableSchema, ORIGIN_COLUMN, ROWID_COLUMN, ROWID_HIDDEN_COLUMNS};
 use crate::types::{ColumnType, NodeId, Value};
 
 /// One operation of a write batch.
@@ -46,6 +46,23 @@ pub enum WriteOp {
         schema: IndexSchema,
         /// Succeed without change if the index exists.
         if_not_exists: bool,
+    },
+    /// `ALTER TABLE ... ADD COLUMN`: a column at the end of the table; rows written before
+    /// read as its default.
+    AddColumn {
+        /// The table.
+        table: String,
+        /// The column (its name, type, `NOT NULL` and default).
+        column: ColumnDef,
+    },
+    /// `ALTER TABLE ... RENAME COLUMN`.
+    RenameColumn {
+        /// The table.
+        table: String,
+        /// The column's name.
+        from: String,
+        /// Its new name.
+        to: String,
     },
     /// `DROP INDEX [IF EXISTS]`.
     DropIndex {
@@ -129,6 +146,18 @@ impl WriteBatch {
     /// Adds `CREATE INDEX`.
     pub fn create_index(mut self, schema: IndexSchema) -> WriteBatch {
         self.ops.push(WriteOp::CreateIndex { schema, if_not_exists: false });
+        self
+    }
+
+    /// Adds `ALTER TABLE ... ADD COLUMN`.
+    pub fn add_column(mut self, table: &str, column: ColumnDef) -> WriteBatch {
+        self.ops.push(WriteOp::AddColumn { table: table.into(), column });
+        self
+    }
+
+    /// Adds `ALTER TABLE ... RENAME COLUMN`.
+    pub fn rename_column(mut self, table: &str, from: &str, to: &str) -> WriteBatch {
+        self.ops.push(WriteOp::RenameColumn { table: table.into(), from: from.into(), to: to.into() });
         self
     }
 
@@ -383,6 +412,16 @@ impl Replica {
                 self.stage_create_index(tables, ctx, schema, if_not_exists)
             }
             WriteOp::DropIndex { name, if_exists } => self.stage_drop_index(tables, ctx, &name, if_exists),
+            WriteOp::AddColumn { table, column } => {
+                let entry = live_table(ctx.catalog(&self.catalog), &table)?;
+                let write = super::alter::add_column(entry, column)?;
+                self.stage_alter(tables, ctx, &table, write)
+            }
+            WriteOp::RenameColumn { table, from, to } => {
+                let entry = live_table(ctx.catalog(&self.catalog), &table)?;
+                let write = super::alter::rename_column(entry, &from, &to)?;
+                self.stage_alter(tables, ctx, &table, write)
+            }
             WriteOp::Insert { table, values } => self.stage_insert(tables, ctx, &table, values, false),
             WriteOp::Upsert { table, values } => self.stage_insert(tables, ctx, &table, values, true),
             WriteOp::Update { table, key, set } => self.stage_update(tables, ctx, &table, key, set),
@@ -459,6 +498,31 @@ impl Replica {
         ctx.catalog_mut(&self.catalog)
             .indexes
             .insert(def.schema.name.clone(), IndexEntry { def, causal_length, conflict: None });
+        Ok(())
+    }
+
+    /// Writes an `ALTER` field into the table's catalog document and resolves the table
+    /// again, so later operations of the batch see the altered definition.
+    fn stage_alter(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        table: &str,
+        write: super::alter::AlterWrite,
+    ) -> Result<(), WriteError> {
+        let name = table.to_ascii_lowercase();
+        let epoch = live_table(ctx.catalog(&self.catalog), &name)?.causal_length;
+        let working = self.stage_doc(tables, ctx, DocKey::Table(name.clone()))?;
+        doc::put_alter(&mut working.doc, epoch, write.field, &write.column_id, write.bytes);
+        // alter.rs validated what it writes against the resolved table, so this resolves;
+        // refused rather than trusted (the batch and its staged document are dropped).
+        let entry = catalog::resolve_table(&name, &working.doc).map_err(|e| {
+            debug_assert!(false, "a checked ALTER does not resolve: {e}");
+            crate::schema::SchemaError::BadConstraint { table: name.clone(), reason: e.reason }
+        })?;
+        let catalog = ctx.catalog_mut(&self.catalog);
+        catalog.tables.insert(name.clone(), entry);
+        catalog.rebind_indexes(&name);
         Ok(())
     }
 

@@ -55,6 +55,25 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
     Ok((ops, 0))
 }
 
+/// The column of `ALTER TABLE ... ADD COLUMN`: a column definition as `CREATE TABLE` reads
+/// it, without the constraints SQLite refuses there (`PRIMARY KEY`, `UNIQUE`) or that a
+/// column added later cannot keep here (`CHECK` and `REFERENCES` live in the table's
+/// definition, which an `ALTER` never rewrites).
+pub(super) fn added_column(ctx: PlanCtx<'_>, table: &str, column: &ast::ColumnDef) -> Result<ColumnDef, SqlError> {
+    let mut draft = Draft { schema: TableSchema::new(table), key: Vec::new(), uniques: Vec::new() };
+    draft.column(ctx, column)?;
+    if !draft.key.is_empty() {
+        return Err(SqlError::invalid("Cannot add a PRIMARY KEY column"));
+    }
+    if !draft.uniques.is_empty() {
+        return Err(SqlError::invalid("Cannot add a UNIQUE column"));
+    }
+    if !draft.schema.checks.is_empty() || !draft.schema.foreign_keys.is_empty() {
+        return Err(SqlError::unsupported("CHECK or REFERENCES on a column added by ALTER TABLE"));
+    }
+    Ok(draft.schema.columns.pop().expect("Draft::column adds the column"))
+}
+
 /// The unique indexes of a table's `UNIQUE` constraints, named as SQLite names them. One
 /// on exactly the primary-key columns is met by the key itself and makes none.
 fn unique_indexes(schema: &TableSchema, uniques: Vec<Vec<String>>) -> Result<Vec<IndexSchema>, SqlError> {

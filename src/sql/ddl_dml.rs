@@ -18,7 +18,7 @@ use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
 use super::plan::{Plan, Row, Scope};
 use super::value;
-use super::{create_table, datetime, exec, explain, from, insert, SqlError};
+use super::{alter_table, create_table, datetime, exec, explain, from, insert, SqlError};
 use crate::catalog::TableEntry;
 use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
 use crate::schema::IndexSchema;
@@ -37,6 +37,7 @@ pub(crate) fn run(
     let (ops, affected) = match statement {
         ast::Statement::CreateTable(ct) => create_table::create_table(ctx, ct)?,
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
+        ast::Statement::AlterTable(at) => (alter_table::alter_table(ctx, at)?, 0),
         ast::Statement::Drop {
             object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..
         } => (drop_ops(object_type, *if_exists, names)?, 0),
@@ -70,7 +71,6 @@ pub(crate) fn statement_feature(statement: &ast::Statement) -> String {
         S::CreateTrigger(_) => "CREATE TRIGGER",
         S::DropTrigger(_) => "DROP TRIGGER",
         S::CreateVirtualTable { .. } => "CREATE VIRTUAL TABLE",
-        S::AlterTable(_) => "ALTER TABLE",
         S::AlterIndex { .. } => "ALTER INDEX",
         S::AttachDatabase { .. } => "ATTACH DATABASE",
         S::Pragma { .. } => "PRAGMA (the system tables edgestore_tables, edgestore_columns, ... describe the schema)",
@@ -116,6 +116,7 @@ fn create_index(ci: &ast::CreateIndex) -> Result<WriteOp, SqlError> {
         table: bind::object_name(&ci.table_name)?,
         columns: ci.columns.iter().map(index_column).collect::<Result<_, _>>()?,
         unique: ci.unique,
+        column_ids: Vec::new(),
     };
     Ok(WriteOp::CreateIndex { schema, if_not_exists: ci.if_not_exists })
 }

@@ -18,6 +18,7 @@
 
 mod access;
 mod aggregate;
+mod alter_table;
 mod bind;
 mod check;
 mod create_table;

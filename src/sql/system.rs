@@ -3,8 +3,10 @@
 //!
 //! - `edgestore_tables` — one row per live table: name, epoch, primary key, definition as
 //!   SQL, and how many concurrent definitions conflict (0 when none).
+//!   `lost_alters` lists the `ALTER TABLE`s that lost to concurrent ones (NULL when none).
 //! - `edgestore_columns` — one row per column of a live table (a key-less table's hidden
-//!   `rowid` and `_origin` are not listed).
+//!   `rowid` and `_origin` are not listed), with its stable id and whether `ALTER TABLE`
+//!   added it.
 //! - `edgestore_indexes` — one row per usable index, and whether it is unique.
 //! - `edgestore_conflicts` — `kind` `column`: one row per concurrent value of a
 //!   conflicting column: table, rendered primary key, the first key column's value (to
@@ -63,6 +65,7 @@ impl SystemTable {
                 ("primary_key", T::Text),
                 ("sql", T::Text),
                 ("conflicting_definitions", T::Integer),
+                ("lost_alters", T::Text),
             ],
             SystemTable::Columns => &[
                 ("table_name", T::Text),
@@ -72,6 +75,8 @@ impl SystemTable {
                 ("not_null", T::Boolean),
                 ("default_value", T::Text),
                 ("pk_position", T::Integer),
+                ("column_id", T::Text),
+                ("added", T::Boolean),
             ],
             SystemTable::Indexes => &[
                 ("name", T::Text),
@@ -107,6 +112,7 @@ impl SystemTable {
                         text(&t.schema.primary_key.join(", ")),
                         text(&catalog::table_sql(&t.schema)),
                         Value::Integer(t.conflict.as_ref().map_or(0, |c| c.definitions.len() as i64)),
+                        lost_alters(t.conflict.as_ref()),
                     ]
                 })
                 .collect(),
@@ -124,6 +130,8 @@ impl SystemTable {
                             Value::Boolean(c.not_null),
                             c.default.as_ref().map_or(Value::Null, |d| Value::Text(literal(d))),
                             pk.map_or(Value::Null, |p| Value::Integer(p as i64 + 1)),
+                            text(&c.id()),
+                            Value::Boolean(c.added),
                         ]
                     })
                 })
@@ -206,4 +214,14 @@ pub(crate) fn literal(v: &Value) -> String {
 pub(crate) fn render_key(key: &[Value]) -> String {
     let parts: Vec<String> = key.iter().map(literal).collect();
     format!("({})", parts.join(", "))
+}
+
+/// The `ALTER TABLE`s that lost, each with its writer, one per line; NULL when none.
+fn lost_alters(conflict: Option<&catalog::DdlConflict>) -> Value {
+    let alters = conflict.map(|c| c.alters.as_slice()).unwrap_or_default();
+    if alters.is_empty() {
+        return Value::Null;
+    }
+    let lines: Vec<String> = alters.iter().map(|(sql, node)| format!("{sql} -- by {node}")).collect();
+    Value::Text(lines.join("\n"))
 }
