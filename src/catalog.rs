@@ -133,9 +133,16 @@ impl Catalog {
     fn index_is_live(&self, entry: &IndexEntry) -> bool {
         let Some(table) = self.table(&entry.def.schema.table) else { return false };
         let schema = &entry.def.schema;
+        // On every row written, so without hashing in the common case: an index without
+        // stored ids names columns whose ids derive from their names.
         let bound = |(i, name): (usize, &String)| {
-            let column = table.schema.column_index(name).map(|p| table.schema.columns[p].id());
-            column.is_some() && column == schema.column_id_at(i, &table.schema)
+            let Some(p) = table.schema.column_index(name) else { return false };
+            let column = &table.schema.columns[p];
+            match (schema.column_ids.get(i), &column.stored_id) {
+                (None, stored) => stored.is_none(),
+                (Some(id), Some(stored)) => id == stored,
+                (Some(id), None) => *id == schema::column_id(&column.name, column.ty),
+            }
         };
         entry.causal_length % 2 == 1
             && table.causal_length == entry.def.table_epoch

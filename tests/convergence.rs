@@ -3,7 +3,8 @@
 //! Each case runs 3–5 replicas through a seeded random schedule of local writes
 //! (conflicting updates, deletes, re-inserts, counters, inserts into a table without a
 //! primary key, DDL: tables and plain or unique indexes created and dropped concurrently
-//! with writes) and deliveries over a lossy
+//! with writes, columns added and renamed concurrently with writes and with each other)
+//! and deliveries over a lossy
 //! in-memory "network" that reorders, duplicates and drops batches of change envelopes.
 //! Lost changes are resent later (the sender recomputes what the receiver lacks from its
 //! version vector). After a final full exchange, every replica must have the same digest,
@@ -62,7 +63,7 @@ fn random_value(rng: &mut ChaCha8Rng) -> Value {
 fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
     let id = Value::from(rng.random_range(0..IDS));
     let note_key = || vec![Value::from("s1"), Value::from(1)];
-    match rng.random_range(0..104) {
+    match rng.random_range(0..113) {
         0..=19 => WriteOp::Insert {
             table: "devices".into(),
             values: vec![("id".into(), id), ("name".into(), random_value(rng))],
@@ -100,7 +101,39 @@ fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
             WriteOp::CreateIndex { schema, if_not_exists: true }
         }
         98..=99 => WriteOp::DropIndex { name: "by_name".into(), if_exists: true },
-        _ => WriteOp::Insert { table: "log".into(), values: vec![("msg".into(), random_value(rng))] },
+        100..=103 => WriteOp::Insert { table: "log".into(), values: vec![("msg".into(), random_value(rng))] },
+        104..=109 => random_alter(rng),
+        110..=111 => WriteOp::Upsert {
+            table: "notes".into(),
+            values: vec![
+                ("site".into(), "s1".into()),
+                ("seq".into(), Value::from(1)),
+                ("extra".into(), random_value(rng)),
+            ],
+        },
+        _ => WriteOp::Update { table: "devices".into(), key: vec![id], set: vec![("unit".into(), random_value(rng))] },
+    }
+}
+
+/// `ALTER TABLE`s that conflict when replicas make them concurrently: the same column
+/// added alike (one column) or with another type (two), the same column renamed to two
+/// names, a rename back, and adds to a table that is dropped and re-created meanwhile.
+fn random_alter(rng: &mut ChaCha8Rng) -> WriteOp {
+    let add = |table: &str, column: ColumnDef| WriteOp::AddColumn { table: table.into(), column };
+    let rename =
+        |from: &str, to: &str| WriteOp::RenameColumn { table: "notes".into(), from: from.into(), to: to.into() };
+    match rng.random_range(0..8) {
+        0 => add("notes", ColumnDef::new("extra", ColumnType::Text)),
+        1 => add("notes", ColumnDef::new("extra", ColumnType::Integer)),
+        2 => add(
+            "notes",
+            ColumnDef::new("tag", ColumnType::Text).not_null().default(format!("t{}", rng.random_range(0..2))),
+        ),
+        3 => add("devices", ColumnDef::new("unit", ColumnType::Text).default("C")),
+        4 => rename("body", "content"),
+        5 => rename("body", "text"),
+        6 => rename("content", "body"),
+        _ => rename("extra", "more"),
     }
 }
 
@@ -281,6 +314,7 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
     let cases = case_count();
     println!("convergence: base seed {base}, {cases} cases (replay one with EDGESTORE_SEED=<seed>)");
     let (mut writes_ok, mut writes_refused, mut conflicts, mut unique_conflicts) = (0, 0, 0, 0);
+    let (mut added_columns, mut lost_alters) = (0, 0);
     for i in 0..cases {
         let seed = base.wrapping_add(i);
         let mut case = Case::new(seed);
@@ -291,10 +325,15 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
         let snapshot = case.replicas[0].snapshot().unwrap();
         conflicts += snapshot.all_conflicts().unwrap().len();
         unique_conflicts += snapshot.unique_conflicts().unwrap().len();
+        for table in snapshot.catalog().live_tables() {
+            added_columns += table.schema.columns.iter().filter(|c| c.added).count();
+            lost_alters += table.conflict.as_ref().map_or(0, |c| c.alters.len());
+        }
     }
     println!(
         "convergence: {cases} cases passed; {writes_ok} batches acknowledged, {writes_refused} refused, \
-         {conflicts} conflicted rows and {unique_conflicts} unique conflicts at the end"
+         {conflicts} conflicted rows, {unique_conflicts} unique conflicts, {added_columns} added columns and \
+         {lost_alters} lost ALTERs at the end"
     );
     assert!(writes_ok > cases as usize * 20, "the workload must mostly succeed");
 }
