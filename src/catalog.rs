@@ -160,7 +160,7 @@ pub fn encode_table(schema: &TableSchema) -> Vec<u8> {
 /// Encodes a column for the `add` field of `ALTER TABLE ... ADD COLUMN`: its name, type,
 /// `NOT NULL` and default (not its id, which is the field's key).
 pub fn encode_added_column(column: &ColumnDef) -> Vec<u8> {
-    let plain = ColumnDef { stored_id: None, added: false, ..column.clone() };
+    let plain = ColumnDef { stored_id: None, added: false, dropped: false, ..column.clone() };
     let mut out = vec![DEFINITION_VERSION];
     out.extend(codec::encode(&plain));
     out
@@ -292,8 +292,17 @@ fn apply_alters(
         }
         column.name = winner;
     }
+    // A drop of a key column or of a key-less table's identity is refused where it is
+    // written; one from a faulty peer is ignored, alike everywhere.
+    let hidden = schema.hidden_columns();
+    for (i, column) in schema.columns.iter_mut().enumerate() {
+        if alters.contains_key(&(column.id(), AlterField::Drop)) && i >= hidden && !key.contains(&i) {
+            column.dropped = true;
+        }
+    }
     for i in 0..schema.columns.len() {
-        if schema.columns[..i].iter().any(|c| c.name == schema.columns[i].name) {
+        let column = &schema.columns[i];
+        if !column.dropped && schema.columns[..i].iter().any(|c| !c.dropped && c.name == column.name) {
             let shown = shadow_name(&schema.columns, i);
             let column = &mut schema.columns[i];
             let reason =
@@ -392,7 +401,7 @@ fn conflict_of<T: PartialEq>(definitions: &[(T, NodeId)], sql: impl Fn(&T) -> St
 /// written as it was declared: without its hidden identity columns and key, so the
 /// statement reads back to the same definition.
 pub fn table_sql(schema: &TableSchema) -> String {
-    let mut parts: Vec<String> = schema.visible_columns().iter().map(column_sql).collect();
+    let mut parts: Vec<String> = schema.visible_columns().map(column_sql).collect();
     if !schema.rowid {
         parts.push(format!("PRIMARY KEY ({})", schema.primary_key.join(", ")));
     }

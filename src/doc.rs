@@ -255,6 +255,8 @@ pub enum AlterField {
     Add,
     /// `RENAME COLUMN`: the column's name.
     Name,
+    /// `DROP COLUMN`: `true`.
+    Drop,
 }
 
 impl AlterField {
@@ -262,6 +264,7 @@ impl AlterField {
         match self {
             AlterField::Add => "add",
             AlterField::Name => "name",
+            AlterField::Drop => "drop",
         }
     }
 }
@@ -276,7 +279,7 @@ fn alter_key(epoch: u64, field: AlterField, column_id: &str) -> String {
 /// One concurrent value of an `ALTER TABLE` field.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AlterValue {
-    /// `Add`: the encoded column; `Name`: the name, as UTF-8.
+    /// `Add`: the encoded column; `Name`: the name, as UTF-8; `Drop`: empty.
     pub bytes: Vec<u8>,
     /// The node that wrote it.
     pub writer: NodeId,
@@ -289,6 +292,7 @@ pub fn put_alter(doc: &mut AutoCommit, epoch: u64, field: AlterField, column_id:
     let value = match field {
         AlterField::Add => ScalarValue::Bytes(bytes),
         AlterField::Name => ScalarValue::Str(String::from_utf8(bytes).expect("a name is UTF-8").into()),
+        AlterField::Drop => ScalarValue::Boolean(true),
     };
     doc.put(ROOT, alter_key(epoch, field, column_id), value)
         .expect("putting a scalar in the root map of a local document cannot fail");
@@ -306,6 +310,7 @@ pub fn read_alters(doc: &AutoCommit, epoch: u64) -> std::collections::BTreeMap<(
         let field = match word {
             "add" => AlterField::Add,
             "name" => AlterField::Name,
+            "drop" => AlterField::Drop,
             _ => continue,
         };
         let values: Vec<AlterValue> = doc
@@ -316,6 +321,7 @@ pub fn read_alters(doc: &AutoCommit, epoch: u64) -> std::collections::BTreeMap<(
                 let bytes = match (field, value.to_scalar()?) {
                     (AlterField::Add, ScalarValue::Bytes(b)) => b.clone(),
                     (AlterField::Name, ScalarValue::Str(s)) => s.as_bytes().to_vec(),
+                    (AlterField::Drop, ScalarValue::Boolean(true)) => Vec::new(),
                     _ => return None,
                 };
                 let ExId::Id(counter, _, _) = op else { return None };

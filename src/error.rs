@@ -381,6 +381,15 @@ pub enum AlterRefusal {
     /// The hidden identity of a table without a primary key.
     #[error("the column is the hidden identity of a table without a primary key")]
     HiddenColumn,
+    /// `DROP COLUMN` of a primary-key column.
+    #[error("cannot drop a PRIMARY KEY column")]
+    KeyColumn,
+    /// `DROP COLUMN` of a column an index covers (drop the index first, as in SQLite).
+    #[error("an index covers the column; drop the index first")]
+    Indexed,
+    /// `DROP COLUMN` of the table's last column.
+    #[error("no other columns exist")]
+    LastColumn,
     /// The table has the most columns it can.
     #[error("the table has the most columns a table can have")]
     TooManyColumns,

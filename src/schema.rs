@@ -43,12 +43,25 @@ pub struct ColumnDef {
     /// row's document holds no value for it (`materialize_row`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub added: bool,
+    /// Dropped by `ALTER TABLE ... DROP COLUMN`: the column keeps its place (records are
+    /// positional) and its values, but SQL no longer reaches it by name, `*` or an
+    /// `INSERT` without a column list; new rows hold NULL in it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
 }
 
 impl ColumnDef {
     /// A nullable column without default.
     pub fn new(name: &str, ty: ColumnType) -> ColumnDef {
-        ColumnDef { name: name.to_ascii_lowercase(), ty, not_null: false, default: None, stored_id: None, added: false }
+        ColumnDef {
+            name: name.to_ascii_lowercase(),
+            ty,
+            not_null: false,
+            default: None,
+            stored_id: None,
+            added: false,
+            dropped: false,
+        }
     }
 
     /// Marks the column NOT NULL.
@@ -297,9 +310,22 @@ impl TableSchema {
         }
     }
 
-    /// The columns a user sees (`*`, `INSERT` without a column list, `.schema`).
-    pub fn visible_columns(&self) -> &[ColumnDef] {
-        &self.columns[self.hidden_columns()..]
+    /// The columns a user sees (`*`, `INSERT` without a column list, `.schema`): not a
+    /// key-less table's hidden identity, not a dropped column.
+    pub fn visible_columns(&self) -> impl Iterator<Item = &ColumnDef> + '_ {
+        self.visible_positions().map(|i| &self.columns[i])
+    }
+
+    /// Positions of [`TableSchema::visible_columns`].
+    pub fn visible_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.hidden_columns()..self.columns.len()).filter(|&i| !self.columns[i].dropped)
+    }
+
+    /// The names SQL reaches the columns by, in position order: a dropped column's name
+    /// holds a NUL, which no identifier can, so nothing names it (a column of its old
+    /// name can be added again).
+    pub fn sql_names(&self) -> Vec<String> {
+        self.columns.iter().map(|c| if c.dropped { format!("\0dropped {}", c.id()) } else { c.name.clone() }).collect()
     }
 
     /// Adds a column.
@@ -314,9 +340,9 @@ impl TableSchema {
         self
     }
 
-    /// Position of a column by name.
+    /// Position of a column by name; a dropped column has none.
     pub fn column_index(&self, name: &str) -> Option<usize> {
-        self.columns.iter().position(|c| c.name.eq_ignore_ascii_case(name))
+        self.columns.iter().position(|c| !c.dropped && c.name.eq_ignore_ascii_case(name))
     }
 
     /// How many leading columns were defined by `CREATE TABLE`: every record holds at
@@ -370,7 +396,7 @@ impl TableSchema {
         }
         for i in 0..self.columns.len() {
             let name = normalize_name(&self.columns[i].name)?;
-            if self.columns[..i].iter().any(|c| c.name == name) {
+            if !self.columns[i].dropped && self.columns[..i].iter().any(|c| !c.dropped && c.name == name) {
                 return Err(SchemaError::DuplicateColumn { table: self.name, column: name });
             }
             self.columns[i].name = name;
@@ -560,7 +586,7 @@ fn validate_key(object: &str, key: &[String], columns: &[ColumnDef]) -> Result<V
     let mut normalized: Vec<String> = Vec::with_capacity(key.len());
     for name in key {
         let name = name.to_ascii_lowercase();
-        if !columns.iter().any(|c| c.name == name) {
+        if !columns.iter().any(|c| !c.dropped && c.name == name) {
             return Err(bad(format!("no column named {name}")));
         }
         if normalized.contains(&name) {
@@ -607,7 +633,7 @@ mod tests {
         let good = TableSchema::without_key("Log").column(ColumnDef::new("msg", ColumnType::Text));
         let schema = good.clone().validate().unwrap();
         assert_eq!(schema.hidden_columns(), 2);
-        assert_eq!(schema.visible_columns().len(), 1);
+        assert_eq!(schema.visible_columns().count(), 1);
         assert_eq!(schema.primary_key, [ROWID_COLUMN, ORIGIN_COLUMN]);
         // Only the identity: no visible column.
         assert!(matches!(TableSchema::without_key("log").validate(), Err(SchemaError::BadKey { .. })));

@@ -3,7 +3,7 @@
 //! Each case runs 3–5 replicas through a seeded random schedule of local writes
 //! (conflicting updates, deletes, re-inserts, counters, inserts into a table without a
 //! primary key, DDL: tables and plain or unique indexes created and dropped concurrently
-//! with writes, columns added and renamed concurrently with writes and with each other)
+//! with writes, columns added, renamed and dropped concurrently with writes and with each other)
 //! and deliveries over a lossy
 //! in-memory "network" that reorders, duplicates and drops batches of change envelopes.
 //! Lost changes are resent later (the sender recomputes what the receiver lacks from its
@@ -117,12 +117,13 @@ fn random_op(rng: &mut ChaCha8Rng) -> WriteOp {
 
 /// `ALTER TABLE`s that conflict when replicas make them concurrently: the same column
 /// added alike (one column) or with another type (two), the same column renamed to two
-/// names, a rename back, and adds to a table that is dropped and re-created meanwhile.
+/// names, a rename back, drops racing renames and writes, and all of it on a table that
+/// is dropped and re-created meanwhile.
 fn random_alter(rng: &mut ChaCha8Rng) -> WriteOp {
     let add = |table: &str, column: ColumnDef| WriteOp::AddColumn { table: table.into(), column };
     let rename =
         |from: &str, to: &str| WriteOp::RenameColumn { table: "notes".into(), from: from.into(), to: to.into() };
-    match rng.random_range(0..8) {
+    match rng.random_range(0..10) {
         0 => add("notes", ColumnDef::new("extra", ColumnType::Text)),
         1 => add("notes", ColumnDef::new("extra", ColumnType::Integer)),
         2 => add(
@@ -133,6 +134,8 @@ fn random_alter(rng: &mut ChaCha8Rng) -> WriteOp {
         4 => rename("body", "content"),
         5 => rename("body", "text"),
         6 => rename("content", "body"),
+        7 => WriteOp::DropColumn { table: "notes".into(), column: "body".into() },
+        8 => WriteOp::DropColumn { table: "notes".into(), column: "extra".into() },
         _ => rename("extra", "more"),
     }
 }
@@ -314,7 +317,7 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
     let cases = case_count();
     println!("convergence: base seed {base}, {cases} cases (replay one with EDGESTORE_SEED=<seed>)");
     let (mut writes_ok, mut writes_refused, mut conflicts, mut unique_conflicts) = (0, 0, 0, 0);
-    let (mut added_columns, mut lost_alters) = (0, 0);
+    let (mut added_columns, mut dropped_columns, mut lost_alters) = (0, 0, 0);
     for i in 0..cases {
         let seed = base.wrapping_add(i);
         let mut case = Case::new(seed);
@@ -327,13 +330,14 @@ fn replicas_converge_under_reordering_duplication_and_loss() {
         unique_conflicts += snapshot.unique_conflicts().unwrap().len();
         for table in snapshot.catalog().live_tables() {
             added_columns += table.schema.columns.iter().filter(|c| c.added).count();
+            dropped_columns += table.schema.columns.iter().filter(|c| c.dropped).count();
             lost_alters += table.conflict.as_ref().map_or(0, |c| c.alters.len());
         }
     }
     println!(
         "convergence: {cases} cases passed; {writes_ok} batches acknowledged, {writes_refused} refused, \
-         {conflicts} conflicted rows, {unique_conflicts} unique conflicts, {added_columns} added columns and \
-         {lost_alters} lost ALTERs at the end"
+         {conflicts} conflicted rows, {unique_conflicts} unique conflicts, {added_columns} added columns, \
+         {dropped_columns} dropped columns and {lost_alters} lost ALTERs at the end"
     );
     assert!(writes_ok > cases as usize * 20, "the workload must mostly succeed");
 }

@@ -365,3 +365,44 @@ fn concurrent_alters_resolve_alike_in_either_order_of_arrival() {
     ];
     assert_eq!(rows(&mut b, unit_note), expected);
 }
+
+#[test]
+fn a_drop_beats_a_concurrent_rename_and_a_name_added_again_on_both_nodes_is_one_column() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
+    let (mut c, mut d) = (open(&dir, "node-c"), open(&dir, "node-d"));
+    run(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT, y INTEGER)");
+    run(&mut a, "INSERT INTO t VALUES (1, 'one', 10), (2, 'two', 20)");
+    for other in [&mut b, &mut c, &mut d] {
+        sync(&a, other);
+    }
+    run(&mut a, "ALTER TABLE t DROP COLUMN x");
+    run(&mut a, "INSERT INTO t VALUES (3, 30)");
+    run(&mut a, "ALTER TABLE t ADD COLUMN x TEXT DEFAULT 'fresh'");
+    run(&mut b, "ALTER TABLE t RENAME COLUMN x TO label");
+    run(&mut b, "UPDATE t SET label = 'changed' WHERE id = 1");
+    run(&mut b, "ALTER TABLE t ADD COLUMN x TEXT DEFAULT 'fresh'");
+    run(&mut b, "INSERT INTO t VALUES (4, 'four', 40, 'mine')");
+    sync(&a, &mut c);
+    sync(&b, &mut c);
+    sync(&b, &mut d);
+    sync(&a, &mut d);
+    sync(&c, &mut a);
+    sync(&c, &mut b);
+    let all = "SELECT * FROM t ORDER BY id";
+    // The drop wins: `label` is gone whatever its writes; the two re-added `x`s have one id.
+    let expected = vec![
+        vec![Value::Integer(1), Value::Integer(10), "fresh".into()],
+        vec![Value::Integer(2), Value::Integer(20), "fresh".into()],
+        vec![Value::Integer(3), Value::Integer(30), "fresh".into()],
+        vec![Value::Integer(4), Value::Integer(40), "mine".into()],
+    ];
+    let digest = a.state_digest().expect("digest");
+    for replica in [&mut a, &mut b, &mut c, &mut d] {
+        assert_eq!(rows(replica, all), expected);
+        assert_eq!(replica.state_digest().expect("digest"), digest);
+        assert_eq!(replica.check_integrity().expect("check"), Vec::new());
+    }
+    let names = rows(&mut d, "SELECT name FROM edgestore_columns WHERE table_name = 't' ORDER BY position");
+    assert_eq!(names, vec![vec![Value::from("id")], vec![Value::from("y")], vec![Value::from("x")]]);
+}

@@ -1,4 +1,4 @@
-//! `ALTER TABLE`: what an `ADD COLUMN` or `RENAME COLUMN` writes into its table's catalog
+//! `ALTER TABLE`: what an `ADD COLUMN`, `RENAME COLUMN` or `DROP COLUMN` writes into its table's catalog
 //! document, checked against the table as the batch sees it (docs/design.md § ALTER TABLE).
 //!
 //! An `ALTER` writes one field of one column, keyed by the column's id, never a new
@@ -7,7 +7,7 @@
 //! else is written: records, index entries and implicit documents stay valid as they are
 //! (`TableSchema::extends`).
 
-use crate::catalog::{self, TableEntry};
+use crate::catalog::{self, Catalog, TableEntry};
 use crate::doc::AlterField;
 use crate::error::{AlterRefusal, WriteError};
 use crate::schema::{self, ColumnDef, TableSchema, COLUMNS_MAX};
@@ -78,6 +78,34 @@ pub(crate) fn rename_column(entry: &TableEntry, from: &str, to: &str) -> Result<
         return Err(refused(table, &from, AlterRefusal::UsedByConstraint));
     }
     Ok(AlterWrite { field: AlterField::Name, column_id: table.columns[i].id(), bytes: to.into_bytes() })
+}
+
+/// `DROP COLUMN`: the column's drop flag under its id. As SQLite, refused for a key
+/// column, a column an index covers, a column a `CHECK` or foreign key names, and the
+/// table's last column; here also for the hidden identity of a key-less table. The
+/// column keeps its place and values (records are positional); nothing is rewritten.
+pub(crate) fn drop_column(catalog: &Catalog, entry: &TableEntry, name: &str) -> Result<AlterWrite, WriteError> {
+    let table = &entry.schema;
+    let name = name.to_ascii_lowercase();
+    let i = table
+        .column_index(&name)
+        .ok_or_else(|| WriteError::UnknownColumn { table: table.name.clone(), column: name.clone() })?;
+    if i < table.hidden_columns() {
+        return Err(refused(table, &name, AlterRefusal::HiddenColumn));
+    }
+    if table.primary_key.contains(&name) {
+        return Err(refused(table, &name, AlterRefusal::KeyColumn));
+    }
+    if catalog.indexes_of(&table.name).any(|index| index.def.schema.columns.contains(&name)) {
+        return Err(refused(table, &name, AlterRefusal::Indexed));
+    }
+    if names_column(table, &name) {
+        return Err(refused(table, &name, AlterRefusal::UsedByConstraint));
+    }
+    if table.visible_columns().count() == 1 {
+        return Err(refused(table, &name, AlterRefusal::LastColumn));
+    }
+    Ok(AlterWrite { field: AlterField::Drop, column_id: table.columns[i].id(), bytes: Vec::new() })
 }
 
 /// Whether a `CHECK` or foreign key of the table names the column: a foreign key by its

@@ -130,7 +130,8 @@ pub(crate) fn materialize_row(
         if column.added && !values.is_empty() {
             record_len = i + 1;
         }
-        if values.iter().any(|(v, _)| *v != values[0].0) {
+        // A dropped column's values are kept, but it is no longer in conflict.
+        if !column.dropped && values.iter().any(|(v, _)| *v != values[0].0) {
             conflicts.push(ColumnConflict { column: column.name.clone(), winner: winner.clone(), values });
         }
         row.push(winner);
@@ -317,8 +318,13 @@ impl Replica {
                     (true, false) => self.rebuild_table(tables, &name)?,
                     (true, true) => {
                         let old = old.expect("in place: the table was known");
-                        let renamed =
-                            old.schema.columns.iter().zip(&entry.schema.columns).any(|(a, b)| a.name != b.name);
+                        // Conflict records name columns and leave dropped ones out.
+                        let renamed = old
+                            .schema
+                            .columns
+                            .iter()
+                            .zip(&entry.schema.columns)
+                            .any(|(a, b)| a.name != b.name || a.dropped != b.dropped);
                         if renamed {
                             self.rederive_conflicts(tables, &name)?;
                         }

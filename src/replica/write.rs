@@ -64,6 +64,13 @@ pub enum WriteOp {
         /// Its new name.
         to: String,
     },
+    /// `ALTER TABLE ... DROP COLUMN`: the column is no longer seen; its values are kept.
+    DropColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
     /// `DROP INDEX [IF EXISTS]`.
     DropIndex {
         /// The index.
@@ -158,6 +165,12 @@ impl WriteBatch {
     /// Adds `ALTER TABLE ... RENAME COLUMN`.
     pub fn rename_column(mut self, table: &str, from: &str, to: &str) -> WriteBatch {
         self.ops.push(WriteOp::RenameColumn { table: table.into(), from: from.into(), to: to.into() });
+        self
+    }
+
+    /// Adds `ALTER TABLE ... DROP COLUMN`.
+    pub fn drop_column(mut self, table: &str, column: &str) -> WriteBatch {
+        self.ops.push(WriteOp::DropColumn { table: table.into(), column: column.into() });
         self
     }
 
@@ -420,6 +433,11 @@ impl Replica {
             WriteOp::RenameColumn { table, from, to } => {
                 let entry = live_table(ctx.catalog(&self.catalog), &table)?;
                 let write = super::alter::rename_column(entry, &from, &to)?;
+                self.stage_alter(tables, ctx, &table, write)
+            }
+            WriteOp::DropColumn { table, column } => {
+                let catalog = ctx.catalog(&self.catalog);
+                let write = super::alter::drop_column(catalog, live_table(catalog, &table)?, &column)?;
                 self.stage_alter(tables, ctx, &table, write)
             }
             WriteOp::Insert { table, values } => self.stage_insert(tables, ctx, &table, values, false),
@@ -751,6 +769,9 @@ fn build_row(schema: &TableSchema, values: &[(String, Value)]) -> Result<Vec<Val
         let column = &schema.columns[i];
         let value = match value {
             Some(value) => value,
+            // A dropped column's slot: NULL, so that an implicit document's change is
+            // still rebuilt from its record (docs/design.md § ALTER TABLE).
+            None if column.dropped => Value::Null,
             None if column.default.is_some() => column.default.clone().expect("checked"),
             None if column.ty == ColumnType::Counter => Value::Integer(0),
             None => coerce_column(schema, i, Value::Null)?,

@@ -1,4 +1,4 @@
-//! `ALTER TABLE ... ADD COLUMN` and `RENAME COLUMN`, as write operations
+//! `ALTER TABLE ... ADD COLUMN`, `RENAME COLUMN` and `DROP COLUMN`, as write operations
 //! (docs/design.md § ALTER TABLE). The replica checks each against the table as the
 //! batch sees it (`replica/alter.rs`); here the SQL is read and what SQLite refuses is
 //! refused with SQLite's words.
@@ -35,14 +35,17 @@ pub(super) fn alter_table(ctx: PlanCtx<'_>, at: &ast::AlterTable) -> Result<Vec<
                 let (from, to) = (bind::ident(old_column_name), bind::ident(new_column_name));
                 ops.push(WriteOp::RenameColumn { table: table.clone(), from, to });
             }
-            ast::AlterTableOperation::DropColumn { .. } => {
-                return Err(SqlError::unsupported(
-                    "ALTER TABLE ... DROP COLUMN (not built yet; ADD and RENAME COLUMN are)",
-                ))
+            ast::AlterTableOperation::DropColumn { column_names, if_exists, drop_behavior: None, .. } => {
+                for column in column_names.iter().map(bind::ident) {
+                    if *if_exists && entry.schema.column_index(&column).is_none() {
+                        continue;
+                    }
+                    ops.push(WriteOp::DropColumn { table: table.clone(), column });
+                }
             }
             ast::AlterTableOperation::RenameTable { .. } => {
                 return Err(SqlError::unsupported(
-                    "ALTER TABLE ... RENAME TO (not built yet; ADD and RENAME COLUMN are)",
+                    "ALTER TABLE ... RENAME TO (not built yet; ADD, RENAME and DROP COLUMN are)",
                 ))
             }
             other => return Err(SqlError::unsupported(format!("ALTER TABLE ... {other}"))),

@@ -32,7 +32,7 @@ impl Checks {
         // A constraint sees only the row: no parameters of the statement that runs it.
         let ctx = PlanCtx::new(ctx.snap, &[], ctx.limits);
         let mut scope = Scope::default();
-        scope.push_table(&schema.name, schema.columns.iter().map(|c| c.name.clone()).collect())?;
+        scope.push_table(&schema.name, schema.sql_names())?;
         let bound = schema
             .checks
             .iter()

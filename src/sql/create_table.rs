@@ -154,7 +154,7 @@ fn create_table_as(
         })?;
         schema.columns.push(ColumnDef::new(&name, ty));
     }
-    let visible: Vec<(String, ColumnType)> = schema.visible_columns().iter().map(|c| (c.name.clone(), c.ty)).collect();
+    let visible: Vec<(String, ColumnType)> = schema.visible_columns().map(|c| (c.name.clone(), c.ty)).collect();
     let mut ops = Vec::with_capacity(rows.len() + 1);
     ops.push(WriteOp::CreateTable { schema, if_not_exists: false });
     let count = rows.len() as u64;
@@ -199,7 +199,7 @@ fn copied_types(ctx: PlanCtx<'_>, query: &ast::Query) -> Vec<Option<ColumnType>>
     for item in &select.projection {
         match item {
             ast::SelectItem::Wildcard(_) | ast::SelectItem::QualifiedWildcard(..) => {
-                types.extend(schema.visible_columns().iter().map(|c| Some(copy_type(c))));
+                types.extend(schema.visible_columns().map(|c| Some(copy_type(c))));
             }
             ast::SelectItem::UnnamedExpr(e) | ast::SelectItem::ExprWithAlias { expr: e, .. } => {
                 types.push(column_of(e))

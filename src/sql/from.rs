@@ -113,7 +113,7 @@ fn table_ref(
             if let Some(notes) = ctx.notes {
                 notes.tables.borrow_mut().push(name.clone());
             }
-            let columns = table.schema.columns.iter().map(|c| c.name.clone()).collect();
+            let columns = table.schema.sql_names();
             Ok((Source::Table(table.clone()), alias, columns))
         }
         ast::TableFactor::Derived { lateral: false, subquery, alias, .. } => {
@@ -305,7 +305,8 @@ pub(crate) fn plan_from(
         let (source, alias, columns) = table_ref(ctx, factor, position)?;
         scope.push_table(&alias, columns)?;
         if let Source::Table(table) = &source {
-            scope.hide_leading(table.schema.hidden_columns());
+            let visible: Vec<usize> = table.schema.visible_positions().collect();
+            scope.hide_except(&visible);
         }
         if let Some(column) = rowid_alias(&source) {
             scope.set_rowid(column);

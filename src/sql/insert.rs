@@ -110,8 +110,9 @@ pub(super) fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertP
     let table = target_table(ctx.snap, name)?.clone();
     let schema = &table.schema;
     let columns: Vec<usize> = if ins.columns.is_empty() {
-        // Not a key-less table's hidden identity, which the store assigns.
-        (schema.hidden_columns()..schema.columns.len()).collect()
+        // Not a key-less table's hidden identity, which the store assigns, nor a
+        // dropped column.
+        schema.visible_positions().collect()
     } else {
         ins.columns
             .iter()
@@ -167,7 +168,7 @@ fn on_conflict(
         ast::OnConflictAction::DoNothing => Ok(OnConflict::Nothing(target)),
         ast::OnConflictAction::DoUpdate(update) => {
             let mut scope = Scope::default();
-            let columns: Vec<String> = table.schema.columns.iter().map(|c| c.name.clone()).collect();
+            let columns = table.schema.sql_names();
             scope.push_table(&table.schema.name, columns.clone())?;
             scope.push_table("excluded", columns)?;
             // As in SQLite, an unqualified name is the table's column: `excluded` is named.
@@ -369,8 +370,8 @@ impl Insertion<'_> {
                 // A key-less row inserted earlier by this statement: its insert takes the
                 // new values (it has no key to update by until the store assigns one).
                 let schema = &table.schema;
-                let values = schema.visible_columns().iter().zip(&new[schema.hidden_columns()..]);
-                let values = values.map(|(c, v)| (c.name.clone(), v.clone())).collect();
+                let values =
+                    schema.visible_positions().map(|i| (schema.columns[i].name.clone(), new[i].clone())).collect();
                 let op = self.written[w].insert_op.expect("a key-less written row was inserted");
                 self.ops[op] = Some(WriteOp::Insert { table: schema.name.clone(), values });
             }

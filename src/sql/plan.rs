@@ -225,7 +225,7 @@ pub(crate) struct ScopeColumn {
     pub name: String,
     /// Whether `*` shows it (the right-hand copy of a `USING` column does not).
     pub in_star: bool,
-    /// A key-less table's hidden identity (`rowid`, `_origin`): in neither `*` nor `t.*`,
+    /// A key-less table's hidden identity (`rowid`, `_origin`) or a dropped column: in neither `*` nor `t.*`,
     /// selected only by name.
     pub hidden: bool,
 }
@@ -265,12 +265,15 @@ impl Scope {
         Ok(())
     }
 
-    /// Hides the first `count` columns of the last table pushed: a key-less table's
-    /// identity.
-    pub fn hide_leading(&mut self, count: usize) {
+    /// Hides the columns of the last table pushed that are not at `visible` positions
+    /// (0-based in it): a key-less table's identity, which naming still selects, and
+    /// dropped columns, whose names nothing can write.
+    pub fn hide_except(&mut self, visible: &[usize]) {
         let table = self.tables.last().expect("a table was pushed");
-        debug_assert!(count <= table.width);
-        for column in &mut self.columns[table.offset..table.offset + count] {
+        let (offset, width) = (table.offset, table.width);
+        debug_assert!(visible.iter().all(|&i| i < width));
+        for i in (0..width).filter(|i| !visible.contains(i)) {
+            let column = &mut self.columns[offset + i];
             column.in_star = false;
             column.hidden = true;
         }

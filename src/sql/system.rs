@@ -120,7 +120,7 @@ impl SystemTable {
                 .live_tables()
                 .flat_map(|t| {
                     // A key-less table's hidden identity is not one of its columns here.
-                    t.schema.visible_columns().iter().enumerate().map(|(i, c)| {
+                    t.schema.visible_columns().enumerate().map(|(i, c)| {
                         let pk = t.schema.primary_key.iter().position(|k| *k == c.name);
                         vec![
                             text(&t.schema.name),
