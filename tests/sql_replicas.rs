@@ -282,46 +282,60 @@ fn sql_blob(v: &Value) -> String {
     format!("x'{}'", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
-#[test]
-fn concurrent_alters_resolve_alike_in_either_order_of_arrival() {
+/// Four nodes for concurrent `ALTER`s: `a` runs `setup` and all get it; then `a` and `b`
+/// run their statements apart; `c` hears `a` first and `d` hears `b` first; then `a` and
+/// `b` hear everything from `c`.
+fn altered_apart(setup: &[&str], on_a: &[&str], on_b: &[&str]) -> (tempfile::TempDir, [Replica; 4]) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
-    let (mut c, mut d) = (open(&dir, "node-c"), open(&dir, "node-d"));
-    run(&mut a, "CREATE TABLE s (id INTEGER PRIMARY KEY, name TEXT, v REAL)");
-    run(&mut a, "CREATE INDEX s_name ON s (name)");
-    run(&mut a, "INSERT INTO s VALUES (1, 'a', 1.0), (2, 'b', 2.0)");
+    let [mut a, mut b, mut c, mut d] = ["node-a", "node-b", "node-c", "node-d"].map(|n| open(&dir, n));
+    for statement in setup {
+        run(&mut a, statement);
+    }
     for other in [&mut b, &mut c, &mut d] {
         sync(&a, other);
     }
-    // Apart: both add `unit` alike (one column), rename `name` differently (one wins),
-    // add `extra` with different types (two columns; the later is shown under another
-    // name), and write rows under their own definitions.
-    for statement in [
-        "ALTER TABLE s ADD COLUMN unit TEXT DEFAULT 'C'",
-        "ALTER TABLE s RENAME COLUMN name TO label",
-        "ALTER TABLE s ADD COLUMN extra TEXT",
-        "INSERT INTO s (id, label, v, unit, extra) VALUES (3, 'c', 3.0, 'F', 'e3')",
-        "UPDATE s SET unit = 'K' WHERE id = 1",
-    ] {
+    for statement in on_a {
         run(&mut a, statement);
     }
-    for statement in [
-        "ALTER TABLE s ADD COLUMN unit TEXT DEFAULT 'C'",
-        "ALTER TABLE s RENAME COLUMN name TO title",
-        "ALTER TABLE s ADD COLUMN extra INTEGER",
-        "ALTER TABLE s ADD COLUMN note INTEGER DEFAULT 0",
-        "INSERT INTO s VALUES (4, 'd', 4.0, 'C', 44, 9)",
-        "UPDATE s SET title = 'bb', note = 2 WHERE id = 2",
-    ] {
+    for statement in on_b {
         run(&mut b, statement);
     }
-    // c hears a first, d hears b first; then everyone hears everyone.
     sync(&a, &mut c);
     sync(&b, &mut c);
     sync(&b, &mut d);
     sync(&a, &mut d);
     sync(&c, &mut a);
     sync(&c, &mut b);
+    (dir, [a, b, c, d])
+}
+
+#[test]
+fn concurrent_alters_resolve_alike_in_either_order_of_arrival() {
+    // Apart: both add `unit` alike (one column), rename `name` differently (one wins),
+    // add `extra` with different types (two columns; the later is shown under another
+    // name), and write rows under their own definitions.
+    let (_dir, [mut a, mut b, mut c, mut d]) = altered_apart(
+        &[
+            "CREATE TABLE s (id INTEGER PRIMARY KEY, name TEXT, v REAL)",
+            "CREATE INDEX s_name ON s (name)",
+            "INSERT INTO s VALUES (1, 'a', 1.0), (2, 'b', 2.0)",
+        ],
+        &[
+            "ALTER TABLE s ADD COLUMN unit TEXT DEFAULT 'C'",
+            "ALTER TABLE s RENAME COLUMN name TO label",
+            "ALTER TABLE s ADD COLUMN extra TEXT",
+            "INSERT INTO s (id, label, v, unit, extra) VALUES (3, 'c', 3.0, 'F', 'e3')",
+            "UPDATE s SET unit = 'K' WHERE id = 1",
+        ],
+        &[
+            "ALTER TABLE s ADD COLUMN unit TEXT DEFAULT 'C'",
+            "ALTER TABLE s RENAME COLUMN name TO title",
+            "ALTER TABLE s ADD COLUMN extra INTEGER",
+            "ALTER TABLE s ADD COLUMN note INTEGER DEFAULT 0",
+            "INSERT INTO s VALUES (4, 'd', 4.0, 'C', 44, 9)",
+            "UPDATE s SET title = 'bb', note = 2 WHERE id = 2",
+        ],
+    );
     let digest = a.state_digest().expect("digest");
     let columns =
         "SELECT name, type, default_value, added FROM edgestore_columns WHERE table_name = 's' ORDER BY position";
@@ -368,27 +382,23 @@ fn concurrent_alters_resolve_alike_in_either_order_of_arrival() {
 
 #[test]
 fn a_drop_beats_a_concurrent_rename_and_a_name_added_again_on_both_nodes_is_one_column() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
-    let (mut c, mut d) = (open(&dir, "node-c"), open(&dir, "node-d"));
-    run(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT, y INTEGER)");
-    run(&mut a, "INSERT INTO t VALUES (1, 'one', 10), (2, 'two', 20)");
-    for other in [&mut b, &mut c, &mut d] {
-        sync(&a, other);
-    }
-    run(&mut a, "ALTER TABLE t DROP COLUMN x");
-    run(&mut a, "INSERT INTO t VALUES (3, 30)");
-    run(&mut a, "ALTER TABLE t ADD COLUMN x TEXT DEFAULT 'fresh'");
-    run(&mut b, "ALTER TABLE t RENAME COLUMN x TO label");
-    run(&mut b, "UPDATE t SET label = 'changed' WHERE id = 1");
-    run(&mut b, "ALTER TABLE t ADD COLUMN x TEXT DEFAULT 'fresh'");
-    run(&mut b, "INSERT INTO t VALUES (4, 'four', 40, 'mine')");
-    sync(&a, &mut c);
-    sync(&b, &mut c);
-    sync(&b, &mut d);
-    sync(&a, &mut d);
-    sync(&c, &mut a);
-    sync(&c, &mut b);
+    let (_dir, [mut a, mut b, mut c, mut d]) = altered_apart(
+        &[
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, x TEXT, y INTEGER)",
+            "INSERT INTO t VALUES (1, 'one', 10), (2, 'two', 20)",
+        ],
+        &[
+            "ALTER TABLE t DROP COLUMN x",
+            "INSERT INTO t VALUES (3, 30)",
+            "ALTER TABLE t ADD COLUMN x TEXT DEFAULT 'fresh'",
+        ],
+        &[
+            "ALTER TABLE t RENAME COLUMN x TO label",
+            "UPDATE t SET label = 'changed' WHERE id = 1",
+            "ALTER TABLE t ADD COLUMN x TEXT DEFAULT 'fresh'",
+            "INSERT INTO t VALUES (4, 'four', 40, 'mine')",
+        ],
+    );
     let all = "SELECT * FROM t ORDER BY id";
     // The drop wins: `label` is gone whatever its writes; the two re-added `x`s have one id.
     let expected = vec![
