@@ -138,6 +138,8 @@ struct Acknowledged {
     events: usize,
     /// Acknowledged rows of `tags`: id → tag.
     tags: BTreeMap<i64, String>,
+    /// Acknowledged `ALTER TABLE`s of `events`.
+    alters: usize,
 }
 
 struct Sim {
@@ -165,6 +167,9 @@ struct Sim {
     anti_entropy: (u64, u64),
     /// Every step runs a bounded compaction step on every node (`compact_logs`).
     compact: bool,
+    /// Some `events` writes are `ALTER TABLE`s (`alter_events`); off where a scenario
+    /// needs the catalog to stay as it was after the first write.
+    alters: bool,
     /// Log entries compacted away, over all nodes.
     compacted: u64,
     /// Documents saved whole by the background save step, over all nodes.
@@ -233,6 +238,7 @@ impl Sim {
             repair_frames: 0,
             anti_entropy: (0, 0),
             compact: true,
+            alters: true,
             compacted: 0,
             docs_saved: 0,
             below_floor_closes: 0,
@@ -434,7 +440,11 @@ impl Sim {
                     WriteBatch::new().insert("tags", [("id", Value::from(id)), ("tag", Value::from(tag.as_str()))]);
                 (batch, Effect::Tag(id, tag))
             }
-            3 => (WriteBatch::new().insert("events", [("what", Value::from("tick"))]), Effect::Event),
+            3 if self.alters && (self.now_ms / 1000) % 10 == 4 => (self.alter_events(node), Effect::Alter),
+            3 => {
+                let what = self.events_column(node);
+                (WriteBatch::new().insert("events", [(what.as_str(), Value::from("tick"))]), Effect::Event)
+            }
             0 => {
                 let key = self.next_key;
                 self.next_key += 1;
@@ -481,6 +491,7 @@ impl Sim {
                     self.acked.rows.insert(key, value);
                 }
                 Effect::Increment(key, by) => *self.acked.increments.get_mut(&key).expect("shared row") += by,
+                Effect::Alter => self.acked.alters += 1,
                 Effect::None => {}
             }
             for link in self.nodes[node].links.values_mut() {
@@ -489,6 +500,32 @@ impl Sim {
             return true;
         }
         false
+    }
+
+    /// An `ALTER TABLE events`, chosen by the simulated time (not the rng, so every seed's
+    /// schedule is what it was before): in each 10-second slot, add a column that nodes
+    /// apart add alike (one column) and that comes back after a drop (a new column); rename
+    /// the `what` column to a name of this node's (nodes apart conflict); or drop the
+    /// first added column (racing renames, adds and inserts). Refusals (the column
+    /// exists, is gone) are ordinary outcomes.
+    fn alter_events(&mut self, node: usize) -> WriteBatch {
+        let slot = self.now_ms / 10_000;
+        let schema = self.replica(node).catalog().table("events").map(|t| t.schema.clone());
+        match slot % 3 {
+            0 => WriteBatch::new()
+                .add_column("events", ColumnDef::new(&format!("c{}", slot % 4), ColumnType::Text).default("d")),
+            1 => WriteBatch::new().rename_column("events", &self.events_column(node), &format!("w{node}_{slot}")),
+            _ => {
+                let added = schema.and_then(|s| s.visible_columns().find(|c| c.added).map(|c| c.name.clone()));
+                WriteBatch::new().drop_column("events", &added.unwrap_or_else(|| "c0".into()))
+            }
+        }
+    }
+
+    /// The current name of `events`' `what` column on `node` (renamed by `alter_events`).
+    fn events_column(&mut self, node: usize) -> String {
+        let table = self.replica(node).catalog().table("events").cloned();
+        table.map_or_else(|| "what".to_string(), |t| t.schema.columns[2].name.clone())
     }
 
     /// Whether `node` holds a row of `tags` with `tag` (false before it has the table).
@@ -705,6 +742,7 @@ enum Effect {
     Tag(i64, String),
     Row(i64, String),
     Increment(i64, i64),
+    Alter,
     None,
 }
 
@@ -759,6 +797,8 @@ struct Outcome {
     below_floor_closes: u64,
     /// Unique conflicts (tags taken concurrently) at the end, all checked.
     unique_conflicts: usize,
+    /// Acknowledged `ALTER TABLE`s, and those that lost to concurrent ones at the end.
+    alters: (usize, usize),
 }
 
 fn run_schedule(seed: u64) -> Outcome {
@@ -820,6 +860,7 @@ fn run_schedule(seed: u64) -> Outcome {
         heal_to_converged_ms,
         writes: sim.acked.rows.len() + sim.acked.increments.len() + sim.acked.events + sim.acked.tags.len(),
         unique_conflicts,
+        alters: (sim.acked.alters, lost_alters(&sim)),
         compacted: sim.compacted,
         docs_saved: sim.docs_saved,
         below_floor_closes: sim.below_floor_closes,
@@ -882,6 +923,12 @@ fn check_tags(sim: &Sim, seed: u64) -> usize {
     expected.len()
 }
 
+/// `ALTER`s listed as lost on node 0 (the digest check made every node's catalog equal).
+fn lost_alters(sim: &Sim) -> usize {
+    let catalog = sim.nodes[0].replica.as_ref().expect("up").catalog();
+    catalog.live_tables().map(|t| t.conflict.as_ref().map_or(0, |c| c.alters.len())).sum()
+}
+
 fn int(value: &Value) -> i64 {
     match value {
         Value::Integer(v) => *v,
@@ -903,6 +950,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     let mut worst_ms = 0;
     let (mut writes, mut compacted, mut below_floor_closes, mut docs_saved) = (0, 0, 0, 0);
     let mut unique_conflicts = 0;
+    let mut alters = (0, 0);
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -914,6 +962,8 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 docs_saved += outcome.docs_saved;
                 below_floor_closes += outcome.below_floor_closes;
                 unique_conflicts += outcome.unique_conflicts;
+                alters.0 += outcome.alters.0;
+                alters.1 += outcome.alters.1;
             }
             Err(_) => failed.push(seed),
         }
@@ -925,8 +975,11 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
          slowest convergence after heal {worst_ms} ms simulated (bound {CONVERGENCE_BOUND_MS} ms); \
          {compacted} log entries compacted, {docs_saved} documents saved whole, \
          {below_floor_closes} sessions closed below a log floor, \
-         {unique_conflicts} unique conflicts (one tag taken on nodes apart) listed as expected",
-        seeds.len()
+         {unique_conflicts} unique conflicts (one tag taken on nodes apart) listed as expected, \
+         {} ALTER TABLEs acknowledged and {} lost to concurrent ones (listed)",
+        seeds.len(),
+        alters.0,
+        alters.1
     );
 }
 
@@ -1042,6 +1095,8 @@ fn anti_entropy_repairs_documents_restored_from_an_old_backup() {
         println!("anti-entropy restore scenario: seed {seed:#x}, compaction {compact}");
         let mut sim = Sim::new(seed, 3);
         sim.compact = compact;
+        // The restore copies document tables, not the catalog, which must not change.
+        sim.alters = false;
         sim.run_for(2_000);
         for _ in 0..10 {
             sim.local_write();
