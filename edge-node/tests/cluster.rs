@@ -5,7 +5,9 @@
 //! After healing, all three must hold identical digests and answer the same JOIN queries
 //! identically, with every acknowledged write present and counters adding up, and the two
 //! rows that took one UNIQUE value on either side of the cut both kept and listed alike
-//! as a unique conflict; then, idle,
+//! as a unique conflict, and two `ALTER TABLE`s made on either side of the cut (a column
+//! added on one, one column renamed differently on both, rows written under each node's
+//! definition) resolved to one schema with the losing rename listed; then, idle,
 //! each node's compaction driver empties its log (the horizon reaches the common vector)
 //! and the stores stay intact. Finally SIGTERM stops each node cleanly (exit code 0).
 //!
@@ -40,7 +42,8 @@ fn digest(node: &Node) -> String {
 const BATTERY: &[&str] = &[
     "SELECT s.id, s.name, COUNT(x.id), SUM(x.hits) FROM sites s LEFT JOIN sensors x ON x.site = s.id \
      GROUP BY s.id, s.name ORDER BY s.id",
-    "SELECT x.id, x.kind, s.name FROM sensors x JOIN sites s ON s.id = x.site ORDER BY x.id",
+    "SELECT x.*, s.name FROM sensors x JOIN sites s ON s.id = x.site ORDER BY x.id",
+    "SELECT position, name, type, default_value FROM edgestore_columns ORDER BY table_name, position",
     "SELECT table_name, primary_key, column_name, value, node, is_winner FROM edgestore_conflicts \
      ORDER BY table_name, primary_key, column_name, node",
 ];
@@ -156,6 +159,13 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
         "{refused}"
     );
 
+    // The schema changes on both sides of the cut, with writes under each definition.
+    shell(&a, "ALTER TABLE sensors ADD COLUMN unit TEXT DEFAULT 'C'; ALTER TABLE sensors RENAME kind TO category;");
+    sql(&a, "INSERT INTO sensors (id, site, category, unit) VALUES (3001, 1, 'temp', 'F')", json!([]));
+    sql(&c, "ALTER TABLE sensors RENAME COLUMN kind TO sort", json!([]));
+    sql(&c, "INSERT INTO sensors (id, site, sort) VALUES (3002, 1, 'flow')", json!([]));
+    sql(&c, "UPDATE sensors SET sort = 'temp2' WHERE id = 101", json!([]));
+
     // Kill b right after an acknowledged write, restart it on the same addresses.
     sql(&b, "INSERT INTO sites VALUES (2000, 'last before kill')", json!([]));
     acknowledged_sites.push(2000);
@@ -191,6 +201,26 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
         let expected = json!([["(1)", "serial", "(1)", "sn-7", true], ["(2)", "serial", "(1)", "sn-7", false]]);
         assert_eq!(listed["rows"], expected, "{}: both devices kept, listed alike", node.name);
     }
+    // One schema everywhere: `unit` added, `kind` under the winning one of the two names,
+    // the other rename listed; every row written under either definition is there.
+    let columns = "SELECT name FROM edgestore_columns WHERE table_name = 'sensors' ORDER BY position";
+    let names = sql(&b, columns, json!([]))["rows"].clone();
+    let renamed = names[2][0].as_str().expect("a name").to_string();
+    assert!(renamed == "category" || renamed == "sort", "{names}");
+    assert_eq!(names, json!([["id"], ["site"], [renamed], ["hits"], ["unit"]]));
+    let written = format!("SELECT id, {renamed}, unit FROM sensors WHERE id IN (101, 3001, 3002) ORDER BY id");
+    let rows = json!([[101, "temp2", "C"], [3001, "temp", "F"], [3002, "flow", "C"]]);
+    for node in [&a, &b, &c] {
+        assert_eq!(sql(node, &written, json!([]))["rows"], rows, "{}", node.name);
+    }
+    let lost = sql(&a, "SELECT lost_alters FROM edgestore_tables WHERE name = 'sensors'", json!([]));
+    assert!(lost["rows"][0][0].as_str().is_some_and(|l| l.contains("RENAME COLUMN")), "{lost}");
+    let schema = shell(&c, ".schema sensors");
+    assert!(
+        schema.contains("unit TEXT DEFAULT 'C'") && schema.contains("-- lost: ALTER TABLE sensors RENAME"),
+        "{schema}"
+    );
+
     wait_horizon_reached(&[&a, &b, &c]);
     let (status, metrics) = http(a.api, "GET", "/metrics", None);
     assert_eq!(status, 200);
