@@ -285,6 +285,41 @@ fn kept_plans_follow_parameters_and_ddl() {
     assert!(matches!(missing, Err(SqlError::ParamCount { expected: 1, got: 0 })), "{missing:?}");
 }
 
+/// A kept plan follows each `ALTER TABLE`: `*` grows with an added column and shrinks with
+/// a dropped one, and a statement naming a column renamed since fails as it would if it
+/// were prepared now.
+#[test]
+fn kept_plans_follow_each_alter() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("a.redb"), NodeId::from_public_key(b"alter")).expect("open");
+    let run = |replica: &mut Replica, sql: &str| sql::execute(replica, sql, &[], 0).expect(sql).rows_affected;
+    run(&mut replica, "CREATE TABLE t (id INTEGER PRIMARY KEY, a INTEGER, b TEXT)");
+    run(&mut replica, "CREATE INDEX t_a ON t (a)");
+    run(&mut replica, "INSERT INTO t VALUES (1, 10, 'x')");
+    let all = sql::prepare("SELECT * FROM t").expect("prepare");
+    let by_a = sql::prepare("SELECT b FROM t WHERE a = ?1").expect("prepare");
+    let execute = |statement: &sql::Statement, replica: &mut Replica, params: &[Value]| {
+        let result = statement.execute(replica, params, 0)?;
+        let columns = result.columns.clone();
+        Ok::<_, SqlError>((columns, result.collect_rows()?))
+    };
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(execute(&all, &mut replica, &[]).expect("query").0, names(&["id", "a", "b"]));
+    assert_eq!(execute(&by_a, &mut replica, &[Value::from(10)]).expect("query").1, vec![vec![Value::from("x")]]);
+    run(&mut replica, "ALTER TABLE t ADD COLUMN c REAL DEFAULT 1.5");
+    let (shown, rows) = execute(&all, &mut replica, &[]).expect("query");
+    assert_eq!(shown, names(&["id", "a", "b", "c"]));
+    assert_eq!(rows, vec![vec![Value::from(1), Value::from(10), Value::from("x"), Value::Real(1.5)]]);
+    run(&mut replica, "ALTER TABLE t RENAME COLUMN a TO alpha");
+    assert_eq!(execute(&all, &mut replica, &[]).expect("query").0, names(&["id", "alpha", "b", "c"]));
+    let stale = execute(&by_a, &mut replica, &[Value::from(10)]);
+    assert!(matches!(stale, Err(SqlError::UnknownColumn(_))), "{stale:?}");
+    let renamed = sql::prepare("SELECT b FROM t WHERE alpha = ?1").expect("prepare");
+    assert_eq!(execute(&renamed, &mut replica, &[Value::from(10)]).expect("query").1, vec![vec![Value::from("x")]]);
+    run(&mut replica, "ALTER TABLE t DROP COLUMN c");
+    assert_eq!(execute(&all, &mut replica, &[]).expect("query").0, names(&["id", "alpha", "b"]));
+}
+
 /// `'now'` is the statement time: a kept plan takes each execution's, a read-only
 /// `query()` (no statement time) refuses it with a typed error instead of reading a clock,
 /// and so does a `DEFAULT`, which would otherwise freeze the `CREATE TABLE` time.
