@@ -46,12 +46,24 @@ impl Checks {
 
     /// Refuses a row that makes a constraint false.
     pub(super) fn enforce(&self, row: &[Value]) -> Result<(), SqlError> {
+        match self.first_failed(row)? {
+            Some(label) => Err(SqlError::CheckFailed(label.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the row makes no constraint false (`INSERT OR IGNORE` skips one that does).
+    pub(super) fn passes(&self, row: &[Value]) -> Result<bool, SqlError> {
+        Ok(self.first_failed(row)?.is_none())
+    }
+
+    fn first_failed(&self, row: &[Value]) -> Result<Option<&str>, SqlError> {
         for (label, expr) in &self.bound {
             if expr.truth(row)? == Some(false) {
-                return Err(SqlError::CheckFailed(label.clone()));
+                return Ok(Some(label));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

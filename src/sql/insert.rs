@@ -74,6 +74,10 @@ pub(super) struct InsertPlan {
     pub source: Plan,
     on_conflict: OnConflict,
     uniques: Uniques,
+    /// `INSERT OR IGNORE`: as in SQLite, a row that breaks `NOT NULL` or a `CHECK` is
+    /// skipped too, not only one that conflicts (`ON CONFLICT DO NOTHING` skips conflicts
+    /// only).
+    skips_invalid: bool,
 }
 
 impl InsertPlan {
@@ -134,7 +138,8 @@ pub(super) fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertP
     }
     let uniques = Uniques::of(ctx.snap, &table);
     let on_conflict = on_conflict(ctx, &table, &uniques, ins)?;
-    Ok(InsertPlan { table, columns, source: planned.plan, on_conflict, uniques })
+    let skips_invalid = ins.ignore || matches!(ins.or, Some(ast::SqliteOnConflict::Ignore));
+    Ok(InsertPlan { table, columns, source: planned.plan, on_conflict, uniques, skips_invalid })
 }
 
 fn on_conflict(
@@ -262,6 +267,9 @@ pub(super) fn insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<(Vec<WriteOp
 impl Insertion<'_> {
     /// One row of the statement's source.
     fn row(&mut self, full: Row, checks: &Checks) -> Result<(), SqlError> {
+        if self.plan.skips_invalid && !self.meets_constraints(&full, checks)? {
+            return Ok(());
+        }
         let on_conflict = &self.plan.on_conflict;
         let conflicts = match on_conflict {
             // The replica refuses a duplicate key or unique value.
@@ -286,6 +294,14 @@ impl Insertion<'_> {
             }
             OnConflict::Fail | OnConflict::Nothing(_) => self.insert(full, checks),
         }
+    }
+
+    /// Whether a new row keeps the table's `NOT NULL` columns (not the hidden identity,
+    /// which the store assigns) and `CHECK` constraints.
+    fn meets_constraints(&self, full: &Row, checks: &Checks) -> Result<bool, SqlError> {
+        let schema = &self.plan.table.schema;
+        let null_refused = schema.visible_positions().any(|i| schema.columns[i].not_null && full[i].is_null());
+        Ok(!null_refused && checks.passes(full)?)
     }
 
     /// Every row that holds `full`'s key or one of its unique values, with what it holds.
