@@ -731,16 +731,30 @@ impl WindowGen<'_> {
             8 => format!("first_value({any}) {}", self.over(true, true)),
             9 => format!("last_value({any}) {}", self.over(true, true)),
             10 => format!("nth_value({any}, {n}) {}", self.over(true, true)),
-            11 => format!("count(*) {}", self.over(!peers_only, true)),
-            12 => format!("count({any}) {}", self.over(!peers_only, true)),
-            13 => format!("sum({num}) {}", self.over(!peers_only, true)),
-            14 => format!("avg({num}) {}", self.over(!peers_only, true)),
-            15 => format!("total({num}) {}", self.over(!peers_only, true)),
+            11 => format!("count(*){} {}", self.window_filter(), self.over(!peers_only, true)),
+            12 => format!("count({any}){} {}", self.window_filter(), self.over(!peers_only, true)),
+            13 => format!("sum({num}){} {}", self.window_filter(), self.over(!peers_only, true)),
+            14 => format!("avg({num}){} {}", self.window_filter(), self.over(!peers_only, true)),
+            15 => format!("total({num}){} {}", self.window_filter(), self.over(!peers_only, true)),
             _ => format!(
-                "{}({any}) {}",
+                "{}({any}){} {}",
                 if self.rng.random_bool(0.5) { "min" } else { "max" },
+                self.window_filter(),
                 self.over(!peers_only, true)
             ),
+        }
+    }
+
+    /// Sometimes `FILTER (WHERE ...)` for an aggregate window function.
+    fn window_filter(&mut self) -> String {
+        match self.rng.random_bool(0.3) {
+            true => {
+                let (column, kind) = self.any_column();
+                let op = ["=", "<>", "<", ">=", "IS NOT"][self.rng.random_range(0..5)];
+                let value = if op == "IS NOT" { "NULL".to_string() } else { literal(&mut self.rng, kind) };
+                format!(" FILTER (WHERE {column} {op} {value})")
+            }
+            false => String::new(),
         }
     }
 

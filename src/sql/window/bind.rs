@@ -185,9 +185,6 @@ fn bind_parts(
     name: &str,
     over: &ast::WindowType,
 ) -> Result<(WindowFunc, ast::WindowSpec), SqlError> {
-    if f.filter.is_some() {
-        return Err(SqlError::unsupported(format!("FILTER (WHERE ...) on the window function {name}()")));
-    }
     if !f.within_group.is_empty() || f.null_treatment.is_some() {
         return Err(SqlError::unsupported(format!("WITHIN GROUP or IGNORE/RESPECT NULLS on {name}()")));
     }
@@ -214,12 +211,21 @@ fn bind_parts(
         }
         other => other,
     };
+    // `FILTER (WHERE ...)` binds in the input scope, as the arguments do; SQLite allows
+    // it on aggregates only.
+    let filter = match (&f.filter, kind) {
+        (None, _) => None,
+        (Some(e), WinKind::Agg(_)) => Some(binder.bind(e)?),
+        (Some(_), _) => {
+            return Err(SqlError::invalid("FILTER clause may only be used with aggregate window functions"))
+        }
+    };
     let spec = win.resolve(over)?;
     let frame = frame(binder, spec.window_frame.as_ref())?;
     if frame.is_range_offset() && spec.order_by.len() != 1 {
         return Err(SqlError::invalid("RANGE with offset PRECEDING/FOLLOWING requires one ORDER BY expression"));
     }
-    Ok((WindowFunc { kind, args: bound, frame, slot: 0 }, spec))
+    Ok((WindowFunc { kind, args: bound, filter, frame, slot: 0 }, spec))
 }
 
 fn bind_sort(binder: &mut Binder<'_>, spec: &ast::WindowSpec) -> Result<(Vec<Expr>, Vec<OrderTerm>), SqlError> {

@@ -318,7 +318,11 @@ fn aggregate(
     let mut separators = Vec::new();
     for &i in partition {
         limits.check()?;
-        let v = func.args.first().map_or(Ok(Value::Integer(1)), |e| e.eval(&rows[i]))?;
+        let passes = func.filter.as_ref().map_or(Ok(true), |f| f.truth(&rows[i]).map(|t| t == Some(true)))?;
+        let v = match passes {
+            true => func.args.first().map_or(Ok(Value::Integer(1)), |e| e.eval(&rows[i]))?,
+            false => Value::Null,
+        };
         scratch.grow(limits::value_bytes(&v))?;
         args.push(v);
         if let (AggFunc::GroupConcat, Some(s)) = (agg, func.args.get(1)) {

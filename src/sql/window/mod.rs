@@ -147,6 +147,9 @@ pub(crate) struct WindowFunc {
     pub kind: WinKind,
     /// Evaluated on the operator's input row; `count(*)` has none.
     pub args: Vec<Expr>,
+    /// `FILTER (WHERE ...)` of an aggregate: a row it does not make true counts as a NULL
+    /// argument, which every aggregate skips.
+    pub filter: Option<Expr>,
     pub frame: Frame,
     /// Its value's position among the operator's window values.
     pub slot: usize,
