@@ -139,7 +139,9 @@ impl Catalog {
             let Some(p) = table.schema.column_index(name) else { return false };
             let column = &table.schema.columns[p];
             match (schema.column_ids.get(i), &column.stored_id) {
-                (None, stored) => stored.is_none(),
+                // Without ids, the index was made on a table no ALTER had touched: its
+                // names are `CREATE TABLE` columns never renamed.
+                (None, stored) => stored.is_none() && !column.added,
                 (Some(id), Some(stored)) => id == stored,
                 (Some(id), None) => *id == schema::column_id(&column.name, column.ty),
             }
@@ -235,7 +237,9 @@ fn apply_alters(
         }
         let mut columns = Vec::with_capacity(values.len());
         for value in values {
-            let column: ColumnDef = decode_definition(&table, &value.bytes)?;
+            let mut column: ColumnDef = decode_definition(&table, &value.bytes)?;
+            // Checked before anything compares or cuts it (a peer's bytes).
+            column.name = schema::normalize_name(&column.name).map_err(|e| err(e.to_string()))?;
             columns.push((column, value.writer));
         }
         let (winner, _) = columns.last().cloned().expect("read_alters lists fields with values");
@@ -298,6 +302,15 @@ fn apply_alters(
     for (i, column) in schema.columns.iter_mut().enumerate() {
         if alters.contains_key(&(column.id(), AlterField::Drop)) && i >= hidden && !key.contains(&i) {
             column.dropped = true;
+        }
+    }
+    // Concurrent drops of a key-less table's last columns (each node kept one): the first
+    // stays, so the table keeps a column.
+    if schema.visible_columns().next().is_none() {
+        if let Some(first) = schema.columns.get_mut(hidden) {
+            first.dropped = false;
+            let reason = format!("ALTER TABLE {table} DROP COLUMN {} (its last column)", first.name);
+            lost.push((reason, NodeId([0; 16])));
         }
     }
     for i in 0..schema.columns.len() {
@@ -384,9 +397,10 @@ fn bind_index_columns(index: &mut IndexSchema, table: &TableSchema) {
     let Some(ids) = ids else { return };
     let columns: Option<Vec<&ColumnDef>> = ids.iter().map(|id| table.columns.iter().find(|c| c.id() == *id)).collect();
     let Some(columns) = columns else { return };
-    let derived = columns.iter().all(|c| c.stored_id.is_none());
     index.columns = columns.iter().map(|c| c.name.clone()).collect();
-    index.column_ids = if derived { Vec::new() } else { ids };
+    // As `IndexSchema::validate` stores them: on an altered table, names do not say
+    // which column is meant.
+    index.column_ids = if table.altered() { ids } else { Vec::new() };
 }
 
 fn conflict_of<T: PartialEq>(definitions: &[(T, NodeId)], sql: impl Fn(&T) -> String) -> Option<DdlConflict> {

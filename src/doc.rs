@@ -299,8 +299,9 @@ pub fn put_alter(doc: &mut AutoCommit, epoch: u64, field: AlterField, column_id:
 }
 
 /// Every `ALTER TABLE` field of incarnation `epoch`, by (column id, field), each with its
-/// concurrent values in automerge's order (the last one wins). Keys and values of another
-/// shape (a faulty peer) are skipped, alike on every node.
+/// concurrent values in automerge's order (the last one wins). Root keys of another shape
+/// and values of another scalar type (a faulty peer) are skipped, alike on every node;
+/// `catalog::apply_alters` refuses fields whose contents do not decode or validate.
 pub fn read_alters(doc: &AutoCommit, epoch: u64) -> std::collections::BTreeMap<(String, AlterField), Vec<AlterValue>> {
     let prefix = format!("{ALTER_PREFIX}{epoch}.");
     let mut fields = std::collections::BTreeMap::new();

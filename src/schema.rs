@@ -187,6 +187,10 @@ pub struct TableSchema {
     pub rowid: bool,
 }
 
+/// First character of a column name that SQL name resolution never matches: a dropped
+/// column's, in [`TableSchema::sql_names`].
+pub const UNREACHABLE_NAME_MARK: char = '\0';
+
 /// The hidden INTEGER identity column of a table without a primary key.
 pub const ROWID_COLUMN: &str = "rowid";
 /// The hidden column holding the node that inserted a row of a table without a primary key.
@@ -322,10 +326,12 @@ impl TableSchema {
     }
 
     /// The names SQL reaches the columns by, in position order: a dropped column's name
-    /// holds a NUL, which no identifier can, so nothing names it (a column of its old
-    /// name can be added again).
+    /// starts with [`UNREACHABLE_NAME_MARK`], which name resolution never matches (a quoted
+    /// identifier could spell it), so nothing names it, and a column of its old name can
+    /// be added again.
     pub fn sql_names(&self) -> Vec<String> {
-        self.columns.iter().map(|c| if c.dropped { format!("\0dropped {}", c.id()) } else { c.name.clone() }).collect()
+        let unreachable = |c: &ColumnDef| format!("{UNREACHABLE_NAME_MARK}dropped {}", c.id());
+        self.columns.iter().map(|c| if c.dropped { unreachable(c) } else { c.name.clone() }).collect()
     }
 
     /// Adds a column.
@@ -380,6 +386,11 @@ impl TableSchema {
             && self.rowid == old.rowid
             && self.checks == old.checks
             && self.foreign_keys == old.foreign_keys
+    }
+
+    /// Whether an `ALTER TABLE` added, renamed or dropped a column.
+    pub fn altered(&self) -> bool {
+        self.columns.iter().any(|c| c.added || c.dropped || c.stored_id.is_some())
     }
 
     /// Positions of the primary-key columns.
@@ -556,25 +567,29 @@ impl IndexSchema {
                 reason: format!("a unique index cannot cover the COUNTER column {counter}"),
             });
         }
-        let columns = self.columns.iter().map(|c| &table.columns[table.column_index(c).expect("validated above")]);
-        let ids: Vec<String> = columns.map(ColumnDef::id).collect();
-        let derived = self.columns.iter().zip(&ids).all(|(name, id)| {
-            let ty = table.columns[table.column_index(name).expect("validated above")].ty;
-            column_id(name, ty) == *id
-        });
-        self.column_ids = if derived { Vec::new() } else { ids };
+        // On a table an ALTER has touched, a name no longer says which column it was
+        // created on (a column renamed away, one added under the old name), so the ids
+        // are stored; on any other table they follow from the names, and a plain index
+        // encodes as before.
+        self.column_ids = match table.altered() {
+            true => {
+                self.columns.iter().map(|c| table.columns[table.column_index(c).expect("validated")].id()).collect()
+            }
+            false => Vec::new(),
+        };
         Ok(self)
     }
 
-    /// The id of the `i`-th indexed column: stored, or derived from its name and the type
-    /// of the column of `table` it was created on (ids never change, so a column renamed
-    /// since is still found by the id its old name derives).
+    /// The id of the `i`-th indexed column: stored, or, for an index made on a table no
+    /// `ALTER` had touched, the id of the `CREATE TABLE` column of that name (ids never
+    /// change, so a column renamed since is still found by the id its old name derives;
+    /// an added column never is: it may have taken a renamed column's old name).
     pub fn column_id_at(&self, i: usize, table: &TableSchema) -> Option<String> {
         if let Some(id) = self.column_ids.get(i) {
             return Some(id.clone());
         }
         let name = &self.columns[i];
-        table.columns.iter().find(|c| c.id() == column_id(name, c.ty)).map(ColumnDef::id)
+        table.columns.iter().find(|c| !c.added && c.id() == column_id(name, c.ty)).map(ColumnDef::id)
     }
 }
 

@@ -70,6 +70,9 @@ pub const META_HORIZON: &str = "horizon";
 pub const META_TRANSFER: &str = "transfer";
 /// `meta_v1` key of the next insert counter of key-less tables (u64 BE; absent = 1).
 pub const META_NEXT_ROW_N: &str = "next_row_n";
+/// Prefix of `meta_v1` keys `whole_docs.<table>`: whole documents were merged into the
+/// table since it was last rebuilt, so its next `ALTER` rebuilds it (value: one byte).
+pub const META_WHOLE_DOCS_PREFIX: &str = "whole_docs.";
 
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {

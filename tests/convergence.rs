@@ -123,7 +123,7 @@ fn random_alter(rng: &mut ChaCha8Rng) -> WriteOp {
     let add = |table: &str, column: ColumnDef| WriteOp::AddColumn { table: table.into(), column };
     let rename =
         |from: &str, to: &str| WriteOp::RenameColumn { table: "notes".into(), from: from.into(), to: to.into() };
-    match rng.random_range(0..10) {
+    match rng.random_range(0..13) {
         0 => add("notes", ColumnDef::new("extra", ColumnType::Text)),
         1 => add("notes", ColumnDef::new("extra", ColumnType::Integer)),
         2 => add(
@@ -135,6 +135,11 @@ fn random_alter(rng: &mut ChaCha8Rng) -> WriteOp {
         5 => rename("body", "text"),
         6 => rename("content", "body"),
         7 => WriteOp::DropColumn { table: "notes".into(), column: "body".into() },
+        // The column the other concurrent definition of notes has: its rows hold values
+        // under this id already.
+        9 => add("notes", ColumnDef::new("flag", ColumnType::Boolean).default(false)),
+        10 => WriteOp::CreateIndex { schema: IndexSchema::new("by_extra", "notes", &["extra"]), if_not_exists: true },
+        11 => WriteOp::DropIndex { name: "by_extra".into(), if_exists: true },
         8 => WriteOp::DropColumn { table: "notes".into(), column: "extra".into() },
         _ => rename("extra", "more"),
     }

@@ -5,10 +5,12 @@
 //! [`Replica::record_changes`] persists them, refreshes what depends on them, and logs the
 //! change envelopes. `check_integrity` re-runs the same derivation from scratch and compares.
 
+use std::collections::BTreeMap;
+
 use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{ColumnConflict, Replica, Row, WorkingDoc, WriteTables};
-use crate::catalog::{self, Catalog, IndexEntry};
+use crate::catalog::{self, Catalog, IndexEntry, TableEntry};
 use crate::change::{DocKey, VerifiedChange};
 use crate::codec;
 use crate::doc;
@@ -189,8 +191,15 @@ impl Replica {
         #[cfg(debug_assertions)]
         let shadow_keys: Vec<Vec<u8>> =
             row_docs.iter().take(ROW_SHADOW_CHECK_DOCS_MAX).map(|changed| changed.key_bytes.clone()).collect();
+        // Tables into which whole documents were merged (a transfer, a repair): a row may
+        // now hold values the table's catalog has not caught up with, so the table's next
+        // ALTER rebuilds it instead of staying in place (`alters_in_place`).
+        let mut whole_docs: Vec<String> = Vec::new();
         for ChangedDoc { key_bytes, key, mut working, new_changes, cause, inserted } in row_docs {
             let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
+            if matches!(cause, Cause::Document(_)) && !whole_docs.contains(table) {
+                whole_docs.push(table.clone());
+            }
             let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
             if !known {
                 let reason = Inconsistency::RowOfUnknownTable { table: table.clone(), epoch: *epoch };
@@ -207,6 +216,9 @@ impl Replica {
             };
             let working = self.persist_doc(tables, &key_bytes, working, &new_changes, implicit)?;
             self.cache.put(key_bytes, working);
+        }
+        for table in whole_docs {
+            tables.meta.insert(whole_docs_key(&table).as_str(), [1u8].as_slice())?;
         }
         self.log_changes(tables, changes)?;
         tables.digest_delta.flush(&mut tables.digest)?;
@@ -294,28 +306,26 @@ impl Replica {
                 let old = self.catalog.tables.get(&name).cloned();
                 let changed =
                     old.as_ref().is_none_or(|o| o.causal_length != entry.causal_length || o.schema != entry.schema);
-                // An `ALTER` that renames or appends columns leaves every record, index
-                // entry and implicit document valid (`TableSchema::extends`): nothing is
-                // rewritten. Only for changes in envelopes, which arrive in causal order,
-                // so no row document yet holds a value of a column this node had not
-                // added; whole documents (a transfer, a repair) rebuild the table.
-                let in_place = matches!(cause, Cause::Change { .. })
-                    && old.as_ref().is_some_and(|o| {
-                        o.alive() && o.causal_length == entry.causal_length && entry.schema.extends(&o.schema)
-                    });
+                let in_place = changed && self.alters_in_place(tables, old.as_ref(), &entry, cause)?;
                 if let Some(live) = self.catalog.table(&name).filter(|_| changed && !in_place).cloned() {
                     // Its implicit rows are rebuilt from records and a definition that
                     // are about to change (`implicit.rs`).
                     self.explicate_table(tables, &live)?;
                 }
+                let bound_before = self.bound_indexes(&name);
                 self.catalog.tables.insert(name.clone(), entry.clone());
                 store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
                 if changed {
-                    self.rebind_indexes(tables, &name, cause)?;
+                    // A rebuild rebuilds every index entry of the table below.
+                    let entries = if in_place { Some(bound_before) } else { None };
+                    self.rebind_indexes(tables, &name, cause, entries)?;
                 }
                 match (changed, in_place) {
                     (false, _) => {}
-                    (true, false) => self.rebuild_table(tables, &name)?,
+                    (true, false) => {
+                        self.rebuild_table(tables, &name)?;
+                        tables.meta.remove(whole_docs_key(&name).as_str())?;
+                    }
                     (true, true) => {
                         let old = old.expect("in place: the table was known");
                         // Conflict records name columns and leave dropped ones out.
@@ -480,10 +490,55 @@ impl Replica {
         Ok(())
     }
 
+    /// Whether a change of `old` into `new` keeps every record, index entry and implicit
+    /// document of the table valid as it is, so nothing is rewritten (docs/design.md
+    /// § ALTER TABLE): the new definition extends the old (`TableSchema::extends`: a
+    /// rename, drop or appended column), and no row document of the table can hold a
+    /// value for an appended column's id already. That holds for changes in envelopes,
+    /// which arrive in causal order, unless whole documents were merged into the table
+    /// since its last rebuild (a transfer or repair can bring a row ahead of its catalog)
+    /// or the table has concurrent definitions (rows written under a losing one hold
+    /// values under ids the winner lacks, which an `ADD` can take).
+    fn alters_in_place(
+        &self,
+        tables: &WriteTables<'_>,
+        old: Option<&TableEntry>,
+        new: &TableEntry,
+        cause: Cause,
+    ) -> Result<bool, StorageError> {
+        let Some(old) = old.filter(|o| o.alive() && o.causal_length == new.causal_length) else { return Ok(false) };
+        let one_definition = |e: &TableEntry| e.conflict.as_ref().is_none_or(|c| c.definitions.is_empty());
+        Ok(matches!(cause, Cause::Change { .. })
+            && one_definition(old)
+            && one_definition(new)
+            && new.schema.extends(&old.schema)
+            && tables.meta.get(whole_docs_key(&new.schema.name).as_str())?.is_none())
+    }
+
+    /// The column ids each usable index of `table` is bound to, by index name.
+    fn bound_indexes(&self, table: &str) -> BTreeMap<String, Vec<String>> {
+        let Some(entry) = self.catalog.table(table) else { return BTreeMap::new() };
+        self.catalog
+            .indexes_of(table)
+            .map(|i| {
+                let ids = (0..i.def.schema.columns.len()).filter_map(|k| i.def.schema.column_id_at(k, &entry.schema));
+                (i.def.schema.name.clone(), ids.collect())
+            })
+            .collect()
+    }
+
     /// Re-resolves the indexes of a table whose definition changed, so that they name its
-    /// columns as they are named now (`catalog::resolve_index` binds them by id); an index
-    /// that became usable or unusable has its entries rebuilt.
-    fn rebind_indexes(&mut self, tables: &mut WriteTables<'_>, table: &str, cause: Cause) -> Result<(), RecordError> {
+    /// columns as they are named now (`catalog::resolve_index` binds them by id). With
+    /// `bound_before` (the definition changed in place), an index whose usability or bound
+    /// columns changed has its entries rebuilt; a rename changes neither. Without it, the
+    /// table is about to be rebuilt, entries and all.
+    fn rebind_indexes(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        table: &str,
+        cause: Cause,
+        bound_before: Option<BTreeMap<String, Vec<String>>>,
+    ) -> Result<(), RecordError> {
         let names: Vec<String> = self
             .catalog
             .indexes
@@ -491,20 +546,22 @@ impl Replica {
             .filter(|i| i.def.schema.table == table)
             .map(|i| i.def.schema.name.clone())
             .collect();
-        for name in names {
+        for name in &names {
             let key_bytes = DocKey::Index(name.clone()).encode();
             let Some(working) = self.take_doc(tables, &key_bytes)? else { continue };
-            let resolved = catalog::resolve_index(&name, &working.doc, &self.catalog.tables);
+            let resolved = catalog::resolve_index(name, &working.doc, &self.catalog.tables);
             self.cache.put(key_bytes.clone(), working);
             let entry = resolved.map_err(|e| RecordError::Inconsistent { cause, reason: e.into() })?;
-            let was_usable = self.catalog.index(&name).is_some();
-            if self.catalog.indexes.get(&name) == Some(&entry) {
-                continue;
+            if self.catalog.indexes.get(name) != Some(&entry) {
+                store_catalog_entry(tables, &key_bytes, &codec::encode(&entry))?;
+                self.catalog.indexes.insert(name.clone(), entry);
             }
-            store_catalog_entry(tables, &key_bytes, &codec::encode(&entry))?;
-            self.catalog.indexes.insert(name.clone(), entry);
-            if self.catalog.index(&name).is_some() != was_usable {
-                self.rebuild_index(tables, &name)?;
+        }
+        let Some(before) = bound_before else { return Ok(()) };
+        let after = self.bound_indexes(table);
+        for name in &names {
+            if before.get(name) != after.get(name) {
+                self.rebuild_index(tables, name)?;
             }
         }
         Ok(())
@@ -549,6 +606,13 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+/// `meta_v1` key of the mark that whole documents (a transfer, a repair) were merged into
+/// a table since it was last rebuilt (`Replica::alters_in_place`). Local state: neither
+/// replicated nor in the digest.
+fn whole_docs_key(table: &str) -> String {
+    format!("{}{table}", crate::storage::META_WHOLE_DOCS_PREFIX)
 }
 
 /// Writes a resolved catalog entry and records it in the digest.

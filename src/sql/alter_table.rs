@@ -22,6 +22,8 @@ pub(super) fn alter_table(ctx: PlanCtx<'_>, at: &ast::AlterTable) -> Result<Vec<
         };
     };
     let mut ops = Vec::with_capacity(at.operations.len());
+    // Columns this statement drops: a later `DROP COLUMN IF EXISTS` of one does nothing.
+    let mut dropped: Vec<String> = Vec::new();
     for operation in &at.operations {
         match operation {
             ast::AlterTableOperation::AddColumn { if_not_exists, column_def, column_position: None, .. } => {
@@ -37,9 +39,11 @@ pub(super) fn alter_table(ctx: PlanCtx<'_>, at: &ast::AlterTable) -> Result<Vec<
             }
             ast::AlterTableOperation::DropColumn { column_names, if_exists, drop_behavior: None, .. } => {
                 for column in column_names.iter().map(bind::ident) {
-                    if *if_exists && entry.schema.column_index(&column).is_none() {
+                    let gone = entry.schema.column_index(&column).is_none() || dropped.contains(&column);
+                    if *if_exists && gone {
                         continue;
                     }
+                    dropped.push(column.clone());
                     ops.push(WriteOp::DropColumn { table: table.clone(), column });
                 }
             }

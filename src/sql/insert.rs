@@ -491,6 +491,8 @@ fn full_row(table: &TableEntry, columns: &[usize], values: Row) -> Row {
         .zip(&schema.columns)
         .map(|(v, c)| match v {
             Some(v) => v,
+            // As the replica fills a dropped column's slot (`build_row`).
+            None if c.dropped => Value::Null,
             None => {
                 c.default.clone().unwrap_or(if c.ty == ColumnType::Counter { Value::Integer(0) } else { Value::Null })
             }

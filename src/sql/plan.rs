@@ -296,7 +296,8 @@ impl Scope {
         let mut found = None;
         for (i, column) in self.columns.iter().enumerate() {
             let table_matches = table.is_none_or(|t| t == column.table);
-            if table_matches && column.name == name {
+            let reachable = !column.name.starts_with(crate::schema::UNREACHABLE_NAME_MARK);
+            if table_matches && reachable && column.name == name {
                 // A USING column's right-hand copy never makes a name ambiguous.
                 if found.is_some() && (column.in_star || column.hidden) {
                     return Err(SqlError::AmbiguousColumn(name.to_string()));
