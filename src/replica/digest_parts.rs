@@ -219,6 +219,20 @@ impl DigestDelta {
     }
 }
 
+/// How many rows table `name` has: its rows part's entry count, one read however many
+/// rows there are (`SELECT count(*)` without a filter reads this).
+pub(crate) fn stored_row_count(
+    digest: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    name: &str,
+) -> Result<u64, StorageError> {
+    let mut part = vec![PART_ROWS];
+    part.extend_from_slice(&keys::row_key(name, &[]));
+    Ok(match digest.get(part.as_slice())? {
+        Some(value) => Part::decode(value.value())?.entries,
+        None => 0,
+    })
+}
+
 /// The parts as stored in `digest_v1`, in key order.
 pub(crate) fn stored_parts(
     digest: &impl ReadableTable<&'static [u8], &'static [u8]>,

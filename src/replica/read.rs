@@ -198,6 +198,14 @@ impl Snapshot {
         }
     }
 
+    /// How many rows a table has, without reading them: the entry count the maintained
+    /// digest keeps for the table's rows (`digest_parts.rs`), exact in every snapshot.
+    pub fn row_count(&self, table: &str) -> Result<u64, ReadError> {
+        let entry = self.table(table)?;
+        let digest = self.txn.open_table(storage::DIGEST).map_err(StorageError::from)?;
+        Ok(super::digest_parts::stored_row_count(&digest, &entry.schema.name)?)
+    }
+
     /// Every row of a table in primary-key order.
     pub fn scan(&self, table: &str) -> Result<RowIter, ReadError> {
         self.range(table, Bound::Unbounded, Bound::Unbounded)

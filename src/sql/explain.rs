@@ -80,6 +80,9 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             line(format!("SYSTEM TABLE {} AS {alias}{}", table.name(), filter_suffix(filter_text)))
         }
         Plan::Values { rows } => line(format!("VALUES ({} rows)", rows.len())),
+        Plan::CountRows { table, .. } => {
+            line(format!("COUNT ROWS OF {table} (from the maintained row count, no scan)"))
+        }
         Plan::Derived { input, alias, cte } => {
             line(match cte {
                 Some(name) if name == alias => format!("CTE {name}"),

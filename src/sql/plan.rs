@@ -161,6 +161,12 @@ pub(crate) enum Plan {
         order: Vec<String>,
     },
     Join(Box<Join>),
+    /// `SELECT count(*) FROM t` without a filter: one row of `count` copies of the table's
+    /// row count, read from the maintained digest instead of scanning (`Snapshot::row_count`).
+    CountRows {
+        table: String,
+        count: usize,
+    },
     Aggregate {
         input: Box<Plan>,
         groups: Vec<Expr>,
@@ -351,7 +357,9 @@ impl Plan {
     /// The operators directly below this one.
     fn inputs_mut(&mut self) -> Vec<&mut Plan> {
         match self {
-            Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } | Plan::Work { .. } => vec![],
+            Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } | Plan::Work { .. } | Plan::CountRows { .. } => {
+                vec![]
+            }
             Plan::Derived { input, .. }
             | Plan::Filter { input, .. }
             | Plan::Project { input, .. }
@@ -406,6 +414,7 @@ impl Plan {
                 }
             }
             Plan::Values { .. }
+            | Plan::CountRows { .. }
             | Plan::Derived { .. }
             | Plan::Distinct { .. }
             | Plan::Sort { .. }

@@ -450,7 +450,7 @@ fn plan_select(
     // The width of the rows above the aggregate (or of the FROM clause's rows).
     let width = binder.agg.as_ref().map_or(scope.columns.len(), |a| a.groups.len() + a.aggs.len());
     if let Some(agg) = binder.agg.take() {
-        plan = Plan::Aggregate { input: Box::new(plan), groups: agg.groups, aggs: agg.aggs };
+        plan = counted_rows(Plan::Aggregate { input: Box::new(plan), groups: agg.groups, aggs: agg.aggs });
     }
     if let Some((predicate, text)) = having {
         plan = Plan::Filter { input: Box::new(plan), predicate, text: vec![text] };
@@ -532,4 +532,23 @@ fn group_context(
         agg.group_asts.push(resolved);
     }
     Ok(agg)
+}
+
+/// `count(*)` (any number of times, nothing else) over a whole base table without a
+/// filter: the table's maintained row count instead of a scan (issue 14: it took 122-214
+/// ms over a million rows, SQLite 6-12 ms).
+fn counted_rows(plan: Plan) -> Plan {
+    let Plan::Aggregate { input, groups, aggs } = &plan else { return plan };
+    let only_count_star = aggs.iter().all(|a| {
+        a.func == super::aggregate::AggFunc::CountStar && a.filter.is_none() && !a.distinct && a.arg.is_none()
+    });
+    if !groups.is_empty() || aggs.is_empty() || !only_count_star {
+        return plan;
+    }
+    match &**input {
+        Plan::Scan(scan) if matches!(scan.access, super::plan::Access::Full) && scan.filter.is_none() => {
+            Plan::CountRows { table: scan.table.clone(), count: aggs.len() }
+        }
+        _ => plan,
+    }
 }
