@@ -88,12 +88,14 @@ fn make_world(rng: &mut ChaCha8Rng) -> (World, Vec<String>) {
         // `id` is an ordinary column. Chosen by place, not from the random stream.
         let key = if t == 1 { "" } else { ", PRIMARY KEY (id)" };
         statements.push(format!("CREATE TABLE {name} ({}{key})", defs.join(", ")));
+        let mut indexed = None;
         if rng.random_bool(0.5) {
             let (col, _) = &columns[rng.random_range(1..columns.len())];
             // Odd tables' indexes are unique, so `INSERT OR IGNORE` below skips the rows
             // that repeat a value, in both engines alike. Chosen by place, as above.
             let unique = if t % 2 == 1 { "UNIQUE " } else { "" };
             statements.push(format!("CREATE {unique}INDEX {name}_{col} ON {name} ({col})"));
+            indexed = Some(col.clone());
         }
         let rows = if rng.random_bool(0.15) { 0 } else { rng.random_range(1..25) };
         let mut values = Vec::new();
@@ -105,9 +107,59 @@ fn make_world(rng: &mut ChaCha8Rng) -> (World, Vec<String>) {
         if !values.is_empty() {
             statements.push(format!("INSERT OR IGNORE INTO {name} VALUES {}", values.join(", ")));
         }
+        alter_table(&name, &mut columns, indexed.as_deref(), rows as u64, &mut statements);
         tables.push(Table { name, columns });
     }
     (World { tables }, statements)
+}
+
+/// Half the tables are altered after their first rows: a column added (with or without a
+/// default), one renamed, one dropped (not the key, `k` or an indexed column, which SQLite
+/// refuses too), then more rows written naming the columns as they are now. Its own
+/// random stream, seeded by the table's name and rows, so each seed keeps its world's
+/// tables, data and queries as they were before ALTER existed.
+fn alter_table(name: &str, columns: &mut Vec<(String, Kind)>, indexed: Option<&str>, rows: u64, out: &mut Vec<String>) {
+    let seed = name.bytes().fold(rows ^ 0xA17E_7AB1E, |h, b| h.wrapping_mul(0x100_0000_01B3) ^ u64::from(b));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    if rng.random_bool(0.5) {
+        return;
+    }
+    for step in 0..rng.random_range(1..=3) {
+        let alterable: Vec<usize> = (2..columns.len()).filter(|&i| Some(columns[i].0.as_str()) != indexed).collect();
+        match rng.random_range(0..3) {
+            0 => {
+                let kind = [Kind::Int, Kind::Real, Kind::Text][rng.random_range(0..3)];
+                let column = format!("a{step}");
+                let default =
+                    if rng.random_bool(0.5) { format!(" DEFAULT {}", literal(&mut rng, kind)) } else { String::new() };
+                out.push(format!("ALTER TABLE {name} ADD COLUMN {column} {}{default}", declared_sql(kind, step)));
+                columns.push((column, kind));
+            }
+            1 if !alterable.is_empty() => {
+                let i = alterable[rng.random_range(0..alterable.len())];
+                let renamed = format!("r{step}_{}", columns[i].0);
+                out.push(format!("ALTER TABLE {name} RENAME COLUMN {} TO {renamed}", columns[i].0));
+                columns[i].0 = renamed;
+            }
+            2 if !alterable.is_empty() => {
+                let i = alterable[rng.random_range(0..alterable.len())];
+                out.push(format!("ALTER TABLE {name} DROP COLUMN {}", columns[i].0));
+                columns.remove(i);
+            }
+            _ => {}
+        }
+    }
+    let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+    let values: Vec<String> = (0..rng.random_range(0..6))
+        .map(|n| {
+            let mut row = vec![(100 + n * 2).to_string()];
+            row.extend(columns[1..].iter().map(|(_, k)| value_sql(&mut rng, *k)));
+            format!("({})", row.join(", "))
+        })
+        .collect();
+    if !values.is_empty() {
+        out.push(format!("INSERT OR IGNORE INTO {name} ({}) VALUES {}", names.join(", "), values.join(", ")));
+    }
 }
 
 /// A query generator over the tables in one FROM clause.
@@ -532,19 +584,20 @@ fn sql_matches_sqlite() {
     println!("sql differential: seed {seed} ({queries} queries); replay with EDGESTORE_SEED={seed}");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut checked = 0;
-    let (mut set_queries, mut set_nonempty) = (0, 0);
+    let (mut set_queries, mut set_nonempty, mut alters) = (0, 0, 0);
     let mut world_index = 0;
     while checked < queries {
         let world_seed: u64 = rng.random();
-        let (ran, nonempty) = run_world(world_seed, world_index, QUERIES_PER_WORLD.min(queries - checked));
-        set_queries += ran;
-        set_nonempty += nonempty;
+        let ran = run_world(world_seed, world_index, QUERIES_PER_WORLD.min(queries - checked));
+        set_queries += ran.set_queries;
+        set_nonempty += ran.set_nonempty;
+        alters += ran.alters;
         checked += QUERIES_PER_WORLD.min(queries - checked);
         world_index += 1;
     }
     println!(
         "sql differential: {checked} queries and {set_queries} compound/WITH queries ({set_nonempty} with rows) \
-         matched SQLite over {world_index} random databases"
+         matched SQLite over {world_index} random databases ({alters} ALTER TABLEs among their statements)"
     );
     // Set operations that only ever return nothing would compare nothing.
     assert!(set_nonempty * 3 >= set_queries, "{set_nonempty} of {set_queries} compound/WITH queries had rows");
@@ -572,9 +625,17 @@ fn load_world(rng: &mut ChaCha8Rng, index: usize) -> Loaded {
     Loaded { world, statements, replica, conn, _dir: dir }
 }
 
-/// Runs `queries` queries and the compound/`WITH` ones on one random world; returns how many
-/// of the latter ran, and how many of those returned rows.
-fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
+/// What one world ran.
+struct WorldRun {
+    /// Compound/`WITH` queries run, and how many of them returned rows.
+    set_queries: usize,
+    set_nonempty: usize,
+    /// `ALTER TABLE`s among the world's statements.
+    alters: usize,
+}
+
+/// Runs `queries` queries and the compound/`WITH` ones on one random world.
+fn run_world(seed: u64, index: usize, queries: usize) -> WorldRun {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let Loaded { world, statements, mut replica, conn, _dir } = load_world(&mut rng, index);
     let set_queries = SET_QUERIES_PER_WORLD * queries / QUERIES_PER_WORLD;
@@ -600,7 +661,8 @@ fn run_world(seed: u64, index: usize, queries: usize) -> (usize, usize) {
             set_nonempty += 1;
         }
     }
-    (set_queries, set_nonempty)
+    let alters = statements.iter().filter(|s| s.starts_with("ALTER TABLE")).count();
+    WorldRun { set_queries, set_nonempty, alters }
 }
 
 #[test]
