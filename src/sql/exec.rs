@@ -109,6 +109,10 @@ pub(crate) fn open(plan: Plan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<
         Plan::Scan(scan) => open_scan(scan, snap, limits)?,
         Plan::System { table, filter, .. } => filtered(materialized(table.rows(snap)?, limits)?, filter),
         Plan::Values { rows } => from_vec(rows),
+        Plan::JsonEach { args } => {
+            let values = args.iter().map(|e| e.eval(&[])).collect::<Result<Vec<_>, _>>()?;
+            materialized(super::json::each(&values)?, limits)?
+        }
         Plan::CountRows { table, count } => {
             let rows = i64::try_from(snap.row_count(&table)?).map_err(|_| SqlError::IntegerOverflow)?;
             from_vec(vec![vec![Value::Integer(rows); count]])

@@ -80,6 +80,9 @@ fn render(plan: &Plan, depth: usize, out: &mut Vec<String>) {
             line(format!("SYSTEM TABLE {} AS {alias}{}", table.name(), filter_suffix(filter_text)))
         }
         Plan::Values { rows } => line(format!("VALUES ({} rows)", rows.len())),
+        Plan::JsonEach { args } => {
+            line(if args.len() == 1 { "JSON_EACH (json)" } else { "JSON_EACH (json, path)" }.into())
+        }
         Plan::CountRows { table, .. } => {
             line(format!("COUNT ROWS OF {table} (from the maintained row count, no scan)"))
         }

@@ -123,8 +123,20 @@ fn table_ref(
             let plan = Plan::Derived { input: Box::new(planned.plan), alias: alias.clone(), cte: None };
             Ok((Source::Derived(plan), alias, columns))
         }
+        ast::TableFactor::Table { name, args: Some(args), alias, with_hints, .. }
+            if with_hints.is_empty() && bind::object_name(name).is_ok_and(|n| n == "json_each") =>
+        {
+            let alias = alias.as_ref().map_or_else(|| "json_each".to_string(), |a| bind::ident(&a.name));
+            let plan = Plan::JsonEach { args: json_each_args(ctx, &args.args)? };
+            let columns = super::json::EACH_COLUMNS.iter().map(|c| c.to_string()).collect();
+            Ok((
+                Source::Derived(Plan::Derived { input: Box::new(plan), alias: alias.clone(), cte: None }),
+                alias,
+                columns,
+            ))
+        }
         ast::TableFactor::Table { name, args: Some(_), .. } => {
-            Err(SqlError::unsupported(format!("table-valued functions ({name}(...) in FROM)")))
+            Err(SqlError::unsupported(format!("table-valued functions ({name}(...) in FROM; json_each is one)")))
         }
         ast::TableFactor::Table { .. } => Err(SqlError::unsupported("index hints (INDEXED BY, USE INDEX)")),
         ast::TableFactor::Derived { .. } => Err(SqlError::unsupported("LATERAL subqueries")),
@@ -141,6 +153,28 @@ fn table_ref(
             Err(SqlError::unsupported(format!("this kind of FROM item: {text}")))
         }
     }
+}
+
+/// `json_each`'s one or two arguments, bound without columns: constants, parameters and
+/// uncorrelated subqueries. Reading a column of another table of the `FROM` clause (a
+/// lateral call, `FROM t, json_each(t.doc)`) is refused by name.
+fn json_each_args(ctx: PlanCtx<'_>, args: &[ast::FunctionArg]) -> Result<Vec<Expr>, SqlError> {
+    if !(1..=2).contains(&args.len()) {
+        return Err(SqlError::ArgumentCount { function: "json_each".into() });
+    }
+    let scope = Scope::default();
+    let mut binder = Binder::new(ctx.uncorrelated(), &scope);
+    args.iter()
+        .map(|arg| match arg {
+            ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(e)) => binder.bind(e).map_err(|e| match e {
+                SqlError::UnknownColumn(c) => SqlError::unsupported(format!(
+                    "json_each over a column ({c}) of another table (a lateral call); give the JSON as a value or parameter"
+                )),
+                other => other,
+            }),
+            _ => Err(SqlError::invalid("json_each takes JSON and an optional path")),
+        })
+        .collect()
 }
 
 /// The column `rowid` names in a stored table: its primary key when that is one INTEGER

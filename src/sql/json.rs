@@ -189,6 +189,15 @@ impl Json {
         })
     }
 
+    /// Nodes in a pre-order walk of the value, member names counted (`each`'s ids).
+    fn node_count(&self) -> usize {
+        match self {
+            Json::Array(items) => 1 + items.iter().map(Json::node_count).sum::<usize>(),
+            Json::Object(members) => 1 + members.iter().map(|(_, v)| 1 + v.node_count()).sum::<usize>(),
+            _ => 1,
+        }
+    }
+
     fn type_name(&self) -> &'static str {
         match self {
             Json::Null => "null",
@@ -419,6 +428,75 @@ fn with_element(args: &[Value], f: impl Fn(&Json) -> Result<Value, SqlError>) ->
         },
     };
     doc.at(&path)?.map_or(Ok(Value::Null), f)
+}
+
+/// The columns of `json_each` (SQLite's, without its hidden `json` and `root`).
+pub(crate) const EACH_COLUMNS: [&str; 8] = ["key", "value", "type", "atom", "id", "parent", "fullkey", "path"];
+
+/// `json_each(x[, path])` in `FROM`: one row per element of the array or member of the
+/// object at `path` (the element itself when it is neither), as SQLite gives them: `key`
+/// the index or member name (NULL for a lone element), `value` as `json_extract` reads it,
+/// `type` as `json_type`, `atom` the value of a non-container (NULL otherwise), `id` the
+/// element's place in a pre-order walk of the value at `path` counting member names
+/// (SQLite numbers by its parse, which differs between its versions), `parent` NULL,
+/// `fullkey` the element's path and `path` its container's. NULL JSON or a path that
+/// finds nothing gives no rows.
+pub(crate) fn each(args: &[Value]) -> Result<Vec<Vec<Value>>, SqlError> {
+    let Some(doc) = parse(&args[0])? else { return Ok(Vec::new()) };
+    let path = match args.get(1) {
+        None => "$".to_string(),
+        Some(p) => match value::to_text(p) {
+            Some(p) => p,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let Some(root) = doc.at(&path)? else { return Ok(Vec::new()) };
+    let row = |key: Value, element: &Json, id: usize, fullkey: String| -> Result<Vec<Value>, SqlError> {
+        let atom = match element {
+            Json::Array(_) | Json::Object(_) => Value::Null,
+            other => other.sql_value()?,
+        };
+        let (value, kind) = (element.sql_value()?, Value::Text(element.type_name().into()));
+        Ok(vec![key, value, kind, atom, Value::Integer(id as i64), Value::Null, Value::Text(fullkey), path_text(&path)])
+    };
+    let mut rows = Vec::new();
+    let mut id = 1;
+    match root {
+        Json::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                rows.push(row(Value::Integer(i as i64), item, id, format!("{path}[{i}]"))?);
+                id += item.node_count();
+            }
+        }
+        Json::Object(members) => {
+            for (key, item) in members {
+                // A member name counts as a node before its value, as in SQLite's parse.
+                rows.push(row(Value::Text(key.clone()), item, id + 1, format!("{path}{}", member_path(key)))?);
+                id += 1 + item.node_count();
+            }
+        }
+        lone => {
+            let whole = vec![row(Value::Null, lone, 0, path.clone())?];
+            return Ok(whole);
+        }
+    }
+    Ok(rows)
+}
+
+fn path_text(path: &str) -> Value {
+    Value::Text(path.to_string())
+}
+
+/// `.key`, quoted (`."a b"`) unless the key is a letter followed by letters and digits,
+/// as SQLite writes a member's full key.
+fn member_path(key: &str) -> String {
+    let plain =
+        key.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) && key.chars().all(|c| c.is_ascii_alphanumeric());
+    if plain {
+        format!(".{key}")
+    } else {
+        format!(".\"{key}\"")
+    }
 }
 
 /// `x -> p` (the element as JSON text) and `x ->> p` (as an SQL value). `p` is a path, a

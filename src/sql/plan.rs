@@ -161,6 +161,11 @@ pub(crate) enum Plan {
         order: Vec<String>,
     },
     Join(Box<Join>),
+    /// `json_each(json[, path])` in `FROM`: its arguments (no columns: constants and
+    /// parameters) are evaluated when it runs (`json::each`).
+    JsonEach {
+        args: Vec<Expr>,
+    },
     /// `SELECT count(*) FROM t` without a filter: one row of `count` copies of the table's
     /// row count, read from the maintained digest instead of scanning (`Snapshot::row_count`).
     CountRows {
@@ -357,9 +362,12 @@ impl Plan {
     /// The operators directly below this one.
     fn inputs_mut(&mut self) -> Vec<&mut Plan> {
         match self {
-            Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } | Plan::Work { .. } | Plan::CountRows { .. } => {
-                vec![]
-            }
+            Plan::Scan(_)
+            | Plan::System { .. }
+            | Plan::Values { .. }
+            | Plan::Work { .. }
+            | Plan::CountRows { .. }
+            | Plan::JsonEach { .. } => vec![],
             Plan::Derived { input, .. }
             | Plan::Filter { input, .. }
             | Plan::Project { input, .. }
@@ -393,6 +401,7 @@ impl Plan {
             Plan::Scan(scan) => scan.filter.iter_mut().for_each(&mut *f),
             Plan::System { filter, .. } => filter.iter_mut().for_each(&mut *f),
             Plan::Filter { predicate, .. } => f(predicate),
+            Plan::JsonEach { args } => args.iter_mut().for_each(&mut *f),
             Plan::Project { exprs, .. } | Plan::Reordered { exprs, .. } => exprs.iter_mut().for_each(&mut *f),
             Plan::Aggregate { groups, aggs, .. } => {
                 groups.iter_mut().for_each(&mut *f);

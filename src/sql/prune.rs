@@ -81,7 +81,12 @@ pub(crate) fn prune(plan: &mut Plan, needed: Needed) {
             prune(step, None);
         }
         Plan::Join(join) => prune_join(join, needed),
-        Plan::Scan(_) | Plan::System { .. } | Plan::Values { .. } | Plan::Work { .. } | Plan::CountRows { .. } => {}
+        Plan::Scan(_)
+        | Plan::System { .. }
+        | Plan::Values { .. }
+        | Plan::Work { .. }
+        | Plan::CountRows { .. }
+        | Plan::JsonEach { .. } => {}
     }
 }
 
