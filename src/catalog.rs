@@ -304,12 +304,18 @@ fn apply_alters(
             column.dropped = true;
         }
     }
-    // Concurrent drops of a key-less table's last columns (each node kept one): the first
-    // stays, so the table keeps a column.
+    // Concurrent drops of a key-less table's last columns (each node kept one): the column
+    // dropped last (greatest drop op) stays, so the table keeps a column and no column
+    // dropped long before comes back.
     if schema.visible_columns().next().is_none() {
-        if let Some(first) = schema.columns.get_mut(hidden) {
-            first.dropped = false;
-            let reason = format!("ALTER TABLE {table} DROP COLUMN {} (its last column)", first.name);
+        let drop_order = |c: &ColumnDef| {
+            let values = alters.get(&(c.id(), AlterField::Drop));
+            values.and_then(|v| v.iter().map(|v| (v.counter, v.writer)).max())
+        };
+        let last = (hidden..schema.columns.len()).max_by_key(|&i| drop_order(&schema.columns[i]));
+        if let Some(column) = last.map(|i| &mut schema.columns[i]) {
+            column.dropped = false;
+            let reason = format!("ALTER TABLE {table} DROP COLUMN {} (its last column)", column.name);
             lost.push((reason, NodeId([0; 16])));
         }
     }

@@ -70,9 +70,10 @@ pub const META_HORIZON: &str = "horizon";
 pub const META_TRANSFER: &str = "transfer";
 /// `meta_v1` key of the next insert counter of key-less tables (u64 BE; absent = 1).
 pub const META_NEXT_ROW_N: &str = "next_row_n";
-/// Prefix of `meta_v1` keys `whole_docs.<table>`: whole documents were merged into the
-/// table since it was last rebuilt, so its next `ALTER` rebuilds it (value: one byte).
-pub const META_WHOLE_DOCS_PREFIX: &str = "whole_docs.";
+/// Prefix of `meta_v1` keys `foreign_values.<table>`: a row of the table materialized
+/// since its last rebuild held values under ids outside its definition, so its next
+/// `ALTER` rebuilds it (value: one byte).
+pub const META_FOREIGN_VALUES_PREFIX: &str = "foreign_values.";
 
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {

@@ -316,8 +316,21 @@ fn kept_plans_follow_each_alter() {
     assert!(matches!(stale, Err(SqlError::UnknownColumn(_))), "{stale:?}");
     let renamed = sql::prepare("SELECT b FROM t WHERE alpha = ?1").expect("prepare");
     assert_eq!(execute(&renamed, &mut replica, &[Value::from(10)]).expect("query").1, vec![vec![Value::from("x")]]);
+    let id = sql::execute(&mut replica, "SELECT column_id FROM edgestore_columns WHERE name = 'c'", &[], 0)
+        .and_then(|r| r.collect_rows())
+        .expect("column id");
+    let Value::Text(id) = &id[0][0] else { panic!("{id:?}") };
     run(&mut replica, "ALTER TABLE t DROP COLUMN c");
     assert_eq!(execute(&all, &mut replica, &[]).expect("query").0, names(&["id", "alpha", "b"]));
+    // Not even the name the scope gives the dropped slot reaches it, by name or USING.
+    let internal = format!("\"\u{0}dropped {id}\"");
+    for query in [
+        format!("SELECT {internal} FROM t"),
+        format!("SELECT * FROM t JOIN (SELECT 1 AS {internal}) USING ({internal})"),
+    ] {
+        let refused = sql::execute(&mut replica, &query, &[], 0).and_then(|r| r.collect_rows());
+        assert!(matches!(refused, Err(SqlError::UnknownColumn(_))), "{query}: {refused:?}");
+    }
 }
 
 /// `'now'` is the statement time: a kept plan takes each execution's, a read-only

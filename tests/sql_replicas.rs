@@ -473,3 +473,28 @@ fn a_column_added_that_a_losing_definition_had_shows_the_values_its_rows_hold() 
         assert_eq!(replica.check_integrity().expect("check"), Vec::new());
     }
 }
+
+#[test]
+fn a_table_with_a_unique_conflict_can_still_be_altered() {
+    let (_dir, mut nodes) = altered_apart(
+        &["CREATE TABLE u (id INTEGER PRIMARY KEY, email TEXT UNIQUE)"],
+        &["INSERT INTO u VALUES (1, 'a@x')"],
+        &["INSERT INTO u VALUES (2, 'a@x')"],
+    );
+    let listed = "SELECT count(*) FROM edgestore_conflicts WHERE kind = 'unique'";
+    assert_eq!(rows(&mut nodes[0], listed), vec![vec![Value::Integer(2)]]);
+    // The merged duplicates are not new claims: ALTERs of the table go through.
+    run(&mut nodes[0], "ALTER TABLE u ADD COLUMN n INTEGER");
+    run(&mut nodes[0], "ALTER TABLE u RENAME COLUMN email TO mail");
+    run(&mut nodes[0], "UPDATE u SET n = 1 WHERE id = 1");
+    let refused = sql::execute(&mut nodes[0], "INSERT INTO u VALUES (3, 'a@x', 0)", &[], 0).map(|_| ());
+    assert!(refused.is_err_and(|e| e.to_string().contains("UNIQUE constraint failed: u.mail")));
+    let [a, b, c, d] = &mut nodes;
+    for to in [&mut *b, &mut *c, &mut *d] {
+        sync(a, to);
+    }
+    for replica in [a, b, c, d] {
+        assert_eq!(rows(replica, listed), vec![vec![Value::Integer(2)]]);
+        assert_eq!(replica.check_integrity().expect("check"), Vec::new());
+    }
+}

@@ -104,6 +104,10 @@ pub(crate) struct Materialized {
     /// So the record is a function of the document and the definition alone, whether the
     /// row was materialized before or after a column was added.
     pub record_len: usize,
+    /// The document holds values under ids that are none of the definition's columns
+    /// (written under a losing concurrent definition, or merged ahead of the catalog):
+    /// an `ADD` of such an id must rebuild the table (`Replica::alters_in_place`).
+    pub foreign_values: bool,
 }
 
 impl Materialized {
@@ -127,8 +131,10 @@ pub(crate) fn materialize_row(
     let mut row = Vec::with_capacity(schema.columns.len());
     let mut conflicts = Vec::new();
     let mut record_len = schema.base_columns();
+    let mut held = 0;
     for (i, column) in schema.columns.iter().enumerate() {
         let (winner, values) = doc::read_column(document, column);
+        held += usize::from(!values.is_empty());
         if column.added && !values.is_empty() {
             record_len = i + 1;
         }
@@ -142,7 +148,9 @@ pub(crate) fn materialize_row(
     debug_assert!(schema.record_len_fits(record_len));
     let key: Vec<_> = schema.primary_key_indexes().into_iter().map(|i| row[i].clone()).collect();
     let key_matches = key.iter().all(|v| !v.is_null()) && keys::encode_tuple(&key) == pk;
-    key_matches.then_some(Materialized { row, conflicts, record_len })
+    // Root keys beyond the causal length and the columns held are values under other ids.
+    let foreign_values = automerge::ReadDoc::length(document, automerge::ROOT) > held + 1;
+    key_matches.then_some(Materialized { row, conflicts, record_len, foreign_values })
 }
 
 /// The index entry key of a row.
@@ -191,15 +199,8 @@ impl Replica {
         #[cfg(debug_assertions)]
         let shadow_keys: Vec<Vec<u8>> =
             row_docs.iter().take(ROW_SHADOW_CHECK_DOCS_MAX).map(|changed| changed.key_bytes.clone()).collect();
-        // Tables into which whole documents were merged (a transfer, a repair): a row may
-        // now hold values the table's catalog has not caught up with, so the table's next
-        // ALTER rebuilds it instead of staying in place (`alters_in_place`).
-        let mut whole_docs: Vec<String> = Vec::new();
         for ChangedDoc { key_bytes, key, mut working, new_changes, cause, inserted } in row_docs {
             let DocKey::Row { table, epoch, pk } = &key else { unreachable!("only row documents are listed here") };
-            if matches!(cause, Cause::Document(_)) && !whole_docs.contains(table) {
-                whole_docs.push(table.clone());
-            }
             let known = self.catalog.tables.get(table).is_some_and(|t| t.causal_length >= *epoch);
             if !known {
                 let reason = Inconsistency::RowOfUnknownTable { table: table.clone(), epoch: *epoch };
@@ -216,9 +217,6 @@ impl Replica {
             };
             let working = self.persist_doc(tables, &key_bytes, working, &new_changes, implicit)?;
             self.cache.put(key_bytes, working);
-        }
-        for table in whole_docs {
-            tables.meta.insert(whole_docs_key(&table).as_str(), [1u8].as_slice())?;
         }
         self.log_changes(tables, changes)?;
         tables.digest_delta.flush(&mut tables.digest)?;
@@ -323,8 +321,9 @@ impl Replica {
                 match (changed, in_place) {
                     (false, _) => {}
                     (true, false) => {
+                        // Set again by the rows rebuilt if some still hold foreign values.
+                        tables.meta.remove(foreign_values_key(&name).as_str())?;
                         self.rebuild_table(tables, &name)?;
-                        tables.meta.remove(whole_docs_key(&name).as_str())?;
                     }
                     (true, true) => {
                         let old = old.expect("in place: the table was known");
@@ -424,7 +423,10 @@ impl Replica {
             }
         }
         match materialized {
-            Some(Materialized { row, conflicts, record_len }) => {
+            Some(Materialized { row, conflicts, record_len, foreign_values }) => {
+                if foreign_values {
+                    tables.meta.insert(foreign_values_key(table).as_str(), [1u8].as_slice())?;
+                }
                 let record = crate::record::encode(&row[..record_len]);
                 let old = tables.rows.insert(row_key.as_slice(), record.as_slice())?;
                 tables.digest_delta.row(&row_key, old.as_ref().map(|v| v.value()), Some(&record))?;
@@ -494,11 +496,12 @@ impl Replica {
     /// document of the table valid as it is, so nothing is rewritten (docs/design.md
     /// § ALTER TABLE): the new definition extends the old (`TableSchema::extends`: a
     /// rename, drop or appended column), and no row document of the table can hold a
-    /// value for an appended column's id already. That holds for changes in envelopes,
-    /// which arrive in causal order, unless whole documents were merged into the table
-    /// since its last rebuild (a transfer or repair can bring a row ahead of its catalog)
-    /// or the table has concurrent definitions (rows written under a losing one hold
-    /// values under ids the winner lacks, which an `ADD` can take).
+    /// value for an appended column's id already: no row materialized since the table's
+    /// last rebuild held values under ids outside its definition (`meta_v1`
+    /// `foreign_values.<table>`, set by `materialize_into`: rows written under a losing
+    /// concurrent definition, rows merged ahead of their catalog by a transfer, a repair or
+    /// a change whose writer held a catalog change this node lacks), and the table has
+    /// one definition.
     fn alters_in_place(
         &self,
         tables: &WriteTables<'_>,
@@ -512,7 +515,7 @@ impl Replica {
             && one_definition(old)
             && one_definition(new)
             && new.schema.extends(&old.schema)
-            && tables.meta.get(whole_docs_key(&new.schema.name).as_str())?.is_none())
+            && tables.meta.get(foreign_values_key(&new.schema.name).as_str())?.is_none())
     }
 
     /// The column ids each usable index of `table` is bound to, by index name.
@@ -608,11 +611,11 @@ impl Replica {
     }
 }
 
-/// `meta_v1` key of the mark that whole documents (a transfer, a repair) were merged into
-/// a table since it was last rebuilt (`Replica::alters_in_place`). Local state: neither
-/// replicated nor in the digest.
-fn whole_docs_key(table: &str) -> String {
-    format!("{}{table}", crate::storage::META_WHOLE_DOCS_PREFIX)
+/// `meta_v1` key of the mark that a row of the table materialized since its last rebuild
+/// held values under ids outside its definition (`Replica::alters_in_place`). Local
+/// state: neither replicated nor in the digest.
+fn foreign_values_key(table: &str) -> String {
+    format!("{}{table}", crate::storage::META_FOREIGN_VALUES_PREFIX)
 }
 
 /// Writes a resolved catalog entry and records it in the digest.

@@ -536,6 +536,9 @@ fn bind_conjuncts(
     let mut inner_like = Vec::new();
     for (position, names) in using {
         for name in names {
+            if name.starts_with(crate::schema::UNREACHABLE_NAME_MARK) {
+                return Err(SqlError::UnknownColumn(format!("{name} in USING")));
+            }
             let right = scope.tables[position].offset
                 + scope.columns[scope.tables[position].offset..]
                     .iter()
