@@ -119,6 +119,11 @@ impl Catalog {
         self.indexes.values().filter(move |i| i.def.schema.table == table && self.index_is_live(i))
     }
 
+    /// Every index ever made on `table`, usable or not (dropped, of an older incarnation).
+    pub fn index_names_on(&self, table: &str) -> Vec<String> {
+        self.indexes.values().filter(|i| i.def.schema.table == table).map(|i| i.def.schema.name.clone()).collect()
+    }
+
     /// Names the indexes of `table` as its columns are named now, after an `ALTER` staged
     /// in a batch (the stored catalog binds them in `resolve_index`).
     pub fn rebind_indexes(&mut self, table: &str) {

@@ -102,17 +102,7 @@ impl ColumnDef {
 /// independently agree on it; a later one (the first was renamed away and the name added
 /// again) gets a new id, so the first column's values never show in it.
 pub fn column_id_nth(name: &str, ty: ColumnType, n: u32) -> String {
-    if n <= 1 {
-        return column_id(name, ty);
-    }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"edgestore.column.v1\0");
-    hasher.update(name.as_bytes());
-    hasher.update(&[0]);
-    hasher.update(ty.sql_name().as_bytes());
-    hasher.update(&[0]);
-    hasher.update(&n.to_le_bytes());
-    hasher.finalize().to_hex()[..12].to_string()
+    column_hash(name, ty, (n > 1).then_some(n))
 }
 
 /// Whether `id` has the shape of a column id: 12 lower-case hex digits.
@@ -122,11 +112,20 @@ pub fn is_column_id(id: &str) -> bool {
 
 /// Computes a column id; see [`ColumnDef::id`].
 pub fn column_id(name: &str, ty: ColumnType) -> String {
+    column_hash(name, ty, None)
+}
+
+/// A column id: the name and type, and for a later column of that name the count.
+fn column_hash(name: &str, ty: ColumnType, nth: Option<u32>) -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"edgestore.column.v1\0");
     hasher.update(name.as_bytes());
     hasher.update(&[0]);
     hasher.update(ty.sql_name().as_bytes());
+    if let Some(n) = nth {
+        hasher.update(&[0]);
+        hasher.update(&n.to_le_bytes());
+    }
     hasher.finalize().to_hex()[..12].to_string()
 }
 
@@ -578,6 +577,12 @@ impl IndexSchema {
             false => Vec::new(),
         };
         Ok(self)
+    }
+
+    /// The ids of the indexed columns in `table`, by [`IndexSchema::column_id_at`]: what
+    /// the index is bound to (`None` for a column not found).
+    pub fn bound_ids(&self, table: &TableSchema) -> Vec<Option<String>> {
+        (0..self.columns.len()).map(|i| self.column_id_at(i, table)).collect()
     }
 
     /// The id of the `i`-th indexed column: stored, or, for an index made on a table no

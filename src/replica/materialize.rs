@@ -467,14 +467,7 @@ impl Replica {
         clear_prefix(&mut tables.rows, &prefix)?;
         clear_prefix(&mut tables.conflicts, &prefix)?;
         tables.digest_delta.clear_table(&prefix);
-        let index_names: Vec<String> = self
-            .catalog
-            .indexes
-            .values()
-            .filter(|i| i.def.schema.table == name)
-            .map(|i| i.def.schema.name.clone())
-            .collect();
-        for index in index_names {
+        for index in self.catalog.index_names_on(name) {
             clear_index(tables, &index)?;
         }
         let Some(entry) = self.catalog.table(name) else { return Ok(()) };
@@ -519,14 +512,11 @@ impl Replica {
     }
 
     /// The column ids each usable index of `table` is bound to, by index name.
-    fn bound_indexes(&self, table: &str) -> BTreeMap<String, Vec<String>> {
+    fn bound_indexes(&self, table: &str) -> BTreeMap<String, Vec<Option<String>>> {
         let Some(entry) = self.catalog.table(table) else { return BTreeMap::new() };
         self.catalog
             .indexes_of(table)
-            .map(|i| {
-                let ids = (0..i.def.schema.columns.len()).filter_map(|k| i.def.schema.column_id_at(k, &entry.schema));
-                (i.def.schema.name.clone(), ids.collect())
-            })
+            .map(|i| (i.def.schema.name.clone(), i.def.schema.bound_ids(&entry.schema)))
             .collect()
     }
 
@@ -540,15 +530,9 @@ impl Replica {
         tables: &mut WriteTables<'_>,
         table: &str,
         cause: Cause,
-        bound_before: Option<BTreeMap<String, Vec<String>>>,
+        bound_before: Option<BTreeMap<String, Vec<Option<String>>>>,
     ) -> Result<(), RecordError> {
-        let names: Vec<String> = self
-            .catalog
-            .indexes
-            .values()
-            .filter(|i| i.def.schema.table == table)
-            .map(|i| i.def.schema.name.clone())
-            .collect();
+        let names = self.catalog.index_names_on(table);
         for name in &names {
             let key_bytes = DocKey::Index(name.clone()).encode();
             let Some(working) = self.take_doc(tables, &key_bytes)? else { continue };

@@ -98,16 +98,13 @@ impl<'a> IndexCheck<'a> {
         // The same index as stored: the same incarnation over the same columns by id. Not
         // the whole definition, which an ALTER of its table re-binds (names, stored ids)
         // without touching its entries.
-        let bound = |entry: &IndexEntry, table: &TableEntry| -> Vec<Option<String>> {
-            (0..entry.def.schema.columns.len()).map(|i| entry.def.schema.column_id_at(i, &table.schema)).collect()
-        };
         let index_stored = rows_stored
             && stored.index(&index.def.schema.name).is_some_and(|s| {
                 let stored_table = stored.table(&table.schema.name).expect("rows_stored: the table is live");
                 s.causal_length == index.causal_length
                     && s.def.table_epoch == index.def.table_epoch
                     && s.def.schema.unique == index.def.schema.unique
-                    && bound(s, stored_table) == bound(index, table)
+                    && s.def.schema.bound_ids(&stored_table.schema) == index.def.schema.bound_ids(&table.schema)
             });
         let schema = &table.schema;
         let positions = index
