@@ -50,6 +50,7 @@ pub use replica::{
 };
 pub use replica::{CacheFigures, OpenOptions, RedbTableStats, StorageStats, UserTableStats};
 pub use replica::{CompactReport, SaveReport, SAVE_TAIL_CHANGES_MIN};
+pub use replica::{DeadLetter, DEAD_LETTERS_MAX, DEAD_LETTER_ERROR_BYTES_MAX, DEAD_LETTER_PAYLOAD_BYTES_MAX};
 pub use replica::{DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, REPAIR_DOCS_MAX};
 pub use replica::{HeldClaim, HeldPage, HoldersCounters, Horizon, MemberHold};
 pub use replica::{TransferBatch, TransferDoc, TransferProgress, TransferReport, TRANSFER_DOCS_MAX};

@@ -55,6 +55,10 @@ pub const DIGEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("digest_v
 /// version vector (see `replica/holders.rs`).
 pub const HOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("holders_v1");
 
+/// Node-local dead letters: u64 sequence → packed CBOR `DeadLetter` (not replicated,
+/// not backed up; `replica/dead_letters.rs`).
+pub const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters_v1");
+
 /// `meta_v1` key of the format version (u32 BE).
 pub const META_FORMAT: &str = "format_version";
 /// `meta_v1` key of the node id (16 bytes).
@@ -90,6 +94,7 @@ pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(PENDING)?;
     txn.open_table(DIGEST)?;
     txn.open_table(HOLDERS)?;
+    txn.open_table(DEAD_LETTERS)?;
     Ok(())
 }
 

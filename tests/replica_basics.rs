@@ -310,3 +310,45 @@ fn unique_indexes_are_checked_on_the_batch_as_a_whole() {
     assert!(refused.to_string().contains("cannot cover the COUNTER column hits"), "{refused}");
     assert!(a.check_integrity().unwrap().is_empty());
 }
+
+#[test]
+fn dead_letters_are_bounded_cut_and_node_local() {
+    use edgestore::{DeadLetter, DEAD_LETTERS_MAX, DEAD_LETTER_PAYLOAD_BYTES_MAX};
+    let dir = TempDir::new().unwrap();
+    let mut replica = with_table(&dir, 1);
+    let changes = replica.version_vector().total_changes();
+    let letter =
+        |i: u64| DeadLetter::new(i as i64, "mqtt", "sites/a", "sensors", format!("payload {i}").as_bytes(), "bad");
+    assert_eq!(replica.record_dead_letters(&[letter(0), letter(1), letter(2)]).unwrap(), 1);
+    let many: Vec<DeadLetter> = (3..3 + DEAD_LETTERS_MAX).map(letter).collect();
+    assert_eq!(replica.record_dead_letters(&many).unwrap(), 4);
+    let kept = replica.snapshot().unwrap().dead_letters().unwrap();
+    assert_eq!(kept.len() as u64, DEAD_LETTERS_MAX, "the oldest go");
+    assert_eq!((kept[0].0, kept[0].1.received_ms), (4, 3));
+    assert_eq!(kept.last().unwrap().0, 3 + DEAD_LETTERS_MAX);
+
+    let long = vec![b'x'; 3 * DEAD_LETTER_PAYLOAD_BYTES_MAX];
+    let error = "é".repeat(1000); // 2000 bytes: cut at a character boundary
+    replica.record_dead_letters(&[DeadLetter::new(7, "mqtt", "t", "", &long, &error)]).unwrap();
+    let snapshot = std::sync::Arc::new(replica.snapshot().unwrap());
+    let rows: Vec<Vec<Value>> = edgestore::sql::query(
+        snapshot,
+        "SELECT length(payload), payload_bytes, length(error), received_at FROM edgestore_dead_letters \
+         ORDER BY seq DESC LIMIT 1",
+        &[],
+    )
+    .unwrap()
+    .rows
+    .map(|row| row.unwrap())
+    .collect();
+    assert_eq!(
+        rows,
+        [vec![
+            Value::Integer(DEAD_LETTER_PAYLOAD_BYTES_MAX as i64),
+            Value::Integer(3 * DEAD_LETTER_PAYLOAD_BYTES_MAX as i64),
+            Value::Integer(512),
+            Value::Timestamp(7)
+        ]]
+    );
+    assert_eq!(replica.version_vector().total_changes(), changes, "dead letters are not replicated changes");
+}

@@ -287,8 +287,14 @@ fn storage_stats_count_what_is_stored() {
     let a = populated(&dir);
     let stats = a.snapshot().unwrap().storage_stats().unwrap();
     let names: Vec<&str> = stats.redb_tables.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names.len(), 13);
-    assert!(names.contains(&"digest_v1") && names.contains(&"log_v1") && names.contains(&"holders_v1"), "{names:?}");
+    assert_eq!(names.len(), 14, "{names:?}");
+    assert!(
+        names.contains(&"digest_v1")
+            && names.contains(&"log_v1")
+            && names.contains(&"holders_v1")
+            && names.contains(&"dead_letters_v1"),
+        "{names:?}"
+    );
     let table = |name: &str| stats.redb_tables.iter().find(|t| t.name == name).unwrap().clone();
     assert_eq!(table("rows_v1").entries, 301);
     assert_eq!(table("log_v1").entries, 7);

@@ -40,8 +40,8 @@ const COPIED_TABLES: [&str; 12] = [
 
 /// Tables a backup leaves out on purpose: a restored store is a new member (a new node
 /// id) and learns again what the others hold; `holders_v1` of the old node says nothing
-/// about what it will hear.
-const NOT_COPIED_TABLES: [&str; 1] = ["holders_v1"];
+/// about what it will hear; `dead_letters_v1` is what the old node's ingest refused.
+const NOT_COPIED_TABLES: [&str; 2] = ["holders_v1", "dead_letters_v1"];
 
 /// Why a backup or a restore failed. Nothing is left under the destination name.
 #[derive(Debug, thiserror::Error)]

@@ -12,6 +12,7 @@ mod apply;
 mod backup;
 mod cache;
 mod compact;
+mod dead_letters;
 mod digest;
 mod digest_parts;
 mod guard;
@@ -48,6 +49,7 @@ pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
 pub use cache::{DOC_CACHE_CHANGE_BYTES, DOC_CACHE_ENTRY_BYTES};
 pub use compact::CompactReport;
+pub use dead_letters::{DeadLetter, DEAD_LETTERS_MAX, DEAD_LETTER_ERROR_BYTES_MAX, DEAD_LETTER_PAYLOAD_BYTES_MAX};
 pub use digest::{
     blake3_of, bucket_in_range, heads_bucket, DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, HEADS_TREE_FANOUT,
     REPAIR_DOCS_MAX,

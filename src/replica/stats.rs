@@ -149,6 +149,7 @@ macro_rules! every_table {
             $f(txn, storage::PENDING)?,
             $f(txn, storage::DIGEST)?,
             $f(txn, storage::HOLDERS)?,
+            $f(txn, storage::DEAD_LETTERS)?,
         ]
     }};
 }

@@ -14,6 +14,9 @@
 //!   and whether it is the winner. `kind` `unique`: one row per row of a unique conflict
 //!   (rows sharing a value under a unique index): the index's columns, the winning row's
 //!   rendered key, the shared value, no node (docs/design.md § Unique indexes).
+//! - `edgestore_dead_letters` — what this node's ingest (MQTT) received and refused, newest
+//!   10 000 kept: sequence, time, source, topic, table, payload (its first 1 KiB as text,
+//!   invalid UTF-8 replaced), its whole length and the error. Node-local, not replicated.
 //!
 //! They are computed from the snapshot when scanned (they are small next to user tables).
 
@@ -33,6 +36,7 @@ pub(crate) enum SystemTable {
     Columns,
     Indexes,
     Conflicts,
+    DeadLetters,
 }
 
 use ColumnType as T;
@@ -44,6 +48,7 @@ impl SystemTable {
             "edgestore_columns" => Some(SystemTable::Columns),
             "edgestore_indexes" => Some(SystemTable::Indexes),
             "edgestore_conflicts" => Some(SystemTable::Conflicts),
+            "edgestore_dead_letters" => Some(SystemTable::DeadLetters),
             _ => None,
         }
     }
@@ -54,6 +59,7 @@ impl SystemTable {
             SystemTable::Columns => "edgestore_columns",
             SystemTable::Indexes => "edgestore_indexes",
             SystemTable::Conflicts => "edgestore_conflicts",
+            SystemTable::DeadLetters => "edgestore_dead_letters",
         }
     }
 
@@ -95,6 +101,16 @@ impl SystemTable {
                 ("node", T::Text),
                 ("is_winner", T::Boolean),
                 ("kind", T::Text),
+            ],
+            SystemTable::DeadLetters => &[
+                ("seq", T::Integer),
+                ("received_at", T::Timestamp),
+                ("source", T::Text),
+                ("topic", T::Text),
+                ("table_name", T::Text),
+                ("payload", T::Text),
+                ("payload_bytes", T::Integer),
+                ("error", T::Text),
             ],
         }
     }
@@ -151,6 +167,7 @@ impl SystemTable {
                 })
                 .collect(),
             SystemTable::Conflicts => conflict_rows(snap)?,
+            SystemTable::DeadLetters => dead_letter_rows(snap)?,
         })
     }
 }
@@ -198,6 +215,25 @@ fn conflict_rows(snap: &Snapshot) -> Result<Vec<Row>, SqlError> {
         }
     }
     Ok(rows)
+}
+
+fn dead_letter_rows(snap: &Snapshot) -> Result<Vec<Row>, SqlError> {
+    let letters = snap.dead_letters()?;
+    Ok(letters
+        .into_iter()
+        .map(|(seq, letter)| {
+            vec![
+                Value::Integer(seq as i64),
+                Value::Timestamp(letter.received_ms),
+                Value::Text(letter.source),
+                Value::Text(letter.topic),
+                Value::Text(letter.table),
+                Value::Text(String::from_utf8_lossy(&letter.payload).into_owned()),
+                Value::Integer(letter.payload_bytes as i64),
+                Value::Text(letter.error),
+            ]
+        })
+        .collect())
 }
 
 /// A value as a SQL literal: `'it''s'`, `x'00ff'`, `1.5`, `NULL`.
