@@ -66,6 +66,8 @@ pub struct Node {
     pub running: Arc<Running>,
     /// The log compaction driver's settings and figures (`compaction.rs`).
     pub compaction: Arc<crate::compaction::Compaction>,
+    /// MQTT ingest's figures, once it has started (when `[mqtt]` is set).
+    pub mqtt: std::sync::OnceLock<Arc<crate::mqtt::IngestStatus>>,
 }
 
 /// The statements running now, by a number of their own.
@@ -535,6 +537,9 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
         }
         Err(error) => answer["store_error"] = json!(error.message),
     }
+    if let (Some(status), Some(config)) = (node.mqtt.get(), &node.config.mqtt) {
+        answer["mqtt"] = status.json(config);
+    }
     Ok(Json(answer))
 }
 
@@ -700,6 +705,7 @@ async fn metrics_route(State(node): State<Arc<Node>>) -> Result<Response, ApiErr
     figures.store_bytes = store_bytes(&node.config);
     figures.health = health;
     figures.compaction = metrics::CompactionFigures::of(&node.compaction);
+    figures.mqtt = node.mqtt.get().map(|status| metrics::MqttFigures::of(status));
     let text = metrics::render(
         &node.counters,
         &figures,

@@ -87,6 +87,9 @@ fn remote_status(client: &Client) -> Result<()> {
     );
     println!("peers:      {} connected", text("peers_connected"));
     println!("health:     {}", health_line(&status["health"]));
+    if !status["mqtt"].is_null() {
+        println!("mqtt:       {}", mqtt_line(&status["mqtt"]));
+    }
     println!("digest:     {}", text("digest"));
     if !status["horizon"].is_null() {
         print!("{}", crate::horizon::render(&status["horizon"]));
@@ -99,6 +102,27 @@ fn remote_status(client: &Client) -> Result<()> {
         .map(|p| p.as_str().unwrap_or_default().to_string())
         .collect();
     report_integrity(&problems)
+}
+
+/// MQTT ingest of `/v1/status` in one line: the broker, whether connected, the counts, and
+/// the last error while disconnected.
+pub fn mqtt_line(mqtt: &serde_json::Value) -> String {
+    let count = |key: &str| mqtt[key].as_u64().unwrap_or(0);
+    let connected = mqtt["connected"].as_bool() == Some(true);
+    let mut line = format!(
+        "{} {}, {} messages, {} rows, {} duplicate rows, {} refused, {} pending",
+        json::as_text(&mqtt["broker"]),
+        if connected { "connected" } else { "not connected" },
+        count("messages"),
+        count("rows"),
+        count("duplicates"),
+        count("refused"),
+        count("pending"),
+    );
+    if let (false, Some(error)) = (connected, mqtt["last_error"]["error"].as_str()) {
+        line.push_str(&format!(" (last error: {error})"));
+    }
+    line
 }
 
 /// The store's health of `/v1/status` in one line: `ok`, or its status and why.

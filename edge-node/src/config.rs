@@ -14,6 +14,8 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use edgestore::NodeId;
+
+use crate::mqtt::MqttConfig;
 use serde::{Deserialize, Serialize};
 
 /// Default data directory, relative to the working directory.
@@ -83,6 +85,49 @@ pub struct FileConfig {
     /// `[[peers]]`.
     #[serde(default)]
     pub peers: Vec<PeerEntry>,
+    /// `[mqtt]`: ingest from a broker, off when absent.
+    pub mqtt: Option<FileMqtt>,
+}
+
+/// `[mqtt]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMqtt {
+    /// `mqtt://host[:port]`.
+    pub broker: String,
+    /// MQTT client id; default `edge-<node id>`.
+    pub client_id: Option<String>,
+    /// User name sent to the broker.
+    pub username: Option<String>,
+    /// Password sent to the broker (with `username`).
+    pub password: Option<String>,
+    /// Seconds between keep-alive pings.
+    pub keep_alive_s: Option<u64>,
+    /// Messages written in one batch, at most.
+    pub batch_messages: Option<usize>,
+    /// How long a batch waits for more messages (ms).
+    pub batch_ms: Option<u64>,
+    /// Largest MQTT packet accepted (bytes).
+    pub payload_bytes_max: Option<usize>,
+    /// `[[mqtt.ingest]]`.
+    #[serde(default)]
+    pub ingest: Vec<FileIngest>,
+}
+
+/// `[[mqtt.ingest]]` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileIngest {
+    /// Topic filter (`+` and `#` allowed).
+    pub topic: String,
+    /// Table the rows go to.
+    pub table: String,
+    /// Topic level (0-based, as a string key) → column.
+    #[serde(default)]
+    pub columns_from_topic: std::collections::BTreeMap<String, String>,
+    /// `refuse` (default) or `ignore` a payload key that names no column.
+    #[serde(default)]
+    pub unknown_keys: crate::mqtt::UnknownKeys,
 }
 
 /// `[sync]` in the config file.
@@ -272,6 +317,8 @@ pub struct Config {
     pub peer_horizon_ms: u64,
     /// Peers from the config file (the data directory's peer list is separate).
     pub peers: Vec<(NodeId, SocketAddr)>,
+    /// `[mqtt]`, when set.
+    pub mqtt: Option<MqttConfig>,
 }
 
 /// Where a value came from, for error messages.
@@ -331,6 +378,10 @@ impl Config {
                 .iter()
                 .map(|p| Ok((p.parsed_node_id(&origin.name("peers", false, ""))?, p.addr)))
                 .collect::<Result<_>>()?,
+            mqtt: match &file.mqtt {
+                Some(mqtt) => Some(resolve_mqtt(mqtt).with_context(|| origin.name("mqtt", false, ""))?),
+                None => None,
+            },
             file: file_path.clone(),
         };
         config.validate(overrides, &origin)?;
@@ -414,6 +465,81 @@ impl Config {
         id.copy_from_slice(&hash.as_bytes()[..16]);
         sync_protocol::ClusterId(id)
     }
+}
+
+/// `[mqtt]` resolved: defaults filled in, every value checked.
+fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
+    let (host, port) = crate::mqtt::parse_broker(&file.broker).context("`mqtt.broker`")?;
+    let credentials = match (&file.username, &file.password) {
+        (Some(user), password) => Some((user.clone(), password.clone().unwrap_or_default())),
+        (None, Some(_)) => bail!("`mqtt.password` is set without `mqtt.username`"),
+        (None, None) => None,
+    };
+    let config = MqttConfig {
+        host,
+        port,
+        client_id: file.client_id.clone(),
+        credentials,
+        keep_alive_s: file.keep_alive_s.unwrap_or(crate::mqtt::DEFAULT_KEEP_ALIVE_S),
+        batch_messages: file.batch_messages.unwrap_or(crate::mqtt::DEFAULT_BATCH_MESSAGES),
+        batch_ms: file.batch_ms.unwrap_or(crate::mqtt::DEFAULT_BATCH_MS),
+        payload_bytes_max: file.payload_bytes_max.unwrap_or(crate::mqtt::DEFAULT_PAYLOAD_BYTES_MAX),
+        routes: file.ingest.iter().map(resolve_ingest).collect::<Result<_>>()?,
+    };
+    if config.routes.is_empty() {
+        bail!("no `[[mqtt.ingest]]`: name at least one topic and the table its messages go to");
+    }
+    if let Some(id) = &config.client_id {
+        if id.is_empty() || id.len() > 256 {
+            bail!("`mqtt.client_id` {id:?} must be 1 to 256 bytes");
+        }
+    }
+    if !(5..=65_535).contains(&config.keep_alive_s) {
+        bail!("`mqtt.keep_alive_s` {} is outside 5..=65535", config.keep_alive_s);
+    }
+    if !(1..=100_000).contains(&config.batch_messages) {
+        bail!("`mqtt.batch_messages` {} is outside 1..=100000", config.batch_messages);
+    }
+    if config.batch_ms > 60_000 {
+        bail!("`mqtt.batch_ms` {} is more than a minute", config.batch_ms);
+    }
+    if !(1024..=crate::mqtt::PAYLOAD_BYTES_LIMIT).contains(&config.payload_bytes_max) {
+        bail!(
+            "`mqtt.payload_bytes_max` {} is outside 1024..={}",
+            config.payload_bytes_max,
+            crate::mqtt::PAYLOAD_BYTES_LIMIT
+        );
+    }
+    Ok(config)
+}
+
+fn resolve_ingest(file: &FileIngest) -> Result<crate::mqtt::Route> {
+    let filter = &file.topic;
+    if !rumqttc::valid_filter(filter) || filter.starts_with('$') {
+        bail!("`mqtt.ingest` topic {filter:?} is not a topic filter (levels split by /, + for one level, # last)");
+    }
+    if file.table.trim().is_empty() {
+        bail!("`mqtt.ingest` of {filter:?}: `table` is empty");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let open_ended = levels.last() == Some(&"#");
+    let mut topic_columns = Vec::new();
+    for (index, column) in &file.columns_from_topic {
+        let index: usize = index.parse().with_context(|| {
+            format!("`mqtt.ingest` of {filter:?}: columns_from_topic key {index:?} is not a level number")
+        })?;
+        let reachable = if open_ended { true } else { index < levels.len() };
+        if !reachable {
+            bail!("`mqtt.ingest` of {filter:?}: the topic has {} levels, so it has no level {index}", levels.len());
+        }
+        topic_columns.push((index, column.to_ascii_lowercase()));
+    }
+    Ok(crate::mqtt::Route {
+        filter: filter.clone(),
+        table: file.table.to_ascii_lowercase(),
+        topic_columns,
+        unknown_keys: file.unknown_keys,
+    })
 }
 
 fn pick<T: Clone>(flag: &Option<T>, file: &Option<T>, default: impl FnOnce() -> T) -> T {
@@ -608,6 +734,35 @@ mod tests {
         for bad in ["0", "65537"] {
             let error = load_text(&format!("[store]\ncache_mib = {bad}\n")).unwrap_err().to_string();
             assert!(error.contains("store.cache_mib") && error.contains(bad), "{error}");
+        }
+    }
+
+    #[test]
+    fn mqtt_ingest_is_read_with_defaults_and_checked() {
+        let ingest = "[[mqtt.ingest]]\ntopic = \"sites/+/readings\"\ntable = \"Readings\"\n\
+                      columns_from_topic = { \"1\" = \"Site\" }\n";
+        let config = load_text(&format!("[mqtt]\nbroker = \"mqtt://10.0.0.9\"\n{ingest}")).expect("valid");
+        let mqtt = config.mqtt.expect("[mqtt] is set");
+        assert_eq!((mqtt.host.as_str(), mqtt.port, mqtt.batch_messages), ("10.0.0.9", 1883, 1000));
+        assert_eq!(mqtt.routes[0].table, "readings");
+        assert_eq!(mqtt.routes[0].topic_columns, [(1, "site".to_string())]);
+        assert!(load_text("").expect("valid").mqtt.is_none(), "no [mqtt], no ingest");
+        for (text, expected) in [
+            ("[mqtt]\nbroker = \"mqtt://b\"\n".to_string(), "no `[[mqtt.ingest]]`"),
+            (format!("[mqtt]\nbroker = \"mqtts://b\"\n{ingest}"), "TLS"),
+            (format!("[mqtt]\nbroker = \"mqtt://b\"\nbatch_messages = 0\n{ingest}"), "batch_messages"),
+            (format!("[mqtt]\nbroker = \"mqtt://b\"\npassword = \"p\"\n{ingest}"), "without `mqtt.username`"),
+            ("[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"a/#/b\"\ntable = \"t\"\n".into(), "not a topic filter"),
+            (
+                "[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"a/+\"\ntable = \"t\"\n\
+                 columns_from_topic = { \"2\" = \"c\" }\n"
+                    .into(),
+                "no level 2",
+            ),
+            ("[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"a\"\ntable = \"t\"\nunknown_keys = \"drop\"\n".into(), "unknown variant"),
+        ] {
+            let error = format!("{:#}", load_text(&text).unwrap_err());
+            assert!(error.contains(expected), "{text}: {error}");
         }
     }
 

@@ -111,7 +111,19 @@ async fn serve(config: &Config) -> Result<std::thread::JoinHandle<Option<Replica
         memory: edgestore::sql::MemoryPool::new(config.memory_mib << 20),
         running: Arc::default(),
         compaction,
+        mqtt: std::sync::OnceLock::new(),
     });
+    if let Some(mqtt) = &config.mqtt {
+        let client_id = mqtt.client_id.clone().unwrap_or_else(|| format!("edge-{node_id}"));
+        let options = edgestore::sql::ExecOptions {
+            statement_memory_bytes_max: config.statement_memory_mib << 20,
+            pool: node.memory.clone(),
+            interrupt: edgestore::sql::Interrupt::new(),
+        };
+        tracing::info!(broker = %mqtt.host, port = mqtt.port, %client_id, ingests = mqtt.routes.len(), "MQTT ingest starting");
+        let status = crate::mqtt::start(mqtt.clone(), client_id, node.handle.clone(), sync.clone(), options);
+        let _ = node.mqtt.set(status);
+    }
     data_dir::write_runtime_file(&config.data_dir, api_addr)?;
     print_banner(config, node_id, sync_addr, api_addr);
     tracing::info!(node = %node_id, %sync_addr, %api_addr, "node started");

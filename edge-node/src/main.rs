@@ -22,6 +22,7 @@ mod horizon;
 mod identity;
 mod json;
 mod metrics;
+mod mqtt;
 mod peers;
 mod render;
 mod serve;

@@ -63,6 +63,45 @@ pub struct StoreFigures {
     pub compaction: CompactionFigures,
     /// The causal-stability horizon.
     pub horizon: HorizonFigures,
+    /// MQTT ingest, when `[mqtt]` is set.
+    pub mqtt: Option<MqttFigures>,
+}
+
+/// MQTT ingest's figures for a scrape (`mqtt/mod.rs`).
+#[derive(Debug, Default, Clone)]
+pub struct MqttFigures {
+    /// Whether a session with the broker is up.
+    pub connected: bool,
+    /// Sessions established, sessions lost.
+    pub connects: u64,
+    pub disconnects: u64,
+    /// Messages received, rows inserted, rows skipped as duplicates, messages refused.
+    pub messages: u64,
+    pub rows: u64,
+    pub duplicates: u64,
+    pub refused: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Messages received and not yet acknowledged.
+    pub pending: u64,
+}
+
+impl MqttFigures {
+    /// Reads them from the ingest's counters.
+    pub fn of(status: &crate::mqtt::IngestStatus) -> MqttFigures {
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        MqttFigures {
+            connected: status.connected.load(Ordering::Relaxed),
+            connects: load(&status.connects),
+            disconnects: load(&status.disconnects),
+            messages: load(&status.messages),
+            rows: load(&status.rows),
+            duplicates: load(&status.duplicates),
+            refused: load(&status.refused),
+            batches: load(&status.batches),
+            pending: load(&status.pending),
+        }
+    }
 }
 
 /// The causal-stability horizon for a scrape (docs/design.md § "Causal-stability horizon").
@@ -400,8 +439,26 @@ fn horizon_metrics(registry: &mut Registry, horizon: &HorizonFigures) {
     counter(registry, "holders_members_refused", refused, counters.members_refused);
 }
 
+/// MQTT ingest (docs/design.md § MQTT ingest).
+fn mqtt_metrics(registry: &mut Registry, mqtt: &MqttFigures) {
+    gauge(registry, "mqtt_connected", "1 while the MQTT session with the broker is up", mqtt.connected.into());
+    counter(registry, "mqtt_connects", "MQTT sessions established", mqtt.connects);
+    counter(registry, "mqtt_disconnects", "MQTT sessions lost", mqtt.disconnects);
+    counter(registry, "mqtt_messages", "MQTT messages received (redeliveries included)", mqtt.messages);
+    counter(registry, "mqtt_rows", "Rows inserted from MQTT messages", mqtt.rows);
+    let duplicates = "Rows from MQTT messages skipped because their key existed (redeliveries)";
+    counter(registry, "mqtt_duplicate_rows", duplicates, mqtt.duplicates);
+    let refused = "MQTT messages refused and kept as dead letters (edgestore_dead_letters)";
+    counter(registry, "mqtt_refused", refused, mqtt.refused);
+    counter(registry, "mqtt_batches", "MQTT batches committed", mqtt.batches);
+    gauge(registry, "mqtt_pending", "MQTT messages received and not yet acknowledged", mqtt.pending);
+}
+
 fn store_metrics(registry: &mut Registry, store: &StoreFigures) {
     compaction_metrics(registry, store);
+    if let Some(mqtt) = &store.mqtt {
+        mqtt_metrics(registry, mqtt);
+    }
     horizon_metrics(registry, &store.horizon);
     let entries = Family::<TableLabel, Gauge>::default();
     for (table, count) in &store.table_entries {

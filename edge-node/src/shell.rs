@@ -45,7 +45,7 @@ Statements end with ';' and may span several lines. Dot-commands:
   .history TABLE KEY... who changed the row, when, and what, in causal order
                         (KEY: the primary key's values, e.g. .history sensors 10)
   .digest               the state digest (equal on two nodes iff they hold the same data)
-  .status               node id, changes held, pending changes
+  .status               node id, changes held, pending changes, MQTT ingest
   .peers                peers: connection state, lag, last contact, changes exchanged
   .sync                 this node's version vector, each peer's lag, the horizon
   .check                verify the store's integrity
@@ -410,6 +410,9 @@ impl Shell {
                 writeln!(out, "pending:  {}", s["pending_changes"])?;
                 writeln!(out, "peers:    {} connected", s["peers_connected"])?;
                 writeln!(out, "health:   {}", crate::commands::health_line(&s["health"]))?;
+                if !s["mqtt"].is_null() {
+                    writeln!(out, "mqtt:     {}", crate::commands::mqtt_line(&s["mqtt"]))?;
+                }
             }
         }
         Ok(())

@@ -1,0 +1,486 @@
+//! MQTT ingest (`[mqtt]`): the node subscribes to topics on a broker and writes each
+//! message's JSON payload as rows of an ordinary table (docs/design.md § MQTT ingest).
+//!
+//! Two tasks. The connection task keeps one MQTT 3.1.1 session (a persistent session:
+//! `clean_session = false`, QoS 1, manual acknowledgements) and forwards each message with
+//! the client of the connection it arrived on. The batcher gathers up to
+//! `mqtt.batch_messages` messages or `mqtt.batch_ms`, writes them in one job of a group
+//! commit (`store.rs`), and acknowledges them only after that commit is durable: a message
+//! the broker saw acknowledged is in the store, and one that was not is delivered again.
+//!
+//! Every connection gets a new client, so an acknowledgement is only ever sent on the
+//! connection its message arrived on. A packet id is only unique among the messages in
+//! flight on one connection: after a reconnect the broker redelivers the unacknowledged
+//! messages and may give a freed id to a new message, so a late acknowledgement sent on
+//! the new connection could acknowledge a message that is not durable yet. The old
+//! client's channel is closed with its connection, and its late acknowledgements go
+//! nowhere; the broker redelivers those messages, which `store.rs` counts as duplicates.
+
+mod rows;
+mod store;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use edgestore::sql::ExecOptions;
+use edgestore::ReplicaHandle;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode};
+use serde_json::{json, Value as JsonValue};
+use sync_protocol::transport::SyncNode;
+use tokio::sync::mpsc;
+
+pub use rows::{Route, UnknownKeys};
+use store::{Incoming, Statements};
+
+/// The broker's port when `mqtt.broker` names none.
+pub const DEFAULT_PORT: u16 = 1883;
+/// Default `mqtt.batch_messages`.
+pub const DEFAULT_BATCH_MESSAGES: usize = 1000;
+/// Default `mqtt.batch_ms`.
+pub const DEFAULT_BATCH_MS: u64 = 20;
+/// Default `mqtt.keep_alive_s`.
+pub const DEFAULT_KEEP_ALIVE_S: u64 = 30;
+/// Default `mqtt.payload_bytes_max`.
+pub const DEFAULT_PAYLOAD_BYTES_MAX: usize = 256 * 1024;
+/// Largest `mqtt.payload_bytes_max` accepted: a batch holds up to `batch_messages` of them.
+pub const PAYLOAD_BYTES_LIMIT: usize = 16 << 20;
+/// Bytes of a PUBLISH packet besides its payload, at most: fixed header (5), topic length
+/// and topic (2 + 65 535), packet id (2).
+const PACKET_OVERHEAD_BYTES_MAX: usize = 5 + 2 + 65_535 + 2;
+/// Bytes of received, unacknowledged payloads the node holds, at most: past it the
+/// connection is dropped (the broker keeps the messages) and made again once the batcher
+/// has written half of them.
+pub const PENDING_BYTES_MAX: u64 = 64 << 20;
+/// A connection that stayed up this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(10);
+/// Reconnect backoff to the broker, and retry backoff of a batch the store refused:
+/// first delay and cap (ms).
+const BACKOFF_MS: (u64, u64) = (200, 10_000);
+
+/// `[mqtt]`, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// The broker's host name or address.
+    pub host: String,
+    /// The broker's TCP port.
+    pub port: u16,
+    /// The MQTT client id; `None`: `edge-<node id>`.
+    pub client_id: Option<String>,
+    /// User name and password, if the broker wants them.
+    pub credentials: Option<(String, String)>,
+    /// Seconds between keep-alive pings.
+    pub keep_alive_s: u64,
+    /// Messages written in one batch, at most.
+    pub batch_messages: usize,
+    /// How long a batch waits for more messages after its first (ms).
+    pub batch_ms: u64,
+    /// Largest MQTT packet accepted (bytes).
+    pub payload_bytes_max: usize,
+    /// The ingests, in the order they are matched.
+    pub routes: Vec<Route>,
+}
+
+/// Parses `mqtt://host[:port]` (or `tcp://`); `mqtts://` is named as not built.
+pub fn parse_broker(url: &str) -> Result<(String, u16)> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        bail!("{url:?} is not a broker URL: write mqtt://host or mqtt://host:port");
+    };
+    match scheme {
+        "mqtt" | "tcp" => {}
+        "mqtts" | "ssl" | "wss" | "ws" => {
+            bail!("{url:?}: this build speaks MQTT over plain TCP only (mqtt://); TLS and websockets are not built in")
+        }
+        other => bail!("{url:?}: unknown scheme {other:?}; write mqtt://host or mqtt://host:port"),
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        bail!("{url:?} is not a broker URL: write mqtt://host or mqtt://host:port (credentials go in mqtt.username)");
+    }
+    // An IPv6 address is written in brackets: mqtt://[::1]:1883.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && (!host.contains(':') || host.starts_with('[')) => {
+            (host, port.parse::<u16>().with_context(|| format!("{url:?}: {port:?} is not a port"))?)
+        }
+        _ => (rest, DEFAULT_PORT),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{url:?} names no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+/// What the ingest has done, for `GET /v1/status` and the metrics. Counters only grow.
+#[derive(Debug, Default)]
+pub struct IngestStatus {
+    /// Whether a session with the broker is up.
+    pub connected: AtomicBool,
+    /// Whether the broker granted every subscription of the current session.
+    pub subscribed: AtomicBool,
+    /// Sessions established.
+    pub connects: AtomicU64,
+    /// Sessions lost.
+    pub disconnects: AtomicU64,
+    /// Messages received (redeliveries included).
+    pub messages: AtomicU64,
+    /// Rows inserted.
+    pub rows: AtomicU64,
+    /// Rows skipped because their key existed (redeliveries of keyed rows).
+    pub duplicates: AtomicU64,
+    /// Messages refused, kept as dead letters.
+    pub refused: AtomicU64,
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// Messages received and not yet acknowledged.
+    pub pending: AtomicU64,
+    /// Their payload bytes.
+    pub pending_bytes: AtomicU64,
+    /// Retained messages resent on a resumed session, acknowledged and not stored.
+    pub retained_skipped: AtomicU64,
+    /// The last connection or store error, with when it happened (ms).
+    pub last_error: Mutex<Option<(i64, String)>>,
+}
+
+impl IngestStatus {
+    /// The figures as the `mqtt` object of `GET /v1/status`.
+    pub fn json(&self, config: &MqttConfig) -> JsonValue {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let last_error = self.last_error.lock().expect("status lock poisoned").clone();
+        json!({
+            "broker": format!("mqtt://{}:{}", config.host, config.port),
+            "topics": config.routes.iter().map(|r| json!({"topic": r.filter, "table": r.table})).collect::<Vec<_>>(),
+            "connected": self.connected.load(Ordering::Relaxed),
+            "subscribed": self.subscribed.load(Ordering::Relaxed),
+            "connects": load(&self.connects),
+            "disconnects": load(&self.disconnects),
+            "messages": load(&self.messages),
+            "rows": load(&self.rows),
+            "duplicates": load(&self.duplicates),
+            "refused": load(&self.refused),
+            "batches": load(&self.batches),
+            "pending": load(&self.pending),
+            "pending_bytes": load(&self.pending_bytes),
+            "retained_skipped": load(&self.retained_skipped),
+            "last_error": last_error.map(|(at_ms, error)| json!({"at_ms": at_ms, "error": error})),
+        })
+    }
+
+    fn failed(&self, error: String) {
+        *self.last_error.lock().expect("status lock poisoned") = Some((crate::clock::now_ms(), error));
+    }
+}
+
+/// A message and the client of the connection it arrived on (to acknowledge it there).
+struct Delivery {
+    client: AsyncClient,
+    publish: Publish,
+    received_ms: i64,
+}
+
+/// Starts the connection task and the batcher; they run until the runtime stops.
+pub fn start(
+    config: MqttConfig,
+    client_id: String,
+    handle: ReplicaHandle,
+    sync: SyncNode,
+    options: ExecOptions,
+) -> Arc<IngestStatus> {
+    let status = Arc::new(IngestStatus::default());
+    // Unbounded, so that the connection task never waits for the batcher (it must keep
+    // polling its event loop: pings and acknowledgements go out there); what it holds is
+    // bounded by PENDING_BYTES_MAX instead.
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let config = Arc::new(config);
+    tokio::spawn(connection(Arc::clone(&config), client_id, sender, Arc::clone(&status)));
+    let batcher = Batcher { config, handle, sync, options: Arc::new(options), status: Arc::clone(&status) };
+    tokio::spawn(batcher.run(receiver));
+    status
+}
+
+/// Keeps a session with the broker, reconnecting with backoff, and forwards messages.
+async fn connection(
+    config: Arc<MqttConfig>,
+    client_id: String,
+    sender: mpsc::UnboundedSender<Delivery>,
+    status: Arc<IngestStatus>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        // After a connection dropped for holding too much, let the batcher catch up first.
+        while status.pending_bytes.load(Ordering::Relaxed) > PENDING_BYTES_MAX / 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (client, events) = AsyncClient::new(mqtt_options(&config, &client_id), config.batch_messages + 64);
+        let session = Session { config: &config, client, status: &status, sender: &sender };
+        let up_since = session.run(events).await;
+        if sender.is_closed() {
+            return; // The batcher stopped: the node is shutting down.
+        }
+        if up_since.is_some() {
+            status.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        status.connected.store(false, Ordering::Relaxed);
+        status.subscribed.store(false, Ordering::Relaxed);
+        // Only a connection that stayed up resets the backoff: one that a message breaks
+        // at once (the broker resends it on every reconnect) must not spin.
+        if up_since.is_some_and(|since| since.elapsed() >= STABLE_CONNECTION) {
+            backoff.reset();
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// One connection to the broker, with its own client (module doc).
+struct Session<'a> {
+    config: &'a MqttConfig,
+    client: AsyncClient,
+    status: &'a IngestStatus,
+    sender: &'a mpsc::UnboundedSender<Delivery>,
+}
+
+impl Session<'_> {
+    /// Polls the connection until it fails; returns when its session began, if it did.
+    /// Dropping the client and event loop at the end closes the client's channel, so late
+    /// acknowledgements of this connection's messages go nowhere (module doc).
+    async fn run(self, mut events: rumqttc::EventLoop) -> Option<std::time::Instant> {
+        let (config, status) = (self.config, self.status);
+        let mut session: Option<(std::time::Instant, bool)> = None;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    session = Some((std::time::Instant::now(), ack.session_present));
+                    status.connected.store(true, Ordering::Relaxed);
+                    status.connects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(broker = %config.host, port = config.port, session_present = ack.session_present,
+                        "MQTT connected");
+                    // Also on a resumed session: an ingest added to the config since needs it.
+                    let filters =
+                        config.routes.iter().map(|r| rumqttc::SubscribeFilter::new(r.filter.clone(), QoS::AtLeastOnce));
+                    if let Err(error) = self.client.try_subscribe_many(filters) {
+                        status.failed(format!("subscribing: {error}"));
+                        break;
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => self.subscribed(&ack),
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let resumed = session.is_some_and(|(_, resumed)| resumed);
+                    if publish.retain && resumed {
+                        // A retained message resent because the resumed session subscribed
+                        // again: it was taken when first published (or first subscribed).
+                        status.retained_skipped.fetch_add(1, Ordering::Relaxed);
+                        let _ = self.client.try_ack(&publish);
+                        continue;
+                    }
+                    if !self.forward(publish) {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(broker = %config.host, port = config.port, %error, "MQTT connection lost; reconnecting");
+                    status.failed(format!("connection: {error}"));
+                    break;
+                }
+            }
+        }
+        session.map(|(since, _)| since)
+    }
+
+    fn subscribed(&self, ack: &rumqttc::SubAck) {
+        let mut granted = true;
+        for (route, code) in self.config.routes.iter().zip(&ack.return_codes) {
+            if *code == SubscribeReasonCode::Failure {
+                granted = false;
+                tracing::error!(topic = %route.filter, "the broker refused the subscription");
+                self.status.failed(format!("the broker refused the subscription to {}", route.filter));
+            }
+        }
+        self.status.subscribed.store(granted, Ordering::Relaxed);
+    }
+
+    /// Hands a message to the batcher; `false` when the connection must end: the batcher
+    /// is gone, or the node holds more than [`PENDING_BYTES_MAX`] of unacknowledged
+    /// messages (the broker keeps them and redelivers them after the reconnect).
+    fn forward(&self, publish: Publish) -> bool {
+        let bytes = publish.payload.len() as u64;
+        let status = self.status;
+        status.messages.fetch_add(1, Ordering::Relaxed);
+        status.pending.fetch_add(1, Ordering::Relaxed);
+        let held = status.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let delivery = Delivery { client: self.client.clone(), publish, received_ms: crate::clock::now_ms() };
+        if self.sender.send(delivery).is_err() {
+            return false;
+        }
+        if held > PENDING_BYTES_MAX {
+            let error = format!(
+                "the broker sent more unacknowledged messages than the node holds ({} MiB); reconnecting once \
+                 they are written (lower the broker's max_inflight_messages)",
+                PENDING_BYTES_MAX >> 20
+            );
+            tracing::warn!(held, "{error}");
+            status.failed(error);
+            return false;
+        }
+        true
+    }
+}
+
+fn mqtt_options(config: &MqttConfig, client_id: &str) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, &config.host, config.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(config.keep_alive_s))
+        // A packet is its payload, its topic (up to 64 KiB) and a few header bytes: a
+        // payload over payload_bytes_max still arrives, to be refused as a dead letter
+        // rather than break the connection (and come back on every reconnect). Outgoing
+        // packets are acknowledgements and subscriptions.
+        .set_max_packet_size(config.payload_bytes_max + PACKET_OVERHEAD_BYTES_MAX, 64 * 1024);
+    if let Some((user, password)) = &config.credentials {
+        options.set_credentials(user, password);
+    }
+    options
+}
+
+/// Gathers messages into batches, writes them and acknowledges them once durable.
+struct Batcher {
+    config: Arc<MqttConfig>,
+    handle: ReplicaHandle,
+    sync: SyncNode,
+    options: Arc<ExecOptions>,
+    status: Arc<IngestStatus>,
+}
+
+impl Batcher {
+    async fn run(self, mut receiver: mpsc::UnboundedReceiver<Delivery>) {
+        let statements = Arc::new(Statements::default());
+        while let Some(first) = receiver.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.batch_ms);
+            while batch.len() < self.config.batch_messages {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(delivery)) => batch.push(delivery),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.write(batch, &statements).await;
+        }
+    }
+
+    /// Writes `batch` durably and acknowledges what is stored, retrying the rest with
+    /// backoff while the store refuses it.
+    async fn write(&self, batch: Vec<Delivery>, statements: &Arc<Statements>) {
+        let mut remaining = batch;
+        let mut backoff = Backoff::default();
+        while !remaining.is_empty() {
+            let messages: Arc<Vec<Incoming>> = Arc::new(remaining.iter().map(Delivery::incoming).collect());
+            let (handle, config, statements, options) =
+                (self.handle.clone(), Arc::clone(&self.config), Arc::clone(statements), Arc::clone(&self.options));
+            let job = move |replica: &mut edgestore::Replica| {
+                store::write_batch(replica, &config, &messages, &statements, &options)
+            };
+            let failure = match tokio::task::spawn_blocking(move || handle.write_job(job)).await {
+                Ok(Ok(written)) => {
+                    self.count(&written.outcome);
+                    let mut stored = written.stored.iter();
+                    let (done, rest): (Vec<Delivery>, Vec<Delivery>) =
+                        remaining.into_iter().partition(|_| *stored.next().expect("a flag per message"));
+                    self.acknowledge(done).await;
+                    remaining = rest;
+                    written.failure.map(|error| error.to_string())
+                }
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(panic) => Some(format!("the write panicked: {panic}")),
+            };
+            if let Some(error) = failure {
+                tracing::warn!(%error, messages = remaining.len(), "the store refused MQTT messages; retrying them");
+                self.status.failed(format!("store: {error}"));
+                tokio::time::sleep(backoff.next()).await;
+            }
+        }
+    }
+
+    fn count(&self, outcome: &store::BatchOutcome) {
+        self.status.rows.fetch_add(outcome.rows, Ordering::Relaxed);
+        self.status.duplicates.fetch_add(outcome.duplicates, Ordering::Relaxed);
+        self.status.refused.fetch_add(outcome.refused, Ordering::Relaxed);
+        self.status.batches.fetch_add(1, Ordering::Relaxed);
+        if outcome.rows > 0 {
+            self.sync.notify_changed();
+        }
+    }
+
+    /// Acknowledges durable messages, each on the connection it came on.
+    async fn acknowledge(&self, done: Vec<Delivery>) {
+        let bytes: u64 = done.iter().map(|d| d.publish.payload.len() as u64).sum();
+        for delivery in &done {
+            // An error means its connection is gone: the broker redelivers it.
+            let _ = delivery.client.ack(&delivery.publish).await;
+        }
+        self.status.pending.fetch_sub(done.len() as u64, Ordering::Relaxed);
+        self.status.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Delivery {
+    fn incoming(&self) -> Incoming {
+        Incoming {
+            topic: self.publish.topic.clone(),
+            payload: self.publish.payload.to_vec(),
+            received_ms: self.received_ms,
+        }
+    }
+}
+
+/// Doubling delays from [`BACKOFF_MS`]'s first to its cap.
+#[derive(Default)]
+struct Backoff {
+    next_ms: u64,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let delay = self.next_ms.max(BACKOFF_MS.0);
+        self.next_ms = (delay * 2).min(BACKOFF_MS.1);
+        Duration::from_millis(delay)
+    }
+
+    fn reset(&mut self) {
+        self.next_ms = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(parse_broker("mqtt://localhost").unwrap(), ("localhost".into(), 1883));
+        assert_eq!(parse_broker("mqtt://10.0.0.5:1884/").unwrap(), ("10.0.0.5".into(), 1884));
+        assert_eq!(parse_broker("tcp://[::1]:1885").unwrap(), ("::1".into(), 1885));
+        assert_eq!(parse_broker("mqtt://[::1]").unwrap(), ("::1".into(), 1883));
+        for (url, expected) in [
+            ("localhost:1883", "not a broker URL"),
+            ("mqtts://broker", "TLS"),
+            ("http://broker", "unknown scheme"),
+            ("mqtt://broker:http", "not a port"),
+            ("mqtt://user:pw@broker", "credentials"),
+            ("mqtt://", "not a broker URL"),
+        ] {
+            let error = parse_broker(url).unwrap_err().to_string();
+            assert!(error.contains(expected), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..8).map(|_| backoff.next().as_millis() as u64).collect();
+        assert_eq!(delays, [200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::from_millis(200));
+    }
+}
