@@ -91,20 +91,54 @@ class Broker:
                 time.sleep(0.05)
 
     def publish(self, work, sensors):
-        """Starts one mosquitto_pub per sensor, each reading its messages from a file."""
-        procs = []
+        """Starts one mosquitto_pub per sensor, each fed its messages (see Publisher)."""
+        publishers = []
         for sensor, messages in enumerate(sensors):
             path = os.path.join(work, f"pub-{sensor}.txt")
             with open(path, "w") as f:
                 f.writelines(payload(r) + "\n" for r in messages)
-            procs.append(subprocess.Popen(
-                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(self.port), "-q", "1", "-l",
-                 "-t", f"b8/{sensor}/readings"], stdin=open(path, "rb"), stdout=subprocess.DEVNULL))
-        return procs
+            publishers.append(Publisher(self.port, f"b8/{sensor}/readings", path, len(messages)))
+        return publishers
 
     def stop(self):
         self.proc.kill()
         self.proc.wait()
+
+
+class Publisher:
+    """`mosquitto_pub -q 1 -l` fed a file of lines. mosquitto_pub 2.0.11 (Debian 12) exits at
+    the end of its input without sending what it still queues (of 250,000 lines from a file
+    it sent 53,395), so its input stays open until it has printed (`-d`) the broker's PUBACK
+    for every line."""
+
+    def __init__(self, port, topic, path, expected):
+        self.expected, self.acked, self.done = expected, 0, threading.Event()
+        # stdbuf -oL: the last PUBACK lines would wait in its stdout buffer until it exits.
+        self.proc = subprocess.Popen(["stdbuf", "-oL", "mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-l", "-d",
+                                      "-t", topic], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        threading.Thread(target=self._feed, args=(path,), daemon=True).start()
+        threading.Thread(target=self._count, daemon=True).start()
+
+    def _feed(self, path):
+        with open(path, "rb") as f:
+            for line in f:
+                self.proc.stdin.write(line)
+        self.proc.stdin.flush()
+        self.done.wait()
+        self.proc.stdin.close()
+
+    def _count(self):
+        for line in self.proc.stdout:
+            if b"received PUBACK" in line:
+                self.acked += 1
+                if self.acked == self.expected:
+                    self.done.set()
+
+    def wait(self, timeout):
+        if not self.done.wait(timeout):
+            self.proc.kill()
+            raise b7.B7Error(f"the broker acknowledged {self.acked} of {self.expected} messages")
+        self.proc.wait(timeout=60)
 
 
 def wait_for(what, condition, limit_s):
@@ -157,7 +191,7 @@ def run_edgestore(args, work, broker, sensors):
         wait_for("b's digest to equal a's", lambda: status(a)["digest"] == status(b)["digest"], args.limit_s)
         replicated = time.monotonic()
         for p in publishers:
-            p.wait(timeout=60)
+            p.wait(60)
         mqtt = status(a)["mqtt"]
         downsample = timed_query(lambda: a.sql(downsample_sql("time_bucket('5 minutes', ts)"))["rows"])
         a.stop()
@@ -279,7 +313,7 @@ def run_paho_subscriber(args, work, broker, sensors):
             flush()
         seconds = time.monotonic() - t0
         for p in publishers:
-            p.wait(timeout=60)
+            p.wait(60)
     finally:
         client.loop_stop()
         client.disconnect()

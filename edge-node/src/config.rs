@@ -489,6 +489,23 @@ fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
     if config.routes.is_empty() {
         bail!("no `[[mqtt.ingest]]`: name at least one topic and the table its messages go to");
     }
+    if config.port == 0 {
+        bail!("`mqtt.broker` {:?} names port 0", file.broker);
+    }
+    if let Some((user, password)) = &config.credentials {
+        if user.len() > MQTT_STRING_BYTES_MAX || password.len() > MQTT_STRING_BYTES_MAX {
+            bail!("`mqtt.username` and `mqtt.password` are at most {MQTT_STRING_BYTES_MAX} bytes each");
+        }
+    }
+    let mut filters: Vec<&str> = config.routes.iter().map(|r| r.filter.as_str()).collect();
+    let filter_bytes: usize = filters.iter().map(|f| f.len() + 3).sum();
+    if filter_bytes > SUBSCRIBE_BYTES_MAX {
+        bail!("the `[[mqtt.ingest]]` topics take {filter_bytes} bytes together, more than one subscription packet holds ({SUBSCRIBE_BYTES_MAX})");
+    }
+    filters.sort_unstable();
+    if let Some(pair) = filters.windows(2).find(|pair| pair[0] == pair[1]) {
+        bail!("`[[mqtt.ingest]]` topic {:?} is given twice: a message goes to one table", pair[0]);
+    }
     if let Some(id) = &config.client_id {
         if id.is_empty() || id.len() > 256 {
             bail!("`mqtt.client_id` {id:?} must be 1 to 256 bytes");
@@ -513,8 +530,17 @@ fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
     Ok(config)
 }
 
+/// Longest MQTT string (a length-prefixed UTF-8 string, MQTT 3.1.1 § 1.5.3).
+const MQTT_STRING_BYTES_MAX: usize = 65_535;
+/// Bytes every ingest filter takes together in the SUBSCRIBE packet, at most: the
+/// client's outgoing packet limit (64 KiB) less room for the header.
+const SUBSCRIBE_BYTES_MAX: usize = 60 * 1024;
+
 fn resolve_ingest(file: &FileIngest) -> Result<crate::mqtt::Route> {
     let filter = &file.topic;
+    if filter.len() > MQTT_STRING_BYTES_MAX {
+        bail!("`mqtt.ingest` topic of {} bytes is longer than MQTT allows ({MQTT_STRING_BYTES_MAX})", filter.len());
+    }
     if !rumqttc::valid_filter(filter) || filter.starts_with('$') {
         bail!("`mqtt.ingest` topic {filter:?} is not a topic filter (levels split by /, + for one level, # last)");
     }
@@ -532,7 +558,11 @@ fn resolve_ingest(file: &FileIngest) -> Result<crate::mqtt::Route> {
         if !reachable {
             bail!("`mqtt.ingest` of {filter:?}: the topic has {} levels, so it has no level {index}", levels.len());
         }
-        topic_columns.push((index, column.to_ascii_lowercase()));
+        let column = column.to_ascii_lowercase();
+        if topic_columns.iter().any(|(_, taken)| *taken == column) {
+            bail!("`mqtt.ingest` of {filter:?}: two topic levels fill column {column:?}");
+        }
+        topic_columns.push((index, column));
     }
     Ok(crate::mqtt::Route {
         filter: filter.clone(),
@@ -760,6 +790,18 @@ mod tests {
                 "no level 2",
             ),
             ("[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"a\"\ntable = \"t\"\nunknown_keys = \"drop\"\n".into(), "unknown variant"),
+            (format!("[mqtt]\nbroker = \"mqtt://b:0\"\n{ingest}"), "port 0"),
+            (format!("[mqtt]\nbroker = \"mqtt://b\"\n{ingest}{ingest}"), "given twice"),
+            (
+                "[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"+/+\"\ntable = \"t\"\n\
+                 columns_from_topic = { \"0\" = \"c\", \"1\" = \"C\" }\n"
+                    .into(),
+                "two topic levels fill column \"c\"",
+            ),
+            (
+                format!("[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"{}\"\ntable = \"t\"\n", "a".repeat(70_000)),
+                "longer than MQTT allows",
+            ),
         ] {
             let error = format!("{:#}", load_text(&text).unwrap_err());
             assert!(error.contains(expected), "{text}: {error}");

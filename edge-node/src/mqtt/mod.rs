@@ -15,6 +15,8 @@
 //! the new connection could acknowledge a message that is not durable yet. The old
 //! client's channel is closed with its connection, and its late acknowledgements go
 //! nowhere; the broker redelivers those messages, which `store.rs` counts as duplicates.
+//! Messages of a connection that ended and are not written yet are not written at all
+//! (each delivery carries its connection's `alive` flag): the broker redelivers them.
 
 mod rows;
 mod store;
@@ -49,10 +51,13 @@ pub const PAYLOAD_BYTES_LIMIT: usize = 16 << 20;
 /// Bytes of a PUBLISH packet besides its payload, at most: fixed header (5), topic length
 /// and topic (2 + 65 535), packet id (2).
 const PACKET_OVERHEAD_BYTES_MAX: usize = 5 + 2 + 65_535 + 2;
-/// Bytes of received, unacknowledged payloads the node holds, at most: past it the
-/// connection is dropped (the broker keeps the messages) and made again once the batcher
-/// has written half of them.
+/// Bytes of received, unacknowledged messages the node holds, at most (payload, topic and
+/// [`DELIVERY_OVERHEAD_BYTES`] each): past it the connection is dropped (the broker keeps
+/// the messages) and made again once the batcher has written half of them.
 pub const PENDING_BYTES_MAX: u64 = 64 << 20;
+/// What a delivery costs besides its payload and topic, counted against
+/// [`PENDING_BYTES_MAX`], so that empty messages are bounded too.
+const DELIVERY_OVERHEAD_BYTES: u64 = 128;
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Reconnect backoff to the broker, and retry backoff of a batch the store refused:
@@ -135,10 +140,13 @@ pub struct IngestStatus {
     pub batches: AtomicU64,
     /// Messages received and not yet acknowledged.
     pub pending: AtomicU64,
-    /// Their payload bytes.
+    /// Their bytes (payload, topic and overhead).
     pub pending_bytes: AtomicU64,
-    /// Retained messages resent on a resumed session, acknowledged and not stored.
-    pub retained_skipped: AtomicU64,
+    /// Messages that came with the retain flag (stored like any other).
+    pub retained: AtomicU64,
+    /// Messages received on a connection that ended before they were written: not
+    /// written, the broker delivers them again.
+    pub abandoned: AtomicU64,
     /// The last connection or store error, with when it happened (ms).
     pub last_error: Mutex<Option<(i64, String)>>,
 }
@@ -162,7 +170,8 @@ impl IngestStatus {
             "batches": load(&self.batches),
             "pending": load(&self.pending),
             "pending_bytes": load(&self.pending_bytes),
-            "retained_skipped": load(&self.retained_skipped),
+            "retained": load(&self.retained),
+            "abandoned": load(&self.abandoned),
             "last_error": last_error.map(|(at_ms, error)| json!({"at_ms": at_ms, "error": error})),
         })
     }
@@ -175,8 +184,17 @@ impl IngestStatus {
 /// A message and the client of the connection it arrived on (to acknowledge it there).
 struct Delivery {
     client: AsyncClient,
+    /// Whether that connection is still up: a message of one that ended is not written.
+    alive: Arc<AtomicBool>,
     publish: Publish,
     received_ms: i64,
+}
+
+impl Delivery {
+    /// What this delivery counts against [`PENDING_BYTES_MAX`].
+    fn held_bytes(publish: &Publish) -> u64 {
+        (publish.payload.len() + publish.topic.len()) as u64 + DELIVERY_OVERHEAD_BYTES
+    }
 }
 
 /// Starts the connection task and the batcher; they run until the runtime stops.
@@ -213,8 +231,10 @@ async fn connection(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let (client, events) = AsyncClient::new(mqtt_options(&config, &client_id), config.batch_messages + 64);
-        let session = Session { config: &config, client, status: &status, sender: &sender };
+        let alive = Arc::new(AtomicBool::new(true));
+        let session = Session { config: &config, client, alive: Arc::clone(&alive), status: &status, sender: &sender };
         let up_since = session.run(events).await;
+        alive.store(false, Ordering::Release);
         if sender.is_closed() {
             return; // The batcher stopped: the node is shutting down.
         }
@@ -236,6 +256,7 @@ async fn connection(
 struct Session<'a> {
     config: &'a MqttConfig,
     client: AsyncClient,
+    alive: Arc<AtomicBool>,
     status: &'a IngestStatus,
     sender: &'a mpsc::UnboundedSender<Delivery>,
 }
@@ -246,11 +267,11 @@ impl Session<'_> {
     /// acknowledgements of this connection's messages go nowhere (module doc).
     async fn run(self, mut events: rumqttc::EventLoop) -> Option<std::time::Instant> {
         let (config, status) = (self.config, self.status);
-        let mut session: Option<(std::time::Instant, bool)> = None;
+        let mut session: Option<std::time::Instant> = None;
         loop {
             match events.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    session = Some((std::time::Instant::now(), ack.session_present));
+                    session = Some(std::time::Instant::now());
                     status.connected.store(true, Ordering::Relaxed);
                     status.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(broker = %config.host, port = config.port, session_present = ack.session_present,
@@ -265,13 +286,11 @@ impl Session<'_> {
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => self.subscribed(&ack),
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let resumed = session.is_some_and(|(_, resumed)| resumed);
-                    if publish.retain && resumed {
-                        // A retained message resent because the resumed session subscribed
-                        // again: it was taken when first published (or first subscribed).
-                        status.retained_skipped.fetch_add(1, Ordering::Relaxed);
-                        let _ = self.client.try_ack(&publish);
-                        continue;
+                    // A retained message is stored like any other: the broker also sets the
+                    // flag when it redelivers one it sent before (after a kill -9), so
+                    // skipping it could lose it; on a keyed table a resent one is a duplicate.
+                    if publish.retain {
+                        status.retained.fetch_add(1, Ordering::Relaxed);
                     }
                     if !self.forward(publish) {
                         break;
@@ -279,22 +298,36 @@ impl Session<'_> {
                 }
                 Ok(_) => {}
                 Err(error) => {
+                    let error = connection_error(config, &error);
                     tracing::warn!(broker = %config.host, port = config.port, %error, "MQTT connection lost; reconnecting");
-                    status.failed(format!("connection: {error}"));
+                    status.failed(error);
                     break;
                 }
             }
         }
-        session.map(|(since, _)| since)
+        session
     }
 
     fn subscribed(&self, ack: &rumqttc::SubAck) {
         let mut granted = true;
         for (route, code) in self.config.routes.iter().zip(&ack.return_codes) {
-            if *code == SubscribeReasonCode::Failure {
-                granted = false;
-                tracing::error!(topic = %route.filter, "the broker refused the subscription");
-                self.status.failed(format!("the broker refused the subscription to {}", route.filter));
+            match code {
+                SubscribeReasonCode::Failure => {
+                    granted = false;
+                    tracing::error!(topic = %route.filter, "the broker refused the subscription");
+                    self.status.failed(format!("the broker refused the subscription to {}", route.filter));
+                }
+                SubscribeReasonCode::Success(QoS::AtMostOnce) => {
+                    // Messages still arrive, but the broker keeps none for the node: what is
+                    // published while it is away or before a crash's batch commits is lost.
+                    let error = format!(
+                        "the broker granted {} at QoS 0 only: messages are not kept for the node",
+                        route.filter
+                    );
+                    tracing::warn!(topic = %route.filter, "{error}");
+                    self.status.failed(error);
+                }
+                SubscribeReasonCode::Success(_) => {}
             }
         }
         self.status.subscribed.store(granted, Ordering::Relaxed);
@@ -304,12 +337,17 @@ impl Session<'_> {
     /// is gone, or the node holds more than [`PENDING_BYTES_MAX`] of unacknowledged
     /// messages (the broker keeps them and redelivers them after the reconnect).
     fn forward(&self, publish: Publish) -> bool {
-        let bytes = publish.payload.len() as u64;
+        let bytes = Delivery::held_bytes(&publish);
         let status = self.status;
         status.messages.fetch_add(1, Ordering::Relaxed);
         status.pending.fetch_add(1, Ordering::Relaxed);
         let held = status.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let delivery = Delivery { client: self.client.clone(), publish, received_ms: crate::clock::now_ms() };
+        let delivery = Delivery {
+            client: self.client.clone(),
+            alive: Arc::clone(&self.alive),
+            publish,
+            received_ms: crate::clock::now_ms(),
+        };
         if self.sender.send(delivery).is_err() {
             return false;
         }
@@ -327,6 +365,23 @@ impl Session<'_> {
     }
 }
 
+/// A connection error as the operator needs it: a packet over the size limit names the
+/// setting that fixes it (MQTT 3.1.1 cannot tell the broker the limit, and the broker
+/// sends that message first on every reconnect until it is fixed).
+fn connection_error(config: &MqttConfig, error: &rumqttc::ConnectionError) -> String {
+    use rumqttc::{ConnectionError, StateError};
+    match error {
+        ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::PayloadSizeLimitExceeded(bytes))) => {
+            format!(
+                "connection: the broker sent a {bytes}-byte message, over mqtt.payload_bytes_max ({} bytes): \
+                 set the broker's message_size_limit to at most that, or raise payload_bytes_max",
+                config.payload_bytes_max
+            )
+        }
+        other => format!("connection: {other}"),
+    }
+}
+
 fn mqtt_options(config: &MqttConfig, client_id: &str) -> MqttOptions {
     let mut options = MqttOptions::new(client_id, &config.host, config.port);
     options
@@ -334,9 +389,9 @@ fn mqtt_options(config: &MqttConfig, client_id: &str) -> MqttOptions {
         .set_manual_acks(true)
         .set_keep_alive(Duration::from_secs(config.keep_alive_s))
         // A packet is its payload, its topic (up to 64 KiB) and a few header bytes: a
-        // payload over payload_bytes_max still arrives, to be refused as a dead letter
-        // rather than break the connection (and come back on every reconnect). Outgoing
-        // packets are acknowledgements and subscriptions.
+        // payload up to ~64 KiB over payload_bytes_max still arrives, to be refused as a
+        // dead letter; a larger packet breaks the connection (`connection_error`).
+        // Outgoing packets are acknowledgements and subscriptions.
         .set_max_packet_size(config.payload_bytes_max + PACKET_OVERHEAD_BYTES_MAX, 64 * 1024);
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user, password);
@@ -374,7 +429,11 @@ impl Batcher {
     async fn write(&self, batch: Vec<Delivery>, statements: &Arc<Statements>) {
         let mut remaining = batch;
         let mut backoff = Backoff::default();
-        while !remaining.is_empty() {
+        loop {
+            remaining = self.abandon_dead(remaining);
+            if remaining.is_empty() {
+                return;
+            }
             let messages: Arc<Vec<Incoming>> = Arc::new(remaining.iter().map(Delivery::incoming).collect());
             let (handle, config, statements, options) =
                 (self.handle.clone(), Arc::clone(&self.config), Arc::clone(statements), Arc::clone(&self.options));
@@ -414,12 +473,30 @@ impl Batcher {
 
     /// Acknowledges durable messages, each on the connection it came on.
     async fn acknowledge(&self, done: Vec<Delivery>) {
-        let bytes: u64 = done.iter().map(|d| d.publish.payload.len() as u64).sum();
         for delivery in &done {
             // An error means its connection is gone: the broker redelivers it.
             let _ = delivery.client.ack(&delivery.publish).await;
         }
-        self.status.pending.fetch_sub(done.len() as u64, Ordering::Relaxed);
+        self.release(&done);
+    }
+
+    /// Keeps the deliveries whose connection is still up. The others are not written:
+    /// they could not be acknowledged, and the broker delivers them again on the next
+    /// connection (writing them too would store a key-less table's rows twice).
+    fn abandon_dead(&self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        let (alive, dead): (Vec<Delivery>, Vec<Delivery>) =
+            deliveries.into_iter().partition(|d| d.alive.load(Ordering::Acquire));
+        if !dead.is_empty() {
+            self.status.abandoned.fetch_add(dead.len() as u64, Ordering::Relaxed);
+            self.release(&dead);
+        }
+        alive
+    }
+
+    /// Takes `deliveries` off the pending figures.
+    fn release(&self, deliveries: &[Delivery]) {
+        let bytes: u64 = deliveries.iter().map(|d| Delivery::held_bytes(&d.publish)).sum();
+        self.status.pending.fetch_sub(deliveries.len() as u64, Ordering::Relaxed);
         self.status.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 }

@@ -50,7 +50,29 @@ pub struct MessageRows {
 
 /// The first route whose filter matches `topic`.
 pub fn route_of<'r>(routes: &'r [Route], topic: &str) -> Option<&'r Route> {
-    routes.iter().find(|route| rumqttc::matches(topic, &route.filter))
+    routes.iter().find(|route| topic_matches(&route.filter, topic))
+}
+
+/// Whether `topic` matches `filter` by MQTT 3.1.1's rules (§ 4.7): `+` is one level, a
+/// last `#` is any number of levels (also none: `a/#` matches `a`), and a topic starting
+/// with `$` matches no filter here (the config refuses filters that start with `$`).
+/// Not `rumqttc::matches`: it slices the topic's first byte and panics when the first
+/// character is not ASCII, and a topic is the broker's input.
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') {
+        return false;
+    }
+    let mut levels = topic.split('/');
+    for wanted in filter.split('/') {
+        match (wanted, levels.next()) {
+            ("#", _) => return true,
+            (_, None) => return false,
+            ("+", Some(_)) => {}
+            (literal, Some(level)) if literal == level => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_none()
 }
 
 /// The rows `payload` on `topic` gives for `route`'s table, or why it gives none.
@@ -199,6 +221,29 @@ fn first_repeated(columns: &[String]) -> Option<&String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn topics_match_filters_level_by_level() {
+        for (filter, topic, expected) in [
+            ("plant/+/temp", "plant/7/temp", true),
+            ("plant/+/temp", "plant/7/humidity", false),
+            ("plant/+/temp", "plant/temp", false),
+            ("plant/+", "plant/", true),
+            ("plant/#", "plant", true),
+            ("plant/#", "plant/a/b/c", true),
+            ("#", "anything/at/all", true),
+            ("#", "$SYS/broker/load", false),
+            ("+/x", "$SYS/x", false),
+            ("a/b", "a/b/c", false),
+            ("a/b/c", "a/b", false),
+            // Not ASCII: rumqttc::matches panics on a first character like these.
+            ("+/temp", "é/temp", true),
+            ("датчики/+", "датчики/1", true),
+            ("датчики/+", "д", false),
+        ] {
+            assert_eq!(topic_matches(filter, topic), expected, "{filter} ~ {topic}");
+        }
+    }
+
     use super::*;
     use edgestore::ColumnDef;
 

@@ -27,6 +27,10 @@ pub const ROWS_PER_STATEMENT_MAX: usize = 1000;
 const _: () = assert!(rows::ROWS_PER_MESSAGE_MAX <= ROWS_PER_STATEMENT_MAX);
 /// Insert statements kept parsed (one per table, column set and row count seen).
 const STATEMENTS_KEPT_MAX: usize = 256;
+/// Bytes of SQL text the kept statements hold, at most. A parsed statement takes tens of
+/// times its text (a node per placeholder), and batches of varying fill each make their
+/// own row count's statement, so the count alone does not bound the memory.
+const STATEMENT_TEXT_KEPT_MAX: usize = 512 * 1024;
 
 /// One received message.
 #[derive(Clone, Debug)]
@@ -67,19 +71,31 @@ const REFUSALS_LOGGED_MAX: usize = 10;
 
 /// Parsed insert statements by text, shared by the batches of one node.
 #[derive(Default)]
-pub struct Statements(Mutex<HashMap<String, sql::Statement>>);
+pub struct Statements(Mutex<Kept>);
+
+/// The statements and the bytes of their text.
+#[derive(Default)]
+struct Kept {
+    by_text: HashMap<String, sql::Statement>,
+    text_bytes: usize,
+}
 
 impl Statements {
     fn get(&self, text: &str) -> Result<sql::Statement, SqlError> {
         let mut kept = self.0.lock().expect("statement cache poisoned");
-        if let Some(statement) = kept.get(text) {
+        if let Some(statement) = kept.by_text.get(text) {
             return Ok(statement.clone());
         }
         let statement = sql::prepare(text)?;
-        if kept.len() >= STATEMENTS_KEPT_MAX {
-            kept.clear();
+        if text.len() > STATEMENT_TEXT_KEPT_MAX {
+            return Ok(statement); // Used once, not kept.
         }
-        kept.insert(text.to_string(), statement.clone());
+        if kept.by_text.len() >= STATEMENTS_KEPT_MAX || kept.text_bytes + text.len() > STATEMENT_TEXT_KEPT_MAX {
+            *kept = Kept::default();
+        }
+        kept.text_bytes += text.len();
+        kept.by_text.insert(text.to_string(), statement.clone());
+        debug_assert_eq!(kept.text_bytes, kept.by_text.keys().map(String::len).sum::<usize>());
         Ok(statement)
     }
 }
