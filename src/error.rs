@@ -38,6 +38,11 @@ pub enum StorageError {
     /// Every member gets the group's one failure (redb's errors are not `Clone`).
     #[error("commit failed: {0}")]
     GroupCommitFailed(Arc<StorageError>),
+    /// A write panicked (a bug): its open transaction was aborted and the in-memory state
+    /// reloaded; the node goes on. A write job keeps what it had committed before (a job
+    /// may commit several times within its group).
+    #[error("the write stopped on an internal error: {0}")]
+    WritePanicked(String),
     /// The thread that owns the replica has stopped (see `ReplicaHandle`).
     #[error("the replica's owner thread has stopped")]
     Stopped,

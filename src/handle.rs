@@ -191,7 +191,10 @@ impl ReplicaHandle {
     {
         let (reply, answer) = mpsc::sync_channel::<Result<T, E>>(1);
         let job: Job = Box::new(move |replica| {
-            let result = replica.map_err(WriteError::Storage).map_err(E::from).and_then(job);
+            let result = match replica {
+                Err(refusal) => Err(E::from(WriteError::Storage(refusal))),
+                Ok(replica) => contained(replica, job).unwrap_or_else(|e| Err(E::from(WriteError::Storage(e)))),
+            };
             Box::new(move |failure: Option<&Arc<StorageError>>| {
                 let _ = reply.send(match failure {
                     None => result,
@@ -304,7 +307,7 @@ fn pin_durable(shared: &Mutex<Shared>, replica: &Replica) -> Result<(), StorageE
 fn run_member(replica: &mut Replica, member: Request) -> Completion {
     match member {
         Request::Write { batch, now_ms, reply } => {
-            let result = replica.write(batch, now_ms);
+            let result = contained(replica, |replica| replica.write(batch, now_ms)).unwrap_or_else(|e| Err(e.into()));
             Box::new(move |failure: Option<&Arc<StorageError>>| {
                 let _ = reply.send(match failure {
                     None => result,
@@ -315,6 +318,26 @@ fn run_member(replica: &mut Replica, member: Request) -> Completion {
         Request::Job(job) => job(Ok(replica)),
         _ => unreachable!("a group holds writes and jobs only"),
     }
+}
+
+/// Runs `f` on the owner thread with a panic contained: a bug in one write (the SQL
+/// engine's, an ingest's) must not stop the thread every other write of the node needs.
+/// A panic aborts `f`'s open write transaction as it unwinds; `Replica::recover` then
+/// reloads the in-memory state from the committed state, so nothing the aborted
+/// transaction staged survives, and the caller gets [`StorageError::WritePanicked`]. That
+/// makes `AssertUnwindSafe` sound: no object `f` touched is used again unreloaded. What a
+/// job committed before it panicked (non-durably, in its group) stays committed.
+fn contained<T>(replica: &mut Replica, f: impl FnOnce(&mut Replica) -> T) -> Result<T, StorageError> {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *replica)));
+    outcome.map_err(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        tracing::error!(%message, "a write panicked; its transaction is aborted and the state reloaded");
+        replica.recover(StorageError::WritePanicked(message))
+    })
 }
 
 /// Answers a member of a group that did not run with `refusal`.

@@ -86,3 +86,21 @@ fn a_group_members_writes_are_invisible_to_other_readers_until_durable() {
     assert_eq!(seen, (Value::from(7), Value::from(0)));
     assert_eq!(value_of_n(&handle), Value::from(7), "visible once the group is durable and answered");
 }
+
+#[test]
+fn a_write_job_that_panics_fails_alone_and_the_owner_thread_goes_on() {
+    let dir = TempDir::new().expect("temp dir");
+    let mut handle = handle(&dir);
+    let outcome = handle.write_job(|replica: &mut Replica| -> Result<(), edgestore::WriteError> {
+        assert!(replica.snapshot().expect("snapshot").table("t").is_ok(), "the job runs on the replica");
+        panic!("a bug in a write job");
+    });
+    let error = outcome.expect_err("the job panicked");
+    assert!(error.to_string().contains("a bug in a write job"), "{error}");
+    // The thread that every write needs is still there.
+    let done = sql::execute(&mut handle, "UPDATE t SET n = n + 1 WHERE id = 1", &[], 0).expect("update");
+    assert_eq!(done.rows_affected, 1);
+    assert_eq!(value_of_n(&handle), Value::from(1));
+    let problems = handle.call(|r| r.check_integrity().expect("integrity")).expect("call");
+    assert!(problems.is_empty(), "{problems:?}");
+}
