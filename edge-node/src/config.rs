@@ -109,6 +109,8 @@ pub struct FileMqtt {
     pub batch_ms: Option<u64>,
     /// Largest MQTT packet accepted (bytes).
     pub payload_bytes_max: Option<usize>,
+    /// MiB of received messages not yet written that the node holds, at most.
+    pub pending_mib: Option<u64>,
     /// `[[mqtt.ingest]]`.
     #[serde(default)]
     pub ingest: Vec<FileIngest>,
@@ -475,6 +477,10 @@ fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
         (None, Some(_)) => bail!("`mqtt.password` is set without `mqtt.username`"),
         (None, None) => None,
     };
+    let pending_mib = file.pending_mib.unwrap_or(crate::mqtt::DEFAULT_PENDING_MIB);
+    if !(1..=crate::mqtt::PENDING_MIB_LIMIT).contains(&pending_mib) {
+        bail!("`mqtt.pending_mib` {pending_mib} is outside 1..={}", crate::mqtt::PENDING_MIB_LIMIT);
+    }
     let config = MqttConfig {
         host,
         port,
@@ -484,6 +490,7 @@ fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
         batch_messages: file.batch_messages.unwrap_or(crate::mqtt::DEFAULT_BATCH_MESSAGES),
         batch_ms: file.batch_ms.unwrap_or(crate::mqtt::DEFAULT_BATCH_MS),
         payload_bytes_max: file.payload_bytes_max.unwrap_or(crate::mqtt::DEFAULT_PAYLOAD_BYTES_MAX),
+        pending_bytes_max: pending_mib << 20,
         routes: file.ingest.iter().map(resolve_ingest).collect::<Result<_>>()?,
     };
     if config.routes.is_empty() {
@@ -781,6 +788,7 @@ mod tests {
             ("[mqtt]\nbroker = \"mqtt://b\"\n".to_string(), "no `[[mqtt.ingest]]`"),
             (format!("[mqtt]\nbroker = \"mqtts://b\"\n{ingest}"), "TLS"),
             (format!("[mqtt]\nbroker = \"mqtt://b\"\nbatch_messages = 0\n{ingest}"), "batch_messages"),
+            (format!("[mqtt]\nbroker = \"mqtt://b\"\npending_mib = 0\n{ingest}"), "pending_mib"),
             (format!("[mqtt]\nbroker = \"mqtt://b\"\npassword = \"p\"\n{ingest}"), "without `mqtt.username`"),
             ("[mqtt]\nbroker = \"mqtt://b\"\n[[mqtt.ingest]]\ntopic = \"a/#/b\"\ntable = \"t\"\n".into(), "not a topic filter"),
             (

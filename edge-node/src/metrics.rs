@@ -82,8 +82,11 @@ pub struct MqttFigures {
     pub refused: u64,
     /// Batches committed.
     pub batches: u64,
-    /// Messages received and not yet acknowledged.
+    /// Messages received and not yet written, and their bytes.
     pub pending: u64,
+    pub pending_bytes: u64,
+    /// Milliseconds reading was throttled because the node held half of `mqtt.pending_mib`.
+    pub throttled_ms: u64,
 }
 
 impl MqttFigures {
@@ -100,6 +103,8 @@ impl MqttFigures {
             refused: load(&status.refused),
             batches: load(&status.batches),
             pending: load(&status.pending),
+            pending_bytes: load(&status.pending_bytes),
+            throttled_ms: load(&status.throttled_ms),
         }
     }
 }
@@ -451,7 +456,10 @@ fn mqtt_metrics(registry: &mut Registry, mqtt: &MqttFigures) {
     let refused = "MQTT messages refused and kept as dead letters (edgestore_dead_letters)";
     counter(registry, "mqtt_refused", refused, mqtt.refused);
     counter(registry, "mqtt_batches", "MQTT batches committed", mqtt.batches);
-    gauge(registry, "mqtt_pending", "MQTT messages received and not yet acknowledged", mqtt.pending);
+    gauge(registry, "mqtt_pending", "MQTT messages received and not yet written", mqtt.pending);
+    gauge(registry, "mqtt_pending_bytes", "Bytes of MQTT messages received and not yet written", mqtt.pending_bytes);
+    let throttled = "Milliseconds MQTT reading was throttled while the node held half of mqtt.pending_mib";
+    counter(registry, "mqtt_throttled_ms", throttled, mqtt.throttled_ms);
 }
 
 fn store_metrics(registry: &mut Registry, store: &StoreFigures) {

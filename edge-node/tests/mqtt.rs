@@ -7,7 +7,10 @@
 //!   after the broker restarts and ingests what is published after; a topic level that is
 //!   not ASCII fills its column;
 //! - kill -9 while messages stream in: after a restart every message the broker accepted
-//!   is in the table (an acknowledgement to the broker only follows a durable commit).
+//!   is in the table (an acknowledgement to the broker only follows a durable commit);
+//! - a broker that sends without limit (as mosquitto 2.0 does past its
+//!   `max_inflight_messages` to a subscriber that acknowledges steadily) is slowed by the
+//!   node, not cut off: the node holds at most `mqtt.pending_mib` and keeps its session.
 //!
 //! Waiting is for conditions, bounded by a deadline; nothing sleeps to pass.
 
@@ -41,13 +44,18 @@ impl Broker {
     }
 
     fn start_on(dir: &Path, port: u16) -> Broker {
+        Broker::start_with(dir, port, 1000)
+    }
+
+    /// `inflight`: mosquitto's `max_inflight_messages`, 0 for no limit.
+    fn start_with(dir: &Path, port: u16, inflight: u32) -> Broker {
         std::fs::create_dir_all(dir).expect("broker directory");
         // The defaults would drop messages: 20 in flight, 1000 queued for a node away.
         // Started as root (CI), mosquitto would switch to user mosquitto, which cannot
         // write the test's directory: persistence and the log would be off.
         let config = format!(
             "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             max_inflight_messages 1000\nmax_queued_messages 100000\nlog_dest file {}/mosquitto.log\n",
+             max_inflight_messages {inflight}\nmax_queued_messages 100000\nlog_dest file {}/mosquitto.log\n",
             dir.display(),
             dir.display()
         );
@@ -171,11 +179,16 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 /// A data directory whose config ingests `sites/<site>/readings` into `readings` and
 /// `events/<site>` into the key-less `events`.
 fn data_dir(root: &Path, name: &str, broker: &Broker) -> PathBuf {
+    data_dir_with(root, name, broker, "")
+}
+
+/// [`data_dir`] with `mqtt` lines added to its `[mqtt]` section.
+fn data_dir_with(root: &Path, name: &str, broker: &Broker, mqtt: &str) -> PathBuf {
     let path = root.join(name);
     std::fs::create_dir_all(&path).expect("data directory");
     let config = format!(
         "cluster = \"mqtt\"\n[sync]\nkeepalive_ms = 300\nidle_timeout_ms = 1500\n\
-         [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nbatch_ms = 10\n\
+         [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nbatch_ms = 10\n{mqtt}\
          [[mqtt.ingest]]\ntopic = \"sites/+/readings\"\ntable = \"readings\"\ncolumns_from_topic = {{ \"1\" = \"site\" }}\n\
          [[mqtt.ingest]]\ntopic = \"events/+\"\ntable = \"events\"\ncolumns_from_topic = {{ \"1\" = \"site\" }}\n",
         port = broker.port
@@ -331,4 +344,45 @@ fn kill_9_while_ingesting_loses_no_message_the_broker_accepted() {
     );
     assert!(events_rows >= MESSAGES);
     assert_eq!(count(&a, "SELECT COUNT(*) FROM edgestore_dead_letters"), 0);
+}
+
+#[test]
+fn a_broker_that_sends_more_than_the_node_holds_is_slowed_not_cut_off() {
+    const MESSAGES: i64 = 20_000;
+    let dir = tempfile::TempDir::new().expect("temporary directory");
+    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    // No in-flight limit: on the resumed session the broker writes every queued message
+    // at once, some 3.5 MB for a node that holds 1 MiB.
+    let broker = Broker::start_with(&dir.path().join("broker"), port, 0);
+    let data = data_dir_with(dir.path(), "a", &broker, "pending_mib = 1\n");
+    let mut a = start("a", &data, "127.0.0.1:0", "127.0.0.1:0");
+    sql(&a, SCHEMA, json!([]));
+    sql(&a, EVENTS, json!([]));
+    wait_for("a's subscriptions", || mqtt_status(&a)["subscribed"] == json!(true));
+    // The node goes away; the broker queues the messages for its session.
+    a.child.kill().expect("kill -9");
+    a.child.wait().expect("waiting for the killed node");
+    drop(a);
+    broker.publish_all("sites/s1/readings", &readings(0..MESSAGES));
+
+    let a = start("a", &data, "127.0.0.1:0", "127.0.0.1:0");
+    wait_for("every queued message in the table", || count(&a, "SELECT COUNT(*) FROM readings") == MESSAGES);
+    let status = mqtt_status(&a);
+    println!(
+        "{MESSAGES} queued messages after a restart with mqtt.pending_mib = 1: peak held {} bytes of {}, reading \
+         throttled {} ms, {} connects, {} disconnects",
+        status["pending_bytes_peak"],
+        status["pending_bytes_max"],
+        status["throttled_ms"],
+        status["connects"],
+        status["disconnects"]
+    );
+    assert_eq!(status["pending_bytes_max"], json!(1 << 20), "{status}");
+    assert!(status["pending_bytes_peak"].as_u64() <= Some(1 << 20), "the node held more than it may: {status}");
+    // Before the throttle the node cut the connection at the limit, and the broker resent
+    // everything in flight on every reconnect: no progress.
+    assert_eq!((status["connects"].clone(), status["disconnects"].clone()), (json!(1), json!(0)), "{status}");
+    assert_eq!(status["abandoned"], json!(0), "{status}");
+    wait_for("every acknowledgement sent", || mqtt_status(&a)["pending"] == json!(0));
+    drop(broker);
 }

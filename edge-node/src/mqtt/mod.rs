@@ -17,13 +17,23 @@
 //! nowhere; the broker redelivers those messages, which `store.rs` counts as duplicates.
 //! Messages of a connection that ended and are not written yet are not written at all
 //! (each delivery carries its connection's `alive` flag): the broker redelivers them.
+//!
+//! What the node holds is bounded by `mqtt.pending_mib` whatever the broker does
+//! (mosquitto 2.0 sends far more than its `max_inflight_messages` to a subscriber that
+//! acknowledges steadily, and MQTT 3.1.1 gives a client no way to limit it): past half of
+//! it the connection task reads one packet batch per [`THROTTLED_POLL`] until the batcher
+//! has written enough, so the socket's flow control holds the broker back; the batcher
+//! never waits for the connection task (written messages are released before their
+//! acknowledgements are queued, and an acknowledgement that does not fit in the client's
+//! channel waits in [`Link::overflow`]).
 
 mod rows;
 mod store;
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use edgestore::sql::ExecOptions;
@@ -31,7 +41,7 @@ use edgestore::ReplicaHandle;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode};
 use serde_json::{json, Value as JsonValue};
 use sync_protocol::transport::SyncNode;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 pub use rows::{Route, UnknownKeys};
 use store::{Incoming, Statements};
@@ -51,13 +61,21 @@ pub const PAYLOAD_BYTES_LIMIT: usize = 16 << 20;
 /// Bytes of a PUBLISH packet besides its payload, at most: fixed header (5), topic length
 /// and topic (2 + 65 535), packet id (2).
 const PACKET_OVERHEAD_BYTES_MAX: usize = 5 + 2 + 65_535 + 2;
-/// Bytes of received, unacknowledged messages the node holds, at most (payload, topic and
-/// [`DELIVERY_OVERHEAD_BYTES`] each): past it the connection is dropped (the broker keeps
-/// the messages) and made again once the batcher has written half of them.
-pub const PENDING_BYTES_MAX: u64 = 64 << 20;
+/// Default `mqtt.pending_mib`: MiB of received messages not yet written that the node
+/// holds, at most (payload, topic and [`DELIVERY_OVERHEAD_BYTES`] each). Past half of it
+/// reading is throttled; past all of it the connection is dropped (the broker keeps the
+/// messages) and made again once the batcher has written half.
+pub const DEFAULT_PENDING_MIB: u64 = 64;
+/// Largest `mqtt.pending_mib` accepted.
+pub const PENDING_MIB_LIMIT: u64 = 4096;
 /// What a delivery costs besides its payload and topic, counted against
-/// [`PENDING_BYTES_MAX`], so that empty messages are bounded too.
+/// `mqtt.pending_mib`, so that empty messages are bounded too.
 const DELIVERY_OVERHEAD_BYTES: u64 = 128;
+/// While the node holds more than half of `mqtt.pending_mib`, the connection task polls
+/// its event loop (which reads at most 10 packets, or sends one acknowledgement or ping)
+/// once per this, or as soon as the batcher has written enough: reading slows to what the
+/// store writes, and pings and acknowledgements still go out.
+const THROTTLED_POLL: Duration = Duration::from_millis(100);
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(10);
 /// Reconnect backoff to the broker, and retry backoff of a batch the store refused:
@@ -83,6 +101,8 @@ pub struct MqttConfig {
     pub batch_ms: u64,
     /// Largest MQTT packet accepted (bytes).
     pub payload_bytes_max: usize,
+    /// Bytes of received messages not yet written that the node holds, at most.
+    pub pending_bytes_max: u64,
     /// The ingests, in the order they are matched.
     pub routes: Vec<Route>,
 }
@@ -138,10 +158,17 @@ pub struct IngestStatus {
     pub refused: AtomicU64,
     /// Batches committed.
     pub batches: AtomicU64,
-    /// Messages received and not yet acknowledged.
+    /// Messages received and not yet written (or abandoned).
     pub pending: AtomicU64,
     /// Their bytes (payload, topic and overhead).
     pub pending_bytes: AtomicU64,
+    /// The most `pending_bytes` has been.
+    pub pending_bytes_peak: AtomicU64,
+    /// Milliseconds the connection task spent throttled, holding more than half of
+    /// `mqtt.pending_mib`.
+    pub throttled_ms: AtomicU64,
+    /// Signalled whenever the batcher takes messages off `pending_bytes`.
+    released: Notify,
     /// Messages that came with the retain flag (stored like any other).
     pub retained: AtomicU64,
     /// Messages received on a connection that ended before they were written: not
@@ -170,10 +197,35 @@ impl IngestStatus {
             "batches": load(&self.batches),
             "pending": load(&self.pending),
             "pending_bytes": load(&self.pending_bytes),
+            "pending_bytes_peak": load(&self.pending_bytes_peak),
+            "pending_bytes_max": config.pending_bytes_max,
+            "throttled_ms": load(&self.throttled_ms),
             "retained": load(&self.retained),
             "abandoned": load(&self.abandoned),
             "last_error": last_error.map(|(at_ms, error)| json!({"at_ms": at_ms, "error": error})),
         })
+    }
+
+    /// Waits until `pending_bytes` is at most `mark`, or `limit` has passed.
+    async fn wait_below(&self, mark: u64, limit: Option<Duration>) {
+        let below = async {
+            loop {
+                let released = self.released.notified();
+                tokio::pin!(released);
+                // Registered before the check, so a release between the two is not missed.
+                released.as_mut().enable();
+                if self.pending_bytes.load(Ordering::Relaxed) <= mark {
+                    return;
+                }
+                released.await;
+            }
+        };
+        match limit {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, below).await;
+            }
+            None => below.await,
+        }
     }
 
     fn failed(&self, error: String) {
@@ -181,17 +233,54 @@ impl IngestStatus {
     }
 }
 
-/// A message and the client of the connection it arrived on (to acknowledge it there).
-struct Delivery {
+/// One connection to the broker, as its deliveries see it: where their acknowledgements go.
+struct Link {
     client: AsyncClient,
-    /// Whether that connection is still up: a message of one that ended is not written.
-    alive: Arc<AtomicBool>,
+    /// Whether the connection is still up: a message of one that ended is not written.
+    alive: AtomicBool,
+    /// Acknowledgements of written messages that did not fit in the client's request
+    /// channel, oldest first: the connection task moves them there after each event, so
+    /// the batcher never waits for the event loop. At most one per message received on
+    /// the connection and written.
+    overflow: Mutex<VecDeque<(u16, QoS)>>,
+}
+
+impl Link {
+    /// Queues the acknowledgement of a written message, in order, without waiting.
+    fn acknowledge(&self, publish: &Publish) {
+        if !self.alive.load(Ordering::Acquire) {
+            return; // Its connection is gone: the broker redelivers the message.
+        }
+        let mut overflow = self.overflow.lock().expect("overflow lock poisoned");
+        if overflow.is_empty() && self.client.try_ack(publish).is_ok() {
+            return;
+        }
+        overflow.push_back((publish.pkid, publish.qos));
+    }
+
+    /// Moves waiting acknowledgements into the client's channel while it has room.
+    fn flush_overflow(&self) {
+        let mut overflow = self.overflow.lock().expect("overflow lock poisoned");
+        while let Some(&(pkid, qos)) = overflow.front() {
+            let mut ack = Publish::new("", qos, Vec::<u8>::new());
+            ack.pkid = pkid;
+            if self.client.try_ack(&ack).is_err() {
+                return;
+            }
+            overflow.pop_front();
+        }
+    }
+}
+
+/// A message and the connection it arrived on (to acknowledge it there).
+struct Delivery {
+    link: Arc<Link>,
     publish: Publish,
     received_ms: i64,
 }
 
 impl Delivery {
-    /// What this delivery counts against [`PENDING_BYTES_MAX`].
+    /// What this delivery counts against `mqtt.pending_mib`.
     fn held_bytes(publish: &Publish) -> u64 {
         (publish.payload.len() + publish.topic.len()) as u64 + DELIVERY_OVERHEAD_BYTES
     }
@@ -208,7 +297,7 @@ pub fn start(
     let status = Arc::new(IngestStatus::default());
     // Unbounded, so that the connection task never waits for the batcher (it must keep
     // polling its event loop: pings and acknowledgements go out there); what it holds is
-    // bounded by PENDING_BYTES_MAX instead.
+    // bounded by `mqtt.pending_mib` instead.
     let (sender, receiver) = mpsc::unbounded_channel();
     let config = Arc::new(config);
     tokio::spawn(connection(Arc::clone(&config), client_id, sender, Arc::clone(&status)));
@@ -227,14 +316,12 @@ async fn connection(
     let mut backoff = Backoff::default();
     loop {
         // After a connection dropped for holding too much, let the batcher catch up first.
-        while status.pending_bytes.load(Ordering::Relaxed) > PENDING_BYTES_MAX / 2 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        status.wait_below(config.pending_bytes_max / 2, None).await;
         let (client, events) = AsyncClient::new(mqtt_options(&config, &client_id), config.batch_messages + 64);
-        let alive = Arc::new(AtomicBool::new(true));
-        let session = Session { config: &config, client, alive: Arc::clone(&alive), status: &status, sender: &sender };
+        let link = Arc::new(Link { client, alive: AtomicBool::new(true), overflow: Mutex::default() });
+        let session = Session { config: &config, link: Arc::clone(&link), status: &status, sender: &sender };
         let up_since = session.run(events).await;
-        alive.store(false, Ordering::Release);
+        link.alive.store(false, Ordering::Release);
         if sender.is_closed() {
             return; // The batcher stopped: the node is shutting down.
         }
@@ -255,8 +342,7 @@ async fn connection(
 /// One connection to the broker, with its own client (module doc).
 struct Session<'a> {
     config: &'a MqttConfig,
-    client: AsyncClient,
-    alive: Arc<AtomicBool>,
+    link: Arc<Link>,
     status: &'a IngestStatus,
     sender: &'a mpsc::UnboundedSender<Delivery>,
 }
@@ -265,13 +351,16 @@ impl Session<'_> {
     /// Polls the connection until it fails; returns when its session began, if it did.
     /// Dropping the client and event loop at the end closes the client's channel, so late
     /// acknowledgements of this connection's messages go nowhere (module doc).
-    async fn run(self, mut events: rumqttc::EventLoop) -> Option<std::time::Instant> {
+    async fn run(self, mut events: rumqttc::EventLoop) -> Option<Instant> {
         let (config, status) = (self.config, self.status);
-        let mut session: Option<std::time::Instant> = None;
+        let mut session: Option<Instant> = None;
         loop {
-            match events.poll().await {
+            self.throttle().await;
+            let event = events.poll().await;
+            self.link.flush_overflow();
+            match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    session = Some(std::time::Instant::now());
+                    session = Some(Instant::now());
                     status.connected.store(true, Ordering::Relaxed);
                     status.connects.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(broker = %config.host, port = config.port, session_present = ack.session_present,
@@ -279,7 +368,7 @@ impl Session<'_> {
                     // Also on a resumed session: an ingest added to the config since needs it.
                     let filters =
                         config.routes.iter().map(|r| rumqttc::SubscribeFilter::new(r.filter.clone(), QoS::AtLeastOnce));
-                    if let Err(error) = self.client.try_subscribe_many(filters) {
+                    if let Err(error) = self.link.client.try_subscribe_many(filters) {
                         status.failed(format!("subscribing: {error}"));
                         break;
                     }
@@ -333,29 +422,39 @@ impl Session<'_> {
         self.status.subscribed.store(granted, Ordering::Relaxed);
     }
 
+    /// Waits, at most [`THROTTLED_POLL`], while the node holds more than half of
+    /// `mqtt.pending_mib` of messages not yet written (module doc).
+    async fn throttle(&self) {
+        let mark = self.config.pending_bytes_max / 2;
+        if self.status.pending_bytes.load(Ordering::Relaxed) <= mark {
+            return;
+        }
+        let started = Instant::now();
+        self.status.wait_below(mark, Some(THROTTLED_POLL)).await;
+        let waited = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.status.throttled_ms.fetch_add(waited, Ordering::Relaxed);
+    }
+
     /// Hands a message to the batcher; `false` when the connection must end: the batcher
-    /// is gone, or the node holds more than [`PENDING_BYTES_MAX`] of unacknowledged
-    /// messages (the broker keeps them and redelivers them after the reconnect).
+    /// is gone, or the node holds more than `mqtt.pending_mib` of messages not yet
+    /// written although reading is throttled (the broker keeps them and redelivers them
+    /// after the reconnect).
     fn forward(&self, publish: Publish) -> bool {
         let bytes = Delivery::held_bytes(&publish);
         let status = self.status;
         status.messages.fetch_add(1, Ordering::Relaxed);
         status.pending.fetch_add(1, Ordering::Relaxed);
         let held = status.pending_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
-        let delivery = Delivery {
-            client: self.client.clone(),
-            alive: Arc::clone(&self.alive),
-            publish,
-            received_ms: crate::clock::now_ms(),
-        };
+        status.pending_bytes_peak.fetch_max(held, Ordering::Relaxed);
+        let delivery = Delivery { link: Arc::clone(&self.link), publish, received_ms: crate::clock::now_ms() };
         if self.sender.send(delivery).is_err() {
             return false;
         }
-        if held > PENDING_BYTES_MAX {
+        if held > self.config.pending_bytes_max {
             let error = format!(
-                "the broker sent more unacknowledged messages than the node holds ({} MiB); reconnecting once \
-                 they are written (lower the broker's max_inflight_messages)",
-                PENDING_BYTES_MAX >> 20
+                "the node holds {} MiB of messages it has not written yet (mqtt.pending_mib); reconnecting once \
+                 half is written",
+                self.config.pending_bytes_max >> 20
             );
             tracing::warn!(held, "{error}");
             status.failed(error);
@@ -446,7 +545,7 @@ impl Batcher {
                     let mut stored = written.stored.iter();
                     let (done, rest): (Vec<Delivery>, Vec<Delivery>) =
                         remaining.into_iter().partition(|_| *stored.next().expect("a flag per message"));
-                    self.acknowledge(done).await;
+                    self.acknowledge(&done);
                     remaining = rest;
                     written.failure.map(|error| error.to_string())
                 }
@@ -471,13 +570,14 @@ impl Batcher {
         }
     }
 
-    /// Acknowledges durable messages, each on the connection it came on.
-    async fn acknowledge(&self, done: Vec<Delivery>) {
-        for delivery in &done {
-            // An error means its connection is gone: the broker redelivers it.
-            let _ = delivery.client.ack(&delivery.publish).await;
+    /// Acknowledges durable messages, each on the connection it came on. They are
+    /// released first: holding them no longer costs anything but their acknowledgement,
+    /// and a throttled connection task is waiting for exactly that.
+    fn acknowledge(&self, done: &[Delivery]) {
+        self.release(done);
+        for delivery in done {
+            delivery.link.acknowledge(&delivery.publish);
         }
-        self.release(&done);
     }
 
     /// Keeps the deliveries whose connection is still up. The others are not written:
@@ -485,7 +585,7 @@ impl Batcher {
     /// connection (writing them too would store a key-less table's rows twice).
     fn abandon_dead(&self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
         let (alive, dead): (Vec<Delivery>, Vec<Delivery>) =
-            deliveries.into_iter().partition(|d| d.alive.load(Ordering::Acquire));
+            deliveries.into_iter().partition(|d| d.link.alive.load(Ordering::Acquire));
         if !dead.is_empty() {
             self.status.abandoned.fetch_add(dead.len() as u64, Ordering::Relaxed);
             self.release(&dead);
@@ -497,7 +597,9 @@ impl Batcher {
     fn release(&self, deliveries: &[Delivery]) {
         let bytes: u64 = deliveries.iter().map(|d| Delivery::held_bytes(&d.publish)).sum();
         self.status.pending.fetch_sub(deliveries.len() as u64, Ordering::Relaxed);
-        self.status.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let before = self.status.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(before >= bytes, "released more bytes than were held");
+        self.status.released.notify_waiters();
     }
 }
 
