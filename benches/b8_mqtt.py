@@ -200,9 +200,10 @@ def run_edgestore(args, work, broker, sensors):
         downsample = timed_query(lambda: a.sql(downsample_sql("time_bucket('5 minutes', ts)"))["rows"])
         at_ingest = b7.disk_usage(a.data_dir)[0] / args.messages
         waited = b7.wait_compacted(a, args)
+        storage = a.storage_text()
         a.stop()
         return {"rate": args.messages / (ingested - t0), "bytes": at_ingest,
-                "bytes_settled": b7.disk_usage(a.data_dir)[0] / args.messages, "settled_s": waited,
+                "bytes_settled": b7.disk_usage(a.data_dir)[0] / args.messages, "settled_s": waited, "storage": storage,
                 "replication_s": replicated - ingested, "downsample": downsample, "status": mqtt}
     finally:
         a.stop()
@@ -342,6 +343,7 @@ def main():
     print(f"B8 MQTT ingest: {args.messages} one-row messages, {args.publishers} publishers, batches of {args.batch}, "
           f"commit {b7.git_commit()}")
     print(f"edgestore mqtt status: {json.dumps(ours['status'])}")
+    print(f"the MQTT node's storage once settled (edge-node status --storage):\n{ours['storage']}")
     print("| figure | edgestore | reference | ratio |\n|---|---|---|---|")
     for name, ref in [("SQLite FULL, same batches", same), ("mosquitto -> paho -> SQLite FULL", paho)]:
         if ref is None:

@@ -119,6 +119,11 @@ pub fn mqtt_line(mqtt: &serde_json::Value) -> String {
         count("refused"),
         count("pending"),
     );
+    let throttled_ms = count("throttled_ms");
+    if throttled_ms > 0 {
+        // The store writes slower than the broker sends: the node slows its reading.
+        line.push_str(&format!(", reading throttled {:.1} s in all", throttled_ms as f64 / 1000.0));
+    }
     if let (false, Some(error)) = (connected, mqtt["last_error"]["error"].as_str()) {
         line.push_str(&format!(" (last error: {error})"));
     }
@@ -267,5 +272,30 @@ impl FileSize {
 impl std::fmt::Display for FileSize {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} bytes long, {} bytes allocated", self.len, self.allocated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_mqtt_line_names_throttling_and_the_last_error_only_when_there_are_some() {
+        let mut mqtt = json!({
+            "broker": "mqtt://127.0.0.1:1883", "connected": true, "messages": 5, "rows": 4,
+            "duplicates": 1, "refused": 0, "pending": 0, "throttled_ms": 0,
+            "last_error": {"at_ms": 1, "error": "connection refused"},
+        });
+        assert_eq!(
+            super::mqtt_line(&mqtt),
+            "mqtt://127.0.0.1:1883 connected, 5 messages, 4 rows, 1 duplicate rows, 0 refused, 0 pending"
+        );
+        mqtt["throttled_ms"] = json!(2_500);
+        mqtt["connected"] = json!(false);
+        assert_eq!(
+            super::mqtt_line(&mqtt),
+            "mqtt://127.0.0.1:1883 not connected, 5 messages, 4 rows, 1 duplicate rows, 0 refused, 0 pending, \
+             reading throttled 2.5 s in all (last error: connection refused)"
+        );
     }
 }
