@@ -18,6 +18,7 @@ use super::datetime;
 use super::expr::{CastType, CmpOp, Expr};
 use super::func::Func;
 use super::limits::{Limits, EXPR_DEPTH_MAX, SUBQUERY_DEPTH_COST};
+use super::math::MathFunc;
 use super::plan::Scope;
 use super::subquery::{self, Subquery, SubqueryCall, SubqueryKind};
 use super::value::ArithOp;
@@ -383,7 +384,7 @@ fn expression_feature(e: &ast::Expr) -> String {
         E::SimilarTo { .. } | E::RLike { .. } => "SIMILAR TO/REGEXP (use LIKE)",
         E::InUnnest { .. } => "IN UNNEST(...)",
         E::Array(_) => "array literals",
-        E::Ceil { .. } | E::Floor { .. } => "ceil/floor",
+        E::Ceil { .. } | E::Floor { .. } => "ceil/floor with a scale or a date field",
         E::Position { .. } => "POSITION(... IN ...) (use instr)",
         E::Overlay { .. } => "OVERLAY",
         E::IsUnknown(_) | E::IsNotUnknown(_) => "IS UNKNOWN",
@@ -518,6 +519,13 @@ impl<'a> Binder<'a> {
                 Ok(Expr::Func(Func::Substr, args))
             }
             E::Function(f) => self.function(f),
+            // sqlparser gives CEIL(x) and FLOOR(x) their own nodes (for CEIL(x TO field)).
+            E::Ceil { expr, field: ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime) } => {
+                Ok(Expr::Func(Func::Math(MathFunc::Ceil), vec![self.bind(expr)?]))
+            }
+            E::Floor { expr, field: ast::CeilFloorKind::DateTimeField(ast::DateTimeField::NoDateTime) } => {
+                Ok(Expr::Func(Func::Math(MathFunc::Floor), vec![self.bind(expr)?]))
+            }
             E::Trim { trim_where, trim_what, expr, trim_characters } => {
                 let func = match trim_where {
                     Some(ast::TrimWhereField::Leading) => Func::Ltrim,

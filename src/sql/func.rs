@@ -6,6 +6,7 @@ use super::datetime::{self, DateFunc};
 use super::expr::CastType;
 use super::json;
 use super::limits::check_result_bytes;
+use super::math::{self, MathFunc};
 use super::printf;
 use super::realfmt::{real_string, Spec};
 use super::value::{self, Num};
@@ -81,6 +82,8 @@ pub(crate) enum Func {
     /// A date function (`datetime/`). Its first argument is the statement time, put there
     /// by the binder (`Expr::StatementTime`); the SQL arguments follow.
     Date(DateFunc),
+    /// A math function (`math.rs`).
+    Math(MathFunc),
 }
 
 impl Func {
@@ -125,8 +128,11 @@ impl Func {
     /// Looks a function up by (lower-case) name and checks its argument count.
     pub fn lookup(name: &str, args: usize) -> Result<Func, SqlError> {
         let date = || DateFunc::lookup(name).map(|(f, min, max)| (Func::Date(f), min, max));
-        let (func, min, max) =
-            Func::scalar(name).or_else(date).ok_or_else(|| SqlError::UnknownFunction(name.to_string()))?;
+        let math = || math::lookup(name).map(|(f, min, max)| (Func::Math(f), min, max));
+        let (func, min, max) = Func::scalar(name)
+            .or_else(date)
+            .or_else(math)
+            .ok_or_else(|| SqlError::UnknownFunction(name.to_string()))?;
         if args < min || args > max {
             return Err(SqlError::ArgumentCount { function: name.to_string() });
         }
@@ -205,6 +211,7 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
             Some((now, rest)) => datetime::call(f, now, rest)?,
             None => return Err(SqlError::invalid("internal error: a date function without the statement time")),
         },
+        Func::Math(f) => math::call(f, &args),
         Func::Printf => printf::printf(&args)?,
         Func::Char => char_of(&args)?,
         Func::Quote => quote(&args[0])?,

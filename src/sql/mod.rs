@@ -36,6 +36,7 @@ mod insert;
 mod join_order;
 mod json;
 mod limits;
+mod math;
 mod parse;
 mod plan;
 mod printf;
