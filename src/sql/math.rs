@@ -1,7 +1,7 @@
 //! SQLite's math functions (`ceil`, `floor`, `trunc`, `ln`, `log`, `exp`, `pow`, `sqrt`,
 //! `mod`, `pi`, the trigonometric and hyperbolic functions, `degrees`, `radians`), as SQLite
-//! 3.35+ defines them when built with math functions (its CLI and rusqlite's bundled build
-//! are): an argument that is not a number — NULL, a blob, a text that is not a whole
+//! 3.35+ defines them when built with math functions (its CLI is; the tests build rusqlite's
+//! bundled SQLite so, `.cargo/config.toml`): an argument that is not a number — NULL, a blob, a text that is not a whole
 //! number — gives NULL; every result is a REAL except `ceil`/`floor`/`trunc` of an
 //! integer, which return it unchanged; a result that is not a number (`sqrt(-1)`,
 //! `mod(7, 0)`) is NULL; `ln`/`log` of a value ≤ 0 is NULL.
@@ -15,7 +15,7 @@ pub(crate) enum MathFunc {
     Ceil,
     Floor,
     Trunc,
-    /// One of `f64`'s functions of one argument.
+    /// A function of one argument with a REAL result.
     Unary(Unary),
     Ln,
     Log10,
@@ -28,7 +28,8 @@ pub(crate) enum MathFunc {
     Pi,
 }
 
-/// The functions of one argument that are `f64`'s own.
+/// The functions of one argument with a REAL result: `f64`'s own, and the inverse
+/// hyperbolic ones of [`c_math`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Unary {
     Exp,

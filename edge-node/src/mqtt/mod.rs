@@ -107,6 +107,14 @@ pub struct MqttConfig {
     pub routes: Vec<Route>,
 }
 
+impl MqttConfig {
+    /// Bytes held past which reading is throttled, and below which a connection dropped
+    /// for holding too much is made again: half of `pending_bytes_max`.
+    fn throttle_mark(&self) -> u64 {
+        self.pending_bytes_max / 2
+    }
+}
+
 /// Parses `mqtt://host[:port]` (or `tcp://`); `mqtts://` is named as not built.
 pub fn parse_broker(url: &str) -> Result<(String, u16)> {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -316,7 +324,7 @@ async fn connection(
     let mut backoff = Backoff::default();
     loop {
         // After a connection dropped for holding too much, let the batcher catch up first.
-        status.wait_below(config.pending_bytes_max / 2, None).await;
+        status.wait_below(config.throttle_mark(), None).await;
         let (client, events) = AsyncClient::new(mqtt_options(&config, &client_id), config.batch_messages + 64);
         let link = Arc::new(Link { client, alive: AtomicBool::new(true), overflow: Mutex::default() });
         let session = Session { config: &config, link: Arc::clone(&link), status: &status, sender: &sender };
@@ -425,7 +433,7 @@ impl Session<'_> {
     /// Waits, at most [`THROTTLED_POLL`], while the node holds more than half of
     /// `mqtt.pending_mib` of messages not yet written (module doc).
     async fn throttle(&self) {
-        let mark = self.config.pending_bytes_max / 2;
+        let mark = self.config.throttle_mark();
         if self.status.pending_bytes.load(Ordering::Relaxed) <= mark {
             return;
         }
