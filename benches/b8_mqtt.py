@@ -47,12 +47,17 @@ import b7  # noqa: E402  (the Node harness, disk usage, free ports)
 TS_BASE = 1_750_000_000_000
 DDL = ("CREATE TABLE readings (sensor INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER, value REAL, "
        "PRIMARY KEY (sensor, seq))")
+# `--append-only`: the edgestore nodes' table (SQLite keeps DDL, keyed as before).
+DDL_APPEND = ("CREATE TABLE readings (sensor INTEGER NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, "
+              "value REAL) WITH (append_only = true, time_column = 'ts', bucket = 3600000)")
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", type=int, default=200_000, help="messages (one row each), in all")
     p.add_argument("--publishers", type=int, default=4, help="mosquitto_pub processes (one sensor each)")
+    p.add_argument("--append-only", action="store_true",
+                   help="edgestore's table is append-only (DDL_APPEND), SQLite's stays keyed")
     p.add_argument("--batch", type=int, default=1000, help="mqtt.batch_messages, and SQLite's rows per commit")
     p.add_argument("--binary", default=os.path.join(b7.REPO, "target", "release", "edge-node"))
     p.add_argument("--limit-s", type=float, default=1800.0, help="longest wait for an ingest to finish")
@@ -185,7 +190,7 @@ def run_edgestore(args, work, broker, sensors):
     try:
         peer(a, b)
         peer(b, a)
-        a.sql(DDL)
+        a.sql(node_ddl(args))
         wait_for("the subscription", lambda: status(a)["mqtt"]["subscribed"], 60)
         t0 = time.monotonic()
         publishers = broker.publish(work, sensors)
@@ -214,7 +219,7 @@ def run_api(args, work, sensors):
     """The same rows through `POST /v1/sql`, one multi-row INSERT of `--batch` rows per request."""
     node = edge_node(args, work, "edge-api", "")
     try:
-        node.sql(DDL)
+        node.sql(node_ddl(args))
         every = [r for s in sensors for r in s]
         t0 = time.monotonic()
         for start in range(0, len(every), args.batch):
@@ -242,6 +247,10 @@ def timed_query(run, times=5):
         rows = run()
         seconds.append(time.monotonic() - t0)
     return sorted(seconds)[times // 2], rows
+
+
+def node_ddl(args):
+    return DDL_APPEND if args.append_only else DDL
 
 
 def sqlite_open(path):

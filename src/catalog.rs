@@ -427,12 +427,33 @@ fn conflict_of<T: PartialEq>(definitions: &[(T, NodeId)], sql: impl Fn(&T) -> St
 /// statement reads back to the same definition.
 pub fn table_sql(schema: &TableSchema) -> String {
     let mut parts: Vec<String> = schema.visible_columns().map(column_sql).collect();
-    if !schema.rowid {
+    if !schema.rowid && !schema.primary_key.is_empty() {
         parts.push(format!("PRIMARY KEY ({})", schema.primary_key.join(", ")));
     }
     parts.extend(schema.checks.iter().map(check_sql));
     parts.extend(schema.foreign_keys.iter().map(foreign_key_sql));
-    format!("CREATE TABLE {} ({})", schema.name, parts.join(", "))
+    let mut sql = format!("CREATE TABLE {} ({})", schema.name, parts.join(", "));
+    if let Some(options) = &schema.append {
+        sql.push_str(&format!(" WITH ({})", append_options_sql(options)));
+    }
+    sql
+}
+
+/// The `WITH (...)` options of an append-only table, as `CREATE TABLE` reads them back
+/// (durations in the time column's unit: milliseconds for a TIMESTAMP).
+fn append_options_sql(options: &schema::AppendOptions) -> String {
+    let mut parts = vec!["append_only = true".to_string()];
+    if let Some(column) = &options.time_column {
+        parts.push(format!("time_column = '{column}'"));
+    }
+    parts.push(format!("bucket = {}", options.bucket));
+    if let Some(retention) = options.retention {
+        parts.push(format!("retention = {retention}"));
+    }
+    if let Some(max_bytes) = options.max_bytes {
+        parts.push(format!("max_bytes = {max_bytes}"));
+    }
+    parts.join(", ")
 }
 
 fn constraint_name(name: &Option<String>) -> String {

@@ -14,14 +14,18 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
+use crate::append::{self, AppendBatch, AppendFault};
 use crate::codec::{self, CodecError};
 use crate::doc::DocError;
 use crate::keys::{self, KeyError};
 use crate::schema::NAME_BYTES_MAX;
 use crate::types::NodeId;
 
-/// Version byte that starts every encoded envelope.
+/// Version byte that starts every encoded envelope without append batches.
 pub const ENVELOPE_VERSION: u8 = 1;
+/// Version byte of an envelope that carries append batches (operation kind `0x03`):
+/// older builds refuse it by its version instead of misreading it.
+pub const ENVELOPE_VERSION_APPEND: u8 = 2;
 /// Largest encoded envelope accepted, in bytes. Checked before anything is decoded.
 pub const CHANGE_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Most documents one envelope may touch.
@@ -127,7 +131,8 @@ pub struct EnvelopeWire {
     pub time_ms: i64,
     /// Explicit dependencies: `(node id, seq)` sorted by node id, never the origin itself.
     pub deps: Vec<(ByteBuf, u64)>,
-    /// `(encoded document key, automerge change bytes)`, one per document, keys unique.
+    /// `(encoded document key, automerge change bytes)`, one per document, and
+    /// `(append key, append payload)`, one per table incarnation; keys unique.
     pub ops: Vec<(ByteBuf, ByteBuf)>,
 }
 
@@ -139,7 +144,7 @@ pub enum ChangeError {
     #[error("change is {0} bytes, more than the {CHANGE_BYTES_MAX} allowed")]
     TooLarge(usize),
     /// The version byte is not one this build reads.
-    #[error("change format version {0} is not supported (expected {ENVELOPE_VERSION})")]
+    #[error("change format version {0} is not supported (expected {ENVELOPE_VERSION} or {ENVELOPE_VERSION_APPEND})")]
     UnsupportedVersion(u8),
     /// The bytes are not a valid envelope (or batch).
     #[error("malformed change: {0}")]
@@ -151,6 +156,14 @@ pub enum ChangeError {
         doc: usize,
         /// What went wrong.
         reason: DocChangeFault,
+    },
+    /// An append batch inside is malformed.
+    #[error("malformed append batch {op}: {reason}")]
+    BadAppend {
+        /// Index of the operation in the envelope.
+        op: usize,
+        /// What went wrong.
+        reason: AppendFault,
     },
     /// An automerge change claims an author other than the envelope's origin.
     #[error("forged change: envelope origin {origin} but automerge actor {actor}")]
@@ -182,9 +195,14 @@ pub enum Malformation {
     /// No document change, or more than [`CHANGE_DOCS_MAX`].
     #[error("a change touches 1 to CHANGE_DOCS_MAX documents")]
     DocCount,
-    /// Two document changes of the envelope name one document.
+    /// Two document changes of the envelope name one document, or two append batches one
+    /// table incarnation.
     #[error("a document appears twice")]
     DocTwice,
+    /// The version byte does not match the content: version 2 exactly when the envelope
+    /// carries an append batch.
+    #[error("an envelope carries append batches exactly when its version is 2")]
+    VersionMismatch,
     /// More than [`CHANGE_DEPS_MAX`] dependencies.
     #[error("too many dependencies")]
     TooManyDeps,
@@ -269,6 +287,8 @@ pub struct VerifiedChange {
     pub deps: Vec<(NodeId, u64)>,
     /// Document changes.
     pub ops: Vec<DocChange>,
+    /// Rows appended to append-only tables, one batch per table incarnation.
+    pub appends: Vec<AppendBatch>,
     /// blake3 of `bytes`: two envelopes with the same key and hash are the same change.
     pub hash: [u8; 32],
     /// The encoded envelope, exactly as received.
@@ -282,7 +302,7 @@ impl VerifiedChange {
             return Err(ChangeError::TooLarge(bytes.len()));
         }
         let (&version, body) = bytes.split_first().ok_or(ChangeError::Malformed(Malformation::Empty))?;
-        if version != ENVELOPE_VERSION {
+        if version != ENVELOPE_VERSION && version != ENVELOPE_VERSION_APPEND {
             return Err(ChangeError::UnsupportedVersion(version));
         }
         let wire: EnvelopeWire = codec::decode(body).map_err(|e| ChangeError::Malformed(e.into()))?;
@@ -295,16 +315,28 @@ impl VerifiedChange {
             return Err(ChangeError::Malformed(Malformation::DocCount));
         }
         let mut ops = Vec::with_capacity(wire.ops.len());
+        let mut appends = Vec::new();
         for (doc, (key, change)) in wire.ops.into_iter().enumerate() {
-            ops.push(verify_doc_change(origin, doc, &key, change.into_vec())?);
+            if append::is_append_key(&key) {
+                let batch =
+                    AppendBatch::decode(&key, &change).map_err(|reason| ChangeError::BadAppend { op: doc, reason })?;
+                appends.push(batch);
+            } else {
+                ops.push(verify_doc_change(origin, doc, &key, change.into_vec())?);
+            }
+        }
+        if appends.is_empty() != (version == ENVELOPE_VERSION) {
+            return Err(ChangeError::Malformed(Malformation::VersionMismatch));
         }
         let mut keys: Vec<&DocKey> = ops.iter().map(|op| &op.key).collect();
         keys.sort();
-        if keys.windows(2).any(|w| w[0] == w[1]) {
+        let mut tables: Vec<(&str, u64)> = appends.iter().map(|a| (a.table.as_str(), a.epoch)).collect();
+        tables.sort();
+        if keys.windows(2).any(|w| w[0] == w[1]) || tables.windows(2).any(|w| w[0] == w[1]) {
             return Err(ChangeError::Malformed(Malformation::DocTwice));
         }
         let hash = *blake3::hash(&bytes).as_bytes();
-        Ok(VerifiedChange { origin, seq: wire.seq, time_ms: wire.time_ms, deps, ops, hash, bytes })
+        Ok(VerifiedChange { origin, seq: wire.seq, time_ms: wire.time_ms, deps, ops, appends, hash, bytes })
     }
 
     /// Encodes a locally made change and verifies it, so local and remote changes share
@@ -315,12 +347,11 @@ impl VerifiedChange {
         time_ms: i64,
         deps: &[(NodeId, u64)],
         ops: Vec<DocChange>,
+        appends: Vec<AppendBatch>,
     ) -> VerifiedChange {
         assert!(seq > 0, "a node's changes are numbered from 1");
-        assert!(
-            !ops.is_empty() && ops.len() <= CHANGE_DOCS_MAX,
-            "a local change touches 1..=CHANGE_DOCS_MAX documents"
-        );
+        let count = ops.len() + appends.len();
+        assert!(count > 0 && count <= CHANGE_DOCS_MAX, "a local change has 1..=CHANGE_DOCS_MAX operations");
         debug_assert!(
             deps.windows(2).all(|w| w[0].0 < w[1].0) && deps.iter().all(|(n, s)| *n != origin && *s > 0),
             "dependencies are sorted, of other nodes, and at seq >= 1 (what decode requires)"
@@ -333,12 +364,14 @@ impl VerifiedChange {
             ops: ops
                 .iter()
                 .map(|op| (ByteBuf::from(op.key.encode()), ByteBuf::from(op.change.raw_bytes().to_vec())))
+                .chain(appends.iter().map(|a| (ByteBuf::from(a.key()), ByteBuf::from(a.payload()))))
                 .collect(),
         };
-        let mut bytes = vec![ENVELOPE_VERSION];
+        let version = if appends.is_empty() { ENVELOPE_VERSION } else { ENVELOPE_VERSION_APPEND };
+        let mut bytes = vec![version];
         bytes.extend(codec::encode(&wire));
         let hash = *blake3::hash(&bytes).as_bytes();
-        let change = VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, hash, bytes };
+        let change = VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, appends, hash, bytes };
         #[cfg(debug_assertions)]
         change.shadow_check_decodes();
         change
@@ -358,6 +391,7 @@ impl VerifiedChange {
             "a local change decodes to itself"
         );
         assert!(decoded.ops.iter().map(|op| &op.key).eq(self.ops.iter().map(|op| &op.key)), "same documents");
+        assert_eq!(decoded.appends, self.appends, "same appended rows");
     }
 }
 

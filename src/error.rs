@@ -512,6 +512,15 @@ pub enum WriteError {
         /// Values given.
         got: usize,
     },
+    /// An operation an append-only table does not take: its rows are never updated or
+    /// deleted one by one (docs/design.md § Append-only tables and retention).
+    #[error("table {table} is append-only: {what}")]
+    AppendOnly {
+        /// The table.
+        table: String,
+        /// What it refuses.
+        what: &'static str,
+    },
     /// An update tried to change a primary-key column.
     #[error("cannot update primary-key column {table}.{column}; delete and insert instead")]
     PrimaryKeyUpdate {

@@ -72,7 +72,24 @@ fn same_values(a: &[Value], b: &[Value]) -> bool {
 
 /// Decodes a record.
 pub fn decode(mut input: &[u8]) -> Result<Vec<Value>, RecordError> {
-    let count = take_varint(&mut input)?;
+    let values = decode_front(&mut input)?;
+    if !input.is_empty() {
+        return Err(RecordError("trailing bytes"));
+    }
+    Ok(values)
+}
+
+/// Decodes the record at the front of `input` and advances past it (records laid end to
+/// end: an append batch, a block).
+pub(crate) fn decode_front(input: &mut &[u8]) -> Result<Vec<Value>, RecordError> {
+    let mut rest = *input;
+    let values = decode_values(&mut rest)?;
+    *input = rest;
+    Ok(values)
+}
+
+fn decode_values(input: &mut &[u8]) -> Result<Vec<Value>, RecordError> {
+    let count = take_varint(input)?;
     // Each value takes at least one byte: a count larger than the input is a lie.
     if count > input.len() as u64 {
         return Err(RecordError("column count exceeds record length"));
@@ -80,33 +97,30 @@ pub fn decode(mut input: &[u8]) -> Result<Vec<Value>, RecordError> {
     let mut values = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let (&tag, rest) = input.split_first().ok_or(RecordError("truncated"))?;
-        input = rest;
+        *input = rest;
         let value = match tag {
             TAG_NULL => Value::Null,
-            TAG_INTEGER => Value::Integer(unzigzag(take_varint(&mut input)?)),
-            TAG_TIMESTAMP => Value::Timestamp(unzigzag(take_varint(&mut input)?)),
+            TAG_INTEGER => Value::Integer(unzigzag(take_varint(input)?)),
+            TAG_TIMESTAMP => Value::Timestamp(unzigzag(take_varint(input)?)),
             TAG_REAL => {
-                let bytes = take(&mut input, 8)?;
+                let bytes = take(input, 8)?;
                 Value::Real(f64::from_le_bytes(bytes.try_into().expect("took 8 bytes")))
             }
             TAG_FALSE => Value::Boolean(false),
             TAG_TRUE => Value::Boolean(true),
             TAG_TEXT => {
-                let len = take_varint(&mut input)?;
-                let bytes = take(&mut input, len)?;
+                let len = take_varint(input)?;
+                let bytes = take(input, len)?;
                 let text = std::str::from_utf8(bytes).map_err(|_| RecordError("bad utf-8"))?;
                 Value::Text(text.to_string())
             }
             TAG_BLOB => {
-                let len = take_varint(&mut input)?;
-                Value::Blob(take(&mut input, len)?.to_vec())
+                let len = take_varint(input)?;
+                Value::Blob(take(input, len)?.to_vec())
             }
             _ => return Err(RecordError("unknown tag")),
         };
         values.push(value);
-    }
-    if !input.is_empty() {
-        return Err(RecordError("trailing bytes"));
     }
     debug_assert_eq!(values.len() as u64, count, "a decoded record has the count it declares");
     Ok(values)

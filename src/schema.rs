@@ -184,6 +184,40 @@ pub struct TableSchema {
     /// by the writer (see docs/design.md § Tables without a primary key).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rowid: bool,
+    /// An append-only table: rows are immutable values in a grow-only set, stored in
+    /// blocks instead of documents (docs/design.md § Append-only tables and retention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<AppendOptions>,
+}
+
+/// The options of an append-only table, from `CREATE TABLE ... WITH (append_only = true,
+/// ...)`. Part of the definition, so every node splits rows into the same buckets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendOptions {
+    /// The `TIMESTAMP` or `INTEGER` column rows are bucketed and ranged by; `None`: every
+    /// row lies in bucket 0.
+    pub time_column: Option<String>,
+    /// Width of a bucket in the time column's unit (ms for a `TIMESTAMP`), ≥ 1.
+    pub bucket: i64,
+    /// How long rows are kept, a whole number of buckets; `None`: forever. Stored and
+    /// shown; not yet enforced (issue 11 stage 3).
+    pub retention: Option<i64>,
+    /// A disk budget for the table's blocks, ≥ 1 MiB. Stored and shown; not yet enforced.
+    pub max_bytes: Option<u64>,
+}
+
+/// The bucket width of an append-only table that names none: one hour of a `TIMESTAMP`.
+pub const APPEND_BUCKET_DEFAULT: i64 = 3_600_000;
+/// The smallest `max_bytes` an append-only table accepts.
+pub const APPEND_MAX_BYTES_MIN: u64 = 1 << 20;
+
+impl AppendOptions {
+    /// The start of the bucket that holds time `ts`: the greatest multiple of the bucket
+    /// width not above it (so negative times bucket as positive ones do).
+    pub fn bucket_start(&self, ts: i64) -> i64 {
+        debug_assert!(self.bucket >= 1, "validated: a bucket is at least one unit wide");
+        ts.div_euclid(self.bucket) * self.bucket
+    }
 }
 
 /// First character of a column name that SQL name resolution never matches: a dropped
@@ -290,6 +324,7 @@ impl TableSchema {
             checks: Vec::new(),
             foreign_keys: Vec::new(),
             rowid: false,
+            append: None,
         }
     }
 
@@ -413,6 +448,9 @@ impl TableSchema {
             self.validate_default(i)?;
         }
         self.validate_ids()?;
+        if self.append.is_some() {
+            return self.validate_append();
+        }
         self.primary_key = validate_key(&self.name, &self.primary_key, &self.columns)?;
         for i in self.primary_key_indexes() {
             if self.columns[i].ty == ColumnType::Counter {
@@ -427,6 +465,61 @@ impl TableSchema {
         self.validate_checks()?;
         self.validate_foreign_keys()?;
         Ok(self)
+    }
+
+    /// An append-only table: no key (rows are identified by the envelope that carried
+    /// them), no hidden identity, no COUNTER (rows are never updated), no added columns
+    /// yet, and a `NOT NULL` time column of a type that orders as time.
+    fn validate_append(mut self) -> Result<TableSchema, SchemaError> {
+        let bad = |reason: String| SchemaError::BadKey { object: self.name.clone(), reason };
+        let options = self.append.clone().expect("called for append-only tables");
+        if !self.primary_key.is_empty() {
+            return Err(bad("an append-only table has no PRIMARY KEY (deduplication keys are not built yet)".into()));
+        }
+        if self.rowid || self.altered() {
+            return Err(bad("an append-only table has neither a hidden row identity nor altered columns".into()));
+        }
+        if let Some(c) = self.columns.iter().find(|c| c.ty == ColumnType::Counter) {
+            return Err(bad(format!(
+                "column {}: an append-only table's rows are never updated, so no COUNTER",
+                c.name
+            )));
+        }
+        if options.bucket < 1 {
+            return Err(bad("an append-only table's bucket is at least 1".into()));
+        }
+        if options.retention.is_some_and(|r| r < options.bucket || r % options.bucket != 0) {
+            return Err(bad("retention is a whole number (at least 1) of buckets".into()));
+        }
+        if options.max_bytes.is_some_and(|b| b < APPEND_MAX_BYTES_MIN) {
+            return Err(bad(format!("max_bytes is at least {APPEND_MAX_BYTES_MIN}")));
+        }
+        match &options.time_column {
+            Some(name) => {
+                let name = normalize_name(name)?;
+                let Some(i) = self.column_index(&name) else {
+                    return Err(bad(format!("time_column {name} is not a column")));
+                };
+                let column = &mut self.columns[i];
+                if !matches!(column.ty, ColumnType::Timestamp | ColumnType::Integer) {
+                    return Err(bad(format!("time_column {name} is {}, not TIMESTAMP or INTEGER", column.ty)));
+                }
+                column.not_null = true;
+                self.append.as_mut().expect("checked").time_column = Some(name);
+            }
+            None if options.retention.is_some() || options.max_bytes.is_some() => {
+                return Err(bad("retention and max_bytes need a time_column".into()));
+            }
+            None => {}
+        }
+        self.validate_checks()?;
+        self.validate_foreign_keys()?;
+        Ok(self)
+    }
+
+    /// The position of an append-only table's time column.
+    pub fn time_column_index(&self) -> Option<usize> {
+        self.column_index(self.append.as_ref()?.time_column.as_deref()?)
     }
 
     /// A table without a key has exactly the identity that [`TableSchema::without_key`]

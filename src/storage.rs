@@ -54,6 +54,9 @@ pub const DIGEST: TableDefinition<&[u8], &[u8]> = TableDefinition::new("digest_v
 /// What each member of the cluster is known to hold: member → u64 BE last-heard ms ‖ CBOR
 /// version vector (see `replica/holders.rs`).
 pub const HOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("holders_v1");
+/// The rows of append-only tables: name ‖ epoch u64 BE ‖ bucket start ‖ origin ‖ seq u64
+/// BE ‖ part u16 BE → block (see `replica/append.rs`).
+pub const APPEND_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("append_blocks_v1");
 
 /// Node-local dead letters: u64 sequence → packed CBOR `DeadLetter` (not replicated,
 /// not backed up; `replica/dead_letters.rs`).
@@ -94,6 +97,7 @@ pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(PENDING)?;
     txn.open_table(DIGEST)?;
     txn.open_table(HOLDERS)?;
+    txn.open_table(APPEND_BLOCKS)?;
     txn.open_table(DEAD_LETTERS)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use automerge::transaction::Transactable;
 use automerge::{ActorId, AutoCommit, ScalarValue, ROOT};
-use edgestore::change::{DocKey, EnvelopeWire, CHANGE_BYTES_MAX, ENVELOPE_VERSION};
+use edgestore::change::{DocKey, EnvelopeWire, Malformation, CHANGE_BYTES_MAX, ENVELOPE_VERSION};
 use edgestore::{
     ApplyError, ApplyReport, ChangeError, ColumnDef, ColumnType, IndexSchema, NodeId, Replica, StateDigest,
     TableSchema, Value, VerifiedChange, VersionVector, WriteBatch,
@@ -297,8 +297,12 @@ fn undecodable_changes_are_refused_with_typed_errors() {
         case("version byte 0", vec![[&[0], &good[1..]].concat()], |e| {
             matches!(e, ApplyError::Invalid { index: 0, source: ChangeError::UnsupportedVersion(0) })
         }),
-        case("version byte 2", vec![[&[2], &good[1..]].concat()], |e| {
-            matches!(e, ApplyError::Invalid { index: 0, source: ChangeError::UnsupportedVersion(2) })
+        // Version 2 is that of envelopes with append batches: one without is malformed.
+        case("version byte 2 without an append batch", vec![[&[2], &good[1..]].concat()], |e| {
+            matches!(e, ApplyError::Invalid { index: 0, source: ChangeError::Malformed(Malformation::VersionMismatch) })
+        }),
+        case("version byte 3", vec![[&[3], &good[1..]].concat()], |e| {
+            matches!(e, ApplyError::Invalid { index: 0, source: ChangeError::UnsupportedVersion(3) })
         }),
         case("garbage text", vec![b"\x01this is not an envelope".to_vec()], malformed),
         case("CBOR of another shape", vec![[&[1u8][..], &serde_cbor::to_vec(&"hello").unwrap()].concat()], malformed),

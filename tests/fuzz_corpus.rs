@@ -25,7 +25,7 @@ use common::{log_of, node, open};
 
 /// Files `regenerate_seed_corpus` writes. The replay must see at least this many inputs,
 /// so a missing or emptied corpus fails instead of passing vacuously.
-const SEED_FILES: usize = 35;
+const SEED_FILES: usize = 36;
 /// Seed files are named `seed-<blake3 of the content>`; fuzzer-found inputs by their SHA-1.
 const SEED_PREFIX: &str = "seed-";
 
@@ -74,6 +74,20 @@ fn table_t() -> TableSchema {
 }
 
 /// A table with every column type, a composite key, defaults and NOT NULL.
+/// An append-only table bucketed by `at` (one bucket per hour).
+fn table_log() -> TableSchema {
+    let mut schema = TableSchema::new("log")
+        .column(ColumnDef::new("at", ColumnType::Timestamp).not_null())
+        .column(ColumnDef::new("msg", ColumnType::Text));
+    schema.append = Some(edgestore::schema::AppendOptions {
+        time_column: Some("at".into()),
+        bucket: 3_600_000,
+        retention: None,
+        max_bytes: None,
+    });
+    schema
+}
+
 fn table_wide() -> TableSchema {
     TableSchema::new("wide")
         .column(ColumnDef::new("site", ColumnType::Text))
@@ -169,6 +183,13 @@ fn seed_envelopes() -> Vec<(Vec<u8>, bool)> {
                 .increment("t", vec![2.into()], "n", 1)
                 .delete("t", vec![1.into()])
                 .create_index(IndexSchema::new("by_n", "t", &["n"])),
+        ),
+        // An append-only table and its rows: an envelope of version 2 with a batch (kind 0x03).
+        (
+            40,
+            (0..6).fold(WriteBatch::new().create_table(table_log()), |b, i| {
+                b.insert("log", [("at", Value::Timestamp(i * 1_000_000)), ("msg", Value::from(format!("m{i}")))])
+            }),
         ),
     ];
     for (n, batch) in one_batch {

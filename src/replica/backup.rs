@@ -23,7 +23,7 @@ use crate::version_vector::VersionVector;
 pub const BACKUP_TXN_ENTRIES_MAX: u64 = 50_000;
 
 /// Every table `write_copy` copies, by name.
-const COPIED_TABLES: [&str; 12] = [
+const COPIED_TABLES: [&str; 13] = [
     "meta_v1",
     "catalog_v1",
     "docs_v1",
@@ -36,6 +36,7 @@ const COPIED_TABLES: [&str; 12] = [
     "versions_v1",
     "pending_v1",
     "digest_v1",
+    "append_blocks_v1",
 ];
 
 /// Tables a backup leaves out on purpose: a restored store is a new member (a new node
@@ -181,7 +182,14 @@ impl Snapshot {
             version_vector: Snapshot::version_vector_of(txn)?,
         };
         report.entries = report.rows + report.changes + report.pending_changes + report.documents;
-        for table in [storage::CATALOG, storage::DOCS, storage::DOC_TAIL, storage::CONFLICTS, storage::DIGEST] {
+        for table in [
+            storage::CATALOG,
+            storage::DOCS,
+            storage::DOC_TAIL,
+            storage::CONFLICTS,
+            storage::DIGEST,
+            storage::APPEND_BLOCKS,
+        ] {
             report.entries += copy_table(txn, &db, table)?;
         }
         report.entries += copy_table(txn, &db, storage::INDEXES)?;

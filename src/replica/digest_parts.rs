@@ -32,6 +32,10 @@ const PART_HEADS: u8 = 1;
 const PART_ROWS: u8 = 2;
 /// Part kind: one table's recorded conflicts (key ‖ encoded table name).
 const PART_CONFLICTS: u8 = 3;
+/// Part kind: the rows of one bucket of an append-only table (key ‖ encoded table name ‖
+/// order-preserving bucket start); entries are rows, the hash the XOR of their
+/// `append::row_hash`es.
+const PART_APPEND: u8 = 4;
 
 /// Bytes of an encoded part: entries u64 LE ‖ bytes u64 LE ‖ 32-byte XOR.
 const PART_VALUE_BYTES: usize = 48;
@@ -136,7 +140,7 @@ pub(crate) struct DigestDelta {
 impl DigestDelta {
     fn record(&mut self, part: Vec<u8>, hash: &[u8; 32], bytes: usize, sign: i64) {
         debug_assert!(sign == 1 || sign == -1, "an entry is added or removed once");
-        debug_assert!(matches!(part.first(), Some(&(PART_CATALOG..=PART_CONFLICTS))), "a known part kind");
+        debug_assert!(matches!(part.first(), Some(&(PART_CATALOG..=PART_APPEND))), "a known part kind");
         let delta = self.parts.entry(part).or_default();
         delta.entries += sign;
         delta.bytes += sign * bytes as i64;
@@ -179,6 +183,35 @@ impl DigestDelta {
     /// A `conflicts_v1` entry changed.
     pub fn conflicts(&mut self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Result<(), StorageError> {
         self.replace(conflicts_entry, key, old, new)
+    }
+
+    /// A block of `rows` rows whose hashes XOR to `xor` and whose key and value take
+    /// `bytes` was added (`sign` 1) to or removed (-1) from bucket `bucket` of `table`.
+    pub fn append_block(&mut self, table: &str, bucket: i64, rows: u64, xor: &[u8; 32], bytes: usize, sign: i64) {
+        debug_assert!(sign == 1 || sign == -1, "a block is added or removed once");
+        let delta = self.parts.entry(append_part(table, Some(bucket))).or_default();
+        delta.entries += sign * rows as i64;
+        delta.bytes += sign * bytes as i64;
+        xor_into(&mut delta.xor, xor);
+    }
+
+    /// Every block of append-only table `table` was removed: its bucket parts in
+    /// `digest` and those this transaction made are reset.
+    pub fn clear_append_table(
+        &mut self,
+        digest: &impl ReadableTable<&'static [u8], &'static [u8]>,
+        table: &str,
+    ) -> Result<(), StorageError> {
+        let prefix = append_part(table, None);
+        let end = keys::prefix_end(&prefix).expect("a part kind is not 0xFF");
+        let mut parts: Vec<Vec<u8>> = self.parts.range(prefix.clone()..end.clone()).map(|(k, _)| k.clone()).collect();
+        for item in digest.range::<&[u8]>(prefix.as_slice()..end.as_slice())? {
+            parts.push(item?.0.value().to_vec());
+        }
+        for part in parts {
+            self.parts.insert(part, Delta { reset: true, ..Delta::default() });
+        }
+        Ok(())
     }
 
     /// Every row and conflict of the table whose `rows_v1` key prefix is `prefix` (its
@@ -233,6 +266,30 @@ pub(crate) fn stored_row_count(
     })
 }
 
+/// The part key of one bucket of an append-only table, or (`None`) the prefix of all.
+fn append_part(table: &str, bucket: Option<i64>) -> Vec<u8> {
+    let mut part = vec![PART_APPEND];
+    keys::encode_name(table, &mut part);
+    if let Some(bucket) = bucket {
+        part.extend_from_slice(&crate::append::ordered(bucket));
+    }
+    part
+}
+
+/// How many rows append-only table `name` has: the sum over its bucket parts.
+pub(crate) fn stored_append_row_count(
+    digest: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    name: &str,
+) -> Result<u64, StorageError> {
+    let prefix = append_part(name, None);
+    let end = keys::prefix_end(&prefix).expect("a part kind is not 0xFF");
+    let mut rows = 0;
+    for item in digest.range::<&[u8]>(prefix.as_slice()..end.as_slice())? {
+        rows += Part::decode(item?.1.value())?.entries;
+    }
+    Ok(rows)
+}
+
 /// The parts as stored in `digest_v1`, in key order.
 pub(crate) fn stored_parts(
     digest: &impl ReadableTable<&'static [u8], &'static [u8]>,
@@ -252,12 +309,21 @@ pub(crate) fn compute_parts(
     heads: &impl ReadableTable<&'static [u8], &'static [u8]>,
     rows: &impl ReadableTable<&'static [u8], &'static [u8]>,
     conflicts: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    append_blocks: &impl ReadableTable<&'static [u8], &'static [u8]>,
 ) -> Result<BTreeMap<Vec<u8>, Part>, StorageError> {
     let mut parts = BTreeMap::<Vec<u8>, Part>::new();
     add_entries(&mut parts, catalog, |k, v| Ok(catalog_entry(k, v)))?;
     add_entries(&mut parts, heads, heads_entry)?;
     add_entries(&mut parts, rows, row_entry)?;
     add_entries(&mut parts, conflicts, conflicts_entry)?;
+    for item in append_blocks.iter()? {
+        let (key, value) = item?;
+        let block = super::append::summarize_block(key.value(), value.value())?;
+        let part = parts.entry(append_part(&block.table, Some(block.bucket))).or_default();
+        part.entries += block.rows;
+        part.bytes += (key.value().len() + value.value().len()) as u64;
+        xor_into(&mut part.xor, &block.xor);
+    }
     Ok(parts)
 }
 
@@ -326,6 +392,13 @@ pub(crate) fn describe_part(key: &[u8]) -> String {
         Some(&PART_HEADS) if key.len() == 3 => format!("heads bucket {:03x}", u16::from_be_bytes([key[1], key[2]])),
         Some(&PART_ROWS) => format!("rows of {}", name()),
         Some(&PART_CONFLICTS) => format!("conflicts of {}", name()),
+        Some(&PART_APPEND) => match keys::decode_name(&key[1..]) {
+            Ok((name, bucket)) if bucket.len() == 8 => {
+                let start = (u64::from_be_bytes(bucket.try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+                format!("rows of {name} in the bucket at {start}")
+            }
+            _ => format!("unknown append part {key:02x?}"),
+        },
         _ => format!("unknown part {key:02x?}"),
     }
 }

@@ -413,6 +413,7 @@ impl Checker {
             &self.txn.open_table(storage::DOC_HEADS)?,
             &self.txn.open_table(storage::ROWS)?,
             &self.txn.open_table(storage::CONFLICTS)?,
+            &self.txn.open_table(storage::APPEND_BLOCKS)?,
         )?;
         for problem in digest_differences(&stored, &computed) {
             self.problems.push(problem);
@@ -489,11 +490,18 @@ const DIGEST_SHADOW_CHECK_DOCS_MAX: u64 = 512;
 #[cfg(debug_assertions)]
 pub(crate) fn shadow_check_digest(tables: &super::WriteTables<'_>) -> Result<(), StorageError> {
     use redb::ReadableTableMetadata;
-    if tables.heads.len()? > DIGEST_SHADOW_CHECK_DOCS_MAX {
+    if tables.heads.len()? > DIGEST_SHADOW_CHECK_DOCS_MAX || tables.append_blocks.len()? > DIGEST_SHADOW_CHECK_DOCS_MAX
+    {
         return Ok(());
     }
     let stored = digest_parts::stored_parts(&tables.digest)?;
-    let computed = digest_parts::compute_parts(&tables.catalog, &tables.heads, &tables.rows, &tables.conflicts)?;
+    let computed = digest_parts::compute_parts(
+        &tables.catalog,
+        &tables.heads,
+        &tables.rows,
+        &tables.conflicts,
+        &tables.append_blocks,
+    )?;
     let problems = digest_differences(&stored, &computed);
     assert!(problems.is_empty(), "digest_v1 differs from a recomputation: {problems:?}");
     Ok(())

@@ -218,6 +218,7 @@ impl Replica {
             let working = self.persist_doc(tables, &key_bytes, working, &new_changes, implicit)?;
             self.cache.put(key_bytes, working);
         }
+        self.store_appends(tables, changes)?;
         self.log_changes(tables, changes)?;
         tables.digest_delta.flush(&mut tables.digest)?;
         #[cfg(debug_assertions)]
@@ -237,7 +238,11 @@ impl Replica {
                 unreachable!("only row documents are listed")
             };
             // A row of a dropped table or older incarnation materializes nothing.
-            let Some(entry) = self.catalog.table(&table).filter(|t| t.causal_length == epoch) else { continue };
+            let Some(entry) =
+                self.catalog.table(&table).filter(|t| t.causal_length == epoch && t.schema.append.is_none())
+            else {
+                continue;
+            };
             let working = super::load_working_doc(self.node, &tables.doc_tables(), &self.catalog, key_bytes)?
                 .expect("a changed row document was persisted");
             // Records are compared encoded: a REAL NaN is not equal to itself as a value.
@@ -249,6 +254,21 @@ impl Replica {
                 "the rows_v1 record of {} differs from its stored document",
                 super::describe_doc_key(key_bytes)
             );
+        }
+        Ok(())
+    }
+
+    /// Stores the rows the changes append to append-only tables (`append.rs`), after the
+    /// catalog documents of the same changes are resolved.
+    fn store_appends(&mut self, tables: &mut WriteTables<'_>, changes: &[VerifiedChange]) -> Result<(), RecordError> {
+        for change in changes {
+            for batch in &change.appends {
+                if !self.store_append_batch(tables, change.origin, change.seq, batch)? {
+                    let cause = Cause::Change { origin: change.origin, seq: change.seq };
+                    let reason = Inconsistency::RowOfUnknownTable { table: batch.table.clone(), epoch: batch.epoch };
+                    return Err(RecordError::Inconsistent { cause, reason });
+                }
+            }
         }
         Ok(())
     }
@@ -402,6 +422,12 @@ impl Replica {
             // (it is part of the replicated state), but nothing is materialized.
             return Ok(None);
         };
+        if entry.schema.append.is_some() {
+            // A row document written under a concurrent ordinary definition of a table
+            // whose winning definition is append-only: kept, not shown (as a losing
+            // definition's columns are not), and shown again should its definition win.
+            return Ok(None);
+        }
         let schema = &entry.schema;
         let row_key = keys::row_key(table, pk);
         let materialized = materialize_row(document, schema, pk);
@@ -470,6 +496,7 @@ impl Replica {
         for index in self.catalog.index_names_on(name) {
             clear_index(tables, &index)?;
         }
+        self.rebucket_append_table(tables, name)?;
         let Some(entry) = self.catalog.table(name) else { return Ok(()) };
         let epoch = entry.causal_length;
         let doc_prefix = DocKey::row_prefix(name, epoch);

@@ -8,6 +8,7 @@
 //! Reads go through [`Snapshot`]s of materialized rows and never touch automerge.
 
 mod alter;
+mod append;
 mod apply;
 mod backup;
 mod cache;
@@ -45,6 +46,7 @@ use crate::storage;
 use crate::types::{NodeId, Value};
 use crate::version_vector::VersionVector;
 
+pub use append::{AppendRows, TimeRange};
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
 pub use cache::{DOC_CACHE_CHANGE_BYTES, DOC_CACHE_ENTRY_BYTES};
@@ -159,6 +161,7 @@ pub(crate) struct WriteTables<'t> {
     pub versions: redb::Table<'t, &'static [u8], u64>,
     pub pending: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub digest: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub append_blocks: redb::Table<'t, &'static [u8], &'static [u8]>,
     /// What this transaction changed in the digest's parts; flushed into `digest` by
     /// `record_changes`, the one path that changes the tables the digest summarises.
     pub digest_delta: digest_parts::DigestDelta,
@@ -179,6 +182,7 @@ impl<'t> WriteTables<'t> {
             versions: txn.open_table(storage::VERSIONS)?,
             pending: txn.open_table(storage::PENDING)?,
             digest: txn.open_table(storage::DIGEST)?,
+            append_blocks: txn.open_table(storage::APPEND_BLOCKS)?,
             digest_delta: digest_parts::DigestDelta::default(),
         })
     }

@@ -158,6 +158,7 @@ fn build_digest(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
         &txn.open_table(storage::DOC_HEADS)?,
         &txn.open_table(storage::ROWS)?,
         &txn.open_table(storage::CONFLICTS)?,
+        &txn.open_table(storage::APPEND_BLOCKS)?,
     )?;
     let mut digest = txn.open_table(storage::DIGEST)?;
     digest.retain(|_, _| false)?;

@@ -99,12 +99,21 @@ impl std::fmt::Debug for Snapshot {
     }
 }
 
-/// Rows in primary-key order, decoded lazily.
+/// Rows in primary-key order, decoded lazily; an append-only table's in block order.
 pub struct RowIter {
-    range: redb::Range<'static, &'static [u8], &'static [u8]>,
-    /// What each column reads as when a record leaves it out; empty for a table without
-    /// added columns, whose records hold every column.
-    absent: Vec<Value>,
+    source: RowSource,
+}
+
+// One per scan, never in a collection: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+enum RowSource {
+    Rows {
+        range: redb::Range<'static, &'static [u8], &'static [u8]>,
+        /// What each column reads as when a record leaves it out; empty for a table
+        /// without added columns, whose records hold every column.
+        absent: Vec<Value>,
+    },
+    Append(super::AppendRows),
 }
 
 impl std::fmt::Debug for RowIter {
@@ -117,11 +126,15 @@ impl Iterator for RowIter {
     type Item = Result<Row, ReadError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let item = self.range.next()?;
+        let (range, absent) = match &mut self.source {
+            RowSource::Append(rows) => return rows.next(),
+            RowSource::Rows { range, absent } => (range, absent),
+        };
+        let item = range.next()?;
         let row = item.map_err(|e| ReadError::Storage(e.into())).and_then(|(_, value)| decode_record(value.value()));
         Some(row.map(|mut row| {
-            if row.len() < self.absent.len() {
-                row.extend_from_slice(&self.absent[row.len()..]);
+            if row.len() < absent.len() {
+                row.extend_from_slice(&absent[row.len()..]);
             }
             row
         }))
@@ -130,6 +143,11 @@ impl Iterator for RowIter {
 
 fn decode_record(bytes: &[u8]) -> Result<Row, ReadError> {
     record::decode(bytes).map_err(|source| ReadError::Storage(Corruption::Record { table: "rows_v1", source }.into()))
+}
+
+/// The refusal of a key lookup in an append-only table, which has no key.
+fn no_key(entry: &TableEntry) -> ReadError {
+    ReadError::BadKey { table: entry.schema.name.clone(), reason: "an append-only table has no primary key".into() }
 }
 
 /// A row of `schema` from its record, padded with what added columns it leaves out read as.
@@ -184,6 +202,9 @@ impl Snapshot {
     /// The row with this primary key, if it exists.
     pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError> {
         let entry = self.table(table)?;
+        if entry.schema.append.is_some() {
+            return Err(no_key(entry));
+        }
         let pk = self.encoded_key(entry, key)?;
         if key.len() != entry.schema.primary_key.len() {
             return Err(ReadError::BadKey {
@@ -203,12 +224,34 @@ impl Snapshot {
     pub fn row_count(&self, table: &str) -> Result<u64, ReadError> {
         let entry = self.table(table)?;
         let digest = self.txn.open_table(storage::DIGEST).map_err(StorageError::from)?;
+        if entry.schema.append.is_some() {
+            return Ok(super::digest_parts::stored_append_row_count(&digest, &entry.schema.name)?);
+        }
         Ok(super::digest_parts::stored_row_count(&digest, &entry.schema.name)?)
     }
 
-    /// Every row of a table in primary-key order.
+    /// Every row of a table in primary-key order (an append-only table's in block order:
+    /// by bucket, then by the envelope that wrote them).
     pub fn scan(&self, table: &str) -> Result<RowIter, ReadError> {
+        if self.table(table)?.schema.append.is_some() {
+            return self.append_scan(table, None);
+        }
         self.range(table, Bound::Unbounded, Bound::Unbounded)
+    }
+
+    /// The rows of an append-only table, all or those in the buckets that can hold a
+    /// time in `times` (a superset: the caller filters by the time itself).
+    pub fn append_scan(&self, table: &str, times: Option<super::TimeRange>) -> Result<RowIter, ReadError> {
+        let entry = self.table(table)?;
+        if entry.schema.append.is_none() {
+            return Err(ReadError::BadKey {
+                table: entry.schema.name.clone(),
+                reason: "not an append-only table".into(),
+            });
+        }
+        let blocks = self.txn.open_table(storage::APPEND_BLOCKS).map_err(StorageError::from)?;
+        let rows = super::AppendRows::open(&blocks, entry, times)?;
+        Ok(RowIter { source: RowSource::Append(rows) })
     }
 
     /// Rows whose primary key lies between the bounds, in key order. A bound may be a
@@ -216,6 +259,12 @@ impl Snapshot {
     /// bound and `a <= 5` for the upper one.
     pub fn range(&self, table: &str, lower: Bound<&[Value]>, upper: Bound<&[Value]>) -> Result<RowIter, ReadError> {
         let entry = self.table(table)?;
+        if entry.schema.append.is_some() {
+            return match (lower, upper) {
+                (Bound::Unbounded, Bound::Unbounded) => self.append_scan(table, None),
+                _ => Err(no_key(entry)),
+            };
+        }
         let prefix = keys::row_key(&entry.schema.name, &[]);
         let bound = |values: &[Value]| -> Result<Vec<u8>, ReadError> {
             let mut key = prefix.clone();
@@ -242,7 +291,7 @@ impl Snapshot {
             true => entry.schema.columns.iter().map(crate::schema::ColumnDef::absent_value).collect(),
             false => Vec::new(),
         };
-        Ok(RowIter { range: range.map_err(StorageError::from)?, absent })
+        Ok(RowIter { source: RowSource::Rows { range: range.map_err(StorageError::from)?, absent } })
     }
 
     /// Rows whose indexed columns equal `values` (a prefix of the index's columns may be

@@ -14,6 +14,7 @@ use automerge::transaction::CommitOptions;
 use super::materialize::{Cause, ChangedDoc};
 use super::unique;
 use super::{take_or_create_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
+use crate::append::{AppendBatch, APPEND_ROWS_MAX};
 use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
 use crate::change::{DocChange, DocKey, VerifiedChange, CHANGE_BYTES_MAX, CHANGE_DOCS_MAX};
 use crate::doc;
@@ -242,6 +243,8 @@ struct BatchCtx {
     /// so that DML-only batches read the replica's catalog without copying it.
     catalog: Option<catalog::Catalog>,
     docs: BTreeMap<Vec<u8>, Staged>,
+    /// Rows for append-only tables, one batch per table incarnation.
+    appends: BTreeMap<(String, u64), AppendBatch>,
     rows_affected: u64,
 }
 
@@ -321,7 +324,7 @@ impl Replica {
         if batch.ops.is_empty() {
             return Err(WriteError::EmptyBatch);
         }
-        let mut ctx = BatchCtx { catalog: None, docs: BTreeMap::new(), rows_affected: 0 };
+        let mut ctx = BatchCtx { catalog: None, docs: BTreeMap::new(), appends: BTreeMap::new(), rows_affected: 0 };
         let row_n_before = self.next_row_n;
         for op in batch.ops {
             // On error `ctx` drops with the staged documents: nothing of the batch remains.
@@ -346,14 +349,16 @@ impl Replica {
             ops.push(DocChange { key: doc.key, change });
             staged.push((key_bytes, doc.working, doc.inserted));
         }
-        if ops.is_empty() {
+        let appends: Vec<AppendBatch> = ctx.appends.into_values().collect();
+        if ops.is_empty() && appends.is_empty() {
             return Ok(WriteReceipt { seq: None, rows_affected });
         }
         // Peers refuse a change beyond these limits, and every later change of this node
         // depends on it: refused here, before anything of the batch is stored, it costs the
         // writer a split instead of stalling replication.
-        if ops.len() > CHANGE_DOCS_MAX {
-            return Err(WriteError::TooManyRows { docs: ops.len() });
+        let largest_append = appends.iter().map(|a| a.rows.len()).max().unwrap_or(0);
+        if ops.len() + appends.len() > CHANGE_DOCS_MAX || largest_append > APPEND_ROWS_MAX {
+            return Err(WriteError::TooManyRows { docs: (ops.len() + appends.len()).max(largest_append) });
         }
         let seq = self.versions.seq(self.node) + 1;
         let deps: Vec<_> = self
@@ -361,7 +366,7 @@ impl Replica {
             .iter()
             .filter(|(origin, seq)| *origin != self.node && *seq > self.announced.seq(*origin))
             .collect();
-        let change = VerifiedChange::encode_local(self.node, seq, now_ms, &deps, ops);
+        let change = VerifiedChange::encode_local(self.node, seq, now_ms, &deps, ops, appends);
         if change.bytes.len() > CHANGE_BYTES_MAX {
             return Err(WriteError::ChangeTooLarge { bytes: change.bytes.len() });
         }
@@ -426,18 +431,18 @@ impl Replica {
             }
             WriteOp::DropIndex { name, if_exists } => self.stage_drop_index(tables, ctx, &name, if_exists),
             WriteOp::AddColumn { table, column } => {
-                let entry = live_table(ctx.catalog(&self.catalog), &table)?;
+                let entry = alterable(ctx.catalog(&self.catalog), &table)?;
                 let write = super::alter::add_column(entry, column)?;
                 self.stage_alter(tables, ctx, &table, write)
             }
             WriteOp::RenameColumn { table, from, to } => {
-                let entry = live_table(ctx.catalog(&self.catalog), &table)?;
+                let entry = alterable(ctx.catalog(&self.catalog), &table)?;
                 let write = super::alter::rename_column(entry, &from, &to)?;
                 self.stage_alter(tables, ctx, &table, write)
             }
             WriteOp::DropColumn { table, column } => {
                 let catalog = ctx.catalog(&self.catalog);
-                let write = super::alter::drop_column(catalog, live_table(catalog, &table)?, &column)?;
+                let write = super::alter::drop_column(catalog, alterable(catalog, &table)?, &column)?;
                 self.stage_alter(tables, ctx, &table, write)
             }
             WriteOp::Insert { table, values } => self.stage_insert(tables, ctx, &table, values, false),
@@ -504,6 +509,9 @@ impl Replica {
             .table(&schema.table)
             .ok_or_else(|| WriteError::UnknownTable(schema.table.clone()))?;
         let table_epoch = table.causal_length;
+        if table.schema.append.is_some() {
+            return Err(append_only(&table.schema, "it has no secondary indexes (not built yet)"));
+        }
         let schema = schema.validate(&table.schema)?;
         let existing = ctx.catalog(&self.catalog).indexes.get(&schema.name);
         if existing.is_some_and(|i| i.causal_length % 2 == 1) {
@@ -529,7 +537,7 @@ impl Replica {
         write: super::alter::AlterWrite,
     ) -> Result<(), WriteError> {
         let name = table.to_ascii_lowercase();
-        let epoch = live_table(ctx.catalog(&self.catalog), &name)?.causal_length;
+        let epoch = alterable(ctx.catalog(&self.catalog), &name)?.causal_length;
         let working = self.stage_doc(tables, ctx, DocKey::Table(name.clone()))?;
         doc::put_alter(&mut working.doc, epoch, write.field, &write.column_id, write.bytes);
         // alter.rs validated what it writes against the resolved table, so this resolves;
@@ -573,6 +581,21 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
+        if schema.append.is_some() {
+            if upsert {
+                return Err(append_only(schema, "its rows cannot be updated"));
+            }
+            let row = build_row(schema, &values)?;
+            let batch = ctx.appends.entry((schema.name.clone(), entry.causal_length)).or_insert_with(|| AppendBatch {
+                table: schema.name.clone(),
+                epoch: entry.causal_length,
+                columns: schema.columns.iter().map(ColumnDef::id).collect(),
+                rows: Vec::new(),
+            });
+            batch.rows.push(row);
+            ctx.rows_affected += 1;
+            return Ok(());
+        }
         let mut values = values;
         if schema.rowid {
             values.extend(new_row_identity(&mut self.next_row_n, self.node, schema, &values)?);
@@ -617,6 +640,9 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
+        if schema.append.is_some() {
+            return Err(append_only(schema, "its rows cannot be updated"));
+        }
         let pk = coerce_key(schema, key)?;
         let mut updates = Vec::with_capacity(set.len());
         for (name, value) in set {
@@ -647,6 +673,9 @@ impl Replica {
         key: Vec<Value>,
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
+        if entry.schema.append.is_some() {
+            return Err(append_only(&entry.schema, "its rows are deleted by time range, not by key (not built yet)"));
+        }
         let pk = coerce_key(&entry.schema, key)?;
         let key = row_doc_key(entry, &pk);
         let working = &mut stage_doc_in(&mut self.cache, self.node, tables, &self.catalog, &mut ctx.docs, key)?.working;
@@ -668,6 +697,9 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         let schema = &entry.schema;
+        if schema.append.is_some() {
+            return Err(append_only(schema, "its rows cannot be updated"));
+        }
         let i = column_position(schema, column)?;
         let not_a_counter =
             || WriteError::NotACounter { table: schema.name.clone(), column: schema.columns[i].name.clone() };
@@ -725,6 +757,19 @@ fn bump(working: &mut WorkingDoc, object: &str) -> Result<u64, WriteError> {
         column: "_cl".to_string(),
         what: "causal length exhausted",
     })
+}
+
+fn append_only(schema: &TableSchema, what: &'static str) -> WriteError {
+    WriteError::AppendOnly { table: schema.name.clone(), what }
+}
+
+/// A live table that `ALTER TABLE` may change: not an append-only one, yet.
+fn alterable<'c>(catalog: &'c catalog::Catalog, table: &str) -> Result<&'c TableEntry, WriteError> {
+    let entry = live_table(catalog, table)?;
+    match entry.schema.append {
+        Some(_) => Err(append_only(&entry.schema, "ALTER TABLE is not built for it yet")),
+        None => Ok(entry),
+    }
 }
 
 fn live_table<'c>(catalog: &'c catalog::Catalog, table: &str) -> Result<&'c TableEntry, WriteError> {

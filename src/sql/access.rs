@@ -115,6 +115,9 @@ pub(crate) fn choose(catalog: &Catalog, table: &TableEntry, conjuncts: &[&Expr],
     if facts.iter().any(|f| f.null) {
         return Access::Empty;
     }
+    if schema.append.is_some() {
+        return time_range(schema, &facts);
+    }
     let pk = schema.primary_key_indexes();
     let prefix: Vec<Value> = pk.iter().map_while(|&c| facts[c].eq.clone()).collect();
     if prefix.len() == pk.len() {
@@ -160,10 +163,36 @@ pub(crate) fn choose(catalog: &Catalog, table: &TableEntry, conjuncts: &[&Expr],
     Access::Range { lower: bound(next.lower), upper: bound(next.upper) }
 }
 
+/// An append-only table is read whole, or by the buckets its time column's bounds allow.
+fn time_range(schema: &crate::schema::TableSchema, facts: &[ColumnFacts]) -> Access {
+    let Some(c) = schema.time_column_index() else { return Access::Full };
+    let time = |v: &Value| match v {
+        Value::Integer(t) | Value::Timestamp(t) => Some(*t),
+        _ => None,
+    };
+    let f = &facts[c];
+    let bound = |side: &Option<(Value, bool)>| match side {
+        Some((v, true)) => time(v).map_or(Bound::Unbounded, Bound::Included),
+        Some((v, false)) => time(v).map_or(Bound::Unbounded, Bound::Excluded),
+        None => Bound::Unbounded,
+    };
+    let (lower, upper) = match f.eq.as_ref().and_then(time) {
+        Some(t) => (Bound::Included(t), Bound::Included(t)),
+        None => (bound(&f.lower), bound(&f.upper)),
+    };
+    if matches!((lower, upper), (Bound::Unbounded, Bound::Unbounded)) {
+        return Access::Full;
+    }
+    Access::TimeRange { column: schema.columns[c].name.clone(), lower, upper }
+}
+
 /// The best way to look up rows of `table` matching an outer row, given which of its
 /// columns the join condition equates with outer values: the key columns used, in order.
 pub(crate) fn lookup(catalog: &Catalog, table: &TableEntry, equated: &[usize]) -> Option<(LookupKind, Vec<usize>)> {
     let schema = &table.schema;
+    if schema.append.is_some() {
+        return None;
+    }
     let pk = schema.primary_key_indexes();
     let covered = pk.iter().take_while(|c| equated.contains(c)).count();
     if covered == pk.len() {

@@ -19,7 +19,8 @@ use super::system::SYSTEM_PREFIX;
 use super::SqlError;
 use crate::replica::WriteOp;
 use crate::schema::{
-    CheckDef, ColumnDef, ForeignKeyDef, IndexSchema, TableSchema, NAME_BYTES_MAX, ORIGIN_COLUMN, ROWID_COLUMN,
+    self, AppendOptions, CheckDef, ColumnDef, ForeignKeyDef, IndexSchema, TableSchema, NAME_BYTES_MAX, ORIGIN_COLUMN,
+    ROWID_COLUMN,
 };
 use crate::types::{ColumnType, Value};
 
@@ -31,6 +32,11 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
     let name = bind::object_name(&ct.name)?;
     check_name(&name)?;
     if let Some(query) = &ct.query {
+        if !matches!(ct.table_options, ast::CreateTableOptions::None) {
+            return Err(SqlError::unsupported(
+                "CREATE TABLE ... WITH (...) AS SELECT (create the table, then INSERT ... SELECT)",
+            ));
+        }
         return create_table_as(ctx, ct, name, query);
     }
     // SQLite leaves an existing table as it is; so do its unique indexes here.
@@ -45,6 +51,9 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
         draft.table_constraint(constraint)?;
     }
     let uniques = std::mem::take(&mut draft.uniques);
+    if let Some(options) = append_options(ct, &draft.schema)? {
+        return create_append_table(ctx, ct, draft, uniques, options);
+    }
     let schema = draft.finish(ct.without_rowid)?;
     Checks::bind(ctx, &schema)?;
     let indexes = unique_indexes(&schema, uniques)?;
@@ -53,6 +62,31 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
     let mut ops = vec![WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists }];
     ops.extend(indexes.into_iter().map(|schema| WriteOp::CreateIndex { schema, if_not_exists: false }));
     Ok((ops, 0))
+}
+
+/// `CREATE TABLE ... WITH (append_only = true, ...)`: no key, no unique constraint, no
+/// `WITHOUT ROWID` (docs/design.md § Append-only tables and retention).
+fn create_append_table(
+    ctx: PlanCtx<'_>,
+    ct: &ast::CreateTable,
+    draft: Draft,
+    uniques: Vec<Vec<String>>,
+    options: AppendOptions,
+) -> Result<(Vec<WriteOp>, u64), SqlError> {
+    let name = draft.schema.name.clone();
+    if !draft.key.is_empty() {
+        return Err(SqlError::unsupported(format!(
+            "PRIMARY KEY on append-only table {name} (rows are identified by the change that wrote them; \
+             deduplication keys are not built yet)"
+        )));
+    }
+    if !uniques.is_empty() || ct.without_rowid {
+        return Err(SqlError::unsupported(format!("UNIQUE or WITHOUT ROWID on append-only table {name}")));
+    }
+    let mut schema = draft.schema;
+    schema.append = Some(options);
+    Checks::bind(ctx, &schema)?;
+    Ok((vec![WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists }], 0))
 }
 
 /// The column of `ALTER TABLE ... ADD COLUMN`: a column definition as `CREATE TABLE` reads
@@ -259,16 +293,106 @@ fn refuse_options(ct: &ast::CreateTable) -> Result<(), SqlError> {
     if ct.or_replace || ct.temporary || ct.external || ct.like.is_some() || ct.clone.is_some() {
         return Err(SqlError::unsupported("CREATE TABLE options (OR REPLACE, TEMPORARY, LIKE, CLONE)"));
     }
-    // `WITH (append_only = true, ...)` and other dialects' table options: refused rather
-    // than ignored, so that a table the user believes expires its rows is never created
-    // as an ordinary one (append-only tables: docs/design.md, not built yet).
-    if !matches!(ct.table_options, ast::CreateTableOptions::None) {
-        return Err(SqlError::unsupported(format!(
-            "CREATE TABLE options {} (append-only tables and retention are not built yet)",
+    // Other dialects' table options: refused rather than ignored. `WITH (...)` is read by
+    // `append_options`.
+    if !matches!(ct.table_options, ast::CreateTableOptions::None | ast::CreateTableOptions::With(_)) {
+        return Err(SqlError::unsupported(format!("CREATE TABLE options {}", ct.table_options)));
+    }
+    Ok(())
+}
+
+/// The options of `CREATE TABLE ... WITH (append_only = true, time_column = 'ts',
+/// bucket = '1 hour', retention = '30 days', max_bytes = N)`; `None` without `WITH`.
+/// Unknown options, and options without `append_only = true`, are refused by name, so a
+/// table the user believes expires its rows is never created as an ordinary one.
+fn append_options(ct: &ast::CreateTable, schema: &TableSchema) -> Result<Option<AppendOptions>, SqlError> {
+    let ast::CreateTableOptions::With(options) = &ct.table_options else { return Ok(None) };
+    let mut given: Vec<(String, &ast::Expr)> = Vec::new();
+    for option in options {
+        let ast::SqlOption::KeyValue { key, value } = option else {
+            return Err(SqlError::unsupported(format!("table option {option} (write name = value)")));
+        };
+        let name = key.value.to_ascii_lowercase();
+        if !APPEND_OPTIONS.contains(&name.as_str()) {
+            return Err(SqlError::unsupported(format!("table option {name} (known: {})", APPEND_OPTIONS.join(", "))));
+        }
+        if given.iter().any(|(n, _)| *n == name) {
+            return Err(SqlError::invalid(format!("table option {name} given twice")));
+        }
+        given.push((name, value));
+    }
+    let get = |name: &str| given.iter().find(|(n, _)| n == name).map(|(_, v)| *v);
+    if !get("append_only").is_some_and(|v| option_text(v).eq_ignore_ascii_case("true")) {
+        return Err(SqlError::invalid(format!(
+            "table options {} need append_only = true (ordinary tables take no options)",
             ct.table_options
         )));
     }
-    Ok(())
+    let time_column = get("time_column").map(option_text);
+    if time_column.is_none() && (get("retention").is_some() || get("max_bytes").is_some()) {
+        return Err(SqlError::invalid("retention and max_bytes need a time_column"));
+    }
+    let time_type = match &time_column {
+        Some(name) => match schema.column_index(name) {
+            Some(i) => Some(schema.columns[i].ty),
+            None => return Err(SqlError::invalid(format!("time_column {name} is not a column of {}", schema.name))),
+        },
+        None => None,
+    };
+    let duration = |name: &str| -> Result<Option<i64>, SqlError> {
+        let Some(value) = get(name) else { return Ok(None) };
+        let text = option_text(value);
+        if let Ok(n) = text.parse::<i64>() {
+            return Ok(Some(n));
+        }
+        if time_type != Some(ColumnType::Timestamp) {
+            return Err(SqlError::invalid(format!(
+                "{name} = '{text}': a duration needs a TIMESTAMP time_column; give {name} in the time column's unit"
+            )));
+        }
+        Ok(Some(super::datetime::bucket_width_ms(&Value::Text(text))?))
+    };
+    let retention = duration("retention")?;
+    let bucket = match (duration("bucket")?, time_type, retention) {
+        (Some(bucket), _, _) => bucket,
+        (None, Some(ColumnType::Integer), _) => {
+            return Err(SqlError::invalid("an INTEGER time_column needs bucket = N, in the column's unit"));
+        }
+        (None, Some(ColumnType::Timestamp), Some(retention)) => default_bucket(retention),
+        // Other types are refused by the definition's check, by name.
+        (None, _, _) => schema::APPEND_BUCKET_DEFAULT,
+    };
+    let max_bytes = match get("max_bytes").map(option_text) {
+        Some(text) => {
+            Some(text.parse::<u64>().map_err(|_| SqlError::invalid(format!("max_bytes = {text}: a byte count")))?)
+        }
+        None => None,
+    };
+    Ok(Some(AppendOptions { time_column, bucket, retention, max_bytes }))
+}
+
+/// The options an append-only table takes.
+const APPEND_OPTIONS: &[&str] = &["append_only", "time_column", "bucket", "retention", "max_bytes"];
+
+/// The bucket of a `TIMESTAMP` table with a retention and no bucket: the widest of
+/// 1 hour, 10 minutes, 1 minute, 10 seconds and 1 second that divides the retention
+/// into at least 64 buckets, else 1 second (and a retention of no whole seconds is
+/// refused by the definition's check).
+fn default_bucket(retention: i64) -> i64 {
+    const WIDTHS: [i64; 5] = [schema::APPEND_BUCKET_DEFAULT, 600_000, 60_000, 10_000, 1_000];
+    WIDTHS.into_iter().find(|w| retention % w == 0 && retention / w >= 64).unwrap_or(1_000)
+}
+
+/// An option's value as text: a quoted string's contents, else the expression as written.
+fn option_text(value: &ast::Expr) -> String {
+    match value {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        },
+        ast::Expr::Identifier(ident) => ident.value.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// A table definition being assembled from the statement's clauses.

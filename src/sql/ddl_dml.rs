@@ -277,6 +277,15 @@ fn matching_plan(
         return Err(SqlError::unsupported("UPDATE or DELETE of a subquery"));
     };
     let table = target_table(ctx.snap, name)?.clone();
+    if table.schema.append.is_some() {
+        // docs/design.md § Append-only tables: rows are immutable; a range DELETE on the
+        // time column is stage 2.
+        return Err(SqlError::invalid(format!(
+            "table {} is append-only: its rows cannot be updated or deleted one by one \
+             (deleting a time range is not built yet)",
+            table.schema.name
+        )));
+    }
     let (plan, scope) = from::plan_from(ctx, std::slice::from_ref(relation), selection)?;
     Ok((table, scope, plan))
 }

@@ -360,6 +360,10 @@ fn open_scan(scan: Scan, snap: &Arc<Snapshot>, limits: &Limits) -> Result<RowStr
         Access::Point(key) => from_vec(snap.get(&scan.table, key)?.into_iter().collect()),
         Access::Range { lower, upper } => rows_of(snap.range(&scan.table, as_slices(lower), as_slices(upper))?),
         Access::Index { name, values } => materialized(snap.index_lookup(name, values)?, limits)?,
+        Access::TimeRange { lower, upper, .. } => {
+            let times = crate::replica::TimeRange { lower: *lower, upper: *upper };
+            rows_of(snap.append_scan(&scan.table, Some(times))?)
+        }
     };
     // Checked before the filter: a filter that rejects every row still stops.
     Ok(filtered(checked(rows, limits), scan.filter))

@@ -60,6 +60,17 @@ fn access_text(access: &Access) -> String {
             format!("PRIMARY KEY RANGE {}", parts.join(" AND "))
         }
         Access::Index { name, values } => format!("INDEX LOOKUP {name} {}", render_key(values)),
+        Access::TimeRange { column, lower, upper } => {
+            let side = |b: &Bound<i64>, low: bool| match (b, low) {
+                (Bound::Unbounded, _) => None,
+                (Bound::Included(t), true) => Some(format!("{column} >= {t}")),
+                (Bound::Excluded(t), true) => Some(format!("{column} > {t}")),
+                (Bound::Included(t), false) => Some(format!("{column} <= {t}")),
+                (Bound::Excluded(t), false) => Some(format!("{column} < {t}")),
+            };
+            let parts: Vec<String> = [side(lower, true), side(upper, false)].into_iter().flatten().collect();
+            format!("APPEND SCAN BUCKETS OF {}", parts.join(" AND "))
+        }
     }
 }
 

@@ -504,7 +504,7 @@ fn access_rows(access: &Access, selectivity: f64) -> f64 {
         Access::Range { lower, upper } if !matches!(lower, Bound::Unbounded) && !matches!(upper, Bound::Unbounded) => {
             (TABLE_ROWS_GUESS * selectivity).min(1000.0)
         }
-        Access::Range { .. } | Access::Full => TABLE_ROWS_GUESS * selectivity,
+        Access::Range { .. } | Access::Full | Access::TimeRange { .. } => TABLE_ROWS_GUESS * selectivity,
     }
 }
 

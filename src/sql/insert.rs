@@ -84,6 +84,9 @@ impl InsertPlan {
     /// How the plan handles conflicts, for `EXPLAIN`.
     pub fn conflict_handling(&self) -> &'static str {
         let uniques = !self.uniques.0.is_empty();
+        if self.table.schema.append.is_some() {
+            return "append-only: every row is new, no key conflicts";
+        }
         match (&self.on_conflict, self.table.schema.rowid, uniques) {
             (_, true, false) => "each row a new identity: no key conflicts",
             (OnConflict::Fail, _, false) => "a key that exists fails the statement",
@@ -137,7 +140,14 @@ pub(super) fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertP
         )));
     }
     let uniques = Uniques::of(ctx.snap, &table);
-    let on_conflict = on_conflict(ctx, &table, &uniques, ins)?;
+    let on_conflict = match (on_conflict(ctx, &table, &uniques, ins)?, table.schema.append.is_some()) {
+        (OnConflict::Replace | OnConflict::Update { .. }, true) => {
+            return Err(SqlError::invalid(format!("table {} is append-only: its rows cannot be updated", schema.name)));
+        }
+        // Without a key or a unique index a new row conflicts with nothing.
+        (OnConflict::Nothing(_), true) => OnConflict::Fail,
+        (on_conflict, _) => on_conflict,
+    };
     let skips_invalid = ins.ignore || matches!(ins.or, Some(ast::SqliteOnConflict::Ignore));
     Ok(InsertPlan { table, columns, source: planned.plan, on_conflict, uniques, skips_invalid })
 }

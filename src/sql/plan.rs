@@ -29,6 +29,9 @@ pub(crate) enum Access {
     Range { lower: Bound<Vec<Value>>, upper: Bound<Vec<Value>> },
     /// Rows whose indexed columns equal the values (a prefix of the index).
     Index { name: String, values: Vec<Value> },
+    /// The rows of an append-only table in the buckets that can hold a time between the
+    /// bounds (`Snapshot::append_scan`); the predicates stay in the filter.
+    TimeRange { column: String, lower: Bound<i64>, upper: Bound<i64> },
 }
 
 /// A scan of one base table with the predicates pushed down to it.

@@ -72,6 +72,7 @@ impl SystemTable {
                 ("sql", T::Text),
                 ("conflicting_definitions", T::Integer),
                 ("lost_alters", T::Text),
+                ("kind", T::Text),
             ],
             SystemTable::Columns => &[
                 ("table_name", T::Text),
@@ -129,6 +130,7 @@ impl SystemTable {
                         text(&catalog::table_sql(&t.schema)),
                         Value::Integer(t.conflict.as_ref().map_or(0, |c| c.definitions.len() as i64)),
                         lost_alters(t.conflict.as_ref()),
+                        text(if t.schema.append.is_some() { "append_only" } else { "table" }),
                     ]
                 })
                 .collect(),

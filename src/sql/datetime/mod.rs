@@ -224,7 +224,7 @@ fn time_bucket(width: &Value, ts: &Value, now_jd: &dyn Fn() -> Result<i64, SqlEr
 
 /// Bucket widths: a positive integer of milliseconds, or `'N unit[s]'` with a fixed-length
 /// unit (milliseconds to weeks; months and years have no fixed length).
-fn bucket_width_ms(width: &Value) -> Result<i64, SqlError> {
+pub(crate) fn bucket_width_ms(width: &Value) -> Result<i64, SqlError> {
     let refuse = || SqlError::BucketWidth { width: super::value::to_text(width).unwrap_or_default() };
     let ms = match width {
         Value::Integer(n) => Some(*n),

@@ -1,0 +1,298 @@
+//! The rows of append-only tables in `append_blocks_v1` (docs/design.md § Append-only
+//! tables and retention): storing a batch as one block per bucket, re-splitting a table's
+//! blocks when its winning definition changes, and reading rows back under the current
+//! definition.
+//!
+//! Blocks are split by the table's *current* definition (its time column and bucket
+//! width). Definitions of one incarnation can differ only while concurrent `CREATE
+//! TABLE`s are still arriving; every change of the winner re-splits the incarnation's
+//! blocks, so once the catalog converges the blocks do too. The digest does not wait for
+//! that: a row's hash is of its identity and values only.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use redb::ReadableTable;
+
+use super::{Replica, Row, WriteTables};
+use crate::append::{self, AppendBatch, BlockTime, NO_TIME_BUCKET};
+use crate::catalog::TableEntry;
+use crate::error::{Corruption, ReadError, StorageError};
+use crate::schema::TableSchema;
+use crate::types::{ColumnType, NodeId, Value};
+
+const BLOCKS: &str = "append_blocks_v1";
+
+fn corrupt_key(source: crate::keys::KeyError) -> StorageError {
+    Corruption::Key { table: BLOCKS, source }.into()
+}
+
+fn corrupt_record(source: crate::record::RecordError) -> StorageError {
+    Corruption::Record { table: BLOCKS, source }.into()
+}
+
+/// What one stored block adds to the digest.
+pub(crate) struct BlockSummary {
+    pub table: String,
+    pub bucket: i64,
+    pub rows: u64,
+    pub xor: [u8; 32],
+}
+
+/// Decodes a stored block far enough to give its digest contribution.
+pub(crate) fn summarize_block(key: &[u8], value: &[u8]) -> Result<BlockSummary, StorageError> {
+    let (table, at) = append::decode_block_key(key).map_err(corrupt_key)?;
+    let block = append::decode_block(value, at.bucket).map_err(corrupt_record)?;
+    let mut xor = [0u8; 32];
+    for (pos, values) in &block.rows {
+        let hash = append::row_hash(at.origin, at.seq, *pos, &block.columns, values);
+        super::digest::xor_into(&mut xor, &hash);
+    }
+    Ok(BlockSummary { table: table.to_string(), bucket: at.bucket, rows: block.rows.len() as u64, xor })
+}
+
+/// Where rows find their bucket under a definition: the time column's id and type and the
+/// bucket width; `None` for a definition without a time column (or not append-only).
+#[derive(Clone, Debug)]
+struct Bucketing {
+    time_id: String,
+    timestamp: bool,
+    width: i64,
+}
+
+impl Bucketing {
+    fn of(schema: &TableSchema) -> Option<Bucketing> {
+        let options = schema.append.as_ref()?;
+        let column = &schema.columns[schema.time_column_index()?];
+        Some(Bucketing { time_id: column.id(), timestamp: column.ty == ColumnType::Timestamp, width: options.bucket })
+    }
+}
+
+/// A row of a batch: its position and its values, one per column of the batch.
+type PlacedRow = (u32, Vec<Value>);
+
+/// The rows of one block to be: how it holds their time, and each row by position.
+type BlockRows<'r> = (Option<BlockTime>, Vec<(u32, &'r [Value])>);
+
+/// The rows of one batch grouped into blocks, by bucket start.
+fn split_rows<'r>(
+    bucketing: Option<&Bucketing>,
+    columns: &[String],
+    rows: &'r [PlacedRow],
+) -> BTreeMap<i64, BlockRows<'r>> {
+    let time = bucketing.and_then(|b| {
+        let column = columns.iter().position(|id| *id == b.time_id)?;
+        Some((BlockTime { column, timestamp: b.timestamp }, b.width))
+    });
+    let mut blocks: BTreeMap<i64, BlockRows<'r>> = BTreeMap::new();
+    for (pos, values) in rows {
+        let placed = time.and_then(|(t, width)| {
+            let ts = append::time_of(&values[t.column], t.timestamp)?;
+            Some((ts.div_euclid(width) * width, t))
+        });
+        let (bucket, block_time) = match placed {
+            Some((bucket, t)) => (bucket, Some(t)),
+            None => (NO_TIME_BUCKET, None),
+        };
+        blocks.entry(bucket).or_insert_with(|| (block_time, Vec::new())).1.push((*pos, values.as_slice()));
+    }
+    debug_assert!(
+        blocks.iter().all(|(b, (t, _))| (*b == NO_TIME_BUCKET) == t.is_none()),
+        "exactly the rows without a time go to the no-time bucket"
+    );
+    blocks
+}
+
+/// Writes one batch's rows as blocks (one per bucket) and records them in the digest.
+fn write_rows(
+    tables: &mut WriteTables<'_>,
+    entry: &TableEntry,
+    origin: NodeId,
+    seq: u64,
+    columns: &[String],
+    rows: &[PlacedRow],
+) -> Result<(), StorageError> {
+    let name = &entry.schema.name;
+    let bucketing = Bucketing::of(&entry.schema);
+    for (bucket, (time, block_rows)) in split_rows(bucketing.as_ref(), columns, rows) {
+        let key = append::block_key(name, entry.causal_length, bucket, origin, seq, 0);
+        let value = append::encode_block(columns, time, bucket, &block_rows);
+        let mut xor = [0u8; 32];
+        for (pos, values) in &block_rows {
+            super::digest::xor_into(&mut xor, &append::row_hash(origin, seq, *pos, columns, values));
+        }
+        let old = tables.append_blocks.insert(key.as_slice(), value.as_slice())?.map(|v| v.value().to_vec());
+        if let Some(old) = old {
+            // Never expected (an envelope is stored once; a re-split clears first), but
+            // the key names the envelope, so a block is replaced, never counted twice.
+            debug_assert!(false, "a block key is written once per envelope and bucket");
+            let summary = summarize_block(&key, &old)?;
+            tables.digest_delta.append_block(name, bucket, summary.rows, &summary.xor, key.len() + old.len(), -1);
+        }
+        tables.digest_delta.append_block(name, bucket, block_rows.len() as u64, &xor, key.len() + value.len(), 1);
+    }
+    Ok(())
+}
+
+impl Replica {
+    /// Stores the rows of an envelope's append batch, under the table's current
+    /// definition. Rows of an incarnation that has since been dropped are not stored (as
+    /// a dropped table's rows are not materialized); a batch for an incarnation this
+    /// replica does not know contradicts causal delivery and is refused by the caller.
+    pub(crate) fn store_append_batch(
+        &self,
+        tables: &mut WriteTables<'_>,
+        origin: NodeId,
+        seq: u64,
+        batch: &AppendBatch,
+    ) -> Result<bool, StorageError> {
+        let Some(entry) = self.catalog.tables.get(&batch.table) else { return Ok(false) };
+        if entry.causal_length < batch.epoch {
+            return Ok(false);
+        }
+        if entry.causal_length != batch.epoch {
+            return Ok(true);
+        }
+        let rows: Vec<PlacedRow> = batch
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(pos, row)| (u32::try_from(pos).expect("batches hold at most APPEND_ROWS_MAX rows"), row.clone()))
+            .collect();
+        write_rows(tables, entry, origin, seq, &batch.columns, &rows)?;
+        Ok(true)
+    }
+
+    /// After the catalog entry of `name` changed: removes the blocks of every other
+    /// incarnation and re-splits the current incarnation's blocks under its definition.
+    pub(crate) fn rebucket_append_table(&self, tables: &mut WriteTables<'_>, name: &str) -> Result<(), StorageError> {
+        let prefix = append::table_prefix(name, None);
+        let end = crate::keys::prefix_end(&prefix).expect("names are not all 0xFF");
+        let current = self.catalog.table(name);
+        // Rows of the current incarnation, by envelope and the ids they were written under.
+        let mut kept: BTreeMap<(NodeId, u64, Vec<String>), Vec<PlacedRow>> = BTreeMap::new();
+        let mut any = false;
+        for item in tables.append_blocks.range::<&[u8]>(prefix.as_slice()..end.as_slice())? {
+            let (key, value) = item?;
+            any = true;
+            let (_, at) = append::decode_block_key(key.value()).map_err(corrupt_key)?;
+            if current.is_some_and(|t| t.causal_length == at.epoch) {
+                let block = append::decode_block(value.value(), at.bucket).map_err(corrupt_record)?;
+                kept.entry((at.origin, at.seq, block.columns)).or_default().extend(block.rows);
+            }
+        }
+        if !any {
+            return Ok(());
+        }
+        tables.append_blocks.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
+        tables.digest_delta.clear_append_table(&tables.digest, name)?;
+        let Some(entry) = current else { return Ok(()) };
+        for ((origin, seq, columns), mut rows) in kept {
+            rows.sort_by_key(|(pos, _)| *pos);
+            write_rows(tables, entry, origin, seq, &columns, &rows)?;
+        }
+        Ok(())
+    }
+}
+
+/// The range of bucket starts a scan reads: all, or those that can hold a time in
+/// `[lower, upper]` (bounds inclusive or exclusive, as given).
+#[derive(Clone, Copy, Debug)]
+pub struct TimeRange {
+    /// The lowest time wanted.
+    pub lower: Bound<i64>,
+    /// The highest time wanted.
+    pub upper: Bound<i64>,
+}
+
+/// The rows of an append-only table, block by block in key order, decoded under the
+/// table's current definition: a value under an id the definition lacks is not shown, a
+/// column the batch did not write reads as its default, a value that does not fit its
+/// column's type reads as NULL.
+pub struct AppendRows {
+    range: redb::Range<'static, &'static [u8], &'static [u8]>,
+    schema: TableSchema,
+    ids: Vec<String>,
+    buffered: VecDeque<Row>,
+}
+
+impl std::fmt::Debug for AppendRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRows").field("table", &self.schema.name).finish()
+    }
+}
+
+impl AppendRows {
+    /// Opens a scan of the current incarnation of `entry`, within `times` if given.
+    pub(crate) fn open(
+        blocks: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        entry: &TableEntry,
+        times: Option<TimeRange>,
+    ) -> Result<AppendRows, StorageError> {
+        let name = &entry.schema.name;
+        let epoch = entry.causal_length;
+        let incarnation = append::table_prefix(name, Some(epoch));
+        let past = |key: &[u8]| crate::keys::prefix_end(key).expect("names are not all 0xFF");
+        let (start, end) = match (times, Bucketing::of(&entry.schema)) {
+            (Some(times), Some(bucketing)) => {
+                let width = bucketing.width;
+                // Rows without a time never match a time range: skip their bucket.
+                let first = match times.lower {
+                    Bound::Unbounded => NO_TIME_BUCKET + 1,
+                    Bound::Included(t) => t.div_euclid(width) * width,
+                    Bound::Excluded(t) => t.saturating_add(1).div_euclid(width) * width,
+                };
+                let start = append::bucket_prefix(name, epoch, first.max(NO_TIME_BUCKET + 1));
+                let end = match times.upper {
+                    Bound::Unbounded => past(&incarnation),
+                    Bound::Included(t) | Bound::Excluded(t) => {
+                        past(&append::bucket_prefix(name, epoch, t.div_euclid(width) * width))
+                    }
+                };
+                (start, end)
+            }
+            _ => (incarnation.clone(), past(&incarnation)),
+        };
+        let end = if end < start { start.clone() } else { end };
+        let range = blocks.range::<&[u8]>(start.as_slice()..end.as_slice())?;
+        let ids = entry.schema.columns.iter().map(crate::schema::ColumnDef::id).collect();
+        Ok(AppendRows { range, schema: entry.schema.clone(), ids, buffered: VecDeque::new() })
+    }
+
+    fn load_block(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        let (_, at) = append::decode_block_key(key).map_err(corrupt_key)?;
+        let block = append::decode_block(value, at.bucket).map_err(corrupt_record)?;
+        let targets: Vec<Option<usize>> =
+            block.columns.iter().map(|id| self.ids.iter().position(|own| own == id)).collect();
+        let absent: Row = self.schema.columns.iter().map(crate::schema::ColumnDef::absent_value).collect();
+        for (_, values) in block.rows {
+            let mut row = absent.clone();
+            for (value, target) in values.into_iter().zip(&targets) {
+                if let Some(i) = *target {
+                    row[i] = value.coerce(self.schema.columns[i].ty).unwrap_or(Value::Null);
+                }
+            }
+            self.buffered.push_back(row);
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for AppendRows {
+    type Item = Result<Row, ReadError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.buffered.pop_front() {
+                return Some(Ok(row));
+            }
+            let loaded = match self.range.next()? {
+                Ok((key, value)) => self.load_block(key.value(), value.value()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = loaded {
+                return Some(Err(ReadError::Storage(e)));
+            }
+        }
+    }
+}
