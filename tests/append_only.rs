@@ -2,7 +2,7 @@
 //! retention): rows written concurrently on several nodes merge by union in every order
 //! of arrival, a drop concurrent with appends removes them everywhere, concurrent
 //! definitions that split rows into different buckets converge, and rows outlive a
-//! reopen and a backup. Each case compares state digests, rows and `check_integrity`.
+//! reopen and a backup and are counted by the storage breakdown. Each case compares state digests, rows and `check_integrity`.
 
 use edgestore::change::{ChangeError, Malformation, VerifiedChange, ENVELOPE_VERSION_APPEND};
 use edgestore::sql;
@@ -137,6 +137,12 @@ fn rows_outlive_a_reopen_and_a_backup() {
     run(&mut a, &readings(1, 0, 500));
     let before = rows(&mut a, ALL);
     let digest = a.state_digest().unwrap();
+    let stats = a.snapshot().unwrap().storage_stats().unwrap();
+    let readings = stats.user_tables.iter().find(|t| t.name == "readings").expect("readings in the stats");
+    assert_eq!((readings.rows, readings.documents), (500, 0), "rows in blocks, no row documents");
+    let blocks = stats.redb_tables.iter().find(|t| t.name == "append_blocks_v1").expect("the blocks table");
+    assert_eq!(blocks.entries, 9, "500 readings a minute apart span 9 one-hour buckets: one block each");
+    assert!(readings.row_bytes > 500 * 10, "a block holds every row's values: {} bytes", readings.row_bytes);
     let backup = dir.path().join("backup.redb");
     a.snapshot().unwrap().backup_to(&backup).expect("backup");
     drop(a);

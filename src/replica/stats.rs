@@ -54,9 +54,9 @@ pub struct UserTableStats {
     pub name: String,
     /// Whether the table is alive (a dropped table keeps its documents).
     pub live: bool,
-    /// Materialized rows (`rows_v1`).
+    /// Materialized rows (`rows_v1`); of an append-only table, its rows in blocks.
     pub rows: u64,
-    /// Bytes of the row records.
+    /// Bytes of the row records; of an append-only table, of its blocks (keys included).
     pub row_bytes: u64,
     /// Row documents, of every incarnation (`doc_heads_v1`).
     pub documents: u64,
@@ -149,6 +149,7 @@ macro_rules! every_table {
             $f(txn, storage::PENDING)?,
             $f(txn, storage::DIGEST)?,
             $f(txn, storage::HOLDERS)?,
+            $f(txn, storage::APPEND_BLOCKS)?,
             $f(txn, storage::DEAD_LETTERS)?,
         ]
     }};
@@ -182,6 +183,11 @@ impl Snapshot {
             let mut stats = UserTableStats { name: name.clone(), live: entry.alive(), ..UserTableStats::default() };
             let row_prefix = keys::row_key(name, &[]);
             (stats.rows, stats.row_bytes) = prefix_totals(&txn.open_table(storage::ROWS)?, &row_prefix)?;
+            if entry.schema.append.is_some() {
+                let blocks = txn.open_table(storage::APPEND_BLOCKS)?;
+                stats.row_bytes = prefix_totals(&blocks, &crate::append::table_prefix(name, None))?.1;
+                stats.rows = super::digest_parts::stored_append_row_count(&txn.open_table(storage::DIGEST)?, name)?;
+            }
             (stats.conflicts, stats.conflict_bytes) = prefix_totals(&txn.open_table(storage::CONFLICTS)?, &row_prefix)?;
             // Row documents of every epoch: the row-document key without its epoch.
             let doc_prefix = &DocKey::row_prefix(name, 1)[..1 + row_prefix.len()];
