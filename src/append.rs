@@ -29,6 +29,16 @@ const COLUMN_ID_BYTES: usize = 6;
 /// current one does not have.
 pub const NO_TIME_BUCKET: i64 = i64::MIN;
 
+/// The start of the `width`-wide bucket that holds time `ts`: the greatest multiple of
+/// the width not above it. A start below `i64::MIN + 1` (times within one bucket of the
+/// lowest `i64`) is clamped to `i64::MIN + 1`, so it never overflows and never lands in
+/// [`NO_TIME_BUCKET`]; a row's time may then lie below its bucket's start, which the
+/// block's zigzag delta holds.
+pub fn bucket_of(ts: i64, width: i64) -> i64 {
+    debug_assert!(width >= 1, "a bucket is at least one unit wide");
+    ts.checked_sub(ts.rem_euclid(width)).filter(|start| *start > NO_TIME_BUCKET).unwrap_or(NO_TIME_BUCKET + 1)
+}
+
 /// Rows appended to one incarnation of a table by one envelope, verified: the column ids
 /// are distinct ids and every row has one value per column.
 #[derive(Clone, Debug, PartialEq)]
@@ -422,6 +432,20 @@ mod tests {
                 assert!(decode_block(&bytes[..len], bucket).is_err(), "cut at {len}");
             }
         }
+    }
+
+    #[test]
+    fn buckets_never_overflow_nor_reach_the_no_time_bucket() {
+        assert_eq!(bucket_of(7_200_001, 3_600_000), 7_200_000);
+        assert_eq!(bucket_of(-1, 3_600_000), -3_600_000);
+        assert_eq!(bucket_of(i64::MAX, 3_600_000), i64::MAX - i64::MAX % 3_600_000);
+        // Buckets are aligned to 0: the lowest whole one starts at -9223372036854000000.
+        let lowest = -9_223_372_036_854_000_000;
+        assert_eq!(bucket_of(lowest, 3_600_000), lowest);
+        for ts in [i64::MIN, i64::MIN + 1, lowest - 1] {
+            assert_eq!(bucket_of(ts, 3_600_000), NO_TIME_BUCKET + 1, "{ts}");
+        }
+        assert_eq!(bucket_of(i64::MIN, 1), NO_TIME_BUCKET + 1);
     }
 
     #[test]

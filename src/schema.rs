@@ -211,15 +211,6 @@ pub const APPEND_BUCKET_DEFAULT: i64 = 3_600_000;
 /// The smallest `max_bytes` an append-only table accepts.
 pub const APPEND_MAX_BYTES_MIN: u64 = 1 << 20;
 
-impl AppendOptions {
-    /// The start of the bucket that holds time `ts`: the greatest multiple of the bucket
-    /// width not above it (so negative times bucket as positive ones do).
-    pub fn bucket_start(&self, ts: i64) -> i64 {
-        debug_assert!(self.bucket >= 1, "validated: a bucket is at least one unit wide");
-        ts.div_euclid(self.bucket) * self.bucket
-    }
-}
-
 /// First character of a column name that SQL name resolution never matches: a dropped
 /// column's, in [`TableSchema::sql_names`].
 pub const UNREACHABLE_NAME_MARK: char = '\0';
@@ -406,7 +397,8 @@ impl TableSchema {
 
     /// Whether every record and implicit document made under `old` stays valid under this
     /// definition as it is: the same columns (by id, type and default) in the same places
-    /// with the same key, constraints aside from names, and only added columns after them.
+    /// with the same key and append-only options, constraints aside from names, and only
+    /// added columns after them.
     /// A rename or an added column keeps this; anything else (a concurrent definition
     /// winning, concurrent adds ordered before a known one) rebuilds the table's rows.
     pub fn extends(&self, old: &TableSchema) -> bool {
@@ -418,6 +410,7 @@ impl TableSchema {
             && self.columns[old.columns.len()..].iter().all(|c| c.added)
             && self.primary_key_indexes() == old.primary_key_indexes()
             && self.rowid == old.rowid
+            && self.append == old.append
             && self.checks == old.checks
             && self.foreign_keys == old.foreign_keys
     }

@@ -88,7 +88,7 @@ fn split_rows<'r>(
     for (pos, values) in rows {
         let placed = time.and_then(|(t, width)| {
             let ts = append::time_of(&values[t.column], t.timestamp)?;
-            Some((ts.div_euclid(width) * width, t))
+            Some((append::bucket_of(ts, width), t))
         });
         let (bucket, block_time) = match placed {
             Some((bucket, t)) => (bucket, Some(t)),
@@ -239,14 +239,14 @@ impl AppendRows {
                 // Rows without a time never match a time range: skip their bucket.
                 let first = match times.lower {
                     Bound::Unbounded => NO_TIME_BUCKET + 1,
-                    Bound::Included(t) => t.div_euclid(width) * width,
-                    Bound::Excluded(t) => t.saturating_add(1).div_euclid(width) * width,
+                    Bound::Included(t) => append::bucket_of(t, width),
+                    Bound::Excluded(t) => append::bucket_of(t.saturating_add(1), width),
                 };
                 let start = append::bucket_prefix(name, epoch, first.max(NO_TIME_BUCKET + 1));
                 let end = match times.upper {
                     Bound::Unbounded => past(&incarnation),
                     Bound::Included(t) | Bound::Excluded(t) => {
-                        past(&append::bucket_prefix(name, epoch, t.div_euclid(width) * width))
+                        past(&append::bucket_prefix(name, epoch, append::bucket_of(t, width)))
                     }
                 };
                 (start, end)
