@@ -248,6 +248,11 @@ pub(crate) fn ordered(v: i64) -> [u8; 8] {
     ((v as u64) ^ (1 << 63)).to_be_bytes()
 }
 
+/// The inverse of [`ordered`].
+pub(crate) fn unordered(bytes: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(bytes) ^ (1 << 63)) as i64
+}
+
 /// The parts of a block key after the table's name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BlockKey {
@@ -264,7 +269,7 @@ pub(crate) fn decode_block_key(key: &[u8]) -> Result<(&str, BlockKey), KeyError>
         return Err(KeyError("an append block key has epoch, bucket, origin, seq and part"));
     }
     let u64_at = |i: usize| u64::from_be_bytes(rest[i..i + 8].try_into().expect("length checked"));
-    let bucket = (u64_at(8) ^ (1 << 63)) as i64;
+    let bucket = unordered(rest[8..16].try_into().expect("length checked"));
     let origin = NodeId::from_slice(&rest[16..32]).expect("16 bytes");
     Ok((name, BlockKey { epoch: u64_at(0), bucket, origin, seq: u64_at(32) }))
 }

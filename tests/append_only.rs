@@ -5,22 +5,13 @@
 //! reopen and a backup and are counted by the storage breakdown. Each case compares state digests, rows and `check_integrity`.
 
 use edgestore::change::{ChangeError, Malformation, VerifiedChange, ENVELOPE_VERSION_APPEND};
-use edgestore::sql;
 use edgestore::{Replica, Value};
 
 mod common;
-use common::{assert_healthy, log_of, node, open, sync};
+use common::{assert_healthy, log_of, node, open, sql_rows as rows, sql_run as run, sync};
 
 const READINGS: &str = "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
      WITH (append_only = true, time_column = 'ts', bucket = '1 hour')";
-
-fn run(replica: &mut Replica, statement: &str) -> u64 {
-    sql::execute(replica, statement, &[], 1000).unwrap_or_else(|e| panic!("{statement}: {e}")).rows_affected
-}
-
-fn rows(replica: &mut Replica, query: &str) -> Vec<Vec<Value>> {
-    sql::execute(replica, query, &[], 1000).and_then(|r| r.collect_rows()).unwrap_or_else(|e| panic!("{query}: {e}"))
-}
 
 /// `count` readings of `sensor`, one a minute from `start_ms`, in one statement.
 fn readings(sensor: i64, start_ms: i64, count: i64) -> String {
@@ -74,7 +65,7 @@ fn an_envelope_whose_version_does_not_match_its_content_is_refused() {
     run(&mut a, READINGS);
     run(&mut a, &readings(1, 0, 3));
     let mut envelope = log_of(&a).pop().expect("the insert's envelope");
-    assert!(VerifiedChange::decode(envelope.clone()).unwrap().appends[0].rows.len() == 3);
+    assert_eq!(VerifiedChange::decode(envelope.clone()).unwrap().appends[0].rows.len(), 3);
     envelope[0] = 1;
     assert_eq!(
         VerifiedChange::decode(envelope).unwrap_err(),

@@ -8,18 +8,10 @@ use edgestore::sql;
 use edgestore::{NodeId, Replica, ReplicaHandle, Value, WriteBatch};
 
 mod common;
-use common::sync;
+use common::{sql_rows as rows, sql_run as run, sync};
 
 fn open(dir: &tempfile::TempDir, name: &str) -> Replica {
     Replica::open(dir.path().join(format!("{name}.redb")), NodeId::from_public_key(name.as_bytes())).expect("open")
-}
-
-fn run(replica: &mut Replica, statement: &str) -> u64 {
-    sql::execute(replica, statement, &[], 1000).unwrap_or_else(|e| panic!("{statement}: {e}")).rows_affected
-}
-
-fn rows(replica: &mut Replica, query: &str) -> Vec<Vec<Value>> {
-    sql::execute(replica, query, &[], 1000).and_then(|r| r.collect_rows()).unwrap_or_else(|e| panic!("{query}: {e}"))
 }
 
 const QUERIES: &[&str] = &[

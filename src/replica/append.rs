@@ -68,7 +68,8 @@ impl Bucketing {
     }
 }
 
-/// A row of a batch: its position and its values, one per column of the batch.
+/// A row of a batch read back from its blocks: its position and its values, one per
+/// column of the batch.
 type PlacedRow = (u32, Vec<Value>);
 
 /// The rows of one block to be: how it holds their time, and each row by position.
@@ -78,7 +79,7 @@ type BlockRows<'r> = (Option<BlockTime>, Vec<(u32, &'r [Value])>);
 fn split_rows<'r>(
     bucketing: Option<&Bucketing>,
     columns: &[String],
-    rows: &'r [PlacedRow],
+    rows: impl Iterator<Item = (u32, &'r [Value])>,
 ) -> BTreeMap<i64, BlockRows<'r>> {
     let time = bucketing.and_then(|b| {
         let column = columns.iter().position(|id| *id == b.time_id)?;
@@ -94,7 +95,7 @@ fn split_rows<'r>(
             Some((bucket, t)) => (bucket, Some(t)),
             None => (NO_TIME_BUCKET, None),
         };
-        blocks.entry(bucket).or_insert_with(|| (block_time, Vec::new())).1.push((*pos, values.as_slice()));
+        blocks.entry(bucket).or_insert_with(|| (block_time, Vec::new())).1.push((pos, values));
     }
     debug_assert!(
         blocks.iter().all(|(b, (t, _))| (*b == NO_TIME_BUCKET) == t.is_none()),
@@ -103,14 +104,15 @@ fn split_rows<'r>(
     blocks
 }
 
-/// Writes one batch's rows as blocks (one per bucket) and records them in the digest.
-fn write_rows(
+/// Writes one batch's rows, by position, as blocks (one per bucket) and records them in
+/// the digest.
+fn write_rows<'r>(
     tables: &mut WriteTables<'_>,
     entry: &TableEntry,
     origin: NodeId,
     seq: u64,
     columns: &[String],
-    rows: &[PlacedRow],
+    rows: impl Iterator<Item = (u32, &'r [Value])>,
 ) -> Result<(), StorageError> {
     let name = &entry.schema.name;
     let bucketing = Bucketing::of(&entry.schema);
@@ -153,13 +155,12 @@ impl Replica {
         if entry.causal_length != batch.epoch {
             return Ok(true);
         }
-        let rows: Vec<PlacedRow> = batch
-            .rows
-            .iter()
-            .enumerate()
-            .map(|(pos, row)| (u32::try_from(pos).expect("batches hold at most APPEND_ROWS_MAX rows"), row.clone()))
-            .collect();
-        write_rows(tables, entry, origin, seq, &batch.columns, &rows)?;
+        // Borrowed, not copied: this is every ingested row's path.
+        let rows =
+            batch.rows.iter().enumerate().map(|(pos, row)| {
+                (u32::try_from(pos).expect("batches hold at most APPEND_ROWS_MAX rows"), row.as_slice())
+            });
+        write_rows(tables, entry, origin, seq, &batch.columns, rows)?;
         Ok(true)
     }
 
@@ -189,7 +190,7 @@ impl Replica {
         let Some(entry) = current else { return Ok(()) };
         for ((origin, seq, columns), mut rows) in kept {
             rows.sort_by_key(|(pos, _)| *pos);
-            write_rows(tables, entry, origin, seq, &columns, &rows)?;
+            write_rows(tables, entry, origin, seq, &columns, rows.iter().map(|(pos, v)| (*pos, v.as_slice())))?;
         }
         Ok(())
     }

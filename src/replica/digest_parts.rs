@@ -394,7 +394,7 @@ pub(crate) fn describe_part(key: &[u8]) -> String {
         Some(&PART_CONFLICTS) => format!("conflicts of {}", name()),
         Some(&PART_APPEND) => match keys::decode_name(&key[1..]) {
             Ok((name, bucket)) if bucket.len() == 8 => {
-                let start = (u64::from_be_bytes(bucket.try_into().expect("8 bytes")) ^ (1 << 63)) as i64;
+                let start = crate::append::unordered(bucket.try_into().expect("8 bytes"));
                 format!("rows of {name} in the bucket at {start}")
             }
             _ => format!("unknown append part {key:02x?}"),

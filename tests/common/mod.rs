@@ -1,7 +1,7 @@
 //! Fixtures shared by the root crate's integration tests: node ids, replicas on real redb
 //! files in a temporary directory, the `sensors` table most tests write, moving changes
 //! between replicas (by log replay and by state transfer), reading a replica's log,
-//! integrity and seeds; `sqlite` compares expressions with SQLite.
+//! integrity and seeds, running SQL on a replica; `sqlite` compares expressions with SQLite.
 
 #![allow(dead_code)] // each test file uses part of the fixtures
 
@@ -97,4 +97,16 @@ pub fn transfer(from: &Replica, to: &mut Replica, docs_max: usize) -> usize {
             return batches;
         }
     }
+}
+
+/// Runs one SQL statement at time 1000 ms; panics naming it if it fails.
+pub fn sql_run(replica: &mut Replica, statement: &str) -> u64 {
+    edgestore::sql::execute(replica, statement, &[], 1000).unwrap_or_else(|e| panic!("{statement}: {e}")).rows_affected
+}
+
+/// The rows of one SQL query at time 1000 ms; panics naming it if it fails.
+pub fn sql_rows(replica: &mut Replica, query: &str) -> Vec<Vec<Value>> {
+    edgestore::sql::execute(replica, query, &[], 1000)
+        .and_then(|r| r.collect_rows())
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
