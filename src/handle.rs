@@ -30,7 +30,9 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase};
 
 use crate::error::{ApplyError, StorageError, StoreFault, WriteError};
-use crate::replica::{ApplyReport, CompactReport, Replica, SaveReport, Snapshot, WriteBatch, WriteReceipt};
+use crate::replica::{
+    ApplyReport, CompactReport, ExpireReport, Replica, SaveReport, Snapshot, WriteBatch, WriteReceipt,
+};
 use crate::types::NodeId;
 use crate::version_vector::VersionVector;
 
@@ -248,6 +250,16 @@ impl ReplicaHandle {
     /// floor the step does not run: [`StorageError::Unavailable`].
     pub fn save_docs_step(&self, docs_max: usize) -> Result<SaveReport, StorageError> {
         let outcome = self.call(move |replica| replica.save_docs_step(docs_max));
+        outcome.unwrap_or_else(|Stopped| Err(self.not_run()))
+    }
+
+    /// Runs one bounded retention step on the owner thread, between group commits
+    /// (docs/design.md § "Retention, the budget and the floor"): append-only tables'
+    /// floors rise to what their retention and budget ask for at `now_ms` (wall clock,
+    /// ms since the Unix epoch) and at most `blocks_max` blocks below them go, in one
+    /// short durable transaction. While the store is faulted the step does not run.
+    pub fn expire_append_step(&self, now_ms: i64, blocks_max: usize) -> Result<ExpireReport, StorageError> {
+        let outcome = self.call(move |replica| replica.expire_append_step(now_ms, blocks_max));
         outcome.unwrap_or_else(|Stopped| Err(self.not_run()))
     }
 

@@ -44,13 +44,13 @@ pub use catalog::{Catalog, DdlConflict, IndexEntry, TableEntry};
 pub use change::{ChangeError, DocKey, VerifiedChange};
 pub use error::{AlterRefusal, ApplyError, OpenError, ReadError, StorageError, WriteError};
 pub use handle::ReplicaHandle;
+pub use replica::{AppendTableStatus, CompactReport, ExpireReport, SaveReport, SAVE_TAIL_CHANGES_MIN};
 pub use replica::{
     ApplyReport, BackupError, BackupReport, ChangeBatch, ColumnConflict, HistoryEntry, IntegrityProblem, Replica, Row,
     RowConflicts, RowEffect, RowIter, Snapshot, StateDigest, UniqueConflict, WriteBatch, WriteOp, WriteReceipt,
     PENDING_CHANGES_MAX,
 };
 pub use replica::{CacheFigures, OpenOptions, RedbTableStats, StorageStats, UserTableStats};
-pub use replica::{CompactReport, SaveReport, SAVE_TAIL_CHANGES_MIN};
 pub use replica::{DeadLetter, DEAD_LETTERS_MAX, DEAD_LETTER_ERROR_BYTES_MAX, DEAD_LETTER_PAYLOAD_BYTES_MAX};
 pub use replica::{DocHeads, HeadsTree, RepairReport, HEADS_TREE_DEPTH, REPAIR_DOCS_MAX};
 pub use replica::{HeldClaim, HeldPage, HoldersCounters, Horizon, MemberHold};

@@ -199,10 +199,11 @@ pub struct AppendOptions {
     pub time_column: Option<String>,
     /// Width of a bucket in the time column's unit (ms for a `TIMESTAMP`), ≥ 1.
     pub bucket: i64,
-    /// How long rows are kept, a whole number of buckets; `None`: forever. Stored and
-    /// shown; not yet enforced (issue 11 stage 3).
+    /// How long rows are kept, a whole number of buckets; `None`: forever. Enforced by
+    /// each node in whole buckets (`replica/retention.rs`).
     pub retention: Option<i64>,
-    /// A disk budget for the table's blocks, ≥ 1 MiB. Stored and shown; not yet enforced.
+    /// A disk budget for the table's blocks, ≥ 1 MiB; the oldest buckets go first, the
+    /// newest always stays (`replica/retention.rs`).
     pub max_bytes: Option<u64>,
 }
 

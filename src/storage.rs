@@ -82,6 +82,14 @@ pub const META_NEXT_ROW_N: &str = "next_row_n";
 /// `ALTER` rebuilds it (value: one byte).
 pub const META_FOREIGN_VALUES_PREFIX: &str = "foreign_values.";
 
+/// Prefix of `meta_v1` keys `append_floor.<table>`: an append-only table's floor and
+/// expiry counts (packed CBOR `AppendFloor`, `replica/retention.rs`).
+pub const META_APPEND_FLOOR_PREFIX: &str = "append_floor.";
+
+/// `meta_v1` key of the generation of the append-only block layout (u64 BE; absent = 0),
+/// raised by every re-split of a table's blocks (`replica/append.rs`).
+pub const META_APPEND_LAYOUT: &str = "append_layout";
+
 /// Creates every table, so later read transactions can open them unconditionally.
 pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(META)?;

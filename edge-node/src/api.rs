@@ -501,8 +501,10 @@ async fn status_route(State(node): State<Arc<Node>>) -> Answer {
         let store = on_owner(&handle, move |replica| {
             let vector = replica.version_vector();
             let tables: Vec<&str> = replica.catalog().live_tables().map(|t| t.schema.name.as_str()).collect();
+            let append_tables = replica.append_tables_status()?;
             replica.pending_changes().map(|pending| {
                 json!({
+                    "append_tables": crate::retention::to_json(&append_tables),
                     "tables": tables,
                     "changes": vector.total_changes(),
                     "origins": vector.len(),
@@ -730,6 +732,7 @@ fn store_figures(handle: &ReplicaHandle, now_ms: u64, peer_horizon_ms: u64) -> R
         let vector = replica.version_vector();
         let mut horizon = metrics::HorizonFigures::of(&replica.horizon(now_ms, peer_horizon_ms), vector);
         horizon.counters = replica.holders_counters();
+        let append_tables = replica.append_tables_status()?;
         replica.pending_changes().map(|pending_changes| StoreFigures {
             horizon,
             local_changes: vector.seq(replica.node_id()),
@@ -739,6 +742,7 @@ fn store_figures(handle: &ReplicaHandle, now_ms: u64, peer_horizon_ms: u64) -> R
             conflicts,
             table_entries,
             caches: Some(replica.cache_figures()),
+            append_tables,
             ..StoreFigures::default()
         })
     })

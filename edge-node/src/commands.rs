@@ -90,6 +90,9 @@ fn remote_status(client: &Client) -> Result<()> {
     if !status["mqtt"].is_null() {
         println!("mqtt:       {}", mqtt_line(&status["mqtt"]));
     }
+    for table in status["append_tables"].as_array().into_iter().flatten() {
+        println!("append:     {}", crate::retention::line(table));
+    }
     println!("digest:     {}", text("digest"));
     if !status["horizon"].is_null() {
         print!("{}", crate::horizon::render(&status["horizon"]));

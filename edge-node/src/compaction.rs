@@ -8,7 +8,9 @@
 //! [`COMPACT_STEPS_PER_TICK`] steps run per tick, so a long log is worked off over several
 //! seconds while the owner stays mostly free for writers.
 //!
-//! After the log steps of a tick come at most [`SAVE_STEPS_PER_TICK`] document-save
+//! After the log steps of a tick come at most [`EXPIRE_STEPS_PER_TICK`] retention steps
+//! of at most [`EXPIRE_STEP_BLOCKS`] blocks each (append-only tables' rows older than
+//! their retention or over their `max_bytes`, on the wall clock), then at most [`SAVE_STEPS_PER_TICK`] document-save
 //! steps of at most [`SAVE_STEP_DOCS`] documents each, again one owner request and one
 //! durable transaction per step; once a pass found nothing left to save they return at
 //! once until a document's tail grows again.
@@ -33,6 +35,13 @@ pub const COMPACT_INTERVAL: Duration = Duration::from_secs(1);
 pub const COMPACT_STEP_ENTRIES: usize = 256;
 /// Steps per tick, at most.
 pub const COMPACT_STEPS_PER_TICK: usize = 64;
+
+/// Blocks removed per retention step, at most (docs/design.md § "Retention, the budget
+/// and the floor"): a bucket removed whole costs no decoding, a bucket cut by the bound
+/// has each removed block taken out of the digest.
+pub const EXPIRE_STEP_BLOCKS: usize = 256;
+/// Retention steps per tick, at most.
+pub const EXPIRE_STEPS_PER_TICK: usize = 16;
 
 /// Documents saved per document-save step, at most.
 pub const SAVE_STEP_DOCS: usize = 128;
@@ -67,6 +76,12 @@ pub struct Compaction {
     /// The longest step so far, in microseconds, measured around the owner thread's
     /// round trip: what a writer queued behind a step waits at most, roughly.
     pub step_us_max: AtomicU64,
+    /// Rows of append-only tables removed by retention or `max_bytes`.
+    pub expired_rows: AtomicU64,
+    /// Bytes of the blocks removed.
+    pub expired_bytes: AtomicU64,
+    /// The longest retention step so far, in microseconds (as `step_us_max`).
+    pub expire_step_us_max: AtomicU64,
 }
 
 impl std::fmt::Debug for Compaction {
@@ -90,6 +105,9 @@ impl Compaction {
             docs_saved: AtomicU64::new(0),
             docs_saved_bytes_freed: AtomicU64::new(0),
             step_us_max: AtomicU64::new(0),
+            expired_rows: AtomicU64::new(0),
+            expired_bytes: AtomicU64::new(0),
+            expire_step_us_max: AtomicU64::new(0),
         }
     }
 
@@ -110,10 +128,43 @@ impl Compaction {
         }
     }
 
-    /// Log steps, then document-save steps. `Err` only when the owner thread has stopped.
+    /// Log steps, then retention steps, then document-save steps. `Err` only when the
+    /// owner thread has stopped.
     fn tick(self: &Arc<Compaction>, handle: &ReplicaHandle) -> Result<(), StorageError> {
         self.log_steps(handle)?;
+        self.expire_steps(handle)?;
         self.save_steps(handle)
+    }
+
+    /// Runs up to [`EXPIRE_STEPS_PER_TICK`] retention steps at the wall clock's time,
+    /// until nothing is left below any append-only table's floor.
+    fn expire_steps(&self, handle: &ReplicaHandle) -> Result<(), StorageError> {
+        for _ in 0..EXPIRE_STEPS_PER_TICK {
+            let started = Instant::now();
+            let outcome = handle.expire_append_step(crate::clock::now_ms(), EXPIRE_STEP_BLOCKS);
+            let step_us = started.elapsed().as_micros() as u64;
+            match outcome {
+                Ok(report) => {
+                    if report.blocks_removed > 0 {
+                        self.expired_rows.fetch_add(report.rows_removed, Ordering::Relaxed);
+                        self.expired_bytes.fetch_add(report.bytes_removed, Ordering::Relaxed);
+                        self.expire_step_us_max.fetch_max(step_us, Ordering::Relaxed);
+                        tracing::debug!(
+                            blocks = report.blocks_removed,
+                            rows = report.rows_removed,
+                            bytes = report.bytes_removed,
+                            step_us,
+                            "append-only rows expired"
+                        );
+                    }
+                    if report.complete {
+                        return Ok(());
+                    }
+                }
+                Err(error) => return self.failed(error, "retention failed"),
+            }
+        }
+        Ok(())
     }
 
     /// Runs up to [`COMPACT_STEPS_PER_TICK`] steps, until the log holds nothing at or

@@ -75,7 +75,7 @@ pub fn table(history: &Json) -> Result<(Vec<String>, Vec<Vec<Value>>)> {
 /// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (the calendar is the `time` crate's). A time outside
 /// the years -9999..=9999, which only a wrong clock or a hostile peer writes, is shown as
 /// its milliseconds.
-fn utc(ms: i64) -> String {
+pub(crate) fn utc(ms: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
         Ok(t) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}",

@@ -25,6 +25,7 @@ mod metrics;
 mod mqtt;
 mod peers;
 mod render;
+mod retention;
 mod serve;
 mod shell;
 mod statement_cache;

@@ -65,6 +65,8 @@ pub struct StoreFigures {
     pub horizon: HorizonFigures,
     /// MQTT ingest, when `[mqtt]` is set.
     pub mqtt: Option<MqttFigures>,
+    /// Append-only tables: rows, bytes and expiry.
+    pub append_tables: Vec<edgestore::AppendTableStatus>,
 }
 
 /// MQTT ingest's figures for a scrape (`mqtt/mod.rs`).
@@ -150,6 +152,11 @@ pub struct CompactionFigures {
     pub docs_saved: u64,
     /// Bytes those saves freed.
     pub docs_saved_bytes_freed: u64,
+    /// Rows of append-only tables removed by retention and budgets, and their blocks' bytes.
+    pub expired_rows: u64,
+    pub expired_bytes: u64,
+    /// The longest retention step, in microseconds.
+    pub expire_step_us_max: u64,
 }
 
 impl CompactionFigures {
@@ -163,6 +170,9 @@ impl CompactionFigures {
             step_us_max: load(&compaction.step_us_max),
             docs_saved: load(&compaction.docs_saved),
             docs_saved_bytes_freed: load(&compaction.docs_saved_bytes_freed),
+            expired_rows: load(&compaction.expired_rows),
+            expired_bytes: load(&compaction.expired_bytes),
+            expire_step_us_max: load(&compaction.expire_step_us_max),
         }
     }
 }
@@ -462,8 +472,45 @@ fn mqtt_metrics(registry: &mut Registry, mqtt: &MqttFigures) {
     counter(registry, "mqtt_throttled_ms", throttled, mqtt.throttled_ms);
 }
 
+/// Append-only tables and their retention (docs/design.md § "Retention, the budget and
+/// the floor").
+fn append_metrics(registry: &mut Registry, store: &StoreFigures) {
+    let figures = &store.compaction;
+    let rows = "Rows of append-only tables removed by retention or max_bytes since the node started";
+    counter(registry, "retention_expired_rows", rows, figures.expired_rows);
+    let bytes = "Bytes of append-only blocks removed by retention or max_bytes since the node started";
+    counter(registry, "retention_expired_bytes", bytes, figures.expired_bytes);
+    let pause = "Longest retention step since the node started, in microseconds";
+    gauge(registry, "retention_step_max_microseconds", pause, figures.expire_step_us_max);
+    let (rows, bytes, floor) = (
+        Family::<TableLabel, Gauge>::default(),
+        Family::<TableLabel, Gauge>::default(),
+        Family::<TableLabel, Gauge>::default(),
+    );
+    let (expired, on_arrival) = (Family::<TableLabel, Counter>::default(), Family::<TableLabel, Counter>::default());
+    for table in &store.append_tables {
+        let label = TableLabel { table: table.name.clone() };
+        rows.get_or_create(&label).set(clamp(table.rows));
+        bytes.get_or_create(&label).set(clamp(table.bytes));
+        if let Some(start) = table.floor {
+            floor.get_or_create(&label).set(start);
+        }
+        expired.get_or_create(&label).inc_by(table.expired_rows);
+        on_arrival.get_or_create(&label).inc_by(table.expired_on_arrival);
+    }
+    registry.register("append_rows", "Rows an append-only table holds", rows);
+    registry.register("append_bytes", "Bytes of an append-only table's blocks, keys included", bytes);
+    let floor_help =
+        "Start of the oldest bucket an append-only table keeps (ms since 1970 for a TIMESTAMP time column)";
+    registry.register("append_floor", floor_help, floor);
+    registry.register("append_expired_rows", "Rows an append-only table lost to retention or max_bytes", expired);
+    let arrival = "Rows of an append-only table that arrived below its floor and were not stored";
+    registry.register("append_expired_on_arrival", arrival, on_arrival);
+}
+
 fn store_metrics(registry: &mut Registry, store: &StoreFigures) {
     compaction_metrics(registry, store);
+    append_metrics(registry, store);
     if let Some(mqtt) = &store.mqtt {
         mqtt_metrics(registry, mqtt);
     }
@@ -535,13 +582,22 @@ mod tests {
             step_us_max: 1500,
             docs_saved: 4,
             docs_saved_bytes_freed: 700,
+            expired_rows: 180,
+            expired_bytes: 5000,
+            expire_step_us_max: 800,
         };
-        let store = StoreFigures { log_floor_changes: 9, compaction, ..StoreFigures::default() };
+        let table = crate::retention::sample_status();
+        let store =
+            StoreFigures { log_floor_changes: 9, compaction, append_tables: vec![table], ..StoreFigures::default() };
         let text = render(&api, &store, &[], &NodeCounters::default(), 5);
         assert!(text.contains("edgestore_log_floor_changes 9"), "{text}");
         assert!(text.contains("edgestore_log_compacted_entries_total 9"), "{text}");
         assert!(text.contains("edgestore_log_compaction_step_max_microseconds 1500"), "{text}");
         assert!(text.contains("edgestore_docs_saved_total 4"), "{text}");
+        assert!(text.contains("edgestore_retention_expired_rows_total 180"), "{text}");
+        assert!(text.contains("edgestore_append_rows{table=\"readings\"} 540"), "{text}");
+        assert!(text.contains("edgestore_append_floor{table=\"readings\"} 10800000"), "{text}");
+        assert!(text.contains("edgestore_append_expired_on_arrival_total{table=\"readings\"} 60"), "{text}");
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
     }
 

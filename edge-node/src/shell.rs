@@ -402,6 +402,10 @@ impl Shell {
                 writeln!(out, "node id:  {} (data directory opened directly)", replica.node_id())?;
                 writeln!(out, "changes:  {} from {} node(s)", vector.total_changes(), vector.len())?;
                 writeln!(out, "pending:  {}", replica.pending_changes()?)?;
+                let tables = crate::retention::to_json(&replica.append_tables_status()?);
+                for table in tables.as_array().into_iter().flatten() {
+                    writeln!(out, "append:   {}", crate::retention::line(table))?;
+                }
             }
             Backend::Remote(client) => {
                 let s = client.get("/v1/status")?;
@@ -412,6 +416,9 @@ impl Shell {
                 writeln!(out, "health:   {}", crate::commands::health_line(&s["health"]))?;
                 if !s["mqtt"].is_null() {
                     writeln!(out, "mqtt:     {}", crate::commands::mqtt_line(&s["mqtt"]))?;
+                }
+                for table in s["append_tables"].as_array().into_iter().flatten() {
+                    writeln!(out, "append:   {}", crate::retention::line(table))?;
                 }
             }
         }

@@ -115,3 +115,38 @@ fn sigkill_during_log_compaction_loses_nothing_and_leaves_an_intact_store() {
     assert!(acknowledged.is_subset(&stored_ids(&node)));
     insert(node.api, -1).expect("writes go on above the floor");
 }
+
+/// Retention runs in the same driver: rows of an append-only table older than its
+/// retention (on the node's wall clock) go within a tick or two, and `status`, the shell
+/// and metrics show what went (docs/design.md § "Retention, the budget and the floor").
+#[test]
+fn the_node_expires_append_only_rows_older_than_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("a");
+    let node = start("a", &data, "127.0.0.1:0", "127.0.0.1:0");
+    sql(
+        &node,
+        "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
+         WITH (append_only = true, time_column = 'ts', bucket = '1 hour', retention = '1 day')",
+        json!([]),
+    );
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let day = 86_400_000;
+    // Two and three days old (expired), and a minute ago (kept).
+    for (sensor, ts) in [(1, now_ms - 3 * day), (2, now_ms - 2 * day), (3, now_ms - 60_000)] {
+        let values: Vec<String> = (0..50).map(|i| format!("({sensor}, {}, {i}.5)", ts + i)).collect();
+        sql(&node, &format!("INSERT INTO readings VALUES {}", values.join(", ")), json!([]));
+    }
+    wait_for(&node, "100 rows expired", |node| metric(node, "edgestore_retention_expired_rows_total") >= 100);
+    let answer = sql(&node, "SELECT count(*), min(sensor) FROM readings", json!([]));
+    assert_eq!(answer["rows"], json!([[50, 3]]), "{answer}");
+
+    let (_, status) = http(node.api, "GET", "/v1/status", None);
+    let table = &status["append_tables"][0];
+    assert_eq!((table["name"].as_str(), table["rows"].as_u64()), (Some("readings"), Some(50)), "{status}");
+    assert_eq!(table["expired_rows"].as_u64(), Some(100), "{status}");
+    assert!(table["floor"].as_i64().is_some_and(|floor| floor > now_ms - 2 * day && floor < now_ms), "{status}");
+    let shell = common::shell(&node, ".status");
+    assert!(shell.contains("append:   readings: 50 rows in "), "{shell}");
+    assert!(shell.contains("retention 1 day") && shell.contains("100 rows expired"), "{shell}");
+}

@@ -105,7 +105,10 @@ fn split_rows<'r>(
 }
 
 /// Writes one batch's rows, by position, as blocks (one per bucket) and records them in
-/// the digest.
+/// the digest. Rows in a bucket below `floor` (retention's, `retention.rs`) are not
+/// stored; returns how many. A block already stored under the same key (the same
+/// envelope's rows of the bucket, from a state transfer or a re-split) is merged with
+/// the new rows by position, so a row is never stored or counted twice.
 fn write_rows<'r>(
     tables: &mut WriteTables<'_>,
     entry: &TableEntry,
@@ -113,27 +116,53 @@ fn write_rows<'r>(
     seq: u64,
     columns: &[String],
     rows: impl Iterator<Item = (u32, &'r [Value])>,
-) -> Result<(), StorageError> {
+    floor: i64,
+) -> Result<u64, StorageError> {
     let name = &entry.schema.name;
     let bucketing = Bucketing::of(&entry.schema);
-    for (bucket, (time, block_rows)) in split_rows(bucketing.as_ref(), columns, rows) {
+    let mut expired = 0;
+    for (bucket, (time, new_rows)) in split_rows(bucketing.as_ref(), columns, rows) {
+        if bucket != NO_TIME_BUCKET && bucket < floor {
+            expired += new_rows.len() as u64;
+            continue;
+        }
         let key = append::block_key(name, entry.causal_length, bucket, origin, seq, 0);
+        let old = tables.append_blocks.get(key.as_slice())?.map(|v| v.value().to_vec());
+        let old_block = match &old {
+            Some(old) => {
+                let summary = summarize_block(&key, old)?;
+                tables.digest_delta.append_block(name, bucket, summary.rows, &summary.xor, key.len() + old.len(), -1);
+                Some(append::decode_block(old, bucket).map_err(corrupt_record)?)
+            }
+            None => None,
+        };
+        // Covariance: the rows borrowed from the input live at least as long as `old_block`.
+        let mut block_rows: Vec<(u32, &[Value])> = new_rows;
+        if let Some(old_block) = &old_block {
+            if old_block.columns.as_slice() != columns {
+                // One envelope writes one batch per table, under one list of ids.
+                return Err(Corruption::Record {
+                    table: BLOCKS,
+                    source: crate::record::RecordError("one envelope's blocks under two column lists"),
+                }
+                .into());
+            }
+            for (pos, values) in &old_block.rows {
+                if !block_rows.iter().any(|(p, _)| p == pos) {
+                    block_rows.push((*pos, values.as_slice()));
+                }
+            }
+            block_rows.sort_by_key(|(pos, _)| *pos);
+        }
         let value = append::encode_block(columns, time, bucket, &block_rows);
         let mut xor = [0u8; 32];
         for (pos, values) in &block_rows {
             super::digest::xor_into(&mut xor, &append::row_hash(origin, seq, *pos, columns, values));
         }
-        let old = tables.append_blocks.insert(key.as_slice(), value.as_slice())?.map(|v| v.value().to_vec());
-        if let Some(old) = old {
-            // Never expected (an envelope is stored once; a re-split clears first), but
-            // the key names the envelope, so a block is replaced, never counted twice.
-            debug_assert!(false, "a block key is written once per envelope and bucket");
-            let summary = summarize_block(&key, &old)?;
-            tables.digest_delta.append_block(name, bucket, summary.rows, &summary.xor, key.len() + old.len(), -1);
-        }
+        tables.append_blocks.insert(key.as_slice(), value.as_slice())?;
         tables.digest_delta.append_block(name, bucket, block_rows.len() as u64, &xor, key.len() + value.len(), 1);
     }
-    Ok(())
+    Ok(expired)
 }
 
 impl Replica {
@@ -160,7 +189,12 @@ impl Replica {
             batch.rows.iter().enumerate().map(|(pos, row)| {
                 (u32::try_from(pos).expect("batches hold at most APPEND_ROWS_MAX rows"), row.as_slice())
             });
-        write_rows(tables, entry, origin, seq, &batch.columns, rows)?;
+        let mut floor = super::retention::read_floor(&tables.meta, &batch.table, batch.epoch)?;
+        let expired = write_rows(tables, entry, origin, seq, &batch.columns, rows, floor.floor)?;
+        if expired > 0 {
+            floor.expired_on_arrival += expired;
+            super::retention::write_floor(&mut tables.meta, &batch.table, &floor)?;
+        }
         Ok(true)
     }
 
@@ -187,13 +221,50 @@ impl Replica {
         }
         tables.append_blocks.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
         tables.digest_delta.clear_append_table(&tables.digest, name)?;
-        let Some(entry) = current else { return Ok(()) };
+        let Some(entry) = current else {
+            super::retention::remove_floor(&mut tables.meta, name)?;
+            return Ok(());
+        };
+        let mut floor = super::retention::read_floor(&tables.meta, name, entry.causal_length)?;
+        let mut expired = 0;
         for ((origin, seq, columns), mut rows) in kept {
             rows.sort_by_key(|(pos, _)| *pos);
-            write_rows(tables, entry, origin, seq, &columns, rows.iter().map(|(pos, v)| (*pos, v.as_slice())))?;
+            let rows = rows.iter().map(|(pos, v)| (*pos, v.as_slice()));
+            expired += write_rows(tables, entry, origin, seq, &columns, rows, floor.floor)?;
         }
+        if expired > 0 {
+            // Re-split under a finer bucket, rows of a bucket that straddled the floor
+            // now lie below it.
+            floor.expired_rows += expired;
+            super::retention::write_floor(&mut tables.meta, name, &floor)?;
+        }
+        bump_layout(tables)?;
         Ok(())
     }
+}
+
+/// The generation of the block layout, in `meta_v1` under `append_layout` (u64 BE; absent
+/// = 0): raised in the transaction of every re-split, which moves rows between block
+/// keys. A state transfer streams blocks in key order under one generation and starts
+/// the blocks over when it changes (`transfer.rs`), so a row moved behind its cursor is
+/// still sent.
+pub(crate) fn layout_generation(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<u64, StorageError> {
+    match meta.get(crate::storage::META_APPEND_LAYOUT)? {
+        None => Ok(0),
+        Some(bytes) => {
+            let bytes: [u8; 8] = bytes
+                .value()
+                .try_into()
+                .map_err(|_| StorageError::BadLength { table: "meta_v1 append_layout", len: bytes.value().len() })?;
+            Ok(u64::from_be_bytes(bytes))
+        }
+    }
+}
+
+fn bump_layout(tables: &mut WriteTables<'_>) -> Result<(), StorageError> {
+    let next = layout_generation(&tables.meta)? + 1;
+    tables.meta.insert(crate::storage::META_APPEND_LAYOUT, next.to_be_bytes().as_slice())?;
+    Ok(())
 }
 
 /// The range of bucket starts a scan reads: all, or those that can hold a time in

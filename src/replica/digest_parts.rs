@@ -214,6 +214,12 @@ impl DigestDelta {
         Ok(())
     }
 
+    /// Every block of bucket `bucket` of append-only table `table` was removed (by
+    /// retention): its part is reset.
+    pub fn clear_append_bucket(&mut self, table: &str, bucket: i64) {
+        self.parts.insert(append_part(table, Some(bucket)), Delta { reset: true, ..Delta::default() });
+    }
+
     /// Every row and conflict of the table whose `rows_v1` key prefix is `prefix` (its
     /// encoded name) was removed.
     pub fn clear_table(&mut self, prefix: &[u8]) {
@@ -288,6 +294,36 @@ pub(crate) fn stored_append_row_count(
         rows += Part::decode(item?.1.value())?.entries;
     }
     Ok(rows)
+}
+
+/// The rows and bytes of each bucket of append-only table `name`, by bucket start: its
+/// bucket parts, as stored.
+pub(crate) fn append_buckets(
+    digest: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    name: &str,
+) -> Result<BTreeMap<i64, Part>, StorageError> {
+    let prefix = append_part(name, None);
+    let end = keys::prefix_end(&prefix).expect("a part kind is not 0xFF");
+    let mut buckets = BTreeMap::new();
+    for item in digest.range::<&[u8]>(prefix.as_slice()..end.as_slice())? {
+        let (key, value) = item?;
+        let start: [u8; 8] =
+            key.value()[prefix.len()..].try_into().map_err(|_| Corruption::KeyLength { table: "digest_v1 append" })?;
+        buckets.insert(crate::append::unordered(start), Part::decode(value.value())?);
+    }
+    Ok(buckets)
+}
+
+/// Whether `part` is an append-only table's bucket below that table's entry in `floors`
+/// (the no-time bucket never is).
+pub(crate) fn append_part_below(part: &[u8], floors: &BTreeMap<String, i64>) -> bool {
+    if part.first() != Some(&PART_APPEND) {
+        return false;
+    }
+    let Ok((name, bucket)) = keys::decode_name(&part[1..]) else { return false };
+    let Ok(bucket) = <[u8; 8]>::try_from(bucket) else { return false };
+    let start = crate::append::unordered(bucket);
+    start != crate::append::NO_TIME_BUCKET && floors.get(name).is_some_and(|floor| start < *floor)
 }
 
 /// The parts as stored in `digest_v1`, in key order.

@@ -111,6 +111,17 @@ impl Replica {
         self.snapshot()?.state_digest()
     }
 
+    /// The digest of the converged state with each append-only table's buckets below
+    /// `floors[table]` left out: what two nodes that expired rows at different moments
+    /// compare at (docs/design.md § "Digest and anti-entropy across floors"), usually the
+    /// higher of their [`Replica::append_floors`].
+    pub fn state_digest_at(&self, floors: &BTreeMap<String, i64>) -> Result<StateDigest, StorageError> {
+        let txn = self.db.begin_read()?;
+        let mut parts = digest_parts::stored_parts(&txn.open_table(storage::DIGEST)?)?;
+        parts.retain(|key, _| !digest_parts::append_part_below(key, floors));
+        Ok(digest_parts::state_digest_of(&parts))
+    }
+
     /// Re-derives everything derived and reports every mismatch; empty means healthy.
     pub fn check_integrity(&self) -> Result<Vec<IntegrityProblem>, StorageError> {
         let txn = self.db.begin_read()?;

@@ -25,6 +25,7 @@ mod materialize;
 mod open;
 mod read;
 mod restore;
+mod retention;
 mod save;
 mod stats;
 mod transfer;
@@ -63,6 +64,7 @@ pub use holders::{
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
 pub use read::{RowConflicts, RowIter, Snapshot, UniqueConflict};
+pub use retention::{AppendFloor, AppendTableStatus, ExpireReport, NO_FLOOR};
 pub use save::{SaveReport, SAVE_SCAN_DOCS_MAX, SAVE_TAIL_CHANGES_MIN};
 pub use stats::{CacheFigures, RedbTableStats, StorageStats, UserTableStats};
 pub use transfer::{
