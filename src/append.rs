@@ -83,6 +83,12 @@ pub enum AppendFault {
         /// Columns of the batch.
         columns: usize,
     },
+    /// A transferred block's rows repeat a position, or lie outside a batch's positions.
+    #[error("a transferred block repeats a row position or has one past {APPEND_ROWS_MAX}")]
+    Positions,
+    /// A transferred block names an envelope the transfer batch's vector does not hold.
+    #[error("a transferred block of an envelope the batch's vector does not hold")]
+    NotInVector,
 }
 
 /// The payload's CBOR, fields by position.

@@ -47,3 +47,24 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
 }
+
+/// Decodes `data` as the two append-only payloads a peer can send: with an even first
+/// byte, an append batch (`data[1]` bytes of operation key, the rest its payload); with
+/// an odd one, a block as a state transfer carries it (8 bytes of bucket start, the rest
+/// the block). Panics only on a bug: a decoder that panics, or a batch that decodes but
+/// does not survive its own encoding.
+pub fn decode_append_payloads(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else { return };
+    if selector % 2 == 0 {
+        let Some((&key_len, rest)) = rest.split_first() else { return };
+        let (key, payload) = rest.split_at(usize::from(key_len).min(rest.len()));
+        if let Ok(batch) = crate::append::AppendBatch::decode(key, payload) {
+            let again = crate::append::AppendBatch::decode(&batch.key(), &batch.payload());
+            assert_eq!(again.as_ref(), Ok(&batch), "a decoded append batch survives its own encoding");
+        }
+    } else if rest.len() >= 8 {
+        let (bucket, block) = rest.split_at(8);
+        let bucket = i64::from_be_bytes(bucket.try_into().expect("8 bytes"));
+        let _ = crate::append::decode_block(block, bucket);
+    }
+}

@@ -2,13 +2,14 @@
 //! retention): rows written concurrently on several nodes merge by union in every order
 //! of arrival, a drop concurrent with appends removes them everywhere, concurrent
 //! definitions that split rows into different buckets converge, and rows outlive a
-//! reopen and a backup and are counted by the storage breakdown. Each case compares state digests, rows and `check_integrity`.
+//! reopen and a backup and are counted by the storage breakdown, and reach a new node by
+//! state transfer once the log is compacted, also when a re-split moves them mid-way. Each case compares state digests, rows and `check_integrity`.
 
 use edgestore::change::{ChangeError, Malformation, VerifiedChange, ENVELOPE_VERSION_APPEND};
 use edgestore::{Replica, Value};
 
 mod common;
-use common::{assert_healthy, log_of, node, open, sql_rows as rows, sql_run as run, sync};
+use common::{assert_healthy, log_of, node, open, sql_rows as rows, sql_run as run, sync, transfer};
 
 const READINGS: &str = "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
      WITH (append_only = true, time_column = 'ts', bucket = '1 hour')";
@@ -144,4 +145,96 @@ fn rows_outlive_a_reopen_and_a_backup() {
     let mut restored = Replica::open(&backup, node(1)).expect("open the backup");
     assert_eq!(rows(&mut restored, ALL), before);
     assert_healthy(&restored);
+}
+
+/// Compacts `replica`'s whole log (a node alone holds everything stable); returns the
+/// entries removed.
+fn compact_all(replica: &mut Replica) -> u64 {
+    let upto = replica.version_vector().clone();
+    let mut removed = 0;
+    loop {
+        let report = replica.compact_log_step(&upto, 256).unwrap();
+        removed += report.entries_removed;
+        if report.complete {
+            return removed;
+        }
+    }
+}
+
+#[test]
+fn a_new_node_gets_the_rows_by_state_transfer_once_the_log_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open(&dir, 1);
+    run(&mut a, READINGS);
+    run(&mut a, "CREATE TABLE sites (id INTEGER PRIMARY KEY, name TEXT)");
+    run(&mut a, "INSERT INTO sites VALUES (1, 'north'), (2, 'south')");
+    for sensor in 1..=4 {
+        run(&mut a, &readings(sensor, sensor * 40 * 60_000, 150));
+    }
+    // Nothing holds the log back any more: every envelope goes, the rows stay in blocks.
+    assert_eq!(compact_all(&mut a), 7);
+    assert_eq!(a.log_floor(), a.version_vector());
+    let mut c = open(&dir, 3);
+    let batches = transfer(&a, &mut c, 3);
+    assert!(batches > 4, "documents and blocks, 3 a batch: {batches} batches");
+    assert_eq!(c.version_vector(), a.version_vector());
+    assert_same(&mut a, &mut c);
+    let joined = "SELECT count(*) FROM readings JOIN sites ON readings.sensor = sites.id";
+    assert_eq!(rows(&mut c, joined), vec![vec![Value::Integer(300)]]);
+    // Delta sync continues above the installed vector.
+    run(&mut a, &readings(5, 0, 10));
+    sync(&a, &mut c);
+    assert_same(&mut a, &mut c);
+    // A block sent twice (a second transfer into a node that holds it) is not counted twice.
+    let mut again = open(&dir, 4);
+    transfer(&a, &mut again, 1000);
+    transfer(&c, &mut again, 1000);
+    assert_same(&mut a, &mut again);
+}
+
+/// The donor re-splits its blocks mid-transfer (a concurrent definition with another
+/// bucket width wins there), which moves rows between block keys, some behind the
+/// receiver's cursor: the blocks start over under the new layout and nothing is missed.
+/// Every assignment of the two widths to donor and other node is run, so whichever
+/// definition wins, one run has the donor move rows backwards.
+#[test]
+fn a_re_split_during_a_transfer_starts_the_blocks_over() {
+    let hourly = READINGS;
+    let minutely = "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
+                    WITH (append_only = true, time_column = 'ts', bucket = '1 minute')";
+    for (donor_def, other_def) in [(hourly, minutely), (minutely, hourly)] {
+        for donor_is_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (n_donor, n_other) = if donor_is_first { (1, 2) } else { (2, 1) };
+            let (mut donor, mut other) = (open(&dir, n_donor), open(&dir, n_other));
+            run(&mut donor, donor_def);
+            run(&mut other, other_def);
+            for sensor in 0..3 {
+                run(&mut donor, &readings(sensor, sensor * 30 * 60_000, 100));
+                run(&mut other, &readings(10 + sensor, sensor * 30 * 60_000, 20));
+            }
+            compact_all(&mut donor);
+            let mut c = open(&dir, 3);
+            // Halfway through the donor's blocks, the other node's definition arrives.
+            let in_blocks = |c: &Replica| c.transfer_progress().unwrap().is_some_and(|p| p.cursor.first() == Some(&3));
+            let mut blocks_sent = 0;
+            while blocks_sent < 3 {
+                let cursor = c.transfer_progress().unwrap().map(|p| p.cursor_for(donor.node_id())).unwrap_or_default();
+                let batch = donor.export_transfer(&cursor, 1, 1 << 20).unwrap();
+                assert!(!batch.done, "the transfer ended before the re-split");
+                c.import_transfer(donor.node_id(), batch).unwrap();
+                blocks_sent += usize::from(in_blocks(&c));
+            }
+            sync(&other, &mut donor);
+            transfer(&donor, &mut c, 4);
+            sync(&donor, &mut c);
+            sync(&other, &mut c);
+            let label = format!("donor {donor_def:?} as node {n_donor}");
+            assert_eq!(c.state_digest().unwrap(), donor.state_digest().unwrap(), "{label}");
+            assert_eq!(rows(&mut c, ALL), rows(&mut donor, ALL), "{label}");
+            assert_eq!(rows(&mut c, "SELECT count(*) FROM readings"), vec![vec![Value::Integer(360)]], "{label}");
+            assert_healthy(&c);
+            assert_healthy(&donor);
+        }
+    }
 }

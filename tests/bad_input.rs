@@ -976,3 +976,47 @@ fn seeded_mutation_sweep_only_yields_typed_errors_and_never_half_applies() {
     assert!(refused > SWEEP_BATCHES / 3, "the sweep should mostly produce bad input, refused only {refused}");
     assert!(tallies.len() == MUTATIONS.len(), "every mutation kind was exercised");
 }
+
+/// The append-only payloads' fuzz entry point (`fuzz/fuzz_targets/append_payloads.rs`)
+/// on stable: every truncation and every one-byte corruption of a real append batch and
+/// of a real transferred block decodes without panicking, and whatever still decodes as
+/// a batch survives its own encoding.
+#[test]
+fn append_payloads_survive_every_truncation_and_corruption() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open_as(&dir, "a.redb", NodeId([1; 16]));
+    let readings = "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL, note TEXT) \
+                    WITH (append_only = true, time_column = 'ts', bucket = '1 hour')";
+    common::sql_run(&mut a, readings);
+    common::sql_run(
+        &mut a,
+        "INSERT INTO readings VALUES (1, 0, 1.5, 'a'), (2, 3600000, NULL, 'bb'), (3, 5, 2.0, NULL)",
+    );
+    let envelope = log_of(&a).pop().expect("the insert's envelope");
+    let batch = VerifiedChange::decode(envelope).unwrap().appends.remove(0);
+    let (key, payload) = (batch.key(), batch.payload());
+    let mut batch_input = vec![0, key.len() as u8];
+    batch_input.extend_from_slice(&key);
+    batch_input.extend_from_slice(&payload);
+    let transfer = a.export_transfer(&[], 100, 1 << 20).unwrap();
+    let block = transfer.docs.iter().find(|d| d.key[0] == 3).expect("a block follows the catalog document");
+    let mut block_input = vec![1];
+    block_input.extend_from_slice(&0i64.to_be_bytes());
+    block_input.extend_from_slice(&block.snapshot);
+    let mut inputs = 0;
+    for input in [batch_input, block_input] {
+        for len in 0..=input.len() {
+            edgestore::fuzzing::decode_append_payloads(&input[..len]);
+            inputs += 1;
+        }
+        for at in 1..input.len() {
+            for flip in [0x01, 0x80, 0xFF] {
+                let mut corrupted = input.clone();
+                corrupted[at] ^= flip;
+                edgestore::fuzzing::decode_append_payloads(&corrupted);
+                inputs += 1;
+            }
+        }
+    }
+    assert!(inputs > 400, "{inputs} inputs");
+}

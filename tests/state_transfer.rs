@@ -282,3 +282,43 @@ fn a_change_below_the_floor_is_a_duplicate() {
     assert_eq!(c.pending_changes().unwrap(), 0);
     assert_healthy(&c);
 }
+
+/// Blocks of append-only tables travel after the documents; each is checked like a
+/// document: a broken key or block, a tail, or an envelope the batch's vector does not
+/// hold refuses the whole batch and changes nothing.
+#[test]
+fn hostile_blocks_are_refused_whole() {
+    let dir = TempDir::new().unwrap();
+    let mut a = open(&dir, 1);
+    let readings = "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
+                    WITH (append_only = true, time_column = 'ts', bucket = '1 hour')";
+    common::sql_run(&mut a, readings);
+    common::sql_run(&mut a, "INSERT INTO readings VALUES (1, 0, 1.5), (1, 3600000, 2.5), (2, 7200000, 3.5)");
+    let mut c = open(&dir, 3);
+    let catalog = a.export_transfer(&[], 1, 1 << 20).unwrap();
+    c.import_transfer(a.node_id(), catalog.clone()).unwrap();
+    let blocks = a.export_transfer(&catalog.last, 100, 1 << 20).unwrap();
+    assert_eq!(blocks.docs.len(), 3, "one block per bucket");
+    assert!(blocks.docs.iter().all(|d| d.key[0] == 3 && d.tail.is_empty()), "blocks follow the documents");
+    let with = |edit: &dyn Fn(&mut TransferBatch)| {
+        let mut batch = blocks.clone();
+        edit(&mut batch);
+        batch
+    };
+    let origin = a.node_id();
+    let hostile = [
+        with(&|b| b.docs[1].snapshot.truncate(5)),
+        with(&|b| b.docs[1].snapshot.push(0)),
+        with(&|b| b.docs[2].tail.push(vec![1])),
+        with(&|b| b.docs[2].key.truncate(6)),
+        with(&|b| b.docs[2].key.push(0)),
+        with(&|b| b.vector = VersionVector::new()),
+        with(&|b| b.vector = [(origin, 1)].into_iter().collect()),
+    ];
+    for batch in hostile {
+        assert_refused(&mut c, origin, batch);
+    }
+    c.import_transfer(origin, blocks).unwrap();
+    assert_eq!(c.state_digest().unwrap(), a.state_digest().unwrap());
+    assert_healthy(&c);
+}

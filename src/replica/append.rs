@@ -198,6 +198,31 @@ impl Replica {
         Ok(true)
     }
 
+    /// Stores the rows of a block a state transfer brought (`transfer.rs`), re-split under
+    /// this replica's current definition and merged by position with what it holds of
+    /// the same envelope. A block of an incarnation this replica does not hold — dropped
+    /// here, or created by a change the transfer did not bring — is not stored: in the
+    /// second case its envelope is above the transfer's vector and arrives by delta sync.
+    pub(crate) fn store_transferred_block(
+        &self,
+        tables: &mut WriteTables<'_>,
+        table: &str,
+        at: &append::BlockKey,
+        block: &append::Block,
+    ) -> Result<(), StorageError> {
+        let Some(entry) = self.catalog.tables.get(table).filter(|t| t.causal_length == at.epoch) else {
+            return Ok(());
+        };
+        let mut floor = super::retention::read_floor(&tables.meta, table, at.epoch)?;
+        let rows = block.rows.iter().map(|(pos, values)| (*pos, values.as_slice()));
+        let expired = write_rows(tables, entry, at.origin, at.seq, &block.columns, rows, floor.floor)?;
+        if expired > 0 {
+            floor.expired_on_arrival += expired;
+            super::retention::write_floor(&mut tables.meta, table, &floor)?;
+        }
+        Ok(())
+    }
+
     /// After the catalog entry of `name` changed: removes the blocks of every other
     /// incarnation and re-splits the current incarnation's blocks under its definition.
     pub(crate) fn rebucket_append_table(&self, tables: &mut WriteTables<'_>, name: &str) -> Result<(), StorageError> {

@@ -42,10 +42,6 @@ pub struct CompactReport {
     /// Whether the log holds nothing at or below the target any more: another step with
     /// the same target would remove nothing.
     pub complete: bool,
-    /// Nothing was removed because the store has an append-only table: its rows reach a
-    /// peer that needs changes older than the log only through the log until state
-    /// transfer carries blocks (docs/design.md § Append-only tables, stage 4).
-    pub held_by_append_tables: bool,
 }
 
 /// One origin's part of a step: remove every entry up to seq `to`; the log holds each
@@ -102,14 +98,6 @@ impl Replica {
         );
         if let Some(refusal) = self.fault_refusal() {
             return Err(refusal);
-        }
-        if self.catalog.live_tables().any(|t| t.schema.append.is_some()) {
-            return Ok(CompactReport {
-                floor: self.floor.clone(),
-                complete: true,
-                held_by_append_tables: true,
-                ..CompactReport::default()
-            });
         }
         let spans = match self.spans(upto) {
             Ok(spans) => spans,

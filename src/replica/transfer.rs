@@ -84,6 +84,18 @@ pub struct TransferProgress {
     pub batches: u64,
 }
 
+impl TransferProgress {
+    /// The cursor a transfer resumes from with `donor`: the persisted one, except that
+    /// blocks start over with another donor than the last (block keys and layout
+    /// generations are each donor's own; documents' keys are the same everywhere).
+    pub fn cursor_for(&self, donor: NodeId) -> Vec<u8> {
+        match self.cursor.first() {
+            Some(&TRANSFER_BLOCK_KIND) if donor != self.donor => vec![TRANSFER_BLOCK_KIND],
+            _ => self.cursor.clone(),
+        }
+    }
+}
+
 /// What `import_transfer` did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransferReport {
@@ -103,6 +115,57 @@ struct CheckedDoc {
     key: DocKey,
     stored: TransferDoc,
     loaded: WorkingDoc,
+}
+
+/// First byte of a transferred block's key (document keys use 0–2).
+pub const TRANSFER_BLOCK_KIND: u8 = 3;
+
+/// The transfer key of a block: kind ‖ layout generation u64 BE ‖ `append_blocks_v1` key.
+fn block_transfer_key(generation: u64, block_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + block_key.len());
+    key.push(TRANSFER_BLOCK_KIND);
+    key.extend_from_slice(&generation.to_be_bytes());
+    key.extend_from_slice(block_key);
+    key
+}
+
+/// The generation and block key of a transferred block's key.
+fn parse_block_cursor(key: &[u8]) -> Result<(u64, &[u8]), crate::keys::KeyError> {
+    match key {
+        [TRANSFER_BLOCK_KIND, rest @ ..] if rest.len() > 8 => {
+            Ok((u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")), &rest[8..]))
+        }
+        _ => Err(crate::keys::KeyError("a transferred block's key is kind, generation and block key")),
+    }
+}
+
+/// A transfer batch being filled up to its bounds.
+struct BatchBuilder {
+    docs: Vec<TransferDoc>,
+    bytes: usize,
+    docs_max: usize,
+    bytes_max: usize,
+}
+
+impl BatchBuilder {
+    /// Adds `doc` if it fits (the first always does); `false` if the batch is full.
+    fn offer(&mut self, doc: TransferDoc) -> Result<bool, StorageError> {
+        let size = doc_bytes(&doc);
+        if size > TRANSFER_DOC_BYTES_MAX {
+            return Err(StorageError::DocTooLargeToTransfer { doc: super::describe_doc_key(&doc.key), bytes: size });
+        }
+        if !self.docs.is_empty() && (self.docs.len() >= self.docs_max || self.bytes + size > self.bytes_max) {
+            return Ok(false);
+        }
+        self.bytes += size;
+        self.docs.push(doc);
+        Ok(true)
+    }
+
+    fn finish(self, vector: VersionVector, after: &[u8], done: bool) -> TransferBatch {
+        let last = self.docs.last().map_or_else(|| after.to_vec(), |d| d.key.clone());
+        TransferBatch { vector, after: after.to_vec(), last, docs: self.docs, done }
+    }
 }
 
 fn doc_bytes(doc: &TransferDoc) -> usize {
@@ -136,9 +199,16 @@ impl Replica {
         }
     }
 
-    /// Donor side: the documents after `after` in key order, at most `docs_max` and about
-    /// `bytes_max` bytes (at least one document if any follows), with the snapshot's
-    /// version vector. A document above [`TRANSFER_DOC_BYTES_MAX`] cannot be sent.
+    /// Donor side: the documents after `after` in key order, then the append-only
+    /// tables' blocks, at most `docs_max` entries and about `bytes_max` bytes (at least one
+    /// if any follows), with the snapshot's version vector. A document above
+    /// [`TRANSFER_DOC_BYTES_MAX`] cannot be sent.
+    ///
+    /// A block travels as a [`TransferDoc`] whose key is [`TRANSFER_BLOCK_KIND`] ‖ the
+    /// donor's block-layout generation ‖ its `append_blocks_v1` key and whose snapshot
+    /// is the block: after every document key (kinds 0–2), so the cursor stays one key.
+    /// A cursor from an older generation (the donor re-split blocks since, moving rows
+    /// between keys) starts the blocks over under the new one.
     pub fn export_transfer(
         &self,
         after: &[u8],
@@ -148,13 +218,51 @@ impl Replica {
         assert!(docs_max >= 1, "a transfer batch holds at least one document");
         let txn = self.db.begin_read()?;
         let vector = read::Snapshot::version_vector_of(&txn)?;
+        let generation = super::append::layout_generation(&txn.open_table(storage::META)?)?;
+        let mut out = BatchBuilder { docs: Vec::new(), bytes: 0, docs_max, bytes_max };
+        let block_cursor = match after.first() {
+            // A cursor that does not parse (only a peer makes one) starts the blocks over;
+            // the receiver's own order check refuses what does not follow it.
+            Some(&TRANSFER_BLOCK_KIND) => parse_block_cursor(after).ok(),
+            _ => {
+                if !self.export_docs(&txn, after, &mut out)? {
+                    return Ok(out.finish(vector, after, false));
+                }
+                None
+            }
+        };
+        let blocks = txn.open_table(storage::APPEND_BLOCKS)?;
+        let start = match block_cursor {
+            Some((cursor_generation, key)) if cursor_generation == generation => Bound::Excluded(key),
+            _ => Bound::Unbounded,
+        };
+        for item in blocks.range::<&[u8]>((start, Bound::Unbounded))? {
+            let (key, value) = item?;
+            let doc = TransferDoc {
+                key: block_transfer_key(generation, key.value()),
+                snapshot: value.value().to_vec(),
+                tail: Vec::new(),
+            };
+            if !out.offer(doc)? {
+                return Ok(out.finish(vector, after, false));
+            }
+        }
+        Ok(out.finish(vector, after, true))
+    }
+
+    /// The documents after `after` (a document key or empty) into `out`; `false` once
+    /// the batch is full.
+    fn export_docs(
+        &self,
+        txn: &redb::ReadTransaction,
+        after: &[u8],
+        out: &mut BatchBuilder,
+    ) -> Result<bool, StorageError> {
         let heads = txn.open_table(storage::DOC_HEADS)?;
         let snapshots = txn.open_table(storage::DOCS)?;
         let tails = txn.open_table(storage::DOC_TAIL)?;
         let rows = txn.open_table(storage::ROWS)?;
         let start = if after.is_empty() { Bound::Unbounded } else { Bound::Excluded(after) };
-        let mut docs = Vec::new();
-        let mut bytes = 0usize;
         for item in heads.range::<&[u8]>((start, Bound::Unbounded))? {
             let (key, value) = item?;
             let key = key.value().to_vec();
@@ -178,22 +286,11 @@ impl Replica {
                     TransferDoc { key, snapshot, tail }
                 }
             };
-            let size = doc_bytes(&doc);
-            if size > TRANSFER_DOC_BYTES_MAX {
-                return Err(StorageError::DocTooLargeToTransfer {
-                    doc: super::describe_doc_key(&doc.key),
-                    bytes: size,
-                });
+            if !out.offer(doc)? {
+                return Ok(false);
             }
-            if !docs.is_empty() && (docs.len() >= docs_max || bytes + size > bytes_max) {
-                let last = docs.last().map(|d: &TransferDoc| d.key.clone()).expect("not empty");
-                return Ok(TransferBatch { vector, after: after.to_vec(), last, docs, done: false });
-            }
-            bytes += size;
-            docs.push(doc);
         }
-        let last = docs.last().map_or_else(|| after.to_vec(), |d| d.key.clone());
-        Ok(TransferBatch { vector, after: after.to_vec(), last, docs, done: true })
+        Ok(true)
     }
 
     /// A whole state transfer from another replica of this process, batch by batch with
@@ -201,7 +298,7 @@ impl Replica {
     /// without its log. Returns the last batch's report (the install).
     pub fn transfer_from(&mut self, donor: &Replica) -> Result<TransferReport, ApplyError> {
         loop {
-            let cursor = self.transfer_progress()?.map(|p| p.cursor).unwrap_or_default();
+            let cursor = self.transfer_progress()?.map(|p| p.cursor_for(donor.node_id())).unwrap_or_default();
             let batch = donor.export_transfer(&cursor, TRANSFER_DOCS_MAX, 1 << 20)?;
             let report = self.import_transfer(donor.node_id(), batch)?;
             if report.installed.is_some() {
@@ -221,8 +318,8 @@ impl Replica {
             return Err(ApplyError::Storage(refusal));
         }
         let previous = self.transfer_progress()?;
-        let cursor = previous.as_ref().map(|p| p.cursor.as_slice()).unwrap_or_default();
-        check_shape(&batch, cursor)?;
+        let cursor = previous.as_ref().map(|p| p.cursor_for(donor)).unwrap_or_default();
+        check_shape(&batch, &cursor)?;
         let progress = TransferProgress {
             donor,
             vector: previous.as_ref().map_or_else(|| batch.vector.clone(), |p| vector_min(&p.vector, &batch.vector)),
@@ -231,8 +328,9 @@ impl Replica {
             batches: previous.as_ref().map_or(0, |p| p.batches) + 1,
         };
         let checked = self.check_docs(&batch)?;
-        let docs = checked.len();
-        let outcome = self.import_txn(checked, &progress, batch.done);
+        let blocks = check_blocks(&batch)?;
+        let docs = checked.len() + blocks.len();
+        let outcome = self.import_txn(checked, &blocks, &progress, batch.done);
         let docs_changed = match outcome {
             Ok(changed) => changed,
             Err(error) => {
@@ -259,7 +357,8 @@ impl Replica {
     /// each must be a node of the batch's vector or of this replica's.
     fn check_docs(&self, batch: &TransferBatch) -> Result<Vec<CheckedDoc>, ApplyError> {
         let mut checked = Vec::with_capacity(batch.docs.len());
-        for (index, stored) in batch.docs.iter().enumerate() {
+        let documents = batch.docs.iter().take_while(|d| d.key.first() != Some(&TRANSFER_BLOCK_KIND));
+        for (index, stored) in documents.enumerate() {
             let bad = |reason: DocChangeFault| ApplyError::Invalid {
                 index,
                 source: ChangeError::BadDocChange { doc: index, reason },
@@ -307,6 +406,7 @@ impl Replica {
     fn import_txn(
         &mut self,
         mut docs: Vec<CheckedDoc>,
+        blocks: &[CheckedBlock],
         progress: &TransferProgress,
         done: bool,
     ) -> Result<usize, ApplyError> {
@@ -330,8 +430,18 @@ impl Replica {
                     changed.push(changed_doc);
                 }
             }
-            changed_count = changed.len();
+            changed_count = changed.len() + blocks.len();
             self.record_changes(&mut tables, changed, &[]).map_err(RecordError::into_apply)?;
+            // After the documents: the catalog they carry is resolved, so each block
+            // finds its table's incarnation if this transfer has brought it.
+            if !blocks.is_empty() {
+                for block in blocks {
+                    self.store_transferred_block(&mut tables, &block.table, &block.key, &block.block)?;
+                }
+                tables.digest_delta.flush(&mut tables.digest)?;
+                #[cfg(debug_assertions)]
+                super::integrity::shadow_check_digest(&tables)?;
+            }
             if done {
                 self.install(&mut tables, &progress.vector)?;
                 tables.meta.remove(storage::META_TRANSFER)?;
@@ -449,6 +559,46 @@ impl Replica {
         debug_assert!(self.floor.iter().all(|(o, f)| f <= self.versions.seq(o)), "floor ≤ V");
         Ok(())
     }
+}
+
+/// A transferred block, checked: its `append_blocks_v1` key at the donor, decoded, and
+/// its rows.
+struct CheckedBlock {
+    table: String,
+    key: crate::append::BlockKey,
+    block: crate::append::Block,
+}
+
+/// Decodes every block of the batch (the entries after its documents) and checks it
+/// against hostile bytes: key, rows, distinct column ids and positions, and an envelope
+/// the batch's vector holds (a snapshot's blocks hold only envelopes it logged).
+fn check_blocks(batch: &TransferBatch) -> Result<Vec<CheckedBlock>, ApplyError> {
+    use crate::append::{self, AppendFault, APPEND_ROWS_MAX};
+    let first = batch.docs.iter().position(|d| d.key.first() == Some(&TRANSFER_BLOCK_KIND)).unwrap_or(batch.docs.len());
+    let mut checked = Vec::with_capacity(batch.docs.len() - first);
+    for (index, stored) in batch.docs.iter().enumerate().skip(first) {
+        let bad =
+            |reason: AppendFault| ApplyError::Invalid { index, source: ChangeError::BadAppend { op: index, reason } };
+        let (_, block_key) = parse_block_cursor(&stored.key).map_err(|e| bad(e.into()))?;
+        let (table, key) = append::decode_block_key(block_key).map_err(|e| bad(e.into()))?;
+        if !stored.tail.is_empty() {
+            return Err(ApplyError::MalformedBatch(Malformation::TransferDocShape));
+        }
+        let block = append::decode_block(&stored.snapshot, key.bucket).map_err(|e| bad(e.into()))?;
+        let ids: std::collections::BTreeSet<&String> = block.columns.iter().collect();
+        if ids.len() != block.columns.len() {
+            return Err(bad(AppendFault::Columns));
+        }
+        let positions: std::collections::BTreeSet<u32> = block.rows.iter().map(|(pos, _)| *pos).collect();
+        if positions.len() != block.rows.len() || positions.last().is_some_and(|p| *p as usize >= APPEND_ROWS_MAX) {
+            return Err(bad(AppendFault::Positions));
+        }
+        if key.seq == 0 || key.seq > batch.vector.seq(key.origin) {
+            return Err(bad(AppendFault::NotInVector));
+        }
+        checked.push(CheckedBlock { table: table.to_string(), key, block });
+    }
+    Ok(checked)
 }
 
 /// The batch's own consistency: document count, keys increasing after the cursor, tails

@@ -893,7 +893,8 @@ impl Session {
         }
         self.offer_deferred = None;
         let progress = store.transfer_progress()?;
-        let (after, batches, docs) = progress.map_or((Vec::new(), 0, 0), |p| (p.cursor, p.batches, p.docs));
+        let (after, batches, docs) =
+            progress.map_or((Vec::new(), 0, 0), |p| (p.cursor_for(self.peer), p.batches, p.docs));
         tracing::info!(local = %self.local, peer = %self.peer, resumed_docs = docs, "state transfer: receiving the peer's documents");
         self.outbox.push_back(Frame::TransferRequest { after: ByteBuf::from(after) });
         self.transfer_in = Some(ReceiverTransfer { next_batch: 1, batches, docs });

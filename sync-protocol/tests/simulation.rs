@@ -79,6 +79,22 @@ fn tags() -> TableSchema {
 
 const TAGS_INDEX: &str = "tags_tag";
 
+/// An append-only table (docs/design.md § Append-only tables): rows merged by union,
+/// stored in one-second blocks of simulated time, carried by state transfer after the
+/// documents once logs are compacted. Each acknowledged row has a value of its own.
+fn readings() -> TableSchema {
+    let mut schema = TableSchema::new("readings")
+        .column(ColumnDef::new("ts", ColumnType::Timestamp).not_null())
+        .column(ColumnDef::new("what", ColumnType::Text));
+    schema.append = Some(edgestore::schema::AppendOptions {
+        time_column: Some("ts".into()),
+        bucket: 1000,
+        retention: None,
+        max_bytes: None,
+    });
+    schema
+}
+
 /// A frame in flight. Ordered by delivery time, then by send order, for determinism.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
@@ -140,6 +156,8 @@ struct Acknowledged {
     tags: BTreeMap<i64, String>,
     /// Acknowledged `ALTER TABLE`s of `events`.
     alters: usize,
+    /// Acknowledged rows of the append-only `readings`, by their values (each unique).
+    readings: BTreeSet<String>,
 }
 
 struct Sim {
@@ -260,6 +278,7 @@ impl Sim {
             .create_table(table())
             .create_table(events())
             .create_table(tags())
+            .create_table(readings())
             .create_index(IndexSchema::new(TAGS_INDEX, "tags", &["tag"]).unique());
         for k in 0..SHARED_ROWS {
             batch = batch.insert("kv", [("k", Value::from(k)), ("v", Value::from("init"))]);
@@ -441,6 +460,13 @@ impl Sim {
                 (batch, Effect::Tag(id, tag))
             }
             3 if self.alters && (self.now_ms / 1000) % 10 == 4 => (self.alter_events(node), Effect::Alter),
+            // Chosen by the simulated time too, so the rng stream stays as it was.
+            3 if (self.now_ms / 1000) % 10 == 6 => {
+                let what = format!("r{node}-{}", self.next_key);
+                self.next_key += 1;
+                let row = [("ts", Value::Timestamp(now)), ("what", Value::from(what.as_str()))];
+                (WriteBatch::new().insert("readings", row), Effect::Reading(what))
+            }
             3 => {
                 let what = self.events_column(node);
                 (WriteBatch::new().insert("events", [(what.as_str(), Value::from("tick"))]), Effect::Event)
@@ -492,6 +518,9 @@ impl Sim {
                 }
                 Effect::Increment(key, by) => *self.acked.increments.get_mut(&key).expect("shared row") += by,
                 Effect::Alter => self.acked.alters += 1,
+                Effect::Reading(what) => {
+                    self.acked.readings.insert(what);
+                }
                 Effect::None => {}
             }
             for link in self.nodes[node].links.values_mut() {
@@ -739,6 +768,7 @@ impl Sim {
 
 enum Effect {
     Event,
+    Reading(String),
     Tag(i64, String),
     Row(i64, String),
     Increment(i64, i64),
@@ -799,6 +829,8 @@ struct Outcome {
     unique_conflicts: usize,
     /// Acknowledged `ALTER TABLE`s, and those that lost to concurrent ones at the end.
     alters: (usize, usize),
+    /// Acknowledged rows of the append-only `readings`, all checked.
+    readings: usize,
 }
 
 fn run_schedule(seed: u64) -> Outcome {
@@ -858,9 +890,14 @@ fn run_schedule(seed: u64) -> Outcome {
     sim.assert_horizons_reached();
     Outcome {
         heal_to_converged_ms,
-        writes: sim.acked.rows.len() + sim.acked.increments.len() + sim.acked.events + sim.acked.tags.len(),
+        writes: sim.acked.rows.len()
+            + sim.acked.increments.len()
+            + sim.acked.events
+            + sim.acked.tags.len()
+            + sim.acked.readings.len(),
         unique_conflicts,
         alters: (sim.acked.alters, lost_alters(&sim)),
+        readings: sim.acked.readings.len(),
         compacted: sim.compacted,
         docs_saved: sim.docs_saved,
         below_floor_closes: sim.below_floor_closes,
@@ -891,7 +928,22 @@ fn check_state(sim: &Sim, seed: u64) -> usize {
     let events: Vec<Vec<Value>> = reference.snapshot().unwrap().scan("events").unwrap().map(Result::unwrap).collect();
     assert_eq!(events.len(), sim.acked.events, "seed {seed}: key-less rows lost or merged");
     assert!(events.iter().all(|row| row[2] == Value::from("tick")), "seed {seed}: key-less row values");
+    check_readings(sim, seed);
     check_tags(sim, seed)
+}
+
+/// The append-only `readings` hold exactly the acknowledged rows: none lost, none twice
+/// (a block sent by transfer and again with its envelope is one row).
+fn check_readings(sim: &Sim, seed: u64) {
+    let reference = sim.nodes[0].replica.as_ref().expect("up");
+    let stored: Vec<Value> =
+        reference.snapshot().unwrap().scan("readings").unwrap().map(|r| r.unwrap()[1].clone()).collect();
+    let acked: Vec<Value> = sim.acked.readings.iter().map(|w| Value::from(w.as_str())).collect();
+    let mut sorted = stored.clone();
+    sorted.sort_by_key(|v| format!("{v:?}"));
+    let mut expected = acked.clone();
+    expected.sort_by_key(|v| format!("{v:?}"));
+    assert_eq!(sorted, expected, "seed {seed}: append-only rows lost or duplicated");
 }
 
 /// Every acknowledged `tags` row is kept, and the unique conflicts are exactly the tags
@@ -951,6 +1003,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     let (mut writes, mut compacted, mut below_floor_closes, mut docs_saved) = (0, 0, 0, 0);
     let mut unique_conflicts = 0;
     let mut alters = (0, 0);
+    let mut readings = 0;
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -964,19 +1017,22 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 unique_conflicts += outcome.unique_conflicts;
                 alters.0 += outcome.alters.0;
                 alters.1 += outcome.alters.1;
+                readings += outcome.readings;
             }
             Err(_) => failed.push(seed),
         }
     }
     assert!(failed.is_empty(), "{} of {} schedules failed, seeds {failed:?}", failed.len(), seeds.len());
     assert!(docs_saved > 0, "no schedule left a document tail of two changes to save");
+    assert!(readings > 0, "no schedule wrote an append-only row");
     println!(
         "simulation: {} schedules converged, 0 divergence, 0 lost writes ({writes} acknowledged rows/counters checked); \
          slowest convergence after heal {worst_ms} ms simulated (bound {CONVERGENCE_BOUND_MS} ms); \
          {compacted} log entries compacted, {docs_saved} documents saved whole, \
          {below_floor_closes} sessions closed below a log floor, \
          {unique_conflicts} unique conflicts (one tag taken on nodes apart) listed as expected, \
-         {} ALTER TABLEs acknowledged and {} lost to concurrent ones (listed)",
+         {} ALTER TABLEs acknowledged and {} lost to concurrent ones (listed), \
+         {readings} of the rows/counters append-only rows",
         seeds.len(),
         alters.0,
         alters.1

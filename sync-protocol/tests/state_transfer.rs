@@ -324,3 +324,43 @@ fn a_peer_claiming_a_vector_it_does_not_hold_cannot_make_a_node_drop_changes_oth
     }
     assert!(a.check_integrity().unwrap().is_empty());
 }
+
+/// An append-only table's rows live in blocks, not documents: once the donor's log is
+/// compacted, a new node gets them from the session's transfer (after the documents) and
+/// ends with the donor's state; later appends stream above the installed vector.
+#[test]
+fn a_new_node_gets_append_only_rows_by_transfer_from_a_compacted_donor() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let mut a = Replica::open(dir.path().join("a.redb"), NodeId([1; 16])).unwrap();
+    let run = |replica: &mut Replica, statement: &str| {
+        edgestore::sql::execute(replica, statement, &[], 0).unwrap_or_else(|e| panic!("{statement}: {e}"));
+    };
+    run(
+        &mut a,
+        "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
+         WITH (append_only = true, time_column = 'ts', bucket = '10 minutes')",
+    );
+    for sensor in 0..20 {
+        let values: Vec<String> = (0..50).map(|i| format!("({sensor}, {}, {i}.5)", i * 60_000)).collect();
+        run(&mut a, &format!("INSERT INTO readings VALUES {}", values.join(", ")));
+    }
+    let upto = a.version_vector().clone();
+    while !a.compact_log_step(&upto, 256).unwrap().complete {}
+    assert_eq!(a.log_floor(), a.version_vector());
+    let mut d = Replica::open(dir.path().join("d.redb"), NodeId([4; 16])).unwrap();
+    let (mut sa, mut sd) = sessions(&a, &d);
+    let trips = lockstep(&mut sa, &mut a, &mut sd, &mut d, 10_000);
+    assert!(trips < 10_000, "the transfer ends");
+    assert_eq!(d.state_digest().unwrap(), a.state_digest().unwrap());
+    assert_eq!(d.version_vector(), a.version_vector());
+    // One catalog document and 20 statements × 5 ten-minute buckets of blocks.
+    assert_eq!(sd.stats().transfer_docs_received, 1 + 100);
+    assert!(d.check_integrity().unwrap().is_empty());
+    run(&mut a, "INSERT INTO readings VALUES (99, 0, 0.5)");
+    sa.handle_store_changed();
+    lockstep(&mut sa, &mut a, &mut sd, &mut d, 100);
+    assert_eq!(d.state_digest().unwrap(), a.state_digest().unwrap());
+    let count =
+        edgestore::sql::execute(&mut d, "SELECT count(*) FROM readings", &[], 0).unwrap().collect_rows().unwrap();
+    assert_eq!(count, vec![vec![Value::Integer(1001)]]);
+}

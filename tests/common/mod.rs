@@ -87,7 +87,7 @@ pub fn test_seed(default: u64) -> u64 {
 pub fn transfer(from: &Replica, to: &mut Replica, docs_max: usize) -> usize {
     let mut batches = 0;
     loop {
-        let cursor = to.transfer_progress().unwrap().map(|p| p.cursor).unwrap_or_default();
+        let cursor = to.transfer_progress().unwrap().map(|p| p.cursor_for(from.node_id())).unwrap_or_default();
         let batch = from.export_transfer(&cursor, docs_max, 1 << 20).unwrap();
         let done = batch.done;
         let report = to.import_transfer(from.node_id(), batch).unwrap();
