@@ -398,6 +398,10 @@ pub enum AlterRefusal {
     /// The table has the most columns it can.
     #[error("the table has the most columns a table can have")]
     TooManyColumns,
+    /// `RENAME` or `DROP COLUMN` of an append-only table's time column: its blocks are
+    /// split and ranged by it, and its options name it.
+    #[error("the column is the append-only table's time_column")]
+    TimeColumn,
 }
 
 /// A write batch was refused; nothing of it was written.

@@ -470,8 +470,8 @@ impl TableSchema {
         if !self.primary_key.is_empty() {
             return Err(bad("an append-only table has no PRIMARY KEY (deduplication keys are not built yet)".into()));
         }
-        if self.rowid || self.altered() {
-            return Err(bad("an append-only table has neither a hidden row identity nor altered columns".into()));
+        if self.rowid {
+            return Err(bad("an append-only table has no hidden row identity".into()));
         }
         if let Some(c) = self.columns.iter().find(|c| c.ty == ColumnType::Counter) {
             return Err(bad(format!(

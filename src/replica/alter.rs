@@ -77,6 +77,9 @@ pub(crate) fn rename_column(entry: &TableEntry, from: &str, to: &str) -> Result<
     if names_column(table, &from) {
         return Err(refused(table, &from, AlterRefusal::UsedByConstraint));
     }
+    if is_time_column(table, i) {
+        return Err(refused(table, &from, AlterRefusal::TimeColumn));
+    }
     Ok(AlterWrite { field: AlterField::Name, column_id: table.columns[i].id(), bytes: to.into_bytes() })
 }
 
@@ -105,7 +108,16 @@ pub(crate) fn drop_column(catalog: &Catalog, entry: &TableEntry, name: &str) -> 
     if table.visible_columns().count() == 1 {
         return Err(refused(table, &name, AlterRefusal::LastColumn));
     }
+    if is_time_column(table, i) {
+        return Err(refused(table, &name, AlterRefusal::TimeColumn));
+    }
     Ok(AlterWrite { field: AlterField::Drop, column_id: table.columns[i].id(), bytes: Vec::new() })
+}
+
+/// Whether column `i` is an append-only table's time column (its options name it, and
+/// its blocks are split by its id).
+fn is_time_column(table: &TableSchema, i: usize) -> bool {
+    table.time_column_index() == Some(i)
 }
 
 /// Whether a `CHECK` or foreign key of the table names the column: a foreign key by its
