@@ -9,7 +9,10 @@
 //! added on one, one column renamed differently on both, rows written under each node's
 //! definition) resolved to one schema with the losing rename listed; then, idle,
 //! each node's compaction driver empties its log (the horizon reaches the common vector)
-//! and the stores stay intact. Finally SIGTERM stops each node cleanly (exit code 0).
+//! and the stores stay intact. Append-only rows written on every side of the cut (and
+//! around the SIGKILL) are all there, once, on every node; a fourth node that joins the
+//! compacted cluster gets them, with everything else, by state transfer. Finally SIGTERM
+//! stops each node cleanly (exit code 0).
 //!
 //! Waiting is for conditions (convergence), bounded by a deadline; nothing sleeps to pass.
 
@@ -121,11 +124,21 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
         "CREATE TABLE sites (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
          CREATE TABLE sensors (id INTEGER PRIMARY KEY, site INTEGER, kind TEXT, hits COUNTER);
          CREATE INDEX sensors_site ON sensors (site);
-         CREATE TABLE devices (id INTEGER PRIMARY KEY, serial TEXT UNIQUE);",
+         CREATE TABLE devices (id INTEGER PRIMARY KEY, serial TEXT UNIQUE);
+         CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
+           WITH (append_only = true, time_column = 'ts', bucket = '1 hour');",
     );
     wait_converged(&[&a, &b, &c], 0);
     let mut acknowledged_sites = Vec::new();
     let mut expected_hits = 0;
+    // Append-only rows: (sensor, ts) of each acknowledged one (docs/design.md § Append-only
+    // tables): merged by union across the cut, carried to a new node by state transfer.
+    let mut acknowledged_readings: Vec<(i64, i64)> = Vec::new();
+    let mut append = |node: &Node, sensor: i64| {
+        let ts = 3_600_000 * (acknowledged_readings.len() as i64 % 5) + sensor;
+        sql(node, "INSERT INTO readings VALUES (?, ?, ?)", json!([sensor, ts, 0.5]));
+        acknowledged_readings.push((sensor, ts));
+    };
     for (i, node) in [&a, &b, &c].into_iter().enumerate() {
         let site = 100 * (i as i64 + 1);
         sql(node, "INSERT INTO sites VALUES (?, ?)", json!([site, format!("site-{}", node.name)]));
@@ -145,6 +158,7 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
         acknowledged_sites.push(site);
         sql(node, "UPDATE sensors SET hits = hits + ? WHERE id = 2", json!([round + 1]));
         expected_hits += round as i64 + 1;
+        append(node, round as i64);
     }
     sql(&a, "UPDATE sites SET name = 'renamed by a' WHERE id = 1", json!([]));
     sql(&c, "UPDATE sites SET name = 'renamed by c' WHERE id = 1", json!([]));
@@ -167,6 +181,7 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     sql(&c, "UPDATE sensors SET sort = 'temp2' WHERE id = 101", json!([]));
 
     // Kill b right after an acknowledged write, restart it on the same addresses.
+    append(&b, 50);
     sql(&b, "INSERT INTO sites VALUES (2000, 'last before kill')", json!([]));
     acknowledged_sites.push(2000);
     let (b_sync, b_api) = (b.sync.to_string(), b.api.to_string());
@@ -177,6 +192,7 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     assert_eq!(survived["rows"], json!([["last before kill"]]), "b lost an acknowledged write");
     sql(&b, "INSERT INTO sites VALUES (2001, 'after restart')", json!([]));
     acknowledged_sites.push(2001);
+    append(&b, 51);
 
     fault(&c, false);
     let took = wait_converged(&[&a, &b, &c], acknowledged_sites.len());
@@ -190,6 +206,14 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
     let mut expected: Vec<Json> = acknowledged_sites.iter().map(|id| json!([id])).collect();
     expected.sort_by_key(|row| row[0].as_i64());
     assert_eq!(ids["rows"], Json::Array(expected), "an acknowledged write is missing");
+    acknowledged_readings.sort_unstable();
+    let expected_readings: Vec<Json> =
+        acknowledged_readings.iter().map(|(s, ts)| json!([s, { "timestamp_ms": ts }])).collect();
+    let readings = "SELECT sensor, ts FROM readings ORDER BY sensor, ts";
+    for node in [&a, &b, &c] {
+        let held = sql(node, readings, json!([]))["rows"].clone();
+        assert_eq!(held, Json::Array(expected_readings.clone()), "{}: append-only rows", node.name);
+    }
     let hits = sql(&c, "SELECT hits FROM sensors WHERE id = 2", json!([]));
     assert_eq!(hits["rows"], json!([[expected_hits]]), "counter increments were lost or doubled");
     let conflicts = sql(&b, "SELECT COUNT(*) FROM edgestore_conflicts WHERE table_name = 'sites'", json!([]));
@@ -241,6 +265,20 @@ fn three_nodes_converge_after_a_cut_and_a_sigkill() {
         assert_eq!((status, &check["problems"]), (200, &json!([])), "{}: {check}", node.name);
     }
     println!("logs compacted {:.1} s after convergence", started.elapsed().as_secs_f64());
+
+    // A new node joins the compacted cluster: nothing is left to replay, so it gets the
+    // documents and the append-only blocks by state transfer over QUIC.
+    let mut d = start("d", &data("d"), "127.0.0.1:0", "127.0.0.1:0");
+    cli(&d, &["peers", "add", &a.id, &a.sync.to_string()]);
+    cli(&a, &["peers", "add", &d.id, &d.sync.to_string()]);
+    let took = wait_converged(&[&a, &d], acknowledged_sites.len());
+    println!("a new node caught up by state transfer in {:.1} s", took.as_secs_f64());
+    let held = sql(&d, readings, json!([]))["rows"].clone();
+    assert_eq!(held, Json::Array(expected_readings), "d: append-only rows by state transfer");
+    assert!(metric(&d, "edgestore_transfers_completed_total") >= 1, "d caught up by a transfer, not by log replay");
+    let (status, check) = http(d.api, "POST", "/v1/check", Some(&json!({})));
+    assert_eq!((status, &check["problems"]), (200, &json!([])), "d: {check}");
+    terminate(&mut d);
 
     let mut nodes = [a, b, c];
     for node in &mut nodes {
