@@ -781,7 +781,11 @@ impl WindowGen<'_> {
         match self.rng.random_range(0..18) {
             // Over numbers: the bundled SQLite's window group_concat of only '' is "\0" (its
             // plain aggregate's, and edgestore's, is '').
-            17 => format!("group_concat({num}, '-') {}", self.over(true, true)),
+            // Its other name `string_agg` (SQLite 3.44) now and then, without a new draw.
+            17 => {
+                let name = if n == 2 { "string_agg" } else { "group_concat" };
+                format!("{name}({num}, '-') {}", self.over(true, true))
+            }
             0 => format!("row_number() {}", self.over(true, false)),
             1 => format!("rank() {}", self.over(false, false)),
             2 => format!("dense_rank() {}", self.over(false, false)),

@@ -43,6 +43,7 @@ impl AggFunc {
             "total" => AggFunc::Total,
             "min" => AggFunc::Min,
             "max" => AggFunc::Max,
+            // `group_concat` and `string_agg`, the only other names `is_aggregate` lets by.
             _ => AggFunc::GroupConcat,
         }
     }

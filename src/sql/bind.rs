@@ -183,7 +183,8 @@ pub(crate) fn object_name(name: &ast::ObjectName) -> Result<String, SqlError> {
 }
 
 pub(crate) fn is_aggregate(name: &str, args: usize) -> bool {
-    matches!(name, "count" | "sum" | "avg" | "total" | "group_concat") || (matches!(name, "min" | "max") && args == 1)
+    matches!(name, "count" | "sum" | "avg" | "total" | "group_concat" | "string_agg")
+        || (matches!(name, "min" | "max") && args == 1)
 }
 
 /// `-9223372036854775808`: the digits alone overflow an INTEGER (they would read as a
@@ -736,6 +737,11 @@ impl<'a> Binder<'a> {
             }
         }
         match (func, bound.len()) {
+            // `string_agg(X, Y)` is SQLite's (3.44) other name of `group_concat(X, Y)`.
+            (AggFunc::GroupConcat, 2) if name == "string_agg" && !distinct => {}
+            (AggFunc::GroupConcat, _) if name == "string_agg" => {
+                return Err(SqlError::ArgumentCount { function: name.to_string() })
+            }
             (AggFunc::GroupConcat, 1 | 2) if !(distinct && bound.len() == 2) => {}
             (_, 1) => {}
             _ => return Err(SqlError::ArgumentCount { function: name.to_string() }),

@@ -104,6 +104,7 @@ fn kind(name: &str, args: usize) -> Result<WinKind, SqlError> {
         }
         "min" | "max" => (WinKind::Agg(AggFunc::from_name(name)), 1, 1),
         "group_concat" => (WinKind::Agg(AggFunc::GroupConcat), 1, 2),
+        "string_agg" => (WinKind::Agg(AggFunc::GroupConcat), 2, 2),
         _ => {
             // A scalar function is known, just not as a window function.
             Func::lookup(name, args)?;
