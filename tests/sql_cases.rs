@@ -285,6 +285,23 @@ fn kept_plans_follow_parameters_and_ddl() {
     assert!(matches!(missing, Err(SqlError::ParamCount { expected: 1, got: 0 })), "{missing:?}");
 }
 
+/// `random()` gives another value at each execution of a prepared query, also where the
+/// plan evaluates it once (a `VALUES` row, a `LIMIT`): such a plan is not kept.
+#[test]
+fn kept_plans_draw_random_values_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut replica = Replica::open(dir.path().join("r.redb"), NodeId::from_public_key(b"random")).expect("open");
+    for text in ["SELECT random()", "SELECT * FROM (VALUES (random()))", "VALUES (randomblob(8))"] {
+        let statement = sql::prepare(text).expect("prepare");
+        let draws: std::collections::BTreeSet<String> = (0..20)
+            .map(|_| {
+                format!("{:?}", statement.execute(&mut replica, &[], 0).and_then(|r| r.collect_rows()).expect(text))
+            })
+            .collect();
+        assert_eq!(draws.len(), 20, "{text}: a value repeated over 20 executions: {draws:?}");
+    }
+}
+
 /// A kept plan follows each `ALTER TABLE`: `*` grows with an added column and shrinks with
 /// a dropped one, and a statement naming a column renamed since fails as it would if it
 /// were prepared now.

@@ -343,14 +343,16 @@ fn parameter_number(p: &str, params: &[Value]) -> Result<usize, SqlError> {
     Ok(n)
 }
 
-/// Whether an expression mentions a parameter or reads the statement time (a date
-/// function), outside subqueries: its value is one execution's.
+/// Whether an expression mentions a parameter, reads the statement time (a date
+/// function) or calls `random()`/`randomblob()`, outside subqueries: its value is one
+/// execution's.
 pub(crate) fn has_placeholder(e: &ast::Expr) -> bool {
     let mut found = false;
     walk(e, &mut |e| {
         found |= match e {
             ast::Expr::Value(v) => matches!(v.value, ast::Value::Placeholder(_)),
-            ast::Expr::Function(f) => function_name(f).is_ok_and(|name| datetime::reads_statement_time(&name)),
+            ast::Expr::Function(f) => function_name(f)
+                .is_ok_and(|name| datetime::reads_statement_time(&name) || super::func::is_random(&name)),
             _ => false,
         }
     });

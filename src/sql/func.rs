@@ -40,6 +40,8 @@ pub(crate) enum Func {
     Unicode,
     Quote,
     Zeroblob,
+    Random,
+    Randomblob,
     Concat,
     ConcatWs,
     /// `glob(pattern, x)`, also `x GLOB pattern`.
@@ -167,6 +169,8 @@ impl Func {
             "unicode" => (Func::Unicode, 1, 1),
             "quote" => (Func::Quote, 1, 1),
             "zeroblob" => (Func::Zeroblob, 1, 1),
+            "random" => (Func::Random, 0, 0),
+            "randomblob" => (Func::Randomblob, 1, 1),
             "concat" => (Func::Concat, 1, usize::MAX),
             "concat_ws" => (Func::ConcatWs, 2, usize::MAX),
             "glob" => (Func::Glob, 2, 2),
@@ -216,6 +220,8 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
         Func::Char => char_of(&args)?,
         Func::Quote => quote(&args[0])?,
         Func::Zeroblob => zeroblob(&args[0])?,
+        Func::Random => Value::Integer(random_u64() as i64),
+        Func::Randomblob => randomblob(&args[0])?,
         Func::Concat => concat(&args, None)?,
         Func::ConcatWs => match value::to_text(&args[0]) {
             Some(separator) => concat(&args[1..], Some(&separator))?,
@@ -393,6 +399,38 @@ fn zeroblob(n: &Value) -> Result<Value, SqlError> {
     let n = usize::try_from(value::int_value(n).max(0)).unwrap_or(usize::MAX);
     check_result_bytes(n)?;
     Ok(Value::Blob(vec![0; n]))
+}
+
+/// Whether a function of this name gives another value at each call (`random()`,
+/// `randomblob()`): a plan that evaluates it once (a `VALUES` row, a `LIMIT`) must not
+/// be kept for the next execution.
+pub(crate) fn is_random(name: &str) -> bool {
+    matches!(name, "random" | "randomblob")
+}
+
+/// The values of `random()` and `randomblob()`: a process-wide counter hashed under a key
+/// the standard library draws from the operating system (`RandomState`, SipHash), so
+/// values differ between calls and between processes. Not for cryptography (SQLite's
+/// are not either). Values are made where the statement runs and replicate as values.
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    KEY.get_or_init(std::hash::RandomState::new).hash_one(n)
+}
+
+/// `randomblob(N)`: N random bytes; as SQLite, one byte for N below 1.
+fn randomblob(n: &Value) -> Result<Value, SqlError> {
+    let n = usize::try_from(value::int_value(n).max(1)).unwrap_or(usize::MAX);
+    check_result_bytes(n)?;
+    let mut bytes = Vec::with_capacity(n);
+    while bytes.len() < n {
+        let word = random_u64().to_le_bytes();
+        bytes.extend_from_slice(&word[..(n - bytes.len()).min(8)]);
+    }
+    Ok(Value::Blob(bytes))
 }
 
 /// `concat(x, ...)` and `concat_ws(separator, x, ...)`: the text of the arguments that are
