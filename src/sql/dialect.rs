@@ -1,5 +1,5 @@
 //! The SQL dialect: sqlparser's SQLite dialect with SQLite's own operator precedence and
-//! the operators it lacks (`<<`, `>>`, `NOT GLOB`).
+//! the operators it lacks (`<<`, `>>`, `NOT GLOB`) and the table form of `IN` (`x IN t`).
 //!
 //! sqlparser's SQLite dialect parses with PostgreSQL-like precedence: `||` binds like `*`,
 //! `&` `|` `<<` `>>` each on its own level, and unary `-` `~` below `||`. SQLite's
@@ -121,6 +121,9 @@ impl Dialect for EdgeDialect {
     }
 
     fn parse_infix(&self, parser: &mut Parser, expr: &Expr, precedence: u8) -> Option<Result<Expr, ParserError>> {
+        if let Some(negated) = in_table_ahead(parser) {
+            return Some(self.parse_in_table(parser, expr, negated));
+        }
         if parser.parse_keywords(&[Keyword::NOT, Keyword::GLOB]) {
             let glob = parser.parse_subexpr(precedence).map(|right| Expr::UnaryOp {
                 op: UnaryOperator::Not,
@@ -134,4 +137,35 @@ impl Dialect for EdgeDialect {
         }
         self.sqlite.parse_infix(parser, expr, precedence)
     }
+}
+
+impl EdgeDialect {
+    /// `x [NOT] IN t`, SQLite's table form of `IN`: read as `x [NOT] IN (SELECT * FROM t)`
+    /// (so a table of more than one column is refused as that subquery would be).
+    fn parse_in_table(&self, parser: &mut Parser, expr: &Expr, negated: bool) -> Result<Expr, ParserError> {
+        if negated {
+            parser.expect_keyword(Keyword::NOT)?;
+        }
+        parser.expect_keyword(Keyword::IN)?;
+        let table = parser.parse_object_name(false)?;
+        // The name as it was written (quoted or not), parsed again inside a query.
+        let subquery = Parser::new(self).try_with_sql(&format!("SELECT * FROM {table}"))?.parse_query()?;
+        Ok(Expr::InSubquery { expr: Box::new(expr.clone()), subquery, negated })
+    }
+}
+
+/// Whether `[NOT] IN name` follows, a name not opening a call (`IN f(...)`, a table-valued
+/// function, is not read here); `Some(negated)` if it does.
+fn in_table_ahead(parser: &Parser) -> Option<bool> {
+    let keyword = |n: usize, k: Keyword| matches!(&parser.peek_nth_token_ref(n).token, Token::Word(w) if w.keyword == k);
+    let negated = keyword(0, Keyword::NOT);
+    let at = usize::from(negated);
+    if !keyword(at, Keyword::IN) || !matches!(parser.peek_nth_token_ref(at + 1).token, Token::Word(_)) {
+        return None;
+    }
+    let mut next = at + 2;
+    while matches!(parser.peek_nth_token_ref(next).token, Token::Period) {
+        next += 2;
+    }
+    (!matches!(parser.peek_nth_token_ref(next).token, Token::LParen)).then_some(negated)
 }
