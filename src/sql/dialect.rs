@@ -157,7 +157,8 @@ impl EdgeDialect {
 /// Whether `[NOT] IN name` follows, a name not opening a call (`IN f(...)`, a table-valued
 /// function, is not read here); `Some(negated)` if it does.
 fn in_table_ahead(parser: &Parser) -> Option<bool> {
-    let keyword = |n: usize, k: Keyword| matches!(&parser.peek_nth_token_ref(n).token, Token::Word(w) if w.keyword == k);
+    let keyword =
+        |n: usize, k: Keyword| matches!(&parser.peek_nth_token_ref(n).token, Token::Word(w) if w.keyword == k);
     let negated = keyword(0, Keyword::NOT);
     let at = usize::from(negated);
     if !keyword(at, Keyword::IN) || !matches!(parser.peek_nth_token_ref(at + 1).token, Token::Word(_)) {
