@@ -127,42 +127,70 @@ fn write_rows<'r>(
             continue;
         }
         let key = append::block_key(name, entry.causal_length, bucket, origin, seq, 0);
-        let old = tables.append_blocks.get(key.as_slice())?.map(|v| v.value().to_vec());
-        let old_block = match &old {
-            Some(old) => {
-                let summary = summarize_block(&key, old)?;
-                tables.digest_delta.append_block(name, bucket, summary.rows, &summary.xor, key.len() + old.len(), -1);
-                Some(append::decode_block(old, bucket).map_err(corrupt_record)?)
-            }
-            None => None,
+        let value = append::encode_block(columns, time, bucket, &new_rows);
+        // The common case, a block written once, is one insert and no read.
+        let Some(old) = tables.append_blocks.insert(key.as_slice(), value.as_slice())?.map(|v| v.value().to_vec())
+        else {
+            let xor = rows_xor(origin, seq, columns, &new_rows);
+            tables.digest_delta.append_block(name, bucket, new_rows.len() as u64, &xor, key.len() + value.len(), 1);
+            continue;
         };
-        // Covariance: the rows borrowed from the input live at least as long as `old_block`.
-        let mut block_rows: Vec<(u32, &[Value])> = new_rows;
-        if let Some(old_block) = &old_block {
-            if old_block.columns.as_slice() != columns {
-                // One envelope writes one batch per table, under one list of ids.
-                return Err(Corruption::Record {
-                    table: BLOCKS,
-                    source: crate::record::RecordError("one envelope's blocks under two column lists"),
-                }
-                .into());
-            }
-            for (pos, values) in &old_block.rows {
-                if !block_rows.iter().any(|(p, _)| p == pos) {
-                    block_rows.push((*pos, values.as_slice()));
-                }
-            }
-            block_rows.sort_by_key(|(pos, _)| *pos);
-        }
-        let value = append::encode_block(columns, time, bucket, &block_rows);
-        let mut xor = [0u8; 32];
-        for (pos, values) in &block_rows {
-            super::digest::xor_into(&mut xor, &append::row_hash(origin, seq, *pos, columns, values));
-        }
+        let summary = summarize_block(&key, &old)?;
+        tables.digest_delta.append_block(name, bucket, summary.rows, &summary.xor, key.len() + old.len(), -1);
+        let old_block = append::decode_block(&old, bucket).map_err(corrupt_record)?;
+        let merged = merge_rows(&old_block, columns, new_rows)?;
+        let value = append::encode_block(columns, time, bucket, &merged);
         tables.append_blocks.insert(key.as_slice(), value.as_slice())?;
-        tables.digest_delta.append_block(name, bucket, block_rows.len() as u64, &xor, key.len() + value.len(), 1);
+        let xor = rows_xor(origin, seq, columns, &merged);
+        tables.digest_delta.append_block(name, bucket, merged.len() as u64, &xor, key.len() + value.len(), 1);
     }
     Ok(expired)
+}
+
+/// The XOR of the rows' digest hashes.
+fn rows_xor(origin: NodeId, seq: u64, columns: &[String], rows: &[(u32, &[Value])]) -> [u8; 32] {
+    let mut xor = [0u8; 32];
+    for (pos, values) in rows {
+        super::digest::xor_into(&mut xor, &append::row_hash(origin, seq, *pos, columns, values));
+    }
+    xor
+}
+
+/// The rows of a stored block and new rows of the same envelope and bucket, by position,
+/// each position once.
+fn merge_rows<'b>(
+    old: &'b append::Block,
+    columns: &[String],
+    new_rows: Vec<(u32, &'b [Value])>,
+) -> Result<Vec<(u32, &'b [Value])>, StorageError> {
+    if old.columns.as_slice() != columns {
+        // One envelope writes one batch per table, under one list of ids.
+        let source = crate::record::RecordError("one envelope's blocks under two column lists");
+        return Err(Corruption::Record { table: BLOCKS, source }.into());
+    }
+    let mut by_pos: BTreeMap<u32, &[Value]> = old.rows.iter().map(|(pos, values)| (*pos, values.as_slice())).collect();
+    by_pos.extend(new_rows);
+    Ok(by_pos.into_iter().collect())
+}
+
+/// Stores rows that arrive (an envelope's batch, a transferred block) and counts those
+/// below the floor as `expired_on_arrival`.
+fn write_arriving_rows<'r>(
+    tables: &mut WriteTables<'_>,
+    entry: &TableEntry,
+    origin: NodeId,
+    seq: u64,
+    columns: &[String],
+    rows: impl Iterator<Item = (u32, &'r [Value])>,
+) -> Result<(), StorageError> {
+    let name = &entry.schema.name;
+    let mut floor = super::retention::read_floor(&tables.meta, name, entry.causal_length)?;
+    let expired = write_rows(tables, entry, origin, seq, columns, rows, floor.floor)?;
+    if expired > 0 {
+        floor.expired_on_arrival += expired;
+        super::retention::write_floor(&mut tables.meta, name, &floor)?;
+    }
+    Ok(())
 }
 
 impl Replica {
@@ -189,12 +217,7 @@ impl Replica {
             batch.rows.iter().enumerate().map(|(pos, row)| {
                 (u32::try_from(pos).expect("batches hold at most APPEND_ROWS_MAX rows"), row.as_slice())
             });
-        let mut floor = super::retention::read_floor(&tables.meta, &batch.table, batch.epoch)?;
-        let expired = write_rows(tables, entry, origin, seq, &batch.columns, rows, floor.floor)?;
-        if expired > 0 {
-            floor.expired_on_arrival += expired;
-            super::retention::write_floor(&mut tables.meta, &batch.table, &floor)?;
-        }
+        write_arriving_rows(tables, entry, origin, seq, &batch.columns, rows)?;
         Ok(true)
     }
 
@@ -213,14 +236,8 @@ impl Replica {
         let Some(entry) = self.catalog.tables.get(table).filter(|t| t.causal_length == at.epoch) else {
             return Ok(());
         };
-        let mut floor = super::retention::read_floor(&tables.meta, table, at.epoch)?;
         let rows = block.rows.iter().map(|(pos, values)| (*pos, values.as_slice()));
-        let expired = write_rows(tables, entry, at.origin, at.seq, &block.columns, rows, floor.floor)?;
-        if expired > 0 {
-            floor.expired_on_arrival += expired;
-            super::retention::write_floor(&mut tables.meta, table, &floor)?;
-        }
-        Ok(())
+        write_arriving_rows(tables, entry, at.origin, at.seq, &block.columns, rows)
     }
 
     /// After the catalog entry of `name` changed: removes the blocks of every other
