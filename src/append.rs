@@ -1,6 +1,7 @@
 //! The formats of append-only tables (docs/design.md § Append-only tables and retention):
 //! the batch of rows an envelope carries for one table (operation kind `0x03`), the
-//! block `append_blocks_v1` stores rows in, and the hash a row adds to the state digest.
+//! range tombstone a `DELETE` writes (kind `0x04`), the block `append_blocks_v1` stores
+//! rows in, and the hash a row adds to the state digest.
 //!
 //! A row's identity is `(origin, seq, pos)`: the envelope that carried it and its position
 //! in that envelope's batch. Rows are immutable, so two replicas merge by union; nothing
@@ -15,6 +16,7 @@ use crate::keys::{self, KeyError};
 use crate::record::{self, RecordError};
 use crate::schema::{is_column_id, COLUMNS_MAX, NAME_BYTES_MAX};
 use crate::types::{NodeId, Value};
+use crate::version_vector::VersionVector;
 
 /// Document-key kind of an append batch: `0x03 ‖ table name ‖ epoch u64 BE`.
 pub const APPEND_KEY_KIND: u8 = 3;
@@ -89,6 +91,12 @@ pub enum AppendFault {
     /// A transferred block names an envelope the transfer batch's vector does not hold.
     #[error("a transferred block of an envelope the batch's vector does not hold")]
     NotInVector,
+    /// A range tombstone's range holds no time (`lo ≥ hi`).
+    #[error("a range tombstone's range is empty")]
+    EmptyRange,
+    /// A range tombstone's vector is not sorted distinct origins with seqs ≥ 1, or too long.
+    #[error("a range tombstone's vector is malformed")]
+    Vector,
 }
 
 /// The payload's CBOR, fields by position.
@@ -119,7 +127,7 @@ impl AppendBatch {
 
     /// Decodes and verifies an operation of kind `0x03`.
     pub fn decode(key: &[u8], payload: &[u8]) -> Result<AppendBatch, AppendFault> {
-        let (table, epoch) = decode_key(key)?;
+        let (table, epoch) = decode_key(key, APPEND_KEY_KIND)?;
         let (&version, body) = payload.split_first().ok_or(AppendFault::Version(0))?;
         if version != APPEND_PAYLOAD_VERSION {
             return Err(AppendFault::Version(version));
@@ -159,6 +167,149 @@ impl AppendBatch {
     }
 }
 
+/// Document-key kind of a range tombstone: `0x04 ‖ table name ‖ epoch u64 BE`.
+pub const TOMBSTONE_KEY_KIND: u8 = 4;
+/// First byte of a range tombstone's payload: its format.
+pub const TOMBSTONE_PAYLOAD_VERSION: u8 = 1;
+/// Most origins a tombstone's vector may name (as many as an envelope's dependencies).
+const TOMBSTONE_ORIGINS_MAX: usize = crate::change::CHANGE_DEPS_MAX;
+
+/// A range `DELETE` on one incarnation of an append-only table, verified: it removes the
+/// rows whose value under column `column` lies in `[lo, hi)` and whose envelope the
+/// deleting node held when it deleted (`seq ≤ vector[origin]`). Observed-remove: a row
+/// written concurrently with the delete is never removed by it, and the set of rows that
+/// remain is the same in every order of arrival (docs/design.md § Identity and merge).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeTombstone {
+    /// The table.
+    pub table: String,
+    /// The table's incarnation (odd).
+    pub epoch: u64,
+    /// The id of the time column the range is of, when the delete was written: a row is
+    /// judged by its own value under that id, whatever the table's definition is now.
+    /// `None` only for a delete of every row (no bounds), which needs no time.
+    pub column: Option<String>,
+    /// The lowest time removed; `None`: unbounded.
+    pub lo: Option<i64>,
+    /// The time just above the range (exclusive); `None`: unbounded.
+    pub hi: Option<i64>,
+    /// What the deleting node held: per origin, the highest seq whose rows are removed.
+    pub vector: VersionVector,
+}
+
+/// The tombstone payload's CBOR, fields by position.
+#[derive(Serialize, Deserialize)]
+struct TombstoneWire {
+    /// The time column's id, 6 bytes; absent only without bounds.
+    column: Option<ByteBuf>,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    /// `(origin, seq)` sorted by origin, each seq ≥ 1.
+    vector: Vec<(ByteBuf, u64)>,
+}
+
+impl RangeTombstone {
+    /// The operation key: `0x04 ‖ table name ‖ epoch u64 BE`.
+    pub fn key(&self) -> Vec<u8> {
+        let mut out = vec![TOMBSTONE_KEY_KIND];
+        keys::encode_name(&self.table, &mut out);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out
+    }
+
+    /// The payload: `0x01 ‖ packed CBOR { column, lo, hi, vector }`.
+    pub fn payload(&self) -> Vec<u8> {
+        debug_assert!(self.lo.zip(self.hi).is_none_or(|(lo, hi)| lo < hi), "a tombstone's range is not empty");
+        let wire = TombstoneWire {
+            column: self.column.as_deref().map(|id| ByteBuf::from(column_id_bytes(id))),
+            lo: self.lo,
+            hi: self.hi,
+            vector: self.vector.iter().map(|(n, s)| (ByteBuf::from(n.as_bytes().to_vec()), s)).collect(),
+        };
+        let mut out = vec![TOMBSTONE_PAYLOAD_VERSION];
+        out.extend(codec::encode(&wire));
+        out
+    }
+
+    /// Decodes and verifies an operation of kind `0x04`.
+    pub fn decode(key: &[u8], payload: &[u8]) -> Result<RangeTombstone, AppendFault> {
+        let (table, epoch) = decode_key(key, TOMBSTONE_KEY_KIND)?;
+        let (&version, body) = payload.split_first().ok_or(AppendFault::Version(0))?;
+        if version != TOMBSTONE_PAYLOAD_VERSION {
+            return Err(AppendFault::Version(version));
+        }
+        let wire: TombstoneWire = codec::decode(body)?;
+        let column = match &wire.column {
+            Some(bytes) => Some(column_id_hex(bytes).ok_or(AppendFault::Columns)?),
+            None if wire.lo.is_none() && wire.hi.is_none() => None,
+            None => return Err(AppendFault::Columns),
+        };
+        if wire.lo.zip(wire.hi).is_some_and(|(lo, hi)| lo >= hi) {
+            return Err(AppendFault::EmptyRange);
+        }
+        if wire.vector.len() > TOMBSTONE_ORIGINS_MAX {
+            return Err(AppendFault::Vector);
+        }
+        let mut vector = VersionVector::new();
+        let mut previous: Option<NodeId> = None;
+        for (origin, seq) in &wire.vector {
+            let origin = NodeId::from_slice(origin).ok_or(AppendFault::Vector)?;
+            if *seq == 0 || previous.is_some_and(|p| p >= origin) {
+                return Err(AppendFault::Vector);
+            }
+            previous = Some(origin);
+            vector.set(origin, *seq);
+        }
+        Ok(RangeTombstone { table, epoch, column, lo: wire.lo, hi: wire.hi, vector })
+    }
+
+    /// Whether the tombstone removes the row `(origin, seq)` whose time under
+    /// [`RangeTombstone::column`] is `time` (`None`: the row has no such value).
+    pub fn removes(&self, origin: NodeId, seq: u64, time: Option<i64>) -> bool {
+        self.covers(origin, seq) && (self.is_whole() || time.is_some_and(|t| self.holds(t)))
+    }
+
+    /// Whether the tombstone has no bounds: it removes every row it covers, with a time
+    /// or without.
+    pub fn is_whole(&self) -> bool {
+        self.lo.is_none() && self.hi.is_none()
+    }
+
+    /// Whether the envelope `(origin, seq)` is one the deleting node held.
+    pub fn covers(&self, origin: NodeId, seq: u64) -> bool {
+        seq <= self.vector.seq(origin)
+    }
+
+    /// Whether time `t` lies in the range.
+    pub fn holds(&self, t: i64) -> bool {
+        self.lo.is_none_or(|lo| lo <= t) && self.hi.is_none_or(|hi| t < hi)
+    }
+
+    /// Whether every row this tombstone removes, `other` removes too (its range holds
+    /// this one's and its vector dominates): this one is then redundant.
+    pub fn subsumed_by(&self, other: &RangeTombstone) -> bool {
+        let lo_within = match (other.lo, self.lo) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a <= b,
+        };
+        let hi_within = match (other.hi, self.hi) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b <= a,
+        };
+        let range_within = other.is_whole() || (self.column == other.column && lo_within && hi_within);
+        (self.table.as_str(), self.epoch) == (other.table.as_str(), other.epoch)
+            && range_within
+            && other.vector.dominates(&self.vector)
+    }
+}
+
+/// Whether an operation key is of a range tombstone (kind `0x04`).
+pub fn is_tombstone_key(key: &[u8]) -> bool {
+    key.first() == Some(&TOMBSTONE_KEY_KIND)
+}
+
 /// The payload of rows under columns, unchecked (tests build malformed ones with it).
 fn encode_payload(columns: &[String], rows: &[Vec<Value>]) -> Vec<u8> {
     let mut records = Vec::new();
@@ -180,10 +331,10 @@ pub fn is_append_key(key: &[u8]) -> bool {
     key.first() == Some(&APPEND_KEY_KIND)
 }
 
-fn decode_key(key: &[u8]) -> Result<(String, u64), KeyError> {
+fn decode_key(key: &[u8], kind: u8) -> Result<(String, u64), KeyError> {
     let rest = match key.split_first() {
-        Some((&APPEND_KEY_KIND, rest)) => rest,
-        _ => return Err(KeyError("not an append batch key")),
+        Some((&first, rest)) if first == kind => rest,
+        _ => return Err(KeyError("not an append batch or tombstone key of this kind")),
     };
     let (name, rest) = keys::decode_name(rest)?;
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
@@ -294,6 +445,8 @@ pub(crate) struct BlockTime {
 pub(crate) struct Block {
     /// The column ids the rows are written under.
     pub columns: Vec<String>,
+    /// How the block holds its rows' time (`None`: the no-time bucket's block).
+    pub time: Option<BlockTime>,
     /// Each row's position in its batch and its values, one per column.
     pub rows: Vec<(u32, Vec<Value>)>,
 }
@@ -390,7 +543,45 @@ pub(crate) fn decode_block(bytes: &[u8], bucket: i64) -> Result<Block, RecordErr
     if !input.is_empty() {
         return Err(RecordError("trailing bytes after a block's rows"));
     }
-    Ok(Block { columns, rows })
+    Ok(Block { columns, time, rows })
+}
+
+/// The row count a block's header gives, read without decoding its rows (bytes from
+/// disk are checked as far as they are read).
+pub(crate) fn block_row_count(bytes: &[u8]) -> Result<u64, RecordError> {
+    let mut input = bytes;
+    let ncols = usize::try_from(record::take_varint(&mut input)?).map_err(|_| RecordError("column count"))?;
+    if ncols == 0 || ncols > COLUMNS_MAX || input.len() < ncols * COLUMN_ID_BYTES {
+        return Err(RecordError("a block's column count"));
+    }
+    input = &input[ncols * COLUMN_ID_BYTES..];
+    record::take_varint(&mut input)?;
+    record::take_varint(&mut input)
+}
+
+/// The `append_tombstones_v1` key of a tombstone: name ‖ epoch u64 BE ‖ origin ‖ seq u64
+/// BE (one tombstone per table incarnation per envelope).
+pub(crate) fn tombstone_key(table: &str, epoch: u64, origin: NodeId, seq: u64) -> Vec<u8> {
+    let mut key = table_prefix(table, Some(epoch));
+    key.extend_from_slice(origin.as_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Decodes a stored tombstone from its `append_tombstones_v1` key and value (its
+/// payload): the tombstone and the envelope that wrote it.
+pub(crate) fn decode_stored_tombstone(key: &[u8], value: &[u8]) -> Result<(RangeTombstone, NodeId, u64), AppendFault> {
+    let (name, rest) = keys::decode_name(key)?;
+    if rest.len() != 8 + 16 + 8 {
+        return Err(KeyError("a tombstone key has epoch, origin and seq").into());
+    }
+    let epoch = u64::from_be_bytes(rest[..8].try_into().expect("length checked"));
+    let origin = NodeId::from_slice(&rest[8..24]).expect("16 bytes");
+    let seq = u64::from_be_bytes(rest[24..].try_into().expect("length checked"));
+    let mut op_key = vec![TOMBSTONE_KEY_KIND];
+    keys::encode_name(name, &mut op_key);
+    op_key.extend_from_slice(&epoch.to_be_bytes());
+    Ok((RangeTombstone::decode(&op_key, value)?, origin, seq))
 }
 
 #[cfg(test)]

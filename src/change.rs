@@ -14,7 +14,7 @@
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::append::{self, AppendBatch, AppendFault};
+use crate::append::{self, AppendBatch, AppendFault, RangeTombstone};
 use crate::codec::{self, CodecError};
 use crate::doc::DocError;
 use crate::keys::{self, KeyError};
@@ -23,8 +23,8 @@ use crate::types::NodeId;
 
 /// Version byte that starts every encoded envelope without append batches.
 pub const ENVELOPE_VERSION: u8 = 1;
-/// Version byte of an envelope that carries append batches (operation kind `0x03`):
-/// older builds refuse it by its version instead of misreading it.
+/// Version byte of an envelope that carries append batches or range tombstones
+/// (operation kinds `0x03` and `0x04`): older builds refuse it by its version instead of misreading it.
 pub const ENVELOPE_VERSION_APPEND: u8 = 2;
 /// Largest encoded envelope accepted, in bytes. Checked before anything is decoded.
 pub const CHANGE_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -195,13 +195,13 @@ pub enum Malformation {
     /// No document change, or more than [`CHANGE_DOCS_MAX`].
     #[error("a change touches 1 to CHANGE_DOCS_MAX documents")]
     DocCount,
-    /// Two document changes of the envelope name one document, or two append batches one
-    /// table incarnation.
+    /// Two document changes of the envelope name one document, or two append batches (or
+    /// two range tombstones) one table incarnation.
     #[error("a document appears twice")]
     DocTwice,
     /// The version byte does not match the content: version 2 exactly when the envelope
-    /// carries an append batch.
-    #[error("an envelope carries append batches exactly when its version is 2")]
+    /// carries an append batch or a range tombstone.
+    #[error("an envelope carries append batches or range tombstones exactly when its version is 2")]
     VersionMismatch,
     /// More than [`CHANGE_DEPS_MAX`] dependencies.
     #[error("too many dependencies")]
@@ -289,6 +289,8 @@ pub struct VerifiedChange {
     pub ops: Vec<DocChange>,
     /// Rows appended to append-only tables, one batch per table incarnation.
     pub appends: Vec<AppendBatch>,
+    /// Range deletes on append-only tables, at most one per table incarnation.
+    pub tombstones: Vec<RangeTombstone>,
     /// blake3 of `bytes`: two envelopes with the same key and hash are the same change.
     pub hash: [u8; 32],
     /// The encoded envelope, exactly as received.
@@ -316,27 +318,32 @@ impl VerifiedChange {
         }
         let mut ops = Vec::with_capacity(wire.ops.len());
         let mut appends = Vec::new();
+        let mut tombstones = Vec::new();
         for (doc, (key, change)) in wire.ops.into_iter().enumerate() {
+            let bad_append = |reason| ChangeError::BadAppend { op: doc, reason };
             if append::is_append_key(&key) {
-                let batch =
-                    AppendBatch::decode(&key, &change).map_err(|reason| ChangeError::BadAppend { op: doc, reason })?;
-                appends.push(batch);
+                appends.push(AppendBatch::decode(&key, &change).map_err(bad_append)?);
+            } else if append::is_tombstone_key(&key) {
+                tombstones.push(RangeTombstone::decode(&key, &change).map_err(bad_append)?);
             } else {
                 ops.push(verify_doc_change(origin, doc, &key, change.into_vec())?);
             }
         }
-        if appends.is_empty() != (version == ENVELOPE_VERSION) {
+        if (appends.is_empty() && tombstones.is_empty()) != (version == ENVELOPE_VERSION) {
             return Err(ChangeError::Malformed(Malformation::VersionMismatch));
         }
         let mut keys: Vec<&DocKey> = ops.iter().map(|op| &op.key).collect();
         keys.sort();
         let mut tables: Vec<(&str, u64)> = appends.iter().map(|a| (a.table.as_str(), a.epoch)).collect();
         tables.sort();
-        if keys.windows(2).any(|w| w[0] == w[1]) || tables.windows(2).any(|w| w[0] == w[1]) {
+        let mut deleted: Vec<(&str, u64)> = tombstones.iter().map(|t| (t.table.as_str(), t.epoch)).collect();
+        deleted.sort();
+        let twice = |names: &[(&str, u64)]| names.windows(2).any(|w| w[0] == w[1]);
+        if keys.windows(2).any(|w| w[0] == w[1]) || twice(&tables) || twice(&deleted) {
             return Err(ChangeError::Malformed(Malformation::DocTwice));
         }
         let hash = *blake3::hash(&bytes).as_bytes();
-        Ok(VerifiedChange { origin, seq: wire.seq, time_ms: wire.time_ms, deps, ops, appends, hash, bytes })
+        Ok(VerifiedChange { origin, seq: wire.seq, time_ms: wire.time_ms, deps, ops, appends, tombstones, hash, bytes })
     }
 
     /// Encodes a locally made change and verifies it, so local and remote changes share
@@ -348,9 +355,10 @@ impl VerifiedChange {
         deps: &[(NodeId, u64)],
         ops: Vec<DocChange>,
         appends: Vec<AppendBatch>,
+        tombstones: Vec<RangeTombstone>,
     ) -> VerifiedChange {
         assert!(seq > 0, "a node's changes are numbered from 1");
-        let count = ops.len() + appends.len();
+        let count = ops.len() + appends.len() + tombstones.len();
         assert!(count > 0 && count <= CHANGE_DOCS_MAX, "a local change has 1..=CHANGE_DOCS_MAX operations");
         debug_assert!(
             deps.windows(2).all(|w| w[0].0 < w[1].0) && deps.iter().all(|(n, s)| *n != origin && *s > 0),
@@ -365,13 +373,16 @@ impl VerifiedChange {
                 .iter()
                 .map(|op| (ByteBuf::from(op.key.encode()), ByteBuf::from(op.change.raw_bytes().to_vec())))
                 .chain(appends.iter().map(|a| (ByteBuf::from(a.key()), ByteBuf::from(a.payload()))))
+                .chain(tombstones.iter().map(|t| (ByteBuf::from(t.key()), ByteBuf::from(t.payload()))))
                 .collect(),
         };
-        let version = if appends.is_empty() { ENVELOPE_VERSION } else { ENVELOPE_VERSION_APPEND };
+        let plain = appends.is_empty() && tombstones.is_empty();
+        let version = if plain { ENVELOPE_VERSION } else { ENVELOPE_VERSION_APPEND };
         let mut bytes = vec![version];
         bytes.extend(codec::encode(&wire));
         let hash = *blake3::hash(&bytes).as_bytes();
-        let change = VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, appends, hash, bytes };
+        let change =
+            VerifiedChange { origin, seq, time_ms, deps: deps.to_vec(), ops, appends, tombstones, hash, bytes };
         #[cfg(debug_assertions)]
         change.shadow_check_decodes();
         change
@@ -392,6 +403,7 @@ impl VerifiedChange {
         );
         assert!(decoded.ops.iter().map(|op| &op.key).eq(self.ops.iter().map(|op| &op.key)), "same documents");
         assert_eq!(decoded.appends, self.appends, "same appended rows");
+        assert_eq!(decoded.tombstones, self.tombstones, "same range deletes");
     }
 }
 

@@ -100,6 +100,9 @@ pub enum Corruption {
         /// Why it does not decode.
         source: RecordError,
     },
+    /// A stored range tombstone (`append_tombstones_v1`) does not decode.
+    #[error("append_tombstones_v1: {0}")]
+    Tombstone(crate::append::AppendFault),
     /// A key does not decode.
     #[error("{table} key: {source}")]
     Key {
@@ -524,6 +527,15 @@ pub enum WriteError {
         table: String,
         /// What it refuses.
         what: &'static str,
+    },
+    /// A range delete of a table that is not append-only.
+    #[error("table {0} is not append-only: delete its rows by key or with DELETE ... WHERE")]
+    NotAppendOnly(String),
+    /// A range delete whose range holds no time.
+    #[error("the range deleted from {table} is empty")]
+    EmptyRange {
+        /// The table.
+        table: String,
     },
     /// An update tried to change a primary-key column.
     #[error("cannot update primary-key column {table}.{column}; delete and insert instead")]

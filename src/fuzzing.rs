@@ -48,23 +48,44 @@ fn tempdir() -> std::path::PathBuf {
     dir
 }
 
-/// Decodes `data` as the two append-only payloads a peer can send: with an even first
-/// byte, an append batch (`data[1]` bytes of operation key, the rest its payload); with
-/// an odd one, a block as a state transfer carries it (8 bytes of bucket start, the rest
-/// the block). Panics only on a bug: a decoder that panics, or a batch that decodes but
-/// does not survive its own encoding.
+/// Decodes `data` as the append-only payloads a peer can send, by its first byte modulo
+/// 3: 0, an append batch (`data[1]` bytes of operation key, the rest its payload); 1, a
+/// block as a state transfer carries it (8 bytes of bucket start, the rest the block);
+/// 2, a range tombstone, as an envelope's operation (key and payload as for a batch) and
+/// as a transfer's stored key and value. Panics only on a bug: a decoder that panics, or
+/// a batch or tombstone that decodes but does not survive its own encoding.
 pub fn decode_append_payloads(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else { return };
-    if selector % 2 == 0 {
-        let Some((&key_len, rest)) = rest.split_first() else { return };
-        let (key, payload) = rest.split_at(usize::from(key_len).min(rest.len()));
-        if let Ok(batch) = crate::append::AppendBatch::decode(key, payload) {
-            let again = crate::append::AppendBatch::decode(&batch.key(), &batch.payload());
-            assert_eq!(again.as_ref(), Ok(&batch), "a decoded append batch survives its own encoding");
+    match selector % 3 {
+        0 => {
+            let (key, payload) = split_key(rest);
+            if let Ok(batch) = crate::append::AppendBatch::decode(key, payload) {
+                let again = crate::append::AppendBatch::decode(&batch.key(), &batch.payload());
+                assert_eq!(again.as_ref(), Ok(&batch), "a decoded append batch survives its own encoding");
+            }
         }
-    } else if rest.len() >= 8 {
-        let (bucket, block) = rest.split_at(8);
-        let bucket = i64::from_be_bytes(bucket.try_into().expect("8 bytes"));
-        let _ = crate::append::decode_block(block, bucket);
+        1 if rest.len() >= 8 => {
+            let (bucket, block) = rest.split_at(8);
+            let bucket = i64::from_be_bytes(bucket.try_into().expect("8 bytes"));
+            if crate::append::decode_block(block, bucket).is_ok() {
+                assert!(crate::append::block_row_count(block).is_ok(), "a block that decodes has a row count");
+            }
+        }
+        2 => {
+            let (key, payload) = split_key(rest);
+            if let Ok(tombstone) = crate::append::RangeTombstone::decode(key, payload) {
+                let again = crate::append::RangeTombstone::decode(&tombstone.key(), &tombstone.payload());
+                assert_eq!(again.as_ref(), Ok(&tombstone), "a decoded range tombstone survives its own encoding");
+            }
+            // The same bytes as a tombstone a state transfer brings: its stored key and value.
+            let _ = crate::append::decode_stored_tombstone(key, payload);
+        }
+        _ => {}
     }
+}
+
+/// A length byte, then that many bytes of key (or fewer, at the end), then the payload.
+fn split_key(data: &[u8]) -> (&[u8], &[u8]) {
+    let Some((&key_len, rest)) = data.split_first() else { return (&[], &[]) };
+    rest.split_at(usize::from(key_len).min(rest.len()))
 }

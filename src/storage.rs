@@ -57,6 +57,10 @@ pub const HOLDERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("holders
 /// The rows of append-only tables: name ‖ epoch u64 BE ‖ bucket start ‖ origin ‖ seq u64
 /// BE ‖ part u16 BE → block (see `replica/append.rs`).
 pub const APPEND_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("append_blocks_v1");
+/// The range tombstones of append-only tables: name ‖ epoch u64 BE ‖ origin ‖ seq u64 BE
+/// → tombstone payload, kept until its range lies below the table's floor (see
+/// `replica/tombstones.rs`).
+pub const APPEND_TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("append_tombstones_v1");
 
 /// Node-local dead letters: u64 sequence → packed CBOR `DeadLetter` (not replicated,
 /// not backed up; `replica/dead_letters.rs`).
@@ -106,6 +110,7 @@ pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(DIGEST)?;
     txn.open_table(HOLDERS)?;
     txn.open_table(APPEND_BLOCKS)?;
+    txn.open_table(APPEND_TOMBSTONES)?;
     txn.open_table(DEAD_LETTERS)?;
     Ok(())
 }

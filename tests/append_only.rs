@@ -9,7 +9,7 @@ use edgestore::change::{ChangeError, Malformation, VerifiedChange, ENVELOPE_VERS
 use edgestore::{Replica, Value};
 
 mod common;
-use common::{assert_healthy, log_of, node, open, sql_rows as rows, sql_run as run, sync, transfer};
+use common::{assert_healthy, compact_all, log_of, node, open, sql_rows as rows, sql_run as run, sync, transfer};
 
 const READINGS: &str = "CREATE TABLE readings (sensor INTEGER NOT NULL, ts TIMESTAMP NOT NULL, value REAL) \
      WITH (append_only = true, time_column = 'ts', bucket = '1 hour')";
@@ -145,20 +145,6 @@ fn rows_outlive_a_reopen_and_a_backup() {
     let mut restored = Replica::open(&backup, node(1)).expect("open the backup");
     assert_eq!(rows(&mut restored, ALL), before);
     assert_healthy(&restored);
-}
-
-/// Compacts `replica`'s whole log (a node alone holds everything stable); returns the
-/// entries removed.
-fn compact_all(replica: &mut Replica) -> u64 {
-    let upto = replica.version_vector().clone();
-    let mut removed = 0;
-    loop {
-        let report = replica.compact_log_step(&upto, 256).unwrap();
-        removed += report.entries_removed;
-        if report.complete {
-            return removed;
-        }
-    }
 }
 
 #[test]

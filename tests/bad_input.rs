@@ -978,9 +978,9 @@ fn seeded_mutation_sweep_only_yields_typed_errors_and_never_half_applies() {
 }
 
 /// The append-only payloads' fuzz entry point (`fuzz/fuzz_targets/append_payloads.rs`)
-/// on stable: every truncation and every one-byte corruption of a real append batch and
-/// of a real transferred block decodes without panicking, and whatever still decodes as
-/// a batch survives its own encoding.
+/// on stable: every truncation and every one-byte corruption of a real append batch, of
+/// a real transferred block and of a real range tombstone decodes without panicking, and
+/// whatever still decodes as a batch or a tombstone survives its own encoding.
 #[test]
 fn append_payloads_survive_every_truncation_and_corruption() {
     let dir = TempDir::new().unwrap();
@@ -1003,8 +1003,16 @@ fn append_payloads_survive_every_truncation_and_corruption() {
     let mut block_input = vec![1];
     block_input.extend_from_slice(&0i64.to_be_bytes());
     block_input.extend_from_slice(&block.snapshot);
+    common::sql_run(&mut a, "DELETE FROM readings WHERE ts >= 1 AND ts < 3600000");
+    let envelope = log_of(&a).pop().expect("the delete's envelope");
+    let tombstone = VerifiedChange::decode(envelope).unwrap().tombstones.remove(0);
+    assert_eq!((tombstone.lo, tombstone.hi), (Some(1), Some(3_600_000)));
+    let (key, payload) = (tombstone.key(), tombstone.payload());
+    let mut tombstone_input = vec![2, key.len() as u8];
+    tombstone_input.extend_from_slice(&key);
+    tombstone_input.extend_from_slice(&payload);
     let mut inputs = 0;
-    for input in [batch_input, block_input] {
+    for input in [batch_input, block_input, tombstone_input] {
         for len in 0..=input.len() {
             edgestore::fuzzing::decode_append_payloads(&input[..len]);
             inputs += 1;
@@ -1018,5 +1026,5 @@ fn append_payloads_survive_every_truncation_and_corruption() {
             }
         }
     }
-    assert!(inputs > 400, "{inputs} inputs");
+    assert!(inputs > 600, "{inputs} inputs");
 }

@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use edgestore::{AppendTableStatus, Replica, Value};
+use edgestore::{AppendTableStatus, Replica};
 
 mod common;
-use common::{assert_healthy, open, sql_rows as rows, sql_run as run, sync};
+use common::{assert_healthy, open, sql_count as count, sql_run as run, sync};
 
 const HOUR: i64 = 3_600_000;
 const MINUTE: i64 = 60_000;
@@ -23,16 +23,6 @@ fn readings(sensor: i64, from: i64, to: i64) -> String {
     let values: Vec<String> =
         (from / MINUTE..to / MINUTE).map(|m| format!("({sensor}, {}, {m}.5)", m * MINUTE)).collect();
     format!("INSERT INTO readings VALUES {}", values.join(", "))
-}
-
-fn count(replica: &mut Replica, query: &str) -> i64 {
-    match rows(replica, query).as_slice() {
-        [row] => match row.as_slice() {
-            [Value::Integer(n) | Value::Timestamp(n)] => *n,
-            other => panic!("{query}: not one count: {other:?}"),
-        },
-        other => panic!("{query}: not one row: {other:?}"),
-    }
 }
 
 fn status(replica: &Replica, table: &str) -> AppendTableStatus {

@@ -23,11 +23,11 @@ use crate::types::{ColumnType, NodeId, Value};
 
 const BLOCKS: &str = "append_blocks_v1";
 
-fn corrupt_key(source: crate::keys::KeyError) -> StorageError {
+pub(super) fn corrupt_key(source: crate::keys::KeyError) -> StorageError {
     Corruption::Key { table: BLOCKS, source }.into()
 }
 
-fn corrupt_record(source: crate::record::RecordError) -> StorageError {
+pub(super) fn corrupt_record(source: crate::record::RecordError) -> StorageError {
     Corruption::Record { table: BLOCKS, source }.into()
 }
 
@@ -54,14 +54,14 @@ pub(crate) fn summarize_block(key: &[u8], value: &[u8]) -> Result<BlockSummary, 
 /// Where rows find their bucket under a definition: the time column's id and type and the
 /// bucket width; `None` for a definition without a time column (or not append-only).
 #[derive(Clone, Debug)]
-struct Bucketing {
-    time_id: String,
-    timestamp: bool,
-    width: i64,
+pub(super) struct Bucketing {
+    pub time_id: String,
+    pub timestamp: bool,
+    pub width: i64,
 }
 
 impl Bucketing {
-    fn of(schema: &TableSchema) -> Option<Bucketing> {
+    pub(super) fn of(schema: &TableSchema) -> Option<Bucketing> {
         let options = schema.append.as_ref()?;
         let column = &schema.columns[schema.time_column_index()?];
         Some(Bucketing { time_id: column.id(), timestamp: column.ty == ColumnType::Timestamp, width: options.bucket })
@@ -148,7 +148,7 @@ fn write_rows<'r>(
 }
 
 /// The XOR of the rows' digest hashes.
-fn rows_xor(origin: NodeId, seq: u64, columns: &[String], rows: &[(u32, &[Value])]) -> [u8; 32] {
+pub(super) fn rows_xor(origin: NodeId, seq: u64, columns: &[String], rows: &[(u32, &[Value])]) -> [u8; 32] {
     let mut xor = [0u8; 32];
     for (pos, values) in rows {
         super::digest::xor_into(&mut xor, &append::row_hash(origin, seq, *pos, columns, values));
@@ -236,7 +236,16 @@ impl Replica {
         let Some(entry) = self.catalog.tables.get(table).filter(|t| t.causal_length == at.epoch) else {
             return Ok(());
         };
-        let rows = block.rows.iter().map(|(pos, values)| (*pos, values.as_slice()));
+        // The donor may not have applied a tombstone this replica holds (a transfer is
+        // not causal): rows it removes are not stored again.
+        let tombstones = super::tombstones::tombstones_of(&tables.append_tombstones, table, at.epoch)?;
+        let rows = block
+            .rows
+            .iter()
+            .filter(|(_, values)| {
+                !super::tombstones::removed_by(&tombstones, at.origin, at.seq, &block.columns, values)
+            })
+            .map(|(pos, values)| (*pos, values.as_slice()));
         write_arriving_rows(tables, entry, at.origin, at.seq, &block.columns, rows)
     }
 
@@ -246,6 +255,7 @@ impl Replica {
         let prefix = append::table_prefix(name, None);
         let end = crate::keys::prefix_end(&prefix).expect("names are not all 0xFF");
         let current = self.catalog.table(name);
+        super::tombstones::remove_other_incarnations(tables, name, current.map(|t| t.causal_length))?;
         // Rows of the current incarnation, by envelope and the ids they were written under.
         let mut kept: BTreeMap<(NodeId, u64, Vec<String>), Vec<PlacedRow>> = BTreeMap::new();
         let mut any = false;

@@ -258,15 +258,25 @@ impl Replica {
         Ok(())
     }
 
-    /// Stores the rows the changes append to append-only tables (`append.rs`), after the
-    /// catalog documents of the same changes are resolved.
+    /// Stores the rows the changes append to append-only tables (`append.rs`) and applies
+    /// their range tombstones (`tombstones.rs`), after the catalog documents of the same
+    /// changes are resolved.
     fn store_appends(&mut self, tables: &mut WriteTables<'_>, changes: &[VerifiedChange]) -> Result<(), RecordError> {
         for change in changes {
+            let unknown = |table: &str, epoch: u64| {
+                let cause = Cause::Change { origin: change.origin, seq: change.seq };
+                let reason = Inconsistency::RowOfUnknownTable { table: table.to_string(), epoch };
+                RecordError::Inconsistent { cause, reason }
+            };
             for batch in &change.appends {
                 if !self.store_append_batch(tables, change.origin, change.seq, batch)? {
-                    let cause = Cause::Change { origin: change.origin, seq: change.seq };
-                    let reason = Inconsistency::RowOfUnknownTable { table: batch.table.clone(), epoch: batch.epoch };
-                    return Err(RecordError::Inconsistent { cause, reason });
+                    return Err(unknown(&batch.table, batch.epoch));
+                }
+            }
+            // After the envelope's own rows, which its tombstones do not cover.
+            for tombstone in &change.tombstones {
+                if !self.store_tombstone(tables, change.origin, change.seq, tombstone)? {
+                    return Err(unknown(&tombstone.table, tombstone.epoch));
                 }
             }
         }

@@ -28,6 +28,7 @@ mod restore;
 mod retention;
 mod save;
 mod stats;
+mod tombstones;
 mod transfer;
 mod unique;
 mod write;
@@ -164,6 +165,10 @@ pub(crate) struct WriteTables<'t> {
     pub pending: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub digest: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub append_blocks: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub append_tombstones: redb::Table<'t, &'static [u8], &'static [u8]>,
+    /// Rows the range tombstones applied in this transaction removed (a local `DELETE`
+    /// reports them as its rows affected).
+    pub range_deleted: u64,
     /// What this transaction changed in the digest's parts; flushed into `digest` by
     /// `record_changes`, the one path that changes the tables the digest summarises.
     pub digest_delta: digest_parts::DigestDelta,
@@ -185,6 +190,8 @@ impl<'t> WriteTables<'t> {
             pending: txn.open_table(storage::PENDING)?,
             digest: txn.open_table(storage::DIGEST)?,
             append_blocks: txn.open_table(storage::APPEND_BLOCKS)?,
+            append_tombstones: txn.open_table(storage::APPEND_TOMBSTONES)?,
+            range_deleted: 0,
             digest_delta: digest_parts::DigestDelta::default(),
         })
     }

@@ -121,6 +121,8 @@ pub struct ExpireReport {
     pub rows_removed: u64,
     /// Bytes of the removed blocks, keys included.
     pub bytes_removed: u64,
+    /// Range tombstones removed because their range now lies below the floor.
+    pub tombstones_collected: u64,
     /// Nothing is left below any floor: another step at the same time removes nothing.
     pub complete: bool,
 }
@@ -238,6 +240,7 @@ impl Replica {
                     report.complete = false;
                 }
                 write_floor(&mut tables.meta, &plan.name, &floor)?;
+                report.tombstones_collected += self.collect_tombstones(&mut tables, &plan.name, floor.floor)?;
             }
             tables.digest_delta.flush(&mut tables.digest)?;
             #[cfg(debug_assertions)]

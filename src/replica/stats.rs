@@ -150,6 +150,7 @@ macro_rules! every_table {
             $f(txn, storage::DIGEST)?,
             $f(txn, storage::HOLDERS)?,
             $f(txn, storage::APPEND_BLOCKS)?,
+            $f(txn, storage::APPEND_TOMBSTONES)?,
             $f(txn, storage::DEAD_LETTERS)?,
         ]
     }};

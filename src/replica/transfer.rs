@@ -90,7 +90,7 @@ impl TransferProgress {
     /// generations are each donor's own; documents' keys are the same everywhere).
     pub fn cursor_for(&self, donor: NodeId) -> Vec<u8> {
         match self.cursor.first() {
-            Some(&TRANSFER_BLOCK_KIND) if donor != self.donor => vec![TRANSFER_BLOCK_KIND],
+            Some(&(TRANSFER_BLOCK_KIND | TRANSFER_TOMBSTONE_KIND)) if donor != self.donor => vec![TRANSFER_BLOCK_KIND],
             _ => self.cursor.clone(),
         }
     }
@@ -119,6 +119,9 @@ struct CheckedDoc {
 
 /// First byte of a transferred block's key (document keys use 0–2).
 pub const TRANSFER_BLOCK_KIND: u8 = 3;
+/// First byte of a transferred range tombstone's key, after every block: kind ‖ its
+/// `append_tombstones_v1` key.
+pub const TRANSFER_TOMBSTONE_KIND: u8 = 4;
 
 /// The transfer key of a block: kind ‖ layout generation u64 BE ‖ `append_blocks_v1` key.
 fn block_transfer_key(generation: u64, block_key: &[u8]) -> Vec<u8> {
@@ -200,7 +203,7 @@ impl Replica {
     }
 
     /// Donor side: the documents after `after` in key order, then the append-only
-    /// tables' blocks, at most `docs_max` entries and about `bytes_max` bytes (at least one
+    /// tables' blocks, then their range tombstones, at most `docs_max` entries and about `bytes_max` bytes (at least one
     /// if any follows), with the snapshot's version vector. A document above
     /// [`TRANSFER_DOC_BYTES_MAX`] cannot be sent.
     ///
@@ -208,7 +211,10 @@ impl Replica {
     /// donor's block-layout generation ‖ its `append_blocks_v1` key and whose snapshot
     /// is the block: after every document key (kinds 0–2), so the cursor stays one key.
     /// A cursor from an older generation (the donor re-split blocks since, moving rows
-    /// between keys) starts the blocks over under the new one.
+    /// between keys) starts the blocks over under the new one. Tombstones follow as
+    /// [`TRANSFER_TOMBSTONE_KIND`] ‖ their `append_tombstones_v1` key: the receiver
+    /// applies each to what it holds and keeps it, which removes in any order what the
+    /// tombstone removes at the donor.
     pub fn export_transfer(
         &self,
         after: &[u8],
@@ -220,29 +226,35 @@ impl Replica {
         let vector = read::Snapshot::version_vector_of(&txn)?;
         let generation = super::append::layout_generation(&txn.open_table(storage::META)?)?;
         let mut out = BatchBuilder { docs: Vec::new(), bytes: 0, docs_max, bytes_max };
-        let block_cursor = match after.first() {
-            // A cursor that does not parse (only a peer makes one) starts the blocks over;
-            // the receiver's own order check refuses what does not follow it.
-            Some(&TRANSFER_BLOCK_KIND) => parse_block_cursor(after).ok(),
-            _ => {
-                if !self.export_docs(&txn, after, &mut out)? {
+        let tombstone_cursor = match after.first() {
+            Some(&TRANSFER_TOMBSTONE_KIND) => Bound::Excluded(&after[1..]),
+            Some(&TRANSFER_BLOCK_KIND) => {
+                // A cursor that does not parse (only a peer makes one) starts the blocks
+                // over; the receiver's own order check refuses what does not follow it.
+                let start = match parse_block_cursor(after).ok() {
+                    Some((cursor_generation, key)) if cursor_generation == generation => Bound::Excluded(key),
+                    _ => Bound::Unbounded,
+                };
+                if !export_blocks(&txn, generation, start, &mut out)? {
                     return Ok(out.finish(vector, after, false));
                 }
-                None
+                Bound::Unbounded
+            }
+            _ => {
+                if !self.export_docs(&txn, after, &mut out)?
+                    || !export_blocks(&txn, generation, Bound::Unbounded, &mut out)?
+                {
+                    return Ok(out.finish(vector, after, false));
+                }
+                Bound::Unbounded
             }
         };
-        let blocks = txn.open_table(storage::APPEND_BLOCKS)?;
-        let start = match block_cursor {
-            Some((cursor_generation, key)) if cursor_generation == generation => Bound::Excluded(key),
-            _ => Bound::Unbounded,
-        };
-        for item in blocks.range::<&[u8]>((start, Bound::Unbounded))? {
+        let tombstones = txn.open_table(storage::APPEND_TOMBSTONES)?;
+        for item in tombstones.range::<&[u8]>((tombstone_cursor, Bound::Unbounded))? {
             let (key, value) = item?;
-            let doc = TransferDoc {
-                key: block_transfer_key(generation, key.value()),
-                snapshot: value.value().to_vec(),
-                tail: Vec::new(),
-            };
+            let mut transfer_key = vec![TRANSFER_TOMBSTONE_KIND];
+            transfer_key.extend_from_slice(key.value());
+            let doc = TransferDoc { key: transfer_key, snapshot: value.value().to_vec(), tail: Vec::new() };
             if !out.offer(doc)? {
                 return Ok(out.finish(vector, after, false));
             }
@@ -329,8 +341,9 @@ impl Replica {
         };
         let checked = self.check_docs(&batch)?;
         let blocks = check_blocks(&batch)?;
-        let docs = checked.len() + blocks.len();
-        let outcome = self.import_txn(checked, &blocks, &progress, batch.done);
+        let tombstones = check_tombstones(&batch)?;
+        let docs = checked.len() + blocks.len() + tombstones.len();
+        let outcome = self.import_txn(checked, (&blocks, &tombstones), &progress, batch.done);
         let docs_changed = match outcome {
             Ok(changed) => changed,
             Err(error) => {
@@ -357,7 +370,7 @@ impl Replica {
     /// each must be a node of the batch's vector or of this replica's.
     fn check_docs(&self, batch: &TransferBatch) -> Result<Vec<CheckedDoc>, ApplyError> {
         let mut checked = Vec::with_capacity(batch.docs.len());
-        let documents = batch.docs.iter().take_while(|d| d.key.first() != Some(&TRANSFER_BLOCK_KIND));
+        let documents = batch.docs.iter().take_while(|d| d.key.first() < Some(&TRANSFER_BLOCK_KIND));
         for (index, stored) in documents.enumerate() {
             let bad = |reason: DocChangeFault| ApplyError::Invalid {
                 index,
@@ -406,7 +419,7 @@ impl Replica {
     fn import_txn(
         &mut self,
         mut docs: Vec<CheckedDoc>,
-        blocks: &[CheckedBlock],
+        (blocks, tombstones): (&[CheckedBlock], &[CheckedTombstone]),
         progress: &TransferProgress,
         done: bool,
     ) -> Result<usize, ApplyError> {
@@ -430,13 +443,16 @@ impl Replica {
                     changed.push(changed_doc);
                 }
             }
-            changed_count = changed.len() + blocks.len();
+            changed_count = changed.len() + blocks.len() + tombstones.len();
             self.record_changes(&mut tables, changed, &[]).map_err(RecordError::into_apply)?;
             // After the documents: the catalog they carry is resolved, so each block
             // finds its table's incarnation if this transfer has brought it.
-            if !blocks.is_empty() {
+            if !blocks.is_empty() || !tombstones.is_empty() {
                 for block in blocks {
                     self.store_transferred_block(&mut tables, &block.table, &block.key, &block.block)?;
+                }
+                for t in tombstones {
+                    self.store_transferred_tombstone(&mut tables, t.origin, t.seq, &t.tombstone)?;
                 }
                 tables.digest_delta.flush(&mut tables.digest)?;
                 #[cfg(debug_assertions)]
@@ -574,9 +590,9 @@ struct CheckedBlock {
 /// the batch's vector holds (a snapshot's blocks hold only envelopes it logged).
 fn check_blocks(batch: &TransferBatch) -> Result<Vec<CheckedBlock>, ApplyError> {
     use crate::append::{self, AppendFault, APPEND_ROWS_MAX};
-    let first = batch.docs.iter().position(|d| d.key.first() == Some(&TRANSFER_BLOCK_KIND)).unwrap_or(batch.docs.len());
-    let mut checked = Vec::with_capacity(batch.docs.len() - first);
-    for (index, stored) in batch.docs.iter().enumerate().skip(first) {
+    let mut checked = Vec::new();
+    let blocks = batch.docs.iter().enumerate().filter(|(_, d)| d.key.first() == Some(&TRANSFER_BLOCK_KIND));
+    for (index, stored) in blocks {
         let bad =
             |reason: AppendFault| ApplyError::Invalid { index, source: ChangeError::BadAppend { op: index, reason } };
         let (_, block_key) = parse_block_cursor(&stored.key).map_err(|e| bad(e.into()))?;
@@ -599,6 +615,59 @@ fn check_blocks(batch: &TransferBatch) -> Result<Vec<CheckedBlock>, ApplyError> 
         checked.push(CheckedBlock { table: table.to_string(), key, block });
     }
     Ok(checked)
+}
+
+/// A transferred range tombstone, checked: decoded from its donor's key and value, and
+/// of an envelope the batch's vector holds.
+struct CheckedTombstone {
+    origin: NodeId,
+    seq: u64,
+    tombstone: crate::append::RangeTombstone,
+}
+
+/// Decodes every tombstone of the batch (its entries of kind
+/// [`TRANSFER_TOMBSTONE_KIND`]): key, payload, no tail, an envelope the batch's vector
+/// holds, and a vector it dominates (what the deleting node held came before it).
+fn check_tombstones(batch: &TransferBatch) -> Result<Vec<CheckedTombstone>, ApplyError> {
+    use crate::append::{self, AppendFault};
+    let mut checked = Vec::new();
+    let tombstones = batch.docs.iter().enumerate().filter(|(_, d)| d.key.first() == Some(&TRANSFER_TOMBSTONE_KIND));
+    for (index, stored) in tombstones {
+        let bad =
+            |reason: AppendFault| ApplyError::Invalid { index, source: ChangeError::BadAppend { op: index, reason } };
+        if !stored.tail.is_empty() {
+            return Err(ApplyError::MalformedBatch(Malformation::TransferDocShape));
+        }
+        let (tombstone, origin, seq) =
+            append::decode_stored_tombstone(&stored.key[1..], &stored.snapshot).map_err(bad)?;
+        if seq == 0 || seq > batch.vector.seq(origin) || !batch.vector.dominates(&tombstone.vector) {
+            return Err(bad(AppendFault::NotInVector));
+        }
+        checked.push(CheckedTombstone { origin, seq, tombstone });
+    }
+    Ok(checked)
+}
+
+/// The blocks after the block cursor `start` into `out`; `false` once the batch is full.
+fn export_blocks(
+    txn: &redb::ReadTransaction,
+    generation: u64,
+    start: Bound<&[u8]>,
+    out: &mut BatchBuilder,
+) -> Result<bool, StorageError> {
+    let blocks = txn.open_table(storage::APPEND_BLOCKS)?;
+    for item in blocks.range::<&[u8]>((start, Bound::Unbounded))? {
+        let (key, value) = item?;
+        let doc = TransferDoc {
+            key: block_transfer_key(generation, key.value()),
+            snapshot: value.value().to_vec(),
+            tail: Vec::new(),
+        };
+        if !out.offer(doc)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// The batch's own consistency: document count, keys increasing after the cursor, tails

@@ -14,7 +14,7 @@ use automerge::transaction::CommitOptions;
 use super::materialize::{Cause, ChangedDoc};
 use super::unique;
 use super::{take_or_create_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
-use crate::append::{AppendBatch, APPEND_ROWS_MAX};
+use crate::append::{AppendBatch, RangeTombstone, APPEND_ROWS_MAX};
 use crate::catalog::{self, IndexDef, IndexEntry, TableEntry};
 use crate::change::{DocChange, DocKey, VerifiedChange, CHANGE_BYTES_MAX, CHANGE_DOCS_MAX};
 use crate::doc;
@@ -108,6 +108,17 @@ pub enum WriteOp {
         table: String,
         /// The primary key.
         key: Vec<Value>,
+    },
+    /// Delete the rows of an append-only table whose time lies in `[lo, hi)` (both
+    /// `None`: every row, with a time or without), among those this node holds: a range
+    /// tombstone, which never removes a row written concurrently elsewhere.
+    DeleteRange {
+        /// The table.
+        table: String,
+        /// The lowest time deleted; `None`: unbounded.
+        lo: Option<i64>,
+        /// The time just above the range; `None`: unbounded. Above `lo`.
+        hi: Option<i64>,
     },
     /// Add `by` to a COUNTER column of an existing row.
     Increment {
@@ -210,6 +221,12 @@ impl WriteBatch {
         self
     }
 
+    /// Adds a range delete of an append-only table's rows with a time in `[lo, hi)`.
+    pub fn delete_range(mut self, table: &str, lo: Option<i64>, hi: Option<i64>) -> WriteBatch {
+        self.ops.push(WriteOp::DeleteRange { table: table.into(), lo, hi });
+        self
+    }
+
     /// Adds a counter increment.
     pub fn increment(mut self, table: &str, key: Vec<Value>, column: &str, by: i64) -> WriteBatch {
         self.ops.push(WriteOp::Increment { table: table.into(), key, column: column.into(), by });
@@ -236,6 +253,14 @@ struct Staged {
     inserted: Option<super::Row>,
 }
 
+/// A range delete staged by the current batch: the time column's id (`None` for every
+/// row) and the bounds.
+struct StagedDelete {
+    column: Option<String>,
+    lo: Option<i64>,
+    hi: Option<i64>,
+}
+
 /// State of one batch being staged: its view of the catalog (DDL earlier in the batch is
 /// visible to later operations) and the documents it touched.
 struct BatchCtx {
@@ -245,6 +270,8 @@ struct BatchCtx {
     docs: BTreeMap<Vec<u8>, Staged>,
     /// Rows for append-only tables, one batch per table incarnation.
     appends: BTreeMap<(String, u64), AppendBatch>,
+    /// Range deletes on append-only tables, one per table incarnation.
+    deletes: BTreeMap<(String, u64), StagedDelete>,
     rows_affected: u64,
 }
 
@@ -324,7 +351,13 @@ impl Replica {
         if batch.ops.is_empty() {
             return Err(WriteError::EmptyBatch);
         }
-        let mut ctx = BatchCtx { catalog: None, docs: BTreeMap::new(), appends: BTreeMap::new(), rows_affected: 0 };
+        let mut ctx = BatchCtx {
+            catalog: None,
+            docs: BTreeMap::new(),
+            appends: BTreeMap::new(),
+            deletes: BTreeMap::new(),
+            rows_affected: 0,
+        };
         let row_n_before = self.next_row_n;
         for op in batch.ops {
             // On error `ctx` drops with the staged documents: nothing of the batch remains.
@@ -350,15 +383,29 @@ impl Replica {
             staged.push((key_bytes, doc.working, doc.inserted));
         }
         let appends: Vec<AppendBatch> = ctx.appends.into_values().collect();
-        if ops.is_empty() && appends.is_empty() {
+        // What this node holds now: the rows a range delete removes (not the batch's own).
+        let tombstones: Vec<RangeTombstone> = ctx
+            .deletes
+            .into_iter()
+            .map(|((table, epoch), StagedDelete { column, lo, hi })| RangeTombstone {
+                table,
+                epoch,
+                column,
+                lo,
+                hi,
+                vector: self.versions.clone(),
+            })
+            .collect();
+        if ops.is_empty() && appends.is_empty() && tombstones.is_empty() {
             return Ok(WriteReceipt { seq: None, rows_affected });
         }
         // Peers refuse a change beyond these limits, and every later change of this node
         // depends on it: refused here, before anything of the batch is stored, it costs the
         // writer a split instead of stalling replication.
         let largest_append = appends.iter().map(|a| a.rows.len()).max().unwrap_or(0);
-        if ops.len() + appends.len() > CHANGE_DOCS_MAX || largest_append > APPEND_ROWS_MAX {
-            return Err(WriteError::TooManyRows { docs: (ops.len() + appends.len()).max(largest_append) });
+        let op_count = ops.len() + appends.len() + tombstones.len();
+        if op_count > CHANGE_DOCS_MAX || largest_append > APPEND_ROWS_MAX {
+            return Err(WriteError::TooManyRows { docs: op_count.max(largest_append) });
         }
         let seq = self.versions.seq(self.node) + 1;
         let deps: Vec<_> = self
@@ -366,7 +413,7 @@ impl Replica {
             .iter()
             .filter(|(origin, seq)| *origin != self.node && *seq > self.announced.seq(*origin))
             .collect();
-        let change = VerifiedChange::encode_local(self.node, seq, now_ms, &deps, ops, appends);
+        let change = VerifiedChange::encode_local(self.node, seq, now_ms, &deps, ops, appends, tombstones);
         if change.bytes.len() > CHANGE_BYTES_MAX {
             return Err(WriteError::ChangeTooLarge { bytes: change.bytes.len() });
         }
@@ -383,8 +430,10 @@ impl Replica {
                 inserted,
             })
             .collect();
+        let range_deleted = tables.range_deleted;
         self.record_changes(tables, docs, std::slice::from_ref(&change))
             .map_err(|e| WriteError::Storage(e.into_storage()))?;
+        let rows_affected = rows_affected + (tables.range_deleted - range_deleted);
         self.announced = self.versions.clone();
         tables.meta.insert(crate::storage::META_ANNOUNCED, crate::codec::encode(&self.announced).as_slice())?;
         Ok(WriteReceipt { seq: Some(seq), rows_affected })
@@ -449,6 +498,7 @@ impl Replica {
             WriteOp::Upsert { table, values } => self.stage_insert(tables, ctx, &table, values, true),
             WriteOp::Update { table, key, set } => self.stage_update(tables, ctx, &table, key, set),
             WriteOp::Delete { table, key } => self.stage_delete(tables, ctx, &table, key),
+            WriteOp::DeleteRange { table, lo, hi } => stage_delete_range(ctx, &self.catalog, &table, lo, hi),
             WriteOp::Increment { table, key, column, by } => {
                 self.stage_increment(tables, ctx, &table, key, &column, by)
             }
@@ -585,6 +635,12 @@ impl Replica {
             if upsert {
                 return Err(append_only(schema, "its rows cannot be updated"));
             }
+            if ctx.deletes.contains_key(&(schema.name.clone(), entry.causal_length)) {
+                return Err(append_only(
+                    schema,
+                    "one batch cannot append to it and delete a range, nor delete two ranges",
+                ));
+            }
             let row = build_row(schema, &values)?;
             let batch = ctx.appends.entry((schema.name.clone(), entry.causal_length)).or_insert_with(|| AppendBatch {
                 table: schema.name.clone(),
@@ -674,7 +730,7 @@ impl Replica {
     ) -> Result<(), WriteError> {
         let entry = live_table(ctx.catalog.as_ref().unwrap_or(&self.catalog), table)?;
         if entry.schema.append.is_some() {
-            return Err(append_only(&entry.schema, "its rows are deleted by time range, not by key (not built yet)"));
+            return Err(append_only(&entry.schema, "its rows are deleted by a range of its time column, not by key"));
         }
         let pk = coerce_key(&entry.schema, key)?;
         let key = row_doc_key(entry, &pk);
@@ -757,6 +813,41 @@ fn bump(working: &mut WorkingDoc, object: &str) -> Result<u64, WriteError> {
         column: "_cl".to_string(),
         what: "causal length exhausted",
     })
+}
+
+/// Stages a range delete: one per table per batch, not in a batch that appends to the
+/// table (its tombstone would not cover the batch's own rows: the deleting node holds
+/// only the envelopes before it).
+fn stage_delete_range(
+    ctx: &mut BatchCtx,
+    replica_catalog: &catalog::Catalog,
+    table: &str,
+    lo: Option<i64>,
+    hi: Option<i64>,
+) -> Result<(), WriteError> {
+    let entry = live_table(ctx.catalog(replica_catalog), table)?;
+    let schema = &entry.schema;
+    if schema.append.is_none() {
+        return Err(WriteError::NotAppendOnly(schema.name.clone()));
+    }
+    let column = match (lo, hi) {
+        (None, None) => None,
+        _ => {
+            let i = schema
+                .time_column_index()
+                .ok_or_else(|| append_only(schema, "it has no time column to delete a range of"))?;
+            Some(schema.columns[i].id())
+        }
+    };
+    if lo.zip(hi).is_some_and(|(lo, hi)| lo >= hi) {
+        return Err(WriteError::EmptyRange { table: schema.name.clone() });
+    }
+    let key = (schema.name.clone(), entry.causal_length);
+    if ctx.appends.contains_key(&key) || ctx.deletes.contains_key(&key) {
+        return Err(append_only(schema, "one batch cannot append to it and delete a range, nor delete two ranges"));
+    }
+    ctx.deletes.insert(key, StagedDelete { column, lo, hi });
+    Ok(())
 }
 
 fn append_only(schema: &TableSchema, what: &'static str) -> WriteError {

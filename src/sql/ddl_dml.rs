@@ -18,7 +18,7 @@ use super::expr::Expr;
 use super::limits::{self, Limits, Reservation};
 use super::plan::{Plan, Row, Scope};
 use super::value;
-use super::{alter_table, create_table, datetime, exec, explain, from, insert, SqlError};
+use super::{alter_table, create_table, datetime, exec, explain, from, insert, range_delete, SqlError};
 use crate::catalog::TableEntry;
 use crate::replica::{Replica, Snapshot, WriteBatch, WriteOp};
 use crate::schema::IndexSchema;
@@ -48,10 +48,13 @@ pub(crate) fn run(
     };
     // The read transaction ends before the write begins: holding it would pin old pages.
     drop(snap);
-    if !ops.is_empty() {
-        replica.write(WriteBatch { ops }, now_ms)?;
+    if ops.is_empty() {
+        return Ok(affected);
     }
-    Ok(affected)
+    // A range delete learns how many rows it removed only when it is applied.
+    let counted_by_write = ops.iter().any(|op| matches!(op, WriteOp::DeleteRange { .. }));
+    let receipt = replica.write(WriteBatch { ops }, now_ms)?;
+    Ok(if counted_by_write { receipt.rows_affected } else { affected })
 }
 
 pub(crate) fn first_words(statement: &ast::Statement) -> String {
@@ -278,11 +281,10 @@ fn matching_plan(
     };
     let table = target_table(ctx.snap, name)?.clone();
     if table.schema.append.is_some() {
-        // docs/design.md § Append-only tables: rows are immutable; a range DELETE on the
-        // time column is stage 2.
+        // docs/design.md § Append-only tables: rows are immutable; `delete` takes the
+        // range form before it comes here.
         return Err(SqlError::invalid(format!(
-            "table {} is append-only: its rows cannot be updated or deleted one by one \
-             (deleting a time range is not built yet)",
+            "table {} is append-only: its rows cannot be updated (DELETE takes a range of its time column)",
             table.schema.name
         )));
     }
@@ -307,6 +309,14 @@ pub(crate) fn explain(ctx: PlanCtx<'_>, statement: &ast::Statement) -> Result<Ve
         }
         ast::Statement::Delete(del) => {
             let (relation, selection) = delete_target(del)?;
+            if let Some(table) = append_only_target(ctx, relation)? {
+                let ops = range_delete::plan(ctx, &table, relation, selection)?;
+                let lines = vec![
+                    "WRITE BATCH (one atomic, durable, replicated change)".to_string(),
+                    format!("  {}", range_delete::explain(&table, &ops)),
+                ];
+                return Ok(lines);
+            }
             let (table, _, plan) = matching_plan(ctx, relation, selection)?;
             (format!("DELETE FROM {} (each row found below)", table.schema.name), plan)
         }
@@ -363,8 +373,23 @@ fn delete_target(del: &ast::Delete) -> Result<(&ast::TableWithJoins, Option<&ast
     Ok((relation, del.selection.as_ref()))
 }
 
+/// The table of a `DELETE` if it is append-only (deleted by a range of its time column).
+fn append_only_target(ctx: PlanCtx<'_>, relation: &ast::TableWithJoins) -> Result<Option<TableEntry>, SqlError> {
+    match &relation.relation {
+        ast::TableFactor::Table { name, .. } if relation.joins.is_empty() => {
+            let table = target_table(ctx.snap, name)?;
+            Ok(table.schema.append.is_some().then(|| table.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
 fn delete(ctx: PlanCtx<'_>, del: &ast::Delete) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let (relation, selection) = delete_target(del)?;
+    if let Some(table) = append_only_target(ctx, relation)? {
+        // The count comes from the write, which removes the rows.
+        return Ok((range_delete::plan(ctx, &table, relation, selection)?, 0));
+    }
     let (table, _, rows, _reservation) = matching_rows(ctx, relation, selection)?;
     let ops: Vec<WriteOp> = rows
         .iter()

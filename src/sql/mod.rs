@@ -41,6 +41,7 @@ mod parse;
 mod plan;
 mod printf;
 mod prune;
+mod range_delete;
 mod realfmt;
 mod select;
 mod subquery;

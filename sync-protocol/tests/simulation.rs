@@ -161,8 +161,11 @@ struct Acknowledged {
     tags: BTreeMap<i64, String>,
     /// Acknowledged `ALTER TABLE`s of `events`.
     alters: usize,
-    /// Acknowledged rows of the append-only `readings`, by their values (each unique).
+    /// Acknowledged rows of the append-only `readings`, by their values (each unique),
+    /// less those an acknowledged range delete removed.
     readings: BTreeSet<String>,
+    /// Acknowledged range deletes of `readings`, and the rows they removed.
+    range_deletes: (usize, usize),
 }
 
 struct Sim {
@@ -291,6 +294,19 @@ impl Sim {
             self.acked.increments.insert(k, 0);
         }
         self.replica(0).write(batch, 0).expect("setup write");
+    }
+
+    /// The `readings` rows `node` holds with a time in `[lo, hi)`, by value.
+    fn readings_in(&self, node: usize, lo: i64, hi: i64) -> Vec<String> {
+        let replica = self.nodes[node].replica.as_ref().expect("node is up");
+        let Ok(rows) = replica.snapshot().unwrap().scan("readings") else { return Vec::new() };
+        rows.map(Result::unwrap)
+            .filter(|row| matches!(row[0], Value::Timestamp(t) if lo <= t && t < hi))
+            .map(|row| match &row[1] {
+                Value::Text(what) => what.clone(),
+                other => panic!("seed {}: a reading's value {other:?}", self.seed),
+            })
+            .collect()
     }
 
     fn replica(&mut self, node: usize) -> &mut Replica {
@@ -466,7 +482,15 @@ impl Sim {
                 (batch, Effect::Tag(id, tag))
             }
             3 if self.alters && (self.now_ms / 1000) % 10 == 4 => (self.alter_events(node), Effect::Alter),
-            // Chosen by the simulated time too, so the rng stream stays as it was.
+            // Chosen by the simulated time too, so the rng stream stays as it was: in the
+            // last tenth of a reading second, a range delete of the readings of the 20
+            // seconds before (but the last 300 ms), which removes exactly the rows this
+            // node holds there (rows other nodes wrote concurrently in the range stay).
+            3 if (self.now_ms / 1000) % 10 == 6 && (self.now_ms / 100) % 10 == 9 => {
+                let (lo, hi) = (now - 20_000, now - 300);
+                let held = self.readings_in(node, lo, hi);
+                (WriteBatch::new().delete_range("readings", Some(lo), Some(hi)), Effect::DeleteReadings(held))
+            }
             3 if (self.now_ms / 1000) % 10 == 6 => {
                 let what = format!("r{node}-{}", self.next_key);
                 self.next_key += 1;
@@ -513,6 +537,9 @@ impl Sim {
             let refused = matches!(result, Err(WriteError::UniqueViolation { .. }));
             assert_eq!(refused, held, "seed {}: node {node}, tag {tag}: held {held}, refused {refused}", self.seed);
         }
+        if let (Ok(receipt), Effect::DeleteReadings(held)) = (&result, &effect) {
+            assert_eq!(receipt.rows_affected, held.len() as u64, "seed {}: a range delete's count", self.seed);
+        }
         if result.is_ok() {
             match effect {
                 Effect::Event => self.acked.events += 1,
@@ -526,6 +553,17 @@ impl Sim {
                 Effect::Alter => self.acked.alters += 1,
                 Effect::Reading(what) => {
                     self.acked.readings.insert(what);
+                }
+                Effect::DeleteReadings(held) => {
+                    for what in &held {
+                        assert!(
+                            self.acked.readings.remove(what),
+                            "seed {}: {what} held, never acknowledged",
+                            self.seed
+                        );
+                    }
+                    self.acked.range_deletes.0 += 1;
+                    self.acked.range_deletes.1 += held.len();
                 }
                 Effect::None => {}
             }
@@ -804,6 +842,8 @@ impl Sim {
 enum Effect {
     Event,
     Reading(String),
+    /// A range delete of `readings`, and the rows the node held in its range.
+    DeleteReadings(Vec<String>),
     Tag(i64, String),
     Row(i64, String),
     Increment(i64, i64),
@@ -866,6 +906,8 @@ struct Outcome {
     alters: (usize, usize),
     /// Acknowledged rows of the append-only `readings`, all checked.
     readings: usize,
+    /// Acknowledged range deletes of `readings`, and the rows they removed.
+    range_deletes: (usize, usize),
 }
 
 fn run_schedule(seed: u64) -> Outcome {
@@ -933,6 +975,7 @@ fn run_schedule(seed: u64) -> Outcome {
         unique_conflicts,
         alters: (sim.acked.alters, lost_alters(&sim)),
         readings: sim.acked.readings.len(),
+        range_deletes: sim.acked.range_deletes,
         compacted: sim.compacted,
         docs_saved: sim.docs_saved,
         below_floor_closes: sim.below_floor_closes,
@@ -1039,6 +1082,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     let mut unique_conflicts = 0;
     let mut alters = (0, 0);
     let mut readings = 0;
+    let mut range_deletes = (0, 0);
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -1053,6 +1097,8 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 alters.0 += outcome.alters.0;
                 alters.1 += outcome.alters.1;
                 readings += outcome.readings;
+                range_deletes.0 += outcome.range_deletes.0;
+                range_deletes.1 += outcome.range_deletes.1;
             }
             Err(_) => failed.push(seed),
         }
@@ -1067,10 +1113,13 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
          {below_floor_closes} sessions closed below a log floor, \
          {unique_conflicts} unique conflicts (one tag taken on nodes apart) listed as expected, \
          {} ALTER TABLEs acknowledged and {} lost to concurrent ones (listed), \
-         {readings} of the rows/counters append-only rows",
+         {readings} of the rows/counters append-only rows, \
+         {} range deletes acknowledged ({} rows removed, every other acknowledged row kept)",
         seeds.len(),
         alters.0,
-        alters.1
+        alters.1,
+        range_deletes.0,
+        range_deletes.1
     );
 }
 

@@ -110,3 +110,28 @@ pub fn sql_rows(replica: &mut Replica, query: &str) -> Vec<Vec<Value>> {
         .and_then(|r| r.collect_rows())
         .unwrap_or_else(|e| panic!("{query}: {e}"))
 }
+
+/// The one integer (or timestamp) a query returns; panics naming the query otherwise.
+pub fn sql_count(replica: &mut Replica, query: &str) -> i64 {
+    match sql_rows(replica, query).as_slice() {
+        [row] => match row.as_slice() {
+            [Value::Integer(n) | Value::Timestamp(n)] => *n,
+            other => panic!("{query}: not one count: {other:?}"),
+        },
+        other => panic!("{query}: not one row: {other:?}"),
+    }
+}
+
+/// Compacts `replica`'s whole log (a node alone holds everything stable); returns the
+/// entries removed.
+pub fn compact_all(replica: &mut Replica) -> u64 {
+    let upto = replica.version_vector().clone();
+    let mut removed = 0;
+    loop {
+        let report = replica.compact_log_step(&upto, 256).unwrap();
+        removed += report.entries_removed;
+        if report.complete {
+            return removed;
+        }
+    }
+}
