@@ -113,10 +113,7 @@ struct AppendWire {
 impl AppendBatch {
     /// The operation key: `0x03 ‖ table name ‖ epoch u64 BE`.
     pub fn key(&self) -> Vec<u8> {
-        let mut out = vec![APPEND_KEY_KIND];
-        keys::encode_name(&self.table, &mut out);
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        out
+        op_key(APPEND_KEY_KIND, &self.table, self.epoch)
     }
 
     /// The payload: `0x01 ‖ packed CBOR { columns, count, rows }`.
@@ -211,10 +208,7 @@ struct TombstoneWire {
 impl RangeTombstone {
     /// The operation key: `0x04 ‖ table name ‖ epoch u64 BE`.
     pub fn key(&self) -> Vec<u8> {
-        let mut out = vec![TOMBSTONE_KEY_KIND];
-        keys::encode_name(&self.table, &mut out);
-        out.extend_from_slice(&self.epoch.to_be_bytes());
-        out
+        op_key(TOMBSTONE_KEY_KIND, &self.table, self.epoch)
     }
 
     /// The payload: `0x01 ‖ packed CBOR { column, lo, hi, vector }`.
@@ -323,6 +317,14 @@ fn encode_payload(columns: &[String], rows: &[Vec<Value>]) -> Vec<u8> {
     };
     let mut out = vec![APPEND_PAYLOAD_VERSION];
     out.extend(codec::encode(&wire));
+    out
+}
+
+/// An operation key of an append-only table: `kind ‖ table name ‖ epoch u64 BE`.
+pub fn op_key(kind: u8, table: &str, epoch: u64) -> Vec<u8> {
+    let mut out = vec![kind];
+    keys::encode_name(table, &mut out);
+    out.extend_from_slice(&epoch.to_be_bytes());
     out
 }
 
@@ -578,10 +580,7 @@ pub(crate) fn decode_stored_tombstone(key: &[u8], value: &[u8]) -> Result<(Range
     let epoch = u64::from_be_bytes(rest[..8].try_into().expect("length checked"));
     let origin = NodeId::from_slice(&rest[8..24]).expect("16 bytes");
     let seq = u64::from_be_bytes(rest[24..].try_into().expect("length checked"));
-    let mut op_key = vec![TOMBSTONE_KEY_KIND];
-    keys::encode_name(name, &mut op_key);
-    op_key.extend_from_slice(&epoch.to_be_bytes());
-    Ok((RangeTombstone::decode(&op_key, value)?, origin, seq))
+    Ok((RangeTombstone::decode(&op_key(TOMBSTONE_KEY_KIND, name, epoch), value)?, origin, seq))
 }
 
 #[cfg(test)]

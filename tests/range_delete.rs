@@ -183,12 +183,7 @@ fn a_transferred_tombstone_of_a_later_envelope_is_refused_whole() {
     assert!(batch.done);
     let stored = batch.docs.iter_mut().find(|d| d.key[0] == 4).expect("the tombstone follows the blocks");
     // What the deleting node held cannot be more than the snapshot holds.
-    let op_key = {
-        let mut key = vec![edgestore::append::TOMBSTONE_KEY_KIND];
-        edgestore::keys::encode_name("readings", &mut key);
-        key.extend_from_slice(&1u64.to_be_bytes());
-        key
-    };
+    let op_key = edgestore::append::op_key(edgestore::append::TOMBSTONE_KEY_KIND, "readings", 1);
     let mut tombstone = RangeTombstone::decode(&op_key, &stored.snapshot).expect("the donor's tombstone");
     tombstone.vector.set(common::node(9), 5);
     stored.snapshot = tombstone.payload();

@@ -226,9 +226,11 @@ impl Replica {
     /// the same envelope. A block of an incarnation this replica does not hold — dropped
     /// here, or created by a change the transfer did not bring — is not stored: in the
     /// second case its envelope is above the transfer's vector and arrives by delta sync.
+    /// `tombstones`: the kept tombstones of each incarnation, read once per batch.
     pub(crate) fn store_transferred_block(
         &self,
         tables: &mut WriteTables<'_>,
+        tombstones: &mut super::tombstones::KeptByIncarnation,
         table: &str,
         at: &append::BlockKey,
         block: &append::Block,
@@ -238,13 +240,16 @@ impl Replica {
         };
         // The donor may not have applied a tombstone this replica holds (a transfer is
         // not causal): rows it removes are not stored again.
-        let tombstones = super::tombstones::tombstones_of(&tables.append_tombstones, table, at.epoch)?;
+        let incarnation = (table.to_string(), at.epoch);
+        if !tombstones.contains_key(&incarnation) {
+            let kept = super::tombstones::tombstones_of(&tables.append_tombstones, table, at.epoch)?;
+            tombstones.insert(incarnation.clone(), kept);
+        }
+        let tombstones = &tombstones[&incarnation];
         let rows = block
             .rows
             .iter()
-            .filter(|(_, values)| {
-                !super::tombstones::removed_by(&tombstones, at.origin, at.seq, &block.columns, values)
-            })
+            .filter(|(_, values)| !super::tombstones::removed_by(tombstones, at.origin, at.seq, &block.columns, values))
             .map(|(pos, values)| (*pos, values.as_slice()));
         write_arriving_rows(tables, entry, at.origin, at.seq, &block.columns, rows)
     }

@@ -34,12 +34,18 @@ fn time_value(value: &Value) -> Option<i64> {
     }
 }
 
+/// Kept tombstones with their keys, as `tombstones_of` reads them.
+pub(crate) type Kept = Vec<(Vec<u8>, RangeTombstone)>;
+
+/// The kept tombstones of each table incarnation a transfer batch's blocks name.
+pub(crate) type KeptByIncarnation = BTreeMap<(String, u64), Kept>;
+
 /// The tombstones kept for one incarnation of a table, with their keys.
 pub(crate) fn tombstones_of(
     stored: &impl ReadableTable<&'static [u8], &'static [u8]>,
     table: &str,
     epoch: u64,
-) -> Result<Vec<(Vec<u8>, RangeTombstone)>, StorageError> {
+) -> Result<Kept, StorageError> {
     let prefix = append::table_prefix(table, Some(epoch));
     let end = crate::keys::prefix_end(&prefix).expect("names are not all 0xFF");
     let mut out = Vec::new();
@@ -60,10 +66,14 @@ pub(crate) fn removed_by(
     columns: &[String],
     values: &[Value],
 ) -> bool {
-    tombstones.iter().any(|(_, t)| {
-        let at = t.column.as_ref().and_then(|id| columns.iter().position(|c| c == id));
-        t.removes(origin, seq, at.and_then(|i| time_value(&values[i])))
-    })
+    tombstones.iter().any(|(_, t)| removes_row(t, origin, seq, columns, values))
+}
+
+/// Whether the tombstone removes the row `(origin, seq)` whose values are `values` under
+/// the column ids `columns` (its time is its value under the tombstone's column).
+fn removes_row(t: &RangeTombstone, origin: NodeId, seq: u64, columns: &[String], values: &[Value]) -> bool {
+    let at = t.column.as_ref().and_then(|id| columns.iter().position(|c| c == id));
+    t.removes(origin, seq, at.and_then(|i| time_value(&values[i])))
 }
 
 /// Whether every row a tombstone could remove lies below `floor` under the table's
@@ -277,11 +287,10 @@ fn remove_block_rows(
 ) -> Result<u64, StorageError> {
     let value = tables.append_blocks.get(key)?.expect("listed in this transaction").value().to_vec();
     let block = append::decode_block(&value, at.bucket).map_err(super::append::corrupt_record)?;
-    let one = [(Vec::new(), tombstone.clone())];
     let kept: Vec<(u32, &[Value])> = block
         .rows
         .iter()
-        .filter(|(_, values)| !removed_by(&one, at.origin, at.seq, &block.columns, values))
+        .filter(|(_, values)| !removes_row(tombstone, at.origin, at.seq, &block.columns, values))
         .map(|(pos, values)| (*pos, values.as_slice()))
         .collect();
     let gone = (block.rows.len() - kept.len()) as u64;

@@ -448,8 +448,10 @@ impl Replica {
             // After the documents: the catalog they carry is resolved, so each block
             // finds its table's incarnation if this transfer has brought it.
             if !blocks.is_empty() || !tombstones.is_empty() {
+                // The blocks change no tombstone: each incarnation's are read once.
+                let mut kept = std::collections::BTreeMap::new();
                 for block in blocks {
-                    self.store_transferred_block(&mut tables, &block.table, &block.key, &block.block)?;
+                    self.store_transferred_block(&mut tables, &mut kept, &block.table, &block.key, &block.block)?;
                 }
                 for t in tombstones {
                     self.store_transferred_tombstone(&mut tables, t.origin, t.seq, &t.tombstone)?;
