@@ -88,8 +88,9 @@ pub enum AppendFault {
     /// A transferred block's rows repeat a position, or lie outside a batch's positions.
     #[error("a transferred block repeats a row position or has one past {APPEND_ROWS_MAX}")]
     Positions,
-    /// A transferred block names an envelope the transfer batch's vector does not hold.
-    #[error("a transferred block of an envelope the batch's vector does not hold")]
+    /// A transferred block or tombstone names an envelope (or, a tombstone, a vector)
+    /// the transfer batch's vector does not hold.
+    #[error("a transferred block or tombstone of an envelope the batch's vector does not hold")]
     NotInVector,
     /// A range tombstone's range holds no time (`lo ≥ hi`).
     #[error("a range tombstone's range is empty")]
