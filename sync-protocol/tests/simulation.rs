@@ -164,6 +164,10 @@ struct Acknowledged {
     /// Acknowledged rows of the append-only `readings`, by their values (each unique),
     /// less those an acknowledged range delete removed.
     readings: BTreeSet<String>,
+    /// Rows of `readings` an acknowledged range delete removed, with the delete's change
+    /// (its node and seq): another node that has not yet received that change still holds
+    /// them, and may delete them again.
+    removed_readings: BTreeMap<String, Vec<(NodeId, u64)>>,
     /// Acknowledged range deletes of `readings`, and the rows they removed.
     range_deletes: (usize, usize),
 }
@@ -540,6 +544,10 @@ impl Sim {
         if let (Ok(receipt), Effect::DeleteReadings(held)) = (&result, &effect) {
             assert_eq!(receipt.rows_affected, held.len() as u64, "seed {}: a range delete's count", self.seed);
         }
+        let delete_change = match (&result, &effect) {
+            (Ok(receipt), Effect::DeleteReadings(_)) => receipt.seq.map(|seq| (self.replica(node).node_id(), seq)),
+            _ => None,
+        };
         if result.is_ok() {
             match effect {
                 Effect::Event => self.acked.events += 1,
@@ -555,12 +563,26 @@ impl Sim {
                     self.acked.readings.insert(what);
                 }
                 Effect::DeleteReadings(held) => {
+                    let vector = self.replica(node).version_vector().clone();
                     for what in &held {
-                        assert!(
-                            self.acked.readings.remove(what),
-                            "seed {}: {what} held, never acknowledged",
-                            self.seed
-                        );
+                        // Acknowledged, or removed by a delete made elsewhere that has not
+                        // reached this node: never a row that was not written, nor one a
+                        // delete this node has applied removed (that would be a resurrection).
+                        if !self.acked.readings.remove(what) {
+                            let Some(deletes) = self.acked.removed_readings.get(what) else {
+                                panic!("seed {}: {what} held, never acknowledged", self.seed);
+                            };
+                            for &(by, seq) in deletes {
+                                assert!(
+                                    vector.seq(by) < seq,
+                                    "seed {}: node {node} holds {what}, which the delete {by}:{seq} it applied removed",
+                                    self.seed
+                                );
+                            }
+                        }
+                        if let Some(change) = delete_change {
+                            self.acked.removed_readings.entry(what.clone()).or_default().push(change);
+                        }
                     }
                     self.acked.range_deletes.0 += 1;
                     self.acked.range_deletes.1 += held.len();
