@@ -461,15 +461,19 @@ impl TableSchema {
         Ok(self)
     }
 
-    /// An append-only table: no key (rows are identified by the envelope that carried
-    /// them), no hidden identity, no COUNTER (rows are never updated), no added columns
-    /// yet, and a `NOT NULL` time column of a type that orders as time.
+    /// An append-only table: rows are identified by the envelope that carried them, so a
+    /// declared key is a deduplication key (its columns become `NOT NULL`), no hidden
+    /// identity, no COUNTER (rows are never updated), and a `NOT NULL` time column of a
+    /// type that orders as time.
     fn validate_append(mut self) -> Result<TableSchema, SchemaError> {
-        let bad = |reason: String| SchemaError::BadKey { object: self.name.clone(), reason };
         let options = self.append.clone().expect("called for append-only tables");
         if !self.primary_key.is_empty() {
-            return Err(bad("an append-only table has no PRIMARY KEY (deduplication keys are not built yet)".into()));
+            self.primary_key = validate_key(&self.name, &self.primary_key, &self.columns)?;
+            for i in self.primary_key_indexes() {
+                self.columns[i].not_null = true;
+            }
         }
+        let bad = |reason: String| SchemaError::BadKey { object: self.name.clone(), reason };
         if self.rowid {
             return Err(bad("an append-only table has no hidden row identity".into()));
         }

@@ -61,6 +61,10 @@ pub const APPEND_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("a
 /// → tombstone payload, kept until its range lies below the table's floor (see
 /// `replica/tombstones.rs`).
 pub const APPEND_TOMBSTONES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("append_tombstones_v1");
+/// The deduplication keys of append-only tables that declare a `PRIMARY KEY`: name ‖
+/// epoch u64 BE ‖ key tuple ‖ origin ‖ seq u64 BE ‖ pos u32 BE → bucket start of the
+/// block holding the row (see `replica/append_keys.rs`).
+pub const APPEND_KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("append_keys_v1");
 
 /// Node-local dead letters: u64 sequence → packed CBOR `DeadLetter` (not replicated,
 /// not backed up; `replica/dead_letters.rs`).
@@ -111,6 +115,7 @@ pub fn create_tables(txn: &redb::WriteTransaction) -> Result<(), StorageError> {
     txn.open_table(HOLDERS)?;
     txn.open_table(APPEND_BLOCKS)?;
     txn.open_table(APPEND_TOMBSTONES)?;
+    txn.open_table(APPEND_KEYS)?;
     txn.open_table(DEAD_LETTERS)?;
     Ok(())
 }

@@ -287,11 +287,12 @@ fn storage_stats_count_what_is_stored() {
     let a = populated(&dir);
     let stats = a.snapshot().unwrap().storage_stats().unwrap();
     let names: Vec<&str> = stats.redb_tables.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names.len(), 16, "{names:?}");
+    assert_eq!(names.len(), 17, "{names:?}");
     assert!(
         names.contains(&"digest_v1")
             && names.contains(&"append_blocks_v1")
             && names.contains(&"append_tombstones_v1")
+            && names.contains(&"append_keys_v1")
             && names.contains(&"log_v1")
             && names.contains(&"holders_v1")
             && names.contains(&"dead_letters_v1"),

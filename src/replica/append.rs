@@ -14,6 +14,7 @@ use std::ops::Bound;
 
 use redb::ReadableTable;
 
+use super::append_keys::{self, BlockOrigin, DedupKey};
 use super::{Replica, Row, WriteTables};
 use crate::append::{self, AppendBatch, BlockTime, NO_TIME_BUCKET};
 use crate::catalog::TableEntry;
@@ -120,11 +121,17 @@ fn write_rows<'r>(
 ) -> Result<u64, StorageError> {
     let name = &entry.schema.name;
     let bucketing = Bucketing::of(&entry.schema);
+    let dedup = DedupKey::of(&entry.schema);
+    let keyed = BlockOrigin { table: name, epoch: entry.causal_length, origin, seq, columns };
     let mut expired = 0;
     for (bucket, (time, new_rows)) in split_rows(bucketing.as_ref(), columns, rows) {
         if bucket != NO_TIME_BUCKET && bucket < floor {
             expired += new_rows.len() as u64;
             continue;
+        }
+        if let Some(dedup) = &dedup {
+            // Idempotent: rows of a block merged below keep their one entry.
+            append_keys::index(&mut tables.append_keys, dedup, &keyed, bucket, new_rows.iter().copied())?;
         }
         let key = append::block_key(name, entry.causal_length, bucket, origin, seq, 0);
         let value = append::encode_block(columns, time, bucket, &new_rows);
@@ -276,6 +283,8 @@ impl Replica {
         if !any {
             return Ok(());
         }
+        // The rows are written again below, under the current definition's key.
+        append_keys::clear(&mut tables.append_keys, name)?;
         tables.append_blocks.retain_in(prefix.as_slice()..end.as_slice(), |_, _| false)?;
         tables.digest_delta.clear_append_table(&tables.digest, name)?;
         let Some(entry) = current else {
@@ -337,13 +346,19 @@ pub struct TimeRange {
 /// The rows of an append-only table, block by block in key order, decoded under the
 /// table's current definition: a value under an id the definition lacks is not shown, a
 /// column the batch did not write reads as its default, a value that does not fit its
-/// column's type reads as NULL.
+/// column's type reads as NULL. Of the rows sharing a deduplication key, only the one
+/// with the least identity is shown (`append_keys.rs`).
 pub struct AppendRows {
     range: redb::Range<'static, &'static [u8], &'static [u8]>,
     schema: TableSchema,
     ids: Vec<String>,
+    /// The table's deduplication key and its entries, for a table that declares one.
+    dedup: Option<(DedupKey, KeyEntries)>,
     buffered: VecDeque<Row>,
 }
+
+/// `append_keys_v1` in a read transaction.
+pub(crate) type KeyEntries = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 impl std::fmt::Debug for AppendRows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -351,10 +366,42 @@ impl std::fmt::Debug for AppendRows {
     }
 }
 
+/// How a block's values map onto a definition: for each of the block's column ids, the
+/// definition's column under that id, if any; and what each column reads as where the
+/// block has no value for it.
+pub(crate) struct RowMapping {
+    targets: Vec<Option<usize>>,
+    absent: Row,
+}
+
+impl RowMapping {
+    /// The mapping of rows stored under the column ids `columns` onto `schema`, whose
+    /// columns' ids are `ids`.
+    pub(crate) fn new(schema: &TableSchema, ids: &[String], columns: &[String]) -> RowMapping {
+        RowMapping {
+            targets: columns.iter().map(|id| ids.iter().position(|own| own == id)).collect(),
+            absent: schema.columns.iter().map(crate::schema::ColumnDef::absent_value).collect(),
+        }
+    }
+
+    /// A stored row read under the definition, as [`AppendRows`] describes.
+    pub(crate) fn read(&self, schema: &TableSchema, values: Vec<Value>) -> Row {
+        let mut row = self.absent.clone();
+        for (value, target) in values.into_iter().zip(&self.targets) {
+            if let Some(i) = *target {
+                row[i] = value.coerce(schema.columns[i].ty).unwrap_or(Value::Null);
+            }
+        }
+        row
+    }
+}
+
 impl AppendRows {
-    /// Opens a scan of the current incarnation of `entry`, within `times` if given.
+    /// Opens a scan of the current incarnation of `entry`, within `times` if given;
+    /// `keys` is `append_keys_v1`, read for a table with a deduplication key.
     pub(crate) fn open(
         blocks: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+        keys: impl FnOnce() -> Result<KeyEntries, StorageError>,
         entry: &TableEntry,
         times: Option<TimeRange>,
     ) -> Result<AppendRows, StorageError> {
@@ -385,23 +432,28 @@ impl AppendRows {
         let end = if end < start { start.clone() } else { end };
         let range = blocks.range::<&[u8]>(start.as_slice()..end.as_slice())?;
         let ids = entry.schema.columns.iter().map(crate::schema::ColumnDef::id).collect();
-        Ok(AppendRows { range, schema: entry.schema.clone(), ids, buffered: VecDeque::new() })
+        let dedup = match DedupKey::of(&entry.schema) {
+            Some(dedup) => Some((dedup, keys()?)),
+            None => None,
+        };
+        Ok(AppendRows { range, schema: entry.schema.clone(), ids, dedup, buffered: VecDeque::new() })
     }
 
     fn load_block(&mut self, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        let (_, at) = append::decode_block_key(key).map_err(corrupt_key)?;
+        let (table, at) = append::decode_block_key(key).map_err(corrupt_key)?;
         let block = append::decode_block(value, at.bucket).map_err(corrupt_record)?;
-        let targets: Vec<Option<usize>> =
-            block.columns.iter().map(|id| self.ids.iter().position(|own| own == id)).collect();
-        let absent: Row = self.schema.columns.iter().map(crate::schema::ColumnDef::absent_value).collect();
-        for (_, values) in block.rows {
-            let mut row = absent.clone();
-            for (value, target) in values.into_iter().zip(&targets) {
-                if let Some(i) = *target {
-                    row[i] = value.coerce(self.schema.columns[i].ty).unwrap_or(Value::Null);
+        let mapping = RowMapping::new(&self.schema, &self.ids, &block.columns);
+        for (pos, values) in block.rows {
+            if let Some((dedup, entries)) = &self.dedup {
+                let tuple = dedup.tuple(&block.columns, &values);
+                let shown = append_keys::shown_holder(entries, table, at.epoch, &tuple)?;
+                debug_assert!(shown.is_some(), "a stored row of {table} has an entry");
+                let this = append_keys::RowIdentity { origin: at.origin, seq: at.seq, pos };
+                if shown.is_some_and(|(row, _)| row != this) {
+                    continue; // A duplicate of a row with a lesser identity.
                 }
             }
-            self.buffered.push_back(row);
+            self.buffered.push_back(mapping.read(&self.schema, values));
         }
         Ok(())
     }

@@ -23,7 +23,7 @@ use crate::version_vector::VersionVector;
 pub const BACKUP_TXN_ENTRIES_MAX: u64 = 50_000;
 
 /// Every table `write_copy` copies, by name.
-const COPIED_TABLES: [&str; 14] = [
+const COPIED_TABLES: [&str; 15] = [
     "meta_v1",
     "catalog_v1",
     "docs_v1",
@@ -38,6 +38,7 @@ const COPIED_TABLES: [&str; 14] = [
     "digest_v1",
     "append_blocks_v1",
     "append_tombstones_v1",
+    "append_keys_v1",
 ];
 
 /// Tables a backup leaves out on purpose: a restored store is a new member (a new node
@@ -191,6 +192,7 @@ impl Snapshot {
             storage::DIGEST,
             storage::APPEND_BLOCKS,
             storage::APPEND_TOMBSTONES,
+            storage::APPEND_KEYS,
         ] {
             report.entries += copy_table(txn, &db, table)?;
         }

@@ -136,6 +136,7 @@ impl Replica {
         checker.check_rows(&catalog)?;
         checker.check_stored_rows(&catalog)?;
         checker.check_indexes(&catalog)?;
+        checker.check_append_keys(&catalog)?;
         checker.check_log(&self.versions, &self.floor)?;
         checker.check_digest()?;
         Ok(checker.problems)
@@ -345,6 +346,16 @@ impl Checker {
         Ok(())
     }
 
+    /// The deduplication keys of append-only tables must be exactly their stored rows'.
+    fn check_append_keys(&mut self, catalog: &Catalog) -> Result<(), StorageError> {
+        let blocks = self.txn.open_table(storage::APPEND_BLOCKS)?;
+        let entries = self.txn.open_table(storage::APPEND_KEYS)?;
+        for problem in super::append_keys::differences(catalog, &blocks, &entries, APPEND_KEY_PROBLEMS_MAX)? {
+            self.problems.push(IntegrityProblem::Index { index: "append_keys_v1".into(), problem });
+        }
+        Ok(())
+    }
+
     /// The log must hold, per origin, every seq above the log floor up to the version
     /// vector (and may hold some at or below the floor); every logged automerge change
     /// must be in its document; no pending change may already be held.
@@ -494,6 +505,22 @@ fn digest_differences(
 /// Documents up to which debug builds recompute the digest after every transaction.
 #[cfg(debug_assertions)]
 const DIGEST_SHADOW_CHECK_DOCS_MAX: u64 = 512;
+
+/// Differences between `append_keys_v1` and the blocks reported, at most.
+const APPEND_KEY_PROBLEMS_MAX: usize = 100;
+
+/// Debug builds: the deduplication keys must be exactly the stored rows' after every
+/// transaction that stores or removes rows, checked while the store holds few blocks.
+#[cfg(debug_assertions)]
+pub(crate) fn shadow_check_append_keys(catalog: &Catalog, tables: &super::WriteTables<'_>) -> Result<(), StorageError> {
+    use redb::ReadableTableMetadata;
+    if tables.append_blocks.len()? > DIGEST_SHADOW_CHECK_DOCS_MAX {
+        return Ok(());
+    }
+    let problems = super::append_keys::differences(catalog, &tables.append_blocks, &tables.append_keys, 10)?;
+    assert!(problems.is_empty(), "append_keys_v1 differs from the blocks: {problems:?}");
+    Ok(())
+}
 
 /// Debug builds: the parts just flushed must equal a recomputation from scratch, checked
 /// while the store is small enough for that to be cheap per transaction (larger stores

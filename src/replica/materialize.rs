@@ -224,6 +224,8 @@ impl Replica {
         #[cfg(debug_assertions)]
         super::integrity::shadow_check_digest(tables)?;
         #[cfg(debug_assertions)]
+        super::integrity::shadow_check_append_keys(&self.catalog, tables)?;
+        #[cfg(debug_assertions)]
         self.shadow_check_rows(tables, &shadow_keys)?;
         Ok(())
     }

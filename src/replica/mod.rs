@@ -9,6 +9,7 @@
 
 mod alter;
 mod append;
+mod append_keys;
 mod apply;
 mod backup;
 mod cache;
@@ -49,6 +50,7 @@ use crate::types::{NodeId, Value};
 use crate::version_vector::VersionVector;
 
 pub use append::{AppendRows, TimeRange};
+pub use append_keys::RowIdentity;
 pub use apply::{ApplyReport, ChangeBatch, PENDING_CHANGES_MAX};
 pub use backup::{BackupError, BackupReport, BACKUP_TXN_ENTRIES_MAX};
 pub use cache::{DOC_CACHE_CHANGE_BYTES, DOC_CACHE_ENTRY_BYTES};
@@ -64,7 +66,7 @@ pub use holders::{
 };
 pub use integrity::{IntegrityProblem, StateDigest};
 pub use open::{OpenOptions, CACHE_BYTES_DEFAULT, CACHE_BYTES_MIN};
-pub use read::{RowConflicts, RowIter, Snapshot, UniqueConflict};
+pub use read::{DuplicateConflict, RowConflicts, RowIter, Snapshot, UniqueConflict};
 pub use retention::{AppendFloor, AppendTableStatus, ExpireReport, NO_FLOOR};
 pub use save::{SaveReport, SAVE_SCAN_DOCS_MAX, SAVE_TAIL_CHANGES_MIN};
 pub use stats::{CacheFigures, RedbTableStats, StorageStats, UserTableStats};
@@ -166,6 +168,7 @@ pub(crate) struct WriteTables<'t> {
     pub digest: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub append_blocks: redb::Table<'t, &'static [u8], &'static [u8]>,
     pub append_tombstones: redb::Table<'t, &'static [u8], &'static [u8]>,
+    pub append_keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     /// Rows the range tombstones applied in this transaction removed (a local `DELETE`
     /// reports them as its rows affected).
     pub range_deleted: u64,
@@ -191,6 +194,7 @@ impl<'t> WriteTables<'t> {
             digest: txn.open_table(storage::DIGEST)?,
             append_blocks: txn.open_table(storage::APPEND_BLOCKS)?,
             append_tombstones: txn.open_table(storage::APPEND_TOMBSTONES)?,
+            append_keys: txn.open_table(storage::APPEND_KEYS)?,
             range_deleted: 0,
             digest_delta: digest_parts::DigestDelta::default(),
         })

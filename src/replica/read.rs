@@ -85,6 +85,20 @@ pub struct UniqueConflict {
     pub keys: Vec<Vec<Value>>,
 }
 
+/// Rows of an append-only table that share a value of its deduplication key: written
+/// concurrently, each checked on its own node (docs/design.md § Identity and merge).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DuplicateConflict {
+    /// The table.
+    pub table: String,
+    /// The key's columns.
+    pub columns: Vec<String>,
+    /// The key value the rows share.
+    pub value: Vec<Value>,
+    /// The rows' identities, least first: the first is the one reads show.
+    pub rows: Vec<super::RowIdentity>,
+}
+
 /// A consistent, read-only view of one committed state.
 pub struct Snapshot {
     /// Shared while a group commit pins the last durable state for readers (`handle.rs`).
@@ -203,7 +217,7 @@ impl Snapshot {
     pub fn get(&self, table: &str, key: &[Value]) -> Result<Option<Row>, ReadError> {
         let entry = self.table(table)?;
         if entry.schema.append.is_some() {
-            return Err(no_key(entry));
+            return self.append_get(entry, key);
         }
         let pk = self.encoded_key(entry, key)?;
         if key.len() != entry.schema.primary_key.len() {
@@ -219,11 +233,48 @@ impl Snapshot {
         }
     }
 
+    /// The row an append-only table's scan shows for a deduplication key value.
+    fn append_get(&self, entry: &TableEntry, key: &[Value]) -> Result<Option<Row>, ReadError> {
+        let schema = &entry.schema;
+        let Some(dedup) = super::append_keys::DedupKey::of(schema) else { return Err(no_key(entry)) };
+        let tuple = self.encoded_key(entry, key).and_then(|bytes| {
+            if key.len() != schema.primary_key.len() {
+                return Err(ReadError::BadKey { table: schema.name.clone(), reason: "incomplete primary key".into() });
+            }
+            let corrupt = |source| StorageError::from(Corruption::Key { table: "append_keys_v1", source });
+            Ok(keys::decode_tuple(&bytes).map_err(corrupt)?)
+        })?;
+        debug_assert_eq!(tuple.len(), dedup.column_count(), "a whole key");
+        let entries = self.txn.open_table(storage::APPEND_KEYS).map_err(StorageError::from)?;
+        let epoch = entry.causal_length;
+        let Some((row, bucket)) = super::append_keys::shown_holder(&entries, &schema.name, epoch, &tuple)? else {
+            return Ok(None);
+        };
+        let blocks = self.txn.open_table(storage::APPEND_BLOCKS).map_err(StorageError::from)?;
+        let block_key = crate::append::block_key(&schema.name, epoch, bucket, row.origin, row.seq, 0);
+        let missing = || {
+            let source = crate::record::RecordError("a deduplication key names a row no block holds");
+            ReadError::Storage(Corruption::Record { table: "append_keys_v1", source }.into())
+        };
+        let value = blocks.get(block_key.as_slice()).map_err(StorageError::from)?.ok_or_else(missing)?;
+        let block = crate::append::decode_block(value.value(), bucket).map_err(super::append::corrupt_record)?;
+        let (_, values) = block.rows.into_iter().find(|(pos, _)| *pos == row.pos).ok_or_else(missing)?;
+        let ids: Vec<String> = schema.columns.iter().map(crate::schema::ColumnDef::id).collect();
+        Ok(Some(super::append::RowMapping::new(schema, &ids, &block.columns).read(schema, values)))
+    }
+
     /// How many rows a table has, without reading them: the entry count the maintained
-    /// digest keeps for the table's rows (`digest_parts.rs`), exact in every snapshot.
+    /// digest keeps for the table's rows (`digest_parts.rs`), exact in every snapshot. An
+    /// append-only table with a deduplication key counts the key values its rows hold
+    /// (the rows a scan shows), from `append_keys_v1`.
     pub fn row_count(&self, table: &str) -> Result<u64, ReadError> {
         let entry = self.table(table)?;
         let digest = self.txn.open_table(storage::DIGEST).map_err(StorageError::from)?;
+        if let Some(dedup) = super::append_keys::DedupKey::of(&entry.schema) {
+            let entries = self.txn.open_table(storage::APPEND_KEYS).map_err(StorageError::from)?;
+            let epoch = entry.causal_length;
+            return Ok(super::append_keys::duplicates(&entries, &entry.schema.name, epoch, dedup.column_count())?.1);
+        }
         if entry.schema.append.is_some() {
             return Ok(super::digest_parts::stored_append_row_count(&digest, &entry.schema.name)?);
         }
@@ -250,7 +301,8 @@ impl Snapshot {
             });
         }
         let blocks = self.txn.open_table(storage::APPEND_BLOCKS).map_err(StorageError::from)?;
-        let rows = super::AppendRows::open(&blocks, entry, times)?;
+        let keys = || self.txn.open_table(storage::APPEND_KEYS).map_err(StorageError::from);
+        let rows = super::AppendRows::open(&blocks, keys, entry, times)?;
         Ok(RowIter { source: RowSource::Append(rows) })
     }
 
@@ -355,6 +407,27 @@ impl Snapshot {
             let (name, pk) = keys::decode_name(key.value()).map_err(corrupt)?;
             let pk = keys::decode_tuple(pk).map_err(corrupt)?;
             out.push(RowConflicts { table: name.to_string(), key: pk, columns: decode_conflicts(value.value())? });
+        }
+        Ok(out)
+    }
+
+    /// Every duplicate of a deduplication key, by table and then key value.
+    pub fn duplicate_conflicts(&self) -> Result<Vec<DuplicateConflict>, ReadError> {
+        let entries = self.txn.open_table(storage::APPEND_KEYS).map_err(StorageError::from)?;
+        let mut out = Vec::new();
+        let mut tables: Vec<&TableEntry> = self.catalog.live_tables().collect();
+        tables.sort_by(|a, b| a.schema.name.cmp(&b.schema.name));
+        for entry in tables {
+            let Some(dedup) = super::append_keys::DedupKey::of(&entry.schema) else { continue };
+            let name = &entry.schema.name;
+            let (groups, _) =
+                super::append_keys::duplicates(&entries, name, entry.causal_length, dedup.column_count())?;
+            out.extend(groups.into_iter().map(|(value, rows)| DuplicateConflict {
+                table: name.clone(),
+                columns: entry.schema.primary_key.clone(),
+                value,
+                rows,
+            }));
         }
         Ok(out)
     }

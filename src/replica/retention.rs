@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
+use super::append_keys::{self, DedupKey};
 use super::{digest_parts, Replica, WriteTables};
 use crate::append::{self, NO_TIME_BUCKET};
 use crate::codec;
@@ -210,7 +211,8 @@ impl Replica {
             let below: Buckets =
                 buckets.range(NO_TIME_BUCKET + 1..target.max(NO_TIME_BUCKET + 1)).map(|(b, p)| (*b, *p)).collect();
             if target > stored.floor || !below.is_empty() {
-                plans.push(ExpiryPlan { name: name.clone(), epoch: entry.causal_length, target, below });
+                let dedup = DedupKey::of(&entry.schema);
+                plans.push(ExpiryPlan { name: name.clone(), epoch: entry.causal_length, dedup, target, below });
             }
         }
         Ok(plans)
@@ -245,6 +247,8 @@ impl Replica {
             tables.digest_delta.flush(&mut tables.digest)?;
             #[cfg(debug_assertions)]
             super::integrity::shadow_check_digest(&tables)?;
+            #[cfg(debug_assertions)]
+            super::integrity::shadow_check_append_keys(&self.catalog, &tables)?;
         }
         txn.commit()?;
         Ok(report)
@@ -293,6 +297,8 @@ impl Replica {
 struct ExpiryPlan {
     name: String,
     epoch: u64,
+    /// The table's deduplication key: removed rows' entries go with them.
+    dedup: Option<DedupKey>,
     target: i64,
     below: Buckets,
 }
@@ -326,7 +332,10 @@ fn remove_below(tables: &mut WriteTables<'_>, plan: &ExpiryPlan, budget: usize) 
         }
         if whole {
             for key in &keys {
-                tables.append_blocks.remove(key.as_slice())?;
+                let value = tables.append_blocks.remove(key.as_slice())?.expect("listed in this transaction");
+                if let Some(dedup) = &plan.dedup {
+                    append_keys::unindex_stored_block(&mut tables.append_keys, dedup, key, value.value())?;
+                }
             }
             tables.digest_delta.clear_append_bucket(&plan.name, bucket);
             removed.rows += part.entries;
@@ -335,6 +344,9 @@ fn remove_below(tables: &mut WriteTables<'_>, plan: &ExpiryPlan, budget: usize) 
             for key in &keys {
                 let value =
                     tables.append_blocks.remove(key.as_slice())?.expect("listed in this transaction").value().to_vec();
+                if let Some(dedup) = &plan.dedup {
+                    append_keys::unindex_stored_block(&mut tables.append_keys, dedup, key, &value)?;
+                }
                 let summary = super::append::summarize_block(key, &value)?;
                 let bytes = key.len() + value.len();
                 tables.digest_delta.append_block(&plan.name, bucket, summary.rows, &summary.xor, bytes, -1);

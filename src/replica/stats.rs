@@ -151,6 +151,7 @@ macro_rules! every_table {
             $f(txn, storage::HOLDERS)?,
             $f(txn, storage::APPEND_BLOCKS)?,
             $f(txn, storage::APPEND_TOMBSTONES)?,
+            $f(txn, storage::APPEND_KEYS)?,
             $f(txn, storage::DEAD_LETTERS)?,
         ]
     }};

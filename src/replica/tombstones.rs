@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use redb::ReadableTable;
 
 use super::append::{rows_xor, Bucketing};
+use super::append_keys::{self, DedupKey};
 use super::{Replica, WriteTables};
 use crate::append::{self, RangeTombstone, NO_TIME_BUCKET};
 use crate::catalog::TableEntry;
@@ -258,6 +259,7 @@ fn remove_rows(
         let (_, at) = append::decode_block_key(&key).map_err(super::append::corrupt_key)?;
         by_bucket.entry(at.bucket).or_default().push((key, at));
     }
+    let dedup = DedupKey::of(&entry.schema);
     let mut removed = 0;
     for (bucket, blocks) in by_bucket {
         let all_covered = blocks.iter().all(|(_, at)| tombstone.covers(at.origin, at.seq));
@@ -265,12 +267,15 @@ fn remove_rows(
             for (key, _) in &blocks {
                 let value = tables.append_blocks.remove(key.as_slice())?.expect("listed in this transaction");
                 removed += append::block_row_count(value.value()).map_err(super::append::corrupt_record)?;
+                if let Some(dedup) = &dedup {
+                    append_keys::unindex_stored_block(&mut tables.append_keys, dedup, key, value.value())?;
+                }
             }
             tables.digest_delta.clear_append_bucket(name, bucket);
             continue;
         }
         for (key, at) in blocks.iter().filter(|(_, at)| tombstone.covers(at.origin, at.seq)) {
-            removed += remove_block_rows(tables, name, key, at, tombstone)?;
+            removed += remove_block_rows(tables, dedup.as_ref(), name, key, at, tombstone)?;
         }
     }
     Ok(removed)
@@ -280,6 +285,7 @@ fn remove_rows(
 /// when none is left), keeping the digest exact; returns how many rows went.
 fn remove_block_rows(
     tables: &mut WriteTables<'_>,
+    dedup: Option<&DedupKey>,
     name: &str,
     key: &[u8],
     at: &append::BlockKey,
@@ -296,6 +302,23 @@ fn remove_block_rows(
     let gone = (block.rows.len() - kept.len()) as u64;
     if gone == 0 {
         return Ok(0);
+    }
+    if let Some(dedup) = dedup {
+        let origin = append_keys::BlockOrigin {
+            table: name,
+            epoch: at.epoch,
+            origin: at.origin,
+            seq: at.seq,
+            columns: &block.columns,
+        };
+        let removed =
+            block.rows.iter().filter(|(_, values)| removes_row(tombstone, at.origin, at.seq, &block.columns, values));
+        append_keys::unindex(
+            &mut tables.append_keys,
+            dedup,
+            &origin,
+            removed.map(|(pos, values)| (*pos, values.as_slice())),
+        )?;
     }
     let all: Vec<(u32, &[Value])> = block.rows.iter().map(|(pos, values)| (*pos, values.as_slice())).collect();
     let old_xor = rows_xor(at.origin, at.seq, &block.columns, &all);

@@ -459,6 +459,8 @@ impl Replica {
                 tables.digest_delta.flush(&mut tables.digest)?;
                 #[cfg(debug_assertions)]
                 super::integrity::shadow_check_digest(&tables)?;
+                #[cfg(debug_assertions)]
+                super::integrity::shadow_check_append_keys(&self.catalog, &tables)?;
             }
             if done {
                 self.install(&mut tables, &progress.vector)?;

@@ -7,10 +7,11 @@
 //! written. Several batches can share one redb commit ([`Replica::write_group`]).
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use automerge::transaction::CommitOptions;
 
+use super::append_keys::{self, DedupKey};
 use super::materialize::{Cause, ChangedDoc};
 use super::unique;
 use super::{take_or_create_cached_doc, DocCache, Replica, WorkingDoc, WriteTables};
@@ -272,6 +273,8 @@ struct BatchCtx {
     appends: BTreeMap<(String, u64), AppendBatch>,
     /// Range deletes on append-only tables, one per table incarnation.
     deletes: BTreeMap<(String, u64), StagedDelete>,
+    /// The deduplication keys the batch's appends hold (`append_keys::key_prefix`).
+    append_keys: HashSet<Vec<u8>>,
     rows_affected: u64,
 }
 
@@ -356,6 +359,7 @@ impl Replica {
             docs: BTreeMap::new(),
             appends: BTreeMap::new(),
             deletes: BTreeMap::new(),
+            append_keys: HashSet::new(),
             rows_affected: 0,
         };
         let row_n_before = self.next_row_n;
@@ -642,6 +646,16 @@ impl Replica {
                 ));
             }
             let row = build_row(schema, &values)?;
+            if let Some(dedup) = DedupKey::of(schema) {
+                // A key some stored row holds, or a row earlier in the batch: as a
+                // primary key on an ordinary table.
+                let tuple = dedup.of_row(&row);
+                let epoch = entry.causal_length;
+                let stored = append_keys::shown_holder(&tables.append_keys, &schema.name, epoch, &tuple)?.is_some();
+                if stored || !ctx.append_keys.insert(append_keys::key_prefix(&schema.name, epoch, &tuple)) {
+                    return Err(WriteError::DuplicateKey { table: schema.name.clone(), key: show_key(&tuple) });
+                }
+            }
             let batch = ctx.appends.entry((schema.name.clone(), entry.causal_length)).or_insert_with(|| AppendBatch {
                 table: schema.name.clone(),
                 epoch: entry.causal_length,

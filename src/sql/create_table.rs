@@ -64,8 +64,9 @@ pub(super) fn create_table(ctx: PlanCtx<'_>, ct: &ast::CreateTable) -> Result<(V
     Ok((ops, 0))
 }
 
-/// `CREATE TABLE ... WITH (append_only = true, ...)`: no key, no unique constraint, no
-/// `WITHOUT ROWID` (docs/design.md § Append-only tables and retention).
+/// `CREATE TABLE ... WITH (append_only = true, ...)`: a `PRIMARY KEY` is a deduplication
+/// key; no unique constraint, no `WITHOUT ROWID` (docs/design.md § Append-only tables and
+/// retention).
 fn create_append_table(
     ctx: PlanCtx<'_>,
     ct: &ast::CreateTable,
@@ -74,16 +75,12 @@ fn create_append_table(
     options: AppendOptions,
 ) -> Result<(Vec<WriteOp>, u64), SqlError> {
     let name = draft.schema.name.clone();
-    if !draft.key.is_empty() {
-        return Err(SqlError::unsupported(format!(
-            "PRIMARY KEY on append-only table {name} (rows are identified by the change that wrote them; \
-             deduplication keys are not built yet)"
-        )));
-    }
     if !uniques.is_empty() || ct.without_rowid {
         return Err(SqlError::unsupported(format!("UNIQUE or WITHOUT ROWID on append-only table {name}")));
     }
     let mut schema = draft.schema;
+    // A declared key deduplicates; the rows' identity is the change that wrote them.
+    schema.primary_key = draft.key;
     schema.append = Some(options);
     Checks::bind(ctx, &schema)?;
     Ok((vec![WriteOp::CreateTable { schema, if_not_exists: ct.if_not_exists }], 0))

@@ -84,8 +84,15 @@ impl InsertPlan {
     /// How the plan handles conflicts, for `EXPLAIN`.
     pub fn conflict_handling(&self) -> &'static str {
         let uniques = !self.uniques.0.is_empty();
-        if self.table.schema.append.is_some() {
-            return "append-only: every row is new, no key conflicts";
+        match (&self.table.schema.append, self.table.schema.primary_key.is_empty(), &self.on_conflict) {
+            (Some(_), true, _) => return "append-only: every row is new, no key conflicts",
+            (Some(_), false, OnConflict::Fail) => {
+                return "append-only with a deduplication key: a key that exists fails the statement"
+            }
+            (Some(_), false, _) => {
+                return "append-only: each row's deduplication key looked up in append_keys_v1, an existing one skipped"
+            }
+            (None, ..) => {}
         }
         match (&self.on_conflict, self.table.schema.rowid, uniques) {
             (_, true, false) => "each row a new identity: no key conflicts",
@@ -144,8 +151,9 @@ pub(super) fn plan_insert(ctx: PlanCtx<'_>, ins: &ast::Insert) -> Result<InsertP
         (OnConflict::Replace | OnConflict::Update { .. }, true) => {
             return Err(SqlError::invalid(format!("table {} is append-only: its rows cannot be updated", schema.name)));
         }
-        // Without a key or a unique index a new row conflicts with nothing.
-        (OnConflict::Nothing(_), true) => OnConflict::Fail,
+        // Without a key (append-only tables have no unique indexes) a new row conflicts
+        // with nothing.
+        (OnConflict::Nothing(_), true) if table.schema.primary_key.is_empty() => OnConflict::Fail,
         (on_conflict, _) => on_conflict,
     };
     let skips_invalid = ins.ignore || matches!(ins.or, Some(ast::SqliteOnConflict::Ignore));

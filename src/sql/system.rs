@@ -13,7 +13,11 @@
 //!   join with the table), column, the winning value, this value, the node that wrote it,
 //!   and whether it is the winner. `kind` `unique`: one row per row of a unique conflict
 //!   (rows sharing a value under a unique index): the index's columns, the winning row's
-//!   rendered key, the shared value, no node (docs/design.md § Unique indexes).
+//!   rendered key, the shared value, no node (docs/design.md § Unique indexes). `kind`
+//!   `duplicate`: one row per row of an append-only table that shares a value of its
+//!   deduplication key with others: the rendered key value, the key's columns, the
+//!   identity (`origin:seq:pos`) of the row reads show as the winner, this row's identity
+//!   as the value, its origin as the node (docs/design.md § Identity and merge).
 //! - `edgestore_dead_letters` — what this node's ingest (MQTT) received and refused, newest
 //!   10 000 kept: sequence, time, source, topic, table, payload (its first 1 KiB as text,
 //!   invalid UTF-8 replaced), its whole length and the error. Node-local, not replicated.
@@ -213,6 +217,22 @@ fn conflict_rows(snap: &Snapshot) -> Result<Vec<Row>, SqlError> {
                 Value::Null,
                 Value::Boolean(i == 0),
                 Value::Text("unique".into()),
+            ]);
+        }
+    }
+    for conflict in snap.duplicate_conflicts()? {
+        let winner = conflict.rows[0].to_string();
+        for (i, row) in conflict.rows.iter().enumerate() {
+            rows.push(vec![
+                Value::Text(conflict.table.clone()),
+                Value::Text(render_key(&conflict.value)),
+                conflict.value.first().cloned().unwrap_or(Value::Null),
+                Value::Text(conflict.columns.join(", ")),
+                Value::Text(winner.clone()),
+                Value::Text(row.to_string()),
+                Value::Text(row.origin.to_string()),
+                Value::Boolean(i == 0),
+                Value::Text("duplicate".into()),
             ]);
         }
     }
