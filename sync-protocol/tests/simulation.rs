@@ -95,6 +95,24 @@ fn readings() -> TableSchema {
     schema
 }
 
+/// An append-only table with a deduplication key (docs/design.md § "Built: stage 2,
+/// part 2"): nodes writing in the same half second of simulated time take the same key,
+/// so a node that holds it refuses it and nodes apart both keep theirs.
+fn msgs() -> TableSchema {
+    let mut schema = TableSchema::new("msgs")
+        .column(ColumnDef::new("ts", ColumnType::Timestamp).not_null())
+        .column(ColumnDef::new("msg", ColumnType::Text))
+        .column(ColumnDef::new("by", ColumnType::Text))
+        .primary_key(&["msg"]);
+    schema.append = Some(edgestore::schema::AppendOptions {
+        time_column: Some("ts".into()),
+        bucket: 1000,
+        retention: None,
+        max_bytes: None,
+    });
+    schema
+}
+
 /// A frame in flight. Ordered by delivery time, then by send order, for determinism.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InFlight {
@@ -170,6 +188,8 @@ struct Acknowledged {
     removed_readings: BTreeMap<String, Vec<(NodeId, u64)>>,
     /// Acknowledged range deletes of `readings`, and the rows they removed.
     range_deletes: (usize, usize),
+    /// Acknowledged rows of the keyed append-only `msgs`: key → how many nodes wrote it.
+    msgs: BTreeMap<String, usize>,
 }
 
 struct Sim {
@@ -292,6 +312,7 @@ impl Sim {
             .create_table(events())
             .create_table(tags())
             .create_table(readings())
+            .create_table(msgs())
             .create_index(IndexSchema::new(TAGS_INDEX, "tags", &["tag"]).unique());
         for k in 0..SHARED_ROWS {
             batch = batch.insert("kv", [("k", Value::from(k)), ("v", Value::from("init"))]);
@@ -495,6 +516,17 @@ impl Sim {
                 let held = self.readings_in(node, lo, hi);
                 (WriteBatch::new().delete_range("readings", Some(lo), Some(hi)), Effect::DeleteReadings(held))
             }
+            // Chosen by the simulated time too: a key per half second, shared by the
+            // nodes that write then.
+            3 if (self.now_ms / 1000) % 10 == 8 => {
+                let msg = format!("m{}", self.now_ms / 500);
+                let row = [
+                    ("ts", Value::Timestamp(now)),
+                    ("msg", Value::from(msg.as_str())),
+                    ("by", Value::from(format!("n{node}"))),
+                ];
+                (WriteBatch::new().insert("msgs", row), Effect::Msg(msg))
+            }
             3 if (self.now_ms / 1000) % 10 == 6 => {
                 let what = format!("r{node}-{}", self.next_key);
                 self.next_key += 1;
@@ -529,6 +561,7 @@ impl Sim {
         // would be an identity given twice (a counter that went back).
         let held = match &effect {
             Effect::Tag(_, tag) => self.holds_tag(node, tag),
+            Effect::Msg(msg) => self.holds_msg(node, msg),
             _ => false,
         };
         let result = self.replica(node).write(batch, now);
@@ -540,6 +573,11 @@ impl Sim {
             // makes a unique conflict, and one that makes none is never refused.
             let refused = matches!(result, Err(WriteError::UniqueViolation { .. }));
             assert_eq!(refused, held, "seed {}: node {node}, tag {tag}: held {held}, refused {refused}", self.seed);
+        }
+        if let Effect::Msg(msg) = &effect {
+            // Refused exactly when this node holds the key (its own row or a peer's).
+            let refused = matches!(&result, Err(WriteError::DuplicateKey { table, .. }) if table == "msgs");
+            assert_eq!(refused, held, "seed {}: node {node}, msg {msg}: held {held}, refused {refused}", self.seed);
         }
         if let (Ok(receipt), Effect::DeleteReadings(held)) = (&result, &effect) {
             assert_eq!(receipt.rows_affected, held.len() as u64, "seed {}: a range delete's count", self.seed);
@@ -562,6 +600,7 @@ impl Sim {
                 Effect::Reading(what) => {
                     self.acked.readings.insert(what);
                 }
+                Effect::Msg(msg) => *self.acked.msgs.entry(msg).or_default() += 1,
                 Effect::DeleteReadings(held) => {
                     let vector = self.replica(node).version_vector().clone();
                     for what in &held {
@@ -624,6 +663,11 @@ impl Sim {
     }
 
     /// Whether `node` holds a row of `tags` with `tag` (false before it has the table).
+    fn holds_msg(&mut self, node: usize, msg: &str) -> bool {
+        let snapshot = self.replica(node).snapshot().expect("snapshot");
+        snapshot.get("msgs", &[Value::from(msg)]).is_ok_and(|row| row.is_some())
+    }
+
     fn holds_tag(&mut self, node: usize, tag: &str) -> bool {
         let snapshot = self.replica(node).snapshot().expect("snapshot");
         snapshot.index_lookup(TAGS_INDEX, &[Value::from(tag)]).is_ok_and(|rows| !rows.is_empty())
@@ -864,6 +908,8 @@ impl Sim {
 enum Effect {
     Event,
     Reading(String),
+    /// An insert into `msgs` under this key.
+    Msg(String),
     /// A range delete of `readings`, and the rows the node held in its range.
     DeleteReadings(Vec<String>),
     Tag(i64, String),
@@ -930,6 +976,8 @@ struct Outcome {
     readings: usize,
     /// Acknowledged range deletes of `readings`, and the rows they removed.
     range_deletes: (usize, usize),
+    /// Acknowledged rows of the keyed `msgs`, and the keys written on nodes apart.
+    msgs: (usize, usize),
 }
 
 fn run_schedule(seed: u64) -> Outcome {
@@ -975,7 +1023,7 @@ fn run_schedule(seed: u64) -> Outcome {
         sim.run_for(100);
     }
     let heal_to_converged_ms = sim.now_ms - healed_at;
-    let unique_conflicts = check_state(&sim, seed);
+    let checked = check_state(&sim, seed);
     assert!(sim.compacted > 0, "seed {seed}: compaction never ran");
     // Steady state: once in-flight redundant relays (a peer's view of what another holds
     // can lag; duplicates are harmless) have drained, no sync data moves — only keepalives
@@ -993,8 +1041,10 @@ fn run_schedule(seed: u64) -> Outcome {
             + sim.acked.increments.len()
             + sim.acked.events
             + sim.acked.tags.len()
-            + sim.acked.readings.len(),
-        unique_conflicts,
+            + sim.acked.readings.len()
+            + sim.acked.msgs.values().sum::<usize>(),
+        unique_conflicts: checked.unique_conflicts,
+        msgs: (sim.acked.msgs.values().sum(), checked.msg_duplicates),
         alters: (sim.acked.alters, lost_alters(&sim)),
         readings: sim.acked.readings.len(),
         range_deletes: sim.acked.range_deletes,
@@ -1004,9 +1054,9 @@ fn run_schedule(seed: u64) -> Outcome {
     }
 }
 
-/// Checks the converged state against what was acknowledged; returns how many unique
-/// conflicts it holds.
-fn check_state(sim: &Sim, seed: u64) -> usize {
+/// Checks the converged state against what was acknowledged; returns the conflicts it
+/// holds as expected.
+fn check_state(sim: &Sim, seed: u64) -> Checked {
     let reference = sim.nodes[0].replica.as_ref().expect("up");
     let digest = reference.state_digest().unwrap();
     let rows: Vec<Vec<Value>> = reference.snapshot().unwrap().scan("kv").unwrap().map(Result::unwrap).collect();
@@ -1029,7 +1079,49 @@ fn check_state(sim: &Sim, seed: u64) -> usize {
     assert_eq!(events.len(), sim.acked.events, "seed {seed}: key-less rows lost or merged");
     assert!(events.iter().all(|row| row[2] == Value::from("tick")), "seed {seed}: key-less row values");
     check_readings(sim, seed);
-    check_tags(sim, seed)
+    Checked { unique_conflicts: check_tags(sim, seed), msg_duplicates: check_msgs(sim, seed) }
+}
+
+/// What [`check_state`] found as expected, for the sweep's summary.
+struct Checked {
+    /// Tags taken on nodes apart, listed as unique conflicts.
+    unique_conflicts: usize,
+    /// `msgs` keys written on nodes apart, listed as duplicates.
+    msg_duplicates: usize,
+}
+
+/// The keyed `msgs` show each acknowledged key exactly once, and a key that several nodes
+/// wrote (apart: a node that held it refused it) is a `duplicate` conflict of exactly that
+/// many rows, on the reference node (the others have the same rows: digests are equal).
+/// Returns how many keys were written more than once.
+fn check_msgs(sim: &Sim, seed: u64) -> usize {
+    let reference = sim.nodes[0].replica.as_ref().expect("up");
+    let snapshot = reference.snapshot().unwrap();
+    let shown: Vec<String> = snapshot
+        .scan("msgs")
+        .unwrap()
+        .map(|row| match &row.unwrap()[1] {
+            Value::Text(msg) => msg.clone(),
+            other => panic!("seed {seed}: a msg key, got {other:?}"),
+        })
+        .collect();
+    let distinct: BTreeSet<&String> = shown.iter().collect();
+    assert_eq!(distinct.len(), shown.len(), "seed {seed}: a deduplication key shown twice");
+    let acked: BTreeSet<&String> = sim.acked.msgs.keys().collect();
+    assert_eq!(distinct, acked, "seed {seed}: keyed append-only rows lost or invented");
+    let duplicates: BTreeMap<String, usize> = snapshot
+        .duplicate_conflicts()
+        .unwrap()
+        .into_iter()
+        .map(|c| match c.value.as_slice() {
+            [Value::Text(msg)] => (msg.clone(), c.rows.len()),
+            other => panic!("seed {seed}: a msg key, got {other:?}"),
+        })
+        .collect();
+    let expected: BTreeMap<String, usize> =
+        sim.acked.msgs.iter().filter(|(_, n)| **n > 1).map(|(k, n)| (k.clone(), *n)).collect();
+    assert_eq!(duplicates, expected, "seed {seed}: duplicates differ from the keys written on nodes apart");
+    expected.len()
 }
 
 /// The append-only `readings` hold exactly the acknowledged rows: none lost, none twice
@@ -1105,6 +1197,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     let mut alters = (0, 0);
     let mut readings = 0;
     let mut range_deletes = (0, 0);
+    let mut msgs = (0, 0);
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -1121,6 +1214,8 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 readings += outcome.readings;
                 range_deletes.0 += outcome.range_deletes.0;
                 range_deletes.1 += outcome.range_deletes.1;
+                msgs.0 += outcome.msgs.0;
+                msgs.1 += outcome.msgs.1;
             }
             Err(_) => failed.push(seed),
         }
@@ -1136,12 +1231,15 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
          {unique_conflicts} unique conflicts (one tag taken on nodes apart) listed as expected, \
          {} ALTER TABLEs acknowledged and {} lost to concurrent ones (listed), \
          {readings} of the rows/counters append-only rows, \
-         {} range deletes acknowledged ({} rows removed, every other acknowledged row kept)",
+         {} range deletes acknowledged ({} rows removed, every other acknowledged row kept), \
+         {} keyed append-only rows ({} keys written on nodes apart, listed as duplicates, one shown)",
         seeds.len(),
         alters.0,
         alters.1,
         range_deletes.0,
-        range_deletes.1
+        range_deletes.1,
+        msgs.0,
+        msgs.1
     );
 }
 
