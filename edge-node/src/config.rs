@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use edgestore::NodeId;
@@ -101,6 +102,13 @@ pub struct FileMqtt {
     pub username: Option<String>,
     /// Password sent to the broker (with `username`).
     pub password: Option<String>,
+    /// `mqtts://`: the CA certificates (PEM) the broker's must chain to; default the
+    /// system's trusted roots. Relative to the config file's directory.
+    pub ca_file: Option<PathBuf>,
+    /// `mqtts://`: a client certificate chain (PEM), with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// `mqtts://`: the client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
     /// Seconds between keep-alive pings.
     pub keep_alive_s: Option<u64>,
     /// Messages written in one batch, at most.
@@ -381,7 +389,10 @@ impl Config {
                 .map(|p| Ok((p.parsed_node_id(&origin.name("peers", false, ""))?, p.addr)))
                 .collect::<Result<_>>()?,
             mqtt: match &file.mqtt {
-                Some(mqtt) => Some(resolve_mqtt(mqtt).with_context(|| origin.name("mqtt", false, ""))?),
+                Some(mqtt) => {
+                    let base = file_path.as_deref().and_then(Path::parent).unwrap_or(Path::new("."));
+                    Some(resolve_mqtt(mqtt, base).with_context(|| origin.name("mqtt", false, ""))?)
+                }
                 None => None,
             },
             file: file_path.clone(),
@@ -469,9 +480,12 @@ impl Config {
     }
 }
 
-/// `[mqtt]` resolved: defaults filled in, every value checked.
-fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
-    let (host, port) = crate::mqtt::parse_broker(&file.broker).context("`mqtt.broker`")?;
+/// `[mqtt]` resolved: defaults filled in, every value checked, the TLS files (relative to
+/// `base`, the config file's directory) read.
+fn resolve_mqtt(file: &FileMqtt, base: &Path) -> Result<MqttConfig> {
+    let url = crate::mqtt::parse_broker(&file.broker).context("`mqtt.broker`")?;
+    let tls = resolve_tls(file, base, url.tls)?;
+    let (host, port) = (url.host, url.port);
     let credentials = match (&file.username, &file.password) {
         (Some(user), password) => Some((user.clone(), password.clone().unwrap_or_default())),
         (None, Some(_)) => bail!("`mqtt.password` is set without `mqtt.username`"),
@@ -484,6 +498,7 @@ fn resolve_mqtt(file: &FileMqtt) -> Result<MqttConfig> {
     let config = MqttConfig {
         host,
         port,
+        tls,
         client_id: file.client_id.clone(),
         credentials,
         keep_alive_s: file.keep_alive_s.unwrap_or(crate::mqtt::DEFAULT_KEEP_ALIVE_S),
@@ -597,6 +612,25 @@ fn read_file(overrides: &Overrides) -> Result<(Option<PathBuf>, FileConfig)> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading config file {}", path.display()))?;
     let file: FileConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
     Ok((Some(path), file))
+}
+
+/// The TLS client configuration of a `mqtts://` broker; `mqtt.ca_file`, `cert_file` and
+/// `key_file` are refused with a plain `mqtt://` one (they would silently do nothing).
+fn resolve_tls(file: &FileMqtt, base: &Path, tls: bool) -> Result<Option<Arc<rustls::ClientConfig>>> {
+    let named = [("ca_file", &file.ca_file), ("cert_file", &file.cert_file), ("key_file", &file.key_file)];
+    if !tls {
+        if let Some((setting, _)) = named.iter().find(|(_, path)| path.is_some()) {
+            bail!("`mqtt.{setting}` is set but `mqtt.broker` is not mqtts:// (plain TCP uses no certificate)");
+        }
+        return Ok(None);
+    }
+    let client = match (&file.cert_file, &file.key_file) {
+        (Some(cert), Some(key)) => Some((base.join(cert), base.join(key))),
+        (None, None) => None,
+        _ => bail!("`mqtt.cert_file` and `mqtt.key_file` go together: a client certificate and its key"),
+    };
+    let files = crate::mqtt::tls::TlsFiles { ca_file: file.ca_file.as_ref().map(|p| base.join(p)), client };
+    Ok(Some(crate::mqtt::tls::client_config(&files)?))
 }
 
 /// The peers added with `edge-node peers add`, kept in `<data dir>/peers.toml`.
@@ -786,7 +820,10 @@ mod tests {
         assert!(load_text("").expect("valid").mqtt.is_none(), "no [mqtt], no ingest");
         for (text, expected) in [
             ("[mqtt]\nbroker = \"mqtt://b\"\n".to_string(), "no `[[mqtt.ingest]]`"),
-            (format!("[mqtt]\nbroker = \"mqtts://b\"\n{ingest}"), "TLS"),
+            (format!("[mqtt]\nbroker = \"mqtts://b\"\nca_file = \"/nonexistent/ca.pem\"\n{ingest}"), "not readable"),
+            (format!("[mqtt]\nbroker = \"mqtt://b\"\nca_file = \"ca.pem\"\n{ingest}"), "is not mqtts://"),
+            (format!("[mqtt]\nbroker = \"mqtts://b\"\ncert_file = \"c.pem\"\n{ingest}"), "go together"),
+            (format!("[mqtt]\nbroker = \"wss://b\"\n{ingest}"), "websockets"),
             (format!("[mqtt]\nbroker = \"mqtt://b\"\nbatch_messages = 0\n{ingest}"), "batch_messages"),
             (format!("[mqtt]\nbroker = \"mqtt://b\"\npending_mib = 0\n{ingest}"), "pending_mib"),
             (format!("[mqtt]\nbroker = \"mqtt://b\"\npassword = \"p\"\n{ingest}"), "without `mqtt.username`"),

@@ -51,13 +51,33 @@ impl Broker {
 
     /// `inflight`: mosquitto's `max_inflight_messages`, 0 for no limit.
     fn start_with(dir: &Path, port: u16, inflight: u32) -> Broker {
+        Broker::start_configured(dir, port, inflight, "")
+    }
+
+    /// With a second listener on `tls_port` that speaks TLS with `pki`'s server
+    /// certificate and requires a client certificate signed by its CA.
+    fn start_tls(dir: &Path, tls_port: u16, pki: &Pki) -> Broker {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let listener = format!(
+            "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            pki.ca.display(),
+            pki.server.0.display(),
+            pki.server.1.display()
+        );
+        let broker = Broker::start_configured(dir, port, 1000, &listener);
+        wait_for("the broker's TLS listener", || TcpStream::connect(("127.0.0.1", tls_port)).is_ok());
+        broker
+    }
+
+    fn start_configured(dir: &Path, port: u16, inflight: u32, more: &str) -> Broker {
         std::fs::create_dir_all(dir).expect("broker directory");
         // The defaults would drop messages: 20 in flight, 1000 queued for a node away.
         // Started as root (CI), mosquitto would switch to user mosquitto, which cannot
         // write the test's directory: persistence and the log would be off.
         let config = format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             max_inflight_messages {inflight}\nmax_queued_messages 100000\nlog_dest file {}/mosquitto.log\n",
+            "user root\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+             max_inflight_messages {inflight}\nmax_queued_messages 100000\nlog_dest file {}/mosquitto.log\n\
+             listener {port} 127.0.0.1\n{more}",
             dir.display(),
             dir.display()
         );
@@ -186,17 +206,62 @@ fn data_dir(root: &Path, name: &str, broker: &Broker) -> PathBuf {
 
 /// [`data_dir`] with `mqtt` lines added to its `[mqtt]` section.
 fn data_dir_with(root: &Path, name: &str, broker: &Broker, mqtt: &str) -> PathBuf {
+    data_dir_for(root, name, &format!("mqtt://127.0.0.1:{}", broker.port), mqtt)
+}
+
+/// [`data_dir_with`] for the broker at `url`.
+fn data_dir_for(root: &Path, name: &str, url: &str, mqtt: &str) -> PathBuf {
     let path = root.join(name);
     std::fs::create_dir_all(&path).expect("data directory");
     let config = format!(
         "cluster = \"mqtt\"\n[sync]\nkeepalive_ms = 300\nidle_timeout_ms = 1500\n\
-         [mqtt]\nbroker = \"mqtt://127.0.0.1:{port}\"\nbatch_ms = 10\n{mqtt}\
+         [mqtt]\nbroker = \"{url}\"\nbatch_ms = 10\n{mqtt}\
          [[mqtt.ingest]]\ntopic = \"sites/+/readings\"\ntable = \"readings\"\ncolumns_from_topic = {{ \"1\" = \"site\" }}\n\
-         [[mqtt.ingest]]\ntopic = \"events/+\"\ntable = \"events\"\ncolumns_from_topic = {{ \"1\" = \"site\" }}\n",
-        port = broker.port
+         [[mqtt.ingest]]\ntopic = \"events/+\"\ntable = \"events\"\ncolumns_from_topic = {{ \"1\" = \"site\" }}\n"
     );
     std::fs::write(path.join("edge-node.toml"), config).expect("config file");
     path
+}
+
+/// Certificates for a TLS broker, as PEM files: a CA, the broker's certificate for
+/// 127.0.0.1 and a client's, both signed by it, and a CA that signed neither.
+struct Pki {
+    ca: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+    other_ca: PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki directory");
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("a PEM file");
+            path
+        };
+        let ca = |name: &str| {
+            let key = rcgen::KeyPair::generate().expect("a key");
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            let cert = params.self_signed(&key).expect("a CA certificate");
+            (cert, rcgen::Issuer::new(params, key))
+        };
+        let (ca_cert, issuer) = ca("edgestore test CA");
+        let (other_cert, _) = ca("another CA");
+        let leaf = |name: &str, san: &str| {
+            let key = rcgen::KeyPair::generate().expect("a key");
+            let cert = rcgen::CertificateParams::new(vec![san.to_string()])
+                .expect("params")
+                .signed_by(&key, &issuer)
+                .expect("a certificate");
+            (write(&format!("{name}.pem"), cert.pem()), write(&format!("{name}.key"), key.serialize_pem()))
+        };
+        let server = leaf("server", "127.0.0.1");
+        let client = leaf("client", "gw-7");
+        Pki { ca: write("ca.pem", ca_cert.pem()), server, client, other_ca: write("other-ca.pem", other_cert.pem()) }
+    }
 }
 
 const SCHEMA: &str = "CREATE TABLE readings (site TEXT NOT NULL, seq INTEGER NOT NULL, value REAL, \
@@ -394,4 +459,47 @@ fn a_broker_that_sends_more_than_the_node_holds_is_slowed_not_cut_off() {
     assert_eq!(status["abandoned"], json!(0), "{status}");
     wait_for("nothing held unwritten", || mqtt_status(&a)["pending_bytes"] == json!(0));
     drop(broker);
+}
+
+#[test]
+fn messages_arrive_over_tls_from_a_broker_that_requires_a_client_certificate() {
+    let dir = tempfile::TempDir::new().expect("temporary directory");
+    let pki = Pki::new(&dir.path().join("pki"));
+    let tls_port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    // Publishers use the broker's plain listener; the nodes its TLS one.
+    let broker = Broker::start_tls(&dir.path().join("broker"), tls_port, &pki);
+    let url = format!("mqtts://127.0.0.1:{tls_port}");
+    let files = |ca: &Path| {
+        format!(
+            "ca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            ca.display(),
+            pki.client.0.display(),
+            pki.client.1.display()
+        )
+    };
+    let a = start("a", &data_dir_for(dir.path(), "a", &url, &files(&pki.ca)), "127.0.0.1:0", "127.0.0.1:0");
+    sql(&a, SCHEMA, json!([]));
+    wait_for("a's subscriptions over TLS", || mqtt_status(&a)["subscribed"] == json!(true));
+    assert_eq!(mqtt_status(&a)["broker"], json!(url));
+    broker.publish_all("sites/s1/readings", &readings(0..200));
+    wait_for("200 rows over TLS", || count(&a, "SELECT COUNT(*) FROM readings") == 200);
+
+    // A node that trusts another CA does not take the broker's certificate, and says why.
+    let b = start("b", &data_dir_for(dir.path(), "b", &url, &files(&pki.other_ca)), "127.0.0.1:0", "127.0.0.1:0");
+    wait_for("b to refuse the broker's certificate", || {
+        let error = mqtt_status(&b)["last_error"]["error"].as_str().unwrap_or_default().to_string();
+        error.contains("certificate") || error.contains("UnknownIssuer")
+    });
+    let status = mqtt_status(&b);
+    println!("b, trusting another CA: {}", status["last_error"]);
+    assert_eq!(status["connects"], json!(0), "{status}");
+    // Without a client certificate the broker refuses the node.
+    let c_files = format!("ca_file = \"{}\"\n", pki.ca.display());
+    let c = start("c", &data_dir_for(dir.path(), "c", &url, &c_files), "127.0.0.1:0", "127.0.0.1:0");
+    wait_for("the broker to refuse c without a client certificate", || {
+        mqtt_status(&c)["last_error"]["error"].as_str().is_some()
+    });
+    let status = mqtt_status(&c);
+    println!("c, without a client certificate: {}", status["last_error"]);
+    assert_eq!(status["subscribed"], json!(false), "{status}");
 }

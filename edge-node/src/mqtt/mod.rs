@@ -1,5 +1,6 @@
-//! MQTT ingest (`[mqtt]`): the node subscribes to topics on a broker and writes each
-//! message's JSON payload as rows of an ordinary table (docs/design.md § MQTT ingest).
+//! MQTT ingest (`[mqtt]`): the node subscribes to topics on a broker (over TCP, or TLS:
+//! `tls.rs`) and writes each message's JSON payload as rows of a table (docs/design.md §
+//! MQTT ingest).
 //!
 //! Two tasks. The connection task keeps one MQTT 3.1.1 session (a persistent session:
 //! `clean_session = false`, QoS 1, manual acknowledgements) and forwards each message with
@@ -29,6 +30,7 @@
 
 mod rows;
 mod store;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +50,8 @@ use store::{Incoming, Statements};
 
 /// The broker's port when `mqtt.broker` names none.
 pub const DEFAULT_PORT: u16 = 1883;
+/// The broker's port when a `mqtts://` URL names none.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 /// Default `mqtt.batch_messages`.
 pub const DEFAULT_BATCH_MESSAGES: usize = 1000;
 /// Default `mqtt.batch_ms`.
@@ -89,6 +93,9 @@ pub struct MqttConfig {
     pub host: String,
     /// The broker's TCP port.
     pub port: u16,
+    /// TLS to the broker (`mqtts://`), its client configuration built from `mqtt.ca_file`
+    /// and the client certificate (`tls.rs`); `None`: plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The MQTT client id; `None`: `edge-<node id>`.
     pub client_id: Option<String>,
     /// User name and password, if the broker wants them.
@@ -108,6 +115,15 @@ pub struct MqttConfig {
 }
 
 impl MqttConfig {
+    /// The broker's URL as the node uses it (an IPv6 address in brackets).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "mqtts" } else { "mqtt" };
+        match self.host.contains(':') {
+            true => format!("{scheme}://[{}]:{}", self.host, self.port),
+            false => format!("{scheme}://{}:{}", self.host, self.port),
+        }
+    }
+
     /// Bytes held past which reading is throttled, and below which a connection dropped
     /// for holding too much is made again: half of `pending_bytes_max`.
     fn throttle_mark(&self) -> u64 {
@@ -115,18 +131,31 @@ impl MqttConfig {
     }
 }
 
-/// Parses `mqtt://host[:port]` (or `tcp://`); `mqtts://` is named as not built.
-pub fn parse_broker(url: &str) -> Result<(String, u16)> {
+/// A broker's address as its URL gives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or address (an IPv6 address without its brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `mqtts://` (or `ssl://`): TLS.
+    pub tls: bool,
+}
+
+/// Parses `mqtt://host[:port]` (or `tcp://`), and `mqtts://host[:port]` (or `ssl://`)
+/// for TLS; websockets are named as not built.
+pub fn parse_broker(url: &str) -> Result<BrokerUrl> {
     let Some((scheme, rest)) = url.split_once("://") else {
         bail!("{url:?} is not a broker URL: write mqtt://host or mqtt://host:port");
     };
-    match scheme {
-        "mqtt" | "tcp" => {}
-        "mqtts" | "ssl" | "wss" | "ws" => {
-            bail!("{url:?}: this build speaks MQTT over plain TCP only (mqtt://); TLS and websockets are not built in")
+    let (tls, default_port) = match scheme {
+        "mqtt" | "tcp" => (false, DEFAULT_PORT),
+        "mqtts" | "ssl" => (true, DEFAULT_TLS_PORT),
+        "wss" | "ws" => {
+            bail!("{url:?}: this build speaks MQTT over TCP (mqtt://) and TLS (mqtts://); websockets are not built in")
         }
-        other => bail!("{url:?}: unknown scheme {other:?}; write mqtt://host or mqtt://host:port"),
-    }
+        other => bail!("{url:?}: unknown scheme {other:?}; write mqtt://host[:port] or mqtts://host[:port]"),
+    };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
         bail!("{url:?} is not a broker URL: write mqtt://host or mqtt://host:port (credentials go in mqtt.username)");
@@ -136,13 +165,13 @@ pub fn parse_broker(url: &str) -> Result<(String, u16)> {
         Some((host, port)) if !host.ends_with(':') && (!host.contains(':') || host.starts_with('[')) => {
             (host, port.parse::<u16>().with_context(|| format!("{url:?}: {port:?} is not a port"))?)
         }
-        _ => (rest, DEFAULT_PORT),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         bail!("{url:?} names no host");
     }
-    Ok((host.to_string(), port))
+    Ok(BrokerUrl { host: host.to_string(), port, tls })
 }
 
 /// What the ingest has done, for `GET /v1/status` and the metrics. Counters only grow.
@@ -192,7 +221,7 @@ impl IngestStatus {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let last_error = self.last_error.lock().expect("status lock poisoned").clone();
         json!({
-            "broker": format!("mqtt://{}:{}", config.host, config.port),
+            "broker": config.url(),
             "topics": config.routes.iter().map(|r| json!({"topic": r.filter, "table": r.table})).collect::<Vec<_>>(),
             "connected": self.connected.load(Ordering::Relaxed),
             "subscribed": self.subscribed.load(Ordering::Relaxed),
@@ -503,6 +532,9 @@ fn mqtt_options(config: &MqttConfig, client_id: &str) -> MqttOptions {
     if let Some((user, password)) = &config.credentials {
         options.set_credentials(user, password);
     }
+    if let Some(tls) = &config.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+    }
     options
 }
 
@@ -645,13 +677,16 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        assert_eq!(parse_broker("mqtt://localhost").unwrap(), ("localhost".into(), 1883));
-        assert_eq!(parse_broker("mqtt://10.0.0.5:1884/").unwrap(), ("10.0.0.5".into(), 1884));
-        assert_eq!(parse_broker("tcp://[::1]:1885").unwrap(), ("::1".into(), 1885));
-        assert_eq!(parse_broker("mqtt://[::1]").unwrap(), ("::1".into(), 1883));
+        let url = |host: &str, port, tls| BrokerUrl { host: host.into(), port, tls };
+        assert_eq!(parse_broker("mqtt://localhost").unwrap(), url("localhost", 1883, false));
+        assert_eq!(parse_broker("mqtt://10.0.0.5:1884/").unwrap(), url("10.0.0.5", 1884, false));
+        assert_eq!(parse_broker("tcp://[::1]:1885").unwrap(), url("::1", 1885, false));
+        assert_eq!(parse_broker("mqtt://[::1]").unwrap(), url("::1", 1883, false));
+        assert_eq!(parse_broker("mqtts://broker.example").unwrap(), url("broker.example", 8883, true));
+        assert_eq!(parse_broker("ssl://127.0.0.1:9883").unwrap(), url("127.0.0.1", 9883, true));
         for (url, expected) in [
             ("localhost:1883", "not a broker URL"),
-            ("mqtts://broker", "TLS"),
+            ("wss://broker", "websockets are not built in"),
             ("http://broker", "unknown scheme"),
             ("mqtt://broker:http", "not a port"),
             ("mqtt://user:pw@broker", "credentials"),
