@@ -60,10 +60,15 @@ fn flip(op: CmpOp) -> CmpOp {
 
 /// The value of a literal, or of a parameter of a plan kept for re-execution (its value
 /// in this execution: the path is chosen again when the plan runs with other values).
-fn constant<'e>(e: &'e Expr, params: &'e [Value]) -> Option<&'e Value> {
+fn constant(e: &Expr, params: &[Value]) -> Option<Value> {
     match e {
-        Expr::Literal(v) => Some(v),
-        Expr::Param(n) => params.get(*n),
+        Expr::Literal(v) => Some(v.clone()),
+        Expr::Param(n) => params.get(*n).cloned(),
+        // A text parameter compared with a TIMESTAMP column (`Binder::time_operand`).
+        Expr::Func(super::func::Func::Instant, args) => match args.as_slice() {
+            [arg] => constant(arg, params).map(super::func::instant),
+            _ => None,
+        },
         _ => None,
     }
 }
@@ -72,12 +77,12 @@ fn constant<'e>(e: &'e Expr, params: &'e [Value]) -> Option<&'e Value> {
 fn column_constant(e: &Expr, params: &[Value]) -> Vec<(usize, CmpOp, Value)> {
     match e {
         Expr::Cmp(op, a, b) => match (&**a, &**b) {
-            (Expr::Column(c), v) => constant(v, params).map(|v| vec![(*c, *op, v.clone())]).unwrap_or_default(),
-            (v, Expr::Column(c)) => constant(v, params).map(|v| vec![(*c, flip(*op), v.clone())]).unwrap_or_default(),
+            (Expr::Column(c), v) => constant(v, params).map(|v| vec![(*c, *op, v)]).unwrap_or_default(),
+            (v, Expr::Column(c)) => constant(v, params).map(|v| vec![(*c, flip(*op), v)]).unwrap_or_default(),
             _ => vec![],
         },
         Expr::Between(x, low, high, false) => match (&**x, constant(low, params), constant(high, params)) {
-            (Expr::Column(c), Some(l), Some(h)) => vec![(*c, CmpOp::GtEq, l.clone()), (*c, CmpOp::LtEq, h.clone())],
+            (Expr::Column(c), Some(l), Some(h)) => vec![(*c, CmpOp::GtEq, l), (*c, CmpOp::LtEq, h)],
             _ => vec![],
         },
         _ => vec![],

@@ -467,11 +467,21 @@ impl<'a> Binder<'a> {
             E::IsDistinctFrom(a, b) => Ok(Expr::Is(boxed(self.bind(a)?), boxed(self.bind(b)?), true)),
             E::IsNotDistinctFrom(a, b) => Ok(Expr::Is(boxed(self.bind(a)?), boxed(self.bind(b)?), false)),
             E::Between { expr, negated, low, high } => {
-                Ok(Expr::Between(boxed(self.bind(expr)?), boxed(self.bind(low)?), boxed(self.bind(high)?), *negated))
+                let expr = self.bind(expr)?;
+                let (low, high) = (self.bind(low)?, self.bind(high)?);
+                let (low, high) = (self.time_operand(&expr, low), self.time_operand(&expr, high));
+                Ok(Expr::Between(boxed(expr), boxed(low), boxed(high), *negated))
             }
             E::InList { expr, list, negated } => {
-                let list = list.iter().map(|x| self.bind(x)).collect::<Result<_, _>>()?;
-                Ok(Expr::InList(boxed(self.bind(expr)?), list, *negated))
+                let expr = self.bind(expr)?;
+                let list = list
+                    .iter()
+                    .map(|x| {
+                        let item = self.bind(x)?;
+                        Ok(self.time_operand(&expr, item))
+                    })
+                    .collect::<Result<_, SqlError>>()?;
+                Ok(Expr::InList(boxed(expr), list, *negated))
             }
             E::InSubquery { expr, subquery, negated } => {
                 let lhs = boxed(self.bind(expr)?);
@@ -595,9 +605,44 @@ impl<'a> Binder<'a> {
         Ok(Expr::Column(agg.register(spec, None)))
     }
 
+    /// `other`, compared with `column_side`: a text constant compared with a stored
+    /// `TIMESTAMP` column stands for the instant it spells in ISO-8601 (as storing it into
+    /// the column would read it), so `ts >= '2026-12-08 09:00'` compares times, not a
+    /// number with a text (which SQLite's order puts after every number). A literal is
+    /// converted here; a parameter is wrapped in [`Func::Instant`], converted once its value
+    /// is known. Other text, other operands and other contexts (an aggregate's or window's
+    /// output, a subquery's column, an expression over the column) compare as they are.
+    fn time_operand(&self, column_side: &Expr, other: Expr) -> Expr {
+        let timestamp = match column_side {
+            Expr::Column(c) if self.agg.is_none() && self.win.is_none() => {
+                self.scope.columns.get(*c).is_some_and(|column| column.timestamp)
+            }
+            _ => false,
+        };
+        if !timestamp {
+            return other;
+        }
+        match other {
+            Expr::Literal(Value::Text(text)) => match datetime::iso_timestamp_ms(&text) {
+                Some(ms) => Expr::Literal(Value::Timestamp(ms)),
+                None => Expr::Literal(Value::Text(text)),
+            },
+            Expr::Param(n) => Expr::Func(Func::Instant, vec![Expr::Param(n)]),
+            other => other,
+        }
+    }
+
     fn binary(&mut self, left: &ast::Expr, op: &ast::BinaryOperator, right: &ast::Expr) -> Result<Expr, SqlError> {
         use ast::BinaryOperator as B;
-        let (l, r) = (boxed(self.bind(left)?), boxed(self.bind(right)?));
+        let (l, r) = (self.bind(left)?, self.bind(right)?);
+        let (l, r) = match op {
+            B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq => {
+                let r = self.time_operand(&l, r);
+                (self.time_operand(&r, l), r)
+            }
+            _ => (l, r),
+        };
+        let (l, r) = (boxed(l), boxed(r));
         Ok(match op {
             B::Plus => Expr::Arith(ArithOp::Add, l, r),
             B::Minus => Expr::Arith(ArithOp::Sub, l, r),

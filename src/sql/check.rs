@@ -33,6 +33,7 @@ impl Checks {
         let ctx = PlanCtx::new(ctx.snap, &[], ctx.limits);
         let mut scope = Scope::default();
         scope.push_table(&schema.name, schema.sql_names())?;
+        scope.mark_timestamps(schema);
         let bound = schema
             .checks
             .iter()

@@ -341,6 +341,7 @@ pub(crate) fn plan_from(
         if let Source::Table(table) = &source {
             let visible: Vec<usize> = table.schema.visible_positions().collect();
             scope.hide_except(&visible);
+            scope.mark_timestamps(&table.schema);
         }
         if let Some(column) = rowid_alias(&source) {
             scope.set_rowid(column);
@@ -396,6 +397,7 @@ pub(crate) fn plan_from(
             column_at[table.offset + i] = offset + i;
             physical.columns[offset + i].in_star = scope.columns[table.offset + i].in_star;
             physical.columns[offset + i].hidden = scope.columns[table.offset + i].hidden;
+            physical.columns[offset + i].timestamp = scope.columns[table.offset + i].timestamp;
         }
     }
     let relayout = |c: Conjunct| {

@@ -86,6 +86,10 @@ pub(crate) enum Func {
     Date(DateFunc),
     /// A math function (`math.rs`).
     Math(MathFunc),
+    /// Not callable by name: a parameter compared with a `TIMESTAMP` column
+    /// (`Binder::time_operand`). ISO-8601 text becomes the TIMESTAMP it names; any other
+    /// value is returned as it is.
+    Instant,
 }
 
 impl Func {
@@ -192,6 +196,17 @@ impl Func {
 }
 
 /// Calls a scalar function on evaluated arguments (arity was checked by `lookup`).
+/// [`Func::Instant`]: ISO-8601 text as the TIMESTAMP it names, anything else unchanged.
+pub(crate) fn instant(v: Value) -> Value {
+    match v {
+        Value::Text(text) => match datetime::iso_timestamp_ms(&text) {
+            Some(ms) => Value::Timestamp(ms),
+            None => Value::Text(text),
+        },
+        other => other,
+    }
+}
+
 pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> {
     let text = |v: &Value| value::to_text(v);
     Ok(match func {
@@ -229,6 +244,7 @@ pub(crate) fn call(func: Func, mut args: Vec<Value>) -> Result<Value, SqlError> 
         },
         Func::Glob => glob(&args[1], &args[0])?,
         Func::Likely => args.swap_remove(0),
+        Func::Instant => instant(args.swap_remove(0)),
         Func::Likelihood => match value::to_num(&args[1]) {
             Some(p) if (0.0..=1.0).contains(&value::num_f64(p)) => args.swap_remove(0),
             _ => {

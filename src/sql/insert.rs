@@ -193,7 +193,9 @@ fn on_conflict(
             let mut scope = Scope::default();
             let columns = table.schema.sql_names();
             scope.push_table(&table.schema.name, columns.clone())?;
+            scope.mark_timestamps(&table.schema);
             scope.push_table("excluded", columns)?;
+            scope.mark_timestamps(&table.schema);
             // As in SQLite, an unqualified name is the table's column: `excluded` is named.
             for column in scope.columns.iter_mut().filter(|c| c.table == "excluded") {
                 column.in_star = false;

@@ -242,6 +242,9 @@ pub(crate) struct ScopeColumn {
     /// A key-less table's hidden identity (`rowid`, `_origin`) or a dropped column: in neither `*` nor `t.*`,
     /// selected only by name.
     pub hidden: bool,
+    /// A stored table's `TIMESTAMP` column: a text constant compared with it names an
+    /// instant (`Binder::time_operand`).
+    pub timestamp: bool,
 }
 
 /// A table in scope and where its columns start in the combined row.
@@ -274,9 +277,26 @@ impl Scope {
         let offset = self.columns.len();
         self.tables.push(ScopeTable { alias: alias.to_string(), offset, width: columns.len(), rowid: None });
         for name in columns {
-            self.columns.push(ScopeColumn { table: alias.to_string(), name, in_star: true, hidden: false });
+            self.columns.push(ScopeColumn {
+                table: alias.to_string(),
+                name,
+                in_star: true,
+                hidden: false,
+                timestamp: false,
+            });
         }
         Ok(())
+    }
+
+    /// Marks the `TIMESTAMP` columns of the last table pushed, a stored table of
+    /// `schema`, whose columns it holds in definition order.
+    pub fn mark_timestamps(&mut self, schema: &crate::schema::TableSchema) {
+        let table = self.tables.last().expect("a table was pushed");
+        debug_assert_eq!(table.width, schema.columns.len(), "a stored table's columns");
+        let offset = table.offset;
+        for (i, column) in schema.columns.iter().enumerate() {
+            self.columns[offset + i].timestamp = column.ty == crate::types::ColumnType::Timestamp;
+        }
     }
 
     /// Hides the columns of the last table pushed that are not at `visible` positions
