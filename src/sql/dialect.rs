@@ -1,5 +1,6 @@
 //! The SQL dialect: sqlparser's SQLite dialect with SQLite's own operator precedence and
-//! the operators it lacks (`<<`, `>>`, `NOT GLOB`) and the table form of `IN` (`x IN t`).
+//! the operators it lacks (`<<`, `>>`, `NOT GLOB`), the table form of `IN` (`x IN t`) and
+//! identifiers as pragma values (`PRAGMA table_info(t)`).
 //!
 //! sqlparser's SQLite dialect parses with PostgreSQL-like precedence: `||` binds like `*`,
 //! `&` `|` `<<` `>>` each on its own level, and unary `-` `~` below `||`. SQLite's
@@ -13,7 +14,7 @@
 
 use std::any::TypeId;
 
-use sqlparser::ast::{BinaryOperator, Expr, Statement, UnaryOperator};
+use sqlparser::ast::{BinaryOperator, Expr, Ident, ObjectName, Statement, UnaryOperator, Value};
 use sqlparser::dialect::{Dialect, SQLiteDialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
@@ -65,6 +66,9 @@ impl Dialect for EdgeDialect {
     }
 
     fn parse_statement(&self, parser: &mut Parser) -> Option<Result<Statement, ParserError>> {
+        if let Some(pragma) = pragma_with_identifier(parser) {
+            return Some(Ok(pragma));
+        }
         self.sqlite.parse_statement(parser)
     }
 
@@ -169,4 +173,32 @@ fn in_table_ahead(parser: &Parser) -> Option<bool> {
         next += 2;
     }
     (!matches!(parser.peek_nth_token_ref(next).token, Token::LParen)).then_some(negated)
+}
+
+/// `PRAGMA name(identifier)` and `PRAGMA name = identifier`, as SQLite writes them
+/// (`PRAGMA table_info(readings)`, `PRAGMA journal_mode = WAL`), which sqlparser 0.63
+/// refuses (its pragma value is a number or a string): the identifier becomes a string
+/// value. `None`, consuming nothing, for any other statement.
+fn pragma_with_identifier(parser: &mut Parser) -> Option<Statement> {
+    let word = |n: usize| match &parser.peek_nth_token_ref(n).token {
+        Token::Word(w) => Some(w.clone()),
+        _ => None,
+    };
+    if word(0)?.keyword != Keyword::PRAGMA {
+        return None;
+    }
+    let name = word(1)?;
+    let (value, is_eq, tokens) = match &parser.peek_nth_token_ref(2).token {
+        Token::LParen if parser.peek_nth_token_ref(4).token == Token::RParen => (word(3)?, false, 5),
+        Token::Eq => (word(3)?, true, 4),
+        _ => return None,
+    };
+    for _ in 0..tokens {
+        parser.next_token();
+    }
+    Some(Statement::Pragma {
+        name: ObjectName::from(vec![Ident::new(name.value)]),
+        value: Some(Value::SingleQuotedString(value.value).with_empty_span()),
+        is_eq,
+    })
 }

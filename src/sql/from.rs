@@ -356,7 +356,7 @@ pub(crate) fn plan_from(
                 ast::JoinConstraint::Using(names) => {
                     using.push((position, names.iter().map(bind::object_name).collect::<Result<_, _>>()?));
                 }
-                ast::JoinConstraint::Natural => return Err(SqlError::unsupported("NATURAL JOIN")),
+                ast::JoinConstraint::Natural => using.push((position, natural_columns(&scope))),
                 ast::JoinConstraint::None => {}
             }
         }
@@ -522,6 +522,20 @@ fn highest(mask: u64) -> usize {
     } else {
         63 - mask.leading_zeros() as usize
     }
+}
+
+/// The columns a `NATURAL JOIN` of the last table pushed joins on, as SQLite's: its
+/// columns (those `*` shows) whose name a column `*` shows of the tables before it has.
+/// None makes it a cross join.
+fn natural_columns(scope: &Scope) -> Vec<String> {
+    let table = scope.tables.last().expect("the joined table was pushed");
+    let (left, right) = scope.columns.split_at(table.offset);
+    right[..table.width]
+        .iter()
+        .filter(|c| c.in_star && !c.hidden)
+        .filter(|c| left.iter().any(|l| l.in_star && l.name == c.name))
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// `ON`/`USING` conjuncts (with the position of the join they belong to) and `WHERE`

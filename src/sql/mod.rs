@@ -39,6 +39,7 @@ mod limits;
 mod math;
 mod parse;
 mod plan;
+mod pragma;
 mod printf;
 mod prune;
 mod range_delete;
@@ -188,7 +189,9 @@ pub fn query(snapshot: impl Into<Arc<Snapshot>>, sql: &str, params: &[Value]) ->
 /// Parses a statement once, to run it many times with different parameters.
 pub fn prepare(sql: &str) -> Result<Statement, SqlError> {
     let parsed = parse::parse_one(sql)?;
-    Ok(Statement { ast: parsed.statement, params: parsed.params, kept: Arc::default() })
+    // A schema PRAGMA is the query over the system tables it stands for.
+    let ast = pragma::rewrite(&parsed.statement)?.unwrap_or(parsed.statement);
+    Ok(Statement { ast, params: parsed.params, kept: Arc::default() })
 }
 
 /// A parsed statement. A query is planned at its first execution against the catalog of
