@@ -65,6 +65,10 @@ fn concurrent_duplicates_are_both_kept_and_every_node_shows_the_least_identity()
     assert_eq!(shown[0][0], text("m1"));
     assert_eq!(shown[0][3], Value::Real(1.0), "the row of the least identity is shown: {shown:?}");
     assert_eq!(rows(&mut c, "SELECT count(*) FROM msgs"), vec![vec![Value::Integer(3)]]);
+    // A lookup by the whole key (append_keys_v1) finds the shown row on every node.
+    for replica in [&mut a, &mut b, &mut c] {
+        assert_eq!(rows(replica, "SELECT v FROM msgs WHERE msg_id = 'm1'"), vec![vec![Value::Real(1.0)]]);
+    }
     let duplicates = rows(&mut c, DUPLICATES);
     assert_eq!(duplicates.len(), 2, "{duplicates:?}");
     assert_eq!(duplicates[0][..2], [text("('m1')"), text("msg_id")]);

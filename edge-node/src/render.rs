@@ -41,9 +41,14 @@ impl Mode {
     }
 }
 
-/// A value as the shell shows it in tables: `NULL` for null, text without quotes.
+/// A value as the shell shows it in tables, CSV and line mode: `NULL` for null, text
+/// without quotes, a TIMESTAMP as its UTC time with milliseconds (JSON mode keeps the
+/// API's `{"timestamp_ms": n}`).
 pub fn cell(value: &Value) -> String {
-    value.to_string()
+    match value {
+        Value::Timestamp(ms) => crate::history::utc(*ms),
+        other => other.to_string(),
+    }
 }
 
 /// Renders a result in `mode`.
@@ -143,6 +148,16 @@ mod tests {
         );
         let wide = shown(Mode::Table, &["w".to_string()], &[vec![Value::from("日本")], vec![Value::from("abcd")]]);
         assert_eq!(wide, "+------+\n| w    |\n+------+\n| 日本 |\n| abcd |\n+------+\n", "widths in terminal columns");
+    }
+
+    #[test]
+    fn timestamps_show_as_utc_times_except_in_json() {
+        let columns = ["at".to_string()];
+        let rows = [vec![Value::Timestamp(1_796_720_400_000)]];
+        assert!(shown(Mode::Table, &columns, &rows).contains("| 2026-12-08 09:00:00.000 |"));
+        assert_eq!(shown(Mode::Csv, &columns, &rows), "at\n2026-12-08 09:00:00.000\n");
+        assert_eq!(shown(Mode::Line, &columns, &rows), "at = 2026-12-08 09:00:00.000\n");
+        assert_eq!(shown(Mode::Json, &columns, &rows), "{\"at\":{\"timestamp_ms\":1796720400000}}\n");
     }
 
     #[test]

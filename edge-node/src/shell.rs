@@ -41,7 +41,8 @@ Statements end with ';' and may span several lines. Dot-commands:
   .timer on|off         print how long each statement took
   .timeout MS           stop statements that run longer than MS milliseconds (0: no limit)
   .conflicts [TABLE]    concurrent values that conflict, with the node that wrote each,
-                        and rows sharing a value of a UNIQUE column (kind unique)
+                        rows sharing a value of a UNIQUE column (kind unique), and
+                        append-only rows sharing a deduplication key (kind duplicate)
   .history TABLE KEY... who changed the row, when, and what, in causal order
                         (KEY: the primary key's values, e.g. .history sensors 10)
   .digest               the state digest (equal on two nodes iff they hold the same data)

@@ -120,11 +120,16 @@ pub(crate) fn choose(catalog: &Catalog, table: &TableEntry, conjuncts: &[&Expr],
     if facts.iter().any(|f| f.null) {
         return Access::Empty;
     }
-    if schema.append.is_some() {
-        return time_range(schema, &facts);
-    }
     let pk = schema.primary_key_indexes();
     let prefix: Vec<Value> = pk.iter().map_while(|&c| facts[c].eq.clone()).collect();
+    if schema.append.is_some() {
+        // A deduplication key fixed whole reads the one row scans show for it
+        // (`Snapshot::get`, from `append_keys_v1`).
+        if !pk.is_empty() && prefix.len() == pk.len() {
+            return Access::Point(prefix);
+        }
+        return time_range(schema, &facts);
+    }
     if prefix.len() == pk.len() {
         return Access::Point(prefix);
     }
