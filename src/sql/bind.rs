@@ -374,12 +374,110 @@ pub(crate) fn cast_type(ty: &ast::DataType) -> Result<CastType, SqlError> {
     })
 }
 
+/// The elements of a row value `(a, b, ...)` (two or more), looking through parentheses.
+fn row_value(e: &ast::Expr) -> Option<&[ast::Expr]> {
+    match e {
+        ast::Expr::Tuple(items) => Some(items),
+        ast::Expr::Nested(inner) => row_value(inner),
+        _ => None,
+    }
+}
+
+fn binary_ast(left: ast::Expr, op: ast::BinaryOperator, right: ast::Expr) -> ast::Expr {
+    ast::Expr::BinaryOp { left: Box::new(left), op, right: Box::new(right) }
+}
+
+fn row_misused(what: &str) -> SqlError {
+    SqlError::invalid(format!("row value misused: {what}"))
+}
+
+/// Most values in a row value: an ordering comparison is written out as deep as the row
+/// is long.
+const ROW_VALUE_MAX: usize = 64;
+
+/// `items` joined by `op` as a balanced tree (as deep as the log of their count, so a
+/// long `IN` list of row values does not make a deep expression).
+fn balanced(mut items: Vec<ast::Expr>, op: &ast::BinaryOperator) -> ast::Expr {
+    assert!(!items.is_empty(), "at least one operand");
+    while items.len() > 1 {
+        let mut next = Vec::with_capacity(items.len().div_ceil(2));
+        let mut operands = items.into_iter();
+        while let Some(left) = operands.next() {
+            next.push(match operands.next() {
+                Some(right) => binary_ast(left, op.clone(), right),
+                None => left,
+            });
+        }
+        items = next;
+    }
+    items.pop().expect("one left")
+}
+
+/// A comparison of two row values as SQLite defines it, written out over their elements
+/// (so each pair binds as a comparison of its own, NULLs included): `=` is every pair
+/// equal, `<>` its negation, and `<`, `<=`, `>`, `>=` are decided by the first pair that
+/// is not equal — `(a, b) < (x, y)` is `a < x OR (a = x AND b < y)`, NULL where that pair
+/// holds a NULL. Keyset pagination (`WHERE (sensor, ts) > (?1, ?2)`) reads this way.
+fn row_comparison(
+    left: Option<&[ast::Expr]>,
+    op: &ast::BinaryOperator,
+    right: Option<&[ast::Expr]>,
+    right_expr: &ast::Expr,
+) -> Result<ast::Expr, SqlError> {
+    use ast::BinaryOperator as B;
+    let (Some(left), Some(right)) = (left, right) else {
+        if matches!(right_expr, ast::Expr::Subquery(_)) {
+            return Err(SqlError::unsupported("a row value compared with a subquery"));
+        }
+        return Err(row_misused("a row value is compared only with another of as many values"));
+    };
+    if left.len() != right.len() {
+        return Err(row_misused(&format!("{} values compared with {}", left.len(), right.len())));
+    }
+    if left.len() > ROW_VALUE_MAX {
+        return Err(SqlError::unsupported(format!("row values of more than {ROW_VALUE_MAX} values")));
+    }
+    let pairs = || left.iter().cloned().zip(right.iter().cloned());
+    let all_equal = || balanced(pairs().map(|(l, r)| binary_ast(l, B::Eq, r)).collect(), &B::And);
+    let strict = match op {
+        B::Eq => return Ok(all_equal()),
+        B::NotEq => return Ok(ast::Expr::UnaryOp { op: ast::UnaryOperator::Not, expr: Box::new(all_equal()) }),
+        B::Lt | B::LtEq => B::Lt,
+        B::Gt | B::GtEq => B::Gt,
+        other => return Err(row_misused(&format!("the operator {other} on row values"))),
+    };
+    // From the last pair back: its own operator, then `strict OR (equal AND rest)`.
+    let mut pairs: Vec<(ast::Expr, ast::Expr)> = pairs().collect();
+    let (l, r) = pairs.pop().expect("two or more");
+    let mut rest = binary_ast(l, op.clone(), r);
+    while let Some((l, r)) = pairs.pop() {
+        let decided = binary_ast(l.clone(), strict.clone(), r.clone());
+        let tied = binary_ast(binary_ast(l, B::Eq, r), B::And, rest);
+        rest = binary_ast(decided, B::Or, tied);
+    }
+    Ok(rest)
+}
+
+/// `(a, b) [NOT] IN ((x, y), ...)`: whether some listed row value equals it, NULL where
+/// none does and a comparison was NULL, as SQLite.
+fn row_in_list(expr: &ast::Expr, list: &[ast::Expr], negated: bool) -> Result<ast::Expr, SqlError> {
+    if list.is_empty() {
+        return Err(row_misused("a row value IN an empty list"));
+    }
+    let equal = |item| row_comparison(row_value(expr), &ast::BinaryOperator::Eq, row_value(item), item);
+    let any = balanced(list.iter().map(equal).collect::<Result<_, _>>()?, &ast::BinaryOperator::Or);
+    Ok(match negated {
+        true => ast::Expr::UnaryOp { op: ast::UnaryOperator::Not, expr: Box::new(any) },
+        false => any,
+    })
+}
+
 /// The feature an unsupported expression uses, named as SQL writes it.
 fn expression_feature(e: &ast::Expr) -> String {
     use ast::Expr as E;
     let named = match e {
         E::Collate { .. } => "COLLATE",
-        E::Tuple(_) => "row values like (a, b)",
+        E::Tuple(_) => "row values like (a, b) outside a comparison or IN list",
         E::Interval(_) => "INTERVAL",
         E::Extract { .. } => "EXTRACT (use strftime-style arithmetic on TIMESTAMP integers)",
         E::TypedString(_) => "typed literals like DATE '...'",
@@ -449,7 +547,10 @@ impl<'a> Binder<'a> {
                 (v, _) => Ok(Expr::Literal(literal(v, self.ctx.params)?)),
             },
             E::Nested(inner) => self.bind(inner),
-            E::BinaryOp { left, op, right } => self.binary(left, op, right),
+            E::BinaryOp { left, op, right } => match (row_value(left), row_value(right)) {
+                (None, None) => self.binary(left, op, right),
+                (l, r) => self.bind(&row_comparison(l, op, r, right)?),
+            },
             E::UnaryOp { op, expr } => match op {
                 ast::UnaryOperator::Not => Ok(Expr::Not(boxed(self.bind(expr)?))),
                 ast::UnaryOperator::Minus if is_min_integer_digits(expr) => Ok(Expr::Literal(Value::Integer(i64::MIN))),
@@ -471,6 +572,9 @@ impl<'a> Binder<'a> {
                 let (low, high) = (self.bind(low)?, self.bind(high)?);
                 let (low, high) = (self.time_operand(&expr, low), self.time_operand(&expr, high));
                 Ok(Expr::Between(boxed(expr), boxed(low), boxed(high), *negated))
+            }
+            E::InList { expr, list, negated } if row_value(expr).is_some() => {
+                self.bind(&row_in_list(expr, list, *negated)?)
             }
             E::InList { expr, list, negated } => {
                 let expr = self.bind(expr)?;
