@@ -238,7 +238,7 @@ impl Gen<'_> {
     }
 
     fn pred(&mut self, depth: u32) -> String {
-        let roll = if depth == 0 { self.rng.random_range(0..6) } else { self.rng.random_range(0..12) };
+        let roll = if depth == 0 { self.rng.random_range(0..6) } else { self.rng.random_range(0..13) };
         match roll {
             0 | 1 => format!("{} {} {}", self.num(depth), self.cmp(), self.num(depth)),
             2 => format!("{} {} {}", self.text(depth), self.cmp(), self.text(0)),
@@ -268,8 +268,27 @@ impl Gen<'_> {
             7 => format!("NOT ({})", self.pred(depth - 1)),
             8 | 9 => format!("({} AND {})", self.pred(depth - 1), self.pred(depth - 1)),
             10 => format!("({} OR {})", self.pred(depth - 1), self.pred(depth - 1)),
+            11 => self.row_value_pred(depth),
             _ => self.subquery_pred(),
         }
+    }
+
+    /// A comparison of row values, or a row value in a list of them (NULLs among the
+    /// listed values): SQLite's left-to-right rule with its NULLs.
+    fn row_value_pred(&mut self, depth: u32) -> String {
+        let (a, b) = (self.num(depth - 1), self.num(depth - 1));
+        if self.rng.random_bool(0.7) {
+            let (c, d) = (self.num(0), self.num(0));
+            return format!("({a}, {b}) {} ({c}, {d})", self.cmp());
+        }
+        let items: Vec<String> = (0..self.rng.random_range(1..4))
+            .map(|_| {
+                let second = if self.rng.random_bool(0.15) { "NULL".into() } else { literal(&mut self.rng, Kind::Int) };
+                format!("({}, {second})", literal(&mut self.rng, Kind::Int))
+            })
+            .collect();
+        let not = if self.rng.random_bool(0.3) { "NOT " } else { "" };
+        format!("({a}, {b}) {not}IN ({})", items.join(", "))
     }
 
     /// An integer column of a random table (as `(table name, column)`), for subqueries.
