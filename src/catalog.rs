@@ -1,4 +1,4 @@
-//! The catalog: tables and indexes, resolved from their replicated catalog documents.
+//! The catalog: tables, indexes and views, resolved from their replicated catalog documents.
 //!
 //! Each table and each index has a catalog document (see `doc.rs`) with a causal length and
 //! a definition. Resolution is deterministic, so every replica with the same documents has
@@ -87,13 +87,49 @@ pub struct IndexEntry {
     pub conflict: Option<DdlConflict>,
 }
 
-/// Every table and index, dropped ones included (they keep their causal length).
+/// The stored definition of a view (docs/design.md § Views): its query as SQL and the
+/// column names it was declared with (empty: the query's own).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViewDef {
+    /// The view's name, lower case.
+    pub name: String,
+    /// The `SELECT` as sqlparser prints it.
+    pub query: String,
+    /// `CREATE VIEW v (a, b)`'s names, lower case; empty without a list.
+    pub columns: Vec<String>,
+}
+
+/// Longest query text a view stores, in bytes.
+pub const VIEW_SQL_BYTES_MAX: usize = 16 * 1024;
+
+/// A view as the catalog currently resolves it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ViewEntry {
+    /// The winning definition.
+    pub def: ViewDef,
+    /// The causal length: odd while the view exists.
+    pub causal_length: u64,
+    /// Present when concurrent definitions differ.
+    pub conflict: Option<DdlConflict>,
+}
+
+impl ViewEntry {
+    /// Whether the view exists.
+    pub fn alive(&self) -> bool {
+        self.causal_length % 2 == 1
+    }
+}
+
+/// Every table, index and view, dropped ones included (they keep their causal length).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Tables by name.
     pub tables: BTreeMap<String, TableEntry>,
     /// Indexes by name.
     pub indexes: BTreeMap<String, IndexEntry>,
+    /// Views by name.
+    #[serde(default)]
+    pub views: BTreeMap<String, ViewEntry>,
 }
 
 impl Catalog {
@@ -105,6 +141,16 @@ impl Catalog {
     /// Tables that currently exist, by name.
     pub fn live_tables(&self) -> impl Iterator<Item = &TableEntry> {
         self.tables.values().filter(|t| t.alive())
+    }
+
+    /// A view that currently exists.
+    pub fn view(&self, name: &str) -> Option<&ViewEntry> {
+        self.views.get(&name.to_ascii_lowercase()).filter(|v| v.alive())
+    }
+
+    /// Views that currently exist, by name.
+    pub fn live_views(&self) -> impl Iterator<Item = &ViewEntry> {
+        self.views.values().filter(|v| v.alive())
     }
 
     /// An index that exists and is usable: its table exists in the incarnation the index
@@ -171,6 +217,44 @@ pub fn encode_added_column(column: &ColumnDef) -> Vec<u8> {
     let mut out = vec![DEFINITION_VERSION];
     out.extend(codec::encode(&plain));
     out
+}
+
+/// Encodes a view definition for a catalog document.
+pub fn encode_view(def: &ViewDef) -> Vec<u8> {
+    let mut out = vec![DEFINITION_VERSION];
+    out.extend(codec::encode(def));
+    out
+}
+
+/// Resolves a view's catalog document; see [`resolve_table`]. A definition from a peer
+/// must name the view, stay within [`VIEW_SQL_BYTES_MAX`] and have valid column names;
+/// whether its query binds is found out when it is read.
+pub fn resolve_view(name: &str, doc: &AutoCommit) -> Result<ViewEntry, CatalogError> {
+    let bad = |reason: &str| CatalogError { object: name.to_string(), reason: reason.to_string() };
+    let mut definitions = Vec::new();
+    for (bytes, node) in doc::read_definitions(doc) {
+        let def: ViewDef = decode_definition(name, &bytes)?;
+        if def.name != name || def.query.is_empty() || def.query.len() > VIEW_SQL_BYTES_MAX {
+            return Err(bad("bad view definition"));
+        }
+        if def.columns.len() > schema::COLUMNS_MAX
+            || def.columns.iter().any(|c| schema::normalize_name(c).ok().as_ref() != Some(c))
+        {
+            return Err(bad("bad view column names"));
+        }
+        definitions.push((def, node));
+    }
+    let (def, _) = definitions.last().cloned().ok_or_else(|| bad("no definition"))?;
+    let conflict = conflict_of(&definitions, view_sql);
+    Ok(ViewEntry { def, causal_length: doc::causal_length(doc), conflict })
+}
+
+/// The `CREATE VIEW` statement of a definition.
+pub fn view_sql(def: &ViewDef) -> String {
+    match def.columns.is_empty() {
+        true => format!("CREATE VIEW {} AS {}", def.name, def.query),
+        false => format!("CREATE VIEW {} ({}) AS {}", def.name, def.columns.join(", "), def.query),
+    }
 }
 
 /// Encodes an index definition for a catalog document.

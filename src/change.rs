@@ -42,6 +42,11 @@ pub enum DocKey {
     Table(String),
     /// The catalog document of an index.
     Index(String),
+    /// The catalog document of a view: `0x00 ‖ name ‖ 0x01`, right after the table of the
+    /// same name, so catalog documents still sort before every row (state transfer's
+    /// cursor and the integrity check rely on it) and a node built before views refuses
+    /// the key ("trailing bytes").
+    View(String),
     /// A row document: table, table epoch (its incarnation), encoded primary key.
     Row {
         /// Table name.
@@ -56,6 +61,8 @@ pub enum DocKey {
 const DOC_TABLE: u8 = 0;
 const DOC_INDEX: u8 = 1;
 const DOC_ROW: u8 = 2;
+/// The byte after a view's name in its `DOC_TABLE`-kind key.
+const VIEW_MARK: u8 = 1;
 
 impl DocKey {
     /// Encodes the key; catalog keys sort before row keys, rows of a table together.
@@ -69,6 +76,11 @@ impl DocKey {
             DocKey::Index(name) => {
                 out.push(DOC_INDEX);
                 keys::encode_name(name, &mut out);
+            }
+            DocKey::View(name) => {
+                out.push(DOC_TABLE);
+                keys::encode_name(name, &mut out);
+                out.push(VIEW_MARK);
             }
             DocKey::Row { table, epoch, pk } => {
                 out.extend(Self::row_prefix(table, *epoch));
@@ -98,6 +110,7 @@ impl DocKey {
         }
         let name = name.to_string();
         match kind {
+            DOC_TABLE if rest == [VIEW_MARK] => Ok(DocKey::View(name)),
             DOC_TABLE | DOC_INDEX if !rest.is_empty() => Err(KeyError("trailing bytes")),
             DOC_TABLE => Ok(DocKey::Table(name)),
             DOC_INDEX => Ok(DocKey::Index(name)),
@@ -444,7 +457,7 @@ mod tests {
     #[test]
     fn doc_keys_round_trip_and_reject_garbage() {
         let row = DocKey::Row { table: "t".into(), epoch: 3, pk: keys::encode_tuple(&[crate::Value::Integer(5)]) };
-        for key in [DocKey::Table("t".into()), DocKey::Index("i".into()), row] {
+        for key in [DocKey::Table("t".into()), DocKey::Index("i".into()), DocKey::View("v".into()), row] {
             assert_eq!(DocKey::decode(&key.encode()), Ok(key));
         }
         assert!(DocKey::decode(&[]).is_err());

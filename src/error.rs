@@ -444,6 +444,12 @@ pub enum WriteError {
     /// An index of that name exists.
     #[error("index {0} already exists")]
     IndexExists(String),
+    /// A view of that name exists (tables and views share names).
+    #[error("view {0} already exists")]
+    ViewExists(String),
+    /// No such view.
+    #[error("no such view: {0}")]
+    UnknownView(String),
     /// The definition is invalid.
     #[error(transparent)]
     Schema(#[from] SchemaError),

@@ -490,3 +490,43 @@ fn a_table_with_a_unique_conflict_can_still_be_altered() {
         assert_eq!(replica.check_integrity().expect("check"), Vec::new());
     }
 }
+
+/// Views replicate as catalog documents: a view made on one node reads the same on
+/// another; concurrent different definitions of one name converge on one winner, the
+/// other listed; a drop replicates; a node that joins by state transfer gets the views.
+#[test]
+fn views_replicate_and_concurrent_definitions_converge() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut a, mut b) = (open(&dir, "node-a"), open(&dir, "node-b"));
+    run(&mut a, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)");
+    run(&mut a, "INSERT INTO t VALUES (1, 10), (2, 20), (3, 30)");
+    run(&mut a, "CREATE VIEW big AS SELECT id FROM t WHERE v > 15");
+    sync(&a, &mut b);
+    assert_eq!(rows(&mut b, "SELECT count(*) FROM big"), vec![vec![Value::Integer(2)]]);
+
+    // Apart, both define `v`, differently.
+    run(&mut a, "CREATE VIEW v AS SELECT id FROM t WHERE v < 15");
+    run(&mut b, "CREATE VIEW v AS SELECT id FROM t WHERE v > 25");
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    let shown = "SELECT name, sql, conflicting_definitions FROM edgestore_tables WHERE kind = 'view' ORDER BY name";
+    assert_eq!(rows(&mut a, shown), rows(&mut b, shown));
+    assert_eq!(rows(&mut a, "SELECT id FROM v"), rows(&mut b, "SELECT id FROM v"));
+    assert_eq!(rows(&mut a, shown)[1][2], Value::Integer(2), "both definitions listed");
+    assert_eq!(a.state_digest().unwrap(), b.state_digest().unwrap());
+    for replica in [&a, &b] {
+        assert!(replica.check_integrity().unwrap().is_empty());
+    }
+
+    run(&mut b, "DROP VIEW big");
+    sync(&b, &mut a);
+    assert!(sql::execute(&mut a, "SELECT * FROM big", &[], 1000).is_err(), "the drop replicated");
+
+    // A new node by state transfer, the log compacted.
+    common::compact_all(&mut a);
+    let mut c = open(&dir, "node-c");
+    common::transfer(&a, &mut c, 2);
+    assert_eq!(rows(&mut c, shown), rows(&mut a, shown));
+    assert_eq!(rows(&mut c, "SELECT id FROM v"), rows(&mut a, "SELECT id FROM v"));
+    assert!(c.check_integrity().unwrap().is_empty());
+}

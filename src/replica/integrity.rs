@@ -209,6 +209,11 @@ impl Checker {
                     derived.indexes.insert(name, e);
                     bytes
                 }),
+                Ok(DocKey::View(name)) => catalog::resolve_view(&name, &document).map(|e| {
+                    let bytes = codec::encode(&e);
+                    derived.views.insert(name, e);
+                    bytes
+                }),
                 _ => {
                     self.problems.push(IntegrityProblem::Catalog { object, problem: "malformed catalog key".into() });
                     continue;
@@ -224,7 +229,9 @@ impl Checker {
             }
         }
         let stored_catalog = read::load_catalog(&self.txn)?;
-        if stored_catalog.tables.len() != derived.tables.len() || stored_catalog.indexes.len() != derived.indexes.len()
+        if stored_catalog.tables.len() != derived.tables.len()
+            || stored_catalog.indexes.len() != derived.indexes.len()
+            || stored_catalog.views.len() != derived.views.len()
         {
             self.problems.push(IntegrityProblem::Catalog {
                 object: "catalog_v1".into(),

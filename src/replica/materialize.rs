@@ -324,10 +324,19 @@ impl Replica {
     ) -> Result<(), RecordError> {
         let inconsistent = |reason: Inconsistency| RecordError::Inconsistent { cause, reason };
         let working = self.take_doc(tables, key_bytes)?.expect("persisted just before");
+        if let DocKey::View(name) = key {
+            // A view governs no stored rows: its entry is all there is to refresh.
+            let resolved = catalog::resolve_view(name, &working.doc);
+            self.cache.put(key_bytes.to_vec(), working);
+            let entry = resolved.map_err(|e| inconsistent(e.into()))?;
+            store_catalog_entry(tables, key_bytes, &codec::encode(&entry))?;
+            self.catalog.views.insert(name.clone(), entry);
+            return Ok(());
+        }
         let resolved = match key {
             DocKey::Table(name) => catalog::resolve_table(name, &working.doc).map(Ok),
             DocKey::Index(name) => catalog::resolve_index(name, &working.doc, &self.catalog.tables).map(Err),
-            DocKey::Row { .. } => unreachable!("only catalog keys are refreshed here"),
+            DocKey::Row { .. } | DocKey::View(_) => unreachable!("tables and indexes are refreshed here"),
         };
         self.cache.put(key_bytes.to_vec(), working);
         match resolved.map_err(|e| inconsistent(e.into()))? {
@@ -675,6 +684,9 @@ pub(crate) fn decode_catalog_entry(key: &[u8], value: &[u8], catalog: &mut Catal
         }
         DocKey::Index(name) => {
             catalog.indexes.insert(name, codec::decode(value).map_err(corrupt)?);
+        }
+        DocKey::View(name) => {
+            catalog.views.insert(name, codec::decode(value).map_err(corrupt)?);
         }
         DocKey::Row { .. } => return Err(Corruption::RowKeyInCatalog.into()),
     }

@@ -481,6 +481,7 @@ pub(crate) fn describe_doc_key(key: &[u8]) -> String {
     match DocKey::decode(key) {
         Ok(DocKey::Table(name)) => format!("table {name}"),
         Ok(DocKey::Index(name)) => format!("index {name}"),
+        Ok(DocKey::View(name)) => format!("view {name}"),
         Ok(DocKey::Row { table, epoch, pk }) => {
             let pk = keys::decode_tuple(&pk).unwrap_or_default();
             let pk: Vec<String> = pk.iter().map(ToString::to_string).collect();

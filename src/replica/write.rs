@@ -73,6 +73,21 @@ pub enum WriteOp {
         /// The column.
         column: String,
     },
+    /// `CREATE VIEW [IF NOT EXISTS]` (docs/design.md § Views): the caller has checked that
+    /// the query binds.
+    CreateView {
+        /// The definition.
+        def: catalog::ViewDef,
+        /// Succeed without change if a view of that name exists.
+        if_not_exists: bool,
+    },
+    /// `DROP VIEW [IF EXISTS]`.
+    DropView {
+        /// The view.
+        name: String,
+        /// Succeed without change if the view does not exist.
+        if_exists: bool,
+    },
     /// `DROP INDEX [IF EXISTS]`.
     DropIndex {
         /// The index.
@@ -498,6 +513,8 @@ impl Replica {
                 let write = super::alter::drop_column(catalog, alterable(catalog, &table)?, &column)?;
                 self.stage_alter(tables, ctx, &table, write)
             }
+            WriteOp::CreateView { def, if_not_exists } => self.stage_create_view(tables, ctx, def, if_not_exists),
+            WriteOp::DropView { name, if_exists } => self.stage_drop_view(tables, ctx, &name, if_exists),
             WriteOp::Insert { table, values } => self.stage_insert(tables, ctx, &table, values, false),
             WriteOp::Upsert { table, values } => self.stage_insert(tables, ctx, &table, values, true),
             WriteOp::Update { table, key, set } => self.stage_update(tables, ctx, &table, key, set),
@@ -520,11 +537,56 @@ impl Replica {
         if ctx.catalog(&self.catalog).table(&schema.name).is_some() {
             return if if_not_exists { Ok(()) } else { Err(WriteError::TableExists(schema.name)) };
         }
+        if ctx.catalog(&self.catalog).view(&schema.name).is_some() {
+            return Err(WriteError::ViewExists(schema.name));
+        }
         let working = self.stage_doc(tables, ctx, DocKey::Table(schema.name.clone()))?;
         let causal_length = bump(working, &schema.name)?;
         doc::put_definition(&mut working.doc, catalog::encode_table(&schema));
         let entry = TableEntry { schema: schema.clone(), causal_length, conflict: None };
         ctx.catalog_mut(&self.catalog).tables.insert(schema.name, entry);
+        Ok(())
+    }
+
+    fn stage_create_view(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        def: catalog::ViewDef,
+        if_not_exists: bool,
+    ) -> Result<(), WriteError> {
+        let name = crate::schema::normalize_name(&def.name)?;
+        debug_assert_eq!(name, def.name, "the SQL layer lower-cases names");
+        let catalog = ctx.catalog(&self.catalog);
+        if catalog.view(&name).is_some() {
+            return if if_not_exists { Ok(()) } else { Err(WriteError::ViewExists(name)) };
+        }
+        if catalog.table(&name).is_some() {
+            return Err(WriteError::TableExists(name));
+        }
+        let def = catalog::ViewDef { name, ..def };
+        let working = self.stage_doc(tables, ctx, DocKey::View(def.name.clone()))?;
+        let causal_length = bump(working, &def.name)?;
+        doc::put_definition(&mut working.doc, catalog::encode_view(&def));
+        let entry = catalog::ViewEntry { def: def.clone(), causal_length, conflict: None };
+        ctx.catalog_mut(&self.catalog).views.insert(def.name, entry);
+        Ok(())
+    }
+
+    fn stage_drop_view(
+        &mut self,
+        tables: &WriteTables<'_>,
+        ctx: &mut BatchCtx,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<(), WriteError> {
+        let name = name.to_ascii_lowercase();
+        if ctx.catalog(&self.catalog).view(&name).is_none() {
+            return if if_exists { Ok(()) } else { Err(WriteError::UnknownView(name)) };
+        }
+        let working = self.stage_doc(tables, ctx, DocKey::View(name.clone()))?;
+        let causal_length = bump(working, &name)?;
+        ctx.catalog_mut(&self.catalog).views.get_mut(&name).expect("checked alive above").causal_length = causal_length;
         Ok(())
     }
 

@@ -37,6 +37,7 @@ pub(crate) fn run(
     let (ops, affected) = match statement {
         ast::Statement::CreateTable(ct) => create_table::create_table(ctx, ct)?,
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
+        ast::Statement::CreateView(cv) => (vec![super::view::create_view(ctx, cv)?], 0),
         ast::Statement::AlterTable(at) => (alter_table::alter_table(ctx, at)?, 0),
         ast::Statement::Drop {
             object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..
@@ -65,7 +66,6 @@ pub(crate) fn first_words(statement: &ast::Statement) -> String {
 pub(crate) fn statement_feature(statement: &ast::Statement) -> String {
     use ast::Statement as S;
     let named = match statement {
-        S::CreateView(_) => "CREATE VIEW",
         S::AlterView { .. } => "ALTER VIEW",
         S::StartTransaction { .. } | S::Commit { .. } | S::Rollback { .. } => {
             "BEGIN/COMMIT/ROLLBACK transactions (each statement is its own atomic transaction)"
@@ -139,7 +139,8 @@ fn drop_ops(
                     format!("index associated with UNIQUE or PRIMARY KEY constraint cannot be dropped: {name}"),
                 )),
                 ast::ObjectType::Index => Ok(WriteOp::DropIndex { name, if_exists }),
-                other => Err(SqlError::unsupported(format!("DROP {other} (edgestore has tables and indexes)"))),
+                ast::ObjectType::View => Ok(WriteOp::DropView { name, if_exists }),
+                other => Err(SqlError::unsupported(format!("DROP {other} (edgestore has tables, indexes and views)"))),
             }
         })
         .collect()
@@ -159,7 +160,14 @@ pub(super) fn conform(v: Value, ty: ColumnType) -> Value {
 
 pub(super) fn target_table<'s>(snap: &'s Snapshot, name: &ast::ObjectName) -> Result<&'s TableEntry, SqlError> {
     let name = bind::object_name(name)?;
-    snap.catalog().table(&name).ok_or(SqlError::UnknownTable(name))
+    let catalog = snap.catalog();
+    match catalog.table(&name) {
+        Some(table) => Ok(table),
+        None if catalog.view(&name).is_some() => {
+            Err(SqlError::invalid(format!("{name} is a view: views are read-only")))
+        }
+        None => Err(SqlError::UnknownTable(name)),
+    }
 }
 
 pub(super) fn assignments(

@@ -109,7 +109,13 @@ fn table_ref(
                 let columns = system.columns().iter().map(|(n, _)| n.to_string()).collect();
                 return Ok((Source::System(system), alias, columns));
             }
-            let table = ctx.snap.catalog().table(&name).ok_or_else(|| SqlError::UnknownTable(name.clone()))?;
+            let Some(table) = ctx.snap.catalog().table(&name) else {
+                // A table name wins over a view's (concurrent DDL can make both).
+                let (plan, columns) =
+                    super::view::reference(ctx, &name)?.ok_or_else(|| SqlError::UnknownTable(name.clone()))?;
+                let plan = Plan::Derived { input: Box::new(plan), alias: alias.clone(), cte: None };
+                return Ok((Source::Derived(plan), alias, columns));
+            };
             if let Some(notes) = ctx.notes {
                 notes.tables.borrow_mut().push(name.clone());
             }

@@ -48,6 +48,7 @@ mod select;
 mod subquery;
 mod system;
 mod value;
+mod view;
 mod window;
 
 use std::sync::{Arc, Mutex};

@@ -36,7 +36,8 @@ pub(crate) fn rewrite(statement: &ast::Statement) -> Result<Option<ast::Statemen
              'c' AS origin, 0 AS partial FROM edgestore_indexes WHERE table_name = lower({}) ORDER BY name",
             quoted(&table)
         ),
-        ("table_list", None, false) => "SELECT 'main' AS schema, t.name, 'table' AS type, \
+        ("table_list", None, false) => "SELECT 'main' AS schema, t.name, \
+             CASE t.kind WHEN 'view' THEN 'view' ELSE 'table' END AS type, \
              (SELECT count(*) FROM edgestore_columns c WHERE c.table_name = t.name) AS ncol, 0 AS wr, 0 AS strict \
              FROM edgestore_tables t ORDER BY t.name"
             .to_string(),

@@ -1,8 +1,9 @@
 //! System tables: the catalog and the conflicts of the snapshot, queryable and joinable
 //! like any table.
 //!
-//! - `edgestore_tables` — one row per live table: name, epoch, primary key, definition as
-//!   SQL, and how many concurrent definitions conflict (0 when none).
+//! - `edgestore_tables` — one row per live table and view: name, epoch, primary key,
+//!   definition as SQL, how many concurrent definitions conflict (0 when none), and the
+//!   kind (`table`, `append_only`, `view`).
 //!   `lost_alters` lists the `ALTER TABLE`s that lost to concurrent ones (NULL when none).
 //! - `edgestore_columns` — one row per column of a live table (a key-less table's hidden
 //!   `rowid` and `_origin` are not listed), with its stable id and whether `ALTER TABLE`
@@ -124,20 +125,35 @@ impl SystemTable {
         let catalog = snap.catalog();
         let text = |s: &str| Value::Text(s.to_string());
         Ok(match self {
-            SystemTable::Tables => catalog
-                .live_tables()
-                .map(|t| {
+            SystemTable::Tables => {
+                let mut rows: Vec<Row> = catalog
+                    .live_tables()
+                    .map(|t| {
+                        vec![
+                            text(&t.schema.name),
+                            Value::Integer(t.causal_length as i64),
+                            text(&t.schema.primary_key.join(", ")),
+                            text(&catalog::table_sql(&t.schema)),
+                            Value::Integer(t.conflict.as_ref().map_or(0, |c| c.definitions.len() as i64)),
+                            lost_alters(t.conflict.as_ref()),
+                            text(if t.schema.append.is_some() { "append_only" } else { "table" }),
+                        ]
+                    })
+                    .collect();
+                rows.extend(catalog.live_views().map(|v| {
                     vec![
-                        text(&t.schema.name),
-                        Value::Integer(t.causal_length as i64),
-                        text(&t.schema.primary_key.join(", ")),
-                        text(&catalog::table_sql(&t.schema)),
-                        Value::Integer(t.conflict.as_ref().map_or(0, |c| c.definitions.len() as i64)),
-                        lost_alters(t.conflict.as_ref()),
-                        text(if t.schema.append.is_some() { "append_only" } else { "table" }),
+                        text(&v.def.name),
+                        Value::Integer(v.causal_length as i64),
+                        text(""),
+                        text(&catalog::view_sql(&v.def)),
+                        Value::Integer(v.conflict.as_ref().map_or(0, |c| c.definitions.len() as i64)),
+                        Value::Null,
+                        text("view"),
                     ]
-                })
-                .collect(),
+                }));
+                rows.sort_by(|a, b| super::value::compare(&a[0], &b[0]));
+                rows
+            }
             SystemTable::Columns => catalog
                 .live_tables()
                 .flat_map(|t| {
