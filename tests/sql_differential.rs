@@ -1,6 +1,7 @@
 //! Differential test: random schemas (column types in several SQLite spellings: `INT`,
 //! `VARCHAR(20)`, `DOUBLE`, ...; table t1 without a primary key; odd tables' indexes
-//! unique, so that their `INSERT OR IGNORE` skips repeated values), data and queries
+//! unique, so that their `INSERT OR IGNORE` skips repeated values), a view over the first
+//! table that queries read like a table, data and queries
 //! (JSON built from the data and read back, recursive CTEs among the `WITH` queries) run
 //! on edgestore's SQL engine and on SQLite (rusqlite, bundled); the results must match.
 //!
@@ -110,6 +111,14 @@ fn make_world(rng: &mut ChaCha8Rng) -> (World, Vec<String>) {
         alter_table(&name, &mut columns, indexed.as_deref(), rows as u64, &mut statements);
         tables.push(Table { name, columns });
     }
+    // A view over the first table, which the queries read like any table (joins,
+    // subqueries, aggregates over it): planned from its stored query in both engines.
+    let base = &tables[0];
+    let names: Vec<&str> = base.columns.iter().map(|(n, _)| n.as_str()).collect();
+    let bound = literal(rng, Kind::Int);
+    statements.push(format!("CREATE VIEW v0 AS SELECT {} FROM {} WHERE k > {bound}", names.join(", "), base.name));
+    let view = Table { name: "v0".into(), columns: base.columns.clone() };
+    tables.push(view);
     (World { tables }, statements)
 }
 
