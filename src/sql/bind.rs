@@ -98,6 +98,8 @@ pub(crate) struct PlanNotes {
     pub params_max: Cell<usize>,
     /// The base tables read (their definitions and indexes decide the plan).
     pub tables: RefCell<Vec<String>>,
+    /// The views read, nested ones included (`view.rs`).
+    pub views: RefCell<Vec<String>>,
     /// Whether the plan holds [`Expr::StatementTime`] (a date function).
     pub reads_now: Cell<bool>,
 }

@@ -37,7 +37,7 @@ pub(crate) fn run(
     let (ops, affected) = match statement {
         ast::Statement::CreateTable(ct) => create_table::create_table(ctx, ct)?,
         ast::Statement::CreateIndex(ci) => (vec![create_index(ci)?], 0),
-        ast::Statement::CreateView(cv) => (vec![super::view::create_view(ctx, cv)?], 0),
+        ast::Statement::CreateView(cv) => (super::view::create_view(ctx, cv)?, 0),
         ast::Statement::AlterTable(at) => (alter_table::alter_table(ctx, at)?, 0),
         ast::Statement::Drop {
             object_type, if_exists, names, cascade: false, purge: false, temporary: false, ..

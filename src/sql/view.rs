@@ -11,11 +11,13 @@ use super::{parse, SqlError};
 use crate::catalog::{ViewDef, VIEW_SQL_BYTES_MAX};
 use crate::replica::WriteOp;
 
-/// `CREATE VIEW [IF NOT EXISTS] v [(a, ...)] AS SELECT ...`: the query must bind now,
-/// take no parameters and give as many columns as the list names.
-pub(crate) fn create_view(ctx: PlanCtx<'_>, cv: &ast::CreateView) -> Result<WriteOp, SqlError> {
+/// `CREATE [OR REPLACE] VIEW [IF NOT EXISTS] v [(a, ...)] AS SELECT ...`: the query must
+/// bind now, read no view that reads `v` (nor `v`), take no parameters and give as many
+/// columns as the list names. `OR REPLACE` drops a view of that name in the same batch.
+pub(crate) fn create_view(ctx: PlanCtx<'_>, cv: &ast::CreateView) -> Result<Vec<WriteOp>, SqlError> {
     let refused = [
-        (cv.or_replace || cv.or_alter, "CREATE OR REPLACE VIEW (drop the view, then create it)"),
+        (cv.or_alter, "CREATE OR ALTER VIEW"),
+        (cv.or_replace && cv.if_not_exists, "CREATE OR REPLACE VIEW with IF NOT EXISTS"),
         (cv.materialized, "materialized views"),
         (cv.temporary, "temporary views"),
         (cv.secure || cv.comment.is_some() || !cv.cluster_by.is_empty(), "this CREATE VIEW option"),
@@ -41,9 +43,19 @@ pub(crate) fn create_view(ctx: PlanCtx<'_>, cv: &ast::CreateView) -> Result<Writ
         return Err(SqlError::invalid(format!("view {name}: column {} named twice", twice.1)));
     }
     let def = ViewDef { name, query, columns };
-    // Binds against the statement's snapshot: a view over what does not exist is refused.
-    plan(ctx, &def)?;
-    Ok(WriteOp::CreateView { def, if_not_exists: cv.if_not_exists })
+    // Binds against the statement's snapshot: a view over what does not exist is refused,
+    // and so is one that would read itself once written.
+    let notes = bind::PlanNotes::new();
+    plan(PlanCtx { notes: Some(&notes), ..ctx }, &def)?;
+    if notes.views.borrow().contains(&def.name) {
+        return Err(SqlError::invalid(format!("view {} would read itself", def.name)));
+    }
+    let name = def.name.clone();
+    let create = WriteOp::CreateView { def, if_not_exists: cv.if_not_exists };
+    Ok(match cv.or_replace {
+        true => vec![WriteOp::DropView { name, if_exists: true }, create],
+        false => vec![create],
+    })
 }
 
 /// The plan of the view `name` read in `FROM`, with its columns; `None` if there is no
@@ -52,6 +64,7 @@ pub(crate) fn reference(ctx: PlanCtx<'_>, name: &str) -> Result<Option<(Plan, Ve
     let Some(view) = ctx.snap.catalog().view(name) else { return Ok(None) };
     if let Some(notes) = ctx.notes {
         notes.reusable.set(false);
+        notes.views.borrow_mut().push(view.def.name.clone());
     }
     let planned = plan(ctx, &view.def)?;
     Ok(Some((planned.plan, planned.columns)))
