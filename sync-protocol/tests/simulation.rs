@@ -39,6 +39,7 @@ use std::path::PathBuf;
 
 use edgestore::{
     ColumnDef, ColumnType, IndexSchema, NodeId, Replica, TableSchema, Value, VersionVector, WriteBatch, WriteError,
+    WriteOp,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -190,6 +191,8 @@ struct Acknowledged {
     range_deletes: (usize, usize),
     /// Acknowledged rows of the keyed append-only `msgs`: key → how many nodes wrote it.
     msgs: BTreeMap<String, usize>,
+    /// Acknowledged `CREATE VIEW`s and `DROP VIEW`s of `small`.
+    views: usize,
 }
 
 struct Sim {
@@ -516,6 +519,10 @@ impl Sim {
                 let held = self.readings_in(node, lo, hi);
                 (WriteBatch::new().delete_range("readings", Some(lo), Some(hi)), Effect::DeleteReadings(held))
             }
+            // Chosen by the simulated time too: in the first fifth of every tenth
+            // second, create (even slots, a definition of this node's) or drop (odd slots)
+            // the view `small`; nodes apart define it differently or drop it concurrently.
+            3 if (self.now_ms / 1000) % 10 == 2 && (self.now_ms / 100) % 10 < 2 => (self.view_op(node), Effect::View),
             // Chosen by the simulated time too: a key per half second, shared by the
             // nodes that write then.
             3 if (self.now_ms / 1000) % 10 == 8 => {
@@ -597,6 +604,7 @@ impl Sim {
                 }
                 Effect::Increment(key, by) => *self.acked.increments.get_mut(&key).expect("shared row") += by,
                 Effect::Alter => self.acked.alters += 1,
+                Effect::View => self.acked.views += 1,
                 Effect::Reading(what) => {
                     self.acked.readings.insert(what);
                 }
@@ -654,6 +662,25 @@ impl Sim {
                 WriteBatch::new().drop_column("events", &added.unwrap_or_else(|| "c0".into()))
             }
         }
+    }
+
+    /// A `CREATE VIEW small` of this node's (over `kv`, a bound of its own) in even
+    /// 10-second slots, a `DROP VIEW small` in odd ones; refusals (it exists, it does not)
+    /// are ordinary outcomes.
+    fn view_op(&mut self, node: usize) -> WriteBatch {
+        let slot = self.now_ms / 10_000;
+        let op = match slot % 2 {
+            0 => WriteOp::CreateView {
+                def: edgestore::catalog::ViewDef {
+                    name: "small".into(),
+                    query: format!("SELECT k, v FROM kv WHERE k < {}", node + 2),
+                    columns: Vec::new(),
+                },
+                if_not_exists: false,
+            },
+            _ => WriteOp::DropView { name: "small".into(), if_exists: false },
+        };
+        WriteBatch { ops: vec![op] }
     }
 
     /// The current name of `events`' `what` column on `node` (renamed by `alter_events`).
@@ -910,6 +937,8 @@ enum Effect {
     Reading(String),
     /// An insert into `msgs` under this key.
     Msg(String),
+    /// A `CREATE VIEW` or `DROP VIEW` of `small`.
+    View,
     /// A range delete of `readings`, and the rows the node held in its range.
     DeleteReadings(Vec<String>),
     Tag(i64, String),
@@ -978,6 +1007,8 @@ struct Outcome {
     range_deletes: (usize, usize),
     /// Acknowledged rows of the keyed `msgs`, and the keys written on nodes apart.
     msgs: (usize, usize),
+    /// Acknowledged `CREATE VIEW`s and `DROP VIEW`s.
+    views: usize,
 }
 
 fn run_schedule(seed: u64) -> Outcome {
@@ -1045,6 +1076,7 @@ fn run_schedule(seed: u64) -> Outcome {
             + sim.acked.msgs.values().sum::<usize>(),
         unique_conflicts: checked.unique_conflicts,
         msgs: (sim.acked.msgs.values().sum(), checked.msg_duplicates),
+        views: sim.acked.views,
         alters: (sim.acked.alters, lost_alters(&sim)),
         readings: sim.acked.readings.len(),
         range_deletes: sim.acked.range_deletes,
@@ -1079,7 +1111,26 @@ fn check_state(sim: &Sim, seed: u64) -> Checked {
     assert_eq!(events.len(), sim.acked.events, "seed {seed}: key-less rows lost or merged");
     assert!(events.iter().all(|row| row[2] == Value::from("tick")), "seed {seed}: key-less row values");
     check_readings(sim, seed);
+    check_view(sim, seed);
     Checked { unique_conflicts: check_tags(sim, seed), msg_duplicates: check_msgs(sim, seed) }
+}
+
+/// The view `small` is the same on every node (there or not, one winning definition),
+/// and where it exists it reads the same rows everywhere, through SQL.
+fn check_view(sim: &Sim, seed: u64) {
+    let read = |replica: &Replica| {
+        let view = replica.catalog().view("small").map(|v| v.def.clone());
+        let rows = view.as_ref().map(|_| {
+            let snapshot = replica.snapshot().unwrap();
+            let result = edgestore::sql::query(snapshot, "SELECT k, v FROM small ORDER BY k", &[]).unwrap();
+            result.collect_rows().unwrap()
+        });
+        (view, rows)
+    };
+    let reference = read(sim.nodes[0].replica.as_ref().expect("up"));
+    for (i, node) in sim.nodes.iter().enumerate().skip(1) {
+        assert_eq!(read(node.replica.as_ref().expect("up")), reference, "seed {seed}: node {i}'s view differs");
+    }
 }
 
 /// What [`check_state`] found as expected, for the sweep's summary.
@@ -1198,6 +1249,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
     let mut readings = 0;
     let mut range_deletes = (0, 0);
     let mut msgs = (0, 0);
+    let mut views = 0;
     let mut failed = Vec::new();
     for &seed in &seeds {
         // A failing schedule does not hide the others: a sweep reports every failing seed.
@@ -1216,6 +1268,7 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
                 range_deletes.1 += outcome.range_deletes.1;
                 msgs.0 += outcome.msgs.0;
                 msgs.1 += outcome.msgs.1;
+                views += outcome.views;
             }
             Err(_) => failed.push(seed),
         }
@@ -1232,7 +1285,8 @@ fn partitioned_meshes_converge_without_losing_acknowledged_writes() {
          {} ALTER TABLEs acknowledged and {} lost to concurrent ones (listed), \
          {readings} of the rows/counters append-only rows, \
          {} range deletes acknowledged ({} rows removed, every other acknowledged row kept), \
-         {} keyed append-only rows ({} keys written on nodes apart, listed as duplicates, one shown)",
+         {} keyed append-only rows ({} keys written on nodes apart, listed as duplicates, one shown), \
+         {views} CREATE/DROP VIEWs acknowledged (the view alike on every node)",
         seeds.len(),
         alters.0,
         alters.1,
