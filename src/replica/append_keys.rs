@@ -146,6 +146,12 @@ pub(crate) struct BlockOrigin<'a> {
     pub columns: &'a [String],
 }
 
+/// The entry key of the row at `pos` of a block, whose values are `values`.
+fn row_entry(key: &DedupKey, block: &BlockOrigin<'_>, pos: u32, values: &[Value]) -> Vec<u8> {
+    let prefix = key_prefix(block.table, block.epoch, &key.tuple(block.columns, values));
+    entry_key(&prefix, RowIdentity { origin: block.origin, seq: block.seq, pos })
+}
+
 /// Records the rows of a block stored in `bucket`. Idempotent: a row indexed before (a
 /// block merged with rows it already held) keeps its one entry.
 pub(crate) fn index<'v>(
@@ -156,9 +162,7 @@ pub(crate) fn index<'v>(
     rows: impl IntoIterator<Item = (u32, &'v [Value])>,
 ) -> Result<(), StorageError> {
     for (pos, values) in rows {
-        let prefix = key_prefix(block.table, block.epoch, &key.tuple(block.columns, values));
-        let row = RowIdentity { origin: block.origin, seq: block.seq, pos };
-        entries.insert(entry_key(&prefix, row).as_slice(), append::ordered(bucket).as_slice())?;
+        entries.insert(row_entry(key, block, pos, values).as_slice(), append::ordered(bucket).as_slice())?;
     }
     Ok(())
 }
@@ -171,9 +175,7 @@ pub(crate) fn unindex<'v>(
     rows: impl IntoIterator<Item = (u32, &'v [Value])>,
 ) -> Result<(), StorageError> {
     for (pos, values) in rows {
-        let prefix = key_prefix(block.table, block.epoch, &key.tuple(block.columns, values));
-        let row = RowIdentity { origin: block.origin, seq: block.seq, pos };
-        let removed = entries.remove(entry_key(&prefix, row).as_slice())?;
+        let removed = entries.remove(row_entry(key, block, pos, values).as_slice())?;
         debug_assert!(removed.is_some(), "a stored row of {} has an entry", block.table);
     }
     Ok(())
@@ -204,35 +206,22 @@ pub(crate) fn clear(
     Ok(())
 }
 
-/// The rows holding one key value, least identity first, each with its block's bucket.
-pub(crate) fn holders(
-    entries: &impl ReadableTable<&'static [u8], &'static [u8]>,
-    table: &str,
-    epoch: u64,
-    tuple: &[Value],
-    limit: usize,
-) -> Result<Vec<(RowIdentity, i64)>, StorageError> {
-    let prefix = key_prefix(table, epoch, tuple);
-    let end = keys::prefix_end(&prefix).expect("a key prefix is not all 0xFF");
-    let mut out = Vec::new();
-    for item in entries.range::<&[u8]>(prefix.as_slice()..end.as_slice())?.take(limit) {
-        let (key, value) = item?;
-        if key.value().len() != prefix.len() + IDENTITY_BYTES {
-            return Err(corrupt("an entry key is a key tuple and an identity"));
-        }
-        out.push((identity_of(key.value())?, bucket_of_entry(value.value())?));
-    }
-    Ok(out)
-}
-
-/// The row that reads show for a key value: the least identity holding it.
+/// The row that reads show for a key value, with its block's bucket: the least identity
+/// holding it, the first entry under the value's prefix.
 pub(crate) fn shown_holder(
     entries: &impl ReadableTable<&'static [u8], &'static [u8]>,
     table: &str,
     epoch: u64,
     tuple: &[Value],
 ) -> Result<Option<(RowIdentity, i64)>, StorageError> {
-    Ok(holders(entries, table, epoch, tuple, 1)?.pop())
+    let prefix = key_prefix(table, epoch, tuple);
+    let end = keys::prefix_end(&prefix).expect("a key prefix is not all 0xFF");
+    let Some(item) = entries.range::<&[u8]>(prefix.as_slice()..end.as_slice())?.next() else { return Ok(None) };
+    let (key, value) = item?;
+    if key.value().len() != prefix.len() + IDENTITY_BYTES {
+        return Err(corrupt("an entry key is a key tuple and an identity"));
+    }
+    Ok(Some((identity_of(key.value())?, bucket_of_entry(value.value())?)))
 }
 
 /// Every key value of one incarnation held by more than one row: the value and its
@@ -302,9 +291,7 @@ pub(crate) fn differences(
             let origin =
                 BlockOrigin { table: name, epoch: at.epoch, origin: at.origin, seq: at.seq, columns: &block.columns };
             for (pos, values) in &block.rows {
-                let prefix = key_prefix(name, at.epoch, &key.tuple(&block.columns, values));
-                let row = RowIdentity { origin: origin.origin, seq: origin.seq, pos: *pos };
-                expected.insert(entry_key(&prefix, row), at.bucket);
+                expected.insert(row_entry(&key, &origin, *pos, values), at.bucket);
             }
         }
     }

@@ -198,6 +198,11 @@ impl Snapshot {
     }
 
     pub(super) fn encoded_key(&self, table: &TableEntry, key: &[Value]) -> Result<Vec<u8>, ReadError> {
+        Ok(keys::encode_tuple(&self.coerced_key(table, key)?))
+    }
+
+    /// A key (or a prefix of one) as its columns' types hold it, none NULL.
+    fn coerced_key(&self, table: &TableEntry, key: &[Value]) -> Result<Vec<Value>, ReadError> {
         let schema = &table.schema;
         let positions = schema.primary_key_indexes();
         let bad = |reason: String| ReadError::BadKey { table: schema.name.clone(), reason };
@@ -210,7 +215,7 @@ impl Snapshot {
             let value = value.clone().coerce(column.ty).filter(|v| !v.is_null());
             coerced.push(value.ok_or_else(|| bad(format!("{} needs a non-NULL {}", column.name, column.ty)))?);
         }
-        Ok(keys::encode_tuple(&coerced))
+        Ok(coerced)
     }
 
     /// The row with this primary key, if it exists.
@@ -237,13 +242,10 @@ impl Snapshot {
     fn append_get(&self, entry: &TableEntry, key: &[Value]) -> Result<Option<Row>, ReadError> {
         let schema = &entry.schema;
         let Some(dedup) = super::append_keys::DedupKey::of(schema) else { return Err(no_key(entry)) };
-        let tuple = self.encoded_key(entry, key).and_then(|bytes| {
-            if key.len() != schema.primary_key.len() {
-                return Err(ReadError::BadKey { table: schema.name.clone(), reason: "incomplete primary key".into() });
-            }
-            let corrupt = |source| StorageError::from(Corruption::Key { table: "append_keys_v1", source });
-            Ok(keys::decode_tuple(&bytes).map_err(corrupt)?)
-        })?;
+        let tuple = self.coerced_key(entry, key)?;
+        if tuple.len() != schema.primary_key.len() {
+            return Err(ReadError::BadKey { table: schema.name.clone(), reason: "incomplete primary key".into() });
+        }
         debug_assert_eq!(tuple.len(), dedup.column_count(), "a whole key");
         let entries = self.txn.open_table(storage::APPEND_KEYS).map_err(StorageError::from)?;
         let epoch = entry.causal_length;

@@ -35,6 +35,9 @@ fn time_value(value: &Value) -> Option<i64> {
     }
 }
 
+/// A block's row by position, borrowed.
+type PosRow<'b> = (u32, &'b [Value]);
+
 /// Kept tombstones with their keys, as `tombstones_of` reads them.
 pub(crate) type Kept = Vec<(Vec<u8>, RangeTombstone)>;
 
@@ -293,13 +296,12 @@ fn remove_block_rows(
 ) -> Result<u64, StorageError> {
     let value = tables.append_blocks.get(key)?.expect("listed in this transaction").value().to_vec();
     let block = append::decode_block(&value, at.bucket).map_err(super::append::corrupt_record)?;
-    let kept: Vec<(u32, &[Value])> = block
+    let (removed, kept): (Vec<PosRow<'_>>, Vec<PosRow<'_>>) = block
         .rows
         .iter()
-        .filter(|(_, values)| !removes_row(tombstone, at.origin, at.seq, &block.columns, values))
         .map(|(pos, values)| (*pos, values.as_slice()))
-        .collect();
-    let gone = (block.rows.len() - kept.len()) as u64;
+        .partition(|(_, values)| removes_row(tombstone, at.origin, at.seq, &block.columns, values));
+    let gone = removed.len() as u64;
     if gone == 0 {
         return Ok(0);
     }
@@ -311,14 +313,7 @@ fn remove_block_rows(
             seq: at.seq,
             columns: &block.columns,
         };
-        let removed =
-            block.rows.iter().filter(|(_, values)| removes_row(tombstone, at.origin, at.seq, &block.columns, values));
-        append_keys::unindex(
-            &mut tables.append_keys,
-            dedup,
-            &origin,
-            removed.map(|(pos, values)| (*pos, values.as_slice())),
-        )?;
+        append_keys::unindex(&mut tables.append_keys, dedup, &origin, removed)?;
     }
     let all: Vec<(u32, &[Value])> = block.rows.iter().map(|(pos, values)| (*pos, values.as_slice())).collect();
     let old_xor = rows_xor(at.origin, at.seq, &block.columns, &all);

@@ -80,6 +80,11 @@ fn tags() -> TableSchema {
 
 const TAGS_INDEX: &str = "tags_tag";
 
+/// Append-only with `ts` as the time column, in one-second blocks of simulated time.
+fn one_second_buckets() -> edgestore::schema::AppendOptions {
+    edgestore::schema::AppendOptions { time_column: Some("ts".into()), bucket: 1000, retention: None, max_bytes: None }
+}
+
 /// An append-only table (docs/design.md § Append-only tables): rows merged by union,
 /// stored in one-second blocks of simulated time, carried by state transfer after the
 /// documents once logs are compacted. Each acknowledged row has a value of its own.
@@ -87,12 +92,7 @@ fn readings() -> TableSchema {
     let mut schema = TableSchema::new("readings")
         .column(ColumnDef::new("ts", ColumnType::Timestamp).not_null())
         .column(ColumnDef::new("what", ColumnType::Text));
-    schema.append = Some(edgestore::schema::AppendOptions {
-        time_column: Some("ts".into()),
-        bucket: 1000,
-        retention: None,
-        max_bytes: None,
-    });
+    schema.append = Some(one_second_buckets());
     schema
 }
 
@@ -105,12 +105,7 @@ fn msgs() -> TableSchema {
         .column(ColumnDef::new("msg", ColumnType::Text))
         .column(ColumnDef::new("by", ColumnType::Text))
         .primary_key(&["msg"]);
-    schema.append = Some(edgestore::schema::AppendOptions {
-        time_column: Some("ts".into()),
-        bucket: 1000,
-        retention: None,
-        max_bytes: None,
-    });
+    schema.append = Some(one_second_buckets());
     schema
 }
 
